@@ -1,0 +1,120 @@
+//! Core costs on the request path, each beside its baseline in the same run:
+//!
+//! - token parse + checksum, HMAC-SHA256 of a token, beside a raw SHA-256;
+//! - a cache-hit `verify` with 1k, 100k and 1M records cached, beside a
+//!   `HashMap` lookup over the same number of entries.
+//!
+//! Run: `cargo bench --bench core`.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use sha2::{Digest, Sha256};
+use tokengate_core::{
+    CacheConfig, CachedStore, KeyId, MemoryStore, Pepper, ScopeSet, TokenAdmin, TokenFormat,
+    TokenHash, TokenHasher, TokenId, TokenRecord,
+};
+
+/// Polls a future that must be ready at once (a cache hit).
+fn ready<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("a cache hit must not wait"),
+    }
+}
+
+fn tokens(c: &mut Criterion) {
+    let format = TokenFormat::default();
+    let token = format.generate();
+    let text = token.expose_secret().to_owned();
+    let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
+    let mut group = c.benchmark_group("token");
+    group.bench_function("baseline_sha256", |b| {
+        b.iter(|| Sha256::digest(black_box(text.as_bytes())));
+    });
+    group.bench_function("parse_and_checksum", |b| {
+        b.iter(|| format.parse(black_box(&text)).unwrap());
+    });
+    group.bench_function("hmac_sha256", |b| b.iter(|| hasher.hash(black_box(&token))));
+    group.finish();
+}
+
+fn record(i: u64) -> TokenRecord {
+    let digest: [u8; 32] = Sha256::digest(i.to_le_bytes()).into();
+    TokenRecord {
+        id: TokenId::generate(),
+        hash: TokenHash::from_parts(KeyId::new(1), digest),
+        name: "bench".into(),
+        subject: format!("owner-{}", i % 1000),
+        scopes: "notes:read notes:write".parse::<ScopeSet>().unwrap(),
+        audiences: vec!["notes".parse().unwrap()],
+        created_at: SystemTime::now(),
+        expires_at: Some(SystemTime::now() + Duration::from_secs(86_400)),
+        revoked_at: None,
+        last_used_at: None,
+        allowed_networks: Vec::new(),
+        rate_quota: None,
+        rotated_from: None,
+        metadata: BTreeMap::new(),
+    }
+}
+
+fn cache_hits(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("cache_hit");
+    for n in [1_000u64, 100_000, 1_000_000] {
+        let store = MemoryStore::new();
+        let records: Vec<TokenRecord> = (0..n).map(record).collect();
+        let hashes: Vec<TokenHash> = records.iter().map(|r| r.hash).collect();
+        let map: HashMap<TokenHash, Arc<TokenRecord>> = records
+            .iter()
+            .map(|r| (r.hash, Arc::new(r.clone())))
+            .collect();
+        runtime.block_on(async {
+            for r in records {
+                store.insert(r).await.unwrap();
+            }
+        });
+        let config = CacheConfig::default()
+            .max_entries(n + 1)
+            .ttl(Duration::from_secs(3600));
+        let cache = CachedStore::new(store, config);
+        runtime.block_on(async {
+            for h in &hashes {
+                cache.verify(h).await.unwrap();
+            }
+        });
+        assert_eq!(cache.stats().entries, n, "every record must be cached");
+
+        let mut i = 0usize;
+        group.bench_with_input(BenchmarkId::new("baseline_hashmap", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 7919) % hashes.len();
+                black_box(map.get(&hashes[i]).unwrap());
+            });
+        });
+        group.bench_with_input(BenchmarkId::new("verify", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 7919) % hashes.len();
+                black_box(ready(cache.verify(&hashes[i])).unwrap());
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, tokens, cache_hits);
+criterion_main!(benches);

@@ -1,0 +1,431 @@
+//! A verifying cache in front of any token store.
+//!
+//! [`CachedStore::verify`] answers most requests from memory (a moka cache)
+//! and goes to the store only on a miss, with these guarantees:
+//!
+//! - **Expiry and revocation are checked on every hit**, against the
+//!   injected [`Clock`](crate::Clock); correctness never depends on when
+//!   moka evicts.
+//! - **An entry lives at most `ttl` from its insertion** (never refreshed by
+//!   reads) and never past its token's expiry. `ttl` is the bound within
+//!   which a revocation made elsewhere, with no event fed in, takes effect.
+//! - **Single flight**: concurrent misses for one hash make one store call.
+//! - **A refill racing a revocation loses**: an invalidation bumps an epoch
+//!   under the same lock that guards inserts, so a lookup that started before
+//!   the invalidation cannot put its stale answer into the cache, and a
+//!   request arriving after it does not join the stale lookup.
+//! - **Store errors are never cached**: the next request asks again.
+//! - **Unknown hashes are cached negatively**, in a separately bounded cache,
+//!   so a flood of random well-formed tokens costs one store lookup each and
+//!   cannot grow memory beyond that bound.
+//!
+//! Revocations made through this cache (it implements
+//! [`TokenAdmin`]) take effect on the very next request. Revocations made
+//! by another process reach it through [`CachedStore::apply`], e.g. from the
+//! SQLite store's change feed.
+
+mod config;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use moka::Expiry;
+use moka::sync::Cache;
+use tokio::sync::OnceCell;
+
+pub use config::CacheConfig;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::denial::{Denial, InvalidReason};
+use crate::hash::TokenHash;
+use crate::id::TokenId;
+use crate::principal::Principal;
+use crate::record::TokenRecord;
+use crate::store::{StoreError, TokenAdmin, TokenStore};
+
+/// Why [`CachedStore::verify`] did not yield a principal.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The token is unknown, expired or revoked.
+    #[error("token invalid: {}", .0.as_str())]
+    Invalid(InvalidReason),
+    /// The store could not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl VerifyError {
+    /// The denial this error calls for: 401 for invalid tokens, 503 for
+    /// store failures.
+    pub fn to_denial(&self) -> Denial {
+        match self {
+            Self::Invalid(reason) => Denial::InvalidToken(*reason),
+            Self::Store(_) => Denial::StoreUnavailable,
+        }
+    }
+}
+
+/// A revocation made elsewhere (another process, another node), to be
+/// applied to this cache with [`CachedStore::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationEvent {
+    /// The revoked token's id.
+    pub id: TokenId,
+    /// The revoked token's hash.
+    pub hash: TokenHash,
+}
+
+/// A store with a verifying cache in front. Clones share the cache.
+pub struct CachedStore<S> {
+    shared: Arc<Shared<S>>,
+}
+
+struct Shared<S> {
+    store: S,
+    clock: SharedClock,
+    config: CacheConfig,
+    positive: Cache<TokenHash, Entry>,
+    negative: Cache<TokenHash, SystemTime>,
+    /// Bumped by every invalidation, under `flights`' lock.
+    epoch: AtomicU64,
+    flights: Mutex<HashMap<TokenHash, Flight>>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    principal: Principal,
+    revoked: bool,
+    inserted_at: SystemTime,
+}
+
+#[derive(Clone)]
+enum Loaded {
+    Found(Entry),
+    Missing,
+}
+
+type Cell = Arc<OnceCell<Result<Loaded, StoreError>>>;
+
+struct Flight {
+    epoch: u64,
+    cell: Cell,
+}
+
+enum Join {
+    Cached(Loaded),
+    Flight(u64, Cell),
+}
+
+impl<S> Clone for CachedStore<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for CachedStore<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedStore")
+            .field("store", &self.shared.store)
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-entry lifetime for moka's memory reclamation: the TTL, or less when
+/// the token expires sooner. Correctness does not rely on it.
+struct EntryExpiry {
+    ttl: Duration,
+}
+
+impl Expiry<TokenHash, Entry> for EntryExpiry {
+    fn expire_after_create(&self, _: &TokenHash, entry: &Entry, _: Instant) -> Option<Duration> {
+        let left = entry.principal.expires_at().map_or(self.ttl, |at| {
+            at.duration_since(entry.inserted_at).unwrap_or_default()
+        });
+        Some(left.min(self.ttl))
+    }
+}
+
+impl Entry {
+    fn judge(&self, now: SystemTime) -> Result<Principal, VerifyError> {
+        if self.revoked {
+            return Err(VerifyError::Invalid(InvalidReason::Revoked));
+        }
+        if self.principal.expires_at().is_some_and(|at| at <= now) {
+            return Err(VerifyError::Invalid(InvalidReason::Expired));
+        }
+        Ok(self.principal.clone())
+    }
+}
+
+/// Whether something inserted at `at` is still within `ttl` at `now`. A
+/// clock that went backwards past the insertion makes the entry stale.
+fn fresh(at: SystemTime, ttl: Duration, now: SystemTime) -> bool {
+    now.duration_since(at).is_ok_and(|age| age < ttl)
+}
+
+impl<S: TokenStore> CachedStore<S> {
+    /// A cache with `config` in front of `store`, on the system clock.
+    pub fn new(store: S, config: CacheConfig) -> Self {
+        Self::with_clock(store, config, SystemClock::shared())
+    }
+
+    /// A cache with `config` in front of `store`, reading time from `clock`.
+    pub fn with_clock(store: S, config: CacheConfig, clock: SharedClock) -> Self {
+        let positive = Cache::builder()
+            .max_capacity(config.max_entries)
+            .expire_after(EntryExpiry { ttl: config.ttl })
+            .build();
+        let negative = Cache::builder()
+            .max_capacity(config.max_negative_entries)
+            .time_to_live(config.negative_ttl)
+            .build();
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                clock,
+                config,
+                positive,
+                negative,
+                epoch: AtomicU64::new(0),
+                flights: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The store behind the cache.
+    pub fn store(&self) -> &S {
+        &self.shared.store
+    }
+
+    /// The principal of the token with `hash`, if it is known, unexpired and
+    /// unrevoked now.
+    pub async fn verify(&self, hash: &TokenHash) -> Result<Principal, VerifyError> {
+        let now = self.shared.clock.now();
+        let loaded = match self.cached(hash, now) {
+            Some(loaded) => loaded,
+            None => self.load(hash, now).await?,
+        };
+        match loaded {
+            Loaded::Found(entry) => entry.judge(self.shared.clock.now()),
+            Loaded::Missing => Err(VerifyError::Invalid(InvalidReason::Unknown)),
+        }
+    }
+
+    /// What the caches know about `hash` at `now`, if anything fresh.
+    fn cached(&self, hash: &TokenHash, now: SystemTime) -> Option<Loaded> {
+        let shared = &*self.shared;
+        if let Some(entry) = shared.positive.get(hash) {
+            return fresh(entry.inserted_at, shared.config.ttl, now)
+                .then_some(Loaded::Found(entry));
+        }
+        let at = shared.negative.get(hash)?;
+        fresh(at, shared.config.negative_ttl, now).then_some(Loaded::Missing)
+    }
+
+    async fn load(&self, hash: &TokenHash, now: SystemTime) -> Result<Loaded, StoreError> {
+        let (epoch, cell) = match self.join_flight(hash, now) {
+            Join::Cached(loaded) => return Ok(loaded),
+            Join::Flight(epoch, cell) => (epoch, cell),
+        };
+        let _landing = Landing {
+            flights: &self.shared.flights,
+            hash: *hash,
+            cell: &cell,
+        };
+        cell.get_or_init(|| self.fetch(*hash, epoch)).await.clone()
+    }
+
+    /// Joins the lookup in flight for `hash`, or starts one. A lookup that
+    /// began before the latest invalidation is never joined. The caches are
+    /// checked again under the lock, since a lookup that just landed has
+    /// filled them: without this, a request that missed just before the
+    /// landing would start a second store call.
+    fn join_flight(&self, hash: &TokenHash, now: SystemTime) -> Join {
+        let mut flights = lock(&self.shared.flights);
+        let epoch = self.shared.epoch.load(Ordering::SeqCst);
+        if let Some(flight) = flights.get(hash).filter(|f| f.epoch == epoch) {
+            return Join::Flight(epoch, Arc::clone(&flight.cell));
+        }
+        if let Some(loaded) = self.cached(hash, now) {
+            return Join::Cached(loaded);
+        }
+        let cell = Cell::default();
+        flights.insert(
+            *hash,
+            Flight {
+                epoch,
+                cell: Arc::clone(&cell),
+            },
+        );
+        Join::Flight(epoch, cell)
+    }
+
+    /// Asks the store, then caches the answer unless an invalidation happened
+    /// since the lookup began.
+    async fn fetch(&self, hash: TokenHash, epoch: u64) -> Result<Loaded, StoreError> {
+        let record = self.shared.store.find_by_hash(&hash).await?;
+        let shared = &*self.shared;
+        let now = shared.clock.now();
+        let loaded = match record {
+            Some(record) if record.hash == hash => Loaded::Found(Entry {
+                principal: Principal::from_record(&record),
+                revoked: record.revoked_at.is_some(),
+                inserted_at: now,
+            }),
+            _ => Loaded::Missing,
+        };
+        let _flights = lock(&shared.flights);
+        if shared.epoch.load(Ordering::SeqCst) == epoch {
+            match &loaded {
+                Loaded::Found(entry) => shared.positive.insert(hash, entry.clone()),
+                Loaded::Missing => shared.negative.insert(hash, now),
+            }
+        }
+        Ok(loaded)
+    }
+}
+
+impl<S> CachedStore<S> {
+    /// Forgets `hash`: the next request with that token asks the store.
+    pub fn invalidate(&self, hash: &TokenHash) {
+        let shared = &*self.shared;
+        let _flights = lock(&shared.flights);
+        shared.epoch.fetch_add(1, Ordering::SeqCst);
+        shared.positive.invalidate(hash);
+        shared.negative.invalidate(hash);
+    }
+
+    /// Forgets everything.
+    pub fn invalidate_all(&self) {
+        let shared = &*self.shared;
+        let _flights = lock(&shared.flights);
+        shared.epoch.fetch_add(1, Ordering::SeqCst);
+        shared.positive.invalidate_all();
+        shared.negative.invalidate_all();
+    }
+
+    /// Applies a revocation made elsewhere.
+    pub fn apply(&self, event: &RevocationEvent) {
+        self.invalidate(&event.hash);
+    }
+
+    /// Entry counts after moka's pending maintenance has run (for metrics and
+    /// tests; not for the request path).
+    pub fn stats(&self) -> CacheStats {
+        let shared = &*self.shared;
+        shared.positive.run_pending_tasks();
+        shared.negative.run_pending_tasks();
+        CacheStats {
+            entries: shared.positive.entry_count(),
+            negative_entries: shared.negative.entry_count(),
+        }
+    }
+}
+
+impl<S: TokenAdmin> CachedStore<S> {
+    /// Forgets the token with `id`, looking its hash up in the store. If the
+    /// store cannot answer, forgets everything rather than risk keeping a
+    /// revoked token, and reports the error.
+    pub async fn invalidate_id(&self, id: &TokenId) -> Result<(), StoreError> {
+        match self.shared.store.get(id).await {
+            Ok(Some(record)) => self.invalidate(&record.hash),
+            Ok(None) => {}
+            Err(error) => {
+                self.invalidate_all();
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How many entries a [`CachedStore`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Known tokens (valid, expired or revoked).
+    pub entries: u64,
+    /// Hashes known to be unknown.
+    pub negative_entries: u64,
+}
+
+/// Removes a flight from the table when its lookup ends or is cancelled, so
+/// abandoned lookups never accumulate.
+struct Landing<'a> {
+    flights: &'a Mutex<HashMap<TokenHash, Flight>>,
+    hash: TokenHash,
+    cell: &'a Cell,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        let mut flights = lock(self.flights);
+        if flights
+            .get(&self.hash)
+            .is_some_and(|f| Arc::ptr_eq(&f.cell, self.cell))
+        {
+            flights.remove(&self.hash);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<S: TokenStore> TokenStore for CachedStore<S> {
+    /// Reads through to the store, uncached (the request path uses
+    /// [`CachedStore::verify`]).
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        self.shared.store.find_by_hash(hash).await
+    }
+}
+
+impl<S: TokenAdmin> TokenAdmin for CachedStore<S> {
+    async fn insert(&self, record: TokenRecord) -> Result<(), StoreError> {
+        let hash = record.hash;
+        self.shared.store.insert(record).await?;
+        self.invalidate(&hash);
+        Ok(())
+    }
+
+    async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        self.shared.store.get(id).await
+    }
+
+    async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.shared.store.list().await
+    }
+
+    async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {
+        let record = self.shared.store.revoke(id, at).await?;
+        self.invalidate(&record.hash);
+        Ok(record)
+    }
+
+    async fn rotate(
+        &self,
+        old: &TokenId,
+        old_expires_at: SystemTime,
+        replacement: TokenRecord,
+    ) -> Result<TokenRecord, StoreError> {
+        let new_hash = replacement.hash;
+        let record = self
+            .shared
+            .store
+            .rotate(old, old_expires_at, replacement)
+            .await?;
+        self.invalidate(&record.hash);
+        self.invalidate(&new_hash);
+        Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests;

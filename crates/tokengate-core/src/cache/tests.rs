@@ -1,0 +1,347 @@
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+use tokio::sync::Semaphore;
+
+use super::*;
+use crate::clock::{Clock, ManualClock};
+use crate::hash::{KeyId, Pepper, TokenHasher};
+use crate::store::{Expiry, Lifecycle, MemoryStore, TokenSpec};
+use crate::token::TokenFormat;
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// A store that counts lookups, can fail, and can hold one lookup after it
+/// has read the store (to stage races).
+#[derive(Debug, Clone)]
+struct ProbeStore {
+    inner: MemoryStore,
+    lookups: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+    hold_next: Arc<AtomicBool>,
+    release: Arc<Semaphore>,
+    held: Arc<Semaphore>,
+}
+
+impl Default for ProbeStore {
+    fn default() -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            lookups: Arc::default(),
+            failing: Arc::default(),
+            hold_next: Arc::default(),
+            release: Arc::new(Semaphore::new(0)),
+            held: Arc::new(Semaphore::new(0)),
+        }
+    }
+}
+
+impl ProbeStore {
+    fn lookups(&self) -> usize {
+        self.lookups.load(Ordering::SeqCst)
+    }
+}
+
+impl TokenStore for ProbeStore {
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Timeout);
+        }
+        let found = self.inner.find_by_hash(hash).await;
+        if self.hold_next.swap(false, Ordering::SeqCst) {
+            self.held.add_permits(1);
+            let _ = self.release.acquire().await.map(|p| p.forget());
+        }
+        found
+    }
+}
+
+impl TokenAdmin for ProbeStore {
+    async fn insert(&self, record: TokenRecord) -> Result<(), StoreError> {
+        self.inner.insert(record).await
+    }
+    async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Timeout);
+        }
+        self.inner.get(id).await
+    }
+    async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.inner.list().await
+    }
+    async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {
+        self.inner.revoke(id, at).await
+    }
+    async fn rotate(
+        &self,
+        old: &TokenId,
+        at: SystemTime,
+        new: TokenRecord,
+    ) -> Result<TokenRecord, StoreError> {
+        self.inner.rotate(old, at, new).await
+    }
+}
+
+struct Fixture {
+    probe: ProbeStore,
+    cache: CachedStore<ProbeStore>,
+    lifecycle: Lifecycle<CachedStore<ProbeStore>>,
+    clock: ManualClock,
+}
+
+fn fixture(config: CacheConfig) -> Fixture {
+    let clock = ManualClock::new();
+    let probe = ProbeStore::default();
+    let cache = CachedStore::with_clock(probe.clone(), config, clock.shared());
+    let hasher = TokenHasher::new(Pepper::new(KeyId::new(1), [5u8; 32]).unwrap());
+    let lifecycle = Lifecycle::new(cache.clone(), hasher).with_clock(clock.shared());
+    Fixture {
+        probe,
+        cache,
+        lifecycle,
+        clock,
+    }
+}
+
+fn spec() -> TokenSpec {
+    TokenSpec::new("t", "owner")
+        .scopes(["notes:read".parse().unwrap()])
+        .audiences(["notes".parse().unwrap()])
+}
+
+impl Fixture {
+    async fn issue(&self, expiry: Expiry) -> (TokenHash, TokenId) {
+        let issued = self.lifecycle.issue(spec().expiry(expiry)).await.unwrap();
+        (
+            self.lifecycle.hasher().hash(&issued.token),
+            issued.record.id,
+        )
+    }
+
+    fn random_hash(&self) -> TokenHash {
+        self.lifecycle
+            .hasher()
+            .hash(&TokenFormat::default().generate())
+    }
+}
+
+fn reason(result: Result<Principal, VerifyError>) -> InvalidReason {
+    match result {
+        Err(VerifyError::Invalid(reason)) => reason,
+        other => panic!("expected an invalid token, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn hits_are_served_without_store_calls() {
+    let f = fixture(CacheConfig::default());
+    let (hash, id) = f.issue(Expiry::Default).await;
+    for _ in 0..5 {
+        assert_eq!(f.cache.verify(&hash).await.unwrap().token_id(), &id);
+    }
+    assert_eq!(f.probe.lookups(), 1);
+}
+
+#[tokio::test]
+async fn revoke_through_the_cache_fails_the_very_next_lookup() {
+    let f = fixture(CacheConfig::default());
+    let (hash, id) = f.issue(Expiry::Default).await;
+    f.cache.verify(&hash).await.unwrap();
+    f.lifecycle.revoke(&id).await.unwrap();
+    assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Revoked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_lookups_make_one_store_call() {
+    let f = fixture(CacheConfig::default());
+    let (hash, id) = f.issue(Expiry::Default).await;
+    f.probe.hold_next.store(true, Ordering::SeqCst);
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let cache = f.cache.clone();
+            tokio::spawn(async move { cache.verify(&hash).await })
+        })
+        .collect();
+    let _ = f.probe.held.acquire().await.unwrap();
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    f.probe.release.add_permits(1);
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap().token_id(), &id);
+    }
+    assert_eq!(f.probe.lookups(), 1);
+}
+
+#[tokio::test]
+async fn store_errors_are_not_cached() {
+    let f = fixture(CacheConfig::default());
+    let (hash, _) = f.issue(Expiry::Default).await;
+    f.probe.failing.store(true, Ordering::SeqCst);
+    let err = f.cache.verify(&hash).await.unwrap_err();
+    assert!(matches!(err, VerifyError::Store(StoreError::Timeout)));
+    assert_eq!(err.to_denial(), Denial::StoreUnavailable);
+    assert_eq!(
+        err.to_denial().status(),
+        http::StatusCode::SERVICE_UNAVAILABLE
+    );
+    f.probe.failing.store(false, Ordering::SeqCst);
+    f.cache.verify(&hash).await.unwrap();
+    assert_eq!(f.probe.lookups(), 2);
+}
+
+#[tokio::test]
+async fn unknown_hashes_are_remembered_for_the_negative_ttl() {
+    let f = fixture(CacheConfig::default().negative_ttl(10 * SEC));
+    let hash = f.random_hash();
+    assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Unknown);
+    assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Unknown);
+    assert_eq!(f.probe.lookups(), 1);
+    f.clock.advance(10 * SEC);
+    assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Unknown);
+    assert_eq!(f.probe.lookups(), 2);
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_tokens_stays_within_the_negative_bound() {
+    let f = fixture(CacheConfig::default().max_negative_entries(500));
+    for _ in 0..5_000 {
+        let hash = f.random_hash();
+        assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Unknown);
+    }
+    let stats = f.cache.stats();
+    assert!(stats.negative_entries <= 500, "{stats:?}");
+    assert_eq!(stats.entries, 0);
+    let (hash, id) = f.issue(Expiry::Default).await;
+    assert_eq!(f.cache.verify(&hash).await.unwrap().token_id(), &id);
+}
+
+#[tokio::test]
+async fn expiry_is_honoured_mid_ttl() {
+    let f = fixture(CacheConfig::default().ttl(60 * SEC));
+    let (hash, _) = f.issue(Expiry::After(10 * SEC)).await;
+    f.cache.verify(&hash).await.unwrap();
+    f.clock.advance(9 * SEC);
+    f.cache.verify(&hash).await.unwrap();
+    f.clock.advance(SEC);
+    assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Expired);
+    assert_eq!(
+        f.probe.lookups(),
+        1,
+        "expiry was judged on the cached entry"
+    );
+}
+
+#[tokio::test]
+async fn ttl_counts_from_insertion_and_bounds_revocations_made_elsewhere() {
+    let f = fixture(CacheConfig::default().ttl(30 * SEC));
+    let (hash, id) = f.issue(Expiry::Default).await;
+    f.cache.verify(&hash).await.unwrap();
+    // Another process revokes straight in the store; no event reaches us.
+    f.probe.inner.revoke(&id, f.clock.now()).await.unwrap();
+    for _ in 0..3 {
+        f.clock.advance(9 * SEC);
+        f.cache.verify(&hash).await.unwrap();
+    }
+    assert_eq!(f.probe.lookups(), 1, "reads must not refresh the entry");
+    f.clock.advance(3 * SEC);
+    assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Revoked);
+    assert_eq!(f.probe.lookups(), 2);
+}
+
+#[tokio::test]
+async fn revocation_events_from_elsewhere_apply_at_once() {
+    let f = fixture(CacheConfig::default());
+    let (hash, id) = f.issue(Expiry::Default).await;
+    f.cache.verify(&hash).await.unwrap();
+    f.probe.inner.revoke(&id, f.clock.now()).await.unwrap();
+    f.cache.apply(&RevocationEvent { id, hash });
+    assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Revoked);
+}
+
+#[tokio::test]
+async fn invalidate_by_id_finds_the_hash_in_the_store() {
+    let f = fixture(CacheConfig::default());
+    let (hash, id) = f.issue(Expiry::Default).await;
+    f.cache.verify(&hash).await.unwrap();
+    f.probe.inner.revoke(&id, f.clock.now()).await.unwrap();
+    f.cache.invalidate_id(&id).await.unwrap();
+    assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Revoked);
+}
+
+#[tokio::test]
+async fn invalidate_by_id_with_the_store_down_forgets_everything() {
+    let f = fixture(CacheConfig::default());
+    let (hash, id) = f.issue(Expiry::Default).await;
+    f.cache.verify(&hash).await.unwrap();
+    f.probe.inner.revoke(&id, f.clock.now()).await.unwrap();
+    f.probe.failing.store(true, Ordering::SeqCst);
+    let err = f.cache.invalidate_id(&id).await.unwrap_err();
+    assert!(matches!(err, StoreError::Timeout));
+    f.probe.failing.store(false, Ordering::SeqCst);
+    assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Revoked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refill_racing_a_revocation_loses() {
+    let f = fixture(CacheConfig::default());
+    let (hash, id) = f.issue(Expiry::Default).await;
+    f.probe.hold_next.store(true, Ordering::SeqCst);
+    let stale = {
+        let cache = f.cache.clone();
+        tokio::spawn(async move { cache.verify(&hash).await })
+    };
+    // The first lookup has read the unrevoked record and is held.
+    let _ = f.probe.held.acquire().await.unwrap();
+    f.lifecycle.revoke(&id).await.unwrap();
+    // A request after revoke() returned must not join the stale lookup.
+    assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Revoked);
+    f.probe.release.add_permits(1);
+    // The stale lookup was concurrent with the revocation; it may answer
+    // with what it read, but it must not put that answer in the cache.
+    assert!(stale.await.unwrap().is_ok());
+    assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Revoked);
+    assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Revoked);
+}
+
+#[tokio::test]
+async fn a_clock_set_back_makes_entries_stale() {
+    let f = fixture(CacheConfig::default());
+    let (hash, _) = f.issue(Expiry::Default).await;
+    f.cache.verify(&hash).await.unwrap();
+    f.clock.set(f.clock.now() - 3600 * SEC);
+    f.cache.verify(&hash).await.unwrap();
+    assert_eq!(f.probe.lookups(), 2);
+}
+
+#[tokio::test]
+async fn rotation_through_the_cache_keeps_both_tokens_during_grace() {
+    let f = fixture(CacheConfig::default());
+    let old = f.lifecycle.issue(spec()).await.unwrap();
+    let old_hash = f.lifecycle.hasher().hash(&old.token);
+    f.cache.verify(&old_hash).await.unwrap();
+    let new = f.lifecycle.rotate(&old.record.id, 60 * SEC).await.unwrap();
+    let new_hash = f.lifecycle.hasher().hash(&new.token);
+    f.cache.verify(&old_hash).await.unwrap();
+    f.cache.verify(&new_hash).await.unwrap();
+    f.clock.advance(60 * SEC);
+    assert_eq!(
+        reason(f.cache.verify(&old_hash).await),
+        InvalidReason::Expired
+    );
+    f.cache.verify(&new_hash).await.unwrap();
+}
+
+#[tokio::test]
+async fn cancelled_lookups_leave_no_flight_behind() {
+    let f = fixture(CacheConfig::default());
+    let (hash, _) = f.issue(Expiry::Default).await;
+    f.probe.hold_next.store(true, Ordering::SeqCst);
+    let cache = f.cache.clone();
+    let task = tokio::spawn(async move { cache.verify(&hash).await });
+    let _ = f.probe.held.acquire().await.unwrap();
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert!(lock(&f.cache.shared.flights).is_empty());
+    f.cache.verify(&hash).await.unwrap();
+}

@@ -1,0 +1,213 @@
+//! Why a request was refused, and how the refusal is told to the client.
+//!
+//! Every layer refuses with a [`Denial`]. It knows its HTTP status, its gRPC
+//! code and its RFC 6750 error code, and the [`Renderer`] turns it into a
+//! response: RFC 9457 `application/problem+json` for HTTP, a trailers-only
+//! `grpc-status` response for gRPC. The client sees one body for every kind
+//! of invalid token; the precise [`Denial::reason`] goes to the audit record.
+//!
+//! | Denial | HTTP | gRPC |
+//! |---|---|---|
+//! | [`Denial::MalformedRequest`] | 400 `invalid_request` | 3 `INVALID_ARGUMENT` |
+//! | [`Denial::MissingToken`] | 401, challenge without error code | 16 `UNAUTHENTICATED` |
+//! | [`Denial::InvalidToken`] | 401 `invalid_token` (one body for all reasons) | 16 `UNAUTHENTICATED` |
+//! | [`Denial::InsufficientScope`] | 403 `insufficient_scope`, `scope="…"` | 7 `PERMISSION_DENIED` |
+//! | [`Denial::IpForbidden`] | 403 | 7 `PERMISSION_DENIED` |
+//! | [`Denial::RateLimited`] | 429, `Retry-After`, `RateLimit-Policy`, `RateLimit` | 8 `RESOURCE_EXHAUSTED` |
+//! | [`Denial::StoreUnavailable`] | 503 | 14 `UNAVAILABLE` |
+
+mod rate;
+mod render;
+
+use std::fmt;
+
+use http::StatusCode;
+
+pub use rate::{RateLimitPolicy, RateLimitPolicyError, RateLimited};
+pub use render::{ProblemJson, Realm, RealmError, RenderDenial, Renderer, is_grpc};
+
+use crate::scope::Scope;
+use crate::token::TokenFormatError;
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Denial {
+    /// The request's credentials are ambiguous or unreadable.
+    MalformedRequest(MalformedReason),
+    /// No credential was presented.
+    MissingToken,
+    /// A credential was presented and is not valid here.
+    InvalidToken(InvalidReason),
+    /// The token lacks scopes the route requires.
+    InsufficientScope {
+        /// The required scopes the token does not grant.
+        missing: Vec<Scope>,
+    },
+    /// The client address is not allowed.
+    IpForbidden(IpReason),
+    /// A rate quota is spent.
+    RateLimited(RateLimited),
+    /// The token store could not answer.
+    StoreUnavailable,
+}
+
+/// What was wrong with a request's credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MalformedReason {
+    /// More than one credential (two headers, or a header and a query parameter).
+    MultipleCredentials,
+    /// An `Authorization` header that is not valid text or not `scheme value`.
+    BadAuthorizationHeader,
+    /// A token in the query string where that is not enabled.
+    QueryTokenNotAllowed,
+}
+
+/// Why a presented token is not valid here. Told to the audit record, never
+/// to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidReason {
+    /// Not a well-formed token (refused before any store work).
+    Malformed(TokenFormatError),
+    /// Well-formed, but no record has its hash.
+    Unknown,
+    /// Past its expiry.
+    Expired,
+    /// Revoked.
+    Revoked,
+    /// Issued for other audiences than this service's.
+    WrongAudience,
+}
+
+/// Why a client address was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IpReason {
+    /// Matched a deny rule.
+    Denied,
+    /// Matched no allow rule where an allowlist is in force.
+    NotAllowed,
+    /// Outside the networks the token is bound to.
+    OutsideTokenNetworks,
+    /// No client address could be determined where one is needed.
+    Unresolved,
+}
+
+impl Denial {
+    /// The HTTP status of the rejection.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedRequest(_) => StatusCode::BAD_REQUEST,
+            Self::MissingToken | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope { .. } | Self::IpForbidden(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The gRPC status code of the rejection.
+    pub fn grpc_code(&self) -> u8 {
+        match self {
+            Self::MalformedRequest(_) => 3,
+            Self::MissingToken | Self::InvalidToken(_) => 16,
+            Self::InsufficientScope { .. } | Self::IpForbidden(_) => 7,
+            Self::RateLimited(_) => 8,
+            Self::StoreUnavailable => 14,
+        }
+    }
+
+    /// The RFC 6750 `error` code, where the rejection has one.
+    pub fn error_code(&self) -> Option<&'static str> {
+        match self {
+            Self::MalformedRequest(_) => Some("invalid_request"),
+            Self::InvalidToken(_) => Some("invalid_token"),
+            Self::InsufficientScope { .. } => Some("insufficient_scope"),
+            _ => None,
+        }
+    }
+
+    /// The precise reason, stable and machine-readable, for audit records
+    /// and metrics (e.g. `token_revoked`). Never sent to the client.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MalformedRequest(MalformedReason::MultipleCredentials) => "multiple_credentials",
+            Self::MalformedRequest(MalformedReason::BadAuthorizationHeader) => {
+                "bad_authorization_header"
+            }
+            Self::MalformedRequest(MalformedReason::QueryTokenNotAllowed) => {
+                "query_token_not_allowed"
+            }
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken(reason) => reason.as_str(),
+            Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::IpForbidden(IpReason::Denied) => "ip_denied",
+            Self::IpForbidden(IpReason::NotAllowed) => "ip_not_allowed",
+            Self::IpForbidden(IpReason::OutsideTokenNetworks) => "ip_outside_token_networks",
+            Self::IpForbidden(IpReason::Unresolved) => "ip_unresolved",
+            Self::RateLimited(_) => "rate_limited",
+            Self::StoreUnavailable => "store_unavailable",
+        }
+    }
+
+    /// What the client is told: one sentence per row of the rejection
+    /// table, identical for every kind of invalid token.
+    pub fn public_detail(&self) -> &'static str {
+        match self {
+            Self::MalformedRequest(MalformedReason::MultipleCredentials) => {
+                "The request carries more than one credential."
+            }
+            Self::MalformedRequest(MalformedReason::BadAuthorizationHeader) => {
+                "The Authorization header is malformed."
+            }
+            Self::MalformedRequest(MalformedReason::QueryTokenNotAllowed) => {
+                "Tokens are not accepted in the query string."
+            }
+            Self::MissingToken => "A bearer token is required.",
+            Self::InvalidToken(_) => "The bearer token is invalid, expired or revoked.",
+            Self::InsufficientScope { .. } => "The bearer token lacks a required scope.",
+            Self::IpForbidden(_) => "Requests from this address are not allowed.",
+            Self::RateLimited(_) => "The rate limit is exceeded; retry later.",
+            Self::StoreUnavailable => "The token service is temporarily unavailable.",
+        }
+    }
+
+    /// A stable slug naming the problem type (the tail of the problem
+    /// `type` URI).
+    pub fn problem_slug(&self) -> &'static str {
+        match self {
+            Self::MalformedRequest(_) => "invalid-request",
+            Self::MissingToken => "missing-token",
+            Self::InvalidToken(_) => "invalid-token",
+            Self::InsufficientScope { .. } => "insufficient-scope",
+            Self::IpForbidden(_) => "ip-forbidden",
+            Self::RateLimited(_) => "rate-limited",
+            Self::StoreUnavailable => "unavailable",
+        }
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.reason(), self.status().as_u16())
+    }
+}
+
+impl InvalidReason {
+    /// A stable lowercase name such as `token_expired`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed(TokenFormatError::BadChecksum) => "token_bad_checksum",
+            Self::Malformed(TokenFormatError::WrongPrefix) => "token_wrong_prefix",
+            Self::Malformed(_) => "token_malformed",
+            Self::Unknown => "token_unknown",
+            Self::Expired => "token_expired",
+            Self::Revoked => "token_revoked",
+            Self::WrongAudience => "token_wrong_audience",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,102 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+/// A named quota as the IETF `RateLimit-Policy` header states it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitPolicy {
+    name: Arc<str>,
+    quota: u64,
+    window: Duration,
+}
+
+impl RateLimitPolicy {
+    /// A policy called `name` (1 to 32 lowercase letters, digits, `_` or
+    /// `-`) allowing `quota` units per `window`.
+    pub fn new(name: &str, quota: u64, window: Duration) -> Result<Self, RateLimitPolicyError> {
+        let valid = (1..=32).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'));
+        if !valid {
+            return Err(RateLimitPolicyError {
+                name: name.chars().take(40).collect(),
+            });
+        }
+        Ok(Self {
+            name: name.into(),
+            quota,
+            window,
+        })
+    }
+
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Units per window.
+    pub fn quota(&self) -> u64 {
+        self.quota
+    }
+
+    /// The window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// `RateLimit-Policy: "name";q=100;w=60` (window in whole seconds, at least 1).
+    pub fn policy_header(&self) -> HeaderValue {
+        let text = format!(
+            "\"{}\";q={};w={}",
+            self.name,
+            self.quota,
+            whole_seconds(self.window)
+        );
+        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("\"default\""))
+    }
+
+    /// `RateLimit: "name";r=remaining;t=reset` (reset in whole seconds, rounded up).
+    pub fn state_header(&self, remaining: u64, reset: Duration) -> HeaderValue {
+        let text = format!(
+            "\"{}\";r={};t={}",
+            self.name,
+            remaining,
+            ceil_seconds(reset)
+        );
+        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("\"default\""))
+    }
+}
+
+/// A rate-limit policy name that cannot appear in a header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rate-limit policy name {name:?} must be 1 to 32 lowercase letters, digits, '_' or '-'")]
+pub struct RateLimitPolicyError {
+    name: String,
+}
+
+/// A spent quota: when to retry, and which policy was spent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimited {
+    /// How long until one more request would be admitted.
+    pub retry_after: Duration,
+    /// The policy that refused the request.
+    pub policy: RateLimitPolicy,
+}
+
+impl RateLimited {
+    /// `retry_after` in whole seconds, rounded up, at least 1, as
+    /// `Retry-After` wants it.
+    pub fn retry_after_seconds(&self) -> u64 {
+        ceil_seconds(self.retry_after).max(1)
+    }
+}
+
+fn ceil_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn whole_seconds(d: Duration) -> u64 {
+    ceil_seconds(d).max(1)
+}

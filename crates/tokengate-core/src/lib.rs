@@ -1,0 +1,127 @@
+//! The vocabulary every tokengate layer shares.
+//!
+//! tokengate puts API-token access control into any `tower` stack. This
+//! crate holds what the layers have in common and depends on no web
+//! framework:
+//!
+//! - [`Token`], [`TokenFormat`]: opaque bearer tokens, `<prefix>_<secret><checksum>`,
+//!   generated from the OS CSPRNG and checked without touching a store.
+//! - [`TokenHasher`], [`TokenHash`], [`Pepper`]: HMAC-SHA256 under a server-side
+//!   pepper; stores keep only these hashes.
+//! - [`TokenRecord`], [`TokenId`], [`Scope`], [`ScopeSet`], [`ScopeRules`],
+//!   [`Audience`], [`RateQuota`]: what a token may do, where, and how often.
+//! - [`Principal`], [`ClientIp`]: what layers put into request extensions.
+//! - [`TokenStore`], [`TokenAdmin`], [`MemoryStore`], [`Lifecycle`]: storage and
+//!   the token lifecycle (issue under a policy, rotate with overlap, revoke).
+//! - [`CachedStore`]: the verifying cache in front of any store.
+//! - [`Denial`], [`Renderer`], [`GateBody`], [`RequestTrail`]: how a layer
+//!   refuses a request, for HTTP and gRPC, and tells the audit layer.
+//! - [`Clock`], [`SystemClock`], [`ManualClock`]: injected time.
+//!
+//! # Example
+//!
+//! ```
+//! use tokengate_core::{
+//!     CacheConfig, CachedStore, Expiry, InvalidReason, KeyId, Lifecycle, MemoryStore, Pepper,
+//!     TokenHasher, TokenSpec, VerifyError,
+//! };
+//!
+//! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+//! let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
+//! let cache = CachedStore::new(MemoryStore::new(), CacheConfig::default());
+//! let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
+//!
+//! let issued = lifecycle
+//!     .issue(
+//!         TokenSpec::new("deploy-bot", "team-a")
+//!             .scopes(["notes:read".parse()?])
+//!             .audiences(["notes".parse()?]),
+//!     )
+//!     .await?;
+//!
+//! // The request path: parse (no store work), hash, verify through the cache.
+//! let token = lifecycle.format().parse(issued.token.expose_secret())?;
+//! let principal = cache.verify(&hasher.hash(&token)).await?;
+//! assert_eq!(principal.subject(), "team-a");
+//!
+//! // Revocation takes effect on the next request.
+//! lifecycle.revoke(principal.token_id()).await?;
+//! let refused = cache.verify(&hasher.hash(&token)).await.unwrap_err();
+//! assert!(matches!(refused, VerifyError::Invalid(InvalidReason::Revoked)));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Dependencies
+//!
+//! Each is here for one reason: `hmac`/`sha2` (RustCrypto HMAC-SHA256),
+//! `subtle` (constant-time comparison), `crc32fast` (the token checksum),
+//! `rand` (the OS CSPRNG and uniform base62 sampling), `zeroize` (wiping
+//! secrets on drop), `hex` (pepper and hash text), `moka` (the bounded
+//! concurrent cache), `tokio` (`sync` only: the single-flight cell), `ipnet`
+//! (token network allowlists), `http`/`http-body`/`bytes`/`pin-project-lite`
+//! (rendering denials as responses and the shared body type), `serde_json`
+//! (problem+json bodies), `percent-encoding` (`grpc-message`) and
+//! `thiserror` (error types).
+
+mod audience;
+pub mod body;
+mod cache;
+mod clock;
+pub mod denial;
+mod hash;
+mod id;
+mod principal;
+mod record;
+mod scope;
+pub mod store;
+mod token;
+pub mod trail;
+
+pub use audience::{Audience, AudienceError};
+pub use body::GateBody;
+pub use cache::{CacheConfig, CacheStats, CachedStore, RevocationEvent, VerifyError};
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use denial::{
+    Denial, InvalidReason, IpReason, MalformedReason, ProblemJson, RateLimitPolicy,
+    RateLimitPolicyError, RateLimited, Realm, RealmError, RenderDenial, Renderer, is_grpc,
+};
+pub use hash::{KeyId, Pepper, PepperError, TokenHash, TokenHasher};
+pub use id::{TokenId, TokenIdError};
+pub use principal::{ClientIp, Principal};
+pub use record::{QuotaError, RateQuota, TokenRecord, TokenStatus};
+pub use scope::{Scope, ScopeError, ScopeRules, ScopeSet};
+pub use store::{
+    Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, MemoryStore, StoreError,
+    TokenAdmin, TokenSpec, TokenStore,
+};
+pub use token::{
+    CHECKSUM_LEN, PrefixError, SECRET_LEN, Token, TokenFormat, TokenFormatError, TokenPrefix,
+};
+pub use trail::RequestTrail;
+
+#[cfg(test)]
+mod traits {
+    use super::*;
+
+    fn send_sync<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        send_sync::<Token>();
+        send_sync::<TokenHash>();
+        send_sync::<TokenHasher>();
+        send_sync::<Pepper>();
+        send_sync::<Principal>();
+        send_sync::<ClientIp>();
+        send_sync::<Denial>();
+        send_sync::<Renderer>();
+        send_sync::<RequestTrail>();
+        send_sync::<CachedStore<MemoryStore>>();
+        send_sync::<Lifecycle<MemoryStore>>();
+        send_sync::<StoreError>();
+        send_sync::<VerifyError>();
+        send_sync::<GateBody<bytes::Bytes>>();
+    }
+}

@@ -1,0 +1,477 @@
+//! Issue, rotate and revoke tokens under one policy, on any store.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+
+use super::{StoreError, TokenAdmin};
+use crate::audience::Audience;
+use crate::clock::{SharedClock, SystemClock};
+use crate::hash::TokenHasher;
+use crate::id::TokenId;
+use crate::record::{RateQuota, TokenRecord, TokenStatus};
+use crate::scope::{Scope, ScopeSet};
+use crate::token::{Token, TokenFormat};
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// When a new token should expire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Expiry {
+    /// The policy's default lifetime.
+    #[default]
+    Default,
+    /// This long after issuance.
+    After(Duration),
+    /// At this time.
+    At(SystemTime),
+    /// Never; refused unless the policy allows tokens without expiry.
+    Never,
+}
+
+/// The rules every issued token obeys.
+///
+/// Defaults: at most 90 days of life, 90 days when none is asked for, no
+/// token without expiry, at least one audience, any well-formed scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuancePolicy {
+    max_lifetime: Duration,
+    default_lifetime: Duration,
+    allow_no_expiry: bool,
+    require_audience: bool,
+    catalogue: Option<ScopeSet>,
+}
+
+impl Default for IssuancePolicy {
+    fn default() -> Self {
+        Self {
+            max_lifetime: 90 * DAY,
+            default_lifetime: 90 * DAY,
+            allow_no_expiry: false,
+            require_audience: true,
+            catalogue: None,
+        }
+    }
+}
+
+impl IssuancePolicy {
+    /// Sets the longest lifetime a token may be issued with (the default
+    /// lifetime is lowered to it if it was longer).
+    pub fn max_lifetime(mut self, max: Duration) -> Self {
+        self.max_lifetime = max;
+        self.default_lifetime = self.default_lifetime.min(max);
+        self
+    }
+
+    /// Sets the lifetime of tokens issued with [`Expiry::Default`] (capped at
+    /// the maximum).
+    pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
+        self.default_lifetime = lifetime.min(self.max_lifetime);
+        self
+    }
+
+    /// Allows [`Expiry::Never`]. Such tokens live until revoked: an explicit
+    /// opt-out, for machine credentials that are rotated by other means.
+    pub fn allow_no_expiry(mut self) -> Self {
+        self.allow_no_expiry = true;
+        self
+    }
+
+    /// Allows tokens that name no audience. They are refused by every layer
+    /// that guards an audience, so this is rarely what you want.
+    pub fn allow_no_audience(mut self) -> Self {
+        self.require_audience = false;
+        self
+    }
+
+    /// Only scopes from `catalogue` may be issued.
+    pub fn scope_catalogue(mut self, catalogue: ScopeSet) -> Self {
+        self.catalogue = Some(catalogue);
+        self
+    }
+
+    fn expiry_at(
+        &self,
+        expiry: Expiry,
+        now: SystemTime,
+    ) -> Result<Option<SystemTime>, LifecycleError> {
+        let at = match expiry {
+            Expiry::Default => now + self.default_lifetime,
+            Expiry::After(lifetime) => {
+                now.checked_add(lifetime)
+                    .ok_or(LifecycleError::LifetimeTooLong {
+                        requested: lifetime,
+                        max: self.max_lifetime,
+                    })?
+            }
+            Expiry::At(at) => at,
+            Expiry::Never if self.allow_no_expiry => return Ok(None),
+            Expiry::Never => return Err(LifecycleError::NoExpiryNotAllowed),
+        };
+        let lifetime = at
+            .duration_since(now)
+            .map_err(|_| LifecycleError::ExpiryNotInFuture)?;
+        if lifetime.is_zero() {
+            return Err(LifecycleError::ExpiryNotInFuture);
+        }
+        if lifetime > self.max_lifetime {
+            return Err(LifecycleError::LifetimeTooLong {
+                requested: lifetime,
+                max: self.max_lifetime,
+            });
+        }
+        Ok(Some(at))
+    }
+
+    fn check_scopes(&self, scopes: &ScopeSet) -> Result<(), LifecycleError> {
+        let Some(catalogue) = &self.catalogue else {
+            return Ok(());
+        };
+        match scopes.iter().find(|s| !catalogue.contains(s)) {
+            Some(unknown) => Err(LifecycleError::ScopeNotInCatalogue(unknown.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What to issue: everything about a token but its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSpec {
+    name: String,
+    subject: String,
+    scopes: ScopeSet,
+    audiences: Vec<Audience>,
+    expiry: Expiry,
+    allowed_networks: Vec<IpNet>,
+    rate_quota: Option<RateQuota>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl TokenSpec {
+    /// A token called `name` for `subject`, with no scopes yet.
+    pub fn new(name: impl Into<String>, subject: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            subject: subject.into(),
+            scopes: ScopeSet::empty(),
+            audiences: Vec::new(),
+            expiry: Expiry::Default,
+            allowed_networks: Vec::new(),
+            rate_quota: None,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// Grants these scopes.
+    pub fn scopes(mut self, scopes: impl IntoIterator<Item = Scope>) -> Self {
+        self.scopes = self.scopes.iter().cloned().chain(scopes).collect();
+        self
+    }
+
+    /// Allows the token at these services.
+    pub fn audiences(mut self, audiences: impl IntoIterator<Item = Audience>) -> Self {
+        self.audiences.extend(audiences);
+        self.audiences.sort();
+        self.audiences.dedup();
+        self
+    }
+
+    /// Sets when the token expires.
+    pub fn expiry(mut self, expiry: Expiry) -> Self {
+        self.expiry = expiry;
+        self
+    }
+
+    /// Restricts the token to these networks.
+    pub fn allowed_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        self.allowed_networks.extend(networks);
+        self
+    }
+
+    /// Gives the token its own rate quota.
+    pub fn rate_quota(mut self, quota: RateQuota) -> Self {
+        self.rate_quota = Some(quota);
+        self
+    }
+
+    /// Adds an application label.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// A token just issued: the secret, shown once, and its record.
+#[derive(Debug)]
+pub struct IssuedToken {
+    /// The token to hand to its owner. It is not stored anywhere.
+    pub token: Token,
+    /// What the store now holds.
+    pub record: TokenRecord,
+}
+
+/// Why a lifecycle operation was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum LifecycleError {
+    /// Longer than the policy's maximum lifetime.
+    #[error("lifetime {requested:?} exceeds the maximum of {max:?}")]
+    LifetimeTooLong {
+        /// What was asked for.
+        requested: Duration,
+        /// The policy's maximum.
+        max: Duration,
+    },
+    /// [`Expiry::Never`] under a policy that does not allow it.
+    #[error("tokens without expiry are not allowed by the issuance policy")]
+    NoExpiryNotAllowed,
+    /// An expiry at or before the time of issue.
+    #[error("expiry must be in the future")]
+    ExpiryNotInFuture,
+    /// The policy requires at least one audience.
+    #[error("a token needs at least one audience")]
+    NoAudience,
+    /// A scope outside the declared catalogue.
+    #[error("scope {0} is not in the scope catalogue")]
+    ScopeNotInCatalogue(Scope),
+    /// An empty, overlong (over 256 bytes) or control-character name, subject or label.
+    #[error("{field} {value:?} must be 1 to 256 characters without control characters")]
+    InvalidText {
+        /// Which field.
+        field: &'static str,
+        /// The refused value (cut to 300 characters).
+        value: String,
+    },
+    /// Rotation of a token that is revoked or expired.
+    #[error("token {id} is {status} and cannot be rotated")]
+    NotRotatable {
+        /// The token.
+        id: TokenId,
+        /// Its state.
+        status: TokenStatus,
+    },
+    /// The store failed or the token does not exist.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn check_text(field: &'static str, value: &str) -> Result<(), LifecycleError> {
+    if value.trim().is_empty() || value.len() > 256 || value.chars().any(char::is_control) {
+        return Err(LifecycleError::InvalidText {
+            field,
+            value: value.chars().take(300).collect(),
+        });
+    }
+    Ok(())
+}
+
+/// Issues, rotates and revokes tokens under an [`IssuancePolicy`], on any
+/// [`TokenAdmin`] store.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokengate_core::{
+///     Expiry, KeyId, Lifecycle, MemoryStore, Pepper, TokenHasher, TokenSpec, TokenStore,
+/// };
+///
+/// # tokio_test_block_on(async {
+/// let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
+/// let lifecycle = Lifecycle::new(MemoryStore::new(), hasher.clone());
+/// let issued = lifecycle
+///     .issue(
+///         TokenSpec::new("ci", "team-a")
+///             .scopes(["notes:read".parse()?])
+///             .audiences(["notes".parse()?])
+///             .expiry(Expiry::After(Duration::from_secs(3600))),
+///     )
+///     .await?;
+/// let found = lifecycle.store().find_by_hash(&hasher.hash(&issued.token)).await?;
+/// assert_eq!(found.map(|r| r.id), Some(issued.record.id));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Lifecycle<S> {
+    store: S,
+    hasher: TokenHasher,
+    format: TokenFormat,
+    policy: IssuancePolicy,
+    clock: SharedClock,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Lifecycle<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lifecycle")
+            .field("store", &self.store)
+            .field("format", &self.format)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: TokenAdmin> Lifecycle<S> {
+    /// A lifecycle over `store`, hashing with `hasher`, issuing `tg_` tokens
+    /// under the default policy and the system clock.
+    pub fn new(store: S, hasher: TokenHasher) -> Self {
+        Self {
+            store,
+            hasher,
+            format: TokenFormat::default(),
+            policy: IssuancePolicy::default(),
+            clock: SystemClock::shared(),
+        }
+    }
+
+    /// Issues tokens of `format`.
+    pub fn with_format(mut self, format: TokenFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Issues under `policy`.
+    pub fn with_policy(mut self, policy: IssuancePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Reads time from `clock`.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The hasher.
+    pub fn hasher(&self) -> &TokenHasher {
+        &self.hasher
+    }
+
+    /// The token format.
+    pub fn format(&self) -> &TokenFormat {
+        &self.format
+    }
+
+    /// Issues a token for `spec`. The returned token is the only copy.
+    pub async fn issue(&self, spec: TokenSpec) -> Result<IssuedToken, LifecycleError> {
+        let now = self.clock.now();
+        let (issued, record) = self.build(spec, now, None)?;
+        self.store.insert(record.clone()).await?;
+        Ok(IssuedToken {
+            token: issued,
+            record,
+        })
+    }
+
+    /// Revokes the token: it fails from the next request on.
+    pub async fn revoke(&self, id: &TokenId) -> Result<TokenRecord, LifecycleError> {
+        Ok(self.store.revoke(id, self.clock.now()).await?)
+    }
+
+    /// Replaces the token with a new one of the same grants and lifetime;
+    /// the old one keeps working for `grace` (or until its own expiry, if
+    /// sooner), so clients can switch without an outage.
+    pub async fn rotate(
+        &self,
+        id: &TokenId,
+        grace: Duration,
+    ) -> Result<IssuedToken, LifecycleError> {
+        let now = self.clock.now();
+        let old = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+        let status = old.status(now);
+        if status != TokenStatus::Active {
+            return Err(LifecycleError::NotRotatable {
+                id: id.clone(),
+                status,
+            });
+        }
+        let expiry = match old.expires_at {
+            Some(at) => Expiry::After(
+                at.duration_since(old.created_at)
+                    .unwrap_or(self.policy.default_lifetime)
+                    .min(self.policy.max_lifetime),
+            ),
+            None => Expiry::Never,
+        };
+        let spec = TokenSpec {
+            name: old.name.clone(),
+            subject: old.subject.clone(),
+            scopes: old.scopes.clone(),
+            audiences: old.audiences.clone(),
+            expiry,
+            allowed_networks: old.allowed_networks.clone(),
+            rate_quota: old.rate_quota,
+            metadata: old.metadata.clone(),
+        };
+        let (token, record) = self.build(spec, now, Some(old.id.clone()))?;
+        let grace_end = now.checked_add(grace).unwrap_or(now);
+        let old_expires_at = old.expires_at.map_or(grace_end, |at| at.min(grace_end));
+        self.store
+            .rotate(id, old_expires_at, record.clone())
+            .await?;
+        Ok(IssuedToken { token, record })
+    }
+
+    /// The record with `id`.
+    pub async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, LifecycleError> {
+        Ok(self.store.get(id).await?)
+    }
+
+    /// Every record, oldest first.
+    pub async fn list(&self) -> Result<Vec<TokenRecord>, LifecycleError> {
+        Ok(self.store.list().await?)
+    }
+
+    fn build(
+        &self,
+        spec: TokenSpec,
+        now: SystemTime,
+        rotated_from: Option<TokenId>,
+    ) -> Result<(Token, TokenRecord), LifecycleError> {
+        check_text("name", &spec.name)?;
+        check_text("subject", &spec.subject)?;
+        for (key, value) in &spec.metadata {
+            check_text("metadata key", key)?;
+            check_text("metadata value", value)?;
+        }
+        if self.policy.require_audience && spec.audiences.is_empty() {
+            return Err(LifecycleError::NoAudience);
+        }
+        self.policy.check_scopes(&spec.scopes)?;
+        let expires_at = self.policy.expiry_at(spec.expiry, now)?;
+        let token = self.format.generate();
+        let record = TokenRecord {
+            id: TokenId::generate(),
+            hash: self.hasher.hash(&token),
+            name: spec.name,
+            subject: spec.subject,
+            scopes: spec.scopes,
+            audiences: spec.audiences,
+            created_at: now,
+            expires_at,
+            revoked_at: None,
+            last_used_at: None,
+            allowed_networks: spec.allowed_networks,
+            rate_quota: spec.rate_quota,
+            rotated_from,
+            metadata: spec.metadata,
+        };
+        Ok((token, record))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,130 @@
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::SystemTime;
+
+use super::{StoreError, TokenAdmin, TokenStore};
+use crate::hash::TokenHash;
+use crate::id::TokenId;
+use crate::record::TokenRecord;
+
+/// An in-memory store for tests, examples and single-process demos.
+///
+/// Clones share the same records. Nothing survives a restart: use the
+/// SQLite store for anything real.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    state: Arc<RwLock<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    records: HashMap<TokenId, TokenRecord>,
+    by_hash: HashMap<TokenHash, TokenId>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many records the store holds.
+    pub fn len(&self) -> usize {
+        self.read(|s| s.records.len())
+    }
+
+    /// Whether the store holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.state.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.write().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl State {
+    fn check_free(&self, record: &TokenRecord) -> Result<(), StoreError> {
+        if self.records.contains_key(&record.id) {
+            return Err(StoreError::Conflict("id"));
+        }
+        if self.by_hash.contains_key(&record.hash) {
+            return Err(StoreError::Conflict("hash"));
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, record: TokenRecord) {
+        self.by_hash.insert(record.hash, record.id.clone());
+        self.records.insert(record.id.clone(), record);
+    }
+
+    fn record_mut(&mut self, id: &TokenId) -> Result<&mut TokenRecord, StoreError> {
+        self.records
+            .get_mut(id)
+            .ok_or_else(|| StoreError::NotFound(id.clone()))
+    }
+}
+
+impl TokenStore for MemoryStore {
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        Ok(self.read(|s| {
+            s.by_hash
+                .get(hash)
+                .and_then(|id| s.records.get(id))
+                .cloned()
+        }))
+    }
+}
+
+impl TokenAdmin for MemoryStore {
+    async fn insert(&self, record: TokenRecord) -> Result<(), StoreError> {
+        self.write(|s| {
+            s.check_free(&record)?;
+            s.add(record);
+            Ok(())
+        })
+    }
+
+    async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        Ok(self.read(|s| s.records.get(id).cloned()))
+    }
+
+    async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut all: Vec<TokenRecord> = self.read(|s| s.records.values().cloned().collect());
+        all.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(all)
+    }
+
+    async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {
+        self.write(|s| {
+            let record = s.record_mut(id)?;
+            record.revoked_at.get_or_insert(at);
+            Ok(record.clone())
+        })
+    }
+
+    async fn rotate(
+        &self,
+        old: &TokenId,
+        old_expires_at: SystemTime,
+        replacement: TokenRecord,
+    ) -> Result<TokenRecord, StoreError> {
+        self.write(|s| {
+            s.record_mut(old)?;
+            s.check_free(&replacement)?;
+            s.add(replacement);
+            let record = s.record_mut(old)?;
+            record.expires_at = Some(old_expires_at);
+            Ok(record.clone())
+        })
+    }
+}

@@ -1,0 +1,104 @@
+//! Where token records live: the lookup and admin traits, and their errors.
+//!
+//! [`TokenStore`] is the request path: one lookup by [`TokenHash`], where a
+//! failure of the store ([`StoreError`]) is never confused with "no such
+//! token" (`Ok(None)`). [`TokenAdmin`] is the management side the
+//! [`Lifecycle`] builds on. Both are implemented by [`MemoryStore`] here, by
+//! the SQLite store, and by [`CachedStore`](crate::CachedStore) in front of
+//! any store.
+
+mod lifecycle;
+mod memory;
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub use lifecycle::{Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, TokenSpec};
+pub use memory::MemoryStore;
+
+use crate::hash::TokenHash;
+use crate::id::TokenId;
+use crate::record::TokenRecord;
+
+/// Looks tokens up by their keyed hash: the request path.
+pub trait TokenStore: Send + Sync + 'static {
+    /// The record stored under `hash`: `Ok(None)` when there is none,
+    /// `Err` when the store could not answer.
+    fn find_by_hash(
+        &self,
+        hash: &TokenHash,
+    ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send;
+}
+
+/// The management side of a store.
+///
+/// Stores persist; policy (lifetimes, scope catalogue, grace periods) lives
+/// in [`Lifecycle`], so every store enforces the same rules.
+pub trait TokenAdmin: Send + Sync + 'static {
+    /// Stores a new record. Fails with [`StoreError::Conflict`] if its id or
+    /// hash is taken.
+    fn insert(&self, record: TokenRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The record with `id`, if any.
+    fn get(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send;
+
+    /// Every record, ordered by creation time.
+    fn list(&self) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send;
+
+    /// Marks the token revoked at `at` and returns the record. Revoking a
+    /// revoked token keeps the first revocation time.
+    fn revoke(
+        &self,
+        id: &TokenId,
+        at: SystemTime,
+    ) -> impl Future<Output = Result<TokenRecord, StoreError>> + Send;
+
+    /// Atomically stores `replacement` and moves the expiry of `old` to
+    /// `old_expires_at`; returns the updated old record.
+    fn rotate(
+        &self,
+        old: &TokenId,
+        old_expires_at: SystemTime,
+        replacement: TokenRecord,
+    ) -> impl Future<Output = Result<TokenRecord, StoreError>> + Send;
+}
+
+impl<S: TokenStore> TokenStore for Arc<S> {
+    fn find_by_hash(
+        &self,
+        hash: &TokenHash,
+    ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send {
+        (**self).find_by_hash(hash)
+    }
+}
+
+/// A store failure. Cloneable, so one failed lookup can answer every request
+/// waiting on it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store could not be reached or failed.
+    #[error("token store unavailable: {0}")]
+    Unavailable(#[source] Arc<dyn StdError + Send + Sync>),
+    /// The store did not answer in time.
+    #[error("token store timed out")]
+    Timeout,
+    /// An admin operation named a token that does not exist.
+    #[error("no token with id {0}")]
+    NotFound(TokenId),
+    /// An insert collided with an existing id or hash.
+    #[error("a token with this {0} already exists")]
+    Conflict(&'static str),
+}
+
+impl StoreError {
+    /// Wraps a backend error as [`StoreError::Unavailable`].
+    pub fn unavailable(error: impl StdError + Send + Sync + 'static) -> Self {
+        Self::Unavailable(Arc::new(error))
+    }
+}

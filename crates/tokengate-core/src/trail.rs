@@ -1,0 +1,113 @@
+//! How inner layers tell the audit layer what they decided.
+//!
+//! The audit layer sits outermost, so it never sees the request extensions
+//! inner layers add. It puts a [`RequestTrail`] into the request's
+//! extensions instead; inner layers write what they learned into it (the
+//! client address, the principal, a denial), and the audit layer reads it
+//! once the response is done. Denials additionally travel in the response's
+//! extensions. Without an audit layer the trail is absent and noting is a
+//! no-op, so layers work alone.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use http::Extensions;
+
+use crate::denial::Denial;
+use crate::principal::{ClientIp, Principal};
+
+/// What the layers of one request decided. Cheap to clone; clones share it.
+///
+/// Each fact is written at most once: the first layer to note a principal,
+/// client address or denial wins, so an inner layer cannot overwrite what an
+/// outer one decided.
+#[derive(Clone, Default)]
+pub struct RequestTrail {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    client_ip: OnceLock<ClientIp>,
+    principal: OnceLock<Principal>,
+    denial: OnceLock<Denial>,
+}
+
+impl RequestTrail {
+    /// An empty trail.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Notes the client address in the trail found in `extensions`, if any.
+    pub fn note_client_ip(extensions: &Extensions, ip: ClientIp) {
+        if let Some(trail) = extensions.get::<Self>() {
+            let _ = trail.inner.client_ip.set(ip);
+        }
+    }
+
+    /// Notes the verified principal in the trail found in `extensions`, if any.
+    pub fn note_principal(extensions: &Extensions, principal: &Principal) {
+        if let Some(trail) = extensions.get::<Self>() {
+            let _ = trail.inner.principal.set(principal.clone());
+        }
+    }
+
+    /// Notes a denial in the trail found in `extensions`, if any.
+    pub fn note_denial(extensions: &Extensions, denial: &Denial) {
+        if let Some(trail) = extensions.get::<Self>() {
+            let _ = trail.inner.denial.set(denial.clone());
+        }
+    }
+
+    /// The client address, if a layer resolved one.
+    pub fn client_ip(&self) -> Option<ClientIp> {
+        self.inner.client_ip.get().copied()
+    }
+
+    /// The principal, if a token was verified.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.inner.principal.get()
+    }
+
+    /// The denial, if a layer refused the request.
+    pub fn denial(&self) -> Option<&Denial> {
+        self.inner.denial.get()
+    }
+}
+
+impl fmt::Debug for RequestTrail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestTrail")
+            .field("client_ip", &self.client_ip())
+            .field("principal", &self.principal().map(Principal::token_id))
+            .field("denial", &self.denial())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_reach_the_trail_and_first_note_wins() {
+        let trail = RequestTrail::new();
+        let mut extensions = Extensions::new();
+        extensions.insert(trail.clone());
+        RequestTrail::note_denial(&extensions, &Denial::MissingToken);
+        RequestTrail::note_denial(&extensions, &Denial::StoreUnavailable);
+        let ip = ClientIp::new("192.0.2.1".parse().unwrap());
+        RequestTrail::note_client_ip(&extensions, ip);
+        assert_eq!(trail.denial(), Some(&Denial::MissingToken));
+        assert_eq!(trail.client_ip(), Some(ip));
+        assert!(trail.principal().is_none());
+    }
+
+    #[test]
+    fn noting_without_a_trail_does_nothing() {
+        let extensions = Extensions::new();
+        RequestTrail::note_denial(&extensions, &Denial::MissingToken);
+        assert!(extensions.get::<RequestTrail>().is_none());
+    }
+}

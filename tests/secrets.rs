@@ -1,0 +1,66 @@
+//! No secret reaches the `Debug` or `Display` of any type that holds or
+//! derives from one.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use tokengate_core::{
+    CacheConfig, CachedStore, Denial, InvalidReason, KeyId, Lifecycle, MemoryStore, Pepper,
+    Principal, TokenFormatError, TokenHasher, TokenSpec, VerifyError,
+};
+
+/// Fails if any `window`-long run of `secret` appears in `shown`.
+fn assert_hidden(shown: &str, secret: &str, window: usize) {
+    for run in secret.as_bytes().windows(window) {
+        let run = std::str::from_utf8(run).unwrap();
+        assert!(!shown.contains(run), "{run:?} leaked in {shown}");
+    }
+}
+
+#[tokio::test]
+async fn no_type_shows_the_token_or_the_pepper() {
+    let pepper = Pepper::generate(KeyId::new(7));
+    let pepper_hex = pepper.expose_hex().to_string();
+    let hasher = TokenHasher::new(pepper.clone());
+    let cache = CachedStore::new(MemoryStore::new(), CacheConfig::default());
+    let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
+    let issued = lifecycle
+        .issue(
+            TokenSpec::new("ci", "team-a")
+                .scopes(["notes:read".parse().unwrap()])
+                .audiences(["notes".parse().unwrap()]),
+        )
+        .await
+        .unwrap();
+    let secret = issued.token.expose_secret().to_owned();
+    let body = &secret[3..35];
+    let hash = hasher.hash(&issued.token);
+    let principal: Principal = cache.verify(&hash).await.unwrap();
+    let parse_error = lifecycle
+        .format()
+        .parse(&secret[..secret.len() - 1])
+        .unwrap_err();
+    let verify_error =
+        VerifyError::Invalid(InvalidReason::Malformed(TokenFormatError::BadChecksum));
+
+    let shown = [
+        format!("{:?} {}", issued.token, issued.token),
+        format!("{issued:?}"),
+        format!("{:?}", issued.record),
+        format!("{principal:?}"),
+        format!("{lifecycle:?}"),
+        format!("{cache:?}"),
+        format!("{pepper:?} {hasher:?}"),
+        format!("{hash:?} {hash}"),
+        format!("{parse_error:?} {parse_error}"),
+        format!("{verify_error:?} {verify_error}"),
+        format!("{}", Denial::InvalidToken(InvalidReason::Revoked)),
+    ]
+    .join("\n");
+    assert_hidden(&shown, body, 6);
+    assert_hidden(&shown, &pepper_hex, 8);
+    // The hash is shown only as a short fingerprint, never whole.
+    assert!(!shown.contains(&hash.to_hex()));
+    assert!(
+        shown.contains(issued.record.id.as_str()),
+        "ids are public and shown"
+    );
+}
