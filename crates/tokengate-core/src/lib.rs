@@ -76,6 +76,8 @@ mod principal;
 mod record;
 mod scope;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod token;
 pub mod trail;
 

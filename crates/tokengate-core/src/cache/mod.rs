@@ -218,6 +218,18 @@ impl<S: TokenStore> CachedStore<S> {
         }
     }
 
+    /// The cache's verdict on `hash` without awaiting: `Some` on a hit
+    /// (valid, expired, revoked or known-unknown), `None` when only the store
+    /// can tell and [`CachedStore::verify`] must be awaited. Lets a layer
+    /// answer hits with no allocation and no future.
+    pub fn verify_cached(&self, hash: &TokenHash) -> Option<Result<Principal, VerifyError>> {
+        let now = self.shared.clock.now();
+        Some(match self.cached(hash, now)? {
+            Loaded::Found(entry) => entry.judge(now),
+            Loaded::Missing => Err(VerifyError::Invalid(InvalidReason::Unknown)),
+        })
+    }
+
     /// What the caches know about `hash` at `now`, if anything fresh.
     fn cached(&self, hash: &TokenHash, now: SystemTime) -> Option<Loaded> {
         let shared = &*self.shared;
@@ -407,6 +419,10 @@ impl<S: TokenAdmin> TokenAdmin for CachedStore<S> {
         let record = self.shared.store.revoke(id, at).await?;
         self.invalidate(&record.hash);
         Ok(record)
+    }
+
+    async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {
+        self.shared.store.record_usage(used).await
     }
 
     async fn rotate(

@@ -1,86 +1,11 @@
-use std::sync::atomic::{AtomicBool, AtomicUsize};
-
-use tokio::sync::Semaphore;
-
 use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::hash::{KeyId, Pepper, TokenHasher};
-use crate::store::{Expiry, Lifecycle, MemoryStore, TokenSpec};
+use crate::store::{Expiry, Lifecycle, TokenSpec};
+use crate::testing::ProbeStore;
 use crate::token::TokenFormat;
 
 const SEC: Duration = Duration::from_secs(1);
-
-/// A store that counts lookups, can fail, and can hold one lookup after it
-/// has read the store (to stage races).
-#[derive(Debug, Clone)]
-struct ProbeStore {
-    inner: MemoryStore,
-    lookups: Arc<AtomicUsize>,
-    failing: Arc<AtomicBool>,
-    hold_next: Arc<AtomicBool>,
-    release: Arc<Semaphore>,
-    held: Arc<Semaphore>,
-}
-
-impl Default for ProbeStore {
-    fn default() -> Self {
-        Self {
-            inner: MemoryStore::new(),
-            lookups: Arc::default(),
-            failing: Arc::default(),
-            hold_next: Arc::default(),
-            release: Arc::new(Semaphore::new(0)),
-            held: Arc::new(Semaphore::new(0)),
-        }
-    }
-}
-
-impl ProbeStore {
-    fn lookups(&self) -> usize {
-        self.lookups.load(Ordering::SeqCst)
-    }
-}
-
-impl TokenStore for ProbeStore {
-    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
-        self.lookups.fetch_add(1, Ordering::SeqCst);
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(StoreError::Timeout);
-        }
-        let found = self.inner.find_by_hash(hash).await;
-        if self.hold_next.swap(false, Ordering::SeqCst) {
-            self.held.add_permits(1);
-            let _ = self.release.acquire().await.map(|p| p.forget());
-        }
-        found
-    }
-}
-
-impl TokenAdmin for ProbeStore {
-    async fn insert(&self, record: TokenRecord) -> Result<(), StoreError> {
-        self.inner.insert(record).await
-    }
-    async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(StoreError::Timeout);
-        }
-        self.inner.get(id).await
-    }
-    async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.inner.list().await
-    }
-    async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {
-        self.inner.revoke(id, at).await
-    }
-    async fn rotate(
-        &self,
-        old: &TokenId,
-        at: SystemTime,
-        new: TokenRecord,
-    ) -> Result<TokenRecord, StoreError> {
-        self.inner.rotate(old, at, new).await
-    }
-}
 
 struct Fixture {
     probe: ProbeStore,
@@ -155,18 +80,18 @@ async fn revoke_through_the_cache_fails_the_very_next_lookup() {
 async fn concurrent_first_lookups_make_one_store_call() {
     let f = fixture(CacheConfig::default());
     let (hash, id) = f.issue(Expiry::Default).await;
-    f.probe.hold_next.store(true, Ordering::SeqCst);
+    f.probe.hold_next_lookup();
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
             let cache = f.cache.clone();
             tokio::spawn(async move { cache.verify(&hash).await })
         })
         .collect();
-    let _ = f.probe.held.acquire().await.unwrap();
+    f.probe.held().await;
     for _ in 0..50 {
         tokio::task::yield_now().await;
     }
-    f.probe.release.add_permits(1);
+    f.probe.release();
     for task in tasks {
         assert_eq!(task.await.unwrap().unwrap().token_id(), &id);
     }
@@ -174,10 +99,37 @@ async fn concurrent_first_lookups_make_one_store_call() {
 }
 
 #[tokio::test]
+async fn verify_cached_answers_hits_and_defers_misses() {
+    let f = fixture(CacheConfig::default());
+    let (hash, id) = f.issue(Expiry::After(10 * SEC)).await;
+    assert!(
+        f.cache.verify_cached(&hash).is_none(),
+        "a miss needs the store"
+    );
+    f.cache.verify(&hash).await.unwrap();
+    assert_eq!(
+        f.cache.verify_cached(&hash).unwrap().unwrap().token_id(),
+        &id
+    );
+    f.clock.advance(10 * SEC);
+    assert_eq!(
+        reason(f.cache.verify_cached(&hash).unwrap()),
+        InvalidReason::Expired
+    );
+    let unknown = f.random_hash();
+    f.cache.verify(&unknown).await.unwrap_err();
+    assert_eq!(
+        reason(f.cache.verify_cached(&unknown).unwrap()),
+        InvalidReason::Unknown
+    );
+    assert_eq!(f.probe.lookups(), 2);
+}
+
+#[tokio::test]
 async fn store_errors_are_not_cached() {
     let f = fixture(CacheConfig::default());
     let (hash, _) = f.issue(Expiry::Default).await;
-    f.probe.failing.store(true, Ordering::SeqCst);
+    f.probe.set_failing(true);
     let err = f.cache.verify(&hash).await.unwrap_err();
     assert!(matches!(err, VerifyError::Store(StoreError::Timeout)));
     assert_eq!(err.to_denial(), Denial::StoreUnavailable);
@@ -185,7 +137,7 @@ async fn store_errors_are_not_cached() {
         err.to_denial().status(),
         http::StatusCode::SERVICE_UNAVAILABLE
     );
-    f.probe.failing.store(false, Ordering::SeqCst);
+    f.probe.set_failing(false);
     f.cache.verify(&hash).await.unwrap();
     assert_eq!(f.probe.lookups(), 2);
 }
@@ -238,7 +190,7 @@ async fn ttl_counts_from_insertion_and_bounds_revocations_made_elsewhere() {
     let (hash, id) = f.issue(Expiry::Default).await;
     f.cache.verify(&hash).await.unwrap();
     // Another process revokes straight in the store; no event reaches us.
-    f.probe.inner.revoke(&id, f.clock.now()).await.unwrap();
+    f.probe.inner().revoke(&id, f.clock.now()).await.unwrap();
     for _ in 0..3 {
         f.clock.advance(9 * SEC);
         f.cache.verify(&hash).await.unwrap();
@@ -254,7 +206,7 @@ async fn revocation_events_from_elsewhere_apply_at_once() {
     let f = fixture(CacheConfig::default());
     let (hash, id) = f.issue(Expiry::Default).await;
     f.cache.verify(&hash).await.unwrap();
-    f.probe.inner.revoke(&id, f.clock.now()).await.unwrap();
+    f.probe.inner().revoke(&id, f.clock.now()).await.unwrap();
     f.cache.apply(&RevocationEvent { id, hash });
     assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Revoked);
 }
@@ -264,7 +216,7 @@ async fn invalidate_by_id_finds_the_hash_in_the_store() {
     let f = fixture(CacheConfig::default());
     let (hash, id) = f.issue(Expiry::Default).await;
     f.cache.verify(&hash).await.unwrap();
-    f.probe.inner.revoke(&id, f.clock.now()).await.unwrap();
+    f.probe.inner().revoke(&id, f.clock.now()).await.unwrap();
     f.cache.invalidate_id(&id).await.unwrap();
     assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Revoked);
 }
@@ -274,11 +226,11 @@ async fn invalidate_by_id_with_the_store_down_forgets_everything() {
     let f = fixture(CacheConfig::default());
     let (hash, id) = f.issue(Expiry::Default).await;
     f.cache.verify(&hash).await.unwrap();
-    f.probe.inner.revoke(&id, f.clock.now()).await.unwrap();
-    f.probe.failing.store(true, Ordering::SeqCst);
+    f.probe.inner().revoke(&id, f.clock.now()).await.unwrap();
+    f.probe.set_failing(true);
     let err = f.cache.invalidate_id(&id).await.unwrap_err();
     assert!(matches!(err, StoreError::Timeout));
-    f.probe.failing.store(false, Ordering::SeqCst);
+    f.probe.set_failing(false);
     assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Revoked);
 }
 
@@ -286,17 +238,17 @@ async fn invalidate_by_id_with_the_store_down_forgets_everything() {
 async fn a_refill_racing_a_revocation_loses() {
     let f = fixture(CacheConfig::default());
     let (hash, id) = f.issue(Expiry::Default).await;
-    f.probe.hold_next.store(true, Ordering::SeqCst);
+    f.probe.hold_next_lookup();
     let stale = {
         let cache = f.cache.clone();
         tokio::spawn(async move { cache.verify(&hash).await })
     };
     // The first lookup has read the unrevoked record and is held.
-    let _ = f.probe.held.acquire().await.unwrap();
+    f.probe.held().await;
     f.lifecycle.revoke(&id).await.unwrap();
     // A request after revoke() returned must not join the stale lookup.
     assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Revoked);
-    f.probe.release.add_permits(1);
+    f.probe.release();
     // The stale lookup was concurrent with the revocation; it may answer
     // with what it read, but it must not put that answer in the cache.
     assert!(stale.await.unwrap().is_ok());
@@ -336,10 +288,10 @@ async fn rotation_through_the_cache_keeps_both_tokens_during_grace() {
 async fn cancelled_lookups_leave_no_flight_behind() {
     let f = fixture(CacheConfig::default());
     let (hash, _) = f.issue(Expiry::Default).await;
-    f.probe.hold_next.store(true, Ordering::SeqCst);
+    f.probe.hold_next_lookup();
     let cache = f.cache.clone();
     let task = tokio::spawn(async move { cache.verify(&hash).await });
-    let _ = f.probe.held.acquire().await.unwrap();
+    f.probe.held().await;
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
     assert!(lock(&f.cache.shared.flights).is_empty());

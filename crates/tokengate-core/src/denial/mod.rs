@@ -12,6 +12,7 @@
 //! | [`Denial::MissingToken`] | 401, challenge without error code | 16 `UNAUTHENTICATED` |
 //! | [`Denial::InvalidToken`] | 401 `invalid_token` (one body for all reasons) | 16 `UNAUTHENTICATED` |
 //! | [`Denial::InsufficientScope`] | 403 `insufficient_scope`, `scope="…"` | 7 `PERMISSION_DENIED` |
+//! | [`Denial::Unmapped`] (no rule covers the route) | 403 | 7 `PERMISSION_DENIED` |
 //! | [`Denial::IpForbidden`] | 403 | 7 `PERMISSION_DENIED` |
 //! | [`Denial::RateLimited`] | 429, `Retry-After`, `RateLimit-Policy`, `RateLimit` | 8 `RESOURCE_EXHAUSTED` |
 //! | [`Denial::StoreUnavailable`] | 503 | 14 `UNAVAILABLE` |
@@ -44,6 +45,8 @@ pub enum Denial {
         /// The required scopes the token does not grant.
         missing: Vec<Scope>,
     },
+    /// No access rule covers the route or gRPC method (deny by default).
+    Unmapped,
     /// The client address is not allowed.
     IpForbidden(IpReason),
     /// A rate quota is spent.
@@ -101,7 +104,9 @@ impl Denial {
         match self {
             Self::MalformedRequest(_) => StatusCode::BAD_REQUEST,
             Self::MissingToken | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
-            Self::InsufficientScope { .. } | Self::IpForbidden(_) => StatusCode::FORBIDDEN,
+            Self::InsufficientScope { .. } | Self::Unmapped | Self::IpForbidden(_) => {
+                StatusCode::FORBIDDEN
+            }
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -112,7 +117,7 @@ impl Denial {
         match self {
             Self::MalformedRequest(_) => 3,
             Self::MissingToken | Self::InvalidToken(_) => 16,
-            Self::InsufficientScope { .. } | Self::IpForbidden(_) => 7,
+            Self::InsufficientScope { .. } | Self::Unmapped | Self::IpForbidden(_) => 7,
             Self::RateLimited(_) => 8,
             Self::StoreUnavailable => 14,
         }
@@ -142,6 +147,7 @@ impl Denial {
             Self::MissingToken => "missing_token",
             Self::InvalidToken(reason) => reason.as_str(),
             Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::Unmapped => "no_access_rule",
             Self::IpForbidden(IpReason::Denied) => "ip_denied",
             Self::IpForbidden(IpReason::NotAllowed) => "ip_not_allowed",
             Self::IpForbidden(IpReason::OutsideTokenNetworks) => "ip_outside_token_networks",
@@ -167,6 +173,7 @@ impl Denial {
             Self::MissingToken => "A bearer token is required.",
             Self::InvalidToken(_) => "The bearer token is invalid, expired or revoked.",
             Self::InsufficientScope { .. } => "The bearer token lacks a required scope.",
+            Self::Unmapped => "No access rule allows this route.",
             Self::IpForbidden(_) => "Requests from this address are not allowed.",
             Self::RateLimited(_) => "The rate limit is exceeded; retry later.",
             Self::StoreUnavailable => "The token service is temporarily unavailable.",
@@ -181,6 +188,7 @@ impl Denial {
             Self::MissingToken => "missing-token",
             Self::InvalidToken(_) => "invalid-token",
             Self::InsufficientScope { .. } => "insufficient-scope",
+            Self::Unmapped => "no-access-rule",
             Self::IpForbidden(_) => "ip-forbidden",
             Self::RateLimited(_) => "rate-limited",
             Self::StoreUnavailable => "unavailable",

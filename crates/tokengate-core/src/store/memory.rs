@@ -112,6 +112,17 @@ impl TokenAdmin for MemoryStore {
         })
     }
 
+    async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {
+        self.write(|s| {
+            for (id, at) in used {
+                if let Some(record) = s.records.get_mut(id) {
+                    record.last_used_at = record.last_used_at.max(Some(*at));
+                }
+            }
+        });
+        Ok(())
+    }
+
     async fn rotate(
         &self,
         old: &TokenId,

@@ -58,6 +58,14 @@ pub trait TokenAdmin: Send + Sync + 'static {
         at: SystemTime,
     ) -> impl Future<Output = Result<TokenRecord, StoreError>> + Send;
 
+    /// Records when tokens were last used. Called in batches by a
+    /// write-behind tracker, never on a request's path; ids that no longer
+    /// exist are skipped, and a time earlier than the stored one is ignored.
+    fn record_usage(
+        &self,
+        used: &[(TokenId, SystemTime)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Atomically stores `replacement` and moves the expiry of `old` to
     /// `old_expires_at`; returns the updated old record.
     fn rotate(

@@ -3,7 +3,7 @@ use std::time::Duration;
 use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::hash::{KeyId, Pepper};
-use crate::store::{MemoryStore, TokenStore};
+use crate::store::{MemoryStore, TokenAdmin, TokenStore};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -212,4 +212,24 @@ async fn list_is_ordered_by_creation() {
     let b = lc.issue(spec()).await.unwrap();
     let ids: Vec<_> = lc.list().await.unwrap().into_iter().map(|r| r.id).collect();
     assert_eq!(ids, vec![a.record.id, b.record.id]);
+}
+
+#[tokio::test]
+async fn usage_is_recorded_and_never_moves_backwards() {
+    let (lc, clock) = setup();
+    let issued = lc.issue(spec()).await.unwrap();
+    let later = clock.now() + HOUR;
+    lc.store()
+        .record_usage(&[
+            (issued.record.id.clone(), later),
+            (TokenId::generate(), later),
+        ])
+        .await
+        .unwrap();
+    lc.store()
+        .record_usage(&[(issued.record.id.clone(), clock.now())])
+        .await
+        .unwrap();
+    let stored = lc.get(&issued.record.id).await.unwrap().unwrap();
+    assert_eq!(stored.last_used_at, Some(later));
 }

@@ -1,0 +1,187 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use tokengate_core::{
+    Audience, CachedStore, Renderer, SharedClock, SystemClock, TokenFormat, TokenHasher,
+};
+use tower::Layer;
+
+use crate::credential::{QuerySource, Sources};
+use crate::public::IsPublic;
+use crate::service::Authenticate;
+use crate::usage::UsageTracker;
+
+/// The default name of the response header that tells a client when its
+/// token expires (an IMF-fixdate, like `Expires`).
+pub const TOKEN_EXPIRES: HeaderName = HeaderName::from_static("token-expires");
+
+/// Which audiences the layer accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AudienceCheck {
+    /// Tokens must list this audience.
+    Required(Audience),
+    /// Any token of the store, whatever its audiences (explicit opt-out).
+    Any,
+}
+
+/// Verifies bearer tokens and puts the [`Principal`](tokengate_core::Principal)
+/// into request extensions; refuses everything else with a
+/// [`Denial`](tokengate_core::Denial) response.
+///
+/// See the [crate docs](crate) for the checks, in order, and an example.
+pub struct AuthenticateLayer<St> {
+    pub(crate) config: Arc<Config<St>>,
+}
+
+pub(crate) struct Config<St> {
+    pub(crate) verifier: CachedStore<St>,
+    pub(crate) hasher: TokenHasher,
+    pub(crate) format: TokenFormat,
+    pub(crate) audience: AudienceCheck,
+    pub(crate) sources: Sources,
+    pub(crate) public: Option<Arc<dyn IsPublic>>,
+    pub(crate) renderer: Renderer,
+    pub(crate) clock: SharedClock,
+    pub(crate) expires_header: Option<HeaderName>,
+    pub(crate) usage: Option<UsageTracker>,
+    pub(crate) lookup_timeout: Duration,
+}
+
+impl<St> Clone for Config<St> {
+    fn clone(&self) -> Self {
+        Self {
+            verifier: self.verifier.clone(),
+            hasher: self.hasher.clone(),
+            format: self.format.clone(),
+            audience: self.audience.clone(),
+            sources: self.sources.clone(),
+            public: self.public.clone(),
+            renderer: self.renderer.clone(),
+            clock: Arc::clone(&self.clock),
+            expires_header: self.expires_header.clone(),
+            usage: self.usage.clone(),
+            lookup_timeout: self.lookup_timeout,
+        }
+    }
+}
+
+impl<St> Clone for AuthenticateLayer<St> {
+    fn clone(&self) -> Self {
+        Self {
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<St> fmt::Debug for AuthenticateLayer<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        f.debug_struct("AuthenticateLayer")
+            .field("format", &c.format)
+            .field("audience", &c.audience)
+            .field("sources", &c.sources)
+            .field("public", &c.public.is_some())
+            .field("renderer", &c.renderer)
+            .field("expires_header", &c.expires_header)
+            .field("lookup_timeout", &c.lookup_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St> AuthenticateLayer<St> {
+    /// A layer verifying `tg_` tokens through `verifier`, hashed with
+    /// `hasher`, for the service named `audience`.
+    ///
+    /// Defaults: credentials only from `Authorization: Bearer`, no public
+    /// routes, problem+json rejections in realm `tokengate`, the system
+    /// clock, a `token-expires` response header, store lookups bounded by
+    /// 3 seconds.
+    pub fn new(verifier: CachedStore<St>, hasher: TokenHasher, audience: Audience) -> Self {
+        Self {
+            config: Arc::new(Config {
+                verifier,
+                hasher,
+                format: TokenFormat::default(),
+                audience: AudienceCheck::Required(audience),
+                sources: Sources::default(),
+                public: None,
+                renderer: Renderer::default(),
+                clock: SystemClock::shared(),
+                expires_header: Some(TOKEN_EXPIRES),
+                usage: None,
+                lookup_timeout: Duration::from_secs(3),
+            }),
+        }
+    }
+
+    fn with(mut self, change: impl FnOnce(&mut Config<St>)) -> Self {
+        change(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// Accepts tokens whatever audiences they list. Segmentation is then up
+    /// to you: prefer one audience per service.
+    pub fn accept_any_audience(self) -> Self {
+        self.with(|c| c.audience = AudienceCheck::Any)
+    }
+
+    /// Accepts tokens of `format` (e.g. a custom prefix).
+    pub fn format(self, format: TokenFormat) -> Self {
+        self.with(|c| c.format = format)
+    }
+
+    /// Also reads the bare token from header `name` (e.g. `x-api-key`).
+    pub fn header(self, name: HeaderName) -> Self {
+        self.with(|c| c.sources.header = Some(name))
+    }
+
+    /// Also reads the token from query parameter `name`. Off by default:
+    /// URLs end up in logs and browser history. When on, the parameter's
+    /// value is replaced by `REDACTED` before the request goes on, so no
+    /// inner layer or handler sees it.
+    pub fn query_param(self, name: &str) -> Self {
+        self.with(|c| c.sources.query = QuerySource::Accepted(name.into()))
+    }
+
+    /// Lets requests that `public` accepts pass without a credential.
+    pub fn public(self, public: impl IsPublic) -> Self {
+        let public: Arc<dyn IsPublic> = Arc::new(public);
+        self.with(|c| c.public = Some(public))
+    }
+
+    /// Renders rejections with `renderer`.
+    pub fn renderer(self, renderer: Renderer) -> Self {
+        self.with(|c| c.renderer = renderer)
+    }
+
+    /// Reads time from `clock` (expiry checks; the cache has its own).
+    pub fn clock(self, clock: SharedClock) -> Self {
+        self.with(|c| c.clock = clock)
+    }
+
+    /// Names the response header carrying the token's expiry, or turns it
+    /// off with `None`.
+    pub fn expires_header(self, name: Option<HeaderName>) -> Self {
+        self.with(|c| c.expires_header = name)
+    }
+
+    /// Records each token's use in `tracker` (`last_used_at`, written behind).
+    pub fn usage(self, tracker: UsageTracker) -> Self {
+        self.with(|c| c.usage = Some(tracker))
+    }
+
+    /// Bounds a store lookup on a cache miss; past it the request gets 503.
+    pub fn lookup_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.lookup_timeout = timeout)
+    }
+}
+
+impl<S, St> Layer<S> for AuthenticateLayer<St> {
+    type Service = Authenticate<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate::new(inner, Arc::clone(&self.config))
+    }
+}

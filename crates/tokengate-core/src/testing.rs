@@ -1,0 +1,149 @@
+//! Test support: a store wrapper that counts lookups and injects faults.
+//!
+//! Enabled by the `testing` feature (and in this crate's own tests). Use it
+//! in the tests of layers and applications to assert how many store
+//! lookups a request made, and what happens when the store fails, hangs or
+//! answers late.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use tokio::sync::Semaphore;
+
+use crate::hash::TokenHash;
+use crate::id::TokenId;
+use crate::record::TokenRecord;
+use crate::store::{MemoryStore, StoreError, TokenAdmin, TokenStore};
+
+/// A [`MemoryStore`] behind probes: counts lookups, can fail them, hang
+/// them, or hold one lookup after it has read the store (to stage races
+/// with revocation). Clones share everything.
+#[derive(Debug, Clone)]
+pub struct ProbeStore {
+    inner: MemoryStore,
+    lookups: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+    hanging: Arc<AtomicBool>,
+    hold_next: Arc<AtomicBool>,
+    release: Arc<Semaphore>,
+    held: Arc<Semaphore>,
+}
+
+impl Default for ProbeStore {
+    fn default() -> Self {
+        Self::new(MemoryStore::new())
+    }
+}
+
+impl ProbeStore {
+    /// Probes around `inner`.
+    pub fn new(inner: MemoryStore) -> Self {
+        Self {
+            inner,
+            lookups: Arc::default(),
+            failing: Arc::default(),
+            hanging: Arc::default(),
+            hold_next: Arc::default(),
+            release: Arc::new(Semaphore::new(0)),
+            held: Arc::new(Semaphore::new(0)),
+        }
+    }
+
+    /// The store behind the probes (writes to it bypass any cache: "another
+    /// process").
+    pub fn inner(&self) -> &MemoryStore {
+        &self.inner
+    }
+
+    /// How many `find_by_hash` calls were made.
+    pub fn lookups(&self) -> usize {
+        self.lookups.load(Ordering::SeqCst)
+    }
+
+    /// Makes lookups and `get` fail with [`StoreError::Timeout`] (or succeed again).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Makes lookups never answer (or answer again).
+    pub fn set_hanging(&self, hanging: bool) {
+        self.hanging.store(hanging, Ordering::SeqCst);
+    }
+
+    /// Holds the next lookup after it has read the store, until
+    /// [`ProbeStore::release`].
+    pub fn hold_next_lookup(&self) {
+        self.hold_next.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until a lookup is being held.
+    pub async fn held(&self) {
+        if let Ok(permit) = self.held.acquire().await {
+            permit.forget();
+        }
+    }
+
+    /// Lets the held lookup answer.
+    pub fn release(&self) {
+        self.release.add_permits(1);
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            Err(StoreError::Timeout)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl TokenStore for ProbeStore {
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        if self.hanging.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let found = self.inner.find_by_hash(hash).await;
+        if self.hold_next.swap(false, Ordering::SeqCst) {
+            self.held.add_permits(1);
+            if let Ok(permit) = self.release.acquire().await {
+                permit.forget();
+            }
+        }
+        found
+    }
+}
+
+impl TokenAdmin for ProbeStore {
+    async fn insert(&self, record: TokenRecord) -> Result<(), StoreError> {
+        self.inner.insert(record).await
+    }
+
+    async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        self.check()?;
+        self.inner.get(id).await
+    }
+
+    async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.inner.list().await
+    }
+
+    async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {
+        self.inner.revoke(id, at).await
+    }
+
+    async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {
+        self.inner.record_usage(used).await
+    }
+
+    async fn rotate(
+        &self,
+        old: &TokenId,
+        old_expires_at: SystemTime,
+        replacement: TokenRecord,
+    ) -> Result<TokenRecord, StoreError> {
+        self.inner.rotate(old, old_expires_at, replacement).await
+    }
+}
