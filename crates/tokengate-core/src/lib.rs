@@ -70,6 +70,7 @@ pub mod body;
 mod cache;
 mod clock;
 pub mod denial;
+pub mod future;
 mod hash;
 mod id;
 mod principal;
@@ -89,6 +90,7 @@ pub use denial::{
     Denial, InvalidReason, IpReason, MalformedReason, ProblemJson, RateLimitPolicy,
     RateLimitPolicyError, RateLimited, Realm, RealmError, RenderDenial, Renderer, is_grpc,
 };
+pub use future::Decided;
 pub use hash::{KeyId, Pepper, PepperError, TokenHash, TokenHasher};
 pub use id::{TokenId, TokenIdError};
 pub use principal::{ClientIp, Principal};

@@ -1,0 +1,96 @@
+//! The response future shared by layers that decide synchronously.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::Response;
+use pin_project_lite::pin_project;
+
+use crate::body::GateBody;
+use crate::denial::{Denial, Renderer};
+
+pin_project! {
+    /// Either the inner service's response future (its body wrapped in
+    /// [`GateBody`]) or a rejection decided before the inner service was
+    /// called.
+    pub struct Decided<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B> {
+        Forward { #[pin] future: F },
+        Rejected { response: Option<Response<GateBody<B>>> },
+    }
+}
+
+impl<F, B> Decided<F, B> {
+    /// Forwards to the inner service's future.
+    pub fn forward(future: F) -> Self {
+        Self {
+            kind: Kind::Forward { future },
+        }
+    }
+
+    /// Answers with `response` without calling the inner service.
+    pub fn reject(response: Response<GateBody<B>>) -> Self {
+        Self {
+            kind: Kind::Rejected {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<F, B, E> Future for Decided<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<GateBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Forward { future } => {
+                Poll::Ready(Ok(ready!(future.poll(cx))?.map(GateBody::new)))
+            }
+            // Polled again after completion: a fail-closed 503, not a panic.
+            KindProj::Rejected { response } => Poll::Ready(Ok(response
+                .take()
+                .unwrap_or_else(|| Renderer::default().render(Denial::StoreUnavailable, false)))),
+        }
+    }
+}
+
+impl<F, B> fmt::Debug for Decided<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.kind {
+            Kind::Forward { .. } => "forward",
+            Kind::Rejected { .. } => "rejected",
+        };
+        f.debug_tuple("Decided").field(&state).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http::StatusCode;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn forwards_or_answers_the_stored_rejection() {
+        let ok = Decided::<_, ()>::forward(async { Ok::<_, Infallible>(Response::new(())) });
+        assert_eq!(ok.await.unwrap().status(), StatusCode::OK);
+        let refused = Renderer::default().render(Denial::MissingToken, false);
+        let rejected =
+            Decided::<std::future::Ready<Result<Response<()>, Infallible>>, ()>::reject(refused);
+        assert_eq!(rejected.await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+}

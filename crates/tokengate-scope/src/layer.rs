@@ -1,0 +1,105 @@
+use std::fmt;
+use std::sync::Arc;
+
+use tokengate_core::{Renderer, ScopeRules};
+use tower::Layer;
+
+use crate::policy::ScopeLookup;
+use crate::requirement::{Requirement, RequirementError};
+use crate::service::EnforceScope;
+
+/// Checks the [`Principal`](tokengate_core::Principal)'s scopes against a
+/// [`ScopeLookup`]: a [`ScopePolicy`](crate::ScopePolicy) table for a whole
+/// stack, or one [`Requirement`] per route ([`RequireScope`]).
+///
+/// Runs after the authenticate layer. No principal in the request (the
+/// layer is misplaced, or the route is public): 401. No rule for the
+/// request: 403. Scopes missing: 403 `insufficient_scope` naming them.
+pub struct EnforceScopeLayer<P> {
+    pub(crate) lookup: Arc<P>,
+    pub(crate) rules: Arc<ScopeRules>,
+    pub(crate) renderer: Renderer,
+}
+
+/// The per-route form: `RequireScope::all(["notes:write"])?` as an axum
+/// `route_layer`.
+pub type RequireScope = EnforceScopeLayer<Requirement>;
+
+impl<P> Clone for EnforceScopeLayer<P> {
+    fn clone(&self) -> Self {
+        Self {
+            lookup: Arc::clone(&self.lookup),
+            rules: Arc::clone(&self.rules),
+            renderer: self.renderer.clone(),
+        }
+    }
+}
+
+impl<P: fmt::Debug> fmt::Debug for EnforceScopeLayer<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnforceScopeLayer")
+            .field("lookup", &self.lookup)
+            .field("rules", &self.rules)
+            .field("renderer", &self.renderer)
+            .finish()
+    }
+}
+
+impl<P: ScopeLookup> EnforceScopeLayer<P> {
+    /// Enforces `lookup` with exact scope matching ([`ScopeRules::exact`]).
+    pub fn new(lookup: P) -> Self {
+        Self {
+            lookup: Arc::new(lookup),
+            rules: Arc::new(ScopeRules::exact()),
+            renderer: Renderer::default(),
+        }
+    }
+
+    /// Uses `rules` for implications (e.g. [`ScopeRules::standard`]).
+    pub fn rules(mut self, rules: ScopeRules) -> Self {
+        self.rules = Arc::new(rules);
+        self
+    }
+
+    /// Renders rejections with `renderer`.
+    pub fn renderer(mut self, renderer: Renderer) -> Self {
+        self.renderer = renderer;
+        self
+    }
+}
+
+impl EnforceScopeLayer<Requirement> {
+    /// Requires every scope of `scopes`.
+    pub fn all<I>(scopes: I) -> Result<Self, RequirementError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        Ok(Self::new(Requirement::all(scopes)?))
+    }
+
+    /// Requires one scope of `scopes`.
+    pub fn any<I>(scopes: I) -> Result<Self, RequirementError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        Ok(Self::new(Requirement::any(scopes)?))
+    }
+
+    /// Requires only a valid token.
+    pub fn authenticated() -> Self {
+        Self::new(Requirement::Authenticated)
+    }
+}
+
+impl<S, P> Layer<S> for EnforceScopeLayer<P> {
+    type Service = EnforceScope<S, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        EnforceScope {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}

@@ -1,0 +1,418 @@
+use std::fmt;
+
+use http::Method;
+use tokengate_core::{Scope, ScopeError};
+
+use crate::requirement::Requirement;
+
+/// Finds the requirement of a request; `None` means no rule covers it,
+/// and the request is denied.
+pub trait ScopeLookup: Send + Sync + 'static {
+    /// The requirement for `method` on `path`.
+    fn requirement(&self, method: &Method, path: &str) -> Option<&Requirement>;
+}
+
+/// A single requirement covers every request it guards (per-route use).
+impl ScopeLookup for Requirement {
+    fn requirement(&self, _: &Method, _: &str) -> Option<&Requirement> {
+        Some(self)
+    }
+}
+
+/// A declarative table: (methods, path pattern) → requirement, with gRPC
+/// methods as paths (`/pkg.Service/Method`, always `POST`).
+///
+/// Patterns use axum 0.8's syntax: `/notes`, `/notes/{id}`,
+/// `/files/{*rest}`; static segments win over parameters, parameters over
+/// catch-alls, whatever the order of declaration. Matching is on the raw
+/// path: `/notes/` is not `/notes`.
+///
+/// **Deny by default**: a path no pattern matches, or a method the matched
+/// pattern does not declare, gets 403. `HEAD` follows the `GET` rule of its
+/// pattern unless `HEAD` is declared itself; `OPTIONS` is covered only
+/// where declared (or by [`read_write`](ScopePolicyBuilder::read_write) and
+/// [`any_method`](ScopePolicyBuilder::any_method)).
+///
+/// ```
+/// use http::Method;
+/// use tokengate_scope::{Requirement, ScopeLookup, ScopePolicy};
+///
+/// let policy = ScopePolicy::builder()
+///     .read_write("/notes", "notes")
+///     .route([Method::DELETE], "/notes/{id}", Requirement::all(["notes:admin"])?)
+///     .grpc_method("/notes.v1.Notes/ListNotes", Requirement::all(["notes:read"])?)
+///     .build()?;
+/// assert_eq!(
+///     policy.requirement(&Method::POST, "/notes"),
+///     Some(&Requirement::all(["notes:write"])?)
+/// );
+/// assert!(policy.requirement(&Method::GET, "/notes/7").is_none(), "GET /notes/{{id}} was not declared");
+/// assert!(policy.requirement(&Method::GET, "/admin").is_none());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct ScopePolicy {
+    router: matchit::Router<usize>,
+    routes: Vec<RouteRules>,
+}
+
+#[derive(Debug)]
+struct RouteRules {
+    pattern: Box<str>,
+    by_method: Vec<(Method, Requirement)>,
+    other_methods: Option<Requirement>,
+}
+
+impl RouteRules {
+    fn lookup(&self, method: &Method) -> Option<&Requirement> {
+        let find = |m: &Method| {
+            self.by_method
+                .iter()
+                .find(|(rule, _)| rule == m)
+                .map(|(_, r)| r)
+        };
+        find(method)
+            .or_else(|| {
+                (method == Method::HEAD)
+                    .then(|| find(&Method::GET))
+                    .flatten()
+            })
+            .or(self.other_methods.as_ref())
+    }
+}
+
+impl ScopePolicy {
+    /// An empty builder.
+    pub fn builder() -> ScopePolicyBuilder {
+        ScopePolicyBuilder::default()
+    }
+}
+
+impl ScopeLookup for ScopePolicy {
+    fn requirement(&self, method: &Method, path: &str) -> Option<&Requirement> {
+        let matched = self.router.at(path).ok()?;
+        self.routes.get(*matched.value)?.lookup(method)
+    }
+}
+
+impl fmt::Debug for ScopePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScopePolicy")
+            .field("routes", &self.routes)
+            .finish()
+    }
+}
+
+/// Collects the rules of a [`ScopePolicy`]; [`build`](Self::build) checks
+/// them all at once.
+#[derive(Debug, Default)]
+pub struct ScopePolicyBuilder {
+    entries: Vec<(Option<Method>, String, Requirement)>,
+    errors: Vec<PolicyError>,
+}
+
+const SAFE_METHODS: [Method; 3] = [Method::GET, Method::HEAD, Method::OPTIONS];
+
+impl ScopePolicyBuilder {
+    /// `methods` on `pattern` need `requirement`.
+    pub fn route(
+        mut self,
+        methods: impl IntoIterator<Item = Method>,
+        pattern: &str,
+        requirement: Requirement,
+    ) -> Self {
+        let methods: Vec<Method> = methods.into_iter().collect();
+        if let Some((last, rest)) = methods.split_last() {
+            for method in rest {
+                let entry = (
+                    Some(method.clone()),
+                    pattern.to_owned(),
+                    requirement.clone(),
+                );
+                self.entries.push(entry);
+            }
+            self.entries
+                .push((Some(last.clone()), pattern.to_owned(), requirement));
+        }
+        self
+    }
+
+    /// Every method on `pattern` not declared otherwise needs `requirement`.
+    pub fn any_method(mut self, pattern: &str, requirement: Requirement) -> Self {
+        self.entries.push((None, pattern.to_owned(), requirement));
+        self
+    }
+
+    /// Safe methods (`GET`, `HEAD`, `OPTIONS`) on `pattern` need
+    /// `<resource>:read`; every other method needs `<resource>:write`.
+    pub fn read_write(self, pattern: &str, resource: &str) -> Self {
+        match (
+            Scope::from_parts(resource, "read"),
+            Scope::from_parts(resource, "write"),
+        ) {
+            (Ok(read), Ok(write)) => self
+                .route(SAFE_METHODS, pattern, Requirement::All(vec![read]))
+                .any_method(pattern, Requirement::All(vec![write])),
+            (Err(error), _) | (_, Err(error)) => self.fail(PolicyError::Scope(error)),
+        }
+    }
+
+    /// The gRPC method `path` (`/package.Service/Method`) needs `requirement`.
+    pub fn grpc_method(self, path: &str, requirement: Requirement) -> Self {
+        let valid = path
+            .strip_prefix('/')
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(service, method)| {
+                !service.is_empty() && !method.is_empty() && !method.contains('/')
+            });
+        if !valid {
+            return self.fail(PolicyError::GrpcPath {
+                path: path.to_owned(),
+            });
+        }
+        self.route([Method::POST], path, requirement)
+    }
+
+    /// Every method of the gRPC service `service` (`package.Service`) not
+    /// declared otherwise needs `requirement`.
+    pub fn grpc_service(self, service: &str, requirement: Requirement) -> Self {
+        if service.is_empty() || service.contains('/') {
+            return self.fail(PolicyError::GrpcPath {
+                path: service.to_owned(),
+            });
+        }
+        self.route(
+            [Method::POST],
+            &format!("/{service}/{{method}}"),
+            requirement,
+        )
+    }
+
+    fn fail(mut self, error: PolicyError) -> Self {
+        self.errors.push(error);
+        self
+    }
+
+    /// The policy, or the first rule that cannot be used.
+    pub fn build(self) -> Result<ScopePolicy, PolicyError> {
+        if let Some(error) = self.errors.into_iter().next() {
+            return Err(error);
+        }
+        let mut router = matchit::Router::new();
+        let mut routes: Vec<RouteRules> = Vec::new();
+        for (method, pattern, requirement) in self.entries {
+            let index = match routes.iter().position(|r| *r.pattern == *pattern) {
+                Some(index) => index,
+                None => {
+                    router.insert(pattern.as_str(), routes.len()).map_err(|e| {
+                        PolicyError::Pattern {
+                            pattern: pattern.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    routes.push(RouteRules {
+                        pattern: pattern.as_str().into(),
+                        by_method: Vec::new(),
+                        other_methods: None,
+                    });
+                    routes.len() - 1
+                }
+            };
+            routes[index].add(method, requirement, &pattern)?;
+        }
+        Ok(ScopePolicy { router, routes })
+    }
+}
+
+impl RouteRules {
+    fn add(
+        &mut self,
+        method: Option<Method>,
+        requirement: Requirement,
+        pattern: &str,
+    ) -> Result<(), PolicyError> {
+        let taken = match &method {
+            Some(method) => self.by_method.iter().any(|(m, _)| m == method),
+            None => self.other_methods.is_some(),
+        };
+        if taken {
+            return Err(PolicyError::Duplicate {
+                pattern: pattern.to_owned(),
+                method: method.map_or_else(|| "any other method".to_owned(), |m| m.to_string()),
+            });
+        }
+        match method {
+            Some(method) => self.by_method.push((method, requirement)),
+            None => self.other_methods = Some(requirement),
+        }
+        Ok(())
+    }
+}
+
+/// A policy rule that cannot be used. Names the bad value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// A path pattern the router refuses (bad syntax, or it conflicts with another).
+    #[error("path pattern {pattern:?} cannot be used: {reason}")]
+    Pattern {
+        /// The pattern.
+        pattern: String,
+        /// Why.
+        reason: String,
+    },
+    /// The same method declared twice on one pattern.
+    #[error("{method} on {pattern:?} is declared twice")]
+    Duplicate {
+        /// The pattern.
+        pattern: String,
+        /// The method.
+        method: String,
+    },
+    /// Not a gRPC method path (`/package.Service/Method`) or service name.
+    #[error(
+        "{path:?} is not a gRPC method path '/package.Service/Method' or service name 'package.Service'"
+    )]
+    GrpcPath {
+        /// The refused path.
+        path: String,
+    },
+    /// A resource name that makes no valid scope.
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(scope: &str) -> Requirement {
+        Requirement::all([scope]).unwrap()
+    }
+
+    fn policy() -> ScopePolicy {
+        ScopePolicy::builder()
+            .read_write("/notes", "notes")
+            .route([Method::GET], "/notes/{id}", all("notes:read"))
+            .route([Method::DELETE], "/notes/{id}", all("notes:admin"))
+            .route([Method::GET], "/notes/special", all("special:read"))
+            .route([Method::GET], "/whoami", Requirement::Authenticated)
+            .route(
+                [Method::GET, Method::HEAD],
+                "/files/{*rest}",
+                all("files:read"),
+            )
+            .grpc_method("/notes.v1.Notes/ListNotes", all("notes:read"))
+            .grpc_service("notes.v1.Admin", all("notes:admin"))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn read_write_splits_safe_and_unsafe_methods() {
+        let p = policy();
+        for m in [Method::GET, Method::HEAD, Method::OPTIONS] {
+            assert_eq!(p.requirement(&m, "/notes"), Some(&all("notes:read")), "{m}");
+        }
+        for m in [
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::TRACE,
+        ] {
+            assert_eq!(
+                p.requirement(&m, "/notes"),
+                Some(&all("notes:write")),
+                "{m}"
+            );
+        }
+    }
+
+    #[test]
+    fn unmapped_paths_and_methods_are_none() {
+        let p = policy();
+        assert!(p.requirement(&Method::GET, "/admin").is_none());
+        assert!(p.requirement(&Method::POST, "/notes/7").is_none());
+        assert!(p.requirement(&Method::OPTIONS, "/notes/7").is_none());
+        assert!(p.requirement(&Method::GET, "/notes/").is_none());
+        assert!(p.requirement(&Method::GET, "").is_none());
+        assert!(p.requirement(&Method::GET, "/NOTES").is_none());
+    }
+
+    #[test]
+    fn head_follows_get_unless_declared() {
+        let p = policy();
+        assert_eq!(
+            p.requirement(&Method::HEAD, "/notes/7"),
+            Some(&all("notes:read"))
+        );
+        assert_eq!(
+            p.requirement(&Method::HEAD, "/whoami"),
+            Some(&Requirement::Authenticated)
+        );
+    }
+
+    #[test]
+    fn static_segments_win_over_parameters_whatever_the_order() {
+        let p = policy();
+        assert_eq!(
+            p.requirement(&Method::GET, "/notes/special"),
+            Some(&all("special:read"))
+        );
+        assert_eq!(
+            p.requirement(&Method::GET, "/notes/other"),
+            Some(&all("notes:read"))
+        );
+        assert_eq!(
+            p.requirement(&Method::GET, "/files/a/b/c"),
+            Some(&all("files:read"))
+        );
+    }
+
+    #[test]
+    fn grpc_methods_and_services_are_post_paths() {
+        let p = policy();
+        assert_eq!(
+            p.requirement(&Method::POST, "/notes.v1.Notes/ListNotes"),
+            Some(&all("notes:read"))
+        );
+        assert!(
+            p.requirement(&Method::POST, "/notes.v1.Notes/CreateNote")
+                .is_none()
+        );
+        assert!(
+            p.requirement(&Method::GET, "/notes.v1.Notes/ListNotes")
+                .is_none()
+        );
+        assert_eq!(
+            p.requirement(&Method::POST, "/notes.v1.Admin/Purge"),
+            Some(&all("notes:admin"))
+        );
+    }
+
+    #[test]
+    fn bad_rules_fail_at_build_naming_the_value() {
+        let dup = ScopePolicy::builder()
+            .route([Method::GET], "/a", all("a:read"))
+            .route([Method::GET], "/a", all("a:write"))
+            .build()
+            .unwrap_err();
+        assert_eq!(dup.to_string(), "GET on \"/a\" is declared twice");
+        let conflict = ScopePolicy::builder()
+            .route([Method::GET], "/a/{x}", all("a:read"))
+            .route([Method::GET], "/a/{y}", all("a:read"))
+            .build()
+            .unwrap_err();
+        assert!(conflict.to_string().contains("\"/a/{y}\""), "{conflict}");
+        let grpc = ScopePolicy::builder()
+            .grpc_method("notes.Notes/List", all("a:b"))
+            .build()
+            .unwrap_err();
+        assert!(grpc.to_string().contains("\"notes.Notes/List\""), "{grpc}");
+        let resource = ScopePolicy::builder()
+            .read_write("/x", "bad resource")
+            .build()
+            .unwrap_err();
+        assert!(resource.to_string().contains("bad resource"), "{resource}");
+    }
+}
