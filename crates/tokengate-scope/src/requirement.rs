@@ -6,6 +6,10 @@ use tokengate_core::{Scope, ScopeError, ScopeRules, ScopeSet};
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Requirement {
+    /// No token needed: the route is public (health checks, gRPC health).
+    /// Declared explicitly, like every other requirement; pair it with the
+    /// authenticate layer's public routes.
+    Public,
     /// Any valid token, whatever its scopes (e.g. `GET /whoami`).
     Authenticated,
     /// Every one of these scopes.
@@ -37,7 +41,7 @@ impl Requirement {
     /// the scopes to ask for (for `Any`: all of its alternatives).
     pub fn check(&self, held: &ScopeSet, rules: &ScopeRules) -> Result<(), Vec<Scope>> {
         match self {
-            Self::Authenticated => Ok(()),
+            Self::Public | Self::Authenticated => Ok(()),
             Self::All(required) => {
                 let missing = held.missing(required, rules);
                 if missing.is_empty() {
@@ -67,6 +71,7 @@ impl fmt::Display for Requirement {
                 .join(sep)
         };
         match self {
+            Self::Public => f.write_str("no token"),
             Self::Authenticated => f.write_str("any valid token"),
             Self::All(scopes) => f.write_str(&join(scopes, " and ")),
             Self::Any(scopes) => f.write_str(&join(scopes, " or ")),

@@ -7,6 +7,7 @@ use tower::Service;
 
 use crate::layer::EnforceScopeLayer;
 use crate::policy::ScopeLookup;
+use crate::requirement::Requirement;
 
 /// The response future of [`EnforceScope`].
 pub type ResponseFuture<F, B> = Decided<F, B>;
@@ -39,17 +40,22 @@ impl<S, P> EnforceScope<S, P>
 where
     P: ScopeLookup,
 {
+    /// Public routes pass; otherwise a principal is needed (401), a rule
+    /// must cover the request (403), and the rule must be met (403).
     fn decide<B>(&self, request: &Request<B>) -> Result<(), Denial> {
+        let requirement = self
+            .layer
+            .lookup
+            .requirement(request.method(), request.uri().path());
+        if matches!(requirement, Some(Requirement::Public)) {
+            return Ok(());
+        }
         let principal = request
             .extensions()
             .get::<Principal>()
             .ok_or(Denial::MissingToken)?;
-        let requirement = self
-            .layer
-            .lookup
-            .requirement(request.method(), request.uri().path())
-            .ok_or(Denial::Unmapped)?;
         requirement
+            .ok_or(Denial::Unmapped)?
             .check(principal.scopes(), &self.layer.rules)
             .map_err(|missing| Denial::InsufficientScope { missing })
     }

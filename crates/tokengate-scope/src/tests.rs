@@ -66,6 +66,7 @@ fn notes_policy() -> EnforceScopeLayer<ScopePolicy> {
                 Requirement::all(["notes:admin"]).unwrap(),
             )
             .route([Method::GET], "/whoami", Requirement::Authenticated)
+            .route([Method::GET], "/healthz", Requirement::Public)
             .build()
             .unwrap(),
     )
@@ -141,6 +142,23 @@ async fn unmapped_routes_and_methods_are_denied() {
             "{method} {path}"
         );
     }
+}
+
+#[tokio::test]
+async fn declared_public_routes_need_no_principal() {
+    let layer = notes_policy();
+    assert_eq!(
+        status(&layer, request(Method::GET, "/healthz", None))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&layer, request(Method::POST, "/healthz", None))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,307 @@
+//! authenticate + enforce-scope in a real axum server over TCP, composed
+//! both ways: one `.layer` stack with a policy table, and per-route
+//! `.route_layer` requirements.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Path;
+use axum::routing::{delete, get, post};
+use http::{Method, StatusCode};
+use support::{HttpClient, World, serve_axum};
+use tokengate::axum::Authenticated;
+use tokengate::{EnforceScopeLayer, Expiry, RequireScope, Requirement, ScopePolicy, TokenFormat};
+use tower::ServiceBuilder;
+
+async fn list(Authenticated(p): Authenticated) -> String {
+    format!("notes of {}", p.subject())
+}
+
+async fn create(Authenticated(p): Authenticated, body: String) -> (StatusCode, String) {
+    (StatusCode::CREATED, format!("{} wrote {body}", p.subject()))
+}
+
+async fn remove(Path(id): Path<u64>) -> String {
+    format!("deleted {id}")
+}
+
+async fn whoami(Authenticated(p): Authenticated) -> String {
+    p.token_id().to_string()
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// Authenticate and a policy table in one `ServiceBuilder` on the whole router.
+fn layered(world: &World) -> Router {
+    let policy = ScopePolicy::builder()
+        .read_write("/notes", "notes")
+        .route(
+            [Method::DELETE],
+            "/notes/{id}",
+            Requirement::all(["notes:admin"]).unwrap(),
+        )
+        .route([Method::GET], "/whoami", Requirement::Authenticated)
+        .route([Method::GET], "/healthz", Requirement::Public)
+        .build()
+        .unwrap();
+    Router::new()
+        .route("/notes", get(list).post(create))
+        .route("/notes/{id}", delete(remove))
+        .route("/whoami", get(whoami))
+        .route("/healthz", get(health))
+        .layer(
+            ServiceBuilder::new()
+                .layer(world.auth.clone())
+                .layer(EnforceScopeLayer::new(policy)),
+        )
+}
+
+/// Authenticate on the router, scopes per route with `route_layer`.
+fn per_route(world: &World) -> Router {
+    Router::new()
+        .route(
+            "/notes",
+            get(list).route_layer(RequireScope::all(["notes:read"]).unwrap()),
+        )
+        .route(
+            "/notes",
+            post(create).route_layer(RequireScope::all(["notes:write"]).unwrap()),
+        )
+        .route(
+            "/notes/{id}",
+            delete(remove).route_layer(RequireScope::all(["notes:admin"]).unwrap()),
+        )
+        .route(
+            "/whoami",
+            get(whoami).route_layer(RequireScope::authenticated()),
+        )
+        .route("/healthz", get(health))
+        .layer(world.auth.clone())
+}
+
+async fn both(world: &World) -> Vec<(&'static str, HttpClient)> {
+    vec![
+        ("layer", HttpClient::new(serve_axum(layered(world)).await)),
+        (
+            "route_layer",
+            HttpClient::new(serve_axum(per_route(world)).await),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn valid_tokens_reach_handlers_with_their_principal() {
+    let world = World::new();
+    let (token, id) = world.issue("notes:read notes:write").await;
+    for (name, client) in both(&world).await {
+        let read = client.get("/notes", Some(&token)).await;
+        assert_eq!(
+            (read.status, read.body.as_str()),
+            (StatusCode::OK, "notes of alice"),
+            "{name}"
+        );
+        assert!(read.headers.contains_key("token-expires"), "{name}");
+        let write = client.with_token("POST", "/notes", &token, "hello").await;
+        assert_eq!(
+            (write.status, write.body.as_str()),
+            (StatusCode::CREATED, "alice wrote hello"),
+            "{name}"
+        );
+        let me = client.get("/whoami", Some(&token)).await;
+        assert_eq!(me.body, id.as_str(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn missing_and_malformed_credentials() {
+    let world = World::new();
+    let (token, _) = world.issue("notes:read").await;
+    let bearer = format!("Bearer {}", token.expose_secret());
+    for (name, client) in both(&world).await {
+        let missing = client.get("/notes", None).await;
+        assert_eq!(missing.status, StatusCode::UNAUTHORIZED, "{name}");
+        assert_eq!(
+            missing.headers["www-authenticate"],
+            r#"Bearer realm="tokengate""#
+        );
+        assert_eq!(missing.headers["content-type"], "application/problem+json");
+
+        let two = client
+            .send(
+                "GET",
+                "/notes",
+                &[("authorization", &bearer), ("authorization", &bearer)],
+                "",
+            )
+            .await;
+        assert_eq!(two.status, StatusCode::BAD_REQUEST, "{name}");
+        assert!(
+            two.headers["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .contains("invalid_request")
+        );
+
+        let basic = client
+            .send("GET", "/notes", &[("authorization", "Basic dTpw")], "")
+            .await;
+        assert_eq!(basic.status, StatusCode::UNAUTHORIZED, "{name}");
+        assert_eq!(
+            basic.headers["www-authenticate"],
+            r#"Bearer realm="tokengate""#
+        );
+
+        let trailing = client
+            .send(
+                "GET",
+                "/notes",
+                &[("authorization", &format!("{bearer} extra"))],
+                "",
+            )
+            .await;
+        assert_eq!(trailing.status, StatusCode::BAD_REQUEST, "{name}");
+    }
+    assert_eq!(
+        world.probe.lookups(),
+        0,
+        "no malformed request reached the store"
+    );
+}
+
+#[tokio::test]
+async fn wrong_checksum_is_refused_without_a_store_lookup() {
+    let world = World::new();
+    let (token, _) = world.issue("notes:read").await;
+    let mut text = token.expose_secret().to_owned();
+    let last = text.pop().unwrap();
+    text.push(if last == '0' { '1' } else { '0' });
+    for (name, client) in both(&world).await {
+        let reply = client
+            .send(
+                "GET",
+                "/notes",
+                &[("authorization", &format!("Bearer {text}"))],
+                "",
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{name}");
+        assert!(
+            reply.headers["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .contains("invalid_token")
+        );
+    }
+    assert_eq!(world.probe.lookups(), 0);
+}
+
+#[tokio::test]
+async fn unknown_revoked_expired_and_foreign_tokens_get_one_answer() {
+    let world = World::new();
+    let clients = both(&world).await;
+    let (revoked, revoked_id) = world.issue("notes:read").await;
+    let (expiring, _) = world
+        .issue_spec(
+            world
+                .spec("notes:read")
+                .expiry(Expiry::After(Duration::from_secs(60))),
+        )
+        .await;
+    let (foreign, _) = world
+        .issue_spec(
+            tokengate::TokenSpec::new("billing", "alice")
+                .scopes(["notes:read".parse().unwrap()])
+                .audiences(["billing".parse().unwrap()]),
+        )
+        .await;
+    let unknown = TokenFormat::default().generate();
+
+    for (name, client) in &clients {
+        assert_eq!(
+            client.get("/notes", Some(&revoked)).await.status,
+            StatusCode::OK,
+            "{name}"
+        );
+        assert_eq!(
+            client.get("/notes", Some(&expiring)).await.status,
+            StatusCode::OK,
+            "{name}"
+        );
+    }
+    world.lifecycle.revoke(&revoked_id).await.unwrap();
+    world.advance(Duration::from_secs(60));
+
+    let mut bodies = Vec::new();
+    for (name, client) in &clients {
+        for token in [&unknown, &revoked, &expiring, &foreign] {
+            let reply = client.get("/notes", Some(token)).await;
+            assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{name} {token}");
+            bodies.push(reply.body);
+        }
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
+}
+
+#[tokio::test]
+async fn a_read_only_token_never_writes() {
+    let world = World::new();
+    let (reader, _) = world.issue("notes:read").await;
+    for (name, client) in both(&world).await {
+        let write = client.with_token("POST", "/notes", &reader, "x").await;
+        assert_eq!(write.status, StatusCode::FORBIDDEN, "{name}");
+        assert_eq!(
+            write.headers["www-authenticate"],
+            r#"Bearer realm="tokengate", error="insufficient_scope", scope="notes:write""#,
+            "{name}"
+        );
+        let delete = client.with_token("DELETE", "/notes/1", &reader, "").await;
+        assert_eq!(delete.status, StatusCode::FORBIDDEN, "{name}");
+        assert!(
+            delete.body.contains("notes:admin"),
+            "{name}: {}",
+            delete.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_health_route_is_public() {
+    let world = World::new();
+    for (name, client) in both(&world).await {
+        let reply = client.get("/healthz", None).await;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (StatusCode::OK, "ok"),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_need_a_token_and_then_a_rule() {
+    let world = World::new();
+    let (token, _) = world.issue("notes:read notes:write notes:admin").await;
+    let clients = both(&world).await;
+    // With `.layer`, authentication runs before routing: 401 before 404.
+    for (_, client) in &clients {
+        assert_eq!(
+            client.get("/nowhere", None).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // The policy table denies what it does not declare; route_layer leaves
+    // unknown paths to axum's 404.
+    assert_eq!(
+        clients[0].1.get("/nowhere", Some(&token)).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        clients[1].1.get("/nowhere", Some(&token)).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
