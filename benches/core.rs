@@ -8,11 +8,8 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -21,18 +18,7 @@ use tokengate_core::{
     CacheConfig, CachedStore, KeyId, MemoryStore, Pepper, ScopeSet, TokenAdmin, TokenFormat,
     TokenHash, TokenHasher, TokenId, TokenRecord,
 };
-
-/// Polls a future that must be ready at once (a cache hit).
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("a cache hit must not wait"),
-    }
-}
+use tokengate_tests::ready_now;
 
 fn tokens(c: &mut Criterion) {
     let format = TokenFormat::default();
@@ -109,7 +95,7 @@ fn cache_hits(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("verify", n), &n, |b, _| {
             b.iter(|| {
                 i = (i + 7919) % hashes.len();
-                black_box(ready(cache.verify(&hashes[i])).unwrap());
+                black_box(ready_now(cache.verify(&hashes[i])).unwrap());
             });
         });
     }

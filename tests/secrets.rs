@@ -2,7 +2,7 @@
 //! derives from one.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use tokengate_core::{
+use tokengate::{
     CacheConfig, CachedStore, Denial, InvalidReason, KeyId, Lifecycle, MemoryStore, Pepper,
     Principal, TokenFormatError, TokenHasher, TokenSpec, VerifyError,
 };
@@ -41,7 +41,10 @@ async fn no_type_shows_the_token_or_the_pepper() {
     let verify_error =
         VerifyError::Invalid(InvalidReason::Malformed(TokenFormatError::BadChecksum));
 
+    let layer =
+        tokengate::AuthenticateLayer::new(cache.clone(), hasher.clone(), "notes".parse().unwrap());
     let shown = [
+        format!("{layer:?}"),
         format!("{:?} {}", issued.token, issued.token),
         format!("{issued:?}"),
         format!("{:?}", issued.record),

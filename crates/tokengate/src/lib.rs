@@ -7,8 +7,8 @@
 //! |---|---|
 //! | `authenticate` (default) | [`AuthenticateLayer`]: bearer tokens → [`Principal`] |
 //! | `scope` (default) | [`EnforceScopeLayer`], [`RequireScope`], [`ScopePolicy`] |
-//! | `axum` | [`axum::Authenticated`]: the principal as an extractor |
-//! | `tonic` | [`tonic::PrincipalExt`]: the principal from a `tonic::Request` |
+//! | `axum` | `axum::Authenticated`: the principal as an extractor |
+//! | `tonic` | `tonic::PrincipalExt`: the principal from a `tonic::Request` |
 //!
 //! The shared vocabulary (tokens, stores, the verifying cache, denials) is
 //! re-exported from [`tokengate_core`] at the crate root.
@@ -45,7 +45,7 @@
 //!
 //! Put the layers into `Server::builder().layer(...)`; tonic passes the
 //! request's extensions on, so a handler reads the principal with
-//! [`tonic::PrincipalExt::principal`]. gRPC methods are the URI paths
+//! `tonic::PrincipalExt::principal`. gRPC methods are the URI paths
 //! `/package.Service/Method`: guard them with a [`ScopePolicy`] built with
 //! `grpc_method` / `grpc_service`.
 
@@ -65,3 +65,8 @@ pub use tokengate_scope::{
 pub mod axum;
 #[cfg(feature = "tonic")]
 pub mod tonic;
+
+/// The README's code, compiled and run as doc tests so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

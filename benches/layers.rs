@@ -1,0 +1,111 @@
+//! Per-request cost of authenticate (cache hit) and enforce-scope, beside a
+//! bare service and tower-http's `ValidateRequestHeaderLayer::bearer` (a
+//! fixed-token string comparison, the cheapest bearer check there is), all
+//! in the same run. Each iteration builds the request, polls the service
+//! ready, calls it and drives the response future, so the difference to
+//! `bare` is the layers' own cost.
+//!
+//! Run: `cargo bench --bench layers`.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(deprecated)] // ValidateRequestHeaderLayer::bearer is the peer being measured.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::task::{Context, Waker};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{Method, Request, Response};
+use tokengate::{
+    AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, KeyId, Lifecycle, MemoryStore,
+    Pepper, Requirement, ScopePolicy, TokenHasher, TokenSpec,
+};
+use tokengate_tests::ready_now;
+use tower::{Layer, Service, ServiceBuilder, service_fn};
+use tower_http::validate_request::ValidateRequestHeaderLayer;
+
+fn handler()
+-> impl Service<Request<()>, Response = Response<()>, Error = Infallible, Future: Send> + Clone {
+    service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) })
+}
+
+/// One request through `service`, start to finish.
+fn run<S, B>(service: &mut S, authorization: &str) -> Response<B>
+where
+    S: Service<Request<()>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri("/notes")
+        .header("authorization", authorization)
+        .body(())
+        .unwrap();
+    let ready = service.poll_ready(&mut Context::from_waker(Waker::noop()));
+    assert!(ready.is_ready());
+    ready_now(service.call(request)).unwrap()
+}
+
+fn layers(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
+    // Entries must outlive the whole run: every measured call is a hit.
+    let config = CacheConfig::default().ttl(std::time::Duration::from_secs(3600));
+    let cache = CachedStore::new(MemoryStore::new(), config);
+    let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
+    let token = runtime.block_on(async {
+        lifecycle
+            .issue(
+                TokenSpec::new("bench", "alice")
+                    .scopes(["notes:read".parse().unwrap()])
+                    .audiences(["notes".parse().unwrap()]),
+            )
+            .await
+            .unwrap()
+            .token
+    });
+    let bearer = format!("Bearer {}", token.expose_secret());
+    let auth = AuthenticateLayer::new(cache, hasher, "notes".parse().unwrap());
+    let policy = ScopePolicy::builder()
+        .read_write("/notes", "notes")
+        .route([Method::GET], "/whoami", Requirement::Authenticated)
+        .build()
+        .unwrap();
+
+    let mut bare = handler();
+    let mut peer = ValidateRequestHeaderLayer::bearer(token.expose_secret()).layer(handler());
+    let mut authenticate = auth.layer(handler());
+    let mut full = ServiceBuilder::new()
+        .layer(auth.clone())
+        .layer(EnforceScopeLayer::new(policy))
+        .service(handler());
+    // Warm the cache: every measured call below is a hit.
+    let _ = runtime.block_on(tower::ServiceExt::oneshot(
+        auth.layer(handler()),
+        Request::get("/notes")
+            .header("authorization", &bearer)
+            .body(())
+            .unwrap(),
+    ));
+    assert_eq!(run(&mut authenticate, &bearer).status(), 200);
+    assert_eq!(run(&mut full, &bearer).status(), 200);
+    assert_eq!(run(&mut peer, &bearer).status(), 200);
+
+    let mut group = c.benchmark_group("layers");
+    group.bench_function("bare", |b| b.iter(|| black_box(run(&mut bare, &bearer))));
+    group.bench_function("tower_http_bearer", |b| {
+        b.iter(|| black_box(run(&mut peer, &bearer)));
+    });
+    group.bench_function("authenticate_hit", |b| {
+        b.iter(|| black_box(run(&mut authenticate, &bearer)));
+    });
+    group.bench_function("authenticate_hit_and_scope", |b| {
+        b.iter(|| black_box(run(&mut full, &bearer)));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, layers);
+criterion_main!(benches);
