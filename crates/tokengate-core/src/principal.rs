@@ -26,7 +26,7 @@ pub struct Principal {
 struct Inner {
     token_id: TokenId,
     name: String,
-    subject: String,
+    subject: Arc<str>,
     scopes: ScopeSet,
     audiences: Vec<Audience>,
     expires_at: Option<SystemTime>,
@@ -42,7 +42,7 @@ impl Principal {
             inner: Arc::new(Inner {
                 token_id: record.id.clone(),
                 name: record.name.clone(),
-                subject: record.subject.clone(),
+                subject: record.subject.as_str().into(),
                 scopes: record.scopes.clone(),
                 audiences: record.audiences.clone(),
                 expires_at: record.expires_at,
@@ -66,6 +66,11 @@ impl Principal {
     /// The owner of the token.
     pub fn subject(&self) -> &str {
         &self.inner.subject
+    }
+
+    /// The owner, shared: a cheap key for per-owner state (no allocation).
+    pub fn subject_shared(&self) -> Arc<str> {
+        Arc::clone(&self.inner.subject)
     }
 
     /// What the token may do.

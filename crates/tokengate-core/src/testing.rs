@@ -147,3 +147,33 @@ impl TokenAdmin for ProbeStore {
         self.inner.rotate(old, old_expires_at, replacement).await
     }
 }
+
+/// A valid record for `subject` with `scopes` (space-separated) and
+/// audience `notes`, unexpiring, with a fresh id and a zero hash: for
+/// tests that need a [`Principal`](crate::Principal) without a store.
+///
+/// # Panics
+///
+/// If `scopes` does not parse (a bug in the test).
+#[allow(
+    clippy::expect_used,
+    reason = "test support: a bad literal is a bug in the test"
+)]
+pub fn record(subject: &str, scopes: &str) -> TokenRecord {
+    TokenRecord {
+        id: TokenId::generate(),
+        hash: TokenHash::from_parts(crate::hash::KeyId::new(0), [0; 32]),
+        name: "test".into(),
+        subject: subject.into(),
+        scopes: scopes.parse().expect("test scopes must parse"),
+        audiences: vec!["notes".parse().expect("a valid audience")],
+        created_at: SystemTime::UNIX_EPOCH,
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+        allowed_networks: Vec::new(),
+        rate_quota: None,
+        rotated_from: None,
+        metadata: std::collections::BTreeMap::new(),
+    }
+}

@@ -1,0 +1,151 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tokengate_core::{Denial, GateBody, Renderer};
+use tower::Service;
+
+use crate::layer::Config;
+use crate::service::{LimitHeaders, Quotas};
+use crate::state::RateState;
+
+pin_project! {
+    /// The response future of [`RateByToken`](crate::RateByToken).
+    pub struct ResponseFuture<S, St, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>>,
+        St: RateState,
+    {
+        #[pin]
+        kind: Kind<S, St, ReqBody, ResBody>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<S, St, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>>,
+        St: RateState,
+    {
+        // A shared backend has not answered yet.
+        Checking {
+            answer: St::Future,
+            quotas: Quotas,
+            pending: Option<(Request<ReqBody>, S)>,
+            config: Arc<Config<St>>,
+        },
+        Forward {
+            #[pin]
+            future: S::Future,
+            headers: LimitHeaders,
+        },
+        Rejected {
+            response: Option<Response<GateBody<ResBody>>>,
+        },
+    }
+}
+
+impl<S, St, ReqBody, ResBody> ResponseFuture<S, St, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>>,
+    St: RateState,
+{
+    pub(crate) fn forward(future: S::Future, headers: LimitHeaders) -> Self {
+        Self {
+            kind: Kind::Forward { future, headers },
+        }
+    }
+
+    pub(crate) fn reject(response: Response<GateBody<ResBody>>) -> Self {
+        Self {
+            kind: Kind::Rejected {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn checking(
+        answer: St::Future,
+        quotas: Quotas,
+        request: Request<ReqBody>,
+        inner: S,
+        config: Arc<Config<St>>,
+    ) -> Self {
+        Self {
+            kind: Kind::Checking {
+                answer,
+                quotas,
+                pending: Some((request, inner)),
+                config,
+            },
+        }
+    }
+}
+
+impl<S, St, ReqBody, ResBody> Future for ResponseFuture<S, St, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    St: RateState,
+{
+    type Output = Result<Response<GateBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut kind = self.project().kind;
+        loop {
+            let next = match kind.as_mut().project() {
+                KindProj::Forward { future, headers } => {
+                    let mut response = ready!(future.poll(cx))?.map(GateBody::new);
+                    if let Some((policy, state)) = headers.take() {
+                        let h = response.headers_mut();
+                        h.insert("ratelimit-policy", policy);
+                        h.insert("ratelimit", state);
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+                KindProj::Rejected { response } => {
+                    // Polled again after completion: fail closed, no panic.
+                    let response = response.take().unwrap_or_else(|| {
+                        Renderer::default().render(Denial::StoreUnavailable, false)
+                    });
+                    return Poll::Ready(Ok(response));
+                }
+                KindProj::Checking {
+                    answer,
+                    quotas,
+                    pending,
+                    config,
+                } => {
+                    let result = ready!(Pin::new(answer).poll(cx));
+                    match pending.take() {
+                        Some((request, mut inner)) => match config.finish(result, quotas) {
+                            Ok(headers) => Kind::Forward {
+                                future: inner.call(request),
+                                headers,
+                            },
+                            Err(denial) => Kind::Rejected {
+                                response: Some(config.renderer.reject(&request, denial)),
+                            },
+                        },
+                        None => Kind::Rejected { response: None },
+                    }
+                }
+            };
+            kind.set(next);
+        }
+    }
+}
+
+impl<S, St, ReqBody, ResBody> fmt::Debug for ResponseFuture<S, St, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>>,
+    St: RateState,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

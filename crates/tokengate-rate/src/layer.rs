@@ -1,0 +1,261 @@
+use std::fmt;
+use std::sync::Arc;
+
+use http::{Method, Uri};
+use tokengate_core::{RateLimitPolicy, RateQuota, Renderer, SharedClock, SystemClock};
+use tower::Layer;
+
+use crate::limiter::Limiter;
+use crate::service::RateByToken;
+use crate::state::{MemoryRateState, RateState};
+
+/// The most limiters one layer checks per request.
+pub const MAX_LIMITERS: usize = 8;
+
+/// What to do when a request lacks a limiter's key (no principal, no
+/// client address, a custom function said `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MissingKey {
+    /// Refuse: 401 for token and owner limiters (the layer sits after
+    /// authentication, so only public routes lack a principal), 403 for
+    /// client-IP limiters. The default: fail closed, never a shared bucket.
+    #[default]
+    Deny,
+    /// Skip that limiter for the request (e.g. public routes under a
+    /// per-token limiter). Never a shared fallback bucket either.
+    Skip,
+}
+
+/// The request cost of a route; 1 unless a cost function says otherwise.
+pub type CostFn = Arc<dyn Fn(&Method, &Uri) -> u32 + Send + Sync>;
+
+/// GCRA quotas per token, per owner, per client IP or per custom key.
+///
+/// See the [crate docs](crate) for semantics, headers and an example.
+pub struct RateByTokenLayer<St = MemoryRateState> {
+    pub(crate) config: Arc<Config<St>>,
+}
+
+pub(crate) struct Config<St> {
+    pub(crate) limiters: Vec<Limiter>,
+    pub(crate) state: St,
+    pub(crate) clock: SharedClock,
+    pub(crate) renderer: Renderer,
+    pub(crate) cost: Option<CostFn>,
+    pub(crate) success_headers: bool,
+    pub(crate) missing_key: MissingKey,
+}
+
+impl<St> Clone for RateByTokenLayer<St> {
+    fn clone(&self) -> Self {
+        Self {
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<St: fmt::Debug> fmt::Debug for RateByTokenLayer<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        f.debug_struct("RateByTokenLayer")
+            .field("limiters", &c.limiters)
+            .field("state", &c.state)
+            .field("success_headers", &c.success_headers)
+            .field("missing_key", &c.missing_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A layer configuration that cannot work. Names the bad value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RateConfigError {
+    /// No limiter.
+    #[error("a rate layer needs at least one limiter")]
+    NoLimiter,
+    /// More than [`MAX_LIMITERS`].
+    #[error("{count} limiters given; at most {MAX_LIMITERS} per layer")]
+    TooMany {
+        /// How many were given.
+        count: usize,
+    },
+    /// A name that cannot appear in a `RateLimit-Policy` header.
+    #[error("limiter name {name:?} must be 1 to 32 lowercase letters, digits, '_' or '-'")]
+    BadName {
+        /// The name.
+        name: String,
+    },
+    /// Two limiters with one name.
+    #[error("two limiters are named {name:?}")]
+    DuplicateName {
+        /// The name.
+        name: String,
+    },
+}
+
+impl RateByTokenLayer<MemoryRateState> {
+    /// A layer checking `limiters` (all-then-commit), with in-memory state
+    /// for 100,000 keys.
+    pub fn new(limiters: impl IntoIterator<Item = Limiter>) -> Result<Self, RateConfigError> {
+        let limiters: Vec<Limiter> = limiters.into_iter().collect();
+        validate(&limiters)?;
+        Ok(Self {
+            config: Arc::new(Config {
+                limiters,
+                state: MemoryRateState::default(),
+                clock: SystemClock::shared(),
+                renderer: Renderer::default(),
+                cost: None,
+                success_headers: true,
+                missing_key: MissingKey::Deny,
+            }),
+        })
+    }
+
+    /// One limiter: `quota` per token (the token's own quota wins).
+    pub fn per_token(quota: RateQuota) -> Self {
+        Self::single(Limiter::per_token(quota))
+    }
+
+    /// One limiter: `quota` per client address, for use before authentication.
+    pub fn per_client_ip(quota: RateQuota) -> Self {
+        Self::single(Limiter::per_client_ip(quota))
+    }
+
+    fn single(limiter: Limiter) -> Self {
+        Self {
+            config: Arc::new(Config {
+                limiters: vec![limiter],
+                state: MemoryRateState::default(),
+                clock: SystemClock::shared(),
+                renderer: Renderer::default(),
+                cost: None,
+                success_headers: true,
+                missing_key: MissingKey::Deny,
+            }),
+        }
+    }
+}
+
+fn validate(limiters: &[Limiter]) -> Result<(), RateConfigError> {
+    if limiters.is_empty() {
+        return Err(RateConfigError::NoLimiter);
+    }
+    if limiters.len() > MAX_LIMITERS {
+        return Err(RateConfigError::TooMany {
+            count: limiters.len(),
+        });
+    }
+    for (i, limiter) in limiters.iter().enumerate() {
+        let name = limiter.name();
+        if RateLimitPolicy::new(name, 1, std::time::Duration::from_secs(1)).is_err() {
+            return Err(RateConfigError::BadName {
+                name: name.to_owned(),
+            });
+        }
+        if limiters[..i].iter().any(|l| l.name() == name) {
+            return Err(RateConfigError::DuplicateName {
+                name: name.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl<St> RateByTokenLayer<St> {
+    fn with(self, change: impl FnOnce(&mut Config<St>)) -> Self
+    where
+        St: Clone,
+    {
+        let mut config = Arc::unwrap_or_clone(self.config);
+        change(&mut config);
+        Self {
+            config: Arc::new(config),
+        }
+    }
+
+    /// Keeps state in `state` (e.g. a larger in-memory table, or a shared backend).
+    pub fn state<S2: RateState>(self, state: S2) -> RateByTokenLayer<S2>
+    where
+        St: Clone,
+    {
+        let c = Arc::unwrap_or_clone(self.config);
+        RateByTokenLayer {
+            config: Arc::new(Config {
+                limiters: c.limiters,
+                state,
+                clock: c.clock,
+                renderer: c.renderer,
+                cost: c.cost,
+                success_headers: c.success_headers,
+                missing_key: c.missing_key,
+            }),
+        }
+    }
+
+    /// Reads time from `clock`.
+    pub fn clock(self, clock: SharedClock) -> Self
+    where
+        St: Clone,
+    {
+        self.with(|c| c.clock = clock)
+    }
+
+    /// Renders rejections with `renderer`.
+    pub fn renderer(self, renderer: Renderer) -> Self
+    where
+        St: Clone,
+    {
+        self.with(|c| c.renderer = renderer)
+    }
+
+    /// Charges each request `cost(method, uri)` units (at least 1) instead of 1.
+    /// A cost above a limiter's burst can never pass that limiter.
+    pub fn cost(self, cost: impl Fn(&Method, &Uri) -> u32 + Send + Sync + 'static) -> Self
+    where
+        St: Clone,
+    {
+        let cost: CostFn = Arc::new(cost);
+        self.with(|c| c.cost = Some(cost))
+    }
+
+    /// Whether admitted responses carry `RateLimit-Policy` and `RateLimit`
+    /// (on by default; 429s always do).
+    pub fn success_headers(self, on: bool) -> Self
+    where
+        St: Clone,
+    {
+        self.with(|c| c.success_headers = on)
+    }
+
+    /// What to do with requests that lack a limiter's key.
+    pub fn missing_key(self, policy: MissingKey) -> Self
+    where
+        St: Clone,
+    {
+        self.with(|c| c.missing_key = policy)
+    }
+}
+
+impl<St: Clone> Clone for Config<St> {
+    fn clone(&self) -> Self {
+        Self {
+            limiters: self.limiters.clone(),
+            state: self.state.clone(),
+            clock: Arc::clone(&self.clock),
+            renderer: self.renderer.clone(),
+            cost: self.cost.clone(),
+            success_headers: self.success_headers,
+            missing_key: self.missing_key,
+        }
+    }
+}
+
+impl<S, St> Layer<S> for RateByTokenLayer<St> {
+    type Service = RateByToken<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateByToken::new(inner, Arc::clone(&self.config))
+    }
+}

@@ -1,0 +1,94 @@
+//! `RateByTokenLayer`: GCRA quotas per token, per owner and per client IP.
+//!
+//! # Semantics
+//!
+//! A quota reads "`N` per `period`, burst `B`" ([`RateQuota`](tokengate_core::RateQuota),
+//! non-zero by type). One request is allowed every `period / N`; from a
+//! fresh or idle key, exactly `B` requests pass back to back; idling refills
+//! the burst to `B`, never beyond; a refused request changes nothing, and
+//! its `Retry-After` is exactly when the same request will pass (rounded up
+//! to whole seconds, at least 1). See [`gcra`] for the arithmetic.
+//!
+//! # Keys
+//!
+//! Each [`Limiter`] counts by the token ([`Limiter::per_token`]: a quota
+//! stored on the token record wins over the limiter's), by the owner
+//! ([`Limiter::per_owner`]: twenty tokens cannot route around a quota), by
+//! the client address ([`Limiter::per_client_ip`], before authentication,
+//! against key spraying) or by a user function. One layer checks all its
+//! limiters all-then-commit: a request refused by one spends nothing of the
+//! others. A request without a limiter's key is refused by default
+//! ([`MissingKey`]); there is never a shared fallback bucket.
+//!
+//! # State
+//!
+//! [`MemoryRateState`] holds one atomic theoretical arrival time per key,
+//! updated by compare-and-swap, shared by every clone of the service and
+//! bounded in keys (idle keys are dropped when room is needed; when the
+//! table is full of active keys new keys are refused). The [`RateState`]
+//! trait lets a shared backend (Redis) take its place; the in-memory path
+//! answers with a ready future, with no boxing and no allocation.
+//!
+//! # Responses
+//!
+//! 429 with `Retry-After`, `RateLimit-Policy: "per-token";q=100;w=60` and
+//! `RateLimit: "per-token";r=0;t=2` (the IETF httpapi draft's structured
+//! fields; `q`/`w` state the sustained rate, `r` the requests left now, `t`
+//! the seconds until the burst is full again, or until retry on a 429).
+//! Admitted responses carry the same two headers for the tightest limiter,
+//! unless [turned off](RateByTokenLayer::success_headers). gRPC gets status
+//! 8 with `retry-after` and `grpc-retry-pushback-ms` metadata.
+//!
+//! # Example
+//!
+//! ```
+//! use std::{convert::Infallible, num::NonZeroU32, time::Duration};
+//! use http::{Request, Response, StatusCode};
+//! use tokengate_core::{ClientIp, RateQuota};
+//! use tokengate_rate::RateByTokenLayer;
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+//! let quota = RateQuota::new(NonZeroU32::new(60).unwrap(), Duration::from_secs(60), NonZeroU32::new(2).unwrap())?;
+//! let mut service = ServiceBuilder::new()
+//!     .layer(RateByTokenLayer::per_client_ip(quota))
+//!     .service(service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) }));
+//! let request = || {
+//!     let mut request = Request::new(());
+//!     request.extensions_mut().insert(ClientIp::new("192.0.2.7".parse().unwrap()));
+//!     request
+//! };
+//! for _ in 0..2 {
+//!     assert_eq!(service.ready().await?.call(request()).await?.status(), StatusCode::OK);
+//! }
+//! let limited = service.ready().await?.call(request()).await?;
+//! assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(limited.headers()["retry-after"], "1");
+//! assert_eq!(limited.headers()["ratelimit-policy"], r#""per-ip";q=60;w=60"#);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Dependencies
+//!
+//! `tokengate-core` (principals, client IPs, quotas, denials), `tower` and
+//! `http` (the middleware contract), `pin-project-lite` (the response
+//! future), `smallvec` (a request's checks without a heap allocation) and
+//! `thiserror` (configuration errors).
+
+mod future;
+pub mod gcra;
+mod layer;
+mod limiter;
+mod service;
+mod state;
+
+pub use future::ResponseFuture;
+pub use layer::{CostFn, MAX_LIMITERS, MissingKey, RateByTokenLayer, RateConfigError};
+pub use limiter::{KeyBy, KeyFn, Limiter};
+pub use service::RateByToken;
+pub use state::{Check, MemoryRateState, Outcome, RateKey, RateState, RateStateError};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,149 @@
+//! One named quota and what it counts by.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::{Extensions, HeaderMap};
+use tokengate_core::{ClientIp, Denial, IpReason, Principal, RateLimitPolicy, RateQuota};
+
+use crate::gcra::Gcra;
+use crate::state::RateKey;
+
+/// A user key function: reads the request's headers and extensions.
+pub type KeyFn = Arc<dyn Fn(&HeaderMap, &Extensions) -> Option<Arc<str>> + Send + Sync>;
+
+/// What a limiter counts by.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum KeyBy {
+    /// The token (needs the principal). A quota stored on the token record
+    /// overrides the limiter's.
+    Token,
+    /// The token's owner: every token of one subject shares the quota.
+    Owner,
+    /// The client address (`ClientIp` extension): a limit before
+    /// authentication, against key spraying and brute force.
+    ClientIp,
+    /// A user function; `None` means the request has no key.
+    Custom(KeyFn),
+}
+
+impl fmt::Debug for KeyBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Token => "Token",
+            Self::Owner => "Owner",
+            Self::ClientIp => "ClientIp",
+            Self::Custom(_) => "Custom",
+        })
+    }
+}
+
+/// A named quota and its key.
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    pub(crate) name: Arc<str>,
+    pub(crate) quota: RateQuota,
+    pub(crate) gcra: Gcra,
+    pub(crate) key: KeyBy,
+}
+
+impl Limiter {
+    /// `quota` per token, named `per-token`; the token's own quota wins.
+    pub fn per_token(quota: RateQuota) -> Self {
+        Self::new("per-token", quota, KeyBy::Token)
+    }
+
+    /// `quota` per owner, named `per-owner`.
+    pub fn per_owner(quota: RateQuota) -> Self {
+        Self::new("per-owner", quota, KeyBy::Owner)
+    }
+
+    /// `quota` per client address, named `per-ip`.
+    pub fn per_client_ip(quota: RateQuota) -> Self {
+        Self::new("per-ip", quota, KeyBy::ClientIp)
+    }
+
+    /// `quota` per key of `key`, under `name`.
+    pub fn keyed(
+        name: &str,
+        quota: RateQuota,
+        key: impl Fn(&HeaderMap, &Extensions) -> Option<Arc<str>> + Send + Sync + 'static,
+    ) -> Self {
+        Self::new(name, quota, KeyBy::Custom(Arc::new(key)))
+    }
+
+    fn new(name: &str, quota: RateQuota, key: KeyBy) -> Self {
+        Self {
+            name: name.into(),
+            quota,
+            gcra: Gcra::new(quota),
+            key,
+        }
+    }
+
+    /// Renames the limiter (the name appears in `RateLimit-Policy`).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The limiter's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The key and quota of a request, or `None` when it has no key.
+    pub(crate) fn key_of(
+        &self,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+    ) -> Option<(RateKey, Gcra, RateQuota)> {
+        let principal = || extensions.get::<Principal>();
+        match &self.key {
+            KeyBy::Token => {
+                let p = principal()?;
+                let (gcra, quota) = p
+                    .rate_quota()
+                    .map_or((self.gcra, self.quota), |q| (Gcra::new(q), q));
+                Some((RateKey::Token(p.token_id().clone()), gcra, quota))
+            }
+            KeyBy::Owner => Some((
+                RateKey::Owner(principal()?.subject_shared()),
+                self.gcra,
+                self.quota,
+            )),
+            KeyBy::ClientIp => Some((
+                RateKey::Ip(extensions.get::<ClientIp>()?.addr()),
+                self.gcra,
+                self.quota,
+            )),
+            KeyBy::Custom(f) => Some((
+                RateKey::Custom(f(headers, extensions)?),
+                self.gcra,
+                self.quota,
+            )),
+        }
+    }
+
+    /// The refusal for a request without this limiter's key.
+    pub(crate) fn missing_key_denial(&self) -> Denial {
+        match self.key {
+            KeyBy::ClientIp => Denial::IpForbidden(IpReason::Unresolved),
+            _ => Denial::MissingToken,
+        }
+    }
+
+    /// The IETF `RateLimit-Policy` view of `quota` under this limiter's name.
+    pub(crate) fn policy(&self, quota: RateQuota) -> RateLimitPolicy {
+        RateLimitPolicy::new(&self.name, u64::from(quota.count().get()), quota.period())
+            .unwrap_or_else(|_| unreachable_policy(quota))
+    }
+}
+
+/// Names are validated when the layer is built, so this only guards the
+/// type system: a valid fallback name.
+fn unreachable_policy(quota: RateQuota) -> RateLimitPolicy {
+    RateLimitPolicy::new("default", u64::from(quota.count().get()), quota.period())
+        .unwrap_or_else(|_| unreachable!("\"default\" is a valid policy name"))
+}

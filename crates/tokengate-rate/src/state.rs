@@ -1,0 +1,312 @@
+//! Where rate state lives: the backend trait and the in-memory backend.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::future::{Future, Ready, ready};
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokengate_core::TokenId;
+
+use crate::gcra::{Gcra, Verdict};
+
+/// What a limiter counts by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RateKey {
+    /// One token.
+    Token(TokenId),
+    /// Every token of one owner.
+    Owner(Arc<str>),
+    /// One client address (before authentication).
+    Ip(IpAddr),
+    /// A key from a user function.
+    Custom(Arc<str>),
+}
+
+/// One limiter's question about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// The key (qualified by the limiter's index, so two limiters never share state).
+    pub key: (u8, RateKey),
+    /// The quota.
+    pub gcra: Gcra,
+    /// The request's cost.
+    pub cost: u32,
+}
+
+/// The answer for all limiters of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Every limiter admitted the request and it was charged to all of them.
+    /// `tightest` is the check with the fewest requests left (for headers).
+    Admitted {
+        /// Index into the checks, remaining requests, time to full burst.
+        tightest: Option<(usize, u32, Duration)>,
+    },
+    /// A limiter refused; nothing was charged anywhere.
+    Refused {
+        /// Index into the checks of the limiter that refused.
+        check: usize,
+        /// When the request would pass.
+        retry_after: Duration,
+    },
+}
+
+/// A rate-state backend failure (a shared backend that cannot be reached).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("rate state unavailable: {0}")]
+pub struct RateStateError(pub Arc<str>);
+
+/// Where rate state lives.
+///
+/// `acquire` checks every limiter of a request and charges all of them or
+/// none. The in-memory backend answers with a ready future (no allocation);
+/// a shared backend (Redis) can return a boxed one. The layer polls the
+/// future once in `call` and waits only if it is pending.
+pub trait RateState: Send + Sync + 'static {
+    /// The answer's future. Owned (`'static`), so a pending answer can wait
+    /// inside the response future.
+    type Future: Future<Output = Result<Outcome, RateStateError>> + Send + Unpin + 'static;
+
+    /// Decides `checks` at `now` (nanoseconds on the layer's clock):
+    /// all-then-commit.
+    fn acquire(&self, checks: &[Check], now: u64) -> Self::Future;
+}
+
+const SHARDS: usize = 16;
+
+/// Rate state in process memory: one atomic TAT per key, updated with a
+/// compare-and-swap, in sharded maps shared by every clone.
+///
+/// Bounded: at most `max_keys` keys. A key whose burst is full again
+/// carries no information and is dropped when room is needed. When the
+/// table is full of active keys, a new key is refused as if limited (fail
+/// closed), so a flood of distinct keys (spoofed or botnet addresses)
+/// cannot grow memory.
+#[derive(Clone)]
+pub struct MemoryRateState {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    shards: Vec<Shard>,
+    per_shard: usize,
+    hasher: RandomState,
+}
+
+type Table = HashMap<(u8, RateKey), AtomicU64>;
+
+struct Shard {
+    map: RwLock<Table>,
+    /// When the first active key of a full shard turns idle: sweeping
+    /// before then finds nothing, so a flood of new keys against a full
+    /// table costs O(1) each instead of a scan each.
+    next_sweep: AtomicU64,
+}
+
+impl fmt::Debug for MemoryRateState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryRateState")
+            .field("keys", &self.len())
+            .field("max_keys", &(self.shared.per_shard * SHARDS))
+            .finish()
+    }
+}
+
+impl Default for MemoryRateState {
+    /// Room for 100,000 keys.
+    fn default() -> Self {
+        Self::new(100_000)
+    }
+}
+
+enum Slot {
+    Found(u64),
+    Full,
+}
+
+impl MemoryRateState {
+    /// State for at most `max_keys` keys (rounded up to a multiple of 16).
+    pub fn new(max_keys: usize) -> Self {
+        let per_shard = max_keys.div_ceil(SHARDS).max(1);
+        Self {
+            shared: Arc::new(Shared {
+                shards: (0..SHARDS)
+                    .map(|_| Shard {
+                        map: RwLock::new(HashMap::new()),
+                        next_sweep: AtomicU64::new(0),
+                    })
+                    .collect(),
+                per_shard,
+                hasher: RandomState::new(),
+            }),
+        }
+    }
+
+    /// How many keys are held.
+    pub fn len(&self) -> usize {
+        self.shared
+            .shards
+            .iter()
+            .map(|s| s.map.read().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn shard(&self, key: &(u8, RateKey)) -> &Shard {
+        let index = usize::try_from(self.shared.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
+        &self.shared.shards[index]
+    }
+
+    /// Runs `f` on the key's TAT cell, creating it (TAT 0: fresh) if needed.
+    fn with_cell<R>(
+        &self,
+        key: &(u8, RateKey),
+        now: u64,
+        f: impl FnOnce(&AtomicU64) -> R,
+    ) -> Option<R> {
+        let shard = self.shard(key);
+        {
+            let map = shard.map.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(cell) = map.get(key) {
+                return Some(f(cell));
+            }
+        }
+        let mut map = shard.map.write().unwrap_or_else(PoisonError::into_inner);
+        if !map.contains_key(key)
+            && map.len() >= self.shared.per_shard
+            && !shard.sweep(&mut map, now, self.shared.per_shard)
+        {
+            return None;
+        }
+        Some(f(map
+            .entry(key.clone())
+            .or_insert_with(|| AtomicU64::new(0))))
+    }
+
+    fn peek(&self, check: &Check, now: u64) -> Slot {
+        match self.with_cell(&check.key, now, |cell| cell.load(Ordering::Acquire)) {
+            Some(tat) => Slot::Found(tat),
+            None => Slot::Full,
+        }
+    }
+
+    /// Charges one check with a CAS loop; `Err` if it refuses now.
+    fn commit(&self, check: &Check, now: u64) -> Result<(u32, Duration), Duration> {
+        let committed = self.with_cell(&check.key, now, |cell| {
+            let mut current = cell.load(Ordering::Acquire);
+            loop {
+                match check.gcra.decide(current, now, check.cost) {
+                    Verdict::Refuse { retry_after } => return Err(retry_after),
+                    Verdict::Admit {
+                        tat,
+                        remaining,
+                        reset,
+                    } => {
+                        match cell.compare_exchange_weak(
+                            current,
+                            tat,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        ) {
+                            Ok(_) => return Ok((remaining, reset)),
+                            Err(actual) => current = actual,
+                        }
+                    }
+                }
+            }
+        });
+        committed.unwrap_or(Err(Duration::from_nanos(check.gcra.interval())))
+    }
+
+    /// Gives back a charge made by `commit` (another limiter refused).
+    fn refund(&self, check: &Check, now: u64) {
+        let charge = check.gcra.interval().saturating_mul(u64::from(check.cost));
+        let _ = self.with_cell(&check.key, now, |cell| {
+            cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                Some(tat.saturating_sub(charge))
+            })
+        });
+    }
+
+    /// All-then-commit, synchronously.
+    pub fn decide(&self, checks: &[Check], now: u64) -> Outcome {
+        // Look first: a request refused by one limiter must not spend another's budget.
+        let mut refused: Option<(usize, Duration)> = None;
+        for (i, check) in checks.iter().enumerate() {
+            let retry = match self.peek(check, now) {
+                Slot::Full => Some(Duration::from_nanos(check.gcra.interval())),
+                Slot::Found(tat) => match check.gcra.decide(tat, now, check.cost) {
+                    Verdict::Refuse { retry_after } => Some(retry_after),
+                    Verdict::Admit { .. } => None,
+                },
+            };
+            if let Some(retry) = retry
+                && refused.is_none_or(|(_, r)| retry > r)
+            {
+                refused = Some((i, retry));
+            }
+        }
+        if let Some((check, retry_after)) = refused {
+            return Outcome::Refused { check, retry_after };
+        }
+        // Then charge each; if a racing request spent a budget in between,
+        // give back what was charged and refuse.
+        let mut tightest: Option<(usize, u32, Duration)> = None;
+        for (i, check) in checks.iter().enumerate() {
+            match self.commit(check, now) {
+                Ok((remaining, reset)) => {
+                    if tightest.is_none_or(|(_, r, _)| remaining < r) {
+                        tightest = Some((i, remaining, reset));
+                    }
+                }
+                Err(retry_after) => {
+                    for earlier in &checks[..i] {
+                        self.refund(earlier, now);
+                    }
+                    return Outcome::Refused {
+                        check: i,
+                        retry_after,
+                    };
+                }
+            }
+        }
+        Outcome::Admitted { tightest }
+    }
+}
+
+impl Shard {
+    /// Drops idle keys from a full shard, unless no key can be idle yet;
+    /// whether there is room now.
+    fn sweep(&self, map: &mut Table, now: u64, capacity: usize) -> bool {
+        if now < self.next_sweep.load(Ordering::Relaxed) {
+            return false;
+        }
+        map.retain(|_, tat| !Gcra::is_idle(tat.load(Ordering::Relaxed), now));
+        let earliest = map
+            .values()
+            .map(|tat| tat.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        self.next_sweep.store(earliest, Ordering::Relaxed);
+        map.len() < capacity
+    }
+}
+
+impl RateState for MemoryRateState {
+    type Future = Ready<Result<Outcome, RateStateError>>;
+
+    fn acquire(&self, checks: &[Check], now: u64) -> Self::Future {
+        ready(Ok(self.decide(checks, now)))
+    }
+}

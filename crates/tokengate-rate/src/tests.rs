@@ -1,0 +1,428 @@
+//! The layer's decisions under a manual clock: no test sleeps.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{Method, Request, Response, StatusCode};
+use tokengate_core::testing::record;
+use tokengate_core::{ClientIp, Denial, ManualClock, Principal, RateQuota};
+use tower::util::BoxCloneService;
+use tower::{Layer, ServiceExt, service_fn};
+
+use super::*;
+
+type Svc = BoxCloneService<Request<()>, Response<tokengate_core::GateBody<()>>, Infallible>;
+
+fn quota(count: u32, period_secs: u64, burst: u32) -> RateQuota {
+    RateQuota::new(
+        NonZeroU32::new(count).unwrap(),
+        Duration::from_secs(period_secs),
+        NonZeroU32::new(burst).unwrap(),
+    )
+    .unwrap()
+}
+
+fn service<St: RateState + Clone>(layer: &RateByTokenLayer<St>) -> Svc {
+    let handler = service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
+    BoxCloneService::new(layer.layer(handler))
+}
+
+fn as_principal(principal: &Principal) -> Request<()> {
+    let mut request = Request::new(());
+    request.extensions_mut().insert(principal.clone());
+    request
+}
+
+async fn status(svc: &Svc, request: Request<()>) -> StatusCode {
+    svc.clone().oneshot(request).await.unwrap().status()
+}
+
+fn per_token(count: u32, period: u64, burst: u32) -> (RateByTokenLayer, ManualClock) {
+    let clock = ManualClock::new();
+    let layer = RateByTokenLayer::per_token(quota(count, period, burst)).clock(clock.shared());
+    (layer, clock)
+}
+
+#[tokio::test]
+async fn exactly_the_burst_passes_then_429_with_headers_then_exactly_when_promised() {
+    let (layer, clock) = per_token(1, 2, 3); // one per 2 s, bursts of 3
+    let svc = service(&layer);
+    let p = Principal::from_record(&record("alice", ""));
+    for i in 0..3 {
+        let ok = svc.clone().oneshot(as_principal(&p)).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK, "request {i}");
+        assert_eq!(ok.headers()["ratelimit-policy"], r#""per-token";q=1;w=2"#);
+        assert_eq!(
+            ok.headers()["ratelimit"],
+            format!("\"per-token\";r={};t={}", 2 - i, 2 * (i + 1)).as_str()
+        );
+    }
+    let limited = svc.clone().oneshot(as_principal(&p)).await.unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.headers()[RETRY_AFTER], "2");
+    assert_eq!(limited.headers()["ratelimit"], r#""per-token";r=0;t=2"#);
+    assert!(matches!(
+        limited.extensions().get::<Denial>(),
+        Some(Denial::RateLimited(_))
+    ));
+
+    clock.advance(Duration::from_millis(1_999));
+    assert_eq!(
+        status(&svc, as_principal(&p)).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(status(&svc, as_principal(&p)).await, StatusCode::OK);
+    assert_eq!(
+        status(&svc, as_principal(&p)).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn a_long_idle_refills_the_burst_and_no_more() {
+    let (layer, clock) = per_token(1, 1, 4);
+    let svc = service(&layer);
+    let p = Principal::from_record(&record("alice", ""));
+    for _ in 0..4 {
+        assert_eq!(status(&svc, as_principal(&p)).await, StatusCode::OK);
+    }
+    clock.advance(Duration::from_secs(3_600));
+    let mut admitted = 0;
+    for _ in 0..10 {
+        if status(&svc, as_principal(&p)).await == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 4);
+}
+
+#[tokio::test]
+async fn hammering_while_limited_does_not_push_the_next_admission_out() {
+    let (layer, clock) = per_token(1, 10, 1);
+    let svc = service(&layer);
+    let p = Principal::from_record(&record("alice", ""));
+    assert_eq!(status(&svc, as_principal(&p)).await, StatusCode::OK);
+    for _ in 0..500 {
+        clock.advance(Duration::from_millis(10));
+        assert_eq!(
+            status(&svc, as_principal(&p)).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    clock.advance(Duration::from_secs(5)); // 10 s after the admitted request
+    assert_eq!(status(&svc, as_principal(&p)).await, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_concurrent_tasks_across_clones_admit_exactly_the_burst() {
+    let (layer, _clock) = per_token(1, 60, 10);
+    let p = Principal::from_record(&record("alice", ""));
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let svc = service(&layer); // a separate service per task, one shared state
+            let request = as_principal(&p);
+            tokio::spawn(async move { svc.oneshot(request).await.unwrap().status() })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        if task.await.unwrap() == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 10);
+}
+
+#[tokio::test]
+async fn one_token_is_one_bucket_over_http_and_grpc() {
+    let (layer, _clock) = per_token(1, 60, 2);
+    let svc = service(&layer);
+    let p = Principal::from_record(&record("alice", ""));
+    let grpc = || {
+        let mut request = as_principal(&p);
+        request
+            .headers_mut()
+            .insert(CONTENT_TYPE, "application/grpc".parse().unwrap());
+        *request.method_mut() = Method::POST;
+        request
+    };
+    assert_eq!(status(&svc, as_principal(&p)).await, StatusCode::OK);
+    assert_eq!(status(&svc, grpc()).await, StatusCode::OK);
+    let limited = svc.clone().oneshot(grpc()).await.unwrap();
+    assert_eq!(
+        limited.status(),
+        StatusCode::OK,
+        "gRPC refusals are HTTP 200"
+    );
+    assert_eq!(limited.headers()["grpc-status"], "8");
+    assert_eq!(limited.headers()["grpc-retry-pushback-ms"], "60000");
+    assert_eq!(
+        status(&svc, as_principal(&p)).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn an_owner_limit_caps_the_sum_of_its_tokens() {
+    let clock = ManualClock::new();
+    let layer = RateByTokenLayer::new([
+        Limiter::per_token(quota(1, 60, 5)),
+        Limiter::per_owner(quota(1, 60, 8)),
+    ])
+    .unwrap()
+    .clock(clock.shared());
+    let svc = service(&layer);
+    let tokens: Vec<Principal> = (0..20)
+        .map(|_| Principal::from_record(&record("team-a", "")))
+        .collect();
+    let mut admitted = 0;
+    for round in 0..5 {
+        for p in &tokens {
+            if status(&svc, as_principal(p)).await == StatusCode::OK {
+                admitted += 1;
+            }
+            let _ = round;
+        }
+    }
+    assert_eq!(admitted, 8);
+    let other = Principal::from_record(&record("team-b", ""));
+    assert_eq!(status(&svc, as_principal(&other)).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_refusal_by_one_limiter_spends_nothing_of_another() {
+    let clock = ManualClock::new();
+    let layer = RateByTokenLayer::new([
+        Limiter::per_token(quota(1, 60, 3)),
+        Limiter::per_owner(quota(1, 60, 1)),
+    ])
+    .unwrap()
+    .clock(clock.shared());
+    let svc = service(&layer);
+    let a = Principal::from_record(&record("team-a", ""));
+    assert_eq!(status(&svc, as_principal(&a)).await, StatusCode::OK);
+    for _ in 0..10 {
+        let limited = svc.clone().oneshot(as_principal(&a)).await.unwrap();
+        assert_eq!(
+            limited.headers()["ratelimit-policy"],
+            r#""per-owner";q=1;w=60"#
+        );
+    }
+    // A minute later the owner has one request again; the token still has
+    // its full burst minus the one admitted request: 10 refusals spent nothing.
+    clock.advance(Duration::from_secs(60));
+    let ok = svc.clone().oneshot(as_principal(&a)).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(ok.headers()["ratelimit"], r#""per-owner";r=0;t=60"#);
+    let state = MemoryRateState::default();
+    let layer = layer.state(state.clone());
+    let _ = service(&layer).oneshot(as_principal(&a)).await.unwrap();
+    assert_eq!(state.len(), 2, "one key per limiter");
+}
+
+#[tokio::test]
+async fn the_token_records_own_quota_wins() {
+    let (layer, _clock) = per_token(100, 1, 100);
+    let svc = service(&layer);
+    let mut tight = record("alice", "");
+    tight.rate_quota = Some(quota(1, 60, 2));
+    let p = Principal::from_record(&tight);
+    assert_eq!(status(&svc, as_principal(&p)).await, StatusCode::OK);
+    assert_eq!(status(&svc, as_principal(&p)).await, StatusCode::OK);
+    let limited = svc.clone().oneshot(as_principal(&p)).await.unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        limited.headers()["ratelimit-policy"],
+        r#""per-token";q=1;w=60"#
+    );
+}
+
+#[tokio::test]
+async fn client_ip_limits_work_before_authentication() {
+    let clock = ManualClock::new();
+    let layer = RateByTokenLayer::per_client_ip(quota(1, 60, 2)).clock(clock.shared());
+    let svc = service(&layer);
+    let from = |ip: &str| {
+        let mut request = Request::new(());
+        request
+            .extensions_mut()
+            .insert(ClientIp::new(ip.parse().unwrap()));
+        request
+    };
+    assert_eq!(status(&svc, from("192.0.2.1")).await, StatusCode::OK);
+    assert_eq!(status(&svc, from("::ffff:192.0.2.1")).await, StatusCode::OK);
+    assert_eq!(
+        status(&svc, from("192.0.2.1")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(status(&svc, from("192.0.2.2")).await, StatusCode::OK);
+    let none = svc.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(
+        none.status(),
+        StatusCode::FORBIDDEN,
+        "no client address: fail closed"
+    );
+}
+
+#[tokio::test]
+async fn missing_keys_are_refused_or_skipped_never_pooled() {
+    let (layer, _clock) = per_token(1, 60, 1);
+    let denied = service(&layer).oneshot(Request::new(())).await.unwrap();
+    assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+    let skip = service(&layer.clone().missing_key(MissingKey::Skip));
+    for _ in 0..10 {
+        let response = skip.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(!response.headers().contains_key("ratelimit"));
+    }
+}
+
+#[tokio::test]
+async fn route_costs_spend_more_of_the_burst() {
+    let (layer, _clock) = per_token(1, 60, 5);
+    let layer = layer.cost(|method, _| if method == Method::POST { 3 } else { 1 });
+    let svc = service(&layer);
+    let p = Principal::from_record(&record("alice", ""));
+    let post = || {
+        let mut r = as_principal(&p);
+        *r.method_mut() = Method::POST;
+        r
+    };
+    assert_eq!(status(&svc, post()).await, StatusCode::OK);
+    assert_eq!(status(&svc, post()).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(status(&svc, as_principal(&p)).await, StatusCode::OK);
+    assert_eq!(status(&svc, as_principal(&p)).await, StatusCode::OK);
+    assert_eq!(
+        status(&svc, as_principal(&p)).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn success_headers_can_be_turned_off_but_429s_keep_them() {
+    let (layer, _clock) = per_token(1, 60, 1);
+    let svc = service(&layer.success_headers(false));
+    let p = Principal::from_record(&record("alice", ""));
+    let ok = svc.clone().oneshot(as_principal(&p)).await.unwrap();
+    assert!(!ok.headers().contains_key("ratelimit"));
+    let limited = svc.clone().oneshot(as_principal(&p)).await.unwrap();
+    assert!(limited.headers().contains_key("ratelimit"));
+}
+
+#[test]
+fn a_million_distinct_keys_stay_under_the_cap() {
+    let state = MemoryRateState::new(10_000);
+    let gcra = gcra::Gcra::new(quota(1, 60, 1));
+    let now = 1_000_000_000_000;
+    let mut refused_for_room = 0;
+    for i in 0..1_000_000u32 {
+        let ip = std::net::IpAddr::from(i.to_be_bytes());
+        let check = Check {
+            key: (0, RateKey::Ip(ip)),
+            gcra,
+            cost: 1,
+        };
+        if let Outcome::Refused { .. } = state.decide(&[check], now) {
+            refused_for_room += 1;
+        }
+    }
+    assert!(state.len() <= 10_000, "{}", state.len());
+    assert!(
+        refused_for_room >= 1_000_000 - 10_000,
+        "a full table refuses new keys"
+    );
+    // Once the keys are idle they make room again.
+    let later = now + 61_000_000_000;
+    let check = Check {
+        key: (0, RateKey::Ip("203.0.113.9".parse().unwrap())),
+        gcra,
+        cost: 1,
+    };
+    assert!(matches!(
+        state.decide(&[check], later),
+        Outcome::Admitted { .. }
+    ));
+}
+
+/// A backend whose answers are pending once, as a shared store's would be.
+#[derive(Debug, Clone, Default)]
+struct SlowState {
+    inner: MemoryRateState,
+    failing: std::sync::Arc<AtomicBool>,
+}
+
+struct Later(Option<Result<Outcome, RateStateError>>, bool);
+
+impl Future for Later {
+    type Output = Result<Outcome, RateStateError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.1 {
+            return Poll::Ready(self.0.take().unwrap());
+        }
+        self.1 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl RateState for SlowState {
+    type Future = Later;
+    fn acquire(&self, checks: &[Check], now: u64) -> Later {
+        let answer = if self.failing.load(Ordering::SeqCst) {
+            Err(RateStateError("backend down".into()))
+        } else {
+            Ok(self.inner.decide(checks, now))
+        };
+        Later(Some(answer), false)
+    }
+}
+
+#[tokio::test]
+async fn a_pending_backend_answers_the_same_and_a_failing_one_fails_closed() {
+    let clock = ManualClock::new();
+    let slow = SlowState::default();
+    let layer = RateByTokenLayer::per_token(quota(1, 60, 1))
+        .clock(clock.shared())
+        .state(slow.clone());
+    let svc = service(&layer);
+    let p = Principal::from_record(&record("alice", ""));
+    let ok = svc.clone().oneshot(as_principal(&p)).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert!(ok.headers().contains_key("ratelimit"));
+    assert_eq!(
+        status(&svc, as_principal(&p)).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    slow.failing.store(true, Ordering::SeqCst);
+    assert_eq!(
+        status(&svc, as_principal(&p)).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[test]
+fn bad_configurations_name_the_value() {
+    assert_eq!(
+        RateByTokenLayer::new([]).unwrap_err(),
+        RateConfigError::NoLimiter
+    );
+    let q = quota(1, 1, 1);
+    let bad = RateByTokenLayer::new([Limiter::per_token(q).named("Per Token")]).unwrap_err();
+    assert!(bad.to_string().contains("\"Per Token\""), "{bad}");
+    let dup = RateByTokenLayer::new([
+        Limiter::per_token(q),
+        Limiter::per_owner(q).named("per-token"),
+    ])
+    .unwrap_err();
+    assert_eq!(dup.to_string(), "two limiters are named \"per-token\"");
+    let many = RateByTokenLayer::new((0..9).map(|i| Limiter::per_token(q).named(&format!("l{i}"))))
+        .unwrap_err();
+    assert_eq!(many, RateConfigError::TooMany { count: 9 });
+}
