@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::{Request, Response};
+use http::{HeaderName, Request, Response};
 use pin_project_lite::pin_project;
 use tokengate_core::{Denial, GateBody, Renderer};
 use tower::Service;
@@ -12,6 +12,9 @@ use tower::Service;
 use crate::layer::Config;
 use crate::service::{LimitHeaders, Quotas};
 use crate::state::RateState;
+
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 pin_project! {
     /// The response future of [`RateByToken`](crate::RateByToken).
@@ -32,12 +35,10 @@ pin_project! {
         S: Service<Request<ReqBody>>,
         St: RateState,
     {
-        // A shared backend has not answered yet.
+        // A shared backend has not answered yet. Boxed: the slow path pays
+        // for its size, the in-memory path keeps the future small.
         Checking {
-            answer: St::Future,
-            quotas: Quotas,
-            pending: Option<(Request<ReqBody>, S)>,
-            config: Arc<Config<St>>,
+            pending: Option<Box<Pending<S, St, ReqBody>>>,
         },
         Forward {
             #[pin]
@@ -48,6 +49,15 @@ pin_project! {
             response: Option<Response<GateBody<ResBody>>>,
         },
     }
+}
+
+/// What a request waiting for a shared backend holds.
+struct Pending<S, St: RateState, ReqBody> {
+    answer: St::Future,
+    quotas: Quotas,
+    request: Request<ReqBody>,
+    inner: S,
+    config: Arc<Config<St>>,
 }
 
 impl<S, St, ReqBody, ResBody> ResponseFuture<S, St, ReqBody, ResBody>
@@ -78,10 +88,13 @@ where
     ) -> Self {
         Self {
             kind: Kind::Checking {
-                answer,
-                quotas,
-                pending: Some((request, inner)),
-                config,
+                pending: Some(Box::new(Pending {
+                    answer,
+                    quotas,
+                    request,
+                    inner,
+                    config,
+                })),
             },
         }
     }
@@ -102,8 +115,8 @@ where
                     let mut response = ready!(future.poll(cx))?.map(GateBody::new);
                     if let Some((policy, state)) = headers.take() {
                         let h = response.headers_mut();
-                        h.insert("ratelimit-policy", policy);
-                        h.insert("ratelimit", state);
+                        h.insert(RATELIMIT_POLICY, policy);
+                        h.insert(RATELIMIT, state);
                     }
                     return Poll::Ready(Ok(response));
                 }
@@ -114,23 +127,30 @@ where
                     });
                     return Poll::Ready(Ok(response));
                 }
-                KindProj::Checking {
-                    answer,
-                    quotas,
-                    pending,
-                    config,
-                } => {
-                    let result = ready!(Pin::new(answer).poll(cx));
+                KindProj::Checking { pending } => {
+                    let Some(waiting) = pending.as_mut() else {
+                        return Poll::Ready(Ok(fail_closed()));
+                    };
+                    let result = ready!(Pin::new(&mut waiting.answer).poll(cx));
                     match pending.take() {
-                        Some((request, mut inner)) => match config.finish(result, quotas) {
-                            Ok(headers) => Kind::Forward {
-                                future: inner.call(request),
-                                headers,
-                            },
-                            Err(denial) => Kind::Rejected {
-                                response: Some(config.renderer.reject(&request, denial)),
-                            },
-                        },
+                        Some(waiting) => {
+                            let Pending {
+                                quotas,
+                                request,
+                                mut inner,
+                                config,
+                                ..
+                            } = *waiting;
+                            match config.finish(result, &quotas) {
+                                Ok(headers) => Kind::Forward {
+                                    future: inner.call(request),
+                                    headers,
+                                },
+                                Err(denial) => Kind::Rejected {
+                                    response: Some(config.renderer.reject(&request, denial)),
+                                },
+                            }
+                        }
                         None => Kind::Rejected { response: None },
                     }
                 }
@@ -148,4 +168,8 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
+}
+
+fn fail_closed<B>() -> Response<GateBody<B>> {
+    Renderer::default().render(Denial::StoreUnavailable, false)
 }

@@ -2,7 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use http::{Method, Uri};
-use tokengate_core::{RateLimitPolicy, RateQuota, Renderer, SharedClock, SystemClock};
+use tokengate_core::{RateQuota, Renderer, SharedClock, SystemClock};
 use tower::Layer;
 
 use crate::limiter::Limiter;
@@ -149,7 +149,7 @@ fn validate(limiters: &[Limiter]) -> Result<(), RateConfigError> {
     }
     for (i, limiter) in limiters.iter().enumerate() {
         let name = limiter.name();
-        if RateLimitPolicy::new(name, 1, std::time::Duration::from_secs(1)).is_err() {
+        if !limiter.has_valid_name() {
             return Err(RateConfigError::BadName {
                 name: name.to_owned(),
             });

@@ -74,8 +74,12 @@
 //!
 //! `tokengate-core` (principals, client IPs, quotas, denials), `tower` and
 //! `http` (the middleware contract), `pin-project-lite` (the response
-//! future), `smallvec` (a request's checks without a heap allocation) and
-//! `thiserror` (configuration errors).
+//! future), `smallvec` (a request's checks without a heap allocation),
+//! `hashbrown` (a table that takes a precomputed hash, so a key is hashed
+//! once for shard and slot), `foldhash` (a fast hasher with a random
+//! per-process seed; keys such as client addresses are attacker-chosen, so
+//! an unseeded hash would invite collision floods) and `thiserror`
+//! (configuration errors).
 
 mod future;
 pub mod gcra;

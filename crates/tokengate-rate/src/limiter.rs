@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::{Extensions, HeaderMap};
+use http::{Extensions, HeaderMap, HeaderValue};
 use tokengate_core::{ClientIp, Denial, IpReason, Principal, RateLimitPolicy, RateQuota};
 
 use crate::gcra::Gcra;
@@ -46,6 +46,9 @@ pub struct Limiter {
     pub(crate) quota: RateQuota,
     pub(crate) gcra: Gcra,
     pub(crate) key: KeyBy,
+    /// The policy and its header for the limiter's own quota, made once;
+    /// `None` for a name that cannot be a policy name (refused by the layer).
+    own_policy: Option<(RateLimitPolicy, HeaderValue)>,
 }
 
 impl Limiter {
@@ -79,13 +82,20 @@ impl Limiter {
             quota,
             gcra: Gcra::new(quota),
             key,
+            own_policy: own_policy(name, quota),
         }
     }
 
     /// Renames the limiter (the name appears in `RateLimit-Policy`).
     pub fn named(mut self, name: &str) -> Self {
         self.name = name.into();
+        self.own_policy = own_policy(name, self.quota);
         self
+    }
+
+    /// Whether the name can appear in a `RateLimit-Policy` header.
+    pub(crate) fn has_valid_name(&self) -> bool {
+        self.own_policy.is_some()
     }
 
     /// The limiter's name.
@@ -134,16 +144,19 @@ impl Limiter {
         }
     }
 
-    /// The IETF `RateLimit-Policy` view of `quota` under this limiter's name.
-    pub(crate) fn policy(&self, quota: RateQuota) -> RateLimitPolicy {
-        RateLimitPolicy::new(&self.name, u64::from(quota.count().get()), quota.period())
-            .unwrap_or_else(|_| unreachable_policy(quota))
+    /// The IETF `RateLimit-Policy` view of `quota` under this limiter's
+    /// name, with its header value: made once for the limiter's own quota,
+    /// per request only for a token's own quota.
+    pub(crate) fn policy(&self, quota: RateQuota) -> Option<(RateLimitPolicy, HeaderValue)> {
+        match &self.own_policy {
+            Some(own) if quota == self.quota => Some(own.clone()),
+            _ => own_policy(&self.name, quota),
+        }
     }
 }
 
-/// Names are validated when the layer is built, so this only guards the
-/// type system: a valid fallback name.
-fn unreachable_policy(quota: RateQuota) -> RateLimitPolicy {
-    RateLimitPolicy::new("default", u64::from(quota.count().get()), quota.period())
-        .unwrap_or_else(|_| unreachable!("\"default\" is a valid policy name"))
+fn own_policy(name: &str, quota: RateQuota) -> Option<(RateLimitPolicy, HeaderValue)> {
+    let policy = RateLimitPolicy::new(name, u64::from(quota.count().get()), quota.period()).ok()?;
+    let header = policy.policy_header();
+    Some((policy, header))
 }

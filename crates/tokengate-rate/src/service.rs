@@ -3,7 +3,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderValue, Request, Response};
 use smallvec::SmallVec;
@@ -15,7 +14,7 @@ use crate::layer::{Config, MissingKey};
 use crate::state::{Check, Outcome, RateState, RateStateError};
 
 /// Which limiter and quota each check of a request stands for.
-pub(crate) type Quotas = SmallVec<[(usize, RateQuota); 4]>;
+pub(crate) type Quotas = SmallVec<[(usize, RateQuota); 2]>;
 
 /// The `RateLimit-Policy` and `RateLimit` values for an admitted response.
 pub(crate) type LimitHeaders = Option<(HeaderValue, HeaderValue)>;
@@ -49,14 +48,9 @@ impl<S: fmt::Debug, St> fmt::Debug for RateByToken<S, St> {
     }
 }
 
-fn nanos(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 impl<St> Config<St> {
     /// The checks of a request, or the refusal for a missing key.
-    fn checks<B>(&self, request: &Request<B>) -> Result<(SmallVec<[Check; 4]>, Quotas), Denial> {
+    fn checks<B>(&self, request: &Request<B>) -> Result<(SmallVec<[Check; 2]>, Quotas), Denial> {
         let cost = self
             .cost
             .as_ref()
@@ -92,20 +86,18 @@ impl<St> Config<St> {
             Outcome::Refused { check, retry_after } => {
                 let (index, quota) = quotas.get(check).copied().ok_or(Denial::StoreUnavailable)?;
                 let limiter = self.limiters.get(index).ok_or(Denial::StoreUnavailable)?;
+                let (policy, _) = limiter.policy(quota).ok_or(Denial::StoreUnavailable)?;
                 Err(Denial::RateLimited(RateLimited {
                     retry_after,
-                    policy: limiter.policy(quota),
+                    policy,
                 }))
             }
             Outcome::Admitted { tightest } => Ok(tightest
                 .filter(|_| self.success_headers)
                 .and_then(|(check, remaining, reset)| {
                     let (index, quota) = quotas.get(check).copied()?;
-                    let policy = self.limiters.get(index)?.policy(quota);
-                    Some((
-                        policy.policy_header(),
-                        policy.state_header(u64::from(remaining), reset),
-                    ))
+                    let (policy, header) = self.limiters.get(index)?.policy(quota)?;
+                    Some((header, policy.state_header(u64::from(remaining), reset)))
                 })),
         }
     }
@@ -134,7 +126,7 @@ where
         if checks.is_empty() {
             return ResponseFuture::forward(self.inner.call(request), None);
         }
-        let mut answer = config.state.acquire(&checks, nanos(config.clock.now()));
+        let mut answer = config.state.acquire(&checks, config.clock.now_nanos());
         // In-memory state answers at once; only a pending answer needs the
         // request and a ready service moved into the future.
         match Pin::new(&mut answer).poll(&mut Context::from_waker(Waker::noop())) {

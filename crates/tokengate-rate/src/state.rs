@@ -1,13 +1,14 @@
 //! Where rate state lives: the backend trait and the in-memory backend.
 
-use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::future::{Future, Ready, ready};
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+
+use foldhash::quality::RandomState;
+use hashbrown::HashTable;
 use std::time::Duration;
 
 use tokengate_core::TokenId;
@@ -100,7 +101,16 @@ struct Shared {
     hasher: RandomState,
 }
 
-type Table = HashMap<(u8, RateKey), AtomicU64>;
+/// One key's state. The hash is kept so the table can grow without
+/// hashing keys again; it is computed once per request and used for both
+/// the shard and the slot.
+struct Entry {
+    hash: u64,
+    key: (u8, RateKey),
+    tat: AtomicU64,
+}
+
+type Table = HashTable<Entry>;
 
 struct Shard {
     map: RwLock<Table>,
@@ -139,12 +149,12 @@ impl MemoryRateState {
             shared: Arc::new(Shared {
                 shards: (0..SHARDS)
                     .map(|_| Shard {
-                        map: RwLock::new(HashMap::new()),
+                        map: RwLock::new(HashTable::new()),
                         next_sweep: AtomicU64::new(0),
                     })
                     .collect(),
                 per_shard,
-                hasher: RandomState::new(),
+                hasher: RandomState::default(),
             }),
         }
     }
@@ -163,35 +173,43 @@ impl MemoryRateState {
         self.len() == 0
     }
 
-    fn shard(&self, key: &(u8, RateKey)) -> &Shard {
-        let index = usize::try_from(self.shared.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
-        &self.shared.shards[index]
-    }
-
-    /// Runs `f` on the key's TAT cell, creating it (TAT 0: fresh) if needed.
+    /// Runs `f` on the key's TAT cell, creating it (TAT 0: fresh) if needed;
+    /// `None` when the table is full of active keys.
     fn with_cell<R>(
         &self,
         key: &(u8, RateKey),
         now: u64,
         f: impl FnOnce(&AtomicU64) -> R,
     ) -> Option<R> {
-        let shard = self.shard(key);
+        let hash = self.shared.hasher.hash_one(key);
+        // Middle bits pick the shard: the table itself uses the low bits for
+        // the slot and the top bits for its control bytes.
+        let shard = &self.shared.shards[usize::try_from((hash >> 32) % SHARDS as u64).unwrap_or(0)];
+        let eq = |e: &Entry| e.key == *key;
         {
             let map = shard.map.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(cell) = map.get(key) {
-                return Some(f(cell));
+            if let Some(entry) = map.find(hash, eq) {
+                return Some(f(&entry.tat));
             }
         }
         let mut map = shard.map.write().unwrap_or_else(PoisonError::into_inner);
-        if !map.contains_key(key)
-            && map.len() >= self.shared.per_shard
-            && !shard.sweep(&mut map, now, self.shared.per_shard)
+        if let Some(entry) = map.find(hash, eq) {
+            return Some(f(&entry.tat));
+        }
+        if map.len() >= self.shared.per_shard && !shard.sweep(&mut map, now, self.shared.per_shard)
         {
             return None;
         }
-        Some(f(map
-            .entry(key.clone())
-            .or_insert_with(|| AtomicU64::new(0))))
+        let entry = map.insert_unique(
+            hash,
+            Entry {
+                hash,
+                key: key.clone(),
+                tat: AtomicU64::new(0),
+            },
+            |e| e.hash,
+        );
+        Some(f(&entry.get().tat))
     }
 
     fn peek(&self, check: &Check, now: u64) -> Slot {
@@ -241,6 +259,18 @@ impl MemoryRateState {
 
     /// All-then-commit, synchronously.
     pub fn decide(&self, checks: &[Check], now: u64) -> Outcome {
+        // One limiter: charging is deciding, no look-ahead needed.
+        if let [check] = checks {
+            return match self.commit(check, now) {
+                Ok((remaining, reset)) => Outcome::Admitted {
+                    tightest: Some((0, remaining, reset)),
+                },
+                Err(retry_after) => Outcome::Refused {
+                    check: 0,
+                    retry_after,
+                },
+            };
+        }
         // Look first: a request refused by one limiter must not spend another's budget.
         let mut refused: Option<(usize, Duration)> = None;
         for (i, check) in checks.iter().enumerate() {
@@ -292,10 +322,10 @@ impl Shard {
         if now < self.next_sweep.load(Ordering::Relaxed) {
             return false;
         }
-        map.retain(|_, tat| !Gcra::is_idle(tat.load(Ordering::Relaxed), now));
+        map.retain(|e| !Gcra::is_idle(e.tat.load(Ordering::Relaxed), now));
         let earliest = map
-            .values()
-            .map(|tat| tat.load(Ordering::Relaxed))
+            .iter()
+            .map(|e| e.tat.load(Ordering::Relaxed))
             .min()
             .unwrap_or(0);
         self.next_sweep.store(earliest, Ordering::Relaxed);

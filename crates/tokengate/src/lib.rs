@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `authenticate` (default) | [`AuthenticateLayer`]: bearer tokens → [`Principal`] |
 //! | `scope` (default) | [`EnforceScopeLayer`], [`RequireScope`], [`ScopePolicy`] |
+//! | `rate` (default) | [`RateByTokenLayer`], [`Limiter`], [`MemoryRateState`] |
 //! | `axum` | `axum::Authenticated`: the principal as an extractor |
 //! | `tonic` | `tonic::PrincipalExt`: the principal from a `tonic::Request` |
 //!
@@ -59,6 +60,12 @@ pub use tokengate_authenticate::{
 pub use tokengate_scope::{
     EnforceScope, EnforceScopeLayer, PolicyError, RequireScope, Requirement, RequirementError,
     ScopeLookup, ScopePolicy, ScopePolicyBuilder,
+};
+
+#[cfg(feature = "rate")]
+pub use tokengate_rate::{
+    KeyBy, Limiter, MemoryRateState, MissingKey, RateByToken, RateByTokenLayer, RateConfigError,
+    RateKey, RateState, RateStateError,
 };
 
 #[cfg(feature = "axum")]
