@@ -5,48 +5,14 @@
 mod support;
 
 use http::uri::PathAndQuery;
-use support::{World, listener};
-use tokengate::tonic::PrincipalExt;
+use support::World;
 use tokengate::{EnforceScopeLayer, Requirement, ScopePolicy, Token};
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Server};
-use tonic::{Code, Request, Response, Status};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
 use tower::ServiceBuilder;
 
-#[allow(clippy::all, clippy::pedantic, unreachable_pub, missing_docs)]
-mod pb {
-    tonic::include_proto!("notes.v1");
-}
-
-use pb::notes_client::NotesClient;
-use pb::notes_server::{Notes, NotesServer};
-use pb::{CreateNoteRequest, ListNotesRequest, ListNotesResponse, Note};
-
-struct NotesService;
-
-#[tonic::async_trait]
-impl Notes for NotesService {
-    async fn list_notes(
-        &self,
-        request: Request<ListNotesRequest>,
-    ) -> Result<Response<ListNotesResponse>, Status> {
-        let caller = request.principal()?.subject().to_owned();
-        Ok(Response::new(ListNotesResponse {
-            notes: vec![],
-            caller,
-        }))
-    }
-
-    async fn create_note(
-        &self,
-        request: Request<CreateNoteRequest>,
-    ) -> Result<Response<Note>, Status> {
-        Ok(Response::new(Note {
-            id: 1,
-            text: request.into_inner().text,
-        }))
-    }
-}
+use support::grpc::pb::notes_client::NotesClient;
+use support::grpc::pb::{CreateNoteRequest, ListNotesRequest};
 
 async fn serve(world: &World) -> Channel {
     let policy = ScopePolicy::builder()
@@ -65,18 +31,7 @@ async fn serve(world: &World) -> Channel {
         .layer(world.auth.clone())
         .layer(EnforceScopeLayer::new(policy))
         .into_inner();
-    let (listener, addr) = listener().await;
-    tokio::spawn(
-        Server::builder()
-            .layer(stack)
-            .add_service(NotesServer::new(NotesService))
-            .serve_with_incoming(TcpIncoming::from(listener)),
-    );
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    support::grpc::serve(stack).await
 }
 
 fn with_token<T>(message: T, tokens: &[&str]) -> Request<T> {

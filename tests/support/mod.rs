@@ -18,6 +18,8 @@ use tokengate::{
 };
 use tokio::net::TcpListener;
 
+pub mod grpc;
+
 /// Tokens, a store with probes, and an authenticate layer, on one manual clock.
 pub struct World {
     pub probe: ProbeStore,
