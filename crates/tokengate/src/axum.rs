@@ -7,6 +7,15 @@ use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use tokengate_core::{Denial, Principal, Renderer, is_grpc};
 
+/// The peer address axum knows when served with
+/// `into_make_service_with_connect_info::<SocketAddr>()`: pass it to
+/// `ClientIpLayer::peer_source`.
+pub fn peer_addr(extensions: &http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
+}
+
 /// Extracts the [`Principal`] the authenticate layer inserted.
 ///
 /// Absent (a public route, or the layer is missing): 401, rendered like the

@@ -8,6 +8,7 @@
 //! | `authenticate` (default) | [`AuthenticateLayer`]: bearer tokens → [`Principal`] |
 //! | `scope` (default) | [`EnforceScopeLayer`], [`RequireScope`], [`ScopePolicy`] |
 //! | `rate` (default) | [`RateByTokenLayer`], [`Limiter`], [`MemoryRateState`] |
+//! | `ipfilter` (default) | [`ClientIpLayer`], [`IpFilterLayer`], [`IpRules`] |
 //! | `axum` | `axum::Authenticated`: the principal as an extractor |
 //! | `tonic` | `tonic::PrincipalExt`: the principal from a `tonic::Request` |
 //!
@@ -66,6 +67,12 @@ pub use tokengate_scope::{
 pub use tokengate_rate::{
     KeyBy, Limiter, MemoryRateState, MissingKey, RateByToken, RateByTokenLayer, RateConfigError,
     RateKey, RateState, RateStateError,
+};
+
+#[cfg(feature = "ipfilter")]
+pub use tokengate_ipfilter::{
+    CidrError, ClientIpLayer, ForwardedHeader, IpFilter, IpFilterLayer, IpRules, IpSet, PeerAddr,
+    ResolveClientIp,
 };
 
 #[cfg(feature = "axum")]

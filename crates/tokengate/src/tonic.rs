@@ -15,6 +15,15 @@
 
 use tokengate_core::Principal;
 
+/// The peer address tonic's server records for TCP connections: pass it
+/// to `ClientIpLayer::peer_source`.
+pub fn peer_addr(extensions: &http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
+        .map(|addr| addr.ip())
+}
+
 /// Reads the [`Principal`] that the authenticate layer (in
 /// `Server::builder().layer(...)`) inserted; tonic carries the HTTP
 /// request's extensions into `tonic::Request`.

@@ -174,6 +174,9 @@ impl Denial {
             Self::InvalidToken(_) => "The bearer token is invalid, expired or revoked.",
             Self::InsufficientScope { .. } => "The bearer token lacks a required scope.",
             Self::Unmapped => "No access rule allows this route.",
+            Self::IpForbidden(IpReason::Unresolved) => {
+                "The client address could not be determined."
+            }
             Self::IpForbidden(_) => "Requests from this address are not allowed.",
             Self::RateLimited(_) => "The rate limit is exceeded; retry later.",
             Self::StoreUnavailable => "The token service is temporarily unavailable.",
