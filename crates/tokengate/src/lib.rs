@@ -9,6 +9,7 @@
 //! | `scope` (default) | [`EnforceScopeLayer`], [`RequireScope`], [`ScopePolicy`] |
 //! | `rate` (default) | [`RateByTokenLayer`], [`Limiter`], [`MemoryRateState`] |
 //! | `ipfilter` (default) | [`ClientIpLayer`], [`IpFilterLayer`], [`IpRules`] |
+//! | `audit` (default) | [`AuditLayer`], [`JsonLinesSink`], [`TracingSink`], [`audit_chain`] |
 //! | `axum` | `axum::Authenticated`: the principal as an extractor |
 //! | `tonic` | `tonic::PrincipalExt`: the principal from a `tonic::Request` |
 //!
@@ -73,6 +74,12 @@ pub use tokengate_rate::{
 pub use tokengate_ipfilter::{
     CidrError, ClientIpLayer, ForwardedHeader, IpFilter, IpFilterLayer, IpRules, IpSet, PeerAddr,
     ResolveClientIp,
+};
+
+#[cfg(feature = "audit")]
+pub use tokengate_audit::{
+    Audit, AuditBody, AuditEvent, AuditLayer, AuditSink, Decision, Ending, FieldLimits,
+    JsonLinesSink, JsonLinesSinkBuilder, Overflow, SinkStats, TracingSink, chain as audit_chain,
 };
 
 #[cfg(feature = "axum")]

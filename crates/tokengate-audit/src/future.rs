@@ -1,0 +1,294 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokengate_core::{Denial, RequestTrail};
+
+use crate::event::{AuditEvent, Decision, Ending};
+use crate::sink::AuditSink;
+
+/// The request-side fields of a record.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub(crate) request_id: String,
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) query: Option<String>,
+    pub(crate) rpc_service: Option<String>,
+    pub(crate) rpc_method: Option<String>,
+    pub(crate) user_agent: Option<String>,
+    pub(crate) truncated: Vec<&'static str>,
+}
+
+/// Status assumed when the client left before any response was made (the
+/// "client closed request" convention).
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// Holds one request's record until the exchange ends, and emits it
+/// exactly once: when finished explicitly, or as cancelled when dropped.
+pub(crate) struct Recorder<K: AuditSink> {
+    sink: Arc<K>,
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    head: Head,
+    trail: RequestTrail,
+    timestamp: SystemTime,
+    start: Instant,
+    status: Option<u16>,
+    grpc_status: Option<u16>,
+    reason: Option<&'static str>,
+    latency: Option<Duration>,
+}
+
+impl<K: AuditSink> Recorder<K> {
+    pub(crate) fn new(
+        sink: Arc<K>,
+        head: Head,
+        trail: RequestTrail,
+        timestamp: SystemTime,
+        start: Instant,
+    ) -> Self {
+        Self {
+            sink,
+            pending: Some(Pending {
+                head,
+                trail,
+                timestamp,
+                start,
+                status: None,
+                grpc_status: None,
+                reason: None,
+                latency: None,
+            }),
+        }
+    }
+
+    /// Notes the response head: status, a trailers-only gRPC status, the
+    /// denial a layer attached.
+    fn head<B>(&mut self, response: &Response<B>) {
+        if let Some(p) = &mut self.pending {
+            p.status = Some(response.status().as_u16());
+            p.grpc_status = grpc_status(response.headers());
+            p.reason = response.extensions().get::<Denial>().map(Denial::reason);
+            p.latency = Some(p.start.elapsed());
+        }
+    }
+
+    fn trailers(&mut self, trailers: &HeaderMap) {
+        if let Some(p) = &mut self.pending
+            && let Some(code) = grpc_status(trailers)
+        {
+            p.grpc_status = Some(code);
+        }
+    }
+
+    fn finish(&mut self, ending: Ending) {
+        if let Some(pending) = self.pending.take() {
+            self.sink.record(pending.into_event(ending));
+        }
+    }
+}
+
+impl<K: AuditSink> Drop for Recorder<K> {
+    fn drop(&mut self) {
+        self.finish(Ending::Cancelled);
+    }
+}
+
+impl<K: AuditSink> fmt::Debug for Recorder<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Recorder")
+            .field("pending", &self.pending.is_some())
+            .finish()
+    }
+}
+
+impl Pending {
+    fn into_event(self, ending: Ending) -> AuditEvent {
+        let trail_reason = self.trail.denial().map(Denial::reason);
+        let reason = self.reason.or(trail_reason);
+        let principal = self.trail.principal();
+        let Head {
+            request_id,
+            method,
+            path,
+            query,
+            rpc_service,
+            rpc_method,
+            user_agent,
+            truncated,
+        } = self.head;
+        AuditEvent {
+            timestamp: self.timestamp,
+            request_id,
+            client_address: self.trail.client_ip().map(|ip| ip.to_string()),
+            method,
+            path,
+            query,
+            rpc_service,
+            rpc_method,
+            token_id: principal.map(|p| p.token_id().to_string()),
+            subject: principal.map(|p| p.subject().to_owned()),
+            decision: if reason.is_some() {
+                Decision::Deny
+            } else {
+                Decision::Allow
+            },
+            reason: reason.map(str::to_owned),
+            status: match ending {
+                Ending::ServiceError => 500,
+                _ => self.status.unwrap_or(CLIENT_CLOSED),
+            },
+            grpc_status: self.grpc_status,
+            latency: self.latency.unwrap_or_else(|| self.start.elapsed()),
+            ending,
+            user_agent,
+            truncated,
+        }
+    }
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u16> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+pin_project! {
+    /// The response future of [`Audit`](crate::Audit).
+    pub struct ResponseFuture<F, K: AuditSink> {
+        #[pin]
+        inner: F,
+        recorder: Option<Recorder<K>>,
+    }
+}
+
+impl<F, K: AuditSink> ResponseFuture<F, K> {
+    pub(crate) fn new(inner: F, recorder: Recorder<K>) -> Self {
+        Self {
+            inner,
+            recorder: Some(recorder),
+        }
+    }
+}
+
+impl<F, K, B, E> Future for ResponseFuture<F, K>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+    K: AuditSink,
+{
+    type Output = Result<Response<AuditBody<B, K>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let Some(mut recorder) = this.recorder.take() else {
+            // Polled after completion: nothing left to record.
+            return Poll::Ready(result.map(|r| r.map(AuditBody::unrecorded)));
+        };
+        match result {
+            Ok(response) => {
+                recorder.head(&response);
+                Poll::Ready(Ok(response.map(|body| AuditBody::new(body, recorder))))
+            }
+            Err(error) => {
+                recorder.finish(Ending::ServiceError);
+                Poll::Ready(Err(error))
+            }
+        }
+    }
+}
+
+impl<F, K: AuditSink> fmt::Debug for ResponseFuture<F, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// The response body, watched to its end: the record is emitted when
+    /// the body ends (with the gRPC status from the trailers, if any), when
+    /// it fails, or as cancelled when it is dropped before its end.
+    pub struct AuditBody<B, K: AuditSink> {
+        #[pin]
+        inner: B,
+        recorder: Option<Recorder<K>>,
+    }
+}
+
+impl<B, K: AuditSink> AuditBody<B, K> {
+    fn new(inner: B, mut recorder: Recorder<K>) -> Self
+    where
+        B: Body,
+    {
+        // An empty body may never be polled: it is complete as it stands.
+        if inner.is_end_stream() {
+            recorder.finish(Ending::Completed);
+        }
+        Self {
+            inner,
+            recorder: Some(recorder),
+        }
+    }
+
+    fn unrecorded(inner: B) -> Self {
+        Self {
+            inner,
+            recorder: None,
+        }
+    }
+}
+
+impl<B, K> Body for AuditBody<B, K>
+where
+    B: Body<Data = Bytes>,
+    K: AuditSink,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if let Some(recorder) = this.recorder.as_mut() {
+            match &frame {
+                Some(Ok(frame)) => {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        recorder.trailers(trailers);
+                    }
+                    if this.inner.is_end_stream() {
+                        recorder.finish(Ending::Completed);
+                    }
+                }
+                Some(Err(_)) => recorder.finish(Ending::BodyError),
+                None => recorder.finish(Ending::Completed),
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B, K: AuditSink> fmt::Debug for AuditBody<B, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditBody").finish_non_exhaustive()
+    }
+}

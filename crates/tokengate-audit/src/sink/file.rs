@@ -1,0 +1,324 @@
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+
+use super::AuditSink;
+use crate::chain;
+use crate::event::AuditEvent;
+
+/// What a full queue does to the request that wants to record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Overflow {
+    /// Wait for room: no record is ever lost; a stalled disk stalls
+    /// requests (their tasks block when they record, after the response
+    /// head). Memory stays bounded by the queue.
+    Block,
+    /// Never wait: a record that finds the queue full is dropped and
+    /// counted exactly in [`SinkStats::dropped`].
+    Drop,
+}
+
+/// Counters of a [`JsonLinesSink`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SinkStats {
+    /// Records written.
+    pub written: u64,
+    /// Records dropped because the queue was full ([`Overflow::Drop`]).
+    pub dropped: u64,
+    /// Records lost to write errors.
+    pub failed: u64,
+}
+
+/// Configuration of a [`JsonLinesSink`].
+#[derive(Debug, Clone)]
+pub struct JsonLinesSinkBuilder {
+    capacity: usize,
+    overflow: Overflow,
+    flush_every: Duration,
+    fsync: bool,
+}
+
+impl Default for JsonLinesSinkBuilder {
+    fn default() -> Self {
+        Self {
+            capacity: 8_192,
+            overflow: Overflow::Block,
+            flush_every: Duration::from_secs(1),
+            fsync: false,
+        }
+    }
+}
+
+impl JsonLinesSinkBuilder {
+    /// Records queued between requests and the writer (default 8,192).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// What a full queue does (default [`Overflow::Block`]).
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// How often buffered lines are flushed when the queue is idle (default 1 s).
+    pub fn flush_every(mut self, every: Duration) -> Self {
+        self.flush_every = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Also `fsync` the file at every flush.
+    pub fn fsync(mut self, on: bool) -> Self {
+        self.fsync = on;
+        self
+    }
+
+    /// Appends to the file at `path` (created if missing), continuing its
+    /// hash chain.
+    pub fn open(self, path: &Path) -> io::Result<JsonLinesSink> {
+        let prev = chain::last_hash(path)?;
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let fsync = self.fsync;
+        Ok(self.spawn(
+            Destination::File {
+                file: BufWriter::new(file),
+                fsync,
+            },
+            prev,
+        ))
+    }
+
+    /// Writes to `writer`, a new chain from the genesis hash.
+    pub fn writer(self, writer: impl Write + Send + 'static) -> JsonLinesSink {
+        self.spawn(
+            Destination::Writer(Box::new(writer)),
+            chain::GENESIS.to_owned(),
+        )
+    }
+
+    fn spawn(self, destination: Destination, prev: String) -> JsonLinesSink {
+        let (sender, receiver) = bounded(self.capacity);
+        let stats = Arc::new(Counters::default());
+        let writer = Writer {
+            receiver,
+            destination,
+            prev,
+            flush_every: self.flush_every,
+            stats: Arc::clone(&stats),
+        };
+        let thread = std::thread::Builder::new()
+            .name("tokengate-audit".into())
+            .spawn(move || writer.run())
+            .ok();
+        JsonLinesSink {
+            shared: Arc::new(Shared {
+                sender,
+                overflow: self.overflow,
+                stats,
+                thread: Mutex::new(thread),
+            }),
+        }
+    }
+}
+
+/// A JSON-lines audit file with a dedicated writer thread, a bounded
+/// queue, an explicit [`Overflow`] policy, periodic and shutdown flushes,
+/// optional fsync, and a hash chain (see [`crate::chain`]).
+///
+/// Requests only hand the record to the queue; formatting, hashing and
+/// I/O happen on the writer thread. Clones share the queue and the writer.
+/// Call [`JsonLinesSink::shutdown`] at graceful shutdown to write
+/// everything queued; dropping the last clone does the same.
+#[derive(Clone)]
+pub struct JsonLinesSink {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    sender: Sender<Message>,
+    overflow: Overflow,
+    stats: Arc<Counters>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    written: AtomicU64,
+    dropped: AtomicU64,
+    failed: AtomicU64,
+}
+
+enum Message {
+    Record(Box<AuditEvent>),
+    Flush(Sender<()>),
+    Shutdown,
+}
+
+enum Destination {
+    File {
+        file: BufWriter<std::fs::File>,
+        fsync: bool,
+    },
+    Writer(Box<dyn Write + Send>),
+}
+
+impl fmt::Debug for JsonLinesSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonLinesSink")
+            .field("overflow", &self.shared.overflow)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl JsonLinesSink {
+    /// The default configuration, to adjust.
+    pub fn builder() -> JsonLinesSinkBuilder {
+        JsonLinesSinkBuilder::default()
+    }
+
+    /// Appends to `path` with the default configuration.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        Self::builder().open(path)
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> SinkStats {
+        let c = &self.shared.stats;
+        SinkStats {
+            written: c.written.load(Ordering::SeqCst),
+            dropped: c.dropped.load(Ordering::SeqCst),
+            failed: c.failed.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Waits until everything queued before this call is written and flushed.
+    pub fn flush(&self) {
+        let (ack, done) = bounded(1);
+        if self.shared.sender.send(Message::Flush(ack)).is_ok() {
+            let _ = done.recv();
+        }
+    }
+
+    /// Writes everything queued, flushes, and stops the writer. Records
+    /// sent afterwards are counted as failed.
+    pub fn shutdown(&self) {
+        self.shared.stop();
+    }
+}
+
+impl Shared {
+    fn stop(&self) {
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            let _ = self.sender.send(Message::Shutdown);
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl AuditSink for JsonLinesSink {
+    fn record(&self, event: AuditEvent) {
+        let shared = &*self.shared;
+        let message = Message::Record(Box::new(event));
+        let lost = match shared.overflow {
+            Overflow::Block => shared
+                .sender
+                .send(message)
+                .err()
+                .map(|_| &shared.stats.failed),
+            Overflow::Drop => match shared.sender.try_send(message) {
+                Ok(()) => None,
+                Err(TrySendError::Full(_)) => Some(&shared.stats.dropped),
+                Err(TrySendError::Disconnected(_)) => Some(&shared.stats.failed),
+            },
+        };
+        if let Some(counter) = lost {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+struct Writer {
+    receiver: Receiver<Message>,
+    destination: Destination,
+    prev: String,
+    flush_every: Duration,
+    stats: Arc<Counters>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            match self.receiver.recv_timeout(self.flush_every) {
+                Ok(Message::Record(event)) => self.write(&event),
+                Ok(Message::Flush(ack)) => {
+                    self.flush();
+                    let _ = ack.send(());
+                }
+                Err(RecvTimeoutError::Timeout) => self.flush(),
+                Ok(Message::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        // Whatever was queued before the shutdown is still written.
+        while let Ok(message) = self.receiver.try_recv() {
+            if let Message::Record(event) = message {
+                self.write(&event);
+            }
+        }
+        self.flush();
+    }
+
+    fn write(&mut self, event: &AuditEvent) {
+        let (line, hash) = chain::link(event.to_json(), &self.prev);
+        let out: &mut dyn Write = match &mut self.destination {
+            Destination::File { file, .. } => file,
+            Destination::Writer(writer) => writer,
+        };
+        match writeln!(out, "{line}") {
+            Ok(()) => {
+                self.prev = hash;
+                self.stats.written.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(error) => {
+                self.stats.failed.fetch_add(1, Ordering::SeqCst);
+                tracing::error!(%error, "could not write an audit record");
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let result = match &mut self.destination {
+            Destination::File { file, fsync } => file.flush().and_then(|()| {
+                if *fsync {
+                    file.get_ref().sync_data()
+                } else {
+                    Ok(())
+                }
+            }),
+            Destination::Writer(writer) => writer.flush(),
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, "could not flush the audit file");
+        }
+    }
+}

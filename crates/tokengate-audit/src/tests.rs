@@ -1,0 +1,519 @@
+use std::convert::Infallible;
+use std::io::Write;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, USER_AGENT};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full};
+use proptest::prelude::*;
+use tokengate_core::testing::record;
+use tokengate_core::{ClientIp, Denial, InvalidReason, Principal, Renderer, RequestTrail};
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+use super::*;
+
+/// A sink that keeps records in memory.
+#[derive(Clone, Default)]
+struct Memory(Arc<Mutex<Vec<AuditEvent>>>);
+
+impl AuditSink for Memory {
+    fn record(&self, event: AuditEvent) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+impl Memory {
+    fn take(&self) -> Vec<AuditEvent> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+fn full(text: &'static str) -> Body {
+    Full::new(Bytes::from_static(text.as_bytes()))
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// What an inner layer or handler does with a request.
+#[derive(Debug, Clone, Copy)]
+enum Behaviour {
+    Ok,
+    HandlerError500,
+    Deny401,
+    DenyGrpc7,
+    ServiceError,
+    BodyError,
+    GrpcStreamWithTrailers,
+}
+
+fn inner(
+    behaviour: Behaviour,
+) -> impl Service<Request<()>, Response = Response<Body>, Error = std::io::Error, Future: Send> + Clone
+{
+    service_fn(move |request: Request<()>| async move {
+        let trail = request.extensions().get::<RequestTrail>().cloned();
+        if let Some(_trail) = &trail {
+            RequestTrail::note_client_ip(
+                request.extensions(),
+                ClientIp::new("192.0.2.7".parse().unwrap()),
+            );
+            RequestTrail::note_principal(
+                request.extensions(),
+                &Principal::from_record(&record("alice", "notes:read")),
+            );
+        }
+        let response = match behaviour {
+            Behaviour::Ok => Response::new(full("hello")),
+            Behaviour::HandlerError500 => {
+                let mut r = Response::new(full("oops"));
+                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                r
+            }
+            Behaviour::Deny401 => Renderer::default()
+                .reject::<_, Body>(&request, Denial::InvalidToken(InvalidReason::Revoked))
+                .map(|b| b.map_err(|never: std::io::Error| never).boxed_unsync()),
+            Behaviour::DenyGrpc7 => {
+                let mut grpc = Request::new(());
+                grpc.headers_mut()
+                    .insert(CONTENT_TYPE, "application/grpc".parse().unwrap());
+                Renderer::default()
+                    .reject::<_, Body>(&grpc, Denial::Unmapped)
+                    .map(|b| b.map_err(|never: std::io::Error| never).boxed_unsync())
+            }
+            Behaviour::ServiceError => return Err(std::io::Error::other("inner failed")),
+            Behaviour::BodyError => Response::new(frames(vec![
+                Ok(Frame::data(Bytes::from_static(b"part"))),
+                Err(std::io::Error::other("broken body")),
+            ])),
+            Behaviour::GrpcStreamWithTrailers => {
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", "13".parse().unwrap());
+                let mut r = Response::new(frames(vec![
+                    Ok(Frame::data(Bytes::from_static(b"msg"))),
+                    Ok(Frame::trailers(trailers)),
+                ]));
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, "application/grpc".parse().unwrap());
+                r
+            }
+        };
+        Ok(response)
+    })
+}
+
+/// A body that yields the given frames, then ends.
+struct Frames(std::collections::VecDeque<Result<Frame<Bytes>, std::io::Error>>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Poll::Ready(self.0.pop_front())
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn frames(items: Vec<Result<Frame<Bytes>, std::io::Error>>) -> Body {
+    Frames(items.into()).boxed_unsync()
+}
+
+/// Sends one request through the audit layer around `behaviour` and
+/// drains the body; returns the records.
+async fn exchange(behaviour: Behaviour, request: Request<()>) -> Vec<AuditEvent> {
+    let sink = Memory::default();
+    let service = AuditLayer::new(sink.clone()).layer(inner(behaviour));
+    if let Ok(response) = service.oneshot(request).await {
+        let _ = response.into_body().collect().await;
+    }
+    sink.take()
+}
+
+#[tokio::test]
+async fn every_outcome_gets_exactly_one_record_with_status_and_reason() {
+    let cases = [
+        (Behaviour::Ok, 200, None, Decision::Allow, Ending::Completed),
+        (
+            Behaviour::HandlerError500,
+            500,
+            None,
+            Decision::Allow,
+            Ending::Completed,
+        ),
+        (
+            Behaviour::Deny401,
+            401,
+            Some("token_revoked"),
+            Decision::Deny,
+            Ending::Completed,
+        ),
+        (
+            Behaviour::DenyGrpc7,
+            200,
+            Some("no_access_rule"),
+            Decision::Deny,
+            Ending::Completed,
+        ),
+        (
+            Behaviour::ServiceError,
+            500,
+            None,
+            Decision::Allow,
+            Ending::ServiceError,
+        ),
+        (
+            Behaviour::BodyError,
+            200,
+            None,
+            Decision::Allow,
+            Ending::BodyError,
+        ),
+        (
+            Behaviour::GrpcStreamWithTrailers,
+            200,
+            None,
+            Decision::Allow,
+            Ending::Completed,
+        ),
+    ];
+    for (behaviour, status, reason, decision, ending) in cases {
+        let records = exchange(behaviour, Request::get("/notes").body(()).unwrap()).await;
+        assert_eq!(records.len(), 1, "{behaviour:?}");
+        let r = &records[0];
+        assert_eq!(r.status, status, "{behaviour:?}");
+        assert_eq!(r.reason.as_deref(), reason, "{behaviour:?}");
+        assert_eq!(r.decision, decision, "{behaviour:?}");
+        assert_eq!(r.ending, ending, "{behaviour:?}");
+        assert_eq!(
+            r.token_id.as_deref().map(|id| id.starts_with("tok_")),
+            Some(true)
+        );
+        assert_eq!(r.client_address.as_deref(), Some("192.0.2.7"));
+    }
+}
+
+#[tokio::test]
+async fn grpc_statuses_come_from_headers_or_trailers() {
+    let denied = exchange(Behaviour::DenyGrpc7, Request::get("/x").body(()).unwrap()).await;
+    assert_eq!(denied[0].grpc_status, Some(7));
+    let mut request = Request::post("/notes.v1.Notes/ListNotes").body(()).unwrap();
+    request
+        .headers_mut()
+        .insert(CONTENT_TYPE, "application/grpc".parse().unwrap());
+    let streamed = exchange(Behaviour::GrpcStreamWithTrailers, request).await;
+    assert_eq!(streamed[0].grpc_status, Some(13));
+    assert_eq!(streamed[0].rpc_service.as_deref(), Some("notes.v1.Notes"));
+    assert_eq!(streamed[0].rpc_method.as_deref(), Some("ListNotes"));
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_still_gets_one_record_marked_cancelled() {
+    // Dropped before the response: the future is dropped.
+    let sink = Memory::default();
+    let pending =
+        service_fn(|_: Request<()>| std::future::pending::<Result<Response<Body>, Infallible>>());
+    let mut service = AuditLayer::new(sink.clone()).layer(pending);
+    let future = service.call(Request::get("/slow").body(()).unwrap());
+    drop(future);
+    let records = sink.take();
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        (records[0].ending, records[0].status),
+        (Ending::Cancelled, CLIENT_CLOSED)
+    );
+
+    // Dropped mid-body.
+    let service = AuditLayer::new(sink.clone()).layer(inner(Behaviour::GrpcStreamWithTrailers));
+    let response = service
+        .oneshot(Request::get("/stream").body(()).unwrap())
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let _first = body.frame().await;
+    assert!(sink.take().is_empty(), "not finished yet");
+    drop(body);
+    let records = sink.take();
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        (records[0].ending, records[0].status),
+        (Ending::Cancelled, 200)
+    );
+}
+
+#[tokio::test]
+async fn control_characters_are_escaped_and_long_fields_flagged() {
+    let long_ua = "x".repeat(1000);
+    let mut long = Request::get("/long").body(()).unwrap();
+    long.headers_mut()
+        .insert(USER_AGENT, long_ua.parse().unwrap());
+    let records = exchange(Behaviour::Ok, long).await;
+    assert_eq!(records[0].user_agent.as_ref().map(String::len), Some(256));
+    assert_eq!(records[0].truncated, vec!["user_agent.original"]);
+    let line = records[0].to_string();
+    assert!(
+        !line.contains('\n') && line.contains("\"tokengate.truncated\":[\"user_agent.original\"]"),
+        "{line}"
+    );
+
+    let mut raw = Request::get("/x").body(()).unwrap();
+    // Header values can carry a tab and non-UTF-8 bytes, nothing worse.
+    raw.headers_mut().insert(
+        USER_AGENT,
+        http::HeaderValue::from_bytes(b"a\tb\xffc").unwrap(),
+    );
+    let records = exchange(Behaviour::Ok, raw).await;
+    assert_eq!(records[0].user_agent.as_deref(), Some("a\\u{09}b\u{fffd}c"));
+}
+
+#[tokio::test]
+async fn queries_are_redacted_and_request_ids_kept_or_made() {
+    let mut request = Request::get("/notes?access_token=tg_secret&page=2")
+        .body(())
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("x-request-id", "req-42".parse().unwrap());
+    let records = exchange(Behaviour::Ok, request).await;
+    assert_eq!(
+        records[0].query.as_deref(),
+        Some("access_token=REDACTED&page=REDACTED")
+    );
+    assert_eq!(records[0].request_id, "req-42");
+    let mut bad = Request::get("/").body(()).unwrap();
+    bad.headers_mut()
+        .insert("x-request-id", "has space".parse().unwrap());
+    let records = exchange(Behaviour::Ok, bad).await;
+    assert_eq!(records[0].request_id.len(), 32);
+}
+
+/// A writer that blocks every write until opened.
+#[derive(Clone, Default)]
+struct Gate {
+    open: Arc<(Mutex<bool>, Condvar)>,
+    out: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.0.lock().unwrap() = true;
+        self.open.1.notify_all();
+    }
+
+    fn lines(&self) -> usize {
+        self.out
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+    }
+}
+
+impl Write for Gate {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (lock, cvar) = &*self.open;
+        let _open = cvar
+            .wait_while(lock.lock().unwrap(), |open| !*open)
+            .unwrap();
+        self.out.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn event() -> AuditEvent {
+    AuditEvent {
+        timestamp: std::time::SystemTime::UNIX_EPOCH,
+        request_id: "r".into(),
+        client_address: None,
+        method: "GET".into(),
+        path: "/".into(),
+        query: None,
+        rpc_service: None,
+        rpc_method: None,
+        token_id: None,
+        subject: None,
+        decision: Decision::Allow,
+        reason: None,
+        status: 200,
+        grpc_status: None,
+        latency: std::time::Duration::ZERO,
+        ending: Ending::Completed,
+        user_agent: None,
+        truncated: vec![],
+    }
+}
+
+#[test]
+fn drop_mode_never_waits_and_counts_every_drop() {
+    let gate = Gate::default();
+    let sink = JsonLinesSink::builder()
+        .capacity(4)
+        .overflow(Overflow::Drop)
+        .writer(gate.clone());
+    for _ in 0..100 {
+        sink.record(event()); // returns at once even though the writer is stalled
+    }
+    let dropped = sink.stats().dropped;
+    assert!(
+        dropped >= 95,
+        "at most queue + one in the writer were taken: {dropped}"
+    );
+    gate.open();
+    sink.shutdown();
+    let stats = sink.stats();
+    assert_eq!(stats.written + stats.dropped, 100);
+    assert_eq!(usize::try_from(stats.written).unwrap(), gate.lines());
+}
+
+#[test]
+fn block_mode_waits_and_loses_nothing_and_shutdown_flushes() {
+    let gate = Gate::default();
+    let sink = JsonLinesSink::builder()
+        .capacity(2)
+        .overflow(Overflow::Block)
+        .writer(gate.clone());
+    let producer = {
+        let sink = sink.clone();
+        std::thread::spawn(move || {
+            for _ in 0..50 {
+                sink.record(event());
+            }
+        })
+    };
+    // The producer cannot finish while the writer is stalled: the queue holds 2.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(
+        !producer.is_finished(),
+        "requests wait while the sink is stalled"
+    );
+    gate.open();
+    producer.join().unwrap();
+    sink.shutdown();
+    assert_eq!(
+        sink.stats(),
+        SinkStats {
+            written: 50,
+            dropped: 0,
+            failed: 0
+        }
+    );
+    assert_eq!(gate.lines(), 50);
+}
+
+#[test]
+fn the_hash_chain_verifies_and_reports_the_first_broken_link() {
+    let dir = std::env::temp_dir().join(format!("tokengate-audit-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("audit.jsonl");
+    let sink = JsonLinesSink::open(&path).unwrap();
+    for _ in 0..3 {
+        sink.record(event());
+    }
+    sink.shutdown();
+    // Reopening continues the chain.
+    let sink = JsonLinesSink::open(&path).unwrap();
+    sink.record(event());
+    sink.shutdown();
+    assert_eq!(chain::verify(&path).unwrap().records, 4);
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let write = |lines: Vec<String>| std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let own = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+
+    let mut edited = own(&lines);
+    edited[2] = edited[2].replace(
+        "\"http.response.status_code\":200",
+        "\"http.response.status_code\":201",
+    );
+    write(edited);
+    assert!(matches!(
+        chain::verify(&path),
+        Err(chain::ChainError::HashMismatch { line: 3 })
+    ));
+
+    let mut removed = own(&lines);
+    removed.remove(1);
+    write(removed);
+    assert!(matches!(
+        chain::verify(&path),
+        Err(chain::ChainError::BrokenLink { line: 2 })
+    ));
+
+    let mut swapped = own(&lines);
+    swapped.swap(1, 2);
+    write(swapped);
+    assert!(matches!(
+        chain::verify(&path),
+        Err(chain::ChainError::BrokenLink { line: 2 })
+    ));
+
+    write(vec!["not json".into()]);
+    assert!(matches!(
+        chain::verify(&path),
+        Err(chain::ChainError::Malformed { line: 1 })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn behaviour() -> impl Strategy<Value = Behaviour> {
+    prop_oneof![
+        Just(Behaviour::Ok),
+        Just(Behaviour::HandlerError500),
+        Just(Behaviour::Deny401),
+        Just(Behaviour::DenyGrpc7),
+        Just(Behaviour::ServiceError),
+        Just(Behaviour::BodyError),
+        Just(Behaviour::GrpcStreamWithTrailers),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Whatever each request meets (refusals, handler errors, service
+    /// errors, broken bodies, hang-ups at any point), each gets one record.
+    #[test]
+    fn exactly_one_record_per_request_under_random_faults(
+        plan in proptest::collection::vec((behaviour(), 0u8..3), 1..20),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let sink = Memory::default();
+        runtime.block_on(async {
+            for (behaviour, hang_up) in &plan {
+                let mut service = AuditLayer::new(sink.clone()).layer(inner(*behaviour));
+                let future = service.call(Request::get("/p").body(()).unwrap());
+                match hang_up {
+                    0 => drop(future),
+                    1 => {
+                        if let Ok(response) = future.await {
+                            let mut body = response.into_body();
+                            let _ = body.frame().await;
+                        }
+                    }
+                    _ => {
+                        if let Ok(response) = future.await {
+                            let _ = response.into_body().collect().await;
+                        }
+                    }
+                }
+            }
+        });
+        prop_assert_eq!(sink.take().len(), plan.len());
+    }
+}
