@@ -1,0 +1,118 @@
+//! Per-request cost of the audit layer writing to a JSON-lines file, beside
+//! a `tracing::info!` event with the same fields through tracing-appender's
+//! non-blocking writer into a file, and a bare service, in the same run.
+//! In both, formatting and I/O happen on a background thread; what is
+//! measured is the request path.
+//!
+//! Run: `cargo bench --bench audit`.
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr
+)]
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::task::{Context, Waker};
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{Request, Response};
+use http_body_util::Full;
+use tokengate::{AuditLayer, JsonLinesSink, Overflow};
+use tokengate_tests::ready_now;
+use tower::{Layer, Service, service_fn};
+
+fn handler()
+-> impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone
+{
+    service_fn(|_: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+    })
+}
+
+fn request() -> Request<()> {
+    Request::get("/notes?page=2")
+        .header("user-agent", "bench/1.0")
+        .header("x-request-id", "bench-request")
+        .body(())
+        .unwrap()
+}
+
+/// One request, start to finish: the audit record is emitted when the
+/// (empty) body is wrapped.
+fn run<S, B>(service: &mut S) -> Response<B>
+where
+    S: Service<Request<()>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    assert!(
+        service
+            .poll_ready(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
+    );
+    ready_now(service.call(request())).unwrap()
+}
+
+/// The peer: a tracing event with the record's fields on every request.
+fn traced()
+-> impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone
+{
+    service_fn(|request: Request<()>| async move {
+        tracing::info!(
+            http.request.method = %request.method(),
+            url.path = request.uri().path(),
+            url.query = "page=REDACTED",
+            user_agent.original = ?request.headers().get("user-agent"),
+            http.request.id = ?request.headers().get("x-request-id"),
+            http.response.status_code = 200u16,
+            tokengate.decision = "allow",
+            "audit"
+        );
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+    })
+}
+
+fn audit(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("tokengate-bench-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sink = JsonLinesSink::builder()
+        .capacity(1 << 16)
+        .overflow(Overflow::Drop)
+        .open(&dir.join("audit.jsonl"))
+        .unwrap();
+    let mut audited = AuditLayer::new(sink.clone()).layer(handler());
+    let mut bare = handler();
+
+    let file = std::fs::File::create(dir.join("tracing.jsonl")).unwrap();
+    let (writer, _guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .finish(file);
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(writer)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let mut traced = traced();
+
+    let mut group = c.benchmark_group("audit");
+    group.bench_function("bare", |b| b.iter(|| black_box(run(&mut bare))));
+    group.bench_function("tracing_appender_non_blocking", |b| {
+        b.iter(|| black_box(run(&mut traced)));
+    });
+    group.bench_function("audit_layer_json_lines", |b| {
+        b.iter(|| black_box(run(&mut audited)));
+    });
+    group.finish();
+    sink.shutdown();
+    let stats = sink.stats();
+    eprintln!(
+        "audit sink: {} written, {} dropped",
+        stats.written, stats.dropped
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+criterion_group!(benches, audit);
+criterion_main!(benches);
