@@ -1,0 +1,68 @@
+//! Numbered migrations, recorded in `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+/// Each entry moves the schema one version up.
+const MIGRATIONS: &[&str] = &[
+    // 1: tokens, indexed by id and by hash; the change feed.
+    "CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        key_id INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        name TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        audiences TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        revoked_at INTEGER,
+        last_used_at INTEGER,
+        allowed_networks TEXT NOT NULL,
+        rate_count INTEGER,
+        rate_period_ms INTEGER,
+        rate_burst INTEGER,
+        rotated_from TEXT,
+        metadata TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX tokens_by_hash ON tokens (hash, key_id);
+    CREATE INDEX tokens_by_subject ON tokens (subject);
+    CREATE TABLE changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        token_id TEXT NOT NULL,
+        key_id INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        kind TEXT NOT NULL,
+        at INTEGER NOT NULL
+    );",
+];
+
+/// The schema version this build writes.
+pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to [`VERSION`], or fails if it is newer.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if current > VERSION {
+        return Err(MigrateError::Newer { found: current });
+    }
+    let start = usize::try_from(current).unwrap_or(0);
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(start) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(index + 1).unwrap_or(i64::MAX),
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum MigrateError {
+    #[error("database schema version {found} is newer than this build's {VERSION}")]
+    Newer { found: i64 },
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+}

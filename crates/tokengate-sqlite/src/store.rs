@@ -1,0 +1,426 @@
+use std::fmt;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ipnet::IpNet;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use tokengate_core::{
+    CachedStore, KeyId, RateQuota, RevocationEvent, StoreError, TokenAdmin, TokenHash, TokenId,
+    TokenRecord, TokenStore,
+};
+use tokio::task::JoinHandle;
+
+use crate::schema::{MigrateError, migrate};
+
+/// A token store in a SQLite file. Clones share one connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// Why a database could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open token database {path}: {reason}")]
+pub struct OpenError {
+    path: PathBuf,
+    reason: String,
+}
+
+const COLUMNS: &str = "id, key_id, hash, name, subject, scopes, audiences, created_at, expires_at, revoked_at, \
+    last_used_at, allowed_networks, rate_count, rate_period_ms, rate_burst, rotated_from, metadata";
+
+pub(crate) fn millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+pub(crate) fn time(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn join<T: ToString>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A stored value that does not parse: the database was edited by hand or
+/// by a newer build.
+fn corrupt(column: &str, value: &str) -> rusqlite::Error {
+    rusqlite::Error::InvalidColumnType(
+        0,
+        format!("{column}={value:?}"),
+        rusqlite::types::Type::Text,
+    )
+}
+
+fn row_to_record(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
+    let text = |i: usize| -> rusqlite::Result<String> { row.get(i) };
+    let id_text = text(0)?;
+    let digest: Vec<u8> = row.get(2)?;
+    let digest: [u8; 32] = digest
+        .try_into()
+        .map_err(|_| corrupt("hash", "not 32 bytes"))?;
+    let key_id: i64 = row.get(1)?;
+    let scopes = text(5)?;
+    let audiences = text(6)?;
+    let networks = text(11)?;
+    let quota = match (
+        row.get::<_, Option<i64>>(12)?,
+        row.get::<_, Option<i64>>(13)?,
+        row.get::<_, Option<i64>>(14)?,
+    ) {
+        (Some(count), Some(period), Some(burst)) => {
+            let n = |v: i64| NonZeroU32::new(u32::try_from(v).unwrap_or(0));
+            match (n(count), n(burst)) {
+                (Some(count), Some(burst)) => RateQuota::new(
+                    count,
+                    Duration::from_millis(u64::try_from(period).unwrap_or(0)),
+                    burst,
+                )
+                .ok(),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let metadata = text(16)?;
+    Ok(TokenRecord {
+        id: id_text.parse().map_err(|_| corrupt("id", &id_text))?,
+        hash: TokenHash::from_parts(KeyId::new(u32::try_from(key_id).unwrap_or(0)), digest),
+        name: text(3)?,
+        subject: text(4)?,
+        scopes: scopes.parse().map_err(|_| corrupt("scopes", &scopes))?,
+        audiences: audiences
+            .split_ascii_whitespace()
+            .map(|a| a.parse().map_err(|_| corrupt("audiences", a)))
+            .collect::<Result<_, _>>()?,
+        created_at: time(row.get(7)?),
+        expires_at: row.get::<_, Option<i64>>(8)?.map(time),
+        revoked_at: row.get::<_, Option<i64>>(9)?.map(time),
+        last_used_at: row.get::<_, Option<i64>>(10)?.map(time),
+        allowed_networks: networks
+            .split_ascii_whitespace()
+            .map(|n| {
+                n.parse::<IpNet>()
+                    .map_err(|_| corrupt("allowed_networks", n))
+            })
+            .collect::<Result<_, _>>()?,
+        rate_quota: quota,
+        rotated_from: row
+            .get::<_, Option<String>>(15)?
+            .map(|id| id.parse().map_err(|_| corrupt("rotated_from", &id)))
+            .transpose()?,
+        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata", &metadata))?,
+    })
+}
+
+fn insert_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> {
+    let quota = r.rate_quota;
+    conn.execute(
+        &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
+        params![
+            r.id.as_str(),
+            i64::from(r.hash.key_id().get()),
+            &r.hash.digest()[..],
+            r.name,
+            r.subject,
+            r.scopes.to_string(),
+            join(&r.audiences),
+            millis(r.created_at),
+            r.expires_at.map(millis),
+            r.revoked_at.map(millis),
+            r.last_used_at.map(millis),
+            join(&r.allowed_networks),
+            quota.map(|q| i64::from(q.count().get())),
+            quota.map(|q| i64::try_from(q.period().as_millis()).unwrap_or(i64::MAX)),
+            quota.map(|q| i64::from(q.burst().get())),
+            r.rotated_from.as_ref().map(TokenId::as_str),
+            serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".to_owned()),
+        ],
+    )
+}
+
+fn get_record(conn: &Connection, id: &str) -> rusqlite::Result<Option<TokenRecord>> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM tokens WHERE id = ?1"),
+        [id],
+        row_to_record,
+    )
+    .optional()
+}
+
+fn record_change(
+    conn: &Connection,
+    r: &TokenRecord,
+    kind: &str,
+    at: SystemTime,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO changes (token_id, key_id, hash, kind, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            r.id.as_str(),
+            i64::from(r.hash.key_id().get()),
+            &r.hash.digest()[..],
+            kind,
+            millis(at)
+        ],
+    )
+}
+
+fn store_error(error: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(code, _) = &error
+        && code.code == rusqlite::ErrorCode::ConstraintViolation
+    {
+        return StoreError::Conflict("id or hash");
+    }
+    StoreError::unavailable(error)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its
+    /// schema up to date.
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
+        let error = |reason: String| OpenError {
+            path: path.to_owned(),
+            reason,
+        };
+        let mut conn = Connection::open(path).map_err(|e| error(e.to_string()))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| error(e.to_string()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| error(e.to_string()))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| error(e.to_string()))?;
+        migrate(&mut conn).map_err(|e: MigrateError| error(e.to_string()))?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path: Arc::new(path.to_owned()),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the connection on tokio's blocking pool.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            f(&mut conn.lock().unwrap_or_else(PoisonError::into_inner))
+        })
+        .await
+        .map_err(StoreError::unavailable)?
+    }
+
+    /// The sequence number of the latest change (revocation or rotation).
+    pub async fn latest_change(&self) -> Result<i64, StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
+                r.get(0)
+            })
+            .map_err(store_error)
+        })
+        .await
+    }
+
+    /// Changes after `seq`, oldest first, with their sequence numbers.
+    pub async fn changes_since(&self, seq: i64) -> Result<Vec<(i64, RevocationEvent)>, StoreError> {
+        self.with(move |c| {
+            let mut statement = c
+                .prepare(
+                    "SELECT seq, token_id, key_id, hash FROM changes WHERE seq > ?1 ORDER BY seq",
+                )
+                .map_err(store_error)?;
+            let rows = statement
+                .query_map([seq], |row| {
+                    let id: String = row.get(1)?;
+                    let key_id: i64 = row.get(2)?;
+                    let digest: Vec<u8> = row.get(3)?;
+                    let digest: [u8; 32] = digest
+                        .try_into()
+                        .map_err(|_| corrupt("hash", "not 32 bytes"))?;
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        RevocationEvent {
+                            id: id.parse().map_err(|_| corrupt("token_id", &id))?,
+                            hash: TokenHash::from_parts(
+                                KeyId::new(u32::try_from(key_id).unwrap_or(0)),
+                                digest,
+                            ),
+                        },
+                    ))
+                })
+                .map_err(store_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(store_error)
+        })
+        .await
+    }
+
+    /// Follows the change feed: every `every`, applies the revocations and
+    /// rotations made since the last poll (by any process) to `cache`. A
+    /// revoked token then fails within `every` plus one lookup on every
+    /// server using this database. Stops when the handle is aborted.
+    pub fn follow<S: Send + Sync + 'static>(
+        &self,
+        cache: CachedStore<S>,
+        every: Duration,
+    ) -> JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut seen = store.latest_change().await.unwrap_or(0);
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match store.changes_since(seen).await {
+                    Ok(changes) => {
+                        for (seq, event) in changes {
+                            cache.apply(&event);
+                            seen = seq;
+                        }
+                    }
+                    Err(error) => {
+                        // Fail safe: forget everything rather than serve stale grants.
+                        tracing::warn!(%error, "cannot read the token change feed; cache flushed");
+                        cache.invalidate_all();
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl TokenStore for SqliteStore {
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        let hash = *hash;
+        self.with(move |c| {
+            c.query_row(
+                &format!("SELECT {COLUMNS} FROM tokens WHERE hash = ?1 AND key_id = ?2"),
+                params![&hash.digest()[..], i64::from(hash.key_id().get())],
+                row_to_record,
+            )
+            .optional()
+            .map_err(store_error)
+        })
+        .await
+    }
+}
+
+impl TokenAdmin for SqliteStore {
+    async fn insert(&self, record: TokenRecord) -> Result<(), StoreError> {
+        self.with(move |c| insert_record(c, &record).map(drop).map_err(store_error))
+            .await
+    }
+
+    async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        let id = id.clone();
+        self.with(move |c| get_record(c, id.as_str()).map_err(store_error))
+            .await
+    }
+
+    async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.with(|c| {
+            let mut statement = c
+                .prepare(&format!(
+                    "SELECT {COLUMNS} FROM tokens ORDER BY created_at, id"
+                ))
+                .map_err(store_error)?;
+            let rows = statement
+                .query_map([], row_to_record)
+                .map_err(store_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(store_error)
+        })
+        .await
+    }
+
+    async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {
+        let id = id.clone();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(store_error)?;
+            let changed = tx
+                .execute(
+                    "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+                    params![id.as_str(), millis(at)],
+                )
+                .map_err(store_error)?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(id));
+            }
+            let record = get_record(&tx, id.as_str())
+                .map_err(store_error)?
+                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            record_change(&tx, &record, "revoked", at).map_err(store_error)?;
+            tx.commit().map_err(store_error)?;
+            Ok(record)
+        })
+        .await
+    }
+
+    async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {
+        let used: Vec<(String, i64)> = used
+            .iter()
+            .map(|(id, at)| (id.as_str().to_owned(), millis(*at)))
+            .collect();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(store_error)?;
+            for (id, at) in &used {
+                tx.execute(
+                    "UPDATE tokens SET last_used_at = MAX(COALESCE(last_used_at, 0), ?2) WHERE id = ?1",
+                    params![id, at],
+                )
+                .map_err(store_error)?;
+            }
+            tx.commit().map_err(store_error)
+        })
+        .await
+    }
+
+    async fn rotate(
+        &self,
+        old: &TokenId,
+        old_expires_at: SystemTime,
+        replacement: TokenRecord,
+    ) -> Result<TokenRecord, StoreError> {
+        let old = old.clone();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(store_error)?;
+            if get_record(&tx, old.as_str())
+                .map_err(store_error)?
+                .is_none()
+            {
+                return Err(StoreError::NotFound(old));
+            }
+            insert_record(&tx, &replacement).map_err(store_error)?;
+            tx.execute(
+                "UPDATE tokens SET expires_at = ?2 WHERE id = ?1",
+                params![old.as_str(), millis(old_expires_at)],
+            )
+            .map_err(store_error)?;
+            let record = get_record(&tx, old.as_str())
+                .map_err(store_error)?
+                .ok_or_else(|| StoreError::NotFound(old.clone()))?;
+            record_change(&tx, &record, "rotated", replacement.created_at).map_err(store_error)?;
+            tx.commit().map_err(store_error)?;
+            Ok(record)
+        })
+        .await
+    }
+}
