@@ -10,6 +10,9 @@
 //! | `rate` (default) | [`RateByTokenLayer`], [`Limiter`], [`MemoryRateState`] |
 //! | `ipfilter` (default) | [`ClientIpLayer`], [`IpFilterLayer`], [`IpRules`] |
 //! | `audit` (default) | [`AuditLayer`], [`JsonLinesSink`], [`TracingSink`], [`audit_chain`] |
+//! | `gate` (default: all five layers) | [`Gate`]: the layers in their one right order |
+//! | `sqlite` | `SqliteStore`, `load_pepper`: the embedded default store |
+//! | `full` | everything above |
 //! | `axum` | `axum::Authenticated`: the principal as an extractor |
 //! | `tonic` | `tonic::PrincipalExt`: the principal from a `tonic::Request` |
 //!
@@ -81,6 +84,14 @@ pub use tokengate_audit::{
     Audit, AuditBody, AuditEvent, AuditLayer, AuditSink, Decision, Ending, FieldLimits,
     JsonLinesSink, JsonLinesSinkBuilder, Overflow, SinkStats, TracingSink, chain as audit_chain,
 };
+
+#[cfg(feature = "sqlite")]
+pub use tokengate_sqlite::{OpenError, PEPPER_ENV, SqliteStore, load_pepper, pepper_path};
+
+#[cfg(feature = "gate")]
+mod gate;
+#[cfg(feature = "gate")]
+pub use gate::{Gate, GateService};
 
 #[cfg(feature = "axum")]
 pub mod axum;

@@ -1,0 +1,197 @@
+//! The `Gate`: every layer in the one order that is right.
+
+use std::fmt;
+
+use tokengate_audit::{Audit, AuditLayer, AuditSink, TracingSink};
+use tokengate_authenticate::{Authenticate, AuthenticateLayer};
+use tokengate_core::RateQuota;
+use tokengate_ipfilter::{ClientIpLayer, IpFilter, IpFilterLayer, IpRules, ResolveClientIp};
+use tokengate_rate::{Limiter, MemoryRateState, MissingKey, RateByToken, RateByTokenLayer};
+use tokengate_scope::{EnforceScope, EnforceScopeLayer, ScopeLookup};
+use tower::Layer;
+
+/// The service a [`Gate`] wraps around `S`: audit, client IP, IP filter,
+/// per-IP rate limit, authenticate, per-token rate limit, scopes, `S`.
+pub type GateService<S, St, P, K> = Audit<
+    ResolveClientIp<
+        IpFilter<
+            RateByToken<
+                Authenticate<RateByToken<EnforceScope<S, P>, MemoryRateState>, St>,
+                MemoryRateState,
+            >,
+        >,
+    >,
+    K,
+>;
+
+/// Composes DESIGN's layer order from one configuration, so it cannot be
+/// got wrong:
+///
+/// ```text
+/// request -> audit -> client IP -> IP filter -> rate per client IP
+///         -> authenticate -> rate per token -> scopes -> your service
+/// ```
+///
+/// Every layer stays usable on its own; the gate only fixes their order.
+///
+/// ```
+/// use tokengate::{AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, Gate, KeyId,
+///     MemoryStore, Pepper, ScopePolicy, TokenHasher};
+///
+/// # fn build() -> Result<(), Box<dyn std::error::Error>> {
+/// let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
+/// let cache = CachedStore::new(MemoryStore::new(), CacheConfig::default());
+/// let policy = ScopePolicy::builder().read_write("/notes", "notes").build()?;
+/// let gate = Gate::new(
+///     AuthenticateLayer::new(cache, hasher, "notes".parse()?),
+///     EnforceScopeLayer::new(policy),
+/// );
+/// let _service = tower::ServiceBuilder::new().layer(gate).service(tower::service_fn(
+///     |_: http::Request<String>| async { Ok::<_, std::convert::Infallible>(http::Response::new(String::new())) },
+/// ));
+/// # Ok(()) }
+/// # build().unwrap();
+/// ```
+pub struct Gate<St, P, K = TracingSink> {
+    audit: AuditLayer<K>,
+    client_ip: ClientIpLayer,
+    ip_filter: IpFilterLayer,
+    ip_rate: RateByTokenLayer,
+    authenticate: AuthenticateLayer<St>,
+    token_rate: RateByTokenLayer,
+    scope: EnforceScopeLayer<P>,
+}
+
+impl<St, P, K> Clone for Gate<St, P, K> {
+    fn clone(&self) -> Self {
+        Self {
+            audit: self.audit.clone(),
+            client_ip: self.client_ip.clone(),
+            ip_filter: self.ip_filter.clone(),
+            ip_rate: self.ip_rate.clone(),
+            authenticate: self.authenticate.clone(),
+            token_rate: self.token_rate.clone(),
+            scope: self.scope.clone(),
+        }
+    }
+}
+
+impl<St, P: fmt::Debug, K> fmt::Debug for Gate<St, P, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gate")
+            .field("audit", &self.audit)
+            .field("client_ip", &self.client_ip)
+            .field("ip_filter", &self.ip_filter)
+            .field("ip_rate", &self.ip_rate)
+            .field("authenticate", &self.authenticate)
+            .field("token_rate", &self.token_rate)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+fn quota(count: u32, secs: u64, burst: u32) -> RateQuota {
+    let n = |v: u32| std::num::NonZeroU32::new(v).unwrap_or(std::num::NonZeroU32::MIN);
+    RateQuota::new(n(count), std::time::Duration::from_secs(secs), n(burst))
+        .unwrap_or_else(|_| unreachable!("a one-second period is valid"))
+}
+
+impl<St, P: ScopeLookup> Gate<St, P, TracingSink> {
+    /// A gate with `authenticate` and `scope`, and defaults for the rest:
+    /// audit to `tracing`, the peer address as the client (no trusted
+    /// proxy; peer from the `PeerAddr` extension), no IP rules, 100
+    /// requests per second per client address (burst 200) before
+    /// authentication, and 50 per second per token (burst 100) unless the
+    /// token carries its own quota.
+    pub fn new(authenticate: AuthenticateLayer<St>, scope: EnforceScopeLayer<P>) -> Self {
+        Self {
+            audit: AuditLayer::new(TracingSink),
+            client_ip: ClientIpLayer::new(),
+            ip_filter: IpFilterLayer::new(
+                IpRules::deny_list(Vec::<&str>::new())
+                    .unwrap_or_else(|_| unreachable!("no rule to refuse")),
+            ),
+            ip_rate: RateByTokenLayer::per_client_ip(quota(100, 1, 200)),
+            authenticate,
+            // Public routes carry no token: skip them rather than refuse.
+            token_rate: RateByTokenLayer::per_token(quota(50, 1, 100))
+                .missing_key(MissingKey::Skip),
+            scope,
+        }
+    }
+}
+
+impl<St, P, K> Gate<St, P, K> {
+    /// Audits into `sink`.
+    pub fn audit<K2: AuditSink>(self, audit: AuditLayer<K2>) -> Gate<St, P, K2> {
+        Gate {
+            audit,
+            client_ip: self.client_ip,
+            ip_filter: self.ip_filter,
+            ip_rate: self.ip_rate,
+            authenticate: self.authenticate,
+            token_rate: self.token_rate,
+            scope: self.scope,
+        }
+    }
+
+    /// Resolves client addresses with `layer` (trusted proxies, peer source).
+    pub fn client_ip(mut self, layer: ClientIpLayer) -> Self {
+        self.client_ip = layer;
+        self
+    }
+
+    /// Filters client addresses with `layer`.
+    pub fn ip_filter(mut self, layer: IpFilterLayer) -> Self {
+        self.ip_filter = layer;
+        self
+    }
+
+    /// Limits requests per client address before authentication with `quota`.
+    pub fn pre_auth_quota(mut self, quota: RateQuota) -> Self {
+        self.ip_rate = RateByTokenLayer::per_client_ip(quota);
+        self
+    }
+
+    /// Replaces the per-token limiter (the token's own quota still wins).
+    pub fn token_rate(mut self, layer: RateByTokenLayer) -> Self {
+        self.token_rate = layer;
+        self
+    }
+
+    /// A per-token default `quota` and a per-owner `owner_quota`, checked together.
+    pub fn token_and_owner_quota(mut self, quota: RateQuota, owner_quota: RateQuota) -> Self {
+        if let Ok(layer) =
+            RateByTokenLayer::new([Limiter::per_token(quota), Limiter::per_owner(owner_quota)])
+        {
+            self.token_rate = layer.missing_key(MissingKey::Skip);
+        }
+        self
+    }
+
+    /// Reads time from `clock` in the rate layers (authenticate has its own setting).
+    pub fn clock(mut self, clock: tokengate_core::SharedClock) -> Self {
+        self.ip_rate = self.ip_rate.clock(clock.clone());
+        self.token_rate = self.token_rate.clock(clock);
+        self
+    }
+
+    /// The IP filter, to replace its rules at runtime.
+    pub fn ip_filter_handle(&self) -> &IpFilterLayer {
+        &self.ip_filter
+    }
+}
+
+impl<S, St, P, K> Layer<S> for Gate<St, P, K> {
+    type Service = GateService<S, St, P, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let scoped = self.scope.layer(inner);
+        let limited = self.token_rate.layer(scoped);
+        let authenticated = self.authenticate.layer(limited);
+        let ip_limited = self.ip_rate.layer(authenticated);
+        let filtered = self.ip_filter.layer(ip_limited);
+        let resolved = self.client_ip.layer(filtered);
+        self.audit.layer(resolved)
+    }
+}
