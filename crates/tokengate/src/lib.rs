@@ -76,7 +76,7 @@ pub use tokengate_rate::{
 #[cfg(feature = "ipfilter")]
 pub use tokengate_ipfilter::{
     CidrError, ClientIpLayer, ForwardedHeader, IpFilter, IpFilterLayer, IpRules, IpSet, PeerAddr,
-    ResolveClientIp,
+    ResolveClientIp, parse_net,
 };
 
 #[cfg(feature = "audit")]

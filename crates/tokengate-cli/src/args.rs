@@ -1,0 +1,160 @@
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+use tokengate::{Audience, RateQuota, Scope};
+
+/// Manage tokengate API tokens.
+#[derive(Debug, Parser)]
+#[command(name = "tokengate", version, about)]
+pub(crate) struct Cli {
+    /// The token database (its pepper file sits beside it, or comes from TOKENGATE_PEPPER).
+    #[arg(long, global = true, default_value = "./tokengate.db")]
+    pub(crate) db: PathBuf,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Issue a token; it is printed once and never stored.
+    Issue(Issue),
+    /// List tokens (never a secret).
+    List {
+        /// One JSON object per token, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one token's record.
+    Show {
+        /// The token id (tok_...).
+        id: String,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: it fails from the next request on.
+    Revoke {
+        /// The token id.
+        id: String,
+    },
+    /// Replace a token; the old one keeps working for the grace period.
+    Rotate {
+        /// The token id.
+        id: String,
+        /// How long the old token keeps working (e.g. 1h, 30m).
+        #[arg(long, value_parser = parse_duration, default_value = "1h")]
+        grace: Duration,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Say whether a token is valid, and why not.
+    Inspect {
+        /// The token.
+        token: String,
+    },
+    /// Audit file tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the hash chain of a JSON-lines audit file.
+    Verify {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Issue {
+    /// A label, e.g. ci-deploy.
+    #[arg(long)]
+    pub(crate) name: String,
+    /// The owner: a user, service account or tenant.
+    #[arg(long)]
+    pub(crate) subject: String,
+    /// A scope, resource:action (repeatable).
+    #[arg(long = "scope", value_parser = parse_scope)]
+    pub(crate) scopes: Vec<Scope>,
+    /// A service the token may be used at (repeatable; at least one).
+    #[arg(long = "audience", value_parser = parse_audience)]
+    pub(crate) audiences: Vec<Audience>,
+    /// Lifetime, e.g. 30d, 12h (at most 90 days).
+    #[arg(long, value_parser = parse_duration, conflicts_with_all = ["expires", "no_expiry"])]
+    pub(crate) ttl: Option<Duration>,
+    /// Expiry as RFC 3339, e.g. 2027-01-31T00:00:00Z.
+    #[arg(long, value_parser = parse_time, conflicts_with = "no_expiry")]
+    pub(crate) expires: Option<SystemTime>,
+    /// No expiry at all (the token lives until revoked).
+    #[arg(long)]
+    pub(crate) no_expiry: bool,
+    /// A network the token may be used from (repeatable).
+    #[arg(long = "allow-ip", value_parser = parse_net)]
+    pub(crate) allow_ip: Vec<IpNet>,
+    /// A quota of its own: N/UNIT with UNIT one of s, min, h, d (e.g. 100/min).
+    #[arg(long, value_parser = parse_rate, requires = "burst")]
+    pub(crate) rate: Option<(u32, Duration)>,
+    /// The quota's burst.
+    #[arg(long, requires = "rate")]
+    pub(crate) burst: Option<u32>,
+    /// Print one JSON object (id, token, expires_at, ...).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+impl Issue {
+    pub(crate) fn quota(&self) -> Result<Option<RateQuota>, String> {
+        let (Some((count, period)), Some(burst)) = (self.rate, self.burst) else {
+            return Ok(None);
+        };
+        let count = std::num::NonZeroU32::new(count).ok_or("--rate needs at least 1 request")?;
+        let burst = std::num::NonZeroU32::new(burst).ok_or("--burst must be at least 1")?;
+        RateQuota::new(count, period, burst)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn parse_scope(text: &str) -> Result<Scope, String> {
+    text.parse()
+        .map_err(|e: tokengate::ScopeError| e.to_string())
+}
+
+fn parse_audience(text: &str) -> Result<Audience, String> {
+    text.parse()
+        .map_err(|e: tokengate::AudienceError| e.to_string())
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 30d or 1h ({e})"))
+}
+
+fn parse_time(text: &str) -> Result<SystemTime, String> {
+    humantime::parse_rfc3339_weak(text)
+        .map_err(|_| format!("{text:?} is not an RFC 3339 time like 2027-01-31T00:00:00Z"))
+}
+
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    tokengate::parse_net(text).map_err(|e| e.to_string())
+}
+
+fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
+    let bad = || format!("{text:?} is not a rate like 100/min (units: s, min, h, d)");
+    let (count, unit) = text.split_once('/').ok_or_else(bad)?;
+    let count: u32 = count.parse().map_err(|_| bad())?;
+    let period = match unit {
+        "s" => Duration::from_secs(1),
+        "min" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        "d" => Duration::from_secs(86_400),
+        _ => return Err(bad()),
+    };
+    Ok((count, period))
+}

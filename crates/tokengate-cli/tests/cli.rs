@@ -1,0 +1,273 @@
+//! The `tokengate` binary over a temporary SQLite file.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+struct Db {
+    dir: PathBuf,
+}
+
+impl Db {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("tokengate-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join("tokens.db")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .arg("--db")
+            .arg(self.path())
+            .args(args)
+            .env_remove("TOKENGATE_PEPPER")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn issue(&self, extra: &[&str]) -> Value {
+        let mut args = vec![
+            "issue",
+            "--name",
+            "ci",
+            "--subject",
+            "team-a",
+            "--scope",
+            "notes:read",
+            "--audience",
+            "notes",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&self.ok(&args)).unwrap()
+    }
+
+    fn count(&self) -> usize {
+        self.ok(&["list"]).lines().count()
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn file_contains(path: &Path, needle: &str) -> bool {
+    std::fs::read(path)
+        .unwrap()
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn issue_prints_the_token_once_and_stores_only_its_hash() {
+    let db = Db::new("issue");
+    let issued = db.issue(&[
+        "--ttl",
+        "30d",
+        "--rate",
+        "100/min",
+        "--burst",
+        "10",
+        "--allow-ip",
+        "10.0.0.0/8",
+    ]);
+    let token = issued["token"].as_str().unwrap();
+    assert!(token.starts_with("tg_"));
+    assert!(issued["id"].as_str().unwrap().starts_with("tok_"));
+    assert!(issued["expires_at"].as_str().is_some());
+    assert_eq!(issued["rate"]["burst"], 10);
+    assert!(!file_contains(&db.path(), token));
+    let list = db.ok(&["list", "--json"]);
+    assert!(!list.contains(token), "list never shows a secret");
+    assert!(!list.contains(&token[3..20]));
+    let shown: Value =
+        serde_json::from_str(&db.ok(&["show", issued["id"].as_str().unwrap(), "--json"])).unwrap();
+    assert_eq!(shown["subject"], "team-a");
+    assert_eq!(shown["allowed_networks"][0], "10.0.0.0/8");
+    assert!(shown.get("token").is_none());
+}
+
+#[test]
+fn revoke_and_inspect_say_why_a_token_is_invalid() {
+    let db = Db::new("revoke");
+    let issued = db.issue(&[]);
+    let token = issued["token"].as_str().unwrap();
+    let id = issued["id"].as_str().unwrap();
+    assert!(db.ok(&["inspect", token]).starts_with("valid"));
+    assert!(db.ok(&["revoke", id]).starts_with(&format!("revoked {id}")));
+    let out = db.run(&["inspect", token]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("invalid: token revoked"));
+    let mut typo = token.to_owned();
+    typo.pop();
+    typo.push('!');
+    let out = db.run(&["inspect", &typo]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("malformed"));
+    let unknown = "tg_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned();
+    assert_eq!(db.run(&["inspect", &unknown]).status.code(), Some(1));
+}
+
+#[test]
+fn rotate_prints_a_new_token_and_keeps_the_old_one_for_the_grace() {
+    let db = Db::new("rotate");
+    let old = db.issue(&["--ttl", "10d"]);
+    let rotated: Value = serde_json::from_str(&db.ok(&[
+        "rotate",
+        old["id"].as_str().unwrap(),
+        "--grace",
+        "1h",
+        "--json",
+    ]))
+    .unwrap();
+    assert_ne!(rotated["token"], old["token"]);
+    assert_eq!(rotated["rotated_from"], old["id"]);
+    assert!(
+        db.ok(&["inspect", old["token"].as_str().unwrap()])
+            .starts_with("valid")
+    );
+    assert!(
+        db.ok(&["inspect", rotated["token"].as_str().unwrap()])
+            .starts_with("valid")
+    );
+    let old_now: Value =
+        serde_json::from_str(&db.ok(&["show", old["id"].as_str().unwrap(), "--json"])).unwrap();
+    assert_ne!(
+        old_now["expires_at"], old["expires_at"],
+        "the old token now ends with the grace period"
+    );
+}
+
+#[test]
+fn bad_input_is_one_line_naming_it_and_nothing_is_written() {
+    let db = Db::new("bad");
+    db.issue(&[]);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "issue",
+                "--name",
+                "x",
+                "--subject",
+                "y",
+                "--scope",
+                "bad scope",
+                "--audience",
+                "notes",
+            ],
+            "bad scope",
+        ),
+        (
+            &[
+                "issue",
+                "--name",
+                "x",
+                "--subject",
+                "y",
+                "--audience",
+                "notes",
+                "--ttl",
+                "100d",
+            ],
+            "exceeds the maximum",
+        ),
+        (
+            &["issue", "--name", "x", "--subject", "y", "--scope", "a:b"],
+            "--audience",
+        ),
+        (
+            &[
+                "issue",
+                "--name",
+                "x",
+                "--subject",
+                "y",
+                "--audience",
+                "notes",
+                "--rate",
+                "5/week",
+                "--burst",
+                "1",
+            ],
+            "5/week",
+        ),
+        (
+            &[
+                "issue",
+                "--name",
+                "x",
+                "--subject",
+                "y",
+                "--audience",
+                "notes",
+                "--expires",
+                "yesterday",
+            ],
+            "yesterday",
+        ),
+        (
+            &[
+                "issue",
+                "--name",
+                "x",
+                "--subject",
+                "y",
+                "--audience",
+                "notes",
+                "--allow-ip",
+                "10.0.0.0/33",
+            ],
+            "10.0.0.0/33",
+        ),
+        (&["revoke", "tok_nope"], "tok_nope"),
+        (&["revoke", "tok_AAAAAAAAAAAAAAAA"], "no token with id"),
+        (&["show", "tok_AAAAAAAAAAAAAAAA"], "no token with id"),
+    ];
+    for (args, needle) in cases {
+        let out = db.run(args);
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(
+            stderr
+                .lines()
+                .next()
+                .is_some_and(|l| l.starts_with("error")),
+            "{stderr}"
+        );
+    }
+    assert_eq!(db.count(), 1, "nothing was half-written");
+}
+
+#[test]
+fn audit_verify_reports_ok_or_the_broken_line() {
+    let db = Db::new("audit");
+    let path = db.dir.join("audit.jsonl");
+    std::fs::write(&path, "not a record\n").unwrap();
+    let out = db.run(&["audit", "verify", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("line 1"));
+    std::fs::write(&path, "").unwrap();
+    assert!(
+        db.ok(&["audit", "verify", path.to_str().unwrap()])
+            .starts_with("ok: 0 records")
+    );
+}
