@@ -111,7 +111,8 @@ impl<St, P: ScopeLookup> Gate<St, P, TracingSink> {
                 IpRules::deny_list(Vec::<&str>::new())
                     .unwrap_or_else(|_| unreachable!("no rule to refuse")),
             ),
-            ip_rate: RateByTokenLayer::per_client_ip(quota(100, 1, 200)),
+            // The per-token limiter's headers are the ones clients act on.
+            ip_rate: RateByTokenLayer::per_client_ip(quota(100, 1, 200)).success_headers(false),
             authenticate,
             // Public routes carry no token: skip them rather than refuse.
             token_rate: RateByTokenLayer::per_token(quota(50, 1, 100))
@@ -149,7 +150,7 @@ impl<St, P, K> Gate<St, P, K> {
 
     /// Limits requests per client address before authentication with `quota`.
     pub fn pre_auth_quota(mut self, quota: RateQuota) -> Self {
-        self.ip_rate = RateByTokenLayer::per_client_ip(quota);
+        self.ip_rate = RateByTokenLayer::per_client_ip(quota).success_headers(false);
         self
     }
 
