@@ -39,6 +39,15 @@ struct Server {
     token_id: String,
 }
 
+impl Drop for Server {
+    /// A failing test must not leave the server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[allow(clippy::zombie_processes, reason = "the child is reaped by Server's Drop")]
 fn start(dir: &Path) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_axum-notes"))
         .current_dir(dir)
