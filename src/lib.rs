@@ -25,3 +25,158 @@ pub fn ready_now<F: Future>(future: F) -> F::Output {
         Poll::Pending => panic!("the measured path must not wait"),
     }
 }
+
+/// Running the example apps as processes, for their end-to-end tests.
+pub mod process {
+    use std::io::{BufRead, BufReader};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+
+    /// A running example server, killed and reaped when dropped.
+    #[derive(Debug)]
+    pub struct Started {
+        /// The process.
+        pub child: Child,
+        /// The address it listens on, as it printed it.
+        pub addr: String,
+        /// The demo token it printed.
+        pub token: String,
+        /// The demo token's id.
+        pub token_id: String,
+    }
+
+    impl Started {
+        /// Stops the server as an operator would (SIGINT), waits for it,
+        /// and returns whether it exited cleanly.
+        pub fn interrupt(&mut self) -> bool {
+            let signalled = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            signalled && self.child.wait().is_ok_and(|s| s.success())
+        }
+    }
+
+    impl Drop for Started {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Starts the example binary `bin` in `dir` on a free loopback port and
+    /// reads its first lines: the demo token, its id, and the line
+    /// `<name> listening on <addr>`.
+    ///
+    /// # Panics
+    ///
+    /// If the binary cannot start or stops before it listens.
+    #[allow(
+        clippy::expect_used,
+        clippy::zombie_processes,
+        reason = "test support; Started reaps the child"
+    )]
+    pub fn start_example(bin: &str, dir: &Path, listening: &str) -> Started {
+        let mut child = Command::new(bin)
+            .current_dir(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .env_remove("TOKENGATE_PEPPER")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the example starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let (mut token, mut token_id) = (String::new(), String::new());
+        loop {
+            let line = lines
+                .next()
+                .expect("the server stopped before listening")
+                .expect("readable output");
+            if let Some(t) = line.trim().strip_prefix("export TOKEN=") {
+                t.clone_into(&mut token);
+            }
+            if let Some(rest) = line.split(" revoke ").nth(1) {
+                rest.trim().clone_into(&mut token_id);
+            }
+            if let Some(addr) = line.strip_prefix(listening) {
+                let addr = addr.trim().to_owned();
+                std::thread::spawn(move || lines.for_each(drop));
+                return Started {
+                    child,
+                    addr,
+                    token,
+                    token_id,
+                };
+            }
+        }
+    }
+
+    /// The `tokengate` CLI binary in the same target directory as `beside`
+    /// (another binary of this workspace), built on demand when missing.
+    ///
+    /// # Panics
+    ///
+    /// If it is missing and cannot be built.
+    #[allow(clippy::expect_used, reason = "test support")]
+    pub fn tokengate_cli(beside: &str) -> PathBuf {
+        let path = Path::new(beside).with_file_name("tokengate");
+        if !path.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let status = Command::new(cargo)
+                .args(["build", "-q", "-p", "tokengate-cli"])
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the tokengate CLI failed");
+        }
+        path
+    }
+
+    /// Runs the CLI against `db`; returns its stdout.
+    ///
+    /// # Panics
+    ///
+    /// If the CLI fails.
+    #[allow(clippy::expect_used, reason = "test support")]
+    pub fn cli(beside: &str, db: &Path, args: &[&str]) -> String {
+        let out = Command::new(tokengate_cli(beside))
+            .arg("--db")
+            .arg(db)
+            .args(args)
+            .env_remove("TOKENGATE_PEPPER")
+            .output()
+            .expect("the CLI runs");
+        assert!(
+            out.status.success(),
+            "tokengate {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A fresh temporary directory for one test.
+    ///
+    /// # Panics
+    ///
+    /// If it cannot be created.
+    #[allow(clippy::expect_used, reason = "test support")]
+    pub fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        dir
+    }
+
+    /// Fails if any 8-character run of `secret` appears in `text`.
+    ///
+    /// # Panics
+    ///
+    /// When one does.
+    pub fn assert_no_fragment(text: &str, secret: &str) {
+        for window in secret.as_bytes().windows(8) {
+            let window = String::from_utf8_lossy(window);
+            assert!(
+                !text.contains(&*window),
+                "a fragment of a secret ({window}) is in the text"
+            );
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Generates the notes service. protoc comes from `protoc-bin-vendored`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/notes.proto");
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure().compile_with_config(
+        config,
+        &["proto/notes.proto"],
+        &["proto"],
+    )?;
+    Ok(())
+}

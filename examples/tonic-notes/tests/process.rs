@@ -1,0 +1,139 @@
+//! tonic-notes as a process, called by a real gRPC client: codes, the
+//! public health check, a CLI revocation from another process taking
+//! effect within a second, and one audit record per call.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use tokengate_tests::process::{assert_no_fragment, cli, start_example, temp_dir};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+#[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
+mod pb {
+    tonic::include_proto!("notes.v1");
+}
+
+use pb::notes_client::NotesClient;
+use pb::{CreateNoteRequest, ListNotesRequest};
+
+fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_clients_get_codes_health_and_prompt_revocation() {
+    let dir = temp_dir("tonic-notes-process");
+    let bin = env!("CARGO_BIN_EXE_tonic-notes");
+    let mut server = start_example(bin, &dir, "tonic-notes listening on ");
+    let channel = Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = NotesClient::new(channel.clone());
+    let token = server.token.clone();
+    let mut calls = 0;
+
+    calls += 1;
+    let listed = client
+        .list_notes(with_token(ListNotesRequest {}, Some(&token)))
+        .await
+        .unwrap();
+    assert_eq!(listed.into_inner().caller, "demo-user");
+    calls += 1;
+    let note = client
+        .create_note(with_token(
+            CreateNoteRequest { text: "hi".into() },
+            Some(&token),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(note.into_inner().text, "hi");
+    calls += 1;
+    let missing = client
+        .list_notes(with_token(ListNotesRequest {}, None))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+
+    let db = dir.join("tokengate.db");
+    let issued = cli(
+        bin,
+        &db,
+        &[
+            "issue",
+            "--name",
+            "r",
+            "--subject",
+            "reader",
+            "--scope",
+            "notes:read",
+            "--audience",
+            "notes",
+            "--json",
+        ],
+    );
+    let reader: serde_json::Value = serde_json::from_str(&issued).unwrap();
+    let reader = reader["token"].as_str().unwrap().to_owned();
+    calls += 1;
+    let denied = client
+        .create_note(with_token(
+            CreateNoteRequest { text: "x".into() },
+            Some(&reader),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    calls += 1;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        serving.into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    cli(bin, &db, &["revoke", &server.token_id]);
+    let since = Instant::now();
+    loop {
+        calls += 1;
+        match client
+            .list_notes(with_token(ListNotesRequest {}, Some(&token)))
+            .await
+        {
+            Err(status) if status.code() == Code::Unauthenticated => break,
+            other => {
+                assert!(
+                    since.elapsed() < Duration::from_secs(1),
+                    "still {other:?} a second after revocation"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    assert!(server.interrupt(), "a clean shutdown");
+    let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+    assert_eq!(
+        audit.lines().count(),
+        calls,
+        "one record per call:\n{audit}"
+    );
+    assert!(audit.contains("\"rpc.service\":\"notes.v1.Notes\""));
+    assert!(audit.contains("\"rpc.grpc.status_code\":7"));
+    assert_no_fragment(&audit, &token);
+    assert_no_fragment(&audit, &reader);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
