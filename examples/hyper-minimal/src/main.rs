@@ -1,0 +1,93 @@
+//! hyper-minimal: one route behind the whole tokengate Gate in plain hyper 1.
+//!
+//! hyper hands each connection's peer address to the accept loop; inserting
+//! it into every request as [`PeerAddr`] is all the client-IP layer needs.
+//! The rest is one `tower` stack turned into a hyper service with
+//! hyper-util's `TowerToHyperService`. Tokens live in memory here: the demo
+//! token printed at start is the only one.
+//!
+//! ```text
+//! cargo run -p hyper-minimal -- --listen 127.0.0.1:3001
+//! curl -H "Authorization: Bearer $TOKEN" localhost:3001/
+//! ```
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a server that tells its operator what it does"
+)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokengate::{
+    AuthenticateLayer, CacheConfig, CachedStore, ClientIp, Gate, KeyId, Lifecycle, MemoryStore,
+    PeerAddr, Pepper, Principal, RequireScope, TokenHasher, TokenSpec,
+};
+use tower::ServiceBuilder;
+
+async fn hello(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let who = request
+        .extensions()
+        .get::<Principal>()
+        .map_or("nobody", Principal::subject);
+    let from = request
+        .extensions()
+        .get::<ClientIp>()
+        .map_or_else(|| "?".to_owned(), ToString::to_string);
+    Ok(Response::new(Full::new(Bytes::from(format!(
+        "hello {who} from {from}\n"
+    )))))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let listen: SocketAddr = match std::env::args().skip_while(|a| a != "--listen").nth(1) {
+        Some(addr) => addr.parse()?,
+        None => "127.0.0.1:3001".parse()?,
+    };
+    let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
+    let cache = CachedStore::new(MemoryStore::new(), CacheConfig::default());
+    let issued = Lifecycle::new(cache.clone(), hasher.clone())
+        .issue(
+            TokenSpec::new("demo", "demo-user")
+                .scopes(["hello:read".parse()?])
+                .audiences(["hello".parse()?]),
+        )
+        .await?;
+    println!("  export TOKEN={}", issued.token.expose_secret());
+
+    // One route, one requirement: RequireScope is a ScopeLookup too.
+    let gate = Gate::new(
+        AuthenticateLayer::new(cache, hasher, "hello".parse()?),
+        RequireScope::all(["hello:read"])?,
+    );
+
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!("hyper-minimal listening on {}", listener.local_addr()?);
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let service = ServiceBuilder::new()
+            // The peer address reaches ClientIpLayer (inside the gate) as PeerAddr.
+            .map_request(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(PeerAddr(peer));
+                request
+            })
+            .layer(gate.clone())
+            .service_fn(hello);
+        tokio::spawn(async move {
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .await
+            {
+                eprintln!("connection from {peer}: {error}");
+            }
+        });
+    }
+}
