@@ -19,41 +19,86 @@
 //! The shared vocabulary (tokens, stores, the verifying cache, denials) is
 //! re-exported from [`tokengate_core`] at the crate root.
 //!
-//! # axum
+//! # axum, on one screen
 //!
-//! ```
-//! # #[cfg(all(feature = "axum", feature = "authenticate", feature = "scope"))] {
+//! ```no_run
+//! # #[cfg(feature = "full")] {
+//! use std::net::SocketAddr;
+//! use std::time::Duration;
 //! use axum::{Router, routing::get};
+//! use http::Method;
 //! use tokengate::axum::Authenticated;
-//! use tokengate::{AuthenticateLayer, CacheConfig, CachedStore, KeyId, MemoryStore, Pepper,
-//!     RequireScope, TokenHasher};
+//! use tokengate::{AuditLayer, AuthenticateLayer, CacheConfig, CachedStore, ClientIpLayer,
+//!     EnforceScopeLayer, Gate, JsonLinesSink, PublicPaths, Requirement, ScopePolicy,
+//!     SqliteStore, TokenHasher, load_pepper};
 //!
-//! async fn list(Authenticated(principal): Authenticated) -> String {
-//!     format!("notes of {}", principal.subject())
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let db = std::path::Path::new("tokengate.db");
+//!     let store = SqliteStore::open(db)?;                                  // tokens: the CLI manages them
+//!     let cache = CachedStore::new(store.clone(), CacheConfig::default());
+//!     store.follow(cache.clone(), Duration::from_millis(250));             // revocations from other processes
+//!     let policy = ScopePolicy::builder()
+//!         .read_write("/notes", "notes")                                   // GET: notes:read, POST: notes:write
+//!         .route([Method::GET], "/healthz", Requirement::Public)
+//!         .build()?;                                                       // anything else: 403
+//!     let gate = Gate::new(
+//!         AuthenticateLayer::new(cache, TokenHasher::new(load_pepper(db)?), "notes".parse()?)
+//!             .public(PublicPaths::new().exact("/healthz")),
+//!         EnforceScopeLayer::new(policy),
+//!     )
+//!     .audit(AuditLayer::new(JsonLinesSink::open("audit.jsonl".as_ref())?))
+//!     .client_ip(ClientIpLayer::new().peer_source(tokengate::axum::peer_addr));
+//!     let app = Router::new()
+//!         .route("/notes", get(|Authenticated(p): Authenticated| async move { p.subject().to_owned() }))
+//!         .route("/healthz", get(|| async { "ok" }))
+//!         .layer(gate);
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+//!     Ok(())
 //! }
-//!
-//! # fn app() -> Result<Router, Box<dyn std::error::Error>> {
-//! let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
-//! let cache = CachedStore::new(MemoryStore::new(), CacheConfig::default());
-//! let app = Router::new()
-//!     .route("/notes", get(list).route_layer(RequireScope::all(["notes:read"])?))
-//!     .layer(AuthenticateLayer::new(cache, hasher, "notes".parse()?));
-//! # Ok(app) }
-//! # app().unwrap();
 //! # }
 //! ```
 //!
-//! `Router::layer` runs the authenticate layer for every request, unknown
-//! paths included (they get 401 before 404); `route_layer` runs only on
-//! matched routes, which is where per-route scopes belong.
+//! `Router::layer` runs the gate for every request, unknown paths included
+//! (401 before 404); per-route requirements can instead use
+//! `RequireScope::all([...])` as a `route_layer`.
 //!
-//! # tonic
+//! # tonic, on one screen
 //!
-//! Put the layers into `Server::builder().layer(...)`; tonic passes the
-//! request's extensions on, so a handler reads the principal with
-//! `tonic::PrincipalExt::principal`. gRPC methods are the URI paths
-//! `/package.Service/Method`: guard them with a [`ScopePolicy`] built with
-//! `grpc_method` / `grpc_service`.
+//! ```no_run
+//! # #[cfg(feature = "full")] {
+//! use tokengate::tonic::PrincipalExt;
+//! use tokengate::{AuthenticateLayer, CacheConfig, CachedStore, ClientIpLayer, EnforceScopeLayer,
+//!     Gate, PublicPaths, Requirement, ScopePolicy, SqliteStore, TokenHasher, load_pepper};
+//!
+//! // In a generated service method, the principal is in the request's extensions:
+//! async fn list_notes(request: tonic::Request<()>) -> Result<tonic::Response<String>, tonic::Status> {
+//!     Ok(tonic::Response::new(request.principal()?.subject().to_owned()))
+//! }
+//!
+//! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+//! let db = std::path::Path::new("tokengate.db");
+//! let store = SqliteStore::open(db)?;
+//! let cache = CachedStore::new(store, CacheConfig::default());
+//! let policy = ScopePolicy::builder()
+//!     .grpc_method("/notes.v1.Notes/ListNotes", Requirement::all(["notes:read"])?)
+//!     .grpc_service("grpc.health.v1.Health", Requirement::Public)
+//!     .build()?;
+//! let gate = Gate::new(
+//!     AuthenticateLayer::new(cache, TokenHasher::new(load_pepper(db)?), "notes".parse()?)
+//!         .public(PublicPaths::new().grpc_health()),
+//!     EnforceScopeLayer::new(policy),
+//! )
+//! .client_ip(ClientIpLayer::new().peer_source(tokengate::tonic::peer_addr));
+//! let router = tonic::transport::Server::builder().layer(gate);
+//! // router.add_service(NotesServer::new(...)).serve(addr).await?;
+//! # drop(router); Ok(()) }
+//! # }
+//! ```
+//!
+//! Refusals reach gRPC clients as HTTP 200 trailers-only responses with
+//! `grpc-status` 16, 7, 8, 3 or 14, never as HTTP 401/403.
 
 pub use tokengate_core::*;
 
