@@ -3,7 +3,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::SystemTime;
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
@@ -33,15 +32,16 @@ pin_project! {
     {
         // A cache miss: the store lookup runs, then the request goes on or
         // is refused. `pending` holds the request and the ready service.
+        // Boxed: only misses pay for its size; hits keep the future small.
         Verifying {
             lookup: Lookup,
-            pending: Option<(Request<ReqBody>, S)>,
+            pending: Option<Box<(Request<ReqBody>, S)>>,
             config: Arc<Config<St>>,
         },
         Forward {
             #[pin]
             future: S::Future,
-            expires: Option<SystemTime>,
+            expires: Option<HeaderValue>,
             header: Option<HeaderName>,
         },
         Rejected {
@@ -56,7 +56,7 @@ where
 {
     pub(crate) fn forward(
         future: S::Future,
-        expires: Option<SystemTime>,
+        expires: Option<HeaderValue>,
         header: Option<HeaderName>,
     ) -> Self {
         Self {
@@ -85,7 +85,7 @@ where
         Self {
             kind: Kind::Verifying {
                 lookup,
-                pending: Some((request, inner)),
+                pending: Some(Box::new((request, inner))),
                 config,
             },
         }
@@ -108,9 +108,7 @@ where
                     header,
                 } => {
                     let mut response = ready!(future.poll(cx))?.map(GateBody::new);
-                    if let (Some(at), Some(name)) = (expires, header.take())
-                        && let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(*at))
-                    {
+                    if let (Some(value), Some(name)) = (expires.take(), header.take()) {
                         response.headers_mut().insert(name, value);
                     }
                     return Poll::Ready(Ok(response));
@@ -129,7 +127,7 @@ where
                     config,
                 } => {
                     let verdict = ready!(lookup.as_mut().poll(cx));
-                    match pending.take() {
+                    match pending.take().map(|boxed| *boxed) {
                         Some((mut request, mut inner)) => match config.admit(&mut request, verdict)
                         {
                             Ok(expires) => Kind::Forward {

@@ -1,9 +1,8 @@
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use tokengate_core::{
     ClientIp, Denial, GateBody, InvalidReason, IpReason, Principal, RequestTrail, StoreError,
     TokenHash, TokenStore, VerifyError,
@@ -122,15 +121,15 @@ impl<St> Config<St> {
             Ok(None) => return Step::Refuse(Denial::MissingToken),
             Err(reason) => return Step::Refuse(Denial::MalformedRequest(reason)),
         };
-        let from_query = credential.from_query;
-        let parsed = self.format.parse(&credential.token);
-        if from_query {
+        // Checked and hashed in place: no owned copy of the secret is made.
+        let verdict = match self.format.check(&credential.token) {
+            Ok(()) => Step::Lookup(self.hasher.hash_str(&credential.token)),
+            Err(error) => Step::Refuse(Denial::InvalidToken(InvalidReason::Malformed(error))),
+        };
+        if credential.from_query {
             self.redact(request);
         }
-        match parsed {
-            Ok(token) => Step::Lookup(self.hasher.hash(&token)),
-            Err(error) => Step::Refuse(Denial::InvalidToken(InvalidReason::Malformed(error))),
-        }
+        verdict
     }
 
     fn redact<B>(&self, request: &mut Request<B>) {
@@ -148,7 +147,7 @@ impl<St> Config<St> {
         &self,
         request: &mut Request<B>,
         verdict: Result<Principal, VerifyError>,
-    ) -> Result<Option<SystemTime>, Denial> {
+    ) -> Result<Option<HeaderValue>, Denial> {
         let principal = verdict.map_err(|error| {
             if let VerifyError::Store(store) = &error {
                 tracing::warn!(error = %store, "token store unavailable");
@@ -173,7 +172,11 @@ impl<St> Config<St> {
         if let Some(usage) = &self.usage {
             usage.record(principal.token_id(), self.clock.now());
         }
-        let expires = principal.expires_at();
+        let expires = match self.expires_header {
+            Some(_) => principal
+                .expiry_header(|at| HeaderValue::from_str(&httpdate::fmt_http_date(at)).ok()),
+            None => None,
+        };
         request.extensions_mut().insert(principal);
         Ok(expires)
     }

@@ -172,6 +172,13 @@ impl TokenHasher {
         self.hash_bytes(token.expose_secret().as_bytes())
     }
 
+    /// The keyed hash of a token's text that passed
+    /// [`TokenFormat::check`](crate::TokenFormat::check): the same value as
+    /// [`TokenHasher::hash`] of the parsed token, without an owned copy.
+    pub fn hash_str(&self, token: &str) -> TokenHash {
+        self.hash_bytes(token.as_bytes())
+    }
+
     /// The keyed hash of raw token bytes.
     pub(crate) fn hash_bytes(&self, bytes: &[u8]) -> TokenHash {
         let mut mac = self.keyed.clone();
@@ -229,8 +236,19 @@ impl TokenHash {
 }
 
 impl PartialEq for TokenHash {
+    /// Constant time: the digests are compared as four words folded into
+    /// one difference, then tested once with `subtle` (a hash-table probe
+    /// compares keys on every lookup, so this is on the request path).
     fn eq(&self, other: &Self) -> bool {
-        self.key_id == other.key_id && bool::from(self.digest.ct_eq(&other.digest))
+        let word = |d: &[u8; 32], i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&d[i * 8..i * 8 + 8]);
+            u64::from_ne_bytes(w)
+        };
+        let diff = (0..4).fold(0u64, |acc, i| {
+            acc | (word(&self.digest, i) ^ word(&other.digest, i))
+        });
+        self.key_id == other.key_id && bool::from(diff.ct_eq(&0))
     }
 }
 
@@ -326,6 +344,29 @@ mod tests {
             hmac_hex(&key, token.expose_secret().as_bytes())
         );
         assert_eq!(hash.key_id(), KeyId::new(3));
+    }
+
+    #[test]
+    fn hashing_the_text_equals_hashing_the_token() {
+        let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
+        let token = TokenFormat::default().generate();
+        assert_eq!(hasher.hash_str(token.expose_secret()), hasher.hash(&token));
+    }
+
+    #[test]
+    fn hashes_differing_in_any_byte_or_key_are_unequal() {
+        let base = TokenHash::from_parts(KeyId::new(1), [7; 32]);
+        for i in 0..32 {
+            let mut digest = [7; 32];
+            digest[i] ^= 1;
+            assert_ne!(
+                base,
+                TokenHash::from_parts(KeyId::new(1), digest),
+                "byte {i}"
+            );
+        }
+        assert_ne!(base, TokenHash::from_parts(KeyId::new(2), [7; 32]));
+        assert_eq!(base, TokenHash::from_parts(KeyId::new(1), [7; 32]));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use http::HeaderValue;
 use std::time::SystemTime;
 
 use ipnet::IpNet;
@@ -33,6 +35,8 @@ struct Inner {
     allowed_networks: Vec<IpNet>,
     rate_quota: Option<RateQuota>,
     metadata: BTreeMap<String, String>,
+    /// The expiry as a response header value, made once per principal.
+    expiry_header: OnceLock<Option<HeaderValue>>,
 }
 
 impl Principal {
@@ -49,6 +53,7 @@ impl Principal {
                 allowed_networks: record.allowed_networks.clone(),
                 rate_quota: record.rate_quota,
                 metadata: record.metadata.clone(),
+                expiry_header: OnceLock::new(),
             }),
         }
     }
@@ -101,6 +106,18 @@ impl Principal {
     /// Application labels.
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.inner.metadata
+    }
+
+    /// The expiry rendered as a header value by `render`, once per
+    /// principal (and so once per cached token, not once per request).
+    pub fn expiry_header(
+        &self,
+        render: impl FnOnce(SystemTime) -> Option<HeaderValue>,
+    ) -> Option<HeaderValue> {
+        self.inner
+            .expiry_header
+            .get_or_init(|| self.inner.expires_at.and_then(render))
+            .clone()
     }
 
     /// Whether the token was issued for `audience`.
