@@ -58,14 +58,24 @@ impl RateLimitPolicy {
     }
 
     /// `RateLimit: "name";r=remaining;t=reset` (reset in whole seconds, rounded up).
+    ///
+    /// Written into a stack buffer: this runs on every admitted response.
     pub fn state_header(&self, remaining: u64, reset: Duration) -> HeaderValue {
-        let text = format!(
-            "\"{}\";r={};t={}",
-            self.name,
-            remaining,
-            ceil_seconds(reset)
-        );
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("\"default\""))
+        let mut buf = [0u8; 96];
+        let mut len = 0;
+        let mut put = |bytes: &[u8]| {
+            let end = (len + bytes.len()).min(buf.len());
+            buf[len..end].copy_from_slice(&bytes[..end - len]);
+            len = end;
+        };
+        put(b"\"");
+        put(self.name.as_bytes());
+        put(b"\";r=");
+        put(digits(remaining, &mut [0u8; 20]));
+        put(b";t=");
+        put(digits(ceil_seconds(reset), &mut [0u8; 20]));
+        HeaderValue::from_bytes(&buf[..len])
+            .unwrap_or_else(|_| HeaderValue::from_static("\"default\""))
     }
 }
 
@@ -99,4 +109,40 @@ fn ceil_seconds(d: Duration) -> u64 {
 
 fn whole_seconds(d: Duration) -> u64 {
     ceil_seconds(d).max(1)
+}
+
+/// The decimal digits of `n`, written at the end of `scratch`.
+fn digits(mut n: u64, scratch: &mut [u8; 20]) -> &[u8] {
+    let mut i = scratch.len();
+    loop {
+        i -= 1;
+        scratch[i] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+        if n == 0 {
+            return &scratch[i..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_header_reads_as_the_draft_says() {
+        let policy = RateLimitPolicy::new("per-token", 100, Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            policy.state_header(0, Duration::ZERO),
+            r#""per-token";r=0;t=0"#
+        );
+        assert_eq!(
+            policy.state_header(42, Duration::from_millis(1_001)),
+            r#""per-token";r=42;t=2"#
+        );
+        assert_eq!(
+            policy.state_header(u64::MAX, Duration::from_secs(u64::MAX)),
+            format!("\"per-token\";r={};t={}", u64::MAX, u64::MAX).as_str()
+        );
+        assert_eq!(policy.policy_header(), r#""per-token";q=100;w=60"#);
+    }
 }
