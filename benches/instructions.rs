@@ -1,0 +1,129 @@
+//! A fixed number of requests through one stack, for instruction counts
+//! under callgrind (stable to well under 1 % on this noisy machine, unlike
+//! wall time). `benches/instructions.sh` runs it for each stack at two
+//! request counts and prints instructions per request (the difference
+//! divided by the extra requests, so setup cancels out).
+//!
+//! Usage: `instructions STACK REQUESTS` with STACK one of `bare`,
+//! `authenticate`, `gate`.
+#![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::task::{Context, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tokengate::{
+    AuditLayer, AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, Gate,
+    IpFilterLayer, IpRules, JsonLinesSink, KeyId, Lifecycle, MemoryStore, Overflow, PeerAddr,
+    Pepper, RateByTokenLayer, RateQuota, ScopePolicy, TokenHasher, TokenSpec,
+};
+use tokengate_tests::ready_now;
+use tower::{Layer, Service, service_fn};
+
+fn handler()
+-> impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone
+{
+    service_fn(|_: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+    })
+}
+
+#[inline(never)]
+fn drive<S, B>(mut service: S, bearer: &str, requests: u64) -> u64
+where
+    S: Service<Request<()>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    let peer: SocketAddr = "203.0.113.9:40000".parse().unwrap();
+    let mut ok = 0;
+    for _ in 0..requests {
+        let mut request = Request::get("/notes")
+            .header("authorization", bearer)
+            .body(())
+            .unwrap();
+        request.extensions_mut().insert(PeerAddr(peer));
+        assert!(
+            service
+                .poll_ready(&mut Context::from_waker(Waker::noop()))
+                .is_ready()
+        );
+        if ready_now(service.call(request)).unwrap().status() == 200 {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(stack), Some(requests)) = (args.get(1), args.get(2).and_then(|n| n.parse().ok()))
+    else {
+        // Run without arguments (as `cargo bench` does): a smoke run.
+        println!("usage: instructions bare|authenticate|gate REQUESTS");
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let hasher = TokenHasher::new(Pepper::new(KeyId::new(1), [7u8; 32]).unwrap());
+    let cache = CachedStore::new(
+        MemoryStore::new(),
+        CacheConfig::default().ttl(Duration::from_secs(3600)),
+    );
+    let token = runtime.block_on(async {
+        let issued = Lifecycle::new(cache.clone(), hasher.clone())
+            .issue(
+                TokenSpec::new("i", "owner")
+                    .scopes(["notes:read".parse().unwrap()])
+                    .audiences(["notes".parse().unwrap()]),
+            )
+            .await
+            .unwrap();
+        cache.verify(&hasher.hash(&issued.token)).await.unwrap();
+        issued.token
+    });
+    let bearer = format!("Bearer {}", token.expose_secret());
+    let auth = AuthenticateLayer::new(cache, hasher, "notes".parse().unwrap());
+    let ok = match stack.as_str() {
+        "bare" => drive(handler(), &bearer, requests),
+        "authenticate" => drive(auth.layer(handler()), &bearer, requests),
+        _ => {
+            let dir =
+                std::env::temp_dir().join(format!("tokengate-instructions-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let sink = JsonLinesSink::builder()
+                .overflow(Overflow::Drop)
+                .open(&dir.join("audit.jsonl"))
+                .unwrap();
+            let roomy =
+                RateQuota::new(NonZeroU32::MAX, Duration::from_secs(1), NonZeroU32::MAX).unwrap();
+            let rules: Vec<String> = (0..1000u32)
+                .map(|i| format!("{}/24", std::net::Ipv4Addr::from(0xC000_0000 | (i << 8))))
+                .collect();
+            let gate = Gate::new(
+                auth,
+                EnforceScopeLayer::new(
+                    ScopePolicy::builder()
+                        .read_write("/notes", "notes")
+                        .build()
+                        .unwrap(),
+                ),
+            )
+            .audit(AuditLayer::new(sink.clone()))
+            .ip_filter(IpFilterLayer::new(IpRules::deny_list(rules).unwrap()))
+            .pre_auth_quota(roomy)
+            .token_rate(RateByTokenLayer::per_token(roomy));
+            let ok = drive(gate.layer(handler()), &bearer, requests);
+            sink.shutdown();
+            std::fs::remove_dir_all(&dir).unwrap();
+            ok
+        }
+    };
+    println!("{stack}: {ok} of {requests} requests answered 200");
+}
