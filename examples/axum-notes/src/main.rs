@@ -13,6 +13,7 @@
 )]
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use tokengate::axum::Authenticated;
 use tokengate::{
     AuditLayer, AuthenticateLayer, CacheConfig, CachedStore, ClientIpLayer, EnforceScopeLayer,
-    Expiry, Gate, IpFilterLayer, IpRules, JsonLinesSink, Lifecycle, PublicPaths, Requirement,
-    ScopePolicy, SqliteStore, TokenHasher, TokenSpec, UsageTracker, load_pepper,
+    Expiry, Gate, IpFilterLayer, IpRules, JsonLinesSink, Lifecycle, PublicPaths, RateQuota,
+    Requirement, ScopePolicy, SqliteStore, TokenHasher, TokenSpec, UsageTracker, load_pepper,
 };
 
 /// A notes API protected by tokengate.
@@ -56,6 +57,14 @@ struct Args {
     /// These client networks may not call (CIDR, repeatable; wins over --allow-ip).
     #[arg(long = "deny-ip")]
     deny_ips: Vec<String>,
+    /// Requests per second allowed per client address before authentication
+    /// (bursts of twice that).
+    #[arg(long, default_value_t = 100)]
+    pre_auth_rate: u32,
+    /// Serve the same routes without tokengate: only for the end-to-end
+    /// benchmark (`benches/e2e.sh`), which compares both.
+    #[arg(long, hide = true)]
+    no_gate: bool,
 }
 
 #[derive(Clone, Default)]
@@ -178,15 +187,20 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ClientIpLayer::trusted_proxies(&args.trusted_proxies)?
             .peer_source(tokengate::axum::peer_addr),
     )
-    .ip_filter(IpFilterLayer::new(ip_rules));
+    .ip_filter(IpFilterLayer::new(ip_rules))
+    .pre_auth_quota(per_second(args.pre_auth_rate)?);
 
-    let app = Router::new()
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/notes", get(list).post(create))
         .route("/notes/{id}", delete(remove))
         .route("/whoami", get(whoami))
-        .with_state(Notes::default())
-        .layer(gate);
+        .with_state(Notes::default());
+    let app = if args.no_gate {
+        routes
+    } else {
+        routes.layer(gate)
+    };
 
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("axum-notes listening on http://{}", listener.local_addr()?);
@@ -208,6 +222,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         args.audit_log.display()
     );
     Ok(())
+}
+
+fn per_second(rate: u32) -> Result<RateQuota, Box<dyn std::error::Error>> {
+    let count = NonZeroU32::new(rate).ok_or("--pre-auth-rate must be at least 1")?;
+    let burst = count.saturating_mul(NonZeroU32::MIN.saturating_add(1));
+    Ok(RateQuota::new(count, Duration::from_secs(1), burst)?)
 }
 
 async fn demo_token(
