@@ -11,25 +11,10 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokengate_core::{Denial, RequestTrail};
 
-use crate::event::{AuditEvent, Decision, Ending};
+use crate::event::Ending;
+use crate::layer::FieldLimits;
+use crate::record::{AuditRecord, Raw, RawHead};
 use crate::sink::AuditSink;
-
-/// The request-side fields of a record.
-#[derive(Debug)]
-pub(crate) struct Head {
-    pub(crate) request_id: String,
-    pub(crate) method: String,
-    pub(crate) path: String,
-    pub(crate) query: Option<String>,
-    pub(crate) rpc_service: Option<String>,
-    pub(crate) rpc_method: Option<String>,
-    pub(crate) user_agent: Option<String>,
-    pub(crate) truncated: Vec<&'static str>,
-}
-
-/// Status assumed when the client left before any response was made (the
-/// "client closed request" convention).
-pub const CLIENT_CLOSED: u16 = 499;
 
 /// Holds one request's record until the exchange ends, and emits it
 /// exactly once: when finished explicitly, or as cancelled when dropped.
@@ -39,8 +24,9 @@ pub(crate) struct Recorder<K: AuditSink> {
 }
 
 struct Pending {
-    head: Head,
+    head: RawHead,
     trail: RequestTrail,
+    limits: FieldLimits,
     timestamp: SystemTime,
     start: Instant,
     status: Option<u16>,
@@ -52,7 +38,8 @@ struct Pending {
 impl<K: AuditSink> Recorder<K> {
     pub(crate) fn new(
         sink: Arc<K>,
-        head: Head,
+        head: RawHead,
+        limits: FieldLimits,
         trail: RequestTrail,
         timestamp: SystemTime,
         start: Instant,
@@ -62,6 +49,7 @@ impl<K: AuditSink> Recorder<K> {
             pending: Some(Pending {
                 head,
                 trail,
+                limits,
                 timestamp,
                 start,
                 status: None,
@@ -93,7 +81,7 @@ impl<K: AuditSink> Recorder<K> {
 
     fn finish(&mut self, ending: Ending) {
         if let Some(pending) = self.pending.take() {
-            self.sink.record(pending.into_event(ending));
+            self.sink.record(pending.into_record(ending));
         }
     }
 }
@@ -113,47 +101,18 @@ impl<K: AuditSink> fmt::Debug for Recorder<K> {
 }
 
 impl Pending {
-    fn into_event(self, ending: Ending) -> AuditEvent {
-        let trail_reason = self.trail.denial().map(Denial::reason);
-        let reason = self.reason.or(trail_reason);
-        let principal = self.trail.principal();
-        let Head {
-            request_id,
-            method,
-            path,
-            query,
-            rpc_service,
-            rpc_method,
-            user_agent,
-            truncated,
-        } = self.head;
-        AuditEvent {
-            timestamp: self.timestamp,
-            request_id,
-            client_address: self.trail.client_ip().map(|ip| ip.to_string()),
-            method,
-            path,
-            query,
-            rpc_service,
-            rpc_method,
-            token_id: principal.map(|p| p.token_id().to_string()),
-            subject: principal.map(|p| p.subject().to_owned()),
-            decision: if reason.is_some() {
-                Decision::Deny
-            } else {
-                Decision::Allow
-            },
-            reason: reason.map(str::to_owned),
-            status: match ending {
-                Ending::ServiceError => 500,
-                _ => self.status.unwrap_or(CLIENT_CLOSED),
-            },
-            grpc_status: self.grpc_status,
+    fn into_record(self, ending: Ending) -> AuditRecord {
+        AuditRecord::new(Raw {
             latency: self.latency.unwrap_or_else(|| self.start.elapsed()),
+            head: self.head,
+            trail: self.trail,
+            timestamp: self.timestamp,
+            status: self.status,
+            grpc_status: self.grpc_status,
+            reason: self.reason,
             ending,
-            user_agent,
-            truncated,
-        }
+            limits: self.limits,
+        })
     }
 }
 

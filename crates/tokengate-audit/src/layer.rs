@@ -3,12 +3,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use tokengate_core::{RequestTrail, is_grpc};
 use tower::{Layer, Service};
 
-use crate::event::{clean, redact_query};
-use crate::future::{Head, Recorder, ResponseFuture};
+use crate::future::{Recorder, ResponseFuture};
+use crate::record::{RawHead, RequestId};
 use crate::sink::AuditSink;
 
 const REQUEST_ID: &str = "x-request-id";
@@ -131,73 +131,34 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
         let timestamp = SystemTime::now();
-        let head = head(&mut request, &self.layer.limits);
+        let head = head(&request, &self.layer.limits);
         let trail = RequestTrail::new();
         request.extensions_mut().insert(trail.clone());
-        let recorder = Recorder::new(Arc::clone(&self.layer.sink), head, trail, timestamp, start);
+        let recorder = Recorder::new(
+            Arc::clone(&self.layer.sink),
+            head,
+            self.layer.limits,
+            trail,
+            timestamp,
+            start,
+        );
         ResponseFuture::new(self.inner.call(request), recorder)
     }
 }
 
-/// What the record keeps of the request, cleaned and bounded. A missing or
-/// unusable `x-request-id` is generated and set on the request, so the
-/// handler sees the same id.
-fn head<B>(request: &mut Request<B>, limits: &FieldLimits) -> Head {
-    let mut truncated = Vec::new();
-    let given = request
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| {
-            !id.is_empty()
-                && id.len() <= limits.request_id
-                && id.bytes().all(|b| b.is_ascii_graphic())
-        })
-        .map(str::to_owned);
-    let request_id = given.unwrap_or_else(|| {
-        let id = format!("{:032x}", rand::random::<u128>());
-        if let Ok(value) = HeaderValue::from_str(&id) {
-            request.headers_mut().insert(REQUEST_ID, value);
-        }
-        id
+/// What the record keeps of the request: reference-counted clones only.
+/// Cleaning and bounding happen when the record is turned into an event.
+fn head<B>(request: &Request<B>, limits: &FieldLimits) -> RawHead {
+    let given = request.headers().get(REQUEST_ID).filter(|id| {
+        !id.is_empty()
+            && id.len() <= limits.request_id
+            && id.as_bytes().iter().all(u8::is_ascii_graphic)
     });
-    let uri = request.uri();
-    let path = clean(uri.path(), limits.path, "url.path", &mut truncated);
-    let query = uri
-        .query()
-        .map(|q| redact_query(q, limits.query, &mut truncated));
-    let (rpc_service, rpc_method) = if is_grpc(request.headers()) {
-        match uri.path().strip_prefix('/').and_then(|p| p.split_once('/')) {
-            Some((service, method)) => (
-                Some(clean(service, limits.path, "rpc.service", &mut truncated)),
-                Some(clean(method, limits.path, "rpc.method", &mut truncated)),
-            ),
-            None => (None, None),
-        }
-    } else {
-        (None, None)
-    };
-    let user_agent = request.headers().get(http::header::USER_AGENT).map(|v| {
-        clean(
-            &String::from_utf8_lossy(v.as_bytes()),
-            limits.user_agent,
-            "user_agent.original",
-            &mut truncated,
-        )
-    });
-    Head {
-        request_id,
-        method: clean(
-            request.method().as_str(),
-            32,
-            "http.request.method",
-            &mut truncated,
-        ),
-        path,
-        query,
-        rpc_service,
-        rpc_method,
-        user_agent,
-        truncated,
+    RawHead {
+        method: request.method().clone(),
+        uri: request.uri().clone(),
+        user_agent: request.headers().get(http::header::USER_AGENT).cloned(),
+        request_id: given.map_or_else(RequestId::generate, |id| RequestId::Given(id.clone())),
+        grpc: is_grpc(request.headers()),
     }
 }

@@ -66,11 +66,13 @@ pub mod chain;
 mod event;
 mod future;
 mod layer;
+mod record;
 mod sink;
 
 pub use event::{AuditEvent, Decision, Ending, clean};
-pub use future::{AuditBody, CLIENT_CLOSED, ResponseFuture};
+pub use future::{AuditBody, ResponseFuture};
 pub use layer::{Audit, AuditLayer, FieldLimits};
+pub use record::{AuditRecord, CLIENT_CLOSED};
 pub use sink::{AuditSink, JsonLinesSink, JsonLinesSinkBuilder, Overflow, SinkStats, TracingSink};
 
 #[cfg(test)]

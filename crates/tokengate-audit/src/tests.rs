@@ -21,8 +21,8 @@ use super::*;
 struct Memory(Arc<Mutex<Vec<AuditEvent>>>);
 
 impl AuditSink for Memory {
-    fn record(&self, event: AuditEvent) {
-        self.0.lock().unwrap().push(event);
+    fn record(&self, record: AuditRecord) {
+        self.0.lock().unwrap().push(record.event());
     }
 }
 
@@ -295,7 +295,13 @@ async fn queries_are_redacted_and_request_ids_kept_or_made() {
     bad.headers_mut()
         .insert("x-request-id", "has space".parse().unwrap());
     let records = exchange(Behaviour::Ok, bad).await;
-    assert_eq!(records[0].request_id.len(), 32);
+    let generated = &records[0].request_id;
+    assert!(
+        generated.len() > 9 && generated.as_bytes()[8] == b'-',
+        "{generated}"
+    );
+    let again = exchange(Behaviour::Ok, Request::get("/").body(()).unwrap()).await;
+    assert_ne!(&again[0].request_id, generated, "generated ids are unique");
 }
 
 /// A writer that blocks every write until opened.
@@ -336,27 +342,8 @@ impl Write for Gate {
     }
 }
 
-fn event() -> AuditEvent {
-    AuditEvent {
-        timestamp: std::time::SystemTime::UNIX_EPOCH,
-        request_id: "r".into(),
-        client_address: None,
-        method: "GET".into(),
-        path: "/".into(),
-        query: None,
-        rpc_service: None,
-        rpc_method: None,
-        token_id: None,
-        subject: None,
-        decision: Decision::Allow,
-        reason: None,
-        status: 200,
-        grpc_status: None,
-        latency: std::time::Duration::ZERO,
-        ending: Ending::Completed,
-        user_agent: None,
-        truncated: vec![],
-    }
+fn event() -> AuditRecord {
+    AuditRecord::sample()
 }
 
 #[test]

@@ -126,8 +126,9 @@ pub use tokengate_ipfilter::{
 
 #[cfg(feature = "audit")]
 pub use tokengate_audit::{
-    Audit, AuditBody, AuditEvent, AuditLayer, AuditSink, Decision, Ending, FieldLimits,
-    JsonLinesSink, JsonLinesSinkBuilder, Overflow, SinkStats, TracingSink, chain as audit_chain,
+    Audit, AuditBody, AuditEvent, AuditLayer, AuditRecord, AuditSink, Decision, Ending,
+    FieldLimits, JsonLinesSink, JsonLinesSinkBuilder, Overflow, SinkStats, TracingSink,
+    chain as audit_chain,
 };
 
 #[cfg(feature = "sqlite")]

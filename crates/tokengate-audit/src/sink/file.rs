@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounde
 use super::AuditSink;
 use crate::chain;
 use crate::event::AuditEvent;
+use crate::record::AuditRecord;
 
 /// What a full queue does to the request that wants to record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +159,7 @@ struct Counters {
 }
 
 enum Message {
-    Record(Box<AuditEvent>),
+    Record(AuditRecord),
     Flush(Sender<()>),
     Shutdown,
 }
@@ -237,9 +238,9 @@ impl Drop for Shared {
 }
 
 impl AuditSink for JsonLinesSink {
-    fn record(&self, event: AuditEvent) {
+    fn record(&self, record: AuditRecord) {
         let shared = &*self.shared;
-        let message = Message::Record(Box::new(event));
+        let message = Message::Record(record);
         let lost = match shared.overflow {
             Overflow::Block => shared
                 .sender
@@ -270,7 +271,7 @@ impl Writer {
     fn run(mut self) {
         loop {
             match self.receiver.recv_timeout(self.flush_every) {
-                Ok(Message::Record(event)) => self.write(&event),
+                Ok(Message::Record(record)) => self.write(&record.event()),
                 Ok(Message::Flush(ack)) => {
                     self.flush();
                     let _ = ack.send(());
@@ -281,8 +282,8 @@ impl Writer {
         }
         // Whatever was queued before the shutdown is still written.
         while let Ok(message) = self.receiver.try_recv() {
-            if let Message::Record(event) = message {
-                self.write(&event);
+            if let Message::Record(record) = message {
+                self.write(&record.event());
             }
         }
         self.flush();

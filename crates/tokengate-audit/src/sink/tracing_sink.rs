@@ -1,7 +1,8 @@
 use tracing::Level;
 
 use super::AuditSink;
-use crate::event::{AuditEvent, Decision};
+use crate::event::Decision;
+use crate::record::AuditRecord;
 
 /// Emits each record as a structured `tracing` event (target
 /// `tokengate::audit`): `INFO` for allowed requests, `WARN` for denials.
@@ -10,7 +11,8 @@ use crate::event::{AuditEvent, Decision};
 pub struct TracingSink;
 
 impl AuditSink for TracingSink {
-    fn record(&self, e: AuditEvent) {
+    fn record(&self, record: AuditRecord) {
+        let e = record.event();
         macro_rules! emit {
             ($level:expr) => {
                 tracing::event!(
