@@ -47,6 +47,23 @@ impl IpRules {
         })
     }
 
+    /// The rules command-line flags describe: an allowlist when `allow`
+    /// names any network, otherwise a deny list.
+    pub fn from_lists<A, D>(allow: A, deny: D) -> Result<Self, CidrError>
+    where
+        A: IntoIterator,
+        A::Item: AsRef<str>,
+        D: IntoIterator,
+        D::Item: AsRef<str>,
+    {
+        let allow: Vec<A::Item> = allow.into_iter().collect();
+        if allow.is_empty() {
+            Self::deny_list(deny)
+        } else {
+            Self::allow_list(allow, deny)
+        }
+    }
+
     /// Why `addr` is refused, if it is.
     pub fn check(&self, addr: IpAddr) -> Result<(), IpReason> {
         if self.deny.contains(addr) {

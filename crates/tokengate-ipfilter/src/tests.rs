@@ -236,3 +236,13 @@ fn invalid_cidrs_fail_at_construction_naming_them() {
     let err = IpRules::allow_list(["nope"], Vec::<&str>::new()).unwrap_err();
     assert!(err.to_string().contains("\"nope\""), "{err}");
 }
+
+#[test]
+fn rules_from_flag_lists_choose_allow_or_deny_mode() {
+    let deny_only = IpRules::from_lists(Vec::<&str>::new(), ["192.0.2.0/24"]).unwrap();
+    assert_eq!(deny_only.check(ip("192.0.2.1")), Err(IpReason::Denied));
+    assert_eq!(deny_only.check(ip("198.51.100.1")), Ok(()));
+    let allow = IpRules::from_lists(["198.51.100.0/24"], Vec::<&str>::new()).unwrap();
+    assert_eq!(allow.check(ip("192.0.2.1")), Err(IpReason::NotAllowed));
+    assert_eq!(allow.check(ip("198.51.100.1")), Ok(()));
+}

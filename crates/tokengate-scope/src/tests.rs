@@ -1,32 +1,15 @@
 use std::convert::Infallible;
-use std::time::SystemTime;
 
 use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
-use tokengate_core::{
-    Denial, KeyId, Principal, RequestTrail, ScopeRules, TokenHash, TokenId, TokenRecord,
-};
+use tokengate_core::testing::record;
+use tokengate_core::{Denial, Principal, RequestTrail, ScopeRules};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 use super::*;
 
 fn principal(scopes: &str) -> Principal {
-    Principal::from_record(&TokenRecord {
-        id: TokenId::generate(),
-        hash: TokenHash::from_parts(KeyId::new(1), [0; 32]),
-        name: "t".into(),
-        subject: "alice".into(),
-        scopes: scopes.parse().unwrap(),
-        audiences: vec!["notes".parse().unwrap()],
-        created_at: SystemTime::now(),
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
-        allowed_networks: vec![],
-        rate_quota: None,
-        rotated_from: None,
-        metadata: Default::default(),
-    })
+    Principal::from_record(&record("alice", scopes))
 }
 
 fn handler() -> impl Service<Request<()>, Response = Response<()>, Error = Infallible> + Clone {

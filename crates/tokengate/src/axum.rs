@@ -83,34 +83,16 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Authenticated {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
     use axum::Router;
     use axum::body::Body;
     use axum::routing::get;
     use http::{Request, StatusCode};
-    use tokengate_core::{KeyId, TokenHash, TokenId, TokenRecord};
     use tower::ServiceExt;
 
     use super::*;
 
     fn principal() -> Principal {
-        Principal::from_record(&TokenRecord {
-            id: TokenId::generate(),
-            hash: TokenHash::from_parts(KeyId::new(1), [0; 32]),
-            name: "t".into(),
-            subject: "alice".into(),
-            scopes: "notes:read".parse().unwrap(),
-            audiences: vec![],
-            created_at: SystemTime::now(),
-            expires_at: None,
-            revoked_at: None,
-            last_used_at: None,
-            allowed_networks: vec![],
-            rate_quota: None,
-            rotated_from: None,
-            metadata: Default::default(),
-        })
+        Principal::from_record(&tokengate_core::testing::record("alice", "notes:read"))
     }
 
     fn app() -> Router {

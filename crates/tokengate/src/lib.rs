@@ -11,7 +11,7 @@
 //! | `ipfilter` (default) | [`ClientIpLayer`], [`IpFilterLayer`], [`IpRules`] |
 //! | `audit` (default) | [`AuditLayer`], [`JsonLinesSink`], [`TracingSink`], [`audit_chain`] |
 //! | `gate` (default: all five layers) | [`Gate`]: the layers in their one right order |
-//! | `sqlite` | `SqliteStore`, `load_pepper`: the embedded default store |
+//! | `sqlite` | `SqliteStore`, `load_pepper`: the embedded default store; with `gate`, `Embedded` assembles a single-machine deployment |
 //! | `full` | everything above |
 //! | `axum` | `axum::Authenticated`: the principal as an extractor |
 //! | `tonic` | `tonic::PrincipalExt`: the principal from a `tonic::Request` |
@@ -133,6 +133,11 @@ pub use tokengate_audit::{
 
 #[cfg(feature = "sqlite")]
 pub use tokengate_sqlite::{OpenError, PEPPER_ENV, SqliteStore, load_pepper, pepper_path};
+
+#[cfg(all(feature = "sqlite", feature = "gate"))]
+mod embedded;
+#[cfg(all(feature = "sqlite", feature = "gate"))]
+pub use embedded::{Embedded, SetupError};
 
 #[cfg(feature = "gate")]
 mod gate;

@@ -27,9 +27,8 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tokengate::axum::Authenticated;
 use tokengate::{
-    AuditLayer, AuthenticateLayer, CacheConfig, CachedStore, ClientIpLayer, EnforceScopeLayer,
-    Expiry, Gate, IpFilterLayer, IpRules, JsonLinesSink, Lifecycle, PublicPaths, RateQuota,
-    Requirement, ScopePolicy, SqliteStore, TokenHasher, TokenSpec, UsageTracker, load_pepper,
+    AuditLayer, ClientIpLayer, Embedded, EnforceScopeLayer, Expiry, Gate, IpFilterLayer, IpRules,
+    IssuedToken, PublicPaths, RateQuota, Requirement, ScopePolicy, TokenSpec,
 };
 
 /// A notes API protected by tokengate.
@@ -128,7 +127,7 @@ async fn whoami(Authenticated(caller): Authenticated) -> Json<serde_json::Value>
     }))
 }
 
-fn policy() -> Result<ScopePolicy, Box<dyn std::error::Error>> {
+fn policy() -> Result<ScopePolicy, tokengate::SetupError> {
     use axum::http::Method;
     Ok(ScopePolicy::builder()
         .route([Method::GET], "/healthz", Requirement::Public)
@@ -158,36 +157,26 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let store = SqliteStore::open(&args.db)?;
-    let hasher = TokenHasher::new(load_pepper(&args.db)?);
-    let cache = CachedStore::new(store.clone(), CacheConfig::default());
-    let feed = store.follow(cache.clone(), Duration::from_millis(250));
-    let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
-    if lifecycle.list().await?.is_empty() {
-        demo_token(&lifecycle, &args).await?;
+async fn run(args: Args) -> Result<(), tokengate::SetupError> {
+    let embedded = Embedded::open(&args.db, &args.audit_log)?;
+    if let Some(demo) = embedded.issue_if_empty(demo_spec(&args)?).await? {
+        print_demo(&demo, &args);
     }
-
-    let usage = UsageTracker::new(100_000);
-    let flusher = usage.spawn_flusher(store.clone(), Duration::from_secs(5));
-    let audit = JsonLinesSink::open(&args.audit_log)?;
-    let ip_rules = if args.allow_ips.is_empty() {
-        IpRules::deny_list(&args.deny_ips)?
-    } else {
-        IpRules::allow_list(&args.allow_ips, &args.deny_ips)?
-    };
     let gate = Gate::new(
-        AuthenticateLayer::new(cache, hasher, args.audience.parse()?)
-            .public(PublicPaths::new().exact("/healthz"))
-            .usage(usage.clone()),
+        embedded
+            .authenticate(args.audience.parse()?)
+            .public(PublicPaths::new().exact("/healthz")),
         EnforceScopeLayer::new(policy()?),
     )
-    .audit(AuditLayer::new(audit.clone()))
+    .audit(AuditLayer::new(embedded.audit.clone()))
     .client_ip(
         ClientIpLayer::trusted_proxies(&args.trusted_proxies)?
             .peer_source(tokengate::axum::peer_addr),
     )
-    .ip_filter(IpFilterLayer::new(ip_rules))
+    .ip_filter(IpFilterLayer::new(IpRules::from_lists(
+        &args.allow_ips,
+        &args.deny_ips,
+    )?))
     .pre_auth_quota(per_second(args.pre_auth_rate)?);
 
     let routes = Router::new()
@@ -213,10 +202,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
 
-    feed.abort();
-    flusher.abort();
-    usage.flush(&store).await;
-    audit.shutdown();
+    embedded.shutdown().await;
     println!(
         "axum-notes stopped; audit log flushed to {}",
         args.audit_log.display()
@@ -224,24 +210,22 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn per_second(rate: u32) -> Result<RateQuota, Box<dyn std::error::Error>> {
+fn per_second(rate: u32) -> Result<RateQuota, tokengate::SetupError> {
     let count = NonZeroU32::new(rate).ok_or("--pre-auth-rate must be at least 1")?;
     let burst = count.saturating_mul(NonZeroU32::MIN.saturating_add(1));
     Ok(RateQuota::new(count, Duration::from_secs(1), burst)?)
 }
 
-async fn demo_token(
-    lifecycle: &Lifecycle<CachedStore<SqliteStore>>,
-    args: &Args,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let issued = lifecycle
-        .issue(
-            TokenSpec::new("demo", "demo-user")
-                .scopes(["notes:read".parse()?, "notes:write".parse()?])
-                .audiences([args.audience.parse()?])
-                .expiry(Expiry::After(Duration::from_secs(24 * 3600))),
-        )
-        .await?;
+/// The demo token of a first start: notes:read notes:write for this
+/// audience, valid 24 h.
+fn demo_spec(args: &Args) -> Result<TokenSpec, tokengate::SetupError> {
+    Ok(TokenSpec::new("demo", "demo-user")
+        .scopes(["notes:read".parse()?, "notes:write".parse()?])
+        .audiences([args.audience.parse()?])
+        .expiry(Expiry::After(Duration::from_secs(24 * 3600))))
+}
+
+fn print_demo(issued: &IssuedToken, args: &Args) {
     let base = format!("http://{}", args.listen);
     let db = args.db.display();
     println!(
@@ -257,5 +241,4 @@ async fn demo_token(
         args.audience,
         issued.record.id,
     );
-    Ok(())
 }

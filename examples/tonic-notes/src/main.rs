@@ -20,9 +20,8 @@ use std::time::Duration;
 use clap::Parser;
 use tokengate::tonic::PrincipalExt;
 use tokengate::{
-    AuditLayer, AuthenticateLayer, CacheConfig, CachedStore, ClientIpLayer, EnforceScopeLayer,
-    Expiry, Gate, IpFilterLayer, IpRules, JsonLinesSink, Lifecycle, PublicPaths, Requirement,
-    ScopePolicy, SqliteStore, TokenHasher, TokenSpec, UsageTracker, load_pepper,
+    AuditLayer, ClientIpLayer, Embedded, EnforceScopeLayer, Expiry, Gate, IpFilterLayer, IpRules,
+    IssuedToken, PublicPaths, Requirement, ScopePolicy, TokenSpec,
 };
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -99,7 +98,7 @@ impl Notes for NotesService {
     }
 }
 
-fn policy() -> Result<ScopePolicy, Box<dyn std::error::Error>> {
+fn policy() -> Result<ScopePolicy, tokengate::SetupError> {
     Ok(ScopePolicy::builder()
         .grpc_method(
             "/notes.v1.Notes/ListNotes",
@@ -124,36 +123,26 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let store = SqliteStore::open(&args.db)?;
-    let hasher = TokenHasher::new(load_pepper(&args.db)?);
-    let cache = CachedStore::new(store.clone(), CacheConfig::default());
-    let feed = store.follow(cache.clone(), Duration::from_millis(250));
-    let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
-    if lifecycle.list().await?.is_empty() {
-        demo_token(&lifecycle, &args).await?;
+async fn run(args: Args) -> Result<(), tokengate::SetupError> {
+    let embedded = Embedded::open(&args.db, &args.audit_log)?;
+    if let Some(demo) = embedded.issue_if_empty(demo_spec(&args)?).await? {
+        print_demo(&demo, &args);
     }
-
-    let usage = UsageTracker::new(100_000);
-    let flusher = usage.spawn_flusher(store.clone(), Duration::from_secs(5));
-    let audit = JsonLinesSink::open(&args.audit_log)?;
-    let ip_rules = if args.allow_ips.is_empty() {
-        IpRules::deny_list(&args.deny_ips)?
-    } else {
-        IpRules::allow_list(&args.allow_ips, &args.deny_ips)?
-    };
     let gate = Gate::new(
-        AuthenticateLayer::new(cache, hasher, args.audience.parse()?)
-            .public(PublicPaths::new().grpc_health())
-            .usage(usage.clone()),
+        embedded
+            .authenticate(args.audience.parse()?)
+            .public(PublicPaths::new().grpc_health()),
         EnforceScopeLayer::new(policy()?),
     )
-    .audit(AuditLayer::new(audit.clone()))
+    .audit(AuditLayer::new(embedded.audit.clone()))
     .client_ip(
         ClientIpLayer::trusted_proxies(&args.trusted_proxies)?
             .peer_source(tokengate::tonic::peer_addr),
     )
-    .ip_filter(IpFilterLayer::new(ip_rules));
+    .ip_filter(IpFilterLayer::new(IpRules::from_lists(
+        &args.allow_ips,
+        &args.deny_ips,
+    )?));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -171,10 +160,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
 
-    feed.abort();
-    flusher.abort();
-    usage.flush(&store).await;
-    audit.shutdown();
+    embedded.shutdown().await;
     println!(
         "tonic-notes stopped; audit log flushed to {}",
         args.audit_log.display()
@@ -182,18 +168,16 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn demo_token(
-    lifecycle: &Lifecycle<CachedStore<SqliteStore>>,
-    args: &Args,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let issued = lifecycle
-        .issue(
-            TokenSpec::new("demo", "demo-user")
-                .scopes(["notes:read".parse()?, "notes:write".parse()?])
-                .audiences([args.audience.parse()?])
-                .expiry(Expiry::After(Duration::from_secs(24 * 3600))),
-        )
-        .await?;
+/// The demo token of a first start: notes:read notes:write for this
+/// audience, valid 24 h.
+fn demo_spec(args: &Args) -> Result<TokenSpec, tokengate::SetupError> {
+    Ok(TokenSpec::new("demo", "demo-user")
+        .scopes(["notes:read".parse()?, "notes:write".parse()?])
+        .audiences([args.audience.parse()?])
+        .expiry(Expiry::After(Duration::from_secs(24 * 3600))))
+}
+
+fn print_demo(issued: &IssuedToken, args: &Args) {
     println!(
         "\nThe token store was empty, so here is a demo token (notes:read notes:write, \
          audience {}, valid 24 h). It is shown once:\n\n  export TOKEN={}\n\n\
@@ -206,5 +190,4 @@ async fn demo_token(
         args.db.display(),
         issued.record.id,
     );
-    Ok(())
 }

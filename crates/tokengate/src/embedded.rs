@@ -1,0 +1,100 @@
+//! The embedded default deployment, assembled.
+
+use std::error::Error;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use tokengate_audit::JsonLinesSink;
+use tokengate_authenticate::{AuthenticateLayer, UsageTracker};
+use tokengate_core::{
+    Audience, CacheConfig, CachedStore, IssuedToken, Lifecycle, TokenHasher, TokenSpec,
+};
+use tokengate_sqlite::{SqliteStore, load_pepper};
+use tokio::task::JoinHandle;
+
+/// A boxed error for setup failures (each names what failed).
+pub type SetupError = Box<dyn Error + Send + Sync>;
+
+/// What a single-machine deployment runs on: the SQLite token store and
+/// its pepper, a verifying cache that follows the store's change feed
+/// (revocations by the CLI reach it within 250 ms), the lifecycle over the
+/// cache, a write-behind `last_used_at` tracker, and a JSON-lines audit
+/// file. [`Embedded::shutdown`] stops the background tasks and flushes.
+pub struct Embedded {
+    /// The token store.
+    pub store: SqliteStore,
+    /// The verifying cache in front of it.
+    pub cache: CachedStore<SqliteStore>,
+    /// The hasher under the database's pepper.
+    pub hasher: TokenHasher,
+    /// Issue, rotate and revoke through the cache.
+    pub lifecycle: Lifecycle<CachedStore<SqliteStore>>,
+    /// `last_used_at`, written behind every 5 s.
+    pub usage: UsageTracker,
+    /// The audit file.
+    pub audit: JsonLinesSink,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Embedded")
+            .field("store", &self.store)
+            .field("audit", &self.audit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Embedded {
+    /// Opens the database at `db` (and its pepper) and the audit file at
+    /// `audit_log`, and starts the change-feed follower and the usage
+    /// flusher on the current tokio runtime.
+    pub fn open(db: &Path, audit_log: &Path) -> Result<Self, SetupError> {
+        let store = SqliteStore::open(db)?;
+        let hasher = TokenHasher::new(load_pepper(db)?);
+        let cache = CachedStore::new(store.clone(), CacheConfig::default());
+        let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
+        let usage = UsageTracker::new(100_000);
+        let audit = JsonLinesSink::open(audit_log)
+            .map_err(|e| format!("cannot open audit log {}: {e}", audit_log.display()))?;
+        let tasks = vec![
+            store.follow(cache.clone(), Duration::from_millis(250)),
+            usage.spawn_flusher(store.clone(), Duration::from_secs(5)),
+        ];
+        Ok(Self {
+            store,
+            cache,
+            hasher,
+            lifecycle,
+            usage,
+            audit,
+            tasks,
+        })
+    }
+
+    /// An authenticate layer for `audience` over this store, recording usage.
+    pub fn authenticate(&self, audience: Audience) -> AuthenticateLayer<SqliteStore> {
+        AuthenticateLayer::new(self.cache.clone(), self.hasher.clone(), audience)
+            .usage(self.usage.clone())
+    }
+
+    /// Issues `spec` if the store holds no token at all (a first start);
+    /// the token is in the result, to show once.
+    pub async fn issue_if_empty(&self, spec: TokenSpec) -> Result<Option<IssuedToken>, SetupError> {
+        if !self.lifecycle.list().await?.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.lifecycle.issue(spec).await?))
+    }
+
+    /// Stops the background tasks, writes pending usage and flushes the
+    /// audit file.
+    pub async fn shutdown(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.usage.flush(&self.store).await;
+        self.audit.shutdown();
+    }
+}
