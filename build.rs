@@ -2,13 +2,14 @@
 //! from the `protoc-bin-vendored` crate, so nothing is installed by hand.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=tests/proto/notes.proto");
+    // The tonic tests speak the tonic-notes example's protocol.
+    println!("cargo:rerun-if-changed=examples/tonic-notes/proto/notes.proto");
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure().compile_with_config(
         config,
-        &["tests/proto/notes.proto"],
-        &["tests/proto"],
+        &["examples/tonic-notes/proto/notes.proto"],
+        &["examples/tonic-notes/proto"],
     )?;
     Ok(())
 }

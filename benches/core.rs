@@ -7,7 +7,7 @@
 //! Run: `cargo bench --bench core`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sha2::{Digest, Sha256};
 use tokengate_core::{
-    CacheConfig, CachedStore, KeyId, MemoryStore, Pepper, ScopeSet, TokenAdmin, TokenFormat,
-    TokenHash, TokenHasher, TokenId, TokenRecord,
+    CacheConfig, CachedStore, KeyId, MemoryStore, Pepper, TokenAdmin, TokenFormat, TokenHash,
+    TokenHasher, TokenRecord,
 };
 use tokengate_tests::ready_now;
 
@@ -36,24 +36,14 @@ fn tokens(c: &mut Criterion) {
     group.finish();
 }
 
+/// A cached-token record numbered `i`: its hash is SHA-256 of `i`, so the
+/// benches can look it up without issuing a token.
 fn record(i: u64) -> TokenRecord {
-    let digest: [u8; 32] = Sha256::digest(i.to_le_bytes()).into();
-    TokenRecord {
-        id: TokenId::generate(),
-        hash: TokenHash::from_parts(KeyId::new(1), digest),
-        name: "bench".into(),
-        subject: format!("owner-{}", i % 1000),
-        scopes: "notes:read notes:write".parse::<ScopeSet>().unwrap(),
-        audiences: vec!["notes".parse().unwrap()],
-        created_at: SystemTime::now(),
-        expires_at: Some(SystemTime::now() + Duration::from_secs(86_400)),
-        revoked_at: None,
-        last_used_at: None,
-        allowed_networks: Vec::new(),
-        rate_quota: None,
-        rotated_from: None,
-        metadata: BTreeMap::new(),
-    }
+    let mut record =
+        tokengate_core::testing::record(&format!("owner-{}", i % 1000), "notes:read notes:write");
+    record.hash = TokenHash::from_parts(KeyId::new(1), Sha256::digest(i.to_le_bytes()).into());
+    record.expires_at = Some(SystemTime::now() + Duration::from_secs(86_400));
+    record
 }
 
 fn cache_hits(c: &mut Criterion) {

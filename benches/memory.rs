@@ -11,14 +11,12 @@
     clippy::cast_precision_loss
 )]
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tokengate::{
-    CacheConfig, CachedStore, KeyId, MemoryStore, RateQuota, TokenAdmin, TokenHash, TokenId,
-    TokenRecord,
+    CacheConfig, CachedStore, KeyId, MemoryStore, RateQuota, TokenAdmin, TokenHash, TokenRecord,
 };
 use tokengate_rate::gcra::Gcra;
 use tokengate_rate::{Check, MemoryRateState, RateKey};
@@ -37,24 +35,14 @@ fn rss() -> u64 {
     kb * 1024
 }
 
-fn record(i: u32) -> TokenRecord {
-    let digest: [u8; 32] = Sha256::digest(i.to_le_bytes()).into();
-    TokenRecord {
-        id: TokenId::generate(),
-        hash: TokenHash::from_parts(KeyId::new(1), digest),
-        name: "bench".into(),
-        subject: format!("owner-{}", i % 1000),
-        scopes: "notes:read notes:write".parse().unwrap(),
-        audiences: vec!["notes".parse().unwrap()],
-        created_at: SystemTime::now(),
-        expires_at: Some(SystemTime::now() + Duration::from_secs(86_400)),
-        revoked_at: None,
-        last_used_at: None,
-        allowed_networks: Vec::new(),
-        rate_quota: None,
-        rotated_from: None,
-        metadata: BTreeMap::new(),
-    }
+/// A cached-token record numbered `i`: its hash is SHA-256 of `i`, so the
+/// benches can look it up without issuing a token.
+fn record(i: u64) -> TokenRecord {
+    let mut record =
+        tokengate_core::testing::record(&format!("owner-{}", i % 1000), "notes:read notes:write");
+    record.hash = TokenHash::from_parts(KeyId::new(1), Sha256::digest(i.to_le_bytes()).into());
+    record.expires_at = Some(SystemTime::now() + Duration::from_secs(86_400));
+    record
 }
 
 fn main() {
@@ -67,11 +55,16 @@ fn main() {
     let store = MemoryStore::new();
     runtime.block_on(async {
         for i in 0..ENTRIES {
-            store.insert(record(i)).await.unwrap();
+            store.insert(record(u64::from(i))).await.unwrap();
         }
     });
     let hashes: Vec<TokenHash> = (0..ENTRIES)
-        .map(|i| TokenHash::from_parts(KeyId::new(1), Sha256::digest(i.to_le_bytes()).into()))
+        .map(|i| {
+            TokenHash::from_parts(
+                KeyId::new(1),
+                Sha256::digest(u64::from(i).to_le_bytes()).into(),
+            )
+        })
         .collect();
     let cache = CachedStore::new(
         store,

@@ -1,4 +1,4 @@
-//! The gRPC test service (`tests/proto/notes.proto`) and a server for it.
+//! The gRPC test service (the tonic-notes example's `notes.proto`) and a server for it.
 
 use tokengate::tonic::PrincipalExt;
 use tonic::transport::server::TcpIncoming;
