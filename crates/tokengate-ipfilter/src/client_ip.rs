@@ -35,6 +35,7 @@ pub struct ClientIpLayer {
     config: Arc<Config>,
 }
 
+#[derive(Clone)]
 struct Config {
     trusted: IpSet,
     header: ForwardedHeader,
@@ -80,13 +81,7 @@ impl ClientIpLayer {
     }
 
     fn with(self, change: impl FnOnce(&mut Config)) -> Self {
-        let c = &*self.config;
-        let mut config = Config {
-            trusted: c.trusted.clone(),
-            header: c.header,
-            peer: Arc::clone(&c.peer),
-            renderer: c.renderer.clone(),
-        };
+        let mut config = Arc::unwrap_or_clone(self.config);
         change(&mut config);
         Self {
             config: Arc::new(config),

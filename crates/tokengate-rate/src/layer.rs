@@ -37,6 +37,7 @@ pub struct RateByTokenLayer<St = MemoryRateState> {
     pub(crate) config: Arc<Config<St>>,
 }
 
+#[derive(Clone)]
 pub(crate) struct Config<St> {
     pub(crate) limiters: Vec<Limiter>,
     pub(crate) state: St,
@@ -100,33 +101,25 @@ impl RateByTokenLayer<MemoryRateState> {
     pub fn new(limiters: impl IntoIterator<Item = Limiter>) -> Result<Self, RateConfigError> {
         let limiters: Vec<Limiter> = limiters.into_iter().collect();
         validate(&limiters)?;
-        Ok(Self {
-            config: Arc::new(Config {
-                limiters,
-                state: MemoryRateState::default(),
-                clock: SystemClock::shared(),
-                renderer: Renderer::default(),
-                cost: None,
-                success_headers: true,
-                missing_key: MissingKey::Deny,
-            }),
-        })
+        Ok(Self::with_defaults(limiters))
     }
 
     /// One limiter: `quota` per token (the token's own quota wins).
     pub fn per_token(quota: RateQuota) -> Self {
-        Self::single(Limiter::per_token(quota))
+        Self::with_defaults(vec![Limiter::per_token(quota)])
     }
 
     /// One limiter: `quota` per client address, for use before authentication.
     pub fn per_client_ip(quota: RateQuota) -> Self {
-        Self::single(Limiter::per_client_ip(quota))
+        Self::with_defaults(vec![Limiter::per_client_ip(quota)])
     }
 
-    fn single(limiter: Limiter) -> Self {
+    /// `limiters` (already valid) with in-memory state, the system clock,
+    /// default rendering, unit cost, success headers and missing keys refused.
+    fn with_defaults(limiters: Vec<Limiter>) -> Self {
         Self {
             config: Arc::new(Config {
-                limiters: vec![limiter],
+                limiters,
                 state: MemoryRateState::default(),
                 clock: SystemClock::shared(),
                 renderer: Renderer::default(),
@@ -235,20 +228,6 @@ impl<St> RateByTokenLayer<St> {
         St: Clone,
     {
         self.with(|c| c.missing_key = policy)
-    }
-}
-
-impl<St: Clone> Clone for Config<St> {
-    fn clone(&self) -> Self {
-        Self {
-            limiters: self.limiters.clone(),
-            state: self.state.clone(),
-            clock: Arc::clone(&self.clock),
-            renderer: self.renderer.clone(),
-            cost: self.cost.clone(),
-            success_headers: self.success_headers,
-            missing_key: self.missing_key,
-        }
     }
 }
 
