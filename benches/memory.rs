@@ -1,7 +1,9 @@
 //! Bytes per cached token and per rate-limiter key at 1M entries: the
 //! growth of the process's resident set (`VmRSS`, which includes allocator
 //! overhead, as a deployment pays it) while each structure is filled,
-//! divided by the entry count. Prints one line per structure.
+//! divided by the entry count. Prints one line per structure: cached
+//! tokens whose owners share grants (1,000 owners) and with a distinct grant
+//! per token, and IPv4 limiter keys.
 //!
 //! Run: `cargo bench --bench memory`.
 #![allow(
@@ -35,41 +37,36 @@ fn rss() -> u64 {
     kb * 1024
 }
 
-/// A cached-token record numbered `i`: its hash is SHA-256 of `i`, so the
-/// benches can look it up without issuing a token.
-fn record(i: u64) -> TokenRecord {
+/// A cached-token record numbered `i`, owned by one of `owners` owners:
+/// its hash is SHA-256 of `i`, so the bench can look it up without
+/// issuing a token.
+fn record(i: u64, owners: u64) -> TokenRecord {
     let mut record =
-        tokengate_core::testing::record(&format!("owner-{}", i % 1000), "notes:read notes:write");
-    record.hash = TokenHash::from_parts(KeyId::new(1), Sha256::digest(i.to_le_bytes()).into());
+        tokengate_core::testing::record(&format!("owner-{}", i % owners), "notes:read notes:write");
+    record.hash = hash(i);
     record.expires_at = Some(SystemTime::now() + Duration::from_secs(86_400));
     record
 }
 
-fn main() {
-    // Criterion's harness flags (`--bench`) are accepted and ignored.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+fn hash(i: u64) -> TokenHash {
+    TokenHash::from_parts(KeyId::new(1), Sha256::digest(i.to_le_bytes()).into())
+}
 
+/// Fills a cache with `ENTRIES` tokens of `owners` owners (every owner's
+/// tokens share their scopes); prints and returns bytes per entry.
+fn cached_token(runtime: &tokio::runtime::Runtime, owners: u64) {
     // The store's own records are the baseline: they are not the cache's cost.
     let store = MemoryStore::new();
     runtime.block_on(async {
-        for i in 0..ENTRIES {
-            store.insert(record(u64::from(i))).await.unwrap();
+        for i in 0..u64::from(ENTRIES) {
+            store.insert(record(i, owners)).await.unwrap();
         }
     });
-    let hashes: Vec<TokenHash> = (0..ENTRIES)
-        .map(|i| {
-            TokenHash::from_parts(
-                KeyId::new(1),
-                Sha256::digest(u64::from(i).to_le_bytes()).into(),
-            )
-        })
-        .collect();
+    let hashes: Vec<TokenHash> = (0..u64::from(ENTRIES)).map(hash).collect();
     let cache = CachedStore::new(
         store,
         CacheConfig::default()
-            .max_entries(u64::from(ENTRIES) + 16)
+            .max_entries(u64::from(ENTRIES))
             .ttl(Duration::from_secs(3600)),
     );
     let before = rss();
@@ -81,12 +78,15 @@ fn main() {
     let entries = cache.stats().entries;
     let cached = rss().saturating_sub(before);
     println!(
-        "cached token: {:.0} bytes each ({entries} entries, {} MiB)",
+        "cached token, {owners} owners: {:.0} bytes each ({entries} entries, {} MiB)",
         cached as f64 / entries as f64,
         cached >> 20
     );
+}
 
-    let state = MemoryRateState::new(ENTRIES as usize + 16);
+/// Fills a limiter with `ENTRIES` IPv4 keys; prints bytes per key.
+fn limiter_key() {
+    let state = MemoryRateState::new(ENTRIES as usize);
     let gcra = Gcra::new(
         RateQuota::new(
             std::num::NonZeroU32::MAX,
@@ -114,5 +114,32 @@ fn main() {
         limiter as f64 / keys as f64,
         limiter >> 20
     );
-    drop(cache);
+}
+
+/// Each measurement runs in a fresh process (this executable, with
+/// `MEMORY_PART` set), so memory freed by one is not reused by the next.
+fn main() {
+    // Criterion's harness flags (`--bench`) are accepted and ignored.
+    match std::env::var("MEMORY_PART").as_deref() {
+        Ok("shared") | Ok("distinct") | Ok("limiter") => {}
+        _ => {
+            let exe = std::env::current_exe().unwrap();
+            for part in ["shared", "distinct", "limiter"] {
+                let status = std::process::Command::new(&exe)
+                    .env("MEMORY_PART", part)
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "{part}: {status}");
+            }
+            return;
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    match std::env::var("MEMORY_PART").as_deref() {
+        Ok("shared") => cached_token(&runtime, 1_000),
+        Ok("distinct") => cached_token(&runtime, u64::from(ENTRIES)),
+        _ => limiter_key(),
+    }
 }

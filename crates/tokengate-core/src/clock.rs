@@ -139,7 +139,7 @@ impl Clock for ManualClock {
     }
 }
 
-fn to_nanos(time: SystemTime) -> u64 {
+pub(crate) fn to_nanos(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)

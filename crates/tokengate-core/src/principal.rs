@@ -1,9 +1,10 @@
 //! Who is calling: the verified principal and the resolved client address.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use http::HeaderValue;
 use std::time::SystemTime;
@@ -25,34 +26,117 @@ pub struct Principal {
     inner: Arc<Inner>,
 }
 
+/// What is particular to one token.
 struct Inner {
     token_id: TokenId,
-    name: String,
-    subject: Arc<str>,
-    scopes: ScopeSet,
-    audiences: Vec<Audience>,
+    name: Box<str>,
     expires_at: Option<SystemTime>,
-    allowed_networks: Vec<IpNet>,
-    rate_quota: Option<RateQuota>,
-    metadata: BTreeMap<String, String>,
+    grant: Arc<Grant>,
     /// The expiry as a response header value, made once per principal.
     expiry_header: OnceLock<Option<HeaderValue>>,
+}
+
+/// What a token may do and from where. Tokens of one owner usually share
+/// it, so the verifying cache keeps one copy for all of them (see
+/// [`Grants`]).
+#[derive(PartialEq, Eq, Hash)]
+struct Grant {
+    subject: Arc<str>,
+    scopes: ScopeSet,
+    audiences: Box<[Audience]>,
+    allowed_networks: Box<[IpNet]>,
+    rate_quota: Option<RateQuota>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl Grant {
+    fn from_record(record: &TokenRecord) -> Self {
+        Self {
+            subject: record.subject.as_str().into(),
+            scopes: record.scopes.clone(),
+            audiences: record.audiences.as_slice().into(),
+            allowed_networks: record.allowed_networks.as_slice().into(),
+            rate_quota: record.rate_quota,
+            metadata: record.metadata.clone(),
+        }
+    }
+}
+
+/// One shared copy of each distinct grant among live principals.
+///
+/// Held by the verifying cache and used only when a principal is built (on
+/// a cache miss). It keeps weak references, so a grant lives exactly as
+/// long as some principal uses it; dead references are purged whenever
+/// the table has doubled since the last purge.
+pub(crate) struct Grants {
+    table: Mutex<GrantTable>,
+    hasher: RandomState,
+}
+
+struct GrantTable {
+    /// By the grant's hash. Two distinct grants with one hash simply do not
+    /// share: the newer one takes the place.
+    by_hash: HashMap<u64, Weak<Grant>>,
+    purge_at: usize,
+}
+
+impl Grants {
+    pub(crate) fn new() -> Self {
+        Self {
+            table: Mutex::new(GrantTable {
+                by_hash: HashMap::new(),
+                purge_at: 1024,
+            }),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn intern(&self, grant: Grant) -> Arc<Grant> {
+        let hash = self.hasher.hash_one(&grant);
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(shared) = table.by_hash.get(&hash).and_then(Weak::upgrade)
+            && *shared == grant
+        {
+            return shared;
+        }
+        let grant = Arc::new(grant);
+        table.by_hash.insert(hash, Arc::downgrade(&grant));
+        if table.by_hash.len() >= table.purge_at {
+            table.by_hash.retain(|_, weak| weak.strong_count() > 0);
+            table.purge_at = (table.by_hash.len() * 2).max(1024);
+        }
+        grant
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_hash
+            .len()
+    }
 }
 
 impl Principal {
     /// The principal a token record stands for.
     pub fn from_record(record: &TokenRecord) -> Self {
+        Self::with_grant(record, Arc::new(Grant::from_record(record)))
+    }
+
+    /// The principal a token record stands for, sharing its grant with
+    /// other principals built through `grants`.
+    pub(crate) fn from_record_in(record: &TokenRecord, grants: &Grants) -> Self {
+        Self::with_grant(record, grants.intern(Grant::from_record(record)))
+    }
+
+    fn with_grant(record: &TokenRecord, grant: Arc<Grant>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 token_id: record.id.clone(),
-                name: record.name.clone(),
-                subject: record.subject.as_str().into(),
-                scopes: record.scopes.clone(),
-                audiences: record.audiences.clone(),
+                name: record.name.as_str().into(),
                 expires_at: record.expires_at,
-                allowed_networks: record.allowed_networks.clone(),
-                rate_quota: record.rate_quota,
-                metadata: record.metadata.clone(),
+                grant,
                 expiry_header: OnceLock::new(),
             }),
         }
@@ -70,22 +154,22 @@ impl Principal {
 
     /// The owner of the token.
     pub fn subject(&self) -> &str {
-        &self.inner.subject
+        &self.inner.grant.subject
     }
 
     /// The owner, shared: a cheap key for per-owner state (no allocation).
     pub fn subject_shared(&self) -> Arc<str> {
-        Arc::clone(&self.inner.subject)
+        Arc::clone(&self.inner.grant.subject)
     }
 
     /// What the token may do.
     pub fn scopes(&self) -> &ScopeSet {
-        &self.inner.scopes
+        &self.inner.grant.scopes
     }
 
     /// The services the token may be used at.
     pub fn audiences(&self) -> &[Audience] {
-        &self.inner.audiences
+        &self.inner.grant.audiences
     }
 
     /// When the token expires, if ever.
@@ -95,17 +179,17 @@ impl Principal {
 
     /// Networks the token may be used from; empty means any.
     pub fn allowed_networks(&self) -> &[IpNet] {
-        &self.inner.allowed_networks
+        &self.inner.grant.allowed_networks
     }
 
     /// The token's own rate quota, if it has one.
     pub fn rate_quota(&self) -> Option<RateQuota> {
-        self.inner.rate_quota
+        self.inner.grant.rate_quota
     }
 
     /// Application labels.
     pub fn metadata(&self) -> &BTreeMap<String, String> {
-        &self.inner.metadata
+        &self.inner.grant.metadata
     }
 
     /// The expiry rendered as a header value by `render`, once per
@@ -122,13 +206,13 @@ impl Principal {
 
     /// Whether the token was issued for `audience`.
     pub fn allows_audience(&self, audience: &Audience) -> bool {
-        self.inner.audiences.contains(audience)
+        self.inner.grant.audiences.contains(audience)
     }
 
     /// Whether the token may be used from `ip`: always when it names no
     /// networks, otherwise only from inside one of them.
     pub fn allows_ip(&self, ip: ClientIp) -> bool {
-        let networks = &self.inner.allowed_networks;
+        let networks = &self.inner.grant.allowed_networks;
         networks.is_empty() || networks.iter().any(|net| net.contains(&ip.addr()))
     }
 }
@@ -138,12 +222,12 @@ impl fmt::Debug for Principal {
         f.debug_struct("Principal")
             .field("token_id", &self.inner.token_id)
             .field("name", &self.inner.name)
-            .field("subject", &self.inner.subject)
-            .field("scopes", &self.inner.scopes)
-            .field("audiences", &self.inner.audiences)
+            .field("subject", &self.inner.grant.subject)
+            .field("scopes", &self.inner.grant.scopes)
+            .field("audiences", &self.inner.grant.audiences)
             .field("expires_at", &self.inner.expires_at)
-            .field("allowed_networks", &self.inner.allowed_networks)
-            .field("rate_quota", &self.inner.rate_quota)
+            .field("allowed_networks", &self.inner.grant.allowed_networks)
+            .field("rate_quota", &self.inner.grant.rate_quota)
             .finish_non_exhaustive()
     }
 }
@@ -217,6 +301,47 @@ mod tests {
         let p = Principal::from_record(&record());
         assert!(p.allows_audience(&"notes".parse().unwrap()));
         assert!(!p.allows_audience(&"billing".parse().unwrap()));
+    }
+
+    #[test]
+    fn principals_share_equal_grants_and_only_equal_ones() {
+        let grants = Grants::new();
+        let mut a = record();
+        let mut b = record();
+        b.id = TokenId::generate();
+        b.name = "other".into();
+        let (pa, pb) = (
+            Principal::from_record_in(&a, &grants),
+            Principal::from_record_in(&b, &grants),
+        );
+        assert!(Arc::ptr_eq(&pa.inner.grant, &pb.inner.grant));
+        assert_eq!(pb.name(), "other");
+        assert_ne!(pa.token_id(), pb.token_id());
+        a.scopes = "notes:write".parse().unwrap();
+        let pc = Principal::from_record_in(&a, &grants);
+        assert!(!Arc::ptr_eq(&pa.inner.grant, &pc.inner.grant));
+        assert_eq!(pc.scopes(), &a.scopes);
+        assert_eq!(pa.scopes(), &b.scopes);
+    }
+
+    #[test]
+    fn dead_grants_are_purged() {
+        let grants = Grants::new();
+        for i in 0..5_000 {
+            let mut r = record();
+            r.subject = format!("user-{i}").parse().unwrap();
+            drop(Principal::from_record_in(&r, &grants));
+        }
+        assert!(grants.len() < 2_048, "{} grants kept", grants.len());
+        let kept: Vec<Principal> = (0..3_000)
+            .map(|i| {
+                let mut r = record();
+                r.subject = format!("kept-{i}").parse().unwrap();
+                Principal::from_record_in(&r, &grants)
+            })
+            .collect();
+        assert!(grants.len() >= 3_000);
+        assert_eq!(kept[2_999].subject(), "kept-2999");
     }
 
     #[test]

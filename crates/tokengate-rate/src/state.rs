@@ -90,6 +90,11 @@ const SHARDS: usize = 16;
 /// table is full of active keys, a new key is refused as if limited (fail
 /// closed), so a flood of distinct keys (spoofed or botnet addresses)
 /// cannot grow memory.
+///
+/// Compact: each shard keeps one table per limiter and key kind, so an
+/// entry is just the key and its TAT, 24 bytes (an address as 16 bytes,
+/// IPv4 as its mapped IPv6 form; a token id or owner as the shared
+/// `Arc<str>` the principal already holds).
 #[derive(Clone)]
 pub struct MemoryRateState {
     shared: Arc<Shared>,
@@ -101,23 +106,153 @@ struct Shared {
     hasher: RandomState,
 }
 
-/// One key's state. The hash is kept so the table can grow without
-/// hashing keys again; it is computed once per request and used for both
-/// the shard and the slot.
-struct Entry {
-    hash: u64,
-    key: (u8, RateKey),
+/// One key's state.
+struct Entry<K> {
+    key: K,
     tat: AtomicU64,
 }
 
-type Table = HashTable<Entry>;
+/// One limiter's keys in one shard, by kind.
+#[derive(Default)]
+struct Tables {
+    ip: HashTable<Entry<[u64; 2]>>,
+    token: HashTable<Entry<TokenId>>,
+    owner: HashTable<Entry<Arc<str>>>,
+    custom: HashTable<Entry<Arc<str>>>,
+}
+
+/// A shard's keys, by limiter index.
+#[derive(Default)]
+struct Keys {
+    by_limiter: Vec<Tables>,
+    len: usize,
+}
 
 struct Shard {
-    map: RwLock<Table>,
+    keys: RwLock<Keys>,
     /// When the first active key of a full shard turns idle: sweeping
     /// before then finds nothing, so a flood of new keys against a full
-    /// table costs O(1) each instead of a scan each.
+    /// table costs O(1) per request instead of a scan each.
     next_sweep: AtomicU64,
+}
+
+/// A key as the tables store it, borrowed from a check.
+enum Packed<'a> {
+    Ip([u64; 2]),
+    Token(&'a TokenId),
+    Owner(&'a Arc<str>),
+    Custom(&'a Arc<str>),
+}
+
+impl<'a> Packed<'a> {
+    fn of(key: &'a RateKey) -> Self {
+        match key {
+            RateKey::Token(id) => Self::Token(id),
+            RateKey::Owner(owner) => Self::Owner(owner),
+            RateKey::Custom(custom) => Self::Custom(custom),
+            RateKey::Ip(ip) => {
+                let octets = match ip {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                    IpAddr::V6(v6) => v6.octets(),
+                };
+                let (high, low) = octets.split_at(8);
+                let word = |half: &[u8]| {
+                    let mut bytes = [0u8; 8];
+                    bytes.copy_from_slice(half);
+                    u64::from_be_bytes(bytes)
+                };
+                Self::Ip([word(high), word(low)])
+            }
+        }
+    }
+
+    fn hash(&self, hasher: &RandomState) -> u64 {
+        match self {
+            Self::Ip(bits) => hasher.hash_one(bits),
+            Self::Token(id) => hasher.hash_one(id.as_str()),
+            Self::Owner(text) | Self::Custom(text) => hasher.hash_one(&***text),
+        }
+    }
+}
+
+/// Inserts a fresh text key (TAT 0) known to be absent.
+fn insert_text<'t>(
+    table: &'t mut HashTable<Entry<Arc<str>>>,
+    text: &Arc<str>,
+    hash: u64,
+    hasher: &RandomState,
+) -> &'t AtomicU64 {
+    let entry = Entry {
+        key: Arc::clone(text),
+        tat: AtomicU64::new(0),
+    };
+    let rehash = |e: &Entry<Arc<str>>| hasher.hash_one(&*e.key);
+    &table.insert_unique(hash, entry, rehash).into_mut().tat
+}
+
+impl Tables {
+    fn find(&self, key: &Packed<'_>, hash: u64) -> Option<&AtomicU64> {
+        match key {
+            Packed::Ip(bits) => self.ip.find(hash, |e| e.key == *bits).map(|e| &e.tat),
+            Packed::Token(id) => self.token.find(hash, |e| e.key == **id).map(|e| &e.tat),
+            Packed::Owner(text) => self.owner.find(hash, |e| e.key == **text).map(|e| &e.tat),
+            Packed::Custom(text) => self.custom.find(hash, |e| e.key == **text).map(|e| &e.tat),
+        }
+    }
+
+    /// Inserts a fresh key (TAT 0) known to be absent.
+    fn insert(&mut self, key: &Packed<'_>, hash: u64, hasher: &RandomState) -> &AtomicU64 {
+        let tat = AtomicU64::new(0);
+        match key {
+            Packed::Ip(bits) => {
+                let entry = Entry { key: *bits, tat };
+                &self
+                    .ip
+                    .insert_unique(hash, entry, |e| hasher.hash_one(e.key))
+                    .into_mut()
+                    .tat
+            }
+            Packed::Token(id) => {
+                let entry = Entry {
+                    key: (*id).clone(),
+                    tat,
+                };
+                let rehash = |e: &Entry<TokenId>| hasher.hash_one(e.key.as_str());
+                &self.token.insert_unique(hash, entry, rehash).into_mut().tat
+            }
+            Packed::Owner(text) => insert_text(&mut self.owner, text, hash, hasher),
+            Packed::Custom(text) => insert_text(&mut self.custom, text, hash, hasher),
+        }
+    }
+
+    /// Drops keys idle at `now`; how many were dropped.
+    fn retain_active(&mut self, now: u64) -> usize {
+        fn retain<K>(table: &mut HashTable<Entry<K>>, now: u64) -> usize {
+            let before = table.len();
+            table.retain(|e| !Gcra::is_idle(e.tat.load(Ordering::Relaxed), now));
+            before - table.len()
+        }
+        retain(&mut self.ip, now)
+            + retain(&mut self.token, now)
+            + retain(&mut self.owner, now)
+            + retain(&mut self.custom, now)
+    }
+
+    /// The earliest TAT held, if any.
+    fn earliest(&self) -> Option<u64> {
+        fn min<K>(table: &HashTable<Entry<K>>) -> Option<u64> {
+            table.iter().map(|e| e.tat.load(Ordering::Relaxed)).min()
+        }
+        [
+            min(&self.ip),
+            min(&self.token),
+            min(&self.owner),
+            min(&self.custom),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
 }
 
 impl fmt::Debug for MemoryRateState {
@@ -149,7 +284,7 @@ impl MemoryRateState {
             shared: Arc::new(Shared {
                 shards: (0..SHARDS)
                     .map(|_| Shard {
-                        map: RwLock::new(HashTable::new()),
+                        keys: RwLock::new(Keys::default()),
                         next_sweep: AtomicU64::new(0),
                     })
                     .collect(),
@@ -164,7 +299,7 @@ impl MemoryRateState {
         self.shared
             .shards
             .iter()
-            .map(|s| s.map.read().unwrap_or_else(PoisonError::into_inner).len())
+            .map(|s| s.keys.read().unwrap_or_else(PoisonError::into_inner).len)
             .sum()
     }
 
@@ -177,39 +312,48 @@ impl MemoryRateState {
     /// `None` when the table is full of active keys.
     fn with_cell<R>(
         &self,
-        key: &(u8, RateKey),
+        (limiter, key): &(u8, RateKey),
         now: u64,
         f: impl FnOnce(&AtomicU64) -> R,
     ) -> Option<R> {
-        let hash = self.shared.hasher.hash_one(key);
-        // Middle bits pick the shard: the table itself uses the low bits for
-        // the slot and the top bits for its control bytes.
-        let shard = &self.shared.shards[usize::try_from((hash >> 32) % SHARDS as u64).unwrap_or(0)];
-        let eq = |e: &Entry| e.key == *key;
+        let shared = &*self.shared;
+        let limiter = usize::from(*limiter);
+        let key = Packed::of(key);
+        let hash = key.hash(&shared.hasher);
+        // Middle bits pick the shard: the tables use the low bits for the
+        // slot and the top bits for their control bytes.
+        let shard = &shared.shards[usize::try_from((hash >> 32) % SHARDS as u64).unwrap_or(0)];
         {
-            let map = shard.map.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(entry) = map.find(hash, eq) {
-                return Some(f(&entry.tat));
+            let keys = shard.keys.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(cell) = keys
+                .by_limiter
+                .get(limiter)
+                .and_then(|tables| tables.find(&key, hash))
+            {
+                return Some(f(cell));
             }
         }
-        let mut map = shard.map.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = map.find(hash, eq) {
-            return Some(f(&entry.tat));
-        }
-        if map.len() >= self.shared.per_shard && !shard.sweep(&mut map, now, self.shared.per_shard)
+        let mut guard = shard.keys.write().unwrap_or_else(PoisonError::into_inner);
+        let keys = &mut *guard;
+        if let Some(cell) = keys
+            .by_limiter
+            .get(limiter)
+            .and_then(|tables| tables.find(&key, hash))
         {
+            return Some(f(cell));
+        }
+        if keys.len >= shared.per_shard && !shard.sweep(keys, now, shared.per_shard) {
             return None;
         }
-        let entry = map.insert_unique(
+        if keys.by_limiter.len() <= limiter {
+            keys.by_limiter.resize_with(limiter + 1, Tables::default);
+        }
+        keys.len += 1;
+        Some(f(keys.by_limiter[limiter].insert(
+            &key,
             hash,
-            Entry {
-                hash,
-                key: key.clone(),
-                tat: AtomicU64::new(0),
-            },
-            |e| e.hash,
-        );
-        Some(f(&entry.get().tat))
+            &shared.hasher,
+        )))
     }
 
     fn peek(&self, check: &Check, now: u64) -> Slot {
@@ -318,18 +462,24 @@ impl MemoryRateState {
 impl Shard {
     /// Drops idle keys from a full shard, unless no key can be idle yet;
     /// whether there is room now.
-    fn sweep(&self, map: &mut Table, now: u64, capacity: usize) -> bool {
+    fn sweep(&self, keys: &mut Keys, now: u64, capacity: usize) -> bool {
         if now < self.next_sweep.load(Ordering::Relaxed) {
             return false;
         }
-        map.retain(|e| !Gcra::is_idle(e.tat.load(Ordering::Relaxed), now));
-        let earliest = map
+        let dropped: usize = keys
+            .by_limiter
+            .iter_mut()
+            .map(|tables| tables.retain_active(now))
+            .sum();
+        keys.len -= dropped;
+        let earliest = keys
+            .by_limiter
             .iter()
-            .map(|e| e.tat.load(Ordering::Relaxed))
+            .filter_map(Tables::earliest)
             .min()
             .unwrap_or(0);
         self.next_sweep.store(earliest, Ordering::Relaxed);
-        map.len() < capacity
+        keys.len < capacity
     }
 }
 

@@ -351,6 +351,40 @@ fn a_million_distinct_keys_stay_under_the_cap() {
     ));
 }
 
+#[test]
+fn keys_are_separate_per_limiter_and_per_kind_and_addresses_are_canonical() {
+    let state = MemoryRateState::new(1_000);
+    let gcra = gcra::Gcra::new(quota(1, 60, 1));
+    let now = 1_000_000_000_000;
+    let admitted = |key: (u8, RateKey)| {
+        matches!(
+            state.decide(&[Check { key, gcra, cost: 1 }], now),
+            Outcome::Admitted { .. }
+        )
+    };
+    let text: std::sync::Arc<str> = "alice".into();
+    let v4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    let mapped: std::net::IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+    let v6: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+    // Each first use spends the burst of one: every key below is distinct.
+    for key in [
+        (0, RateKey::Owner(text.clone())),
+        (0, RateKey::Custom(text.clone())),
+        (1, RateKey::Owner(text)),
+        (0, RateKey::Ip(v4)),
+        (1, RateKey::Ip(v4)),
+        (0, RateKey::Ip(v6)),
+        (0, RateKey::Token("tok_aaaaaaaaaaaaaaaa".parse().unwrap())),
+        (0, RateKey::Token("tok_aaaaaaaaaaaaaaab".parse().unwrap())),
+    ] {
+        assert!(admitted(key.clone()), "{key:?} is its own bucket");
+        assert!(!admitted(key.clone()), "{key:?} is spent");
+    }
+    // The mapped form of an IPv4 address is the same client.
+    assert!(!admitted((0, RateKey::Ip(mapped))));
+    assert_eq!(state.len(), 8);
+}
+
 /// A backend whose answers are pending once, as a shared store's would be.
 #[derive(Debug, Clone, Default)]
 struct SlowState {

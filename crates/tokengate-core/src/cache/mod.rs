@@ -1,11 +1,11 @@
 //! A verifying cache in front of any token store.
 //!
-//! [`CachedStore::verify`] answers most requests from memory (a moka cache)
-//! and goes to the store only on a miss, with these guarantees:
+//! [`CachedStore::verify`] answers most requests from memory and goes to the
+//! store only on a miss, with these guarantees:
 //!
 //! - **Expiry and revocation are checked on every hit**, against the
 //!   injected [`Clock`](crate::Clock); correctness never depends on when
-//!   moka evicts.
+//!   anything is evicted.
 //! - **An entry lives at most `ttl` from its insertion** (never refreshed by
 //!   reads) and never past its token's expiry. `ttl` is the bound within
 //!   which a revocation made elsewhere, with no event fed in, takes effect.
@@ -18,6 +18,14 @@
 //! - **Unknown hashes are cached negatively**, in a separately bounded cache,
 //!   so a flood of random well-formed tokens costs one store lookup each and
 //!   cannot grow memory beyond that bound.
+//! - **Bounded**: at most `max_entries` known tokens (CLOCK eviction: tokens
+//!   read since the last sweep are kept) and `max_negative_entries` unknown
+//!   hashes (moka, whose frequency-based admission keeps a flood of random
+//!   hashes from displacing the ones seen repeatedly).
+//!
+//! Known tokens live in a purpose-built table (see `table.rs`): a hit is
+//! one shard read lock, one probe and an `Arc` clone, with no per-entry
+//! allocation and no read bookkeeping beyond one bit.
 //!
 //! Revocations made through this cache (it implements
 //! [`TokenAdmin`]) take effect on the very next request. Revocations made
@@ -25,26 +33,28 @@
 //! SQLite store's change feed.
 
 mod config;
+mod table;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use moka::Expiry;
 use moka::sync::Cache;
 use tokio::sync::OnceCell;
 
 pub use config::CacheConfig;
 
-use crate::clock::{SharedClock, SystemClock};
+use crate::clock::{SharedClock, SystemClock, to_nanos};
 use crate::denial::{Denial, InvalidReason};
 use crate::hash::TokenHash;
 use crate::id::TokenId;
-use crate::principal::Principal;
+use crate::principal::{Grants, Principal};
 use crate::record::TokenRecord;
 use crate::store::{StoreError, TokenAdmin, TokenStore};
+
+use table::Table;
 
 /// Why [`CachedStore::verify`] did not yield a principal.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -88,7 +98,9 @@ struct Shared<S> {
     store: S,
     clock: SharedClock,
     config: CacheConfig,
-    positive: Cache<TokenHash, Entry>,
+    positive: Table<Entry>,
+    /// One copy of each distinct grant among cached principals.
+    grants: Grants,
     negative: Cache<TokenHash, SystemTime>,
     /// Bumped by every invalidation, under `flights`' lock.
     epoch: AtomicU64,
@@ -99,7 +111,6 @@ struct Shared<S> {
 struct Entry {
     principal: Principal,
     revoked: bool,
-    inserted_at: SystemTime,
 }
 
 #[derive(Clone)]
@@ -137,21 +148,6 @@ impl<S: fmt::Debug> fmt::Debug for CachedStore<S> {
     }
 }
 
-/// Per-entry lifetime for moka's memory reclamation: the TTL, or less when
-/// the token expires sooner. Correctness does not rely on it.
-struct EntryExpiry {
-    ttl: Duration,
-}
-
-impl Expiry<TokenHash, Entry> for EntryExpiry {
-    fn expire_after_create(&self, _: &TokenHash, entry: &Entry, _: Instant) -> Option<Duration> {
-        let left = entry.principal.expires_at().map_or(self.ttl, |at| {
-            at.duration_since(entry.inserted_at).unwrap_or_default()
-        });
-        Some(left.min(self.ttl))
-    }
-}
-
 impl Entry {
     fn judge(&self, now: SystemTime) -> Result<Principal, VerifyError> {
         if self.revoked {
@@ -170,6 +166,19 @@ fn fresh(at: SystemTime, ttl: Duration, now: SystemTime) -> bool {
     now.duration_since(at).is_ok_and(|age| age < ttl)
 }
 
+/// [`fresh`] on nanoseconds since the Unix epoch.
+fn fresh_nanos(at: u64, ttl: Duration, now: u64) -> bool {
+    now.checked_sub(at)
+        .is_some_and(|age| u128::from(age) < ttl.as_nanos())
+}
+
+/// Whether a cached entry can serve no more requests at `now`: past the
+/// TTL, or its token has expired. Such slots are evicted first.
+fn spent(entry: &Entry, inserted_at: u64, ttl: Duration, now: SystemTime) -> bool {
+    !fresh_nanos(inserted_at, ttl, to_nanos(now))
+        || entry.principal.expires_at().is_some_and(|at| at <= now)
+}
+
 impl<S: TokenStore> CachedStore<S> {
     /// A cache with `config` in front of `store`, on the system clock.
     pub fn new(store: S, config: CacheConfig) -> Self {
@@ -178,10 +187,7 @@ impl<S: TokenStore> CachedStore<S> {
 
     /// A cache with `config` in front of `store`, reading time from `clock`.
     pub fn with_clock(store: S, config: CacheConfig, clock: SharedClock) -> Self {
-        let positive = Cache::builder()
-            .max_capacity(config.max_entries)
-            .expire_after(EntryExpiry { ttl: config.ttl })
-            .build();
+        let positive = Table::new(config.max_entries);
         let negative = Cache::builder()
             .max_capacity(config.max_negative_entries)
             .time_to_live(config.negative_ttl)
@@ -192,6 +198,7 @@ impl<S: TokenStore> CachedStore<S> {
                 clock,
                 config,
                 positive,
+                grants: Grants::new(),
                 negative,
                 epoch: AtomicU64::new(0),
                 flights: Mutex::new(HashMap::new()),
@@ -233,9 +240,11 @@ impl<S: TokenStore> CachedStore<S> {
     /// What the caches know about `hash` at `now`, if anything fresh.
     fn cached(&self, hash: &TokenHash, now: SystemTime) -> Option<Loaded> {
         let shared = &*self.shared;
-        if let Some(entry) = shared.positive.get(hash) {
-            return fresh(entry.inserted_at, shared.config.ttl, now)
-                .then_some(Loaded::Found(entry));
+        let ttl = shared.config.ttl;
+        if let Some(found) = shared.positive.get(hash, |slot| {
+            fresh_nanos(slot.inserted_at, ttl, to_nanos(now)).then(|| slot.value.clone())
+        }) {
+            return found.map(Loaded::Found);
         }
         let at = shared.negative.get(hash)?;
         fresh(at, shared.config.negative_ttl, now).then_some(Loaded::Missing)
@@ -287,16 +296,22 @@ impl<S: TokenStore> CachedStore<S> {
         let now = shared.clock.now();
         let loaded = match record {
             Some(record) if record.hash == hash => Loaded::Found(Entry {
-                principal: Principal::from_record(&record),
+                principal: Principal::from_record_in(&record, &shared.grants),
                 revoked: record.revoked_at.is_some(),
-                inserted_at: now,
             }),
             _ => Loaded::Missing,
         };
         let _flights = lock(&shared.flights);
         if shared.epoch.load(Ordering::SeqCst) == epoch {
             match &loaded {
-                Loaded::Found(entry) => shared.positive.insert(hash, entry.clone()),
+                Loaded::Found(entry) => {
+                    let ttl = shared.config.ttl;
+                    shared
+                        .positive
+                        .insert(hash, entry.clone(), to_nanos(now), |slot| {
+                            spent(&slot.value, slot.inserted_at, ttl, now)
+                        });
+                }
                 Loaded::Missing => shared.negative.insert(hash, now),
             }
         }
@@ -310,7 +325,7 @@ impl<S> CachedStore<S> {
         let shared = &*self.shared;
         let _flights = lock(&shared.flights);
         shared.epoch.fetch_add(1, Ordering::SeqCst);
-        shared.positive.invalidate(hash);
+        shared.positive.remove(hash);
         shared.negative.invalidate(hash);
     }
 
@@ -319,7 +334,7 @@ impl<S> CachedStore<S> {
         let shared = &*self.shared;
         let _flights = lock(&shared.flights);
         shared.epoch.fetch_add(1, Ordering::SeqCst);
-        shared.positive.invalidate_all();
+        shared.positive.clear();
         shared.negative.invalidate_all();
     }
 
@@ -328,14 +343,13 @@ impl<S> CachedStore<S> {
         self.invalidate(&event.hash);
     }
 
-    /// Entry counts after moka's pending maintenance has run (for metrics and
-    /// tests; not for the request path).
+    /// Entry counts, after the negative cache's pending maintenance has run
+    /// (for metrics and tests; not for the request path).
     pub fn stats(&self) -> CacheStats {
         let shared = &*self.shared;
-        shared.positive.run_pending_tasks();
         shared.negative.run_pending_tasks();
         CacheStats {
-            entries: shared.positive.entry_count(),
+            entries: u64::try_from(shared.positive.len()).unwrap_or(u64::MAX),
             negative_entries: shared.negative.entry_count(),
         }
     }

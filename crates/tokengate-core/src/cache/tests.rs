@@ -297,3 +297,39 @@ async fn cancelled_lookups_leave_no_flight_behind() {
     assert!(lock(&f.cache.shared.flights).is_empty());
     f.cache.verify(&hash).await.unwrap();
 }
+
+#[tokio::test]
+async fn many_valid_tokens_stay_within_the_bound_and_a_hot_token_stays_cached() {
+    let f = fixture(CacheConfig::default().max_entries(8));
+    let (hot, _) = f.issue(Expiry::Default).await;
+    f.cache.verify(&hot).await.unwrap();
+    for _ in 0..40 {
+        let (hash, id) = f.issue(Expiry::Default).await;
+        assert_eq!(f.cache.verify(&hash).await.unwrap().token_id(), &id);
+        // The hot token is read between every newcomer: it keeps its slot.
+        f.cache.verify(&hot).await.unwrap();
+    }
+    assert_eq!(f.cache.stats().entries, 8);
+    assert_eq!(f.probe.lookups(), 41, "the hot token was looked up once");
+}
+
+#[tokio::test]
+async fn expired_entries_make_room_before_live_ones() {
+    let f = fixture(CacheConfig::default().max_entries(2));
+    let (short, _) = f.issue(Expiry::After(5 * SEC)).await;
+    let (long, _) = f.issue(Expiry::Default).await;
+    f.cache.verify(&short).await.unwrap();
+    f.cache.verify(&long).await.unwrap();
+    f.clock.advance(6 * SEC);
+    let (newcomer, _) = f.issue(Expiry::Default).await;
+    f.cache.verify(&newcomer).await.unwrap();
+    let lookups = f.probe.lookups();
+    f.cache.verify(&long).await.unwrap();
+    f.cache.verify(&newcomer).await.unwrap();
+    assert_eq!(
+        f.probe.lookups(),
+        lookups,
+        "both live tokens are still cached"
+    );
+    assert_eq!(reason(f.cache.verify(&short).await), InvalidReason::Expired);
+}
