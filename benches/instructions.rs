@@ -4,11 +4,21 @@
 //! request counts and prints instructions per request (the difference
 //! divided by the extra requests, so setup cancels out).
 //!
-//! Usage: `instructions STACK REQUESTS` with STACK one of `bare`,
-//! `authenticate`, `gate`.
+//! Usage: `instructions STACK REQUESTS` with STACK one of
+//! - `bare`: the handler alone;
+//! - `client-ip`: the client-IP layer alone;
+//! - `audit`: the audit layer alone, into a sink that drops each record
+//!   (its request-side work without the queue and the writer thread);
+//! - `rate-ip`: client IP, then a per-IP limit (no success headers);
+//! - `authenticate`: authenticate alone (cache hit);
+//! - `rate-token`: authenticate, then a per-token limit with headers;
+//! - `scope`: authenticate, then a scope table;
+//! - `gate-discard`: the full gate auditing into the dropping sink;
+//! - `gate`: the full gate auditing to a JSON-lines file.
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 
 use std::convert::Infallible;
+use std::hint::black_box;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::task::{Context, Waker};
@@ -18,9 +28,9 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use tokengate::{
-    AuditLayer, AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, Gate,
-    IpFilterLayer, IpRules, JsonLinesSink, KeyId, Lifecycle, MemoryStore, Overflow, PeerAddr,
-    Pepper, RateByTokenLayer, RateQuota, ScopePolicy, TokenHasher, TokenSpec,
+    AuditLayer, AuditRecord, AuditSink, AuthenticateLayer, CacheConfig, CachedStore,
+    EnforceScopeLayer, Gate, IpFilterLayer, IpRules, JsonLinesSink, KeyId, Lifecycle, MemoryStore,
+    Overflow, PeerAddr, Pepper, RateByTokenLayer, RateQuota, ScopePolicy, TokenHasher, TokenSpec,
 };
 use tokengate_tests::ready_now;
 use tower::{Layer, Service, service_fn};
@@ -59,12 +69,21 @@ where
     ok
 }
 
+/// A sink that drops every record unread.
+struct Discard;
+
+impl AuditSink for Discard {
+    fn record(&self, record: AuditRecord) {
+        drop(black_box(record));
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(stack), Some(requests)) = (args.get(1), args.get(2).and_then(|n| n.parse().ok()))
     else {
         // Run without arguments (as `cargo bench` does): a smoke run.
-        println!("usage: instructions bare|authenticate|gate REQUESTS");
+        println!("usage: instructions STACK REQUESTS (see the module docs for stacks)");
         return;
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -90,9 +109,48 @@ fn main() {
     });
     let bearer = format!("Bearer {}", token.expose_secret());
     let auth = AuthenticateLayer::new(cache, hasher, "notes".parse().unwrap());
+    let roomy = RateQuota::new(NonZeroU32::MAX, Duration::from_secs(1), NonZeroU32::MAX).unwrap();
+    let policy = || {
+        EnforceScopeLayer::new(
+            ScopePolicy::builder()
+                .read_write("/notes", "notes")
+                .build()
+                .unwrap(),
+        )
+    };
     let ok = match stack.as_str() {
         "bare" => drive(handler(), &bearer, requests),
         "authenticate" => drive(auth.layer(handler()), &bearer, requests),
+        "client-ip" => drive(
+            tokengate::ClientIpLayer::new().layer(handler()),
+            &bearer,
+            requests,
+        ),
+        "audit" => drive(AuditLayer::new(Discard).layer(handler()), &bearer, requests),
+        "rate-ip" => drive(
+            tower::ServiceBuilder::new()
+                .layer(tokengate::ClientIpLayer::new())
+                .layer(RateByTokenLayer::per_client_ip(roomy).success_headers(false))
+                .service(handler()),
+            &bearer,
+            requests,
+        ),
+        "rate-token" => drive(
+            tower::ServiceBuilder::new()
+                .layer(auth)
+                .layer(RateByTokenLayer::per_token(roomy))
+                .service(handler()),
+            &bearer,
+            requests,
+        ),
+        "scope" => drive(
+            tower::ServiceBuilder::new()
+                .layer(auth)
+                .layer(policy())
+                .service(handler()),
+            &bearer,
+            requests,
+        ),
         _ => {
             let dir =
                 std::env::temp_dir().join(format!("tokengate-instructions-{}", std::process::id()));
@@ -101,25 +159,26 @@ fn main() {
                 .overflow(Overflow::Drop)
                 .open(&dir.join("audit.jsonl"))
                 .unwrap();
-            let roomy =
-                RateQuota::new(NonZeroU32::MAX, Duration::from_secs(1), NonZeroU32::MAX).unwrap();
             let rules: Vec<String> = (0..1000u32)
                 .map(|i| format!("{}/24", std::net::Ipv4Addr::from(0xC000_0000 | (i << 8))))
                 .collect();
-            let gate = Gate::new(
-                auth,
-                EnforceScopeLayer::new(
-                    ScopePolicy::builder()
-                        .read_write("/notes", "notes")
-                        .build()
-                        .unwrap(),
-                ),
-            )
-            .audit(AuditLayer::new(sink.clone()))
-            .ip_filter(IpFilterLayer::new(IpRules::deny_list(rules).unwrap()))
-            .pre_auth_quota(roomy)
-            .token_rate(RateByTokenLayer::per_token(roomy));
-            let ok = drive(gate.layer(handler()), &bearer, requests);
+            let gate = Gate::new(auth, policy())
+                .ip_filter(IpFilterLayer::new(IpRules::deny_list(rules).unwrap()))
+                .pre_auth_quota(roomy)
+                .token_rate(RateByTokenLayer::per_token(roomy));
+            let ok = if stack == "gate-discard" {
+                drive(
+                    gate.audit(AuditLayer::new(Discard)).layer(handler()),
+                    &bearer,
+                    requests,
+                )
+            } else {
+                drive(
+                    gate.audit(AuditLayer::new(sink.clone())).layer(handler()),
+                    &bearer,
+                    requests,
+                )
+            };
             sink.shutdown();
             std::fs::remove_dir_all(&dir).unwrap();
             ok

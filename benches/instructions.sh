@@ -12,7 +12,7 @@ count() {
   valgrind --tool=callgrind --callgrind-out-file=/dev/null --toggle-collect='*drive*' "$bin" "$1" "$2" 2>&1 \
     | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
-for stack in bare authenticate gate; do
+for stack in bare client-ip audit rate-ip authenticate rate-token scope gate-discard gate; do
   small=$(count "$stack" "$n")
   large=$(count "$stack" $((2 * n)))
   echo "$stack: $(( (large - small) / n )) instructions per request"

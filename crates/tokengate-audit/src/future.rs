@@ -3,13 +3,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokengate_core::{Denial, RequestTrail};
+use tokengate_core::{Clock, Denial, RequestTrail, SystemClock};
 
 use crate::event::Ending;
 use crate::layer::FieldLimits;
@@ -18,21 +18,17 @@ use crate::sink::AuditSink;
 
 /// Holds one request's record until the exchange ends, and emits it
 /// exactly once: when finished explicitly, or as cancelled when dropped.
+///
+/// The record is boxed once, when the request comes in, and travels in
+/// that box to the sink: the response future and body stay small, and no
+/// second allocation is made when the exchange ends.
 pub(crate) struct Recorder<K: AuditSink> {
     sink: Arc<K>,
-    pending: Option<Pending>,
-}
-
-struct Pending {
-    head: RawHead,
-    trail: RequestTrail,
-    limits: FieldLimits,
-    timestamp: SystemTime,
-    start: Instant,
-    status: Option<u16>,
-    grpc_status: Option<u16>,
-    reason: Option<&'static str>,
-    latency: Option<Duration>,
+    pending: Option<Box<Raw>>,
+    /// When the request came in, on the TSC clock (for the latency).
+    start: u64,
+    /// Whether the response head was seen (its latency is noted).
+    answered: bool,
 }
 
 impl<K: AuditSink> Recorder<K> {
@@ -42,46 +38,61 @@ impl<K: AuditSink> Recorder<K> {
         limits: FieldLimits,
         trail: RequestTrail,
         timestamp: SystemTime,
-        start: Instant,
     ) -> Self {
         Self {
             sink,
-            pending: Some(Pending {
+            pending: Some(Box::new(Raw {
                 head,
                 trail,
-                limits,
                 timestamp,
-                start,
                 status: None,
                 grpc_status: None,
                 reason: None,
-                latency: None,
-            }),
+                latency: Duration::ZERO,
+                ending: Ending::Cancelled,
+                limits,
+            })),
+            start: SystemClock.now_nanos(),
+            answered: false,
         }
+    }
+
+    fn elapsed(&self) -> Duration {
+        Duration::from_nanos(SystemClock.now_nanos().saturating_sub(self.start))
     }
 
     /// Notes the response head: status, a trailers-only gRPC status, the
     /// denial a layer attached.
     fn head<B>(&mut self, response: &Response<B>) {
-        if let Some(p) = &mut self.pending {
-            p.status = Some(response.status().as_u16());
-            p.grpc_status = grpc_status(response.headers());
-            p.reason = response.extensions().get::<Denial>().map(Denial::reason);
-            p.latency = Some(p.start.elapsed());
+        let latency = self.elapsed();
+        if let Some(raw) = &mut self.pending {
+            raw.status = Some(response.status().as_u16());
+            raw.grpc_status = grpc_status(response.headers());
+            raw.reason = response.extensions().get::<Denial>().map(Denial::reason);
+            raw.latency = latency;
+            self.answered = true;
         }
     }
 
     fn trailers(&mut self, trailers: &HeaderMap) {
-        if let Some(p) = &mut self.pending
+        if let Some(raw) = &mut self.pending
             && let Some(code) = grpc_status(trailers)
         {
-            p.grpc_status = Some(code);
+            raw.grpc_status = Some(code);
         }
     }
 
     fn finish(&mut self, ending: Ending) {
-        if let Some(pending) = self.pending.take() {
-            self.sink.record(pending.into_record(ending));
+        if self.pending.is_none() {
+            return;
+        }
+        let latency = (!self.answered).then(|| self.elapsed());
+        if let Some(mut raw) = self.pending.take() {
+            raw.ending = ending;
+            if let Some(latency) = latency {
+                raw.latency = latency;
+            }
+            self.sink.record(AuditRecord::new(raw));
         }
     }
 }
@@ -97,22 +108,6 @@ impl<K: AuditSink> fmt::Debug for Recorder<K> {
         f.debug_struct("Recorder")
             .field("pending", &self.pending.is_some())
             .finish()
-    }
-}
-
-impl Pending {
-    fn into_record(self, ending: Ending) -> AuditRecord {
-        AuditRecord::new(Raw {
-            latency: self.latency.unwrap_or_else(|| self.start.elapsed()),
-            head: self.head,
-            trail: self.trail,
-            timestamp: self.timestamp,
-            status: self.status,
-            grpc_status: self.grpc_status,
-            reason: self.reason,
-            ending,
-            limits: self.limits,
-        })
     }
 }
 

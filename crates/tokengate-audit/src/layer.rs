@@ -1,7 +1,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use http::{Request, Response};
 use tokengate_core::{RequestTrail, is_grpc};
@@ -129,7 +129,6 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let start = Instant::now();
         let timestamp = SystemTime::now();
         let head = head(&request, &self.layer.limits);
         let trail = RequestTrail::new();
@@ -140,7 +139,6 @@ where
             self.layer.limits,
             trail,
             timestamp,
-            start,
         );
         ResponseFuture::new(self.inner.call(request), recorder)
     }

@@ -80,8 +80,10 @@ impl RequestId {
 }
 
 impl AuditRecord {
-    pub(crate) fn new(raw: Raw) -> Self {
-        Self { raw: Box::new(raw) }
+    /// The record of a finished exchange (boxed when the request came in,
+    /// filled in as it went).
+    pub(crate) fn new(raw: Box<Raw>) -> Self {
+        Self { raw }
     }
 
     /// The record, cleaned and bounded.
@@ -177,7 +179,7 @@ impl fmt::Debug for AuditRecord {
 impl AuditRecord {
     /// A completed `GET /` for sink tests.
     pub(crate) fn sample() -> Self {
-        Self::new(Raw {
+        Self::new(Box::new(Raw {
             head: RawHead {
                 method: Method::GET,
                 uri: Uri::from_static("/"),
@@ -193,6 +195,6 @@ impl AuditRecord {
             latency: Duration::ZERO,
             ending: Ending::Completed,
             limits: FieldLimits::default(),
-        })
+        }))
     }
 }

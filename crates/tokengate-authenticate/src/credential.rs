@@ -120,7 +120,12 @@ pub(crate) fn parse_authorization(value: &HeaderValue) -> Result<Option<&str>, M
     let text = value
         .to_str()
         .map_err(|_| MalformedReason::BadAuthorizationHeader)?;
-    let scheme_end = text.find([' ', '\t']).unwrap_or(text.len());
+    // Byte scans: the value is visible ASCII (or tab) once `to_str` passed.
+    let bytes = text.as_bytes();
+    let scheme_end = bytes
+        .iter()
+        .position(|&b| is_blank(b))
+        .unwrap_or(bytes.len());
     let (scheme, rest) = text.split_at(scheme_end);
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Ok(None);
@@ -128,16 +133,24 @@ pub(crate) fn parse_authorization(value: &HeaderValue) -> Result<Option<&str>, M
     let token = rest
         .strip_prefix(' ')
         .ok_or(MalformedReason::BadAuthorizationHeader)?;
-    if token.is_empty() || token.contains([' ', '\t']) {
+    if token.is_empty() || has_blank(token) {
         return Err(MalformedReason::BadAuthorizationHeader);
     }
     Ok(Some(token))
 }
 
+fn is_blank(byte: u8) -> bool {
+    byte == b' ' || byte == b'\t'
+}
+
+fn has_blank(text: &str) -> bool {
+    text.bytes().any(is_blank)
+}
+
 /// A custom header carries the bare token.
 fn header_token(value: &HeaderValue) -> Result<&str, MalformedReason> {
     match value.to_str() {
-        Ok(text) if !text.is_empty() && !text.contains([' ', '\t']) => Ok(text),
+        Ok(text) if !text.is_empty() && !has_blank(text) => Ok(text),
         _ => Err(MalformedReason::BadAuthorizationHeader),
     }
 }
