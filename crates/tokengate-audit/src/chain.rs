@@ -14,6 +14,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use serde_json::{Map, Value};
+
+use crate::event::AuditEvent;
 use sha2::{Digest, Sha256};
 
 /// The `chain.prev` of a file's first line.
@@ -21,14 +23,18 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 const HASH_MEMBER: &str = ",\"chain.hash\":\"";
 
-/// Serialises `record` as one chained line (without the newline); returns
-/// the line and its hash.
-pub(crate) fn link(mut record: Map<String, Value>, prev: &str) -> (String, String) {
-    record.insert("chain.prev".to_owned(), prev.into());
-    let body = Value::Object(record).to_string();
-    let hash = hex::encode(Sha256::digest(body.as_bytes()));
-    let line = format!("{}{HASH_MEMBER}{hash}\"}}", &body[..body.len() - 1]);
-    (line, hash)
+/// Writes `event` into `line` (cleared first) as one chained line, without
+/// the newline, and returns the line's hash.
+pub(crate) fn link(event: &AuditEvent, prev: &str, line: &mut String) -> String {
+    line.clear();
+    event.write_json(line, Some(prev));
+    let hash = hex::encode(Sha256::digest(line.as_bytes()));
+    // Reopen the object for the last member.
+    line.pop();
+    line.push_str(HASH_MEMBER);
+    line.push_str(&hash);
+    line.push_str("\"}");
+    hash
 }
 
 /// The hash of the last line of `path`, to continue its chain, or the
