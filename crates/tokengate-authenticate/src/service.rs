@@ -1,6 +1,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, UNIX_EPOCH};
 
 use http::{HeaderValue, Request, Response};
 use tokengate_core::{
@@ -170,7 +171,12 @@ impl<St> Config<St> {
             }
         }
         if let Some(usage) = &self.usage {
-            usage.record(principal.token_id(), self.clock.now());
+            // One record a second per token: a busy token costs the
+            // tracker's lock once a second, not once a request.
+            let now = UNIX_EPOCH + Duration::from_nanos(self.clock.now_nanos());
+            if principal.note_use(now) {
+                usage.record(principal.token_id(), now);
+            }
         }
         let expires = match self.expires_header {
             Some(_) => principal

@@ -10,7 +10,11 @@ use tokio::task::JoinHandle;
 
 /// Collects token uses in memory and writes them to the store in batches.
 ///
-/// Recording a use is a short lock and a map insert; a background task
+/// Recording a use is a short lock and a map insert, and the authenticate
+/// layer records a token at most once a second (see
+/// [`Principal::note_use`](tokengate_core::Principal::note_use)), so
+/// `last_used_at` is exact to the second and a busy token does not make
+/// requests contend for the lock; a background task
 /// swaps the map out every interval and writes the whole batch with one
 /// [`TokenAdmin::record_usage`] call. At most `max_pending` distinct tokens
 /// are kept between flushes; uses beyond that are dropped and counted (the

@@ -4,10 +4,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use http::HeaderValue;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 
@@ -34,6 +35,8 @@ struct Inner {
     grant: Arc<Grant>,
     /// The expiry as a response header value, made once per principal.
     expiry_header: OnceLock<Option<HeaderValue>>,
+    /// The second (since the Unix epoch) of the last use noted.
+    last_use: AtomicU64,
 }
 
 /// What a token may do and from where. Tokens of one owner usually share
@@ -138,6 +141,7 @@ impl Principal {
                 expires_at: record.expires_at,
                 grant,
                 expiry_header: OnceLock::new(),
+                last_use: AtomicU64::new(0),
             }),
         }
     }
@@ -202,6 +206,20 @@ impl Principal {
             .expiry_header
             .get_or_init(|| self.inner.expires_at.and_then(render))
             .clone()
+    }
+
+    /// Notes a use of the token at `at`: whether it is the first noted in a
+    /// later second than any before. Usage trackers record only those, so
+    /// a busy token costs them one write a second (a relaxed load per
+    /// request otherwise).
+    pub fn note_use(&self, at: SystemTime) -> bool {
+        let second = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let last = &self.inner.last_use;
+        let seen = last.load(Ordering::Relaxed);
+        second > seen
+            && last
+                .compare_exchange(seen, second, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Whether the token was issued for `audience`.
@@ -342,6 +360,17 @@ mod tests {
             .collect();
         assert!(grants.len() >= 3_000);
         assert_eq!(kept[2_999].subject(), "kept-2999");
+    }
+
+    #[test]
+    fn a_use_is_noted_once_a_second_by_every_clone() {
+        let p = Principal::from_record(&record());
+        let q = p.clone();
+        let t = UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_100);
+        assert!(p.note_use(t));
+        assert!(!q.note_use(t + std::time::Duration::from_millis(800)));
+        assert!(!p.note_use(t - std::time::Duration::from_secs(5)), "never backwards");
+        assert!(q.note_use(t + std::time::Duration::from_secs(1)));
     }
 
     #[test]
