@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, Response};
+use http::{HeaderMap, HeaderName, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokengate_core::{Clock, Denial, RequestTrail, SystemClock};
@@ -112,7 +112,8 @@ impl<K: AuditSink> fmt::Debug for Recorder<K> {
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<u16> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+    static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    headers.get(&GRPC_STATUS)?.to_str().ok()?.parse().ok()
 }
 
 pin_project! {

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use http::{Request, Response};
+use http::{HeaderName, Request, Response};
 use tokengate_core::{RequestTrail, is_grpc};
 use tower::{Layer, Service};
 
@@ -11,7 +11,8 @@ use crate::future::{Recorder, ResponseFuture};
 use crate::record::{RawHead, RequestId};
 use crate::sink::AuditSink;
 
-const REQUEST_ID: &str = "x-request-id";
+/// A constant name: looking a header up by `&str` parses the name first.
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// How long each request-controlled field may be, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +148,7 @@ where
 /// What the record keeps of the request: reference-counted clones only.
 /// Cleaning and bounding happen when the record is turned into an event.
 fn head<B>(request: &Request<B>, limits: &FieldLimits) -> RawHead {
-    let given = request.headers().get(REQUEST_ID).filter(|id| {
+    let given = request.headers().get(&REQUEST_ID).filter(|id| {
         !id.is_empty()
             && id.len() <= limits.request_id
             && id.as_bytes().iter().all(u8::is_ascii_graphic)

@@ -8,10 +8,13 @@
 
 use std::net::IpAddr;
 
-use http::HeaderMap;
 use http::header::FORWARDED;
+use http::{HeaderMap, HeaderName};
 
 use crate::set::IpSet;
+
+/// A constant name: looking a header up by `&str` parses the name first.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Which header carries the forwarding chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -160,7 +163,7 @@ pub fn walk(peer: IpAddr, trusted: &IpSet, headers: &HeaderMap, header: Forwarde
     }
     let hops: Vec<Hop> = match header {
         ForwardedHeader::XForwardedFor => headers
-            .get_all("x-forwarded-for")
+            .get_all(&X_FORWARDED_FOR)
             .iter()
             .map(|v| v.to_str().ok())
             .collect::<Option<Vec<_>>>()
