@@ -348,6 +348,49 @@ mod tests {
         assert_eq!(table.len(), 1_000, "the bound is global and exact");
     }
 
+    #[test]
+    fn concurrent_writers_and_readers_keep_the_count_and_the_bound() {
+        let table = std::sync::Arc::new(Table::new(200));
+        let threads: Vec<_> = (0..4u16)
+            .map(|t| {
+                let table = std::sync::Arc::clone(&table);
+                std::thread::spawn(move || {
+                    for i in 0..5_000u16 {
+                        let k = i.wrapping_mul(7).wrapping_add(t * 13) % 1_000;
+                        match i % 5 {
+                            0 | 1 => table.insert(key(k), u32::from(k), 0, |_| false),
+                            2 => table.remove(&key(k)),
+                            3 if i % 500 == 3 => table.clear(),
+                            _ => {
+                                if let Some(v) = get(&table, k) {
+                                    assert_eq!(v, u32::from(k), "a key answers its own value");
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert!(table.len() <= 200, "{} entries", table.len());
+        assert_consistent(&table);
+    }
+
+    /// The count matches the slots, and every slot is indexed once, at its
+    /// own position.
+    fn assert_consistent(table: &Table<u32>) {
+        assert_eq!(table.count.load(Ordering::Relaxed), table.len());
+        for shard in &*table.shards {
+            let shard = read(shard);
+            assert_eq!(shard.index.len(), shard.slots.len());
+            for (at, slot) in shard.slots.iter().enumerate() {
+                assert_eq!(shard.position(&slot.hash), Some(at));
+            }
+        }
+    }
+
     #[derive(Debug, Clone, Copy)]
     enum Op {
         Insert(u16, u32),
@@ -401,6 +444,7 @@ mod tests {
                     prop_assert_eq!(found, expected);
                 }
                 prop_assert_eq!(table.len(), model.len());
+                assert_consistent(&table);
             }
         }
 
@@ -424,6 +468,7 @@ mod tests {
                     prop_assert_eq!(get(&table, k), value);
                 }
                 prop_assert!(table.len() <= 8);
+                assert_consistent(&table);
             }
         }
     }
