@@ -59,9 +59,12 @@
 //! `subtle` (constant-time comparison), `crc32fast` (the token checksum),
 //! `rand` (the OS CSPRNG and uniform base62 sampling), `zeroize` (wiping
 //! secrets on drop), `hex` (pepper and hash text), `moka` (the bounded
-//! concurrent cache), `tokio` (`sync` only: the single-flight cell), `ipnet`
-//! (token network allowlists), `http`/`http-body`/`bytes`/`pin-project-lite`
-//! (rendering denials as responses and the shared body type), `serde_json`
+//! negative cache, for its frequency-based admission), `hashbrown` (the raw
+//! `HashTable` under the verified-principal cache, indexed by the HMAC's
+//! own bytes), `quanta` (the TSC clock for hot-path intervals), `tokio`
+//! (`sync` only: the single-flight cell), `ipnet` (token network
+//! allowlists), `http`/`http-body`/`bytes`/`pin-project-lite` (rendering
+//! denials as responses and the shared body type), `serde_json`
 //! (problem+json bodies), `percent-encoding` (`grpc-message`) and
 //! `thiserror` (error types).
 
