@@ -369,7 +369,41 @@ mod tests {
         );
     }
 
+    /// The straightforward reading the one-pass parser must agree with.
+    fn reference(value: &HeaderValue) -> Result<Option<&str>, MalformedReason> {
+        let text = value
+            .to_str()
+            .map_err(|_| MalformedReason::BadAuthorizationHeader)?;
+        let scheme_end = text.find([' ', '\t']).unwrap_or(text.len());
+        let (scheme, rest) = text.split_at(scheme_end);
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Ok(None);
+        }
+        let token = rest
+            .strip_prefix(' ')
+            .ok_or(MalformedReason::BadAuthorizationHeader)?;
+        if token.is_empty() || token.contains([' ', '\t']) {
+            return Err(MalformedReason::BadAuthorizationHeader);
+        }
+        Ok(Some(token))
+    }
+
     proptest! {
+        #[test]
+        fn the_byte_scanning_parser_agrees_with_the_reference(
+            value in prop_oneof![
+                "(?i:bearer)[ \t]{0,2}[ -~\t]{0,40}",
+                proptest::collection::vec(any::<u8>(), 0..50)
+                    .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+                "[ -~\t\u{80}-\u{ff}]{0,50}",
+            ]
+        ) {
+            let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) else {
+                return Ok(());
+            };
+            prop_assert_eq!(parse_authorization(&v), reference(&v));
+        }
+
         #[test]
         fn any_authorization_value_gets_a_deterministic_answer(value in "[ -~]{0,60}") {
             let v = HeaderValue::from_str(&value).unwrap();
