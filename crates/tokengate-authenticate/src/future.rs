@@ -45,7 +45,9 @@ pin_project! {
             header: Option<HeaderName>,
         },
         Rejected {
-            response: Option<Response<GateBody<ResBody>>>,
+            // Boxed: refusals are the cold path, and a response held inline
+            // would make every future of the layer as large as a response.
+            response: Option<Box<Response<GateBody<ResBody>>>>,
         },
     }
 }
@@ -71,7 +73,7 @@ where
     pub(crate) fn reject(response: Response<GateBody<ResBody>>) -> Self {
         Self {
             kind: Kind::Rejected {
-                response: Some(response),
+                response: Some(Box::new(response)),
             },
         }
     }
@@ -116,9 +118,13 @@ where
                 KindProj::Rejected { response } => {
                     // Taken once; a future polled again after completion gets
                     // a fail-closed 503 rather than a panic.
-                    let response = response.take().unwrap_or_else(|| {
-                        tokengate_core::Renderer::default().render(Denial::StoreUnavailable, false)
-                    });
+                    let response = response.take().map_or_else(
+                        || {
+                            tokengate_core::Renderer::default()
+                                .render(Denial::StoreUnavailable, false)
+                        },
+                        |boxed| *boxed,
+                    );
                     return Poll::Ready(Ok(response));
                 }
                 KindProj::Verifying {
@@ -136,7 +142,7 @@ where
                                 header: config.expires_header.clone(),
                             },
                             Err(denial) => Kind::Rejected {
-                                response: Some(config.renderer.reject(&request, denial)),
+                                response: Some(Box::new(config.renderer.reject(&request, denial))),
                             },
                         },
                         None => Kind::Rejected { response: None },

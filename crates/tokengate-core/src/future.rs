@@ -25,7 +25,9 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F, B> {
         Forward { #[pin] future: F },
-        Rejected { response: Option<Response<GateBody<B>>> },
+        // Boxed: refusals are the cold path, and a response held inline
+        // would make every layer's future as large as a response.
+        Rejected { response: Option<Box<Response<GateBody<B>>>> },
     }
 }
 
@@ -41,7 +43,7 @@ impl<F, B> Decided<F, B> {
     pub fn reject(response: Response<GateBody<B>>) -> Self {
         Self {
             kind: Kind::Rejected {
-                response: Some(response),
+                response: Some(Box::new(response)),
             },
         }
     }
@@ -59,9 +61,10 @@ where
                 Poll::Ready(Ok(ready!(future.poll(cx))?.map(GateBody::new)))
             }
             // Polled again after completion: a fail-closed 503, not a panic.
-            KindProj::Rejected { response } => Poll::Ready(Ok(response
-                .take()
-                .unwrap_or_else(|| Renderer::default().render(Denial::StoreUnavailable, false)))),
+            KindProj::Rejected { response } => Poll::Ready(Ok(response.take().map_or_else(
+                || Renderer::default().render(Denial::StoreUnavailable, false),
+                |boxed| *boxed,
+            ))),
         }
     }
 }

@@ -46,7 +46,9 @@ pin_project! {
             headers: LimitHeaders,
         },
         Rejected {
-            response: Option<Response<GateBody<ResBody>>>,
+            // Boxed: refusals are the cold path, and a response held inline
+            // would make every future of the layer as large as a response.
+            response: Option<Box<Response<GateBody<ResBody>>>>,
         },
     }
 }
@@ -74,7 +76,7 @@ where
     pub(crate) fn reject(response: Response<GateBody<ResBody>>) -> Self {
         Self {
             kind: Kind::Rejected {
-                response: Some(response),
+                response: Some(Box::new(response)),
             },
         }
     }
@@ -122,9 +124,10 @@ where
                 }
                 KindProj::Rejected { response } => {
                     // Polled again after completion: fail closed, no panic.
-                    let response = response.take().unwrap_or_else(|| {
-                        Renderer::default().render(Denial::StoreUnavailable, false)
-                    });
+                    let response = response.take().map_or_else(
+                        || Renderer::default().render(Denial::StoreUnavailable, false),
+                        |boxed| *boxed,
+                    );
                     return Poll::Ready(Ok(response));
                 }
                 KindProj::Checking { pending } => {
@@ -147,7 +150,9 @@ where
                                     headers,
                                 },
                                 Err(denial) => Kind::Rejected {
-                                    response: Some(config.renderer.reject(&request, denial)),
+                                    response: Some(Box::new(
+                                        config.renderer.reject(&request, denial),
+                                    )),
                                 },
                             }
                         }
