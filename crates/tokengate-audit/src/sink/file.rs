@@ -71,7 +71,9 @@ impl JsonLinesSinkBuilder {
         self
     }
 
-    /// How often buffered lines are flushed when the queue is idle (default 1 s).
+    /// How often buffered lines are flushed to the file (default 1 s, at
+    /// least 1 ms), under load as well as when idle: a written record
+    /// reaches the file within about this long.
     pub fn flush_every(mut self, every: Duration) -> Self {
         self.flush_every = every.max(Duration::from_millis(1));
         self
