@@ -152,6 +152,27 @@ pub mod process {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Issues a token for audience `notes` through the CLI beside `beside`
+    /// and returns it (the CLI prints only the token on standard output).
+    ///
+    /// # Panics
+    ///
+    /// If the CLI fails.
+    pub fn cli_issue(beside: &str, db: &Path, name: &str, subject: &str, scope: &str) -> String {
+        let args = [
+            "issue",
+            "--name",
+            name,
+            "--subject",
+            subject,
+            "--scope",
+            scope,
+            "--audience",
+            "notes",
+        ];
+        cli(beside, db, &args).trim().to_owned()
+    }
+
     /// A fresh temporary directory for one test.
     ///
     /// # Panics

@@ -206,6 +206,11 @@ mod tests {
         IpSet::parse(["10.0.0.0/8", "fd00::/8"]).unwrap()
     }
 
+    /// The walk over `X-Forwarded-For` from `peer`, with `trusted()` proxies.
+    fn walk_xff(peer: IpAddr, headers: &HeaderMap) -> Walk {
+        walk(peer, &trusted(), headers, ForwardedHeader::XForwardedFor)
+    }
+
     fn xff(lines: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for line in lines {
@@ -218,12 +223,7 @@ mod tests {
     fn an_untrusted_peer_is_the_client_whatever_it_claims() {
         let h = xff(&["1.2.3.4"]);
         assert_eq!(
-            walk(
-                ip("203.0.113.5"),
-                &trusted(),
-                &h,
-                ForwardedHeader::XForwardedFor
-            ),
+            walk_xff(ip("203.0.113.5"), &h),
             Walk::Client(ip("203.0.113.5"))
         );
     }
@@ -232,12 +232,7 @@ mod tests {
     fn the_rightmost_untrusted_address_wins() {
         let h = xff(&["6.6.6.6, 198.51.100.7", "10.0.0.2"]);
         assert_eq!(
-            walk(
-                ip("10.0.0.1"),
-                &trusted(),
-                &h,
-                ForwardedHeader::XForwardedFor
-            ),
+            walk_xff(ip("10.0.0.1"), &h),
             Walk::Client(ip("198.51.100.7"))
         );
     }
@@ -245,23 +240,10 @@ mod tests {
     #[test]
     fn all_trusted_or_empty_chains_fall_back_to_the_peer() {
         let all = xff(&["10.1.1.1, 10.2.2.2"]);
-        assert_eq!(
-            walk(
-                ip("10.0.0.1"),
-                &trusted(),
-                &all,
-                ForwardedHeader::XForwardedFor
-            ),
-            Walk::Client(ip("10.0.0.1"))
-        );
+        assert_eq!(walk_xff(ip("10.0.0.1"), &all), Walk::Client(ip("10.0.0.1")));
         let none = HeaderMap::new();
         assert_eq!(
-            walk(
-                ip("10.0.0.1"),
-                &trusted(),
-                &none,
-                ForwardedHeader::XForwardedFor
-            ),
+            walk_xff(ip("10.0.0.1"), &none),
             Walk::Client(ip("10.0.0.1"))
         );
     }
@@ -278,26 +260,12 @@ mod tests {
             "1.2.3",
         ] {
             let h = xff(&[&format!("198.51.100.7, {bad}")]);
-            assert_eq!(
-                walk(
-                    ip("10.0.0.1"),
-                    &trusted(),
-                    &h,
-                    ForwardedHeader::XForwardedFor
-                ),
-                Walk::Malformed,
-                "{bad:?}"
-            );
+            assert_eq!(walk_xff(ip("10.0.0.1"), &h), Walk::Malformed, "{bad:?}");
         }
         // Garbage left of the client is never reached.
         let h = xff(&["garbage, 198.51.100.7"]);
         assert_eq!(
-            walk(
-                ip("10.0.0.1"),
-                &trusted(),
-                &h,
-                ForwardedHeader::XForwardedFor
-            ),
+            walk_xff(ip("10.0.0.1"), &h),
             Walk::Client(ip("198.51.100.7"))
         );
     }
@@ -306,24 +274,11 @@ mod tests {
     fn mapped_addresses_are_canonical_and_loopback_v6_stays_v6() {
         let h = xff(&["::ffff:198.51.100.7"]);
         assert_eq!(
-            walk(
-                ip("::ffff:10.0.0.1"),
-                &trusted(),
-                &h,
-                ForwardedHeader::XForwardedFor
-            ),
+            walk_xff(ip("::ffff:10.0.0.1"), &h),
             Walk::Client(ip("198.51.100.7"))
         );
         let loopback = xff(&["::1"]);
-        assert_eq!(
-            walk(
-                ip("10.0.0.1"),
-                &trusted(),
-                &loopback,
-                ForwardedHeader::XForwardedFor
-            ),
-            Walk::Client(ip("::1"))
-        );
+        assert_eq!(walk_xff(ip("10.0.0.1"), &loopback), Walk::Client(ip("::1")));
     }
 
     #[test]
@@ -372,15 +327,7 @@ mod tests {
             "x-forwarded-for",
             HeaderValue::from_bytes(b"1.2.3.4\xff").unwrap(),
         );
-        assert_eq!(
-            walk(
-                ip("10.0.0.1"),
-                &trusted(),
-                &h,
-                ForwardedHeader::XForwardedFor
-            ),
-            Walk::Malformed
-        );
+        assert_eq!(walk_xff(ip("10.0.0.1"), &h), Walk::Malformed);
     }
 
     proptest! {

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokengate_tests::process::{assert_no_fragment, cli, start_example, temp_dir};
+use tokengate_tests::process::{assert_no_fragment, cli, cli_issue, start_example, temp_dir};
 
 async fn send(base: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> StatusCode {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
@@ -71,24 +71,7 @@ async fn issue_use_revoke_from_another_process_then_audit() {
 
     // Another process issues a token and revokes the demo one.
     let db = dir.join("tokengate.db");
-    let issued = cli(
-        bin,
-        &db,
-        &[
-            "issue",
-            "--name",
-            "t",
-            "--subject",
-            "s",
-            "--scope",
-            "notes:read",
-            "--audience",
-            "notes",
-            "--json",
-        ],
-    );
-    let second: serde_json::Value = serde_json::from_str(&issued).unwrap();
-    let second = second["token"].as_str().unwrap().to_owned();
+    let second = cli_issue(bin, &db, "t", "s", "notes:read");
     assert_eq!(
         call("GET", "/notes", Some(second.clone()), "").await,
         StatusCode::OK

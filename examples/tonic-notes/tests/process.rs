@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokengate_tests::process::{assert_no_fragment, cli, start_example, temp_dir};
+use tokengate_tests::process::{assert_no_fragment, cli, cli_issue, start_example, temp_dir};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
@@ -64,24 +64,7 @@ async fn grpc_clients_get_codes_health_and_prompt_revocation() {
     assert_eq!(missing.code(), Code::Unauthenticated);
 
     let db = dir.join("tokengate.db");
-    let issued = cli(
-        bin,
-        &db,
-        &[
-            "issue",
-            "--name",
-            "r",
-            "--subject",
-            "reader",
-            "--scope",
-            "notes:read",
-            "--audience",
-            "notes",
-            "--json",
-        ],
-    );
-    let reader: serde_json::Value = serde_json::from_str(&issued).unwrap();
-    let reader = reader["token"].as_str().unwrap().to_owned();
+    let reader = cli_issue(bin, &db, "r", "reader", "notes:read");
     calls += 1;
     let denied = client
         .create_note(with_token(
