@@ -14,14 +14,13 @@
 
 use std::convert::Infallible;
 use std::hint::black_box;
-use std::task::{Context, Waker};
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
 use tokengate::{AuditLayer, JsonLinesSink, Overflow};
-use tokengate_tests::ready_now;
+use tokengate_tests::call_now;
 use tower::{Layer, Service, service_fn};
 
 fn handler()
@@ -47,12 +46,7 @@ where
     S: Service<Request<()>, Response = Response<B>>,
     S::Error: std::fmt::Debug,
 {
-    assert!(
-        service
-            .poll_ready(&mut Context::from_waker(Waker::noop()))
-            .is_ready()
-    );
-    ready_now(service.call(request())).unwrap()
+    call_now(service, request())
 }
 
 /// The peer: a tracing event with the record's fields on every request.

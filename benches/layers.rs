@@ -11,7 +11,6 @@
 
 use std::convert::Infallible;
 use std::hint::black_box;
-use std::task::{Context, Waker};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Method, Request, Response};
@@ -19,7 +18,7 @@ use tokengate::{
     AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, KeyId, Lifecycle, MemoryStore,
     Pepper, Requirement, ScopePolicy, TokenHasher, TokenSpec,
 };
-use tokengate_tests::ready_now;
+use tokengate_tests::call_now;
 use tower::{Layer, Service, ServiceBuilder, service_fn};
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 
@@ -40,9 +39,7 @@ where
         .header("authorization", authorization)
         .body(())
         .unwrap();
-    let ready = service.poll_ready(&mut Context::from_waker(Waker::noop()));
-    assert!(ready.is_ready());
-    ready_now(service.call(request)).unwrap()
+    call_now(service, request)
 }
 
 fn layers(c: &mut Criterion) {

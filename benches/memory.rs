@@ -52,9 +52,23 @@ fn hash(i: u64) -> TokenHash {
     TokenHash::from_parts(KeyId::new(1), Sha256::digest(i.to_le_bytes()).into())
 }
 
+/// Prints what each of `entries` entries added to the resident set, given
+/// its size `before` they were made.
+fn report(what: &str, before: u64, entries: u64) {
+    let grown = rss().saturating_sub(before);
+    println!(
+        "{what}: {:.0} bytes each ({entries} entries, {} MiB)",
+        grown as f64 / entries as f64,
+        grown >> 20
+    );
+}
+
 /// Fills a cache with `ENTRIES` tokens of `owners` owners (every owner's
-/// tokens share their scopes); prints and returns bytes per entry.
-fn cached_token(runtime: &tokio::runtime::Runtime, owners: u64) {
+/// tokens share their scopes); prints bytes per entry.
+fn cached_token(owners: u64) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     // The store's own records are the baseline: they are not the cache's cost.
     let store = MemoryStore::new();
     runtime.block_on(async {
@@ -75,12 +89,10 @@ fn cached_token(runtime: &tokio::runtime::Runtime, owners: u64) {
             cache.verify(hash).await.unwrap();
         }
     });
-    let entries = cache.stats().entries;
-    let cached = rss().saturating_sub(before);
-    println!(
-        "cached token, {owners} owners: {:.0} bytes each ({entries} entries, {} MiB)",
-        cached as f64 / entries as f64,
-        cached >> 20
+    report(
+        &format!("cached token, {owners} owners"),
+        before,
+        cache.stats().entries,
     );
 }
 
@@ -107,13 +119,7 @@ fn limiter_key() {
             1_000_000_000,
         );
     }
-    let keys = state.len();
-    let limiter = rss().saturating_sub(before);
-    println!(
-        "rate-limiter key: {:.0} bytes each ({keys} keys, {} MiB)",
-        limiter as f64 / keys as f64,
-        limiter >> 20
-    );
+    report("rate-limiter key", before, state.len() as u64);
 }
 
 /// Each measurement runs in a fresh process (this executable, with
@@ -121,7 +127,9 @@ fn limiter_key() {
 fn main() {
     // Criterion's harness flags (`--bench`) are accepted and ignored.
     match std::env::var("MEMORY_PART").as_deref() {
-        Ok("shared") | Ok("distinct") | Ok("limiter") => {}
+        Ok("shared") => cached_token(1_000),
+        Ok("distinct") => cached_token(u64::from(ENTRIES)),
+        Ok("limiter") => limiter_key(),
         _ => {
             let exe = std::env::current_exe().unwrap();
             for part in ["shared", "distinct", "limiter"] {
@@ -131,15 +139,6 @@ fn main() {
                     .unwrap();
                 assert!(status.success(), "{part}: {status}");
             }
-            return;
         }
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    match std::env::var("MEMORY_PART").as_deref() {
-        Ok("shared") => cached_token(&runtime, 1_000),
-        Ok("distinct") => cached_token(&runtime, u64::from(ENTRIES)),
-        _ => limiter_key(),
     }
 }

@@ -9,7 +9,6 @@ use std::convert::Infallible;
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::task::{Context, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -19,7 +18,7 @@ use http::{Request, Response};
 use tokengate::{ClientIp, Clock, RateQuota, SystemClock};
 use tokengate_rate::gcra::Gcra;
 use tokengate_rate::{Check, MemoryRateState, RateByTokenLayer, RateKey};
-use tokengate_tests::ready_now;
+use tokengate_tests::call_now;
 use tower::{Layer, Service, service_fn};
 use tower_governor::GovernorError;
 use tower_governor::governor::GovernorConfigBuilder;
@@ -129,12 +128,7 @@ where
 {
     let mut request = Request::new(());
     request.extensions_mut().insert(ClientIp::new(ip(7)));
-    assert!(
-        service
-            .poll_ready(&mut Context::from_waker(Waker::noop()))
-            .is_ready()
-    );
-    ready_now(service.call(request)).unwrap()
+    call_now(service, request)
 }
 
 fn layers(c: &mut Criterion) {

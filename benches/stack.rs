@@ -23,7 +23,7 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,7 +38,7 @@ use tokengate::{
     Gate, GateBody, IpFilterLayer, IpRules, JsonLinesSink, KeyId, Lifecycle, MemoryStore, Overflow,
     PeerAddr, Pepper, RateByTokenLayer, RateQuota, ScopePolicy, TokenHasher, TokenSpec,
 };
-use tokengate_tests::ready_now;
+use tokengate_tests::call_now;
 use tower::{Layer, Service, service_fn};
 
 type Body = Full<Bytes>;
@@ -74,12 +74,7 @@ where
     S: Service<Request<()>, Response = Response<B>>,
     S::Error: std::fmt::Debug,
 {
-    assert!(
-        service
-            .poll_ready(&mut Context::from_waker(Waker::noop()))
-            .is_ready()
-    );
-    ready_now(service.call(request(bearer))).unwrap()
+    call_now(service, request(bearer))
 }
 
 /// The hand-written stack.

@@ -26,6 +26,28 @@ pub fn ready_now<F: Future>(future: F) -> F::Output {
     }
 }
 
+/// Sends one request through `service` and returns its response: the
+/// service must be ready at once and the response future must complete
+/// without waiting (see [`ready_now`]).
+///
+/// # Panics
+///
+/// If the service is not ready, the future waits, or the service fails.
+#[allow(
+    clippy::panic,
+    clippy::expect_used,
+    reason = "a bench whose measured path waits or fails is wrong"
+)]
+pub fn call_now<S, R>(service: &mut S, request: R) -> S::Response
+where
+    S: tower::Service<R>,
+    S::Error: std::fmt::Debug,
+{
+    let ready = ready_now(std::future::poll_fn(|cx| service.poll_ready(cx)));
+    ready.expect("the service is ready");
+    ready_now(service.call(request)).expect("the service answers")
+}
+
 /// Running the example apps as processes, for their end-to-end tests.
 pub mod process {
     use std::io::{BufRead, BufReader};
