@@ -27,8 +27,6 @@ pub(crate) struct Recorder<K: AuditSink> {
     pending: Option<Box<Raw>>,
     /// When the request came in, on the TSC clock (for the latency).
     start: u64,
-    /// Whether the response head was seen (its latency is noted).
-    answered: bool,
 }
 
 impl<K: AuditSink> Recorder<K> {
@@ -53,7 +51,6 @@ impl<K: AuditSink> Recorder<K> {
                 limits,
             })),
             start: SystemClock.now_nanos(),
-            answered: false,
         }
     }
 
@@ -70,7 +67,6 @@ impl<K: AuditSink> Recorder<K> {
             raw.grpc_status = grpc_status(response.headers());
             raw.reason = response.extensions().get::<Denial>().map(Denial::reason);
             raw.latency = latency;
-            self.answered = true;
         }
     }
 
@@ -83,14 +79,12 @@ impl<K: AuditSink> Recorder<K> {
     }
 
     fn finish(&mut self, ending: Ending) {
-        if self.pending.is_none() {
-            return;
-        }
-        let latency = (!self.answered).then(|| self.elapsed());
         if let Some(mut raw) = self.pending.take() {
             raw.ending = ending;
-            if let Some(latency) = latency {
-                raw.latency = latency;
+            // No response head (its status is noted with its latency): the
+            // latency runs to now.
+            if raw.status.is_none() {
+                raw.latency = self.elapsed();
             }
             self.sink.record(AuditRecord::new(raw));
         }

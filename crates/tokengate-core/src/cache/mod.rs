@@ -101,7 +101,9 @@ struct Shared<S> {
     positive: Table<Entry>,
     /// One copy of each distinct grant among cached principals.
     grants: Grants,
-    negative: Cache<TokenHash, SystemTime>,
+    /// Unknown hashes, with when they were found unknown (nanoseconds since
+    /// the Unix epoch on the cache's clock).
+    negative: Cache<TokenHash, u64>,
     /// Bumped by every invalidation, under `flights`' lock.
     epoch: AtomicU64,
     flights: Mutex<HashMap<TokenHash, Flight>>,
@@ -160,23 +162,12 @@ impl Entry {
     }
 }
 
-/// Whether something inserted at `at` is still within `ttl` at `now`. A
-/// clock that went backwards past the insertion makes the entry stale.
-fn fresh(at: SystemTime, ttl: Duration, now: SystemTime) -> bool {
-    now.duration_since(at).is_ok_and(|age| age < ttl)
-}
-
-/// [`fresh`] on nanoseconds since the Unix epoch.
-fn fresh_nanos(at: u64, ttl: Duration, now: u64) -> bool {
+/// Whether something inserted at `at` is still within `ttl` at `now`
+/// (both in nanoseconds since the Unix epoch). A clock that went backwards
+/// past the insertion makes the entry stale.
+fn fresh(at: u64, ttl: Duration, now: u64) -> bool {
     now.checked_sub(at)
         .is_some_and(|age| u128::from(age) < ttl.as_nanos())
-}
-
-/// Whether a cached entry can serve no more requests at `now`: past the
-/// TTL, or its token has expired. Such slots are evicted first.
-fn spent(entry: &Entry, inserted_at: u64, ttl: Duration, now: SystemTime) -> bool {
-    !fresh_nanos(inserted_at, ttl, to_nanos(now))
-        || entry.principal.expires_at().is_some_and(|at| at <= now)
 }
 
 impl<S: TokenStore> CachedStore<S> {
@@ -240,9 +231,9 @@ impl<S: TokenStore> CachedStore<S> {
     /// What the caches know about `hash` at `now`, if anything fresh.
     fn cached(&self, hash: &TokenHash, now: SystemTime) -> Option<Loaded> {
         let shared = &*self.shared;
-        let ttl = shared.config.ttl;
+        let (ttl, now) = (shared.config.ttl, to_nanos(now));
         if let Some(found) = shared.positive.get(hash, |slot| {
-            fresh_nanos(slot.inserted_at, ttl, to_nanos(now)).then(|| slot.value.clone())
+            fresh(slot.inserted_at, ttl, now).then(|| slot.value.clone())
         }) {
             return found.map(Loaded::Found);
         }
@@ -303,16 +294,19 @@ impl<S: TokenStore> CachedStore<S> {
         };
         let _flights = lock(&shared.flights);
         if shared.epoch.load(Ordering::SeqCst) == epoch {
+            let (ttl, at) = (shared.config.ttl, to_nanos(now));
             match &loaded {
-                Loaded::Found(entry) => {
-                    let ttl = shared.config.ttl;
-                    shared
-                        .positive
-                        .insert(hash, entry.clone(), to_nanos(now), |slot| {
-                            spent(&slot.value, slot.inserted_at, ttl, now)
-                        });
-                }
-                Loaded::Missing => shared.negative.insert(hash, now),
+                // A full shard reuses spent slots first: past the TTL, or
+                // their token has expired.
+                Loaded::Found(entry) => shared.positive.insert(hash, entry.clone(), at, |slot| {
+                    !fresh(slot.inserted_at, ttl, at)
+                        || slot
+                            .value
+                            .principal
+                            .expires_at()
+                            .is_some_and(|exp| exp <= now)
+                }),
+                Loaded::Missing => shared.negative.insert(hash, at),
             }
         }
         Ok(loaded)

@@ -59,22 +59,23 @@ pub(super) struct Slot<V> {
     pub(super) value: V,
 }
 
-/// The slot-table hash of a key: its first eight digest bytes.
-fn slot_hash(hash: &TokenHash) -> u64 {
-    let digest = hash.digest();
-    u64::from_le_bytes([
-        digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
-    ])
+/// Eight digest bytes from `at`, as a word. The digest is uniform and
+/// secret-keyed, so its words serve as hashes.
+fn word(hash: &TokenHash, at: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&hash.digest()[at..at + 8]);
+    u64::from_le_bytes(bytes)
 }
 
-/// The shard-choosing hash of a key: the next eight digest bytes, so shard
-/// and slot choices are independent.
+/// The slot-table hash of a key: its first digest word.
+fn slot_hash(hash: &TokenHash) -> u64 {
+    word(hash, 0)
+}
+
+/// The shard-choosing hash of a key: the next word, so shard and slot
+/// choices are independent.
 fn shard_hash(hash: &TokenHash) -> u64 {
-    let digest = hash.digest();
-    u64::from_le_bytes([
-        digest[8], digest[9], digest[10], digest[11], digest[12], digest[13], digest[14],
-        digest[15],
-    ])
+    word(hash, 8)
 }
 
 /// A slot position as stored in the index. Positions stay below the shard's
