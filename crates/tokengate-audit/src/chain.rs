@@ -23,16 +23,29 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 const HASH_MEMBER: &str = ",\"chain.hash\":\"";
 
+/// A line's hash as the chain writes it: 64 lowercase hex digits.
+pub(crate) struct LineHash([u8; 64]);
+
+impl LineHash {
+    pub(crate) fn as_str(&self) -> &str {
+        // Hex digits are ASCII.
+        std::str::from_utf8(&self.0).unwrap_or(GENESIS)
+    }
+}
+
 /// Writes `event` into `line` (cleared first) as one chained line, without
-/// the newline, and returns the line's hash.
-pub(crate) fn link(event: &AuditEvent, prev: &str, line: &mut String) -> String {
+/// the newline, and returns the line's hash. Allocates nothing once `line`
+/// has grown to a line's size.
+pub(crate) fn link(event: &AuditEvent, prev: &str, line: &mut String) -> LineHash {
     line.clear();
     event.write_json(line, Some(prev));
-    let hash = hex::encode(Sha256::digest(line.as_bytes()));
+    let mut hash = LineHash([0; 64]);
+    // 32 bytes always fit 64 digits.
+    let _ = hex::encode_to_slice(Sha256::digest(line.as_bytes()), &mut hash.0);
     // Reopen the object for the last member.
     line.pop();
     line.push_str(HASH_MEMBER);
-    line.push_str(&hash);
+    line.push_str(hash.as_str());
     line.push_str("\"}");
     hash
 }

@@ -59,8 +59,9 @@
 //! `http-body`, `bytes` and `pin-project-lite` (the middleware and the
 //! watched body), `crossbeam-channel` (the bounded queue with blocking and
 //! non-blocking sends), `serde_json` (the JSON lines), `sha2` and `hex`
-//! (the hash chain), `humantime` (RFC 3339 timestamps), `rand` (request
-//! ids), `tracing` (the tracing sink) and `thiserror` (verification errors).
+//! (the hash chain), `humantime` (RFC 3339 timestamps), `itoa` (numbers
+//! in a line without `fmt`), `rand` (request ids), `tracing` (the tracing
+//! sink) and `thiserror` (verification errors).
 
 pub mod chain;
 mod event;

@@ -96,7 +96,7 @@ pub use denial::{
 pub use future::Decided;
 pub use hash::{KeyId, Pepper, PepperError, TokenHash, TokenHasher};
 pub use id::{TokenId, TokenIdError};
-pub use principal::{ClientIp, Principal};
+pub use principal::{ClientIp, Principal, QuotaPolicy};
 pub use record::{QuotaError, RateQuota, TokenRecord, TokenStatus};
 pub use scope::{Scope, ScopeError, ScopeRules, ScopeSet};
 pub use store::{

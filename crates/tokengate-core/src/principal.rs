@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 
 use crate::audience::Audience;
+use crate::denial::RateLimitPolicy;
 use crate::id::TokenId;
 use crate::record::{RateQuota, TokenRecord};
 use crate::scope::ScopeSet;
@@ -54,7 +55,13 @@ struct Grant {
     allowed_networks: Box<[IpNet]>,
     rate_quota: Option<RateQuota>,
     metadata: BTreeMap<String, String>,
+    /// The quota as a rate limiter states it, made once per grant.
+    quota_policy: Memo<Option<QuotaPolicy>>,
 }
+
+/// A rate limiter's view of a token's own quota: the policy and its
+/// `RateLimit-Policy` header value.
+pub type QuotaPolicy = (RateLimitPolicy, HeaderValue);
 
 impl Grant {
     fn from_record(record: &TokenRecord) -> Self {
@@ -65,8 +72,32 @@ impl Grant {
             allowed_networks: record.allowed_networks.as_slice().into(),
             rate_quota: record.rate_quota,
             metadata: record.metadata.clone(),
+            quota_policy: Memo::default(),
         }
     }
+}
+
+/// Data derived from a grant, made on first use. Boxed (8 bytes until
+/// used), and no part of the grant's identity: two grants equal in what
+/// they allow are equal whatever either has rendered so far.
+struct Memo<T>(OnceLock<Box<T>>);
+
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Self(OnceLock::new())
+    }
+}
+
+impl<T> PartialEq for Memo<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<T> Eq for Memo<T> {}
+
+impl<T> std::hash::Hash for Memo<T> {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
 }
 
 /// One shared copy of each distinct grant among live principals.
@@ -204,6 +235,30 @@ impl Principal {
     /// The token's own rate quota, if it has one.
     pub fn rate_quota(&self) -> Option<RateQuota> {
         self.inner.grant.rate_quota
+    }
+
+    /// The token's own quota as the rate limiter called `name` states it,
+    /// rendered by `render` once per grant (tokens sharing a grant share
+    /// it) instead of once per request. `None` without a quota of its own.
+    ///
+    /// The first limiter to ask keeps its rendering; a limiter of another
+    /// name gets a fresh one each time.
+    pub fn quota_policy(
+        &self,
+        name: &str,
+        render: impl Fn(RateQuota) -> Option<QuotaPolicy>,
+    ) -> Option<QuotaPolicy> {
+        let quota = self.inner.grant.rate_quota?;
+        let memo = self
+            .inner
+            .grant
+            .quota_policy
+            .0
+            .get_or_init(|| Box::new(render(quota)));
+        match &**memo {
+            Some(policy) if policy.0.name() == name => Some(policy.clone()),
+            _ => render(quota),
+        }
     }
 
     /// Application labels.
@@ -355,6 +410,70 @@ mod tests {
         assert!(!Arc::ptr_eq(&pa.inner.grant, &pc.inner.grant));
         assert_eq!(pc.scopes(), &a.scopes);
         assert_eq!(pa.scopes(), &b.scopes);
+    }
+
+    #[test]
+    fn a_quota_policy_is_rendered_once_per_grant_and_only_for_its_name() {
+        use std::sync::atomic::AtomicUsize;
+        let renders = AtomicUsize::new(0);
+        let render = |quota: RateQuota| {
+            renders.fetch_add(1, Ordering::Relaxed);
+            let policy =
+                RateLimitPolicy::new("per-token", u64::from(quota.count().get()), quota.period())
+                    .ok()?;
+            let header = policy.policy_header();
+            Some((policy, header))
+        };
+        let grants = Grants::new();
+        let mut a = record();
+        assert!(
+            Principal::from_record(&a)
+                .quota_policy("per-token", render)
+                .is_none()
+        );
+        assert_eq!(
+            renders.load(Ordering::Relaxed),
+            0,
+            "no quota, nothing rendered"
+        );
+        a.rate_quota = Some(
+            RateQuota::new(
+                std::num::NonZeroU32::new(5).unwrap(),
+                Duration::from_secs(60),
+                std::num::NonZeroU32::new(5).unwrap(),
+            )
+            .unwrap(),
+        );
+        let mut b = a.clone();
+        b.id = TokenId::generate();
+        let (pa, pb) = (
+            Principal::from_record_in(&a, &grants),
+            Principal::from_record_in(&b, &grants),
+        );
+        for p in [&pa, &pb, &pa] {
+            let (policy, header) = p.quota_policy("per-token", render).unwrap();
+            assert_eq!(policy.quota(), 5);
+            assert_eq!(header, r#""per-token";q=5;w=60"#);
+        }
+        assert_eq!(
+            renders.load(Ordering::Relaxed),
+            1,
+            "one rendering for the shared grant"
+        );
+        let _ = pa.quota_policy("per-client", render);
+        let _ = pa.quota_policy("per-client", render);
+        assert_eq!(
+            renders.load(Ordering::Relaxed),
+            3,
+            "another name is not served the memo"
+        );
+        assert!(
+            Arc::ptr_eq(
+                &pa.inner.grant,
+                &Principal::from_record_in(&a, &grants).inner.grant
+            ),
+            "a rendered memo does not change equality"
+        );
     }
 
     #[test]

@@ -144,7 +144,7 @@ where
                                 config,
                                 ..
                             } = *waiting;
-                            match config.finish(result, &quotas) {
+                            match config.finish(result, &quotas, request.extensions()) {
                                 Ok(headers) => Kind::Forward {
                                     future: inner.call(request),
                                     headers,

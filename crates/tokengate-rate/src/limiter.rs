@@ -3,8 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::{Extensions, HeaderMap, HeaderValue};
-use tokengate_core::{ClientIp, Denial, IpReason, Principal, RateLimitPolicy, RateQuota};
+use http::{Extensions, HeaderMap};
+use tokengate_core::{
+    ClientIp, Denial, IpReason, Principal, QuotaPolicy, RateLimitPolicy, RateQuota,
+};
 
 use crate::gcra::Gcra;
 use crate::state::RateKey;
@@ -48,7 +50,7 @@ pub struct Limiter {
     pub(crate) key: KeyBy,
     /// The policy and its header for the limiter's own quota, made once;
     /// `None` for a name that cannot be a policy name (refused by the layer).
-    own_policy: Option<(RateLimitPolicy, HeaderValue)>,
+    own_policy: Option<QuotaPolicy>,
 }
 
 impl Limiter {
@@ -146,16 +148,22 @@ impl Limiter {
 
     /// The IETF `RateLimit-Policy` view of `quota` under this limiter's
     /// name, with its header value: made once for the limiter's own quota,
-    /// per request only for a token's own quota.
-    pub(crate) fn policy(&self, quota: RateQuota) -> Option<(RateLimitPolicy, HeaderValue)> {
+    /// and once per grant for a token's own quota (kept by the principal in
+    /// `extensions`).
+    pub(crate) fn policy(&self, quota: RateQuota, extensions: &Extensions) -> Option<QuotaPolicy> {
         match &self.own_policy {
             Some(own) if quota == self.quota => Some(own.clone()),
-            _ => own_policy(&self.name, quota),
+            _ => match (&self.key, extensions.get::<Principal>()) {
+                (KeyBy::Token, Some(principal)) if principal.rate_quota() == Some(quota) => {
+                    principal.quota_policy(&self.name, |quota| own_policy(&self.name, quota))
+                }
+                _ => own_policy(&self.name, quota),
+            },
         }
     }
 }
 
-fn own_policy(name: &str, quota: RateQuota) -> Option<(RateLimitPolicy, HeaderValue)> {
+fn own_policy(name: &str, quota: RateQuota) -> Option<QuotaPolicy> {
     let policy = RateLimitPolicy::new(name, u64::from(quota.count().get()), quota.period()).ok()?;
     let header = policy.policy_header();
     Some((policy, header))

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use http::{HeaderValue, Request, Response};
+use http::{Extensions, HeaderValue, Request, Response};
 use smallvec::SmallVec;
 use tokengate_core::{Denial, GateBody, RateLimited, RateQuota};
 use tower::Service;
@@ -76,17 +76,23 @@ impl<St> Config<St> {
     }
 
     /// Turns the state's answer into headers for an admitted request or
-    /// the denial for a refused one. A failing state backend refuses (503).
+    /// the denial for a refused one (`extensions` are the request's: a
+    /// token's own quota is stated once per token, see
+    /// [`Principal::quota_policy`](tokengate_core::Principal::quota_policy)).
+    /// A failing state backend refuses (503).
     pub(crate) fn finish(
         &self,
         result: Result<Outcome, RateStateError>,
         quotas: &Quotas,
+        extensions: &Extensions,
     ) -> Result<LimitHeaders, Denial> {
         match result.map_err(|_| Denial::StoreUnavailable)? {
             Outcome::Refused { check, retry_after } => {
                 let (index, quota) = quotas.get(check).copied().ok_or(Denial::StoreUnavailable)?;
                 let limiter = self.limiters.get(index).ok_or(Denial::StoreUnavailable)?;
-                let (policy, _) = limiter.policy(quota).ok_or(Denial::StoreUnavailable)?;
+                let (policy, _) = limiter
+                    .policy(quota, extensions)
+                    .ok_or(Denial::StoreUnavailable)?;
                 Err(Denial::RateLimited(RateLimited {
                     retry_after,
                     policy,
@@ -96,7 +102,7 @@ impl<St> Config<St> {
                 .filter(|_| self.success_headers)
                 .and_then(|(check, remaining, reset)| {
                     let (index, quota) = quotas.get(check).copied()?;
-                    let (policy, header) = self.limiters.get(index)?.policy(quota)?;
+                    let (policy, header) = self.limiters.get(index)?.policy(quota, extensions)?;
                     Some((header, policy.state_header(u64::from(remaining), reset)))
                 })),
         }
@@ -130,7 +136,7 @@ where
         // In-memory state answers at once; only a pending answer needs the
         // request and a ready service moved into the future.
         match Pin::new(&mut answer).poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(result) => match config.finish(result, &quotas) {
+            Poll::Ready(result) => match config.finish(result, &quotas, request.extensions()) {
                 Ok(headers) => ResponseFuture::forward(self.inner.call(request), headers),
                 Err(denial) => ResponseFuture::reject(config.renderer.reject(&request, denial)),
             },

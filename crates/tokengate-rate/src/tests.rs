@@ -234,8 +234,20 @@ async fn the_token_records_own_quota_wins() {
     let mut tight = record("alice", "");
     tight.rate_quota = Some(quota(1, 60, 2));
     let p = Principal::from_record(&tight);
-    assert_eq!(status(&svc, as_principal(&p)).await, StatusCode::OK);
-    assert_eq!(status(&svc, as_principal(&p)).await, StatusCode::OK);
+    for remaining in ["1", "0"] {
+        let admitted = svc.clone().oneshot(as_principal(&p)).await.unwrap();
+        assert_eq!(admitted.status(), StatusCode::OK);
+        // Stated from the principal's memo after the first request.
+        assert_eq!(
+            admitted.headers()["ratelimit-policy"],
+            r#""per-token";q=1;w=60"#
+        );
+        let state = admitted.headers()["ratelimit"].to_str().unwrap();
+        assert!(
+            state.starts_with(&format!(r#""per-token";r={remaining};"#)),
+            "{state}"
+        );
+    }
     let limited = svc.clone().oneshot(as_principal(&p)).await.unwrap();
     assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(

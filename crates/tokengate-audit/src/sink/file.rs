@@ -345,7 +345,8 @@ impl Writer {
         };
         match out.write_all(self.line.as_bytes()) {
             Ok(()) => {
-                self.prev = hash;
+                self.prev.clear();
+                self.prev.push_str(hash.as_str());
                 self.stats.written.fetch_add(1, Ordering::SeqCst);
             }
             Err(error) => {
