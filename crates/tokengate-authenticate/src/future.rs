@@ -4,14 +4,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokengate_core::{Denial, GateBody, Principal, VerifyError};
+use tokengate_core::GateBody;
 use tower::Service;
 
 use crate::layer::Config;
-
-type Lookup = Pin<Box<dyn Future<Output = Result<Principal, VerifyError>> + Send>>;
+use crate::service::{ExpiryHeader, TokenLookup};
 
 pin_project! {
     /// The response future of [`Authenticate`](crate::Authenticate).
@@ -34,15 +33,14 @@ pin_project! {
         // is refused. `pending` holds the request and the ready service.
         // Boxed: only misses pay for its size; hits keep the future small.
         Verifying {
-            lookup: Lookup,
+            lookup: TokenLookup,
             pending: Option<Box<(Request<ReqBody>, S)>>,
             config: Arc<Config<St>>,
         },
         Forward {
             #[pin]
             future: S::Future,
-            expires: Option<HeaderValue>,
-            header: Option<HeaderName>,
+            expiry: ExpiryHeader,
         },
         Rejected {
             // Boxed: refusals are the cold path, and a response held inline
@@ -56,17 +54,9 @@ impl<S, St, ReqBody, ResBody> ResponseFuture<S, St, ReqBody, ResBody>
 where
     S: Service<Request<ReqBody>>,
 {
-    pub(crate) fn forward(
-        future: S::Future,
-        expires: Option<HeaderValue>,
-        header: Option<HeaderName>,
-    ) -> Self {
+    pub(crate) fn forward(future: S::Future, expiry: ExpiryHeader) -> Self {
         Self {
-            kind: Kind::Forward {
-                future,
-                expires,
-                header,
-            },
+            kind: Kind::Forward { future, expiry },
         }
     }
 
@@ -79,7 +69,7 @@ where
     }
 
     pub(crate) fn verify(
-        lookup: Lookup,
+        lookup: TokenLookup,
         request: Request<ReqBody>,
         inner: S,
         config: Arc<Config<St>>,
@@ -104,42 +94,26 @@ where
         let mut kind = self.project().kind;
         loop {
             let next = match kind.as_mut().project() {
-                KindProj::Forward {
-                    future,
-                    expires,
-                    header,
-                } => {
+                KindProj::Forward { future, expiry } => {
                     let mut response = ready!(future.poll(cx))?.map(GateBody::new);
-                    if let (Some(value), Some(name)) = (expires.take(), header.take()) {
-                        response.headers_mut().insert(name, value);
-                    }
+                    std::mem::take(expiry).apply(response.headers_mut());
                     return Poll::Ready(Ok(response));
                 }
                 KindProj::Rejected { response } => {
-                    // Taken once; a future polled again after completion gets
-                    // a fail-closed 503 rather than a panic.
-                    let response = response.take().map_or_else(
-                        || {
-                            tokengate_core::Renderer::default()
-                                .render(Denial::StoreUnavailable, false)
-                        },
-                        |boxed| *boxed,
-                    );
-                    return Poll::Ready(Ok(response));
+                    return Poll::Ready(Ok(tokengate_core::take_refusal(response)));
                 }
                 KindProj::Verifying {
                     lookup,
                     pending,
                     config,
                 } => {
-                    let verdict = ready!(lookup.as_mut().poll(cx));
+                    let verdict = ready!(Pin::new(lookup).poll(cx));
                     match pending.take().map(|boxed| *boxed) {
                         Some((mut request, mut inner)) => match config.admit(&mut request, verdict)
                         {
-                            Ok(expires) => Kind::Forward {
+                            Ok(expiry) => Kind::Forward {
                                 future: inner.call(request),
-                                expires,
-                                header: config.expires_header.clone(),
+                                expiry,
                             },
                             Err(denial) => Kind::Rejected {
                                 response: Some(Box::new(config.renderer.reject(&request, denial))),

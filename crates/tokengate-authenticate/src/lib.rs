@@ -99,7 +99,7 @@ mod usage;
 pub use future::ResponseFuture;
 pub use layer::{AuthenticateLayer, TOKEN_EXPIRES};
 pub use public::{IsPublic, PublicPaths};
-pub use service::Authenticate;
+pub use service::{Authenticate, ExpiryHeader, TokenLookup, Verdict};
 pub use usage::UsageTracker;
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use tokengate_core::{
     ClientIp, Denial, GateBody, InvalidReason, IpReason, Principal, RequestTrail, StoreError,
     TokenHash, TokenStore, VerifyError,
@@ -12,7 +14,7 @@ use tower::Service;
 
 use crate::credential::{QuerySource, redact_query};
 use crate::future::ResponseFuture;
-use crate::layer::{AudienceCheck, Config};
+use crate::layer::{AudienceCheck, AuthenticateLayer, Config};
 
 /// The service [`AuthenticateLayer`](crate::AuthenticateLayer) makes.
 pub struct Authenticate<S, St> {
@@ -43,11 +45,58 @@ impl<S: fmt::Debug, St> fmt::Debug for Authenticate<S, St> {
     }
 }
 
-/// What the cheap, synchronous part of `call` decided.
+/// What the cheap, synchronous part of a decision found.
 enum Step {
     Public,
     Refuse(Denial),
     Lookup(TokenHash),
+}
+
+/// What [`AuthenticateLayer::check_cached`] decided without waiting.
+#[derive(Debug)]
+pub enum Verdict {
+    /// A public route: no token is asked for.
+    Public,
+    /// Verified from the cache and admitted: the principal is in the
+    /// request's extensions. Set the expiry header on the response.
+    Admitted(ExpiryHeader),
+    /// The cache does not know the token: await the lookup, then hand its
+    /// output to [`AuthenticateLayer::admit`].
+    Lookup(TokenLookup),
+}
+
+/// The token-expiry header of an admitted request (nothing when the layer
+/// sends none, or the token never expires).
+#[derive(Debug, Clone, Default)]
+pub struct ExpiryHeader(Option<(HeaderName, HeaderValue)>);
+
+impl ExpiryHeader {
+    /// Sets the header on a response's `headers`.
+    pub fn apply(self, headers: &mut HeaderMap) {
+        if let Some((name, value)) = self.0 {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// A store lookup of a token the cache did not know, bounded by the
+/// layer's lookup timeout (a timeout is a store error: 503).
+pub struct TokenLookup {
+    future: Pin<Box<dyn Future<Output = Result<Principal, VerifyError>> + Send>>,
+}
+
+impl Future for TokenLookup {
+    type Output = Result<Principal, VerifyError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.future.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for TokenLookup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenLookup").finish_non_exhaustive()
+    }
 }
 
 impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for Authenticate<S, St>
@@ -68,39 +117,72 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let config = &*self.config;
-        let hash = match config.first_step(&mut request) {
-            Step::Public => return ResponseFuture::forward(self.inner.call(request), None, None),
-            Step::Refuse(denial) => {
-                return ResponseFuture::reject(config.renderer.reject(&request, denial));
+        match config.check_cached(&mut request) {
+            Ok(Verdict::Public) => {
+                ResponseFuture::forward(self.inner.call(request), ExpiryHeader::default())
             }
-            Step::Lookup(hash) => hash,
-        };
-        match config.verifier.verify_cached(&hash) {
-            Some(verdict) => match config.admit(&mut request, verdict) {
-                Ok(expires) => ResponseFuture::forward(
-                    self.inner.call(request),
-                    expires,
-                    config.expires_header.clone(),
-                ),
-                Err(denial) => ResponseFuture::reject(config.renderer.reject(&request, denial)),
-            },
-            None => {
+            Ok(Verdict::Admitted(expiry)) => {
+                ResponseFuture::forward(self.inner.call(request), expiry)
+            }
+            Ok(Verdict::Lookup(lookup)) => {
                 // Clone and swap: the service that was polled ready goes with
                 // the request; this service keeps a fresh clone.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                let config = Arc::clone(&self.config);
-                let lookup = {
-                    let verifier = config.verifier.clone();
-                    let timeout = config.lookup_timeout;
-                    Box::pin(async move {
+                ResponseFuture::verify(lookup, request, inner, Arc::clone(&self.config))
+            }
+            Err(denial) => ResponseFuture::reject(config.renderer.reject(&request, denial)),
+        }
+    }
+}
+
+impl<St: TokenStore> AuthenticateLayer<St> {
+    /// Decides `request` as far as this layer's service does without
+    /// waiting, for a service that runs several layers' decisions itself
+    /// (the facade's `Gate`): public routes, the credential, the token's
+    /// format and checksum, and the verifying cache. A refusal is to be
+    /// answered with [`AuthenticateLayer::reject`].
+    pub fn check_cached<B>(&self, request: &mut Request<B>) -> Result<Verdict, Denial> {
+        self.config.check_cached(request)
+    }
+
+    /// Checks the output of a [`TokenLookup`] against this layer (audience,
+    /// the token's networks) and hands the principal to `request`, as
+    /// this layer's service does after a cache miss.
+    pub fn admit<B>(
+        &self,
+        request: &mut Request<B>,
+        verdict: Result<Principal, VerifyError>,
+    ) -> Result<ExpiryHeader, Denial> {
+        self.config.admit(request, verdict)
+    }
+
+    /// The response this layer's service refuses `request` with.
+    pub fn reject<B, R>(&self, request: &Request<B>, denial: Denial) -> Response<GateBody<R>> {
+        self.config.renderer.reject(request, denial)
+    }
+}
+
+impl<St: TokenStore> Config<St> {
+    fn check_cached<B>(&self, request: &mut Request<B>) -> Result<Verdict, Denial> {
+        let hash = match self.first_step(request) {
+            Step::Public => return Ok(Verdict::Public),
+            Step::Refuse(denial) => return Err(denial),
+            Step::Lookup(hash) => hash,
+        };
+        match self.verifier.verify_cached(&hash) {
+            Some(verdict) => self.admit(request, verdict).map(Verdict::Admitted),
+            None => {
+                let verifier = self.verifier.clone();
+                let timeout = self.lookup_timeout;
+                Ok(Verdict::Lookup(TokenLookup {
+                    future: Box::pin(async move {
                         match tokio::time::timeout(timeout, verifier.verify(&hash)).await {
                             Ok(verdict) => verdict,
                             Err(_) => Err(VerifyError::Store(StoreError::Timeout)),
                         }
-                    })
-                };
-                ResponseFuture::verify(lookup, request, inner, config)
+                    }),
+                }))
             }
         }
     }
@@ -143,12 +225,12 @@ impl<St> Config<St> {
 
     /// Checks a verified principal against this service (audience, the
     /// token's networks) and hands it to the request. Returns the token's
-    /// expiry for the response header.
+    /// expiry header for the response.
     pub(crate) fn admit<B>(
         &self,
         request: &mut Request<B>,
         verdict: Result<Principal, VerifyError>,
-    ) -> Result<Option<HeaderValue>, Denial> {
+    ) -> Result<ExpiryHeader, Denial> {
         let principal = verdict.map_err(|error| {
             if let VerifyError::Store(store) = &error {
                 tracing::warn!(error = %store, "token store unavailable");
@@ -178,12 +260,12 @@ impl<St> Config<St> {
                 usage.record(principal.token_id(), now);
             }
         }
-        let expires = match self.expires_header {
-            Some(_) => principal
-                .expiry_header(|at| HeaderValue::from_str(&httpdate::fmt_http_date(at)).ok()),
-            None => None,
-        };
+        let expiry = self.expires_header.as_ref().and_then(|name| {
+            let value = principal
+                .expiry_header(|at| HeaderValue::from_str(&httpdate::fmt_http_date(at)).ok())?;
+            Some((name.clone(), value))
+        });
         request.extensions_mut().insert(principal);
-        Ok(expires)
+        Ok(ExpiryHeader(expiry))
     }
 }

@@ -49,6 +49,16 @@ impl<F, B> Decided<F, B> {
     }
 }
 
+/// Takes a refusal decided earlier from its slot in a response future. A
+/// future polled again after completing finds the slot empty and answers
+/// a fail-closed 503 rather than panicking.
+pub fn take_refusal<B>(slot: &mut Option<Box<Response<GateBody<B>>>>) -> Response<GateBody<B>> {
+    slot.take().map_or_else(
+        || Renderer::default().render(Denial::StoreUnavailable, false),
+        |boxed| *boxed,
+    )
+}
+
 impl<F, B, E> Future for Decided<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
@@ -60,11 +70,7 @@ where
             KindProj::Forward { future } => {
                 Poll::Ready(Ok(ready!(future.poll(cx))?.map(GateBody::new)))
             }
-            // Polled again after completion: a fail-closed 503, not a panic.
-            KindProj::Rejected { response } => Poll::Ready(Ok(response.take().map_or_else(
-                || Renderer::default().render(Denial::StoreUnavailable, false),
-                |boxed| *boxed,
-            ))),
+            KindProj::Rejected { response } => Poll::Ready(Ok(take_refusal(response))),
         }
     }
 }

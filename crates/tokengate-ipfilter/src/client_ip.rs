@@ -154,20 +154,41 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let config = &*self.config;
-        let resolved = (config.peer)(request.extensions())
-            .map(|peer| walk(peer, &config.trusted, request.headers(), config.header));
-        match resolved {
-            Some(Walk::Client(addr)) => {
-                let ip = ClientIp::new(addr);
-                RequestTrail::note_client_ip(request.extensions(), ip);
-                request.extensions_mut().insert(ip);
-                Decided::forward(self.inner.call(request))
-            }
-            Some(Walk::Malformed) | None => {
-                let denial = Denial::IpForbidden(IpReason::Unresolved);
-                Decided::reject(config.renderer.reject(&request, denial))
-            }
+        match resolve(&self.config, &mut request) {
+            Ok(_) => Decided::forward(self.inner.call(request)),
+            Err(denial) => Decided::reject(self.config.renderer.reject(&request, denial)),
         }
+    }
+}
+
+/// What the service decides: the address inserted and noted, or the
+/// refusal of a request whose address cannot be resolved.
+fn resolve<B>(config: &Config, request: &mut Request<B>) -> Result<ClientIp, Denial> {
+    let resolved = (config.peer)(request.extensions())
+        .map(|peer| walk(peer, &config.trusted, request.headers(), config.header));
+    match resolved {
+        Some(Walk::Client(addr)) => {
+            let ip = ClientIp::new(addr);
+            RequestTrail::note_client_ip(request.extensions(), ip);
+            request.extensions_mut().insert(ip);
+            Ok(ip)
+        }
+        Some(Walk::Malformed) | None => Err(Denial::IpForbidden(IpReason::Unresolved)),
+    }
+}
+
+impl ClientIpLayer {
+    /// Decides `request` as this layer's service does, for a service that
+    /// runs several layers' decisions itself (the facade's `Gate`): the
+    /// client address, inserted as a [`ClientIp`] extension and noted in
+    /// the request's trail, or the refusal to answer with
+    /// [`ClientIpLayer::reject`].
+    pub fn resolve<B>(&self, request: &mut Request<B>) -> Result<ClientIp, Denial> {
+        resolve(&self.config, request)
+    }
+
+    /// The response this layer's service refuses `request` with.
+    pub fn reject<B, R>(&self, request: &Request<B>, denial: Denial) -> Response<GateBody<R>> {
+        self.config.renderer.reject(request, denial)
     }
 }

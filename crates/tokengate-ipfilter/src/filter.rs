@@ -111,6 +111,22 @@ impl IpFilterLayer {
         self
     }
 
+    /// Decides `request` as this layer's service does, for a service that
+    /// runs several layers' decisions itself (the facade's `Gate`): the
+    /// refusal to answer with [`IpFilterLayer::reject`], if any.
+    pub fn check<B>(&self, request: &Request<B>) -> Result<(), Denial> {
+        match request.extensions().get::<ClientIp>() {
+            Some(ip) => self.rules.load().check(ip.addr()),
+            None => Err(IpReason::Unresolved),
+        }
+        .map_err(Denial::IpForbidden)
+    }
+
+    /// The response this layer's service refuses `request` with.
+    pub fn reject<B, R>(&self, request: &Request<B>, denial: Denial) -> Response<GateBody<R>> {
+        self.renderer.reject(request, denial)
+    }
+
     /// Applies `rules` from the next request on, in every service made by
     /// this layer or its clones.
     pub fn replace(&self, rules: IpRules) {
@@ -159,17 +175,9 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let verdict = match request.extensions().get::<ClientIp>() {
-            Some(ip) => self.layer.rules.load().check(ip.addr()),
-            None => Err(IpReason::Unresolved),
-        };
-        match verdict {
+        match self.layer.check(&request) {
             Ok(()) => Decided::forward(self.inner.call(request)),
-            Err(reason) => Decided::reject(
-                self.layer
-                    .renderer
-                    .reject(&request, Denial::IpForbidden(reason)),
-            ),
+            Err(denial) => Decided::reject(self.layer.reject(&request, denial)),
         }
     }
 }

@@ -4,17 +4,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::{HeaderName, Request, Response};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tokengate_core::{Denial, GateBody, Renderer};
 use tower::Service;
 
 use crate::layer::Config;
-use crate::service::{LimitHeaders, Quotas};
+use crate::service::{Quotas, RateHeaders};
 use crate::state::RateState;
-
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 pin_project! {
     /// The response future of [`RateByToken`](crate::RateByToken).
@@ -43,7 +40,7 @@ pin_project! {
         Forward {
             #[pin]
             future: S::Future,
-            headers: LimitHeaders,
+            headers: RateHeaders,
         },
         Rejected {
             // Boxed: refusals are the cold path, and a response held inline
@@ -67,7 +64,7 @@ where
     S: Service<Request<ReqBody>>,
     St: RateState,
 {
-    pub(crate) fn forward(future: S::Future, headers: LimitHeaders) -> Self {
+    pub(crate) fn forward(future: S::Future, headers: RateHeaders) -> Self {
         Self {
             kind: Kind::Forward { future, headers },
         }
@@ -115,20 +112,11 @@ where
             let next = match kind.as_mut().project() {
                 KindProj::Forward { future, headers } => {
                     let mut response = ready!(future.poll(cx))?.map(GateBody::new);
-                    if let Some((policy, state)) = headers.take() {
-                        let h = response.headers_mut();
-                        h.insert(RATELIMIT_POLICY, policy);
-                        h.insert(RATELIMIT, state);
-                    }
+                    std::mem::take(headers).apply(response.headers_mut());
                     return Poll::Ready(Ok(response));
                 }
                 KindProj::Rejected { response } => {
-                    // Polled again after completion: fail closed, no panic.
-                    let response = response.take().map_or_else(
-                        || Renderer::default().render(Denial::StoreUnavailable, false),
-                        |boxed| *boxed,
-                    );
-                    return Poll::Ready(Ok(response));
+                    return Poll::Ready(Ok(tokengate_core::take_refusal(response)));
                 }
                 KindProj::Checking { pending } => {
                     let Some(waiting) = pending.as_mut() else {

@@ -91,7 +91,7 @@ mod state;
 pub use future::ResponseFuture;
 pub use layer::{CostFn, MAX_LIMITERS, MissingKey, RateByTokenLayer, RateConfigError};
 pub use limiter::{KeyBy, KeyFn, Limiter};
-pub use service::RateByToken;
+pub use service::{RateByToken, RateHeaders};
 pub use state::{Check, MemoryRateState, Outcome, RateKey, RateState, RateStateError};
 
 #[cfg(test)]

@@ -4,20 +4,37 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use http::{Extensions, HeaderValue, Request, Response};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Request, Response};
 use smallvec::SmallVec;
 use tokengate_core::{Denial, GateBody, RateLimited, RateQuota};
+
 use tower::Service;
 
 use crate::future::ResponseFuture;
-use crate::layer::{Config, MissingKey};
-use crate::state::{Check, Outcome, RateState, RateStateError};
+use crate::layer::{Config, MissingKey, RateByTokenLayer};
+use crate::state::{Check, MemoryRateState, Outcome, RateState, RateStateError};
 
 /// Which limiter and quota each check of a request stands for.
 pub(crate) type Quotas = SmallVec<[(usize, RateQuota); 2]>;
 
-/// The `RateLimit-Policy` and `RateLimit` values for an admitted response.
-pub(crate) type LimitHeaders = Option<(HeaderValue, HeaderValue)>;
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// The `RateLimit-Policy` and `RateLimit` headers of an admitted request:
+/// the tightest of its limits, or nothing when the layer sends no headers
+/// on success.
+#[derive(Debug, Clone, Default)]
+pub struct RateHeaders(Option<(HeaderValue, HeaderValue)>);
+
+impl RateHeaders {
+    /// Sets the headers on a response's `headers`.
+    pub fn apply(self, headers: &mut HeaderMap) {
+        if let Some((policy, state)) = self.0 {
+            headers.insert(RATELIMIT_POLICY, policy);
+            headers.insert(RATELIMIT, state);
+        }
+    }
+}
 
 /// The service [`RateByTokenLayer`](crate::RateByTokenLayer) makes.
 pub struct RateByToken<S, St> {
@@ -85,7 +102,7 @@ impl<St> Config<St> {
         result: Result<Outcome, RateStateError>,
         quotas: &Quotas,
         extensions: &Extensions,
-    ) -> Result<LimitHeaders, Denial> {
+    ) -> Result<RateHeaders, Denial> {
         match result.map_err(|_| Denial::StoreUnavailable)? {
             Outcome::Refused { check, retry_after } => {
                 let (index, quota) = quotas.get(check).copied().ok_or(Denial::StoreUnavailable)?;
@@ -98,13 +115,16 @@ impl<St> Config<St> {
                     policy,
                 }))
             }
-            Outcome::Admitted { tightest } => Ok(tightest
-                .filter(|_| self.success_headers)
-                .and_then(|(check, remaining, reset)| {
-                    let (index, quota) = quotas.get(check).copied()?;
-                    let (policy, header) = self.limiters.get(index)?.policy(quota, extensions)?;
-                    Some((header, policy.state_header(u64::from(remaining), reset)))
-                })),
+            Outcome::Admitted { tightest } => Ok(RateHeaders(
+                tightest
+                    .filter(|_| self.success_headers)
+                    .and_then(|(check, remaining, reset)| {
+                        let (index, quota) = quotas.get(check).copied()?;
+                        let (policy, header) =
+                            self.limiters.get(index)?.policy(quota, extensions)?;
+                        Some((header, policy.state_header(u64::from(remaining), reset)))
+                    }),
+            )),
         }
     }
 }
@@ -130,7 +150,7 @@ where
             Err(denial) => return ResponseFuture::reject(config.renderer.reject(&request, denial)),
         };
         if checks.is_empty() {
-            return ResponseFuture::forward(self.inner.call(request), None);
+            return ResponseFuture::forward(self.inner.call(request), RateHeaders::default());
         }
         let mut answer = config.state.acquire(&checks, config.clock.now_nanos());
         // In-memory state answers at once; only a pending answer needs the
@@ -146,5 +166,29 @@ where
                 ResponseFuture::checking(answer, quotas, request, inner, Arc::clone(&self.config))
             }
         }
+    }
+}
+
+impl RateByTokenLayer<MemoryRateState> {
+    /// Decides `request` as this layer's service does, for a service that
+    /// runs several layers' decisions itself (the facade's `Gate`): the
+    /// in-memory state answers at once, so this is synchronous. The headers
+    /// for the admitted response, or the refusal to answer with
+    /// [`RateByTokenLayer::reject`].
+    pub fn check<B>(&self, request: &Request<B>) -> Result<RateHeaders, Denial> {
+        let config = &*self.config;
+        let (checks, quotas) = config.checks(request)?;
+        if checks.is_empty() {
+            return Ok(RateHeaders::default());
+        }
+        let outcome = config.state.decide(&checks, config.clock.now_nanos());
+        config.finish(Ok(outcome), &quotas, request.extensions())
+    }
+}
+
+impl<St> RateByTokenLayer<St> {
+    /// The response this layer's service refuses `request` with.
+    pub fn reject<B, R>(&self, request: &Request<B>, denial: Denial) -> Response<GateBody<R>> {
+        self.config.renderer.reject(request, denial)
     }
 }

@@ -1,7 +1,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use tokengate_core::{Renderer, ScopeRules};
+use http::{Request, Response};
+use tokengate_core::{Denial, GateBody, Principal, Renderer, ScopeRules};
 use tower::Layer;
 
 use crate::policy::ScopeLookup;
@@ -46,6 +47,33 @@ impl<P: fmt::Debug> fmt::Debug for EnforceScopeLayer<P> {
 }
 
 impl<P: ScopeLookup> EnforceScopeLayer<P> {
+    /// Decides `request` as this layer's service does, for a service that
+    /// runs several layers' decisions itself (the facade's `Gate`). Public
+    /// routes pass; otherwise a principal is needed (401), a rule must
+    /// cover the request (403), and the rule must be met (403). Answer a
+    /// refusal with [`EnforceScopeLayer::reject`].
+    pub fn check<B>(&self, request: &Request<B>) -> Result<(), Denial> {
+        let requirement = self
+            .lookup
+            .requirement(request.method(), request.uri().path());
+        if matches!(requirement, Some(Requirement::Public)) {
+            return Ok(());
+        }
+        let principal = request
+            .extensions()
+            .get::<Principal>()
+            .ok_or(Denial::MissingToken)?;
+        requirement
+            .ok_or(Denial::Unmapped)?
+            .check(principal.scopes(), &self.rules)
+            .map_err(|missing| Denial::InsufficientScope { missing })
+    }
+
+    /// The response this layer's service refuses `request` with.
+    pub fn reject<B, R>(&self, request: &Request<B>, denial: Denial) -> Response<GateBody<R>> {
+        self.renderer.reject(request, denial)
+    }
+
     /// Enforces `lookup` with exact scope matching ([`ScopeRules::exact`]).
     pub fn new(lookup: P) -> Self {
         Self {

@@ -2,12 +2,11 @@ use std::fmt;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use tokengate_core::{Decided, Denial, GateBody, Principal};
+use tokengate_core::{Decided, GateBody};
 use tower::Service;
 
 use crate::layer::EnforceScopeLayer;
 use crate::policy::ScopeLookup;
-use crate::requirement::Requirement;
 
 /// The response future of [`EnforceScope`].
 pub type ResponseFuture<F, B> = Decided<F, B>;
@@ -36,31 +35,6 @@ impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for EnforceScope<S, P> {
     }
 }
 
-impl<S, P> EnforceScope<S, P>
-where
-    P: ScopeLookup,
-{
-    /// Public routes pass; otherwise a principal is needed (401), a rule
-    /// must cover the request (403), and the rule must be met (403).
-    fn decide<B>(&self, request: &Request<B>) -> Result<(), Denial> {
-        let requirement = self
-            .layer
-            .lookup
-            .requirement(request.method(), request.uri().path());
-        if matches!(requirement, Some(Requirement::Public)) {
-            return Ok(());
-        }
-        let principal = request
-            .extensions()
-            .get::<Principal>()
-            .ok_or(Denial::MissingToken)?;
-        requirement
-            .ok_or(Denial::Unmapped)?
-            .check(principal.scopes(), &self.layer.rules)
-            .map_err(|missing| Denial::InsufficientScope { missing })
-    }
-}
-
 impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for EnforceScope<S, P>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -76,9 +50,9 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        match self.decide(&request) {
+        match self.layer.check(&request) {
             Ok(()) => Decided::forward(self.inner.call(request)),
-            Err(denial) => Decided::reject(self.layer.renderer.reject(&request, denial)),
+            Err(denial) => Decided::reject(self.layer.reject(&request, denial)),
         }
     }
 }

@@ -3,26 +3,19 @@
 use std::fmt;
 
 use tokengate_audit::{Audit, AuditLayer, AuditSink, TracingSink};
-use tokengate_authenticate::{Authenticate, AuthenticateLayer};
+use tokengate_authenticate::AuthenticateLayer;
 use tokengate_core::RateQuota;
-use tokengate_ipfilter::{ClientIpLayer, IpFilter, IpFilterLayer, IpRules, ResolveClientIp};
-use tokengate_rate::{Limiter, MemoryRateState, MissingKey, RateByToken, RateByTokenLayer};
-use tokengate_scope::{EnforceScope, EnforceScopeLayer, ScopeLookup};
+use tokengate_ipfilter::{ClientIpLayer, IpFilterLayer, IpRules};
+use tokengate_rate::{Limiter, MissingKey, RateByTokenLayer};
+use tokengate_scope::{EnforceScopeLayer, ScopeLookup};
 use tower::Layer;
 
-/// The service a [`Gate`] wraps around `S`: audit, client IP, IP filter,
-/// per-IP rate limit, authenticate, per-token rate limit, scopes, `S`.
-pub type GateService<S, St, P, K> = Audit<
-    ResolveClientIp<
-        IpFilter<
-            RateByToken<
-                Authenticate<RateByToken<EnforceScope<S, P>, MemoryRateState>, St>,
-                MemoryRateState,
-            >,
-        >,
-    >,
-    K,
->;
+use crate::checks::{GateChecks, Layers};
+
+/// The service a [`Gate`] wraps around `S`: audit, then client IP, IP
+/// filter, per-IP rate limit, authenticate, per-token rate limit and
+/// scopes in one service ([`GateChecks`]), then `S`.
+pub type GateService<S, St, P, K> = Audit<GateChecks<S, St, P>, K>;
 
 /// Composes DESIGN's layer order from one configuration, so it cannot be
 /// got wrong:
@@ -32,7 +25,10 @@ pub type GateService<S, St, P, K> = Audit<
 ///         -> authenticate -> rate per token -> scopes -> your service
 /// ```
 ///
-/// Every layer stays usable on its own; the gate only fixes their order.
+/// Every layer stays usable on its own; the gate fixes their order and
+/// runs the six after audit in one service, [`GateChecks`], which decides
+/// each request exactly as the layers stacked in this order would, with
+/// one future and one body wrapper instead of six.
 ///
 /// ```
 /// use tokengate::{AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, Gate, KeyId,
@@ -54,38 +50,29 @@ pub type GateService<S, St, P, K> = Audit<
 /// ```
 pub struct Gate<St, P, K = TracingSink> {
     audit: AuditLayer<K>,
-    client_ip: ClientIpLayer,
-    ip_filter: IpFilterLayer,
-    ip_rate: RateByTokenLayer,
-    authenticate: AuthenticateLayer<St>,
-    token_rate: RateByTokenLayer,
-    scope: EnforceScopeLayer<P>,
+    checks: Layers<St, P>,
 }
 
 impl<St, P, K> Clone for Gate<St, P, K> {
     fn clone(&self) -> Self {
         Self {
             audit: self.audit.clone(),
-            client_ip: self.client_ip.clone(),
-            ip_filter: self.ip_filter.clone(),
-            ip_rate: self.ip_rate.clone(),
-            authenticate: self.authenticate.clone(),
-            token_rate: self.token_rate.clone(),
-            scope: self.scope.clone(),
+            checks: self.checks.clone(),
         }
     }
 }
 
 impl<St, P: fmt::Debug, K> fmt::Debug for Gate<St, P, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.checks;
         f.debug_struct("Gate")
             .field("audit", &self.audit)
-            .field("client_ip", &self.client_ip)
-            .field("ip_filter", &self.ip_filter)
-            .field("ip_rate", &self.ip_rate)
-            .field("authenticate", &self.authenticate)
-            .field("token_rate", &self.token_rate)
-            .field("scope", &self.scope)
+            .field("client_ip", &c.client_ip)
+            .field("ip_filter", &c.ip_filter)
+            .field("ip_rate", &c.ip_rate)
+            .field("authenticate", &c.authenticate)
+            .field("token_rate", &c.token_rate)
+            .field("scope", &c.scope)
             .finish()
     }
 }
@@ -106,18 +93,20 @@ impl<St, P: ScopeLookup> Gate<St, P, TracingSink> {
     pub fn new(authenticate: AuthenticateLayer<St>, scope: EnforceScopeLayer<P>) -> Self {
         Self {
             audit: AuditLayer::new(TracingSink),
-            client_ip: ClientIpLayer::new(),
-            ip_filter: IpFilterLayer::new(
-                IpRules::deny_list(Vec::<&str>::new())
-                    .unwrap_or_else(|_| unreachable!("no rule to refuse")),
-            ),
-            // The per-token limiter's headers are the ones clients act on.
-            ip_rate: RateByTokenLayer::per_client_ip(quota(100, 1, 200)).success_headers(false),
-            authenticate,
-            // Public routes carry no token: skip them rather than refuse.
-            token_rate: RateByTokenLayer::per_token(quota(50, 1, 100))
-                .missing_key(MissingKey::Skip),
-            scope,
+            checks: Layers {
+                client_ip: ClientIpLayer::new(),
+                ip_filter: IpFilterLayer::new(
+                    IpRules::deny_list(Vec::<&str>::new())
+                        .unwrap_or_else(|_| unreachable!("no rule to refuse")),
+                ),
+                // The per-token limiter's headers are the ones clients act on.
+                ip_rate: RateByTokenLayer::per_client_ip(quota(100, 1, 200)).success_headers(false),
+                authenticate,
+                // Public routes carry no token: skip them rather than refuse.
+                token_rate: RateByTokenLayer::per_token(quota(50, 1, 100))
+                    .missing_key(MissingKey::Skip),
+                scope,
+            },
         }
     }
 }
@@ -127,36 +116,31 @@ impl<St, P, K> Gate<St, P, K> {
     pub fn audit<K2: AuditSink>(self, audit: AuditLayer<K2>) -> Gate<St, P, K2> {
         Gate {
             audit,
-            client_ip: self.client_ip,
-            ip_filter: self.ip_filter,
-            ip_rate: self.ip_rate,
-            authenticate: self.authenticate,
-            token_rate: self.token_rate,
-            scope: self.scope,
+            checks: self.checks,
         }
     }
 
     /// Resolves client addresses with `layer` (trusted proxies, peer source).
     pub fn client_ip(mut self, layer: ClientIpLayer) -> Self {
-        self.client_ip = layer;
+        self.checks.client_ip = layer;
         self
     }
 
     /// Filters client addresses with `layer`.
     pub fn ip_filter(mut self, layer: IpFilterLayer) -> Self {
-        self.ip_filter = layer;
+        self.checks.ip_filter = layer;
         self
     }
 
     /// Limits requests per client address before authentication with `quota`.
     pub fn pre_auth_quota(mut self, quota: RateQuota) -> Self {
-        self.ip_rate = RateByTokenLayer::per_client_ip(quota).success_headers(false);
+        self.checks.ip_rate = RateByTokenLayer::per_client_ip(quota).success_headers(false);
         self
     }
 
     /// Replaces the per-token limiter (the token's own quota still wins).
     pub fn token_rate(mut self, layer: RateByTokenLayer) -> Self {
-        self.token_rate = layer;
+        self.checks.token_rate = layer;
         self
     }
 
@@ -165,21 +149,21 @@ impl<St, P, K> Gate<St, P, K> {
         if let Ok(layer) =
             RateByTokenLayer::new([Limiter::per_token(quota), Limiter::per_owner(owner_quota)])
         {
-            self.token_rate = layer.missing_key(MissingKey::Skip);
+            self.checks.token_rate = layer.missing_key(MissingKey::Skip);
         }
         self
     }
 
     /// Reads time from `clock` in the rate layers (authenticate has its own setting).
     pub fn clock(mut self, clock: tokengate_core::SharedClock) -> Self {
-        self.ip_rate = self.ip_rate.clock(clock.clone());
-        self.token_rate = self.token_rate.clock(clock);
+        self.checks.ip_rate = self.checks.ip_rate.clock(clock.clone());
+        self.checks.token_rate = self.checks.token_rate.clock(clock);
         self
     }
 
     /// The IP filter, to replace its rules at runtime.
     pub fn ip_filter_handle(&self) -> &IpFilterLayer {
-        &self.ip_filter
+        &self.checks.ip_filter
     }
 }
 
@@ -187,12 +171,7 @@ impl<S, St, P, K> Layer<S> for Gate<St, P, K> {
     type Service = GateService<S, St, P, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let scoped = self.scope.layer(inner);
-        let limited = self.token_rate.layer(scoped);
-        let authenticated = self.authenticate.layer(limited);
-        let ip_limited = self.ip_rate.layer(authenticated);
-        let filtered = self.ip_filter.layer(ip_limited);
-        let resolved = self.client_ip.layer(filtered);
-        self.audit.layer(resolved)
+        let checks = std::sync::Arc::new(self.checks.clone());
+        self.audit.layer(GateChecks::new(inner, checks))
     }
 }

@@ -104,7 +104,8 @@ pub use tokengate_core::*;
 
 #[cfg(feature = "authenticate")]
 pub use tokengate_authenticate::{
-    Authenticate, AuthenticateLayer, IsPublic, PublicPaths, TOKEN_EXPIRES, UsageTracker,
+    Authenticate, AuthenticateLayer, ExpiryHeader, IsPublic, PublicPaths, TOKEN_EXPIRES,
+    TokenLookup, UsageTracker, Verdict,
 };
 #[cfg(feature = "scope")]
 pub use tokengate_scope::{
@@ -115,7 +116,7 @@ pub use tokengate_scope::{
 #[cfg(feature = "rate")]
 pub use tokengate_rate::{
     KeyBy, Limiter, MemoryRateState, MissingKey, RateByToken, RateByTokenLayer, RateConfigError,
-    RateKey, RateState, RateStateError,
+    RateHeaders, RateKey, RateState, RateStateError,
 };
 
 #[cfg(feature = "ipfilter")]
@@ -140,7 +141,11 @@ mod embedded;
 pub use embedded::{Embedded, SetupError};
 
 #[cfg(feature = "gate")]
+pub mod checks;
+#[cfg(feature = "gate")]
 mod gate;
+#[cfg(feature = "gate")]
+pub use checks::GateChecks;
 #[cfg(feature = "gate")]
 pub use gate::{Gate, GateService};
 

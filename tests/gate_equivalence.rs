@@ -1,0 +1,444 @@
+//! The `Gate` runs its six decisions after audit in one service
+//! (`GateChecks`). It must answer every request exactly as the same
+//! layers stacked by hand in DESIGN's order: the same status, headers and
+//! body, refusals included (an outer layer's headers reach an inner
+//! layer's refusal), and the same audit record.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokengate::{
+    AuditEvent, AuditLayer, AuthenticateLayer, CacheConfig, CachedStore, ClientIpLayer,
+    EnforceScopeLayer, Gate, IpFilterLayer, IpRules, KeyId, Lifecycle, ManualClock, MissingKey,
+    PeerAddr, Pepper, PublicPaths, RateByTokenLayer, RateQuota, Requirement, ScopePolicy, Token,
+    TokenHasher, TokenSpec, testing::ProbeStore,
+};
+use tower::util::BoxCloneService;
+use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
+
+type Stack = BoxCloneService<Request<Full<Bytes>>, Response<String>, Infallible>;
+
+fn quota(count: u32, burst: u32) -> RateQuota {
+    let n = |v| NonZeroU32::new(v).unwrap();
+    RateQuota::new(n(count), Duration::from_secs(60), n(burst)).unwrap()
+}
+
+fn policy() -> ScopePolicy {
+    ScopePolicy::builder()
+        .read_write("/notes", "notes")
+        .route([http::Method::GET], "/healthz", Requirement::Public)
+        .build()
+        .unwrap()
+}
+
+/// One stack's audit records, in order.
+type Records = Arc<Mutex<Vec<AuditEvent>>>;
+
+fn audit(records: &Records) -> AuditLayer<impl tokengate::AuditSink + use<>> {
+    let records = Arc::clone(records);
+    AuditLayer::new(move |event: AuditEvent| records.lock().unwrap().push(event))
+}
+
+/// A handler that answers 200 with a body and a header of its own.
+fn handler() -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(|_: Request<Full<Bytes>>| {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"handled")));
+        response
+            .headers_mut()
+            .insert("x-handler", http::HeaderValue::from_static("yes"));
+        std::future::ready(Ok::<_, Infallible>(response))
+    })
+}
+
+/// `service` with its response bodies collected to strings.
+fn boxed<S, B>(service: S) -> Stack
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+{
+    BoxCloneService::new(service.and_then(|response: Response<B>| async move {
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_or_else(|_| Bytes::new(), |c| c.to_bytes());
+        Ok(Response::from_parts(
+            parts,
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
+    }))
+}
+
+struct Pair {
+    gate: Stack,
+    stacked: Stack,
+    gate_records: Records,
+    stacked_records: Records,
+    tokens: Tokens,
+}
+
+struct Tokens {
+    read: Token,
+    write: Token,
+    tight: Token,
+    elsewhere: Token,
+    fenced: Token,
+    unknown: Token,
+}
+
+/// The same configuration twice: as a `Gate`, and as the seven layers
+/// stacked by hand. Each gets its own verifying cache (over one store) and
+/// its own rate state, so neither warms or spends the other's.
+async fn pair() -> Pair {
+    let clock = ManualClock::new();
+    let probe = ProbeStore::default();
+    let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
+    let auth = || {
+        let cache = CachedStore::with_clock(probe.clone(), CacheConfig::default(), clock.shared());
+        AuthenticateLayer::new(cache, hasher.clone(), "notes".parse().unwrap())
+            .clock(clock.shared())
+            .public(PublicPaths::new().exact("/healthz"))
+    };
+    let issuer = Lifecycle::new(
+        CachedStore::with_clock(probe.clone(), CacheConfig::default(), clock.shared()),
+        hasher.clone(),
+    )
+    .with_clock(clock.shared());
+    let issue = |spec: TokenSpec| {
+        let issuer = &issuer;
+        async move { issuer.issue(spec).await.unwrap().token }
+    };
+    let spec = |scopes: &str| {
+        TokenSpec::new("test", "alice")
+            .scopes(scopes.split_whitespace().map(|s| s.parse().unwrap()))
+            .audiences(["notes".parse().unwrap()])
+    };
+    let tokens = Tokens {
+        read: issue(spec("notes:read")).await,
+        write: issue(spec("notes:read notes:write")).await,
+        tight: issue(spec("notes:read").rate_quota(quota(1, 2))).await,
+        elsewhere: issue(
+            TokenSpec::new("test", "bob")
+                .scopes(["notes:read".parse().unwrap()])
+                .audiences(["billing".parse().unwrap()]),
+        )
+        .await,
+        fenced: issue(spec("notes:read").allowed_networks(["10.0.0.0/8".parse().unwrap()])).await,
+        unknown: {
+            // Well formed, checksum right, never stored.
+            let other = Lifecycle::new(
+                CachedStore::new(ProbeStore::default(), CacheConfig::default()),
+                hasher.clone(),
+            );
+            other.issue(spec("notes:read")).await.unwrap().token
+        },
+    };
+
+    let rules = || IpRules::deny_list(["198.51.100.0/24"]).unwrap();
+    let ip_quota = quota(1, 12);
+    let token_rate = || {
+        RateByTokenLayer::per_token(quota(100, 100))
+            .missing_key(MissingKey::Skip)
+            .clock(clock.shared())
+    };
+
+    let gate_records = Records::default();
+    let gate = Gate::new(auth(), EnforceScopeLayer::new(policy()))
+        .audit(audit(&gate_records))
+        .client_ip(ClientIpLayer::new())
+        .ip_filter(IpFilterLayer::new(rules()))
+        .pre_auth_quota(ip_quota)
+        .token_rate(token_rate())
+        .clock(clock.shared());
+
+    let stacked_records = Records::default();
+    let stacked = ServiceBuilder::new()
+        .layer(audit(&stacked_records))
+        .layer(ClientIpLayer::new())
+        .layer(IpFilterLayer::new(rules()))
+        .layer(
+            RateByTokenLayer::per_client_ip(ip_quota)
+                .success_headers(false)
+                .clock(clock.shared()),
+        )
+        .layer(auth())
+        .layer(token_rate())
+        .layer(EnforceScopeLayer::new(policy()));
+
+    Pair {
+        gate: boxed(gate.layer(handler())),
+        stacked: boxed(stacked.service(handler())),
+        gate_records,
+        stacked_records,
+        tokens,
+    }
+}
+
+/// A request from `peer` (none: no peer address) with `headers`.
+fn request(
+    method: &str,
+    path: &str,
+    peer: Option<&str>,
+    headers: &[(&str, String)],
+) -> Request<Full<Bytes>> {
+    let mut builder = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        builder = builder.header(*name, value);
+    }
+    let mut request = builder.body(Full::new(Bytes::new())).unwrap();
+    if let Some(peer) = peer {
+        let addr: SocketAddr = peer.parse().unwrap();
+        request.extensions_mut().insert(PeerAddr(addr));
+    }
+    request
+}
+
+fn bearer(token: &Token) -> (&'static str, String) {
+    ("authorization", format!("Bearer {}", token.expose_secret()))
+}
+
+/// What must be equal between the two stacks' answers.
+fn answer(response: &Response<String>) -> (StatusCode, Vec<(String, String)>, String) {
+    let mut headers: Vec<(String, String)> = headers(response.headers());
+    headers.sort();
+    (response.status(), headers, response.body().clone())
+}
+
+fn headers(map: &HeaderMap) -> Vec<(String, String)> {
+    map.iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// What must be equal between the two stacks' audit records.
+fn record(e: &AuditEvent) -> String {
+    format!(
+        "{:?} {:?} {} {} {:?} {:?} {:?} {:?} {} {:?} {:?}",
+        e.client_address,
+        e.method,
+        e.path,
+        e.status,
+        e.token_id,
+        e.subject,
+        e.decision,
+        e.reason,
+        e.ending.as_str(),
+        e.grpc_status,
+        e.truncated,
+    )
+}
+
+#[tokio::test]
+async fn the_gate_answers_every_request_as_the_stacked_layers_do() {
+    let p = pair().await;
+    let t = &p.tokens;
+    let peer = Some("192.0.2.10:5000");
+    let grpc = ("content-type", "application/grpc".to_owned());
+    let cases: Vec<(&str, Request<Full<Bytes>>)> = vec![
+        ("no token", request("GET", "/notes", peer, &[])),
+        (
+            "malformed header",
+            request("GET", "/notes", peer, &[("authorization", "Bearer".into())]),
+        ),
+        (
+            "two credentials",
+            request(
+                "GET",
+                "/notes",
+                peer,
+                &[bearer(&t.read), ("authorization", "Basic eA==".into())],
+            ),
+        ),
+        (
+            "bad checksum",
+            request(
+                "GET",
+                "/notes",
+                peer,
+                &[(
+                    "authorization",
+                    "Bearer tg_notatokenatallnotatokenatall000000".into(),
+                )],
+            ),
+        ),
+        (
+            "unknown token (cache miss, store miss)",
+            request("GET", "/notes", peer, &[bearer(&t.unknown)]),
+        ),
+        (
+            "read token reads (miss, then the rest)",
+            request("GET", "/notes", peer, &[bearer(&t.read)]),
+        ),
+        (
+            "read token reads (cache hit)",
+            request("GET", "/notes", peer, &[bearer(&t.read)]),
+        ),
+        (
+            "read token writes",
+            request("POST", "/notes", peer, &[bearer(&t.read)]),
+        ),
+        (
+            "write token writes",
+            request("POST", "/notes", peer, &[bearer(&t.write)]),
+        ),
+        (
+            "unmapped route",
+            request("GET", "/admin", peer, &[bearer(&t.write)]),
+        ),
+        (
+            "public route, no token",
+            request("GET", "/healthz", peer, &[]),
+        ),
+        (
+            "public route with a token",
+            request("GET", "/healthz", peer, &[bearer(&t.read)]),
+        ),
+        (
+            "wrong audience",
+            request("GET", "/notes", peer, &[bearer(&t.elsewhere)]),
+        ),
+        (
+            "token fenced to another network",
+            request("GET", "/notes", peer, &[bearer(&t.fenced)]),
+        ),
+        (
+            "token fenced, client inside",
+            request("GET", "/notes", Some("10.1.2.3:5000"), &[bearer(&t.fenced)]),
+        ),
+        (
+            "denied client address",
+            request(
+                "GET",
+                "/notes",
+                Some("198.51.100.7:5000"),
+                &[bearer(&t.read)],
+            ),
+        ),
+        (
+            "no peer address",
+            request("GET", "/notes", None, &[bearer(&t.read)]),
+        ),
+        (
+            "gRPC without a token",
+            request(
+                "POST",
+                "/notes.v1.Notes/List",
+                peer,
+                std::slice::from_ref(&grpc),
+            ),
+        ),
+        (
+            "gRPC read token, unmapped method",
+            request(
+                "POST",
+                "/notes.v1.Notes/List",
+                peer,
+                &[grpc, bearer(&t.read)],
+            ),
+        ),
+        (
+            "tight token 1",
+            request("GET", "/notes", Some("192.0.2.20:1"), &[bearer(&t.tight)]),
+        ),
+        (
+            "tight token 2",
+            request("GET", "/notes", Some("192.0.2.20:1"), &[bearer(&t.tight)]),
+        ),
+        (
+            "tight token spent",
+            request("GET", "/notes", Some("192.0.2.20:1"), &[bearer(&t.tight)]),
+        ),
+        (
+            "tight token spent, writing",
+            request("POST", "/notes", Some("192.0.2.20:1"), &[bearer(&t.tight)]),
+        ),
+    ];
+    let mut statuses = Vec::new();
+    for (name, request) in cases {
+        let (parts, body) = request.into_parts();
+        let copy = {
+            let mut r = Request::from_parts(parts.clone(), body.clone());
+            *r.extensions_mut() = parts.extensions.clone();
+            r
+        };
+        let gate = p
+            .gate
+            .clone()
+            .oneshot(Request::from_parts(parts, body))
+            .await
+            .unwrap();
+        let stacked = p.stacked.clone().oneshot(copy).await.unwrap();
+        assert_eq!(answer(&gate), answer(&stacked), "{name}");
+        statuses.push((name, gate.status().as_u16()));
+    }
+    // The cases do reach every kind of answer.
+    let status_of = |case: &str| statuses.iter().find(|(n, _)| *n == case).unwrap().1;
+    assert_eq!(status_of("no token"), 401);
+    assert_eq!(status_of("two credentials"), 400);
+    assert_eq!(status_of("read token reads (cache hit)"), 200);
+    assert_eq!(status_of("read token writes"), 403);
+    assert_eq!(status_of("write token writes"), 200);
+    assert_eq!(status_of("public route, no token"), 200);
+    assert_eq!(status_of("token fenced, client inside"), 200);
+    assert_eq!(status_of("denied client address"), 403);
+    assert_eq!(
+        status_of("gRPC without a token"),
+        200,
+        "trailers-only refusal"
+    );
+    assert_eq!(status_of("tight token spent"), 429);
+
+    let gate_records: Vec<String> = p.gate_records.lock().unwrap().iter().map(record).collect();
+    let stacked_records: Vec<String> = p
+        .stacked_records
+        .lock()
+        .unwrap()
+        .iter()
+        .map(record)
+        .collect();
+    assert_eq!(gate_records.len(), statuses.len(), "one record per request");
+    assert_eq!(gate_records, stacked_records);
+}
+
+#[tokio::test]
+async fn the_pre_auth_limit_refuses_as_the_stacked_layer_does() {
+    let p = pair().await;
+    let peer = Some("203.0.113.9:7000");
+    let mut refused = 0;
+    // The per-address burst is 12: the 13th request is refused, before
+    // authentication, by both.
+    for i in 0..14 {
+        let make = || request("GET", "/notes", peer, &[bearer(&p.tokens.read)]);
+        let gate = p.gate.clone().oneshot(make()).await.unwrap();
+        let stacked = p.stacked.clone().oneshot(make()).await.unwrap();
+        assert_eq!(answer(&gate), answer(&stacked), "request {i}");
+        if gate.status() == StatusCode::TOO_MANY_REQUESTS {
+            refused += 1;
+            assert!(gate.headers().contains_key("retry-after"));
+        }
+    }
+    assert_eq!(refused, 2);
+}
