@@ -333,6 +333,22 @@ pub fn clean(
     field: &'static str,
     truncated: &mut Vec<&'static str>,
 ) -> String {
+    // Most fields need nothing: no control character (C0, DEL, or C1,
+    // whose UTF-8 starts with 0xC2; a few printable characters share that
+    // lead byte and take the slow path) and short enough.
+    if text.len() <= max && !text.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) {
+        return text.to_owned();
+    }
+    clean_each(text, max, field, truncated)
+}
+
+/// [`clean`] character by character.
+fn clean_each(
+    text: &str,
+    max: usize,
+    field: &'static str,
+    truncated: &mut Vec<&'static str>,
+) -> String {
     let mut out = String::with_capacity(text.len().min(max));
     for c in text.chars() {
         let piece_len = if c.is_control() { 8 } else { c.len_utf8() };
@@ -458,6 +474,13 @@ mod tests {
             let mut out = String::new();
             push_json_string(&mut out, &text);
             prop_assert_eq!(out, serde_json::to_string(&text).unwrap());
+        }
+
+        #[test]
+        fn the_fast_path_cleans_as_the_careful_one(text in "[a-z/\x00-\x1f\x7f\u{80}-\u{bf}é€]{0,40}", max in 0usize..48) {
+            let (mut fast_cut, mut each_cut) = (Vec::new(), Vec::new());
+            prop_assert_eq!(clean(&text, max, "f", &mut fast_cut), clean_each(&text, max, "f", &mut each_cut));
+            prop_assert_eq!(fast_cut, each_cut);
         }
 
         #[test]

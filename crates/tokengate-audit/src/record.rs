@@ -2,6 +2,7 @@
 //! parts, turned into an [`AuditEvent`] only where it is written.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -137,7 +138,7 @@ impl AuditRecord {
         AuditEvent {
             timestamp,
             request_id,
-            client_address: trail.client_ip().map(|ip| ip.to_string()),
+            client_address: trail.client_ip().map(|ip| address_text(ip.addr())),
             method,
             path,
             query,
@@ -161,6 +162,24 @@ impl AuditRecord {
             user_agent,
             truncated,
         }
+    }
+}
+
+/// An address as `Display` writes it; IPv4 without `fmt` machinery, which
+/// was a tenth of the writer thread's time per record.
+fn address_text(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(v4) => {
+            let mut text = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push('.');
+                }
+                text.push_str(itoa::Buffer::new().format(octet));
+            }
+            text
+        }
+        IpAddr::V6(_) => addr.to_string(),
     }
 }
 
@@ -196,5 +215,22 @@ impl AuditRecord {
             ending: Ending::Completed,
             limits: FieldLimits::default(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn addresses_read_as_display_writes_them(v4 in any::<[u8; 4]>(), v6 in any::<[u16; 8]>()) {
+            let v4 = IpAddr::from(v4);
+            prop_assert_eq!(address_text(v4), v4.to_string());
+            let v6 = IpAddr::from(v6);
+            prop_assert_eq!(address_text(v6), v6.to_string());
+        }
     }
 }
