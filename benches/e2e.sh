@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # End to end on loopback: axum-notes with the full Gate and without it
 # (--no-gate), alternating in each round, under wrk. Prints req/s and p99
-# latency per run and the gate/bare ratio of each round. Bounded: ROUNDS
-# rounds of DURATION per run.
+# latency per run, the gate/bare ratio of each round, and the server's CPU
+# time per request (user and system, request workers and audit writer
+# apart, from /proc). Bounded: ROUNDS rounds of DURATION per run.
+#
+# PIN=1 puts the server on CPU 0 and a one-thread wrk on CPU 1, so the two
+# do not trade cores and req/s follows the server's cost per request.
 #
 # Needs wrk (Debian: apt-get install wrk). Usage:
-#   ROUNDS=3 DURATION=5s CONNS=32 benches/e2e.sh
+#   ROUNDS=3 DURATION=5s CONNS=32 PIN=0 benches/e2e.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install wrk" >&2; exit 1; }
 rounds="${ROUNDS:-3}"; duration="${DURATION:-5s}"; conns="${CONNS:-32}"
+server_on=(); client_on=(); threads=2
+if [ "${PIN:-0}" = 1 ]; then server_on=(taskset -c 0); client_on=(taskset -c 1); threads=1; fi
 cargo build --release -q -p axum-notes -p tokengate-cli
 dir=$(mktemp -d)
 pid=""
@@ -19,32 +25,46 @@ db="$dir/tokens.db"
 token=$(target/release/tokengate --db "$db" issue --name bench --subject bench --scope notes:read \
   --audience notes --ttl 1d --rate 100000000/s --burst 100000000 2>/dev/null)
 
-run() { # mode -> "rps p99"
+# Per thread kind of the server: "comm utime stime" in clock ticks.
+ticks() { for t in /proc/"$1"/task/*; do echo "$(cat "$t/comm") $(cut -d' ' -f14,15 "$t/stat")"; done; }
+
+run() { # mode -> "rps p99 cpu"
   local flags=()
   [ "$1" = bare ] && flags=(--no-gate)
-  target/release/axum-notes --db "$db" --audit-log "$dir/audit.jsonl" --listen 127.0.0.1:39999 \
+  "${server_on[@]}" target/release/axum-notes --db "$db" --audit-log "$dir/audit.jsonl" --listen 127.0.0.1:39999 \
     --pre-auth-rate 100000000 "${flags[@]}" >"$dir/server.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 100); do
     curl -fs http://127.0.0.1:39999/healthz >/dev/null 2>&1 && break
     sleep 0.05
   done
-  wrk -t2 -c"$conns" -d"$duration" --latency -H "Authorization: Bearer $token" \
-    http://127.0.0.1:39999/notes >"$dir/wrk.txt"
+  ticks "$pid" >"$dir/before"
+  "${client_on[@]}" wrk -t"$threads" -c"$conns" -d"$duration" --latency \
+    -H "Authorization: Bearer $token" http://127.0.0.1:39999/notes >"$dir/wrk.txt"
+  ticks "$pid" >"$dir/after"
   kill -INT "$pid"; wait "$pid" || true; pid=""
   if grep -q "Non-2xx" "$dir/wrk.txt"; then
     echo "$1: some responses were not 2xx:" >&2
     grep "Non-2xx" "$dir/wrk.txt" >&2
   fi
-  local rps p99
+  local rps p99 requests tick cpu
   rps=$(awk '/Requests\/sec/ {print $2}' "$dir/wrk.txt")
   p99=$(awk '$1 == "99%" {print $2}' "$dir/wrk.txt")
-  echo "$rps $p99"
+  requests=$(awk '/requests in/ {print $1}' "$dir/wrk.txt")
+  tick=$(getconf CLK_TCK)
+  # Microseconds of CPU per request: workers (tokio-rt-worker) and the
+  # audit writer (tokengate-audit), user+system.
+  cpu=$(paste "$dir/before" "$dir/after" | awk -v n="$requests" -v hz="$tick" '
+    $1 == "tokio-rt-worker" { wu += $5 - $2; ws += $6 - $3 }
+    $1 == "tokengate-audit" { au += $5 - $2; as += $6 - $3 }
+    END { k = 1e6 / hz / n; printf "workers:%.1fu+%.1fs,writer:%.1fu+%.1fs", wu*k, ws*k, au*k, as*k }')
+  echo "$rps $p99 $cpu"
 }
 
 for round in $(seq 1 "$rounds"); do
-  read -r bare_rps bare_p99 < <(run bare)
-  read -r gate_rps gate_p99 < <(run gate)
+  read -r bare_rps bare_p99 bare_cpu < <(run bare)
+  read -r gate_rps gate_p99 gate_cpu < <(run gate)
   ratio=$(awk -v g="$gate_rps" -v b="$bare_rps" 'BEGIN { printf "%.2f", g / b }')
   echo "round $round: bare $bare_rps req/s (p99 $bare_p99), gate $gate_rps req/s (p99 $gate_p99), gate/bare $ratio"
+  echo "  server CPU µs per request: bare $bare_cpu; gate $gate_cpu"
 done
