@@ -116,6 +116,7 @@ impl JsonLinesSinkBuilder {
             destination,
             prev,
             line: String::with_capacity(512),
+            event: None,
             flush_every: self.flush_every,
             capacity: self.capacity,
             stats: Arc::clone(&stats),
@@ -272,6 +273,8 @@ struct Writer {
     prev: String,
     /// The line being written, reused for every record.
     line: String,
+    /// The event being written, reused for every record.
+    event: Option<AuditEvent>,
     flush_every: Duration,
     capacity: usize,
     stats: Arc<Counters>,
@@ -336,7 +339,7 @@ impl Writer {
             };
             match message {
                 Message::Record(record) => {
-                    self.write(&record.event());
+                    self.write_record(record);
                     batch += 1;
                 }
                 Message::Flush(ack) => {
@@ -350,10 +353,19 @@ impl Writer {
         // Whatever was queued before the shutdown is still written.
         while let Ok(message) = self.receiver.try_recv() {
             if let Message::Record(record) = message {
-                self.write(&record.event());
+                self.write_record(record);
             }
         }
         self.flush();
+    }
+
+    /// Writes `record` through the one event the writer keeps, so its
+    /// strings' buffers serve every record.
+    fn write_record(&mut self, record: AuditRecord) {
+        let mut event = self.event.take().unwrap_or_else(AuditEvent::blank);
+        record.fill(&mut event);
+        self.write(&event);
+        self.event = Some(event);
     }
 
     fn write(&mut self, event: &AuditEvent) {
