@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # End to end on loopback: axum-notes with the full Gate and without it
-# (--no-gate), alternating in each round, under wrk. Prints req/s and p99
-# latency per run, the gate/bare ratio of each round, and the server's CPU
-# time per request (user and system, request workers and audit writer
-# apart, from /proc). Bounded: ROUNDS rounds of DURATION per run.
+# (--no-gate), and with MODES="bare gate naive" also the naive hand-written
+# stack of benches/support/naive.rs in front of the same route
+# (the naive-notes example), alternating in each round, under wrk. Prints
+# req/s and p99 latency per run, each mode's ratio to bare in the round,
+# and the server's CPU time per request (user and system, request workers
+# and the audit writer apart, from /proc). Bounded: ROUNDS rounds of
+# DURATION per run.
 #
 # PIN=1 puts the server on CPU 0 and a one-thread wrk on CPU 1, so the two
 # do not trade cores and req/s follows the server's cost per request.
 #
 # Needs wrk (Debian: apt-get install wrk). Usage:
-#   ROUNDS=3 DURATION=5s CONNS=32 PIN=0 benches/e2e.sh
+#   ROUNDS=3 DURATION=5s CONNS=32 PIN=0 MODES="bare gate" benches/e2e.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install wrk" >&2; exit 1; }
 rounds="${ROUNDS:-3}"; duration="${DURATION:-5s}"; conns="${CONNS:-32}"
+read -r -a modes <<<"${MODES:-bare gate}"
 server_on=(); client_on=(); threads=2
 if [ "${PIN:-0}" = 1 ]; then server_on=(taskset -c 0); client_on=(taskset -c 1); threads=1; fi
 cargo build --release -q -p axum-notes -p tokengate-cli
+case " ${modes[*]} " in *" naive "*) cargo build --release -q -p tokengate-tests --example naive-notes ;; esac
 dir=$(mktemp -d)
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$dir"; }
@@ -29,10 +34,16 @@ token=$(target/release/tokengate --db "$db" issue --name bench --subject bench -
 ticks() { for t in /proc/"$1"/task/*; do echo "$(cat "$t/comm") $(cut -d' ' -f14,15 "$t/stat")"; done; }
 
 run() { # mode -> "rps p99 cpu"
-  local flags=()
-  [ "$1" = bare ] && flags=(--no-gate)
-  "${server_on[@]}" target/release/axum-notes --db "$db" --audit-log "$dir/audit.jsonl" --listen 127.0.0.1:39999 \
-    --pre-auth-rate 100000000 "${flags[@]}" >"$dir/server.log" 2>&1 &
+  local server=(target/release/axum-notes --db "$db" --audit-log "$dir/audit.jsonl"
+    --listen 127.0.0.1:39999 --pre-auth-rate 100000000)
+  case "$1" in
+    bare) server+=(--no-gate) ;;
+    gate) ;;
+    naive) server=(target/release/examples/naive-notes --listen 127.0.0.1:39999 --token "$token"
+      --log "$dir/naive.jsonl") ;;
+    *) echo "unknown mode $1" >&2; exit 2 ;;
+  esac
+  "${server_on[@]}" "${server[@]}" >"$dir/server.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 100); do
     curl -fs http://127.0.0.1:39999/healthz >/dev/null 2>&1 && break
@@ -42,7 +53,10 @@ run() { # mode -> "rps p99 cpu"
   "${client_on[@]}" wrk -t"$threads" -c"$conns" -d"$duration" --latency \
     -H "Authorization: Bearer $token" http://127.0.0.1:39999/notes >"$dir/wrk.txt"
   ticks "$pid" >"$dir/after"
-  kill -INT "$pid"; wait "$pid" || true; pid=""
+  # axum-notes shuts down gracefully on SIGINT (flushing its audit log);
+  # naive-notes installs no handler, and a background job ignores SIGINT.
+  if [ "$1" = naive ]; then kill "$pid"; else kill -INT "$pid"; fi
+  wait "$pid" || true; pid=""
   if grep -q "Non-2xx" "$dir/wrk.txt"; then
     echo "$1: some responses were not 2xx:" >&2
     grep "Non-2xx" "$dir/wrk.txt" >&2
@@ -52,19 +66,27 @@ run() { # mode -> "rps p99 cpu"
   p99=$(awk '$1 == "99%" {print $2}' "$dir/wrk.txt")
   requests=$(awk '/requests in/ {print $1}' "$dir/wrk.txt")
   tick=$(getconf CLK_TCK)
-  # Microseconds of CPU per request: workers (tokio-rt-worker) and the
-  # audit writer (tokengate-audit), user+system.
+  # Microseconds of CPU per request: workers (tokio-rt-worker) and every
+  # other thread (the audit writer: tokengate-audit, or tracing-appender's),
+  # user+system.
   cpu=$(paste "$dir/before" "$dir/after" | awk -v n="$requests" -v hz="$tick" '
     $1 == "tokio-rt-worker" { wu += $5 - $2; ws += $6 - $3 }
-    $1 == "tokengate-audit" { au += $5 - $2; as += $6 - $3 }
-    END { k = 1e6 / hz / n; printf "workers:%.1fu+%.1fs,writer:%.1fu+%.1fs", wu*k, ws*k, au*k, as*k }')
+    $1 != "tokio-rt-worker" { au += $5 - $2; as += $6 - $3 }
+    END { k = 1e6 / hz / n; printf "workers:%.1fu+%.1fs,others:%.1fu+%.1fs", wu*k, ws*k, au*k, as*k }')
   echo "$rps $p99 $cpu"
 }
 
 for round in $(seq 1 "$rounds"); do
-  read -r bare_rps bare_p99 bare_cpu < <(run bare)
-  read -r gate_rps gate_p99 gate_cpu < <(run gate)
-  ratio=$(awk -v g="$gate_rps" -v b="$bare_rps" 'BEGIN { printf "%.2f", g / b }')
-  echo "round $round: bare $bare_rps req/s (p99 $bare_p99), gate $gate_rps req/s (p99 $gate_p99), gate/bare $ratio"
-  echo "  server CPU µs per request: bare $bare_cpu; gate $gate_cpu"
+  line="round $round:"; cpu="  server CPU µs per request:"; bare_rps=""
+  for mode in "${modes[@]}"; do
+    read -r rps p99 used < <(run "$mode")
+    [ "$mode" = bare ] && bare_rps=$rps
+    line="$line $mode $rps req/s (p99 $p99)"
+    if [ "$mode" != bare ] && [ -n "$bare_rps" ]; then
+      line="$line $(awk -v m="$rps" -v b="$bare_rps" 'BEGIN { printf "%.2f", m / b }')x bare"
+    fi
+    line="$line;"; cpu="$cpu $mode $used;"
+  done
+  echo "$line"
+  echo "$cpu"
 done

@@ -23,7 +23,6 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,14 +31,17 @@ use governor::{Quota, RateLimiter};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use ipnet::{IpNet, Ipv4Net};
-use sha2::{Digest, Sha256};
 use tokengate::{
-    AuditLayer, AuthenticateLayer, CacheConfig, CachedStore, ClientIp, Decided, EnforceScopeLayer,
-    Gate, GateBody, IpFilterLayer, IpRules, JsonLinesSink, KeyId, Lifecycle, MemoryStore, Overflow,
-    PeerAddr, Pepper, RateByTokenLayer, RateQuota, ScopePolicy, TokenHasher, TokenSpec,
+    AuditLayer, AuthenticateLayer, CacheConfig, CachedStore, ClientIp, EnforceScopeLayer, Gate,
+    IpFilterLayer, IpRules, JsonLinesSink, KeyId, Lifecycle, MemoryStore, Overflow, PeerAddr,
+    Pepper, RateByTokenLayer, RateQuota, ScopePolicy, TokenHasher, TokenSpec,
 };
 use tokengate_tests::call_now;
 use tower::{Layer, Service, service_fn};
+
+#[path = "support/naive.rs"]
+mod naive;
+use naive::{Naive, remember};
 
 type Body = Full<Bytes>;
 
@@ -75,65 +77,6 @@ where
     S::Error: std::fmt::Debug,
 {
     call_now(service, request(bearer))
-}
-
-/// The hand-written stack.
-#[derive(Clone)]
-struct Naive<S> {
-    inner: S,
-    tokens: moka::sync::Cache<[u8; 32], Arc<Vec<String>>>,
-    limiter: Arc<governor::DefaultKeyedRateLimiter<[u8; 32]>>,
-    deny: Arc<Vec<IpNet>>,
-}
-
-impl<S> Service<Request<()>> for Naive<S>
-where
-    S: Service<Request<()>, Response = Response<Body>, Error = Infallible>,
-{
-    type Response = Response<GateBody<Body>>;
-    type Error = Infallible;
-    type Future = Decided<S::Future, Body>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<()>) -> Self::Future {
-        let refuse = |status: StatusCode| {
-            let mut r = Response::new(GateBody::empty());
-            *r.status_mut() = status;
-            Decided::reject(r)
-        };
-        let ip = request.extensions().get::<ClientIp>().map(|c| c.addr());
-        if ip.is_none_or(|ip| self.deny.iter().any(|net| net.contains(&ip))) {
-            return refuse(StatusCode::FORBIDDEN);
-        }
-        let Some(token) = request
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
-            return refuse(StatusCode::UNAUTHORIZED);
-        };
-        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let Some(scopes) = self.tokens.get(&hash) else {
-            return refuse(StatusCode::UNAUTHORIZED);
-        };
-        if self.limiter.check_key(&hash).is_err() {
-            return refuse(StatusCode::TOO_MANY_REQUESTS);
-        }
-        if !scopes.iter().any(|s| s == "notes:read") {
-            return refuse(StatusCode::FORBIDDEN);
-        }
-        tracing::info!(
-            http.request.method = %request.method(),
-            url.path = request.uri().path(),
-            client.address = ?ip,
-            "audit"
-        );
-        Decided::forward(self.inner.call(request))
-    }
 }
 
 fn stack(c: &mut Criterion) {
@@ -191,10 +134,7 @@ fn stack(c: &mut Criterion) {
                     .unwrap();
                 cache.verify(&hasher.hash(&issued.token)).await.unwrap();
                 let secret = issued.token.expose_secret();
-                naive_tokens.insert(
-                    Sha256::digest(secret.as_bytes()).into(),
-                    Arc::new(vec!["notes:read".to_owned()]),
-                );
+                remember(&naive_tokens, secret, vec!["notes:read".to_owned()]);
                 bearers.push(format!("Bearer {secret}"));
             }
             bearers
