@@ -10,7 +10,7 @@
 //! | `rate` (default) | [`RateByTokenLayer`], [`Limiter`], [`MemoryRateState`] |
 //! | `ipfilter` (default) | [`ClientIpLayer`], [`IpFilterLayer`], [`IpRules`] |
 //! | `audit` (default) | [`AuditLayer`], [`JsonLinesSink`], [`TracingSink`], [`audit_chain`] |
-//! | `gate` (default: all five layers) | [`Gate`]: the layers in their one right order |
+//! | `gate` (default: all five layers) | [`Gate`]: the layers in their one right order, the six after audit run as one service ([`GateChecks`]) |
 //! | `sqlite` | `SqliteStore`, `load_pepper`: the embedded default store; with `gate`, `Embedded` assembles a single-machine deployment |
 //! | `full` | everything above |
 //! | `axum` | `axum::Authenticated`: the principal as an extractor |
