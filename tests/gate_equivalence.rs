@@ -93,6 +93,7 @@ struct Pair {
     gate_records: Records,
     stacked_records: Records,
     tokens: Tokens,
+    store: ProbeStore,
 }
 
 struct Tokens {
@@ -102,6 +103,8 @@ struct Tokens {
     elsewhere: Token,
     fenced: Token,
     unknown: Token,
+    /// Stored, and never sent before the store goes down.
+    unseen: Token,
 }
 
 /// The same configuration twice: as a `Gate`, and as the seven layers
@@ -142,6 +145,7 @@ async fn pair() -> Pair {
         )
         .await,
         fenced: issue(spec("notes:read").allowed_networks(["10.0.0.0/8".parse().unwrap()])).await,
+        unseen: issue(spec("notes:read")).await,
         unknown: {
             // Well formed, checksum right, never stored.
             let other = Lifecycle::new(
@@ -189,6 +193,7 @@ async fn pair() -> Pair {
         gate_records,
         stacked_records,
         tokens,
+        store: probe,
     }
 }
 
@@ -441,4 +446,34 @@ async fn the_pre_auth_limit_refuses_as_the_stacked_layer_does() {
         }
     }
     assert_eq!(refused, 2);
+}
+
+#[tokio::test]
+async fn a_store_failure_on_a_cache_miss_is_answered_alike() {
+    let p = pair().await;
+    let peer = Some("192.0.2.30:1");
+    // A cached token keeps working while the store is down; a token the
+    // caches have not seen gets 503 from both, through the lookup path.
+    let warm = || request("GET", "/notes", peer, &[bearer(&p.tokens.read)]);
+    for stack in [&p.gate, &p.stacked] {
+        let ok = stack.clone().oneshot(warm()).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+    }
+    p.store.set_failing(true);
+    let cold = || request("GET", "/notes", peer, &[bearer(&p.tokens.unseen)]);
+    let gate = p.gate.clone().oneshot(cold()).await.unwrap();
+    let stacked = p.stacked.clone().oneshot(cold()).await.unwrap();
+    assert_eq!(gate.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer(&gate), answer(&stacked));
+    let gate = p.gate.clone().oneshot(warm()).await.unwrap();
+    let stacked = p.stacked.clone().oneshot(warm()).await.unwrap();
+    assert_eq!(gate.status(), StatusCode::OK);
+    assert_eq!(answer(&gate), answer(&stacked));
+    let records = |r: &Records| r.lock().unwrap().iter().map(record).collect::<Vec<_>>();
+    assert_eq!(records(&p.gate_records), records(&p.stacked_records));
+    assert!(
+        records(&p.gate_records)[1].contains("store_unavailable"),
+        "{:?}",
+        records(&p.gate_records)
+    );
 }
