@@ -4,6 +4,9 @@
 //! - `gate`: `tokengate::Gate` with audit to a JSON-lines file (Drop
 //!   overflow), client IP, an IP filter of 1,000 deny rules, the per-IP
 //!   pre-auth limit, authenticate, the per-token limit and a scope table.
+//! - `gate-discard`: the same gate with a sink that drops each record as it
+//!   is handed over: the request path alone, without the writer thread
+//!   sharing the machine.
 //! - `naive`: what one would write by hand: SHA-256 of the token, a moka
 //!   lookup, governor's keyed limiter, a `tracing::info!` through
 //!   tracing-appender's non-blocking writer, and a linear scan of the same
@@ -32,9 +35,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use ipnet::{IpNet, Ipv4Net};
 use tokengate::{
-    AuditLayer, AuthenticateLayer, CacheConfig, CachedStore, ClientIp, EnforceScopeLayer, Gate,
-    IpFilterLayer, IpRules, JsonLinesSink, KeyId, Lifecycle, MemoryStore, Overflow, PeerAddr,
-    Pepper, RateByTokenLayer, RateQuota, ScopePolicy, TokenHasher, TokenSpec,
+    AuditLayer, AuditRecord, AuditSink, AuthenticateLayer, CacheConfig, CachedStore, ClientIp,
+    EnforceScopeLayer, Gate, IpFilterLayer, IpRules, JsonLinesSink, KeyId, Lifecycle, MemoryStore,
+    Overflow, PeerAddr, Pepper, RateByTokenLayer, RateQuota, ScopePolicy, TokenHasher, TokenSpec,
 };
 use tokengate_tests::call_now;
 use tower::{Layer, Service, service_fn};
@@ -77,6 +80,15 @@ where
     S::Error: std::fmt::Debug,
 {
     call_now(service, request(bearer))
+}
+
+/// A sink that drops each record where it is handed over.
+struct Discard;
+
+impl AuditSink for Discard {
+    fn record(&self, record: AuditRecord) {
+        drop(black_box(record));
+    }
 }
 
 fn stack(c: &mut Criterion) {
@@ -148,11 +160,14 @@ fn stack(c: &mut Criterion) {
                     .unwrap(),
             ),
         )
-        .audit(AuditLayer::new(sink.clone()))
         .ip_filter(IpFilterLayer::new(IpRules::deny_list(rules()).unwrap()))
         .pre_auth_quota(roomy)
         .token_rate(RateByTokenLayer::per_token(roomy));
-        let mut gated = gate.layer(handler());
+        let mut discarding = gate
+            .clone()
+            .audit(AuditLayer::new(Discard))
+            .layer(handler());
+        let mut gated = gate.audit(AuditLayer::new(sink.clone())).layer(handler());
         let mut naive = Naive {
             inner: handler(),
             tokens: naive_tokens,
@@ -175,6 +190,13 @@ fn stack(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 7919) % bearers.len();
                 black_box(run(&mut gated, &bearers[i]))
+            });
+        });
+        // The request path alone: no writer thread sharing the machine.
+        group.bench_with_input(BenchmarkId::new("gate-discard", count), &count, |b, _| {
+            b.iter(|| {
+                i = (i + 7919) % bearers.len();
+                black_box(run(&mut discarding, &bearers[i]))
             });
         });
     }
