@@ -96,6 +96,9 @@ impl Headers {
     }
 }
 
+/// A refusal, boxed: the cold path, kept out of the future's size.
+type Refusal<ResBody> = Box<Response<GateBody<ResBody>>>;
+
 /// A refusal with the headers of the layers that admitted the request
 /// before the refusing one.
 fn refuse<ReqBody, ResBody>(
@@ -103,13 +106,11 @@ fn refuse<ReqBody, ResBody>(
     denial: Denial,
     reject: impl FnOnce(&Request<ReqBody>, Denial) -> Response<GateBody<ResBody>>,
     headers: Headers,
-) -> Box<Response<GateBody<ResBody>>> {
+) -> Refusal<ResBody> {
     let mut response = reject(request, denial);
     headers.apply(&mut response);
     Box::new(response)
 }
-
-type Refusal<ResBody> = Box<Response<GateBody<ResBody>>>;
 
 impl<St: TokenStore, P: ScopeLookup> Layers<St, P> {
     /// The decisions before authentication.
