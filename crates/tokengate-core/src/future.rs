@@ -49,14 +49,17 @@ impl<F, B> Decided<F, B> {
     }
 }
 
-/// Takes a refusal decided earlier from its slot in a response future. A
-/// future polled again after completing finds the slot empty and answers
-/// a fail-closed 503 rather than panicking.
+/// The answer of a response future polled again after it completed: a
+/// fail-closed 503 rather than a panic.
+pub fn fail_closed<B>() -> Response<GateBody<B>> {
+    Renderer::default().render(Denial::StoreUnavailable, false)
+}
+
+/// Takes a refusal decided earlier from its slot in a response future; an
+/// empty slot (the future was polled again after completing) answers
+/// [`fail_closed`].
 pub fn take_refusal<B>(slot: &mut Option<Box<Response<GateBody<B>>>>) -> Response<GateBody<B>> {
-    slot.take().map_or_else(
-        || Renderer::default().render(Denial::StoreUnavailable, false),
-        |boxed| *boxed,
-    )
+    slot.take().map_or_else(fail_closed, |boxed| *boxed)
 }
 
 impl<F, B, E> Future for Decided<F, B>

@@ -93,7 +93,7 @@ pub use denial::{
     Denial, InvalidReason, IpReason, MalformedReason, ProblemJson, RateLimitPolicy,
     RateLimitPolicyError, RateLimited, Realm, RealmError, RenderDenial, Renderer, is_grpc,
 };
-pub use future::{Decided, take_refusal};
+pub use future::{Decided, fail_closed, take_refusal};
 pub use hash::{KeyId, Pepper, PepperError, TokenHash, TokenHasher};
 pub use id::{TokenId, TokenIdError};
 pub use principal::{ClientIp, Principal, QuotaPolicy};

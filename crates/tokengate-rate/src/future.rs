@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokengate_core::{Denial, GateBody, Renderer};
+use tokengate_core::GateBody;
 use tower::Service;
 
 use crate::layer::Config;
@@ -120,7 +120,7 @@ where
                 }
                 KindProj::Checking { pending } => {
                     let Some(waiting) = pending.as_mut() else {
-                        return Poll::Ready(Ok(fail_closed()));
+                        return Poll::Ready(Ok(tokengate_core::fail_closed()));
                     };
                     let result = ready!(Pin::new(&mut waiting.answer).poll(cx));
                     match pending.take() {
@@ -161,8 +161,4 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
-}
-
-fn fail_closed<B>() -> Response<GateBody<B>> {
-    Renderer::default().render(Denial::StoreUnavailable, false)
 }

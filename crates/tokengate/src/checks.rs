@@ -9,7 +9,7 @@ use std::task::{Context, Poll, ready};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tokengate_authenticate::{AuthenticateLayer, ExpiryHeader, TokenLookup, Verdict};
-use tokengate_core::{Denial, GateBody, TokenStore, take_refusal};
+use tokengate_core::{GateBody, TokenStore, fail_closed, take_refusal};
 use tokengate_ipfilter::{ClientIpLayer, IpFilterLayer};
 use tokengate_rate::{RateByTokenLayer, RateHeaders};
 use tokengate_scope::{EnforceScopeLayer, ScopeLookup};
@@ -99,53 +99,36 @@ impl Headers {
 /// A refusal, boxed: the cold path, kept out of the future's size.
 type Refusal<ResBody> = Box<Response<GateBody<ResBody>>>;
 
-/// A refusal with the headers of the layers that admitted the request
-/// before the refusing one.
-fn refuse<ReqBody, ResBody>(
-    request: &Request<ReqBody>,
-    denial: Denial,
-    reject: impl FnOnce(&Request<ReqBody>, Denial) -> Response<GateBody<ResBody>>,
+/// `response`, a layer's refusal, with the headers of the layers that
+/// admitted the request before the refusing one.
+fn refuse<ResBody>(
+    mut response: Response<GateBody<ResBody>>,
     headers: Headers,
 ) -> Refusal<ResBody> {
-    let mut response = reject(request, denial);
     headers.apply(&mut response);
     Box::new(response)
 }
 
 impl<St: TokenStore, P: ScopeLookup> Layers<St, P> {
-    /// The decisions before authentication.
+    /// The decisions before authentication (no layer before them sets a
+    /// header, so their refusals go as rendered).
     fn before<ReqBody, ResBody>(
         &self,
         request: &mut Request<ReqBody>,
         headers: &mut Headers,
     ) -> Result<(), Refusal<ResBody>> {
         if let Err(denial) = self.client_ip.resolve(request) {
-            return Err(refuse(
-                request,
-                denial,
-                |r, d| self.client_ip.reject(r, d),
-                Headers::default(),
-            ));
+            return Err(Box::new(self.client_ip.reject(request, denial)));
         }
         if let Err(denial) = self.ip_filter.check(request) {
-            return Err(refuse(
-                request,
-                denial,
-                |r, d| self.ip_filter.reject(r, d),
-                Headers::default(),
-            ));
+            return Err(Box::new(self.ip_filter.reject(request, denial)));
         }
         match self.ip_rate.check(request) {
             Ok(rate) => {
                 headers.ip_rate = rate;
                 Ok(())
             }
-            Err(denial) => Err(refuse(
-                request,
-                denial,
-                |r, d| self.ip_rate.reject(r, d),
-                Headers::default(),
-            )),
+            Err(denial) => Err(Box::new(self.ip_rate.reject(request, denial))),
         }
     }
 
@@ -159,22 +142,12 @@ impl<St: TokenStore, P: ScopeLookup> Layers<St, P> {
             Ok(rate) => headers.token_rate = rate,
             Err(denial) => {
                 let admitted = std::mem::take(headers);
-                return Err(refuse(
-                    request,
-                    denial,
-                    |r, d| self.token_rate.reject(r, d),
-                    admitted,
-                ));
+                return Err(refuse(self.token_rate.reject(request, denial), admitted));
             }
         }
         if let Err(denial) = self.scope.check(request) {
             let admitted = std::mem::take(headers);
-            return Err(refuse(
-                request,
-                denial,
-                |r, d| self.scope.reject(r, d),
-                admitted,
-            ));
+            return Err(refuse(self.scope.reject(request, denial), admitted));
         }
         Ok(())
     }
@@ -222,9 +195,7 @@ where
             Err(denial) => {
                 let authenticate = &layers.authenticate;
                 return ResponseFuture::done(refuse(
-                    &request,
-                    denial,
-                    |r, d| authenticate.reject(r, d),
+                    authenticate.reject(&request, denial),
                     headers,
                 ));
             }
@@ -327,7 +298,7 @@ where
                 KindProj::Lookup { pending } => {
                     let Some(waiting) = pending.as_mut() else {
                         // Polled again after completion: fail closed.
-                        return Poll::Ready(Ok(take_refusal(&mut None)));
+                        return Poll::Ready(Ok(fail_closed()));
                     };
                     let verdict = ready!(Pin::new(&mut waiting.lookup).poll(cx));
                     match pending.take().map(|boxed| *boxed) {
@@ -352,9 +323,7 @@ where
                             }
                             Err(denial) => Kind::Done {
                                 response: Some(refuse(
-                                    &request,
-                                    denial,
-                                    |r, d| layers.authenticate.reject(r, d),
+                                    layers.authenticate.reject(&request, denial),
                                     headers,
                                 )),
                             },
