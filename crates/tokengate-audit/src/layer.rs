@@ -4,15 +4,15 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use http::{HeaderName, Request, Response};
-use tokengate_core::{RequestTrail, is_grpc};
+use tokengate_core::RequestTrail;
 use tower::{Layer, Service};
 
 use crate::future::{Recorder, ResponseFuture};
-use crate::record::{RawHead, RequestId};
+use crate::record::RawHead;
 use crate::sink::AuditSink;
 
 /// A constant name: looking a header up by `&str` parses the name first.
-static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// How long each request-controlled field may be, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +131,7 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let timestamp = SystemTime::now();
-        let head = head(&request, &self.layer.limits);
+        let head = RawHead::capture(&request, &self.layer.limits);
         let trail = RequestTrail::new();
         request.extensions_mut().insert(trail.clone());
         let recorder = Recorder::new(
@@ -142,22 +142,5 @@ where
             timestamp,
         );
         ResponseFuture::new(self.inner.call(request), recorder)
-    }
-}
-
-/// What the record keeps of the request: reference-counted clones only.
-/// Cleaning and bounding happen when the record is turned into an event.
-fn head<B>(request: &Request<B>, limits: &FieldLimits) -> RawHead {
-    let given = request.headers().get(&REQUEST_ID).filter(|id| {
-        !id.is_empty()
-            && id.len() <= limits.request_id
-            && id.as_bytes().iter().all(u8::is_ascii_graphic)
-    });
-    RawHead {
-        method: request.method().clone(),
-        uri: request.uri().clone(),
-        user_agent: request.headers().get(http::header::USER_AGENT).cloned(),
-        request_id: given.map_or_else(RequestId::generate, |id| RequestId::Given(id.clone())),
-        grpc: is_grpc(request.headers()),
     }
 }

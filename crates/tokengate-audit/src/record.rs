@@ -1,5 +1,5 @@
-//! The record as captured on the request path: raw, reference-counted
-//! parts, turned into an [`AuditEvent`] only where it is written.
+//! The record as captured on the request path: raw parts copied out of
+//! the request, turned into an [`AuditEvent`] only where it is written.
 
 use std::fmt::{self, Write as _};
 use std::net::IpAddr;
@@ -7,11 +7,11 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderValue, Method, Uri};
-use tokengate_core::RequestTrail;
+use http::{Method, Request};
+use tokengate_core::{RequestTrail, is_grpc};
 
 use crate::event::{AuditEvent, Decision, Ending, clean_into, redact_query_into};
-use crate::layer::FieldLimits;
+use crate::layer::{FieldLimits, REQUEST_ID};
 
 /// Status assumed when the client left before any response was made (the
 /// "client closed request" convention).
@@ -19,9 +19,11 @@ pub const CLIENT_CLOSED: u16 = 499;
 
 /// One request's record, as the audit layer hands it to a sink.
 ///
-/// Capturing it costs the request a few reference-count increments and one
-/// allocation: the method, the URI, the user agent and the request id are
-/// kept as the request had them. [`AuditRecord::event`] does the rest
+/// Capturing it costs the request two allocations: the record's box, and
+/// one buffer holding the path, the query, the user agent and the request
+/// id, copied as the request had them (not shared with the request, so a
+/// queued record never keeps the connection's read buffer alive).
+/// [`AuditRecord::event`] does the rest
 /// (escaping control characters, bounding lengths, redacting the query,
 /// naming the gRPC method, formatting ids): the JSON-lines sink calls it
 /// on its writer thread, off the request path.
@@ -41,18 +43,124 @@ pub(crate) struct Raw {
     pub(crate) limits: FieldLimits,
 }
 
-/// What the request path keeps of the request.
+/// What the request path keeps of the request: the method, and the text
+/// a record shows (target, user agent, given request id) copied into one
+/// buffer of its own.
+///
+/// Copied, not shared: hyper parses a request head into slices of the
+/// connection's read buffer, so a record holding the request's `Uri` or
+/// header values would keep that buffer (16 KiB and up) alive until the
+/// writer got to it, and the connection would allocate a fresh one for
+/// the requests after it. A queue of records would then pin a buffer per
+/// record instead of a few hundred bytes.
 pub(crate) struct RawHead {
     pub(crate) method: Method,
-    pub(crate) uri: Uri,
-    pub(crate) user_agent: Option<HeaderValue>,
+    /// Path, query, user agent, given request id: one after the other.
+    text: Box<str>,
+    path_end: usize,
+    query_end: Option<usize>,
+    agent_end: Option<usize>,
     pub(crate) request_id: RequestId,
     pub(crate) grpc: bool,
 }
 
-/// The client's `x-request-id`, or a process-unique number to print.
+impl RawHead {
+    /// Copies what a record shows of `request`. The user agent is kept up
+    /// to what its limit can show (and a character more, so a truncation
+    /// is still seen); the path and query whole (the `http` crate bounds a
+    /// URI to 64 KiB), as the redacted query can be far shorter than the
+    /// query and the gRPC method is cut out of the path.
+    pub(crate) fn capture<B>(request: &Request<B>, limits: &FieldLimits) -> Self {
+        let headers = request.headers();
+        let uri = request.uri();
+        let path = uri.path();
+        let query = uri.query();
+        let agent = headers
+            .get(http::header::USER_AGENT)
+            .map(|agent| String::from_utf8_lossy(agent.as_bytes()));
+        let agent = agent
+            .as_deref()
+            .map(|agent| prefix_within(agent, limits.user_agent.saturating_add(1)));
+        let given = headers
+            .get(&REQUEST_ID)
+            .and_then(|id| id.to_str().ok())
+            .filter(|id| {
+                !id.is_empty()
+                    && id.len() <= limits.request_id
+                    && id.bytes().all(|b| b.is_ascii_graphic())
+            });
+        let mut text = String::with_capacity(
+            path.len()
+                + query.map_or(0, str::len)
+                + agent.map_or(0, str::len)
+                + given.map_or(0, str::len),
+        );
+        text.push_str(path);
+        let path_end = text.len();
+        let query_end = query.map(|query| {
+            text.push_str(query);
+            text.len()
+        });
+        let agent_end = agent.map(|agent| {
+            text.push_str(agent);
+            text.len()
+        });
+        let request_id = match given {
+            Some(id) => {
+                text.push_str(id);
+                RequestId::Given
+            }
+            None => RequestId::generate(),
+        };
+        Self {
+            method: request.method().clone(),
+            text: text.into_boxed_str(),
+            path_end,
+            query_end,
+            agent_end,
+            request_id,
+            grpc: is_grpc(headers),
+        }
+    }
+
+    pub(crate) fn path(&self) -> &str {
+        &self.text[..self.path_end]
+    }
+
+    pub(crate) fn query(&self) -> Option<&str> {
+        self.query_end.map(|end| &self.text[self.path_end..end])
+    }
+
+    pub(crate) fn user_agent(&self) -> Option<&str> {
+        let start = self.query_end.unwrap_or(self.path_end);
+        self.agent_end.map(|end| &self.text[start..end])
+    }
+
+    /// The client's own request id, when it gave a usable one.
+    fn given_id(&self) -> &str {
+        let start = self.agent_end.or(self.query_end).unwrap_or(self.path_end);
+        &self.text[start..]
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a
+/// character boundary, or, when `max` cuts a character, the prefix up to
+/// the end of that character: `max` bytes of the text are always kept.
+fn prefix_within(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end += 1;
+    }
+    &text[..end]
+}
+
+/// The client's `x-request-id` (kept in the head's text), or a
+/// process-unique number to print.
 pub(crate) enum RequestId {
-    Given(HeaderValue),
+    Given,
     Generated(u64),
 }
 
@@ -64,17 +172,18 @@ impl RequestId {
         Self::Generated(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// The id as the record shows it, into `out` (cleared first).
-    fn render_into(&self, out: &mut String, max: usize, truncated: &mut Vec<&'static str>) {
+    /// The id as the record shows it, into `out` (cleared first); `given`
+    /// is the client's id when it gave one.
+    fn render_into(
+        &self,
+        given: &str,
+        out: &mut String,
+        max: usize,
+        truncated: &mut Vec<&'static str>,
+    ) {
         static PREFIX: OnceLock<u32> = OnceLock::new();
         match self {
-            Self::Given(value) => clean_into(
-                out,
-                &String::from_utf8_lossy(value.as_bytes()),
-                max,
-                "http.request.id",
-                truncated,
-            ),
+            Self::Given => clean_into(out, given, max, "http.request.id", truncated),
             Self::Generated(seq) => {
                 // `{prefix:08x}-{seq}`, without `fmt`.
                 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -124,12 +233,12 @@ impl AuditRecord {
         truncated.clear();
         clean_into(
             &mut event.path,
-            head.uri.path(),
+            head.path(),
             limits.path,
             "url.path",
             truncated,
         );
-        match head.uri.query() {
+        match head.query() {
             Some(query) => redact_query_into(
                 event.query.get_or_insert_with(String::new),
                 query,
@@ -139,7 +248,6 @@ impl AuditRecord {
             None => event.query = None,
         }
         match head
-            .uri
             .path()
             .strip_prefix('/')
             .and_then(|p| p.split_once('/'))
@@ -152,18 +260,22 @@ impl AuditRecord {
             }
             _ => (event.rpc_service, event.rpc_method) = (None, None),
         }
-        match head.user_agent {
+        match head.user_agent() {
             Some(agent) => clean_into(
                 event.user_agent.get_or_insert_with(String::new),
-                &String::from_utf8_lossy(agent.as_bytes()),
+                agent,
                 limits.user_agent,
                 "user_agent.original",
                 truncated,
             ),
             None => event.user_agent = None,
         }
-        head.request_id
-            .render_into(&mut event.request_id, limits.request_id, truncated);
+        head.request_id.render_into(
+            head.given_id(),
+            &mut event.request_id,
+            limits.request_id,
+            truncated,
+        );
         clean_into(
             &mut event.method,
             head.method.as_str(),
@@ -238,7 +350,7 @@ impl fmt::Debug for AuditRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuditRecord")
             .field("method", &self.raw.head.method)
-            .field("path", &self.raw.head.uri.path())
+            .field("path", &self.raw.head.path())
             .field("status", &self.raw.status)
             .field("ending", &self.raw.ending)
             .finish_non_exhaustive()
@@ -249,14 +361,9 @@ impl fmt::Debug for AuditRecord {
 impl AuditRecord {
     /// A completed `GET /` for sink tests.
     pub(crate) fn sample() -> Self {
+        let request = Request::get("/").body(()).unwrap();
         Self::new(Box::new(Raw {
-            head: RawHead {
-                method: Method::GET,
-                uri: Uri::from_static("/"),
-                user_agent: None,
-                request_id: RequestId::generate(),
-                grpc: false,
-            },
+            head: RawHead::capture(&request, &FieldLimits::default()),
             trail: RequestTrail::new(),
             timestamp: SystemTime::UNIX_EPOCH,
             status: Some(200),
@@ -271,6 +378,7 @@ impl AuditRecord {
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderValue;
     use proptest::prelude::*;
 
     use super::*;
@@ -284,14 +392,20 @@ mod tests {
             RequestTrail::note_client_ip(&extensions, ip);
             RequestTrail::note_denial(&extensions, &tokengate_core::Denial::MissingToken);
         }
+        let limits = FieldLimits {
+            path: 12,
+            ..FieldLimits::default()
+        };
+        let mut request = Request::post(uri).header(&REQUEST_ID, "req-7");
+        if full {
+            let agent = HeaderValue::from_bytes(b"agent/1\t\xc2\x85").unwrap();
+            request = request.header(http::header::USER_AGENT, agent);
+        }
+        if grpc {
+            request = request.header(http::header::CONTENT_TYPE, "application/grpc");
+        }
         AuditRecord::new(Box::new(Raw {
-            head: RawHead {
-                method: Method::POST,
-                uri: Uri::from_static(uri),
-                user_agent: full.then(|| HeaderValue::from_bytes(b"agent/1\t\xc2\x85").unwrap()),
-                request_id: RequestId::Given(HeaderValue::from_static("req-7")),
-                grpc,
-            },
+            head: RawHead::capture(&request.body(()).unwrap(), &limits),
             trail,
             timestamp: SystemTime::UNIX_EPOCH + Duration::from_secs(7),
             status: Some(if full { 200 } else { 401 }),
@@ -299,10 +413,7 @@ mod tests {
             reason: None,
             latency: Duration::from_micros(42),
             ending: Ending::Completed,
-            limits: FieldLimits {
-                path: 12,
-                ..FieldLimits::default()
-            },
+            limits,
         }))
     }
 
@@ -326,7 +437,7 @@ mod tests {
     #[test]
     fn generated_ids_read_as_formatted() {
         let mut out = String::from("stale");
-        RequestId::Generated(42).render_into(&mut out, 128, &mut Vec::new());
+        RequestId::Generated(42).render_into("", &mut out, 128, &mut Vec::new());
         let prefix = *PREFIX_FOR_TESTS.get_or_init(|| {
             // The same per-process prefix the id was written with.
             let (hex, _) = out.split_once('-').unwrap();
@@ -336,6 +447,22 @@ mod tests {
     }
 
     static PREFIX_FOR_TESTS: OnceLock<u32> = OnceLock::new();
+
+    proptest! {
+        /// The user agent is copied only up to a character past what its
+        /// limit shows; the record reads as if the whole had been kept.
+        #[test]
+        fn a_cut_user_agent_reads_as_the_whole(agent in "(.|\\PC|[\u{80}-\u{9f}]){0,40}", max in 0usize..48) {
+            let clean = |text: &str| {
+                let (mut out, mut truncated) = (String::new(), Vec::new());
+                clean_into(&mut out, text, max, "user_agent.original", &mut truncated);
+                (out, truncated)
+            };
+            let kept = prefix_within(&agent, max + 1);
+            prop_assert!(kept.len() <= max + 4 && agent.starts_with(kept));
+            prop_assert_eq!(clean(kept), clean(&agent));
+        }
+    }
 
     proptest! {
         #[test]

@@ -304,6 +304,47 @@ async fn queries_are_redacted_and_request_ids_kept_or_made() {
     assert_ne!(&again[0].request_id, generated, "generated ids are unique");
 }
 
+/// A sink that keeps records unwritten, as a queue does while its
+/// writer is behind.
+#[derive(Clone, Default)]
+struct Held(Arc<Mutex<Vec<AuditRecord>>>);
+
+impl AuditSink for Held {
+    fn record(&self, record: AuditRecord) {
+        self.0.lock().unwrap().push(record);
+    }
+}
+
+#[tokio::test]
+async fn a_queued_record_keeps_nothing_of_the_connection_buffer() {
+    // hyper parses a request head into slices of the connection's read
+    // buffer; a record kept waiting must not hold that buffer.
+    let buffer = Bytes::copy_from_slice(b"/notes/7?page=2 agent/1 req-9");
+    let mut request = Request::new(());
+    *request.uri_mut() = http::Uri::from_maybe_shared(buffer.slice(0..15)).unwrap();
+    let shared = |range| http::HeaderValue::from_maybe_shared(buffer.slice(range)).unwrap();
+    request.headers_mut().insert(USER_AGENT, shared(16..23));
+    request.headers_mut().insert("x-request-id", shared(24..29));
+    assert!(!buffer.is_unique(), "the request shares the buffer");
+
+    let sink = Held::default();
+    let service = AuditLayer::new(sink.clone()).layer(inner(Behaviour::Ok));
+    let response = service.oneshot(request).await.unwrap();
+    let _ = response.into_body().collect().await;
+
+    let held = std::mem::take(&mut *sink.0.lock().unwrap());
+    assert_eq!(held.len(), 1);
+    assert!(
+        buffer.is_unique(),
+        "a held record pins the request's buffer"
+    );
+    let event = held.into_iter().next().unwrap().event();
+    assert_eq!(event.path, "/notes/7");
+    assert_eq!(event.query.as_deref(), Some("page=REDACTED"));
+    assert_eq!(event.user_agent.as_deref(), Some("agent/1"));
+    assert_eq!(event.request_id, "req-9");
+}
+
 /// A writer that blocks every write until opened.
 #[derive(Clone, Default)]
 struct Gate {

@@ -20,7 +20,9 @@ use crate::record::AuditRecord;
 pub enum Overflow {
     /// Wait for room: no record is ever lost; a stalled disk stalls
     /// requests (their tasks block when they record, after the response
-    /// head). Memory stays bounded by the queue.
+    /// head). Memory stays bounded by the queue: a queued record holds its
+    /// box and a copy of the request's target, user agent (cut past its
+    /// limit) and request id, nothing of the connection.
     Block,
     /// Never wait: a record that finds the queue full is dropped and
     /// counted exactly in [`SinkStats::dropped`].
