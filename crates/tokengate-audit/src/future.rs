@@ -39,17 +39,7 @@ impl<K: AuditSink> Recorder<K> {
     ) -> Self {
         Self {
             sink,
-            pending: Some(Box::new(Raw {
-                head,
-                trail,
-                timestamp,
-                status: None,
-                grpc_status: None,
-                reason: None,
-                latency: Duration::ZERO,
-                ending: Ending::Cancelled,
-                limits,
-            })),
+            pending: Some(Box::new(Raw::new(head, trail, timestamp, limits))),
             start: SystemClock.now_nanos(),
         }
     }
@@ -86,6 +76,7 @@ impl<K: AuditSink> Recorder<K> {
             if raw.status.is_none() {
                 raw.latency = self.elapsed();
             }
+            raw.settle();
             self.sink.record(AuditRecord::new(raw));
         }
     }

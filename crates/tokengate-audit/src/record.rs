@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use http::{Method, Request};
-use tokengate_core::{RequestTrail, is_grpc};
+use tokengate_core::{ClientIp, Denial, Principal, RequestTrail, is_grpc};
 
 use crate::event::{AuditEvent, Decision, Ending, clean_into, redact_query_into};
 use crate::layer::{FieldLimits, REQUEST_ID};
@@ -22,8 +22,11 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// Capturing it costs the request two allocations: the record's box, and
 /// one buffer holding the path, the query, the user agent and the request
 /// id, copied as the request had them (not shared with the request, so a
-/// queued record never keeps the connection's read buffer alive).
-/// [`AuditRecord::event`] does the rest
+/// queued record never keeps the connection's read buffer alive). When
+/// the exchange ends, what the layers noted in the request's trail (the
+/// client address, the principal, the denial) is taken out of it on the
+/// request's thread, so the record a sink receives shares nothing with
+/// the request. [`AuditRecord::event`] does the rest
 /// (escaping control characters, bounding lengths, redacting the query,
 /// naming the gRPC method, formatting ids): the JSON-lines sink calls it
 /// on its writer thread, off the request path.
@@ -33,7 +36,11 @@ pub struct AuditRecord {
 
 pub(crate) struct Raw {
     pub(crate) head: RawHead,
-    pub(crate) trail: RequestTrail,
+    /// The request's trail while the exchange runs; [`Raw::settle`] takes
+    /// what it noted out of it when the exchange ends.
+    pub(crate) trail: Option<RequestTrail>,
+    pub(crate) client_ip: Option<ClientIp>,
+    pub(crate) principal: Option<Principal>,
     pub(crate) timestamp: SystemTime,
     pub(crate) status: Option<u16>,
     pub(crate) grpc_status: Option<u16>,
@@ -41,6 +48,45 @@ pub(crate) struct Raw {
     pub(crate) latency: Duration,
     pub(crate) ending: Ending,
     pub(crate) limits: FieldLimits,
+}
+
+impl Raw {
+    /// A record for a request that came in now, its trail still open.
+    pub(crate) fn new(
+        head: RawHead,
+        trail: RequestTrail,
+        timestamp: SystemTime,
+        limits: FieldLimits,
+    ) -> Self {
+        Self {
+            head,
+            trail: Some(trail),
+            client_ip: None,
+            principal: None,
+            timestamp,
+            status: None,
+            grpc_status: None,
+            reason: None,
+            latency: Duration::ZERO,
+            ending: Ending::Cancelled,
+            limits,
+        }
+    }
+
+    /// Takes what the layers noted out of the trail (a denial's reason
+    /// yields to one the response carried). Called when the exchange
+    /// ends, on the request's thread: the trail, which the request no
+    /// longer holds by then, is freed there rather than by the sink's
+    /// writer, and the record holds no shared state when it is handed
+    /// over.
+    pub(crate) fn settle(&mut self) {
+        if let Some(trail) = self.trail.take() {
+            let facts = trail.into_facts();
+            self.reason = self.reason.or(facts.denial.as_ref().map(Denial::reason));
+            self.client_ip = facts.client_ip;
+            self.principal = facts.principal;
+        }
+    }
 }
 
 /// What the request path keeps of the request: the method, and the text
@@ -89,36 +135,22 @@ impl RawHead {
                     && id.len() <= limits.request_id
                     && id.bytes().all(|b| b.is_ascii_graphic())
             });
-        let mut text = String::with_capacity(
-            path.len()
-                + query.map_or(0, str::len)
-                + agent.map_or(0, str::len)
-                + given.map_or(0, str::len),
-        );
-        text.push_str(path);
-        let path_end = text.len();
-        let query_end = query.map(|query| {
-            text.push_str(query);
-            text.len()
-        });
-        let agent_end = agent.map(|agent| {
-            text.push_str(agent);
-            text.len()
-        });
-        let request_id = match given {
-            Some(id) => {
-                text.push_str(id);
-                RequestId::Given
-            }
-            None => RequestId::generate(),
-        };
+        let parts = [
+            path,
+            query.unwrap_or(""),
+            agent.unwrap_or(""),
+            given.unwrap_or(""),
+        ];
+        let path_end = path.len();
+        let query_end = query.map(|query| path_end + query.len());
+        let agent_end = agent.map(|agent| query_end.unwrap_or(path_end) + agent.len());
         Self {
             method: request.method().clone(),
-            text: text.into_boxed_str(),
+            text: parts.concat().into_boxed_str(),
             path_end,
             query_end,
             agent_end,
-            request_id,
+            request_id: given.map_or_else(RequestId::generate, |_| RequestId::Given),
             grpc: is_grpc(headers),
         }
     }
@@ -218,9 +250,13 @@ impl AuditRecord {
     /// buffers are reused, so a writer that keeps one event allocates
     /// nothing per record for the fields a record usually has.
     pub(crate) fn fill(self, event: &mut AuditEvent) {
+        let mut raw = self.raw;
+        raw.settle();
         let Raw {
             head,
-            trail,
+            trail: _,
+            client_ip,
+            principal,
             timestamp,
             status,
             grpc_status,
@@ -228,7 +264,7 @@ impl AuditRecord {
             latency,
             ending,
             limits,
-        } = *self.raw;
+        } = *raw;
         let truncated = &mut event.truncated;
         truncated.clear();
         clean_into(
@@ -283,9 +319,8 @@ impl AuditRecord {
             "http.request.method",
             truncated,
         );
-        let reason = reason.or_else(|| trail.denial().map(tokengate_core::Denial::reason));
-        let principal = trail.principal();
-        match trail.client_ip() {
+        let principal = principal.as_ref();
+        match client_ip {
             Some(ip) => address_into(
                 event.client_address.get_or_insert_with(String::new),
                 ip.addr(),
@@ -359,20 +394,25 @@ impl fmt::Debug for AuditRecord {
 
 #[cfg(test)]
 impl AuditRecord {
+    /// Whether the record still holds the request's trail (shared with the
+    /// request) rather than what was taken out of it.
+    pub(crate) fn holds_trail(&self) -> bool {
+        self.raw.trail.is_some()
+    }
+
     /// A completed `GET /` for sink tests.
     pub(crate) fn sample() -> Self {
         let request = Request::get("/").body(()).unwrap();
-        Self::new(Box::new(Raw {
-            head: RawHead::capture(&request, &FieldLimits::default()),
-            trail: RequestTrail::new(),
-            timestamp: SystemTime::UNIX_EPOCH,
-            status: Some(200),
-            grpc_status: None,
-            reason: None,
-            latency: Duration::ZERO,
-            ending: Ending::Completed,
-            limits: FieldLimits::default(),
-        }))
+        let limits = FieldLimits::default();
+        let mut raw = Raw::new(
+            RawHead::capture(&request, &limits),
+            RequestTrail::new(),
+            SystemTime::UNIX_EPOCH,
+            limits,
+        );
+        raw.status = Some(200);
+        raw.ending = Ending::Completed;
+        Self::new(Box::new(raw))
     }
 }
 
@@ -404,17 +444,17 @@ mod tests {
         if grpc {
             request = request.header(http::header::CONTENT_TYPE, "application/grpc");
         }
-        AuditRecord::new(Box::new(Raw {
-            head: RawHead::capture(&request.body(()).unwrap(), &limits),
+        let mut raw = Raw::new(
+            RawHead::capture(&request.body(()).unwrap(), &limits),
             trail,
-            timestamp: SystemTime::UNIX_EPOCH + Duration::from_secs(7),
-            status: Some(if full { 200 } else { 401 }),
-            grpc_status: full.then_some(16),
-            reason: None,
-            latency: Duration::from_micros(42),
-            ending: Ending::Completed,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(7),
             limits,
-        }))
+        );
+        raw.status = Some(if full { 200 } else { 401 });
+        raw.grpc_status = full.then_some(16);
+        raw.latency = Duration::from_micros(42);
+        raw.ending = Ending::Completed;
+        AuditRecord::new(Box::new(raw))
     }
 
     #[test]

@@ -316,7 +316,7 @@ impl AuditSink for Held {
 }
 
 #[tokio::test]
-async fn a_queued_record_keeps_nothing_of_the_connection_buffer() {
+async fn a_queued_record_keeps_nothing_of_the_connection_buffer_or_the_trail() {
     // hyper parses a request head into slices of the connection's read
     // buffer; a record kept waiting must not hold that buffer.
     let buffer = Bytes::copy_from_slice(b"/notes/7?page=2 agent/1 req-9");
@@ -338,7 +338,14 @@ async fn a_queued_record_keeps_nothing_of_the_connection_buffer() {
         buffer.is_unique(),
         "a held record pins the request's buffer"
     );
+    assert!(
+        !held[0].holds_trail(),
+        "the trail is settled before the hand-over"
+    );
     let event = held.into_iter().next().unwrap().event();
+    // What the layers noted is in the record all the same.
+    assert_eq!(event.client_address.as_deref(), Some("192.0.2.7"));
+    assert_eq!(event.subject.as_deref(), Some("alice"));
     assert_eq!(event.path, "/notes/7");
     assert_eq!(event.query.as_deref(), Some("page=REDACTED"));
     assert_eq!(event.user_agent.as_deref(), Some("agent/1"));

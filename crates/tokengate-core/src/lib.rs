@@ -106,7 +106,7 @@ pub use store::{
 pub use token::{
     CHECKSUM_LEN, PrefixError, SECRET_LEN, Token, TokenFormat, TokenFormatError, TokenPrefix,
 };
-pub use trail::RequestTrail;
+pub use trail::{RequestTrail, TrailFacts};
 
 #[cfg(test)]
 mod traits {

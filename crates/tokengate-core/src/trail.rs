@@ -76,6 +76,41 @@ impl RequestTrail {
     }
 }
 
+/// What a request's trail holds once the request is done, taken out of it
+/// by [`RequestTrail::into_facts`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TrailFacts {
+    /// The client address, if a layer resolved one.
+    pub client_ip: Option<ClientIp>,
+    /// The principal, if a token was verified.
+    pub principal: Option<Principal>,
+    /// The denial, if a layer refused the request.
+    pub denial: Option<Denial>,
+}
+
+impl RequestTrail {
+    /// The facts noted so far, taken out of the trail: moved out when this
+    /// is its last handle (the usual case once the request has been
+    /// handled, and then the trail is freed here, on the caller's
+    /// thread), cloned otherwise. Notes made through other handles later
+    /// are not in them.
+    pub fn into_facts(self) -> TrailFacts {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => TrailFacts {
+                client_ip: inner.client_ip.into_inner(),
+                principal: inner.principal.into_inner(),
+                denial: inner.denial.into_inner(),
+            },
+            Err(shared) => TrailFacts {
+                client_ip: shared.client_ip.get().copied(),
+                principal: shared.principal.get().cloned(),
+                denial: shared.denial.get().cloned(),
+            },
+        }
+    }
+}
+
 impl fmt::Debug for RequestTrail {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestTrail")
@@ -102,6 +137,27 @@ mod tests {
         assert_eq!(trail.denial(), Some(&Denial::MissingToken));
         assert_eq!(trail.client_ip(), Some(ip));
         assert!(trail.principal().is_none());
+    }
+
+    #[test]
+    fn facts_come_out_of_the_last_handle_and_out_of_a_shared_one() {
+        let trail = RequestTrail::new();
+        let mut extensions = Extensions::new();
+        extensions.insert(trail.clone());
+        let ip = ClientIp::new("192.0.2.1".parse().unwrap());
+        RequestTrail::note_client_ip(&extensions, ip);
+        RequestTrail::note_denial(&extensions, &Denial::MissingToken);
+        // Shared with the extensions: cloned out, the trail still holds them.
+        let facts = trail.clone().into_facts();
+        assert_eq!(facts.client_ip, Some(ip));
+        assert_eq!(facts.denial, Some(Denial::MissingToken));
+        assert!(facts.principal.is_none());
+        assert_eq!(trail.denial(), Some(&Denial::MissingToken));
+        // The last handle: moved out.
+        drop(extensions);
+        let facts = trail.into_facts();
+        assert_eq!(facts.client_ip, Some(ip));
+        assert_eq!(facts.denial, Some(Denial::MissingToken));
     }
 
     #[test]
