@@ -410,6 +410,12 @@ pub(crate) fn redact_query_into(
     max: usize,
     truncated: &mut Vec<&'static str>,
 ) {
+    clean_into(out, &redact_query(query), max, "url.query", truncated);
+}
+
+/// The query with every value replaced by `REDACTED`, names kept.
+/// Idempotent.
+pub(crate) fn redact_query(query: &str) -> String {
     let mut redacted = String::with_capacity(query.len());
     for (i, pair) in query.split('&').enumerate() {
         if i > 0 {
@@ -423,7 +429,7 @@ pub(crate) fn redact_query_into(
             None => redacted.push_str(pair),
         }
     }
-    clean_into(out, &redacted, max, "url.query", truncated);
+    redacted
 }
 
 #[cfg(test)]

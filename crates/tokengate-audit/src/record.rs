@@ -1,6 +1,7 @@
 //! The record as captured on the request path: raw parts copied out of
 //! the request, turned into an [`AuditEvent`] only where it is written.
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 use std::sync::OnceLock;
@@ -10,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use http::{Method, Request};
 use tokengate_core::{ClientIp, Denial, Principal, RequestTrail, is_grpc};
 
-use crate::event::{AuditEvent, Decision, Ending, clean_into, redact_query_into};
+use crate::event::{AuditEvent, Decision, Ending, clean_into, redact_query, redact_query_into};
 use crate::layer::{FieldLimits, REQUEST_ID};
 
 /// Status assumed when the client left before any response was made (the
@@ -21,8 +22,9 @@ pub const CLIENT_CLOSED: u16 = 499;
 ///
 /// Capturing it costs the request two allocations: the record's box, and
 /// one buffer holding the path, the query, the user agent and the request
-/// id, copied as the request had them (not shared with the request, so a
-/// queued record never keeps the connection's read buffer alive). When
+/// id, copied out of the request (not shared with it, so a queued record
+/// never keeps the connection's read buffer alive) and each only as far as
+/// its limit can show (a long query is redacted first). When
 /// the exchange ends, what the layers noted in the request's trail (the
 /// client address, the principal, the denial) is taken out of it on the
 /// request's thread, so the record a sink receives shares nothing with
@@ -111,16 +113,18 @@ pub(crate) struct RawHead {
 }
 
 impl RawHead {
-    /// Copies what a record shows of `request`. The user agent is kept up
-    /// to what its limit can show (and a character more, so a truncation
-    /// is still seen); the path and query whole (the `http` crate bounds a
-    /// URI to 64 KiB), as the redacted query can be far shorter than the
-    /// query and the gRPC method is cut out of the path.
+    /// Copies what a record shows of `request`, each field only as far as
+    /// its limit can show it (and a character more, so a truncation is
+    /// still seen): a record holds a few KiB at most whatever the request
+    /// sent, and reads exactly as if it had kept everything.
     pub(crate) fn capture<B>(request: &Request<B>, limits: &FieldLimits) -> Self {
         let headers = request.headers();
         let uri = request.uri();
-        let path = uri.path();
-        let query = uri.query();
+        let grpc = is_grpc(headers);
+        let path = kept_path(uri.path(), grpc, limits.path);
+        let query = uri.query().map(|query| kept_query(query, limits.query));
+        let path = path.as_ref();
+        let query = query.as_deref();
         let agent = headers
             .get(http::header::USER_AGENT)
             .map(|agent| String::from_utf8_lossy(agent.as_bytes()));
@@ -151,7 +155,7 @@ impl RawHead {
             query_end,
             agent_end,
             request_id: given.map_or_else(RequestId::generate, |_| RequestId::Given),
-            grpc: is_grpc(headers),
+            grpc,
         }
     }
 
@@ -173,6 +177,41 @@ impl RawHead {
         let start = self.agent_end.or(self.query_end).unwrap_or(self.path_end);
         &self.text[start..]
     }
+}
+
+/// What a record keeps of a path whose cleaned form is bounded by `max`:
+/// a prefix of a character more than that, or for gRPC, where the record
+/// also shows the service and the method cut out of the path (each
+/// bounded by `max`), that much of each.
+fn kept_path(path: &str, grpc: bool, max: usize) -> Cow<'_, str> {
+    let keep = max.saturating_add(1);
+    if path.len() <= keep {
+        return Cow::Borrowed(path);
+    }
+    if grpc && let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/'))
+    {
+        let (service, method) = (prefix_within(service, keep), prefix_within(method, keep));
+        return Cow::Owned(["/", service, "/", method].concat());
+    }
+    Cow::Borrowed(prefix_within(path, keep))
+}
+
+/// What a record keeps of a query whose redacted, cleaned form is bounded
+/// by `max`. A long query is redacted here (values can be long and the
+/// redacted form short, so a prefix of the raw query would not do), then
+/// cut a character past `max`; redacting again when the record is
+/// written changes nothing (redaction is idempotent, and completes a cut
+/// `=REDACTED` only past the cut).
+fn kept_query(query: &str, max: usize) -> Cow<'_, str> {
+    let keep = max.saturating_add(1);
+    if query.len() <= keep {
+        return Cow::Borrowed(query);
+    }
+    let redacted = redact_query(query);
+    let kept = prefix_within(&redacted, keep).len();
+    let mut redacted = redacted;
+    redacted.truncate(kept);
+    Cow::Owned(redacted)
 }
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a
@@ -487,6 +526,81 @@ mod tests {
     }
 
     static PREFIX_FOR_TESTS: OnceLock<u32> = OnceLock::new();
+
+    /// The path, query and gRPC fields as a record would show them had it
+    /// kept the whole target: the oracle for the bounded copy.
+    fn shown_whole(uri: &http::Uri, grpc: bool, limits: &FieldLimits) -> [Option<String>; 4] {
+        let mut truncated = Vec::new();
+        let clean = |text: &str, max, field, truncated: &mut Vec<&'static str>| {
+            let mut out = String::new();
+            clean_into(&mut out, text, max, field, truncated);
+            out
+        };
+        let path = clean(uri.path(), limits.path, "url.path", &mut truncated);
+        let query = uri.query().map(|query| {
+            let mut out = String::new();
+            redact_query_into(&mut out, query, limits.query, &mut truncated);
+            out
+        });
+        let split = uri.path().strip_prefix('/').and_then(|p| p.split_once('/'));
+        let (service, method) = match split {
+            Some((service, method)) if grpc => (
+                Some(clean(service, limits.path, "rpc.service", &mut truncated)),
+                Some(clean(method, limits.path, "rpc.method", &mut truncated)),
+            ),
+            _ => (None, None),
+        };
+        let truncated = Some(truncated.join(","));
+        [
+            Some(path),
+            query,
+            service.zip(method).map(|(s, m)| format!("{s} {m}")),
+            truncated,
+        ]
+    }
+
+    proptest! {
+        /// A record keeps of the target only what its limits can show, and
+        /// reads exactly as if it had kept it whole.
+        #[test]
+        fn a_bounded_target_reads_as_the_whole(
+            path in "/[a-zA-Z0-9._~!$'()*+,;:@/-]{0,60}",
+            query in proptest::option::of("[a-z0-9=&._~-]{0,80}"),
+            grpc in any::<bool>(),
+            max_path in 0usize..24,
+            max_query in 0usize..24,
+        ) {
+            let limits = FieldLimits { path: max_path, query: max_query, ..FieldLimits::default() };
+            let target = match &query {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            let mut request = Request::get(target.as_str());
+            if grpc {
+                request = request.header(http::header::CONTENT_TYPE, "application/grpc");
+            }
+            let Ok(request) = request.body(()) else {
+                return Err(TestCaseError::reject("not a URI"));
+            };
+            let head = RawHead::capture(&request, &limits);
+            prop_assert!(head.path().len() <= 2 * (max_path + 4) + 2);
+            prop_assert!(head.query().map_or(0, str::len) <= max_query + 4);
+            let event = AuditRecord::new(Box::new(Raw::new(
+                head,
+                RequestTrail::new(),
+                SystemTime::UNIX_EPOCH,
+                limits,
+            )))
+            .event();
+            let shown = [
+                Some(event.path),
+                event.query,
+                event.rpc_service.zip(event.rpc_method).map(|(s, m)| format!("{s} {m}")),
+                Some(event.truncated.join(",")),
+            ];
+            prop_assert_eq!(shown, shown_whole(request.uri(), grpc, &limits));
+        }
+    }
 
     proptest! {
         /// The user agent is copied only up to a character past what its

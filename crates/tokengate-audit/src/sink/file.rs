@@ -21,8 +21,10 @@ pub enum Overflow {
     /// Wait for room: no record is ever lost; a stalled disk stalls
     /// requests (their tasks block when they record, after the response
     /// head). Memory stays bounded by the queue: a queued record holds its
-    /// box and a copy of the request's target, user agent (cut past its
-    /// limit) and request id, nothing of the connection.
+    /// box and a copy of what it shows of the request's path, query, user
+    /// agent and request id, each cut a character past its
+    /// [`FieldLimits`](crate::FieldLimits) entry (a few KiB at the default
+    /// limits, whatever the request sent), and nothing of the connection.
     Block,
     /// Never wait: a record that finds the queue full is dropped and
     /// counted exactly in [`SinkStats::dropped`].
