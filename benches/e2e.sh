@@ -2,7 +2,9 @@
 # End to end on loopback: axum-notes with the full Gate and without it
 # (--no-gate), and with MODES="bare gate naive" also the naive hand-written
 # stack of benches/support/naive.rs in front of the same route
-# (the naive-notes example), alternating in each round, under wrk. Prints
+# (the naive-notes example), and with "discard" the full Gate with each
+# audit record dropped where it is handed over (no audit file), alternating
+# in each round, under wrk. Prints
 # req/s and p99 latency per run, each mode's ratio to bare in the round,
 # and the server's CPU time per request (user and system, request workers
 # and the audit writer apart, from /proc). Bounded: ROUNDS rounds of
@@ -39,6 +41,7 @@ run() { # mode -> "rps p99 cpu"
   case "$1" in
     bare) server+=(--no-gate) ;;
     gate) ;;
+    discard) server+=(--discard-audit) ;;
     naive) server=(target/release/examples/naive-notes --listen 127.0.0.1:39999 --token "$token"
       --log "$dir/naive.jsonl") ;;
     *) echo "unknown mode $1" >&2; exit 2 ;;

@@ -64,6 +64,20 @@ struct Args {
     /// benchmark (`benches/e2e.sh`), which compares both.
     #[arg(long, hide = true)]
     no_gate: bool,
+    /// Drop each audit record where it is handed over instead of writing
+    /// it: only for the end-to-end benchmark, to measure the gate without
+    /// the audit file.
+    #[arg(long, hide = true)]
+    discard_audit: bool,
+}
+
+/// The sink of `--discard-audit`: drops each record.
+struct DiscardAudit;
+
+impl tokengate::AuditSink for DiscardAudit {
+    fn record(&self, record: tokengate::AuditRecord) {
+        drop(record);
+    }
 }
 
 #[derive(Clone, Default)]
@@ -168,7 +182,6 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
             .public(PublicPaths::new().exact("/healthz")),
         EnforceScopeLayer::new(policy()?),
     )
-    .audit(AuditLayer::new(embedded.audit.clone()))
     .client_ip(
         ClientIpLayer::trusted_proxies(&args.trusted_proxies)?
             .peer_source(tokengate::axum::peer_addr),
@@ -187,8 +200,10 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         .with_state(Notes::default());
     let app = if args.no_gate {
         routes
+    } else if args.discard_audit {
+        routes.layer(gate.audit(AuditLayer::new(DiscardAudit)))
     } else {
-        routes.layer(gate)
+        routes.layer(gate.audit(AuditLayer::new(embedded.audit.clone())))
     };
 
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
