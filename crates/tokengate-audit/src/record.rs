@@ -207,9 +207,8 @@ fn kept_query(query: &str, max: usize) -> Cow<'_, str> {
     if query.len() <= keep {
         return Cow::Borrowed(query);
     }
-    let redacted = redact_query(query);
+    let mut redacted = redact_query(query);
     let kept = prefix_within(&redacted, keep).len();
-    let mut redacted = redacted;
     redacted.truncate(kept);
     Cow::Owned(redacted)
 }
