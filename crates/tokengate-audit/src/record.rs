@@ -125,12 +125,13 @@ impl RawHead {
         let query = uri.query().map(|query| kept_query(query, limits.query));
         let path = path.as_ref();
         let query = query.as_deref();
+        let keep_agent = limits.user_agent.saturating_add(1);
         let agent = headers
             .get(http::header::USER_AGENT)
-            .map(|agent| String::from_utf8_lossy(agent.as_bytes()));
+            .map(|agent| agent_text(agent.as_bytes(), keep_agent));
         let agent = agent
             .as_deref()
-            .map(|agent| prefix_within(agent, limits.user_agent.saturating_add(1)));
+            .map(|agent| prefix_within(agent, keep_agent));
         let given = headers
             .get(&REQUEST_ID)
             .and_then(|id| id.to_str().ok())
@@ -177,6 +178,16 @@ impl RawHead {
         let start = self.agent_end.or(self.query_end).unwrap_or(self.path_end);
         &self.text[start..]
     }
+}
+
+/// A user agent's bytes as text (invalid UTF-8 replaced), converted only
+/// as far as [`prefix_within`] with `keep` can reach, so a huge header
+/// costs no more than a short one: every sequence that starts within
+/// `keep + 4` bytes of the start is whole in the slice, and reads as it
+/// does in the whole header.
+fn agent_text(bytes: &[u8], keep: usize) -> Cow<'_, str> {
+    let reach = keep.saturating_add(8).min(bytes.len());
+    String::from_utf8_lossy(bytes.get(..reach).unwrap_or(bytes))
 }
 
 /// What a record keeps of a path whose cleaned form is bounded by `max`:
@@ -598,6 +609,35 @@ mod tests {
                 Some(event.truncated.join(",")),
             ];
             prop_assert_eq!(shown, shown_whole(request.uri(), grpc, &limits));
+        }
+    }
+
+    proptest! {
+        /// A user agent of any bytes a header may carry reads the same
+        /// whether the whole header was converted or only what the record
+        /// keeps.
+        #[test]
+        fn a_user_agent_converted_in_part_reads_as_the_whole(
+            pieces in proptest::collection::vec(
+                prop_oneof![
+                    // Visible ASCII and tab, whole characters of two to
+                    // four bytes, and stray high bytes.
+                    prop_oneof![Just(b'\t'), 0x20u8..0x7f].prop_map(|b| vec![b]),
+                    prop_oneof![0x80u32..0x800, 0x800u32..0x1_0000, 0x1_0000u32..0x11_0000]
+                        .prop_filter_map("a scalar value", char::from_u32)
+                        .prop_map(|c| c.to_string().into_bytes()),
+                    (0x80u8..=0xff).prop_map(|b| vec![b]),
+                ],
+                0..24,
+            ),
+            max in 0usize..40,
+        ) {
+            let bytes = pieces.concat();
+            let keep = max + 1;
+            let whole = String::from_utf8_lossy(&bytes);
+            let part = agent_text(&bytes, keep);
+            prop_assert!(part.len() <= 3 * (keep + 8));
+            prop_assert_eq!(prefix_within(&part, keep), prefix_within(&whole, keep));
         }
     }
 
