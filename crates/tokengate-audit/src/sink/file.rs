@@ -22,7 +22,7 @@ pub enum Overflow {
     /// requests (their tasks block when they record, after the response
     /// head). Memory stays bounded by the queue: a queued record holds its
     /// box and a copy of what it shows of the request's path, query, user
-    /// agent and request id, each cut a character past its
+    /// agent and request id, each bounded by its
     /// [`FieldLimits`](crate::FieldLimits) entry (a few KiB at the default
     /// limits, whatever the request sent), and nothing of the connection.
     Block,
