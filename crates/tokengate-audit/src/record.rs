@@ -125,13 +125,10 @@ impl RawHead {
         let query = uri.query().map(|query| kept_query(query, limits.query));
         let path = path.as_ref();
         let query = query.as_deref();
-        let keep_agent = limits.user_agent.saturating_add(1);
         let agent = headers
             .get(http::header::USER_AGENT)
-            .map(|agent| agent_text(agent.as_bytes(), keep_agent));
-        let agent = agent
-            .as_deref()
-            .map(|agent| prefix_within(agent, keep_agent));
+            .map(|agent| kept_agent(agent.as_bytes(), limits.user_agent));
+        let agent = agent.as_deref();
         let given = headers
             .get(&REQUEST_ID)
             .and_then(|id| id.to_str().ok())
@@ -180,14 +177,19 @@ impl RawHead {
     }
 }
 
-/// A user agent's bytes as text (invalid UTF-8 replaced), converted only
-/// as far as [`prefix_within`] with `keep` can reach, so a huge header
+/// What a record keeps of a user agent whose cleaned form is bounded by
+/// `max`: its bytes as text (invalid UTF-8 replaced), cut a character past
+/// `max`. Only the bytes the cut can reach are converted, so a huge header
 /// costs no more than a short one: every sequence that starts within
-/// `keep + 4` bytes of the start is whole in the slice, and reads as it
-/// does in the whole header.
-fn agent_text(bytes: &[u8], keep: usize) -> Cow<'_, str> {
+/// `max + 5` bytes of the start is whole in them, and reads as it does in
+/// the whole header.
+fn kept_agent(bytes: &[u8], max: usize) -> Cow<'_, str> {
+    let keep = max.saturating_add(1);
     let reach = keep.saturating_add(8).min(bytes.len());
-    String::from_utf8_lossy(bytes.get(..reach).unwrap_or(bytes))
+    cut(
+        String::from_utf8_lossy(bytes.get(..reach).unwrap_or(bytes)),
+        keep,
+    )
 }
 
 /// What a record keeps of a path whose cleaned form is bounded by `max`:
@@ -218,10 +220,19 @@ fn kept_query(query: &str, max: usize) -> Cow<'_, str> {
     if query.len() <= keep {
         return Cow::Borrowed(query);
     }
-    let mut redacted = redact_query(query);
-    let kept = prefix_within(&redacted, keep).len();
-    redacted.truncate(kept);
-    Cow::Owned(redacted)
+    cut(Cow::Owned(redact_query(query)), keep)
+}
+
+/// `text` as [`prefix_within`] cuts it, in place when it is owned.
+fn cut(text: Cow<'_, str>, keep: usize) -> Cow<'_, str> {
+    match text {
+        Cow::Borrowed(text) => Cow::Borrowed(prefix_within(text, keep)),
+        Cow::Owned(mut text) => {
+            let kept = prefix_within(&text, keep).len();
+            text.truncate(kept);
+            Cow::Owned(text)
+        }
+    }
 }
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a
@@ -635,9 +646,9 @@ mod tests {
             let bytes = pieces.concat();
             let keep = max + 1;
             let whole = String::from_utf8_lossy(&bytes);
-            let part = agent_text(&bytes, keep);
-            prop_assert!(part.len() <= 3 * (keep + 8));
-            prop_assert_eq!(prefix_within(&part, keep), prefix_within(&whole, keep));
+            let part = kept_agent(&bytes, max);
+            prop_assert!(part.len() <= keep + 3);
+            prop_assert_eq!(part.as_ref(), prefix_within(&whole, keep));
         }
     }
 
