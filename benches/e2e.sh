@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # End to end on loopback: axum-notes with the full Gate and without it
-# (--no-gate), and with MODES="bare gate naive" also the naive hand-written
-# stack of benches/support/naive.rs in front of the same route
-# (the naive-notes example), and with "discard" the full Gate with each
-# audit record dropped where it is handed over (no audit file), alternating
-# in each round, under wrk. Prints
+# (--no-gate), alternating in each round, under wrk. More modes, in the
+# order given in MODES:
+#   discard       the full Gate with each audit record dropped where it is
+#                 handed over (no audit file);
+#   naive         the naive hand-written stack of benches/support/naive.rs;
+#   bearer        tower-http's bearer check, a comparison with one token
+#                 (the floor: the least a token check can cost);
+#   authenticate  tokengate's authenticate layer alone (the first rung);
+#   checks        the gate's checks as separate layers, without the audit
+#                 layer (the second rung);
+# the last four serve the same route from the bench-notes example. Prints
 # req/s and p99 latency per run, each mode's ratio to bare in the round,
 # and the server's CPU time per request (user and system, request workers
 # and the audit writer apart, from /proc). Bounded: ROUNDS rounds of
@@ -15,6 +21,7 @@
 #
 # Needs wrk (Debian: apt-get install wrk). Usage:
 #   ROUNDS=3 DURATION=5s CONNS=32 PIN=0 MODES="bare gate" benches/e2e.sh
+#   MODES="bare bearer authenticate checks discard gate naive" PIN=1 benches/e2e.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install wrk" >&2; exit 1; }
@@ -23,7 +30,8 @@ read -r -a modes <<<"${MODES:-bare gate}"
 server_on=(); client_on=(); threads=2
 if [ "${PIN:-0}" = 1 ]; then server_on=(taskset -c 0); client_on=(taskset -c 1); threads=1; fi
 cargo build --release -q -p axum-notes -p tokengate-cli
-case " ${modes[*]} " in *" naive "*) cargo build --release -q -p tokengate-tests --example naive-notes ;; esac
+case " ${modes[*]} " in *" naive "* | *" bearer "* | *" authenticate "* | *" checks "*)
+  cargo build --release -q -p tokengate-tests --example bench-notes ;; esac
 dir=$(mktemp -d)
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$dir"; }
@@ -42,8 +50,8 @@ run() { # mode -> "rps p99 cpu"
     bare) server+=(--no-gate) ;;
     gate) ;;
     discard) server+=(--discard-audit) ;;
-    naive) server=(target/release/examples/naive-notes --listen 127.0.0.1:39999 --token "$token"
-      --log "$dir/naive.jsonl") ;;
+    naive | bearer | authenticate | checks) server=(target/release/examples/bench-notes --stack "$1"
+      --listen 127.0.0.1:39999 --token "$token" --log "$dir/$1.jsonl" --db "$db") ;;
     *) echo "unknown mode $1" >&2; exit 2 ;;
   esac
   "${server_on[@]}" "${server[@]}" >"$dir/server.log" 2>&1 &
@@ -57,8 +65,8 @@ run() { # mode -> "rps p99 cpu"
     -H "Authorization: Bearer $token" http://127.0.0.1:39999/notes >"$dir/wrk.txt"
   ticks "$pid" >"$dir/after"
   # axum-notes shuts down gracefully on SIGINT (flushing its audit log);
-  # naive-notes installs no handler, and a background job ignores SIGINT.
-  if [ "$1" = naive ]; then kill "$pid"; else kill -INT "$pid"; fi
+  # bench-notes installs no handler, and a background job ignores SIGINT.
+  case "$1" in bare | gate | discard) kill -INT "$pid" ;; *) kill "$pid" ;; esac
   wait "$pid" || true; pid=""
   if grep -q "Non-2xx" "$dir/wrk.txt"; then
     echo "$1: some responses were not 2xx:" >&2

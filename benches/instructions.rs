@@ -15,6 +15,11 @@
 //! - `scope`: authenticate, then a scope table;
 //! - `gate-discard`: the full gate auditing into the dropping sink;
 //! - `gate`: the full gate auditing to a JSON-lines file.
+//!
+//! With `COLD` set in the environment, the driver writes over a buffer
+//! twice the size of this machine's L2 before each request (in `evict`,
+//! which the script leaves out of the count): with callgrind's cache model
+//! (`COLD=1 benches/instructions.sh`), the cache lines a request misses.
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 
 use std::convert::Infallible;
@@ -50,7 +55,11 @@ where
 {
     let peer: SocketAddr = "203.0.113.9:40000".parse().unwrap();
     let mut ok = 0;
+    let mut cold = std::env::var_os("COLD").map(|_| vec![0u64; (2 << 20) / 8]);
     for _ in 0..requests {
+        if let Some(buffer) = cold.as_mut() {
+            evict(buffer);
+        }
         let mut request = Request::get("/notes")
             .header("authorization", bearer)
             .body(())
@@ -61,6 +70,15 @@ where
         }
     }
     ok
+}
+
+/// Writes one word of every 64-byte line of `buffer`.
+#[inline(never)]
+fn evict(buffer: &mut [u64]) {
+    for (i, word) in buffer.iter_mut().enumerate().step_by(8) {
+        *word = word.wrapping_add(i as u64);
+    }
+    black_box(buffer);
 }
 
 /// A sink that drops every record unread.

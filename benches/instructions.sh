@@ -3,17 +3,38 @@
 # between runs of 2N and N requests, divided by N, so setup cancels out.
 # Only the request path is counted (the audit writer thread is not).
 # Needs valgrind (`apt-get install valgrind`). Usage: benches/instructions.sh [N]
+#
+# COLD=1 evicts the caches before each request (the eviction is not
+# counted) and runs callgrind's cache model (L1 I and D 32 KiB, last level
+# 512 KiB as this machine's L2): it prints the cache lines of code and of
+# data each request misses beside its instructions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-2000}"
 cargo bench --bench instructions --no-run 2>/dev/null
 bin=$(ls -t target/release/deps/instructions-* | grep -v '\.d$' | head -n 1)
-count() {
-  valgrind --tool=callgrind --callgrind-out-file=/dev/null --toggle-collect='*drive*' "$bin" "$1" "$2" 2>&1 \
-    | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
-}
+if [ "${COLD:-0}" = 1 ]; then
+  # Events: Ir, then (cache model) misses I1mr D1mr D1mw.
+  count() {
+    local out; out=$(mktemp)
+    COLD=1 valgrind --tool=callgrind --callgrind-out-file="$out" --cache-sim=yes \
+      --I1=32768,8,64 --D1=32768,8,64 --LL=524288,8,64 \
+      --toggle-collect='*drive*' --toggle-collect='*evict*' "$bin" "$1" "$2" >/dev/null 2>&1
+    awk '/^summary:/ { print $2, $5, $6, $7 }' "$out"; rm -f "$out"
+  }
+else
+  count() {
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null --toggle-collect='*drive*' "$bin" "$1" "$2" 2>&1 \
+      | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
+  }
+fi
 for stack in bare client-ip audit rate-ip authenticate rate-token scope gate-discard gate; do
-  small=$(count "$stack" "$n")
-  large=$(count "$stack" $((2 * n)))
-  echo "$stack: $(( (large - small) / n )) instructions per request"
+  read -r -a small <<<"$(count "$stack" "$n")"
+  read -r -a large <<<"$(count "$stack" $((2 * n)))"
+  per() { echo $(( (large[$1] - small[$1]) / n )); }
+  if [ "${COLD:-0}" = 1 ]; then
+    echo "$stack: $(per 0) instructions, lines missed: $(per 1) code, $(per 2) data read, $(per 3) data written per request"
+  else
+    echo "$stack: $(per 0) instructions per request"
+  fi
 done

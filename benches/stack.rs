@@ -17,7 +17,13 @@
 //!   1,000 CIDRs.
 //!
 //! Tokens are hit round-robin over 1 (hot), 1k, 100k and 1M issued tokens,
-//! all cached before measuring. Run: `cargo bench --bench stack`.
+//! all cached before measuring.
+//!
+//! `stack-cold` repeats the hot case for `bare`, `naive`, `gate` and
+//! `gate-discard` with the core's caches evicted before each request (the
+//! eviction is not timed): a request as a server runs it, after the kernel
+//! and other connections have had the core. Run: `cargo bench --bench
+//! stack` (`-- stack-cold` for that group alone).
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -156,6 +162,7 @@ fn stack(c: &mut Criterion) {
     let hot = "Bearer tg_unused".to_owned();
     group.bench_function("bare", |b| b.iter(|| black_box(run(&mut bare, &hot))));
 
+    let mut hot = None;
     for count in [1usize, 1_000, 100_000, 1_000_000] {
         let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
         let config = CacheConfig::default()
@@ -216,6 +223,15 @@ fn stack(c: &mut Criterion) {
         assert_eq!(run(&mut gated, &bearers[0]).status(), StatusCode::OK);
         assert_eq!(run(&mut naive, &bearers[0]).status(), StatusCode::OK);
 
+        if count == 1 {
+            hot = Some((
+                bearers[0].clone(),
+                gated.clone(),
+                discarding.clone(),
+                naive.clone(),
+            ));
+        }
+
         let mut i = 0usize;
         group.bench_with_input(BenchmarkId::new("naive", count), &count, |b, _| {
             b.iter(|| {
@@ -245,11 +261,79 @@ fn stack(c: &mut Criterion) {
         });
     }
     group.finish();
+    let (bearer, gated, discarding, naive) = hot.expect("the hot case ran");
+    cold(c, &bearer, gated, discarding, naive);
     sink.shutdown();
     drop(handover);
     handover_thread.join().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     let _ = IpAddr::V4(Ipv4Addr::LOCALHOST);
+}
+
+/// Evicts the measuring core's caches between two requests: writes one
+/// word of every 64-byte line of a buffer twice the size of this machine's
+/// L2 (512 KiB per core), which leaves the request's data, and the code the
+/// L2 held, in the shared L3 at best.
+struct Evict(Vec<u64>);
+
+impl Evict {
+    fn new() -> Self {
+        Self(vec![0; (2 << 20) / 8])
+    }
+
+    fn run(&mut self) {
+        for (i, word) in self.0.iter_mut().enumerate().step_by(8) {
+            *word = word.wrapping_add(i as u64);
+        }
+        black_box(&self.0);
+    }
+}
+
+/// The hot token again, each request timed alone after [`Evict`]: what a
+/// request costs when its code and data are no longer in the core's
+/// caches, as in a server, where the kernel and the other connections run
+/// between two requests.
+fn cold<G, D, N, BG, BD, BN>(c: &mut Criterion, bearer: &str, gated: G, discarding: D, naive: N)
+where
+    G: Service<Request<()>, Response = Response<BG>, Error: std::fmt::Debug>,
+    D: Service<Request<()>, Response = Response<BD>, Error: std::fmt::Debug>,
+    N: Service<Request<()>, Response = Response<BN>, Error: std::fmt::Debug>,
+{
+    let mut group = c.benchmark_group("stack-cold");
+    // Each request costs an eviction of ~0.1 ms beside it: few, short samples.
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(700));
+    let mut evict = Evict::new();
+    cold_case(&mut group, "bare", &mut evict, handler(), bearer);
+    cold_case(&mut group, "naive", &mut evict, naive, bearer);
+    cold_case(&mut group, "gate", &mut evict, gated, bearer);
+    cold_case(&mut group, "gate-discard", &mut evict, discarding, bearer);
+    group.finish();
+}
+
+fn cold_case<S, B>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    evict: &mut Evict,
+    mut service: S,
+    bearer: &str,
+) where
+    S: Service<Request<()>, Response = Response<B>, Error: std::fmt::Debug>,
+{
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                evict.run();
+                let start = std::time::Instant::now();
+                drop(black_box(run(&mut service, bearer)));
+                total += start.elapsed();
+            }
+            total
+        });
+    });
 }
 
 criterion_group!(benches, stack);

@@ -2,7 +2,7 @@
 //! of the bearer token, a moka lookup of its scopes, governor's keyed
 //! limiter, a linear scan of the deny CIDRs, and a `tracing::info!` as the
 //! audit record. Shared by `benches/stack.rs` (in process) and the
-//! `naive-notes` server of `benches/e2e.sh` (end to end).
+//! `bench-notes` server of `benches/e2e.sh` (end to end).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
