@@ -17,9 +17,10 @@
 //!   limit with its headers, the scope of `GET /notes`): the second rung.
 //!
 //! Usage: `bench-notes --stack naive|bearer|authenticate|checks --listen
-//! ADDR --token TOKEN --log PATH [--db PATH]` (`--db` for `authenticate` and
-//! `checks`: the store the token was issued into; the store's audit file is
-//! `PATH`, unused).
+//! ADDR --token TOKEN --log PATH [--db PATH]`. `--log` is the naive stack's
+//! `tracing` file, or the store's audit file (which no layer here writes);
+//! `--db`, for `authenticate` and `checks`, the store the token was issued
+//! into.
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -31,15 +32,13 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
 use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
 use governor::{Quota, RateLimiter};
-use http::Request;
-use std::time::Duration;
-
-use http::Method;
+use http::{Method, Request};
 use tokengate::{
     ClientIp, ClientIpLayer, Embedded, EnforceScopeLayer, IpFilterLayer, IpRules, MissingKey,
     RateByTokenLayer, RateQuota, Requirement, ScopePolicy,
