@@ -17,8 +17,8 @@
 //! - `gate`: the full gate auditing to a JSON-lines file.
 //!
 //! With `COLD` set in the environment, the driver writes over a buffer
-//! twice the size of this machine's L2 before each request (in `evict`,
-//! which the script leaves out of the count): with callgrind's cache model
+//! twice the size of this machine's L2 before each request (in
+//! `CacheEvictor::evict`, which the script leaves out of the count): with callgrind's cache model
 //! (`COLD=1 benches/instructions.sh`), the cache lines a request misses.
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 
@@ -36,7 +36,7 @@ use tokengate::{
     EnforceScopeLayer, Gate, IpFilterLayer, IpRules, JsonLinesSink, KeyId, Lifecycle, MemoryStore,
     Overflow, PeerAddr, Pepper, RateByTokenLayer, RateQuota, ScopePolicy, TokenHasher, TokenSpec,
 };
-use tokengate_tests::call_now;
+use tokengate_tests::{CacheEvictor, call_now};
 use tower::{Layer, Service, service_fn};
 
 fn handler()
@@ -55,10 +55,10 @@ where
 {
     let peer: SocketAddr = "203.0.113.9:40000".parse().unwrap();
     let mut ok = 0;
-    let mut cold = std::env::var_os("COLD").map(|_| vec![0u64; (2 << 20) / 8]);
+    let mut cold = std::env::var_os("COLD").map(|_| CacheEvictor::default());
     for _ in 0..requests {
-        if let Some(buffer) = cold.as_mut() {
-            evict(buffer);
+        if let Some(evictor) = cold.as_mut() {
+            evictor.evict();
         }
         let mut request = Request::get("/notes")
             .header("authorization", bearer)
@@ -70,15 +70,6 @@ where
         }
     }
     ok
-}
-
-/// Writes one word of every 64-byte line of `buffer`.
-#[inline(never)]
-fn evict(buffer: &mut [u64]) {
-    for (i, word) in buffer.iter_mut().enumerate().step_by(8) {
-        *word = word.wrapping_add(i as u64);
-    }
-    black_box(buffer);
 }
 
 /// A sink that drops every record unread.

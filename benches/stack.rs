@@ -49,7 +49,7 @@ use tokengate::{
     EnforceScopeLayer, Gate, IpFilterLayer, IpRules, JsonLinesSink, KeyId, Lifecycle, MemoryStore,
     Overflow, PeerAddr, Pepper, RateByTokenLayer, RateQuota, ScopePolicy, TokenHasher, TokenSpec,
 };
-use tokengate_tests::call_now;
+use tokengate_tests::{CacheEvictor, call_now};
 use tower::{Layer, Service, service_fn};
 
 #[path = "support/naive.rs"]
@@ -233,32 +233,26 @@ fn stack(c: &mut Criterion) {
         }
 
         let mut i = 0usize;
-        group.bench_with_input(BenchmarkId::new("naive", count), &count, |b, _| {
-            b.iter(|| {
-                i = (i + 7919) % bearers.len();
-                black_box(run(&mut naive, &bearers[i]))
-            });
-        });
-        group.bench_with_input(BenchmarkId::new("gate", count), &count, |b, _| {
-            b.iter(|| {
-                i = (i + 7919) % bearers.len();
-                black_box(run(&mut gated, &bearers[i]))
-            });
-        });
+        warm_case(&mut group, "naive", count, &mut naive, &bearers, &mut i);
+        warm_case(&mut group, "gate", count, &mut gated, &bearers, &mut i);
         // The request path alone: no writer thread sharing the machine.
-        group.bench_with_input(BenchmarkId::new("gate-discard", count), &count, |b, _| {
-            b.iter(|| {
-                i = (i + 7919) % bearers.len();
-                black_box(run(&mut discarding, &bearers[i]))
-            });
-        });
+        warm_case(
+            &mut group,
+            "gate-discard",
+            count,
+            &mut discarding,
+            &bearers,
+            &mut i,
+        );
         // The request path and the hand-over to another thread.
-        group.bench_with_input(BenchmarkId::new("gate-handover", count), &count, |b, _| {
-            b.iter(|| {
-                i = (i + 7919) % bearers.len();
-                black_box(run(&mut handing_over, &bearers[i]))
-            });
-        });
+        warm_case(
+            &mut group,
+            "gate-handover",
+            count,
+            &mut handing_over,
+            &bearers,
+            &mut i,
+        );
     }
     group.finish();
     let (bearer, gated, discarding, naive) = hot.expect("the hot case ran");
@@ -270,26 +264,7 @@ fn stack(c: &mut Criterion) {
     let _ = IpAddr::V4(Ipv4Addr::LOCALHOST);
 }
 
-/// Evicts the measuring core's caches between two requests: writes one
-/// word of every 64-byte line of a buffer twice the size of this machine's
-/// L2 (512 KiB per core), which leaves the request's data, and the code the
-/// L2 held, in the shared L3 at best.
-struct Evict(Vec<u64>);
-
-impl Evict {
-    fn new() -> Self {
-        Self(vec![0; (2 << 20) / 8])
-    }
-
-    fn run(&mut self) {
-        for (i, word) in self.0.iter_mut().enumerate().step_by(8) {
-            *word = word.wrapping_add(i as u64);
-        }
-        black_box(&self.0);
-    }
-}
-
-/// The hot token again, each request timed alone after [`Evict`]: what a
+/// The hot token again, each request timed alone after [`CacheEvictor::evict`]: what a
 /// request costs when its code and data are no longer in the core's
 /// caches, as in a server, where the kernel and the other connections run
 /// between two requests.
@@ -305,18 +280,38 @@ where
         .sample_size(20)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_millis(700));
-    let mut evict = Evict::new();
-    cold_case(&mut group, "bare", &mut evict, handler(), bearer);
-    cold_case(&mut group, "naive", &mut evict, naive, bearer);
-    cold_case(&mut group, "gate", &mut evict, gated, bearer);
-    cold_case(&mut group, "gate-discard", &mut evict, discarding, bearer);
+    let mut evictor = CacheEvictor::default();
+    cold_case(&mut group, "bare", &mut evictor, handler(), bearer);
+    cold_case(&mut group, "naive", &mut evictor, naive, bearer);
+    cold_case(&mut group, "gate", &mut evictor, gated, bearer);
+    cold_case(&mut group, "gate-discard", &mut evictor, discarding, bearer);
     group.finish();
+}
+
+/// One variant over `bearers`, back to back, walking them with a stride
+/// (`i` carries on from variant to variant).
+fn warm_case<S, B>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    count: usize,
+    service: &mut S,
+    bearers: &[String],
+    i: &mut usize,
+) where
+    S: Service<Request<()>, Response = Response<B>, Error: std::fmt::Debug>,
+{
+    group.bench_with_input(BenchmarkId::new(name, count), &count, |b, _| {
+        b.iter(|| {
+            *i = (*i + 7919) % bearers.len();
+            black_box(run(service, &bearers[*i]))
+        });
+    });
 }
 
 fn cold_case<S, B>(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     name: &str,
-    evict: &mut Evict,
+    evictor: &mut CacheEvictor,
     mut service: S,
     bearer: &str,
 ) where
@@ -326,7 +321,7 @@ fn cold_case<S, B>(
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                evict.run();
+                evictor.evict();
                 let start = std::time::Instant::now();
                 drop(black_box(run(&mut service, bearer)));
                 total += start.elapsed();

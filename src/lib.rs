@@ -48,6 +48,32 @@ where
     ready_now(service.call(request)).expect("the service answers")
 }
 
+/// Evicts the calling core's caches: [`CacheEvictor::evict`] writes one
+/// word of every 64-byte line of a buffer twice the size of this machine's
+/// L2 (512 KiB per core), which leaves what a request had in the core's
+/// caches in the shared L3 at best. For benches of requests as a server
+/// runs them, after the kernel and other connections have had the core.
+#[derive(Debug)]
+pub struct CacheEvictor(Vec<u64>);
+
+impl Default for CacheEvictor {
+    fn default() -> Self {
+        Self(vec![0; (2 << 20) / 8])
+    }
+}
+
+impl CacheEvictor {
+    /// Writes over the buffer. Never inlined, so a profiler can leave it
+    /// out by name (`benches/instructions.sh` toggles `*evict*`).
+    #[inline(never)]
+    pub fn evict(&mut self) {
+        for (i, word) in self.0.iter_mut().enumerate().step_by(8) {
+            *word = word.wrapping_add(i as u64);
+        }
+        std::hint::black_box(&self.0);
+    }
+}
+
 /// Running the example apps as processes, for their end-to-end tests.
 pub mod process {
     use std::io::{BufRead, BufReader};
