@@ -277,12 +277,16 @@ impl<'a> JsonObject<'a> {
     }
 }
 
-/// Appends `text` as a JSON string, escaped as `serde_json` escapes it
-/// (quote, backslash and control characters below U+0020).
+/// Appends `text` as a JSON string: escaped as `serde_json` escapes it
+/// (quote, backslash and control characters below U+0020), and further
+/// every character that breaks readers or hides what a line holds while
+/// staying valid JSON ([`needs_unicode_escape`]) as `\uXXXX`. Read back as
+/// JSON, the string equals `text`.
 ///
 /// The writer thread spends most of a line here, so plain text is skipped
 /// eight bytes at a time.
 fn push_json_string(out: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
     let bytes = text.as_bytes();
     let mut plain = 0;
@@ -294,6 +298,7 @@ fn push_json_string(out: &mut String, text: &str) {
             at += 8;
             continue;
         }
+        let start = at;
         let byte = bytes[at];
         at += 1;
         let escape = match byte {
@@ -305,12 +310,30 @@ fn push_json_string(out: &mut String, text: &str) {
             0x08 => "\\b",
             0x0c => "\\f",
             0..=0x1f => "",
+            UNICODE_LEAD_A | UNICODE_LEAD_B => {
+                // `start` is a char boundary: the scan only stops on ASCII
+                // bytes and lead bytes, and steps over whole characters.
+                let Some(c) = text.get(start..).and_then(|rest| rest.chars().next()) else {
+                    continue;
+                };
+                at = start + c.len_utf8();
+                if !needs_unicode_escape(c) {
+                    continue;
+                }
+                out.push_str(&text[plain..start]);
+                let code = u32::from(c);
+                out.push_str("\\u");
+                for shift in [12, 8, 4, 0] {
+                    out.push(char::from(HEX[((code >> shift) & 0xf) as usize]));
+                }
+                plain = at;
+                continue;
+            }
             _ => continue,
         };
-        // `at - 1` is an ASCII byte, so both cuts are on char boundaries.
-        out.push_str(&text[plain..at - 1]);
+        // `start` is an ASCII byte, so both cuts are on char boundaries.
+        out.push_str(&text[plain..start]);
         if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
             out.push_str("\\u00");
             out.push(char::from(HEX[usize::from(byte >> 4)]));
             out.push(char::from(HEX[usize::from(byte & 0xf)]));
@@ -323,9 +346,31 @@ fn push_json_string(out: &mut String, text: &str) {
     out.push('"');
 }
 
-/// Whether any of eight bytes is a quote, a backslash or below 0x20: the
-/// classic bit tricks for "has a zero byte" and "has a byte less than n",
-/// exact as a yes/no answer (a borrow only starts at a matching byte).
+/// The UTF-8 lead byte of U+2000..U+2FFF (line and paragraph separators,
+/// bidi controls, zero-width characters).
+const UNICODE_LEAD_A: u8 = 0xe2;
+/// The UTF-8 lead byte of U+F000..U+FFFF (the byte-order mark, U+FEFF).
+const UNICODE_LEAD_B: u8 = 0xef;
+
+/// Characters that are valid JSON as they are, and still break a reader
+/// or a reviewer: U+2028 and U+2029 end lines in JavaScript and in
+/// line-splitting tools; bidi controls (U+202A..U+202E, U+2066..U+2069)
+/// and zero-width characters (U+200B..U+200F, U+FEFF) make a line display
+/// differently from what it holds.
+pub(crate) fn needs_unicode_escape(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
+}
+
+/// Whether any of eight bytes is a quote, a backslash, below 0x20, or the
+/// lead byte of a character [`needs_unicode_escape`] may name: the classic
+/// bit tricks for "has a zero byte" and "has a byte less than n", exact as
+/// a yes/no answer (a borrow only starts at a matching byte).
 fn word_needs_escape(word: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
@@ -334,7 +379,11 @@ fn word_needs_escape(word: &[u8]) -> bool {
     let x = u64::from_ne_bytes(eight);
     let less_than_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
     let zero_in = |y: u64| y.wrapping_sub(ONES) & !y & HIGH;
-    less_than_space | zero_in(x ^ (ONES * u64::from(b'"'))) | zero_in(x ^ (ONES * u64::from(b'\\')))
+    less_than_space
+        | zero_in(x ^ (ONES * u64::from(b'"')))
+        | zero_in(x ^ (ONES * u64::from(b'\\')))
+        | zero_in(x ^ (ONES * u64::from(UNICODE_LEAD_A)))
+        | zero_in(x ^ (ONES * u64::from(UNICODE_LEAD_B)))
         != 0
 }
 
@@ -495,19 +544,45 @@ mod tests {
         }
     }
 
+    /// `serde_json`'s text with the characters it leaves raw, and the
+    /// writer escapes, escaped as `\uXXXX`.
+    fn oracle(json: String) -> String {
+        json.chars()
+            .map(|c| {
+                if needs_unicode_escape(c) {
+                    format!("\\u{:04x}", u32::from(c))
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_line_breaking_bidi_and_zero_width_character_is_escaped() {
+        let text = "a\u{2028}b\u{2029}c\u{202a}\u{202e}\u{2066}\u{2069}\u{200b}\u{200f}\u{feff}d";
+        let mut out = String::new();
+        push_json_string(&mut out, text);
+        assert_eq!(
+            out,
+            "\"a\\u2028b\\u2029c\\u202a\\u202e\\u2066\\u2069\\u200b\\u200f\\ufeffd\""
+        );
+        assert_eq!(serde_json::from_str::<String>(&out).unwrap(), text);
+    }
+
     #[test]
     fn the_direct_writer_matches_the_json_map_byte_for_byte() {
         for full in [false, true] {
             let e = event("/notes \"q\" \\ \u{1} \u{7f} é \t\r\n", full);
             let mut line = String::new();
             e.write_json(&mut line, None);
-            assert_eq!(line, Value::Object(e.to_json()).to_string());
+            assert_eq!(line, oracle(Value::Object(e.to_json()).to_string()));
             assert_eq!(e.to_string(), line);
             let mut chained = String::new();
             e.write_json(&mut chained, Some("abc"));
             let mut map = e.to_json();
             map.insert("chain.prev".into(), "abc".into());
-            assert_eq!(chained, Value::Object(map).to_string());
+            assert_eq!(chained, oracle(Value::Object(map).to_string()));
         }
     }
 
@@ -517,7 +592,7 @@ mod tests {
             let e = event(&text, true);
             let mut line = String::new();
             e.write_json(&mut line, None);
-            prop_assert_eq!(line, Value::Object(e.to_json()).to_string());
+            prop_assert_eq!(line, oracle(Value::Object(e.to_json()).to_string()));
         }
 
         #[test]
@@ -526,7 +601,18 @@ mod tests {
             // fast path skips, after multi-byte characters too.
             let mut out = String::new();
             push_json_string(&mut out, &text);
-            prop_assert_eq!(out, serde_json::to_string(&text).unwrap());
+            prop_assert_eq!(out, oracle(serde_json::to_string(&text).unwrap()));
+        }
+
+        #[test]
+        fn invisible_and_line_breaking_characters_are_escaped_and_read_back_equal(
+            text in "([a-z é€\"]{0,9}[\u{200b}-\u{200f}\u{2028}-\u{202e}\u{2066}-\u{2069}\u{feff}\u{2010}\u{2070}\u{fefe}]?){0,24}"
+        ) {
+            let mut out = String::new();
+            push_json_string(&mut out, &text);
+            prop_assert!(!out.chars().any(needs_unicode_escape), "{}", out);
+            prop_assert_eq!(serde_json::from_str::<String>(&out).unwrap(), text.clone());
+            prop_assert_eq!(out, oracle(serde_json::to_string(&text).unwrap()));
         }
 
         #[test]

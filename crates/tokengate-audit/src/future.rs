@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, Response};
+use http::{HeaderMap, HeaderName, Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokengate_core::{Clock, Denial, RequestTrail, SystemClock};
@@ -58,6 +58,21 @@ impl<K: AuditSink> Recorder<K> {
             raw.reason = response.extensions().get::<Denial>().map(Denial::reason);
             raw.latency = latency;
         }
+    }
+
+    /// Whether the server legitimately never reads the response body:
+    /// the answer to a `HEAD` request (a framework or hyper replaces or
+    /// drops its body), and `1xx`, `204` and `304` responses, which carry
+    /// none. Such an exchange is complete with its head, not cancelled
+    /// when the body is dropped unread.
+    fn body_is_never_read(&self, status: StatusCode) -> bool {
+        let head = self
+            .pending
+            .as_ref()
+            .is_some_and(|raw| raw.head.method == Method::HEAD);
+        head || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
     }
 
     fn trailers(&mut self, trailers: &HeaderMap) {
@@ -137,6 +152,9 @@ where
         match result {
             Ok(response) => {
                 recorder.head(&response);
+                if recorder.body_is_never_read(response.status()) {
+                    recorder.finish(Ending::Completed);
+                }
                 Poll::Ready(Ok(response.map(|body| AuditBody::new(body, recorder))))
             }
             Err(error) => {

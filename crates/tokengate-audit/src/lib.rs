@@ -58,9 +58,10 @@
 //! `tokengate-core` (the request trail, denials), `tower`, `http`,
 //! `http-body`, `bytes` and `pin-project-lite` (the middleware and the
 //! watched body), `crossbeam-channel` (the bounded queue with blocking and
-//! non-blocking sends), `serde_json` (the JSON lines), `sha2` and `hex`
-//! (the hash chain), `humantime` (RFC 3339 timestamps), `itoa` (numbers
-//! in a line without `fmt`), `rand` (request ids), `tracing` (the tracing
+//! non-blocking sends), `serde_json` (the JSON lines), `sha2`, `hmac` and
+//! `hex` (the hash chain, unkeyed or keyed), `zeroize` (the audit key's
+//! text is wiped after reading), `humantime` (RFC 3339 timestamps), `itoa` (numbers
+//! in a line without `fmt`), `rand` (request ids and new audit keys), `tracing` (the tracing
 //! sink) and `thiserror` (verification errors).
 
 pub mod chain;
@@ -70,6 +71,7 @@ mod layer;
 mod record;
 mod sink;
 
+pub use chain::{AuditKey, AuditKeyError};
 pub use event::{AuditEvent, Decision, Ending, clean};
 pub use future::{AuditBody, ResponseFuture};
 pub use layer::{Audit, AuditLayer, FieldLimits};

@@ -253,6 +253,50 @@ async fn a_client_that_hangs_up_still_gets_one_record_marked_cancelled() {
 }
 
 #[tokio::test]
+async fn a_body_the_server_never_reads_is_completed_not_cancelled() {
+    let sink = Memory::default();
+    let answering = |status: StatusCode| {
+        service_fn(move |_: Request<()>| async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .status(status)
+                    .body(full("not sent"))
+                    .unwrap(),
+            )
+        })
+    };
+    let cases = [
+        (http::Method::HEAD, StatusCode::OK, Ending::Completed),
+        (http::Method::HEAD, StatusCode::NOT_FOUND, Ending::Completed),
+        (http::Method::GET, StatusCode::NO_CONTENT, Ending::Completed),
+        (
+            http::Method::GET,
+            StatusCode::NOT_MODIFIED,
+            Ending::Completed,
+        ),
+        // A body the client stopped reading is still a hang-up.
+        (http::Method::GET, StatusCode::OK, Ending::Cancelled),
+    ];
+    for (method, status, ending) in cases {
+        let service = AuditLayer::new(sink.clone()).layer(answering(status));
+        let request = Request::builder()
+            .method(method.clone())
+            .uri("/notes")
+            .body(())
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        drop(response); // as hyper does with the body of a HEAD response
+        let records = sink.take();
+        assert_eq!(records.len(), 1, "{method} {status}");
+        assert_eq!(
+            (records[0].ending, records[0].status),
+            (ending, status.as_u16()),
+            "{method} {status}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn control_characters_are_escaped_and_long_fields_flagged() {
     let long_ua = "x".repeat(1000);
     let mut long = Request::get("/long").body(()).unwrap();

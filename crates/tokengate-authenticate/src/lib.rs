@@ -49,10 +49,10 @@
 //! let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
 //! let cache = CachedStore::new(MemoryStore::new(), CacheConfig::default());
 //! let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
-//! let token = lifecycle
-//!     .issue(TokenSpec::new("ci", "team-a").audiences(["notes".parse()?]))
-//!     .await?
-//!     .token;
+//! let spec = TokenSpec::new("ci", "team-a")
+//!     .scopes(["notes:read".parse()?])
+//!     .audiences(["notes".parse()?]);
+//! let token = lifecycle.issue(spec).await?.token;
 //!
 //! let service = ServiceBuilder::new()
 //!     .layer(

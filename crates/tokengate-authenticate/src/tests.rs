@@ -234,7 +234,11 @@ async fn unknown_revoked_expired_and_wrong_audience_look_the_same_to_the_client(
         .issue(spec().expiry(Expiry::After(Duration::from_secs(5))))
         .await;
     let (other, _) = f
-        .issue(TokenSpec::new("t", "bob").audiences(["billing".parse().unwrap()]))
+        .issue(
+            TokenSpec::new("t", "bob")
+                .scopes(["billing:read".parse().unwrap()])
+                .audiences(["billing".parse().unwrap()]),
+        )
         .await;
     let unknown = TokenFormat::default().generate();
     f.clock.advance(Duration::from_secs(5));

@@ -122,6 +122,7 @@ mod tests {
     async fn issued(lc: &Lifecycle<MemoryStore>) -> TokenId {
         lc.issue(
             TokenSpec::new("t", "s")
+                .scopes(["a:read".parse().unwrap()])
                 .audiences(["a".parse().unwrap()])
                 .expiry(Expiry::After(Duration::from_secs(60))),
         )

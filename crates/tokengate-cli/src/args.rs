@@ -3,7 +3,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
-use tokengate::{Audience, RateQuota, Scope};
+use tokengate::{Audience, Echo, RateQuota, Scope};
 
 /// Manage tokengate API tokens.
 #[derive(Debug, Parser)]
@@ -18,8 +18,13 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Issue a token; it is printed once and never stored.
+    /// Create a new, empty token database and its pepper.
+    Init,
+    /// Issue a token; it is printed once and never stored. Creates the
+    /// database (and its pepper) if there is none.
     Issue(Issue),
+    /// List the scope catalogue: the scopes the servers on this database use.
+    Scopes,
     /// List tokens (never a secret).
     List {
         /// One JSON object per token, one per line.
@@ -39,13 +44,21 @@ pub(crate) enum Command {
         /// The token id.
         id: String,
     },
-    /// Replace a token; the old one keeps working for the grace period.
+    /// Replace a token; the old one keeps working for the grace period. The
+    /// new token keeps the old one's lifetime (or its lack of expiry) unless
+    /// --ttl or --expires says otherwise.
     Rotate {
         /// The token id.
         id: String,
         /// How long the old token keeps working (e.g. 1h, 30m).
         #[arg(long, value_parser = parse_duration, default_value = "1h")]
         grace: Duration,
+        /// The new token's lifetime, e.g. 30d.
+        #[arg(long, value_parser = parse_duration, conflicts_with = "expires")]
+        ttl: Option<Duration>,
+        /// The new token's expiry as RFC 3339.
+        #[arg(long, value_parser = parse_time)]
+        expires: Option<SystemTime>,
         /// As JSON.
         #[arg(long)]
         json: bool,
@@ -64,10 +77,15 @@ pub(crate) enum Command {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
-    /// Check the hash chain of a JSON-lines audit file.
+    /// Check the hash chain of a JSON-lines audit file. Exit status: 0
+    /// intact, 1 tampered (or unreadable), 2 intact but for a torn last
+    /// line (a crash mid-write).
     Verify {
         /// The file.
         file: PathBuf,
+        /// The audit key of a keyed chain (HMAC): a file holding it as hex.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
 }
 
@@ -103,6 +121,9 @@ pub(crate) struct Issue {
     /// The quota's burst.
     #[arg(long, requires = "rate")]
     pub(crate) burst: Option<u32>,
+    /// Issue scopes that no server has registered in the catalogue.
+    #[arg(long)]
+    pub(crate) allow_unknown_scope: bool,
     /// Print one JSON object (id, token, expires_at, ...).
     #[arg(long)]
     pub(crate) json: bool,
@@ -133,12 +154,16 @@ fn parse_audience(text: &str) -> Result<Audience, String> {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
-        .map_err(|e| format!("{text:?} is not a duration like 30d or 1h ({e})"))
+        .map_err(|_| format!("{} is not a duration like 30d or 1h", Echo::new(text, 40)))
 }
 
 fn parse_time(text: &str) -> Result<SystemTime, String> {
-    humantime::parse_rfc3339_weak(text)
-        .map_err(|_| format!("{text:?} is not an RFC 3339 time like 2027-01-31T00:00:00Z"))
+    humantime::parse_rfc3339_weak(text).map_err(|_| {
+        format!(
+            "{} is not an RFC 3339 time like 2027-01-31T00:00:00Z",
+            Echo::new(text, 40)
+        )
+    })
 }
 
 fn parse_net(text: &str) -> Result<IpNet, String> {
@@ -146,7 +171,12 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
 }
 
 fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
-    let bad = || format!("{text:?} is not a rate like 100/min (units: s, min, h, d)");
+    let bad = || {
+        format!(
+            "{} is not a rate like 100/min (units: s, min, h, d)",
+            Echo::new(text, 40)
+        )
+    };
     let (count, unit) = text.split_once('/').ok_or_else(bad)?;
     let count: u32 = count.parse().map_err(|_| bad())?;
     let period = match unit {

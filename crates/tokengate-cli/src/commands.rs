@@ -1,11 +1,13 @@
 use std::process::ExitCode;
 use std::time::SystemTime;
 
+use std::path::Path;
+
 use serde_json::{Value, json};
 use tokengate::{
-    Clock, Expiry, InvalidReason, IssuancePolicy, IssuedToken, Lifecycle, SqliteStore, SystemClock,
-    TokenFormat, TokenHasher, TokenId, TokenRecord, TokenSpec, TokenStatus, TokenStore,
-    audit_chain, load_pepper,
+    AuditKey, Clock, Expiry, InvalidReason, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError,
+    PEPPER_ENV, SqliteStore, SystemClock, TokenFormat, TokenHasher, TokenId, TokenRecord,
+    TokenSpec, TokenStatus, TokenStore, audit_chain, pepper_path,
 };
 
 use crate::args::{AuditCommand, Cli, Command, Issue};
@@ -91,64 +93,140 @@ fn print_issued(issued: &IssuedToken, as_json: bool) {
     }
 }
 
-fn parse_id(text: &str) -> Result<TokenId> {
-    text.parse()
-        .map_err(|e: tokengate::TokenIdError| e.to_string())
+/// Opens the existing database and its pepper (never creating either).
+fn open(cli: &Cli) -> Result<Lifecycle<SqliteStore>> {
+    let store = SqliteStore::open(&cli.db).map_err(|e| e.to_string())?;
+    let hasher = TokenHasher::new(store.pepper().map_err(|e| e.to_string())?);
+    Ok(Lifecycle::new(store, hasher))
+}
+
+/// Opens the database, creating it and its pepper if there is none.
+fn open_or_create(cli: &Cli) -> Result<Lifecycle<SqliteStore>> {
+    let store = SqliteStore::create(&cli.db).map_err(|e| e.to_string())?;
+    let hasher = TokenHasher::new(store.pepper().map_err(|e| e.to_string())?);
+    Ok(Lifecycle::new(store, hasher))
+}
+
+/// The token id in `text`. A token given instead is never echoed: the
+/// error says so, with the token's id when the store knows it.
+async fn parse_id(lifecycle: &Lifecycle<SqliteStore>, text: &str) -> Result<TokenId> {
+    let error = match text.trim().parse::<TokenId>() {
+        Ok(id) => return Ok(id),
+        Err(error) => error,
+    };
+    if !error.is_token_shaped() {
+        return Err(error.to_string());
+    }
+    let known = match TokenFormat::parse_any_prefix(text.trim()) {
+        Ok(token) => lifecycle
+            .store()
+            .find_by_hash(&lifecycle.hasher().hash(&token))
+            .await
+            .ok()
+            .flatten(),
+        Err(_) => None,
+    };
+    Err(match known {
+        Some(record) => format!(
+            "that is a token, not a token id (tokens are secrets and are not shown); its id is {}",
+            record.id
+        ),
+        None => "that looks like a token, not a token id (tokens are secrets and are not shown); \
+                 `tokengate inspect TOKEN` finds a token's id"
+            .to_owned(),
+    })
+}
+
+fn verify_audit(file: &Path, key_file: Option<&Path>) -> Result<ExitCode> {
+    // The key: given, or the server's (its variable, or the file beside the log).
+    let default_key = AuditKey::path_for(file);
+    let key = if let Some(path) = key_file {
+        Some(AuditKey::read(path))
+    } else if let Ok(hex) = std::env::var(audit_chain::AUDIT_KEY_ENV) {
+        Some(AuditKey::from_hex(&hex, audit_chain::AUDIT_KEY_ENV))
+    } else if default_key.exists() {
+        Some(AuditKey::read(&default_key))
+    } else {
+        None
+    }
+    .transpose()
+    .map_err(|e| e.to_string())?;
+    Ok(match audit_chain::verify_with(file, key.as_ref()) {
+        Ok(report) if !report.torn_lines.is_empty() => {
+            println!(
+                "torn: {} records intact, last hash {}; line(s) {:?} were cut short by a crash \
+                 mid-write (records lost, not edited)",
+                report.records, report.last_hash, report.torn_lines
+            );
+            ExitCode::from(2)
+        }
+        Ok(report) => {
+            println!(
+                "ok: {} records{}, last hash {}",
+                report.records,
+                if report.keyed { " (keyed)" } else { "" },
+                report.last_hash
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            println!("broken: {error}");
+            ExitCode::from(1)
+        }
+    })
 }
 
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
-    if let Command::Audit {
-        command: AuditCommand::Verify { file },
-    } = &cli.command
-    {
-        return Ok(match audit_chain::verify(file) {
-            Ok(report) => {
-                println!(
-                    "ok: {} records, last hash {}",
-                    report.records, report.last_hash
-                );
-                ExitCode::SUCCESS
+    match &cli.command {
+        Command::Audit {
+            command: AuditCommand::Verify { file, key_file },
+        } => verify_audit(file, key_file.as_deref()),
+        Command::Init => {
+            if cli.db.exists() {
+                return Err(format!("{} already exists", cli.db.display()));
             }
-            Err(error) => {
-                println!("broken: {error}");
-                ExitCode::from(1)
-            }
-        });
-    }
-    let store = SqliteStore::open(&cli.db).map_err(|e| e.to_string())?;
-    let hasher = TokenHasher::new(load_pepper(&cli.db).map_err(|e| e.to_string())?);
-    let policy = match &cli.command {
-        Command::Issue(issue) if issue.no_expiry => IssuancePolicy::default().allow_no_expiry(),
-        _ => IssuancePolicy::default(),
-    };
-    let lifecycle = Lifecycle::new(store, hasher).with_policy(policy);
-    match cli.command {
-        Command::Issue(issue) => issue_token(&lifecycle, issue).await,
-        Command::List { json } => {
-            for record in lifecycle.list().await.map_err(|e| e.to_string())? {
-                if json {
-                    println!("{}", record_json(&record));
+            let lifecycle = open_or_create(&cli)?;
+            println!(
+                "created {} (pepper: {})",
+                lifecycle.store().path().display(),
+                if std::env::var_os(PEPPER_ENV).is_some() {
+                    PEPPER_ENV.to_owned()
                 } else {
-                    println!(
-                        "{}  {:<8} {:<20} {:<20} {}",
-                        record.id,
-                        record.status(SystemTime::now()),
-                        record.name,
-                        record.subject,
-                        record.scopes
-                    );
+                    pepper_path(&cli.db).display().to_string()
                 }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Issue(issue) => issue_token(&cli, issue).await,
+        Command::Scopes => {
+            let catalogue = open(&cli)?
+                .scope_catalogue()
+                .await
+                .map_err(|e| e.to_string())?;
+            if catalogue.is_empty() {
+                eprintln!(
+                    "the scope catalogue is empty: no server has started on this database yet"
+                );
+            }
+            for scope in catalogue.iter() {
+                println!("{scope}");
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::List { json } => {
+            let records = open(&cli)?.list().await.map_err(|e| e.to_string())?;
+            print_list(&records, *json);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Show { id, json } => {
-            let id = parse_id(&id)?;
+            let lifecycle = open(&cli)?;
+            let id = parse_id(&lifecycle, id).await?;
             let record = lifecycle
                 .get(&id)
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or(format!("no token with id {id}"))?;
-            if json {
+            if *json {
                 println!("{}", record_json(&record));
             } else {
                 print_record(&record);
@@ -156,7 +234,8 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Revoke { id } => {
-            let id = parse_id(&id)?;
+            let lifecycle = open(&cli)?;
+            let id = parse_id(&lifecycle, id).await?;
             let record = lifecycle.revoke(&id).await.map_err(|e| e.to_string())?;
             println!(
                 "revoked {} at {}",
@@ -165,27 +244,65 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Rotate { id, grace, json } => {
-            let id = parse_id(&id)?;
+        Command::Rotate {
+            id,
+            grace,
+            ttl,
+            expires,
+            json,
+        } => {
+            let lifecycle = open(&cli)?;
+            let id = parse_id(&lifecycle, id).await?;
+            let expiry = match (ttl, expires) {
+                (Some(ttl), _) => Some(Expiry::After(*ttl)),
+                (_, Some(at)) => Some(Expiry::At(*at)),
+                _ => None,
+            };
             let issued = lifecycle
-                .rotate(&id, grace)
+                .rotate_with_expiry(&id, *grace, expiry)
                 .await
                 .map_err(|e| e.to_string())?;
-            print_issued(&issued, json);
+            print_issued(&issued, *json);
             if !json {
                 eprintln!(
                     "{id} keeps working until {}",
-                    when(SystemClock.now() + grace)
+                    when(SystemClock.now() + *grace)
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Inspect { token } => inspect(&lifecycle, &token).await,
-        Command::Audit { .. } => Ok(ExitCode::SUCCESS),
+        Command::Inspect { token } => inspect(&open(&cli)?, token).await,
     }
 }
 
-async fn issue_token(lifecycle: &Lifecycle<SqliteStore>, issue: Issue) -> Result<ExitCode> {
+fn print_list(records: &[TokenRecord], json: bool) {
+    if json {
+        for record in records {
+            println!("{}", record_json(record));
+        }
+        return;
+    }
+    let now = SystemTime::now();
+    println!(
+        "{:<20}  {:<8} {:<20} {:<20} {:<20} SCOPES",
+        "ID", "STATUS", "NAME", "SUBJECT", "EXPIRES"
+    );
+    for record in records {
+        println!(
+            "{:<20}  {:<8} {:<20} {:<20} {:<20} {}",
+            record.id.as_str(),
+            record.status(now).as_str(),
+            record.name,
+            record.subject,
+            record.expires_at.map_or_else(|| "never".to_owned(), when),
+            record.scopes
+        );
+    }
+}
+
+/// Everything `issue` can check without a database, checked before one
+/// is opened or created: bad input leaves no file behind.
+fn issue_spec(issue: &Issue) -> Result<(TokenSpec, IssuancePolicy)> {
     let expiry = match (issue.ttl, issue.expires, issue.no_expiry) {
         (Some(ttl), _, _) => Expiry::After(ttl),
         (_, Some(at), _) => Expiry::At(at),
@@ -200,10 +317,48 @@ async fn issue_token(lifecycle: &Lifecycle<SqliteStore>, issue: Issue) -> Result
     if let Some(quota) = issue.quota()? {
         spec = spec.rate_quota(quota);
     }
-    let issued = lifecycle.issue(spec).await.map_err(|e| match e {
-        tokengate::LifecycleError::NoAudience => "a token needs at least one --audience".to_owned(),
+    let policy = if issue.no_expiry {
+        IssuancePolicy::default().allow_no_expiry()
+    } else {
+        IssuancePolicy::default()
+    };
+    policy
+        .check(&spec, SystemClock.now())
+        .map_err(|e| issue_error(&e))?;
+    Ok((spec, policy))
+}
+
+fn issue_error(error: &LifecycleError) -> String {
+    match error {
+        LifecycleError::NoAudience => "a token needs at least one --audience".to_owned(),
+        LifecycleError::NoScope => "a token needs at least one --scope".to_owned(),
+        LifecycleError::UnknownScope { .. } => format!(
+            "{error}; pass --allow-unknown-scope to issue it anyway (`tokengate scopes` lists the catalogue)"
+        ),
         other => other.to_string(),
-    })?;
+    }
+}
+
+async fn issue_token(cli: &Cli, issue: &Issue) -> Result<ExitCode> {
+    let (spec, mut policy) = issue_spec(issue)?;
+    let lifecycle = open_or_create(cli)?;
+    let catalogue = lifecycle
+        .scope_catalogue()
+        .await
+        .map_err(|e| e.to_string())?;
+    if catalogue.is_empty() {
+        eprintln!(
+            "warning: the scope catalogue is empty (no server has started on this database yet), \
+             so the scopes could not be checked"
+        );
+    } else if !issue.allow_unknown_scope {
+        policy = policy.scope_catalogue(catalogue);
+    }
+    let issued = lifecycle
+        .with_policy(policy)
+        .issue(spec)
+        .await
+        .map_err(|e| issue_error(&e))?;
     print_issued(&issued, issue.json);
     Ok(ExitCode::SUCCESS)
 }

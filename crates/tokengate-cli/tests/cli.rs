@@ -60,7 +60,7 @@ impl Db {
     }
 
     fn count(&self) -> usize {
-        self.ok(&["list"]).lines().count()
+        self.ok(&["list", "--json"]).lines().count()
     }
 }
 
@@ -182,6 +182,8 @@ fn bad_input_is_one_line_naming_it_and_nothing_is_written() {
                 "x",
                 "--subject",
                 "y",
+                "--scope",
+                "a:b",
                 "--audience",
                 "notes",
                 "--ttl",

@@ -4,6 +4,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use crate::echo::Echo;
+
 /// The name of a service a token may be used at, e.g. `notes` or
 /// `api.example.com`.
 ///
@@ -32,7 +34,7 @@ impl FromStr for Audience {
             Ok(Self(text.into()))
         } else {
             Err(AudienceError {
-                input: text.chars().take(140).collect(),
+                input: Echo::new(text, 140),
             })
         }
     }
@@ -52,9 +54,9 @@ impl fmt::Display for Audience {
 
 /// A string that is not a valid audience.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{input:?} is not an audience: expected 1 to 128 letters, digits or '.-_:/'")]
+#[error("{input} is not an audience: expected 1 to 128 letters, digits or '.-_:/'")]
 pub struct AudienceError {
-    input: String,
+    input: Echo,
 }
 
 #[cfg(test)]
@@ -67,7 +69,7 @@ mod tests {
             "api.example.com".parse::<Audience>().unwrap().as_str(),
             "api.example.com"
         );
-        for bad in ["", "has space", "quote\"", &"a".repeat(129)] {
+        for bad in ["", "has space", "quote\"", &"a-".repeat(65)] {
             let err = bad.parse::<Audience>().unwrap_err();
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }

@@ -179,6 +179,16 @@ impl TokenHasher {
         self.hash_bytes(token.as_bytes())
     }
 
+    /// A value that identifies the pepper without revealing it: 16 bytes of
+    /// HMAC-SHA256 of a fixed label (which no token can equal: it holds
+    /// spaces), in hex. A store records it beside the key id, so that
+    /// opening the store with a missing or different pepper is an error
+    /// instead of a silently empty token set.
+    pub fn pepper_check(&self) -> String {
+        let digest = self.hash_bytes(b"tokengate pepper check v1").digest;
+        hex::encode(&digest[..16])
+    }
+
     /// The keyed hash of raw token bytes.
     pub(crate) fn hash_bytes(&self, bytes: &[u8]) -> TokenHash {
         let mut mac = self.keyed.clone();
@@ -417,5 +427,16 @@ mod tests {
         let b = Pepper::generate(KeyId::new(1)).expose_hex();
         assert_eq!(a.len(), 64);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn pepper_check_tells_peppers_apart_without_revealing_them() {
+        let pepper = Pepper::new(KeyId::new(1), [0xab; 32]).unwrap();
+        let check = TokenHasher::new(pepper.clone()).pepper_check();
+        assert_eq!(check.len(), 32);
+        assert_eq!(check, TokenHasher::new(pepper.clone()).pepper_check());
+        assert!(!check.contains(pepper.expose_hex().as_str()));
+        let other = TokenHasher::new(Pepper::new(KeyId::new(1), [0xac; 32]).unwrap());
+        assert_ne!(check, other.pepper_check());
     }
 }

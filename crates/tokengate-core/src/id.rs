@@ -8,6 +8,8 @@ use rand::TryRngCore;
 use rand::distr::{Alphanumeric, Distribution};
 use rand::rngs::OsRng;
 
+use crate::echo::Echo;
+
 /// The public id of a token record, e.g. `tok_4QzX9mW2kLp8Rt7v`.
 ///
 /// It identifies a record without being a credential: it appears in logs,
@@ -52,7 +54,7 @@ impl FromStr for TokenId {
             Ok(Self(text.into()))
         } else {
             Err(TokenIdError {
-                input: text.chars().take(64).collect(),
+                input: Echo::new(text, 64),
             })
         }
     }
@@ -71,10 +73,36 @@ impl fmt::Display for TokenId {
 }
 
 /// A string that is not a token id.
+///
+/// It names the input unless the input is token-shaped (a token pasted
+/// where its id was expected): a token is a secret and is never echoed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{input:?} is not a token id (expected 'tok_' and 16 letters or digits)")]
 pub struct TokenIdError {
-    input: String,
+    input: Echo,
+}
+
+impl TokenIdError {
+    /// Whether the input looked like a token (or part of one) rather than an id.
+    pub fn is_token_shaped(&self) -> bool {
+        self.input.is_withheld()
+    }
+}
+
+impl fmt::Display for TokenIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_token_shaped() {
+            f.write_str(
+                "a token was given where a token id (tok_ and 16 letters or digits) was expected; \
+                 tokens are secrets and are not shown",
+            )
+        } else {
+            write!(
+                f,
+                "{} is not a token id (expected 'tok_' and 16 letters or digits)",
+                self.input
+            )
+        }
+    }
 }
 
 #[cfg(test)]
@@ -101,6 +129,24 @@ mod tests {
         ] {
             let err = bad.parse::<TokenId>().unwrap_err();
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+            assert!(!err.is_token_shaped());
+        }
+    }
+
+    #[test]
+    fn a_token_given_as_an_id_is_never_echoed() {
+        let token = crate::TokenFormat::default().generate();
+        let secret = token.expose_secret();
+        for input in [
+            secret.to_owned(),
+            format!(" {secret} "),
+            secret[..30].to_owned(),
+        ] {
+            let err = input.parse::<TokenId>().unwrap_err();
+            assert!(err.is_token_shaped());
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains(&secret[3..27]), "{shown}");
+            assert!(shown.contains("a token was given"), "{shown}");
         }
     }
 }

@@ -65,14 +65,16 @@
 //! (`sync` only: the single-flight cell), `ipnet` (token network
 //! allowlists), `http`/`http-body`/`bytes`/`pin-project-lite` (rendering
 //! denials as responses and the shared body type), `serde_json`
-//! (problem+json bodies), `percent-encoding` (`grpc-message`) and
-//! `thiserror` (error types).
+//! (problem+json bodies), `percent-encoding` (`grpc-message`), `strsim`
+//! ("did you mean" for a mistyped scope at issuance) and `thiserror`
+//! (error types).
 
 mod audience;
 pub mod body;
 mod cache;
 mod clock;
 pub mod denial;
+mod echo;
 pub mod future;
 mod hash;
 mod id;
@@ -93,6 +95,7 @@ pub use denial::{
     Denial, InvalidReason, IpReason, MalformedReason, ProblemJson, RateLimitPolicy,
     RateLimitPolicyError, RateLimited, Realm, RealmError, RenderDenial, Renderer, is_grpc,
 };
+pub use echo::Echo;
 pub use future::{Decided, fail_closed, take_refusal};
 pub use hash::{KeyId, Pepper, PepperError, TokenHash, TokenHasher};
 pub use id::{TokenId, TokenIdError};

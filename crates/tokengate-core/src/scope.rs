@@ -26,6 +26,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use crate::echo::Echo;
+
 /// One permission: `resource:action`.
 ///
 /// `resource` is 1 to 64 ASCII letters, digits, `_`, `-`, `.` or `/`;
@@ -83,7 +85,7 @@ impl FromStr for Scope {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let invalid = || ScopeError {
-            input: text.chars().take(100).collect(),
+            input: Echo::new(text, 100),
         };
         let (resource, action) = text.split_once(':').ok_or_else(invalid)?;
         if !valid_resource(resource) || !valid_action(action) {
@@ -111,10 +113,10 @@ impl fmt::Display for Scope {
 /// A string that is not a valid scope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{input:?} is not a scope: expected 'resource:action' (resource: letters, digits, '_-./'; action: letters, digits, '_-' or '*')"
+    "{input} is not a scope: expected 'resource:action' (resource: letters, digits, '_-./'; action: letters, digits, '_-' or '*')"
 )]
 pub struct ScopeError {
-    input: String,
+    input: Echo,
 }
 
 /// The scopes a token holds: a sorted set without duplicates.
@@ -144,7 +146,24 @@ impl ScopeSet {
         self.scopes.binary_search(scope).is_ok()
     }
 
-    /// The scopes in order.
+    /// The scope of this set closest to `scope` in spelling (case,
+    /// transposed or mistyped letters), if one is close enough to be a
+    /// likely typo: for "did you mean" hints, never for granting.
+    pub fn nearest(&self, scope: &Scope) -> Option<&Scope> {
+        let wanted = scope.as_str().to_ascii_lowercase();
+        let limit = (wanted.len() / 8).max(2);
+        self.scopes
+            .iter()
+            .map(|s| {
+                let d = strsim::damerau_levenshtein(&wanted, &s.as_str().to_ascii_lowercase());
+                (d, s)
+            })
+            .filter(|&(d, _)| d <= limit)
+            .min_by_key(|&(d, _)| d)
+            .map(|(_, s)| s)
+    }
+
+    /// The scopes, in order.
     pub fn iter(&self) -> impl Iterator<Item = &Scope> {
         self.scopes.iter()
     }

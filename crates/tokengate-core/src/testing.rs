@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use crate::hash::TokenHash;
 use crate::id::TokenId;
 use crate::record::TokenRecord;
+use crate::scope::ScopeSet;
 use crate::store::{MemoryStore, StoreError, TokenAdmin, TokenStore};
 
 /// A [`MemoryStore`] behind probes: counts lookups, can fail them, hang
@@ -145,6 +146,14 @@ impl TokenAdmin for ProbeStore {
         replacement: TokenRecord,
     ) -> Result<TokenRecord, StoreError> {
         self.inner.rotate(old, old_expires_at, replacement).await
+    }
+
+    async fn register_scopes(&self, scopes: &ScopeSet) -> Result<(), StoreError> {
+        self.inner.register_scopes(scopes).await
+    }
+
+    async fn scope_catalogue(&self) -> Result<ScopeSet, StoreError> {
+        self.inner.scope_catalogue().await
     }
 }
 

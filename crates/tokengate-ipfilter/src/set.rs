@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
+use tokengate_core::Echo;
 
 /// A set of networks (CIDR blocks), stored as sorted, merged address
 /// ranges: membership is a binary search, whatever the number of rules.
@@ -20,10 +21,10 @@ pub struct IpSet {
 /// A network that cannot be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{input:?} is not a network: expected CIDR such as 10.0.0.0/8 or 2001:db8::/32, or a single address"
+    "{input} is not a network: expected CIDR such as 10.0.0.0/8 or 2001:db8::/32, or a single address"
 )]
 pub struct CidrError {
-    input: String,
+    input: Echo,
 }
 
 /// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address (a /32 or
@@ -31,7 +32,7 @@ pub struct CidrError {
 /// `10.0.0.0/8`). Surrounding whitespace is not accepted.
 pub fn parse_net(text: &str) -> Result<IpNet, CidrError> {
     let error = || CidrError {
-        input: text.chars().take(100).collect(),
+        input: Echo::new(text, 100),
     };
     if text.contains('/') {
         text.parse::<IpNet>()

@@ -1,7 +1,7 @@
 use std::fmt;
 
 use http::Method;
-use tokengate_core::{Scope, ScopeError};
+use tokengate_core::{Scope, ScopeError, ScopeSet};
 
 use crate::requirement::Requirement;
 
@@ -84,6 +84,24 @@ impl ScopePolicy {
     /// An empty builder.
     pub fn builder() -> ScopePolicyBuilder {
         ScopePolicyBuilder::default()
+    }
+
+    /// Every scope some rule of the policy asks for: what a server
+    /// registers in its store's scope catalogue, so that issuance can
+    /// refuse a scope no route would ever accept.
+    pub fn scopes(&self) -> ScopeSet {
+        self.routes
+            .iter()
+            .flat_map(|route| {
+                route
+                    .by_method
+                    .iter()
+                    .map(|(_, r)| r)
+                    .chain(&route.other_methods)
+            })
+            .flat_map(Requirement::scopes)
+            .cloned()
+            .collect()
     }
 }
 

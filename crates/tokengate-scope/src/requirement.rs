@@ -37,6 +37,14 @@ impl Requirement {
         Ok(Self::Any(parse_scopes(scopes)?))
     }
 
+    /// The scopes this requirement names (none for `Public` and `Authenticated`).
+    pub fn scopes(&self) -> &[Scope] {
+        match self {
+            Self::All(scopes) | Self::Any(scopes) => scopes,
+            Self::Public | Self::Authenticated => &[],
+        }
+    }
+
     /// Whether scopes `held` satisfy the requirement under `rules`; if not,
     /// the scopes to ask for (for `Any`: all of its alternatives).
     pub fn check(&self, held: &ScopeSet, rules: &ScopeRules) -> Result<(), Vec<Scope>> {

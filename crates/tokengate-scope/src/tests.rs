@@ -265,3 +265,21 @@ fn layers_and_services_are_send_sync() {
         >,
     >();
 }
+
+#[test]
+fn a_policy_lists_every_scope_its_rules_ask_for() {
+    let policy = ScopePolicy::builder()
+        .read_write("/notes", "notes")
+        .route(
+            [Method::DELETE],
+            "/notes/{id}",
+            Requirement::any(["notes:admin", "ops:all"]).unwrap(),
+        )
+        .route([Method::GET], "/healthz", Requirement::Public)
+        .build()
+        .unwrap();
+    assert_eq!(
+        policy.scopes().to_string(),
+        "notes:admin notes:read notes:write ops:all"
+    );
+}

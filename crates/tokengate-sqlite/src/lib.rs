@@ -11,8 +11,18 @@
 //!   another process fails within one poll interval on every server on the
 //!   machine.
 //! - **The pepper** comes from `TOKENGATE_PEPPER` (hex) or from a file
-//!   beside the database, created on first use with mode 0600, so the CLI
-//!   and servers pointed at the same database agree ([`load_pepper`]).
+//!   beside the database, created with mode 0600 together with a new
+//!   database, so the CLI and servers pointed at the same database agree
+//!   ([`SqliteStore::pepper`]). The database records a check value of it
+//!   (never the pepper): opening with a missing or different pepper is an
+//!   error naming its source, never a silently empty token set.
+//! - **Opening never creates by accident**: [`SqliteStore::open`] needs an
+//!   existing file; only [`SqliteStore::create`] makes one. Concurrent
+//!   first use (a server and the CLI starting together) is safe: the schema
+//!   is created in one immediate transaction.
+//! - **A scope catalogue**: servers register the scopes their policies use
+//!   ([`TokenAdmin::register_scopes`](tokengate_core::TokenAdmin::register_scopes)),
+//!   so issuance can refuse a mistyped scope.
 //!
 //! Every call runs on tokio's blocking pool; the request path only reaches
 //! the store on a cache miss.
@@ -21,16 +31,20 @@
 //!
 //! ```
 //! use tokengate_core::{Lifecycle, TokenHasher, TokenSpec, TokenStore};
-//! use tokengate_sqlite::{SqliteStore, load_pepper};
+//! use tokengate_sqlite::SqliteStore;
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
 //! let dir = std::env::temp_dir().join(format!("tokengate-doc-{}", std::process::id()));
 //! std::fs::create_dir_all(&dir)?;
 //! let path = dir.join("tokens.db");
-//! let store = SqliteStore::open(&path)?;
-//! let hasher = TokenHasher::new(load_pepper(&path)?);
+//! assert!(SqliteStore::open(&path).is_err()); // no database there yet
+//! let store = SqliteStore::create(&path)?;
+//! let hasher = TokenHasher::new(store.pepper()?);
 //! let lifecycle = Lifecycle::new(store.clone(), hasher.clone());
-//! let issued = lifecycle.issue(TokenSpec::new("ci", "team-a").audiences(["notes".parse()?])).await?;
+//! let spec = TokenSpec::new("ci", "team-a")
+//!     .scopes(["notes:read".parse()?])
+//!     .audiences(["notes".parse()?]);
+//! let issued = lifecycle.issue(spec).await?;
 //! let found = store.find_by_hash(&hasher.hash(&issued.token)).await?;
 //! assert_eq!(found.map(|r| r.id), Some(issued.record.id));
 //! # std::fs::remove_dir_all(&dir)?;
@@ -44,13 +58,14 @@
 //! `rusqlite` with SQLite bundled (nothing to install), `tokengate-core`
 //! (the store traits and records), `tokio` (the blocking pool and the feed
 //! poller), `ipnet` and `serde_json` (network lists and metadata columns),
-//! `tracing` (feed errors) and `thiserror`.
+//! `tracing` (feed errors), `zeroize` (the pepper file's text is wiped
+//! after reading) and `thiserror`.
 
 mod pepper;
 mod schema;
 mod store;
 
-pub use pepper::{PEPPER_ENV, PepperSourceError, load_pepper, pepper_path};
+pub use pepper::{PEPPER_ENV, PepperSourceError, pepper_path};
 pub use store::{OpenError, SqliteStore};
 
 #[cfg(test)]

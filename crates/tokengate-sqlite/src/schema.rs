@@ -1,6 +1,6 @@
 //! Numbered migrations, recorded in `PRAGMA user_version`.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 
 /// Each entry moves the schema one version up.
 const MIGRATIONS: &[&str] = &[
@@ -34,28 +34,44 @@ const MIGRATIONS: &[&str] = &[
         kind TEXT NOT NULL,
         at INTEGER NOT NULL
     );",
+    // 2: the pepper each key id stands for (a check value, never the
+    // pepper), and the scope catalogue the servers register.
+    "CREATE TABLE peppers (
+        key_id INTEGER PRIMARY KEY,
+        check_value TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE scopes (
+        scope TEXT PRIMARY KEY,
+        registered_at INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this build writes.
 pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Brings the database to [`VERSION`], or fails if it is newer.
+///
+/// The version is read and every missing migration applied in one
+/// immediate transaction, which takes the write lock before reading: of
+/// several processes opening a fresh database at once, one migrates and
+/// the others wait (within the busy timeout), then find it current.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if current == VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if current > VERSION {
         return Err(MigrateError::Newer { found: current });
     }
     let start = usize::try_from(current).unwrap_or(0);
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(start) {
-        let tx = conn.transaction()?;
+    for sql in MIGRATIONS.iter().skip(start) {
         tx.execute_batch(sql)?;
-        tx.pragma_update(
-            None,
-            "user_version",
-            i64::try_from(index + 1).unwrap_or(i64::MAX),
-        )?;
-        tx.commit()?;
     }
+    tx.pragma_update(None, "user_version", VERSION)?;
+    tx.commit()?;
     Ok(())
 }
 

@@ -5,13 +5,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use tokengate_core::{
-    CachedStore, KeyId, RateQuota, RevocationEvent, StoreError, TokenAdmin, TokenHash, TokenId,
-    TokenRecord, TokenStore,
+    CachedStore, KeyId, Pepper, RateQuota, RevocationEvent, ScopeSet, StoreError, TokenAdmin,
+    TokenHash, TokenId, TokenRecord, TokenStore,
 };
 use tokio::task::JoinHandle;
 
+use crate::pepper::PepperSourceError;
 use crate::schema::{MigrateError, migrate};
 
 /// A token store in a SQLite file. Clones share one connection.
@@ -31,10 +32,23 @@ impl fmt::Debug for SqliteStore {
 
 /// Why a database could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open token database {path}: {reason}")]
+#[error("cannot open token database {}: {reason}", path.display())]
 pub struct OpenError {
     path: PathBuf,
     reason: String,
+    missing: bool,
+}
+
+impl OpenError {
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file does not exist (and [`SqliteStore::open`] does not create one).
+    pub fn is_missing(&self) -> bool {
+        self.missing
+    }
 }
 
 const COLUMNS: &str = "id, key_id, hash, name, subject, scopes, audiences, created_at, expires_at, revoked_at, \
@@ -43,6 +57,18 @@ const COLUMNS: &str = "id, key_id, hash, name, subject, scopes, audiences, creat
 pub(crate) fn millis(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Milliseconds since the epoch, rounded up: for expiry times, so that a
+/// stored token never expires earlier than it was issued to.
+pub(crate) fn millis_ceil(time: SystemTime) -> i64 {
+    let floor = millis(time);
+    let exact = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    if exact.subsec_nanos().is_multiple_of(1_000_000) {
+        floor
+    } else {
+        floor.saturating_add(1)
+    }
 }
 
 pub(crate) fn time(ms: i64) -> SystemTime {
@@ -141,7 +167,7 @@ fn insert_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> 
             r.scopes.to_string(),
             join(&r.audiences),
             millis(r.created_at),
-            r.expires_at.map(millis),
+            r.expires_at.map(millis_ceil),
             r.revoked_at.map(millis),
             r.last_used_at.map(millis),
             join(&r.allowed_networks),
@@ -191,14 +217,40 @@ fn store_error(error: rusqlite::Error) -> StoreError {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and brings its
-    /// schema up to date.
+    /// Opens the existing database at `path` and brings its schema up to
+    /// date. A missing file is an error naming the path: only
+    /// [`SqliteStore::create`] makes a new database, so a command run from
+    /// the wrong folder cannot silently start an empty token set.
     pub fn open(path: &Path) -> Result<Self, OpenError> {
+        if !path.exists() {
+            return Err(OpenError {
+                path: path.to_owned(),
+                reason: "no such file (a new database is made by `tokengate init` or \
+                         `tokengate issue`, or by a server's first start)"
+                    .to_owned(),
+                missing: true,
+            });
+        }
+        Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+    }
+
+    /// Opens the database at `path`, creating it (and its schema) if it
+    /// does not exist. Safe when several processes do it at once.
+    pub fn create(path: &Path) -> Result<Self, OpenError> {
+        Self::connect(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )
+    }
+
+    fn connect(path: &Path, flags: OpenFlags) -> Result<Self, OpenError> {
         let error = |reason: String| OpenError {
             path: path.to_owned(),
             reason,
+            missing: false,
         };
-        let mut conn = Connection::open(path).map_err(|e| error(e.to_string()))?;
+        let mut conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|e| error(e.to_string()))?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(|e| error(e.to_string()))?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -210,6 +262,21 @@ impl SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path: Arc::new(path.to_owned()),
         })
+    }
+
+    /// The pepper this database's tokens are hashed under, from
+    /// `TOKENGATE_PEPPER` (hex) or the pepper file beside the database
+    /// ([`pepper_path`](crate::pepper_path)), checked against the check
+    /// value the database recorded when its pepper was first used.
+    ///
+    /// A pepper file is created (mode 0600) only for a database that holds
+    /// no token and has recorded no pepper yet. A missing or different
+    /// pepper is an error naming its source and what to do: without the
+    /// right pepper no stored token can be verified, and starting over
+    /// silently would make every issued token fail as unknown.
+    pub fn pepper(&self) -> Result<Pepper, PepperSourceError> {
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        crate::pepper::resolve(&conn, &self.path)
     }
 
     /// The database file.
@@ -411,7 +478,7 @@ impl TokenAdmin for SqliteStore {
             insert_record(&tx, &replacement).map_err(store_error)?;
             tx.execute(
                 "UPDATE tokens SET expires_at = ?2 WHERE id = ?1",
-                params![old.as_str(), millis(old_expires_at)],
+                params![old.as_str(), millis_ceil(old_expires_at)],
             )
             .map_err(store_error)?;
             let record = get_record(&tx, old.as_str())
@@ -420,6 +487,39 @@ impl TokenAdmin for SqliteStore {
             record_change(&tx, &record, "rotated", replacement.created_at).map_err(store_error)?;
             tx.commit().map_err(store_error)?;
             Ok(record)
+        })
+        .await
+    }
+
+    async fn register_scopes(&self, scopes: &ScopeSet) -> Result<(), StoreError> {
+        let scopes: Vec<String> = scopes.iter().map(|s| s.as_str().to_owned()).collect();
+        let at = millis(SystemTime::now());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(store_error)?;
+            for scope in &scopes {
+                tx.execute(
+                    "INSERT OR IGNORE INTO scopes (scope, registered_at) VALUES (?1, ?2)",
+                    params![scope, at],
+                )
+                .map_err(store_error)?;
+            }
+            tx.commit().map_err(store_error)
+        })
+        .await
+    }
+
+    async fn scope_catalogue(&self) -> Result<ScopeSet, StoreError> {
+        self.with(|c| {
+            let mut statement = c
+                .prepare("SELECT scope FROM scopes ORDER BY scope")
+                .map_err(store_error)?;
+            let rows = statement
+                .query_map([], |row| {
+                    let text: String = row.get(0)?;
+                    text.parse().map_err(|_| corrupt("scope", &text))
+                })
+                .map_err(store_error)?;
+            rows.collect::<Result<ScopeSet, _>>().map_err(store_error)
         })
         .await
     }

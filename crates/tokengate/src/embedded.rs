@@ -5,12 +5,13 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use tokengate_audit::JsonLinesSink;
+use tokengate_audit::{AuditKey, JsonLinesSink};
 use tokengate_authenticate::{AuthenticateLayer, UsageTracker};
 use tokengate_core::{
     Audience, CacheConfig, CachedStore, IssuedToken, Lifecycle, TokenHasher, TokenSpec,
 };
-use tokengate_sqlite::{SqliteStore, load_pepper};
+use tokengate_scope::ScopePolicy;
+use tokengate_sqlite::SqliteStore;
 use tokio::task::JoinHandle;
 
 /// A boxed error for setup failures (each names what failed).
@@ -20,7 +21,8 @@ pub type SetupError = Box<dyn Error + Send + Sync>;
 /// its pepper, a verifying cache that follows the store's change feed
 /// (revocations by the CLI reach it within 250 ms), the lifecycle over the
 /// cache, a write-behind `last_used_at` tracker, and a JSON-lines audit
-/// file. [`Embedded::shutdown`] stops the background tasks and flushes.
+/// file chained under an audit key (`TOKENGATE_AUDIT_KEY`, or the 0600
+/// file `<audit_log>.key` beside it, created on first use). [`Embedded::shutdown`] stops the background tasks and flushes.
 pub struct Embedded {
     /// The token store.
     pub store: SqliteStore,
@@ -47,17 +49,21 @@ impl fmt::Debug for Embedded {
 }
 
 impl Embedded {
-    /// Opens the database at `db` (and its pepper) and the audit file at
-    /// `audit_log`, and starts the change-feed follower and the usage
-    /// flusher on the current tokio runtime.
+    /// Opens the database at `db`, creating it with a new pepper on a first
+    /// start (an existing database must come with its own pepper: see
+    /// [`SqliteStore::pepper`]), opens the audit file at `audit_log`, and
+    /// starts the change-feed follower and the usage flusher on the current
+    /// tokio runtime.
     pub fn open(db: &Path, audit_log: &Path) -> Result<Self, SetupError> {
-        let store = SqliteStore::open(db)?;
-        let hasher = TokenHasher::new(load_pepper(db)?);
+        let store = SqliteStore::create(db)?;
+        let hasher = TokenHasher::new(store.pepper()?);
         let cache = CachedStore::new(store.clone(), CacheConfig::default());
         let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
         let usage = UsageTracker::new(100_000);
-        let audit = JsonLinesSink::open(audit_log)
-            .map_err(|e| format!("cannot open audit log {}: {e}", audit_log.display()))?;
+        let audit = JsonLinesSink::builder()
+            .key(AuditKey::load_or_create(audit_log)?)
+            .open(audit_log)
+            .map_err(|e| format!("cannot open audit log: {e}"))?;
         let tasks = vec![
             store.follow(cache.clone(), Duration::from_millis(250)),
             usage.spawn_flusher(store.clone(), Duration::from_secs(5)),
@@ -77,6 +83,13 @@ impl Embedded {
     pub fn authenticate(&self, audience: Audience) -> AuthenticateLayer<SqliteStore> {
         AuthenticateLayer::new(self.cache.clone(), self.hasher.clone(), audience)
             .usage(self.usage.clone())
+    }
+
+    /// Registers the scopes `policy` asks for in the store's scope
+    /// catalogue, so that `tokengate issue` refuses a scope this server
+    /// would never accept.
+    pub async fn register_scopes(&self, policy: &ScopePolicy) -> Result<(), SetupError> {
+        Ok(self.lifecycle.register_scopes(&policy.scopes()).await?)
     }
 
     /// Issues `spec` if the store holds no token at all (a first start);

@@ -11,7 +11,7 @@
 //! | `ipfilter` (default) | [`ClientIpLayer`], [`IpFilterLayer`], [`IpRules`] |
 //! | `audit` (default) | [`AuditLayer`], [`JsonLinesSink`], [`TracingSink`], [`audit_chain`] |
 //! | `gate` (default: all five layers) | [`Gate`]: the layers in their one right order, the six after audit run as one service ([`GateChecks`]) |
-//! | `sqlite` | `SqliteStore`, `load_pepper`: the embedded default store; with `gate`, `Embedded` assembles a single-machine deployment |
+//! | `sqlite` | `SqliteStore` (with its pepper, `SqliteStore::pepper`): the embedded default store; with `gate`, `Embedded` assembles a single-machine deployment |
 //! | `full` | everything above |
 //! | `axum` | `axum::Authenticated`: the principal as an extractor |
 //! | `tonic` | `tonic::PrincipalExt`: the principal from a `tonic::Request` |
@@ -30,12 +30,13 @@
 //! use tokengate::axum::Authenticated;
 //! use tokengate::{AuditLayer, AuthenticateLayer, CacheConfig, CachedStore, ClientIpLayer,
 //!     EnforceScopeLayer, Gate, JsonLinesSink, PublicPaths, Requirement, ScopePolicy,
-//!     SqliteStore, TokenHasher, load_pepper};
+//!     SqliteStore, TokenHasher};
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let db = std::path::Path::new("tokengate.db");
-//!     let store = SqliteStore::open(db)?;                                  // tokens: the CLI manages them
+//!     let store = SqliteStore::create(db)?;                                // tokens: the CLI manages them
+//!     let hasher = TokenHasher::new(store.pepper()?);                      // checked against the database
 //!     let cache = CachedStore::new(store.clone(), CacheConfig::default());
 //!     store.follow(cache.clone(), Duration::from_millis(250));             // revocations from other processes
 //!     let policy = ScopePolicy::builder()
@@ -43,7 +44,7 @@
 //!         .route([Method::GET], "/healthz", Requirement::Public)
 //!         .build()?;                                                       // anything else: 403
 //!     let gate = Gate::new(
-//!         AuthenticateLayer::new(cache, TokenHasher::new(load_pepper(db)?), "notes".parse()?)
+//!         AuthenticateLayer::new(cache, hasher, "notes".parse()?)
 //!             .public(PublicPaths::new().exact("/healthz")),
 //!         EnforceScopeLayer::new(policy),
 //!     )
@@ -70,7 +71,7 @@
 //! # #[cfg(feature = "full")] {
 //! use tokengate::tonic::PrincipalExt;
 //! use tokengate::{AuthenticateLayer, CacheConfig, CachedStore, ClientIpLayer, EnforceScopeLayer,
-//!     Gate, PublicPaths, Requirement, ScopePolicy, SqliteStore, TokenHasher, load_pepper};
+//!     Gate, PublicPaths, Requirement, ScopePolicy, SqliteStore, TokenHasher};
 //!
 //! // In a generated service method, the principal is in the request's extensions:
 //! async fn list_notes(request: tonic::Request<()>) -> Result<tonic::Response<String>, tonic::Status> {
@@ -79,14 +80,15 @@
 //!
 //! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
 //! let db = std::path::Path::new("tokengate.db");
-//! let store = SqliteStore::open(db)?;
+//! let store = SqliteStore::create(db)?;
+//! let hasher = TokenHasher::new(store.pepper()?);
 //! let cache = CachedStore::new(store, CacheConfig::default());
 //! let policy = ScopePolicy::builder()
 //!     .grpc_method("/notes.v1.Notes/ListNotes", Requirement::all(["notes:read"])?)
 //!     .grpc_service("grpc.health.v1.Health", Requirement::Public)
 //!     .build()?;
 //! let gate = Gate::new(
-//!     AuthenticateLayer::new(cache, TokenHasher::new(load_pepper(db)?), "notes".parse()?)
+//!     AuthenticateLayer::new(cache, hasher, "notes".parse()?)
 //!         .public(PublicPaths::new().grpc_health()),
 //!     EnforceScopeLayer::new(policy),
 //! )
@@ -127,13 +129,13 @@ pub use tokengate_ipfilter::{
 
 #[cfg(feature = "audit")]
 pub use tokengate_audit::{
-    Audit, AuditBody, AuditEvent, AuditLayer, AuditRecord, AuditSink, Decision, Ending,
-    FieldLimits, JsonLinesSink, JsonLinesSinkBuilder, Overflow, SinkStats, TracingSink,
-    chain as audit_chain,
+    Audit, AuditBody, AuditEvent, AuditKey, AuditKeyError, AuditLayer, AuditRecord, AuditSink,
+    Decision, Ending, FieldLimits, JsonLinesSink, JsonLinesSinkBuilder, Overflow, SinkStats,
+    TracingSink, chain as audit_chain,
 };
 
 #[cfg(feature = "sqlite")]
-pub use tokengate_sqlite::{OpenError, PEPPER_ENV, SqliteStore, load_pepper, pepper_path};
+pub use tokengate_sqlite::{OpenError, PEPPER_ENV, PepperSourceError, SqliteStore, pepper_path};
 
 #[cfg(all(feature = "sqlite", feature = "gate"))]
 mod embedded;

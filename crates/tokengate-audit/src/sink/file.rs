@@ -1,5 +1,5 @@
 use std::fmt;
-use std::fs::OpenOptions;
+use std::fs::{OpenOptions, TryLockError};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError, bounded};
 
 use super::AuditSink;
-use crate::chain;
+use crate::chain::{self, AuditKey};
 use crate::event::AuditEvent;
 use crate::record::AuditRecord;
 
@@ -49,6 +49,7 @@ pub struct JsonLinesSinkBuilder {
     overflow: Overflow,
     flush_every: Duration,
     fsync: bool,
+    key: Option<AuditKey>,
 }
 
 impl Default for JsonLinesSinkBuilder {
@@ -58,6 +59,7 @@ impl Default for JsonLinesSinkBuilder {
             overflow: Overflow::Block,
             flush_every: Duration::from_secs(1),
             fsync: false,
+            key: None,
         }
     }
 }
@@ -89,18 +91,54 @@ impl JsonLinesSinkBuilder {
         self
     }
 
+    /// Chains records with HMAC-SHA256 under `key` instead of plain
+    /// SHA-256, so that only a holder of the key can rewrite the file
+    /// undetected (see [`crate::chain`]). A file keeps one kind of chain.
+    pub fn key(mut self, key: AuditKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
     /// Appends to the file at `path` (created if missing), continuing its
     /// hash chain.
+    ///
+    /// The sink holds an exclusive lock on the file while it lives: a
+    /// second writer (another server started with the same audit file)
+    /// fails here with an error naming the file, instead of interleaving
+    /// two chains. A file that ends in a line torn by a crash gets a
+    /// newline before the next record, and the chain continues from the
+    /// last whole record.
     pub fn open(self, path: &Path) -> io::Result<JsonLinesSink> {
-        let prev = chain::last_hash(path)?;
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let named = |error: io::Error| {
+            io::Error::new(
+                error.kind(),
+                format!("audit file {}: {error}", path.display()),
+            )
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(named)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(named(io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    "in use by another writer (is another server using the same audit file?)",
+                )));
+            }
+            Err(TryLockError::Error(error)) => return Err(named(error)),
+        }
+        let tail = chain::tail(&mut file, self.key.is_some()).map_err(named)?;
         let fsync = self.fsync;
         Ok(self.spawn(
             Destination::File {
                 file: BufWriter::with_capacity(64 * 1024, file),
                 fsync,
             },
-            prev,
+            tail,
         ))
     }
 
@@ -108,17 +146,22 @@ impl JsonLinesSinkBuilder {
     pub fn writer(self, writer: impl Write + Send + 'static) -> JsonLinesSink {
         self.spawn(
             Destination::Writer(Box::new(writer)),
-            chain::GENESIS.to_owned(),
+            chain::Tail {
+                last_hash: chain::GENESIS.to_owned(),
+                needs_newline: false,
+            },
         )
     }
 
-    fn spawn(self, destination: Destination, prev: String) -> JsonLinesSink {
+    fn spawn(self, destination: Destination, tail: chain::Tail) -> JsonLinesSink {
         let (sender, receiver) = bounded(self.capacity);
         let stats = Arc::new(Counters::default());
         let writer = Writer {
             receiver,
             destination,
-            prev,
+            prev: tail.last_hash,
+            needs_newline: tail.needs_newline,
+            key: self.key,
             line: String::with_capacity(512),
             event: None,
             flush_every: self.flush_every,
@@ -275,6 +318,9 @@ struct Writer {
     receiver: Receiver<Message>,
     destination: Destination,
     prev: String,
+    /// The file ends in a torn line: end it before the next record.
+    needs_newline: bool,
+    key: Option<AuditKey>,
     /// The line being written, reused for every record.
     line: String,
     /// The event being written, reused for every record.
@@ -373,13 +419,20 @@ impl Writer {
     }
 
     fn write(&mut self, event: &AuditEvent) {
-        let hash = chain::link(event, &self.prev, &mut self.line);
+        let hash = chain::link(event, &self.prev, self.key.as_ref(), &mut self.line);
         self.line.push('\n');
         let out: &mut dyn Write = match &mut self.destination {
             Destination::File { file, .. } => file,
             Destination::Writer(writer) => writer,
         };
-        match out.write_all(self.line.as_bytes()) {
+        // A torn last line (a crash mid-write) is ended first, so this
+        // record is not glued to it.
+        let ended = if std::mem::take(&mut self.needs_newline) {
+            out.write_all(b"\n")
+        } else {
+            Ok(())
+        };
+        match ended.and_then(|()| out.write_all(self.line.as_bytes())) {
             Ok(()) => {
                 self.prev.clear();
                 self.prev.push_str(hash.as_str());

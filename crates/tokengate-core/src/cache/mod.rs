@@ -52,6 +52,7 @@ use crate::hash::TokenHash;
 use crate::id::TokenId;
 use crate::principal::{Grants, Principal};
 use crate::record::TokenRecord;
+use crate::scope::ScopeSet;
 use crate::store::{StoreError, TokenAdmin, TokenStore};
 
 use table::Table;
@@ -448,6 +449,14 @@ impl<S: TokenAdmin> TokenAdmin for CachedStore<S> {
         self.invalidate(&record.hash);
         self.invalidate(&new_hash);
         Ok(record)
+    }
+
+    async fn register_scopes(&self, scopes: &ScopeSet) -> Result<(), StoreError> {
+        self.shared.store.register_scopes(scopes).await
+    }
+
+    async fn scope_catalogue(&self) -> Result<ScopeSet, StoreError> {
+        self.shared.store.scope_catalogue().await
     }
 }
 

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use super::{StoreError, TokenAdmin};
 use crate::audience::Audience;
 use crate::clock::{SharedClock, SystemClock};
+use crate::echo::Echo;
 use crate::hash::TokenHasher;
 use crate::id::TokenId;
 use crate::record::{RateQuota, TokenRecord, TokenStatus};
@@ -34,14 +35,16 @@ pub enum Expiry {
 
 /// The rules every issued token obeys.
 ///
-/// Defaults: at most 90 days of life, 90 days when none is asked for, no
-/// token without expiry, at least one audience, any well-formed scope.
+/// Defaults: at most 90 days of life, 90 days when none is asked for, at
+/// least one second, no token without expiry, at least one audience, at
+/// least one scope, any well-formed scope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuancePolicy {
     max_lifetime: Duration,
     default_lifetime: Duration,
     allow_no_expiry: bool,
     require_audience: bool,
+    require_scope: bool,
     catalogue: Option<ScopeSet>,
 }
 
@@ -52,12 +55,18 @@ impl Default for IssuancePolicy {
             default_lifetime: 90 * DAY,
             allow_no_expiry: false,
             require_audience: true,
+            require_scope: true,
             catalogue: None,
         }
     }
 }
 
 impl IssuancePolicy {
+    /// The shortest lifetime a token may be issued with. Stores keep times
+    /// in milliseconds; a lifetime of a second or more can never round to
+    /// a token that is born expired.
+    pub const MIN_LIFETIME: Duration = Duration::from_secs(1);
+
     /// Sets the longest lifetime a token may be issued with (the default
     /// lifetime is lowered to it if it was longer).
     pub fn max_lifetime(mut self, max: Duration) -> Self {
@@ -87,10 +96,43 @@ impl IssuancePolicy {
         self
     }
 
+    /// Allows tokens with no scope at all. Such a token opens only routes
+    /// that ask for nothing but a valid token, which is rarely what an
+    /// issuer meant.
+    pub fn allow_no_scope(mut self) -> Self {
+        self.require_scope = false;
+        self
+    }
+
     /// Only scopes from `catalogue` may be issued.
     pub fn scope_catalogue(mut self, catalogue: ScopeSet) -> Self {
         self.catalogue = Some(catalogue);
         self
+    }
+
+    /// Checks `spec` against this policy as if it were issued at `now`, and
+    /// answers when it would expire. [`Lifecycle::issue`] runs the same
+    /// checks; call this to refuse bad input before opening or creating
+    /// anything.
+    pub fn check(
+        &self,
+        spec: &TokenSpec,
+        now: SystemTime,
+    ) -> Result<Option<SystemTime>, LifecycleError> {
+        check_text("name", &spec.name)?;
+        check_text("subject", &spec.subject)?;
+        for (key, value) in &spec.metadata {
+            check_text("metadata key", key)?;
+            check_text("metadata value", value)?;
+        }
+        if self.require_audience && spec.audiences.is_empty() {
+            return Err(LifecycleError::NoAudience);
+        }
+        if self.require_scope && spec.scopes.is_empty() {
+            return Err(LifecycleError::NoScope);
+        }
+        self.check_scopes(&spec.scopes)?;
+        self.expiry_at(spec.expiry, now)
     }
 
     fn expiry_at(
@@ -117,6 +159,11 @@ impl IssuancePolicy {
         if lifetime.is_zero() {
             return Err(LifecycleError::ExpiryNotInFuture);
         }
+        if lifetime < Self::MIN_LIFETIME {
+            return Err(LifecycleError::LifetimeTooShort {
+                requested: lifetime,
+            });
+        }
         if lifetime > self.max_lifetime {
             return Err(LifecycleError::LifetimeTooLong {
                 requested: lifetime,
@@ -131,7 +178,10 @@ impl IssuancePolicy {
             return Ok(());
         };
         match scopes.iter().find(|s| !catalogue.contains(s)) {
-            Some(unknown) => Err(LifecycleError::ScopeNotInCatalogue(unknown.clone())),
+            Some(unknown) => Err(LifecycleError::UnknownScope {
+                scope: unknown.clone(),
+                nearest: catalogue.nearest(unknown).cloned(),
+            }),
             None => Ok(()),
         }
     }
@@ -235,15 +285,29 @@ pub enum LifecycleError {
     #[error("a token needs at least one audience")]
     NoAudience,
     /// A scope outside the declared catalogue.
-    #[error("scope {0} is not in the scope catalogue")]
-    ScopeNotInCatalogue(Scope),
+    #[error("scope {scope} is not in the scope catalogue{}", nearest.as_ref().map(|n| format!(" (did you mean {n}?)")).unwrap_or_default())]
+    UnknownScope {
+        /// The scope that was asked for.
+        scope: Scope,
+        /// The closest scope the catalogue holds, if any is close.
+        nearest: Option<Scope>,
+    },
+    /// The policy requires at least one scope.
+    #[error("a token needs at least one scope")]
+    NoScope,
+    /// Shorter than [`IssuancePolicy::MIN_LIFETIME`].
+    #[error("lifetime {requested:?} is shorter than the minimum of one second")]
+    LifetimeTooShort {
+        /// What was asked for.
+        requested: Duration,
+    },
     /// An empty, overlong (over 256 bytes) or control-character name, subject or label.
-    #[error("{field} {value:?} must be 1 to 256 characters without control characters")]
+    #[error("{field} {value} must be 1 to 256 characters without control characters")]
     InvalidText {
         /// Which field.
         field: &'static str,
-        /// The refused value (cut to 300 characters).
-        value: String,
+        /// The refused value (cut to 300 characters; withheld if token-shaped).
+        value: Echo,
     },
     /// Rotation of a token that is revoked or expired.
     #[error("token {id} is {status} and cannot be rotated")]
@@ -262,7 +326,7 @@ fn check_text(field: &'static str, value: &str) -> Result<(), LifecycleError> {
     if value.trim().is_empty() || value.len() > 256 || value.chars().any(char::is_control) {
         return Err(LifecycleError::InvalidText {
             field,
-            value: value.chars().take(300).collect(),
+            value: Echo::new(value, 300),
         });
     }
     Ok(())
@@ -364,7 +428,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
     /// Issues a token for `spec`. The returned token is the only copy.
     pub async fn issue(&self, spec: TokenSpec) -> Result<IssuedToken, LifecycleError> {
         let now = self.clock.now();
-        let (issued, record) = self.build(spec, now, None)?;
+        let (issued, record) = self.build(&self.policy, spec, now, None)?;
         self.store.insert(record.clone()).await?;
         Ok(IssuedToken {
             token: issued,
@@ -379,11 +443,23 @@ impl<S: TokenAdmin> Lifecycle<S> {
 
     /// Replaces the token with a new one of the same grants and lifetime;
     /// the old one keeps working for `grace` (or until its own expiry, if
-    /// sooner), so clients can switch without an outage.
+    /// sooner), so clients can switch without an outage. A token without
+    /// expiry is replaced by one without expiry.
     pub async fn rotate(
         &self,
         id: &TokenId,
         grace: Duration,
+    ) -> Result<IssuedToken, LifecycleError> {
+        self.rotate_with_expiry(id, grace, None).await
+    }
+
+    /// Like [`Lifecycle::rotate`], with the replacement's expiry given
+    /// (`None` keeps the old token's rule). A given expiry obeys the policy.
+    pub async fn rotate_with_expiry(
+        &self,
+        id: &TokenId,
+        grace: Duration,
+        expiry: Option<Expiry>,
     ) -> Result<IssuedToken, LifecycleError> {
         let now = self.clock.now();
         let old = self
@@ -398,13 +474,26 @@ impl<S: TokenAdmin> Lifecycle<S> {
                 status,
             });
         }
-        let expiry = match old.expires_at {
-            Some(at) => Expiry::After(
+        // The grants were checked when the old token was issued; rotation
+        // carries them over as they are, and keeps a lifetime rule that the
+        // policy allowed then.
+        let mut policy = IssuancePolicy {
+            require_audience: false,
+            require_scope: false,
+            catalogue: None,
+            ..self.policy.clone()
+        };
+        let expiry = match (expiry, old.expires_at) {
+            (Some(expiry), _) => expiry,
+            (None, Some(at)) => Expiry::After(
                 at.duration_since(old.created_at)
                     .unwrap_or(self.policy.default_lifetime)
-                    .min(self.policy.max_lifetime),
+                    .clamp(IssuancePolicy::MIN_LIFETIME, self.policy.max_lifetime),
             ),
-            None => Expiry::Never,
+            (None, None) => {
+                policy.allow_no_expiry = true;
+                Expiry::Never
+            }
         };
         let spec = TokenSpec {
             name: old.name.clone(),
@@ -416,7 +505,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
             rate_quota: old.rate_quota,
             metadata: old.metadata.clone(),
         };
-        let (token, record) = self.build(spec, now, Some(old.id.clone()))?;
+        let (token, record) = self.build(&policy, spec, now, Some(old.id.clone()))?;
         let grace_end = now.checked_add(grace).unwrap_or(now);
         let old_expires_at = old.expires_at.map_or(grace_end, |at| at.min(grace_end));
         self.store
@@ -430,6 +519,16 @@ impl<S: TokenAdmin> Lifecycle<S> {
         Ok(self.store.get(id).await?)
     }
 
+    /// Adds `scopes` to the store's catalogue (see [`TokenAdmin::register_scopes`]).
+    pub async fn register_scopes(&self, scopes: &ScopeSet) -> Result<(), LifecycleError> {
+        Ok(self.store.register_scopes(scopes).await?)
+    }
+
+    /// The store's scope catalogue.
+    pub async fn scope_catalogue(&self) -> Result<ScopeSet, LifecycleError> {
+        Ok(self.store.scope_catalogue().await?)
+    }
+
     /// Every record, oldest first.
     pub async fn list(&self) -> Result<Vec<TokenRecord>, LifecycleError> {
         Ok(self.store.list().await?)
@@ -437,21 +536,12 @@ impl<S: TokenAdmin> Lifecycle<S> {
 
     fn build(
         &self,
+        policy: &IssuancePolicy,
         spec: TokenSpec,
         now: SystemTime,
         rotated_from: Option<TokenId>,
     ) -> Result<(Token, TokenRecord), LifecycleError> {
-        check_text("name", &spec.name)?;
-        check_text("subject", &spec.subject)?;
-        for (key, value) in &spec.metadata {
-            check_text("metadata key", key)?;
-            check_text("metadata value", value)?;
-        }
-        if self.policy.require_audience && spec.audiences.is_empty() {
-            return Err(LifecycleError::NoAudience);
-        }
-        self.policy.check_scopes(&spec.scopes)?;
-        let expires_at = self.policy.expiry_at(spec.expiry, now)?;
+        let expires_at = policy.check(&spec, now)?;
         let token = self.format.generate();
         let record = TokenRecord {
             id: TokenId::generate(),

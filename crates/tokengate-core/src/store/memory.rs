@@ -6,6 +6,7 @@ use super::{StoreError, TokenAdmin, TokenStore};
 use crate::hash::TokenHash;
 use crate::id::TokenId;
 use crate::record::TokenRecord;
+use crate::scope::ScopeSet;
 
 /// An in-memory store for tests, examples and single-process demos.
 ///
@@ -20,6 +21,7 @@ pub struct MemoryStore {
 struct State {
     records: HashMap<TokenId, TokenRecord>,
     by_hash: HashMap<TokenHash, TokenId>,
+    catalogue: ScopeSet,
 }
 
 impl MemoryStore {
@@ -137,5 +139,16 @@ impl TokenAdmin for MemoryStore {
             record.expires_at = Some(old_expires_at);
             Ok(record.clone())
         })
+    }
+
+    async fn register_scopes(&self, scopes: &ScopeSet) -> Result<(), StoreError> {
+        self.write(|s| {
+            s.catalogue = s.catalogue.iter().chain(scopes.iter()).cloned().collect();
+        });
+        Ok(())
+    }
+
+    async fn scope_catalogue(&self) -> Result<ScopeSet, StoreError> {
+        Ok(self.read(|s| s.catalogue.clone()))
     }
 }

@@ -21,6 +21,7 @@ pub use memory::MemoryStore;
 use crate::hash::TokenHash;
 use crate::id::TokenId;
 use crate::record::TokenRecord;
+use crate::scope::ScopeSet;
 
 /// Looks tokens up by their keyed hash: the request path.
 pub trait TokenStore: Send + Sync + 'static {
@@ -74,6 +75,19 @@ pub trait TokenAdmin: Send + Sync + 'static {
         old_expires_at: SystemTime,
         replacement: TokenRecord,
     ) -> impl Future<Output = Result<TokenRecord, StoreError>> + Send;
+
+    /// Adds `scopes` to the store's scope catalogue: the scopes the
+    /// servers' policies ask for, registered when they start, so that
+    /// issuance can refuse a scope no server knows (a typo that would
+    /// only fail later, with 403).
+    fn register_scopes(
+        &self,
+        scopes: &ScopeSet,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The scope catalogue: every scope registered so far (empty until a
+    /// server has started on this store).
+    fn scope_catalogue(&self) -> impl Future<Output = Result<ScopeSet, StoreError>> + Send;
 }
 
 impl<S: TokenStore> TokenStore for Arc<S> {

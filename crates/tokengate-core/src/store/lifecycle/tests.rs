@@ -87,7 +87,8 @@ async fn no_expiry_and_no_audience_need_explicit_opt_in() {
     let lc = lc.with_policy(
         IssuancePolicy::default()
             .allow_no_expiry()
-            .allow_no_audience(),
+            .allow_no_audience()
+            .allow_no_scope(),
     );
     let issued = lc
         .issue(TokenSpec::new("robot", "svc").expiry(Expiry::Never))
@@ -113,6 +114,14 @@ async fn scope_catalogue_refuses_undeclared_scopes_by_name() {
         "scope notes:delete is not in the scope catalogue"
     );
     assert_eq!(lc.store().len(), 1);
+    let err = lc
+        .issue(spec().scopes(["Notes:Raed".parse().unwrap()]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "scope Notes:Raed is not in the scope catalogue (did you mean notes:read?)"
+    );
 }
 
 #[tokio::test]
@@ -232,4 +241,68 @@ async fn usage_is_recorded_and_never_moves_backwards() {
         .unwrap();
     let stored = lc.get(&issued.record.id).await.unwrap().unwrap();
     assert_eq!(stored.last_used_at, Some(later));
+}
+
+#[tokio::test]
+async fn a_token_with_no_scope_needs_explicit_opt_in() {
+    let (lc, _) = setup();
+    let err = lc
+        .issue(TokenSpec::new("robot", "svc").audiences(["notes".parse().unwrap()]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LifecycleError::NoScope), "{err}");
+    assert!(lc.store().is_empty());
+}
+
+#[tokio::test]
+async fn lifetimes_under_a_second_are_refused_and_a_second_is_born_alive() {
+    let (lc, _) = setup();
+    for short in [
+        Duration::from_nanos(1),
+        Duration::from_micros(1),
+        Duration::from_micros(500),
+        Duration::from_millis(999),
+    ] {
+        let err = lc
+            .issue(spec().expiry(Expiry::After(short)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, LifecycleError::LifetimeTooShort { .. }),
+            "{short:?}: {err}"
+        );
+    }
+    assert!(lc.store().is_empty());
+    let issued = lc
+        .issue(spec().expiry(Expiry::After(Duration::from_secs(1))))
+        .await
+        .unwrap();
+    assert_eq!(
+        issued.record.status(issued.record.created_at),
+        TokenStatus::Active
+    );
+}
+
+#[tokio::test]
+async fn rotating_a_token_without_expiry_keeps_it_without_expiry() {
+    let (lc, _) = setup();
+    let lc = lc.with_policy(IssuancePolicy::default().allow_no_expiry());
+    let old = lc.issue(spec().expiry(Expiry::Never)).await.unwrap();
+    // The policy of the rotating process need not allow new unexpiring tokens.
+    let lc = lc.with_policy(IssuancePolicy::default());
+    let new = lc
+        .rotate(&old.record.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(new.record.expires_at, None);
+    assert_eq!(new.record.scopes, old.record.scopes);
+    let told = lc
+        .rotate_with_expiry(
+            &new.record.id,
+            Duration::from_secs(60),
+            Some(Expiry::After(Duration::from_secs(3600))),
+        )
+        .await
+        .unwrap();
+    assert!(told.record.expires_at.is_some());
 }

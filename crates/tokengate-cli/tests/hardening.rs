@@ -1,0 +1,352 @@
+//! The defects a first deployment hits, through the real binary: secrets
+//! never echoed, stores never created or re-peppered by accident, input
+//! checked before anything is written.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("tokengate-cli-h-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.0.join("tokens.db")
+    }
+
+    fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(db: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env_remove("TOKENGATE_PEPPER")
+        .env_remove("TOKENGATE_AUDIT_KEY")
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+const ISSUE: &[&str] = &[
+    "issue",
+    "--name",
+    "ci",
+    "--subject",
+    "team-a",
+    "--scope",
+    "notes:read",
+    "--audience",
+    "notes",
+];
+
+fn issue(db: &Path, extra: &[&str]) -> Value {
+    let mut args = ISSUE.to_vec();
+    args.extend_from_slice(extra);
+    args.push("--json");
+    let out = run(db, &args);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_token_given_where_an_id_belongs_is_never_echoed_and_its_id_is_named() {
+    let dir = Dir::new("token-as-id");
+    let issued = issue(&dir.db(), &[]);
+    let token = issued["token"].as_str().unwrap();
+    let id = issued["id"].as_str().unwrap();
+    for command in ["show", "revoke", "rotate"] {
+        let out = run(&dir.db(), &[command, token]);
+        assert!(!out.status.success());
+        let shown = text(&out);
+        assert!(!shown.contains(&token[3..]), "{command}: {shown}");
+        assert!(shown.contains("is a token, not a token id"), "{shown}");
+        assert!(shown.contains(id), "{command}: the id is named: {shown}");
+    }
+    // A token this store does not know, and a cut one: still never echoed.
+    let mut unknown = token.to_owned();
+    unknown.replace_range(10..11, if &token[10..11] == "A" { "B" } else { "A" });
+    for input in [unknown.as_str(), &token[..30]] {
+        let shown = text(&run(&dir.db(), &["revoke", input]));
+        assert!(!shown.contains(&input[3..25]), "{shown}");
+        assert!(shown.contains("looks like a token"), "{shown}");
+    }
+}
+
+#[test]
+fn a_missing_database_is_an_error_naming_it_and_nothing_is_created() {
+    let dir = Dir::new("missing");
+    for args in [
+        &["list"][..],
+        &["show", "tok_AAAAAAAAAAAAAAAA"],
+        &["revoke", "tok_AAAAAAAAAAAAAAAA"],
+        &["scopes"],
+        &["inspect", "tg_x"],
+    ] {
+        let out = run(&dir.db(), args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            text(&out).contains(&dir.db().display().to_string()),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    assert!(dir.files().is_empty(), "{:?}", dir.files());
+    let out = run(&dir.db(), &["init"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(dir.files(), ["tokens.db", "tokens.db.pepper"]);
+    assert!(run(&dir.db(), &["list"]).status.success());
+}
+
+#[test]
+fn rejected_issue_input_leaves_no_file_behind() {
+    let dir = Dir::new("no-leftovers");
+    let cases: &[&[&str]] = &[
+        &["--ttl", "0s"],
+        &["--ttl", "91d"],
+        &["--ttl", "1ns"],
+        &["--ttl", "1us"],
+        &["--ttl", "500us"],
+        &["--ttl", "999ms"],
+        &["--rate", "0/s", "--burst", "1"],
+        &["--rate", "5/s", "--burst", "0"],
+        &["--expires", "2001-01-01T00:00:00Z"],
+        &["--name", ""],
+    ];
+    for extra in cases {
+        let mut args = ISSUE.to_vec();
+        args.extend_from_slice(extra);
+        let out = run(&dir.db(), &args);
+        assert!(!out.status.success(), "{extra:?}");
+        assert!(dir.files().is_empty(), "{extra:?} left {:?}", dir.files());
+    }
+    let out = run(
+        &dir.db(),
+        &[
+            "issue",
+            "--name",
+            "x",
+            "--subject",
+            "y",
+            "--audience",
+            "notes",
+        ],
+    );
+    assert!(
+        text(&out).contains("at least one --scope"),
+        "{}",
+        text(&out)
+    );
+    assert!(dir.files().is_empty());
+}
+
+#[test]
+fn a_lost_pepper_stops_every_command_with_a_clear_error() {
+    let dir = Dir::new("lost-pepper");
+    issue(&dir.db(), &[]);
+    std::fs::remove_file(dir.0.join("tokens.db.pepper")).unwrap();
+    for args in [&["list"][..], ISSUE] {
+        let out = run(&dir.db(), args);
+        assert!(!out.status.success());
+        assert!(text(&out).contains("pepper"), "{}", text(&out));
+        assert!(text(&out).contains("is missing"), "{}", text(&out));
+    }
+    assert!(
+        !dir.0.join("tokens.db.pepper").exists(),
+        "never silently re-created"
+    );
+}
+
+#[test]
+fn eight_processes_issuing_on_a_fresh_database_at_once_all_succeed() {
+    let dir = Dir::new("concurrent");
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            let mut args = ISSUE.to_vec();
+            args.push("--json");
+            Command::new(env!("CARGO_BIN_EXE_tokengate"))
+                .arg("--db")
+                .arg(dir.db())
+                .args(&args)
+                .env_remove("TOKENGATE_PEPPER")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let listed = run(&dir.db(), &["list", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 8);
+}
+
+#[test]
+fn rotating_a_token_without_expiry_keeps_it_without_expiry() {
+    let dir = Dir::new("rotate-no-expiry");
+    let issued = issue(&dir.db(), &["--no-expiry"]);
+    let out = run(
+        &dir.db(),
+        &["rotate", issued["id"].as_str().unwrap(), "--json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let rotated: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rotated["expires_at"], Value::Null);
+}
+
+#[test]
+fn issue_checks_scopes_against_the_catalogue_the_servers_registered() {
+    let dir = Dir::new("catalogue");
+    // Empty catalogue: accepted, with one warning.
+    let out = run(&dir.db(), ISSUE);
+    assert!(out.status.success());
+    let warnings = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with("warning"))
+        .count();
+    assert_eq!(warnings, 1);
+
+    // A server registers its policy's scopes.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use tokengate::TokenAdmin;
+        let store = tokengate::SqliteStore::open(&dir.db()).unwrap();
+        store
+            .register_scopes(&"notes:read notes:write".parse().unwrap())
+            .await
+            .unwrap();
+    });
+    let listed = run(&dir.db(), &["scopes"]);
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout),
+        "notes:read\nnotes:write\n"
+    );
+
+    for (typo, nearest) in [("notes:raed", "notes:read"), ("Notes:Read", "notes:read")] {
+        let out = run(
+            &dir.db(),
+            &[
+                "issue",
+                "--name",
+                "x",
+                "--subject",
+                "y",
+                "--audience",
+                "notes",
+                "--scope",
+                typo,
+            ],
+        );
+        assert!(!out.status.success(), "{typo}");
+        let shown = text(&out);
+        assert!(shown.contains(typo) && shown.contains(nearest), "{shown}");
+        assert!(shown.contains("--allow-unknown-scope"), "{shown}");
+    }
+    let out = run(
+        &dir.db(),
+        &[
+            "issue",
+            "--name",
+            "x",
+            "--subject",
+            "y",
+            "--audience",
+            "notes",
+            "--scope",
+            "billing:read",
+            "--allow-unknown-scope",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn list_has_a_header_and_shows_expiry() {
+    let dir = Dir::new("list");
+    let issued = issue(&dir.db(), &["--ttl", "1h"]);
+    let out = run(&dir.db(), &["list"]);
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = listed.lines();
+    let header = lines.next().unwrap();
+    for column in ["ID", "STATUS", "NAME", "SUBJECT", "EXPIRES", "SCOPES"] {
+        assert!(header.contains(column), "{header}");
+    }
+    let row = lines.next().unwrap();
+    let expires = issued["expires_at"].as_str().unwrap();
+    assert!(row.contains(expires), "{row} should show {expires}");
+}
+
+#[test]
+fn audit_verify_tells_a_torn_line_from_tampering_by_exit_status() {
+    let dir = Dir::new("verify");
+    let log = dir.0.join("audit.jsonl");
+    let whole = chained_lines(2).into_bytes();
+    std::fs::write(&log, &whole).unwrap();
+    let out = run(&dir.db(), &["audit", "verify", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut torn = whole.clone();
+    torn.extend_from_slice(&whole[..50]);
+    std::fs::write(&log, &torn).unwrap();
+    let out = run(&dir.db(), &["audit", "verify", log.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).starts_with("torn"), "{}", text(&out));
+
+    let edited = String::from_utf8(whole).unwrap().replacen(
+        "\"http.response.status_code\":",
+        "\"http.response.status_code\":1",
+        1,
+    );
+    std::fs::write(&log, edited).unwrap();
+    let out = run(&dir.db(), &["audit", "verify", log.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+}
+
+/// `n` records chained as the JSON-lines sink chains them (unkeyed).
+fn chained_lines(n: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let mut prev = "0".repeat(64);
+    let mut out = String::new();
+    for i in 0..n {
+        let body =
+            format!("{{\"chain.prev\":\"{prev}\",\"http.response.status_code\":200,\"n\":{i}}}");
+        let hash = hex::encode(Sha256::digest(body.as_bytes()));
+        out.push_str(&body[..body.len() - 1]);
+        out.push_str(&format!(",\"chain.hash\":\"{hash}\"}}\n"));
+        prev = hash;
+    }
+    out
+}
