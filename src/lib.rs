@@ -94,11 +94,21 @@ pub mod process {
     }
 
     impl Started {
-        /// Stops the server as an operator would (SIGINT), waits for it,
-        /// and returns whether it exited cleanly.
+        /// Stops the server as an operator at a terminal would (SIGINT),
+        /// waits for it, and returns whether it exited cleanly.
         pub fn interrupt(&mut self) -> bool {
+            self.signal("-INT")
+        }
+
+        /// Stops the server as docker, systemd and Kubernetes do (SIGTERM),
+        /// waits for it, and returns whether it exited cleanly.
+        pub fn terminate(&mut self) -> bool {
+            self.signal("-TERM")
+        }
+
+        fn signal(&mut self, signal: &str) -> bool {
             let signalled = Command::new("kill")
-                .args(["-INT", &self.child.id().to_string()])
+                .args([signal, &self.child.id().to_string()])
                 .status()
                 .is_ok_and(|s| s.success());
             signalled && self.child.wait().is_ok_and(|s| s.success())

@@ -111,3 +111,32 @@ impl Embedded {
         self.audit.shutdown();
     }
 }
+
+/// Resolves when the process is asked to stop: SIGTERM (what docker,
+/// systemd and Kubernetes send) or SIGINT (Ctrl-C). Pass it to your
+/// server's graceful shutdown, then flush the audit sink, so that no
+/// queued record is lost:
+///
+/// ```no_run
+/// # #[cfg(feature = "axum")]
+/// # async fn serve(app: axum::Router, embedded: tokengate::Embedded) -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+///     .with_graceful_shutdown(tokengate::shutdown_signal())
+///     .await?;
+/// embedded.shutdown().await; // writes pending usage, flushes the audit file
+/// # Ok(()) }
+/// ```
+///
+/// If the SIGTERM handler cannot be installed, it waits for SIGINT alone.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

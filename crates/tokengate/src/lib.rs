@@ -11,7 +11,7 @@
 //! | `ipfilter` (default) | [`ClientIpLayer`], [`IpFilterLayer`], [`IpRules`] |
 //! | `audit` (default) | [`AuditLayer`], [`JsonLinesSink`], [`TracingSink`], [`audit_chain`] |
 //! | `gate` (default: all five layers) | [`Gate`]: the layers in their one right order, the six after audit run as one service ([`GateChecks`]) |
-//! | `sqlite` | `SqliteStore` (with its pepper, `SqliteStore::pepper`): the embedded default store; with `gate`, `Embedded` assembles a single-machine deployment |
+//! | `sqlite` | `SqliteStore` (with its pepper, `SqliteStore::pepper`): the embedded default store; with `gate`, `Embedded` assembles a single-machine deployment and `shutdown_signal` (SIGTERM or SIGINT, through tokio's `signal`) ends it gracefully |
 //! | `full` | everything above |
 //! | `axum` | `axum::Authenticated`: the principal as an extractor |
 //! | `tonic` | `tonic::PrincipalExt`: the principal from a `tonic::Request` |
@@ -140,7 +140,7 @@ pub use tokengate_sqlite::{OpenError, PEPPER_ENV, PepperSourceError, SqliteStore
 #[cfg(all(feature = "sqlite", feature = "gate"))]
 mod embedded;
 #[cfg(all(feature = "sqlite", feature = "gate"))]
-pub use embedded::{Embedded, SetupError};
+pub use embedded::{Embedded, SetupError, shutdown_signal};
 
 #[cfg(feature = "gate")]
 pub mod checks;

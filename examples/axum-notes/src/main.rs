@@ -173,6 +173,9 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), tokengate::SetupError> {
     let embedded = Embedded::open(&args.db, &args.audit_log)?;
+    let policy = policy()?;
+    // `tokengate issue` then refuses a scope this server would never accept.
+    embedded.register_scopes(&policy).await?;
     if let Some(demo) = embedded.issue_if_empty(demo_spec(&args)?).await? {
         print_demo(&demo, &args);
     }
@@ -180,7 +183,7 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         embedded
             .authenticate(args.audience.parse()?)
             .public(PublicPaths::new().exact("/healthz")),
-        EnforceScopeLayer::new(policy()?),
+        EnforceScopeLayer::new(policy),
     )
     .client_ip(
         ClientIpLayer::trusted_proxies(&args.trusted_proxies)?
@@ -212,9 +215,7 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
+    .with_graceful_shutdown(tokengate::shutdown_signal())
     .await?;
 
     embedded.shutdown().await;

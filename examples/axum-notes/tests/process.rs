@@ -95,8 +95,8 @@ async fn issue_use_revoke_from_another_process_then_audit() {
         StatusCode::OK
     );
 
-    // Stop as an operator would: the audit queue is flushed.
-    assert!(server.interrupt(), "a clean shutdown");
+    // Stop as docker, systemd and Kubernetes do: the audit queue is flushed.
+    assert!(server.terminate(), "a clean shutdown on SIGTERM");
     let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
     assert_eq!(
         audit.lines().count(),

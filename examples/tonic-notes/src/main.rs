@@ -125,6 +125,9 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), tokengate::SetupError> {
     let embedded = Embedded::open(&args.db, &args.audit_log)?;
+    let policy = policy()?;
+    // `tokengate issue` then refuses a scope this server would never accept.
+    embedded.register_scopes(&policy).await?;
     if let Some(demo) = embedded.issue_if_empty(demo_spec(&args)?).await? {
         print_demo(&demo, &args);
     }
@@ -132,7 +135,7 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         embedded
             .authenticate(args.audience.parse()?)
             .public(PublicPaths::new().grpc_health()),
-        EnforceScopeLayer::new(policy()?),
+        EnforceScopeLayer::new(policy),
     )
     .audit(AuditLayer::new(embedded.audit.clone()))
     .client_ip(
@@ -155,9 +158,7 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         .layer(gate)
         .add_service(health)
         .add_service(NotesServer::new(NotesService::default()))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), tokengate::shutdown_signal())
         .await?;
 
     embedded.shutdown().await;
