@@ -247,7 +247,7 @@ impl<St> Config<St> {
             match request.extensions().get::<ClientIp>() {
                 None => return Err(Denial::IpForbidden(IpReason::Unresolved)),
                 Some(ip) if !principal.allows_ip(*ip) => {
-                    return Err(Denial::IpForbidden(IpReason::OutsideTokenNetworks));
+                    return Err(Denial::InvalidToken(InvalidReason::OutsideNetworks));
                 }
                 Some(_) => {}
             }

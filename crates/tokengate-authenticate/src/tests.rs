@@ -346,6 +346,27 @@ async fn a_token_issued_after_a_flood_of_random_tokens_works() {
 }
 
 #[tokio::test]
+async fn networks_written_in_ipv4_mapped_form_match_ipv4_clients() {
+    let f = fixture();
+    let (token, _) = f
+        .issue(spec().allowed_networks(["::ffff:10.0.0.0/104".parse().unwrap()]))
+        .await;
+    let from = |ip: &str| {
+        let mut request = bearer(token.expose_secret());
+        request
+            .extensions_mut()
+            .insert(ClientIp::new(ip.parse().unwrap()));
+        request
+    };
+    assert_eq!(f.send(from("10.1.2.3")).await.status, StatusCode::OK);
+    assert_eq!(f.send(from("::ffff:10.9.9.9")).await.status, StatusCode::OK);
+    assert_eq!(
+        f.send(from("11.0.0.1")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
 async fn network_bound_tokens_need_a_client_ip_inside_their_networks() {
     let f = fixture();
     let (token, _) = f
@@ -368,11 +389,17 @@ async fn network_bound_tokens_need_a_client_ip_inside_their_networks() {
         f.send(with_ip(Some("::ffff:10.1.2.3"))).await.status,
         StatusCode::OK
     );
+    // Outside its networks, a token gets the answer of any bad token: a
+    // distinct one would tell the holder of a stolen token that it is real.
     let outside = f.send(with_ip(Some("192.0.2.1"))).await;
-    assert_eq!(outside.status, StatusCode::FORBIDDEN);
+    let unknown_token = f
+        .send(bearer(TokenFormat::default().generate().expose_secret()))
+        .await;
+    assert_eq!(outside.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(outside.body, unknown_token.body);
     assert_eq!(
         outside.denial,
-        Some(Denial::IpForbidden(IpReason::OutsideTokenNetworks))
+        Some(Denial::InvalidToken(InvalidReason::OutsideNetworks))
     );
     let unknown = f.send(with_ip(None)).await;
     assert_eq!(unknown.status, StatusCode::FORBIDDEN);

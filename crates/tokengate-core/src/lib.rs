@@ -99,7 +99,7 @@ pub use echo::Echo;
 pub use future::{Decided, fail_closed, take_refusal};
 pub use hash::{KeyId, Pepper, PepperError, TokenHash, TokenHasher};
 pub use id::{TokenId, TokenIdError};
-pub use principal::{ClientIp, Principal, QuotaPolicy};
+pub use principal::{ClientIp, Principal, QuotaPolicy, canonical_net};
 pub use record::{QuotaError, RateQuota, TokenRecord, TokenStatus};
 pub use scope::{Scope, ScopeError, ScopeRules, ScopeSet};
 pub use store::{

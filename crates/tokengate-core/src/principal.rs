@@ -65,13 +65,32 @@ struct Grant {
 /// `RateLimit-Policy` header value.
 pub type QuotaPolicy = (RateLimitPolicy, HeaderValue);
 
+/// `net` with an IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) written
+/// as the IPv4 network it stands for (`10.0.0.0/8`), as client addresses
+/// are: a dual-stack socket reports IPv4 clients in mapped form, and a
+/// rule must match them however either side was written.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && let Ok(mapped) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(mapped.trunc());
+    }
+    net
+}
+
 impl Grant {
     fn from_record(record: &TokenRecord) -> Self {
         Self {
             subject: record.subject.as_str().into(),
             scopes: record.scopes.clone(),
             audiences: record.audiences.as_slice().into(),
-            allowed_networks: record.allowed_networks.as_slice().into(),
+            allowed_networks: record
+                .allowed_networks
+                .iter()
+                .map(|&net| canonical_net(net))
+                .collect(),
             rate_quota: record.rate_quota,
             metadata: record.metadata.clone(),
             quota_policy: Memo::default(),
@@ -541,5 +560,26 @@ mod tests {
         let q = p.clone();
         assert!(Arc::ptr_eq(&p.inner, &q.inner));
         assert_eq!(q.subject(), "user-1");
+    }
+}
+
+#[cfg(test)]
+mod canonical_net_tests {
+    use super::canonical_net;
+
+    #[test]
+    fn mapped_networks_become_ipv4_and_others_stay() {
+        let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+        assert_eq!(canonical_net(net("::ffff:10.0.0.0/104")), net("10.0.0.0/8"));
+        assert_eq!(
+            canonical_net(net("::ffff:10.1.2.3/128")),
+            net("10.1.2.3/32")
+        );
+        assert_eq!(canonical_net(net("::1/128")), net("::1/128"));
+        assert_eq!(
+            canonical_net(net("::ffff:0.0.0.0/95")),
+            net("::ffff:0.0.0.0/95")
+        );
+        assert_eq!(canonical_net(net("2001:db8::/32")), net("2001:db8::/32"));
     }
 }

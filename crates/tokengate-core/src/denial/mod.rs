@@ -82,6 +82,10 @@ pub enum InvalidReason {
     Revoked,
     /// Issued for other audiences than this service's.
     WrongAudience,
+    /// Used from outside the networks the token is bound to. Answered like
+    /// any bad token (a distinct answer would confirm to the holder of a
+    /// stolen token that it is real); the audit record keeps this reason.
+    OutsideNetworks,
 }
 
 /// Why a client address was refused.
@@ -216,6 +220,7 @@ impl InvalidReason {
             Self::Expired => "token_expired",
             Self::Revoked => "token_revoked",
             Self::WrongAudience => "token_wrong_audience",
+            Self::OutsideNetworks => "token_outside_networks",
         }
     }
 }

@@ -235,9 +235,11 @@ impl TokenSpec {
         self
     }
 
-    /// Restricts the token to these networks.
+    /// Restricts the token to these networks (IPv4-mapped IPv6 networks
+    /// are stored as the IPv4 networks they stand for).
     pub fn allowed_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
-        self.allowed_networks.extend(networks);
+        self.allowed_networks
+            .extend(networks.into_iter().map(crate::principal::canonical_net));
         self
     }
 
