@@ -1,74 +1,12 @@
 //! The `tokengate` binary over a temporary SQLite file.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
+
+use std::path::Path;
 
 use serde_json::Value;
-
-struct Db {
-    dir: PathBuf,
-}
-
-impl Db {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("tokengate-cli-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self { dir }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.join("tokens.db")
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_tokengate"))
-            .arg("--db")
-            .arg(self.path())
-            .args(args)
-            .env_remove("TOKENGATE_PEPPER")
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn issue(&self, extra: &[&str]) -> Value {
-        let mut args = vec![
-            "issue",
-            "--name",
-            "ci",
-            "--subject",
-            "team-a",
-            "--scope",
-            "notes:read",
-            "--audience",
-            "notes",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        serde_json::from_str(&self.ok(&args)).unwrap()
-    }
-
-    fn count(&self) -> usize {
-        self.ok(&["list", "--json"]).lines().count()
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use support::Db;
 
 fn file_contains(path: &Path, needle: &str) -> bool {
     std::fs::read(path)

@@ -3,90 +3,21 @@
 //! checked before anything is written.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
+
+use std::process::Command;
 
 use serde_json::Value;
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("tokengate-cli-h-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn db(&self) -> PathBuf {
-        self.0.join("tokens.db")
-    }
-
-    fn files(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn run(db: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .arg("--db")
-        .arg(db)
-        .args(args)
-        .env_remove("TOKENGATE_PEPPER")
-        .env_remove("TOKENGATE_AUDIT_KEY")
-        .output()
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-const ISSUE: &[&str] = &[
-    "issue",
-    "--name",
-    "ci",
-    "--subject",
-    "team-a",
-    "--scope",
-    "notes:read",
-    "--audience",
-    "notes",
-];
-
-fn issue(db: &Path, extra: &[&str]) -> Value {
-    let mut args = ISSUE.to_vec();
-    args.extend_from_slice(extra);
-    args.push("--json");
-    let out = run(db, &args);
-    assert!(out.status.success(), "{}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use support::{Db, ISSUE, text};
 
 #[test]
 fn a_token_given_where_an_id_belongs_is_never_echoed_and_its_id_is_named() {
-    let dir = Dir::new("token-as-id");
-    let issued = issue(&dir.db(), &[]);
+    let dir = Db::new("token-as-id");
+    let issued = dir.issue(&[]);
     let token = issued["token"].as_str().unwrap();
     let id = issued["id"].as_str().unwrap();
     for command in ["show", "revoke", "rotate"] {
-        let out = run(&dir.db(), &[command, token]);
+        let out = dir.run(&[command, token]);
         assert!(!out.status.success());
         let shown = text(&out);
         assert!(!shown.contains(&token[3..]), "{command}: {shown}");
@@ -97,7 +28,7 @@ fn a_token_given_where_an_id_belongs_is_never_echoed_and_its_id_is_named() {
     let mut unknown = token.to_owned();
     unknown.replace_range(10..11, if &token[10..11] == "A" { "B" } else { "A" });
     for input in [unknown.as_str(), &token[..30]] {
-        let shown = text(&run(&dir.db(), &["revoke", input]));
+        let shown = text(&dir.run(&["revoke", input]));
         assert!(!shown.contains(&input[3..25]), "{shown}");
         assert!(shown.contains("looks like a token"), "{shown}");
     }
@@ -105,7 +36,7 @@ fn a_token_given_where_an_id_belongs_is_never_echoed_and_its_id_is_named() {
 
 #[test]
 fn a_missing_database_is_an_error_naming_it_and_nothing_is_created() {
-    let dir = Dir::new("missing");
+    let dir = Db::new("missing");
     for args in [
         &["list"][..],
         &["show", "tok_AAAAAAAAAAAAAAAA"],
@@ -113,24 +44,24 @@ fn a_missing_database_is_an_error_naming_it_and_nothing_is_created() {
         &["scopes"],
         &["inspect", "tg_x"],
     ] {
-        let out = run(&dir.db(), args);
+        let out = dir.run(args);
         assert!(!out.status.success(), "{args:?}");
         assert!(
-            text(&out).contains(&dir.db().display().to_string()),
+            text(&out).contains(&dir.path().display().to_string()),
             "{args:?}: {}",
             text(&out)
         );
     }
     assert!(dir.files().is_empty(), "{:?}", dir.files());
-    let out = run(&dir.db(), &["init"]);
+    let out = dir.run(&["init"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(dir.files(), ["tokens.db", "tokens.db.pepper"]);
-    assert!(run(&dir.db(), &["list"]).status.success());
+    assert!(dir.run(&["list"]).status.success());
 }
 
 #[test]
 fn rejected_issue_input_leaves_no_file_behind() {
-    let dir = Dir::new("no-leftovers");
+    let dir = Db::new("no-leftovers");
     let cases: &[&[&str]] = &[
         &["--ttl", "0s"],
         &["--ttl", "91d"],
@@ -146,22 +77,19 @@ fn rejected_issue_input_leaves_no_file_behind() {
     for extra in cases {
         let mut args = ISSUE.to_vec();
         args.extend_from_slice(extra);
-        let out = run(&dir.db(), &args);
+        let out = dir.run(&args);
         assert!(!out.status.success(), "{extra:?}");
         assert!(dir.files().is_empty(), "{extra:?} left {:?}", dir.files());
     }
-    let out = run(
-        &dir.db(),
-        &[
-            "issue",
-            "--name",
-            "x",
-            "--subject",
-            "y",
-            "--audience",
-            "notes",
-        ],
-    );
+    let out = dir.run(&[
+        "issue",
+        "--name",
+        "x",
+        "--subject",
+        "y",
+        "--audience",
+        "notes",
+    ]);
     assert!(
         text(&out).contains("at least one --scope"),
         "{}",
@@ -172,31 +100,31 @@ fn rejected_issue_input_leaves_no_file_behind() {
 
 #[test]
 fn a_lost_pepper_stops_every_command_with_a_clear_error() {
-    let dir = Dir::new("lost-pepper");
-    issue(&dir.db(), &[]);
-    std::fs::remove_file(dir.0.join("tokens.db.pepper")).unwrap();
+    let dir = Db::new("lost-pepper");
+    dir.issue(&[]);
+    std::fs::remove_file(dir.dir.join("tokens.db.pepper")).unwrap();
     for args in [&["list"][..], ISSUE] {
-        let out = run(&dir.db(), args);
+        let out = dir.run(args);
         assert!(!out.status.success());
         assert!(text(&out).contains("pepper"), "{}", text(&out));
         assert!(text(&out).contains("is missing"), "{}", text(&out));
     }
     assert!(
-        !dir.0.join("tokens.db.pepper").exists(),
+        !dir.dir.join("tokens.db.pepper").exists(),
         "never silently re-created"
     );
 }
 
 #[test]
 fn eight_processes_issuing_on_a_fresh_database_at_once_all_succeed() {
-    let dir = Dir::new("concurrent");
+    let dir = Db::new("concurrent");
     let children: Vec<_> = (0..8)
         .map(|_| {
             let mut args = ISSUE.to_vec();
             args.push("--json");
             Command::new(env!("CARGO_BIN_EXE_tokengate"))
                 .arg("--db")
-                .arg(dir.db())
+                .arg(dir.path())
                 .args(&args)
                 .env_remove("TOKENGATE_PEPPER")
                 .stdout(std::process::Stdio::piped())
@@ -209,18 +137,15 @@ fn eight_processes_issuing_on_a_fresh_database_at_once_all_succeed() {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", text(&out));
     }
-    let listed = run(&dir.db(), &["list", "--json"]);
+    let listed = dir.run(&["list", "--json"]);
     assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 8);
 }
 
 #[test]
 fn rotating_a_token_without_expiry_keeps_it_without_expiry() {
-    let dir = Dir::new("rotate-no-expiry");
-    let issued = issue(&dir.db(), &["--no-expiry"]);
-    let out = run(
-        &dir.db(),
-        &["rotate", issued["id"].as_str().unwrap(), "--json"],
-    );
+    let dir = Db::new("rotate-no-expiry");
+    let issued = dir.issue(&["--no-expiry"]);
+    let out = dir.run(&["rotate", issued["id"].as_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let rotated: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rotated["expires_at"], Value::Null);
@@ -228,9 +153,9 @@ fn rotating_a_token_without_expiry_keeps_it_without_expiry() {
 
 #[test]
 fn issue_checks_scopes_against_the_catalogue_the_servers_registered() {
-    let dir = Dir::new("catalogue");
+    let dir = Db::new("catalogue");
     // Empty catalogue: accepted, with one warning.
-    let out = run(&dir.db(), ISSUE);
+    let out = dir.run(ISSUE);
     assert!(out.status.success());
     let warnings = String::from_utf8_lossy(&out.stderr)
         .lines()
@@ -244,41 +169,20 @@ fn issue_checks_scopes_against_the_catalogue_the_servers_registered() {
         .unwrap();
     runtime.block_on(async {
         use tokengate::TokenAdmin;
-        let store = tokengate::SqliteStore::open(&dir.db()).unwrap();
+        let store = tokengate::SqliteStore::open(&dir.path()).unwrap();
         store
             .register_scopes(&"notes:read notes:write".parse().unwrap())
             .await
             .unwrap();
     });
-    let listed = run(&dir.db(), &["scopes"]);
+    let listed = dir.run(&["scopes"]);
     assert_eq!(
         String::from_utf8_lossy(&listed.stdout),
         "notes:read\nnotes:write\n"
     );
 
     for (typo, nearest) in [("notes:raed", "notes:read"), ("Notes:Read", "notes:read")] {
-        let out = run(
-            &dir.db(),
-            &[
-                "issue",
-                "--name",
-                "x",
-                "--subject",
-                "y",
-                "--audience",
-                "notes",
-                "--scope",
-                typo,
-            ],
-        );
-        assert!(!out.status.success(), "{typo}");
-        let shown = text(&out);
-        assert!(shown.contains(typo) && shown.contains(nearest), "{shown}");
-        assert!(shown.contains("--allow-unknown-scope"), "{shown}");
-    }
-    let out = run(
-        &dir.db(),
-        &[
+        let out = dir.run(&[
             "issue",
             "--name",
             "x",
@@ -287,18 +191,33 @@ fn issue_checks_scopes_against_the_catalogue_the_servers_registered() {
             "--audience",
             "notes",
             "--scope",
-            "billing:read",
-            "--allow-unknown-scope",
-        ],
-    );
+            typo,
+        ]);
+        assert!(!out.status.success(), "{typo}");
+        let shown = text(&out);
+        assert!(shown.contains(typo) && shown.contains(nearest), "{shown}");
+        assert!(shown.contains("--allow-unknown-scope"), "{shown}");
+    }
+    let out = dir.run(&[
+        "issue",
+        "--name",
+        "x",
+        "--subject",
+        "y",
+        "--audience",
+        "notes",
+        "--scope",
+        "billing:read",
+        "--allow-unknown-scope",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]
 fn list_has_a_header_and_shows_expiry() {
-    let dir = Dir::new("list");
-    let issued = issue(&dir.db(), &["--ttl", "1h"]);
-    let out = run(&dir.db(), &["list"]);
+    let dir = Db::new("list");
+    let issued = dir.issue(&["--ttl", "1h"]);
+    let out = dir.run(&["list"]);
     let listed = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut lines = listed.lines();
     let header = lines.next().unwrap();
@@ -312,16 +231,16 @@ fn list_has_a_header_and_shows_expiry() {
 
 #[test]
 fn audit_verify_tells_a_torn_line_from_tampering_by_exit_status() {
-    let dir = Dir::new("verify");
-    let log = dir.0.join("audit.jsonl");
+    let dir = Db::new("verify");
+    let log = dir.dir.join("audit.jsonl");
     let whole = chained_lines(2).into_bytes();
     std::fs::write(&log, &whole).unwrap();
-    let out = run(&dir.db(), &["audit", "verify", log.to_str().unwrap()]);
+    let out = dir.run(&["audit", "verify", log.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let mut torn = whole.clone();
     torn.extend_from_slice(&whole[..50]);
     std::fs::write(&log, &torn).unwrap();
-    let out = run(&dir.db(), &["audit", "verify", log.to_str().unwrap()]);
+    let out = dir.run(&["audit", "verify", log.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).starts_with("torn"), "{}", text(&out));
 
@@ -331,7 +250,7 @@ fn audit_verify_tells_a_torn_line_from_tampering_by_exit_status() {
         1,
     );
     std::fs::write(&log, edited).unwrap();
-    let out = run(&dir.db(), &["audit", "verify", log.to_str().unwrap()]);
+    let out = dir.run(&["audit", "verify", log.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
 

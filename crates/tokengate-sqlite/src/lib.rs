@@ -64,6 +64,7 @@
 mod pepper;
 mod schema;
 mod store;
+mod time;
 
 pub use pepper::{PEPPER_ENV, PepperSourceError, pepper_path};
 pub use store::{OpenError, SqliteStore};

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokengate_core::{KeyId, Pepper, PepperError, TokenHasher};
 
-use crate::store::millis;
+use crate::time::millis;
 
 /// The environment variable holding the pepper as hex.
 pub const PEPPER_ENV: &str = "TOKENGATE_PEPPER";

@@ -2,7 +2,7 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::pepper::PepperSourceError;
 use crate::schema::{MigrateError, migrate};
+use crate::time::{millis, millis_ceil, time};
 
 /// A token store in a SQLite file. Clones share one connection.
 #[derive(Clone)]
@@ -53,27 +54,6 @@ impl OpenError {
 
 const COLUMNS: &str = "id, key_id, hash, name, subject, scopes, audiences, created_at, expires_at, revoked_at, \
     last_used_at, allowed_networks, rate_count, rate_period_ms, rate_burst, rotated_from, metadata";
-
-pub(crate) fn millis(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Milliseconds since the epoch, rounded up: for expiry times, so that a
-/// stored token never expires earlier than it was issued to.
-pub(crate) fn millis_ceil(time: SystemTime) -> i64 {
-    let floor = millis(time);
-    let exact = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    if exact.subsec_nanos().is_multiple_of(1_000_000) {
-        floor
-    } else {
-        floor.saturating_add(1)
-    }
-}
-
-pub(crate) fn time(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-}
 
 fn join<T: ToString>(items: &[T]) -> String {
     items

@@ -10,7 +10,7 @@ use tokengate_core::{
 };
 
 use super::*;
-use crate::store::{millis, millis_ceil, time};
+use crate::time::{millis, millis_ceil, time};
 use tokengate_core::{StoreError, TokenId};
 
 fn temp_db(name: &str) -> PathBuf {
