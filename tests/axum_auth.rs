@@ -305,3 +305,51 @@ async fn unknown_paths_need_a_token_and_then_a_rule() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// What a handler or a logging layer sees of the URI: axum's
+/// `OriginalUri` (copied by the router before any layer runs) and the
+/// request's own.
+async fn echo_uris(
+    axum::extract::OriginalUri(original): axum::extract::OriginalUri,
+    uri: http::Uri,
+) -> String {
+    format!("{original} {uri}")
+}
+
+#[tokio::test]
+async fn a_query_token_is_redacted_from_every_copy_of_the_uri() {
+    let world = World::new();
+    let (token, _) = world.issue("notes:read").await;
+    let policy = || {
+        ScopePolicy::builder()
+            .read_write("/notes", "notes")
+            .build()
+            .unwrap()
+    };
+    let auth = world.auth.clone().query_param("access_token");
+    let gate = tokengate::Gate::new(auth.clone(), EnforceScopeLayer::new(policy()))
+        .client_ip(tokengate::ClientIpLayer::new().peer_source(tokengate::axum::peer_addr));
+    let with_gate = Router::new().route("/notes", get(echo_uris)).layer(gate);
+    let alone = Router::new().route("/notes", get(echo_uris)).layer(
+        ServiceBuilder::new()
+            .layer(auth.redact_uri_copy(tokengate::axum::original_uri))
+            .layer(EnforceScopeLayer::new(policy())),
+    );
+    for (name, app) in [("gate", with_gate), ("layer", alone)] {
+        let client = HttpClient::new(serve_axum(app).await);
+        let path = format!("/notes?x=1&access_token={}", token.expose_secret());
+        let reply = client.send("GET", &path, &[], "").await;
+        assert_eq!(reply.status, StatusCode::OK, "{name}: {}", reply.body);
+        assert!(
+            !reply.body.contains(&token.expose_secret()[3..]),
+            "{name}: {}",
+            reply.body
+        );
+        assert_eq!(
+            reply.body.matches("access_token=REDACTED").count(),
+            2,
+            "{name}: both copies: {}",
+            reply.body
+        );
+    }
+}

@@ -15,6 +15,24 @@ fn assert_hidden(shown: &str, secret: &str, window: usize) {
     }
 }
 
+/// The `Display` and `Debug` of every parse error fed `input`.
+fn errors_of(input: &str) -> String {
+    fn show<T, E: std::fmt::Display + std::fmt::Debug>(result: Result<T, E>) -> String {
+        result
+            .err()
+            .map(|e| format!("{e} {e:?}\n"))
+            .unwrap_or_default()
+    }
+    [
+        show(input.parse::<tokengate::TokenId>()),
+        show(input.parse::<tokengate::Scope>()),
+        // A token is a well-formed audience: no error to show.
+        show(input.parse::<tokengate::Audience>()),
+        show(tokengate::parse_net(input)),
+    ]
+    .concat()
+}
+
 #[tokio::test]
 async fn no_type_shows_the_token_or_the_pepper() {
     let pepper = Pepper::generate(KeyId::new(7));
@@ -56,6 +74,16 @@ async fn no_type_shows_the_token_or_the_pepper() {
         format!("{parse_error:?} {parse_error}"),
         format!("{verify_error:?} {verify_error}"),
         format!("{}", Denial::InvalidToken(InvalidReason::Revoked)),
+        // A token pasted where other input belongs: the errors never echo it.
+        errors_of(&secret),
+        errors_of(&format!("Bearer {secret}")),
+        format!(
+            "{:?}",
+            lifecycle
+                .issue(TokenSpec::new(secret.clone(), "team-a"))
+                .await
+                .unwrap_err()
+        ),
     ]
     .join("\n");
     assert_hidden(&shown, body, 6);

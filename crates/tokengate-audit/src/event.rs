@@ -4,6 +4,7 @@ use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
+use tokengate_core::may_hold_secret;
 
 /// Whether the request was let through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -462,21 +463,26 @@ pub(crate) fn redact_query_into(
     clean_into(out, &redact_query(query), max, "url.query", truncated);
 }
 
-/// The query with every value replaced by `REDACTED`, names kept.
-/// Idempotent.
+/// The query with every value replaced by `REDACTED`, and every name
+/// that may hold a secret too (a client that sends its token as a bare
+/// parameter name, `?tg_...`); other names kept. Idempotent.
 pub(crate) fn redact_query(query: &str) -> String {
     let mut redacted = String::with_capacity(query.len());
     for (i, pair) in query.split('&').enumerate() {
         if i > 0 {
             redacted.push('&');
         }
-        match pair.split_once('=') {
-            Some((name, _)) => {
-                redacted.push_str(name);
-                redacted.push_str("=REDACTED");
-            }
-            None => redacted.push_str(pair),
+        let (name, value) = match pair.split_once('=') {
+            Some((name, _)) => (name, Some("=REDACTED")),
+            None => (pair, None),
+        };
+        let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+        if may_hold_secret(name) || may_hold_secret(&decoded) {
+            redacted.push_str("REDACTED");
+        } else {
+            redacted.push_str(name);
         }
+        redacted.push_str(value.unwrap_or_default());
     }
     redacted
 }
@@ -510,6 +516,28 @@ mod tests {
         let (mut t, mut out) = (Vec::new(), String::from("stale"));
         redact_query_into(&mut out, "page=2&access_token=tg_secret&flag", 100, &mut t);
         assert_eq!(out, "page=REDACTED&access_token=REDACTED&flag");
+    }
+
+    #[test]
+    fn a_token_sent_as_a_parameter_name_is_redacted() {
+        let token = tokengate_core::TokenFormat::default().generate();
+        let secret = token.expose_secret();
+        let encoded = secret.replacen('A', "%41", 3).replacen('a', "%61", 3);
+        for (query, expected) in [
+            (secret.to_owned(), "REDACTED".to_owned()),
+            (
+                format!("{secret}=x&page=2"),
+                "REDACTED=REDACTED&page=REDACTED".to_owned(),
+            ),
+            (
+                format!("page=2&{encoded}"),
+                "page=REDACTED&REDACTED".to_owned(),
+            ),
+        ] {
+            let redacted = redact_query(&query);
+            assert_eq!(redacted, expected, "{query}");
+            assert_eq!(redact_query(&redacted), redacted, "idempotent");
+        }
     }
 
     fn event(text: &str, full: bool) -> AuditEvent {

@@ -59,7 +59,8 @@
 //! `http-body`, `bytes` and `pin-project-lite` (the middleware and the
 //! watched body), `crossbeam-channel` (the bounded queue with blocking and
 //! non-blocking sends), `serde_json` (the JSON lines), `sha2`, `hmac` and
-//! `hex` (the hash chain, unkeyed or keyed), `zeroize` (the audit key's
+//! `hex` (the hash chain, unkeyed or keyed), `percent-encoding` (a
+//! token sent percent-encoded as a query name is still recognised), `zeroize` (the audit key's
 //! text is wiped after reading), `humantime` (RFC 3339 timestamps), `itoa` (numbers
 //! in a line without `fmt`), `rand` (request ids and new audit keys), `tracing` (the tracing
 //! sink) and `thiserror` (verification errors).

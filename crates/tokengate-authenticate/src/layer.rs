@@ -47,7 +47,13 @@ pub(crate) struct Config<St> {
     pub(crate) expires_header: Option<HeaderName>,
     pub(crate) usage: Option<UsageTracker>,
     pub(crate) lookup_timeout: Duration,
+    pub(crate) uri_copies: Vec<UriCopy>,
 }
+
+/// Finds a copy of the request's URI that a framework keeps in the
+/// request's extensions (axum's `OriginalUri`, say), for
+/// [`AuthenticateLayer::redact_uri_copy`].
+pub type UriCopy = fn(&mut http::Extensions) -> Option<&mut http::Uri>;
 
 impl<St> Clone for Config<St> {
     fn clone(&self) -> Self {
@@ -63,6 +69,7 @@ impl<St> Clone for Config<St> {
             expires_header: self.expires_header.clone(),
             usage: self.usage.clone(),
             lookup_timeout: self.lookup_timeout,
+            uri_copies: self.uri_copies.clone(),
         }
     }
 }
@@ -112,6 +119,7 @@ impl<St> AuthenticateLayer<St> {
                 expires_header: Some(TOKEN_EXPIRES),
                 usage: None,
                 lookup_timeout: Duration::from_secs(3),
+                uri_copies: Vec::new(),
             }),
         }
     }
@@ -143,6 +151,17 @@ impl<St> AuthenticateLayer<St> {
     /// inner layer or handler sees it.
     pub fn query_param(self, name: &str) -> Self {
         self.with(|c| c.sources.query = QuerySource::Accepted(name.into()))
+    }
+
+    /// Also redacts the token parameter from the copy of the URI that
+    /// `copy` finds in the request's extensions. A framework may copy the
+    /// URI before this layer runs (axum's router keeps `OriginalUri` for
+    /// handlers and logging layers); every copy must lose the token, not
+    /// only `Request::uri`. The `tokengate` facade's `Gate` adds axum's
+    /// copy itself under its `axum` feature; with this layer alone, pass
+    /// `tokengate::axum::original_uri`.
+    pub fn redact_uri_copy(self, copy: UriCopy) -> Self {
+        self.with(|c| c.uri_copies.push(copy))
     }
 
     /// Lets requests that `public` accepts pass without a credential.

@@ -97,7 +97,7 @@ mod service;
 mod usage;
 
 pub use future::ResponseFuture;
-pub use layer::{AuthenticateLayer, TOKEN_EXPIRES};
+pub use layer::{AuthenticateLayer, TOKEN_EXPIRES, UriCopy};
 pub use public::{IsPublic, PublicPaths};
 pub use service::{Authenticate, ExpiryHeader, TokenLookup, Verdict};
 pub use usage::UsageTracker;

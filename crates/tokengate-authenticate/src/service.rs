@@ -215,11 +215,21 @@ impl<St> Config<St> {
         verdict
     }
 
+    /// Replaces the token parameter's value in the request's URI and in
+    /// every copy of it the layer was told of.
     fn redact<B>(&self, request: &mut Request<B>) {
-        if let QuerySource::Accepted(name) = &self.sources.query
-            && let Some(uri) = redact_query(request.uri(), name)
-        {
+        let QuerySource::Accepted(name) = &self.sources.query else {
+            return;
+        };
+        if let Some(uri) = redact_query(request.uri(), name) {
             *request.uri_mut() = uri;
+        }
+        for copy in &self.uri_copies {
+            if let Some(uri) = copy(request.extensions_mut())
+                && let Some(redacted) = redact_query(uri, name)
+            {
+                *uri = redacted;
+            }
         }
     }
 

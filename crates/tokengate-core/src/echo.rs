@@ -57,9 +57,10 @@ impl Echo {
     }
 }
 
-/// Whether `input` holds a run of letters and digits long enough to be
-/// (part of) a token's secret.
-pub(crate) fn may_hold_secret(input: &str) -> bool {
+/// Whether `input` holds a run of [`Echo::SECRET_RUN`] or more ASCII
+/// letters and digits: long enough to be (part of) a token's secret, so
+/// that no log, record or message may show it.
+pub fn may_hold_secret(input: &str) -> bool {
     let mut run = 0;
     for byte in input.bytes() {
         if byte.is_ascii_alphanumeric() {

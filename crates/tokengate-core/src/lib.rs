@@ -95,7 +95,7 @@ pub use denial::{
     Denial, InvalidReason, IpReason, MalformedReason, ProblemJson, RateLimitPolicy,
     RateLimitPolicyError, RateLimited, Realm, RealmError, RenderDenial, Renderer, is_grpc,
 };
-pub use echo::Echo;
+pub use echo::{Echo, may_hold_secret};
 pub use future::{Decided, fail_closed, take_refusal};
 pub use hash::{KeyId, Pepper, PepperError, TokenHash, TokenHasher};
 pub use id::{TokenId, TokenIdError};

@@ -16,6 +16,16 @@ pub fn peer_addr(extensions: &http::Extensions) -> Option<std::net::IpAddr> {
         .map(|info| info.0.ip())
 }
 
+/// axum's copy of the request URI (`OriginalUri`, kept by the router for
+/// handlers and logging layers): pass it to
+/// `AuthenticateLayer::redact_uri_copy` so that a token accepted from the
+/// query string is redacted there too. The `Gate` does it by itself.
+pub fn original_uri(extensions: &mut http::Extensions) -> Option<&mut http::Uri> {
+    extensions
+        .get_mut::<axum::extract::OriginalUri>()
+        .map(|original| &mut original.0)
+}
+
 /// Extracts the [`Principal`] the authenticate layer inserted.
 ///
 /// Absent (a public route, or the layer is missing): 401, rendered like the

@@ -91,6 +91,10 @@ impl<St, P: ScopeLookup> Gate<St, P, TracingSink> {
     /// authentication, and 50 per second per token (burst 100) unless the
     /// token carries its own quota.
     pub fn new(authenticate: AuthenticateLayer<St>, scope: EnforceScopeLayer<P>) -> Self {
+        // axum's router copies the URI before any layer runs: a token
+        // accepted from the query must leave that copy too.
+        #[cfg(feature = "axum")]
+        let authenticate = authenticate.redact_uri_copy(crate::axum::original_uri);
         Self {
             audit: AuditLayer::new(TracingSink),
             checks: Layers {

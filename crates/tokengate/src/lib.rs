@@ -107,7 +107,7 @@ pub use tokengate_core::*;
 #[cfg(feature = "authenticate")]
 pub use tokengate_authenticate::{
     Authenticate, AuthenticateLayer, ExpiryHeader, IsPublic, PublicPaths, TOKEN_EXPIRES,
-    TokenLookup, UsageTracker, Verdict,
+    TokenLookup, UriCopy, UsageTracker, Verdict,
 };
 #[cfg(feature = "scope")]
 pub use tokengate_scope::{
