@@ -45,7 +45,7 @@ async fn http_clients_see_ratelimit_headers_then_429_then_recovery() {
     for remaining in [1, 0] {
         let ok = client.get("/notes", Some(&token)).await;
         assert_eq!(ok.status, StatusCode::OK);
-        assert_eq!(ok.headers["ratelimit-policy"], r#""per-token";q=1;w=60"#);
+        assert_eq!(ok.headers["ratelimit-policy"], r#""per-token";q=2;w=120"#);
         let expected = format!("\"per-token\";r={remaining};t={}", 60 * (2 - remaining));
         assert_eq!(ok.headers["ratelimit"], expected.as_str());
     }

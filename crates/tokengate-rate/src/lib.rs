@@ -25,16 +25,21 @@
 //! [`MemoryRateState`] holds one atomic theoretical arrival time per key,
 //! updated by compare-and-swap, shared by every clone of the service and
 //! bounded in keys (idle keys are dropped when room is needed; when the
-//! table is full of active keys new keys are refused). The [`RateState`]
+//! table is full of active keys, the keys closest to idle are evicted, so a
+//! new client is never refused for room). Client addresses count by
+//! network: each IPv4 address, and each IPv6 /64
+//! ([`Limiter::client_ip_prefixes`]). The [`RateState`]
 //! trait lets a shared backend (Redis) take its place; the in-memory path
 //! answers with a ready future, with no boxing and no allocation.
 //!
 //! # Responses
 //!
-//! 429 with `Retry-After`, `RateLimit-Policy: "per-token";q=100;w=60` and
+//! 429 with `Retry-After`, `RateLimit-Policy: "per-token";q=100;w=2` and
 //! `RateLimit: "per-token";r=0;t=2` (the IETF httpapi draft's structured
-//! fields; `q`/`w` state the sustained rate, `r` the requests left now, `t`
-//! the seconds until the burst is full again, or until retry on a 429).
+//! fields; `q`/`w` state the quota as its burst over the time the burst
+//! takes to refill (50 per second with bursts of 100: `q=100;w=2`), so `r`,
+//! the requests left now, never exceeds `q`; `t` is the seconds until the
+//! burst is full again, or until retry on a 429).
 //! Admitted responses carry the same two headers for the tightest limiter,
 //! unless [turned off](RateByTokenLayer::success_headers). gRPC gets status
 //! 8 with `retry-after` and `grpc-retry-pushback-ms` metadata.
@@ -64,7 +69,7 @@
 //! let limited = service.ready().await?.call(request()).await?;
 //! assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
 //! assert_eq!(limited.headers()["retry-after"], "1");
-//! assert_eq!(limited.headers()["ratelimit-policy"], r#""per-ip";q=60;w=60"#);
+//! assert_eq!(limited.headers()["ratelimit-policy"], r#""per-ip";q=2;w=2"#);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # })?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -73,7 +78,8 @@
 //! # Dependencies
 //!
 //! `tokengate-core` (principals, client IPs, quotas, denials), `tower` and
-//! `http` (the middleware contract), `pin-project-lite` (the response
+//! `http` (the middleware contract), `ipnet` (client addresses keyed by
+//! network), `pin-project-lite` (the response
 //! future), `smallvec` (a request's checks without a heap allocation),
 //! `hashbrown` (a table that takes a precomputed hash, so a key is hashed
 //! once for shard and slot), `foldhash` (a fast hasher with a random

@@ -1,9 +1,11 @@
 //! One named quota and what it counts by.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{Extensions, HeaderMap};
+use ipnet::{Ipv4Net, Ipv6Net};
 use tokengate_core::{
     ClientIp, Denial, IpReason, Principal, QuotaPolicy, RateLimitPolicy, RateQuota,
 };
@@ -51,6 +53,8 @@ pub struct Limiter {
     /// The policy and its header for the limiter's own quota, made once;
     /// `None` for a name that cannot be a policy name (refused by the layer).
     own_policy: Option<QuotaPolicy>,
+    /// Client addresses count by network: (IPv4 prefix, IPv6 prefix).
+    ip_prefixes: (u8, u8),
 }
 
 impl Limiter {
@@ -85,7 +89,19 @@ impl Limiter {
             gcra: Gcra::new(quota),
             key,
             own_policy: own_policy(name, quota),
+            ip_prefixes: (32, 64),
         }
+    }
+
+    /// For a per-client-address limiter, counts addresses by network: every
+    /// IPv4 address in one `/v4` and every IPv6 address in one `/v6` share
+    /// a bucket. Defaults: `/32` (each IPv4 address) and `/64` (each IPv6
+    /// subnet: an ordinary home or cloud host owns a whole /64, so keying by
+    /// /128 would hand it 2^64 fresh budgets). Prefixes are capped at 32
+    /// and 128.
+    pub fn client_ip_prefixes(mut self, v4: u8, v6: u8) -> Self {
+        self.ip_prefixes = (v4.min(32), v6.min(128));
+        self
     }
 
     /// Renames the limiter (the name appears in `RateLimit-Policy`).
@@ -126,7 +142,10 @@ impl Limiter {
                 self.quota,
             )),
             KeyBy::ClientIp => Some((
-                RateKey::Ip(extensions.get::<ClientIp>()?.addr()),
+                RateKey::Ip(network_of(
+                    extensions.get::<ClientIp>()?.addr(),
+                    self.ip_prefixes,
+                )),
                 self.gcra,
                 self.quota,
             )),
@@ -163,8 +182,24 @@ impl Limiter {
     }
 }
 
+/// `addr` with the host bits past its family's prefix cleared.
+fn network_of(addr: IpAddr, (v4, v6): (u8, u8)) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Net::new(a, v4).map_or(a, |n| n.network())),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Net::new(a, v6).map_or(a, |n| n.network())),
+    }
+}
+
+/// The policy `quota` is stated as: its burst, over the time an empty
+/// bucket takes to fill again. GCRA admits a whole burst at once, so the
+/// requests left (`r`) can reach the burst; stating the quota as the
+/// sustained `count` per `period` would then show more remaining than the
+/// quota (`q=50;w=1` beside `r=99`). Burst over refill time keeps `r <= q`
+/// and states the same sustained rate.
 fn own_policy(name: &str, quota: RateQuota) -> Option<QuotaPolicy> {
-    let policy = RateLimitPolicy::new(name, u64::from(quota.count().get()), quota.period()).ok()?;
+    let burst = quota.burst().get();
+    let window = quota.emission_interval().saturating_mul(burst);
+    let policy = RateLimitPolicy::new(name, u64::from(burst), window).ok()?;
     let header = policy.policy_header();
     Some((policy, header))
 }

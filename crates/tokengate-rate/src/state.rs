@@ -85,11 +85,17 @@ const SHARDS: usize = 16;
 /// Rate state in process memory: one atomic TAT per key, updated with a
 /// compare-and-swap, in sharded maps shared by every clone.
 ///
-/// Bounded: at most `max_keys` keys. A key whose burst is full again
-/// carries no information and is dropped when room is needed. When the
-/// table is full of active keys, a new key is refused as if limited (fail
-/// closed), so a flood of distinct keys (spoofed or botnet addresses)
-/// cannot grow memory.
+/// Bounded: at most `max_keys` keys, so a flood of distinct keys (spoofed
+/// or botnet addresses) cannot grow memory. A key whose burst is full
+/// again carries no information and is dropped when room is needed. When
+/// the table is full of active keys, the keys closest to idle (the
+/// smallest theoretical arrival times: the clients that have spent least)
+/// are evicted to make room, a sixteenth of the shard at a time.
+///
+/// The trade: a client that has sent nothing is never refused because of
+/// other clients, and the clients that spent most (those being limited)
+/// keep their state longest; under a flood that fills the table, the
+/// lightest clients may get a fresh burst earlier than their quota says.
 ///
 /// Compact: each shard keeps one table per limiter and key kind, so an
 /// entry is just the key and its TAT, 24 bytes (an address as 16 bytes,
@@ -238,6 +244,30 @@ impl Tables {
             + retain(&mut self.custom, now)
     }
 
+    /// Every TAT held, into `out`.
+    fn collect_tats(&self, out: &mut Vec<u64>) {
+        fn push<K>(table: &HashTable<Entry<K>>, out: &mut Vec<u64>) {
+            out.extend(table.iter().map(|e| e.tat.load(Ordering::Relaxed)));
+        }
+        push(&self.ip, out);
+        push(&self.token, out);
+        push(&self.owner, out);
+        push(&self.custom, out);
+    }
+
+    /// Drops keys whose TAT is at most `threshold`; how many were dropped.
+    fn evict_up_to(&mut self, threshold: u64) -> usize {
+        fn retain<K>(table: &mut HashTable<Entry<K>>, threshold: u64) -> usize {
+            let before = table.len();
+            table.retain(|e| e.tat.load(Ordering::Relaxed) > threshold);
+            before - table.len()
+        }
+        retain(&mut self.ip, threshold)
+            + retain(&mut self.token, threshold)
+            + retain(&mut self.owner, threshold)
+            + retain(&mut self.custom, threshold)
+    }
+
     /// The earliest TAT held, if any.
     fn earliest(&self) -> Option<u64> {
         fn min<K>(table: &HashTable<Entry<K>>) -> Option<u64> {
@@ -269,11 +299,6 @@ impl Default for MemoryRateState {
     fn default() -> Self {
         Self::new(100_000)
     }
-}
-
-enum Slot {
-    Found(u64),
-    Full,
 }
 
 impl MemoryRateState {
@@ -308,14 +333,14 @@ impl MemoryRateState {
         self.len() == 0
     }
 
-    /// Runs `f` on the key's TAT cell, creating it (TAT 0: fresh) if needed;
-    /// `None` when the table is full of active keys.
+    /// Runs `f` on the key's TAT cell, creating it (TAT 0: fresh) if
+    /// needed, making room first when the shard is full.
     fn with_cell<R>(
         &self,
         (limiter, key): &(u8, RateKey),
         now: u64,
         f: impl FnOnce(&AtomicU64) -> R,
-    ) -> Option<R> {
+    ) -> R {
         let shared = &*self.shared;
         let limiter = usize::from(*limiter);
         let key = Packed::of(key);
@@ -330,7 +355,7 @@ impl MemoryRateState {
                 .get(limiter)
                 .and_then(|tables| tables.find(&key, hash))
             {
-                return Some(f(cell));
+                return f(cell);
             }
         }
         let mut guard = shard.keys.write().unwrap_or_else(PoisonError::into_inner);
@@ -340,32 +365,25 @@ impl MemoryRateState {
             .get(limiter)
             .and_then(|tables| tables.find(&key, hash))
         {
-            return Some(f(cell));
+            return f(cell);
         }
         if keys.len >= shared.per_shard && !shard.sweep(keys, now, shared.per_shard) {
-            return None;
+            shard.evict_closest_to_idle(keys, shared.per_shard);
         }
         if keys.by_limiter.len() <= limiter {
             keys.by_limiter.resize_with(limiter + 1, Tables::default);
         }
         keys.len += 1;
-        Some(f(keys.by_limiter[limiter].insert(
-            &key,
-            hash,
-            &shared.hasher,
-        )))
+        f(keys.by_limiter[limiter].insert(&key, hash, &shared.hasher))
     }
 
-    fn peek(&self, check: &Check, now: u64) -> Slot {
-        match self.with_cell(&check.key, now, |cell| cell.load(Ordering::Acquire)) {
-            Some(tat) => Slot::Found(tat),
-            None => Slot::Full,
-        }
+    fn peek(&self, check: &Check, now: u64) -> u64 {
+        self.with_cell(&check.key, now, |cell| cell.load(Ordering::Acquire))
     }
 
     /// Charges one check with a CAS loop; `Err` if it refuses now.
     fn commit(&self, check: &Check, now: u64) -> Result<(u32, Duration), Duration> {
-        let committed = self.with_cell(&check.key, now, |cell| {
+        self.with_cell(&check.key, now, |cell| {
             let mut current = cell.load(Ordering::Acquire);
             loop {
                 match check.gcra.decide(current, now, check.cost) {
@@ -387,8 +405,7 @@ impl MemoryRateState {
                     }
                 }
             }
-        });
-        committed.unwrap_or(Err(Duration::from_nanos(check.gcra.interval())))
+        })
     }
 
     /// Gives back a charge made by `commit` (another limiter refused).
@@ -418,12 +435,9 @@ impl MemoryRateState {
         // Look first: a request refused by one limiter must not spend another's budget.
         let mut refused: Option<(usize, Duration)> = None;
         for (i, check) in checks.iter().enumerate() {
-            let retry = match self.peek(check, now) {
-                Slot::Full => Some(Duration::from_nanos(check.gcra.interval())),
-                Slot::Found(tat) => match check.gcra.decide(tat, now, check.cost) {
-                    Verdict::Refuse { retry_after } => Some(retry_after),
-                    Verdict::Admit { .. } => None,
-                },
+            let retry = match check.gcra.decide(self.peek(check, now), now, check.cost) {
+                Verdict::Refuse { retry_after } => Some(retry_after),
+                Verdict::Admit { .. } => None,
             };
             if let Some(retry) = retry
                 && refused.is_none_or(|(_, r)| retry > r)
@@ -460,6 +474,28 @@ impl MemoryRateState {
 }
 
 impl Shard {
+    /// Evicts the keys closest to idle from a full shard of active keys:
+    /// at least one, about a sixteenth of the shard (more when several share the
+    /// threshold's TAT), so that a flood of new
+    /// keys pays for one scan per sixteenth of the shard, not per key.
+    fn evict_closest_to_idle(&self, keys: &mut Keys, capacity: usize) {
+        let mut tats = Vec::with_capacity(keys.len);
+        for tables in &keys.by_limiter {
+            tables.collect_tats(&mut tats);
+        }
+        if tats.is_empty() {
+            return;
+        }
+        let count = (capacity / 16).clamp(1, tats.len());
+        let (_, &mut threshold, _) = tats.select_nth_unstable(count - 1);
+        let dropped: usize = keys
+            .by_limiter
+            .iter_mut()
+            .map(|tables| tables.evict_up_to(threshold))
+            .sum();
+        keys.len -= dropped;
+    }
+
     /// Drops idle keys from a full shard, unless no key can be idle yet;
     /// whether there is room now.
     fn sweep(&self, keys: &mut Keys, now: u64, capacity: usize) -> bool {

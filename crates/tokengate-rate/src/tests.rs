@@ -57,7 +57,7 @@ async fn exactly_the_burst_passes_then_429_with_headers_then_exactly_when_promis
     for i in 0..3 {
         let ok = svc.clone().oneshot(as_principal(&p)).await.unwrap();
         assert_eq!(ok.status(), StatusCode::OK, "request {i}");
-        assert_eq!(ok.headers()["ratelimit-policy"], r#""per-token";q=1;w=2"#);
+        assert_eq!(ok.headers()["ratelimit-policy"], r#""per-token";q=3;w=6"#);
         assert_eq!(
             ok.headers()["ratelimit"],
             format!("\"per-token\";r={};t={}", 2 - i, 2 * (i + 1)).as_str()
@@ -240,7 +240,7 @@ async fn the_token_records_own_quota_wins() {
         // Stated from the principal's memo after the first request.
         assert_eq!(
             admitted.headers()["ratelimit-policy"],
-            r#""per-token";q=1;w=60"#
+            r#""per-token";q=2;w=120"#
         );
         let state = admitted.headers()["ratelimit"].to_str().unwrap();
         assert!(
@@ -252,7 +252,7 @@ async fn the_token_records_own_quota_wins() {
     assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
         limited.headers()["ratelimit-policy"],
-        r#""per-token";q=1;w=60"#
+        r#""per-token";q=2;w=120"#
     );
 }
 
@@ -329,38 +329,85 @@ async fn success_headers_can_be_turned_off_but_429s_keep_them() {
 }
 
 #[test]
-fn a_million_distinct_keys_stay_under_the_cap() {
+fn a_million_distinct_keys_stay_under_the_cap_and_each_first_request_passes() {
     let state = MemoryRateState::new(10_000);
-    let gcra = gcra::Gcra::new(quota(1, 60, 1));
+    let gcra = gcra::Gcra::new(quota(1, 60, 5));
     let now = 1_000_000_000_000;
-    let mut refused_for_room = 0;
-    for i in 0..1_000_000u32 {
-        let ip = std::net::IpAddr::from(i.to_be_bytes());
-        let check = Check {
-            key: (0, RateKey::Ip(ip)),
-            gcra,
-            cost: 1,
-        };
-        if let Outcome::Refused { .. } = state.decide(&[check], now) {
-            refused_for_room += 1;
-        }
-    }
-    assert!(state.len() <= 10_000, "{}", state.len());
-    assert!(
-        refused_for_room >= 1_000_000 - 10_000,
-        "a full table refuses new keys"
-    );
-    // Once the keys are idle they make room again.
-    let later = now + 61_000_000_000;
-    let check = Check {
-        key: (0, RateKey::Ip("203.0.113.9".parse().unwrap())),
+    let check = |ip: std::net::IpAddr| Check {
+        key: (0, RateKey::Ip(ip)),
         gcra,
         cost: 1,
     };
+    // A client that is being limited: it has spent its burst.
+    let heavy: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+    for _ in 0..5 {
+        assert!(matches!(
+            state.decide(&[check(heavy)], now),
+            Outcome::Admitted { .. }
+        ));
+    }
+    let mut refused = 0;
+    for i in 0..1_000_000u32 {
+        let ip = std::net::IpAddr::from(i.to_be_bytes());
+        if let Outcome::Refused { .. } = state.decide(&[check(ip)], now) {
+            refused += 1;
+        }
+        assert!(state.len() <= 10_000, "{}", state.len());
+    }
+    assert_eq!(
+        refused, 0,
+        "a client that has sent nothing is never refused for room"
+    );
+    // The flood evicted the keys closest to idle, not the limited client.
     assert!(matches!(
-        state.decide(&[check], later),
-        Outcome::Admitted { .. }
+        state.decide(&[check(heavy)], now),
+        Outcome::Refused { .. }
     ));
+}
+
+#[tokio::test]
+async fn ipv6_clients_are_keyed_by_their_64_and_prefixes_are_configurable() {
+    let from = |ip: &str| {
+        let mut request = Request::new(());
+        request
+            .extensions_mut()
+            .insert(ClientIp::new(ip.parse().unwrap()));
+        request
+    };
+    let default = service(&RateByTokenLayer::per_client_ip(quota(1, 60, 1)));
+    assert_eq!(
+        status(&default, from("2001:db8:1:2::1")).await,
+        StatusCode::OK
+    );
+    // Another address of the same /64: the same bucket.
+    assert_eq!(
+        status(&default, from("2001:db8:1:2:ffff::9")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        status(&default, from("2001:db8:1:3::1")).await,
+        StatusCode::OK
+    );
+    // IPv4 addresses stay separate by default.
+    assert_eq!(status(&default, from("192.0.2.1")).await, StatusCode::OK);
+    assert_eq!(status(&default, from("192.0.2.2")).await, StatusCode::OK);
+
+    let wide = service(
+        &RateByTokenLayer::new(
+            [Limiter::per_client_ip(quota(1, 60, 1)).client_ip_prefixes(24, 48)],
+        )
+        .unwrap(),
+    );
+    assert_eq!(status(&wide, from("192.0.2.1")).await, StatusCode::OK);
+    assert_eq!(
+        status(&wide, from("192.0.2.200")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(status(&wide, from("2001:db8:1::1")).await, StatusCode::OK);
+    assert_eq!(
+        status(&wide, from("2001:db8:1:ffff::1")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }
 
 #[test]
@@ -471,4 +518,40 @@ fn bad_configurations_name_the_value() {
     let many = RateByTokenLayer::new((0..9).map(|i| Limiter::per_token(q).named(&format!("l{i}"))))
         .unwrap_err();
     assert_eq!(many, RateConfigError::TooMany { count: 9 });
+}
+
+/// The number after `key=` in a structured header.
+fn param(header: &http::HeaderValue, key: &str) -> u64 {
+    let text = header.to_str().unwrap();
+    let at = text.find(&format!(";{key}=")).unwrap() + key.len() + 2;
+    text[at..].split(';').next().unwrap().parse().unwrap()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Whatever the quota and the timing of requests, a response never
+    /// states more requests left than its policy's quota.
+    #[test]
+    fn ratelimit_never_states_more_remaining_than_the_quota(
+        count in 1u32..200,
+        period in 1u64..3_600,
+        burst in 1u32..300,
+        gaps_ms in proptest::collection::vec(0u64..5_000, 1..40),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (layer, clock) = per_token(count, period, burst);
+        let svc = service(&layer);
+        let p = Principal::from_record(&record("alice", ""));
+        runtime.block_on(async {
+            for gap in gaps_ms {
+                clock.advance(Duration::from_millis(gap));
+                let response = svc.clone().oneshot(as_principal(&p)).await.unwrap();
+                let headers = response.headers();
+                let q = param(&headers["ratelimit-policy"], "q");
+                let r = param(&headers["ratelimit"], "r");
+                assert!(r <= q, "{:?} {:?}", headers["ratelimit-policy"], headers["ratelimit"]);
+                assert_eq!(q, u64::from(burst));
+            }
+        });
+    }
 }
