@@ -353,3 +353,117 @@ async fn a_query_token_is_redacted_from_every_copy_of_the_uri() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_gate_finds_the_peer_address_itself_and_says_500_when_none_is_served() {
+    let world = World::new();
+    let (token, _) = world.issue("notes:read").await;
+    let app = || {
+        let policy = ScopePolicy::builder()
+            .read_write("/notes", "notes")
+            .route([Method::GET], "/healthz", Requirement::Public)
+            .build()
+            .unwrap();
+        Router::new()
+            .route("/notes", get(list))
+            .route("/healthz", get(health))
+            .layer(tokengate::Gate::new(
+                world.auth.clone(),
+                EnforceScopeLayer::new(policy),
+            ))
+    };
+    // With connection info: no `.client_ip(...)` call is needed.
+    let client = HttpClient::new(serve_axum(app()).await);
+    assert_eq!(client.get("/healthz", None).await.status, StatusCode::OK);
+    assert_eq!(
+        client.get("/notes", Some(&token)).await.status,
+        StatusCode::OK
+    );
+
+    // Plain `axum::serve(listener, app)`: the server's mistake, told as one.
+    let (listener, addr) = support::listener().await;
+    let plain = app();
+    tokio::spawn(async move { axum::serve(listener, plain).await.unwrap() });
+    let client = HttpClient::new(addr);
+    for reply in [
+        client.get("/healthz", None).await,
+        client.get("/notes", Some(&token)).await,
+    ] {
+        assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            reply
+                .body
+                .contains("could not determine the client address"),
+            "{}",
+            reply.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_route_the_policy_declares_public_needs_no_second_declaration() {
+    let world = World::new();
+    let (token, _) = world.issue("notes:read").await;
+    // No `PublicPaths` on the authenticate layer: the policy alone says it.
+    let auth = tokengate::AuthenticateLayer::new(
+        world.lifecycle.store().clone(),
+        world.lifecycle.hasher().clone(),
+        "notes".parse().unwrap(),
+    );
+    let policy = ScopePolicy::builder()
+        .read_write("/notes", "notes")
+        .route([Method::GET], "/status", Requirement::Public)
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/notes", get(list))
+        .route("/status", get(health))
+        .layer(tokengate::Gate::new(auth, EnforceScopeLayer::new(policy)));
+    let client = HttpClient::new(serve_axum(app).await);
+    assert_eq!(client.get("/status", None).await.status, StatusCode::OK);
+    // Public for GET only, as declared; everything else still needs a token.
+    assert_eq!(
+        client.send("POST", "/status", &[], "").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        client.get("/notes", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        client.get("/notes", Some(&token)).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn nested_routers_see_paths_relative_to_where_the_gate_sits() {
+    let world = World::new();
+    let (token, _) = world.issue("notes:read").await;
+    let gate = |prefix: &str| {
+        let policy = ScopePolicy::builder()
+            .read_write(&format!("{prefix}/notes"), "notes")
+            .build()
+            .unwrap();
+        tokengate::Gate::new(world.auth.clone(), EnforceScopeLayer::new(policy))
+    };
+    let notes = || Router::new().route("/notes", get(list));
+    // Inside the nest: the Gate sees `/notes`, so the policy says `/notes`.
+    let inside = Router::new().nest("/api", notes().layer(gate("")));
+    // Around the nest: the Gate sees `/api/notes`.
+    let around = Router::new().nest("/api", notes()).layer(gate("/api"));
+    // A policy written with full paths inside the nest matches nothing.
+    let mismatched = Router::new().nest("/api", notes().layer(gate("/api")));
+    for (name, app, expected) in [
+        ("inside", inside, StatusCode::OK),
+        ("around", around, StatusCode::OK),
+        ("mismatched", mismatched, StatusCode::FORBIDDEN),
+    ] {
+        let client = HttpClient::new(serve_axum(app).await);
+        assert_eq!(
+            client.get("/api/notes", Some(&token)).await.status,
+            expected,
+            "{name}"
+        );
+    }
+}

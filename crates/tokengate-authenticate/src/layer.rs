@@ -170,6 +170,17 @@ impl<St> AuthenticateLayer<St> {
         self.with(|c| c.public = Some(public))
     }
 
+    /// Lets requests that `public` accepts pass too, besides those the
+    /// routes set with [`public`](Self::public) accept.
+    pub fn also_public(self, public: impl IsPublic) -> Self {
+        let Some(earlier) = self.config.public.clone() else {
+            return self.public(public);
+        };
+        self.public(move |method: &http::Method, uri: &http::Uri| {
+            earlier.is_public(method, uri) || public.is_public(method, uri)
+        })
+    }
+
     /// Renders rejections with `renderer`.
     pub fn renderer(self, renderer: Renderer) -> Self {
         self.with(|c| c.renderer = renderer)

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use http::{Extensions, Request, Response};
@@ -28,8 +29,10 @@ pub type PeerSource = Arc<dyn Fn(&Extensions) -> Option<IpAddr> + Send + Sync>;
 /// The peer address is the client unless it is a trusted proxy; then the
 /// forwarding header is walked right to left and the first untrusted
 /// address is the client (see [`walk`](crate::forwarded::walk)). A request
-/// whose peer address is unknown, or whose trusted chain holds a malformed
-/// entry, is refused with 403 (reason `ip_unresolved`): fail closed.
+/// whose trusted chain holds a malformed entry is refused with 403 (reason
+/// `ip_unresolved`): fail closed. A request with no peer address at all is
+/// the server's set-up, not the client's fault: it gets 500 (reason
+/// `no_peer_address`), and the first one logs an error naming the fix.
 #[derive(Clone)]
 pub struct ClientIpLayer {
     config: Arc<Config>,
@@ -40,7 +43,11 @@ struct Config {
     trusted: IpSet,
     header: ForwardedHeader,
     peer: PeerSource,
+    /// Whether `peer` was chosen by the user (not the default).
+    peer_chosen: bool,
     renderer: Renderer,
+    /// Whether a request without a peer address was logged already.
+    told_no_peer: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for ClientIpLayer {
@@ -64,7 +71,9 @@ impl ClientIpLayer {
                 trusted: IpSet::new(),
                 header: ForwardedHeader::XForwardedFor,
                 peer: Arc::new(peer_addr),
+                peer_chosen: false,
                 renderer: Renderer::default(),
+                told_no_peer: Arc::new(AtomicBool::new(false)),
             }),
         }
     }
@@ -98,6 +107,23 @@ impl ClientIpLayer {
         self,
         source: impl Fn(&Extensions) -> Option<IpAddr> + Send + Sync + 'static,
     ) -> Self {
+        let source: PeerSource = Arc::new(source);
+        self.with(|c| {
+            c.peer = source;
+            c.peer_chosen = true;
+        })
+    }
+
+    /// Reads the peer address with `source` unless [`peer_source`](Self::peer_source)
+    /// chose one: for a composer (the facade's `Gate`) that knows where its
+    /// framework keeps the connection's address.
+    pub fn default_peer_source(
+        self,
+        source: impl Fn(&Extensions) -> Option<IpAddr> + Send + Sync + 'static,
+    ) -> Self {
+        if self.config.peer_chosen {
+            return self;
+        }
         let source: PeerSource = Arc::new(source);
         self.with(|c| c.peer = source)
     }
@@ -173,7 +199,19 @@ fn resolve<B>(config: &Config, request: &mut Request<B>) -> Result<ClientIp, Den
             request.extensions_mut().insert(ip);
             Ok(ip)
         }
-        Some(Walk::Malformed) | None => Err(Denial::IpForbidden(IpReason::Unresolved)),
+        Some(Walk::Malformed) => Err(Denial::IpForbidden(IpReason::Unresolved)),
+        None => {
+            if !config.told_no_peer.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    "a request arrived without a peer address, so its client address cannot be \
+                     determined; answering 500 until the server hands the connection's address to \
+                     the layers: serve axum with `into_make_service_with_connect_info::<SocketAddr>()`, \
+                     serve tonic over TCP (`TcpConnectInfo`), or insert `PeerAddr` into each request \
+                     (plain hyper); or set `ClientIpLayer::peer_source` (logged once)"
+                );
+            }
+            Err(Denial::NoPeerAddress)
+        }
     }
 }
 

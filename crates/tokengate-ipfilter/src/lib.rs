@@ -54,7 +54,7 @@
 //! # Dependencies
 //!
 //! `tokengate-core` (client IPs, denials), `tower` and `http` (the
-//! middleware contract), `ipnet` (CIDR parsing), `arc-swap` (rules replaced
+//! middleware contract), `ipnet` (CIDR parsing), `tracing` (the one error line a server without peer addresses gets), `arc-swap` (rules replaced
 //! at runtime without locking readers) and `thiserror` (configuration errors).
 
 mod client_ip;

@@ -115,15 +115,36 @@ async fn a_malformed_trusted_chain_is_unresolved_and_denied() {
 }
 
 #[tokio::test]
-async fn no_peer_address_fails_closed() {
+async fn no_peer_address_fails_closed_as_the_servers_fault() {
+    // The server never handed the connection's address to the layers: a
+    // 500 naming no client fault, never a 403 the client can do nothing about.
     let (status, _, denial) = seen(
         proxies(),
         None,
         from(None, &[("x-forwarded-for", "1.2.3.4")]),
     )
     .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(denial, Some(Denial::IpForbidden(IpReason::Unresolved)));
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(denial, Some(Denial::NoPeerAddress));
+}
+
+#[tokio::test]
+async fn a_chosen_peer_source_is_kept_and_a_default_one_fills_in() {
+    let fixed = |ip: &'static str| move |_: &http::Extensions| Some(ip.parse().unwrap());
+    let chosen = ClientIpLayer::new()
+        .peer_source(fixed("192.0.2.1"))
+        .default_peer_source(fixed("192.0.2.2"));
+    let mut request = Request::new(());
+    assert_eq!(
+        chosen.resolve(&mut request).unwrap().addr().to_string(),
+        "192.0.2.1"
+    );
+    let filled = ClientIpLayer::new().default_peer_source(fixed("192.0.2.2"));
+    let mut request = Request::new(());
+    assert_eq!(
+        filled.resolve(&mut request).unwrap().addr().to_string(),
+        "192.0.2.2"
+    );
 }
 
 #[tokio::test]

@@ -47,6 +47,15 @@ impl<P: fmt::Debug> fmt::Debug for EnforceScopeLayer<P> {
 }
 
 impl<P: ScopeLookup> EnforceScopeLayer<P> {
+    /// Whether the policy declares `method` on `path` public
+    /// ([`Requirement::Public`]): no token needed.
+    pub fn is_public(&self, method: &http::Method, path: &str) -> bool {
+        matches!(
+            self.lookup.requirement(method, path),
+            Some(Requirement::Public)
+        )
+    }
+
     /// Decides `request` as this layer's service does, for a service that
     /// runs several layers' decisions itself (the facade's `Gate`). Public
     /// routes pass; otherwise a principal is needed (401), a rule must

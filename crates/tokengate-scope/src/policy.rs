@@ -27,6 +27,10 @@ impl ScopeLookup for Requirement {
 /// catch-alls, whatever the order of declaration. Matching is on the raw
 /// path: `/notes/` is not `/notes`.
 ///
+/// Paths are the ones the layer sees where it sits: inside axum's
+/// `Router::nest("/api", ...)` the prefix is already stripped (write
+/// `/notes`), on the outer router it is not (write `/api/notes`).
+///
 /// **Deny by default**: a path no pattern matches, or a method the matched
 /// pattern does not declare, gets 403. `HEAD` follows the `GET` rule of its
 /// pattern unless `HEAD` is declared itself; `OPTIONS` is covered only

@@ -48,6 +48,28 @@ pub type GateService<S, St, P, K> = Audit<GateChecks<S, St, P>, K>;
 /// # Ok(()) }
 /// # build().unwrap();
 /// ```
+///
+/// What the Gate does by itself: it finds the connection's address
+/// ([`connection_peer`]; a request without one is the server's set-up
+/// and gets 500 with one logged error naming the fix), treats every route
+/// the policy declares [`Requirement::Public`](tokengate_scope::Requirement::Public)
+/// as public to authentication too (one declaration is enough), and with
+/// the `axum` feature redacts a query token from axum's `OriginalUri`.
+///
+/// # Nested axum routers
+///
+/// A Gate sees the path where it sits. Inside `Router::nest("/api", ...)`,
+/// requests reach it with the prefix stripped, so the policy names
+/// `/notes`; on the outer router it sees `/api/notes`:
+///
+/// ```text
+/// Router::new().nest("/api", notes.layer(gate))   // policy: "/notes"
+/// Router::new().nest("/api", notes).layer(gate)   // policy: "/api/notes"
+/// ```
+///
+/// A policy written with full paths for a Gate inside the nest matches
+/// nothing and denies everything (403). Both placements are tested with a
+/// real server in `tests/axum_auth.rs`.
 pub struct Gate<St, P, K = TracingSink> {
     audit: AuditLayer<K>,
     checks: Layers<St, P>,
@@ -77,6 +99,27 @@ impl<St, P: fmt::Debug, K> fmt::Debug for Gate<St, P, K> {
     }
 }
 
+/// The connection's peer address wherever the server put it: the
+/// [`PeerAddr`](tokengate_ipfilter::PeerAddr) extension (plain hyper), and
+/// with the `axum` feature axum's `ConnectInfo<SocketAddr>` (served with
+/// `into_make_service_with_connect_info`), with the `tonic` feature tonic's
+/// `TcpConnectInfo`. The Gate reads client addresses with it unless told
+/// otherwise, so no `.client_ip(...)` call is needed to run it.
+pub fn connection_peer(extensions: &http::Extensions) -> Option<std::net::IpAddr> {
+    if let Some(peer) = extensions.get::<tokengate_ipfilter::PeerAddr>() {
+        return Some(peer.0.ip());
+    }
+    #[cfg(feature = "axum")]
+    if let Some(peer) = crate::axum::peer_addr(extensions) {
+        return Some(peer);
+    }
+    #[cfg(feature = "tonic")]
+    if let Some(peer) = crate::tonic::peer_addr(extensions) {
+        return Some(peer);
+    }
+    None
+}
+
 fn quota(count: u32, secs: u64, burst: u32) -> RateQuota {
     let n = |v: u32| std::num::NonZeroU32::new(v).unwrap_or(std::num::NonZeroU32::MIN);
     RateQuota::new(n(count), std::time::Duration::from_secs(secs), n(burst))
@@ -86,7 +129,7 @@ fn quota(count: u32, secs: u64, burst: u32) -> RateQuota {
 impl<St, P: ScopeLookup> Gate<St, P, TracingSink> {
     /// A gate with `authenticate` and `scope`, and defaults for the rest:
     /// audit to `tracing`, the peer address as the client (no trusted
-    /// proxy; peer from the `PeerAddr` extension), no IP rules, 100
+    /// proxy; the peer found by [`connection_peer`]), no IP rules, 100
     /// requests per second per client address (burst 200) before
     /// authentication, and 50 per second per token (burst 100) unless the
     /// token carries its own quota.
@@ -95,10 +138,17 @@ impl<St, P: ScopeLookup> Gate<St, P, TracingSink> {
         // accepted from the query must leave that copy too.
         #[cfg(feature = "axum")]
         let authenticate = authenticate.redact_uri_copy(crate::axum::original_uri);
+        // One declaration is enough: what the policy calls public needs no
+        // token either.
+        let policy = scope.clone();
+        let authenticate =
+            authenticate.also_public(move |method: &http::Method, uri: &http::Uri| {
+                policy.is_public(method, uri.path())
+            });
         Self {
             audit: AuditLayer::new(TracingSink),
             checks: Layers {
-                client_ip: ClientIpLayer::new(),
+                client_ip: ClientIpLayer::new().default_peer_source(connection_peer),
                 ip_filter: IpFilterLayer::new(
                     IpRules::deny_list(Vec::<&str>::new())
                         .unwrap_or_else(|_| unreachable!("no rule to refuse")),
@@ -124,9 +174,11 @@ impl<St, P, K> Gate<St, P, K> {
         }
     }
 
-    /// Resolves client addresses with `layer` (trusted proxies, peer source).
+    /// Resolves client addresses with `layer` (trusted proxies, peer
+    /// source). Unless the layer chose a peer source, the Gate's own finds
+    /// the connection's address ([`connection_peer`]).
     pub fn client_ip(mut self, layer: ClientIpLayer) -> Self {
-        self.checks.client_ip = layer;
+        self.checks.client_ip = layer.default_peer_source(connection_peer);
         self
     }
 

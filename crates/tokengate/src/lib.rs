@@ -28,7 +28,7 @@
 //! use axum::{Router, routing::get};
 //! use http::Method;
 //! use tokengate::axum::Authenticated;
-//! use tokengate::{AuditLayer, AuthenticateLayer, CacheConfig, CachedStore, ClientIpLayer,
+//! use tokengate::{AuditLayer, AuthenticateLayer, CacheConfig, CachedStore,
 //!     EnforceScopeLayer, Gate, JsonLinesSink, PublicPaths, Requirement, ScopePolicy,
 //!     SqliteStore, TokenHasher};
 //!
@@ -48,8 +48,8 @@
 //!             .public(PublicPaths::new().exact("/healthz")),
 //!         EnforceScopeLayer::new(policy),
 //!     )
-//!     .audit(AuditLayer::new(JsonLinesSink::open("audit.jsonl".as_ref())?))
-//!     .client_ip(ClientIpLayer::new().peer_source(tokengate::axum::peer_addr));
+//!     .audit(AuditLayer::new(JsonLinesSink::open("audit.jsonl".as_ref())?));
+//!     // The Gate reads the peer address from axum's ConnectInfo: serve with it.
 //!     let app = Router::new()
 //!         .route("/notes", get(|Authenticated(p): Authenticated| async move { p.subject().to_owned() }))
 //!         .route("/healthz", get(|| async { "ok" }))
@@ -70,7 +70,7 @@
 //! ```no_run
 //! # #[cfg(feature = "full")] {
 //! use tokengate::tonic::PrincipalExt;
-//! use tokengate::{AuthenticateLayer, CacheConfig, CachedStore, ClientIpLayer, EnforceScopeLayer,
+//! use tokengate::{AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer,
 //!     Gate, PublicPaths, Requirement, ScopePolicy, SqliteStore, TokenHasher};
 //!
 //! // In a generated service method, the principal is in the request's extensions:
@@ -91,8 +91,7 @@
 //!     AuthenticateLayer::new(cache, hasher, "notes".parse()?)
 //!         .public(PublicPaths::new().grpc_health()),
 //!     EnforceScopeLayer::new(policy),
-//! )
-//! .client_ip(ClientIpLayer::new().peer_source(tokengate::tonic::peer_addr));
+//! ); // the peer address comes from tonic's TcpConnectInfo
 //! let router = tonic::transport::Server::builder().layer(gate);
 //! // router.add_service(NotesServer::new(...)).serve(addr).await?;
 //! # drop(router); Ok(()) }
@@ -149,7 +148,7 @@ mod gate;
 #[cfg(feature = "gate")]
 pub use checks::GateChecks;
 #[cfg(feature = "gate")]
-pub use gate::{Gate, GateService};
+pub use gate::{Gate, GateService, connection_peer};
 
 #[cfg(feature = "axum")]
 pub mod axum;

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokengate::axum::Authenticated;
 use tokengate::{
     AuditLayer, ClientIpLayer, Embedded, EnforceScopeLayer, Expiry, Gate, IpFilterLayer, IpRules,
-    IssuedToken, PublicPaths, RateQuota, Requirement, ScopePolicy, TokenSpec,
+    IssuedToken, RateQuota, Requirement, ScopePolicy, TokenSpec,
 };
 
 /// A notes API protected by tokengate.
@@ -179,16 +179,14 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
     if let Some(demo) = embedded.issue_if_empty(demo_spec(&args)?).await? {
         print_demo(&demo, &args);
     }
+    // Public routes are declared once, in the policy: the Gate lets them
+    // through authentication too.
     let gate = Gate::new(
-        embedded
-            .authenticate(args.audience.parse()?)
-            .public(PublicPaths::new().exact("/healthz")),
+        embedded.authenticate(args.audience.parse()?),
         EnforceScopeLayer::new(policy),
     )
-    .client_ip(
-        ClientIpLayer::trusted_proxies(&args.trusted_proxies)?
-            .peer_source(tokengate::axum::peer_addr),
-    )
+    // The Gate finds the connection's address itself; only proxies to trust are told.
+    .client_ip(ClientIpLayer::trusted_proxies(&args.trusted_proxies)?)
     .ip_filter(IpFilterLayer::new(IpRules::from_lists(
         &args.allow_ips,
         &args.deny_ips,

@@ -21,7 +21,7 @@ use clap::Parser;
 use tokengate::tonic::PrincipalExt;
 use tokengate::{
     AuditLayer, ClientIpLayer, Embedded, EnforceScopeLayer, Expiry, Gate, IpFilterLayer, IpRules,
-    IssuedToken, PublicPaths, Requirement, ScopePolicy, TokenSpec,
+    IssuedToken, Requirement, ScopePolicy, TokenSpec,
 };
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -131,17 +131,15 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
     if let Some(demo) = embedded.issue_if_empty(demo_spec(&args)?).await? {
         print_demo(&demo, &args);
     }
+    // Public routes are declared once, in the policy: the Gate lets them
+    // through authentication too.
     let gate = Gate::new(
-        embedded
-            .authenticate(args.audience.parse()?)
-            .public(PublicPaths::new().grpc_health()),
+        embedded.authenticate(args.audience.parse()?),
         EnforceScopeLayer::new(policy),
     )
     .audit(AuditLayer::new(embedded.audit.clone()))
-    .client_ip(
-        ClientIpLayer::trusted_proxies(&args.trusted_proxies)?
-            .peer_source(tokengate::tonic::peer_addr),
-    )
+    // The Gate finds the connection's address itself; only proxies to trust are told.
+    .client_ip(ClientIpLayer::trusted_proxies(&args.trusted_proxies)?)
     .ip_filter(IpFilterLayer::new(IpRules::from_lists(
         &args.allow_ips,
         &args.deny_ips,

@@ -16,6 +16,7 @@
 //! | [`Denial::IpForbidden`] | 403 | 7 `PERMISSION_DENIED` |
 //! | [`Denial::RateLimited`] | 429, `Retry-After`, `RateLimit-Policy`, `RateLimit` | 8 `RESOURCE_EXHAUSTED` |
 //! | [`Denial::StoreUnavailable`] | 503 | 14 `UNAVAILABLE` |
+//! | [`Denial::NoPeerAddress`] (the server is not set up to tell it) | 500 | 13 `INTERNAL` |
 
 mod rate;
 mod render;
@@ -53,6 +54,10 @@ pub enum Denial {
     RateLimited(RateLimited),
     /// The token store could not answer.
     StoreUnavailable,
+    /// The request carries no peer address where the configuration needs
+    /// one: the server's set-up (no connection info handed to the layers),
+    /// not the client's fault.
+    NoPeerAddress,
 }
 
 /// What was wrong with a request's credentials.
@@ -113,6 +118,7 @@ impl Denial {
             }
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoPeerAddress => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -124,6 +130,7 @@ impl Denial {
             Self::InsufficientScope { .. } | Self::Unmapped | Self::IpForbidden(_) => 7,
             Self::RateLimited(_) => 8,
             Self::StoreUnavailable => 14,
+            Self::NoPeerAddress => 13,
         }
     }
 
@@ -158,6 +165,7 @@ impl Denial {
             Self::IpForbidden(IpReason::Unresolved) => "ip_unresolved",
             Self::RateLimited(_) => "rate_limited",
             Self::StoreUnavailable => "store_unavailable",
+            Self::NoPeerAddress => "no_peer_address",
         }
     }
 
@@ -184,6 +192,7 @@ impl Denial {
             Self::IpForbidden(_) => "Requests from this address are not allowed.",
             Self::RateLimited(_) => "The rate limit is exceeded; retry later.",
             Self::StoreUnavailable => "The token service is temporarily unavailable.",
+            Self::NoPeerAddress => "The server could not determine the client address.",
         }
     }
 
@@ -199,6 +208,7 @@ impl Denial {
             Self::IpForbidden(_) => "ip-forbidden",
             Self::RateLimited(_) => "rate-limited",
             Self::StoreUnavailable => "unavailable",
+            Self::NoPeerAddress => "server-error",
         }
     }
 }

@@ -56,6 +56,7 @@ fn every_row() -> Vec<(Denial, u16, u8, Option<&'static str>)> {
         (Denial::IpForbidden(IpReason::Denied), 403, 7, None),
         (rate_limited(Duration::from_millis(2500)), 429, 8, None),
         (Denial::StoreUnavailable, 503, 14, None),
+        (Denial::NoPeerAddress, 500, 13, None),
     ]
 }
 
@@ -247,6 +248,7 @@ fn reasons_are_stable_and_distinct() {
         Denial::IpForbidden(IpReason::OutsideTokenNetworks),
         Denial::IpForbidden(IpReason::Unresolved),
         Denial::StoreUnavailable,
+        Denial::NoPeerAddress,
     ];
     let reasons: std::collections::HashSet<_> = all.iter().map(Denial::reason).collect();
     assert_eq!(reasons.len(), all.len());
