@@ -172,26 +172,34 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), tokengate::SetupError> {
-    let embedded = Embedded::open(&args.db, &args.audit_log)?;
+    // Every flag is checked before anything is opened, bound or written.
+    let audience: tokengate::Audience = args.audience.parse()?;
     let policy = policy()?;
+    let client_ip = ClientIpLayer::trusted_proxies(&args.trusted_proxies)?;
+    let ip_rules = IpRules::from_lists(&args.allow_ips, &args.deny_ips)?;
+    let pre_auth = per_second(args.pre_auth_rate)?;
+    let demo = demo_spec(&audience)?;
+    // Then the port: a second server on it fails here, before it writes anything.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr()?;
+
+    let embedded = Embedded::open(&args.db, &args.audit_log)?;
     // `tokengate issue` then refuses a scope this server would never accept.
     embedded.register_scopes(&policy).await?;
-    if let Some(demo) = embedded.issue_if_empty(demo_spec(&args)?).await? {
-        print_demo(&demo, &args);
+    if let Some(demo) = embedded.issue_if_empty(demo).await? {
+        print_demo(&demo, &args, addr);
     }
-    // Public routes are declared once, in the policy: the Gate lets them
-    // through authentication too.
+    // Public routes are declared once, in the policy, and the Gate finds
+    // the connection's address itself: only proxies to trust are told.
     let gate = Gate::new(
-        embedded.authenticate(args.audience.parse()?),
+        embedded.authenticate(audience),
         EnforceScopeLayer::new(policy),
     )
-    // The Gate finds the connection's address itself; only proxies to trust are told.
-    .client_ip(ClientIpLayer::trusted_proxies(&args.trusted_proxies)?)
-    .ip_filter(IpFilterLayer::new(IpRules::from_lists(
-        &args.allow_ips,
-        &args.deny_ips,
-    )?))
-    .pre_auth_quota(per_second(args.pre_auth_rate)?);
+    .client_ip(client_ip)
+    .ip_filter(IpFilterLayer::new(ip_rules))
+    .pre_auth_quota(pre_auth);
 
     let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -207,8 +215,7 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         routes.layer(gate.audit(AuditLayer::new(embedded.audit.clone())))
     };
 
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    println!("axum-notes listening on http://{}", listener.local_addr()?);
+    println!("axum-notes listening on http://{addr}");
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -232,15 +239,15 @@ fn per_second(rate: u32) -> Result<RateQuota, tokengate::SetupError> {
 
 /// The demo token of a first start: notes:read notes:write for this
 /// audience, valid 24 h.
-fn demo_spec(args: &Args) -> Result<TokenSpec, tokengate::SetupError> {
+fn demo_spec(audience: &tokengate::Audience) -> Result<TokenSpec, tokengate::SetupError> {
     Ok(TokenSpec::new("demo", "demo-user")
         .scopes(["notes:read".parse()?, "notes:write".parse()?])
-        .audiences([args.audience.parse()?])
+        .audiences([audience.clone()])
         .expiry(Expiry::After(Duration::from_secs(24 * 3600))))
 }
 
-fn print_demo(issued: &IssuedToken, args: &Args) {
-    let base = format!("http://{}", args.listen);
+fn print_demo(issued: &IssuedToken, args: &Args, addr: SocketAddr) {
+    let base = format!("http://{addr}");
     let db = args.db.display();
     println!(
         "\nThe token store was empty, so here is a demo token (notes:read notes:write, \

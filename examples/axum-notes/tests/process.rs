@@ -116,3 +116,68 @@ async fn issue_use_revoke_from_another_process_then_audit() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Runs axum-notes in `dir` with `args` until it exits; its exit status
+/// and standard error.
+fn run_to_exit(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_axum-notes"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("TOKENGATE_PEPPER")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_port_or_a_bad_flag_fails_before_writing_anything() {
+    let first_dir = temp_dir("axum-notes-first");
+    let bin = env!("CARGO_BIN_EXE_axum-notes");
+    let mut first = start_example(bin, &first_dir, "axum-notes listening on ");
+    let second_dir = temp_dir("axum-notes-second");
+    let taken = first.addr.trim_start_matches("http://");
+    let (ok, stderr) = run_to_exit(&second_dir, &["--listen", taken]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("cannot listen on {taken}")),
+        "{stderr}"
+    );
+    assert!(
+        files_in(&second_dir).is_empty(),
+        "{:?}",
+        files_in(&second_dir)
+    );
+
+    for bad in [
+        &["--allow-ip", "10.0.0.0/33"][..],
+        &["--trusted-proxy", "proxy.example"],
+        &["--pre-auth-rate", "0"],
+        &["--audience", "has space"],
+    ] {
+        let mut args = vec!["--listen", "127.0.0.1:0"];
+        args.extend_from_slice(bad);
+        let (ok, stderr) = run_to_exit(&second_dir, &args);
+        assert!(!ok, "{bad:?}");
+        assert!(stderr.starts_with("axum-notes: "), "{bad:?}: {stderr}");
+        assert!(
+            files_in(&second_dir).is_empty(),
+            "{bad:?} left {:?}",
+            files_in(&second_dir)
+        );
+    }
+    assert!(first.terminate());
+    std::fs::remove_dir_all(&first_dir).unwrap();
+    std::fs::remove_dir_all(&second_dir).unwrap();
+}

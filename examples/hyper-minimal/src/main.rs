@@ -4,7 +4,9 @@
 //! it into every request as [`PeerAddr`] is all the client-IP layer needs.
 //! The rest is one `tower` stack turned into a hyper service with
 //! hyper-util's `TowerToHyperService`. Tokens live in memory here: the demo
-//! token printed at start is the only one.
+//! token printed at start is the only one. Every request's audit record
+//! goes to stderr (the Gate's default `tracing` sink, with a `fmt`
+//! subscriber).
 //!
 //! ```text
 //! cargo run -p hyper-minimal -- --listen 127.0.0.1:3001
@@ -48,6 +50,12 @@ async fn hello(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infa
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The Gate audits to `tracing` by default: show its records (and the
+    // library's warnings) on stderr.
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+        .with_writer(std::io::stderr)
+        .init();
     let listen: SocketAddr = match std::env::args().skip_while(|a| a != "--listen").nth(1) {
         Some(addr) => addr.parse()?,
         None => "127.0.0.1:3001".parse()?,

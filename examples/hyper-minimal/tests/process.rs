@@ -44,3 +44,34 @@ fn one_route_behind_the_gate_sees_the_peer_address() {
     let (status, _) = get(&server.addr, Some("tg_notatokenatall"));
     assert_eq!(status, "HTTP/1.1 401 Unauthorized");
 }
+
+#[test]
+fn audit_records_are_visible_on_stderr() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hyper-minimal"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let addr = stdout
+        .lines()
+        .map(Result::unwrap)
+        .find_map(|line| {
+            line.strip_prefix("hyper-minimal listening on ")
+                .map(str::to_owned)
+        })
+        .unwrap();
+    let (status, _) = get(&addr, None);
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("tokengate::audit"), "{line}");
+    assert!(line.contains("missing_token"), "{line}");
+}

@@ -30,6 +30,10 @@ use tonic::{Request, Response, Status};
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
 mod pb {
     tonic::include_proto!("notes.v1");
+
+    /// The notes service's descriptors, for gRPC reflection.
+    pub(crate) const DESCRIPTORS: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/notes_descriptor.bin"));
 }
 
 use pb::notes_server::{Notes, NotesServer};
@@ -109,6 +113,12 @@ fn policy() -> Result<ScopePolicy, tokengate::SetupError> {
             Requirement::all(["notes:write"])?,
         )
         .grpc_service("grpc.health.v1.Health", Requirement::Public)
+        // Reflection describes the API (no data): public, so grpcurl needs no proto files.
+        .grpc_service("grpc.reflection.v1.ServerReflection", Requirement::Public)
+        .grpc_service(
+            "grpc.reflection.v1alpha.ServerReflection",
+            Requirement::Public,
+        )
         .build()?)
 }
 
@@ -124,37 +134,53 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), tokengate::SetupError> {
-    let embedded = Embedded::open(&args.db, &args.audit_log)?;
+    // Every flag is checked before anything is opened, bound or written.
+    let audience: tokengate::Audience = args.audience.parse()?;
     let policy = policy()?;
+    let client_ip = ClientIpLayer::trusted_proxies(&args.trusted_proxies)?;
+    let ip_rules = IpRules::from_lists(&args.allow_ips, &args.deny_ips)?;
+    let demo = demo_spec(&audience)?;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::DESCRIPTORS)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::DESCRIPTORS)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    // Then the port: a second server on it fails here, before it writes anything.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr()?;
+
+    let embedded = Embedded::open(&args.db, &args.audit_log)?;
     // `tokengate issue` then refuses a scope this server would never accept.
     embedded.register_scopes(&policy).await?;
-    if let Some(demo) = embedded.issue_if_empty(demo_spec(&args)?).await? {
-        print_demo(&demo, &args);
+    if let Some(demo) = embedded.issue_if_empty(demo).await? {
+        print_demo(&demo, &args, addr);
     }
-    // Public routes are declared once, in the policy: the Gate lets them
-    // through authentication too.
+    // Public methods are declared once, in the policy, and the Gate finds
+    // the connection's address itself: only proxies to trust are told.
     let gate = Gate::new(
-        embedded.authenticate(args.audience.parse()?),
+        embedded.authenticate(audience),
         EnforceScopeLayer::new(policy),
     )
     .audit(AuditLayer::new(embedded.audit.clone()))
-    // The Gate finds the connection's address itself; only proxies to trust are told.
-    .client_ip(ClientIpLayer::trusted_proxies(&args.trusted_proxies)?)
-    .ip_filter(IpFilterLayer::new(IpRules::from_lists(
-        &args.allow_ips,
-        &args.deny_ips,
-    )?));
+    .client_ip(client_ip)
+    .ip_filter(IpFilterLayer::new(ip_rules));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<NotesServer<NotesService>>()
         .await;
 
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    println!("tonic-notes listening on {}", listener.local_addr()?);
+    println!("tonic-notes listening on {addr}");
     Server::builder()
         .layer(gate)
         .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(NotesServer::new(NotesService::default()))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), tokengate::shutdown_signal())
         .await?;
@@ -169,23 +195,23 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
 
 /// The demo token of a first start: notes:read notes:write for this
 /// audience, valid 24 h.
-fn demo_spec(args: &Args) -> Result<TokenSpec, tokengate::SetupError> {
+fn demo_spec(audience: &tokengate::Audience) -> Result<TokenSpec, tokengate::SetupError> {
     Ok(TokenSpec::new("demo", "demo-user")
         .scopes(["notes:read".parse()?, "notes:write".parse()?])
-        .audiences([args.audience.parse()?])
+        .audiences([audience.clone()])
         .expiry(Expiry::After(Duration::from_secs(24 * 3600))))
 }
 
-fn print_demo(issued: &IssuedToken, args: &Args) {
+fn print_demo(issued: &IssuedToken, args: &Args, addr: SocketAddr) {
     println!(
         "\nThe token store was empty, so here is a demo token (notes:read notes:write, \
          audience {}, valid 24 h). It is shown once:\n\n  export TOKEN={}\n\n\
-         With grpcurl (plaintext, from proto/notes.proto):\n  \
-         grpcurl -plaintext -import-path proto -proto notes.proto -H \"authorization: Bearer $TOKEN\" {} notes.v1.Notes/ListNotes\n\n\
+         With grpcurl (plaintext; the server answers reflection, so no proto files are needed):\n  \
+         grpcurl -plaintext {addr} list\n  \
+         grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" {addr} notes.v1.Notes/ListNotes\n\n\
          Revoke: cargo run -p tokengate-cli -- --db {} revoke {}\n",
         args.audience,
         issued.token.expose_secret(),
-        args.listen,
         args.db.display(),
         issued.record.id,
     );

@@ -120,3 +120,40 @@ async fn grpc_clients_get_codes_health_and_prompt_revocation() {
     assert_no_fragment(&audit, &reader);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_is_public_so_grpcurl_needs_no_proto_files() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let dir = temp_dir("tonic-notes-reflection");
+    let bin = env!("CARGO_BIN_EXE_tonic-notes");
+    let mut server = start_example(bin, &dir, "tonic-notes listening on ");
+    let channel = Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    // No token: reflection describes the API, and the policy makes it public.
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(listed)) = answer.message_response else {
+        panic!("not a service list: {answer:?}");
+    };
+    let names: Vec<&str> = listed.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"notes.v1.Notes"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    drop(answers);
+    assert!(server.terminate(), "a clean shutdown on SIGTERM");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
