@@ -1,0 +1,37 @@
+#![no_main]
+//! The token format over arbitrary text: parsing never panics, `check`
+//! agrees with `parse`, a parsed token prints back to itself, and an error
+//! that keeps its input never shows a token-shaped run of it.
+
+use libfuzzer_sys::fuzz_target;
+use tokengate::{Echo, TokenFormat, TokenId};
+
+/// Whether `shown` repeats any 24-character run of letters and digits of
+/// `input` (what a token's secret is made of).
+fn repeats_a_secret_run(input: &str, shown: &str) -> bool {
+    input
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|run| run.len() >= Echo::SECRET_RUN)
+        .any(|run| shown.contains(&run[..Echo::SECRET_RUN]))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let format = TokenFormat::default();
+    let parsed = format.parse(text);
+    assert_eq!(parsed.is_ok(), format.check(text).is_ok());
+    if let Ok(token) = &parsed {
+        assert_eq!(token.expose_secret(), text);
+        assert!(!format!("{token} {token:?}").contains(&text[3..]));
+    }
+    if let Ok(token) = TokenFormat::parse_any_prefix(text) {
+        assert_eq!(token.expose_secret(), text);
+    }
+    let shown = Echo::new(text, usize::MAX).to_string();
+    assert!(!repeats_a_secret_run(text, &shown), "{shown}");
+    if let Err(error) = text.parse::<TokenId>() {
+        assert!(!repeats_a_secret_run(text, &format!("{error} {error:?}")));
+    }
+});
