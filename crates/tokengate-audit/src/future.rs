@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokengate_core::{Clock, Denial, RequestTrail, SystemClock};
+use tokengate_core::{Clock, Denial, GateBody, Renderer, RequestTrail, SystemClock};
 
 use crate::event::Ending;
 use crate::layer::FieldLimits;
@@ -27,6 +27,8 @@ pub(crate) struct Recorder<K: AuditSink> {
     pending: Option<Box<Raw>>,
     /// When the request came in, on the TSC clock (for the latency).
     start: u64,
+    /// Whether the sink holds room for this record ([`AuditSink::reserve`]).
+    reserved: bool,
 }
 
 impl<K: AuditSink> Recorder<K> {
@@ -36,11 +38,13 @@ impl<K: AuditSink> Recorder<K> {
         limits: FieldLimits,
         trail: RequestTrail,
         timestamp: SystemTime,
+        reserved: bool,
     ) -> Self {
         Self {
             sink,
             pending: Some(Box::new(Raw::new(head, trail, timestamp, limits))),
             start: SystemClock.now_nanos(),
+            reserved,
         }
     }
 
@@ -92,7 +96,12 @@ impl<K: AuditSink> Recorder<K> {
                 raw.latency = self.elapsed();
             }
             raw.settle();
-            self.sink.record(AuditRecord::new(raw));
+            let record = AuditRecord::new(raw);
+            if self.reserved {
+                self.sink.record_reserved(record);
+            } else {
+                self.sink.record(record);
+            }
         }
     }
 }
@@ -120,15 +129,36 @@ pin_project! {
     /// The response future of [`Audit`](crate::Audit).
     pub struct ResponseFuture<F, K: AuditSink> {
         #[pin]
-        inner: F,
+        kind: Kind<F>,
         recorder: Option<Recorder<K>>,
     }
 }
 
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        /// The inner service's response, on its way.
+        Inner { #[pin] future: F },
+        /// Refused before the inner service was called.
+        Refused { denial: Option<(Denial, bool)> },
+    }
+}
+
 impl<F, K: AuditSink> ResponseFuture<F, K> {
-    pub(crate) fn new(inner: F, recorder: Recorder<K>) -> Self {
+    pub(crate) fn new(future: F, recorder: Recorder<K>) -> Self {
         Self {
-            inner,
+            kind: Kind::Inner { future },
+            recorder: Some(recorder),
+        }
+    }
+
+    /// Answers `denial` (for a gRPC request if `grpc`) without calling the
+    /// inner service.
+    pub(crate) fn refused(denial: Denial, grpc: bool, recorder: Recorder<K>) -> Self {
+        Self {
+            kind: Kind::Refused {
+                denial: Some((denial, grpc)),
+            },
             recorder: Some(recorder),
         }
     }
@@ -137,14 +167,21 @@ impl<F, K: AuditSink> ResponseFuture<F, K> {
 impl<F, K, B, E> Future for ResponseFuture<F, K>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    B: Body,
+    B: Body<Data = Bytes>,
     K: AuditSink,
 {
     type Output = Result<Response<AuditBody<B, K>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let result = match this.kind.project() {
+            KindProj::Inner { future } => ready!(future.poll(cx)).map(|r| r.map(GateBody::new)),
+            KindProj::Refused { denial } => match denial.take() {
+                Some((denial, grpc)) => Ok(Renderer::default().render(denial, grpc)),
+                // Polled after completion: nothing left to answer.
+                None => return Poll::Pending,
+            },
+        };
         let Some(mut recorder) = this.recorder.take() else {
             // Polled after completion: nothing left to record.
             return Poll::Ready(result.map(|r| r.map(AuditBody::unrecorded)));
@@ -177,15 +214,15 @@ pin_project! {
     /// it fails, or as cancelled when it is dropped before its end.
     pub struct AuditBody<B, K: AuditSink> {
         #[pin]
-        inner: B,
+        inner: GateBody<B>,
         recorder: Option<Recorder<K>>,
     }
 }
 
 impl<B, K: AuditSink> AuditBody<B, K> {
-    fn new(inner: B, mut recorder: Recorder<K>) -> Self
+    fn new(inner: GateBody<B>, mut recorder: Recorder<K>) -> Self
     where
-        B: Body,
+        B: Body<Data = Bytes>,
     {
         // An empty body may never be polled: it is complete as it stands.
         if inner.is_end_stream() {
@@ -197,7 +234,7 @@ impl<B, K: AuditSink> AuditBody<B, K> {
         }
     }
 
-    fn unrecorded(inner: B) -> Self {
+    fn unrecorded(inner: GateBody<B>) -> Self {
         Self {
             inner,
             recorder: None,

@@ -1,15 +1,17 @@
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use http::{HeaderName, Request, Response};
-use tokengate_core::RequestTrail;
+use tokengate_core::{Denial, RequestTrail, is_grpc};
 use tower::{Layer, Service};
 
 use crate::future::{Recorder, ResponseFuture};
 use crate::record::RawHead;
-use crate::sink::AuditSink;
+use crate::sink::{AuditSink, Reservation};
 
 /// A constant name: looking a header up by `&str` parses the name first.
 pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -86,14 +88,50 @@ impl<S, K> Layer<S> for AuditLayer<K> {
         Audit {
             inner,
             layer: self.clone(),
+            room: Room::None,
         }
     }
 }
 
 /// The service [`AuditLayer`] makes.
+///
+/// Its `poll_ready` reserves room for the next request's record in the
+/// sink ([`AuditSink::reserve`]) before it asks the inner service: a sink
+/// with a full queue makes the request wait there, asynchronously. A clone
+/// starts without a reservation; one that is dropped unused gives it back.
 pub struct Audit<S, K> {
     inner: S,
     layer: AuditLayer<K>,
+    room: Room,
+}
+
+/// Where this service stands with the sink's room for the next record.
+enum Room {
+    /// Not asked yet.
+    None,
+    /// Waiting for the sink.
+    Waiting(Pin<Box<dyn Future<Output = bool> + Send + Sync>>),
+    /// Room is held for the next call.
+    Held(HeldRoom),
+    /// The sink's bound on the wait passed: the next call is refused.
+    TimedOut,
+}
+
+/// Room held in a sink, given back unless it was used.
+struct HeldRoom(Option<Arc<dyn AuditSink>>);
+
+impl HeldRoom {
+    fn used(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for HeldRoom {
+    fn drop(&mut self) {
+        if let Some(sink) = self.0.take() {
+            sink.release();
+        }
+    }
 }
 
 impl<S: Clone, K> Clone for Audit<S, K> {
@@ -101,6 +139,32 @@ impl<S: Clone, K> Clone for Audit<S, K> {
         Self {
             inner: self.inner.clone(),
             layer: self.layer.clone(),
+            room: Room::None,
+        }
+    }
+}
+
+impl<S, K: AuditSink> Audit<S, K> {
+    fn held(&self) -> Room {
+        let sink: Arc<dyn AuditSink> = self.layer.sink.clone();
+        Room::Held(HeldRoom(Some(sink)))
+    }
+
+    /// Polls the sink until room is held, or the wait's bound passed.
+    fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            self.room = match &mut self.room {
+                Room::None => match self.layer.sink.reserve() {
+                    Reservation::Wait(wait) => Room::Waiting(wait),
+                    _ => self.held(),
+                },
+                Room::Waiting(wait) => match wait.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(true) => self.held(),
+                    Poll::Ready(false) => Room::TimedOut,
+                },
+                Room::Held(_) | Room::TimedOut => return Poll::Ready(()),
+            };
         }
     }
 }
@@ -117,15 +181,19 @@ impl<S: fmt::Debug, K> fmt::Debug for Audit<S, K> {
 impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for Audit<S, K>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: http_body::Body,
+    ResBody: http_body::Body<Data = bytes::Bytes>,
     K: AuditSink,
 {
     type Response = Response<crate::AuditBody<ResBody, K>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, K>;
 
-    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        ready!(self.poll_room(cx));
+        if matches!(self.room, Room::TimedOut) {
+            // The call is refused without the inner service.
+            return Poll::Ready(Ok(()));
+        }
         self.inner.poll_ready(cx)
     }
 
@@ -134,13 +202,34 @@ where
         let head = RawHead::capture(&request, &self.layer.limits);
         let trail = RequestTrail::new();
         request.extensions_mut().insert(trail.clone());
+        // A call without `poll_ready` takes room only if there is some now.
+        let room = match std::mem::replace(&mut self.room, Room::None) {
+            Room::None => match self.layer.sink.reserve() {
+                Reservation::Ready => self.held(),
+                _ => Room::None,
+            },
+            room => room,
+        };
+        let (reserved, timed_out) = match room {
+            Room::Held(held) => {
+                held.used();
+                (true, false)
+            }
+            Room::TimedOut => (false, true),
+            Room::None | Room::Waiting(_) => (false, false),
+        };
         let recorder = Recorder::new(
             Arc::clone(&self.layer.sink),
             head,
             self.layer.limits,
             trail,
             timestamp,
+            reserved,
         );
+        if timed_out {
+            let grpc = is_grpc(request.headers());
+            return ResponseFuture::refused(Denial::AuditUnavailable, grpc, recorder);
+        }
         ResponseFuture::new(self.inner.call(request), recorder)
     }
 }

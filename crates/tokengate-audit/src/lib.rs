@@ -21,8 +21,10 @@
 //!
 //! **Sinks.** [`TracingSink`] (a structured `tracing` event),
 //! [`JsonLinesSink`] (a dedicated writer thread, a bounded queue, an
-//! explicit [`Overflow`] policy: `Block` loses nothing, `Drop` never waits
-//! and counts every drop; periodic and shutdown flushes, optional fsync,
+//! explicit [`Overflow`] policy: `Block` makes a request wait for room,
+//! asynchronously and within a bound (then 503), and loses no record of a
+//! request it handled; `Drop` never waits and counts every drop; periodic
+//! and shutdown flushes, optional fsync,
 //! and a hash chain that [`chain::verify`] checks), or any [`AuditSink`].
 //!
 //! # Example
@@ -58,7 +60,8 @@
 //! `tokengate-core` (the request trail, denials), `tower`, `http`,
 //! `http-body`, `bytes` and `pin-project-lite` (the middleware and the
 //! watched body), `crossbeam-channel` (the bounded queue with blocking and
-//! non-blocking sends), `serde_json` (the JSON lines), `sha2`, `hmac` and
+//! non-blocking sends), `tokio` (`sync` and `time`: the Block policy's
+//! asynchronous, bounded wait for room), `serde_json` (the JSON lines), `sha2`, `hmac` and
 //! `hex` (the hash chain, unkeyed or keyed), `percent-encoding` (a
 //! token sent percent-encoded as a query name is still recognised), `zeroize` (the audit key's
 //! text is wiped after reading), `humantime` (RFC 3339 timestamps), `itoa` (numbers
@@ -77,7 +80,9 @@ pub use event::{AuditEvent, Decision, Ending, clean};
 pub use future::{AuditBody, ResponseFuture};
 pub use layer::{Audit, AuditLayer, FieldLimits};
 pub use record::{AuditRecord, CLIENT_CLOSED};
-pub use sink::{AuditSink, JsonLinesSink, JsonLinesSinkBuilder, Overflow, SinkStats, TracingSink};
+pub use sink::{
+    AuditSink, JsonLinesSink, JsonLinesSinkBuilder, Overflow, Reservation, SinkStats, TracingSink,
+};
 
 #[cfg(test)]
 mod tests;

@@ -460,29 +460,48 @@ fn drop_mode_never_waits_and_counts_every_drop() {
     assert_eq!(usize::try_from(stats.written).unwrap(), gate.lines());
 }
 
-#[test]
-fn block_mode_waits_and_loses_nothing_and_shutdown_flushes() {
+/// A request through an audit layer over `sink`: its status once answered.
+async fn audited_status(sink: JsonLinesSink) -> StatusCode {
+    let service = AuditLayer::new(sink).layer(inner(Behaviour::Ok));
+    let response = service
+        .oneshot(Request::get("/p").body(()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let _ = response.into_body().collect().await;
+    status
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn block_mode_waits_without_blocking_the_runtime_and_loses_nothing() {
     let gate = Gate::default();
     let sink = JsonLinesSink::builder()
         .capacity(2)
         .overflow(Overflow::Block)
         .writer(gate.clone());
-    let producer = {
-        let sink = sink.clone();
-        std::thread::spawn(move || {
-            for _ in 0..50 {
-                sink.record(event());
-            }
-        })
-    };
-    // The producer cannot finish while the writer is stalled: the queue holds 2.
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    let requests: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(audited_status(sink.clone())))
+        .collect();
+    // The writer is stalled and the queue holds 2: the rest wait for room,
+    // asynchronously. This one-thread runtime still runs other tasks.
+    let ticks = tokio::spawn(async {
+        for _ in 0..5 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(2), ticks)
+        .await
+        .expect("the runtime kept running while requests waited")
+        .unwrap();
+    let done = requests.iter().filter(|r| r.is_finished()).count();
     assert!(
-        !producer.is_finished(),
-        "requests wait while the sink is stalled"
+        done <= 3,
+        "{done} requests were handled without room for their records"
     );
     gate.open();
-    producer.join().unwrap();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
     sink.shutdown();
     assert_eq!(
         sink.stats(),
@@ -493,6 +512,33 @@ fn block_mode_waits_and_loses_nothing_and_shutdown_flushes() {
         }
     );
     assert_eq!(gate.lines(), 50);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn block_mode_refuses_with_503_after_the_bound_and_counts_the_record_lost() {
+    let gate = Gate::default();
+    let sink = JsonLinesSink::builder()
+        .capacity(1)
+        .overflow(Overflow::Block)
+        .block_timeout(std::time::Duration::from_millis(50))
+        .writer(gate.clone());
+    // The first takes the only place; the writer holds it, stalled.
+    assert_eq!(audited_status(sink.clone()).await, StatusCode::OK);
+    let mut refused = 0;
+    for _ in 0..3 {
+        if audited_status(sink.clone()).await == StatusCode::SERVICE_UNAVAILABLE {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 2, "{refused}");
+    gate.open();
+    sink.shutdown();
+    let stats = sink.stats();
+    assert_eq!(
+        stats.dropped, refused,
+        "each refused request's record is counted lost"
+    );
+    assert_eq!(stats.written + stats.dropped, 4);
 }
 
 #[test]

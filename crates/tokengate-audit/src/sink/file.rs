@@ -8,8 +8,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError, bounded};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::AuditSink;
+use super::{AuditSink, Reservation};
 use crate::chain::{self, AuditKey};
 use crate::event::AuditEvent;
 use crate::record::AuditRecord;
@@ -18,13 +19,27 @@ use crate::record::AuditRecord;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Overflow {
-    /// Wait for room: no record is ever lost; a stalled disk stalls
-    /// requests (their tasks block when they record, after the response
-    /// head). Memory stays bounded by the queue: a queued record holds its
-    /// box and a copy of what it shows of the request's path, query, user
+    /// Wait for room: a stalled disk stalls requests, never threads.
+    ///
+    /// Each request reserves room for its record before it is handled, in
+    /// the audit service's `poll_ready`: an asynchronous wait that blocks
+    /// no thread of the runtime (it needs tokio's timers, which
+    /// `#[tokio::main]` enables). A request that finds room within the
+    /// [wait bound](JsonLinesSinkBuilder::block_timeout) (default 5 s) is
+    /// handled and its record is never lost. A request that does not is
+    /// refused with 503 (reason `audit_unavailable`) without reaching the
+    /// service, and its own record is counted in [`SinkStats::dropped`]
+    /// (lost: the queue it would need is full). A record whose request
+    /// came without a reservation (a `call` without `poll_ready`) takes
+    /// room if there is any and is counted as dropped otherwise.
+    ///
+    /// Memory stays bounded by the queue: a queued record holds its box
+    /// and a copy of what it shows of the request's path, query, user
     /// agent and request id, each bounded by its
     /// [`FieldLimits`](crate::FieldLimits) entry (a few KiB at the default
     /// limits, whatever the request sent), and nothing of the connection.
+    /// While records wait to be written, at most the queue's capacity of
+    /// requests are in flight.
     Block,
     /// Never wait: a record that finds the queue full is dropped and
     /// counted exactly in [`SinkStats::dropped`].
@@ -50,6 +65,7 @@ pub struct JsonLinesSinkBuilder {
     flush_every: Duration,
     fsync: bool,
     key: Option<AuditKey>,
+    block_timeout: Duration,
 }
 
 impl Default for JsonLinesSinkBuilder {
@@ -60,6 +76,7 @@ impl Default for JsonLinesSinkBuilder {
             flush_every: Duration::from_secs(1),
             fsync: false,
             key: None,
+            block_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -82,6 +99,13 @@ impl JsonLinesSinkBuilder {
     /// reaches the file within about this long.
     pub fn flush_every(mut self, every: Duration) -> Self {
         self.flush_every = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a request waits for room under [`Overflow::Block`] before
+    /// it is refused with 503 (default 5 s).
+    pub fn block_timeout(mut self, timeout: Duration) -> Self {
+        self.block_timeout = timeout;
         self
     }
 
@@ -154,7 +178,11 @@ impl JsonLinesSinkBuilder {
     }
 
     fn spawn(self, destination: Destination, tail: chain::Tail) -> JsonLinesSink {
-        let (sender, receiver) = bounded(self.capacity);
+        let block = self.overflow == Overflow::Block;
+        // Under Block, room beyond the records' for flush and shutdown
+        // messages, so that a reserved record always finds its place.
+        let (sender, receiver) = bounded(self.capacity + if block { CONTROL_ROOM } else { 0 });
+        let room = block.then(|| Arc::new(Semaphore::new(self.capacity)));
         let stats = Arc::new(Counters::default());
         let writer = Writer {
             receiver,
@@ -167,6 +195,7 @@ impl JsonLinesSinkBuilder {
             flush_every: self.flush_every,
             capacity: self.capacity,
             stats: Arc::clone(&stats),
+            room: room.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("tokengate-audit".into())
@@ -176,6 +205,8 @@ impl JsonLinesSinkBuilder {
             shared: Arc::new(Shared {
                 sender,
                 overflow: self.overflow,
+                room,
+                block_timeout: self.block_timeout,
                 stats,
                 thread: Mutex::new(thread),
             }),
@@ -202,6 +233,11 @@ pub struct JsonLinesSink {
 struct Shared {
     sender: Sender<Message>,
     overflow: Overflow,
+    /// Under [`Overflow::Block`]: one permit per free place in the queue,
+    /// taken by a request before it is handled, given back by the writer
+    /// when it takes the record off the queue.
+    room: Option<Arc<Semaphore>>,
+    block_timeout: Duration,
     stats: Arc<Counters>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -295,21 +331,62 @@ impl Drop for Shared {
 impl AuditSink for JsonLinesSink {
     fn record(&self, record: AuditRecord) {
         let shared = &*self.shared;
-        let message = Message::Record(record);
-        let lost = match shared.overflow {
-            Overflow::Block => shared
-                .sender
-                .send(message)
-                .err()
-                .map(|_| &shared.stats.failed),
-            Overflow::Drop => match shared.sender.try_send(message) {
-                Ok(()) => None,
-                Err(TrySendError::Full(_)) => Some(&shared.stats.dropped),
-                Err(TrySendError::Disconnected(_)) => Some(&shared.stats.failed),
-            },
+        // Without a reservation, a record takes room only if there is some:
+        // waiting here would block the request's thread.
+        let room = shared
+            .room
+            .as_ref()
+            .is_none_or(|room| room.try_acquire().map(SemaphorePermit::forget).is_ok());
+        if room {
+            shared.send(record);
+        } else {
+            shared.stats.dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn reserve(&self) -> Reservation {
+        let Some(room) = &self.shared.room else {
+            return Reservation::Ready;
         };
-        if let Some(counter) = lost {
-            counter.fetch_add(1, Ordering::SeqCst);
+        if let Ok(permit) = room.try_acquire() {
+            permit.forget();
+            return Reservation::Ready;
+        }
+        let room = Arc::clone(room);
+        let timeout = self.shared.block_timeout;
+        Reservation::Wait(Box::pin(async move {
+            match tokio::time::timeout(timeout, room.acquire_owned()).await {
+                Ok(Ok(permit)) => {
+                    permit.forget();
+                    true
+                }
+                _ => false,
+            }
+        }))
+    }
+
+    fn record_reserved(&self, record: AuditRecord) {
+        self.shared.send(record);
+    }
+
+    fn release(&self) {
+        if let Some(room) = &self.shared.room {
+            room.add_permits(1);
+        }
+    }
+}
+
+impl Shared {
+    /// Queues a record that has room (reserved, or not bounded by room).
+    fn send(&self, record: AuditRecord) {
+        match self.sender.try_send(Message::Record(record)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.stats.dropped.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.stats.failed.fetch_add(1, Ordering::SeqCst);
+            }
         }
     }
 }
@@ -328,7 +405,12 @@ struct Writer {
     flush_every: Duration,
     capacity: usize,
     stats: Arc<Counters>,
+    room: Option<Arc<Semaphore>>,
 }
+
+/// Places in the queue beyond the records' capacity, for flush and
+/// shutdown messages.
+const CONTROL_ROOM: usize = 64;
 
 /// How long the writer naps between drains while records keep coming
 /// (at most the flush interval). Longer naps mean larger batches: fewer
@@ -389,6 +471,7 @@ impl Writer {
             };
             match message {
                 Message::Record(record) => {
+                    self.take_off_queue();
                     self.write_record(record);
                     batch += 1;
                 }
@@ -403,10 +486,18 @@ impl Writer {
         // Whatever was queued before the shutdown is still written.
         while let Ok(message) = self.receiver.try_recv() {
             if let Message::Record(record) = message {
+                self.take_off_queue();
                 self.write_record(record);
             }
         }
         self.flush();
+    }
+
+    /// A record left the queue: its place is free for the next request.
+    fn take_off_queue(&self) {
+        if let Some(room) = &self.room {
+            room.add_permits(1);
+        }
     }
 
     /// Writes `record` through the one event the writer keeps, so its

@@ -16,6 +16,7 @@
 //! | [`Denial::IpForbidden`] | 403 | 7 `PERMISSION_DENIED` |
 //! | [`Denial::RateLimited`] | 429, `Retry-After`, `RateLimit-Policy`, `RateLimit` | 8 `RESOURCE_EXHAUSTED` |
 //! | [`Denial::StoreUnavailable`] | 503 | 14 `UNAVAILABLE` |
+//! | [`Denial::AuditUnavailable`] (no room for the record in time) | 503 | 14 `UNAVAILABLE` |
 //! | [`Denial::NoPeerAddress`] (the server is not set up to tell it) | 500 | 13 `INTERNAL` |
 
 mod rate;
@@ -58,6 +59,9 @@ pub enum Denial {
     /// one: the server's set-up (no connection info handed to the layers),
     /// not the client's fault.
     NoPeerAddress,
+    /// The audit log had no room for the request's record within its wait
+    /// bound: the request is refused rather than handled unrecorded.
+    AuditUnavailable,
 }
 
 /// What was wrong with a request's credentials.
@@ -117,7 +121,7 @@ impl Denial {
                 StatusCode::FORBIDDEN
             }
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StoreUnavailable | Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::NoPeerAddress => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -129,7 +133,7 @@ impl Denial {
             Self::MissingToken | Self::InvalidToken(_) => 16,
             Self::InsufficientScope { .. } | Self::Unmapped | Self::IpForbidden(_) => 7,
             Self::RateLimited(_) => 8,
-            Self::StoreUnavailable => 14,
+            Self::StoreUnavailable | Self::AuditUnavailable => 14,
             Self::NoPeerAddress => 13,
         }
     }
@@ -166,6 +170,7 @@ impl Denial {
             Self::RateLimited(_) => "rate_limited",
             Self::StoreUnavailable => "store_unavailable",
             Self::NoPeerAddress => "no_peer_address",
+            Self::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -193,6 +198,7 @@ impl Denial {
             Self::RateLimited(_) => "The rate limit is exceeded; retry later.",
             Self::StoreUnavailable => "The token service is temporarily unavailable.",
             Self::NoPeerAddress => "The server could not determine the client address.",
+            Self::AuditUnavailable => "The service is temporarily unavailable.",
         }
     }
 
@@ -207,7 +213,7 @@ impl Denial {
             Self::Unmapped => "no-access-rule",
             Self::IpForbidden(_) => "ip-forbidden",
             Self::RateLimited(_) => "rate-limited",
-            Self::StoreUnavailable => "unavailable",
+            Self::StoreUnavailable | Self::AuditUnavailable => "unavailable",
             Self::NoPeerAddress => "server-error",
         }
     }

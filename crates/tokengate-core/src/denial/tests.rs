@@ -57,6 +57,7 @@ fn every_row() -> Vec<(Denial, u16, u8, Option<&'static str>)> {
         (rate_limited(Duration::from_millis(2500)), 429, 8, None),
         (Denial::StoreUnavailable, 503, 14, None),
         (Denial::NoPeerAddress, 500, 13, None),
+        (Denial::AuditUnavailable, 503, 14, None),
     ]
 }
 
@@ -249,6 +250,7 @@ fn reasons_are_stable_and_distinct() {
         Denial::IpForbidden(IpReason::Unresolved),
         Denial::StoreUnavailable,
         Denial::NoPeerAddress,
+        Denial::AuditUnavailable,
     ];
     let reasons: std::collections::HashSet<_> = all.iter().map(Denial::reason).collect();
     assert_eq!(reasons.len(), all.len());
