@@ -189,3 +189,42 @@ async fn every_outcome_is_recorded_once_without_secrets() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn head_requests_to_axum_are_recorded_completed_not_cancelled() {
+    let world = World::new();
+    let (token, _) = world.issue("notes:read").await;
+    let records = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = records.clone();
+    let sink = move |event: tokengate::AuditEvent| kept.lock().unwrap().push(event);
+    let policy = ScopePolicy::builder()
+        .read_write("/notes", "notes")
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/notes", get(|| async { "a body axum drops for HEAD" }))
+        .layer(
+            tokengate::Gate::new(world.auth.clone(), EnforceScopeLayer::new(policy))
+                .audit(AuditLayer::new(sink)),
+        );
+    let client = HttpClient::new(serve_axum(app).await);
+    let auth = format!("Bearer {}", token.expose_secret());
+    let reply = client
+        .send("HEAD", "/notes", &[("authorization", &auth)], "")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, "");
+    // The record is made when the exchange ends; give the server a moment.
+    for _ in 0..100 {
+        if !records.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let records = records.lock().unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        (records[0].ending.as_str(), records[0].status),
+        ("completed", 200)
+    );
+}
