@@ -8,7 +8,7 @@ mod support;
 use std::process::Command;
 
 use serde_json::Value;
-use support::{Db, ISSUE, text};
+use support::{Db, ISSUE, ISSUE_UNSCOPED, text};
 
 #[test]
 fn a_token_given_where_an_id_belongs_is_never_echoed_and_its_id_is_named() {
@@ -81,15 +81,7 @@ fn rejected_issue_input_leaves_no_file_behind() {
         assert!(!out.status.success(), "{extra:?}");
         assert!(dir.files().is_empty(), "{extra:?} left {:?}", dir.files());
     }
-    let out = dir.run(&[
-        "issue",
-        "--name",
-        "x",
-        "--subject",
-        "y",
-        "--audience",
-        "notes",
-    ]);
+    let out = dir.run(ISSUE_UNSCOPED);
     assert!(
         text(&out).contains("at least one --scope"),
         "{}",
@@ -182,34 +174,19 @@ fn issue_checks_scopes_against_the_catalogue_the_servers_registered() {
     );
 
     for (typo, nearest) in [("notes:raed", "notes:read"), ("Notes:Read", "notes:read")] {
-        let out = dir.run(&[
-            "issue",
-            "--name",
-            "x",
-            "--subject",
-            "y",
-            "--audience",
-            "notes",
-            "--scope",
-            typo,
-        ]);
+        let out = dir.run(&[ISSUE_UNSCOPED, &["--scope", typo]].concat());
         assert!(!out.status.success(), "{typo}");
         let shown = text(&out);
         assert!(shown.contains(typo) && shown.contains(nearest), "{shown}");
         assert!(shown.contains("--allow-unknown-scope"), "{shown}");
     }
-    let out = dir.run(&[
-        "issue",
-        "--name",
-        "x",
-        "--subject",
-        "y",
-        "--audience",
-        "notes",
-        "--scope",
-        "billing:read",
-        "--allow-unknown-scope",
-    ]);
+    let out = dir.run(
+        &[
+            ISSUE_UNSCOPED,
+            &["--scope", "billing:read", "--allow-unknown-scope"],
+        ]
+        .concat(),
+    );
     assert!(out.status.success(), "{}", text(&out));
 }
 

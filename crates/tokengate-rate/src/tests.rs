@@ -256,18 +256,20 @@ async fn the_token_records_own_quota_wins() {
     );
 }
 
+/// A request from client address `ip`.
+fn from(ip: &str) -> Request<()> {
+    let mut request = Request::new(());
+    request
+        .extensions_mut()
+        .insert(ClientIp::new(ip.parse().unwrap()));
+    request
+}
+
 #[tokio::test]
 async fn client_ip_limits_work_before_authentication() {
     let clock = ManualClock::new();
     let layer = RateByTokenLayer::per_client_ip(quota(1, 60, 2)).clock(clock.shared());
     let svc = service(&layer);
-    let from = |ip: &str| {
-        let mut request = Request::new(());
-        request
-            .extensions_mut()
-            .insert(ClientIp::new(ip.parse().unwrap()));
-        request
-    };
     assert_eq!(status(&svc, from("192.0.2.1")).await, StatusCode::OK);
     assert_eq!(status(&svc, from("::ffff:192.0.2.1")).await, StatusCode::OK);
     assert_eq!(
@@ -367,13 +369,6 @@ fn a_million_distinct_keys_stay_under_the_cap_and_each_first_request_passes() {
 
 #[tokio::test]
 async fn ipv6_clients_are_keyed_by_their_64_and_prefixes_are_configurable() {
-    let from = |ip: &str| {
-        let mut request = Request::new(());
-        request
-            .extensions_mut()
-            .insert(ClientIp::new(ip.parse().unwrap()));
-        request
-    };
     let default = service(&RateByTokenLayer::per_client_ip(quota(1, 60, 1)));
     assert_eq!(
         status(&default, from("2001:db8:1:2::1")).await,

@@ -27,16 +27,20 @@ fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
     request
 }
 
+async fn connect(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_clients_get_codes_health_and_prompt_revocation() {
     let dir = temp_dir("tonic-notes-process");
     let bin = env!("CARGO_BIN_EXE_tonic-notes");
     let mut server = start_example(bin, &dir, "tonic-notes listening on ");
-    let channel = Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = connect(&server.addr).await;
     let mut client = NotesClient::new(channel.clone());
     let token = server.token.clone();
     let mut calls = 0;
@@ -131,11 +135,7 @@ async fn reflection_is_public_so_grpcurl_needs_no_proto_files() {
     let dir = temp_dir("tonic-notes-reflection");
     let bin = env!("CARGO_BIN_EXE_tonic-notes");
     let mut server = start_example(bin, &dir, "tonic-notes listening on ");
-    let channel = Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = connect(&server.addr).await;
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),

@@ -20,6 +20,17 @@ pub(crate) const ISSUE: &[&str] = &[
     "notes",
 ];
 
+/// `issue` with every flag a token needs but a scope.
+pub(crate) const ISSUE_UNSCOPED: &[&str] = &[
+    "issue",
+    "--name",
+    "x",
+    "--subject",
+    "y",
+    "--audience",
+    "notes",
+];
+
 /// Standard output and error together.
 pub(crate) fn text(out: &Output) -> String {
     format!(
