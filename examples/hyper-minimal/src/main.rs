@@ -79,8 +79,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("hyper-minimal listening on {}", listener.local_addr()?);
+    // SIGTERM (docker, systemd, Kubernetes) and SIGINT stop it cleanly; its
+    // audit records go out as they are made, so nothing waits to be flushed.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let (stream, peer) = listener.accept().await?;
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        };
         let service = ServiceBuilder::new()
             // The peer address reaches ClientIpLayer (inside the gate) as PeerAddr.
             .map_request(move |mut request: Request<Incoming>| {
@@ -98,4 +105,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         });
     }
+    println!("hyper-minimal stopped");
+    Ok(())
 }

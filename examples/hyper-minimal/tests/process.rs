@@ -31,7 +31,7 @@ fn get(addr: &str, token: Option<&str>) -> (String, String) {
 #[test]
 fn one_route_behind_the_gate_sees_the_peer_address() {
     let dir = temp_dir("hyper-minimal");
-    let server = start_example(
+    let mut server = start_example(
         env!("CARGO_BIN_EXE_hyper-minimal"),
         &dir,
         "hyper-minimal listening on ",
@@ -43,6 +43,7 @@ fn one_route_behind_the_gate_sees_the_peer_address() {
     assert_eq!(status, "HTTP/1.1 401 Unauthorized");
     let (status, _) = get(&server.addr, Some("tg_notatokenatall"));
     assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+    assert!(server.terminate(), "a clean shutdown on SIGTERM");
 }
 
 #[test]
