@@ -34,7 +34,7 @@ use http_body_util::Full;
 use tokengate::{
     AuditLayer, AuditRecord, AuditSink, AuthenticateLayer, CacheConfig, CachedStore, Clock as _,
     EnforceScopeLayer, Gate, IpFilterLayer, IpRules, JsonLinesSink, KeyId, Lifecycle, MemoryStore,
-    Overflow, PeerAddr, Pepper, RateByTokenLayer, RateQuota, ScopePolicy, TokenHasher, TokenSpec,
+    Overflow, PeerAddr, Pepper, RateLimitLayer, RateQuota, ScopePolicy, TokenHasher, TokenSpec,
 };
 use tokengate_tests::{CacheEvictor, call_now};
 use tower::{Layer, Service, service_fn};
@@ -128,15 +128,15 @@ fn main() {
         "bare" => drive(handler(), &bearer, requests),
         "authenticate" => drive(auth.layer(handler()), &bearer, requests),
         "client-ip" => drive(
-            tokengate::ClientIpLayer::new().layer(handler()),
+            tokengate::ResolveClientIpLayer::new().layer(handler()),
             &bearer,
             requests,
         ),
         "audit" => drive(AuditLayer::new(Discard).layer(handler()), &bearer, requests),
         "rate-ip" => drive(
             tower::ServiceBuilder::new()
-                .layer(tokengate::ClientIpLayer::new())
-                .layer(RateByTokenLayer::per_client_ip(roomy).success_headers(false))
+                .layer(tokengate::ResolveClientIpLayer::new())
+                .layer(RateLimitLayer::per_client_ip(roomy).success_headers(false))
                 .service(handler()),
             &bearer,
             requests,
@@ -144,7 +144,7 @@ fn main() {
         "rate-token" => drive(
             tower::ServiceBuilder::new()
                 .layer(auth)
-                .layer(RateByTokenLayer::per_token(roomy))
+                .layer(RateLimitLayer::per_token(roomy))
                 .service(handler()),
             &bearer,
             requests,
@@ -171,7 +171,7 @@ fn main() {
             let gate = Gate::new(auth, policy())
                 .ip_filter(IpFilterLayer::new(IpRules::deny_list(rules).unwrap()))
                 .pre_auth_quota(roomy)
-                .token_rate(RateByTokenLayer::per_token(roomy));
+                .token_rate(RateLimitLayer::per_token(roomy));
             let ok = if stack == "gate-discard" {
                 drive(
                     gate.audit(AuditLayer::new(Discard)).layer(handler()),

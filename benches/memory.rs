@@ -21,7 +21,7 @@ use tokengate::{
     CacheConfig, CachedStore, KeyId, MemoryStore, RateQuota, TokenAdmin, TokenHash, TokenRecord,
 };
 use tokengate_rate::gcra::Gcra;
-use tokengate_rate::{Check, MemoryRateState, RateKey};
+use tokengate_rate::{Charge, MemoryRateState, RateKey};
 
 const ENTRIES: u32 = 1_000_000;
 
@@ -111,7 +111,7 @@ fn limiter_key() {
     for i in 0..ENTRIES {
         let key = RateKey::Ip(IpAddr::from(i.to_be_bytes()));
         state.decide(
-            &[Check {
+            &[Charge {
                 key: (0, key),
                 gcra,
                 cost: 1,

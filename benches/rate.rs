@@ -17,7 +17,7 @@ use governor::{Quota, RateLimiter};
 use http::{Request, Response};
 use tokengate::{ClientIp, Clock, RateQuota, SystemClock};
 use tokengate_rate::gcra::Gcra;
-use tokengate_rate::{Check, MemoryRateState, RateByTokenLayer, RateKey};
+use tokengate_rate::{Charge, MemoryRateState, RateKey, RateLimitLayer};
 use tokengate_tests::call_now;
 use tower::{Layer, Service, service_fn};
 use tower_governor::GovernorError;
@@ -48,7 +48,7 @@ fn checks(c: &mut Criterion) {
         for i in 0..keys {
             let _ = governor.check_key(&ip(i));
             let _ = state.decide(
-                &[Check {
+                &[Charge {
                     key: (0, RateKey::Ip(ip(i))),
                     gcra,
                     cost: 1,
@@ -75,7 +75,7 @@ fn checks(c: &mut Criterion) {
             |b, _| {
                 b.iter(|| {
                     i = (i + 7919) % keys;
-                    let check = Check {
+                    let check = Charge {
                         key: (0, RateKey::Ip(ip(i))),
                         gcra,
                         cost: 1,
@@ -87,7 +87,7 @@ fn checks(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("tokengate_decide", keys), &keys, |b, _| {
             b.iter(|| {
                 i = (i + 7919) % keys;
-                let check = Check {
+                let check = Charge {
                     key: (0, RateKey::Ip(ip(i))),
                     gcra,
                     cost: 1,
@@ -139,9 +139,9 @@ fn layers(c: &mut Criterion) {
         .finish()
         .unwrap();
     let mut peer = tower_governor::GovernorLayer::new(config).layer(handler());
-    let mut ours = RateByTokenLayer::per_client_ip(roomy()).layer(handler());
+    let mut ours = RateLimitLayer::per_client_ip(roomy()).layer(handler());
     // tower_governor adds no headers unless asked: the like-for-like variant.
-    let mut ours_quiet = RateByTokenLayer::per_client_ip(roomy())
+    let mut ours_quiet = RateLimitLayer::per_client_ip(roomy())
         .success_headers(false)
         .layer(handler());
     let mut bare = handler();

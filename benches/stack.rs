@@ -47,7 +47,7 @@ use ipnet::{IpNet, Ipv4Net};
 use tokengate::{
     AuditLayer, AuditRecord, AuditSink, AuthenticateLayer, CacheConfig, CachedStore, ClientIp,
     EnforceScopeLayer, Gate, IpFilterLayer, IpRules, JsonLinesSink, KeyId, Lifecycle, MemoryStore,
-    Overflow, PeerAddr, Pepper, RateByTokenLayer, RateQuota, ScopePolicy, TokenHasher, TokenSpec,
+    Overflow, PeerAddr, Pepper, RateLimitLayer, RateQuota, ScopePolicy, TokenHasher, TokenSpec,
 };
 use tokengate_tests::{CacheEvictor, call_now};
 use tower::{Layer, Service, service_fn};
@@ -202,7 +202,7 @@ fn stack(c: &mut Criterion) {
         )
         .ip_filter(IpFilterLayer::new(IpRules::deny_list(rules()).unwrap()))
         .pre_auth_quota(roomy)
-        .token_rate(RateByTokenLayer::per_token(roomy));
+        .token_rate(RateLimitLayer::per_token(roomy));
         let mut discarding = gate
             .clone()
             .audit(AuditLayer::new(Discard))
@@ -213,13 +213,13 @@ fn stack(c: &mut Criterion) {
             .layer(handler());
         let mut gated = gate.audit(AuditLayer::new(sink.clone())).layer(handler());
         let mut naive = Naive {
-            inner: handler(),
             tokens: naive_tokens,
             limiter: Arc::new(RateLimiter::keyed(
                 Quota::per_second(NonZeroU32::MAX).allow_burst(NonZeroU32::MAX),
             )),
             deny: Arc::new(deny_nets.clone()),
-        };
+        }
+        .around(handler());
         assert_eq!(run(&mut gated, &bearers[0]).status(), StatusCode::OK);
         assert_eq!(run(&mut naive, &bearers[0]).status(), StatusCode::OK);
 

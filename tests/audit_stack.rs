@@ -15,8 +15,8 @@ use axum::routing::get;
 use serde_json::Value;
 use support::{HttpClient, World, serve_axum};
 use tokengate::{
-    AuditLayer, ClientIpLayer, EnforceScopeLayer, IpFilterLayer, IpRules, JsonLinesSink,
-    RateByTokenLayer, RateQuota, Requirement, ScopePolicy, TokenFormat,
+    AuditLayer, EnforceScopeLayer, IpFilterLayer, IpRules, JsonLinesSink, RateLimitLayer,
+    RateQuota, Requirement, ResolveClientIpLayer, ScopePolicy, TokenFormat,
 };
 use tower::ServiceBuilder;
 
@@ -53,7 +53,7 @@ async fn every_outcome_is_recorded_once_without_secrets() {
             ServiceBuilder::new()
                 .layer(AuditLayer::new(sink.clone()))
                 .layer(
-                    ClientIpLayer::trusted_proxies(["127.0.0.0/8"])
+                    ResolveClientIpLayer::trusted_proxies(["127.0.0.0/8"])
                         .unwrap()
                         .peer_source(tokengate::axum::peer_addr),
                 )
@@ -61,7 +61,7 @@ async fn every_outcome_is_recorded_once_without_secrets() {
                     IpRules::deny_list(["198.51.100.0/24"]).unwrap(),
                 ))
                 .layer(world.auth.clone())
-                .layer(RateByTokenLayer::per_token(roomy).clock(world.clock.shared()))
+                .layer(RateLimitLayer::per_token(roomy).clock(world.clock.shared()))
                 .layer(EnforceScopeLayer::new(policy)),
         );
     let client = HttpClient::new(serve_axum(app).await);

@@ -328,7 +328,7 @@ async fn a_query_token_is_redacted_from_every_copy_of_the_uri() {
     };
     let auth = world.auth.clone().query_param("access_token");
     let gate = tokengate::Gate::new(auth.clone(), EnforceScopeLayer::new(policy()))
-        .client_ip(tokengate::ClientIpLayer::new().peer_source(tokengate::axum::peer_addr));
+        .client_ip(tokengate::ResolveClientIpLayer::new().peer_source(tokengate::axum::peer_addr));
     let with_gate = Router::new().route("/notes", get(echo_uris)).layer(gate);
     let alone = Router::new().route("/notes", get(echo_uris)).layer(
         ServiceBuilder::new()

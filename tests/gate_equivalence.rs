@@ -15,9 +15,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokengate::{
-    AuditEvent, AuditLayer, AuthenticateLayer, CacheConfig, CachedStore, ClientIpLayer,
-    EnforceScopeLayer, Gate, IpFilterLayer, IpRules, KeyId, Lifecycle, ManualClock, MissingKey,
-    PeerAddr, Pepper, PublicPaths, RateByTokenLayer, RateQuota, Requirement, ScopePolicy, Token,
+    AuditEvent, AuditLayer, AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, Gate,
+    IpFilterLayer, IpRules, KeyId, Lifecycle, ManualClock, MissingKey, PeerAddr, Pepper,
+    PublicPaths, RateLimitLayer, RateQuota, Requirement, ResolveClientIpLayer, ScopePolicy, Token,
     TokenHasher, TokenSpec, testing::ProbeStore,
 };
 use tower::util::BoxCloneService;
@@ -159,7 +159,7 @@ async fn pair() -> Pair {
     let rules = || IpRules::deny_list(["198.51.100.0/24"]).unwrap();
     let ip_quota = quota(1, 12);
     let token_rate = || {
-        RateByTokenLayer::per_token(quota(100, 100))
+        RateLimitLayer::per_token(quota(100, 100))
             .missing_key(MissingKey::Skip)
             .clock(clock.shared())
     };
@@ -167,7 +167,7 @@ async fn pair() -> Pair {
     let gate_records = Records::default();
     let gate = Gate::new(auth(), EnforceScopeLayer::new(policy()))
         .audit(audit(&gate_records))
-        .client_ip(ClientIpLayer::new())
+        .client_ip(ResolveClientIpLayer::new())
         .ip_filter(IpFilterLayer::new(rules()))
         .pre_auth_quota(ip_quota)
         .token_rate(token_rate())
@@ -176,10 +176,10 @@ async fn pair() -> Pair {
     let stacked_records = Records::default();
     let stacked = ServiceBuilder::new()
         .layer(audit(&stacked_records))
-        .layer(ClientIpLayer::new())
+        .layer(ResolveClientIpLayer::new())
         .layer(IpFilterLayer::new(rules()))
         .layer(
-            RateByTokenLayer::per_client_ip(ip_quota)
+            RateLimitLayer::per_client_ip(ip_quota)
                 .success_headers(false)
                 .clock(clock.shared()),
         )

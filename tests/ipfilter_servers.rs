@@ -11,7 +11,7 @@ use http::StatusCode;
 use support::grpc::pb::CreateNoteRequest;
 use support::grpc::pb::notes_client::NotesClient;
 use support::{HttpClient, serve_axum};
-use tokengate::{ClientIp, ClientIpLayer, IpFilterLayer, IpRules};
+use tokengate::{ClientIp, IpFilterLayer, IpRules, ResolveClientIpLayer};
 use tower::ServiceBuilder;
 
 fn denied() -> IpFilterLayer {
@@ -27,7 +27,7 @@ async fn axum_client(trusted: &str) -> HttpClient {
         .layer(
             ServiceBuilder::new()
                 .layer(
-                    ClientIpLayer::trusted_proxies([trusted])
+                    ResolveClientIpLayer::trusted_proxies([trusted])
                         .unwrap()
                         .peer_source(tokengate::axum::peer_addr),
                 )
@@ -83,7 +83,7 @@ async fn an_untrusted_peer_cannot_claim_an_address() {
 async fn grpc_status(trusted: &str, forwarded_for: &str) -> Result<(), tonic::Code> {
     let stack = ServiceBuilder::new()
         .layer(
-            ClientIpLayer::trusted_proxies([trusted])
+            ResolveClientIpLayer::trusted_proxies([trusted])
                 .unwrap()
                 .peer_source(tokengate::tonic::peer_addr),
         )

@@ -13,7 +13,7 @@ use http::StatusCode;
 use support::grpc::pb::ListNotesRequest;
 use support::grpc::pb::notes_client::NotesClient;
 use support::{HttpClient, World, serve_axum};
-use tokengate::{RateByTokenLayer, RateQuota};
+use tokengate::{RateLimitLayer, RateQuota};
 use tower::ServiceBuilder;
 
 fn one_per_minute(burst: u32) -> RateQuota {
@@ -25,8 +25,8 @@ fn one_per_minute(burst: u32) -> RateQuota {
     .unwrap()
 }
 
-fn rate(world: &World, burst: u32) -> RateByTokenLayer {
-    RateByTokenLayer::per_token(one_per_minute(burst)).clock(world.clock.shared())
+fn rate(world: &World, burst: u32) -> RateLimitLayer {
+    RateLimitLayer::per_token(one_per_minute(burst)).clock(world.clock.shared())
 }
 
 #[tokio::test]

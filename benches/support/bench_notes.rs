@@ -40,8 +40,8 @@ use axum::{Json, Router};
 use governor::{Quota, RateLimiter};
 use http::{Method, Request};
 use tokengate::{
-    ClientIp, ClientIpLayer, Embedded, EnforceScopeLayer, IpFilterLayer, IpRules, MissingKey,
-    RateByTokenLayer, RateQuota, Requirement, ScopePolicy,
+    ClientIp, Embedded, EnforceScopeLayer, IpFilterLayer, IpRules, MissingKey, RateLimitLayer,
+    RateQuota, Requirement, ResolveClientIpLayer, ScopePolicy,
 };
 use tower::ServiceBuilder;
 use tracing_appender::non_blocking::WorkerGuard;
@@ -141,13 +141,13 @@ fn checks_route(
         .build()
         .unwrap();
     let stack = ServiceBuilder::new()
-        .layer(ClientIpLayer::new().peer_source(tokengate::axum::peer_addr))
+        .layer(ResolveClientIpLayer::new().peer_source(tokengate::axum::peer_addr))
         .layer(IpFilterLayer::new(
             IpRules::deny_list(Vec::<&str>::new()).unwrap(),
         ))
-        .layer(RateByTokenLayer::per_client_ip(per_second(100_000_000)).success_headers(false))
+        .layer(RateLimitLayer::per_client_ip(per_second(100_000_000)).success_headers(false))
         .layer(authenticate)
-        .layer(RateByTokenLayer::per_token(per_second(50)).missing_key(MissingKey::Skip))
+        .layer(RateLimitLayer::per_token(per_second(50)).missing_key(MissingKey::Skip))
         .layer(EnforceScopeLayer::new(policy));
     get(list).route_layer(stack)
 }
@@ -183,11 +183,13 @@ fn naive_route(token: &str, log: &str) -> (MethodRouter<Notes>, WorkerGuard) {
             }
             request
         })
-        .layer_fn(move |inner| Naive {
-            inner,
-            tokens: tokens.clone(),
-            limiter: Arc::clone(&limiter),
-            deny: Arc::clone(&deny),
+        .layer_fn(move |inner| {
+            Naive {
+                tokens: tokens.clone(),
+                limiter: Arc::clone(&limiter),
+                deny: Arc::clone(&deny),
+            }
+            .around(inner)
         });
     (get(list).route_layer(stack), guard)
 }

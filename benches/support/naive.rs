@@ -4,66 +4,52 @@
 //! audit record. Shared by `benches/stack.rs` (in process) and the
 //! `bench-notes` server of `benches/e2e.sh` (end to end).
 
+use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
-use tokengate::{ClientIp, Decided, GateBody};
-use tower::Service;
+use tokengate::{Check, CheckService, ClientIp, NoWait, Refusal, Verdict};
 
 /// Token hash to the token's scopes.
 pub(crate) type Tokens = moka::sync::Cache<[u8; 32], Arc<Vec<String>>>;
 
-/// The hand-written stack around `inner`.
+/// The hand-written decisions, run in front of an inner service by
+/// tokengate's generic [`CheckService`] (the service and its future are
+/// not what the baseline measures).
 #[derive(Clone)]
-pub(crate) struct Naive<S> {
-    pub(crate) inner: S,
+pub(crate) struct Naive {
     pub(crate) tokens: Tokens,
     pub(crate) limiter: Arc<governor::DefaultKeyedRateLimiter<[u8; 32]>>,
     pub(crate) deny: Arc<Vec<IpNet>>,
 }
 
-impl<S, B, RB> Service<Request<B>> for Naive<S>
-where
-    S: Service<Request<B>, Response = Response<RB>>,
-{
-    type Response = Response<GateBody<RB>>;
-    type Error = S::Error;
-    type Future = Decided<S::Future, RB>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
+impl Naive {
+    /// The hand-written stack around `inner`.
+    pub(crate) fn around<S>(self, inner: S) -> CheckService<Naive, S> {
+        CheckService::new(self, inner)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let refuse = |status: StatusCode| {
-            let mut r = Response::new(GateBody::empty());
-            *r.status_mut() = status;
-            Decided::reject(r)
-        };
+    fn decide<B>(&self, request: &Request<B>) -> Result<(), StatusCode> {
         let ip = request.extensions().get::<ClientIp>().map(|c| c.addr());
         if ip.is_none_or(|ip| self.deny.iter().any(|net| net.contains(&ip))) {
-            return refuse(StatusCode::FORBIDDEN);
+            return Err(StatusCode::FORBIDDEN);
         }
-        let Some(token) = request
+        let token = request
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-        else {
-            return refuse(StatusCode::UNAUTHORIZED);
-        };
+            .ok_or(StatusCode::UNAUTHORIZED)?;
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let Some(scopes) = self.tokens.get(&hash) else {
-            return refuse(StatusCode::UNAUTHORIZED);
-        };
+        let scopes = self.tokens.get(&hash).ok_or(StatusCode::UNAUTHORIZED)?;
         if self.limiter.check_key(&hash).is_err() {
-            return refuse(StatusCode::TOO_MANY_REQUESTS);
+            return Err(StatusCode::TOO_MANY_REQUESTS);
         }
         if !scopes.iter().any(|s| s == "notes:read") {
-            return refuse(StatusCode::FORBIDDEN);
+            return Err(StatusCode::FORBIDDEN);
         }
         tracing::info!(
             http.request.method = %request.method(),
@@ -71,7 +57,27 @@ where
             client.address = ?ip,
             "audit"
         );
-        Decided::forward(self.inner.call(request))
+        Ok(())
+    }
+}
+
+impl<B> Check<B> for Naive {
+    type Admit = ();
+    type Wait = NoWait;
+
+    fn check(&self, request: &mut Request<B>) -> Verdict<(), NoWait> {
+        match self.decide(request) {
+            Ok(()) => Verdict::Admit(()),
+            Err(status) => {
+                let mut refused = Response::new(Bytes::new());
+                *refused.status_mut() = status;
+                Verdict::Refuse(Refusal::new(refused))
+            }
+        }
+    }
+
+    fn resume(&self, _: &mut Request<B>, waited: Infallible) -> Verdict<(), NoWait> {
+        match waited {}
     }
 }
 

@@ -46,7 +46,9 @@ where
     L: tower::Layer<tonic::service::Routes> + Clone + Send + 'static,
     L::Service: tower::Service<
             http::Request<tonic::body::Body>,
-            Response = http::Response<tokengate::GateBody<tokengate::GateBody<tonic::body::Body>>>,
+            Response = http::Response<
+                tokengate::CheckBody<tokengate::CheckBody<tonic::body::Body>>,
+            >,
         > + Clone
         + Send
         + 'static,

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokengate_core::{Clock, Denial, GateBody, Renderer, RequestTrail, SystemClock};
+use tokengate_core::{CheckBody, Clock, Denial, Renderer, RequestTrail, SystemClock};
 
 use crate::event::Ending;
 use crate::layer::FieldLimits;
@@ -175,7 +175,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = match this.kind.project() {
-            KindProj::Inner { future } => ready!(future.poll(cx)).map(|r| r.map(GateBody::new)),
+            KindProj::Inner { future } => ready!(future.poll(cx)).map(|r| r.map(CheckBody::new)),
             KindProj::Refused { denial } => match denial.take() {
                 Some((denial, grpc)) => Ok(Renderer::default().render(denial, grpc)),
                 // Polled after completion: nothing left to answer.
@@ -214,13 +214,13 @@ pin_project! {
     /// it fails, or as cancelled when it is dropped before its end.
     pub struct AuditBody<B, K: AuditSink> {
         #[pin]
-        inner: GateBody<B>,
+        inner: CheckBody<B>,
         recorder: Option<Recorder<K>>,
     }
 }
 
 impl<B, K: AuditSink> AuditBody<B, K> {
-    fn new(inner: GateBody<B>, mut recorder: Recorder<K>) -> Self
+    fn new(inner: CheckBody<B>, mut recorder: Recorder<K>) -> Self
     where
         B: Body<Data = Bytes>,
     {
@@ -234,7 +234,7 @@ impl<B, K: AuditSink> AuditBody<B, K> {
         }
     }
 
-    fn unrecorded(inner: GateBody<B>) -> Self {
+    fn unrecorded(inner: CheckBody<B>) -> Self {
         Self {
             inner,
             recorder: None,

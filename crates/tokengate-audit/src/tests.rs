@@ -76,14 +76,16 @@ fn inner(
                 r
             }
             Behaviour::Deny401 => Renderer::default()
-                .reject::<_, Body>(&request, Denial::InvalidToken(InvalidReason::Revoked))
+                .refuse(&request, Denial::InvalidToken(InvalidReason::Revoked))
+                .into_response::<Body>()
                 .map(|b| b.map_err(|never: std::io::Error| never).boxed_unsync()),
             Behaviour::DenyGrpc7 => {
                 let mut grpc = Request::new(());
                 grpc.headers_mut()
                     .insert(CONTENT_TYPE, "application/grpc".parse().unwrap());
                 Renderer::default()
-                    .reject::<_, Body>(&grpc, Denial::Unmapped)
+                    .refuse(&grpc, Denial::Unmapped)
+                    .into_response::<Body>()
                     .map(|b| b.map_err(|never: std::io::Error| never).boxed_unsync())
             }
             Behaviour::ServiceError => return Err(std::io::Error::other("inner failed")),

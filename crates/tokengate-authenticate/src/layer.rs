@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use http::HeaderName;
 use tokengate_core::{
-    Audience, CachedStore, Renderer, SharedClock, SystemClock, TokenFormat, TokenHasher,
+    Audience, CachedStore, CheckService, Renderer, SharedClock, SystemClock, TokenFormat,
+    TokenHasher,
 };
 use tower::Layer;
 
 use crate::credential::{QuerySource, Sources};
 use crate::public::IsPublic;
-use crate::service::Authenticate;
 use crate::usage::UsageTracker;
 
 /// The default name of the response header that tells a client when its
@@ -212,6 +212,9 @@ impl<S, St> Layer<S> for AuthenticateLayer<St> {
     type Service = Authenticate<S, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Authenticate::new(inner, Arc::clone(&self.config))
+        CheckService::new(self.clone(), inner)
     }
 }
+
+/// The service [`AuthenticateLayer`] makes.
+pub type Authenticate<S, St> = CheckService<AuthenticateLayer<St>, S>;

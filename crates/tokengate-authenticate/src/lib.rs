@@ -89,17 +89,15 @@
 //! `form_urlencoded` (reading and redacting query tokens), `httpdate` (the
 //! `token-expires` header) and `tracing` (store failures).
 
+mod check;
 mod credential;
-mod future;
 mod layer;
 mod public;
-mod service;
 mod usage;
 
-pub use future::ResponseFuture;
-pub use layer::{AuthenticateLayer, TOKEN_EXPIRES, UriCopy};
+pub use check::{ExpiryHeader, TokenLookup};
+pub use layer::{Authenticate, AuthenticateLayer, TOKEN_EXPIRES, UriCopy};
 pub use public::{IsPublic, PublicPaths};
-pub use service::{Authenticate, ExpiryHeader, TokenLookup, Verdict};
 pub use usage::UsageTracker;
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokengate_core::testing::ProbeStore;
 use tokengate_core::{
-    CacheConfig, CachedStore, ClientIp, Clock, Denial, Expiry, GateBody, InvalidReason, IpReason,
+    CacheConfig, CachedStore, CheckBody, ClientIp, Clock, Denial, Expiry, InvalidReason, IpReason,
     KeyId, Lifecycle, MalformedReason, ManualClock, Pepper, Principal, RequestTrail, Token,
     TokenFormat, TokenFormatError, TokenHasher, TokenId, TokenSpec,
 };
@@ -19,7 +19,7 @@ use tower::{Layer, ServiceExt, service_fn};
 
 use super::*;
 
-type Svc = BoxCloneService<Request<Full<Bytes>>, Response<GateBody<Full<Bytes>>>, Infallible>;
+type Svc = BoxCloneService<Request<Full<Bytes>>, Response<CheckBody<Full<Bytes>>>, Infallible>;
 
 struct Fixture {
     probe: ProbeStore,
@@ -99,7 +99,7 @@ struct Outcome {
 }
 
 impl Outcome {
-    async fn of(response: Response<GateBody<Full<Bytes>>>) -> Self {
+    async fn of(response: Response<CheckBody<Full<Bytes>>>) -> Self {
         let denial = response.extensions().get::<Denial>().cloned();
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
@@ -553,5 +553,5 @@ fn services_and_futures_are_send_and_layers_are_sync() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<AuthenticateLayer<ProbeStore>>();
     send::<<Svc as tower::Service<Request<Full<Bytes>>>>::Future>();
-    send::<ResponseFuture<Svc, ProbeStore, Full<Bytes>, Full<Bytes>>>();
+    send::<tokengate_core::CheckFuture<AuthenticateLayer<ProbeStore>, Svc, Full<Bytes>>>();
 }

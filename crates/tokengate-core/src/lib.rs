@@ -14,7 +14,9 @@
 //! - [`TokenStore`], [`TokenAdmin`], [`MemoryStore`], [`Lifecycle`]: storage and
 //!   the token lifecycle (issue under a policy, rotate with overlap, revoke).
 //! - [`CachedStore`]: the verifying cache in front of any store.
-//! - [`Denial`], [`Renderer`], [`GateBody`], [`RequestTrail`]: how a layer
+//! - [`Check`], [`CheckService`], [`Chain`]: one request decision, the one
+//!   service that runs any of them, and checks composed in order.
+//! - [`Denial`], [`Renderer`], [`Refusal`], [`RequestTrail`]: how a check
 //!   refuses a request, for HTTP and gRPC, and tells the audit layer.
 //! - [`Clock`], [`SystemClock`], [`ManualClock`]: injected time.
 //!
@@ -63,19 +65,18 @@
 //! `HashTable` under the verified-principal cache, indexed by the HMAC's
 //! own bytes), `quanta` (the TSC clock for hot-path intervals), `tokio`
 //! (`sync` only: the single-flight cell), `ipnet` (token network
-//! allowlists), `http`/`http-body`/`bytes`/`pin-project-lite` (rendering
-//! denials as responses and the shared body type), `serde_json`
+//! allowlists), `http`/`http-body`/`bytes`/`pin-project-lite`/`tower` (the
+//! `Check` service, its future and body, and denials rendered as responses), `serde_json`
 //! (problem+json bodies), `percent-encoding` (`grpc-message`), `strsim`
 //! ("did you mean" for a mistyped scope at issuance) and `thiserror`
 //! (error types).
 
 mod audience;
-pub mod body;
 mod cache;
+pub mod check;
 mod clock;
 pub mod denial;
 mod echo;
-pub mod future;
 mod hash;
 mod id;
 mod principal;
@@ -88,15 +89,16 @@ mod token;
 pub mod trail;
 
 pub use audience::{Audience, AudienceError};
-pub use body::GateBody;
 pub use cache::{CacheConfig, CacheStats, CachedStore, RevocationEvent, VerifyError};
+pub use check::{
+    Admit, Chain, Check, CheckBody, CheckFuture, CheckLayer, CheckService, NoWait, Refusal, Verdict,
+};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use denial::{
     Denial, InvalidReason, IpReason, MalformedReason, ProblemJson, RateLimitPolicy,
     RateLimitPolicyError, RateLimited, Realm, RealmError, RenderDenial, Renderer, is_grpc,
 };
 pub use echo::{Echo, may_hold_secret};
-pub use future::{Decided, fail_closed, take_refusal};
 pub use hash::{KeyId, Pepper, PepperError, TokenHash, TokenHasher};
 pub use id::{TokenId, TokenIdError};
 pub use principal::{ClientIp, Principal, QuotaPolicy, canonical_net};
@@ -132,6 +134,7 @@ mod traits {
         send_sync::<Lifecycle<MemoryStore>>();
         send_sync::<StoreError>();
         send_sync::<VerifyError>();
-        send_sync::<GateBody<bytes::Bytes>>();
+        send_sync::<CheckBody<bytes::Bytes>>();
+        send_sync::<Refusal>();
     }
 }

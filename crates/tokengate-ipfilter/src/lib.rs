@@ -1,7 +1,7 @@
-//! `ClientIpLayer` and `IpFilterLayer`: who the client is, and whether its
+//! `ResolveClientIpLayer` and `IpFilterLayer`: who the client is, and whether its
 //! address may come in.
 //!
-//! - [`ClientIpLayer`] resolves the client address from the connection's
+//! - [`ResolveClientIpLayer`] resolves the client address from the connection's
 //!   peer address and, when the peer is a trusted proxy, from
 //!   `X-Forwarded-For` (every line, in order) or RFC 7239 `Forwarded`,
 //!   walked right to left: the first address that is not a trusted proxy is
@@ -24,12 +24,12 @@
 //! ```
 //! use std::convert::Infallible;
 //! use http::{Request, Response, StatusCode};
-//! use tokengate_ipfilter::{ClientIpLayer, IpFilterLayer, IpRules, PeerAddr};
+//! use tokengate_ipfilter::{ResolveClientIpLayer, IpFilterLayer, IpRules, PeerAddr};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
 //! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
 //! let service = ServiceBuilder::new()
-//!     .layer(ClientIpLayer::trusted_proxies(["10.0.0.0/8"])?)
+//!     .layer(ResolveClientIpLayer::trusted_proxies(["10.0.0.0/8"])?)
 //!     .layer(IpFilterLayer::new(IpRules::deny_list(["198.51.100.0/24"])?))
 //!     .service(service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) }));
 //!
@@ -57,14 +57,17 @@
 //! middleware contract), `ipnet` (CIDR parsing), `tracing` (the one error line a server without peer addresses gets), `arc-swap` (rules replaced
 //! at runtime without locking readers) and `thiserror` (configuration errors).
 
-mod client_ip;
-mod filter;
+mod check;
 pub mod forwarded;
+mod layer;
+mod rules;
 mod set;
 
-pub use client_ip::{ClientIpLayer, PeerAddr, PeerSource, ResolveClientIp};
-pub use filter::{IpFilter, IpFilterLayer, IpRules};
 pub use forwarded::ForwardedHeader;
+pub use layer::{
+    IpFilter, IpFilterLayer, PeerAddr, PeerSource, ResolveClientIp, ResolveClientIpLayer,
+};
+pub use rules::IpRules;
 pub use set::{CidrError, IpSet, naive_contains, parse_net};
 
 #[cfg(test)]

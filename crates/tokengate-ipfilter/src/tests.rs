@@ -4,14 +4,14 @@ use std::net::IpAddr;
 use http::header::CONTENT_TYPE;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use tokengate_core::{ClientIp, Denial, IpReason, RequestTrail};
+use tokengate_core::{Check, ClientIp, Denial, IpReason, RequestTrail, Verdict};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 use super::*;
 
 /// Answers 200 with the ClientIp it was handed.
 async fn seen(
-    layer: ClientIpLayer,
+    layer: ResolveClientIpLayer,
     filter: Option<IpFilterLayer>,
     request: Request<()>,
 ) -> (StatusCode, Option<IpAddr>, Option<Denial>) {
@@ -55,8 +55,8 @@ fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
 }
 
-fn proxies() -> ClientIpLayer {
-    ClientIpLayer::trusted_proxies(["10.0.0.0/8"]).unwrap()
+fn proxies() -> ResolveClientIpLayer {
+    ResolveClientIpLayer::trusted_proxies(["10.0.0.0/8"]).unwrap()
 }
 
 #[tokio::test]
@@ -88,14 +88,14 @@ async fn a_mapped_peer_matches_ipv4_rules() {
     let filter =
         IpFilterLayer::new(IpRules::allow_list(["10.0.0.0/8"], Vec::<&str>::new()).unwrap());
     let (status, client, _) = seen(
-        ClientIpLayer::new(),
+        ResolveClientIpLayer::new(),
         Some(filter.clone()),
         from(Some("[::ffff:10.1.2.3]:1"), &[]),
     )
     .await;
     assert_eq!((status, client), (StatusCode::OK, Some(ip("10.1.2.3"))));
     let (status, ..) = seen(
-        ClientIpLayer::new(),
+        ResolveClientIpLayer::new(),
         Some(filter),
         from(Some("[::1]:1"), &[]),
     )
@@ -131,20 +131,24 @@ async fn no_peer_address_fails_closed_as_the_servers_fault() {
 #[tokio::test]
 async fn a_chosen_peer_source_is_kept_and_a_default_one_fills_in() {
     let fixed = |ip: &'static str| move |_: &http::Extensions| Some(ip.parse().unwrap());
-    let chosen = ClientIpLayer::new()
+    let chosen = ResolveClientIpLayer::new()
         .peer_source(fixed("192.0.2.1"))
         .default_peer_source(fixed("192.0.2.2"));
+    assert_eq!(resolved(&chosen), "192.0.2.1");
+    let filled = ResolveClientIpLayer::new().default_peer_source(fixed("192.0.2.2"));
+    assert_eq!(resolved(&filled), "192.0.2.2");
+}
+
+/// The client address `layer` inserts into a bare request.
+fn resolved(layer: &ResolveClientIpLayer) -> String {
     let mut request = Request::new(());
-    assert_eq!(
-        chosen.resolve(&mut request).unwrap().addr().to_string(),
-        "192.0.2.1"
-    );
-    let filled = ClientIpLayer::new().default_peer_source(fixed("192.0.2.2"));
-    let mut request = Request::new(());
-    assert_eq!(
-        filled.resolve(&mut request).unwrap().addr().to_string(),
-        "192.0.2.2"
-    );
+    assert!(matches!(layer.check(&mut request), Verdict::Admit(())));
+    request
+        .extensions()
+        .get::<ClientIp>()
+        .unwrap()
+        .addr()
+        .to_string()
 }
 
 #[tokio::test]
@@ -167,7 +171,7 @@ async fn deny_wins_over_an_overlapping_allow() {
     let filter = IpFilterLayer::new(rules);
     let check = |peer: &'static str| {
         seen(
-            ClientIpLayer::new(),
+            ResolveClientIpLayer::new(),
             Some(filter.clone()),
             from(Some(peer), &[]),
         )
@@ -197,7 +201,7 @@ async fn rules_can_be_replaced_at_runtime_for_every_clone() {
     let clone = filter.clone();
     let check = |f: IpFilterLayer| {
         seen(
-            ClientIpLayer::new(),
+            ResolveClientIpLayer::new(),
             Some(f),
             from(Some("192.0.2.1:1"), &[]),
         )
@@ -230,7 +234,7 @@ async fn grpc_clients_get_status_7() {
     let handler =
         service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) });
     let service = ServiceBuilder::new()
-        .layer(ClientIpLayer::new())
+        .layer(ResolveClientIpLayer::new())
         .layer(filter)
         .service(handler);
     let response = service.oneshot(request).await.unwrap();
@@ -252,7 +256,7 @@ async fn the_client_address_reaches_the_trail() {
 
 #[test]
 fn invalid_cidrs_fail_at_construction_naming_them() {
-    let err = ClientIpLayer::trusted_proxies(["10.0.0.0/8", "10.0.0.0/40"]).unwrap_err();
+    let err = ResolveClientIpLayer::trusted_proxies(["10.0.0.0/8", "10.0.0.0/40"]).unwrap_err();
     assert!(err.to_string().contains("\"10.0.0.0/40\""), "{err}");
     let err = IpRules::allow_list(["nope"], Vec::<&str>::new()).unwrap_err();
     assert!(err.to_string().contains("\"nope\""), "{err}");
@@ -261,9 +265,9 @@ fn invalid_cidrs_fail_at_construction_naming_them() {
 #[test]
 fn rules_from_flag_lists_choose_allow_or_deny_mode() {
     let deny_only = IpRules::from_lists(Vec::<&str>::new(), ["192.0.2.0/24"]).unwrap();
-    assert_eq!(deny_only.check(ip("192.0.2.1")), Err(IpReason::Denied));
-    assert_eq!(deny_only.check(ip("198.51.100.1")), Ok(()));
+    assert_eq!(deny_only.decide(ip("192.0.2.1")), Err(IpReason::Denied));
+    assert_eq!(deny_only.decide(ip("198.51.100.1")), Ok(()));
     let allow = IpRules::from_lists(["198.51.100.0/24"], Vec::<&str>::new()).unwrap();
-    assert_eq!(allow.check(ip("192.0.2.1")), Err(IpReason::NotAllowed));
-    assert_eq!(allow.check(ip("198.51.100.1")), Ok(()));
+    assert_eq!(allow.decide(ip("192.0.2.1")), Err(IpReason::NotAllowed));
+    assert_eq!(allow.decide(ip("198.51.100.1")), Ok(()));
 }

@@ -32,7 +32,7 @@ pub struct Gcra {
 
 /// What the algorithm decided for one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum GcraAnswer {
     /// Admitted: store `tat`. `remaining` more requests of cost 1 would pass
     /// now; the bucket is full again after `reset`.
     Admit {
@@ -75,19 +75,19 @@ impl Gcra {
 
     /// Decides a request of `cost` at `now` for a key whose stored TAT is
     /// `tat` (0 for a key never seen).
-    pub fn decide(&self, tat: u64, now: u64, cost: u32) -> Verdict {
+    pub fn decide(&self, tat: u64, now: u64, cost: u32) -> GcraAnswer {
         let start = tat.max(now);
         let new_tat = start.saturating_add(self.interval.saturating_mul(u64::from(cost)));
         let ahead = new_tat - now;
         if ahead <= self.capacity {
             let free = self.capacity - ahead;
-            Verdict::Admit {
+            GcraAnswer::Admit {
                 tat: new_tat,
                 remaining: u32::try_from(free / self.interval).unwrap_or(u32::MAX),
                 reset: Duration::from_nanos(ahead),
             }
         } else {
-            Verdict::Refuse {
+            GcraAnswer::Refuse {
                 retry_after: Duration::from_nanos(ahead - self.capacity),
             }
         }
@@ -127,7 +127,7 @@ mod tests {
         let mut tat = 0;
         let mut admitted = 0;
         for &now in times {
-            if let Verdict::Admit { tat: t, .. } = g.decide(tat, now, 1) {
+            if let GcraAnswer::Admit { tat: t, .. } = g.decide(tat, now, 1) {
                 tat = t;
                 admitted += 1;
             }
@@ -142,16 +142,16 @@ mod tests {
         let (admitted, tat) = admit_all(&g, &[start; 8]);
         assert_eq!(admitted, 5);
         match g.decide(tat, start, 1) {
-            Verdict::Refuse { retry_after } => assert_eq!(retry_after, Duration::from_secs(1)),
+            GcraAnswer::Refuse { retry_after } => assert_eq!(retry_after, Duration::from_secs(1)),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
             g.decide(tat, start + SEC - 1, 1),
-            Verdict::Refuse { .. }
+            GcraAnswer::Refuse { .. }
         ));
         assert!(matches!(
             g.decide(tat, start + SEC, 1),
-            Verdict::Admit { .. }
+            GcraAnswer::Admit { .. }
         ));
     }
 
@@ -159,7 +159,7 @@ mod tests {
     fn remaining_and_reset_count_down_through_a_burst() {
         let g = gcra(60, 60, 3);
         let now = 50 * SEC;
-        let Verdict::Admit {
+        let GcraAnswer::Admit {
             tat,
             remaining,
             reset,
@@ -168,7 +168,7 @@ mod tests {
             panic!()
         };
         assert_eq!((remaining, reset), (2, Duration::from_secs(1)));
-        let Verdict::Admit {
+        let GcraAnswer::Admit {
             remaining, reset, ..
         } = g.decide(tat, now, 1)
         else {
@@ -190,8 +190,8 @@ mod tests {
     #[test]
     fn a_cost_above_the_burst_never_passes() {
         let g = gcra(1, 1, 3);
-        assert!(matches!(g.decide(0, SEC, 4), Verdict::Refuse { .. }));
-        assert!(matches!(g.decide(0, SEC, 3), Verdict::Admit { .. }));
+        assert!(matches!(g.decide(0, SEC, 4), GcraAnswer::Refuse { .. }));
+        assert!(matches!(g.decide(0, SEC, 3), GcraAnswer::Admit { .. }));
     }
 
     proptest! {
@@ -224,16 +224,16 @@ mod tests {
             let g = gcra(count, period, burst);
             let now = 5 * SEC;
             let (_, tat) = admit_all(&g, &vec![now; burst as usize]);
-            let Verdict::Refuse { retry_after } = g.decide(tat, now, 1) else {
+            let GcraAnswer::Refuse { retry_after } = g.decide(tat, now, 1) else {
                 return Err(TestCaseError::fail("the burst was spent"));
             };
             let when = now + u64::try_from(retry_after.as_nanos()).unwrap();
             for i in 0..extra {
                 let early = now + (when - now) * (i as u64) / (extra as u64);
-                let refused = matches!(g.decide(tat, early.min(when - 1), 1), Verdict::Refuse { .. });
+                let refused = matches!(g.decide(tat, early.min(when - 1), 1), GcraAnswer::Refuse { .. });
                 prop_assert!(refused, "admitted before the promised time");
             }
-            let admitted = matches!(g.decide(tat, when, 1), Verdict::Admit { .. });
+            let admitted = matches!(g.decide(tat, when, 1), GcraAnswer::Admit { .. });
             prop_assert!(admitted, "refused at the promised time");
         }
     }

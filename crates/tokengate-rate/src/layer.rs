@@ -2,11 +2,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use http::{Method, Uri};
-use tokengate_core::{RateQuota, Renderer, SharedClock, SystemClock};
+use tokengate_core::{CheckService, RateQuota, Renderer, SharedClock, SystemClock};
 use tower::Layer;
 
 use crate::limiter::Limiter;
-use crate::service::RateByToken;
 use crate::state::{MemoryRateState, RateState};
 
 /// The most limiters one layer checks per request.
@@ -33,7 +32,7 @@ pub type CostFn = Arc<dyn Fn(&Method, &Uri) -> u32 + Send + Sync>;
 /// GCRA quotas per token, per owner, per client IP or per custom key.
 ///
 /// See the [crate docs](crate) for semantics, headers and an example.
-pub struct RateByTokenLayer<St = MemoryRateState> {
+pub struct RateLimitLayer<St = MemoryRateState> {
     pub(crate) config: Arc<Config<St>>,
 }
 
@@ -48,7 +47,7 @@ pub(crate) struct Config<St> {
     pub(crate) missing_key: MissingKey,
 }
 
-impl<St> Clone for RateByTokenLayer<St> {
+impl<St> Clone for RateLimitLayer<St> {
     fn clone(&self) -> Self {
         Self {
             config: Arc::clone(&self.config),
@@ -56,10 +55,10 @@ impl<St> Clone for RateByTokenLayer<St> {
     }
 }
 
-impl<St: fmt::Debug> fmt::Debug for RateByTokenLayer<St> {
+impl<St: fmt::Debug> fmt::Debug for RateLimitLayer<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
-        f.debug_struct("RateByTokenLayer")
+        f.debug_struct("RateLimitLayer")
             .field("limiters", &c.limiters)
             .field("state", &c.state)
             .field("success_headers", &c.success_headers)
@@ -95,7 +94,7 @@ pub enum RateConfigError {
     },
 }
 
-impl RateByTokenLayer<MemoryRateState> {
+impl RateLimitLayer<MemoryRateState> {
     /// A layer checking `limiters` (all-then-commit), with in-memory state
     /// for 100,000 keys.
     pub fn new(limiters: impl IntoIterator<Item = Limiter>) -> Result<Self, RateConfigError> {
@@ -156,7 +155,7 @@ fn validate(limiters: &[Limiter]) -> Result<(), RateConfigError> {
     Ok(())
 }
 
-impl<St> RateByTokenLayer<St> {
+impl<St> RateLimitLayer<St> {
     fn with(self, change: impl FnOnce(&mut Config<St>)) -> Self
     where
         St: Clone,
@@ -169,12 +168,12 @@ impl<St> RateByTokenLayer<St> {
     }
 
     /// Keeps state in `state` (e.g. a larger in-memory table, or a shared backend).
-    pub fn state<S2: RateState>(self, state: S2) -> RateByTokenLayer<S2>
+    pub fn state<S2: RateState>(self, state: S2) -> RateLimitLayer<S2>
     where
         St: Clone,
     {
         let c = Arc::unwrap_or_clone(self.config);
-        RateByTokenLayer {
+        RateLimitLayer {
             config: Arc::new(Config {
                 limiters: c.limiters,
                 state,
@@ -231,10 +230,13 @@ impl<St> RateByTokenLayer<St> {
     }
 }
 
-impl<S, St> Layer<S> for RateByTokenLayer<St> {
-    type Service = RateByToken<S, St>;
+impl<S, St> Layer<S> for RateLimitLayer<St> {
+    type Service = RateLimit<S, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateByToken::new(inner, Arc::clone(&self.config))
+        CheckService::new(self.clone(), inner)
     }
 }
+
+/// The service [`RateLimitLayer`] makes.
+pub type RateLimit<S, St = MemoryRateState> = CheckService<RateLimitLayer<St>, S>;

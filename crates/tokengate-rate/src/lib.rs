@@ -1,4 +1,4 @@
-//! `RateByTokenLayer`: GCRA quotas per token, per owner and per client IP.
+//! `RateLimitLayer`: GCRA quotas per token, per owner and per client IP.
 //!
 //! # Semantics
 //!
@@ -41,7 +41,7 @@
 //! the requests left now, never exceeds `q`; `t` is the seconds until the
 //! burst is full again, or until retry on a 429).
 //! Admitted responses carry the same two headers for the tightest limiter,
-//! unless [turned off](RateByTokenLayer::success_headers). gRPC gets status
+//! unless [turned off](RateLimitLayer::success_headers). gRPC gets status
 //! 8 with `retry-after` and `grpc-retry-pushback-ms` metadata.
 //!
 //! # Example
@@ -50,13 +50,13 @@
 //! use std::{convert::Infallible, num::NonZeroU32, time::Duration};
 //! use http::{Request, Response, StatusCode};
 //! use tokengate_core::{ClientIp, RateQuota};
-//! use tokengate_rate::RateByTokenLayer;
+//! use tokengate_rate::RateLimitLayer;
 //! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 //!
 //! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
 //! let quota = RateQuota::new(NonZeroU32::new(60).unwrap(), Duration::from_secs(60), NonZeroU32::new(2).unwrap())?;
 //! let mut service = ServiceBuilder::new()
-//!     .layer(RateByTokenLayer::per_client_ip(quota))
+//!     .layer(RateLimitLayer::per_client_ip(quota))
 //!     .service(service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) }));
 //! let request = || {
 //!     let mut request = Request::new(());
@@ -87,18 +87,18 @@
 //! an unseeded hash would invite collision floods) and `thiserror`
 //! (configuration errors).
 
-mod future;
+mod check;
 pub mod gcra;
 mod layer;
 mod limiter;
-mod service;
 mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
-pub use future::ResponseFuture;
-pub use layer::{CostFn, MAX_LIMITERS, MissingKey, RateByTokenLayer, RateConfigError};
+pub use check::{RateAnswer, RateHeaders, RateWait};
+pub use layer::{CostFn, MAX_LIMITERS, MissingKey, RateConfigError, RateLimit, RateLimitLayer};
 pub use limiter::{KeyBy, KeyFn, Limiter};
-pub use service::{RateByToken, RateHeaders};
-pub use state::{Check, MemoryRateState, Outcome, RateKey, RateState, RateStateError};
+pub use state::{Charge, MemoryRateState, Outcome, RateKey, RateState, RateStateError};
 
 #[cfg(test)]
 mod tests;

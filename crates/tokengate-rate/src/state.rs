@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokengate_core::TokenId;
 
-use crate::gcra::{Gcra, Verdict};
+use crate::gcra::{Gcra, GcraAnswer};
 
 /// What a limiter counts by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -31,7 +31,7 @@ pub enum RateKey {
 
 /// One limiter's question about one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
+pub struct Charge {
     /// The key (qualified by the limiter's index, so two limiters never share state).
     pub key: (u8, RateKey),
     /// The quota.
@@ -45,15 +45,15 @@ pub struct Check {
 #[non_exhaustive]
 pub enum Outcome {
     /// Every limiter admitted the request and it was charged to all of them.
-    /// `tightest` is the check with the fewest requests left (for headers).
+    /// `tightest` is the charge with the fewest requests left (for headers).
     Admitted {
-        /// Index into the checks, remaining requests, time to full burst.
+        /// Index into the charges, remaining requests, time to full burst.
         tightest: Option<(usize, u32, Duration)>,
     },
     /// A limiter refused; nothing was charged anywhere.
     Refused {
-        /// Index into the checks of the limiter that refused.
-        check: usize,
+        /// Index into the charges of the limiter that refused.
+        charge: usize,
         /// When the request would pass.
         retry_after: Duration,
     },
@@ -66,7 +66,7 @@ pub struct RateStateError(pub Arc<str>);
 
 /// Where rate state lives.
 ///
-/// `acquire` checks every limiter of a request and charges all of them or
+/// `acquire` charges every limiter of a request and charges all of them or
 /// none. The in-memory backend answers with a ready future (no allocation);
 /// a shared backend (Redis) can return a boxed one. The layer polls the
 /// future once in `call` and waits only if it is pending.
@@ -75,9 +75,9 @@ pub trait RateState: Send + Sync + 'static {
     /// inside the response future.
     type Future: Future<Output = Result<Outcome, RateStateError>> + Send + Unpin + 'static;
 
-    /// Decides `checks` at `now` (nanoseconds on the layer's clock):
+    /// Decides `charges` at `now` (nanoseconds on the layer's clock):
     /// all-then-commit.
-    fn acquire(&self, checks: &[Check], now: u64) -> Self::Future;
+    fn acquire(&self, charges: &[Charge], now: u64) -> Self::Future;
 }
 
 const SHARDS: usize = 16;
@@ -142,7 +142,7 @@ struct Shard {
     next_sweep: AtomicU64,
 }
 
-/// A key as the tables store it, borrowed from a check.
+/// A key as the tables store it, borrowed from a charge.
 enum Packed<'a> {
     Ip([u64; 2]),
     Token(&'a TokenId),
@@ -377,18 +377,18 @@ impl MemoryRateState {
         f(keys.by_limiter[limiter].insert(&key, hash, &shared.hasher))
     }
 
-    fn peek(&self, check: &Check, now: u64) -> u64 {
-        self.with_cell(&check.key, now, |cell| cell.load(Ordering::Acquire))
+    fn peek(&self, charge: &Charge, now: u64) -> u64 {
+        self.with_cell(&charge.key, now, |cell| cell.load(Ordering::Acquire))
     }
 
-    /// Charges one check with a CAS loop; `Err` if it refuses now.
-    fn commit(&self, check: &Check, now: u64) -> Result<(u32, Duration), Duration> {
-        self.with_cell(&check.key, now, |cell| {
+    /// Charges one charge with a CAS loop; `Err` if it refuses now.
+    fn commit(&self, charge: &Charge, now: u64) -> Result<(u32, Duration), Duration> {
+        self.with_cell(&charge.key, now, |cell| {
             let mut current = cell.load(Ordering::Acquire);
             loop {
-                match check.gcra.decide(current, now, check.cost) {
-                    Verdict::Refuse { retry_after } => return Err(retry_after),
-                    Verdict::Admit {
+                match charge.gcra.decide(current, now, charge.cost) {
+                    GcraAnswer::Refuse { retry_after } => return Err(retry_after),
+                    GcraAnswer::Admit {
                         tat,
                         remaining,
                         reset,
@@ -409,35 +409,38 @@ impl MemoryRateState {
     }
 
     /// Gives back a charge made by `commit` (another limiter refused).
-    fn refund(&self, check: &Check, now: u64) {
-        let charge = check.gcra.interval().saturating_mul(u64::from(check.cost));
-        let _ = self.with_cell(&check.key, now, |cell| {
+    fn refund(&self, charge: &Charge, now: u64) {
+        let spent = charge
+            .gcra
+            .interval()
+            .saturating_mul(u64::from(charge.cost));
+        let _ = self.with_cell(&charge.key, now, |cell| {
             cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
-                Some(tat.saturating_sub(charge))
+                Some(tat.saturating_sub(spent))
             })
         });
     }
 
     /// All-then-commit, synchronously.
-    pub fn decide(&self, checks: &[Check], now: u64) -> Outcome {
+    pub fn decide(&self, charges: &[Charge], now: u64) -> Outcome {
         // One limiter: charging is deciding, no look-ahead needed.
-        if let [check] = checks {
-            return match self.commit(check, now) {
+        if let [charge] = charges {
+            return match self.commit(charge, now) {
                 Ok((remaining, reset)) => Outcome::Admitted {
                     tightest: Some((0, remaining, reset)),
                 },
                 Err(retry_after) => Outcome::Refused {
-                    check: 0,
+                    charge: 0,
                     retry_after,
                 },
             };
         }
         // Look first: a request refused by one limiter must not spend another's budget.
         let mut refused: Option<(usize, Duration)> = None;
-        for (i, check) in checks.iter().enumerate() {
-            let retry = match check.gcra.decide(self.peek(check, now), now, check.cost) {
-                Verdict::Refuse { retry_after } => Some(retry_after),
-                Verdict::Admit { .. } => None,
+        for (i, charge) in charges.iter().enumerate() {
+            let retry = match charge.gcra.decide(self.peek(charge, now), now, charge.cost) {
+                GcraAnswer::Refuse { retry_after } => Some(retry_after),
+                GcraAnswer::Admit { .. } => None,
             };
             if let Some(retry) = retry
                 && refused.is_none_or(|(_, r)| retry > r)
@@ -445,25 +448,28 @@ impl MemoryRateState {
                 refused = Some((i, retry));
             }
         }
-        if let Some((check, retry_after)) = refused {
-            return Outcome::Refused { check, retry_after };
+        if let Some((charge, retry_after)) = refused {
+            return Outcome::Refused {
+                charge,
+                retry_after,
+            };
         }
         // Then charge each; if a racing request spent a budget in between,
         // give back what was charged and refuse.
         let mut tightest: Option<(usize, u32, Duration)> = None;
-        for (i, check) in checks.iter().enumerate() {
-            match self.commit(check, now) {
+        for (i, charge) in charges.iter().enumerate() {
+            match self.commit(charge, now) {
                 Ok((remaining, reset)) => {
                     if tightest.is_none_or(|(_, r, _)| remaining < r) {
                         tightest = Some((i, remaining, reset));
                     }
                 }
                 Err(retry_after) => {
-                    for earlier in &checks[..i] {
+                    for earlier in &charges[..i] {
                         self.refund(earlier, now);
                     }
                     return Outcome::Refused {
-                        check: i,
+                        charge: i,
                         retry_after,
                     };
                 }
@@ -522,7 +528,7 @@ impl Shard {
 impl RateState for MemoryRateState {
     type Future = Ready<Result<Outcome, RateStateError>>;
 
-    fn acquire(&self, checks: &[Check], now: u64) -> Self::Future {
-        ready(Ok(self.decide(checks, now)))
+    fn acquire(&self, charges: &[Charge], now: u64) -> Self::Future {
+        ready(Ok(self.decide(charges, now)))
     }
 }

@@ -1,11 +1,7 @@
 //! The layer's decisions under a manual clock: no test sleeps.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::num::NonZeroU32;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -17,7 +13,7 @@ use tower::{Layer, ServiceExt, service_fn};
 
 use super::*;
 
-type Svc = BoxCloneService<Request<()>, Response<tokengate_core::GateBody<()>>, Infallible>;
+type Svc = BoxCloneService<Request<()>, Response<tokengate_core::CheckBody<()>>, Infallible>;
 
 fn quota(count: u32, period_secs: u64, burst: u32) -> RateQuota {
     RateQuota::new(
@@ -28,7 +24,7 @@ fn quota(count: u32, period_secs: u64, burst: u32) -> RateQuota {
     .unwrap()
 }
 
-fn service<St: RateState + Clone>(layer: &RateByTokenLayer<St>) -> Svc {
+fn service<St: RateState + Clone>(layer: &RateLimitLayer<St>) -> Svc {
     let handler = service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
     BoxCloneService::new(layer.layer(handler))
 }
@@ -43,9 +39,9 @@ async fn status(svc: &Svc, request: Request<()>) -> StatusCode {
     svc.clone().oneshot(request).await.unwrap().status()
 }
 
-fn per_token(count: u32, period: u64, burst: u32) -> (RateByTokenLayer, ManualClock) {
+fn per_token(count: u32, period: u64, burst: u32) -> (RateLimitLayer, ManualClock) {
     let clock = ManualClock::new();
-    let layer = RateByTokenLayer::per_token(quota(count, period, burst)).clock(clock.shared());
+    let layer = RateLimitLayer::per_token(quota(count, period, burst)).clock(clock.shared());
     (layer, clock)
 }
 
@@ -172,7 +168,7 @@ async fn one_token_is_one_bucket_over_http_and_grpc() {
 #[tokio::test]
 async fn an_owner_limit_caps_the_sum_of_its_tokens() {
     let clock = ManualClock::new();
-    let layer = RateByTokenLayer::new([
+    let layer = RateLimitLayer::new([
         Limiter::per_token(quota(1, 60, 5)),
         Limiter::per_owner(quota(1, 60, 8)),
     ])
@@ -199,7 +195,7 @@ async fn an_owner_limit_caps_the_sum_of_its_tokens() {
 #[tokio::test]
 async fn a_refusal_by_one_limiter_spends_nothing_of_another() {
     let clock = ManualClock::new();
-    let layer = RateByTokenLayer::new([
+    let layer = RateLimitLayer::new([
         Limiter::per_token(quota(1, 60, 3)),
         Limiter::per_owner(quota(1, 60, 1)),
     ])
@@ -268,7 +264,7 @@ fn from(ip: &str) -> Request<()> {
 #[tokio::test]
 async fn client_ip_limits_work_before_authentication() {
     let clock = ManualClock::new();
-    let layer = RateByTokenLayer::per_client_ip(quota(1, 60, 2)).clock(clock.shared());
+    let layer = RateLimitLayer::per_client_ip(quota(1, 60, 2)).clock(clock.shared());
     let svc = service(&layer);
     assert_eq!(status(&svc, from("192.0.2.1")).await, StatusCode::OK);
     assert_eq!(status(&svc, from("::ffff:192.0.2.1")).await, StatusCode::OK);
@@ -335,7 +331,7 @@ fn a_million_distinct_keys_stay_under_the_cap_and_each_first_request_passes() {
     let state = MemoryRateState::new(10_000);
     let gcra = gcra::Gcra::new(quota(1, 60, 5));
     let now = 1_000_000_000_000;
-    let check = |ip: std::net::IpAddr| Check {
+    let check = |ip: std::net::IpAddr| Charge {
         key: (0, RateKey::Ip(ip)),
         gcra,
         cost: 1,
@@ -369,7 +365,7 @@ fn a_million_distinct_keys_stay_under_the_cap_and_each_first_request_passes() {
 
 #[tokio::test]
 async fn ipv6_clients_are_keyed_by_their_64_and_prefixes_are_configurable() {
-    let default = service(&RateByTokenLayer::per_client_ip(quota(1, 60, 1)));
+    let default = service(&RateLimitLayer::per_client_ip(quota(1, 60, 1)));
     assert_eq!(
         status(&default, from("2001:db8:1:2::1")).await,
         StatusCode::OK
@@ -388,10 +384,8 @@ async fn ipv6_clients_are_keyed_by_their_64_and_prefixes_are_configurable() {
     assert_eq!(status(&default, from("192.0.2.2")).await, StatusCode::OK);
 
     let wide = service(
-        &RateByTokenLayer::new(
-            [Limiter::per_client_ip(quota(1, 60, 1)).client_ip_prefixes(24, 48)],
-        )
-        .unwrap(),
+        &RateLimitLayer::new([Limiter::per_client_ip(quota(1, 60, 1)).client_ip_prefixes(24, 48)])
+            .unwrap(),
     );
     assert_eq!(status(&wide, from("192.0.2.1")).await, StatusCode::OK);
     assert_eq!(
@@ -412,7 +406,7 @@ fn keys_are_separate_per_limiter_and_per_kind_and_addresses_are_canonical() {
     let now = 1_000_000_000_000;
     let admitted = |key: (u8, RateKey)| {
         matches!(
-            state.decide(&[Check { key, gcra, cost: 1 }], now),
+            state.decide(&[Charge { key, gcra, cost: 1 }], now),
             Outcome::Admitted { .. }
         )
     };
@@ -439,44 +433,11 @@ fn keys_are_separate_per_limiter_and_per_kind_and_addresses_are_canonical() {
     assert_eq!(state.len(), 8);
 }
 
-/// A backend whose answers are pending once, as a shared store's would be.
-#[derive(Debug, Clone, Default)]
-struct SlowState {
-    inner: MemoryRateState,
-    failing: std::sync::Arc<AtomicBool>,
-}
-
-struct Later(Option<Result<Outcome, RateStateError>>, bool);
-
-impl Future for Later {
-    type Output = Result<Outcome, RateStateError>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.1 {
-            return Poll::Ready(self.0.take().unwrap());
-        }
-        self.1 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-impl RateState for SlowState {
-    type Future = Later;
-    fn acquire(&self, checks: &[Check], now: u64) -> Later {
-        let answer = if self.failing.load(Ordering::SeqCst) {
-            Err(RateStateError("backend down".into()))
-        } else {
-            Ok(self.inner.decide(checks, now))
-        };
-        Later(Some(answer), false)
-    }
-}
-
 #[tokio::test]
 async fn a_pending_backend_answers_the_same_and_a_failing_one_fails_closed() {
     let clock = ManualClock::new();
-    let slow = SlowState::default();
-    let layer = RateByTokenLayer::per_token(quota(1, 60, 1))
+    let slow = crate::testing::PendingRateState::new();
+    let layer = RateLimitLayer::per_token(quota(1, 60, 1))
         .clock(clock.shared())
         .state(slow.clone());
     let svc = service(&layer);
@@ -488,7 +449,7 @@ async fn a_pending_backend_answers_the_same_and_a_failing_one_fails_closed() {
         status(&svc, as_principal(&p)).await,
         StatusCode::TOO_MANY_REQUESTS
     );
-    slow.failing.store(true, Ordering::SeqCst);
+    slow.fail(true);
     assert_eq!(
         status(&svc, as_principal(&p)).await,
         StatusCode::SERVICE_UNAVAILABLE
@@ -498,19 +459,19 @@ async fn a_pending_backend_answers_the_same_and_a_failing_one_fails_closed() {
 #[test]
 fn bad_configurations_name_the_value() {
     assert_eq!(
-        RateByTokenLayer::new([]).unwrap_err(),
+        RateLimitLayer::new([]).unwrap_err(),
         RateConfigError::NoLimiter
     );
     let q = quota(1, 1, 1);
-    let bad = RateByTokenLayer::new([Limiter::per_token(q).named("Per Token")]).unwrap_err();
+    let bad = RateLimitLayer::new([Limiter::per_token(q).named("Per Token")]).unwrap_err();
     assert!(bad.to_string().contains("\"Per Token\""), "{bad}");
-    let dup = RateByTokenLayer::new([
+    let dup = RateLimitLayer::new([
         Limiter::per_token(q),
         Limiter::per_owner(q).named("per-token"),
     ])
     .unwrap_err();
     assert_eq!(dup.to_string(), "two limiters are named \"per-token\"");
-    let many = RateByTokenLayer::new((0..9).map(|i| Limiter::per_token(q).named(&format!("l{i}"))))
+    let many = RateLimitLayer::new((0..9).map(|i| Limiter::per_token(q).named(&format!("l{i}"))))
         .unwrap_err();
     assert_eq!(many, RateConfigError::TooMany { count: 9 });
 }

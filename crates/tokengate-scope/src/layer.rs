@@ -1,13 +1,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::{Request, Response};
-use tokengate_core::{Denial, GateBody, Principal, Renderer, ScopeRules};
+use tokengate_core::{CheckService, Renderer, ScopeRules};
 use tower::Layer;
 
 use crate::policy::ScopeLookup;
 use crate::requirement::{Requirement, RequirementError};
-use crate::service::EnforceScope;
 
 /// Checks the [`Principal`](tokengate_core::Principal)'s scopes against a
 /// [`ScopeLookup`]: a [`ScopePolicy`](crate::ScopePolicy) table for a whole
@@ -54,33 +52,6 @@ impl<P: ScopeLookup> EnforceScopeLayer<P> {
             self.lookup.requirement(method, path),
             Some(Requirement::Public)
         )
-    }
-
-    /// Decides `request` as this layer's service does, for a service that
-    /// runs several layers' decisions itself (the facade's `Gate`). Public
-    /// routes pass; otherwise a principal is needed (401), a rule must
-    /// cover the request (403), and the rule must be met (403). Answer a
-    /// refusal with [`EnforceScopeLayer::reject`].
-    pub fn check<B>(&self, request: &Request<B>) -> Result<(), Denial> {
-        let requirement = self
-            .lookup
-            .requirement(request.method(), request.uri().path());
-        if matches!(requirement, Some(Requirement::Public)) {
-            return Ok(());
-        }
-        let principal = request
-            .extensions()
-            .get::<Principal>()
-            .ok_or(Denial::MissingToken)?;
-        requirement
-            .ok_or(Denial::Unmapped)?
-            .check(principal.scopes(), &self.rules)
-            .map_err(|missing| Denial::InsufficientScope { missing })
-    }
-
-    /// The response this layer's service refuses `request` with.
-    pub fn reject<B, R>(&self, request: &Request<B>, denial: Denial) -> Response<GateBody<R>> {
-        self.renderer.reject(request, denial)
     }
 
     /// Enforces `lookup` with exact scope matching ([`ScopeRules::exact`]).
@@ -134,9 +105,9 @@ impl<S, P> Layer<S> for EnforceScopeLayer<P> {
     type Service = EnforceScope<S, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        EnforceScope {
-            inner,
-            layer: self.clone(),
-        }
+        CheckService::new(self.clone(), inner)
     }
 }
+
+/// The service [`EnforceScopeLayer`] makes.
+pub type EnforceScope<S, P> = CheckService<EnforceScopeLayer<P>, S>;

@@ -72,15 +72,14 @@
 //! and their precedence read the same as the routes they guard) and
 //! `thiserror` (policy errors).
 
+mod check;
 mod layer;
 mod policy;
 mod requirement;
-mod service;
 
-pub use layer::{EnforceScopeLayer, RequireScope};
+pub use layer::{EnforceScope, EnforceScopeLayer, RequireScope};
 pub use policy::{PolicyError, ScopeLookup, ScopePolicy, ScopePolicyBuilder};
 pub use requirement::{Requirement, RequirementError};
-pub use service::{EnforceScope, ResponseFuture};
 
 #[cfg(test)]
 mod tests;

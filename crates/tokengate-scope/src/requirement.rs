@@ -47,7 +47,7 @@ impl Requirement {
 
     /// Whether scopes `held` satisfy the requirement under `rules`; if not,
     /// the scopes to ask for (for `Any`: all of its alternatives).
-    pub fn check(&self, held: &ScopeSet, rules: &ScopeRules) -> Result<(), Vec<Scope>> {
+    pub fn evaluate(&self, held: &ScopeSet, rules: &ScopeRules) -> Result<(), Vec<Scope>> {
         match self {
             Self::Public | Self::Authenticated => Ok(()),
             Self::All(required) => {
@@ -129,11 +129,11 @@ mod tests {
     fn all_lists_exactly_the_missing_scopes() {
         let req = Requirement::all(["notes:read", "notes:write"]).unwrap();
         assert_eq!(
-            req.check(&set("notes:read notes:write"), &ScopeRules::exact()),
+            req.evaluate(&set("notes:read notes:write"), &ScopeRules::exact()),
             Ok(())
         );
         assert_eq!(
-            req.check(&set("notes:read"), &ScopeRules::exact()),
+            req.evaluate(&set("notes:read"), &ScopeRules::exact()),
             Err(vec!["notes:write".parse().unwrap()])
         );
     }
@@ -141,9 +141,12 @@ mod tests {
     #[test]
     fn any_needs_one_and_names_every_option_otherwise() {
         let req = Requirement::any(["notes:admin", "notes:write"]).unwrap();
-        assert_eq!(req.check(&set("notes:write"), &ScopeRules::exact()), Ok(()));
+        assert_eq!(
+            req.evaluate(&set("notes:write"), &ScopeRules::exact()),
+            Ok(())
+        );
         let missing = req
-            .check(&set("notes:read"), &ScopeRules::exact())
+            .evaluate(&set("notes:read"), &ScopeRules::exact())
             .unwrap_err();
         assert_eq!(missing.len(), 2);
     }
@@ -161,12 +164,12 @@ mod tests {
     #[test]
     fn authenticated_accepts_an_empty_scope_set_but_all_does_not() {
         assert_eq!(
-            Requirement::Authenticated.check(&ScopeSet::empty(), &ScopeRules::standard()),
+            Requirement::Authenticated.evaluate(&ScopeSet::empty(), &ScopeRules::standard()),
             Ok(())
         );
         let req = Requirement::all(["notes:read"]).unwrap();
         assert!(
-            req.check(&ScopeSet::empty(), &ScopeRules::standard())
+            req.evaluate(&ScopeSet::empty(), &ScopeRules::standard())
                 .is_err()
         );
     }

@@ -9,7 +9,7 @@ use tokengate_core::{Denial, Principal, Renderer, is_grpc};
 
 /// The peer address axum knows when served with
 /// `into_make_service_with_connect_info::<SocketAddr>()`: pass it to
-/// `ClientIpLayer::peer_source`.
+/// `ResolveClientIpLayer::peer_source`.
 pub fn peer_addr(extensions: &http::Extensions) -> Option<std::net::IpAddr> {
     extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()

@@ -1,21 +1,34 @@
 //! The `Gate`: every layer in the one order that is right.
 
 use std::fmt;
+use std::sync::Arc;
 
 use tokengate_audit::{Audit, AuditLayer, AuditSink, TracingSink};
 use tokengate_authenticate::AuthenticateLayer;
-use tokengate_core::RateQuota;
-use tokengate_ipfilter::{ClientIpLayer, IpFilterLayer, IpRules};
-use tokengate_rate::{Limiter, MissingKey, RateByTokenLayer};
+use tokengate_core::{Chain, CheckService, RateQuota};
+use tokengate_ipfilter::{IpFilterLayer, IpRules, ResolveClientIpLayer};
+use tokengate_rate::{Limiter, MemoryRateState, MissingKey, RateLimitLayer, RateState};
 use tokengate_scope::{EnforceScopeLayer, ScopeLookup};
 use tower::Layer;
 
-use crate::checks::{GateChecks, Layers};
+/// Every check of a [`Gate`] after audit, in order: client IP, IP filter,
+/// per-IP rate limit, authenticate, per-token rate limit, scopes, then
+/// the checks added with [`Gate::with_check`] (`X`).
+pub type GateCheck<St, P, R = MemoryRateState, X = ()> = Chain<
+    ResolveClientIpLayer,
+    Chain<
+        IpFilterLayer,
+        Chain<
+            RateLimitLayer<R>,
+            Chain<AuthenticateLayer<St>, Chain<RateLimitLayer<R>, Chain<EnforceScopeLayer<P>, X>>>,
+        >,
+    >,
+>;
 
-/// The service a [`Gate`] wraps around `S`: audit, then client IP, IP
-/// filter, per-IP rate limit, authenticate, per-token rate limit and
-/// scopes in one service ([`GateChecks`]), then `S`.
-pub type GateService<S, St, P, K> = Audit<GateChecks<S, St, P>, K>;
+/// The service a [`Gate`] wraps around `S`: audit, then every other check
+/// ([`GateCheck`]) run by one [`CheckService`], then `S`.
+pub type GateService<S, St, P, K = TracingSink, R = MemoryRateState, X = ()> =
+    Audit<CheckService<Arc<GateCheck<St, P, R, X>>, S>, K>;
 
 /// Composes DESIGN's layer order from one configuration, so it cannot be
 /// got wrong:
@@ -25,10 +38,13 @@ pub type GateService<S, St, P, K> = Audit<GateChecks<S, St, P>, K>;
 ///         -> authenticate -> rate per token -> scopes -> your service
 /// ```
 ///
-/// Every layer stays usable on its own; the gate fixes their order and
-/// runs the six after audit in one service, [`GateChecks`], which decides
-/// each request exactly as the layers stacked in this order would, with
-/// one future and one body wrapper instead of six.
+/// Every layer stays usable on its own, and each is a
+/// [`Check`](tokengate_core::Check): the gate fixes their order and runs
+/// the six after audit as one [`Chain`] in one [`CheckService`], which
+/// decides each request exactly as the layers stacked in this order would,
+/// with one future and one body wrapper instead of six. A check of your
+/// own joins with [`with_check`](Gate::with_check); a rate state that
+/// answers later (a shared one) with [`rate_state`](Gate::rate_state).
 ///
 /// ```
 /// use tokengate::{AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, Gate, KeyId,
@@ -70,32 +86,43 @@ pub type GateService<S, St, P, K> = Audit<GateChecks<S, St, P>, K>;
 /// A policy written with full paths for a Gate inside the nest matches
 /// nothing and denies everything (403). Both placements are tested with a
 /// real server in `tests/axum_auth.rs`.
-pub struct Gate<St, P, K = TracingSink> {
+pub struct Gate<St, P, K = TracingSink, R = MemoryRateState, X = ()> {
     audit: AuditLayer<K>,
-    checks: Layers<St, P>,
+    client_ip: ResolveClientIpLayer,
+    ip_filter: IpFilterLayer,
+    ip_rate: RateLimitLayer<R>,
+    authenticate: AuthenticateLayer<St>,
+    token_rate: RateLimitLayer<R>,
+    scope: EnforceScopeLayer<P>,
+    extra: X,
 }
 
-impl<St, P, K> Clone for Gate<St, P, K> {
+impl<St, P, K, R, X: Clone> Clone for Gate<St, P, K, R, X> {
     fn clone(&self) -> Self {
         Self {
             audit: self.audit.clone(),
-            checks: self.checks.clone(),
+            client_ip: self.client_ip.clone(),
+            ip_filter: self.ip_filter.clone(),
+            ip_rate: self.ip_rate.clone(),
+            authenticate: self.authenticate.clone(),
+            token_rate: self.token_rate.clone(),
+            scope: self.scope.clone(),
+            extra: self.extra.clone(),
         }
     }
 }
 
-impl<St, P: fmt::Debug, K> fmt::Debug for Gate<St, P, K> {
+impl<St, P: fmt::Debug, K, R: fmt::Debug, X> fmt::Debug for Gate<St, P, K, R, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = &self.checks;
         f.debug_struct("Gate")
             .field("audit", &self.audit)
-            .field("client_ip", &c.client_ip)
-            .field("ip_filter", &c.ip_filter)
-            .field("ip_rate", &c.ip_rate)
-            .field("authenticate", &c.authenticate)
-            .field("token_rate", &c.token_rate)
-            .field("scope", &c.scope)
-            .finish()
+            .field("client_ip", &self.client_ip)
+            .field("ip_filter", &self.ip_filter)
+            .field("ip_rate", &self.ip_rate)
+            .field("authenticate", &self.authenticate)
+            .field("token_rate", &self.token_rate)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
     }
 }
 
@@ -147,87 +174,150 @@ impl<St, P: ScopeLookup> Gate<St, P, TracingSink> {
             });
         Self {
             audit: AuditLayer::new(TracingSink),
-            checks: Layers {
-                client_ip: ClientIpLayer::new().default_peer_source(connection_peer),
-                ip_filter: IpFilterLayer::new(
-                    IpRules::deny_list(Vec::<&str>::new())
-                        .unwrap_or_else(|_| unreachable!("no rule to refuse")),
-                ),
-                // The per-token limiter's headers are the ones clients act on.
-                ip_rate: RateByTokenLayer::per_client_ip(quota(100, 1, 200)).success_headers(false),
-                authenticate,
-                // Public routes carry no token: skip them rather than refuse.
-                token_rate: RateByTokenLayer::per_token(quota(50, 1, 100))
-                    .missing_key(MissingKey::Skip),
-                scope,
-            },
+            client_ip: ResolveClientIpLayer::new().default_peer_source(connection_peer),
+            ip_filter: IpFilterLayer::new(
+                IpRules::deny_list(Vec::<&str>::new())
+                    .unwrap_or_else(|_| unreachable!("no rule to refuse")),
+            ),
+            // The per-token limiter's headers are the ones clients act on.
+            ip_rate: RateLimitLayer::per_client_ip(quota(100, 1, 200)).success_headers(false),
+            authenticate,
+            // Public routes carry no token: skip them rather than refuse.
+            token_rate: RateLimitLayer::per_token(quota(50, 1, 100)).missing_key(MissingKey::Skip),
+            scope,
+            extra: (),
         }
     }
 }
 
-impl<St, P, K> Gate<St, P, K> {
-    /// Audits into `sink`.
-    pub fn audit<K2: AuditSink>(self, audit: AuditLayer<K2>) -> Gate<St, P, K2> {
-        Gate {
-            audit,
-            checks: self.checks,
-        }
-    }
-
-    /// Resolves client addresses with `layer` (trusted proxies, peer
-    /// source). Unless the layer chose a peer source, the Gate's own finds
-    /// the connection's address ([`connection_peer`]).
-    pub fn client_ip(mut self, layer: ClientIpLayer) -> Self {
-        self.checks.client_ip = layer.default_peer_source(connection_peer);
-        self
-    }
-
-    /// Filters client addresses with `layer`.
-    pub fn ip_filter(mut self, layer: IpFilterLayer) -> Self {
-        self.checks.ip_filter = layer;
-        self
-    }
-
+impl<St, P, K, X> Gate<St, P, K, MemoryRateState, X> {
     /// Limits requests per client address before authentication with `quota`.
     pub fn pre_auth_quota(mut self, quota: RateQuota) -> Self {
-        self.checks.ip_rate = RateByTokenLayer::per_client_ip(quota).success_headers(false);
+        self.ip_rate = RateLimitLayer::per_client_ip(quota).success_headers(false);
         self
     }
 
     /// Replaces the per-token limiter (the token's own quota still wins).
-    pub fn token_rate(mut self, layer: RateByTokenLayer) -> Self {
-        self.checks.token_rate = layer;
+    pub fn token_rate(mut self, layer: RateLimitLayer) -> Self {
+        self.token_rate = layer;
         self
     }
 
     /// A per-token default `quota` and a per-owner `owner_quota`, checked together.
     pub fn token_and_owner_quota(mut self, quota: RateQuota, owner_quota: RateQuota) -> Self {
         if let Ok(layer) =
-            RateByTokenLayer::new([Limiter::per_token(quota), Limiter::per_owner(owner_quota)])
+            RateLimitLayer::new([Limiter::per_token(quota), Limiter::per_owner(owner_quota)])
         {
-            self.checks.token_rate = layer.missing_key(MissingKey::Skip);
+            self.token_rate = layer.missing_key(MissingKey::Skip);
         }
         self
     }
 
+    /// Keeps both rate limits' state in `state` (a shared backend, say)
+    /// instead of process memory. Set the quotas first.
+    pub fn rate_state<R2: RateState + Clone>(self, state: R2) -> Gate<St, P, K, R2, X> {
+        Gate {
+            audit: self.audit,
+            client_ip: self.client_ip,
+            ip_filter: self.ip_filter,
+            ip_rate: self.ip_rate.state(state.clone()),
+            authenticate: self.authenticate,
+            token_rate: self.token_rate.state(state),
+            scope: self.scope,
+            extra: self.extra,
+        }
+    }
+}
+
+impl<St, P, K, R, X> Gate<St, P, K, R, X> {
+    /// Audits into `sink`.
+    pub fn audit<K2: AuditSink>(self, audit: AuditLayer<K2>) -> Gate<St, P, K2, R, X> {
+        Gate {
+            audit,
+            client_ip: self.client_ip,
+            ip_filter: self.ip_filter,
+            ip_rate: self.ip_rate,
+            authenticate: self.authenticate,
+            token_rate: self.token_rate,
+            scope: self.scope,
+            extra: self.extra,
+        }
+    }
+
+    /// Runs `check` after the scopes, before your service: a
+    /// [`Check`](tokengate_core::Check) of your own (a required header,
+    /// say), with the Gate's order, audit record and headers.
+    pub fn with_check<C>(self, check: C) -> Gate<St, P, K, R, Chain<X, C>> {
+        Gate {
+            audit: self.audit,
+            client_ip: self.client_ip,
+            ip_filter: self.ip_filter,
+            ip_rate: self.ip_rate,
+            authenticate: self.authenticate,
+            token_rate: self.token_rate,
+            scope: self.scope,
+            extra: Chain::new(self.extra, check),
+        }
+    }
+
+    /// Resolves client addresses with `layer` (trusted proxies, peer
+    /// source). Unless the layer chose a peer source, the Gate's own finds
+    /// the connection's address ([`connection_peer`]).
+    pub fn client_ip(mut self, layer: ResolveClientIpLayer) -> Self {
+        self.client_ip = layer.default_peer_source(connection_peer);
+        self
+    }
+
+    /// Filters client addresses with `layer`.
+    pub fn ip_filter(mut self, layer: IpFilterLayer) -> Self {
+        self.ip_filter = layer;
+        self
+    }
+
     /// Reads time from `clock` in the rate layers (authenticate has its own setting).
-    pub fn clock(mut self, clock: tokengate_core::SharedClock) -> Self {
-        self.checks.ip_rate = self.checks.ip_rate.clock(clock.clone());
-        self.checks.token_rate = self.checks.token_rate.clock(clock);
+    pub fn clock(mut self, clock: tokengate_core::SharedClock) -> Self
+    where
+        R: Clone,
+    {
+        self.ip_rate = self.ip_rate.clock(clock.clone());
+        self.token_rate = self.token_rate.clock(clock);
         self
     }
 
     /// The IP filter, to replace its rules at runtime.
     pub fn ip_filter_handle(&self) -> &IpFilterLayer {
-        &self.checks.ip_filter
+        &self.ip_filter
+    }
+
+    /// The checks after audit, in order, as one.
+    pub fn checks(&self) -> GateCheck<St, P, R, X>
+    where
+        X: Clone,
+    {
+        Chain::new(
+            self.client_ip.clone(),
+            Chain::new(
+                self.ip_filter.clone(),
+                Chain::new(
+                    self.ip_rate.clone(),
+                    Chain::new(
+                        self.authenticate.clone(),
+                        Chain::new(
+                            self.token_rate.clone(),
+                            Chain::new(self.scope.clone(), self.extra.clone()),
+                        ),
+                    ),
+                ),
+            ),
+        )
     }
 }
 
-impl<S, St, P, K> Layer<S> for Gate<St, P, K> {
-    type Service = GateService<S, St, P, K>;
+impl<S, St, P, K, R, X: Clone> Layer<S> for Gate<St, P, K, R, X> {
+    type Service = GateService<S, St, P, K, R, X>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let checks = std::sync::Arc::new(self.checks.clone());
-        self.audit.layer(GateChecks::new(inner, checks))
+        self.audit
+            .layer(CheckService::new(Arc::new(self.checks()), inner))
     }
 }

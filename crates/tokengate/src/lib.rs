@@ -7,8 +7,8 @@
 //! |---|---|
 //! | `authenticate` (default) | [`AuthenticateLayer`]: bearer tokens → [`Principal`] |
 //! | `scope` (default) | [`EnforceScopeLayer`], [`RequireScope`], [`ScopePolicy`] |
-//! | `rate` (default) | [`RateByTokenLayer`], [`Limiter`], [`MemoryRateState`] |
-//! | `ipfilter` (default) | [`ClientIpLayer`], [`IpFilterLayer`], [`IpRules`] |
+//! | `rate` (default) | [`RateLimitLayer`], [`Limiter`], [`MemoryRateState`] |
+//! | `ipfilter` (default) | [`ResolveClientIpLayer`], [`IpFilterLayer`], [`IpRules`] |
 //! | `audit` (default) | [`AuditLayer`], [`JsonLinesSink`], [`TracingSink`], [`audit_chain`] |
 //! | `gate` (default: all five layers) | [`Gate`]: the layers in their one right order, the six after audit run as one service ([`GateChecks`]) |
 //! | `sqlite` | `SqliteStore` (with its pepper, `SqliteStore::pepper`): the embedded default store; with `gate`, `Embedded` assembles a single-machine deployment and `shutdown_signal` (SIGTERM or SIGINT, through tokio's `signal`) ends it gracefully |
@@ -106,7 +106,7 @@ pub use tokengate_core::*;
 #[cfg(feature = "authenticate")]
 pub use tokengate_authenticate::{
     Authenticate, AuthenticateLayer, ExpiryHeader, IsPublic, PublicPaths, TOKEN_EXPIRES,
-    TokenLookup, UriCopy, UsageTracker, Verdict,
+    TokenLookup, UriCopy, UsageTracker,
 };
 #[cfg(feature = "scope")]
 pub use tokengate_scope::{
@@ -116,14 +116,14 @@ pub use tokengate_scope::{
 
 #[cfg(feature = "rate")]
 pub use tokengate_rate::{
-    KeyBy, Limiter, MemoryRateState, MissingKey, RateByToken, RateByTokenLayer, RateConfigError,
-    RateHeaders, RateKey, RateState, RateStateError,
+    KeyBy, Limiter, MemoryRateState, MissingKey, RateConfigError, RateHeaders, RateKey, RateLimit,
+    RateLimitLayer, RateState, RateStateError,
 };
 
 #[cfg(feature = "ipfilter")]
 pub use tokengate_ipfilter::{
-    CidrError, ClientIpLayer, ForwardedHeader, IpFilter, IpFilterLayer, IpRules, IpSet, PeerAddr,
-    ResolveClientIp, parse_net,
+    CidrError, ForwardedHeader, IpFilter, IpFilterLayer, IpRules, IpSet, PeerAddr, ResolveClientIp,
+    ResolveClientIpLayer, parse_net,
 };
 
 #[cfg(feature = "audit")]
@@ -142,13 +142,9 @@ mod embedded;
 pub use embedded::{Embedded, SetupError, shutdown_signal};
 
 #[cfg(feature = "gate")]
-pub mod checks;
-#[cfg(feature = "gate")]
 mod gate;
 #[cfg(feature = "gate")]
-pub use checks::GateChecks;
-#[cfg(feature = "gate")]
-pub use gate::{Gate, GateService, connection_peer};
+pub use gate::{Gate, GateCheck, GateService, connection_peer};
 
 #[cfg(feature = "axum")]
 pub mod axum;

@@ -16,7 +16,7 @@
 use tokengate_core::Principal;
 
 /// The peer address tonic's server records for TCP connections: pass it
-/// to `ClientIpLayer::peer_source`.
+/// to `ResolveClientIpLayer::peer_source`.
 pub fn peer_addr(extensions: &http::Extensions) -> Option<std::net::IpAddr> {
     extensions
         .get::<tonic::transport::server::TcpConnectInfo>()

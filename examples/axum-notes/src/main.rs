@@ -27,8 +27,8 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tokengate::axum::Authenticated;
 use tokengate::{
-    AuditLayer, ClientIpLayer, Embedded, EnforceScopeLayer, Expiry, Gate, IpFilterLayer, IpRules,
-    IssuedToken, RateQuota, Requirement, ScopePolicy, TokenSpec,
+    AuditLayer, Embedded, EnforceScopeLayer, Expiry, Gate, IpFilterLayer, IpRules, IssuedToken,
+    RateQuota, Requirement, ResolveClientIpLayer, ScopePolicy, TokenSpec,
 };
 
 /// A notes API protected by tokengate.
@@ -175,7 +175,7 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
     // Every flag is checked before anything is opened, bound or written.
     let audience: tokengate::Audience = args.audience.parse()?;
     let policy = policy()?;
-    let client_ip = ClientIpLayer::trusted_proxies(&args.trusted_proxies)?;
+    let client_ip = ResolveClientIpLayer::trusted_proxies(&args.trusted_proxies)?;
     let ip_rules = IpRules::from_lists(&args.allow_ips, &args.deny_ips)?;
     let pre_auth = per_second(args.pre_auth_rate)?;
     let demo = demo_spec(&audience)?;

@@ -89,7 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ = tokio::signal::ctrl_c() => break,
         };
         let service = ServiceBuilder::new()
-            // The peer address reaches ClientIpLayer (inside the gate) as PeerAddr.
+            // The peer address reaches ResolveClientIpLayer (inside the gate) as PeerAddr.
             .map_request(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(PeerAddr(peer));
                 request

@@ -20,8 +20,8 @@ use std::time::Duration;
 use clap::Parser;
 use tokengate::tonic::PrincipalExt;
 use tokengate::{
-    AuditLayer, ClientIpLayer, Embedded, EnforceScopeLayer, Expiry, Gate, IpFilterLayer, IpRules,
-    IssuedToken, Requirement, ScopePolicy, TokenSpec,
+    AuditLayer, Embedded, EnforceScopeLayer, Expiry, Gate, IpFilterLayer, IpRules, IssuedToken,
+    Requirement, ResolveClientIpLayer, ScopePolicy, TokenSpec,
 };
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -137,7 +137,7 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
     // Every flag is checked before anything is opened, bound or written.
     let audience: tokengate::Audience = args.audience.parse()?;
     let policy = policy()?;
-    let client_ip = ClientIpLayer::trusted_proxies(&args.trusted_proxies)?;
+    let client_ip = ResolveClientIpLayer::trusted_proxies(&args.trusted_proxies)?;
     let ip_rules = IpRules::from_lists(&args.allow_ips, &args.deny_ips)?;
     let demo = demo_spec(&audience)?;
     let reflection = tonic_reflection::server::Builder::configure()

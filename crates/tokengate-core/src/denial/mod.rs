@@ -74,6 +74,9 @@ pub enum MalformedReason {
     BadAuthorizationHeader,
     /// A token in the query string where that is not enabled.
     QueryTokenNotAllowed,
+    /// A header the service requires of every request is absent (for
+    /// checks of your own, such as a tenant header).
+    MissingRequiredHeader,
 }
 
 /// Why a presented token is not valid here. Told to the audit record, never
@@ -159,6 +162,9 @@ impl Denial {
             Self::MalformedRequest(MalformedReason::QueryTokenNotAllowed) => {
                 "query_token_not_allowed"
             }
+            Self::MalformedRequest(MalformedReason::MissingRequiredHeader) => {
+                "missing_required_header"
+            }
             Self::MissingToken => "missing_token",
             Self::InvalidToken(reason) => reason.as_str(),
             Self::InsufficientScope { .. } => "insufficient_scope",
@@ -186,6 +192,9 @@ impl Denial {
             }
             Self::MalformedRequest(MalformedReason::QueryTokenNotAllowed) => {
                 "Tokens are not accepted in the query string."
+            }
+            Self::MalformedRequest(MalformedReason::MissingRequiredHeader) => {
+                "A required header is missing."
             }
             Self::MissingToken => "A bearer token is required.",
             Self::InvalidToken(_) => "The bearer token is invalid, expired or revoked.",

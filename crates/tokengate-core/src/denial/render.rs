@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use super::Denial;
-use crate::body::GateBody;
+use crate::check::{CheckBody, Refusal};
 use crate::trail::RequestTrail;
 
 /// Characters gRPC requires percent-encoded in `grpc-message`.
@@ -181,28 +181,29 @@ impl Renderer {
 
     /// Refuses `request` with `denial`: notes it in the request's trail and
     /// renders it for the request's protocol.
-    pub fn reject<ReqBody, ResBody>(
-        &self,
-        request: &Request<ReqBody>,
-        denial: Denial,
-    ) -> Response<GateBody<ResBody>> {
+    pub fn refuse<B>(&self, request: &Request<B>, denial: Denial) -> Refusal {
         RequestTrail::note_denial(request.extensions(), &denial);
-        self.render(denial, is_grpc(request.headers()))
+        self.render_refusal(denial, is_grpc(request.headers()))
     }
 
     /// Renders `denial` as an HTTP response, or as a gRPC trailers-only
     /// response when `grpc` is true.
-    pub fn render<B>(&self, denial: Denial, grpc: bool) -> Response<GateBody<B>> {
+    pub fn render<B>(&self, denial: Denial, grpc: bool) -> Response<CheckBody<B>> {
+        self.render_refusal(denial, grpc).into_response()
+    }
+
+    /// Renders `denial` as a [`Refusal`] (see [`render`](Self::render)).
+    pub fn render_refusal(&self, denial: Denial, grpc: bool) -> Refusal {
         let mut response = if grpc {
             grpc_response(&denial)
         } else {
             self.http_response(&denial)
         };
         response.extensions_mut().insert(denial);
-        response
+        Refusal::new(response)
     }
 
-    fn http_response<B>(&self, denial: &Denial) -> Response<GateBody<B>> {
+    fn http_response(&self, denial: &Denial) -> Response<Bytes> {
         let (mut parts, body) = self.http.render(denial).into_parts();
         parts.status = denial.status();
         let headers = &mut parts.headers;
@@ -218,7 +219,7 @@ impl Renderer {
                 limited.policy.state_header(0, limited.retry_after),
             );
         }
-        Response::from_parts(parts, GateBody::full(body))
+        Response::from_parts(parts, body)
     }
 
     /// The RFC 6750 challenge, for the denials that have one.
@@ -243,8 +244,8 @@ impl Renderer {
     }
 }
 
-fn grpc_response<B>(denial: &Denial) -> Response<GateBody<B>> {
-    let mut response = Response::new(GateBody::empty());
+fn grpc_response(denial: &Denial) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::new());
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));

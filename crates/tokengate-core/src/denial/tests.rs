@@ -7,10 +7,10 @@ use http_body_util::{BodyExt, Empty};
 use serde_json::Value;
 
 use super::*;
-use crate::body::GateBody;
+use crate::check::CheckBody;
 use crate::trail::RequestTrail;
 
-type Body = GateBody<Empty<Bytes>>;
+type Body = CheckBody<Empty<Bytes>>;
 
 fn rate_limited(retry_after: Duration) -> Denial {
     Denial::RateLimited(RateLimited {
@@ -217,7 +217,9 @@ fn reject_notes_the_denial_in_the_trail_and_follows_the_protocol() {
     request
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    let response: Response<Body> = renderer().reject(&request, Denial::MissingToken);
+    let response: Response<Body> = renderer()
+        .refuse(&request, Denial::MissingToken)
+        .into_response();
     assert_eq!(response.headers()["grpc-status"], "16");
     assert_eq!(trail.denial(), Some(&Denial::MissingToken));
 }

@@ -1,48 +1,56 @@
+//! The decision: one credential, well-formed, known, for this service,
+//! from an allowed network.
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use tokengate_core::{
-    ClientIp, Denial, GateBody, InvalidReason, IpReason, Principal, RequestTrail, StoreError,
-    TokenHash, TokenStore, VerifyError,
+    Admit, Check, ClientIp, Denial, InvalidReason, IpReason, Principal, RequestTrail, StoreError,
+    TokenHash, TokenStore, Verdict, VerifyError,
 };
-use tower::Service;
 
 use crate::credential::{QuerySource, redact_query};
-use crate::future::ResponseFuture;
 use crate::layer::{AudienceCheck, AuthenticateLayer, Config};
 
-/// The service [`AuthenticateLayer`](crate::AuthenticateLayer) makes.
-pub struct Authenticate<S, St> {
-    inner: S,
-    config: Arc<Config<St>>,
-}
+/// Verifies the request's token through the verifying cache and puts the
+/// [`Principal`] into its extensions; a cache miss waits for the store.
+impl<B, St: TokenStore> Check<B> for AuthenticateLayer<St> {
+    type Admit = ExpiryHeader;
+    type Wait = TokenLookup;
 
-impl<S, St> Authenticate<S, St> {
-    pub(crate) fn new(inner: S, config: Arc<Config<St>>) -> Self {
-        Self { inner, config }
+    #[inline]
+    fn check(&self, request: &mut Request<B>) -> Verdict<ExpiryHeader, TokenLookup> {
+        let config = &*self.config;
+        match config.decide(request) {
+            Ok(Found::Admitted(expiry)) => Verdict::Admit(expiry),
+            Ok(Found::Lookup(lookup)) => Verdict::Wait(lookup),
+            Err(denial) => Verdict::Refuse(config.renderer.refuse(request, denial)),
+        }
     }
-}
 
-impl<S: Clone, St> Clone for Authenticate<S, St> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            config: Arc::clone(&self.config),
+    fn resume(
+        &self,
+        request: &mut Request<B>,
+        verified: Result<Principal, VerifyError>,
+    ) -> Verdict<ExpiryHeader, TokenLookup> {
+        let config = &*self.config;
+        match config.admit(request, verified) {
+            Ok(expiry) => Verdict::Admit(expiry),
+            Err(denial) => Verdict::Refuse(config.renderer.refuse(request, denial)),
         }
     }
 }
 
-impl<S: fmt::Debug, St> fmt::Debug for Authenticate<S, St> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Authenticate")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
+/// What the layer found without waiting.
+enum Found {
+    /// Admitted (a public route, or a token the cache knows).
+    Admitted(ExpiryHeader),
+    /// The cache does not know the token: ask the store.
+    Lookup(TokenLookup),
 }
 
 /// What the cheap, synchronous part of a decision found.
@@ -52,29 +60,16 @@ enum Step {
     Lookup(TokenHash),
 }
 
-/// What [`AuthenticateLayer::check_cached`] decided without waiting.
-#[derive(Debug)]
-pub enum Verdict {
-    /// A public route: no token is asked for.
-    Public,
-    /// Verified from the cache and admitted: the principal is in the
-    /// request's extensions. Set the expiry header on the response.
-    Admitted(ExpiryHeader),
-    /// The cache does not know the token: await the lookup, then hand its
-    /// output to [`AuthenticateLayer::admit`].
-    Lookup(TokenLookup),
-}
-
 /// The token-expiry header of an admitted request (nothing when the layer
 /// sends none, or the token never expires).
 #[derive(Debug, Clone, Default)]
 pub struct ExpiryHeader(Option<(HeaderName, HeaderValue)>);
 
-impl ExpiryHeader {
-    /// Sets the header on a response's `headers`.
-    pub fn apply(self, headers: &mut HeaderMap) {
+impl Admit for ExpiryHeader {
+    #[inline]
+    fn apply<B>(self, response: &mut Response<B>) {
         if let Some((name, value)) = self.0 {
-            headers.insert(name, value);
+            response.headers_mut().insert(name, value);
         }
     }
 }
@@ -99,83 +94,19 @@ impl fmt::Debug for TokenLookup {
     }
 }
 
-impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for Authenticate<S, St>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send,
-    St: TokenStore,
-    ReqBody: Send + 'static,
-{
-    type Response = Response<GateBody<ResBody>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S, St, ReqBody, ResBody>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let config = &*self.config;
-        match config.check_cached(&mut request) {
-            Ok(Verdict::Public) => {
-                ResponseFuture::forward(self.inner.call(request), ExpiryHeader::default())
-            }
-            Ok(Verdict::Admitted(expiry)) => {
-                ResponseFuture::forward(self.inner.call(request), expiry)
-            }
-            Ok(Verdict::Lookup(lookup)) => {
-                // Clone and swap: the service that was polled ready goes with
-                // the request; this service keeps a fresh clone.
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::verify(lookup, request, inner, Arc::clone(&self.config))
-            }
-            Err(denial) => ResponseFuture::reject(config.renderer.reject(&request, denial)),
-        }
-    }
-}
-
-impl<St: TokenStore> AuthenticateLayer<St> {
-    /// Decides `request` as far as this layer's service does without
-    /// waiting, for a service that runs several layers' decisions itself
-    /// (the facade's `Gate`): public routes, the credential, the token's
-    /// format and checksum, and the verifying cache. A refusal is to be
-    /// answered with [`AuthenticateLayer::reject`].
-    pub fn check_cached<B>(&self, request: &mut Request<B>) -> Result<Verdict, Denial> {
-        self.config.check_cached(request)
-    }
-
-    /// Checks the output of a [`TokenLookup`] against this layer (audience,
-    /// the token's networks) and hands the principal to `request`, as
-    /// this layer's service does after a cache miss.
-    pub fn admit<B>(
-        &self,
-        request: &mut Request<B>,
-        verdict: Result<Principal, VerifyError>,
-    ) -> Result<ExpiryHeader, Denial> {
-        self.config.admit(request, verdict)
-    }
-
-    /// The response this layer's service refuses `request` with.
-    pub fn reject<B, R>(&self, request: &Request<B>, denial: Denial) -> Response<GateBody<R>> {
-        self.config.renderer.reject(request, denial)
-    }
-}
-
 impl<St: TokenStore> Config<St> {
-    fn check_cached<B>(&self, request: &mut Request<B>) -> Result<Verdict, Denial> {
+    fn decide<B>(&self, request: &mut Request<B>) -> Result<Found, Denial> {
         let hash = match self.first_step(request) {
-            Step::Public => return Ok(Verdict::Public),
+            Step::Public => return Ok(Found::Admitted(ExpiryHeader::default())),
             Step::Refuse(denial) => return Err(denial),
             Step::Lookup(hash) => hash,
         };
         match self.verifier.verify_cached(&hash) {
-            Some(verdict) => self.admit(request, verdict).map(Verdict::Admitted),
+            Some(verdict) => self.admit(request, verdict).map(Found::Admitted),
             None => {
                 let verifier = self.verifier.clone();
                 let timeout = self.lookup_timeout;
-                Ok(Verdict::Lookup(TokenLookup {
+                Ok(Found::Lookup(TokenLookup {
                     future: Box::pin(async move {
                         match tokio::time::timeout(timeout, verifier.verify(&hash)).await {
                             Ok(verdict) => verdict,
@@ -236,7 +167,7 @@ impl<St> Config<St> {
     /// Checks a verified principal against this service (audience, the
     /// token's networks) and hands it to the request. Returns the token's
     /// expiry header for the response.
-    pub(crate) fn admit<B>(
+    fn admit<B>(
         &self,
         request: &mut Request<B>,
         verdict: Result<Principal, VerifyError>,

@@ -1,22 +1,24 @@
-//! `ClientIpLayer`: who the client is, through trusted proxies.
+//! The two layers' configuration: who the client is, and which addresses
+//! may come in.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::AtomicBool;
 
-use http::{Extensions, Request, Response};
-use tokengate_core::{ClientIp, Decided, Denial, GateBody, IpReason, Renderer, RequestTrail};
-use tower::{Layer, Service};
+use arc_swap::ArcSwap;
+use http::Extensions;
+use tokengate_core::{CheckService, Renderer};
+use tower::Layer;
 
-use crate::forwarded::{ForwardedHeader, Walk, walk};
+use crate::forwarded::ForwardedHeader;
+use crate::rules::IpRules;
 use crate::set::{CidrError, IpSet};
 
 /// The peer address of the connection, for servers that insert it
 /// themselves (plain hyper: insert `PeerAddr(remote_addr)` into each
 /// request's extensions when accepting the connection). axum and tonic
-/// servers use [`ClientIpLayer::peer_source`] with the facade's sources.
+/// servers use [`ResolveClientIpLayer::peer_source`] with the facade's sources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerAddr(pub SocketAddr);
 
@@ -34,25 +36,25 @@ pub type PeerSource = Arc<dyn Fn(&Extensions) -> Option<IpAddr> + Send + Sync>;
 /// the server's set-up, not the client's fault: it gets 500 (reason
 /// `no_peer_address`), and the first one logs an error naming the fix.
 #[derive(Clone)]
-pub struct ClientIpLayer {
-    config: Arc<Config>,
+pub struct ResolveClientIpLayer {
+    pub(crate) config: Arc<Config>,
 }
 
 #[derive(Clone)]
-struct Config {
-    trusted: IpSet,
-    header: ForwardedHeader,
-    peer: PeerSource,
+pub(crate) struct Config {
+    pub(crate) trusted: IpSet,
+    pub(crate) header: ForwardedHeader,
+    pub(crate) peer: PeerSource,
     /// Whether `peer` was chosen by the user (not the default).
-    peer_chosen: bool,
-    renderer: Renderer,
+    pub(crate) peer_chosen: bool,
+    pub(crate) renderer: Renderer,
     /// Whether a request without a peer address was logged already.
-    told_no_peer: Arc<AtomicBool>,
+    pub(crate) told_no_peer: Arc<AtomicBool>,
 }
 
-impl fmt::Debug for ClientIpLayer {
+impl fmt::Debug for ResolveClientIpLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientIpLayer")
+        f.debug_struct("ResolveClientIpLayer")
             .field("trusted", &self.config.trusted)
             .field("header", &self.config.header)
             .finish_non_exhaustive()
@@ -63,7 +65,7 @@ fn peer_addr(extensions: &Extensions) -> Option<IpAddr> {
     extensions.get::<PeerAddr>().map(|p| p.0.ip())
 }
 
-impl ClientIpLayer {
+impl ResolveClientIpLayer {
     /// Trusts no proxy: the peer address is the client.
     pub fn new() -> Self {
         Self {
@@ -134,99 +136,72 @@ impl ClientIpLayer {
     }
 }
 
-impl Default for ClientIpLayer {
+impl Default for ResolveClientIpLayer {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<S> Layer<S> for ClientIpLayer {
+impl<S> Layer<S> for ResolveClientIpLayer {
     type Service = ResolveClientIp<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ResolveClientIp {
-            inner,
-            config: Arc::clone(&self.config),
-        }
+        CheckService::new(self.clone(), inner)
     }
 }
 
-/// The service [`ClientIpLayer`] makes.
+/// The service [`ResolveClientIpLayer`] makes.
+pub type ResolveClientIp<S> = CheckService<ResolveClientIpLayer, S>;
+
+/// Refuses requests whose [`ClientIp`] the rules refuse (403, gRPC 7),
+/// before any token work. A request without a client address is refused
+/// (fail closed): put the client-IP layer first.
+///
+/// Clones share the rules; [`IpFilterLayer::replace`] swaps them for every
+/// service at once, without a restart and without blocking requests.
 #[derive(Clone)]
-pub struct ResolveClientIp<S> {
-    inner: S,
-    config: Arc<Config>,
+pub struct IpFilterLayer {
+    pub(crate) rules: Arc<ArcSwap<IpRules>>,
+    pub(crate) renderer: Renderer,
 }
 
-impl<S: fmt::Debug> fmt::Debug for ResolveClientIp<S> {
+impl fmt::Debug for IpFilterLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResolveClientIp")
-            .field("inner", &self.inner)
+        f.debug_struct("IpFilterLayer")
+            .field("rules", &self.rules.load())
             .finish_non_exhaustive()
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ResolveClientIp<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-{
-    type Response = Response<GateBody<ResBody>>;
-    type Error = S::Error;
-    type Future = Decided<S::Future, ResBody>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+impl IpFilterLayer {
+    /// A filter applying `rules`.
+    pub fn new(rules: IpRules) -> Self {
+        Self {
+            rules: Arc::new(ArcSwap::from_pointee(rules)),
+            renderer: Renderer::default(),
+        }
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        match resolve(&self.config, &mut request) {
-            Ok(_) => Decided::forward(self.inner.call(request)),
-            Err(denial) => Decided::reject(self.config.renderer.reject(&request, denial)),
-        }
+    /// Renders rejections with `renderer`.
+    pub fn renderer(mut self, renderer: Renderer) -> Self {
+        self.renderer = renderer;
+        self
+    }
+
+    /// Applies `rules` from the next request on, in every service made by
+    /// this layer or its clones.
+    pub fn replace(&self, rules: IpRules) {
+        self.rules.store(Arc::new(rules));
     }
 }
 
-/// What the service decides: the address inserted and noted, or the
-/// refusal of a request whose address cannot be resolved.
-fn resolve<B>(config: &Config, request: &mut Request<B>) -> Result<ClientIp, Denial> {
-    let resolved = (config.peer)(request.extensions())
-        .map(|peer| walk(peer, &config.trusted, request.headers(), config.header));
-    match resolved {
-        Some(Walk::Client(addr)) => {
-            let ip = ClientIp::new(addr);
-            RequestTrail::note_client_ip(request.extensions(), ip);
-            request.extensions_mut().insert(ip);
-            Ok(ip)
-        }
-        Some(Walk::Malformed) => Err(Denial::IpForbidden(IpReason::Unresolved)),
-        None => {
-            if !config.told_no_peer.swap(true, Ordering::Relaxed) {
-                tracing::error!(
-                    "a request arrived without a peer address, so its client address cannot be \
-                     determined; answering 500 until the server hands the connection's address to \
-                     the layers: serve axum with `into_make_service_with_connect_info::<SocketAddr>()`, \
-                     serve tonic over TCP (`TcpConnectInfo`), or insert `PeerAddr` into each request \
-                     (plain hyper); or set `ClientIpLayer::peer_source` (logged once)"
-                );
-            }
-            Err(Denial::NoPeerAddress)
-        }
+impl<S> Layer<S> for IpFilterLayer {
+    type Service = IpFilter<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CheckService::new(self.clone(), inner)
     }
 }
 
-impl ClientIpLayer {
-    /// Decides `request` as this layer's service does, for a service that
-    /// runs several layers' decisions itself (the facade's `Gate`): the
-    /// client address, inserted as a [`ClientIp`] extension and noted in
-    /// the request's trail, or the refusal to answer with
-    /// [`ClientIpLayer::reject`].
-    pub fn resolve<B>(&self, request: &mut Request<B>) -> Result<ClientIp, Denial> {
-        resolve(&self.config, request)
-    }
-
-    /// The response this layer's service refuses `request` with.
-    pub fn reject<B, R>(&self, request: &Request<B>, denial: Denial) -> Response<GateBody<R>> {
-        self.config.renderer.reject(request, denial)
-    }
-}
+/// The service [`IpFilterLayer`] makes.
+pub type IpFilter<S> = CheckService<IpFilterLayer, S>;

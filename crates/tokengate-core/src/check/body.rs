@@ -1,4 +1,4 @@
-//! The response body of every tokengate layer.
+//! The response body of a [`CheckService`](super::CheckService).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,7 +14,7 @@ pin_project! {
     /// Layers stay generic over the inner body type: axum, tonic and hyper
     /// bodies all pass through, and nothing ties a layer to one framework.
     #[derive(Debug)]
-    pub struct GateBody<B> {
+    pub struct CheckBody<B> {
         #[pin]
         kind: Kind<B>,
     }
@@ -29,7 +29,7 @@ pin_project! {
     }
 }
 
-impl<B> GateBody<B> {
+impl<B> CheckBody<B> {
     /// Wraps the inner service's body.
     pub fn new(body: B) -> Self {
         Self {
@@ -54,7 +54,7 @@ impl<B> GateBody<B> {
     }
 }
 
-impl<B> Body for GateBody<B>
+impl<B> Body for CheckBody<B>
 where
     B: Body<Data = Bytes>,
 {
@@ -96,7 +96,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_body_yields_its_bytes_once_with_exact_size() {
-        let body: GateBody<Full<Bytes>> = GateBody::full(Bytes::from_static(b"hello"));
+        let body: CheckBody<Full<Bytes>> = CheckBody::full(Bytes::from_static(b"hello"));
         assert_eq!(body.size_hint().exact(), Some(5));
         assert!(!body.is_end_stream());
         assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
@@ -104,10 +104,10 @@ mod tests {
 
     #[tokio::test]
     async fn empty_body_is_at_end_and_inner_body_passes_through() {
-        let empty: GateBody<Full<Bytes>> = GateBody::empty();
+        let empty: CheckBody<Full<Bytes>> = CheckBody::empty();
         assert!(empty.is_end_stream());
         assert_eq!(empty.size_hint().exact(), Some(0));
-        let inner = GateBody::new(Full::new(Bytes::from_static(b"inner")));
+        let inner = CheckBody::new(Full::new(Bytes::from_static(b"inner")));
         assert_eq!(inner.collect().await.unwrap().to_bytes(), "inner");
     }
 }

@@ -1,0 +1,181 @@
+//! The decision: charge every limiter of the request, or none.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use http::{Extensions, HeaderName, HeaderValue, Request, Response};
+use smallvec::SmallVec;
+use tokengate_core::{Admit, Check, Denial, RateLimited, RateQuota, Verdict};
+
+use crate::layer::{Config, MissingKey, RateLimitLayer};
+use crate::state::{Charge, Outcome, RateState, RateStateError};
+
+/// Which limiter and quota each charge of a request stands for.
+pub(crate) type Quotas = SmallVec<[(usize, RateQuota); 2]>;
+
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// The `RateLimit-Policy` and `RateLimit` headers of an admitted request:
+/// the tightest of its limits, or nothing when the layer sends no headers
+/// on success.
+#[derive(Debug, Clone, Default)]
+pub struct RateHeaders(Option<(HeaderValue, HeaderValue)>);
+
+impl Admit for RateHeaders {
+    #[inline]
+    fn apply<B>(self, response: &mut Response<B>) {
+        if let Some((policy, state)) = self.0 {
+            let headers = response.headers_mut();
+            headers.insert(RATELIMIT_POLICY, policy);
+            headers.insert(RATELIMIT, state);
+        }
+    }
+}
+
+/// A rate state that has not answered yet, with what the answer is read
+/// against. Boxed: only a pending answer pays for its size.
+pub struct RateWait<St: RateState>(Box<(St::Future, Quotas)>);
+
+/// The rate state's answer, with what it is read against.
+#[derive(Debug)]
+pub struct RateAnswer {
+    outcome: Result<Outcome, RateStateError>,
+    quotas: Quotas,
+}
+
+impl<St: RateState> Future for RateWait<St> {
+    type Output = RateAnswer;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RateAnswer> {
+        let (answer, quotas) = &mut *self.0;
+        let outcome = std::task::ready!(Pin::new(answer).poll(cx));
+        Poll::Ready(RateAnswer {
+            outcome,
+            quotas: std::mem::take(quotas),
+        })
+    }
+}
+
+impl<St: RateState> std::fmt::Debug for RateWait<St> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateWait").finish_non_exhaustive()
+    }
+}
+
+/// Charges the request's cost to every limiter that has a key for it, all
+/// or none. The in-memory state answers at once; a shared one may wait.
+impl<B, St: RateState> Check<B> for RateLimitLayer<St> {
+    type Admit = RateHeaders;
+    type Wait = RateWait<St>;
+
+    #[inline]
+    fn check(&self, request: &mut Request<B>) -> Verdict<RateHeaders, RateWait<St>> {
+        let config = &*self.config;
+        let (charges, quotas) = match config.charges(request) {
+            Ok(found) => found,
+            Err(denial) => return Verdict::Refuse(config.renderer.refuse(request, denial)),
+        };
+        if charges.is_empty() {
+            return Verdict::Admit(RateHeaders::default());
+        }
+        let mut answer = config.state.acquire(&charges, config.clock.now_nanos());
+        // In-memory state answers at once: decide without waiting.
+        match Pin::new(&mut answer).poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(outcome) => config.decide(request, outcome, &quotas),
+            Poll::Pending => Verdict::Wait(RateWait(Box::new((answer, quotas)))),
+        }
+    }
+
+    fn resume(
+        &self,
+        request: &mut Request<B>,
+        answer: RateAnswer,
+    ) -> Verdict<RateHeaders, RateWait<St>> {
+        self.config.decide(request, answer.outcome, &answer.quotas)
+    }
+}
+
+impl<St> Config<St> {
+    /// The charges of a request, or the refusal for a missing key.
+    fn charges<B>(&self, request: &Request<B>) -> Result<(SmallVec<[Charge; 2]>, Quotas), Denial> {
+        let cost = self
+            .cost
+            .as_ref()
+            .map_or(1, |cost| cost(request.method(), request.uri()).max(1));
+        let mut charges = SmallVec::new();
+        let mut quotas = Quotas::new();
+        for (index, limiter) in self.limiters.iter().enumerate() {
+            match limiter.key_of(request.headers(), request.extensions()) {
+                Some((key, gcra, quota)) => {
+                    let tag = u8::try_from(index).unwrap_or(u8::MAX);
+                    charges.push(Charge {
+                        key: (tag, key),
+                        gcra,
+                        cost,
+                    });
+                    quotas.push((index, quota));
+                }
+                None if self.missing_key == MissingKey::Skip => {}
+                None => return Err(limiter.missing_key_denial()),
+            }
+        }
+        Ok((charges, quotas))
+    }
+
+    /// Turns the state's answer into headers for an admitted request or
+    /// the denial for a refused one (`extensions` are the request's: a
+    /// token's own quota is stated once per token, see
+    /// [`Principal::quota_policy`](tokengate_core::Principal::quota_policy)).
+    /// A failing state backend refuses (503).
+    fn finish(
+        &self,
+        result: Result<Outcome, RateStateError>,
+        quotas: &Quotas,
+        extensions: &Extensions,
+    ) -> Result<RateHeaders, Denial> {
+        match result.map_err(|_| Denial::StoreUnavailable)? {
+            Outcome::Refused {
+                charge,
+                retry_after,
+            } => {
+                let (index, quota) = quotas
+                    .get(charge)
+                    .copied()
+                    .ok_or(Denial::StoreUnavailable)?;
+                let limiter = self.limiters.get(index).ok_or(Denial::StoreUnavailable)?;
+                let (policy, _) = limiter
+                    .policy(quota, extensions)
+                    .ok_or(Denial::StoreUnavailable)?;
+                Err(Denial::RateLimited(RateLimited {
+                    retry_after,
+                    policy,
+                }))
+            }
+            Outcome::Admitted { tightest } => Ok(RateHeaders(
+                tightest
+                    .filter(|_| self.success_headers)
+                    .and_then(|(charge, remaining, reset)| {
+                        let (index, quota) = quotas.get(charge).copied()?;
+                        let (policy, header) =
+                            self.limiters.get(index)?.policy(quota, extensions)?;
+                        Some((header, policy.state_header(u64::from(remaining), reset)))
+                    }),
+            )),
+        }
+    }
+
+    /// The decision for `request` once the state answered.
+    fn decide<B, St2: RateState>(
+        &self,
+        request: &Request<B>,
+        outcome: Result<Outcome, RateStateError>,
+        quotas: &Quotas,
+    ) -> Verdict<RateHeaders, RateWait<St2>> {
+        match self.finish(outcome, quotas, request.extensions()) {
+            Ok(headers) => Verdict::Admit(headers),
+            Err(denial) => Verdict::Refuse(self.renderer.refuse(request, denial)),
+        }
+    }
+}
