@@ -81,8 +81,46 @@ impl AuditSink for Discard {
     }
 }
 
+/// Bounds on what every admitted request moves around, with room for
+/// compiler layout changes: refusals and the audit record are boxed, so
+/// the forwarding path carries pointers rather than whole responses.
+const MAX_FUTURE: usize = 384;
+const MAX_RESPONSE: usize = 256;
+
+/// The sizes of `service`'s response future and response.
+fn sizes<S: Service<Request<()>>>(_: &S) -> (usize, usize) {
+    (
+        std::mem::size_of::<S::Future>(),
+        std::mem::size_of::<S::Response>(),
+    )
+}
+
+/// Prints the full Gate's response future and response sizes; exits 1
+/// when either passes its bound.
+fn footprint() {
+    let hasher = TokenHasher::new(Pepper::new(KeyId::new(1), [7u8; 32]).unwrap());
+    let cache = CachedStore::new(MemoryStore::new(), CacheConfig::default());
+    let auth = AuthenticateLayer::new(cache, hasher, "notes".parse().unwrap());
+    let policy = ScopePolicy::builder()
+        .read_write("/notes", "notes")
+        .build()
+        .unwrap();
+    let gate = Gate::new(auth, EnforceScopeLayer::new(policy)).audit(AuditLayer::new(Discard));
+    let (future, response) = sizes(&gate.layer(handler()));
+    println!(
+        "footprint: gate future {future} bytes (at most {MAX_FUTURE}), response {response} bytes (at most {MAX_RESPONSE})"
+    );
+    if future > MAX_FUTURE || response > MAX_RESPONSE {
+        std::process::exit(1);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("footprint") {
+        footprint();
+        return;
+    }
     let (Some(stack), Some(requests)) = (args.get(1), args.get(2).and_then(|n| n.parse().ok()))
     else {
         // Run without arguments (as `cargo bench` does): a smoke run.

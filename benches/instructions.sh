@@ -3,6 +3,8 @@
 # between runs of 2N and N requests, divided by N, so setup cancels out.
 # Only the request path is counted (the audit writer thread is not).
 # Needs valgrind (`apt-get install valgrind`). Usage: benches/instructions.sh [N]
+# First it prints the full Gate's future and response sizes, and fails when
+# either passes its bound.
 #
 # COLD=1 evicts the caches before each request (the eviction is not
 # counted) and runs callgrind's cache model (L1 I and D 32 KiB, last level
@@ -13,6 +15,9 @@ cd "$(dirname "$0")/.."
 n="${1:-2000}"
 cargo bench --bench instructions --no-run 2>/dev/null
 bin=$(ls -t target/release/deps/instructions-* | grep -v '\.d$' | head -n 1)
+# The full Gate's response future and response stay within their bounds
+# (exit 1 otherwise): every admitted request moves them.
+"$bin" footprint
 if [ "${COLD:-0}" = 1 ]; then
   # Events: Ir, then (cache model) misses I1mr D1mr D1mw.
   count() {

@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 use tokengate_core::{CheckBody, Clock, Denial, Renderer, RequestTrail, SystemClock};
 
 use crate::event::Ending;
-use crate::layer::FieldLimits;
+use crate::limits::FieldLimits;
 use crate::record::{AuditRecord, Raw, RawHead};
 use crate::sink::AuditSink;
 

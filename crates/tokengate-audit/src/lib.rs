@@ -72,13 +72,15 @@ pub mod chain;
 mod event;
 mod future;
 mod layer;
+mod limits;
 mod record;
 mod sink;
 
 pub use chain::{AuditKey, AuditKeyError};
 pub use event::{AuditEvent, Decision, Ending, clean};
 pub use future::{AuditBody, ResponseFuture};
-pub use layer::{Audit, AuditLayer, FieldLimits};
+pub use layer::{Audit, AuditLayer};
+pub use limits::FieldLimits;
 pub use record::{AuditRecord, CLIENT_CLOSED};
 pub use sink::{
     AuditSink, JsonLinesSink, JsonLinesSinkBuilder, Overflow, Reservation, SinkStats, TracingSink,

@@ -12,7 +12,7 @@ use http::{Method, Request};
 use tokengate_core::{ClientIp, Denial, Principal, RequestTrail, is_grpc};
 
 use crate::event::{AuditEvent, Decision, Ending, clean_into, redact_query, redact_query_into};
-use crate::layer::{FieldLimits, REQUEST_ID};
+use crate::limits::{FieldLimits, REQUEST_ID};
 
 /// Status assumed when the client left before any response was made (the
 /// "client closed request" convention).

@@ -33,14 +33,13 @@ pub struct Principal {
 struct Inner {
     token_id: TokenId,
     name: Box<str>,
-    /// The expiry in nanoseconds since the Unix epoch (at least 1), held
-    /// in 8 bytes instead of a `SystemTime`'s 16: principals are cached by
-    /// the million.
+    /// The expiry in nanoseconds since the Unix epoch (at least 1): half
+    /// the size of a `SystemTime`, and principals are cached by the million.
     expires_at: Option<NonZeroU64>,
     grant: Arc<Grant>,
     /// The expiry as a response header value, made once per principal.
-    /// Boxed: 16 bytes here instead of 48 for the millions of cached
-    /// principals that never serve a request through a layer sending it.
+    /// Boxed: one pointer wide for the millions of cached principals that
+    /// never serve a request through a layer sending it.
     expiry_header: OnceLock<Option<Box<HeaderValue>>>,
     /// The second (since the Unix epoch) of the last use noted.
     last_use: AtomicU64,
@@ -98,7 +97,7 @@ impl Grant {
     }
 }
 
-/// Data derived from a grant, made on first use. Boxed (8 bytes until
+/// Data derived from a grant, made on first use. Boxed (one pointer until
 /// used), and no part of the grant's identity: two grants equal in what
 /// they allow are equal whatever either has rendered so far.
 struct Memo<T>(OnceLock<Box<T>>);

@@ -153,7 +153,7 @@ impl<S> Layer<S> for ResolveClientIpLayer {
 /// The service [`ResolveClientIpLayer`] makes.
 pub type ResolveClientIp<S> = CheckService<ResolveClientIpLayer, S>;
 
-/// Refuses requests whose [`ClientIp`] the rules refuse (403, gRPC 7),
+/// Refuses requests whose [`ClientIp`](tokengate_core::ClientIp) the rules refuse (403, gRPC 7),
 /// before any token work. A request without a client address is refused
 /// (fail closed): put the client-IP layer first.
 ///

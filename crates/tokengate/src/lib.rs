@@ -10,7 +10,7 @@
 //! | `rate` (default) | [`RateLimitLayer`], [`Limiter`], [`MemoryRateState`] |
 //! | `ipfilter` (default) | [`ResolveClientIpLayer`], [`IpFilterLayer`], [`IpRules`] |
 //! | `audit` (default) | [`AuditLayer`], [`JsonLinesSink`], [`TracingSink`], [`audit_chain`] |
-//! | `gate` (default: all five layers) | [`Gate`]: the layers in their one right order, the six after audit run as one service ([`GateChecks`]) |
+//! | `gate` (default: all five layers) | [`Gate`]: the layers in their one right order, the six after audit run as one [`Chain`] of checks in one [`CheckService`] ([`GateCheck`]) |
 //! | `sqlite` | `SqliteStore` (with its pepper, `SqliteStore::pepper`): the embedded default store; with `gate`, `Embedded` assembles a single-machine deployment and `shutdown_signal` (SIGTERM or SIGINT, through tokio's `signal`) ends it gracefully |
 //! | `full` | everything above |
 //! | `axum` | `axum::Authenticated`: the principal as an extractor |

@@ -414,8 +414,8 @@ const CONTROL_ROOM: usize = 64;
 
 /// How long the writer naps between drains while records keep coming
 /// (at most the flush interval). Longer naps mean larger batches: fewer
-/// wake-ups and a warmer cache per record (measured: about 15 % less
-/// writer CPU per record at 5 ms than at 1 ms).
+/// wake-ups and a warmer cache per record (`BENCHMARKS.md` has the
+/// writer's CPU per record at both naps).
 const NAP: Duration = Duration::from_millis(5);
 /// The nap after a drain that found the queue a quarter full or more, so a
 /// small queue does not fill (and block or drop) while the writer sleeps.

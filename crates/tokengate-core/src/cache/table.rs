@@ -2,8 +2,9 @@
 //!
 //! Why not moka here: a cache hit is the request path of every
 //! authenticated request, and moka's `get` records the read for its
-//! frequency sketch and access-order deque (about 1,100 instructions a hit
-//! on this machine) and keeps a few hundred bytes of bookkeeping per entry.
+//! frequency sketch and access-order deque (several times this table's
+//! cost of a hit; `BENCHMARKS.md` has the figures) and keeps a few
+//! hundred bytes of bookkeeping per entry.
 //! The positive set is small and read-mostly, its keys are HMAC outputs
 //! (uniformly random and secret-keyed, so their bytes are the hash), and
 //! correctness never depends on eviction: expiry, revocation and the TTL
@@ -15,7 +16,7 @@
 //!   removals), so the table fills to exactly `max_entries` however the
 //!   keys fall into shards.
 //! - **Slots** in a `Vec` with a `u32` index in a hashbrown `HashTable`:
-//!   56 bytes a slot plus about 5 bytes of index, no per-entry allocation.
+//!   a fixed-size slot and a few bytes of index, no per-entry allocation.
 //! - **CLOCK eviction** (second chance): a hit sets the slot's referenced
 //!   bit (one relaxed store, only when it was clear); a full shard's insert
 //!   sweeps a hand over the slots, taking the first stale slot or the first

@@ -197,3 +197,6 @@ impl Future for NoWait {
         match *self {}
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,164 @@
+//! The Gate as a chain of checks: a rate state that answers later works
+//! in it, and a check of one's own joins it with one builder call.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use tokengate::{
+    AuthenticateLayer, CacheConfig, CachedStore, Check, Denial, EnforceScopeLayer, Gate, KeyId,
+    Lifecycle, MalformedReason, MemoryStore, NoWait, PeerAddr, Pepper, RateQuota, Renderer,
+    ScopePolicy, Token, TokenHasher, TokenSpec, Verdict,
+};
+use tokengate_rate::testing::PendingRateState;
+use tower::{ServiceExt, service_fn};
+
+/// The small example check of the docs: every request must name its
+/// tenant in `x-tenant`, or it gets 400.
+#[derive(Clone, Default)]
+struct RequireTenant {
+    renderer: Renderer,
+}
+
+impl<B> Check<B> for RequireTenant {
+    type Admit = ();
+    type Wait = NoWait;
+
+    fn check(&self, request: &mut Request<B>) -> Verdict<(), NoWait> {
+        if request.headers().contains_key("x-tenant") {
+            return Verdict::Admit(());
+        }
+        let denial = Denial::MalformedRequest(MalformedReason::MissingRequiredHeader);
+        Verdict::Refuse(self.renderer.refuse(request, denial))
+    }
+
+    fn resume(&self, _: &mut Request<B>, waited: Infallible) -> Verdict<(), NoWait> {
+        match waited {}
+    }
+}
+
+fn quota(count: u32, burst: u32) -> RateQuota {
+    let n = |v| NonZeroU32::new(v).unwrap();
+    RateQuota::new(n(count), Duration::from_secs(60), n(burst)).unwrap()
+}
+
+/// A gate over an in-memory store, and a token with `notes:read`.
+async fn gate() -> (Gate<MemoryStore, ScopePolicy>, Token) {
+    let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
+    let cache = CachedStore::new(MemoryStore::new(), CacheConfig::default());
+    let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
+    let spec = TokenSpec::new("ci", "team-a")
+        .scopes(["notes:read".parse().unwrap()])
+        .audiences(["notes".parse().unwrap()]);
+    let token = lifecycle.issue(spec).await.unwrap().token;
+    let policy = ScopePolicy::builder()
+        .read_write("/notes", "notes")
+        .build()
+        .unwrap();
+    let gate = Gate::new(
+        AuthenticateLayer::new(cache, hasher, "notes".parse().unwrap()),
+        EnforceScopeLayer::new(policy),
+    );
+    (gate, token)
+}
+
+fn request(token: &Token, tenant: Option<&str>) -> Request<()> {
+    let mut request = Request::get("/notes")
+        .header("authorization", format!("Bearer {}", token.expose_secret()))
+        .body(())
+        .unwrap();
+    if let Some(tenant) = tenant {
+        request
+            .headers_mut()
+            .insert("x-tenant", tenant.parse().unwrap());
+    }
+    request
+        .extensions_mut()
+        .insert(PeerAddr("192.0.2.7:40000".parse().unwrap()));
+    request
+}
+
+/// The status, headers and extensions of `service`'s answer to `request`.
+async fn send<S, B>(service: &S, request: Request<()>) -> http::response::Parts
+where
+    S: tower::Service<Request<()>, Response = Response<B>, Error = Infallible> + Clone,
+{
+    service
+        .clone()
+        .oneshot(request)
+        .await
+        .unwrap()
+        .into_parts()
+        .0
+}
+
+/// The inner service: 200 with an empty body.
+type Empty = http_body_util::Empty<bytes::Bytes>;
+
+fn ok()
+-> impl tower::Service<Request<()>, Response = Response<Empty>, Error = Infallible, Future = impl Send>
++ Clone
++ Send {
+    service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(Empty::new())) })
+}
+
+#[tokio::test]
+async fn a_gate_whose_rate_state_answers_later_limits_as_the_in_memory_one() {
+    let (gate, token) = gate().await;
+    let state = PendingRateState::new();
+    let gate = gate
+        .token_rate(tokengate::RateLimitLayer::per_token(quota(1, 2)))
+        .rate_state(state.clone());
+    let service = tower::ServiceBuilder::new().layer(gate).service(ok());
+
+    for _ in 0..2 {
+        let admitted = send(&service, request(&token, None)).await;
+        assert_eq!(admitted.status, StatusCode::OK);
+        assert_eq!(
+            admitted.headers["ratelimit-policy"],
+            "\"per-token\";q=2;w=120"
+        );
+    }
+    let limited = send(&service, request(&token, None)).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers.contains_key("retry-after"));
+
+    state.fail(true);
+    let failing = send(&service, request(&token, None)).await;
+    assert_eq!(failing.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        failing.extensions.get::<Denial>(),
+        Some(&Denial::StoreUnavailable)
+    );
+}
+
+#[tokio::test]
+async fn a_seventh_check_joins_the_gate_with_one_builder_call() {
+    let (gate, token) = gate().await;
+    let gate = gate.with_check(RequireTenant::default());
+    let service = tower::ServiceBuilder::new().layer(gate).service(ok());
+
+    let refused = send(&service, request(&token, None)).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        refused.extensions.get::<Denial>(),
+        Some(&Denial::MalformedRequest(
+            MalformedReason::MissingRequiredHeader
+        ))
+    );
+    // The checks before it admitted the request: their headers reach its refusal.
+    assert!(refused.headers.contains_key("ratelimit"));
+
+    let admitted = send(&service, request(&token, Some("team-a"))).await;
+    assert_eq!(admitted.status, StatusCode::OK);
+
+    // Without a token the request never reaches the seventh check.
+    let mut anonymous = request(&token, Some("team-a"));
+    anonymous.headers_mut().remove("authorization");
+    assert_eq!(
+        send(&service, anonymous).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
