@@ -28,7 +28,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -85,7 +85,7 @@ impl AuditKey {
         if !(32..=64).contains(&bytes.len()) {
             return Err(invalid());
         }
-        <Hmac<Sha256> as Mac>::new_from_slice(&bytes)
+        <Hmac<Sha256> as KeyInit>::new_from_slice(&bytes)
             .map(Self)
             .map_err(|_| invalid())
     }
@@ -137,8 +137,8 @@ impl AuditKey {
 }
 
 fn rand_key(out: &mut [u8]) {
-    use rand::TryRngCore;
-    let _ = rand::rngs::OsRng.try_fill_bytes(out);
+    use rand::TryRng;
+    let _ = rand::rngs::SysRng.try_fill_bytes(out);
 }
 
 /// A line's hash as the chain writes it: 64 lowercase hex digits.

@@ -22,9 +22,10 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use hmac::{Hmac, Mac};
-use rand::rngs::OsRng;
-use rand::{RngCore, TryRngCore};
+use hmac::{Hmac, KeyInit, Mac};
+use rand::Rng;
+use rand::rand_core::UnwrapErr;
+use rand::rngs::SysRng;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -93,7 +94,7 @@ impl Pepper {
     /// Only if the operating system cannot supply randomness.
     pub fn generate(id: KeyId) -> Self {
         let mut key = Zeroizing::new(vec![0u8; Self::MIN_LEN]);
-        OsRng.unwrap_err().fill_bytes(&mut key);
+        UnwrapErr(SysRng).fill_bytes(&mut key);
         Self { id, key }
     }
 
@@ -154,7 +155,7 @@ impl TokenHasher {
         reason = "consuming the pepper wipes it when the hasher is built"
     )]
     pub fn new(pepper: Pepper) -> Self {
-        let keyed = <Hmac<Sha256> as Mac>::new_from_slice(&pepper.key)
+        let keyed = <Hmac<Sha256> as KeyInit>::new_from_slice(&pepper.key)
             .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
         Self {
             key_id: pepper.id,
@@ -291,7 +292,7 @@ mod tests {
     use crate::token::TokenFormat;
 
     fn hmac_hex(key: &[u8], data: &[u8]) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap();
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap();
         mac.update(data);
         hex::encode(mac.finalize().into_bytes())
     }

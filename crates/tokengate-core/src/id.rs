@@ -4,9 +4,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use rand::TryRngCore;
 use rand::distr::{Alphanumeric, Distribution};
-use rand::rngs::OsRng;
+use rand::rand_core::UnwrapErr;
+use rand::rngs::SysRng;
 
 use crate::echo::Echo;
 
@@ -26,7 +26,7 @@ impl TokenId {
     pub fn generate() -> Self {
         let mut id = String::with_capacity(Self::PREFIX.len() + Self::RANDOM_LEN);
         id.push_str(Self::PREFIX);
-        let mut rng = OsRng.unwrap_err();
+        let mut rng = UnwrapErr(SysRng);
         id.extend(
             Alphanumeric
                 .sample_iter(&mut rng)

@@ -29,9 +29,9 @@
 
 use std::fmt;
 
-use rand::TryRngCore;
 use rand::distr::{Alphanumeric, Distribution};
-use rand::rngs::OsRng;
+use rand::rand_core::UnwrapErr;
+use rand::rngs::SysRng;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
@@ -234,7 +234,7 @@ impl TokenFormat {
         let mut value = String::with_capacity(self.token_len());
         value.push_str(self.prefix.as_str());
         value.push('_');
-        let mut rng = OsRng.unwrap_err();
+        let mut rng = UnwrapErr(SysRng);
         value.extend(
             Alphanumeric
                 .sample_iter(&mut rng)
