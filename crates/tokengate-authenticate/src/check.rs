@@ -9,12 +9,13 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use tokengate_core::{
-    Admit, Check, ClientIp, Denial, InvalidReason, IpReason, Principal, RequestTrail, StoreError,
-    TokenHash, TokenStore, Verdict, VerifyError,
+    Admit, Check, ClientIp, Denial, InvalidReason, IpReason, Principal, RequestTrail, SlotKey,
+    StoreError, TokenHash, TokenStore, Verdict, VerifyError,
 };
 
 use crate::credential::{QuerySource, redact_query};
 use crate::layer::{AudienceCheck, AuthenticateLayer, Config};
+use crate::usage::note_use;
 
 /// Verifies the request's token through the verifying cache and puts the
 /// [`Principal`] into its extensions; a cache miss waits for the store.
@@ -43,6 +44,14 @@ impl<B, St: TokenStore> Check<B> for AuthenticateLayer<St> {
             Err(denial) => Verdict::Refuse(config.renderer.refuse(request, denial)),
         }
     }
+}
+
+/// The token's expiry as a header value, made once per cached token.
+static EXPIRY_VALUE: SlotKey<Option<HeaderValue>> = SlotKey::new();
+
+fn expiry_value(principal: &Principal) -> Option<HeaderValue> {
+    let at = principal.expires_at()?;
+    HeaderValue::from_str(&httpdate::fmt_http_date(at)).ok()
 }
 
 /// What the layer found without waiting.
@@ -197,13 +206,12 @@ impl<St> Config<St> {
             // One record a second per token: a busy token costs the
             // tracker's lock once a second, not once a request.
             let now = UNIX_EPOCH + Duration::from_nanos(self.clock.now_nanos());
-            if principal.note_use(now) {
+            if note_use(&principal, now) {
                 usage.record(principal.token_id(), now);
             }
         }
         let expiry = self.expires_header.as_ref().and_then(|name| {
-            let value = principal
-                .expiry_header(|at| HeaderValue::from_str(&httpdate::fmt_http_date(at)).ok())?;
+            let value = principal.with_slot(&EXPIRY_VALUE, expiry_value, Clone::clone)?;
             Some((name.clone(), value))
         });
         request.extensions_mut().insert(principal);

@@ -2,17 +2,42 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use tokengate_core::{TokenAdmin, TokenId};
+use tokengate_core::{Principal, SlotKey, TokenAdmin, TokenId};
 use tokio::task::JoinHandle;
+
+/// The second (since the Unix epoch) of a token's last use noted.
+static LAST_USE: SlotKey<AtomicU64> = SlotKey::new();
+
+/// Notes a use of `principal`'s token at `at`: whether it is the first
+/// noted in a later second than any before. Only those are recorded, so a
+/// busy token costs the tracker one write a second (a relaxed load per
+/// request otherwise).
+pub(crate) fn note_use(principal: &Principal, at: SystemTime) -> bool {
+    let second = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    principal.with_slot(
+        &LAST_USE,
+        |_| AtomicU64::new(0),
+        |last| {
+            let seen = last.load(Ordering::Relaxed);
+            second > seen
+                && last
+                    .compare_exchange(seen, second, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+        },
+    )
+}
 
 /// Collects token uses in memory and writes them to the store in batches.
 ///
 /// Recording a use is a short lock and a map insert, and the authenticate
-/// layer records a token at most once a second (see
-/// [`Principal::note_use`](tokengate_core::Principal::note_use)), so
+/// layer records a token at most once a second (it keeps the second of
+/// the last use noted with the principal), so
 /// `last_used_at` is exact to the second and a busy token does not make
 /// requests contend for the lock; a background task
 /// swaps the map out every interval and writes the whole batch with one
@@ -130,6 +155,23 @@ mod tests {
         .unwrap()
         .record
         .id
+    }
+
+    #[tokio::test]
+    async fn a_use_is_noted_once_a_second_by_every_clone() {
+        let lc = Lifecycle::new(
+            MemoryStore::new(),
+            TokenHasher::new(Pepper::generate(KeyId::new(1))),
+        );
+        let id = issued(&lc).await;
+        let record = lc.get(&id).await.unwrap().unwrap();
+        let p = Principal::from_record(&record);
+        let q = p.clone();
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_100);
+        assert!(note_use(&p, t));
+        assert!(!note_use(&q, t + Duration::from_millis(800)));
+        assert!(!note_use(&p, t - Duration::from_secs(5)), "never backwards");
+        assert!(note_use(&q, t + Duration::from_secs(1)));
     }
 
     #[tokio::test]

@@ -82,6 +82,7 @@ mod id;
 mod principal;
 mod record;
 mod scope;
+mod slot;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -101,9 +102,10 @@ pub use denial::{
 pub use echo::{Echo, may_hold_secret};
 pub use hash::{KeyId, Pepper, PepperError, TokenHash, TokenHasher};
 pub use id::{TokenId, TokenIdError};
-pub use principal::{ClientIp, Principal, QuotaPolicy, canonical_net};
+pub use principal::{ClientIp, Principal, canonical_net};
 pub use record::{QuotaError, RateQuota, TokenRecord, TokenStatus};
 pub use scope::{Scope, ScopeError, ScopeRules, ScopeSet};
+pub use slot::{SLOTS, SlotKey};
 pub use store::{
     Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, MemoryStore, StoreError,
     TokenAdmin, TokenSpec, TokenStore,

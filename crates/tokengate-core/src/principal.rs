@@ -4,20 +4,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use http::HeaderValue;
 use std::num::NonZeroU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 
 use crate::audience::Audience;
-use crate::denial::RateLimitPolicy;
 use crate::id::TokenId;
 use crate::record::{RateQuota, TokenRecord};
 use crate::scope::ScopeSet;
+use crate::slot::{SlotKey, Slots};
 
 /// The verified identity behind a request, inserted into request extensions
 /// by the authenticate layer and read by later layers and handlers.
@@ -37,12 +35,8 @@ struct Inner {
     /// the size of a `SystemTime`, and principals are cached by the million.
     expires_at: Option<NonZeroU64>,
     grant: Arc<Grant>,
-    /// The expiry as a response header value, made once per principal.
-    /// Boxed: one pointer wide for the millions of cached principals that
-    /// never serve a request through a layer sending it.
-    expiry_header: OnceLock<Option<Box<HeaderValue>>>,
-    /// The second (since the Unix epoch) of the last use noted.
-    last_use: AtomicU64,
+    /// What layers keep with this principal (see [`SlotKey`]).
+    slots: Slots,
 }
 
 /// What a token may do and from where. Tokens of one owner usually share
@@ -56,13 +50,9 @@ struct Grant {
     allowed_networks: Box<[IpNet]>,
     rate_quota: Option<RateQuota>,
     metadata: BTreeMap<String, String>,
-    /// The quota as a rate limiter states it, made once per grant.
-    quota_policy: Memo<Option<QuotaPolicy>>,
+    /// What layers keep with this grant (see [`SlotKey`]).
+    slots: Slots,
 }
-
-/// A rate limiter's view of a token's own quota: the policy and its
-/// `RateLimit-Policy` header value.
-pub type QuotaPolicy = (RateLimitPolicy, HeaderValue);
 
 /// `net` with an IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) written
 /// as the IPv4 network it stands for (`10.0.0.0/8`), as client addresses
@@ -92,32 +82,9 @@ impl Grant {
                 .collect(),
             rate_quota: record.rate_quota,
             metadata: record.metadata.clone(),
-            quota_policy: Memo::default(),
+            slots: Slots::default(),
         }
     }
-}
-
-/// Data derived from a grant, made on first use. Boxed (one pointer until
-/// used), and no part of the grant's identity: two grants equal in what
-/// they allow are equal whatever either has rendered so far.
-struct Memo<T>(OnceLock<Box<T>>);
-
-impl<T> Default for Memo<T> {
-    fn default() -> Self {
-        Self(OnceLock::new())
-    }
-}
-
-impl<T> PartialEq for Memo<T> {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl<T> Eq for Memo<T> {}
-
-impl<T> std::hash::Hash for Memo<T> {
-    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
 }
 
 /// One shared copy of each distinct grant among live principals.
@@ -204,8 +171,7 @@ impl Principal {
                 name: record.name.as_str().into(),
                 expires_at: record.expires_at.map(pack_time),
                 grant,
-                expiry_header: OnceLock::new(),
-                last_use: AtomicU64::new(0),
+                slots: Slots::default(),
             }),
         }
     }
@@ -257,60 +223,40 @@ impl Principal {
         self.inner.grant.rate_quota
     }
 
-    /// The token's own quota as the rate limiter called `name` states it,
-    /// rendered by `render` once per grant (tokens sharing a grant share
-    /// it) instead of once per request. `None` without a quota of its own.
-    ///
-    /// The first limiter to ask keeps its rendering; a limiter of another
-    /// name gets a fresh one each time.
-    pub fn quota_policy(
-        &self,
-        name: &str,
-        render: impl Fn(RateQuota) -> Option<QuotaPolicy>,
-    ) -> Option<QuotaPolicy> {
-        let quota = self.inner.grant.rate_quota?;
-        let memo = self
-            .inner
-            .grant
-            .quota_policy
-            .0
-            .get_or_init(|| Box::new(render(quota)));
-        match &**memo {
-            Some(policy) if policy.0.name() == name => Some(policy.clone()),
-            _ => render(quota),
-        }
-    }
-
     /// Application labels.
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.inner.grant.metadata
     }
 
-    /// The expiry rendered as a header value by `render`, once per
-    /// principal (and so once per cached token, not once per request).
-    pub fn expiry_header(
+    /// Calls `f` with the value `key` names for this principal (one per
+    /// cached token), made by `init` on first use.
+    #[inline]
+    pub fn with_slot<T, R>(
         &self,
-        render: impl FnOnce(SystemTime) -> Option<HeaderValue>,
-    ) -> Option<HeaderValue> {
-        self.inner
-            .expiry_header
-            .get_or_init(|| self.expires_at().and_then(render).map(Box::new))
-            .as_deref()
-            .cloned()
+        key: &SlotKey<T>,
+        init: impl Fn(&Self) -> T,
+        f: impl FnOnce(&T) -> R,
+    ) -> R
+    where
+        T: Send + Sync + 'static,
+    {
+        self.inner.slots.with(key, || init(self), f)
     }
 
-    /// Notes a use of the token at `at`: whether it is the first noted in a
-    /// later second than any before. Usage trackers record only those, so
-    /// a busy token costs them one write a second (a relaxed load per
-    /// request otherwise).
-    pub fn note_use(&self, at: SystemTime) -> bool {
-        let second = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let last = &self.inner.last_use;
-        let seen = last.load(Ordering::Relaxed);
-        second > seen
-            && last
-                .compare_exchange(seen, second, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+    /// Calls `f` with the value `key` names for this principal's grant
+    /// (shared by every principal with the same subject and rights), made
+    /// by `init` on first use.
+    #[inline]
+    pub fn with_grant_slot<T, R>(
+        &self,
+        key: &SlotKey<T>,
+        init: impl Fn(&Self) -> T,
+        f: impl FnOnce(&T) -> R,
+    ) -> R
+    where
+        T: Send + Sync + 'static,
+    {
+        self.inner.grant.slots.with(key, || init(self), f)
     }
 
     /// Whether the token was issued for `audience`.
@@ -434,67 +380,38 @@ mod tests {
     }
 
     #[test]
-    fn a_quota_policy_is_rendered_once_per_grant_and_only_for_its_name() {
-        use std::sync::atomic::AtomicUsize;
-        let renders = AtomicUsize::new(0);
-        let render = |quota: RateQuota| {
-            renders.fetch_add(1, Ordering::Relaxed);
-            let policy =
-                RateLimitPolicy::new("per-token", u64::from(quota.count().get()), quota.period())
-                    .ok()?;
-            let header = policy.policy_header();
-            Some((policy, header))
-        };
+    fn a_grant_slot_is_made_once_for_every_principal_sharing_the_grant() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static SUBJECT_LEN: SlotKey<usize> = SlotKey::new();
+        static TOKEN_ID: SlotKey<String> = SlotKey::new();
+        let made = AtomicUsize::new(0);
         let grants = Grants::new();
-        let mut a = record();
-        assert!(
-            Principal::from_record(&a)
-                .quota_policy("per-token", render)
-                .is_none()
-        );
-        assert_eq!(
-            renders.load(Ordering::Relaxed),
-            0,
-            "no quota, nothing rendered"
-        );
-        a.rate_quota = Some(
-            RateQuota::new(
-                std::num::NonZeroU32::new(5).unwrap(),
-                Duration::from_secs(60),
-                std::num::NonZeroU32::new(5).unwrap(),
-            )
-            .unwrap(),
-        );
+        let a = record();
         let mut b = a.clone();
         b.id = TokenId::generate();
         let (pa, pb) = (
             Principal::from_record_in(&a, &grants),
             Principal::from_record_in(&b, &grants),
         );
+        let len = |p: &Principal| {
+            made.fetch_add(1, Ordering::Relaxed);
+            p.subject().len()
+        };
         for p in [&pa, &pb, &pa] {
-            let (policy, header) = p.quota_policy("per-token", render).unwrap();
-            assert_eq!(policy.quota(), 5);
-            assert_eq!(header, r#""per-token";q=5;w=60"#);
+            assert_eq!(p.with_grant_slot(&SUBJECT_LEN, len, |n| *n), 6);
         }
         assert_eq!(
-            renders.load(Ordering::Relaxed),
+            made.load(Ordering::Relaxed),
             1,
-            "one rendering for the shared grant"
+            "one value for the shared grant"
         );
-        let _ = pa.quota_policy("per-client", render);
-        let _ = pa.quota_policy("per-client", render);
-        assert_eq!(
-            renders.load(Ordering::Relaxed),
-            3,
-            "another name is not served the memo"
-        );
-        assert!(
-            Arc::ptr_eq(
-                &pa.inner.grant,
-                &Principal::from_record_in(&a, &grants).inner.grant
-            ),
-            "a rendered memo does not change equality"
-        );
+        let id = |p: &Principal| p.token_id().as_str().to_owned();
+        assert_eq!(pa.with_slot(&TOKEN_ID, id, Clone::clone), a.id.as_str());
+        assert_eq!(pb.with_slot(&TOKEN_ID, id, Clone::clone), b.id.as_str());
+        let clone = pa.clone();
+        let kept = clone.with_slot(&TOKEN_ID, |_| String::new(), Clone::clone);
+        assert_eq!(kept, a.id.as_str(), "clones share the value");
+        drop(pa);
     }
 
     #[test]
@@ -537,20 +454,6 @@ mod tests {
         assert_eq!(Principal::from_record(&r).expires_at(), Some(at));
         r.expires_at = None;
         assert_eq!(Principal::from_record(&r).expires_at(), None);
-    }
-
-    #[test]
-    fn a_use_is_noted_once_a_second_by_every_clone() {
-        let p = Principal::from_record(&record());
-        let q = p.clone();
-        let t = UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_100);
-        assert!(p.note_use(t));
-        assert!(!q.note_use(t + std::time::Duration::from_millis(800)));
-        assert!(
-            !p.note_use(t - std::time::Duration::from_secs(5)),
-            "never backwards"
-        );
-        assert!(q.note_use(t + std::time::Duration::from_secs(1)));
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl<St> Config<St> {
     /// Turns the state's answer into headers for an admitted request or
     /// the denial for a refused one (`extensions` are the request's: a
     /// token's own quota is stated once per token, see
-    /// [`Principal::quota_policy`](tokengate_core::Principal::quota_policy)).
+    /// kept with the token's grant).
     /// A failing state backend refuses (503).
     fn finish(
         &self,

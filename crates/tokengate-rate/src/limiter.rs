@@ -4,11 +4,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::{Extensions, HeaderMap};
+use http::{Extensions, HeaderMap, HeaderValue};
 use ipnet::{Ipv4Net, Ipv6Net};
-use tokengate_core::{
-    ClientIp, Denial, IpReason, Principal, QuotaPolicy, RateLimitPolicy, RateQuota,
-};
+use tokengate_core::{ClientIp, Denial, IpReason, Principal, RateLimitPolicy, RateQuota, SlotKey};
 
 use crate::gcra::Gcra;
 use crate::state::RateKey;
@@ -174,12 +172,32 @@ impl Limiter {
             Some(own) if quota == self.quota => Some(own.clone()),
             _ => match (&self.key, extensions.get::<Principal>()) {
                 (KeyBy::Token, Some(principal)) if principal.rate_quota() == Some(quota) => {
-                    principal.quota_policy(&self.name, |quota| own_policy(&self.name, quota))
+                    token_policy(principal, &self.name, quota)
                 }
                 _ => own_policy(&self.name, quota),
             },
         }
     }
+}
+
+/// A quota as a limiter states it: the policy and its `RateLimit-Policy`
+/// header value.
+pub(crate) type QuotaPolicy = (RateLimitPolicy, HeaderValue);
+
+/// A token's own quota as the first limiter to state it did, kept with
+/// the token's grant (tokens sharing a grant share it).
+static TOKEN_POLICY: SlotKey<Option<QuotaPolicy>> = SlotKey::new();
+
+/// `principal`'s own `quota` as the limiter called `name` states it:
+/// rendered once per grant for the first limiter that asks, afresh for a
+/// limiter of another name.
+fn token_policy(principal: &Principal, name: &str, quota: RateQuota) -> Option<QuotaPolicy> {
+    let kept = principal.with_grant_slot(
+        &TOKEN_POLICY,
+        |_| own_policy(name, quota),
+        |kept| kept.clone().filter(|(policy, _)| policy.name() == name),
+    );
+    kept.or_else(|| own_policy(name, quota))
 }
 
 /// `addr` with the host bits past its family's prefix cleared.
