@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sha2::{Digest, Sha256};
+use tokengate_cache::{CacheConfig, CachedStore};
 use tokengate_core::{
-    CacheConfig, CachedStore, KeyId, MemoryStore, Pepper, TokenAdmin, TokenFormat, TokenHash,
-    TokenHasher, TokenRecord,
+    KeyId, MemoryStore, Pepper, TokenAdmin, TokenFormat, TokenHash, TokenHasher, TokenRecord,
 };
 use tokengate_tests::ready_now;
 

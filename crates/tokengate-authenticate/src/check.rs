@@ -8,9 +8,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue, Request, Response};
+use tokengate_cache::VerifyError;
 use tokengate_core::{
     Admit, Check, ClientIp, Denial, InvalidReason, IpReason, Principal, RequestTrail, SlotKey,
-    StoreError, TokenHash, TokenStore, Verdict, VerifyError,
+    StoreError, TokenHash, TokenStore, Verdict,
 };
 
 use crate::credential::{QuerySource, redact_query};

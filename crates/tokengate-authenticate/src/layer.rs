@@ -3,9 +3,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
+use tokengate_cache::CachedStore;
 use tokengate_core::{
-    Audience, CachedStore, CheckService, Renderer, SharedClock, SystemClock, TokenFormat,
-    TokenHasher,
+    Audience, CheckService, Renderer, SharedClock, SystemClock, TokenFormat, TokenHasher,
 };
 use tower::Layer;
 

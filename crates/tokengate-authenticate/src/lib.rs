@@ -15,7 +15,7 @@
 //! 2. **Well-formed.** Prefix, length, alphabet and checksum, before any
 //!    cache or store access: 401 `invalid_token` otherwise.
 //! 3. **Known, unexpired, unrevoked** through the verifying
-//!    [`CachedStore`](tokengate_core::CachedStore): a hit answers without
+//!    [`CachedStore`](tokengate_cache::CachedStore): a hit answers without
 //!    allocating; a miss asks the store once for all concurrent requests,
 //!    within the [lookup timeout](AuthenticateLayer::lookup_timeout). A store
 //!    failure or timeout is 503, never 401.
@@ -41,8 +41,8 @@
 //! use std::convert::Infallible;
 //! use http::{Request, Response, StatusCode, header::AUTHORIZATION};
 //! use tokengate_authenticate::{AuthenticateLayer, PublicPaths};
-//! use tokengate_core::{CacheConfig, CachedStore, KeyId, Lifecycle, MemoryStore, Pepper,
-//!     Principal, TokenHasher, TokenSpec};
+//! use tokengate_cache::{CacheConfig, CachedStore};
+//! use tokengate_core::{KeyId, Lifecycle, MemoryStore, Pepper, Principal, TokenHasher, TokenSpec};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build()?.block_on(async {

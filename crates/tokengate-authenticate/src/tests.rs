@@ -8,11 +8,12 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use tokengate_cache::{CacheConfig, CachedStore};
 use tokengate_core::testing::ProbeStore;
 use tokengate_core::{
-    CacheConfig, CachedStore, CheckBody, ClientIp, Clock, Denial, Expiry, InvalidReason, IpReason,
-    KeyId, Lifecycle, MalformedReason, ManualClock, Pepper, Principal, RequestTrail, Token,
-    TokenFormat, TokenFormatError, TokenHasher, TokenId, TokenSpec,
+    CheckBody, ClientIp, Clock, Denial, Expiry, InvalidReason, IpReason, KeyId, Lifecycle,
+    MalformedReason, ManualClock, Pepper, Principal, RequestTrail, Token, TokenFormat,
+    TokenFormatError, TokenHasher, TokenId, TokenSpec,
 };
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt, service_fn};

@@ -13,7 +13,6 @@
 //! - [`Principal`], [`ClientIp`]: what layers put into request extensions.
 //! - [`TokenStore`], [`TokenAdmin`], [`MemoryStore`], [`Lifecycle`]: storage and
 //!   the token lifecycle (issue under a policy, rotate with overlap, revoke).
-//! - [`CachedStore`]: the verifying cache in front of any store.
 //! - [`Check`], [`CheckService`], [`Chain`]: one request decision, the one
 //!   service that runs any of them, and checks composed in order.
 //! - [`Denial`], [`Renderer`], [`Refusal`], [`RequestTrail`]: how a check
@@ -23,15 +22,12 @@
 //! # Example
 //!
 //! ```
-//! use tokengate_core::{
-//!     CacheConfig, CachedStore, Expiry, InvalidReason, KeyId, Lifecycle, MemoryStore, Pepper,
-//!     TokenHasher, TokenSpec, VerifyError,
-//! };
+//! use tokengate_core::{KeyId, Lifecycle, MemoryStore, Pepper, TokenHasher, TokenSpec, TokenStore};
 //!
 //! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
 //! let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
-//! let cache = CachedStore::new(MemoryStore::new(), CacheConfig::default());
-//! let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
+//! let store = MemoryStore::new();
+//! let lifecycle = Lifecycle::new(store.clone(), hasher.clone());
 //!
 //! let issued = lifecycle
 //!     .issue(
@@ -41,15 +37,12 @@
 //!     )
 //!     .await?;
 //!
-//! // The request path: parse (no store work), hash, verify through the cache.
+//! // Parse (no store work), hash under the pepper, look the hash up: the
+//! // store keeps hashes only. `tokengate-cache` puts a verifying cache in
+//! // front of this lookup; `tokengate-authenticate` does it per request.
 //! let token = lifecycle.format().parse(issued.token.expose_secret())?;
-//! let principal = cache.verify(&hasher.hash(&token)).await?;
-//! assert_eq!(principal.subject(), "team-a");
-//!
-//! // Revocation takes effect on the next request.
-//! lifecycle.revoke(principal.token_id()).await?;
-//! let refused = cache.verify(&hasher.hash(&token)).await.unwrap_err();
-//! assert!(matches!(refused, VerifyError::Invalid(InvalidReason::Revoked)));
+//! let record = store.find_by_hash(&hasher.hash(&token)).await?.expect("issued");
+//! assert_eq!(record.subject, "team-a");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # })?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -60,19 +53,16 @@
 //! Each is here for one reason: `hmac`/`sha2` (RustCrypto HMAC-SHA256),
 //! `subtle` (constant-time comparison), `crc32fast` (the token checksum),
 //! `rand` (the OS CSPRNG and uniform base62 sampling), `zeroize` (wiping
-//! secrets on drop), `hex` (pepper and hash text), `moka` (the bounded
-//! negative cache, for its frequency-based admission), `hashbrown` (the raw
-//! `HashTable` under the verified-principal cache, indexed by the HMAC's
-//! own bytes), `quanta` (the TSC clock for hot-path intervals), `tokio`
-//! (`sync` only: the single-flight cell), `ipnet` (token network
-//! allowlists), `http`/`http-body`/`bytes`/`pin-project-lite`/`tower` (the
-//! `Check` service, its future and body, and denials rendered as responses), `serde_json`
-//! (problem+json bodies), `percent-encoding` (`grpc-message`), `strsim`
-//! ("did you mean" for a mistyped scope at issuance) and `thiserror`
-//! (error types).
+//! secrets on drop), `hex` (pepper and hash text), `quanta` (the TSC clock
+//! for hot-path intervals), `ipnet` (token network allowlists),
+//! `http`/`http-body`/`bytes`/`pin-project-lite`/`tower` (the `Check`
+//! service, its future and body, and denials rendered as responses),
+//! `serde_json` (problem+json bodies), `percent-encoding`
+//! (`grpc-message`), `strsim` ("did you mean" for a mistyped scope at
+//! issuance), `thiserror` (error types) and, with the `testing` feature
+//! only, `tokio` (the probe store's gate).
 
 mod audience;
-mod cache;
 pub mod check;
 mod clock;
 pub mod denial;
@@ -90,7 +80,6 @@ mod token;
 pub mod trail;
 
 pub use audience::{Audience, AudienceError};
-pub use cache::{CacheConfig, CacheStats, CachedStore, RevocationEvent, VerifyError};
 pub use check::{
     Admit, Chain, Check, CheckBody, CheckFuture, CheckLayer, CheckService, NoWait, Refusal, Verdict,
 };
@@ -102,7 +91,7 @@ pub use denial::{
 pub use echo::{Echo, may_hold_secret};
 pub use hash::{KeyId, Pepper, PepperError, TokenHash, TokenHasher};
 pub use id::{TokenId, TokenIdError};
-pub use principal::{ClientIp, Principal, canonical_net};
+pub use principal::{ClientIp, Grants, Principal, canonical_net};
 pub use record::{QuotaError, RateQuota, TokenRecord, TokenStatus};
 pub use scope::{Scope, ScopeError, ScopeRules, ScopeSet};
 pub use slot::{SLOTS, SlotKey};
@@ -132,10 +121,8 @@ mod traits {
         send_sync::<Denial>();
         send_sync::<Renderer>();
         send_sync::<RequestTrail>();
-        send_sync::<CachedStore<MemoryStore>>();
         send_sync::<Lifecycle<MemoryStore>>();
         send_sync::<StoreError>();
-        send_sync::<VerifyError>();
         send_sync::<CheckBody<bytes::Bytes>>();
         send_sync::<Refusal>();
     }

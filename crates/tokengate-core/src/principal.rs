@@ -89,13 +89,26 @@ impl Grant {
 
 /// One shared copy of each distinct grant among live principals.
 ///
-/// Held by the verifying cache and used only when a principal is built (on
-/// a cache miss). It keeps weak references, so a grant lives exactly as
+/// Held by a verifying cache (`tokengate-cache`) and used only when a
+/// principal is built (on a cache miss), through
+/// [`Principal::from_record_in`]. It keeps weak references, so a grant lives exactly as
 /// long as some principal uses it; dead references are purged whenever
 /// the table has doubled since the last purge.
-pub(crate) struct Grants {
+pub struct Grants {
     table: Mutex<GrantTable>,
     hasher: RandomState,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Grants {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Grants").finish_non_exhaustive()
+    }
 }
 
 struct GrantTable {
@@ -106,7 +119,8 @@ struct GrantTable {
 }
 
 impl Grants {
-    pub(crate) fn new() -> Self {
+    /// An empty table.
+    pub fn new() -> Self {
         Self {
             table: Mutex::new(GrantTable {
                 by_hash: HashMap::new(),
@@ -160,7 +174,7 @@ impl Principal {
 
     /// The principal a token record stands for, sharing its grant with
     /// other principals built through `grants`.
-    pub(crate) fn from_record_in(record: &TokenRecord, grants: &Grants) -> Self {
+    pub fn from_record_in(record: &TokenRecord, grants: &Grants) -> Self {
         Self::with_grant(record, grants.intern(Grant::from_record(record)))
     }
 

@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use tokengate_cache::{CachedStore, RevocationEvent};
 use tokengate_core::{
-    CachedStore, KeyId, Pepper, RateQuota, RevocationEvent, ScopeSet, StoreError, TokenAdmin,
-    TokenHash, TokenId, TokenRecord, TokenStore,
+    KeyId, Pepper, RateQuota, ScopeSet, StoreError, TokenAdmin, TokenHash, TokenId, TokenRecord,
+    TokenStore,
 };
 use tokio::task::JoinHandle;
 

@@ -4,9 +4,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokengate_cache::{CacheConfig, CachedStore, VerifyError};
 use tokengate_core::{
-    CacheConfig, CachedStore, Expiry, InvalidReason, Lifecycle, RateQuota, TokenAdmin, TokenHasher,
-    TokenSpec, TokenStore, VerifyError,
+    Expiry, InvalidReason, Lifecycle, RateQuota, TokenAdmin, TokenHasher, TokenSpec, TokenStore,
 };
 
 use super::*;

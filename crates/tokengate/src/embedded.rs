@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use tokengate_audit::{AuditKey, JsonLinesSink};
 use tokengate_authenticate::{AuthenticateLayer, UsageTracker};
-use tokengate_core::{
-    Audience, CacheConfig, CachedStore, IssuedToken, Lifecycle, TokenHasher, TokenSpec,
-};
+use tokengate_cache::{CacheConfig, CachedStore};
+use tokengate_core::{Audience, IssuedToken, Lifecycle, TokenHasher, TokenSpec};
 use tokengate_scope::ScopePolicy;
 use tokengate_sqlite::SqliteStore;
 use tokio::task::JoinHandle;

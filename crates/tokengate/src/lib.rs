@@ -103,6 +103,8 @@
 
 pub use tokengate_core::*;
 
+pub use tokengate_cache::{CacheConfig, CacheStats, CachedStore, RevocationEvent, VerifyError};
+
 #[cfg(feature = "authenticate")]
 pub use tokengate_authenticate::{
     Authenticate, AuthenticateLayer, ExpiryHeader, IsPublic, PublicPaths, TOKEN_EXPIRES,

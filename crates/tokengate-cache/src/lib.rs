@@ -4,7 +4,7 @@
 //! store only on a miss, with these guarantees:
 //!
 //! - **Expiry and revocation are checked on every hit**, against the
-//!   injected [`Clock`](crate::Clock); correctness never depends on when
+//!   injected [`Clock`](tokengate_core::Clock); correctness never depends on when
 //!   anything is evicted.
 //! - **An entry lives at most `ttl` from its insertion** (never refreshed by
 //!   reads) and never past its token's expiry. `ttl` is the bound within
@@ -31,6 +31,43 @@
 //! [`TokenAdmin`]) take effect on the very next request. Revocations made
 //! by another process reach it through [`CachedStore::apply`], e.g. from the
 //! SQLite store's change feed.
+//!
+//! # Example
+//!
+//! ```
+//! use tokengate_cache::{CacheConfig, CachedStore, VerifyError};
+//! use tokengate_core::{InvalidReason, KeyId, Lifecycle, MemoryStore, Pepper, TokenHasher, TokenSpec};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+//! let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
+//! let cache = CachedStore::new(MemoryStore::new(), CacheConfig::default());
+//! let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
+//! let spec = TokenSpec::new("deploy-bot", "team-a")
+//!     .scopes(["notes:read".parse()?])
+//!     .audiences(["notes".parse()?]);
+//! let issued = lifecycle.issue(spec).await?;
+//!
+//! // The request path: parse (no store work), hash, verify through the cache.
+//! let token = lifecycle.format().parse(issued.token.expose_secret())?;
+//! let principal = cache.verify(&hasher.hash(&token)).await?;
+//! assert_eq!(principal.subject(), "team-a");
+//!
+//! // Revocation through the cache takes effect on the next request.
+//! lifecycle.revoke(principal.token_id()).await?;
+//! let refused = cache.verify(&hasher.hash(&token)).await.unwrap_err();
+//! assert!(matches!(refused, VerifyError::Invalid(InvalidReason::Revoked)));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Dependencies
+//!
+//! `tokengate-core` (stores, principals, denials), `hashbrown` (the raw
+//! `HashTable` under the known-token table, indexed by the HMAC's own
+//! bytes), `moka` (the bounded negative cache, for its frequency-based
+//! admission), `tokio` (`sync` only: the single-flight cell) and
+//! `thiserror` (error types).
 
 mod config;
 mod table;
@@ -46,14 +83,16 @@ use tokio::sync::OnceCell;
 
 pub use config::CacheConfig;
 
-use crate::clock::{SharedClock, SystemClock, to_nanos};
-use crate::denial::{Denial, InvalidReason};
-use crate::hash::TokenHash;
-use crate::id::TokenId;
-use crate::principal::{Grants, Principal};
-use crate::record::TokenRecord;
-use crate::scope::ScopeSet;
-use crate::store::{StoreError, TokenAdmin, TokenStore};
+/// Nanoseconds since the Unix epoch (0 before it, saturating).
+fn to_nanos(time: SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+use tokengate_core::{
+    Denial, Grants, InvalidReason, Principal, ScopeSet, SharedClock, StoreError, SystemClock,
+    TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore,
+};
 
 use table::Table;
 

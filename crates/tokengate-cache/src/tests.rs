@@ -1,9 +1,8 @@
 use super::*;
-use crate::clock::{Clock, ManualClock};
-use crate::hash::{KeyId, Pepper, TokenHasher};
-use crate::store::{Expiry, Lifecycle, TokenSpec};
-use crate::testing::ProbeStore;
-use crate::token::TokenFormat;
+use tokengate_core::testing::ProbeStore;
+use tokengate_core::{
+    Clock, Expiry, KeyId, Lifecycle, ManualClock, Pepper, TokenFormat, TokenHasher, TokenSpec,
+};
 
 const SEC: Duration = Duration::from_secs(1);
 

@@ -28,7 +28,7 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 
-use crate::hash::TokenHash;
+use tokengate_core::TokenHash;
 
 /// Most shards: enough to spread two to a few dozen cores.
 const MAX_SHARDS: usize = 64;
@@ -266,7 +266,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::hash::KeyId;
+    use tokengate_core::KeyId;
 
     fn key(n: u16) -> TokenHash {
         let mut digest = [0u8; 32];
