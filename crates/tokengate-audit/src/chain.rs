@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::event::AuditEvent;
+use crate::record::AuditEvent;
 
 /// The `chain.prev` of a file's first line.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

@@ -3,17 +3,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokengate_core::{CheckBody, Clock, Denial, Renderer, RequestTrail, SystemClock};
+use tokengate_core::{CheckBody, Clock, Denial, Renderer, SystemClock};
 
-use crate::event::Ending;
-use crate::limits::FieldLimits;
-use crate::record::{AuditRecord, Raw, RawHead};
+use crate::capture::{Capture, Ending};
+use crate::record::AuditRecord;
 use crate::sink::AuditSink;
 
 /// Holds one request's record until the exchange ends, and emits it
@@ -22,27 +21,20 @@ use crate::sink::AuditSink;
 /// The record is boxed once, when the request comes in, and travels in
 /// that box to the sink: the response future and body stay small, and no
 /// second allocation is made when the exchange ends.
-pub(crate) struct Recorder<K: AuditSink> {
+pub(crate) struct Emitter<K: AuditSink> {
     sink: Arc<K>,
-    pending: Option<Box<Raw>>,
+    pending: Option<Box<Capture>>,
     /// When the request came in, on the TSC clock (for the latency).
     start: u64,
     /// Whether the sink holds room for this record ([`AuditSink::reserve`]).
     reserved: bool,
 }
 
-impl<K: AuditSink> Recorder<K> {
-    pub(crate) fn new(
-        sink: Arc<K>,
-        head: RawHead,
-        limits: FieldLimits,
-        trail: RequestTrail,
-        timestamp: SystemTime,
-        reserved: bool,
-    ) -> Self {
+impl<K: AuditSink> Emitter<K> {
+    pub(crate) fn new(sink: Arc<K>, capture: Box<Capture>, reserved: bool) -> Self {
         Self {
             sink,
-            pending: Some(Box::new(Raw::new(head, trail, timestamp, limits))),
+            pending: Some(capture),
             start: SystemClock.now_nanos(),
             reserved,
         }
@@ -73,7 +65,7 @@ impl<K: AuditSink> Recorder<K> {
         let head = self
             .pending
             .as_ref()
-            .is_some_and(|raw| raw.head.method == Method::HEAD);
+            .is_some_and(|capture| capture.method == Method::HEAD);
         head || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
@@ -106,15 +98,15 @@ impl<K: AuditSink> Recorder<K> {
     }
 }
 
-impl<K: AuditSink> Drop for Recorder<K> {
+impl<K: AuditSink> Drop for Emitter<K> {
     fn drop(&mut self) {
         self.finish(Ending::Cancelled);
     }
 }
 
-impl<K: AuditSink> fmt::Debug for Recorder<K> {
+impl<K: AuditSink> fmt::Debug for Emitter<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Recorder")
+        f.debug_struct("Emitter")
             .field("pending", &self.pending.is_some())
             .finish()
     }
@@ -130,7 +122,7 @@ pin_project! {
     pub struct ResponseFuture<F, K: AuditSink> {
         #[pin]
         kind: Kind<F>,
-        recorder: Option<Recorder<K>>,
+        recorder: Option<Emitter<K>>,
     }
 }
 
@@ -145,7 +137,7 @@ pin_project! {
 }
 
 impl<F, K: AuditSink> ResponseFuture<F, K> {
-    pub(crate) fn new(future: F, recorder: Recorder<K>) -> Self {
+    pub(crate) fn new(future: F, recorder: Emitter<K>) -> Self {
         Self {
             kind: Kind::Inner { future },
             recorder: Some(recorder),
@@ -154,7 +146,7 @@ impl<F, K: AuditSink> ResponseFuture<F, K> {
 
     /// Answers `denial` (for a gRPC request if `grpc`) without calling the
     /// inner service.
-    pub(crate) fn refused(denial: Denial, grpc: bool, recorder: Recorder<K>) -> Self {
+    pub(crate) fn refused(denial: Denial, grpc: bool, recorder: Emitter<K>) -> Self {
         Self {
             kind: Kind::Refused {
                 denial: Some((denial, grpc)),
@@ -215,12 +207,12 @@ pin_project! {
     pub struct AuditBody<B, K: AuditSink> {
         #[pin]
         inner: CheckBody<B>,
-        recorder: Option<Recorder<K>>,
+        recorder: Option<Emitter<K>>,
     }
 }
 
 impl<B, K: AuditSink> AuditBody<B, K> {
-    fn new(inner: CheckBody<B>, mut recorder: Recorder<K>) -> Self
+    fn new(inner: CheckBody<B>, mut recorder: Emitter<K>) -> Self
     where
         B: Body<Data = Bytes>,
     {

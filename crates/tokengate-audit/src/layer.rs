@@ -9,9 +9,9 @@ use http::{Request, Response};
 use tokengate_core::{Denial, RequestTrail, is_grpc};
 use tower::{Layer, Service};
 
-use crate::future::{Recorder, ResponseFuture};
+use crate::capture::Capture;
+use crate::future::{Emitter, ResponseFuture};
 use crate::limits::FieldLimits;
-use crate::record::RawHead;
 use crate::sink::{AuditSink, Reservation};
 
 /// Records exactly one [`AuditEvent`](crate::AuditEvent) per request into
@@ -173,9 +173,9 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let timestamp = SystemTime::now();
-        let head = RawHead::capture(&request, &self.layer.limits);
         let trail = RequestTrail::new();
-        request.extensions_mut().insert(trail.clone());
+        let capture = Capture::new(&request, trail.clone(), timestamp, self.layer.limits);
+        request.extensions_mut().insert(trail);
         // A call without `poll_ready` takes room only if there is some now.
         let room = match std::mem::replace(&mut self.room, Room::None) {
             Room::None => match self.layer.sink.reserve() {
@@ -192,14 +192,7 @@ where
             Room::TimedOut => (false, true),
             Room::None | Room::Waiting(_) => (false, false),
         };
-        let recorder = Recorder::new(
-            Arc::clone(&self.layer.sink),
-            head,
-            self.layer.limits,
-            trail,
-            timestamp,
-            reserved,
-        );
+        let recorder = Emitter::new(Arc::clone(&self.layer.sink), Box::new(capture), reserved);
         if timed_out {
             let grpc = is_grpc(request.headers());
             return ResponseFuture::refused(Denial::AuditUnavailable, grpc, recorder);

@@ -61,27 +61,29 @@
 //! `http-body`, `bytes` and `pin-project-lite` (the middleware and the
 //! watched body), `crossbeam-channel` (the bounded queue with blocking and
 //! non-blocking sends), `tokio` (`sync` and `time`: the Block policy's
-//! asynchronous, bounded wait for room), `serde_json` (the JSON lines), `sha2`, `hmac` and
+//! asynchronous, bounded wait for room), `serde_json` (reading lines back to verify a chain), `sha2`, `hmac` and
 //! `hex` (the hash chain, unkeyed or keyed), `percent-encoding` (a
 //! token sent percent-encoded as a query name is still recognised), `zeroize` (the audit key's
 //! text is wiped after reading), `humantime` (RFC 3339 timestamps), `itoa` (numbers
 //! in a line without `fmt`), `rand` (request ids and new audit keys), `tracing` (the tracing
 //! sink) and `thiserror` (verification errors).
 
+mod capture;
 pub mod chain;
-mod event;
 mod future;
+mod json;
 mod layer;
 mod limits;
 mod record;
+mod request_id;
 mod sink;
 
+pub use capture::Ending;
 pub use chain::{AuditKey, AuditKeyError};
-pub use event::{AuditEvent, Decision, Ending, clean};
 pub use future::{AuditBody, ResponseFuture};
 pub use layer::{Audit, AuditLayer};
-pub use limits::FieldLimits;
-pub use record::{AuditRecord, CLIENT_CLOSED};
+pub use limits::{FieldLimits, clean};
+pub use record::{AuditEvent, AuditRecord, CLIENT_CLOSED, Decision};
 pub use sink::{
     AuditSink, JsonLinesSink, JsonLinesSinkBuilder, Overflow, Reservation, SinkStats, TracingSink,
 };

@@ -12,7 +12,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::{AuditSink, Reservation};
 use crate::chain::{self, AuditKey};
-use crate::event::AuditEvent;
+use crate::record::AuditEvent;
 use crate::record::AuditRecord;
 
 /// What a full queue does to the request that wants to record.

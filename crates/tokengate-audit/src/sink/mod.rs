@@ -11,7 +11,7 @@ use std::sync::Arc;
 pub use file::{JsonLinesSink, JsonLinesSinkBuilder, Overflow, SinkStats};
 pub use tracing_sink::TracingSink;
 
-use crate::event::AuditEvent;
+use crate::record::AuditEvent;
 use crate::record::AuditRecord;
 
 /// Receives every record. Called once per request, from the request's own

@@ -3,8 +3,9 @@ use std::fmt;
 use tracing::Level;
 
 use super::AuditSink;
-use crate::event::{Decision, needs_unicode_escape};
+use crate::json::needs_unicode_escape;
 use crate::record::AuditRecord;
+use crate::record::Decision;
 
 /// Request-controlled text as the subscriber writes it: line separators,
 /// bidi controls and zero-width characters shown as `\u{..}` escapes (the

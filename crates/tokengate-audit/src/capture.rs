@@ -1,0 +1,169 @@
+//! What the request path keeps of a request for its record.
+//!
+//! Capturing costs the request two allocations: the [`Capture`]'s box, and
+//! one buffer holding the path, the query, the user agent and the request
+//! id, copied out of the request and each only as far as its limit can
+//! show (a long query is redacted first).
+//!
+//! Copied, not shared: hyper parses a request head into slices of the
+//! connection's read buffer, so a record holding the request's `Uri` or
+//! header values would keep that buffer alive until the writer got to it,
+//! and the connection would allocate a fresh one for the requests after
+//! it. A queue of records would then pin a buffer per record instead of a
+//! few hundred bytes.
+
+use std::time::{Duration, SystemTime};
+
+use http::{Method, Request};
+use tokengate_core::{ClientIp, Denial, Principal, RequestTrail, is_grpc};
+
+use crate::limits::{FieldLimits, kept_agent, kept_path, kept_query};
+use crate::request_id::{REQUEST_ID, RequestId};
+
+/// One request's record as the request path fills it in: the request's
+/// text, then the outcome, then (when the exchange ends) what the layers
+/// noted in the request's trail.
+pub(crate) struct Capture {
+    pub(crate) method: Method,
+    /// Path, query, user agent, given request id: one after the other.
+    text: Box<str>,
+    path_end: usize,
+    query_end: Option<usize>,
+    agent_end: Option<usize>,
+    pub(crate) request_id: RequestId,
+    pub(crate) grpc: bool,
+    /// The request's trail while the exchange runs; [`Capture::settle`]
+    /// takes what it noted out of it when the exchange ends.
+    pub(crate) trail: Option<RequestTrail>,
+    pub(crate) client_ip: Option<ClientIp>,
+    pub(crate) principal: Option<Principal>,
+    pub(crate) timestamp: SystemTime,
+    pub(crate) status: Option<u16>,
+    pub(crate) grpc_status: Option<u16>,
+    pub(crate) reason: Option<&'static str>,
+    pub(crate) latency: Duration,
+    pub(crate) ending: Ending,
+    pub(crate) limits: FieldLimits,
+}
+
+impl Capture {
+    /// Copies what a record shows of `request` that came in at
+    /// `timestamp`, each field only as far as its limit can show it (and a
+    /// character more, so a truncation is still seen): a record holds a
+    /// few KiB at most whatever the request sent, and reads exactly as if
+    /// it had kept everything. `trail` is the request's, still open.
+    pub(crate) fn new<B>(
+        request: &Request<B>,
+        trail: RequestTrail,
+        timestamp: SystemTime,
+        limits: FieldLimits,
+    ) -> Self {
+        let headers = request.headers();
+        let uri = request.uri();
+        let grpc = is_grpc(headers);
+        let path = kept_path(uri.path(), grpc, limits.path);
+        let query = uri.query().map(|query| kept_query(query, limits.query));
+        let path = path.as_ref();
+        let query = query.as_deref();
+        let agent = headers
+            .get(http::header::USER_AGENT)
+            .map(|agent| kept_agent(agent.as_bytes(), limits.user_agent));
+        let agent = agent.as_deref();
+        let given = headers
+            .get(&REQUEST_ID)
+            .and_then(|id| id.to_str().ok())
+            .filter(|id| {
+                !id.is_empty()
+                    && id.len() <= limits.request_id
+                    && id.bytes().all(|b| b.is_ascii_graphic())
+            });
+        let parts = [
+            path,
+            query.unwrap_or(""),
+            agent.unwrap_or(""),
+            given.unwrap_or(""),
+        ];
+        let path_end = path.len();
+        let query_end = query.map(|query| path_end + query.len());
+        let agent_end = agent.map(|agent| query_end.unwrap_or(path_end) + agent.len());
+        Self {
+            method: request.method().clone(),
+            text: parts.concat().into_boxed_str(),
+            path_end,
+            query_end,
+            agent_end,
+            request_id: given.map_or_else(RequestId::generate, |_| RequestId::Given),
+            grpc,
+            trail: Some(trail),
+            client_ip: None,
+            principal: None,
+            timestamp,
+            status: None,
+            grpc_status: None,
+            reason: None,
+            latency: Duration::ZERO,
+            ending: Ending::Cancelled,
+            limits,
+        }
+    }
+
+    pub(crate) fn path(&self) -> &str {
+        &self.text[..self.path_end]
+    }
+
+    pub(crate) fn query(&self) -> Option<&str> {
+        self.query_end.map(|end| &self.text[self.path_end..end])
+    }
+
+    pub(crate) fn user_agent(&self) -> Option<&str> {
+        let start = self.query_end.unwrap_or(self.path_end);
+        self.agent_end.map(|end| &self.text[start..end])
+    }
+
+    /// The client's own request id, when it gave a usable one.
+    pub(crate) fn given_id(&self) -> &str {
+        let start = self.agent_end.or(self.query_end).unwrap_or(self.path_end);
+        &self.text[start..]
+    }
+
+    /// Takes what the layers noted out of the trail (a denial's reason
+    /// yields to one the response carried). Called when the exchange
+    /// ends, on the request's thread: the trail, which the request no
+    /// longer holds by then, is freed there rather than by the sink's
+    /// writer, and the record holds no shared state when it is handed
+    /// over.
+    pub(crate) fn settle(&mut self) {
+        if let Some(trail) = self.trail.take() {
+            let facts = trail.into_facts();
+            self.reason = self.reason.or(facts.denial.as_ref().map(Denial::reason));
+            self.client_ip = facts.client_ip;
+            self.principal = facts.principal;
+        }
+    }
+}
+
+/// How the exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ending {
+    /// The response was sent to its end.
+    Completed,
+    /// The client went away (the future or the body was dropped early).
+    Cancelled,
+    /// The inner service returned an error instead of a response.
+    ServiceError,
+    /// The response body failed while streaming.
+    BodyError,
+}
+
+impl Ending {
+    /// A stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Cancelled => "cancelled",
+            Self::ServiceError => "service_error",
+            Self::BodyError => "body_error",
+        }
+    }
+}
