@@ -39,7 +39,7 @@ pub enum Decision {
 /// `client.address`, `user_agent.original`, `rpc.service`, `enduser.id`,
 /// ...); tokengate's own are under `tokengate.*`.
 ///
-/// Every text field is cleaned ([`clean`]): control characters escaped,
+/// Every text field is cleaned ([`clean`](crate::clean)): control characters escaped,
 /// length bounded, truncation flagged in `tokengate.truncated`. The record
 /// never holds a token, a token prefix, a header value other than the
 /// user agent and request id, or a query value.
