@@ -4,7 +4,7 @@
 //! failure of the store ([`StoreError`]) is never confused with "no such
 //! token" (`Ok(None)`). [`TokenAdmin`] is the management side the
 //! [`Lifecycle`] builds on. Both are implemented by [`MemoryStore`] here, by
-//! the SQLite store, and by [`CachedStore`](crate::CachedStore) in front of
+//! the SQLite store, and by `tokengate-cache`'s `CachedStore` in front of
 //! any store.
 
 mod lifecycle;
