@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let format = TokenFormat::default();
     let parsed = format.parse(text);
-    assert_eq!(parsed.is_ok(), format.check(text).is_ok());
+    assert_eq!(parsed.is_ok(), format.validate(text).is_ok());
     if let Ok(token) = &parsed {
         assert_eq!(token.expose_secret(), text);
         assert!(!format!("{token} {token:?}").contains(&text[3..]));

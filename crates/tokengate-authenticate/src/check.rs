@@ -15,7 +15,7 @@ use tokengate_core::{
 };
 
 use crate::credential::{QuerySource, redact_query};
-use crate::layer::{AudienceCheck, AuthenticateLayer, Config};
+use crate::layer::{AudienceRule, AuthenticateLayer, Config};
 use crate::usage::note_use;
 
 /// Verifies the request's token through the verifying cache and puts the
@@ -146,7 +146,7 @@ impl<St> Config<St> {
             Err(reason) => return Step::Refuse(Denial::MalformedRequest(reason)),
         };
         // Checked and hashed in place: no owned copy of the secret is made.
-        let verdict = match self.format.check(&credential.token) {
+        let verdict = match self.format.validate(&credential.token) {
             Ok(()) => Step::Lookup(self.hasher.hash_str(&credential.token)),
             Err(error) => Step::Refuse(Denial::InvalidToken(InvalidReason::Malformed(error))),
         };
@@ -189,7 +189,7 @@ impl<St> Config<St> {
             error.to_denial()
         })?;
         RequestTrail::note_principal(request.extensions(), &principal);
-        if let AudienceCheck::Required(audience) = &self.audience
+        if let AudienceRule::Required(audience) = &self.audience
             && !principal.allows_audience(audience)
         {
             return Err(Denial::InvalidToken(InvalidReason::WrongAudience));

@@ -19,7 +19,7 @@ pub const TOKEN_EXPIRES: HeaderName = HeaderName::from_static("token-expires");
 
 /// Which audiences the layer accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum AudienceCheck {
+pub(crate) enum AudienceRule {
     /// Tokens must list this audience.
     Required(Audience),
     /// Any token of the store, whatever its audiences (explicit opt-out).
@@ -39,7 +39,7 @@ pub(crate) struct Config<St> {
     pub(crate) verifier: CachedStore<St>,
     pub(crate) hasher: TokenHasher,
     pub(crate) format: TokenFormat,
-    pub(crate) audience: AudienceCheck,
+    pub(crate) audience: AudienceRule,
     pub(crate) sources: Sources,
     pub(crate) public: Option<Arc<dyn IsPublic>>,
     pub(crate) renderer: Renderer,
@@ -111,7 +111,7 @@ impl<St> AuthenticateLayer<St> {
                 verifier,
                 hasher,
                 format: TokenFormat::default(),
-                audience: AudienceCheck::Required(audience),
+                audience: AudienceRule::Required(audience),
                 sources: Sources::default(),
                 public: None,
                 renderer: Renderer::default(),
@@ -132,7 +132,7 @@ impl<St> AuthenticateLayer<St> {
     /// Accepts tokens whatever audiences they list. Segmentation is then up
     /// to you: prefer one audience per service.
     pub fn accept_any_audience(self) -> Self {
-        self.with(|c| c.audience = AudienceCheck::Any)
+        self.with(|c| c.audience = AudienceRule::Any)
     }
 
     /// Accepts tokens of `format` (e.g. a custom prefix).

@@ -323,7 +323,7 @@ fn issue_spec(issue: &Issue) -> Result<(TokenSpec, IssuancePolicy)> {
         IssuancePolicy::default()
     };
     policy
-        .check(&spec, SystemClock.now())
+        .validate(&spec, SystemClock.now())
         .map_err(|e| issue_error(&e))?;
     Ok((spec, policy))
 }

@@ -174,7 +174,7 @@ impl TokenHasher {
     }
 
     /// The keyed hash of a token's text that passed
-    /// [`TokenFormat::check`](crate::TokenFormat::check): the same value as
+    /// [`TokenFormat::validate`](crate::TokenFormat::validate): the same value as
     /// [`TokenHasher::hash`] of the parsed token, without an owned copy.
     pub fn hash_str(&self, token: &str) -> TokenHash {
         self.hash_bytes(token.as_bytes())

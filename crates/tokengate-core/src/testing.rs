@@ -90,7 +90,7 @@ impl ProbeStore {
         self.release.add_permits(1);
     }
 
-    fn check(&self) -> Result<(), StoreError> {
+    fn fault(&self) -> Result<(), StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             Err(StoreError::Timeout)
         } else {
@@ -102,7 +102,7 @@ impl ProbeStore {
 impl TokenStore for ProbeStore {
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
-        self.check()?;
+        self.fault()?;
         if self.hanging.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
@@ -123,7 +123,7 @@ impl TokenAdmin for ProbeStore {
     }
 
     async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
-        self.check()?;
+        self.fault()?;
         self.inner.get(id).await
     }
 

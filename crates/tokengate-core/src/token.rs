@@ -251,18 +251,18 @@ impl TokenFormat {
     /// Parses `input` as a token of this format: prefix, length, alphabet and
     /// checksum, in that order. Does no store work and allocates only on success.
     pub fn parse(&self, input: &str) -> Result<Token, TokenFormatError> {
-        self.check(input)?;
+        self.validate(input)?;
         Ok(Token {
             value: input.to_owned(),
             prefix_len: self.prefix.as_str().len(),
         })
     }
 
-    /// Checks `input` like [`TokenFormat::parse`] without copying it: for
+    /// Validates `input` like [`TokenFormat::parse`] without copying it: for
     /// the request path, which hashes the borrowed text with
     /// [`TokenHasher::hash_str`](crate::TokenHasher::hash_str) and never
     /// needs an owned token.
-    pub fn check(&self, input: &str) -> Result<(), TokenFormatError> {
+    pub fn validate(&self, input: &str) -> Result<(), TokenFormatError> {
         let prefix = self.prefix.as_str();
         let Some(body) = input.strip_prefix(prefix).and_then(|r| r.strip_prefix('_')) else {
             return Err(if input.contains('_') {

@@ -110,11 +110,11 @@ impl IssuancePolicy {
         self
     }
 
-    /// Checks `spec` against this policy as if it were issued at `now`, and
-    /// answers when it would expire. [`Lifecycle::issue`] runs the same
+    /// Validates `spec` against this policy as if it were issued at `now`,
+    /// and answers when it would expire. [`Lifecycle::issue`] runs the same
     /// checks; call this to refuse bad input before opening or creating
     /// anything.
-    pub fn check(
+    pub fn validate(
         &self,
         spec: &TokenSpec,
         now: SystemTime,
@@ -543,7 +543,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
         now: SystemTime,
         rotated_from: Option<TokenId>,
     ) -> Result<(Token, TokenRecord), LifecycleError> {
-        let expires_at = policy.check(&spec, now)?;
+        let expires_at = policy.validate(&spec, now)?;
         let token = self.format.generate();
         let record = TokenRecord {
             id: TokenId::generate(),
