@@ -1,8 +1,9 @@
-//! The `Gate` runs its six decisions after audit in one service
-//! (`GateChecks`). It must answer every request exactly as the same
-//! layers stacked by hand in DESIGN's order: the same status, headers and
-//! body, refusals included (an outer layer's headers reach an inner
-//! layer's refusal), and the same audit record.
+//! The `Gate` runs its six checks after audit as one `Chain` in one
+//! `CheckService`; stacked by hand, the same layers run each check in a
+//! `CheckService` of its own, in DESIGN's order. Both must answer every
+//! request exactly alike: the same status, headers and body, refusals
+//! included (an outer layer's headers reach an inner layer's refusal), and
+//! the same audit record.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
@@ -262,125 +263,46 @@ async fn the_gate_answers_every_request_as_the_stacked_layers_do() {
     let t = &p.tokens;
     let peer = Some("192.0.2.10:5000");
     let grpc = ("content-type", "application/grpc".to_owned());
-    let cases: Vec<(&str, Request<Full<Bytes>>)> = vec![
-        ("no token", request("GET", "/notes", peer, &[])),
-        (
-            "malformed header",
-            request("GET", "/notes", peer, &[("authorization", "Bearer".into())]),
-        ),
-        (
-            "two credentials",
-            request(
-                "GET",
-                "/notes",
-                peer,
-                &[bearer(&t.read), ("authorization", "Basic eA==".into())],
-            ),
-        ),
-        (
-            "bad checksum",
-            request(
-                "GET",
-                "/notes",
-                peer,
-                &[(
-                    "authorization",
-                    "Bearer tg_notatokenatallnotatokenatall000000".into(),
-                )],
-            ),
-        ),
-        (
-            "unknown token (cache miss, store miss)",
-            request("GET", "/notes", peer, &[bearer(&t.unknown)]),
-        ),
-        (
-            "read token reads (miss, then the rest)",
-            request("GET", "/notes", peer, &[bearer(&t.read)]),
-        ),
-        (
-            "read token reads (cache hit)",
-            request("GET", "/notes", peer, &[bearer(&t.read)]),
-        ),
-        (
-            "read token writes",
-            request("POST", "/notes", peer, &[bearer(&t.read)]),
-        ),
-        (
-            "write token writes",
-            request("POST", "/notes", peer, &[bearer(&t.write)]),
-        ),
-        (
-            "unmapped route",
-            request("GET", "/admin", peer, &[bearer(&t.write)]),
-        ),
-        (
-            "public route, no token",
-            request("GET", "/healthz", peer, &[]),
-        ),
-        (
-            "public route with a token",
-            request("GET", "/healthz", peer, &[bearer(&t.read)]),
-        ),
-        (
-            "wrong audience",
-            request("GET", "/notes", peer, &[bearer(&t.elsewhere)]),
-        ),
-        (
-            "token fenced to another network",
-            request("GET", "/notes", peer, &[bearer(&t.fenced)]),
-        ),
-        (
-            "token fenced, client inside",
-            request("GET", "/notes", Some("10.1.2.3:5000"), &[bearer(&t.fenced)]),
-        ),
-        (
-            "denied client address",
-            request(
-                "GET",
-                "/notes",
-                Some("198.51.100.7:5000"),
-                &[bearer(&t.read)],
-            ),
-        ),
-        (
-            "no peer address",
-            request("GET", "/notes", None, &[bearer(&t.read)]),
-        ),
-        (
-            "gRPC without a token",
-            request(
-                "POST",
-                "/notes.v1.Notes/List",
-                peer,
-                std::slice::from_ref(&grpc),
-            ),
-        ),
-        (
-            "gRPC read token, unmapped method",
-            request(
-                "POST",
-                "/notes.v1.Notes/List",
-                peer,
-                &[grpc, bearer(&t.read)],
-            ),
-        ),
-        (
-            "tight token 1",
-            request("GET", "/notes", Some("192.0.2.20:1"), &[bearer(&t.tight)]),
-        ),
-        (
-            "tight token 2",
-            request("GET", "/notes", Some("192.0.2.20:1"), &[bearer(&t.tight)]),
-        ),
-        (
-            "tight token spent",
-            request("GET", "/notes", Some("192.0.2.20:1"), &[bearer(&t.tight)]),
-        ),
-        (
-            "tight token spent, writing",
-            request("POST", "/notes", Some("192.0.2.20:1"), &[bearer(&t.tight)]),
-        ),
-    ];
+    let (inside, denied, tight) = (
+        Some("10.1.2.3:5000"),
+        Some("198.51.100.7:5000"),
+        Some("192.0.2.20:1"),
+    );
+    let auth = |token: &Token| vec![bearer(token)];
+    let basic = ("authorization", "Basic eA==".to_owned());
+    let bad_sum = (
+        "authorization",
+        "Bearer tg_notatokenatallnotatokenatall000000".to_owned(),
+    );
+    let list = "/notes.v1.Notes/List";
+    // One request a row: what it is, method, path, peer address, headers.
+    #[rustfmt::skip]
+    let cases = [
+        ("no token", "GET", "/notes", peer, vec![]),
+        ("malformed header", "GET", "/notes", peer, vec![("authorization", "Bearer".into())]),
+        ("two credentials", "GET", "/notes", peer, vec![bearer(&t.read), basic]),
+        ("bad checksum", "GET", "/notes", peer, vec![bad_sum]),
+        ("unknown token (cache miss, store miss)", "GET", "/notes", peer, auth(&t.unknown)),
+        ("read token reads (miss, then the rest)", "GET", "/notes", peer, auth(&t.read)),
+        ("read token reads (cache hit)", "GET", "/notes", peer, auth(&t.read)),
+        ("read token writes", "POST", "/notes", peer, auth(&t.read)),
+        ("write token writes", "POST", "/notes", peer, auth(&t.write)),
+        ("unmapped route", "GET", "/admin", peer, auth(&t.write)),
+        ("public route, no token", "GET", "/healthz", peer, vec![]),
+        ("public route with a token", "GET", "/healthz", peer, auth(&t.read)),
+        ("wrong audience", "GET", "/notes", peer, auth(&t.elsewhere)),
+        ("token fenced to another network", "GET", "/notes", peer, auth(&t.fenced)),
+        ("token fenced, client inside", "GET", "/notes", inside, auth(&t.fenced)),
+        ("denied client address", "GET", "/notes", denied, auth(&t.read)),
+        ("no peer address", "GET", "/notes", None, auth(&t.read)),
+        ("gRPC without a token", "POST", list, peer, vec![grpc.clone()]),
+        ("gRPC read token, unmapped method", "POST", list, peer, vec![grpc, bearer(&t.read)]),
+        ("tight token 1", "GET", "/notes", tight, auth(&t.tight)),
+        ("tight token 2", "GET", "/notes", tight, auth(&t.tight)),
+        ("tight token spent", "GET", "/notes", tight, auth(&t.tight)),
+        ("tight token spent, writing", "POST", "/notes", tight, auth(&t.tight)),
+    ]
+    .map(|(name, method, path, peer, headers)| (name, request(method, path, peer, &headers)));
     let mut statuses = Vec::new();
     for (name, request) in cases {
         let (parts, body) = request.into_parts();
