@@ -76,12 +76,14 @@ mod layer;
 mod limits;
 mod record;
 mod request_id;
+mod service;
 mod sink;
 
 pub use capture::Ending;
 pub use chain::{AuditKey, AuditKeyError};
 pub use future::{AuditBody, ResponseFuture};
-pub use layer::{Audit, AuditLayer};
+pub use layer::AuditLayer;
+pub use service::Audit;
 pub use limits::{FieldLimits, clean};
 pub use record::{AuditEvent, AuditRecord, CLIENT_CLOSED, Decision};
 pub use sink::{
