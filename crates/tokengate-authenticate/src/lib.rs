@@ -83,9 +83,9 @@
 //!
 //! # Dependencies
 //!
-//! `tokengate-core` (tokens, the verifying cache, denials), `tower` and
-//! `http` (the middleware contract), `pin-project-lite` (the response
-//! future), `tokio` (the lookup timeout and the usage flusher),
+//! `tokengate-core` (tokens, denials, the `Check` service),
+//! `tokengate-cache` (the verifying cache), `tower` and `http` (the
+//! middleware contract), `tokio` (the lookup timeout and the usage flusher),
 //! `form_urlencoded` (reading and redacting query tokens), `httpdate` (the
 //! `token-expires` header) and `tracing` (store failures).
 

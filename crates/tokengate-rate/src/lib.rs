@@ -77,10 +77,10 @@
 //!
 //! # Dependencies
 //!
-//! `tokengate-core` (principals, client IPs, quotas, denials), `tower` and
-//! `http` (the middleware contract), `ipnet` (client addresses keyed by
-//! network), `pin-project-lite` (the response
-//! future), `smallvec` (a request's checks without a heap allocation),
+//! `tokengate-core` (principals, client IPs, quotas, denials, the `Check`
+//! service), `tower` and `http` (the middleware contract), `ipnet` (client
+//! addresses keyed by network), `smallvec` (a request's charges without a
+//! heap allocation),
 //! `hashbrown` (a table that takes a precomputed hash, so a key is hashed
 //! once for shard and slot), `foldhash` (a fast hasher with a random
 //! per-process seed; keys such as client addresses are attacker-chosen, so

@@ -66,10 +66,10 @@ pub struct RateStateError(pub Arc<str>);
 
 /// Where rate state lives.
 ///
-/// `acquire` charges every limiter of a request and charges all of them or
+/// `acquire` looks at every limiter of a request and charges all of them or
 /// none. The in-memory backend answers with a ready future (no allocation);
 /// a shared backend (Redis) can return a boxed one. The layer polls the
-/// future once in `call` and waits only if it is pending.
+/// future once when it checks a request and waits only if it is pending.
 pub trait RateState: Send + Sync + 'static {
     /// The answer's future. Owned (`'static`), so a pending answer can wait
     /// inside the response future.
