@@ -4,6 +4,12 @@
 //! In both, formatting and I/O happen on a background thread; what is
 //! measured is the request path.
 //!
+//! The `audit_line` group times the writer's side: one record as its JSON
+//! line through the crate's encoder, beside the same members put in a
+//! `serde_json` map and serialised (the encoder also escapes what
+//! `serde_json` leaves raw: line separators, bidi controls, zero-width
+//! characters).
+//!
 //! Run: `cargo bench --bench audit`.
 #![allow(
     missing_docs,
@@ -19,7 +25,8 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
-use tokengate::{AuditLayer, JsonLinesSink, Overflow};
+use serde_json::{Map, Value};
+use tokengate::{AuditEvent, AuditLayer, Decision, JsonLinesSink, Overflow};
 use tokengate_tests::call_now;
 use tower::{Layer, Service, service_fn};
 
@@ -108,5 +115,65 @@ fn audit(c: &mut Criterion) {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-criterion_group!(benches, audit);
+/// The record of one request like the others here, as a sink gets it.
+fn sample_event() -> AuditEvent {
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let slot = std::sync::Arc::clone(&kept);
+    let mut service = AuditLayer::new(move |event: AuditEvent| {
+        *slot.lock().unwrap() = Some(event);
+    })
+    .layer(handler());
+    drop(run(&mut service));
+    let event = kept.lock().unwrap().take();
+    event.unwrap()
+}
+
+/// The baseline: the same members in a `serde_json` map, serialised.
+fn serde_line(e: &AuditEvent) -> String {
+    let mut m = Map::new();
+    let mut put = |key: &str, value: Value| {
+        if !value.is_null() {
+            m.insert(key.to_owned(), value);
+        }
+    };
+    let timestamp = humantime::format_rfc3339_millis(e.timestamp).to_string();
+    put("timestamp", timestamp.into());
+    put("http.request.id", e.request_id.clone().into());
+    put("client.address", e.client_address.clone().into());
+    put("http.request.method", e.method.clone().into());
+    put("url.path", e.path.clone().into());
+    put("url.query", e.query.clone().into());
+    put("rpc.service", e.rpc_service.clone().into());
+    put("rpc.method", e.rpc_method.clone().into());
+    put("tokengate.token_id", e.token_id.clone().into());
+    put("enduser.id", e.subject.clone().into());
+    let decision = if e.decision == Decision::Allow {
+        "allow"
+    } else {
+        "deny"
+    };
+    put("tokengate.decision", decision.into());
+    put("tokengate.reason", e.reason.clone().into());
+    put("http.response.status_code", e.status.into());
+    put("rpc.grpc.status_code", e.grpc_status.into());
+    let latency = u64::try_from(e.latency.as_micros()).unwrap_or(u64::MAX);
+    put("tokengate.latency_us", latency.into());
+    put("tokengate.ending", e.ending.as_str().into());
+    put("user_agent.original", e.user_agent.clone().into());
+    Value::Object(m).to_string()
+}
+
+fn audit_line(c: &mut Criterion) {
+    let event = sample_event();
+    let mut group = c.benchmark_group("audit_line");
+    group.bench_function("serde_json_map", |b| {
+        b.iter(|| black_box(serde_line(&event)));
+    });
+    group.bench_function("hand_written", |b| {
+        b.iter(|| black_box(event.to_string()));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, audit, audit_line);
 criterion_main!(benches);

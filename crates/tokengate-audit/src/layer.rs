@@ -57,4 +57,3 @@ impl<S, K> Layer<S> for AuditLayer<K> {
         Audit::new(inner, Arc::clone(&self.sink), self.limits)
     }
 }
-

@@ -83,9 +83,9 @@ pub use capture::Ending;
 pub use chain::{AuditKey, AuditKeyError};
 pub use future::{AuditBody, ResponseFuture};
 pub use layer::AuditLayer;
-pub use service::Audit;
 pub use limits::{FieldLimits, clean};
 pub use record::{AuditEvent, AuditRecord, CLIENT_CLOSED, Decision};
+pub use service::Audit;
 pub use sink::{
     AuditSink, JsonLinesSink, JsonLinesSinkBuilder, Overflow, Reservation, SinkStats, TracingSink,
 };

@@ -191,7 +191,11 @@ static TOKEN_POLICY: SlotKey<Option<QuotaPolicy>> = SlotKey::new();
 /// `principal`'s own `quota` as the limiter called `name` states it:
 /// rendered once per grant for the first limiter that asks, afresh for a
 /// limiter of another name.
-fn token_policy(principal: &Principal, name: &str, quota: RateQuota) -> Option<QuotaPolicy> {
+pub(crate) fn token_policy(
+    principal: &Principal,
+    name: &str,
+    quota: RateQuota,
+) -> Option<QuotaPolicy> {
     let kept = principal.with_grant_slot(
         &TOKEN_POLICY,
         |_| own_policy(name, quota),

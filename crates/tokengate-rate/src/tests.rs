@@ -511,3 +511,26 @@ proptest::proptest! {
         });
     }
 }
+
+#[test]
+fn a_tokens_own_policy_is_kept_per_grant_and_stated_under_each_limiters_name() {
+    use crate::limiter::token_policy;
+    let q = quota(5, 60, 5);
+    let mut a = record("alice", "");
+    a.rate_quota = Some(q);
+    let mut b = a.clone();
+    b.id = tokengate_core::TokenId::generate();
+    let grants = tokengate_core::Grants::new();
+    let (pa, pb) = (
+        Principal::from_record_in(&a, &grants),
+        Principal::from_record_in(&b, &grants),
+    );
+    let (policy, header) = token_policy(&pa, "per-token", q).unwrap();
+    assert_eq!(policy.name(), "per-token");
+    assert_eq!(header, r#""per-token";q=5;w=60"#);
+    assert_eq!(token_policy(&pb, "per-token", q).unwrap().1, header);
+    let (other, other_header) = token_policy(&pa, "per-client", q).unwrap();
+    assert_eq!(other.name(), "per-client");
+    assert_eq!(other_header, r#""per-client";q=5;w=60"#);
+    assert!(token_policy(&Principal::from_record(&record("bob", "")), "per-token", q).is_some());
+}
