@@ -24,7 +24,7 @@ impl<B, St: TokenStore> Check<B> for AuthenticateLayer<St> {
     type Admit = ExpiryHeader;
     type Wait = TokenLookup;
 
-    #[inline]
+    #[inline(always)]
     fn check(&self, request: &mut Request<B>) -> Verdict<ExpiryHeader, TokenLookup> {
         let config = &*self.config;
         match config.decide(request) {

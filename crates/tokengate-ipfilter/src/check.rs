@@ -16,7 +16,7 @@ impl<B> Check<B> for ResolveClientIpLayer {
     type Admit = ();
     type Wait = NoWait;
 
-    #[inline]
+    #[inline(always)]
     fn check(&self, request: &mut Request<B>) -> Verdict<(), NoWait> {
         match resolve(&self.config, request) {
             Ok(()) => Verdict::Admit(()),
@@ -60,7 +60,7 @@ impl<B> Check<B> for IpFilterLayer {
     type Admit = ();
     type Wait = NoWait;
 
-    #[inline]
+    #[inline(always)]
     fn check(&self, request: &mut Request<B>) -> Verdict<(), NoWait> {
         let decided = match request.extensions().get::<ClientIp>() {
             Some(ip) => self.rules.load().decide(ip.addr()),

@@ -70,7 +70,7 @@ impl<B, St: RateState> Check<B> for RateLimitLayer<St> {
     type Admit = RateHeaders;
     type Wait = RateWait<St>;
 
-    #[inline]
+    #[inline(always)]
     fn check(&self, request: &mut Request<B>) -> Verdict<RateHeaders, RateWait<St>> {
         let config = &*self.config;
         let (charges, quotas) = match config.charges(request) {

@@ -15,7 +15,7 @@ impl<B, P: ScopeLookup> Check<B> for EnforceScopeLayer<P> {
     type Admit = ();
     type Wait = NoWait;
 
-    #[inline]
+    #[inline(always)]
     fn check(&self, request: &mut Request<B>) -> Verdict<(), NoWait> {
         match self.decide(request) {
             Ok(()) => Verdict::Admit(()),

@@ -155,12 +155,12 @@ impl<B, C: Check<B>> Check<B> for Arc<C> {
     type Admit = C::Admit;
     type Wait = C::Wait;
 
-    #[inline]
+    #[inline(always)]
     fn check(&self, request: &mut Request<B>) -> Verdict<Self::Admit, Self::Wait> {
         (**self).check(request)
     }
 
-    #[inline]
+    #[inline(always)]
     fn resume(
         &self,
         request: &mut Request<B>,

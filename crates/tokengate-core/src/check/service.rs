@@ -87,7 +87,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         match self.check.check(&mut request) {
             Verdict::Admit(admit) => CheckFuture::forward(self.inner.call(request), admit),
