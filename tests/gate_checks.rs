@@ -1,6 +1,11 @@
 //! The Gate as a chain of checks: a rate state that answers later works
 //! in it, and a check of one's own joins it with one builder call.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout
+)]
 
 use std::convert::Infallible;
 use std::num::NonZeroU32;
@@ -161,4 +166,74 @@ async fn a_seventh_check_joins_the_gate_with_one_builder_call() {
         send(&service, anonymous).await.status,
         StatusCode::UNAUTHORIZED
     );
+}
+
+/// The test Redis, or `None` (skip, one line) when there is none, unless
+/// `TOKENGATE_REQUIRE_SERVICES=1` makes that a failure.
+async fn redis_url() -> Option<String> {
+    let url =
+        std::env::var("TOKENGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let reachable = tokio::time::timeout(Duration::from_secs(2), async {
+        tokio::net::TcpStream::connect(url.trim_start_matches("redis://").split('/').next()?)
+            .await
+            .ok()
+    })
+    .await
+    .ok()
+    .flatten()
+    .is_some();
+    if reachable {
+        return Some(url);
+    }
+    assert!(
+        std::env::var("TOKENGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+        "Redis is required (TOKENGATE_REQUIRE_SERVICES=1) but {url} does not answer"
+    );
+    println!("skipped: no Redis at {url} (set TOKENGATE_REDIS_URL)");
+    None
+}
+
+#[tokio::test]
+async fn two_gates_sharing_redis_give_a_token_its_quota_once() {
+    let Some(url) = redis_url().await else { return };
+    let prefix = format!("tg-gate-test-{}", std::process::id());
+    let shared = || {
+        tokengate::RedisRateState::new(&url)
+            .unwrap()
+            .prefix(&prefix)
+            .unwrap()
+            .timeout(Duration::from_secs(2))
+    };
+    let (gate, token) = gate().await;
+    let limited = gate.token_rate(tokengate::RateLimitLayer::per_token(quota(1, 4)));
+    let first = tower::ServiceBuilder::new()
+        .layer(limited.clone().rate_state(shared()))
+        .service(ok());
+    let second = tower::ServiceBuilder::new()
+        .layer(limited.rate_state(shared()))
+        .service(ok());
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let parts = if i % 2 == 0 {
+            send(&first, request(&token, None)).await
+        } else {
+            send(&second, request(&token, None)).await
+        };
+        statuses.push(parts.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429, 429, 429]);
+    remove_keys(&url, &prefix).await;
+}
+
+/// Removes every key under `prefix`.
+async fn remove_keys(url: &str, prefix: &str) {
+    use redis::AsyncCommands;
+    let client = redis::Client::open(url).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = connection.keys(format!("{{{prefix}}}:*")).await.unwrap();
+    assert!(
+        !keys.is_empty(),
+        "the gates kept their buckets under {prefix}"
+    );
+    let _: () = connection.del(keys).await.unwrap();
 }

@@ -11,6 +11,7 @@
 //! | `ipfilter` (default) | [`ResolveClientIpLayer`], [`IpFilterLayer`], [`IpRules`] |
 //! | `audit` (default) | [`AuditLayer`], [`JsonLinesSink`], [`TracingSink`], [`audit_chain`] |
 //! | `gate` (default: all five layers) | [`Gate`]: the layers in their one right order, the six after audit run as one [`Chain`] of checks in one [`CheckService`] ([`GateCheck`]) |
+//! | `redis` | `RedisRateState`: rate limits shared by every instance in Redis, for `Gate::rate_state` or `RateLimitLayer::state` |
 //! | `sqlite` | `SqliteStore` (with its pepper, `SqliteStore::pepper`): the embedded default store; with `gate`, `Embedded` assembles a single-machine deployment and `shutdown_signal` (SIGTERM or SIGINT, through tokio's `signal`) ends it gracefully |
 //! | `full` | everything above |
 //! | `axum` | `axum::Authenticated`: the principal as an extractor |
@@ -134,6 +135,9 @@ pub use tokengate_audit::{
     Decision, Ending, FieldLimits, JsonLinesSink, JsonLinesSinkBuilder, Overflow, SinkStats,
     TracingSink, chain as audit_chain,
 };
+
+#[cfg(feature = "redis")]
+pub use tokengate_redis::{RedisRateState, RedisStateError, Unavailable};
 
 #[cfg(feature = "sqlite")]
 pub use tokengate_sqlite::{OpenError, PEPPER_ENV, PepperSourceError, SqliteStore, pepper_path};

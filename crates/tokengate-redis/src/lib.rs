@@ -1,0 +1,54 @@
+//! `RedisRateState`: tokengate's rate limits shared by every instance.
+//!
+//! N replicas of a service each with in-memory rate state give a token N
+//! times its quota. With [`RedisRateState`] they share one state in
+//! Redis: a token's quota is its quota whichever instance serves it.
+//!
+//! - **One round trip a request.** A Lua script (`EVALSHA`, loaded again
+//!   on `NOSCRIPT`) runs GCRA for every limiter of the request at once,
+//!   with the in-memory state's all-then-commit rule: a request refused by
+//!   one limiter spends no other's budget.
+//! - **One clock.** The script reads the Redis server's `TIME`, so
+//!   instances whose clocks disagree still agree on every bucket.
+//! - **Bounded memory.** A bucket's key expires when its burst is full
+//!   again; keys are `{prefix}:<limiter>:<kind>:<key>`, the prefix being
+//!   their hash tag (one Redis Cluster slot, as a script needs).
+//! - **Bounded waits.** Every call has a timeout (25 ms by default). When
+//!   Redis is slow or down, [`Unavailable`] decides: `Local` (the default:
+//!   in-memory state, limits per instance), `FailClosed` (503, gRPC 14)
+//!   or `FailOpen`; [`RedisRateState::fallbacks`] counts them.
+//!
+//! It plugs into the standalone layer (`RateLimitLayer::state`) and the
+//! facade's `Gate` (`Gate::rate_state`).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use tokengate_rate::RateLimitLayer;
+//! use tokengate_redis::{RedisRateState, Unavailable};
+//! # fn quota() -> tokengate_core::RateQuota { todo!() }
+//!
+//! # fn build() -> Result<(), Box<dyn std::error::Error>> {
+//! let shared = RedisRateState::new("redis://127.0.0.1:6379")?
+//!     .prefix("notes-prod")?
+//!     .unavailable(Unavailable::Local);
+//! let layer = RateLimitLayer::per_token(quota()).state(shared);
+//! # drop(layer); Ok(()) }
+//! ```
+//!
+//! # Dependencies
+//!
+//! `tokengate-core` and `tokengate-rate` (charges, outcomes, the in-memory
+//! fallback), `redis` (the async client: a multiplexed connection manager
+//! that reconnects, and `Script` for `EVALSHA` with its `NOSCRIPT`
+//! fallback), `tokio` (the timeout and the lazily made connection),
+//! `tracing` (one warning when the fallback starts, then at powers of two)
+//! and `thiserror` (configuration errors).
+
+mod script;
+mod state;
+
+pub use state::{RedisRateState, RedisStateError, Unavailable};
+
+#[cfg(test)]
+mod tests;

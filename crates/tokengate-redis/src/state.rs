@@ -1,0 +1,251 @@
+//! `RedisRateState`: the rate state every instance shares.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokengate_rate::{Charge, MemoryRateState, Outcome, RateState, RateStateError};
+use tokio::sync::OnceCell;
+
+use crate::script::{GCRA, args, key, outcome};
+
+/// What a request gets when Redis does not answer within the timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Unavailable {
+    /// Decide with in-memory state instead: limits still hold, per
+    /// instance, until Redis answers again. The default.
+    #[default]
+    Local,
+    /// Refuse: 503 (gRPC 14), as a store outage is.
+    FailClosed,
+    /// Admit, unlimited, until Redis answers again.
+    FailOpen,
+}
+
+/// A configuration that cannot work. Names the bad value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisStateError {
+    /// The URL is not a Redis URL.
+    #[error("{url:?} is not a Redis URL: {source}")]
+    Url {
+        /// The URL given (its password, if any, replaced).
+        url: String,
+        /// Why.
+        source: redis::RedisError,
+    },
+    /// A prefix that cannot be a hash tag.
+    #[error("rate key prefix {prefix:?} must be 1 to 64 characters without '{{', '}}' or spaces")]
+    Prefix {
+        /// The prefix given.
+        prefix: String,
+    },
+}
+
+/// Rate state in Redis, shared by every instance that uses the same
+/// server and prefix: N replicas give a token its quota once, not N times.
+///
+/// One round trip a request: a script ([`EVALSHA`, loaded again on
+/// `NOSCRIPT`](redis::Script)) decides every limiter of the request at
+/// once, all-then-commit, on the Redis server's clock, so instances with
+/// skewed clocks agree. Keys are `{prefix}:<limiter>:<kind>:<key>` and
+/// expire when their bucket is full again.
+///
+/// Every call is bounded by a timeout (25 ms by default); past it, or
+/// when Redis cannot be reached, [`Unavailable`] decides (by default the
+/// instance's own in-memory state, counted in
+/// [`fallbacks`](Self::fallbacks)). The connection is made on first use
+/// and re-made when it drops, so an instance starts and serves while Redis
+/// is down.
+#[derive(Clone)]
+pub struct RedisRateState {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: redis::Client,
+    connection: OnceCell<ConnectionManager>,
+    script: redis::Script,
+    prefix: String,
+    timeout: Duration,
+    unavailable: Unavailable,
+    local: MemoryRateState,
+    fallbacks: AtomicU64,
+}
+
+impl fmt::Debug for RedisRateState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.shared;
+        f.debug_struct("RedisRateState")
+            .field("prefix", &s.prefix)
+            .field("timeout", &s.timeout)
+            .field("unavailable", &s.unavailable)
+            .field("fallbacks", &s.fallbacks.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisRateState {
+    /// State at `url` (`redis://host:port/db`) under the prefix
+    /// `tokengate`, a 25 ms timeout and the [`Unavailable::Local`] policy.
+    /// Nothing is connected yet.
+    pub fn new(url: &str) -> Result<Self, RedisStateError> {
+        let client = redis::Client::open(url).map_err(|source| RedisStateError::Url {
+            url: redact(url),
+            source,
+        })?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                client,
+                connection: OnceCell::new(),
+                script: redis::Script::new(GCRA),
+                prefix: "tokengate".into(),
+                timeout: Duration::from_millis(25),
+                unavailable: Unavailable::Local,
+                local: MemoryRateState::default(),
+                fallbacks: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    fn with(self, change: impl FnOnce(&mut Shared)) -> Self {
+        let mut shared = Arc::try_unwrap(self.shared).unwrap_or_else(|shared| Shared {
+            client: shared.client.clone(),
+            connection: OnceCell::new(),
+            script: redis::Script::new(GCRA),
+            prefix: shared.prefix.clone(),
+            timeout: shared.timeout,
+            unavailable: shared.unavailable,
+            local: shared.local.clone(),
+            fallbacks: AtomicU64::new(0),
+        });
+        change(&mut shared);
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Keys under `prefix` (its own per deployment, or per test). It is
+    /// also the keys' hash tag.
+    pub fn prefix(self, prefix: &str) -> Result<Self, RedisStateError> {
+        let valid = !prefix.is_empty()
+            && prefix.len() <= 64
+            && !prefix.contains(['{', '}'])
+            && !prefix.chars().any(char::is_whitespace);
+        if !valid {
+            return Err(RedisStateError::Prefix {
+                prefix: prefix.to_owned(),
+            });
+        }
+        let prefix = prefix.to_owned();
+        Ok(self.with(|s| s.prefix = prefix))
+    }
+
+    /// Bounds every call to Redis by `timeout`.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.with(|s| s.timeout = timeout)
+    }
+
+    /// What to do when Redis does not answer in time.
+    pub fn unavailable(self, policy: Unavailable) -> Self {
+        self.with(|s| s.unavailable = policy)
+    }
+
+    /// The policy in force when Redis does not answer.
+    pub fn policy(&self) -> Unavailable {
+        self.shared.unavailable
+    }
+
+    /// How many requests were decided by the [`Unavailable`] policy
+    /// because Redis did not answer in time.
+    pub fn fallbacks(&self) -> u64 {
+        self.shared.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// The key prefix.
+    pub fn key_prefix(&self) -> &str {
+        &self.shared.prefix
+    }
+}
+
+/// `url` with any password replaced, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:REDACTED{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Shared {
+    /// One script call for `charges`, within the timeout.
+    async fn ask(&self, keys: Vec<String>, argv: Vec<u64>) -> Result<Outcome, RateStateError> {
+        let call = async {
+            let connection = self
+                .connection
+                .get_or_try_init(|| ConnectionManager::new(self.client.clone()))
+                .await?;
+            let mut invocation = self.script.prepare_invoke();
+            for key in &keys {
+                invocation.key(key);
+            }
+            for arg in &argv {
+                invocation.arg(*arg);
+            }
+            invocation
+                .invoke_async::<Vec<i64>>(&mut connection.clone())
+                .await
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(answer)) => outcome(&answer)
+                .ok_or_else(|| RateStateError(format!("unexpected answer {answer:?}").into())),
+            Ok(Err(error)) => Err(RateStateError(error.to_string().into())),
+            Err(_) => Err(RateStateError("timed out".into())),
+        }
+    }
+
+    /// The policy's answer for `charges` at `now` (local clock).
+    fn fallback(
+        &self,
+        charges: &[Charge],
+        now: u64,
+        error: &RateStateError,
+    ) -> Result<Outcome, RateStateError> {
+        let count = self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        if count == 0 || count.is_power_of_two() {
+            tracing::warn!(%error, policy = ?self.unavailable, fallbacks = count + 1, "redis rate state unavailable");
+        }
+        match self.unavailable {
+            Unavailable::Local => Ok(self.local.decide(charges, now)),
+            Unavailable::FailClosed => Err(error.clone()),
+            Unavailable::FailOpen => Ok(Outcome::Admitted { tightest: None }),
+        }
+    }
+}
+
+impl RateState for RedisRateState {
+    type Future = Pin<Box<dyn Future<Output = Result<Outcome, RateStateError>> + Send>>;
+
+    fn acquire(&self, charges: &[Charge], now: u64) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        let keys: Vec<String> = charges.iter().map(|c| key(&shared.prefix, c)).collect();
+        let argv: Vec<u64> = charges.iter().flat_map(args).collect();
+        let charges = charges.to_vec();
+        Box::pin(async move {
+            match shared.ask(keys, argv).await {
+                Ok(outcome) => Ok(outcome),
+                Err(error) => shared.fallback(&charges, now, &error),
+            }
+        })
+    }
+}
