@@ -135,9 +135,24 @@ pub mod process {
         reason = "test support; Started reaps the child"
     )]
     pub fn start_example(bin: &str, dir: &Path, listening: &str) -> Started {
+        start_example_with(bin, dir, listening, &[])
+    }
+
+    /// [`start_example`] with more flags.
+    ///
+    /// # Panics
+    ///
+    /// If the binary cannot start or stops before it listens.
+    #[allow(
+        clippy::expect_used,
+        clippy::zombie_processes,
+        reason = "test support; Started reaps the child"
+    )]
+    pub fn start_example_with(bin: &str, dir: &Path, listening: &str, flags: &[&str]) -> Started {
         let mut child = Command::new(bin)
             .current_dir(dir)
             .args(["--listen", "127.0.0.1:0"])
+            .args(flags)
             .env_remove("TOKENGATE_PEPPER")
             .stdout(Stdio::piped())
             .spawn()

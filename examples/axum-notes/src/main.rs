@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use tokengate::axum::Authenticated;
 use tokengate::{
     AuditLayer, Embedded, EnforceScopeLayer, Expiry, Gate, IpFilterLayer, IpRules, IssuedToken,
-    RateQuota, Requirement, ResolveClientIpLayer, ScopePolicy, TokenSpec,
+    RateQuota, RateState, RedisRateState, Requirement, ResolveClientIpLayer, ScopePolicy,
+    SqliteStore, TokenSpec,
 };
 
 /// A notes API protected by tokengate.
@@ -60,6 +61,13 @@ struct Args {
     /// (bursts of twice that).
     #[arg(long, default_value_t = 100)]
     pre_auth_rate: u32,
+    /// Share rate limits with every instance using this Redis
+    /// (`redis://host:port`); without it each instance limits on its own.
+    #[arg(long)]
+    redis: Option<String>,
+    /// The Redis key prefix of this deployment's rate limits.
+    #[arg(long, default_value = "tokengate")]
+    redis_prefix: String,
     /// Serve the same routes without tokengate: only for the end-to-end
     /// benchmark (`benches/e2e.sh`), which compares both.
     #[arg(long, hide = true)]
@@ -207,12 +215,12 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         .route("/notes/{id}", delete(remove))
         .route("/whoami", get(whoami))
         .with_state(Notes::default());
-    let app = if args.no_gate {
-        routes
-    } else if args.discard_audit {
-        routes.layer(gate.audit(AuditLayer::new(DiscardAudit)))
-    } else {
-        routes.layer(gate.audit(AuditLayer::new(embedded.audit.clone())))
+    let app = match &args.redis {
+        None => guard(routes, gate, &args, &embedded),
+        Some(url) => {
+            let shared = RedisRateState::new(url)?.prefix(&args.redis_prefix)?;
+            guard(routes, gate.rate_state(shared), &args, &embedded)
+        }
     };
 
     println!("axum-notes listening on http://{addr}");
@@ -229,6 +237,22 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         args.audit_log.display()
     );
     Ok(())
+}
+
+/// `routes` behind `gate`, as the flags say.
+fn guard<R: RateState + Clone>(
+    routes: Router,
+    gate: Gate<SqliteStore, ScopePolicy, tokengate::TracingSink, R>,
+    args: &Args,
+    embedded: &Embedded,
+) -> Router {
+    if args.no_gate {
+        routes
+    } else if args.discard_audit {
+        routes.layer(gate.audit(AuditLayer::new(DiscardAudit)))
+    } else {
+        routes.layer(gate.audit(AuditLayer::new(embedded.audit.clone())))
+    }
 }
 
 fn per_second(rate: u32) -> Result<RateQuota, tokengate::SetupError> {

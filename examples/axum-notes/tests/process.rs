@@ -1,7 +1,12 @@
 //! axum-notes as a process, driven by a real HTTP client; a revocation made
 //! by the `tokengate` CLI in another process takes effect within a second;
 //! the audit file then holds one record per request and no secret.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout
+)]
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +15,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokengate_tests::process::{assert_no_fragment, cli, cli_issue, start_example, temp_dir};
+use tokengate_tests::process::{
+    assert_no_fragment, cli, cli_issue, start_example, start_example_with, temp_dir,
+};
 
 async fn send(base: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> StatusCode {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
@@ -180,4 +187,116 @@ async fn a_second_server_on_the_port_or_a_bad_flag_fails_before_writing_anything
     assert!(first.terminate());
     std::fs::remove_dir_all(&first_dir).unwrap();
     std::fs::remove_dir_all(&second_dir).unwrap();
+}
+
+/// The test Redis, or `None` (skip, one line) when there is none, unless
+/// `TOKENGATE_REQUIRE_SERVICES=1` makes that a failure.
+fn redis_url() -> Option<String> {
+    let url =
+        std::env::var("TOKENGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let host = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let reachable = host
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .is_some_and(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).is_ok()
+        });
+    if reachable {
+        return Some(url);
+    }
+    assert!(
+        std::env::var("TOKENGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+        "Redis is required (TOKENGATE_REQUIRE_SERVICES=1) but {url} does not answer"
+    );
+    println!("skipped: no Redis at {url} (set TOKENGATE_REDIS_URL)");
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_sharing_redis_give_a_token_its_quota_once() {
+    let Some(url) = redis_url() else { return };
+    let bin = env!("CARGO_BIN_EXE_axum-notes");
+    let dir = temp_dir("axum-notes-shared-rate");
+    let prefix = format!("tg-notes-{}", std::process::id());
+    let servers: Vec<_> = (0..3)
+        .map(|i| {
+            let audit = format!("audit-{i}.jsonl");
+            let flags = [
+                "--redis",
+                &url,
+                "--redis-prefix",
+                &prefix,
+                "--audit-log",
+                &audit,
+            ];
+            start_example_with(bin, &dir, "axum-notes listening on ", &flags)
+        })
+        .collect();
+    let bases: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
+    let db = dir.join("tokengate.db");
+    let issue = |name: &str| {
+        let args = [
+            "issue",
+            "--name",
+            name,
+            "--subject",
+            "team-a",
+            "--scope",
+            "notes:read",
+            "--audience",
+            "notes",
+            "--rate",
+            "10/min",
+            "--burst",
+            "10",
+        ];
+        cli(bin, &db, &args).trim().to_owned()
+    };
+
+    // 30 requests, round robin over the three: exactly the burst passes.
+    let token = issue("round-robin");
+    let mut admitted = 0;
+    for i in 0..30 {
+        let status = send(&bases[i % 3], "GET", "/notes", Some(&token), "").await;
+        if status == StatusCode::OK {
+            admitted += 1;
+        } else {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        }
+    }
+    assert_eq!(admitted, 10, "one quota across three servers");
+
+    // 64 at once across the three: exactly the burst again.
+    let token = issue("concurrent");
+    let requests = (0..64).map(|i| {
+        let (base, token) = (bases[i % 3].clone(), token.clone());
+        tokio::spawn(async move { send(&base, "GET", "/notes", Some(&token), "").await })
+    });
+    let mut admitted = 0;
+    for request in requests.collect::<Vec<_>>() {
+        if request.await.unwrap() == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 10, "64 concurrent requests, one burst");
+
+    drop(servers);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{prefix}}}:*"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty(), "the servers kept their buckets in Redis");
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
