@@ -300,3 +300,41 @@ async fn three_servers_sharing_redis_give_a_token_its_quota_once() {
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_redis_is_down_serves_with_local_limits() {
+    let bin = env!("CARGO_BIN_EXE_axum-notes");
+    let dir = temp_dir("axum-notes-redis-down");
+    // Nothing listens on port 1: every call fails, the server still serves.
+    let flags = ["--redis", "redis://127.0.0.1:1"];
+    let server = start_example_with(bin, &dir, "axum-notes listening on ", &flags);
+    let db = dir.join("tokengate.db");
+    let args = [
+        "issue",
+        "--name",
+        "limited",
+        "--subject",
+        "team-a",
+        "--scope",
+        "notes:read",
+        "--audience",
+        "notes",
+        "--rate",
+        "10/min",
+        "--burst",
+        "3",
+    ];
+    let token = cli(bin, &db, &args).trim().to_owned();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(
+            send(&server.addr, "GET", "/notes", Some(&token), "")
+                .await
+                .as_u16(),
+        );
+    }
+    // The default policy (Local): the instance's own limits hold.
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -21,11 +21,12 @@ use clap::Parser;
 use tokengate::tonic::PrincipalExt;
 use tokengate::{
     AuditLayer, Embedded, EnforceScopeLayer, Expiry, Gate, IpFilterLayer, IpRules, IssuedToken,
-    Requirement, ResolveClientIpLayer, ScopePolicy, TokenSpec,
+    RedisRateState, Requirement, ResolveClientIpLayer, ScopePolicy, TokenSpec,
 };
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
+use tower::util::Either;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
 mod pb {
@@ -64,6 +65,13 @@ struct Args {
     /// These client networks may not call (CIDR, repeatable; wins over --allow-ip).
     #[arg(long = "deny-ip")]
     deny_ips: Vec<String>,
+    /// Share rate limits with every instance using this Redis
+    /// (`redis://host:port`); without it each instance limits on its own.
+    #[arg(long)]
+    redis: Option<String>,
+    /// The Redis key prefix of this deployment's rate limits.
+    #[arg(long, default_value = "tokengate")]
+    redis_prefix: String,
 }
 
 #[derive(Default)]
@@ -169,6 +177,14 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
     .audit(AuditLayer::new(embedded.audit.clone()))
     .client_ip(client_ip)
     .ip_filter(IpFilterLayer::new(ip_rules));
+    // One server type whether or not the rate state is shared.
+    let gate = match &args.redis {
+        None => Either::Left(gate),
+        Some(url) => {
+            let shared = RedisRateState::new(url)?.prefix(&args.redis_prefix)?;
+            Either::Right(gate.rate_state(shared))
+        }
+    };
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
