@@ -189,6 +189,21 @@ async fn a_second_server_on_the_port_or_a_bad_flag_fails_before_writing_anything
     std::fs::remove_dir_all(&second_dir).unwrap();
 }
 
+/// A token for `notes:read` limited to 10 a minute with `burst`, issued by
+/// the CLI.
+fn issue_limited(bin: &str, db: &std::path::Path, name: &str, burst: u32) -> String {
+    let burst = burst.to_string();
+    let quota = ["--rate", "10/min", "--burst", &burst];
+    let scope = ["--scope", "notes:read", "--audience", "notes"];
+    let args = [
+        &["issue", "--name", name, "--subject", "team-a"][..],
+        &scope,
+        &quota,
+    ]
+    .concat();
+    cli(bin, db, &args).trim().to_owned()
+}
+
 /// The test Redis, or `None` (skip, one line) when there is none, unless
 /// `TOKENGATE_REQUIRE_SERVICES=1` makes that a failure.
 fn redis_url() -> Option<String> {
@@ -238,24 +253,7 @@ async fn three_servers_sharing_redis_give_a_token_its_quota_once() {
         .collect();
     let bases: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
     let db = dir.join("tokengate.db");
-    let issue = |name: &str| {
-        let args = [
-            "issue",
-            "--name",
-            name,
-            "--subject",
-            "team-a",
-            "--scope",
-            "notes:read",
-            "--audience",
-            "notes",
-            "--rate",
-            "10/min",
-            "--burst",
-            "10",
-        ];
-        cli(bin, &db, &args).trim().to_owned()
-    };
+    let issue = |name: &str| issue_limited(bin, &db, name, 10);
 
     // 30 requests, round robin over the three: exactly the burst passes.
     let token = issue("round-robin");
@@ -309,22 +307,7 @@ async fn a_server_whose_redis_is_down_serves_with_local_limits() {
     let flags = ["--redis", "redis://127.0.0.1:1"];
     let server = start_example_with(bin, &dir, "axum-notes listening on ", &flags);
     let db = dir.join("tokengate.db");
-    let args = [
-        "issue",
-        "--name",
-        "limited",
-        "--subject",
-        "team-a",
-        "--scope",
-        "notes:read",
-        "--audience",
-        "notes",
-        "--rate",
-        "10/min",
-        "--burst",
-        "3",
-    ];
-    let token = cli(bin, &db, &args).trim().to_owned();
+    let token = issue_limited(bin, &db, "limited", 3);
     let mut statuses = Vec::new();
     for _ in 0..5 {
         statuses.push(
