@@ -259,3 +259,110 @@ fn bad_configuration_names_the_value() {
         .unwrap_err();
     assert!(prefix.to_string().contains("\"a{b}\""), "{prefix}");
 }
+
+/// A TCP proxy to Redis on a port of its own that can be cut and restored:
+/// Redis going away and coming back, as the state sees it.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+    target: String,
+}
+
+impl Proxy {
+    async fn start(target: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut proxy = Self {
+            addr,
+            task: None,
+            target: target.to_owned(),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let target = self.target.clone();
+        self.task = Some(tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let target = target.clone();
+                links.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Closes the port and every connection through it.
+    fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+}
+
+#[tokio::test]
+async fn redis_gone_then_back_falls_back_then_shares_again() {
+    let Some(connection) = redis().await else {
+        return;
+    };
+    let prefix = Prefix::new(&connection);
+    let target = url()
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut proxy = Proxy::start(&target).await;
+    let state = RedisRateState::new(&format!("redis://{}", proxy.addr))
+        .unwrap()
+        .prefix(&prefix.name)
+        .unwrap()
+        .timeout(Duration::from_millis(300));
+    let witness = prefix.state();
+    let charges = [charge(0, token(), 10, 4)];
+
+    // Shared: one request through the proxy, one direct, on one bucket.
+    assert!(admitted(&state.acquire(&charges, 0).await.unwrap()));
+    assert!(admitted(&witness.acquire(&charges, 0).await.unwrap()));
+    assert_eq!(state.fallbacks(), 0);
+
+    // Gone: decided locally (its own burst of 4), and counted.
+    proxy.cut();
+    let mut local = 0;
+    for _ in 0..5 {
+        if admitted(&state.acquire(&charges, 0).await.unwrap()) {
+            local += 1;
+        }
+    }
+    assert_eq!(local, 4, "the local state's own burst");
+    assert!(state.fallbacks() >= 5, "{}", state.fallbacks());
+
+    // Back: the shared bucket decides again (2 of 4 were spent there).
+    proxy.restore().await;
+    let mut shared = Vec::new();
+    for _ in 0..40 {
+        let before = state.fallbacks();
+        let answer = state.acquire(&charges, 0).await.unwrap();
+        if state.fallbacks() == before {
+            shared.push(admitted(&answer));
+            if shared.len() == 3 {
+                break;
+            }
+        } else {
+            // Still reconnecting.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(shared, [true, true, false], "two left in the shared bucket");
+    prefix.clean().await;
+}
