@@ -274,3 +274,36 @@ pub mod process {
         }
     }
 }
+
+/// The Redis the tests share: `TOKENGATE_REDIS_URL`, by default
+/// `redis://127.0.0.1:6379`. `None` (the test skips, with one printed line)
+/// when nothing answers there, unless `TOKENGATE_REQUIRE_SERVICES=1`.
+///
+/// # Panics
+///
+/// When `TOKENGATE_REQUIRE_SERVICES=1` and Redis does not answer.
+#[allow(clippy::print_stdout, reason = "the one line a skipped test prints")]
+pub fn redis_url() -> Option<String> {
+    let url =
+        std::env::var("TOKENGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let host = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let reachable = host
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .is_some_and(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).is_ok()
+        });
+    if reachable {
+        return Some(url);
+    }
+    assert!(
+        std::env::var("TOKENGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+        "Redis is required (TOKENGATE_REQUIRE_SERVICES=1) but {url} does not answer"
+    );
+    println!("skipped: no Redis at {url} (set TOKENGATE_REDIS_URL)");
+    None
+}

@@ -1,11 +1,6 @@
 //! The Gate as a chain of checks: a rate state that answers later works
 //! in it, and a check of one's own joins it with one builder call.
-#![allow(
-    missing_docs,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::print_stdout
-)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
 use std::num::NonZeroU32;
@@ -168,34 +163,11 @@ async fn a_seventh_check_joins_the_gate_with_one_builder_call() {
     );
 }
 
-/// The test Redis, or `None` (skip, one line) when there is none, unless
-/// `TOKENGATE_REQUIRE_SERVICES=1` makes that a failure.
-async fn redis_url() -> Option<String> {
-    let url =
-        std::env::var("TOKENGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let reachable = tokio::time::timeout(Duration::from_secs(2), async {
-        tokio::net::TcpStream::connect(url.trim_start_matches("redis://").split('/').next()?)
-            .await
-            .ok()
-    })
-    .await
-    .ok()
-    .flatten()
-    .is_some();
-    if reachable {
-        return Some(url);
-    }
-    assert!(
-        std::env::var("TOKENGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
-        "Redis is required (TOKENGATE_REQUIRE_SERVICES=1) but {url} does not answer"
-    );
-    println!("skipped: no Redis at {url} (set TOKENGATE_REDIS_URL)");
-    None
-}
-
 #[tokio::test]
 async fn two_gates_sharing_redis_give_a_token_its_quota_once() {
-    let Some(url) = redis_url().await else { return };
+    let Some(url) = tokengate_tests::redis_url() else {
+        return;
+    };
     let prefix = format!("tg-gate-test-{}", std::process::id());
     let shared = || {
         tokengate::RedisRateState::new(&url)

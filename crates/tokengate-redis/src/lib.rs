@@ -23,17 +23,22 @@
 //!
 //! # Example
 //!
-//! ```no_run
+//! ```
+//! use std::num::NonZeroU32;
+//! use std::time::Duration;
+//! use tokengate_core::RateQuota;
 //! use tokengate_rate::RateLimitLayer;
 //! use tokengate_redis::{RedisRateState, Unavailable};
-//! # fn quota() -> tokengate_core::RateQuota { todo!() }
 //!
-//! # fn build() -> Result<(), Box<dyn std::error::Error>> {
+//! // Nothing connects until the first request.
 //! let shared = RedisRateState::new("redis://127.0.0.1:6379")?
 //!     .prefix("notes-prod")?
 //!     .unavailable(Unavailable::Local);
-//! let layer = RateLimitLayer::per_token(quota()).state(shared);
-//! # drop(layer); Ok(()) }
+//! let sixty = NonZeroU32::new(60).unwrap();
+//! let quota = RateQuota::new(sixty, Duration::from_secs(60), sixty)?;
+//! let layer = RateLimitLayer::per_token(quota).state(shared);
+//! # drop(layer);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! # Dependencies

@@ -1,12 +1,7 @@
 //! axum-notes as a process, driven by a real HTTP client; a revocation made
 //! by the `tokengate` CLI in another process takes effect within a second;
 //! the audit file then holds one record per request and no secret.
-#![allow(
-    missing_docs,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::print_stdout
-)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
@@ -204,36 +199,11 @@ fn issue_limited(bin: &str, db: &std::path::Path, name: &str, burst: u32) -> Str
     cli(bin, db, &args).trim().to_owned()
 }
 
-/// The test Redis, or `None` (skip, one line) when there is none, unless
-/// `TOKENGATE_REQUIRE_SERVICES=1` makes that a failure.
-fn redis_url() -> Option<String> {
-    let url =
-        std::env::var("TOKENGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let host = url
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    let reachable = host
-        .parse::<std::net::SocketAddr>()
-        .ok()
-        .is_some_and(|addr| {
-            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).is_ok()
-        });
-    if reachable {
-        return Some(url);
-    }
-    assert!(
-        std::env::var("TOKENGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
-        "Redis is required (TOKENGATE_REQUIRE_SERVICES=1) but {url} does not answer"
-    );
-    println!("skipped: no Redis at {url} (set TOKENGATE_REDIS_URL)");
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_sharing_redis_give_a_token_its_quota_once() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = tokengate_tests::redis_url() else {
+        return;
+    };
     let bin = env!("CARGO_BIN_EXE_axum-notes");
     let dir = temp_dir("axum-notes-shared-rate");
     let prefix = format!("tg-notes-{}", std::process::id());
