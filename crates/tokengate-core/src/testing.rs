@@ -186,3 +186,78 @@ pub fn record(subject: &str, scopes: &str) -> TokenRecord {
         metadata: std::collections::BTreeMap::new(),
     }
 }
+
+/// A TCP proxy on a port of its own that can be cut and restored: a
+/// service (Redis, PostgreSQL) going away and coming back, as its clients
+/// see it.
+#[derive(Debug)]
+pub struct Proxy {
+    addr: std::net::SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+    target: String,
+}
+
+#[allow(
+    clippy::expect_used,
+    reason = "test support: a port that cannot be bound ends the test"
+)]
+impl Proxy {
+    /// Listens on a free local port and forwards every connection to
+    /// `target` (`host:port`).
+    ///
+    /// # Panics
+    ///
+    /// If no local port can be bound.
+    pub async fn start(target: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a local port");
+        let addr = listener.local_addr().expect("a bound port has an address");
+        let mut proxy = Self {
+            addr,
+            task: None,
+            target: target.to_owned(),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    /// The port's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let target = self.target.clone();
+        self.task = Some(tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let target = target.clone();
+                links.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Closes the port and every connection through it.
+    pub fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    ///
+    /// # Panics
+    ///
+    /// If the port was taken meanwhile.
+    pub async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("the proxy's port, still free");
+        self.serve(listener);
+    }
+}

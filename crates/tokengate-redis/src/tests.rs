@@ -11,6 +11,8 @@ use tokengate_core::{RateQuota, TokenId};
 use tokengate_rate::gcra::Gcra;
 use tokengate_rate::{Charge, Outcome, RateKey, RateState};
 
+use tokengate_core::testing::Proxy;
+
 use super::*;
 
 fn url() -> String {
@@ -260,56 +262,6 @@ fn bad_configuration_names_the_value() {
     assert!(prefix.to_string().contains("\"a{b}\""), "{prefix}");
 }
 
-/// A TCP proxy to Redis on a port of its own that can be cut and restored:
-/// Redis going away and coming back, as the state sees it.
-struct Proxy {
-    addr: std::net::SocketAddr,
-    task: Option<tokio::task::JoinHandle<()>>,
-    target: String,
-}
-
-impl Proxy {
-    async fn start(target: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut proxy = Self {
-            addr,
-            task: None,
-            target: target.to_owned(),
-        };
-        proxy.serve(listener);
-        proxy
-    }
-
-    fn serve(&mut self, listener: tokio::net::TcpListener) {
-        let target = self.target.clone();
-        self.task = Some(tokio::spawn(async move {
-            let mut links = tokio::task::JoinSet::new();
-            while let Ok((mut client, _)) = listener.accept().await {
-                let target = target.clone();
-                links.spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-            }
-        }));
-    }
-
-    /// Closes the port and every connection through it.
-    fn cut(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-
-    /// Listens again on the same port.
-    async fn restore(&mut self) {
-        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
-        self.serve(listener);
-    }
-}
-
 #[tokio::test]
 async fn redis_gone_then_back_falls_back_then_shares_again() {
     let Some(connection) = redis().await else {
@@ -323,7 +275,7 @@ async fn redis_gone_then_back_falls_back_then_shares_again() {
         .unwrap()
         .to_owned();
     let mut proxy = Proxy::start(&target).await;
-    let state = RedisRateState::new(&format!("redis://{}", proxy.addr))
+    let state = RedisRateState::new(&format!("redis://{}", proxy.addr()))
         .unwrap()
         .prefix(&prefix.name)
         .unwrap()

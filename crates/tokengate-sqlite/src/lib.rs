@@ -56,18 +56,18 @@
 //! # Dependencies
 //!
 //! `rusqlite` with SQLite bundled (nothing to install), `tokengate-core`
-//! (the store traits and records), `tokio` (the blocking pool and the feed
-//! poller), `ipnet` and `serde_json` (network lists and metadata columns),
-//! `tracing` (feed errors), `zeroize` (the pepper file's text is wiped
-//! after reading) and `thiserror`.
+//! (the store traits and records, and the pepper's sources), `tokio` (the
+//! blocking pool and the feed poller), `ipnet` and `serde_json` (network
+//! lists and metadata columns), `tracing` (feed errors) and `thiserror`.
 
 mod pepper;
 mod schema;
 mod store;
 mod time;
 
-pub use pepper::{PEPPER_ENV, PepperSourceError, pepper_path};
+pub use pepper::pepper_path;
 pub use store::{OpenError, SqliteStore};
+pub use tokengate_core::{PEPPER_ENV, PepperSourceError};
 
 #[cfg(test)]
 mod tests;

@@ -13,9 +13,9 @@ use tokengate_core::{
 };
 use tokio::task::JoinHandle;
 
-use crate::pepper::PepperSourceError;
 use crate::schema::{MigrateError, migrate};
 use crate::time::{millis, millis_ceil, time};
+use tokengate_core::PepperSourceError;
 
 /// A token store in a SQLite file. Clones share one connection.
 #[derive(Clone)]

@@ -1,0 +1,97 @@
+//! Numbered migrations, recorded in `tokengate_migrations`, applied under
+//! an advisory lock so that instances starting together migrate once.
+
+use tokio_postgres::Client;
+
+/// Each entry moves the schema one version up.
+const MIGRATIONS: &[&str] = &[
+    // 1: tokens, unique by id and by (hash, key id); the pepper check value
+    // of each key id (never a pepper); the scope catalogue.
+    "CREATE TABLE tokengate_tokens (
+        id text PRIMARY KEY,
+        key_id bigint NOT NULL,
+        hash bytea NOT NULL,
+        name text NOT NULL,
+        subject text NOT NULL,
+        scopes text[] NOT NULL,
+        audiences text[] NOT NULL,
+        created_at timestamptz NOT NULL,
+        expires_at timestamptz,
+        revoked_at timestamptz,
+        last_used_at timestamptz,
+        allowed_networks text[] NOT NULL,
+        rate_count bigint,
+        rate_period_ms bigint,
+        rate_burst bigint,
+        rotated_from text,
+        metadata jsonb NOT NULL,
+        UNIQUE (hash, key_id)
+    );
+    CREATE INDEX tokengate_tokens_by_subject ON tokengate_tokens (subject);
+    CREATE TABLE tokengate_peppers (
+        key_id bigint PRIMARY KEY,
+        check_value text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE tokengate_scopes (
+        scope text PRIMARY KEY,
+        registered_at timestamptz NOT NULL DEFAULT now()
+    );",
+];
+
+/// The schema version this build writes.
+pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The advisory lock every migrating instance takes: `tokengate` in ASCII.
+const LOCK: i64 = 0x746f_6b65_6e67_6174;
+
+/// Brings the database to [`VERSION`], or fails if it is newer.
+///
+/// One transaction takes a transaction-scoped advisory lock, then reads the
+/// version and applies each missing migration: of several instances
+/// starting at once, one migrates and the others wait on the lock, then
+/// find the schema current. A failed migration leaves nothing behind.
+pub(crate) async fn migrate(client: &mut Client) -> Result<(), MigrateError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1::bigint)", &[&LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS tokengate_migrations (
+            version bigint PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .await?;
+    let current: i64 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM tokengate_migrations",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    if current > VERSION {
+        return Err(MigrateError::Newer { found: current });
+    }
+    for (version, sql) in (1_i64..)
+        .zip(MIGRATIONS)
+        .skip(usize::try_from(current).unwrap_or(0))
+    {
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO tokengate_migrations (version) VALUES ($1)",
+            &[&version],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Why the schema could not be brought up to date.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum MigrateError {
+    #[error("database schema version {found} is newer than this build's {VERSION}")]
+    Newer { found: i64 },
+    #[error(transparent)]
+    Sql(#[from] tokio_postgres::Error),
+}

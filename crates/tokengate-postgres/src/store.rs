@@ -1,0 +1,614 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deadpool_postgres::GenericClient;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use ipnet::IpNet;
+use tokengate_core::{
+    FIRST_KEY, KeyId, Pepper, PepperSource, PepperSourceError, RateQuota, ScopeSet, StoreError,
+    TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore,
+};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use crate::feed::{CHANNEL, Change};
+use crate::schema::{MigrateError, migrate};
+
+/// A token store in a PostgreSQL database, on a pool of connections.
+/// Clones share the pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: tokio_postgres::Config,
+    /// The database as errors name it: never its password.
+    name: String,
+    timeout: Duration,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("database", &self.shared.name)
+            .field("timeout", &self.shared.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a database could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open token database {database}: {reason}")]
+pub struct ConnectError {
+    database: String,
+    reason: String,
+}
+
+impl ConnectError {
+    /// The database, as `postgres://user@host:port/name` (never a password).
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+}
+
+/// Settings for [`PostgresStore`]; made by [`PostgresStore::builder`].
+#[derive(Debug, Clone)]
+pub struct PostgresStoreBuilder {
+    url: String,
+    pool_size: usize,
+    timeout: Duration,
+}
+
+impl PostgresStoreBuilder {
+    /// The most connections the pool opens (default 16).
+    #[must_use]
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// The bound on every call: waiting for a connection, connecting, and
+    /// the query itself (default 2 s). Past it a lookup fails with
+    /// [`StoreError::Timeout`], which the authenticate layer answers with
+    /// 503 (gRPC 14).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Connects and brings the schema up to date (see the crate docs).
+    pub async fn connect(self) -> Result<PostgresStore, ConnectError> {
+        let config: tokio_postgres::Config =
+            self.url
+                .parse()
+                .map_err(|e: tokio_postgres::Error| ConnectError {
+                    database: crate::redacted(&self.url),
+                    reason: format!("not a PostgreSQL URL: {e}"),
+                })?;
+        let name = crate::describe(&config);
+        let error = |reason: String| ConnectError {
+            database: name.clone(),
+            reason,
+        };
+        let mut pg_config = config.clone();
+        pg_config.connect_timeout(self.timeout);
+        if pg_config.get_application_name().is_none() {
+            pg_config.application_name("tokengate");
+        }
+        let manager = Manager::from_config(
+            pg_config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(self.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(self.timeout))
+            .create_timeout(Some(self.timeout))
+            .recycle_timeout(Some(self.timeout))
+            .build()
+            .map_err(|e| error(e.to_string()))?;
+        let mut client = pool.get().await.map_err(|e| error(causes(&e)))?;
+        migrate(&mut client)
+            .await
+            .map_err(|e: MigrateError| error(causes(&e)))?;
+        drop(client);
+        Ok(PostgresStore {
+            pool,
+            shared: Arc::new(Shared {
+                config,
+                name,
+                timeout: self.timeout,
+            }),
+        })
+    }
+}
+
+/// `error` and each of its sources, as one line: tokio-postgres keeps the
+/// server's message in a source.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+const COLUMNS: &str = "id, key_id, hash, name, subject, scopes, audiences, created_at, expires_at, \
+    revoked_at, last_used_at, allowed_networks, rate_count, rate_period_ms, rate_burst, \
+    rotated_from, metadata::text";
+
+/// A stored value that does not parse: the database was edited by hand or
+/// by a newer build.
+#[derive(Debug, thiserror::Error)]
+#[error("token database holds a value this build cannot read: {column}={value:?}")]
+struct Corrupt {
+    column: &'static str,
+    value: String,
+}
+
+fn corrupt(column: &'static str, value: impl fmt::Display) -> StoreError {
+    StoreError::unavailable(Corrupt {
+        column,
+        value: value.to_string(),
+    })
+}
+
+fn store_error(error: tokio_postgres::Error) -> StoreError {
+    if error.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        return StoreError::Conflict("id or hash");
+    }
+    StoreError::unavailable(error)
+}
+
+fn pool_error(error: PoolError) -> StoreError {
+    match error {
+        PoolError::Timeout(_) => StoreError::Timeout,
+        PoolError::Backend(error) => store_error(error),
+        other => StoreError::unavailable(other),
+    }
+}
+
+/// Whole microseconds since the epoch, rounded up: PostgreSQL keeps
+/// microseconds, and a stored expiry must never come earlier than asked.
+fn ceil_micros(time: SystemTime) -> SystemTime {
+    let exact = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let rest = exact.subsec_nanos() % 1_000;
+    if rest == 0 {
+        time
+    } else {
+        time + Duration::from_nanos(u64::from(1_000 - rest))
+    }
+}
+
+fn hash_of(key_id: i64, digest: &[u8]) -> Result<TokenHash, StoreError> {
+    let digest: [u8; 32] = digest
+        .try_into()
+        .map_err(|_| corrupt("hash", "not 32 bytes"))?;
+    let key_id = u32::try_from(key_id).map_err(|_| corrupt("key_id", key_id))?;
+    Ok(TokenHash::from_parts(KeyId::new(key_id), digest))
+}
+
+fn row_to_record(row: &Row) -> Result<TokenRecord, StoreError> {
+    let get_error = |e: tokio_postgres::Error| StoreError::unavailable(e);
+    let id: String = row.try_get(0).map_err(get_error)?;
+    let digest: Vec<u8> = row.try_get(2).map_err(get_error)?;
+    let scopes: Vec<String> = row.try_get(5).map_err(get_error)?;
+    let audiences: Vec<String> = row.try_get(6).map_err(get_error)?;
+    let networks: Vec<String> = row.try_get(11).map_err(get_error)?;
+    let quota = match (
+        row.try_get::<_, Option<i64>>(12).map_err(get_error)?,
+        row.try_get::<_, Option<i64>>(13).map_err(get_error)?,
+        row.try_get::<_, Option<i64>>(14).map_err(get_error)?,
+    ) {
+        (Some(count), Some(period), Some(burst)) => {
+            let n = |v: i64| NonZeroU32::new(u32::try_from(v).unwrap_or(0));
+            let (Some(count), Some(burst)) = (n(count), n(burst)) else {
+                return Err(corrupt("rate_count", count));
+            };
+            let period = Duration::from_millis(u64::try_from(period).unwrap_or(0));
+            Some(RateQuota::new(count, period, burst).map_err(|e| corrupt("rate_period_ms", e))?)
+        }
+        _ => None,
+    };
+    let metadata: String = row.try_get(16).map_err(get_error)?;
+    let rotated_from: Option<String> = row.try_get(15).map_err(get_error)?;
+    Ok(TokenRecord {
+        id: id.parse().map_err(|_| corrupt("id", &id))?,
+        hash: hash_of(row.try_get(1).map_err(get_error)?, &digest)?,
+        name: row.try_get(3).map_err(get_error)?,
+        subject: row.try_get(4).map_err(get_error)?,
+        scopes: scopes
+            .iter()
+            .map(|s| s.parse().map_err(|_| corrupt("scopes", s)))
+            .collect::<Result<ScopeSet, _>>()?,
+        audiences: audiences
+            .iter()
+            .map(|a| a.parse().map_err(|_| corrupt("audiences", a)))
+            .collect::<Result<_, _>>()?,
+        created_at: row.try_get(7).map_err(get_error)?,
+        expires_at: row.try_get(8).map_err(get_error)?,
+        revoked_at: row.try_get(9).map_err(get_error)?,
+        last_used_at: row.try_get(10).map_err(get_error)?,
+        allowed_networks: networks
+            .iter()
+            .map(|n| {
+                n.parse::<IpNet>()
+                    .map_err(|_| corrupt("allowed_networks", n))
+            })
+            .collect::<Result<_, _>>()?,
+        rate_quota: quota,
+        rotated_from: rotated_from
+            .map(|id| id.parse().map_err(|_| corrupt("rotated_from", &id)))
+            .transpose()?,
+        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata", &metadata))?,
+    })
+}
+
+async fn insert_record(client: &impl GenericClient, r: &TokenRecord) -> Result<(), StoreError> {
+    let quota = r.rate_quota;
+    let strings = |items: &[_]| -> Vec<String> { items.iter().map(ToString::to_string).collect() };
+    let scopes: Vec<String> = r.scopes.iter().map(|s| s.as_str().to_owned()).collect();
+    let audiences: Vec<String> = r.audiences.iter().map(|a| a.as_str().to_owned()).collect();
+    let networks: Vec<String> = strings(&r.allowed_networks);
+    let metadata = serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".to_owned());
+    let params: [&(dyn ToSql + Sync); 17] = [
+        &r.id.as_str(),
+        &i64::from(r.hash.key_id().get()),
+        &&r.hash.digest()[..],
+        &r.name,
+        &r.subject,
+        &scopes,
+        &audiences,
+        &r.created_at,
+        &r.expires_at.map(ceil_micros),
+        &r.revoked_at,
+        &r.last_used_at,
+        &networks,
+        &quota.map(|q| i64::from(q.count().get())),
+        &quota.map(|q| i64::try_from(q.period().as_millis()).unwrap_or(i64::MAX)),
+        &quota.map(|q| i64::from(q.burst().get())),
+        &r.rotated_from.as_ref().map(TokenId::as_str),
+        &metadata,
+    ];
+    client
+        .execute(
+            "INSERT INTO tokengate_tokens (id, key_id, hash, name, subject, scopes, audiences, \
+             created_at, expires_at, revoked_at, last_used_at, allowed_networks, rate_count, \
+             rate_period_ms, rate_burst, rotated_from, metadata) VALUES ($1, $2, $3, $4, $5, $6, \
+             $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::text::jsonb)",
+            &params,
+        )
+        .await
+        .map(drop)
+        .map_err(store_error)
+}
+
+async fn get_record(
+    client: &impl GenericClient,
+    id: &str,
+) -> Result<Option<TokenRecord>, StoreError> {
+    client
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM tokengate_tokens WHERE id = $1"),
+            &[&id],
+        )
+        .await
+        .map_err(store_error)?
+        .as_ref()
+        .map(row_to_record)
+        .transpose()
+}
+
+/// Tells every instance's feed, when the transaction commits, that the
+/// token changed.
+async fn notify(client: &impl GenericClient, change: &Change) -> Result<(), StoreError> {
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &change.payload()])
+        .await
+        .map(drop)
+        .map_err(store_error)
+}
+
+impl PostgresStore {
+    /// Settings for a store on the database at `url`
+    /// (`postgres://user@host:port/name`, or libpq's `key=value` form).
+    pub fn builder(url: impl Into<String>) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            url: url.into(),
+            pool_size: 16,
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Connects to the database at `url` with the default settings and
+    /// brings its schema up to date.
+    pub async fn connect(url: &str) -> Result<Self, ConnectError> {
+        Self::builder(url).connect().await
+    }
+
+    /// The database, as errors name it: `postgres://user@host:port/name`,
+    /// never its password.
+    pub fn database(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub(crate) fn config(&self) -> &tokio_postgres::Config {
+        &self.shared.config
+    }
+
+    /// The bound on every call (see [`PostgresStoreBuilder::timeout`]).
+    pub fn timeout(&self) -> Duration {
+        self.shared.timeout
+    }
+
+    /// Runs `f` on a pooled connection, the whole bounded by the timeout.
+    async fn with<'a, T, F>(
+        &'a self,
+        f: impl FnOnce(deadpool_postgres::Object) -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>> + 'a,
+    {
+        let work = async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            f(client).await
+        };
+        tokio::time::timeout(self.shared.timeout, work)
+            .await
+            .unwrap_or(Err(StoreError::Timeout))
+    }
+
+    /// The pepper this database's tokens are hashed under, from
+    /// `TOKENGATE_PEPPER` (hex) or `file`, checked against the check value
+    /// the database recorded when its pepper was first used. The pepper is
+    /// never stored in the database.
+    ///
+    /// `file` is created (mode 0600, with a fresh pepper) only when it does
+    /// not exist and the database holds no token and has recorded no
+    /// pepper: a first start. A missing or different pepper is an error
+    /// naming its source and what to do.
+    pub async fn pepper(&self, file: Option<&Path>) -> Result<Pepper, PepperSourceError> {
+        let io = |error: StoreError| PepperSourceError::Io {
+            path: self.shared.name.clone().into(),
+            error: std::io::Error::other(error),
+        };
+        let database = self.shared.name.clone();
+        let recorded = self.recorded_check().await.map_err(io)?;
+        let source = match (PepperSource::found(file)?, file) {
+            (Some(source), _) => source,
+            (None, None) => return Err(PepperSourceError::NotGiven { database }),
+            (None, Some(path))
+                if recorded.is_some() || self.holds_tokens().await.map_err(io)? =>
+            {
+                return Err(PepperSourceError::Missing {
+                    database,
+                    path: path.to_owned(),
+                });
+            }
+            (None, Some(path)) => PepperSource::create(path)?,
+        };
+        if recorded.is_none() {
+            let check = source.check_value();
+            self.with(|c| async move {
+                c.execute(
+                    "INSERT INTO tokengate_peppers (key_id, check_value) VALUES ($1, $2) \
+                     ON CONFLICT (key_id) DO NOTHING",
+                    &[&i64::from(FIRST_KEY.get()), &check],
+                )
+                .await
+                .map(drop)
+                .map_err(store_error)
+            })
+            .await
+            .map_err(io)?;
+        }
+        // A racing first start may have recorded its own: compare with
+        // what is stored now.
+        let recorded = self.recorded_check().await.map_err(io)?;
+        source.verified(recorded.as_deref(), &database)
+    }
+
+    async fn recorded_check(&self) -> Result<Option<String>, StoreError> {
+        self.with(|c| async move {
+            c.query_opt(
+                "SELECT check_value FROM tokengate_peppers WHERE key_id = $1",
+                &[&i64::from(FIRST_KEY.get())],
+            )
+            .await
+            .map_err(store_error)?
+            .map(|row| row.try_get(0).map_err(store_error))
+            .transpose()
+        })
+        .await
+    }
+
+    async fn holds_tokens(&self) -> Result<bool, StoreError> {
+        self.with(|c| async move {
+            c.query_one("SELECT EXISTS (SELECT 1 FROM tokengate_tokens)", &[])
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(store_error)
+        })
+        .await
+    }
+}
+
+impl TokenStore for PostgresStore {
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        let digest = hash.digest().to_vec();
+        let key_id = i64::from(hash.key_id().get());
+        self.with(|c| async move {
+            let statement = c
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM tokengate_tokens WHERE hash = $1 AND key_id = $2"
+                ))
+                .await
+                .map_err(store_error)?;
+            c.query_opt(&statement, &[&digest, &key_id])
+                .await
+                .map_err(store_error)?
+                .as_ref()
+                .map(row_to_record)
+                .transpose()
+        })
+        .await
+    }
+}
+
+impl TokenAdmin for PostgresStore {
+    async fn insert(&self, record: TokenRecord) -> Result<(), StoreError> {
+        self.with(|c| async move { insert_record(&c, &record).await })
+            .await
+    }
+
+    async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        self.with(|c| async move { get_record(&c, id.as_str()).await })
+            .await
+    }
+
+    async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.with(|c| async move {
+            c.query(
+                &format!("SELECT {COLUMNS} FROM tokengate_tokens ORDER BY created_at, id"),
+                &[],
+            )
+            .await
+            .map_err(store_error)?
+            .iter()
+            .map(row_to_record)
+            .collect()
+        })
+        .await
+    }
+
+    async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {
+        self.with(|mut c| async move {
+            let tx = c.transaction().await.map_err(store_error)?;
+            let row = tx
+                .query_opt(
+                    &format!(
+                        "UPDATE tokengate_tokens SET revoked_at = COALESCE(revoked_at, $2) \
+                         WHERE id = $1 RETURNING {COLUMNS}"
+                    ),
+                    &[&id.as_str(), &at],
+                )
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            let record = row_to_record(&row)?;
+            notify(&tx, &Change::revoked(&record)).await?;
+            tx.commit().await.map_err(store_error)?;
+            Ok(record)
+        })
+        .await
+    }
+
+    async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {
+        // One row per id, at its latest use: one statement for the batch.
+        let mut latest: HashMap<&str, SystemTime> = HashMap::new();
+        for (id, at) in used {
+            let entry = latest.entry(id.as_str()).or_insert(*at);
+            *entry = (*entry).max(*at);
+        }
+        let (ids, times): (Vec<&str>, Vec<SystemTime>) = latest.into_iter().unzip();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.with(|c| async move {
+            c.execute(
+                "UPDATE tokengate_tokens AS t \
+                 SET last_used_at = GREATEST(COALESCE(t.last_used_at, u.at), u.at) \
+                 FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at) WHERE t.id = u.id",
+                &[&ids, &times],
+            )
+            .await
+            .map(drop)
+            .map_err(store_error)
+        })
+        .await
+    }
+
+    async fn rotate(
+        &self,
+        old: &TokenId,
+        old_expires_at: SystemTime,
+        replacement: TokenRecord,
+    ) -> Result<TokenRecord, StoreError> {
+        self.with(|mut c| async move {
+            let tx = c.transaction().await.map_err(store_error)?;
+            let exists = tx
+                .query_opt(
+                    "SELECT 1 FROM tokengate_tokens WHERE id = $1 FOR UPDATE",
+                    &[&old.as_str()],
+                )
+                .await
+                .map_err(store_error)?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(old.clone()));
+            }
+            insert_record(&tx, &replacement).await?;
+            let row = tx
+                .query_one(
+                    &format!(
+                        "UPDATE tokengate_tokens SET expires_at = $2 WHERE id = $1 RETURNING {COLUMNS}"
+                    ),
+                    &[&old.as_str(), &ceil_micros(old_expires_at)],
+                )
+                .await
+                .map_err(store_error)?;
+            let record = row_to_record(&row)?;
+            notify(&tx, &Change::rotated(&record)).await?;
+            tx.commit().await.map_err(store_error)?;
+            Ok(record)
+        })
+        .await
+    }
+
+    async fn register_scopes(&self, scopes: &ScopeSet) -> Result<(), StoreError> {
+        let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+        self.with(|c| async move {
+            c.execute(
+                "INSERT INTO tokengate_scopes (scope) SELECT unnest($1::text[]) \
+                 ON CONFLICT (scope) DO NOTHING",
+                &[&scopes],
+            )
+            .await
+            .map(drop)
+            .map_err(store_error)
+        })
+        .await
+    }
+
+    async fn scope_catalogue(&self) -> Result<ScopeSet, StoreError> {
+        self.with(|c| async move {
+            c.query("SELECT scope FROM tokengate_scopes ORDER BY scope", &[])
+                .await
+                .map_err(store_error)?
+                .iter()
+                .map(|row| {
+                    let text: String = row.try_get(0).map_err(store_error)?;
+                    text.parse().map_err(|_| corrupt("scope", &text))
+                })
+                .collect()
+        })
+        .await
+    }
+}

@@ -1,0 +1,595 @@
+//! Against a real PostgreSQL server (see [`crate::testing`]): each test
+//! makes a database of its own and drops it.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use tokengate_cache::{CacheConfig, CachedStore, VerifyError};
+use tokengate_core::testing::Proxy;
+use tokengate_core::{
+    Expiry, InvalidReason, IssuedToken, Lifecycle, PepperSourceError, RateQuota, StoreError,
+    TokenAdmin, TokenHasher, TokenId, TokenSpec, TokenStore,
+};
+
+use super::*;
+use crate::testing::{TestDatabase, with_database};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tokengate-pg-{name}-{}-{:x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn spec() -> TokenSpec {
+    TokenSpec::new("ci", "team-a")
+        .scopes([
+            "notes:read".parse().unwrap(),
+            "notes:write".parse().unwrap(),
+        ])
+        .audiences(["notes".parse().unwrap()])
+        .allowed_networks(["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()])
+        .rate_quota(
+            RateQuota::new(
+                NonZeroU32::new(5).unwrap(),
+                Duration::from_secs(60),
+                NonZeroU32::new(2).unwrap(),
+            )
+            .unwrap(),
+        )
+        .metadata("team", "a")
+        .metadata("quote", "it's \"fine\"")
+        .expiry(Expiry::After(Duration::from_secs(3600)))
+}
+
+/// A store on a fresh database, its hasher (a pepper file in a temporary
+/// folder), and the folder.
+async fn open(db: &TestDatabase) -> (PostgresStore, TokenHasher, PathBuf) {
+    let store = PostgresStore::connect(db.url()).await.unwrap();
+    let dir = temp_dir("pepper");
+    let hasher = TokenHasher::new(store.pepper(Some(&dir.join("pepper"))).await.unwrap());
+    (store, hasher, dir)
+}
+
+/// Microseconds, as PostgreSQL keeps them: created times truncated, expiry
+/// rounded up.
+fn as_stored(mut record: tokengate_core::TokenRecord) -> tokengate_core::TokenRecord {
+    let micros = |t: SystemTime, up: bool| {
+        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        let rest = d.subsec_nanos() % 1_000;
+        if rest == 0 {
+            t
+        } else if up {
+            t + Duration::from_nanos(u64::from(1_000 - rest))
+        } else {
+            t - Duration::from_nanos(u64::from(rest))
+        }
+    };
+    record.created_at = micros(record.created_at, false);
+    record.expires_at = record.expires_at.map(|t| micros(t, true));
+    record
+}
+
+#[tokio::test]
+async fn records_round_trip_with_every_field() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let (store, hasher, dir) = open(&db).await;
+    let lifecycle = Lifecycle::new(store.clone(), hasher.clone());
+    let issued = lifecycle.issue(spec()).await.unwrap();
+    let found = store
+        .find_by_hash(&hasher.hash(&issued.token))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found, as_stored(issued.record.clone()));
+    assert!(found.expires_at.unwrap() >= issued.record.expires_at.unwrap());
+    assert_eq!(
+        found.metadata,
+        BTreeMap::from([
+            ("quote".to_owned(), "it's \"fine\"".to_owned()),
+            ("team".to_owned(), "a".to_owned())
+        ])
+    );
+    assert_eq!(store.get(&issued.record.id).await.unwrap(), Some(found));
+    assert_eq!(store.list().await.unwrap().len(), 1);
+    let other = TokenHasher::new(tokengate_core::Pepper::generate(tokengate_core::FIRST_KEY));
+    assert_eq!(
+        store
+            .find_by_hash(&other.hash(&issued.token))
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Only the keyed hash is kept: the token appears in no column.
+    let client = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(client.1);
+    let dump: String = client
+        .0
+        .query_one(
+            "SELECT string_agg(t::text, ' ') FROM tokengate_tokens t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!dump.contains(issued.token.expose_secret()));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn admin_operations_match_the_other_stores() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let (store, hasher, dir) = open(&db).await;
+    let lifecycle = Lifecycle::new(store.clone(), hasher.clone());
+    let issued = lifecycle.issue(spec()).await.unwrap();
+    let unknown = TokenId::generate();
+    assert!(matches!(
+        store.revoke(&unknown, SystemTime::now()).await,
+        Err(StoreError::NotFound(id)) if id == unknown
+    ));
+    assert!(matches!(
+        store
+            .rotate(&unknown, SystemTime::now(), issued.record.clone())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.insert(issued.record.clone()).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // Rotation: the new token names the old; the old keeps working for the grace.
+    let rotated = lifecycle
+        .rotate(&issued.record.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        rotated.record.rotated_from.as_ref(),
+        Some(&issued.record.id)
+    );
+    let old = store.get(&issued.record.id).await.unwrap().unwrap();
+    let left = old
+        .expires_at
+        .unwrap()
+        .duration_since(SystemTime::now())
+        .unwrap();
+    assert!(
+        left > Duration::from_secs(55) && left <= Duration::from_secs(61),
+        "{left:?}"
+    );
+    assert_eq!(store.list().await.unwrap().len(), 2);
+
+    // Usage: the latest time of a batch wins, an earlier one never moves it back.
+    let early = SystemTime::now() - Duration::from_secs(600);
+    let late = SystemTime::now();
+    store
+        .record_usage(&[
+            (issued.record.id.clone(), late),
+            (issued.record.id.clone(), early),
+            (unknown.clone(), late),
+        ])
+        .await
+        .unwrap();
+    store
+        .record_usage(&[(issued.record.id.clone(), early)])
+        .await
+        .unwrap();
+    let used = store
+        .get(&issued.record.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .last_used_at
+        .unwrap();
+    assert!(used.duration_since(late).unwrap_or_default() < Duration::from_millis(1));
+    assert!(late.duration_since(used).unwrap_or_default() < Duration::from_millis(1));
+
+    // Revoking twice keeps the first time.
+    let first = store
+        .revoke(&issued.record.id, SystemTime::now())
+        .await
+        .unwrap();
+    let second = store
+        .revoke(
+            &issued.record.id,
+            SystemTime::now() + Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.revoked_at, second.revoked_at);
+
+    // The scope catalogue.
+    store
+        .register_scopes(&"notes:read notes:write".parse().unwrap())
+        .await
+        .unwrap();
+    store
+        .register_scopes(&"notes:read admin:all".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.scope_catalogue().await.unwrap().to_string(),
+        "admin:all notes:read notes:write"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn eight_instances_starting_at_once_migrate_once() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let mut starts = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let url = db.url().to_owned();
+        starts.spawn(async move { PostgresStore::connect(&url).await });
+    }
+    for store in starts.join_all().await {
+        assert!(store.is_ok(), "{store:?}");
+    }
+    let (client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let versions: Vec<i64> = client
+        .query(
+            "SELECT version FROM tokengate_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(versions, (1..=schema::VERSION).collect::<Vec<_>>());
+
+    // A database from a newer build is refused, naming the versions.
+    client
+        .execute(
+            "INSERT INTO tokengate_migrations (version) VALUES ($1)",
+            &[&(schema::VERSION + 1)],
+        )
+        .await
+        .unwrap();
+    let error = PostgresStore::connect(db.url()).await.unwrap_err();
+    assert!(
+        error.to_string().contains("newer than this build"),
+        "{error}"
+    );
+    assert!(error.to_string().contains(db.name()), "{error}");
+}
+
+#[tokio::test]
+async fn the_pepper_is_checked_never_stored_and_its_source_named() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let store = PostgresStore::connect(db.url()).await.unwrap();
+    // No source at all: an error saying where a pepper may come from.
+    let error = store.pepper(None).await.unwrap_err();
+    assert!(
+        matches!(error, PepperSourceError::NotGiven { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("TOKENGATE_PEPPER"), "{error}");
+    assert!(error.to_string().contains("--pepper-file"), "{error}");
+
+    // A first start creates the file, private.
+    let dir = temp_dir("pepper-check");
+    let file = dir.join("pepper");
+    let pepper = store.pepper(Some(&file)).await.unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let again = PostgresStore::connect(db.url()).await.unwrap();
+    let same = again.pepper(Some(&file)).await.unwrap();
+    assert_eq!(
+        TokenHasher::new(pepper.clone()).pepper_check(),
+        TokenHasher::new(same).pepper_check()
+    );
+    Lifecycle::new(store.clone(), TokenHasher::new(pepper))
+        .issue(spec())
+        .await
+        .unwrap();
+
+    // Lost: an error naming the file, and no new pepper made.
+    std::fs::remove_file(&file).unwrap();
+    let error = store.pepper(Some(&file)).await.unwrap_err();
+    assert!(
+        matches!(error, PepperSourceError::Missing { .. }),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains(&file.display().to_string()),
+        "{error}"
+    );
+    assert!(!file.exists());
+
+    // Different: refused, naming where it came from.
+    let other = tokengate_core::Pepper::generate(tokengate_core::FIRST_KEY);
+    std::fs::write(&file, other.expose_hex().as_bytes()).unwrap();
+    let error = store.pepper(Some(&file)).await.unwrap_err();
+    assert!(
+        matches!(error, PepperSourceError::Mismatch { .. }),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains(&file.display().to_string()),
+        "{error}"
+    );
+
+    // The database holds a check value, never the pepper.
+    let (client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let stored: String = client
+        .query_one(
+            "SELECT string_agg(check_value, ' ') FROM tokengate_peppers",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!stored.contains(other.expose_hex().as_str()));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn errors_name_the_database_never_its_password() {
+    let url = "postgres://app:hunter2@127.0.0.1:1/tokens";
+    let error = PostgresStore::builder(url)
+        .timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("postgres://app@127.0.0.1:1/tokens"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    let error = PostgresStore::connect("postgres://app:hunter2@[bad/tokens")
+        .await
+        .unwrap_err();
+    assert!(!error.to_string().contains("hunter2"), "{error}");
+    assert_eq!(
+        with_database("postgres://u@h:1/old?sslmode=disable", "new"),
+        "postgres://u@h:1/new?sslmode=disable"
+    );
+}
+
+/// Polls `verify` until it says revoked; how long that took.
+async fn until_revoked<S: TokenStore>(
+    cache: &CachedStore<S>,
+    hash: &tokengate_core::TokenHash,
+) -> Option<Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if let Err(VerifyError::Invalid(InvalidReason::Revoked)) = cache.verify(hash).await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    None
+}
+
+async fn wait_for(feed: &Feed, what: impl Fn(&FeedStatus) -> bool) -> FeedStatus {
+    for _ in 0..500 {
+        let status = feed.status();
+        if what(&status) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the feed never got there: {:?}", feed.status());
+}
+
+async fn issue_cached(
+    lifecycle: &Lifecycle<PostgresStore>,
+    cache: &CachedStore<PostgresStore>,
+    hasher: &TokenHasher,
+) -> (IssuedToken, tokengate_core::TokenHash) {
+    let issued = lifecycle.issue(spec()).await.unwrap();
+    let hash = hasher.hash(&issued.token);
+    cache.verify(&hash).await.unwrap();
+    (issued, hash)
+}
+
+#[tokio::test]
+async fn revocations_and_rotations_reach_every_cache_when_they_commit() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let (admin, hasher, dir) = open(&db).await;
+    // Two instances: a pool, a cache and a feed each.
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let store = PostgresStore::connect(db.url()).await.unwrap();
+        let cache = CachedStore::new(
+            store.clone(),
+            CacheConfig::default().ttl(Duration::from_secs(3600)),
+        );
+        let feed = store.follow(cache.clone());
+        wait_for(&feed, |s| s.connected).await;
+        instances.push((cache, feed));
+    }
+    let lifecycle = Lifecycle::new(admin.clone(), hasher.clone());
+    let (issued, hash) = issue_cached(&lifecycle, &instances[0].0, &hasher).await;
+    instances[1].0.verify(&hash).await.unwrap();
+    lifecycle.revoke(&issued.record.id).await.unwrap();
+    for (cache, feed) in &instances {
+        let took = until_revoked(cache, &hash).await;
+        assert!(took.is_some(), "the revocation never reached an instance");
+        assert_eq!(feed.status().events, 1);
+    }
+
+    // A rotation moves the old token's expiry: every cache sees the new one.
+    let (issued, hash) = issue_cached(&lifecycle, &instances[1].0, &hasher).await;
+    lifecycle
+        .rotate(&issued.record.id, Duration::ZERO)
+        .await
+        .unwrap();
+    for (cache, feed) in &instances {
+        wait_for(feed, |s| s.events == 2).await;
+        assert!(matches!(
+            cache.verify(&hash).await,
+            Err(VerifyError::Invalid(InvalidReason::Expired))
+        ));
+    }
+    for (_, feed) in &instances {
+        assert_eq!(feed.status().reconnects, 0);
+        feed.stop();
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_killed_feed_connection_reconnects_and_flushes_what_it_missed() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let (store, hasher, dir) = open(&db).await;
+    let cache = CachedStore::new(
+        store.clone(),
+        CacheConfig::default().ttl(Duration::from_secs(3600)),
+    );
+    let feed = store.follow(cache.clone());
+    wait_for(&feed, |s| s.connected).await;
+    let lifecycle = Lifecycle::new(store.clone(), hasher.clone());
+    let (issued, hash) = issue_cached(&lifecycle, &cache, &hasher).await;
+
+    // Revoked behind the feed's back (no notification: as if sent while
+    // the feed was down); the cache still serves its entry.
+    let (client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "UPDATE tokengate_tokens SET revoked_at = now() WHERE id = $1",
+            &[&issued.record.id.as_str()],
+        )
+        .await
+        .unwrap();
+    assert!(
+        cache.verify(&hash).await.is_ok(),
+        "a cache hit, until the flush"
+    );
+
+    let killed: i64 = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1",
+            &[&FEED_APPLICATION],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1);
+    let status = wait_for(&feed, |s| s.reconnects == 1 && s.connected).await;
+    assert_eq!(
+        status.flushes, 2,
+        "flushed at the first listen and after the reconnect"
+    );
+    assert!(matches!(
+        cache.verify(&hash).await,
+        Err(VerifyError::Invalid(InvalidReason::Revoked))
+    ));
+
+    // Listening again: the next revocation arrives as a notification.
+    let (issued, hash) = issue_cached(&lifecycle, &cache, &hasher).await;
+    lifecycle.revoke(&issued.record.id).await.unwrap();
+    assert!(until_revoked(&cache, &hash).await.is_some());
+    assert_eq!(feed.status().events, 1);
+    feed.stop();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn while_the_database_is_down_hits_hold_misses_fail_and_the_return_flushes() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let (admin, hasher, dir) = open(&db).await;
+    let target = {
+        let config: tokio_postgres::Config = db.url().parse().unwrap();
+        let host = match &config.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(host) => host.clone(),
+            tokio_postgres::config::Host::Unix(_) => panic!("a TCP server is needed"),
+        };
+        format!(
+            "{host}:{}",
+            config.get_ports().first().copied().unwrap_or(5432)
+        )
+    };
+    let mut proxy = Proxy::start(&target).await;
+    let url = db
+        .url()
+        .replacen(&target, &proxy.addr().to_string(), 1)
+        .replacen("localhost:5432", &proxy.addr().to_string(), 1);
+    assert!(url.contains(&proxy.addr().to_string()), "{url}");
+    let store = PostgresStore::builder(&url)
+        .timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    let cache = CachedStore::new(
+        store.clone(),
+        CacheConfig::default().ttl(Duration::from_secs(3600)),
+    );
+    let feed = store.follow(cache.clone());
+    wait_for(&feed, |s| s.connected).await;
+    let lifecycle = Lifecycle::new(admin.clone(), hasher.clone());
+    let (cached, cached_hash) = issue_cached(
+        &Lifecycle::new(store.clone(), hasher.clone()),
+        &cache,
+        &hasher,
+    )
+    .await;
+    let missed = lifecycle.issue(spec()).await.unwrap();
+
+    proxy.cut();
+    wait_for(&feed, |s| !s.connected).await;
+    assert!(
+        cache.verify(&cached_hash).await.is_ok(),
+        "a hit keeps working"
+    );
+    let miss = cache.verify(&hasher.hash(&missed.token)).await;
+    assert!(
+        matches!(
+            miss,
+            Err(VerifyError::Store(
+                StoreError::Unavailable(_) | StoreError::Timeout
+            ))
+        ),
+        "{miss:?}"
+    );
+    // Revoked elsewhere while this instance cannot hear it.
+    lifecycle.revoke(&cached.record.id).await.unwrap();
+    assert!(
+        cache.verify(&cached_hash).await.is_ok(),
+        "still the cached grant"
+    );
+
+    proxy.restore().await;
+    wait_for(&feed, |s| s.connected && s.reconnects == 1).await;
+    assert!(matches!(
+        cache.verify(&cached_hash).await,
+        Err(VerifyError::Invalid(InvalidReason::Revoked))
+    ));
+    assert!(cache.verify(&hasher.hash(&missed.token)).await.is_ok());
+    feed.stop();
+    std::fs::remove_dir_all(dir).unwrap();
+}
