@@ -10,7 +10,16 @@
 #   authenticate  tokengate's authenticate layer alone (the first rung);
 #   checks        the gate's checks as separate layers, without the audit
 #                 layer (the second rung);
-# the last four serve the same route from the bench-notes example. Prints
+#   gate-redis    the full Gate with its rate state in Redis (REDIS_URL,
+#                 default redis://127.0.0.1:6379): the cost of shared state;
+#   shared3       three axum-notes on one PostgreSQL database (POSTGRES_URL,
+#                 default postgres://postgres@127.0.0.1:5432/test; the
+#                 script creates a database of its own with psql and drops
+#                 it) and one Redis, each under a third of the connections
+#                 (one wrk per instance); req/s and CPU are the three's sum,
+#                 p99 the worst of the three;
+# naive, bearer, authenticate and checks serve the same route from the
+# bench-notes example. Prints
 # req/s and p99 latency per run, each mode's ratio to bare in the round,
 # and the server's CPU time per request (user and system, request workers
 # and the audit writer apart, from /proc). Bounded: ROUNDS rounds of
@@ -34,11 +43,26 @@ case " ${modes[*]} " in *" naive "* | *" bearer "* | *" authenticate "* | *" che
   cargo build --release -q -p tokengate-tests --example bench-notes ;; esac
 dir=$(mktemp -d)
 pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$dir"; }
+cleanup() {
+  [ -n "$pid" ] && kill $pid 2>/dev/null
+  [ -n "$pg_db" ] && psql -q "$pg_admin" -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)"
+  command -v redis-cli >/dev/null && redis-cli -u "$redis" --scan --pattern "{$prefix}*" | xargs -r redis-cli -u "$redis" del >/dev/null
+  rm -rf "$dir"
+}
 trap cleanup EXIT
 db="$dir/tokens.db"
-token=$(target/release/tokengate --db "$db" issue --name bench --subject bench --scope notes:read \
-  --audience notes --ttl 1d --rate 100000000/s --burst 100000000 2>/dev/null)
+issue() { target/release/tokengate "$@" issue --name bench --subject bench --scope notes:read \
+  --audience notes --ttl 1d --rate 100000000/s --burst 100000000 2>/dev/null; }
+token=$(issue --db "$db")
+redis="${REDIS_URL:-redis://127.0.0.1:6379}"
+prefix="tg-e2e-$$"
+pg_db=""
+case " ${modes[*]} " in *" shared3 "*)
+  pg_admin="${POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+  pg_db="tg_e2e_$$"
+  psql -q "$pg_admin" -c "CREATE DATABASE $pg_db"
+  pg_url="${pg_admin%/*}/$pg_db"
+  pg_token=$(issue --db "$pg_url" --pepper-file "$dir/pepper") ;; esac
 
 # Per thread kind of the server: "comm utime stime" in clock ticks.
 ticks() { for t in /proc/"$1"/task/*; do echo "$(cat "$t/comm") $(cut -d' ' -f14,15 "$t/stat")"; done; }
@@ -46,36 +70,58 @@ ticks() { for t in /proc/"$1"/task/*; do echo "$(cat "$t/comm") $(cut -d' ' -f14
 run() { # mode -> "rps p99 cpu"
   local server=(target/release/axum-notes --db "$db" --audit-log "$dir/audit.jsonl"
     --listen 127.0.0.1:39999 --pre-auth-rate 100000000)
+  local ports=(39999) bearer=$token
   case "$1" in
     bare) server+=(--no-gate) ;;
     gate) ;;
+    gate-redis) server+=(--redis "$redis" --redis-prefix "$prefix") ;;
+    shared3) ports=(39999 39998 39997); bearer=$pg_token ;;
     discard) server+=(--discard-audit) ;;
     naive | bearer | authenticate | checks) server=(target/release/examples/bench-notes --stack "$1"
       --listen 127.0.0.1:39999 --token "$token" --log "$dir/$1.jsonl" --db "$db") ;;
     *) echo "unknown mode $1" >&2; exit 2 ;;
   esac
-  "${server_on[@]}" "${server[@]}" >"$dir/server.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 100); do
-    curl -fs http://127.0.0.1:39999/healthz >/dev/null 2>&1 && break
-    sleep 0.05
+  pid=""
+  for port in "${ports[@]}"; do
+    if [ "$1" = shared3 ]; then
+      server=(target/release/axum-notes --db "$pg_url" --pepper-file "$dir/pepper"
+        --redis "$redis" --redis-prefix "$prefix" --audit-log "$dir/audit-$port.jsonl"
+        --listen 127.0.0.1:$port --pre-auth-rate 100000000)
+    fi
+    "${server_on[@]}" "${server[@]}" >"$dir/server-$port.log" 2>&1 &
+    pid="$pid $!"
+    for _ in $(seq 1 100); do
+      curl -fs http://127.0.0.1:$port/healthz >/dev/null 2>&1 && break
+      sleep 0.05
+    done
   done
-  ticks "$pid" >"$dir/before"
-  "${client_on[@]}" wrk -t"$threads" -c"$conns" -d"$duration" --latency \
-    -H "Authorization: Bearer $token" http://127.0.0.1:39999/notes >"$dir/wrk.txt"
-  ticks "$pid" >"$dir/after"
+  for p in $pid; do ticks "$p"; done >"$dir/before"
+  local each=$(( conns / ${#ports[@]} )) waits=""
+  for port in "${ports[@]}"; do
+    "${client_on[@]}" wrk -t"$threads" -c"$each" -d"$duration" --latency \
+      -H "Authorization: Bearer $bearer" http://127.0.0.1:$port/notes >"$dir/wrk-$port.txt" &
+    waits="$waits $!"
+  done
+  wait $waits
+  for p in $pid; do ticks "$p"; done >"$dir/after"
   # axum-notes shuts down gracefully on SIGINT (flushing its audit log);
   # bench-notes installs no handler, and a background job ignores SIGINT.
-  case "$1" in bare | gate | discard) kill -INT "$pid" ;; *) kill "$pid" ;; esac
-  wait "$pid" || true; pid=""
+  case "$1" in naive | bearer | authenticate | checks) kill $pid ;; *) kill -INT $pid ;; esac
+  for p in $pid; do wait "$p" || true; done
+  pid=""
+  cat "$dir"/wrk-*.txt >"$dir/wrk.txt"
+  rm -f "$dir"/wrk-*.txt
   if grep -q "Non-2xx" "$dir/wrk.txt"; then
     echo "$1: some responses were not 2xx:" >&2
     grep "Non-2xx" "$dir/wrk.txt" >&2
   fi
   local rps p99 requests tick cpu
-  rps=$(awk '/Requests\/sec/ {print $2}' "$dir/wrk.txt")
-  p99=$(awk '$1 == "99%" {print $2}' "$dir/wrk.txt")
-  requests=$(awk '/requests in/ {print $1}' "$dir/wrk.txt")
+  rps=$(awk '/Requests\/sec/ {s += $2} END {printf "%.2f", s}' "$dir/wrk.txt")
+  p99=$(awk '$1 == "99%" { v = $2; k = 1
+      if (v ~ /ms$/) k = 1000; else if (v ~ /us$/) k = 1; else if (v ~ /s$/) k = 1e6
+      gsub(/[a-z]/, "", v); if (v * k > m) m = v * k }
+    END { printf "%.0fus", m }' "$dir/wrk.txt")
+  requests=$(awk '/requests in/ {s += $1} END {print s}' "$dir/wrk.txt")
   tick=$(getconf CLK_TCK)
   # Microseconds of CPU per request: workers (tokio-rt-worker) and every
   # other thread (the audit writer: tokengate-audit, or tracing-appender's),

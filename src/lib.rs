@@ -209,10 +209,10 @@ pub mod process {
     ///
     /// If the CLI fails.
     #[allow(clippy::expect_used, reason = "test support")]
-    pub fn cli(beside: &str, db: &Path, args: &[&str]) -> String {
+    pub fn cli(beside: &str, db: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
         let out = Command::new(tokengate_cli(beside))
             .arg("--db")
-            .arg(db)
+            .arg(db.as_ref())
             .args(args)
             .env_remove("TOKENGATE_PEPPER")
             .output()

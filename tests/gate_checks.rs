@@ -130,7 +130,7 @@ async fn a_gate_whose_rate_state_answers_later_limits_as_the_in_memory_one() {
     assert_eq!(failing.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         failing.extensions.get::<Denial>(),
-        Some(&Denial::StoreUnavailable)
+        Some(&Denial::RateStateUnavailable)
     );
 }
 
@@ -208,4 +208,75 @@ async fn remove_keys(url: &str, prefix: &str) {
         "the gates kept their buckets under {prefix}"
     );
     let _: () = connection.del(keys).await.unwrap();
+}
+
+/// The audit records of a Gate whose Redis cannot be reached, under
+/// `policy`, for three requests with a per-token burst of 1.
+async fn audited_with_redis_down(
+    policy: tokengate::Unavailable,
+) -> (Vec<u16>, Vec<serde_json::Value>) {
+    let dir = std::env::temp_dir().join(format!(
+        "tokengate-fallback-audit-{}-{policy:?}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("audit.jsonl");
+    let sink = tokengate::JsonLinesSink::open(&path).unwrap();
+    // Nothing listens on port 1: every call fails at once.
+    let down = tokengate::RedisRateState::new("redis://127.0.0.1:1")
+        .unwrap()
+        .timeout(Duration::from_millis(200))
+        .unavailable(policy);
+    let (gate, token) = gate().await;
+    let service = tower::ServiceBuilder::new()
+        .layer(
+            gate.token_rate(tokengate::RateLimitLayer::per_token(quota(1, 1)))
+                .rate_state(down)
+                .audit(tokengate::AuditLayer::new(sink.clone())),
+        )
+        .service(ok());
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(send(&service, request(&token, None)).await.status.as_u16());
+    }
+    sink.shutdown();
+    let records = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    (statuses, records)
+}
+
+#[tokio::test]
+async fn a_refusal_decided_while_redis_is_down_states_the_policy_in_its_audit_record() {
+    // Local: the instance's own limits refuse, and the record says so.
+    let (statuses, records) = audited_with_redis_down(tokengate::Unavailable::Local).await;
+    assert_eq!(statuses, [200, 429, 429]);
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[0].get("tokengate.rate_fallback"), None, "admitted");
+    for record in &records[1..] {
+        assert_eq!(record["tokengate.reason"], "rate_limited");
+        assert_eq!(record["tokengate.rate_fallback"], "local");
+    }
+
+    // FailClosed: every request refused with 503, stated as such.
+    let (statuses, records) = audited_with_redis_down(tokengate::Unavailable::FailClosed).await;
+    assert_eq!(statuses, [503, 503, 503]);
+    for record in &records {
+        assert_eq!(record["tokengate.reason"], "rate_state_unavailable");
+        assert_eq!(record["tokengate.rate_fallback"], "fail_closed");
+        assert_eq!(record["http.response.status_code"], 503);
+    }
+
+    // FailOpen admits: no refusal to state.
+    let (statuses, records) = audited_with_redis_down(tokengate::Unavailable::FailOpen).await;
+    assert_eq!(statuses, [200, 200, 200]);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.get("tokengate.rate_fallback").is_none())
+    );
 }

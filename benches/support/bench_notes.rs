@@ -90,7 +90,8 @@ async fn main() {
         "bearer" => get(list)
             .route_layer(tower_http::validate_request::ValidateRequestHeaderLayer::bearer(&token)),
         "authenticate" | "checks" => {
-            let opened = Embedded::open(Path::new(&required("--db")), Path::new(&log)).unwrap();
+            let db: tokengate::Database = required("--db").parse().unwrap();
+            let opened = Embedded::open(&db, None, Path::new(&log)).await.unwrap();
             let authenticate = opened.authenticate("notes".parse().unwrap());
             embedded = Some(opened);
             if stack == "authenticate" {
@@ -121,7 +122,7 @@ async fn main() {
 /// `GET /notes` behind the gate's checks as separate layers, configured as
 /// axum-notes' gate (`--pre-auth-rate 100000000`), without the audit layer.
 fn checks_route(
-    authenticate: tokengate::AuthenticateLayer<tokengate::SqliteStore>,
+    authenticate: tokengate::AuthenticateLayer<tokengate::AnyStore>,
 ) -> MethodRouter<Notes> {
     let per_second = |n: u32| {
         let n = NonZeroU32::new(n).unwrap();

@@ -15,7 +15,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::{Method, Request};
-use tokengate_core::{ClientIp, Denial, Principal, RequestTrail, is_grpc};
+use tokengate_core::{ClientIp, Denial, Principal, RateFallback, RequestTrail, is_grpc};
 
 use crate::limits::{FieldLimits, kept_agent, kept_path, kept_query};
 use crate::request_id::{REQUEST_ID, RequestId};
@@ -41,6 +41,7 @@ pub(crate) struct Capture {
     pub(crate) status: Option<u16>,
     pub(crate) grpc_status: Option<u16>,
     pub(crate) reason: Option<&'static str>,
+    pub(crate) rate_fallback: Option<RateFallback>,
     pub(crate) latency: Duration,
     pub(crate) ending: Ending,
     pub(crate) limits: FieldLimits,
@@ -101,10 +102,18 @@ impl Capture {
             status: None,
             grpc_status: None,
             reason: None,
+            rate_fallback: None,
             latency: Duration::ZERO,
             ending: Ending::Cancelled,
             limits,
         }
+    }
+
+    /// Takes a denial's reason, and the rate state's fallback policy when
+    /// that decided it.
+    pub(crate) fn note_denial(&mut self, denial: &Denial) {
+        self.reason = Some(denial.reason());
+        self.rate_fallback = denial.rate_fallback();
     }
 
     pub(crate) fn path(&self) -> &str {
@@ -135,7 +144,11 @@ impl Capture {
     pub(crate) fn settle(&mut self) {
         if let Some(trail) = self.trail.take() {
             let facts = trail.into_facts();
-            self.reason = self.reason.or(facts.denial.as_ref().map(Denial::reason));
+            if self.reason.is_none()
+                && let Some(denial) = &facts.denial
+            {
+                self.note_denial(denial);
+            }
             self.client_ip = facts.client_ip;
             self.principal = facts.principal;
         }

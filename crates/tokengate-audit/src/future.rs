@@ -51,7 +51,10 @@ impl<K: AuditSink> Emitter<K> {
         if let Some(raw) = &mut self.pending {
             raw.status = Some(response.status().as_u16());
             raw.grpc_status = grpc_status(response.headers());
-            raw.reason = response.extensions().get::<Denial>().map(Denial::reason);
+            raw.reason = None;
+            if let Some(denial) = response.extensions().get::<Denial>() {
+                raw.note_denial(denial);
+            }
             raw.latency = latency;
         }
     }

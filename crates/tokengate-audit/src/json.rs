@@ -53,6 +53,7 @@ impl AuditEvent {
             "tokengate.latency_us",
             u64::try_from(self.latency.as_micros()).unwrap_or(u64::MAX),
         );
+        json.opt_string("tokengate.rate_fallback", self.rate_fallback);
         json.opt_string("tokengate.reason", self.reason.as_deref());
         json.opt_string("tokengate.token_id", self.token_id.as_deref());
         if !self.truncated.is_empty() {
@@ -266,6 +267,7 @@ mod tests {
                 Decision::Allow
             },
             reason: some("rate_limited"),
+            rate_fallback: full.then_some("local"),
             status: 429,
             grpc_status: full.then_some(8),
             latency: Duration::from_micros(1234),
@@ -346,7 +348,11 @@ mod tests {
                 .get("tokengate.truncated")
                 .map(|v| v.as_array().unwrap().len());
             assert_eq!(truncated, full.then_some(2));
-            assert_eq!(map.len(), if full { 19 } else { 8 }, "{map:?}");
+            assert_eq!(
+                field(&map, "tokengate.rate_fallback"),
+                full.then_some("local")
+            );
+            assert_eq!(map.len(), if full { 20 } else { 8 }, "{map:?}");
             let chained = read_back(&e, Some("abc"));
             assert_eq!(field(&chained, "chain.prev"), Some("abc"));
             assert_eq!(chained.len(), map.len() + 1);

@@ -4,6 +4,8 @@
 use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime};
 
+use tokengate_core::RateFallback;
+
 use crate::capture::{Capture, Ending};
 use crate::limits::{clean_into, redact_query_into};
 
@@ -69,6 +71,9 @@ pub struct AuditEvent {
     pub decision: Decision,
     /// The precise reason of a denial (`token_revoked`, `rate_limited`, ...).
     pub reason: Option<String>,
+    /// For a refusal decided while a shared rate state (Redis) could not
+    /// be reached: the policy that decided (`local` or `fail_closed`).
+    pub rate_fallback: Option<&'static str>,
     /// The HTTP status sent.
     pub status: u16,
     /// The gRPC status, when one was sent (headers or trailers).
@@ -99,6 +104,7 @@ impl AuditEvent {
             subject: None,
             decision: Decision::Allow,
             reason: None,
+            rate_fallback: None,
             status: 0,
             grpc_status: None,
             latency: Duration::ZERO,
@@ -217,6 +223,7 @@ fn fill_client(capture: &Capture, event: &mut AuditEvent) {
 /// What came of it: the decision and its reason, statuses, timing.
 fn fill_outcome(capture: &Capture, event: &mut AuditEvent) {
     copy_into(&mut event.reason, capture.reason);
+    event.rate_fallback = capture.rate_fallback.map(RateFallback::as_str);
     event.timestamp = capture.timestamp;
     event.decision = if capture.reason.is_some() {
         Decision::Deny

@@ -3,15 +3,21 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
-use tokengate::{Audience, Echo, RateQuota, Scope};
+use tokengate::{Audience, Database, Echo, RateQuota, Scope};
 
 /// Manage tokengate API tokens.
 #[derive(Debug, Parser)]
 #[command(name = "tokengate", version, about)]
 pub(crate) struct Cli {
-    /// The token database (its pepper file sits beside it, or comes from TOKENGATE_PEPPER).
+    /// The token database: a SQLite file (its pepper file sits beside it),
+    /// or a `postgres://` URL (the pepper from --pepper-file or
+    /// TOKENGATE_PEPPER, never stored in the database).
     #[arg(long, global = true, default_value = "./tokengate.db")]
-    pub(crate) db: PathBuf,
+    pub(crate) db: Database,
+    /// The pepper file of a PostgreSQL database (hex; created, private, on
+    /// a first start). TOKENGATE_PEPPER wins over it.
+    #[arg(long, global = true)]
+    pub(crate) pepper_file: Option<PathBuf>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }

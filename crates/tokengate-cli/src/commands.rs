@@ -5,9 +5,9 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 use tokengate::{
-    AuditKey, Clock, Expiry, InvalidReason, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError,
-    PEPPER_ENV, SqliteStore, SystemClock, TokenFormat, TokenHasher, TokenId, TokenRecord,
-    TokenSpec, TokenStatus, TokenStore, audit_chain, pepper_path,
+    AnyStore, AuditKey, Clock, Database, Expiry, InvalidReason, IssuancePolicy, IssuedToken,
+    Lifecycle, LifecycleError, PEPPER_ENV, SystemClock, TokenFormat, TokenHasher, TokenId,
+    TokenRecord, TokenSpec, TokenStatus, TokenStore, audit_chain, pepper_path,
 };
 
 use crate::args::{AuditCommand, Cli, Command, Issue};
@@ -93,23 +93,28 @@ fn print_issued(issued: &IssuedToken, as_json: bool) {
     }
 }
 
-/// Opens the existing database and its pepper (never creating either).
-fn open(cli: &Cli) -> Result<Lifecycle<SqliteStore>> {
-    let store = SqliteStore::open(&cli.db).map_err(|e| e.to_string())?;
-    let hasher = TokenHasher::new(store.pepper().map_err(|e| e.to_string())?);
-    Ok(Lifecycle::new(store, hasher))
+/// Opens the existing database and its pepper (never creating a SQLite file).
+async fn open(cli: &Cli) -> Result<Lifecycle<AnyStore>> {
+    connect(cli, false).await
 }
 
-/// Opens the database, creating it and its pepper if there is none.
-fn open_or_create(cli: &Cli) -> Result<Lifecycle<SqliteStore>> {
-    let store = SqliteStore::create(&cli.db).map_err(|e| e.to_string())?;
-    let hasher = TokenHasher::new(store.pepper().map_err(|e| e.to_string())?);
-    Ok(Lifecycle::new(store, hasher))
+/// Opens the database, creating a SQLite file and its pepper if there is none.
+async fn open_or_create(cli: &Cli) -> Result<Lifecycle<AnyStore>> {
+    connect(cli, true).await
+}
+
+async fn connect(cli: &Cli, create: bool) -> Result<Lifecycle<AnyStore>> {
+    let (store, pepper) = cli
+        .db
+        .open(create, cli.pepper_file.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Lifecycle::new(store, TokenHasher::new(pepper)))
 }
 
 /// The token id in `text`. A token given instead is never echoed: the
 /// error says so, with the token's id when the store knows it.
-async fn parse_id(lifecycle: &Lifecycle<SqliteStore>, text: &str) -> Result<TokenId> {
+async fn parse_id(lifecycle: &Lifecycle<AnyStore>, text: &str) -> Result<TokenId> {
     let error = match text.trim().parse::<TokenId>() {
         Ok(id) => return Ok(id),
         Err(error) => error,
@@ -182,24 +187,36 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             command: AuditCommand::Verify { file, key_file },
         } => verify_audit(file, key_file.as_deref()),
         Command::Init => {
-            if cli.db.exists() {
-                return Err(format!("{} already exists", cli.db.display()));
-            }
-            let lifecycle = open_or_create(&cli)?;
-            println!(
-                "created {} (pepper: {})",
-                lifecycle.store().path().display(),
-                if std::env::var_os(PEPPER_ENV).is_some() {
-                    PEPPER_ENV.to_owned()
-                } else {
-                    pepper_path(&cli.db).display().to_string()
+            let pepper = if std::env::var_os(PEPPER_ENV).is_some() {
+                PEPPER_ENV.to_owned()
+            } else {
+                match (&cli.db, &cli.pepper_file) {
+                    (_, Some(file)) => file.display().to_string(),
+                    (Database::Sqlite(path), None) => pepper_path(path).display().to_string(),
+                    _ => String::new(),
                 }
-            );
+            };
+            if let Database::Sqlite(path) = &cli.db
+                && path.exists()
+            {
+                return Err(format!("{} already exists", path.display()));
+            }
+            let lifecycle = open_or_create(&cli).await?;
+            if !lifecycle
+                .list()
+                .await
+                .map_err(|e| e.to_string())?
+                .is_empty()
+            {
+                return Err(format!("{} already holds tokens", cli.db));
+            }
+            println!("created {} (pepper: {pepper})", cli.db);
             Ok(ExitCode::SUCCESS)
         }
         Command::Issue(issue) => issue_token(&cli, issue).await,
         Command::Scopes => {
-            let catalogue = open(&cli)?
+            let catalogue = open(&cli)
+                .await?
                 .scope_catalogue()
                 .await
                 .map_err(|e| e.to_string())?;
@@ -214,12 +231,12 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::List { json } => {
-            let records = open(&cli)?.list().await.map_err(|e| e.to_string())?;
+            let records = open(&cli).await?.list().await.map_err(|e| e.to_string())?;
             print_list(&records, *json);
             Ok(ExitCode::SUCCESS)
         }
         Command::Show { id, json } => {
-            let lifecycle = open(&cli)?;
+            let lifecycle = open(&cli).await?;
             let id = parse_id(&lifecycle, id).await?;
             let record = lifecycle
                 .get(&id)
@@ -234,7 +251,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Revoke { id } => {
-            let lifecycle = open(&cli)?;
+            let lifecycle = open(&cli).await?;
             let id = parse_id(&lifecycle, id).await?;
             let record = lifecycle.revoke(&id).await.map_err(|e| e.to_string())?;
             println!(
@@ -251,7 +268,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             expires,
             json,
         } => {
-            let lifecycle = open(&cli)?;
+            let lifecycle = open(&cli).await?;
             let id = parse_id(&lifecycle, id).await?;
             let expiry = match (ttl, expires) {
                 (Some(ttl), _) => Some(Expiry::After(*ttl)),
@@ -271,7 +288,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Inspect { token } => inspect(&open(&cli)?, token).await,
+        Command::Inspect { token } => inspect(&open(&cli).await?, token).await,
     }
 }
 
@@ -341,7 +358,7 @@ fn issue_error(error: &LifecycleError) -> String {
 
 async fn issue_token(cli: &Cli, issue: &Issue) -> Result<ExitCode> {
     let (spec, mut policy) = issue_spec(issue)?;
-    let lifecycle = open_or_create(cli)?;
+    let lifecycle = open_or_create(cli).await?;
     let catalogue = lifecycle
         .scope_catalogue()
         .await
@@ -363,7 +380,7 @@ async fn issue_token(cli: &Cli, issue: &Issue) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn inspect(lifecycle: &Lifecycle<SqliteStore>, token: &str) -> Result<ExitCode> {
+async fn inspect(lifecycle: &Lifecycle<AnyStore>, token: &str) -> Result<ExitCode> {
     let parsed = match TokenFormat::parse_any_prefix(token.trim()) {
         Ok(parsed) => parsed,
         Err(error) => {

@@ -86,7 +86,7 @@ pub use check::{
 };
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use denial::{
-    Denial, InvalidReason, IpReason, MalformedReason, ProblemJson, RateLimitPolicy,
+    Denial, InvalidReason, IpReason, MalformedReason, ProblemJson, RateFallback, RateLimitPolicy,
     RateLimitPolicyError, RateLimited, Realm, RealmError, RenderDenial, Renderer, is_grpc,
 };
 pub use echo::{Echo, may_hold_secret};

@@ -128,29 +128,34 @@ impl<St> Config<St> {
     /// the denial for a refused one (`extensions` are the request's: a
     /// token's own quota is stated once per token, see
     /// kept with the token's grant).
-    /// A failing state backend refuses (503).
+    /// A failing state backend refuses (503, `rate_state_unavailable`).
     fn finish(
         &self,
         result: Result<Outcome, RateStateError>,
         quotas: &Quotas,
         extensions: &Extensions,
     ) -> Result<RateHeaders, Denial> {
-        match result.map_err(|_| Denial::StoreUnavailable)? {
+        match result.map_err(|_| Denial::RateStateUnavailable)? {
             Outcome::Refused {
                 charge,
                 retry_after,
+                fallback,
             } => {
                 let (index, quota) = quotas
                     .get(charge)
                     .copied()
-                    .ok_or(Denial::StoreUnavailable)?;
-                let limiter = self.limiters.get(index).ok_or(Denial::StoreUnavailable)?;
+                    .ok_or(Denial::RateStateUnavailable)?;
+                let limiter = self
+                    .limiters
+                    .get(index)
+                    .ok_or(Denial::RateStateUnavailable)?;
                 let (policy, _) = limiter
                     .policy(quota, extensions)
-                    .ok_or(Denial::StoreUnavailable)?;
+                    .ok_or(Denial::RateStateUnavailable)?;
                 Err(Denial::RateLimited(RateLimited {
                     retry_after,
                     policy,
+                    fallback,
                 }))
             }
             Outcome::Admitted { tightest } => Ok(RateHeaders(

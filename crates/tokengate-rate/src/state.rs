@@ -11,7 +11,7 @@ use foldhash::quality::RandomState;
 use hashbrown::HashTable;
 use std::time::Duration;
 
-use tokengate_core::TokenId;
+use tokengate_core::{RateFallback, TokenId};
 
 use crate::gcra::{Gcra, GcraAnswer};
 
@@ -56,6 +56,9 @@ pub enum Outcome {
         charge: usize,
         /// When the request would pass.
         retry_after: Duration,
+        /// Set when a shared state could not be reached and its fallback
+        /// decided (the audit record states it).
+        fallback: Option<RateFallback>,
     },
 }
 
@@ -432,6 +435,7 @@ impl MemoryRateState {
                 Err(retry_after) => Outcome::Refused {
                     charge: 0,
                     retry_after,
+                    fallback: None,
                 },
             };
         }
@@ -452,6 +456,7 @@ impl MemoryRateState {
             return Outcome::Refused {
                 charge,
                 retry_after,
+                fallback: None,
             };
         }
         // Then charge each; if a racing request spent a budget in between,
@@ -471,6 +476,7 @@ impl MemoryRateState {
                     return Outcome::Refused {
                         charge: i,
                         retry_after,
+                        fallback: None,
                     };
                 }
             }

@@ -16,7 +16,17 @@
 //! - **Bounded waits.** Every call has a timeout (25 ms by default). When
 //!   Redis is slow or down, [`Unavailable`] decides: `Local` (the default:
 //!   in-memory state, limits per instance), `FailClosed` (503, gRPC 14)
-//!   or `FailOpen`; [`RedisRateState::fallbacks`] counts them.
+//!   or `FailOpen`; [`RedisRateState::fallbacks`] counts them. Every
+//!   refusal a fallback decided says so in its audit record:
+//!   `"tokengate.rate_fallback":"local"` on a 429 of the local limits,
+//!   `"fail_closed"` on the 503 (reason `rate_state_unavailable`).
+//!
+//! # What it costs
+//!
+//! One round trip a request: 1.18–1.21× a Redis `PING` on the same kind of
+//! connection (`cargo bench --bench redis`), against about 0.18 µs for the
+//! in-memory state. While Redis is down, each request waits at most the
+//! timeout before its fallback answers.
 //!
 //! It plugs into the standalone layer (`RateLimitLayer::state`) and the
 //! facade's `Gate` (`Gate::rate_state`).

@@ -89,6 +89,7 @@ pub(crate) fn outcome(answer: &[i64]) -> Option<Outcome> {
     let index = |v: i64| usize::try_from(v).ok();
     match *answer {
         [0, charge, retry] => Some(Outcome::Refused {
+            fallback: None,
             charge: index(charge)?,
             retry_after: micros(retry),
         }),

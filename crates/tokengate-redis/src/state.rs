@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use tokengate_core::RateFallback;
 use tokengate_rate::{Charge, MemoryRateState, Outcome, RateState, RateStateError};
 use tokio::sync::OnceCell;
 
@@ -226,7 +227,18 @@ impl Shared {
             tracing::warn!(%error, policy = ?self.unavailable, fallbacks = count + 1, "redis rate state unavailable");
         }
         match self.unavailable {
-            Unavailable::Local => Ok(self.local.decide(charges, now)),
+            Unavailable::Local => Ok(match self.local.decide(charges, now) {
+                Outcome::Refused {
+                    charge,
+                    retry_after,
+                    ..
+                } => Outcome::Refused {
+                    charge,
+                    retry_after,
+                    fallback: Some(RateFallback::Local),
+                },
+                admitted => admitted,
+            }),
             Unavailable::FailClosed => Err(error.clone()),
             Unavailable::FailOpen => Ok(Outcome::Admitted { tightest: None }),
         }

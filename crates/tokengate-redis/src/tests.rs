@@ -120,6 +120,7 @@ async fn a_burst_is_admitted_whole_then_refused_with_the_wait() {
     let Outcome::Refused {
         charge: 0,
         retry_after,
+        fallback: None,
     } = answers[3]
     else {
         panic!("{answers:?}");

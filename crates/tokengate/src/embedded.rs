@@ -10,27 +10,30 @@ use tokengate_authenticate::{AuthenticateLayer, UsageTracker};
 use tokengate_cache::{CacheConfig, CachedStore};
 use tokengate_core::{Audience, IssuedToken, Lifecycle, TokenHasher, TokenSpec};
 use tokengate_scope::ScopePolicy;
-use tokengate_sqlite::SqliteStore;
 use tokio::task::JoinHandle;
+
+use crate::{AnyStore, Database};
 
 /// A boxed error for setup failures (each names what failed).
 pub type SetupError = Box<dyn Error + Send + Sync>;
 
-/// What a single-machine deployment runs on: the SQLite token store and
-/// its pepper, a verifying cache that follows the store's change feed
-/// (revocations by the CLI reach it within 250 ms), the lifecycle over the
+/// What a server runs on: the token store ([`Database`]: the embedded
+/// SQLite file, or PostgreSQL shared by every instance) and its pepper, a
+/// verifying cache that follows the store's change feed (revocations by
+/// the CLI or another instance reach it within 250 ms on SQLite, as they
+/// commit on PostgreSQL), the lifecycle over the
 /// cache, a write-behind `last_used_at` tracker, and a JSON-lines audit
 /// file chained under an audit key (`TOKENGATE_AUDIT_KEY`, or the 0600
 /// file `<audit_log>.key` beside it, created on first use). [`Embedded::shutdown`] stops the background tasks and flushes.
 pub struct Embedded {
     /// The token store.
-    pub store: SqliteStore,
+    pub store: AnyStore,
     /// The verifying cache in front of it.
-    pub cache: CachedStore<SqliteStore>,
+    pub cache: CachedStore<AnyStore>,
     /// The hasher under the database's pepper.
     pub hasher: TokenHasher,
     /// Issue, rotate and revoke through the cache.
-    pub lifecycle: Lifecycle<CachedStore<SqliteStore>>,
+    pub lifecycle: Lifecycle<CachedStore<AnyStore>>,
     /// `last_used_at`, written behind every 5 s.
     pub usage: UsageTracker,
     /// The audit file.
@@ -48,14 +51,20 @@ impl fmt::Debug for Embedded {
 }
 
 impl Embedded {
-    /// Opens the database at `db`, creating it with a new pepper on a first
-    /// start (an existing database must come with its own pepper: see
-    /// [`SqliteStore::pepper`]), opens the audit file at `audit_log`, and
-    /// starts the change-feed follower and the usage flusher on the current
-    /// tokio runtime.
-    pub fn open(db: &Path, audit_log: &Path) -> Result<Self, SetupError> {
-        let store = SqliteStore::create(db)?;
-        let hasher = TokenHasher::new(store.pepper()?);
+    /// Opens the database `db`, creating a SQLite file with a new pepper
+    /// on a first start (an existing database must come with its own
+    /// pepper: see [`SqliteStore::pepper`](crate::SqliteStore::pepper); for
+    /// PostgreSQL the pepper comes from `TOKENGATE_PEPPER` or
+    /// `pepper_file`), opens the audit file at `audit_log`, and starts the
+    /// change-feed follower and the usage flusher on the current tokio
+    /// runtime.
+    pub async fn open(
+        db: &Database,
+        pepper_file: Option<&Path>,
+        audit_log: &Path,
+    ) -> Result<Self, SetupError> {
+        let (store, pepper) = db.open(true, pepper_file).await?;
+        let hasher = TokenHasher::new(pepper);
         let cache = CachedStore::new(store.clone(), CacheConfig::default());
         let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
         let usage = UsageTracker::new(100_000);
@@ -64,7 +73,7 @@ impl Embedded {
             .open(audit_log)
             .map_err(|e| format!("cannot open audit log: {e}"))?;
         let tasks = vec![
-            store.follow(cache.clone(), Duration::from_millis(250)),
+            store.follow(cache.clone()),
             usage.spawn_flusher(store.clone(), Duration::from_secs(5)),
         ];
         Ok(Self {
@@ -79,7 +88,7 @@ impl Embedded {
     }
 
     /// An authenticate layer for `audience` over this store, recording usage.
-    pub fn authenticate(&self, audience: Audience) -> AuthenticateLayer<SqliteStore> {
+    pub fn authenticate(&self, audience: Audience) -> AuthenticateLayer<AnyStore> {
         AuthenticateLayer::new(self.cache.clone(), self.hasher.clone(), audience)
             .usage(self.usage.clone())
     }

@@ -140,7 +140,17 @@ pub use tokengate_audit::{
 pub use tokengate_redis::{RedisRateState, RedisStateError, Unavailable};
 
 #[cfg(feature = "sqlite")]
-pub use tokengate_sqlite::{OpenError, PEPPER_ENV, PepperSourceError, SqliteStore, pepper_path};
+pub use tokengate_sqlite::{OpenError, SqliteStore, pepper_path};
+
+#[cfg(feature = "postgres")]
+pub use tokengate_postgres::{
+    ConnectError, FEED_APPLICATION, Feed, FeedStatus, PostgresStore, PostgresStoreBuilder,
+};
+
+#[cfg(feature = "sqlite")]
+mod database;
+#[cfg(feature = "sqlite")]
+pub use database::{AnyStore, Database, DatabaseError};
 
 #[cfg(all(feature = "sqlite", feature = "gate"))]
 mod embedded;

@@ -27,18 +27,23 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tokengate::axum::Authenticated;
 use tokengate::{
-    AuditLayer, Embedded, EnforceScopeLayer, Expiry, Gate, IpFilterLayer, IpRules, IssuedToken,
-    RateQuota, RateState, RedisRateState, Requirement, ResolveClientIpLayer, ScopePolicy,
-    SqliteStore, TokenSpec,
+    AnyStore, AuditLayer, Database, Embedded, EnforceScopeLayer, Expiry, Gate, IpFilterLayer,
+    IpRules, IssuedToken, RateQuota, RateState, RedisRateState, Requirement, ResolveClientIpLayer,
+    ScopePolicy, TokenSpec,
 };
 
 /// A notes API protected by tokengate.
 #[derive(Debug, Parser)]
 #[command(name = "axum-notes", version, about)]
 struct Args {
-    /// The token database (shared with the `tokengate` CLI).
+    /// The token database, shared with the `tokengate` CLI: a SQLite file,
+    /// or a `postgres://` URL shared by every instance.
     #[arg(long, default_value = "./tokengate.db")]
-    db: PathBuf,
+    db: Database,
+    /// The pepper file, for PostgreSQL (else TOKENGATE_PEPPER); created,
+    /// private, on a first start. A SQLite database keeps its own beside it.
+    #[arg(long)]
+    pepper_file: Option<PathBuf>,
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
@@ -193,10 +198,16 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
 
-    let embedded = Embedded::open(&args.db, &args.audit_log)?;
+    let embedded = Embedded::open(&args.db, args.pepper_file.as_deref(), &args.audit_log).await?;
     // `tokengate issue` then refuses a scope this server would never accept.
     embedded.register_scopes(&policy).await?;
-    if let Some(demo) = embedded.issue_if_empty(demo).await? {
+    // A demo token on a first start of the embedded store only: a shared
+    // database is set up with the CLI, and no instance prints a token.
+    let first_start = match args.db {
+        Database::Sqlite(_) => embedded.issue_if_empty(demo).await?,
+        _ => None,
+    };
+    if let Some(demo) = first_start {
         print_demo(&demo, &args, addr);
     }
     // Public routes are declared once, in the policy, and the Gate finds
@@ -242,7 +253,7 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
 /// `routes` behind `gate`, as the flags say.
 fn guard<R: RateState + Clone>(
     routes: Router,
-    gate: Gate<SqliteStore, ScopePolicy, tokengate::TracingSink, R>,
+    gate: Gate<AnyStore, ScopePolicy, tokengate::TracingSink, R>,
     args: &Args,
     embedded: &Embedded,
 ) -> Router {
@@ -272,7 +283,7 @@ fn demo_spec(audience: &tokengate::Audience) -> Result<TokenSpec, tokengate::Set
 
 fn print_demo(issued: &IssuedToken, args: &Args, addr: SocketAddr) {
     let base = format!("http://{addr}");
-    let db = args.db.display();
+    let db = &args.db;
     println!(
         "\nThe token store was empty, so here is a demo token (notes:read notes:write, \
          audience {}, valid 24 h). It is shown once:\n\n  export TOKEN={}\n\n\

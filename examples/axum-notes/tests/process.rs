@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokengate_postgres::testing::TestDatabase;
 use tokengate_tests::process::{
     assert_no_fragment, cli, cli_issue, start_example, start_example_with, temp_dir,
 };
@@ -185,12 +186,13 @@ async fn a_second_server_on_the_port_or_a_bad_flag_fails_before_writing_anything
 }
 
 /// A token for `notes:read` limited to 10 a minute with `burst`, issued by
-/// the CLI.
-fn issue_limited(bin: &str, db: &std::path::Path, name: &str, burst: u32) -> String {
+/// the CLI on `db` (`global` holds `--pepper-file FILE` for PostgreSQL).
+fn issue_limited(bin: &str, db: &str, global: &[&str], name: &str, burst: u32) -> String {
     let burst = burst.to_string();
     let quota = ["--rate", "10/min", "--burst", &burst];
     let scope = ["--scope", "notes:read", "--audience", "notes"];
     let args = [
+        global,
         &["issue", "--name", name, "--subject", "team-a"][..],
         &scope,
         &quota,
@@ -199,34 +201,124 @@ fn issue_limited(bin: &str, db: &std::path::Path, name: &str, burst: u32) -> Str
     cli(bin, db, &args).trim().to_owned()
 }
 
+/// Three axum-notes processes on one PostgreSQL database (its own, dropped
+/// at the end) and one Redis, with a pepper file in `dir`.
+struct Deployment {
+    servers: Vec<tokengate_tests::process::Started>,
+    bases: Vec<String>,
+    db: TestDatabase,
+    pepper: String,
+    dir: std::path::PathBuf,
+    prefix: String,
+    redis: String,
+}
+
+impl Deployment {
+    async fn start(name: &str) -> Option<Self> {
+        let redis = tokengate_tests::redis_url()?;
+        let db = TestDatabase::create().await?;
+        let bin = env!("CARGO_BIN_EXE_axum-notes");
+        let dir = temp_dir(name);
+        let pepper = dir.join("pepper").display().to_string();
+        let prefix = format!("tg-{name}-{}", std::process::id());
+        // Created by the CLI, as an operator would: the servers then share it.
+        cli(bin, db.url(), &["--pepper-file", &pepper, "init"]);
+        let servers: Vec<_> = (0..3)
+            .map(|i| {
+                let audit = format!("audit-{i}.jsonl");
+                let flags = [
+                    "--db",
+                    db.url(),
+                    "--pepper-file",
+                    &pepper,
+                    "--redis",
+                    &redis,
+                    "--redis-prefix",
+                    &prefix,
+                    "--audit-log",
+                    &audit,
+                    // Every request of these tests comes from one address.
+                    "--pre-auth-rate",
+                    "100000",
+                ];
+                start_example_with(bin, &dir, "axum-notes listening on ", &flags)
+            })
+            .collect();
+        let bases = servers.iter().map(|s| s.addr.clone()).collect();
+        Some(Self {
+            servers,
+            bases,
+            db,
+            pepper,
+            dir,
+            prefix,
+            redis,
+        })
+    }
+
+    /// The Redis keys under this deployment's prefix, and the connection.
+    async fn redis_keys(&self) -> (Vec<String>, redis::aio::MultiplexedConnection) {
+        let client = redis::Client::open(self.redis.as_str()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let keys = redis::cmd("KEYS")
+            .arg(format!("{{{}}}:*", self.prefix))
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        (keys, connection)
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let args = [&["--pepper-file", self.pepper.as_str()][..], args].concat();
+        cli(env!("CARGO_BIN_EXE_axum-notes"), self.db.url(), &args)
+            .trim()
+            .to_owned()
+    }
+
+    fn issue(&self, name: &str, burst: u32) -> String {
+        let global = ["--pepper-file", self.pepper.as_str()];
+        issue_limited(
+            env!("CARGO_BIN_EXE_axum-notes"),
+            self.db.url(),
+            &global,
+            name,
+            burst,
+        )
+    }
+
+    async fn postgres(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(self.db.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    /// Stops the servers and removes the Redis keys, the folder and (on
+    /// drop) the database.
+    async fn stop(mut self) {
+        self.servers.clear();
+        let (keys, mut connection) = self.redis_keys().await;
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_servers_sharing_redis_give_a_token_its_quota_once() {
-    let Some(url) = tokengate_tests::redis_url() else {
+async fn three_servers_on_postgres_and_redis_give_a_token_its_quota_once() {
+    let Some(deployment) = Deployment::start("axum-notes-shared-rate").await else {
         return;
     };
-    let bin = env!("CARGO_BIN_EXE_axum-notes");
-    let dir = temp_dir("axum-notes-shared-rate");
-    let prefix = format!("tg-notes-{}", std::process::id());
-    let servers: Vec<_> = (0..3)
-        .map(|i| {
-            let audit = format!("audit-{i}.jsonl");
-            let flags = [
-                "--redis",
-                &url,
-                "--redis-prefix",
-                &prefix,
-                "--audit-log",
-                &audit,
-            ];
-            start_example_with(bin, &dir, "axum-notes listening on ", &flags)
-        })
-        .collect();
-    let bases: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
-    let db = dir.join("tokengate.db");
-    let issue = |name: &str| issue_limited(bin, &db, name, 10);
+    let bases = &deployment.bases;
 
     // 30 requests, round robin over the three: exactly the burst passes.
-    let token = issue("round-robin");
+    let token = deployment.issue("round-robin", 10);
     let mut admitted = 0;
     for i in 0..30 {
         let status = send(&bases[i % 3], "GET", "/notes", Some(&token), "").await;
@@ -239,7 +331,7 @@ async fn three_servers_sharing_redis_give_a_token_its_quota_once() {
     assert_eq!(admitted, 10, "one quota across three servers");
 
     // 64 at once across the three: exactly the burst again.
-    let token = issue("concurrent");
+    let token = deployment.issue("concurrent", 10);
     let requests = (0..64).map(|i| {
         let (base, token) = (bases[i % 3].clone(), token.clone());
         tokio::spawn(async move { send(&base, "GET", "/notes", Some(&token), "").await })
@@ -252,21 +344,195 @@ async fn three_servers_sharing_redis_give_a_token_its_quota_once() {
     }
     assert_eq!(admitted, 10, "64 concurrent requests, one burst");
 
-    drop(servers);
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{{{prefix}}}:*"))
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    // The tokens are in PostgreSQL, the buckets in Redis.
+    let listed = deployment.cli(&["list", "--json"]);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    let (keys, _) = deployment.redis_keys().await;
     assert!(!keys.is_empty(), "the servers kept their buckets in Redis");
-    let _: () = redis::cmd("DEL")
-        .arg(keys)
-        .query_async(&mut connection)
+    deployment.stop().await;
+}
+
+/// Sends to `base` until the token is refused; when that was.
+async fn first_refusal(base: String, token: String) -> Instant {
+    let give_up = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = send(&base, "GET", "/notes", Some(&token), "").await;
+        if status == StatusCode::UNAUTHORIZED {
+            return Instant::now();
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            Instant::now() < give_up,
+            "the revocation never reached {base}"
+        );
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(
+    clippy::print_stdout,
+    reason = "the test prints the latency distribution"
+)]
+async fn a_revocation_by_the_cli_reaches_three_servers_within_100_ms_at_p99() {
+    let Some(deployment) = Deployment::start("axum-notes-revocation").await else {
+        return;
+    };
+    let cli_bin = tokengate_tests::process::tokengate_cli(env!("CARGO_BIN_EXE_axum-notes"));
+    let mut latencies = Vec::new();
+    for trial in 0..20 {
+        let token = deployment.issue(&format!("trial-{trial}"), 1000);
+        // Cached on every server first: the revocation must reach the caches.
+        for base in &deployment.bases {
+            assert_eq!(
+                send(base, "GET", "/notes", Some(&token), "").await,
+                StatusCode::OK
+            );
+        }
+        let id = deployment.cli(&["inspect", &token]);
+        let id = id
+            .lines()
+            .find_map(|l| l.strip_prefix("id:"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let pollers: Vec<_> = deployment
+            .bases
+            .iter()
+            .map(|base| tokio::spawn(first_refusal(base.clone(), token.clone())))
+            .collect();
+        let revoked = tokio::task::spawn_blocking({
+            let (cli_bin, url, pepper) = (
+                cli_bin.clone(),
+                deployment.db.url().to_owned(),
+                deployment.pepper.clone(),
+            );
+            move || {
+                let out = std::process::Command::new(cli_bin)
+                    .args(["--db", &url, "--pepper-file", &pepper, "revoke", &id])
+                    .env_remove("TOKENGATE_PEPPER")
+                    .output()
+                    .unwrap();
+                let exited = Instant::now();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                exited
+            }
+        })
         .await
         .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+        for poller in pollers {
+            let refused = poller.await.unwrap();
+            latencies.push(refused.saturating_duration_since(revoked));
+        }
+    }
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "revocation -> refusal on each of 3 servers (from the CLI's exit; 0 = refused before it had exited), {} samples: min {:.2} ms, p50 {:.2} ms, \
+         p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        latencies.len(),
+        ms(latencies[0]),
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 90.0)),
+        ms(percentile(&latencies, 99.0)),
+        ms(latencies[latencies.len() - 1]),
+    );
+    assert_eq!(latencies.len(), 60);
+    assert!(
+        percentile(&latencies, 99.0) <= Duration::from_millis(100),
+        "p99 {:?}",
+        percentile(&latencies, 99.0)
+    );
+    deployment.stop().await;
+}
+
+/// How many feed connections the test database has.
+async fn feeds(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1",
+            &[&tokengate::FEED_APPLICATION],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_database_connections_reconnect_and_a_revocation_meanwhile_takes_effect() {
+    let Some(deployment) = Deployment::start("axum-notes-pg-killed").await else {
+        return;
+    };
+    let keep = deployment.issue("keep", 1000);
+    let revoke = deployment.issue("revoke", 1000);
+    for base in &deployment.bases {
+        assert_eq!(
+            send(base, "GET", "/notes", Some(&keep), "").await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            send(base, "GET", "/notes", Some(&revoke), "").await,
+            StatusCode::OK
+        );
+    }
+    let postgres = deployment.postgres().await;
+    assert_eq!(feeds(&postgres).await, 3, "one feed connection per server");
+
+    // Every server connection (pools and feeds) killed, then a revocation
+    // behind the servers' backs before the feeds can listen again.
+    postgres
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND application_name IN ('tokengate', 'tokengate-feed')",
+        )
+        .await
+        .unwrap();
+    let id = deployment.cli(&["inspect", &revoke]);
+    let id = id
+        .lines()
+        .find_map(|l| l.strip_prefix("id:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    postgres
+        .execute(
+            "UPDATE tokengate_tokens SET revoked_at = now() WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+
+    // The feeds come back, flush, and the revocation holds everywhere; the
+    // other token keeps working throughout.
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while feeds(&postgres).await < 3 {
+        assert!(Instant::now() < give_up, "the feeds never reconnected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for base in &deployment.bases {
+        let refused = first_refusal(base.clone(), revoke.clone()).await;
+        assert!(refused < give_up);
+        assert_eq!(
+            send(base, "GET", "/notes", Some(&keep), "").await,
+            StatusCode::OK
+        );
+    }
+    deployment.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +543,7 @@ async fn a_server_whose_redis_is_down_serves_with_local_limits() {
     let flags = ["--redis", "redis://127.0.0.1:1"];
     let server = start_example_with(bin, &dir, "axum-notes listening on ", &flags);
     let db = dir.join("tokengate.db");
-    let token = issue_limited(bin, &db, "limited", 3);
+    let token = issue_limited(bin, db.to_str().unwrap(), &[], "limited", 3);
     let mut statuses = Vec::new();
     for _ in 0..5 {
         statuses.push(

@@ -20,8 +20,8 @@ use std::time::Duration;
 use clap::Parser;
 use tokengate::tonic::PrincipalExt;
 use tokengate::{
-    AuditLayer, Embedded, EnforceScopeLayer, Expiry, Gate, IpFilterLayer, IpRules, IssuedToken,
-    RedisRateState, Requirement, ResolveClientIpLayer, ScopePolicy, TokenSpec,
+    AuditLayer, Database, Embedded, EnforceScopeLayer, Expiry, Gate, IpFilterLayer, IpRules,
+    IssuedToken, RedisRateState, Requirement, ResolveClientIpLayer, ScopePolicy, TokenSpec,
 };
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -44,9 +44,14 @@ use pb::{CreateNoteRequest, ListNotesRequest, ListNotesResponse, Note};
 #[derive(Debug, Parser)]
 #[command(name = "tonic-notes", version, about)]
 struct Args {
-    /// The token database (shared with the `tokengate` CLI).
+    /// The token database, shared with the `tokengate` CLI: a SQLite file,
+    /// or a `postgres://` URL shared by every instance.
     #[arg(long, default_value = "./tokengate.db")]
-    db: PathBuf,
+    db: Database,
+    /// The pepper file, for PostgreSQL (else TOKENGATE_PEPPER); created,
+    /// private, on a first start. A SQLite database keeps its own beside it.
+    #[arg(long)]
+    pepper_file: Option<PathBuf>,
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
@@ -162,10 +167,16 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
 
-    let embedded = Embedded::open(&args.db, &args.audit_log)?;
+    let embedded = Embedded::open(&args.db, args.pepper_file.as_deref(), &args.audit_log).await?;
     // `tokengate issue` then refuses a scope this server would never accept.
     embedded.register_scopes(&policy).await?;
-    if let Some(demo) = embedded.issue_if_empty(demo).await? {
+    // A demo token on a first start of the embedded store only: a shared
+    // database is set up with the CLI, and no instance prints a token.
+    let first_start = match args.db {
+        Database::Sqlite(_) => embedded.issue_if_empty(demo).await?,
+        _ => None,
+    };
+    if let Some(demo) = first_start {
         print_demo(&demo, &args, addr);
     }
     // Public methods are declared once, in the policy, and the Gate finds
@@ -228,7 +239,7 @@ fn print_demo(issued: &IssuedToken, args: &Args, addr: SocketAddr) {
          Revoke: cargo run -p tokengate-cli -- --db {} revoke {}\n",
         args.audience,
         issued.token.expose_secret(),
-        args.db.display(),
+        args.db,
         issued.record.id,
     );
 }

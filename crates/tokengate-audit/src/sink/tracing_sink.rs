@@ -57,6 +57,7 @@ impl AuditSink for TracingSink {
                     tokengate.token_id = e.token_id.as_deref(),
                     enduser.id = e.subject.as_deref().map(Shown).map(tracing::field::display),
                     tokengate.reason = e.reason.as_deref(),
+                    tokengate.rate_fallback = e.rate_fallback,
                     http.response.status_code = e.status,
                     rpc.grpc.status_code = e.grpc_status,
                     tokengate.latency_us = u64::try_from(e.latency.as_micros()).unwrap_or(u64::MAX),

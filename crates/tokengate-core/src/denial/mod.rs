@@ -16,6 +16,7 @@
 //! | [`Denial::IpForbidden`] | 403 | 7 `PERMISSION_DENIED` |
 //! | [`Denial::RateLimited`] | 429, `Retry-After`, `RateLimit-Policy`, `RateLimit` | 8 `RESOURCE_EXHAUSTED` |
 //! | [`Denial::StoreUnavailable`] | 503 | 14 `UNAVAILABLE` |
+//! | [`Denial::RateStateUnavailable`] (a shared rate state down, policy fail-closed) | 503 | 14 `UNAVAILABLE` |
 //! | [`Denial::AuditUnavailable`] (no room for the record in time) | 503 | 14 `UNAVAILABLE` |
 //! | [`Denial::NoPeerAddress`] (the server is not set up to tell it) | 500 | 13 `INTERNAL` |
 
@@ -26,7 +27,7 @@ use std::fmt;
 
 use http::StatusCode;
 
-pub use rate::{RateLimitPolicy, RateLimitPolicyError, RateLimited};
+pub use rate::{RateFallback, RateLimitPolicy, RateLimitPolicyError, RateLimited};
 pub use render::{ProblemJson, Realm, RealmError, RenderDenial, Renderer, is_grpc};
 
 use crate::scope::Scope;
@@ -55,6 +56,9 @@ pub enum Denial {
     RateLimited(RateLimited),
     /// The token store could not answer.
     StoreUnavailable,
+    /// A shared rate state could not answer in time and its policy is to
+    /// refuse ([`RateFallback::FailClosed`]).
+    RateStateUnavailable,
     /// The request carries no peer address where the configuration needs
     /// one: the server's set-up (no connection info handed to the layers),
     /// not the client's fault.
@@ -124,7 +128,9 @@ impl Denial {
                 StatusCode::FORBIDDEN
             }
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::StoreUnavailable | Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StoreUnavailable | Self::RateStateUnavailable | Self::AuditUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::NoPeerAddress => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -136,7 +142,7 @@ impl Denial {
             Self::MissingToken | Self::InvalidToken(_) => 16,
             Self::InsufficientScope { .. } | Self::Unmapped | Self::IpForbidden(_) => 7,
             Self::RateLimited(_) => 8,
-            Self::StoreUnavailable | Self::AuditUnavailable => 14,
+            Self::StoreUnavailable | Self::RateStateUnavailable | Self::AuditUnavailable => 14,
             Self::NoPeerAddress => 13,
         }
     }
@@ -175,6 +181,7 @@ impl Denial {
             Self::IpForbidden(IpReason::Unresolved) => "ip_unresolved",
             Self::RateLimited(_) => "rate_limited",
             Self::StoreUnavailable => "store_unavailable",
+            Self::RateStateUnavailable => "rate_state_unavailable",
             Self::NoPeerAddress => "no_peer_address",
             Self::AuditUnavailable => "audit_unavailable",
         }
@@ -207,7 +214,9 @@ impl Denial {
             Self::RateLimited(_) => "The rate limit is exceeded; retry later.",
             Self::StoreUnavailable => "The token service is temporarily unavailable.",
             Self::NoPeerAddress => "The server could not determine the client address.",
-            Self::AuditUnavailable => "The service is temporarily unavailable.",
+            Self::RateStateUnavailable | Self::AuditUnavailable => {
+                "The service is temporarily unavailable."
+            }
         }
     }
 
@@ -222,8 +231,22 @@ impl Denial {
             Self::Unmapped => "no-access-rule",
             Self::IpForbidden(_) => "ip-forbidden",
             Self::RateLimited(_) => "rate-limited",
-            Self::StoreUnavailable | Self::AuditUnavailable => "unavailable",
+            Self::StoreUnavailable | Self::RateStateUnavailable | Self::AuditUnavailable => {
+                "unavailable"
+            }
             Self::NoPeerAddress => "server-error",
+        }
+    }
+}
+
+impl Denial {
+    /// The policy that decided for an unreachable shared rate state, when
+    /// it decided this refusal.
+    pub fn rate_fallback(&self) -> Option<RateFallback> {
+        match self {
+            Self::RateLimited(limited) => limited.fallback,
+            Self::RateStateUnavailable => Some(RateFallback::FailClosed),
+            _ => None,
         }
     }
 }

@@ -93,6 +93,31 @@ pub struct RateLimited {
     pub retry_after: Duration,
     /// The policy that refused the request.
     pub policy: RateLimitPolicy,
+    /// Set when a shared rate state could not be reached and its fallback
+    /// decided instead: the audit record states it.
+    pub fallback: Option<RateFallback>,
+}
+
+/// What answered for a shared rate state (Redis) that could not be
+/// reached in time: the policy configured for that case, stated in the
+/// audit record of every refusal it decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RateFallback {
+    /// The instance's own in-memory limits.
+    Local,
+    /// Refuse (503, gRPC 14).
+    FailClosed,
+}
+
+impl RateFallback {
+    /// `local` or `fail_closed`, as the audit record writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::FailClosed => "fail_closed",
+        }
+    }
 }
 
 impl RateLimited {

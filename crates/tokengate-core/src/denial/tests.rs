@@ -16,6 +16,7 @@ fn rate_limited(retry_after: Duration) -> Denial {
     Denial::RateLimited(RateLimited {
         retry_after,
         policy: RateLimitPolicy::new("default", 10, Duration::from_secs(60)).unwrap(),
+        fallback: None,
     })
 }
 
@@ -56,6 +57,7 @@ fn every_row() -> Vec<(Denial, u16, u8, Option<&'static str>)> {
         (Denial::IpForbidden(IpReason::Denied), 403, 7, None),
         (rate_limited(Duration::from_millis(2500)), 429, 8, None),
         (Denial::StoreUnavailable, 503, 14, None),
+        (Denial::RateStateUnavailable, 503, 14, None),
         (Denial::NoPeerAddress, 500, 13, None),
         (Denial::AuditUnavailable, 503, 14, None),
     ]

@@ -1,0 +1,230 @@
+//! Either token store, chosen by a `--db` value: a SQLite path or a
+//! PostgreSQL URL.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use tokengate_cache::CachedStore;
+use tokengate_core::{
+    Pepper, ScopeSet, StoreError, TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore,
+};
+#[cfg(feature = "postgres")]
+use tokengate_postgres::PostgresStore;
+use tokengate_sqlite::SqliteStore;
+use tokio::task::JoinHandle;
+
+use crate::SetupError;
+
+/// Where tokens live, as `--db` gives it: a `postgres://` (or
+/// `postgresql://`) URL, or else the path of a SQLite file.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Database {
+    /// A SQLite file; its pepper file sits beside it.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database shared by every instance; the pepper comes
+    /// from `TOKENGATE_PEPPER` or a pepper file given apart.
+    #[cfg(feature = "postgres")]
+    Postgres(String),
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Shown without a password.
+impl fmt::Display for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(path) => path.display().fmt(f),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(url) => match (url.find("://"), url.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    let user = &url[scheme + 3..at];
+                    let user = user.split(':').next().unwrap_or_default();
+                    write!(f, "{}://{user}{}", &url[..scheme], &url[at..])
+                }
+                _ => f.write_str(url),
+            },
+        }
+    }
+}
+
+/// A `postgres://` value in a build without the `postgres` feature.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is a PostgreSQL URL, but this build has no PostgreSQL support (feature `postgres`)")]
+pub struct DatabaseError(String);
+
+impl FromStr for Database {
+    type Err = DatabaseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let lower = text.get(..13).unwrap_or(text).to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            #[cfg(feature = "postgres")]
+            return Ok(Self::Postgres(text.to_owned()));
+            #[cfg(not(feature = "postgres"))]
+            return Err(DatabaseError(
+                text.split('@').next_back().unwrap_or_default().to_owned(),
+            ));
+        }
+        Ok(Self::Sqlite(PathBuf::from(text)))
+    }
+}
+
+impl Database {
+    /// Opens the store and its pepper. `create` makes a missing SQLite file
+    /// (and its pepper file); without it a missing file is an error naming
+    /// it. `pepper_file` overrides where the pepper file is (for SQLite,
+    /// `<db>.pepper` by default; PostgreSQL has no default: without it the
+    /// pepper must be in `TOKENGATE_PEPPER`).
+    pub async fn open(
+        &self,
+        create: bool,
+        pepper_file: Option<&Path>,
+    ) -> Result<(AnyStore, Pepper), SetupError> {
+        match self {
+            Self::Sqlite(path) => {
+                let store = if create {
+                    SqliteStore::create(path)?
+                } else {
+                    SqliteStore::open(path)?
+                };
+                if pepper_file.is_some() {
+                    return Err(
+                        "--pepper-file is for PostgreSQL; a SQLite database's pepper file is \
+                         <db>.pepper (or TOKENGATE_PEPPER)"
+                            .into(),
+                    );
+                }
+                let pepper = store.pepper()?;
+                Ok((AnyStore::Sqlite(store), pepper))
+            }
+            #[cfg(feature = "postgres")]
+            Self::Postgres(url) => {
+                let store = PostgresStore::connect(url).await?;
+                let pepper = store.pepper(pepper_file).await?;
+                Ok((AnyStore::Postgres(store), pepper))
+            }
+        }
+    }
+}
+
+/// A token store of either kind, so that one server binary or CLI serves
+/// both deployments. Only a cache miss reaches it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum AnyStore {
+    /// The embedded SQLite file.
+    Sqlite(SqliteStore),
+    /// PostgreSQL.
+    #[cfg(feature = "postgres")]
+    Postgres(PostgresStore),
+}
+
+/// Calls `$call` on whichever store `$self` holds.
+macro_rules! each {
+    ($self:expr, $store:ident => $call:expr) => {
+        match $self {
+            AnyStore::Sqlite($store) => $call,
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres($store) => $call,
+        }
+    };
+}
+
+impl AnyStore {
+    /// Applies every revocation and rotation, by any process, to `cache`:
+    /// SQLite polls its change table every 250 ms; PostgreSQL listens and
+    /// applies each change as it commits (see `tokengate_postgres::Feed`).
+    pub fn follow<S: Send + Sync + 'static>(&self, cache: CachedStore<S>) -> JoinHandle<()> {
+        match self {
+            Self::Sqlite(store) => store.follow(cache, Duration::from_millis(250)),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store) => store.follow(cache).into_task(),
+        }
+    }
+}
+
+impl TokenStore for AnyStore {
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        each!(self, s => s.find_by_hash(hash).await)
+    }
+}
+
+impl TokenAdmin for AnyStore {
+    async fn insert(&self, record: TokenRecord) -> Result<(), StoreError> {
+        each!(self, s => s.insert(record).await)
+    }
+
+    async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        each!(self, s => s.get(id).await)
+    }
+
+    async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        each!(self, s => s.list().await)
+    }
+
+    async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {
+        each!(self, s => s.revoke(id, at).await)
+    }
+
+    async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {
+        each!(self, s => s.record_usage(used).await)
+    }
+
+    async fn rotate(
+        &self,
+        old: &TokenId,
+        old_expires_at: SystemTime,
+        replacement: TokenRecord,
+    ) -> Result<TokenRecord, StoreError> {
+        each!(self, s => s.rotate(old, old_expires_at, replacement).await)
+    }
+
+    async fn register_scopes(&self, scopes: &ScopeSet) -> Result<(), StoreError> {
+        each!(self, s => s.register_scopes(scopes).await)
+    }
+
+    async fn scope_catalogue(&self) -> Result<ScopeSet, StoreError> {
+        each!(self, s => s.scope_catalogue().await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_db_value_is_a_path_unless_it_is_a_postgres_url() {
+        assert_eq!(
+            "./tokens.db".parse::<Database>().unwrap(),
+            Database::Sqlite("./tokens.db".into())
+        );
+        assert_eq!(
+            "postgres.db".parse::<Database>().unwrap(),
+            Database::Sqlite("postgres.db".into())
+        );
+        let url = "postgres://app:hunter2@db:5432/tokens";
+        #[cfg(feature = "postgres")]
+        {
+            let db: Database = url.parse().unwrap();
+            assert_eq!(db, Database::Postgres(url.to_owned()));
+            assert_eq!(db.to_string(), "postgres://app@db:5432/tokens");
+            assert!(matches!(
+                "POSTGRESQL://db/x".parse::<Database>().unwrap(),
+                Database::Postgres(_)
+            ));
+        }
+        #[cfg(not(feature = "postgres"))]
+        {
+            let error = url.parse::<Database>().unwrap_err().to_string();
+            assert!(error.contains("feature `postgres`"), "{error}");
+            assert!(!error.contains("hunter2"), "{error}");
+        }
+    }
+}
