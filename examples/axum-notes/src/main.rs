@@ -73,6 +73,10 @@ struct Args {
     /// The Redis key prefix of this deployment's rate limits.
     #[arg(long, default_value = "tokengate")]
     redis_prefix: String,
+    /// How long a Redis call may take (milliseconds) before the instance
+    /// decides with its own limits instead.
+    #[arg(long, default_value_t = 25)]
+    redis_timeout_ms: u64,
     /// Serve the same routes without tokengate: only for the end-to-end
     /// benchmark (`benches/e2e.sh`), which compares both.
     #[arg(long, hide = true)]
@@ -229,7 +233,9 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
     let app = match &args.redis {
         None => guard(routes, gate, &args, &embedded),
         Some(url) => {
-            let shared = RedisRateState::new(url)?.prefix(&args.redis_prefix)?;
+            let shared = RedisRateState::new(url)?
+                .prefix(&args.redis_prefix)?
+                .timeout(Duration::from_millis(args.redis_timeout_ms));
             guard(routes, gate.rate_state(shared), &args, &embedded)
         }
     };

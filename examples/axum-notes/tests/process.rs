@@ -240,6 +240,11 @@ impl Deployment {
                     // Every request of these tests comes from one address.
                     "--pre-auth-rate",
                     "100000",
+                    // A loaded machine (the whole suite runs at once) must not
+                    // pass for a Redis outage, whose fallback limits per
+                    // instance: the counts below are exact.
+                    "--redis-timeout-ms",
+                    "2000",
                 ];
                 start_example_with(bin, &dir, "axum-notes listening on ", &flags)
             })

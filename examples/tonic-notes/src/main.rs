@@ -77,6 +77,10 @@ struct Args {
     /// The Redis key prefix of this deployment's rate limits.
     #[arg(long, default_value = "tokengate")]
     redis_prefix: String,
+    /// How long a Redis call may take (milliseconds) before the instance
+    /// decides with its own limits instead.
+    #[arg(long, default_value_t = 25)]
+    redis_timeout_ms: u64,
 }
 
 #[derive(Default)]
@@ -192,7 +196,9 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
     let gate = match &args.redis {
         None => Either::Left(gate),
         Some(url) => {
-            let shared = RedisRateState::new(url)?.prefix(&args.redis_prefix)?;
+            let shared = RedisRateState::new(url)?
+                .prefix(&args.redis_prefix)?
+                .timeout(Duration::from_millis(args.redis_timeout_ms));
             Either::Right(gate.rate_state(shared))
         }
     };
