@@ -3,6 +3,7 @@
 # between runs of 2N and N requests, divided by N, so setup cancels out.
 # Only the request path is counted (the audit writer thread is not).
 # Needs valgrind (`apt-get install valgrind`). Usage: benches/instructions.sh [N]
+# STACKS="bare gate" limits the run to those stacks.
 # First it prints the full Gate's future and response sizes, and fails when
 # either passes its bound.
 #
@@ -33,7 +34,8 @@ else
       | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
   }
 fi
-for stack in bare client-ip audit rate-ip authenticate rate-token scope gate-discard gate; do
+read -r -a stacks <<<"${STACKS:-bare client-ip audit rate-ip authenticate rate-token scope gate-discard gate}"
+for stack in "${stacks[@]}"; do
   read -r -a small <<<"$(count "$stack" "$n")"
   read -r -a large <<<"$(count "$stack" $((2 * n)))"
   per() { echo $(( (large[$1] - small[$1]) / n )); }
