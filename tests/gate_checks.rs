@@ -178,8 +178,9 @@ async fn two_gates_sharing_redis_give_a_token_its_quota_once() {
     };
     let (gate, token) = gate().await;
     let limited = gate.token_rate(tokengate::RateLimitLayer::per_token(quota(1, 4)));
+    let probe = shared();
     let first = tower::ServiceBuilder::new()
-        .layer(limited.clone().rate_state(shared()))
+        .layer(limited.clone().rate_state(probe.clone()))
         .service(ok());
     let second = tower::ServiceBuilder::new()
         .layer(limited.rate_state(shared()))
@@ -194,6 +195,7 @@ async fn two_gates_sharing_redis_give_a_token_its_quota_once() {
         statuses.push(parts.status.as_u16());
     }
     assert_eq!(statuses, [200, 200, 200, 200, 429, 429, 429, 429]);
+    assert_eq!(probe.fallbacks(), 0, "every answer came from Redis");
     remove_keys(&url, &prefix).await;
 }
 

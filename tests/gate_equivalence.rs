@@ -16,10 +16,10 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokengate::{
-    AuditEvent, AuditLayer, AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, Gate,
-    IpFilterLayer, IpRules, KeyId, Lifecycle, ManualClock, MissingKey, PeerAddr, Pepper,
-    PublicPaths, RateLimitLayer, RateQuota, Requirement, ResolveClientIpLayer, ScopePolicy, Token,
-    TokenHasher, TokenSpec, testing::ProbeStore,
+    AuditEvent, AuditLayer, AuthenticateLayer, CacheConfig, CachedStore, Chain, CheckLayer,
+    EnforceScopeLayer, Gate, IpFilterLayer, IpRules, KeyId, Lifecycle, ManualClock, MissingKey,
+    PeerAddr, Pepper, PublicPaths, RateLimitLayer, RateQuota, Requirement, ResolveClientIpLayer,
+    ScopePolicy, Shield, Token, TokenHasher, TokenSpec, testing::ProbeStore,
 };
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
@@ -108,8 +108,9 @@ struct Tokens {
     unseen: Token,
 }
 
-/// The same configuration twice: as a `Gate`, and as the seven layers
-/// stacked by hand. Each gets its own verifying cache (over one store) and
+/// The same configuration twice: as a `Gate`, and stacked by hand (audit,
+/// client IP and IP filter as layers, then the per-address limit shielding
+/// authentication, the token limit and the scopes). Each gets its own verifying cache (over one store) and
 /// its own rate state, so neither warms or spends the other's.
 async fn pair() -> Pair {
     let clock = ManualClock::new();
@@ -179,14 +180,17 @@ async fn pair() -> Pair {
         .layer(audit(&stacked_records))
         .layer(ResolveClientIpLayer::new())
         .layer(IpFilterLayer::new(rules()))
-        .layer(
+        // The per-address limit shields the rest (charged only on a cache
+        // miss or a 4xx): not a layer of its own, so one check here.
+        .layer(CheckLayer::new(Shield::new(
             RateLimitLayer::per_client_ip(ip_quota)
                 .success_headers(false)
                 .clock(clock.shared()),
-        )
-        .layer(auth())
-        .layer(token_rate())
-        .layer(EnforceScopeLayer::new(policy()));
+            Chain::new(
+                auth(),
+                Chain::new(token_rate(), EnforceScopeLayer::new(policy())),
+            ),
+        )));
 
     Pair {
         gate: boxed(gate.layer(handler())),
@@ -351,23 +355,86 @@ async fn the_gate_answers_every_request_as_the_stacked_layers_do() {
 }
 
 #[tokio::test]
-async fn the_pre_auth_limit_refuses_as_the_stacked_layer_does() {
+async fn the_pre_auth_limit_spares_cache_hits_and_stops_a_flood_of_bad_tokens() {
     let p = pair().await;
+    // A token the cache knows: never charged to its address, so 14
+    // requests from one address with a burst of 12 all pass.
     let peer = Some("203.0.113.9:7000");
-    let mut refused = 0;
-    // The per-address burst is 12: the 13th request is refused, before
-    // authentication, by both.
     for i in 0..14 {
         let make = || request("GET", "/notes", peer, &[bearer(&p.tokens.read)]);
         let gate = p.gate.clone().oneshot(make()).await.unwrap();
         let stacked = p.stacked.clone().oneshot(make()).await.unwrap();
         assert_eq!(answer(&gate), answer(&stacked), "request {i}");
+        assert_eq!(gate.status(), StatusCode::OK, "request {i}");
+    }
+
+    // A flood of a token the store does not know, from another address:
+    // each refusal is charged; past the burst the answer is 429, and the
+    // store was asked once per stack (then the negative cache answers).
+    let flood = Some("203.0.113.10:7000");
+    let before = p.store.lookups();
+    let mut statuses = Vec::new();
+    for i in 0..14 {
+        let make = || request("GET", "/notes", flood, &[bearer(&p.tokens.unknown)]);
+        let gate = p.gate.clone().oneshot(make()).await.unwrap();
+        let stacked = p.stacked.clone().oneshot(make()).await.unwrap();
+        assert_eq!(answer(&gate), answer(&stacked), "request {i}");
         if gate.status() == StatusCode::TOO_MANY_REQUESTS {
-            refused += 1;
             assert!(gate.headers().contains_key("retry-after"));
         }
+        statuses.push(gate.status().as_u16());
     }
-    assert_eq!(refused, 2);
+    assert_eq!(statuses[..12], [401; 12]);
+    assert_eq!(statuses[12..], [429, 429]);
+    assert_eq!(p.store.lookups() - before, 2, "one lookup per stack");
+
+    // Distinct unknown tokens, each a cache miss: charged before the store
+    // is asked; past the burst, 429 and the store is not asked at all.
+    let misses = Some("203.0.113.12:7000");
+    let stranger = Lifecycle::new(
+        CachedStore::new(ProbeStore::default(), CacheConfig::default()),
+        TokenHasher::new(Pepper::generate(KeyId::new(1))),
+    );
+    let before = p.store.lookups();
+    let mut statuses = Vec::new();
+    for _ in 0..14 {
+        let spec = TokenSpec::new("x", "mallory")
+            .scopes(["notes:read".parse().unwrap()])
+            .audiences(["notes".parse().unwrap()]);
+        let token = stranger.issue(spec).await.unwrap().token;
+        let response = p
+            .gate
+            .clone()
+            .oneshot(request("GET", "/notes", misses, &[bearer(&token)]))
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses[..12], [401; 12]);
+    assert_eq!(statuses[12..], [429, 429]);
+    assert_eq!(
+        p.store.lookups() - before,
+        12,
+        "the refused misses never reached the store"
+    );
+
+    // A missing token is a refusal too: charged, then limited.
+    let bare = Some("203.0.113.11:7000");
+    let statuses: Vec<u16> = {
+        let mut out = Vec::new();
+        for _ in 0..14 {
+            let response = p
+                .gate
+                .clone()
+                .oneshot(request("GET", "/notes", bare, &[]))
+                .await
+                .unwrap();
+            out.push(response.status().as_u16());
+        }
+        out
+    };
+    assert_eq!(statuses[..12], [401; 12]);
+    assert_eq!(statuses[12..], [429, 429]);
 }
 
 #[tokio::test]

@@ -82,7 +82,8 @@ pub mod trail;
 
 pub use audience::{Audience, AudienceError};
 pub use check::{
-    Admit, Chain, Check, CheckBody, CheckFuture, CheckLayer, CheckService, NoWait, Refusal, Verdict,
+    Admit, Chain, Check, CheckBody, CheckFuture, CheckLayer, CheckService, NoWait, Refusal, Shield,
+    Verdict,
 };
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use denial::{

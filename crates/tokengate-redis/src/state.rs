@@ -10,7 +10,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokengate_core::RateFallback;
 use tokengate_rate::{Charge, MemoryRateState, Outcome, RateState, RateStateError};
-use tokio::sync::OnceCell;
+use tokio::sync::Notify;
 
 use crate::script::{GCRA, args, key, outcome};
 
@@ -70,7 +70,7 @@ pub struct RedisRateState {
 
 struct Shared {
     client: redis::Client,
-    connection: OnceCell<ConnectionManager>,
+    connection: Arc<Slot>,
     script: redis::Script,
     prefix: String,
     timeout: Duration,
@@ -103,7 +103,7 @@ impl RedisRateState {
         Ok(Self {
             shared: Arc::new(Shared {
                 client,
-                connection: OnceCell::new(),
+                connection: Arc::default(),
                 script: redis::Script::new(GCRA),
                 prefix: "tokengate".into(),
                 timeout: Duration::from_millis(25),
@@ -117,7 +117,7 @@ impl RedisRateState {
     fn with(self, change: impl FnOnce(&mut Shared)) -> Self {
         let mut shared = Arc::try_unwrap(self.shared).unwrap_or_else(|shared| Shared {
             client: shared.client.clone(),
-            connection: OnceCell::new(),
+            connection: Arc::default(),
             script: redis::Script::new(GCRA),
             prefix: shared.prefix.clone(),
             timeout: shared.timeout,
@@ -188,14 +188,50 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// The connection, made by a task of its own on first use: a request's
+/// future that is polled once and parked (as a check's first poll is) must
+/// not hold up every other request waiting for the connection.
+#[derive(Default)]
+struct Slot {
+    manager: std::sync::OnceLock<ConnectionManager>,
+    connecting: std::sync::atomic::AtomicBool,
+    ready: Notify,
+}
+
 impl Shared {
+    /// The connection manager, once made; the first caller starts making
+    /// it (again after a failed attempt).
+    async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
+        let slot = &self.connection;
+        if let Some(manager) = slot.manager.get() {
+            return Ok(manager.clone());
+        }
+        // Created before the attempt can finish: a notification is not missed.
+        let ready = slot.ready.notified();
+        if !slot.connecting.swap(true, Ordering::AcqRel) {
+            let (slot, client) = (Arc::clone(slot), self.client.clone());
+            tokio::spawn(async move {
+                match ConnectionManager::new(client).await {
+                    Ok(manager) => drop(slot.manager.set(manager)),
+                    Err(error) => tracing::debug!(%error, "cannot connect to redis"),
+                }
+                slot.connecting.store(false, Ordering::Release);
+                slot.ready.notify_waiters();
+            });
+        }
+        if let Some(manager) = slot.manager.get() {
+            return Ok(manager.clone());
+        }
+        ready.await;
+        slot.manager.get().cloned().ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Io, "cannot connect to redis"))
+        })
+    }
+
     /// One script call for `charges`, within the timeout.
     async fn ask(&self, keys: Vec<String>, argv: Vec<u64>) -> Result<Outcome, RateStateError> {
         let call = async {
-            let connection = self
-                .connection
-                .get_or_try_init(|| ConnectionManager::new(self.client.clone()))
-                .await?;
+            let mut connection = self.connection().await?;
             let mut invocation = self.script.prepare_invoke();
             for key in &keys {
                 invocation.key(key);
@@ -203,9 +239,7 @@ impl Shared {
             for arg in &argv {
                 invocation.arg(*arg);
             }
-            invocation
-                .invoke_async::<Vec<i64>>(&mut connection.clone())
-                .await
+            invocation.invoke_async::<Vec<i64>>(&mut connection).await
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(answer)) => outcome(&answer)

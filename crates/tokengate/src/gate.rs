@@ -5,20 +5,21 @@ use std::sync::Arc;
 
 use tokengate_audit::{Audit, AuditLayer, AuditSink, TracingSink};
 use tokengate_authenticate::AuthenticateLayer;
-use tokengate_core::{Chain, CheckService, RateQuota};
+use tokengate_core::{Chain, CheckService, RateQuota, Shield};
 use tokengate_ipfilter::{IpFilterLayer, IpRules, ResolveClientIpLayer};
 use tokengate_rate::{Limiter, MemoryRateState, MissingKey, RateLimitLayer, RateState};
 use tokengate_scope::{EnforceScopeLayer, ScopeLookup};
 use tower::Layer;
 
 /// Every check of a [`Gate`] after audit, in order: client IP, IP filter,
-/// per-IP rate limit, authenticate, per-token rate limit, scopes, then
-/// the checks added with [`Gate::with_check`] (`X`).
+/// then authenticate, per-token rate limit, scopes and the checks added
+/// with [`Gate::with_check`] (`X`), all shielded by the per-IP rate limit
+/// ([`Shield`]: charged only on a cache miss or a 4xx refusal).
 pub type GateCheck<St, P, R = MemoryRateState, X = ()> = Chain<
     ResolveClientIpLayer,
     Chain<
         IpFilterLayer,
-        Chain<
+        Shield<
             RateLimitLayer<R>,
             Chain<AuthenticateLayer<St>, Chain<RateLimitLayer<R>, Chain<EnforceScopeLayer<P>, X>>>,
         >,
@@ -40,9 +41,16 @@ pub type GateService<S, St, P, K = TracingSink, R = MemoryRateState, X = ()> =
 ///
 /// Every layer stays usable on its own, and each is a
 /// [`Check`](tokengate_core::Check): the gate fixes their order and runs
-/// the six after audit as one [`Chain`] in one [`CheckService`], which
-/// decides each request exactly as the layers stacked in this order would,
-/// with one future and one body wrapper instead of six. A check of your
+/// the six after audit as one [`Chain`] in one [`CheckService`], with one
+/// future and one body wrapper instead of six. It decides each request as
+/// the layers stacked in this order would, with one difference: the
+/// per-client-IP limit is a [`Shield`], charged only where it protects
+/// something. A request whose token the cache knows, and a public route,
+/// never touch it; a cache miss is charged before it reaches the store
+/// (and refused with 429, the store untouched, once the address has spent
+/// its quota), and so is every 4xx refusal (bad or missing tokens, a
+/// missing scope, a spent token quota), so a flood of invalid tokens is
+/// still answered with 429. A check of your
 /// own joins with [`with_check`](Gate::with_check); a rate state that
 /// answers later (a shared one) with [`rate_state`](Gate::rate_state).
 ///
@@ -298,7 +306,7 @@ impl<St, P, K, R, X> Gate<St, P, K, R, X> {
             self.client_ip.clone(),
             Chain::new(
                 self.ip_filter.clone(),
-                Chain::new(
+                Shield::new(
                     self.ip_rate.clone(),
                     Chain::new(
                         self.authenticate.clone(),

@@ -69,6 +69,7 @@ mod chain;
 mod future;
 mod refusal;
 mod service;
+mod shield;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -83,6 +84,7 @@ pub use chain::{Chain, ChainWait, ChainWaited};
 pub use future::CheckFuture;
 pub use refusal::Refusal;
 pub use service::{CheckLayer, CheckService};
+pub use shield::{Shield, ShieldWait, ShieldWaited, Then};
 
 /// What a [`Check`] answers for one request.
 #[derive(Debug)]
