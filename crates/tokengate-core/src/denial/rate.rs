@@ -1,3 +1,4 @@
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,8 +60,35 @@ impl RateLimitPolicy {
 
     /// `RateLimit: "name";r=remaining;t=reset` (reset in whole seconds, rounded up).
     ///
-    /// Written into a stack buffer: this runs on every admitted response.
+    /// This runs on every admitted response, and in the common case (a
+    /// client below its limit, whose bucket refills between requests) the
+    /// value repeats: each thread keeps the last one it rendered and hands
+    /// out a clone of it while the name, remaining and reset are the same,
+    /// so a repeat costs a comparison and a reference count, no formatting
+    /// or allocation. Otherwise it is written into a stack buffer.
     pub fn state_header(&self, remaining: u64, reset: Duration) -> HeaderValue {
+        let reset = ceil_seconds(reset);
+        LAST_STATE.with(|last| {
+            let mut last = last.borrow_mut();
+            if let Some(seen) = &*last
+                && seen.remaining == remaining
+                && seen.reset == reset
+                && *seen.name == *self.name
+            {
+                return seen.value.clone();
+            }
+            let value = self.render_state(remaining, reset);
+            *last = Some(LastState {
+                name: Arc::clone(&self.name),
+                remaining,
+                reset,
+                value: value.clone(),
+            });
+            value
+        })
+    }
+
+    fn render_state(&self, remaining: u64, reset: u64) -> HeaderValue {
         let mut buf = [0u8; 96];
         let mut len = 0;
         let mut put = |bytes: &[u8]| {
@@ -73,10 +101,22 @@ impl RateLimitPolicy {
         put(b"\";r=");
         put(digits(remaining, &mut [0u8; 20]));
         put(b";t=");
-        put(digits(ceil_seconds(reset), &mut [0u8; 20]));
+        put(digits(reset, &mut [0u8; 20]));
         HeaderValue::from_bytes(&buf[..len])
             .unwrap_or_else(|_| HeaderValue::from_static("\"default\""))
     }
+}
+
+/// The last `RateLimit` value a thread rendered, and what it says.
+struct LastState {
+    name: Arc<str>,
+    remaining: u64,
+    reset: u64,
+    value: HeaderValue,
+}
+
+thread_local! {
+    static LAST_STATE: RefCell<Option<LastState>> = const { RefCell::new(None) };
 }
 
 /// A rate-limit policy name that cannot appear in a header.
@@ -169,5 +209,24 @@ mod tests {
             format!("\"per-token\";r={};t={}", u64::MAX, u64::MAX).as_str()
         );
         assert_eq!(policy.policy_header(), r#""per-token";q=100;w=60"#);
+    }
+
+    #[test]
+    fn a_repeated_state_is_reused_and_a_changed_one_rendered_afresh() {
+        let token = RateLimitPolicy::new("per-token", 100, Duration::from_secs(60)).unwrap();
+        let ip = RateLimitPolicy::new("per-ip", 100, Duration::from_secs(60)).unwrap();
+        let second = Duration::from_secs(1);
+        let first = token.state_header(42, second);
+        let again = token.state_header(42, second);
+        assert_eq!(again, r#""per-token";r=42;t=1"#);
+        // The same bytes, not a copy: the repeat was handed out, not rendered.
+        assert_eq!(first.as_bytes().as_ptr(), again.as_bytes().as_ptr());
+        assert_eq!(token.state_header(41, second), r#""per-token";r=41;t=1"#);
+        assert_eq!(
+            token.state_header(41, second * 2),
+            r#""per-token";r=41;t=2"#
+        );
+        assert_eq!(ip.state_header(41, second * 2), r#""per-ip";r=41;t=2"#);
+        assert_eq!(token.state_header(42, second), r#""per-token";r=42;t=1"#);
     }
 }
