@@ -10,6 +10,9 @@
 #   authenticate  tokengate's authenticate layer alone (the first rung);
 #   checks        the gate's checks as separate layers, without the audit
 #                 layer (the second rung);
+#   gate-no-expires, gate-no-headers  the full Gate without the
+#                 token-expires header, and without it and the success
+#                 RateLimit headers: what each header costs;
 #   gate-redis    the full Gate with its rate state in Redis (REDIS_URL,
 #                 default redis://127.0.0.1:6379): the cost of shared state;
 #   shared3       three axum-notes on one PostgreSQL database (POSTGRES_URL,
@@ -75,6 +78,8 @@ run() { # mode -> "rps p99 cpu"
     bare) server+=(--no-gate) ;;
     gate) ;;
     gate-redis) server+=(--redis "$redis" --redis-prefix "$prefix") ;;
+    gate-no-expires) server+=(--no-token-expires) ;;
+    gate-no-headers) server+=(--no-token-expires --no-rate-headers) ;;
     shared3) ports=(39999 39998 39997); bearer=$pg_token ;;
     discard) server+=(--discard-audit) ;;
     naive | bearer | authenticate | checks) server=(target/release/examples/bench-notes --stack "$1"

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use tokengate::axum::Authenticated;
 use tokengate::{
     AnyStore, AuditLayer, Database, Embedded, EnforceScopeLayer, Expiry, Gate, IpFilterLayer,
-    IpRules, IssuedToken, RateQuota, RateState, RedisRateState, Requirement, ResolveClientIpLayer,
-    ScopePolicy, TokenSpec,
+    IpRules, IssuedToken, MissingKey, RateLimitLayer, RateQuota, RateState, RedisRateState,
+    Requirement, ResolveClientIpLayer, ScopePolicy, TokenSpec,
 };
 
 /// A notes API protected by tokengate.
@@ -86,6 +86,14 @@ struct Args {
     /// the audit file.
     #[arg(long, hide = true)]
     discard_audit: bool,
+    /// Send no `token-expires` header on admitted responses (clients then
+    /// learn a token's expiry from `tokengate show`, not from traffic).
+    #[arg(long)]
+    no_token_expires: bool,
+    /// Send no `RateLimit` / `RateLimit-Policy` headers on admitted
+    /// responses (refusals keep theirs, and `Retry-After`).
+    #[arg(long)]
+    no_rate_headers: bool,
 }
 
 /// The sink of `--discard-audit`: drops each record.
@@ -216,13 +224,27 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
     }
     // Public routes are declared once, in the policy, and the Gate finds
     // the connection's address itself: only proxies to trust are told.
-    let gate = Gate::new(
-        embedded.authenticate(audience),
-        EnforceScopeLayer::new(policy),
-    )
-    .client_ip(client_ip)
-    .ip_filter(IpFilterLayer::new(ip_rules))
-    .pre_auth_quota(pre_auth);
+    let mut authenticate = embedded.authenticate(audience);
+    if args.no_token_expires {
+        authenticate = authenticate.expires_header(None);
+    }
+    let mut gate = Gate::new(authenticate, EnforceScopeLayer::new(policy))
+        .client_ip(client_ip)
+        .ip_filter(IpFilterLayer::new(ip_rules))
+        .pre_auth_quota(pre_auth);
+    if args.no_rate_headers {
+        // The Gate's default per-token limit, silent on success.
+        let per_token = RateQuota::new(
+            NonZeroU32::new(50).ok_or("a non-zero rate")?,
+            Duration::from_secs(1),
+            NonZeroU32::new(100).ok_or("a non-zero burst")?,
+        )?;
+        gate = gate.token_rate(
+            RateLimitLayer::per_token(per_token)
+                .missing_key(MissingKey::Skip)
+                .success_headers(false),
+        );
+    }
 
     let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
