@@ -188,6 +188,25 @@ fn record_change(
     )
 }
 
+/// `attempt`, again every 10 ms for up to 5 s while SQLite says the
+/// database is busy or locked.
+fn retry_while_busy(mut attempt: impl FnMut() -> rusqlite::Result<()>) -> rusqlite::Result<()> {
+    let give_up = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match attempt() {
+            Err(rusqlite::Error::SqliteFailure(code, _))
+                if matches!(
+                    code.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < give_up =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn store_error(error: rusqlite::Error) -> StoreError {
     if let rusqlite::Error::SqliteFailure(code, _) = &error
         && code.code == rusqlite::ErrorCode::ConstraintViolation
@@ -234,7 +253,10 @@ impl SqliteStore {
             .map_err(|e| error(e.to_string()))?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(|e| error(e.to_string()))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
+        // Switching a fresh file to WAL takes an exclusive lock that
+        // SQLite may refuse at once, busy timeout or not, while another
+        // process opens the same new file: try again for up to 5 s.
+        retry_while_busy(|| conn.pragma_update(None, "journal_mode", "WAL"))
             .map_err(|e| error(e.to_string()))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| error(e.to_string()))?;
