@@ -134,6 +134,12 @@ impl<A: Admit, Z: Admit> Admit for (A, Z) {
 /// can; `resume` takes the output of a [`Verdict::Wait`] future and
 /// decides again (it may wait once more). A check that never waits uses
 /// [`NoWait`] and `match waited {}` in `resume`.
+///
+/// A wait may be polled once inside `check` and then parked while other
+/// checks decide (a [`Shield`] waits for its guard first). So a wait must
+/// not hold anything other requests need while it is parked: a shared
+/// connection being made, a lock. Start such work in a task of its own and
+/// wait for its result, as the Redis rate state makes its connection.
 pub trait Check<B> {
     /// What an admitted request's response gets from this check.
     type Admit: Admit;
