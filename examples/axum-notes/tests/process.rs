@@ -280,6 +280,17 @@ impl Deployment {
             .to_owned()
     }
 
+    /// The id of `token`, as `tokengate inspect` shows it.
+    fn token_id(&self, token: &str) -> String {
+        let shown = self.cli(&["inspect", token]);
+        shown
+            .lines()
+            .find_map(|l| l.strip_prefix("id:"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
     fn issue(&self, name: &str, burst: u32) -> String {
         let global = ["--pepper-file", self.pepper.as_str()];
         issue_limited(
@@ -403,13 +414,7 @@ async fn a_revocation_by_the_cli_reaches_three_servers_within_100_ms_at_p99() {
                 StatusCode::OK
             );
         }
-        let id = deployment.cli(&["inspect", &token]);
-        let id = id
-            .lines()
-            .find_map(|l| l.strip_prefix("id:"))
-            .unwrap()
-            .trim()
-            .to_owned();
+        let id = deployment.token_id(&token);
         let pollers: Vec<_> = deployment
             .bases
             .iter()
@@ -507,13 +512,7 @@ async fn killed_database_connections_reconnect_and_a_revocation_meanwhile_takes_
         )
         .await
         .unwrap();
-    let id = deployment.cli(&["inspect", &revoke]);
-    let id = id
-        .lines()
-        .find_map(|l| l.strip_prefix("id:"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let id = deployment.token_id(&revoke);
     postgres
         .execute(
             "UPDATE tokengate_tokens SET revoked_at = now() WHERE id = $1",
