@@ -15,7 +15,7 @@ use axum::body::Body;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use governor::{Quota, RateLimiter};
 use http::{Request, Response};
-use tokengate::{ClientIp, Clock, RateQuota, SystemClock};
+use tokengate::{ClientIp, Clock, RateQuota, RequestTrail, SystemClock};
 use tokengate_rate::gcra::Gcra;
 use tokengate_rate::{Charge, MemoryRateState, RateKey, RateLimitLayer};
 use tokengate_tests::call_now;
@@ -99,7 +99,7 @@ fn checks(c: &mut Criterion) {
     group.finish();
 }
 
-/// tower_governor keyed by the same `ClientIp` extension tokengate reads.
+/// tower_governor keyed by the same client address tokengate reads.
 #[derive(Clone)]
 struct ClientIpKey;
 
@@ -107,9 +107,7 @@ impl KeyExtractor for ClientIpKey {
     type Key = IpAddr;
 
     fn extract<T>(&self, request: &Request<T>) -> Result<IpAddr, GovernorError> {
-        request
-            .extensions()
-            .get::<ClientIp>()
+        ClientIp::of(request.extensions())
             .map(|ip| ip.addr())
             .ok_or(GovernorError::UnableToExtractKey)
     }
@@ -127,7 +125,7 @@ where
     S::Error: std::fmt::Debug,
 {
     let mut request = Request::new(());
-    request.extensions_mut().insert(ClientIp::new(ip(7)));
+    RequestTrail::note_client_ip(request.extensions_mut(), ClientIp::new(ip(7)));
     call_now(service, request)
 }
 

@@ -47,7 +47,8 @@ use ipnet::{IpNet, Ipv4Net};
 use tokengate::{
     AuditLayer, AuditRecord, AuditSink, AuthenticateLayer, CacheConfig, CachedStore, ClientIp,
     EnforceScopeLayer, Gate, IpFilterLayer, IpRules, JsonLinesSink, KeyId, Lifecycle, MemoryStore,
-    Overflow, PeerAddr, Pepper, RateLimitLayer, RateQuota, ScopePolicy, TokenHasher, TokenSpec,
+    Overflow, PeerAddr, Pepper, RateLimitLayer, RateQuota, RequestTrail, ScopePolicy, TokenHasher,
+    TokenSpec,
 };
 use tokengate_tests::{CacheEvictor, call_now};
 use tower::{Layer, Service, service_fn};
@@ -80,7 +81,7 @@ fn request(bearer: &str) -> Request<()> {
         .unwrap();
     let peer: SocketAddr = "203.0.113.9:40000".parse().unwrap();
     request.extensions_mut().insert(PeerAddr(peer));
-    request.extensions_mut().insert(ClientIp::new(peer.ip()));
+    RequestTrail::note_client_ip(request.extensions_mut(), ClientIp::new(peer.ip()));
     request
 }
 

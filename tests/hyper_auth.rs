@@ -1,6 +1,6 @@
 //! authenticate + enforce-scope in a plain hyper 1 server (through
 //! hyper-util's `TowerToHyperService`), with the peer address handed to the
-//! layers as `ClientIp`.
+//! layers through the request trail (`ClientIp::of`).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -16,7 +16,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use support::{HttpClient, World, listener};
-use tokengate::{ClientIp, EnforceScopeLayer, Principal, Requirement, ScopePolicy};
+use tokengate::{ClientIp, EnforceScopeLayer, Principal, RequestTrail, Requirement, ScopePolicy};
 use tower::{ServiceBuilder, service_fn};
 
 async fn handler(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -40,10 +40,13 @@ async fn serve(world: &World) -> SocketAddr {
     tokio::spawn(async move {
         loop {
             let (stream, peer) = listener.accept().await.unwrap();
-            // The peer address reaches every layer as the ClientIp extension.
+            // The peer address reaches every layer through the request trail.
             let service = ServiceBuilder::new()
                 .map_request(move |mut request: Request<Incoming>| {
-                    request.extensions_mut().insert(ClientIp::new(peer.ip()));
+                    RequestTrail::note_client_ip(
+                        request.extensions_mut(),
+                        ClientIp::new(peer.ip()),
+                    );
                     request
                 })
                 .layer(auth.clone())

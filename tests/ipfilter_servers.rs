@@ -11,7 +11,7 @@ use http::StatusCode;
 use support::grpc::pb::CreateNoteRequest;
 use support::grpc::pb::notes_client::NotesClient;
 use support::{HttpClient, serve_axum};
-use tokengate::{ClientIp, IpFilterLayer, IpRules, ResolveClientIpLayer};
+use tokengate::{IpFilterLayer, IpRules, RequestTrail, ResolveClientIpLayer};
 use tower::ServiceBuilder;
 
 fn denied() -> IpFilterLayer {
@@ -22,7 +22,13 @@ async fn axum_client(trusted: &str) -> HttpClient {
     let app = Router::new()
         .route(
             "/ip",
-            get(|Extension(ip): Extension<ClientIp>| async move { ip.to_string() }),
+            get(|Extension(trail): Extension<RequestTrail>| async move {
+                // The client address lives in the request's trail.
+                trail
+                    .client_ip()
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default()
+            }),
         )
         .layer(
             ServiceBuilder::new()

@@ -41,7 +41,7 @@ use governor::{Quota, RateLimiter};
 use http::{Method, Request};
 use tokengate::{
     ClientIp, Embedded, EnforceScopeLayer, IpFilterLayer, IpRules, MissingKey, RateLimitLayer,
-    RateQuota, Requirement, ResolveClientIpLayer, ScopePolicy,
+    RateQuota, RequestTrail, Requirement, ResolveClientIpLayer, ScopePolicy,
 };
 use tower::ServiceBuilder;
 use tracing_appender::non_blocking::WorkerGuard;
@@ -180,7 +180,7 @@ fn naive_route(token: &str, log: &str) -> (MethodRouter<Notes>, WorkerGuard) {
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0.ip());
             if let Some(peer) = peer {
-                request.extensions_mut().insert(ClientIp::new(peer));
+                RequestTrail::note_client_ip(request.extensions_mut(), ClientIp::new(peer));
             }
             request
         })

@@ -33,7 +33,7 @@ impl Naive {
     }
 
     fn decide<B>(&self, request: &Request<B>) -> Result<(), StatusCode> {
-        let ip = request.extensions().get::<ClientIp>().map(|c| c.addr());
+        let ip = ClientIp::of(request.extensions()).map(|c| c.addr());
         if ip.is_none_or(|ip| self.deny.iter().any(|net| net.contains(&ip))) {
             return Err(StatusCode::FORBIDDEN);
         }

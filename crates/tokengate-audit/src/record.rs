@@ -301,7 +301,7 @@ mod tests {
             let mut extensions = http::Extensions::new();
             extensions.insert(trail.clone());
             let ip = tokengate_core::ClientIp::new("192.0.2.1".parse().unwrap());
-            RequestTrail::note_client_ip(&extensions, ip);
+            RequestTrail::note_client_ip(&mut extensions, ip);
             RequestTrail::note_denial(&extensions, &tokengate_core::Denial::MissingToken);
         }
         let limits = FieldLimits {

@@ -57,10 +57,11 @@ fn inner(
 ) -> impl Service<Request<()>, Response = Response<Body>, Error = std::io::Error, Future: Send> + Clone
 {
     service_fn(move |request: Request<()>| async move {
+        let mut request = request;
         let trail = request.extensions().get::<RequestTrail>().cloned();
         if let Some(_trail) = &trail {
             RequestTrail::note_client_ip(
-                request.extensions(),
+                request.extensions_mut(),
                 ClientIp::new("192.0.2.7".parse().unwrap()),
             );
             RequestTrail::note_principal(

@@ -195,9 +195,9 @@ impl<St> Config<St> {
             return Err(Denial::InvalidToken(InvalidReason::WrongAudience));
         }
         if !principal.allowed_networks().is_empty() {
-            match request.extensions().get::<ClientIp>() {
+            match ClientIp::of(request.extensions()) {
                 None => return Err(Denial::IpForbidden(IpReason::Unresolved)),
-                Some(ip) if !principal.allows_ip(*ip) => {
+                Some(ip) if !principal.allows_ip(ip) => {
                     return Err(Denial::InvalidToken(InvalidReason::OutsideNetworks));
                 }
                 Some(_) => {}

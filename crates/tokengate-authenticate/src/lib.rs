@@ -21,8 +21,8 @@
 //!    failure or timeout is 503, never 401.
 //! 4. **For this service**: the token must list the layer's audience.
 //! 5. **From an allowed network**: a token bound to networks must come from
-//!    one of them, read from the [`ClientIp`](tokengate_core::ClientIp)
-//!    extension (set by the client-IP layer); with no client address known,
+//!    one of them, read with [`ClientIp::of`](tokengate_core::ClientIp::of)
+//!    (set by the client-IP layer); with no client address known,
 //!    it is refused (403).
 //!
 //! Unknown, wrong-secret, expired, revoked and wrong-audience tokens all get

@@ -354,9 +354,7 @@ async fn networks_written_in_ipv4_mapped_form_match_ipv4_clients() {
         .await;
     let from = |ip: &str| {
         let mut request = bearer(token.expose_secret());
-        request
-            .extensions_mut()
-            .insert(ClientIp::new(ip.parse().unwrap()));
+        RequestTrail::note_client_ip(request.extensions_mut(), ClientIp::new(ip.parse().unwrap()));
         request
     };
     assert_eq!(f.send(from("10.1.2.3")).await.status, StatusCode::OK);
@@ -376,9 +374,10 @@ async fn network_bound_tokens_need_a_client_ip_inside_their_networks() {
     let with_ip = |ip: Option<&str>| {
         let mut request = bearer(token.expose_secret());
         if let Some(ip) = ip {
-            request
-                .extensions_mut()
-                .insert(ClientIp::new(ip.parse().unwrap()));
+            RequestTrail::note_client_ip(
+                request.extensions_mut(),
+                ClientIp::new(ip.parse().unwrap()),
+            );
         }
         request
     };

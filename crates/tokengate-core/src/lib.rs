@@ -10,7 +10,9 @@
 //!   pepper; stores keep only these hashes.
 //! - [`TokenRecord`], [`TokenId`], [`Scope`], [`ScopeSet`], [`ScopeRules`],
 //!   [`Audience`], [`RateQuota`]: what a token may do, where, and how often.
-//! - [`Principal`], [`ClientIp`]: what layers put into request extensions.
+//! - [`Principal`], [`RequestTrail`]: the two request extensions layers
+//!   add: the verified principal, and what the layers learned (the
+//!   [`ClientIp`], the principal and denial for the audit).
 //! - [`TokenStore`], [`TokenAdmin`], [`MemoryStore`], [`Lifecycle`]: storage and
 //!   the token lifecycle (issue under a policy, rotate with overlap, revoke).
 //! - [`Check`], [`CheckService`], [`Chain`]: one request decision, the one

@@ -1,12 +1,14 @@
-//! How inner layers tell the audit layer what they decided.
+//! The one request extension for what the layers learn about a request.
 //!
-//! The audit layer sits outermost, so it never sees the request extensions
-//! inner layers add. It puts a [`RequestTrail`] into the request's
-//! extensions instead; inner layers write what they learned into it (the
-//! client address, the principal, a denial), and the audit layer reads it
-//! once the response is done. Denials additionally travel in the response's
-//! extensions. Without an audit layer the trail is absent and noting is a
-//! no-op, so layers work alone.
+//! A [`RequestTrail`] holds the client address, the principal and the
+//! denial, each written once. The layers that need the client address read
+//! it from here ([`ClientIp::of`]); the audit layer, which sits outermost
+//! and never sees the extensions inner layers add, puts the trail in first,
+//! keeps a handle and reads the rest once the response is done. Denials
+//! additionally travel in the response's extensions. Without an audit layer
+//! the client-address layer inserts the trail itself, and the principal and
+//! denial notes are no-ops, so layers work alone. The verified
+//! [`Principal`] is also its own extension, for handlers and extractors.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -39,11 +41,13 @@ impl RequestTrail {
         Self::default()
     }
 
-    /// Notes the client address in the trail found in `extensions`, if any.
-    pub fn note_client_ip(extensions: &Extensions, ip: ClientIp) {
-        if let Some(trail) = extensions.get::<Self>() {
-            let _ = trail.inner.client_ip.set(ip);
-        }
+    /// Notes the client address in the trail found in `extensions`,
+    /// inserting an empty trail first if there is none: the client address
+    /// lives only here, so layers after the one that resolved it find it
+    /// with [`ClientIp::of`] whether or not an audit layer put a trail in.
+    pub fn note_client_ip(extensions: &mut Extensions, ip: ClientIp) {
+        let trail = extensions.get_or_insert_default::<Self>();
+        let _ = trail.inner.client_ip.set(ip);
     }
 
     /// Notes the verified principal in the trail found in `extensions`, if any.
@@ -73,6 +77,15 @@ impl RequestTrail {
     /// The denial, if a layer refused the request.
     pub fn denial(&self) -> Option<&Denial> {
         self.inner.denial.get()
+    }
+}
+
+impl ClientIp {
+    /// The request's client address, as noted in its [`RequestTrail`] by
+    /// the layer that resolved it (`ResolveClientIpLayer`), or `None`
+    /// before that layer or without it.
+    pub fn of(extensions: &Extensions) -> Option<Self> {
+        extensions.get::<RequestTrail>()?.client_ip()
     }
 }
 
@@ -133,7 +146,9 @@ mod tests {
         RequestTrail::note_denial(&extensions, &Denial::MissingToken);
         RequestTrail::note_denial(&extensions, &Denial::StoreUnavailable);
         let ip = ClientIp::new("192.0.2.1".parse().unwrap());
-        RequestTrail::note_client_ip(&extensions, ip);
+        RequestTrail::note_client_ip(&mut extensions, ip);
+        RequestTrail::note_client_ip(&mut extensions, ClientIp::new("192.0.2.2".parse().unwrap()));
+        assert_eq!(ClientIp::of(&extensions), Some(ip));
         assert_eq!(trail.denial(), Some(&Denial::MissingToken));
         assert_eq!(trail.client_ip(), Some(ip));
         assert!(trail.principal().is_none());
@@ -145,7 +160,7 @@ mod tests {
         let mut extensions = Extensions::new();
         extensions.insert(trail.clone());
         let ip = ClientIp::new("192.0.2.1".parse().unwrap());
-        RequestTrail::note_client_ip(&extensions, ip);
+        RequestTrail::note_client_ip(&mut extensions, ip);
         RequestTrail::note_denial(&extensions, &Denial::MissingToken);
         // Shared with the extensions: cloned out, the trail still holds them.
         let facts = trail.clone().into_facts();
@@ -161,9 +176,17 @@ mod tests {
     }
 
     #[test]
-    fn noting_without_a_trail_does_nothing() {
-        let extensions = Extensions::new();
+    fn noting_without_a_trail_does_nothing_but_a_client_address_inserts_one() {
+        let mut extensions = Extensions::new();
         RequestTrail::note_denial(&extensions, &Denial::MissingToken);
         assert!(extensions.get::<RequestTrail>().is_none());
+        assert_eq!(ClientIp::of(&extensions), None);
+        let ip = ClientIp::new("192.0.2.9".parse().unwrap());
+        RequestTrail::note_client_ip(&mut extensions, ip);
+        assert_eq!(ClientIp::of(&extensions), Some(ip));
+        // A denial noted after that reaches the inserted trail.
+        RequestTrail::note_denial(&extensions, &Denial::MissingToken);
+        let trail = extensions.get::<RequestTrail>().unwrap();
+        assert_eq!(trail.denial(), Some(&Denial::MissingToken));
     }
 }

@@ -9,8 +9,8 @@ use tokengate_core::{Check, ClientIp, Denial, IpReason, NoWait, RequestTrail, Ve
 use crate::forwarded::{Walk, walk};
 use crate::layer::{Config, IpFilterLayer, ResolveClientIpLayer};
 
-/// Inserts the client address as a [`ClientIp`] extension and notes it in
-/// the request's trail, or refuses a request whose address cannot be
+/// Notes the client address in the request's [`RequestTrail`] (inserted if
+/// absent), where later layers read it with [`ClientIp::of`], or refuses a request whose address cannot be
 /// resolved.
 impl<B> Check<B> for ResolveClientIpLayer {
     type Admit = ();
@@ -35,8 +35,7 @@ fn resolve<B>(config: &Config, request: &mut Request<B>) -> Result<(), Denial> {
     match resolved {
         Some(Walk::Client(addr)) => {
             let ip = ClientIp::new(addr);
-            RequestTrail::note_client_ip(request.extensions(), ip);
-            request.extensions_mut().insert(ip);
+            RequestTrail::note_client_ip(request.extensions_mut(), ip);
             Ok(())
         }
         Some(Walk::Malformed) => Err(Denial::IpForbidden(IpReason::Unresolved)),
@@ -62,7 +61,7 @@ impl<B> Check<B> for IpFilterLayer {
 
     #[inline(always)]
     fn check(&self, request: &mut Request<B>) -> Verdict<(), NoWait> {
-        let decided = match request.extensions().get::<ClientIp>() {
+        let decided = match ClientIp::of(request.extensions()) {
             Some(ip) => self.rules.load().decide(ip.addr()),
             None => Err(IpReason::Unresolved),
         };

@@ -25,8 +25,9 @@ pub struct PeerAddr(pub SocketAddr);
 /// Reads the peer address from a request's extensions.
 pub type PeerSource = Arc<dyn Fn(&Extensions) -> Option<IpAddr> + Send + Sync>;
 
-/// Resolves the client address and inserts it as
-/// [`ClientIp`](tokengate_core::ClientIp) for every later layer.
+/// Resolves the client address and notes it in the request's
+/// [`RequestTrail`](tokengate_core::RequestTrail) for every later layer
+/// (read it with [`ClientIp::of`](tokengate_core::ClientIp::of)).
 ///
 /// The peer address is the client unless it is a trusted proxy; then the
 /// forwarding header is walked right to left and the first untrusted

@@ -6,8 +6,9 @@
 //!   `X-Forwarded-For` (every line, in order) or RFC 7239 `Forwarded`,
 //!   walked right to left: the first address that is not a trusted proxy is
 //!   the client. Headers from untrusted peers are ignored. IPv4-mapped IPv6
-//!   addresses are stored as IPv4. The result goes into the
-//!   [`ClientIp`](tokengate_core::ClientIp) extension for every later layer:
+//!   addresses are stored as IPv4. The result goes into the request's
+//!   [`RequestTrail`](tokengate_core::RequestTrail) extension for every
+//!   later layer ([`ClientIp::of`](tokengate_core::ClientIp::of)):
 //!   the IP filter, the per-IP rate limit, authenticate's per-token
 //!   networks, the audit record.
 //! - [`IpFilterLayer`] applies global allow and deny sets ([`IpRules`]);

@@ -16,9 +16,7 @@ async fn seen(
     request: Request<()>,
 ) -> (StatusCode, Option<IpAddr>, Option<Denial>) {
     let handler = service_fn(|r: Request<()>| async move {
-        let ip = r
-            .extensions()
-            .get::<ClientIp>()
+        let ip = ClientIp::of(r.extensions())
             .map(|ip| ip.addr().to_string())
             .unwrap_or_default();
         Ok::<_, Infallible>(Response::new(Full::new(bytes::Bytes::from(ip))))
@@ -143,9 +141,7 @@ async fn a_chosen_peer_source_is_kept_and_a_default_one_fills_in() {
 fn resolved(layer: &ResolveClientIpLayer) -> String {
     let mut request = Request::new(());
     assert!(matches!(layer.check(&mut request), Verdict::Admit(())));
-    request
-        .extensions()
-        .get::<ClientIp>()
+    ClientIp::of(request.extensions())
         .unwrap()
         .addr()
         .to_string()

@@ -49,7 +49,7 @@
 //! ```
 //! use std::{convert::Infallible, num::NonZeroU32, time::Duration};
 //! use http::{Request, Response, StatusCode};
-//! use tokengate_core::{ClientIp, RateQuota};
+//! use tokengate_core::{ClientIp, RateQuota, RequestTrail};
 //! use tokengate_rate::RateLimitLayer;
 //! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 //!
@@ -60,7 +60,8 @@
 //!     .service(service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) }));
 //! let request = || {
 //!     let mut request = Request::new(());
-//!     request.extensions_mut().insert(ClientIp::new("192.0.2.7".parse().unwrap()));
+//!     // What ResolveClientIpLayer does in front of it.
+//!     RequestTrail::note_client_ip(request.extensions_mut(), ClientIp::new("192.0.2.7".parse().unwrap()));
 //!     request
 //! };
 //! for _ in 0..2 {

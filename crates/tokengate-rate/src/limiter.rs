@@ -23,7 +23,7 @@ pub enum KeyBy {
     Token,
     /// The token's owner: every token of one subject shares the quota.
     Owner,
-    /// The client address (`ClientIp` extension): a limit before
+    /// The client address (`ClientIp::of`, from the request's trail): a limit before
     /// authentication, against key spraying and brute force.
     ClientIp,
     /// A user function; `None` means the request has no key.
@@ -141,7 +141,7 @@ impl Limiter {
             )),
             KeyBy::ClientIp => Some((
                 RateKey::Ip(network_of(
-                    extensions.get::<ClientIp>()?.addr(),
+                    ClientIp::of(extensions)?.addr(),
                     self.ip_prefixes,
                 )),
                 self.gcra,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use tokengate_core::testing::record;
-use tokengate_core::{ClientIp, Denial, ManualClock, Principal, RateQuota};
+use tokengate_core::{ClientIp, Denial, ManualClock, Principal, RateQuota, RequestTrail};
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt, service_fn};
 
@@ -255,9 +255,7 @@ async fn the_token_records_own_quota_wins() {
 /// A request from client address `ip`.
 fn from(ip: &str) -> Request<()> {
     let mut request = Request::new(());
-    request
-        .extensions_mut()
-        .insert(ClientIp::new(ip.parse().unwrap()));
+    RequestTrail::note_client_ip(request.extensions_mut(), ClientIp::new(ip.parse().unwrap()));
     request
 }
 

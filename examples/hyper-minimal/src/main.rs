@@ -39,10 +39,8 @@ async fn hello(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infa
         .extensions()
         .get::<Principal>()
         .map_or("nobody", Principal::subject);
-    let from = request
-        .extensions()
-        .get::<ClientIp>()
-        .map_or_else(|| "?".to_owned(), ToString::to_string);
+    let from =
+        ClientIp::of(request.extensions()).map_or_else(|| "?".to_owned(), |ip| ip.to_string());
     Ok(Response::new(Full::new(Bytes::from(format!(
         "hello {who} from {from}\n"
     )))))
