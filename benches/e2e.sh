@@ -10,9 +10,11 @@
 #   authenticate  tokengate's authenticate layer alone (the first rung);
 #   checks        the gate's checks as separate layers, without the audit
 #                 layer (the second rung);
-#   gate-no-expires, gate-no-headers  the full Gate without the
-#                 token-expires header, and without it and the success
-#                 RateLimit headers: what each header costs;
+#   gate-expires, gate-no-headers  the full Gate with the token-expires
+#                 header on every response (the default sends it only in a
+#                 token's last 7 days, so the bench token gets none), and
+#                 without the success RateLimit headers: what each header
+#                 costs;
 #   gate-redis    the full Gate with its rate state in Redis (REDIS_URL,
 #                 default redis://127.0.0.1:6379): the cost of shared state;
 #   shared3       three axum-notes on one PostgreSQL database (POSTGRES_URL,
@@ -78,8 +80,8 @@ run() { # mode -> "rps p99 cpu"
     bare) server+=(--no-gate) ;;
     gate) ;;
     gate-redis) server+=(--redis "$redis" --redis-prefix "$prefix") ;;
-    gate-no-expires) server+=(--no-token-expires) ;;
-    gate-no-headers) server+=(--no-token-expires --no-rate-headers) ;;
+    gate-expires) server+=(--token-expires-always) ;;
+    gate-no-headers) server+=(--no-rate-headers) ;;
     shared3) ports=(39999 39998 39997); bearer=$pg_token ;;
     discard) server+=(--discard-audit) ;;
     naive | bearer | authenticate | checks) server=(target/release/examples/bench-notes --stack "$1"

@@ -13,7 +13,9 @@ use axum::routing::{delete, get, post};
 use http::{Method, StatusCode};
 use support::{HttpClient, World, serve_axum};
 use tokengate::axum::Authenticated;
-use tokengate::{EnforceScopeLayer, Expiry, RequireScope, Requirement, ScopePolicy, TokenFormat};
+use tokengate::{
+    Clock, EnforceScopeLayer, Expiry, RequireScope, Requirement, ScopePolicy, TokenFormat,
+};
 use tower::ServiceBuilder;
 
 async fn list(Authenticated(p): Authenticated) -> String {
@@ -105,7 +107,8 @@ async fn valid_tokens_reach_handlers_with_their_principal() {
             (StatusCode::OK, "notes of alice"),
             "{name}"
         );
-        assert!(read.headers.contains_key("token-expires"), "{name}");
+        // 90 days left: no `token-expires` yet (sent in the last 7 days).
+        assert!(!read.headers.contains_key("token-expires"), "{name}");
         let write = client.with_token("POST", "/notes", &token, "hello").await;
         assert_eq!(
             (write.status, write.body.as_str()),
@@ -227,11 +230,11 @@ async fn unknown_revoked_expired_and_foreign_tokens_get_one_answer() {
             StatusCode::OK,
             "{name}"
         );
-        assert_eq!(
-            client.get("/notes", Some(&expiring)).await.status,
-            StatusCode::OK,
-            "{name}"
-        );
+        let reply = client.get("/notes", Some(&expiring)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{name}");
+        // A minute left: the response says when the token expires.
+        let expires = httpdate::fmt_http_date(world.clock.now() + Duration::from_secs(60));
+        assert_eq!(reply.headers["token-expires"], expires.as_str(), "{name}");
     }
     world.lifecycle.revoke(&revoked_id).await.unwrap();
     world.advance(Duration::from_secs(60));

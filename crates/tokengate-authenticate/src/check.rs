@@ -47,12 +47,19 @@ impl<B, St: TokenStore> Check<B> for AuthenticateLayer<St> {
     }
 }
 
-/// The token's expiry as a header value, made once per cached token.
-static EXPIRY_VALUE: SlotKey<Option<HeaderValue>> = SlotKey::new();
+/// The token's expiry (nanoseconds since the epoch) and its header value,
+/// made once per cached token.
+static EXPIRY_VALUE: SlotKey<Option<(u64, HeaderValue)>> = SlotKey::new();
 
-fn expiry_value(principal: &Principal) -> Option<HeaderValue> {
+fn expiry_value(principal: &Principal) -> Option<(u64, HeaderValue)> {
     let at = principal.expires_at()?;
-    HeaderValue::from_str(&httpdate::fmt_http_date(at)).ok()
+    let nanos = at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+    });
+    Some((
+        nanos,
+        HeaderValue::from_str(&httpdate::fmt_http_date(at)).ok()?,
+    ))
 }
 
 /// What the layer found without waiting.
@@ -212,7 +219,17 @@ impl<St> Config<St> {
             }
         }
         let expiry = self.expires_header.as_ref().and_then(|name| {
-            let value = principal.with_slot(&EXPIRY_VALUE, expiry_value, Clone::clone)?;
+            let value = principal.with_slot(&EXPIRY_VALUE, expiry_value, |expiry| {
+                let (at, value) = expiry.as_ref()?;
+                let due = match self.expires_within {
+                    None => true,
+                    Some(window) => {
+                        let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+                        at.saturating_sub(self.clock.now_nanos()) <= window
+                    }
+                };
+                due.then(|| value.clone())
+            })?;
             Some((name.clone(), value))
         });
         request.extensions_mut().insert(principal);

@@ -17,6 +17,11 @@ use crate::usage::UsageTracker;
 /// token expires (an IMF-fixdate, like `Expires`).
 pub const TOKEN_EXPIRES: HeaderName = HeaderName::from_static("token-expires");
 
+/// How close to its expiry a token must be before admitted responses carry
+/// the expiry header, by default: 7 days. A client has a week of
+/// warnings to rotate; before that, the header's bytes are not sent.
+pub const TOKEN_EXPIRES_WITHIN: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
 /// Which audiences the layer accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum AudienceRule {
@@ -45,6 +50,8 @@ pub(crate) struct Config<St> {
     pub(crate) renderer: Renderer,
     pub(crate) clock: SharedClock,
     pub(crate) expires_header: Option<HeaderName>,
+    /// Send the expiry header only this close to expiry (`None`: always).
+    pub(crate) expires_within: Option<Duration>,
     pub(crate) usage: Option<UsageTracker>,
     pub(crate) lookup_timeout: Duration,
     pub(crate) uri_copies: Vec<UriCopy>,
@@ -67,6 +74,7 @@ impl<St> Clone for Config<St> {
             renderer: self.renderer.clone(),
             clock: Arc::clone(&self.clock),
             expires_header: self.expires_header.clone(),
+            expires_within: self.expires_within,
             usage: self.usage.clone(),
             lookup_timeout: self.lookup_timeout,
             uri_copies: self.uri_copies.clone(),
@@ -92,6 +100,7 @@ impl<St> fmt::Debug for AuthenticateLayer<St> {
             .field("public", &c.public.is_some())
             .field("renderer", &c.renderer)
             .field("expires_header", &c.expires_header)
+            .field("expires_within", &c.expires_within)
             .field("lookup_timeout", &c.lookup_timeout)
             .finish_non_exhaustive()
     }
@@ -103,8 +112,8 @@ impl<St> AuthenticateLayer<St> {
     ///
     /// Defaults: credentials only from `Authorization: Bearer`, no public
     /// routes, problem+json rejections in realm `tokengate`, the system
-    /// clock, a `token-expires` response header, store lookups bounded by
-    /// 3 seconds.
+    /// clock, a `token-expires` response header in a token's last
+    /// [7 days](TOKEN_EXPIRES_WITHIN), store lookups bounded by 3 seconds.
     pub fn new(verifier: CachedStore<St>, hasher: TokenHasher, audience: Audience) -> Self {
         Self {
             config: Arc::new(Config {
@@ -117,6 +126,7 @@ impl<St> AuthenticateLayer<St> {
                 renderer: Renderer::default(),
                 clock: SystemClock::shared(),
                 expires_header: Some(TOKEN_EXPIRES),
+                expires_within: Some(TOKEN_EXPIRES_WITHIN),
                 usage: None,
                 lookup_timeout: Duration::from_secs(3),
                 uri_copies: Vec::new(),
@@ -195,6 +205,15 @@ impl<St> AuthenticateLayer<St> {
     /// off with `None`.
     pub fn expires_header(self, name: Option<HeaderName>) -> Self {
         self.with(|c| c.expires_header = name)
+    }
+
+    /// Sends the expiry header only once the token expires within
+    /// `window` ([7 days](TOKEN_EXPIRES_WITHIN) by default), or on every
+    /// admitted response of an expiring token with `None`. Every byte a
+    /// header adds is copied through the kernel on both sides; a client
+    /// needs the expiry only when it is time to rotate.
+    pub fn expires_header_within(self, window: Option<Duration>) -> Self {
+        self.with(|c| c.expires_within = window)
     }
 
     /// Records each token's use in `tracker` (`last_used_at`, written behind).

@@ -32,17 +32,19 @@
 //! trailers-only responses with `grpc-status` instead.
 //!
 //! On success the [`Principal`](tokengate_core::Principal) is inserted into
-//! the request's extensions, and the response carries a `token-expires`
-//! header (an HTTP date) so clients can rotate in time.
+//! the request's extensions, and in a token's last
+//! [7 days](TOKEN_EXPIRES_WITHIN) the response carries a `token-expires`
+//! header (an HTTP date) so clients can rotate in time
+//! ([`AuthenticateLayer::expires_header_within`] changes the window).
 //!
 //! # Example
 //!
 //! ```
-//! use std::convert::Infallible;
+//! use std::{convert::Infallible, time::Duration};
 //! use http::{Request, Response, StatusCode, header::AUTHORIZATION};
 //! use tokengate_authenticate::{AuthenticateLayer, PublicPaths};
 //! use tokengate_cache::{CacheConfig, CachedStore};
-//! use tokengate_core::{KeyId, Lifecycle, MemoryStore, Pepper, Principal, TokenHasher, TokenSpec};
+//! use tokengate_core::{Expiry, KeyId, Lifecycle, MemoryStore, Pepper, Principal, TokenHasher, TokenSpec};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build()?.block_on(async {
@@ -51,7 +53,8 @@
 //! let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
 //! let spec = TokenSpec::new("ci", "team-a")
 //!     .scopes(["notes:read".parse()?])
-//!     .audiences(["notes".parse()?]);
+//!     .audiences(["notes".parse()?])
+//!     .expiry(Expiry::After(Duration::from_secs(3 * 24 * 60 * 60)));
 //! let token = lifecycle.issue(spec).await?.token;
 //!
 //! let service = ServiceBuilder::new()
@@ -69,6 +72,7 @@
 //!     .oneshot(Request::get("/notes").header(AUTHORIZATION, bearer).body(String::new())?)
 //!     .await?;
 //! assert_eq!(ok.status(), StatusCode::OK);
+//! // Three days left: time to rotate, and the response says until when.
 //! assert!(ok.headers().contains_key("token-expires"));
 //!
 //! let missing = service.clone().oneshot(Request::get("/notes").body(String::new())?).await?;
@@ -96,7 +100,7 @@ mod public;
 mod usage;
 
 pub use check::{ExpiryHeader, TokenLookup};
-pub use layer::{Authenticate, AuthenticateLayer, TOKEN_EXPIRES, UriCopy};
+pub use layer::{Authenticate, AuthenticateLayer, TOKEN_EXPIRES, TOKEN_EXPIRES_WITHIN, UriCopy};
 pub use public::{IsPublic, PublicPaths};
 pub use usage::UsageTracker;
 

@@ -487,6 +487,39 @@ async fn responses_say_when_the_token_expires() {
 }
 
 #[tokio::test]
+async fn the_expiry_header_is_sent_only_in_a_tokens_last_week_unless_asked_always() {
+    let f = fixture();
+    let day = Duration::from_secs(24 * 60 * 60);
+    let (token, _) = f.issue(spec().expiry(Expiry::After(30 * day))).await;
+    let expected = httpdate::fmt_http_date(f.clock.now() + 30 * day);
+    let always = f.layer.clone().expires_header_within(None);
+    let header = |layer: &AuthenticateLayer<ProbeStore>| {
+        let request = bearer(token.expose_secret());
+        let service = service(layer);
+        async move {
+            let response = service.oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.headers().get("token-expires").cloned()
+        }
+    };
+    // 30 days left: the default layer says nothing, `None` says it always.
+    assert_eq!(header(&f.layer).await, None);
+    assert_eq!(header(&always).await.unwrap(), expected.as_str());
+    // 7 days and a second left: still quiet (the cached value is reused,
+    // the window is checked on every request).
+    f.clock.advance(23 * day - Duration::from_secs(1));
+    assert_eq!(header(&f.layer).await, None);
+    // Exactly 7 days left: the header appears.
+    f.clock.advance(Duration::from_secs(1));
+    assert_eq!(header(&f.layer).await.unwrap(), expected.as_str());
+    // A narrower window of one's own.
+    let narrow = f.layer.clone().expires_header_within(Some(day));
+    assert_eq!(header(&narrow).await, None);
+    f.clock.advance(6 * day);
+    assert_eq!(header(&narrow).await.unwrap(), expected.as_str());
+}
+
+#[tokio::test]
 async fn grpc_requests_get_grpc_status_codes() {
     let f = fixture();
     let grpc = |auth: Option<&str>| {

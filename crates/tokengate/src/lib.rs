@@ -109,7 +109,7 @@ pub use tokengate_cache::{CacheConfig, CacheStats, CachedStore, RevocationEvent,
 #[cfg(feature = "authenticate")]
 pub use tokengate_authenticate::{
     Authenticate, AuthenticateLayer, ExpiryHeader, IsPublic, PublicPaths, TOKEN_EXPIRES,
-    TokenLookup, UriCopy, UsageTracker,
+    TOKEN_EXPIRES_WITHIN, TokenLookup, UriCopy, UsageTracker,
 };
 #[cfg(feature = "scope")]
 pub use tokengate_scope::{

@@ -88,8 +88,13 @@ struct Args {
     discard_audit: bool,
     /// Send no `token-expires` header on admitted responses (clients then
     /// learn a token's expiry from `tokengate show`, not from traffic).
-    #[arg(long)]
+    /// By default it is sent in a token's last 7 days.
+    #[arg(long, conflicts_with = "token_expires_always")]
     no_token_expires: bool,
+    /// Send `token-expires` on every admitted response of an expiring
+    /// token, not only in its last 7 days.
+    #[arg(long)]
+    token_expires_always: bool,
     /// Send no `RateLimit` / `RateLimit-Policy` headers on admitted
     /// responses (refusals keep theirs, and `Retry-After`).
     #[arg(long)]
@@ -227,6 +232,9 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
     let mut authenticate = embedded.authenticate(audience);
     if args.no_token_expires {
         authenticate = authenticate.expires_header(None);
+    }
+    if args.token_expires_always {
+        authenticate = authenticate.expires_header_within(None);
     }
     let mut gate = Gate::new(authenticate, EnforceScopeLayer::new(policy))
         .client_ip(client_ip)
