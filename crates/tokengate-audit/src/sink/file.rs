@@ -196,6 +196,7 @@ impl JsonLinesSinkBuilder {
             capacity: self.capacity,
             stats: Arc::clone(&stats),
             room: room.clone(),
+            freed: 0,
         };
         let thread = std::thread::Builder::new()
             .name("tokengate-audit".into())
@@ -235,7 +236,8 @@ struct Shared {
     overflow: Overflow,
     /// Under [`Overflow::Block`]: one permit per free place in the queue,
     /// taken by a request before it is handled, given back by the writer
-    /// when it takes the record off the queue.
+    /// once it took the record off the queue ([`FREE_EVERY`] at a time,
+    /// and all it freed whenever it finds the queue empty).
     room: Option<Arc<Semaphore>>,
     block_timeout: Duration,
     stats: Arc<Counters>,
@@ -406,7 +408,16 @@ struct Writer {
     capacity: usize,
     stats: Arc<Counters>,
     room: Option<Arc<Semaphore>>,
+    /// Places taken off the queue and not yet given back to `room`.
+    freed: usize,
 }
+
+/// How many places the writer frees before it gives them back to waiting
+/// requests at once (and it gives back whatever it freed whenever it finds
+/// the queue empty): one semaphore lock per batch instead of one per
+/// record, while a request waiting for room waits at most this many
+/// records longer.
+const FREE_EVERY: usize = 64;
 
 /// Places in the queue beyond the records' capacity, for flush and
 /// shutdown messages.
@@ -445,6 +456,7 @@ impl Writer {
                 Ok(message) => message,
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
+                    self.give_back_room();
                     if batch > 0 {
                         last_record = Instant::now();
                     }
@@ -490,13 +502,25 @@ impl Writer {
                 self.write_record(record);
             }
         }
+        self.give_back_room();
         self.flush();
     }
 
-    /// A record left the queue: its place is free for the next request.
-    fn take_off_queue(&self) {
-        if let Some(room) = &self.room {
-            room.add_permits(1);
+    /// A record left the queue: its place is free for the next request,
+    /// given back with the next [`FREE_EVERY`] or when the queue is empty.
+    fn take_off_queue(&mut self) {
+        self.freed += 1;
+        if self.freed >= FREE_EVERY {
+            self.give_back_room();
+        }
+    }
+
+    fn give_back_room(&mut self) {
+        let freed = std::mem::take(&mut self.freed);
+        if freed > 0
+            && let Some(room) = &self.room
+        {
+            room.add_permits(freed);
         }
     }
 
