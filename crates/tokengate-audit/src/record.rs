@@ -122,6 +122,11 @@ impl AuditRecord {
         Self { capture }
     }
 
+    /// When the request's exchange ended (arrival plus latency).
+    pub(crate) fn ended_at(&self) -> SystemTime {
+        self.capture.timestamp + self.capture.latency
+    }
+
     /// The record, cleaned and bounded.
     pub fn event(self) -> AuditEvent {
         let mut event = AuditEvent::blank();

@@ -153,6 +153,13 @@ where
         let recorder = Emitter::new(Arc::clone(&self.sink), Box::new(capture), reserved);
         if timed_out {
             let grpc = is_grpc(request.headers());
+            metrics::counter!(
+                tokengate_core::metric_names::DECISIONS,
+                "layer" => "audit",
+                "outcome" => "deny",
+                "reason" => "audit_unavailable"
+            )
+            .increment(1);
             return ResponseFuture::refused(Denial::AuditUnavailable, grpc, recorder);
         }
         ResponseFuture::new(self.inner.call(request), recorder)

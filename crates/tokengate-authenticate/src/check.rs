@@ -15,8 +15,9 @@ use tokengate_core::{
 };
 
 use crate::credential::{QuerySource, redact_query};
-use crate::layer::{AudienceRule, AuthenticateLayer, Config};
+use crate::layer::{AudienceRule, AuthenticateLayer, Config, TOKEN_EXPIRES_WITHIN};
 use crate::usage::note_use;
+use tokengate_core::metric_names::STORE_ERRORS;
 
 /// Verifies the request's token through the verifying cache and puts the
 /// [`Principal`] into its extensions; a cache miss waits for the store.
@@ -127,7 +128,10 @@ impl<St: TokenStore> Config<St> {
                     future: Box::pin(async move {
                         match tokio::time::timeout(timeout, verifier.verify(&hash)).await {
                             Ok(verdict) => verdict,
-                            Err(_) => Err(VerifyError::Store(StoreError::Timeout)),
+                            Err(_) => {
+                                metrics::counter!(STORE_ERRORS, "kind" => "timeout").increment(1);
+                                Err(VerifyError::Store(StoreError::Timeout))
+                            }
                         }
                     }),
                 }))
@@ -218,19 +222,16 @@ impl<St> Config<St> {
                 usage.record(principal.token_id(), now);
             }
         }
-        let expiry = self.expires_header.as_ref().and_then(|name| {
-            let value = principal.with_slot(&EXPIRY_VALUE, expiry_value, |expiry| {
-                let (at, value) = expiry.as_ref()?;
-                let due = match self.expires_within {
-                    None => true,
-                    Some(window) => {
-                        let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
-                        at.saturating_sub(self.clock.now_nanos()) <= window
-                    }
-                };
-                due.then(|| value.clone())
-            })?;
-            Some((name.clone(), value))
+        let expiry = principal.with_slot(&EXPIRY_VALUE, expiry_value, |expiry| {
+            let (at, value) = expiry.as_ref()?;
+            let window = self.expires_within.unwrap_or(TOKEN_EXPIRES_WITHIN);
+            let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+            let near = at.saturating_sub(self.clock.now_nanos()) <= window;
+            if near {
+                self.near_expiry.increment(1);
+            }
+            let name = self.expires_header.as_ref()?;
+            (near || self.expires_within.is_none()).then(|| (name.clone(), value.clone()))
         });
         request.extensions_mut().insert(principal);
         Ok(ExpiryHeader(expiry))

@@ -53,6 +53,8 @@ pub(crate) struct Config<St> {
     /// Send the expiry header only this close to expiry (`None`: always).
     pub(crate) expires_within: Option<Duration>,
     pub(crate) usage: Option<UsageTracker>,
+    /// Counts admitted requests whose token is near its expiry.
+    pub(crate) near_expiry: metrics::Counter,
     pub(crate) lookup_timeout: Duration,
     pub(crate) uri_copies: Vec<UriCopy>,
 }
@@ -76,6 +78,7 @@ impl<St> Clone for Config<St> {
             expires_header: self.expires_header.clone(),
             expires_within: self.expires_within,
             usage: self.usage.clone(),
+            near_expiry: self.near_expiry.clone(),
             lookup_timeout: self.lookup_timeout,
             uri_copies: self.uri_copies.clone(),
         }
@@ -128,6 +131,7 @@ impl<St> AuthenticateLayer<St> {
                 expires_header: Some(TOKEN_EXPIRES),
                 expires_within: Some(TOKEN_EXPIRES_WITHIN),
                 usage: None,
+                near_expiry: metrics::counter!(tokengate_core::metric_names::NEAR_EXPIRY),
                 lookup_timeout: Duration::from_secs(3),
                 uri_copies: Vec::new(),
             }),
@@ -231,7 +235,7 @@ impl<S, St> Layer<S> for AuthenticateLayer<St> {
     type Service = Authenticate<S, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CheckService::new(self.clone(), inner)
+        CheckService::named("authenticate", self.clone(), inner)
     }
 }
 

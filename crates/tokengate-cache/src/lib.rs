@@ -76,9 +76,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use metrics::{Counter, Histogram, counter, histogram};
 use moka::sync::Cache;
+use tokengate_core::metric_names::{CACHE_LOOKUPS, STORE_ERRORS, STORE_LOOKUP_DURATION};
 use tokio::sync::OnceCell;
 
 pub use config::CacheConfig;
@@ -147,6 +149,41 @@ struct Shared<S> {
     /// Bumped by every invalidation, under `flights`' lock.
     epoch: AtomicU64,
     flights: Mutex<HashMap<TokenHash, Flight>>,
+    metrics: CacheMetrics,
+}
+
+/// The cache's metric handles, registered once (see
+/// `tokengate_core::metric_names`).
+struct CacheMetrics {
+    hit: Counter,
+    negative_hit: Counter,
+    miss: Counter,
+    joined: Counter,
+    lookup: Histogram,
+    errors: Counter,
+}
+
+impl CacheMetrics {
+    fn new() -> Self {
+        let lookups = |result: &'static str| counter!(CACHE_LOOKUPS, "result" => result);
+        Self {
+            hit: lookups("hit"),
+            negative_hit: lookups("negative_hit"),
+            miss: lookups("miss"),
+            joined: lookups("joined"),
+            lookup: histogram!(STORE_LOOKUP_DURATION),
+            errors: counter!(STORE_ERRORS, "kind" => "error"),
+        }
+    }
+
+    /// Counts an answer of the caches.
+    #[inline]
+    fn answered(&self, loaded: &Loaded) {
+        match loaded {
+            Loaded::Found(_) => self.hit.increment(1),
+            Loaded::Missing => self.negative_hit.increment(1),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -233,6 +270,7 @@ impl<S: TokenStore> CachedStore<S> {
                 negative,
                 epoch: AtomicU64::new(0),
                 flights: Mutex::new(HashMap::new()),
+                metrics: CacheMetrics::new(),
             }),
         }
     }
@@ -247,7 +285,10 @@ impl<S: TokenStore> CachedStore<S> {
     pub async fn verify(&self, hash: &TokenHash) -> Result<Principal, VerifyError> {
         let now = self.shared.clock.now();
         let loaded = match self.cached(hash, now) {
-            Some(loaded) => loaded,
+            Some(loaded) => {
+                self.shared.metrics.answered(&loaded);
+                loaded
+            }
             None => self.load(hash, now).await?,
         };
         match loaded {
@@ -262,7 +303,9 @@ impl<S: TokenStore> CachedStore<S> {
     /// answer hits with no allocation and no future.
     pub fn verify_cached(&self, hash: &TokenHash) -> Option<Result<Principal, VerifyError>> {
         let now = self.shared.clock.now();
-        Some(match self.cached(hash, now)? {
+        let loaded = self.cached(hash, now)?;
+        self.shared.metrics.answered(&loaded);
+        Some(match loaded {
             Loaded::Found(entry) => entry.judge(now),
             Loaded::Missing => Err(VerifyError::Invalid(InvalidReason::Unknown)),
         })
@@ -302,12 +345,16 @@ impl<S: TokenStore> CachedStore<S> {
     fn join_flight(&self, hash: &TokenHash, now: SystemTime) -> Join {
         let mut flights = lock(&self.shared.flights);
         let epoch = self.shared.epoch.load(Ordering::SeqCst);
+        let metrics = &self.shared.metrics;
         if let Some(flight) = flights.get(hash).filter(|f| f.epoch == epoch) {
+            metrics.joined.increment(1);
             return Join::Flight(epoch, Arc::clone(&flight.cell));
         }
         if let Some(loaded) = self.cached(hash, now) {
+            metrics.answered(&loaded);
             return Join::Cached(loaded);
         }
+        metrics.miss.increment(1);
         let cell = Cell::default();
         flights.insert(
             *hash,
@@ -322,8 +369,17 @@ impl<S: TokenStore> CachedStore<S> {
     /// Asks the store, then caches the answer unless an invalidation happened
     /// since the lookup began.
     async fn fetch(&self, hash: TokenHash, epoch: u64) -> Result<Loaded, StoreError> {
-        let record = self.shared.store.find_by_hash(&hash).await?;
         let shared = &*self.shared;
+        let started = Instant::now();
+        let found = shared.store.find_by_hash(&hash).await;
+        shared.metrics.lookup.record(started.elapsed());
+        tracing::debug!(
+            target: "tokengate",
+            elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            ok = found.is_ok(),
+            "token store lookup on a cache miss"
+        );
+        let record = found.inspect_err(|_| shared.metrics.errors.increment(1))?;
         let now = shared.clock.now();
         let loaded = match record {
             Some(record) if record.hash == hash => Loaded::Found(Entry {

@@ -71,6 +71,7 @@ pub mod denial;
 mod echo;
 mod hash;
 mod id;
+pub mod metric_names;
 mod pepper_source;
 mod principal;
 mod record;

@@ -147,7 +147,7 @@ impl<S> Layer<S> for ResolveClientIpLayer {
     type Service = ResolveClientIp<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CheckService::new(self.clone(), inner)
+        CheckService::named("client_ip", self.clone(), inner)
     }
 }
 
@@ -200,7 +200,7 @@ impl<S> Layer<S> for IpFilterLayer {
     type Service = IpFilter<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CheckService::new(self.clone(), inner)
+        CheckService::named("ip_filter", self.clone(), inner)
     }
 }
 

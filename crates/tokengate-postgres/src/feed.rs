@@ -121,6 +121,42 @@ struct Counters {
     events: AtomicU64,
     reconnects: AtomicU64,
     flushes: AtomicU64,
+    metrics: FeedMetrics,
+}
+
+/// The feed's metric handles, registered once (see
+/// `tokengate_core::metric_names`).
+struct FeedMetrics {
+    events: metrics::Counter,
+    reconnects: metrics::Counter,
+    flushes: metrics::Counter,
+    connected: metrics::Gauge,
+    last_event: metrics::Gauge,
+}
+
+impl Default for FeedMetrics {
+    fn default() -> Self {
+        use tokengate_core::metric_names::{
+            FEED_CONNECTED, FEED_EVENTS, FEED_FLUSHES, FEED_LAST_EVENT, FEED_RECONNECTS,
+        };
+        Self {
+            events: metrics::counter!(FEED_EVENTS),
+            reconnects: metrics::counter!(FEED_RECONNECTS),
+            flushes: metrics::counter!(FEED_FLUSHES),
+            connected: metrics::gauge!(FEED_CONNECTED),
+            last_event: metrics::gauge!(FEED_LAST_EVENT),
+        }
+    }
+}
+
+impl FeedMetrics {
+    /// The feed heard from the store now.
+    fn heard(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.last_event.set(now.as_secs_f64());
+    }
 }
 
 /// A running feed (see [`PostgresStore::follow`]). Dropping it does not
@@ -141,13 +177,7 @@ impl fmt::Debug for Feed {
 impl Feed {
     /// What the feed has done so far.
     pub fn status(&self) -> FeedStatus {
-        let c = &self.counters;
-        FeedStatus {
-            connected: c.connected.load(Ordering::Acquire),
-            events: c.events.load(Ordering::Relaxed),
-            reconnects: c.reconnects.load(Ordering::Relaxed),
-            flushes: c.flushes.load(Ordering::Relaxed),
-        }
+        status(&self.counters)
     }
 
     /// Stops the feed.
@@ -158,6 +188,44 @@ impl Feed {
     /// The feed's task, for callers that keep a list of handles to abort.
     pub fn into_task(self) -> JoinHandle<()> {
         self.task
+    }
+
+    /// A handle that reads the feed's status, for readiness checks; it
+    /// outlives [`Feed::into_task`].
+    pub fn watch(&self) -> FeedWatch {
+        FeedWatch {
+            counters: Arc::clone(&self.counters),
+        }
+    }
+}
+
+/// Reads a running feed's [`FeedStatus`] (see [`Feed::watch`]).
+#[derive(Clone)]
+pub struct FeedWatch {
+    counters: Arc<Counters>,
+}
+
+impl FeedWatch {
+    /// What the feed has done so far.
+    pub fn status(&self) -> FeedStatus {
+        status(&self.counters)
+    }
+}
+
+impl fmt::Debug for FeedWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FeedWatch")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+fn status(c: &Counters) -> FeedStatus {
+    FeedStatus {
+        connected: c.connected.load(Ordering::Acquire),
+        events: c.events.load(Ordering::Relaxed),
+        reconnects: c.reconnects.load(Ordering::Relaxed),
+        flushes: c.flushes.load(Ordering::Relaxed),
     }
 }
 
@@ -188,6 +256,7 @@ async fn run<S: Send + Sync + 'static>(
     loop {
         let error = listen(&store, &cache, &counters, &mut first).await;
         let was_up = counters.connected.swap(false, Ordering::AcqRel);
+        counters.metrics.connected.set(0.0);
         tracing::warn!(
             database = store.database(),
             %error,
@@ -258,10 +327,14 @@ async fn listen<S: Send + Sync + 'static>(
     // Listening from here on; whatever changed before may have been missed.
     if !std::mem::take(first) {
         counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        counters.metrics.reconnects.increment(1);
     }
     cache.invalidate_all();
     counters.flushes.fetch_add(1, Ordering::Relaxed);
+    counters.metrics.flushes.increment(1);
     counters.connected.store(true, Ordering::Release);
+    counters.metrics.connected.set(1.0);
+    counters.metrics.heard();
     tracing::info!(database = store.database(), "token change feed listening");
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -273,6 +346,8 @@ async fn listen<S: Send + Sync + 'static>(
                     Some(change) => {
                         cache.apply(&change.event);
                         counters.events.fetch_add(1, Ordering::Relaxed);
+                        counters.metrics.events.increment(1);
+                        counters.metrics.heard();
                     }
                     None => {
                         // A change this build cannot read: forget everything
@@ -280,6 +355,7 @@ async fn listen<S: Send + Sync + 'static>(
                         tracing::warn!(payload, "unknown token change; cache flushed");
                         cache.invalidate_all();
                         counters.flushes.fetch_add(1, Ordering::Relaxed);
+                        counters.metrics.flushes.increment(1);
                     }
                 },
                 Some(Err(error)) => return FeedError::Postgres(error),
@@ -287,7 +363,7 @@ async fn listen<S: Send + Sync + 'static>(
             },
             _ = heartbeat.tick() => {
                 match tokio::time::timeout(timeout, client.simple_query("")).await {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => counters.metrics.heard(),
                     Ok(Err(error)) => return FeedError::Postgres(error),
                     Err(_) => return FeedError::Timeout,
                 }

@@ -73,7 +73,7 @@ mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use feed::{FEED_APPLICATION, Feed, FeedStatus};
+pub use feed::{FEED_APPLICATION, Feed, FeedStatus, FeedWatch};
 pub use store::{ConnectError, PostgresStore, PostgresStoreBuilder};
 
 /// `config`'s database as errors name it: `postgres://user@host:port/name`,

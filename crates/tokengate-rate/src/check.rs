@@ -6,6 +6,7 @@ use std::task::{Context, Poll, Waker};
 
 use http::{Extensions, HeaderName, HeaderValue, Request, Response};
 use smallvec::SmallVec;
+use tokengate_core::metric_names::RATE_LIMITED;
 use tokengate_core::{Admit, Check, Denial, RateLimited, RateQuota, Verdict};
 
 use crate::layer::{Config, MissingKey, RateLimitLayer};
@@ -152,6 +153,7 @@ impl<St> Config<St> {
                 let (policy, _) = limiter
                     .policy(quota, extensions)
                     .ok_or(Denial::RateStateUnavailable)?;
+                metrics::counter!(RATE_LIMITED, "limiter" => policy.name().to_owned()).increment(1);
                 Err(Denial::RateLimited(RateLimited {
                     retry_after,
                     policy,

@@ -234,7 +234,7 @@ impl<S, St> Layer<S> for RateLimitLayer<St> {
     type Service = RateLimit<S, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CheckService::new(self.clone(), inner)
+        CheckService::named("rate", self.clone(), inner)
     }
 }
 

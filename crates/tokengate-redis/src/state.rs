@@ -77,6 +77,7 @@ struct Shared {
     unavailable: Unavailable,
     local: MemoryRateState,
     fallbacks: AtomicU64,
+    metrics: StateMetrics,
 }
 
 impl fmt::Debug for RedisRateState {
@@ -110,6 +111,7 @@ impl RedisRateState {
                 unavailable: Unavailable::Local,
                 local: MemoryRateState::default(),
                 fallbacks: AtomicU64::new(0),
+                metrics: StateMetrics::new(),
             }),
         })
     }
@@ -124,6 +126,7 @@ impl RedisRateState {
             unavailable: shared.unavailable,
             local: shared.local.clone(),
             fallbacks: AtomicU64::new(0),
+            metrics: StateMetrics::new(),
         });
         change(&mut shared);
         Self {
@@ -166,6 +169,23 @@ impl RedisRateState {
     /// because Redis did not answer in time.
     pub fn fallbacks(&self) -> u64 {
         self.shared.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// Whether Redis answers a `PING` within the state's timeout (making
+    /// the connection first if there is none yet): for readiness checks.
+    pub async fn ping(&self) -> Result<(), RateStateError> {
+        let shared = &*self.shared;
+        let ping = async {
+            let mut connection = shared.connection().await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+        };
+        match tokio::time::timeout(shared.timeout.max(Duration::from_secs(1)), ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(RateStateError(error.to_string().into())),
+            Err(_) => Err(RateStateError("timed out".into())),
+        }
     }
 
     /// The key prefix.
@@ -241,7 +261,17 @@ impl Shared {
             }
             invocation.invoke_async::<Vec<i64>>(&mut connection).await
         };
-        match tokio::time::timeout(self.timeout, call).await {
+        let started = std::time::Instant::now();
+        let answered = tokio::time::timeout(self.timeout, call).await;
+        let elapsed = started.elapsed();
+        self.metrics.round_trip.record(elapsed);
+        tracing::debug!(
+            target: "tokengate",
+            elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            ok = matches!(answered, Ok(Ok(_))),
+            "shared rate state round trip"
+        );
+        match answered {
             Ok(Ok(answer)) => outcome(&answer)
                 .ok_or_else(|| RateStateError(format!("unexpected answer {answer:?}").into())),
             Ok(Err(error)) => Err(RateStateError(error.to_string().into())),
@@ -257,6 +287,12 @@ impl Shared {
         error: &RateStateError,
     ) -> Result<Outcome, RateStateError> {
         let count = self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        match self.unavailable {
+            Unavailable::Local => &self.metrics.fallback_local,
+            Unavailable::FailClosed => &self.metrics.fallback_closed,
+            Unavailable::FailOpen => &self.metrics.fallback_open,
+        }
+        .increment(1);
         if count == 0 || count.is_power_of_two() {
             tracing::warn!(%error, policy = ?self.unavailable, fallbacks = count + 1, "redis rate state unavailable");
         }
@@ -293,5 +329,28 @@ impl RateState for RedisRateState {
                 Err(error) => shared.fallback(&charges, now, &error),
             }
         })
+    }
+}
+
+/// The shared state's metric handles, registered once (see
+/// `tokengate_core::metric_names`).
+struct StateMetrics {
+    round_trip: metrics::Histogram,
+    fallback_local: metrics::Counter,
+    fallback_open: metrics::Counter,
+    fallback_closed: metrics::Counter,
+}
+
+impl StateMetrics {
+    fn new() -> Self {
+        use tokengate_core::metric_names::{RATE_STATE_DURATION, RATE_STATE_FALLBACKS};
+        let fallbacks =
+            |policy: &'static str| metrics::counter!(RATE_STATE_FALLBACKS, "policy" => policy);
+        Self {
+            round_trip: metrics::histogram!(RATE_STATE_DURATION),
+            fallback_local: fallbacks("local"),
+            fallback_open: fallbacks("fail_open"),
+            fallback_closed: fallbacks("fail_closed"),
+        }
     }
 }

@@ -105,7 +105,7 @@ impl<S, P> Layer<S> for EnforceScopeLayer<P> {
     type Service = EnforceScope<S, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CheckService::new(self.clone(), inner)
+        CheckService::named("scope", self.clone(), inner)
     }
 }
 

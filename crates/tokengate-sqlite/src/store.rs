@@ -353,7 +353,14 @@ impl SqliteStore {
         cache: CachedStore<S>,
         every: Duration,
     ) -> JoinHandle<()> {
+        use tokengate_core::metric_names::{
+            FEED_CONNECTED, FEED_EVENTS, FEED_FLUSHES, FEED_LAST_EVENT,
+        };
         let store = self.clone();
+        let events = metrics::counter!(FEED_EVENTS);
+        let flushes = metrics::counter!(FEED_FLUSHES);
+        let connected = metrics::gauge!(FEED_CONNECTED);
+        let last_event = metrics::gauge!(FEED_LAST_EVENT);
         tokio::spawn(async move {
             let mut seen = store.latest_change().await.unwrap_or(0);
             let mut tick = tokio::time::interval(every);
@@ -365,12 +372,20 @@ impl SqliteStore {
                         for (seq, event) in changes {
                             cache.apply(&event);
                             seen = seq;
+                            events.increment(1);
                         }
+                        connected.set(1.0);
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default();
+                        last_event.set(now.as_secs_f64());
                     }
                     Err(error) => {
                         // Fail safe: forget everything rather than serve stale grants.
                         tracing::warn!(%error, "cannot read the token change feed; cache flushed");
                         cache.invalidate_all();
+                        flushes.increment(1);
+                        connected.set(0.0);
                     }
                 }
             }

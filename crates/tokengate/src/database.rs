@@ -142,10 +142,25 @@ impl AnyStore {
     /// SQLite polls its change table every 250 ms; PostgreSQL listens and
     /// applies each change as it commits (see `tokengate_postgres::Feed`).
     pub fn follow<S: Send + Sync + 'static>(&self, cache: CachedStore<S>) -> JoinHandle<()> {
+        self.follow_watched(cache).0
+    }
+
+    /// [`AnyStore::follow`], with a way to ask whether the feed is live.
+    pub(crate) fn follow_watched<S: Send + Sync + 'static>(
+        &self,
+        cache: CachedStore<S>,
+    ) -> (JoinHandle<()>, crate::ops::FeedHealth) {
         match self {
-            Self::Sqlite(store) => store.follow(cache, Duration::from_millis(250)),
+            Self::Sqlite(store) => (
+                store.follow(cache, Duration::from_millis(250)),
+                crate::ops::FeedHealth::Polling,
+            ),
             #[cfg(feature = "postgres")]
-            Self::Postgres(store) => store.follow(cache).into_task(),
+            Self::Postgres(store) => {
+                let feed = store.follow(cache);
+                let watch = feed.watch();
+                (feed.into_task(), crate::ops::FeedHealth::Listening(watch))
+            }
         }
     }
 }

@@ -39,6 +39,7 @@ pub struct Embedded {
     /// The audit file.
     pub audit: JsonLinesSink,
     tasks: Vec<JoinHandle<()>>,
+    feed: crate::ops::FeedHealth,
 }
 
 impl fmt::Debug for Embedded {
@@ -72,8 +73,9 @@ impl Embedded {
             .key(AuditKey::load_or_create(audit_log)?)
             .open(audit_log)
             .map_err(|e| format!("cannot open audit log: {e}"))?;
+        let (follower, feed) = store.follow_watched(cache.clone());
         let tasks = vec![
-            store.follow(cache.clone()),
+            follower,
             usage.spawn_flusher(store.clone(), Duration::from_secs(5)),
         ];
         Ok(Self {
@@ -84,7 +86,14 @@ impl Embedded {
             usage,
             audit,
             tasks,
+            feed,
         })
+    }
+
+    /// What `/readyz` checks for this deployment: the store and its change
+    /// feed (add the Redis rate state with [`Readiness::redis`](crate::ops::Readiness::redis)).
+    pub fn readiness(&self) -> crate::ops::Readiness {
+        crate::ops::Readiness::new(self.store.clone(), self.feed.clone())
     }
 
     /// An authenticate layer for `audience` over this store, recording usage.

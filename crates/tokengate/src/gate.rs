@@ -326,6 +326,6 @@ impl<S, St, P, K, R, X: Clone> Layer<S> for Gate<St, P, K, R, X> {
 
     fn layer(&self, inner: S) -> Self::Service {
         self.audit
-            .layer(CheckService::new(Arc::new(self.checks()), inner))
+            .layer(CheckService::named("gate", Arc::new(self.checks()), inner))
     }
 }

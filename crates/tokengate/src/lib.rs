@@ -14,7 +14,7 @@
 //! | `redis` | `RedisRateState`: rate limits shared by every instance in Redis, for `Gate::rate_state` or `RateLimitLayer::state` |
 //! | `sqlite` | `SqliteStore` (with its pepper, `SqliteStore::pepper`): the embedded default store; with `gate`, `Embedded` assembles a single-machine deployment and `shutdown_signal` (SIGTERM or SIGINT, through tokio's `signal`) ends it gracefully |
 //! | `full` | everything above |
-//! | `axum` | `axum::Authenticated`: the principal as an extractor |
+//! | `axum` | `axum::Authenticated`: the principal as an extractor; with `sqlite`, `ops::ops_router` (`/healthz`, `/readyz`, `/metrics` for an admin listener) |
 //! | `tonic` | `tonic::PrincipalExt`: the principal from a `tonic::Request` |
 //!
 //! The shared vocabulary (tokens, stores, the verifying cache, denials) is
@@ -144,7 +144,8 @@ pub use tokengate_sqlite::{OpenError, SqliteStore, pepper_path};
 
 #[cfg(feature = "postgres")]
 pub use tokengate_postgres::{
-    ConnectError, FEED_APPLICATION, Feed, FeedStatus, PostgresStore, PostgresStoreBuilder,
+    ConnectError, FEED_APPLICATION, Feed, FeedStatus, FeedWatch, PostgresStore,
+    PostgresStoreBuilder,
 };
 
 #[cfg(feature = "sqlite")]
@@ -156,6 +157,9 @@ pub use database::{AnyStore, Database, DatabaseError};
 mod embedded;
 #[cfg(all(feature = "sqlite", feature = "gate"))]
 pub use embedded::{Embedded, SetupError, shutdown_signal};
+
+#[cfg(feature = "sqlite")]
+pub mod ops;
 
 #[cfg(feature = "gate")]
 mod gate;

@@ -99,6 +99,8 @@ struct Args {
     /// responses (refusals keep theirs, and `Retry-After`).
     #[arg(long)]
     no_rate_headers: bool,
+    #[command(flatten)]
+    ops: example_ops::OpsArgs,
 }
 
 /// The sink of `--discard-audit`: drops each record.
@@ -192,7 +194,9 @@ fn policy() -> Result<ScopePolicy, tokengate::SetupError> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Args::parse()).await {
+    let args = Args::parse();
+    example_ops::init_logging(args.ops.log_format);
+    match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("axum-notes: {error}");
@@ -214,6 +218,8 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
+    // The metrics recorder goes in before any layer registers its counters.
+    let admin = example_ops::Admin::bind(&args.ops).await?;
 
     let embedded = Embedded::open(&args.db, args.pepper_file.as_deref(), &args.audit_log).await?;
     // `tokengate issue` then refuses a scope this server would never accept.
@@ -260,17 +266,26 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         .route("/notes/{id}", delete(remove))
         .route("/whoami", get(whoami))
         .with_state(Notes::default());
+    let mut readiness = embedded.readiness();
     let app = match &args.redis {
         None => guard(routes, gate, &args, &embedded),
         Some(url) => {
             let shared = RedisRateState::new(url)?
                 .prefix(&args.redis_prefix)?
                 .timeout(Duration::from_millis(args.redis_timeout_ms));
+            readiness = readiness.redis(shared.clone());
             guard(routes, gate.rate_state(shared), &args, &embedded)
         }
     };
 
     println!("axum-notes listening on http://{addr}");
+    if let Some(admin) = admin {
+        println!(
+            "axum-notes admin (/healthz, /readyz, /metrics) on http://{}",
+            admin.local_addr()?
+        );
+        admin.serve(readiness);
+    }
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -81,6 +81,8 @@ struct Args {
     /// decides with its own limits instead.
     #[arg(long, default_value_t = 25)]
     redis_timeout_ms: u64,
+    #[command(flatten)]
+    ops: example_ops::OpsArgs,
 }
 
 #[derive(Default)]
@@ -141,7 +143,9 @@ fn policy() -> Result<ScopePolicy, tokengate::SetupError> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Args::parse()).await {
+    let args = Args::parse();
+    example_ops::init_logging(args.ops.log_format);
+    match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tonic-notes: {error}");
@@ -170,6 +174,8 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
+    // The metrics recorder goes in before any layer registers its counters.
+    let admin = example_ops::Admin::bind(&args.ops).await?;
 
     let embedded = Embedded::open(&args.db, args.pepper_file.as_deref(), &args.audit_log).await?;
     // `tokengate issue` then refuses a scope this server would never accept.
@@ -193,12 +199,14 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
     .client_ip(client_ip)
     .ip_filter(IpFilterLayer::new(ip_rules));
     // One server type whether or not the rate state is shared.
+    let mut readiness = embedded.readiness();
     let gate = match &args.redis {
         None => Either::Left(gate),
         Some(url) => {
             let shared = RedisRateState::new(url)?
                 .prefix(&args.redis_prefix)?
                 .timeout(Duration::from_millis(args.redis_timeout_ms));
+            readiness = readiness.redis(shared.clone());
             Either::Right(gate.rate_state(shared))
         }
     };
@@ -209,6 +217,13 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         .await;
 
     println!("tonic-notes listening on {addr}");
+    if let Some(admin) = admin {
+        println!(
+            "tonic-notes admin (/healthz, /readyz, /metrics) on http://{}",
+            admin.local_addr()?
+        );
+        admin.serve(readiness);
+    }
     Server::builder()
         .layer(gate)
         .add_service(health)

@@ -5,9 +5,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError, bounded};
+use metrics::{Counter, Gauge, counter, gauge};
+use tokengate_core::metric_names::{AUDIT_QUEUE_DEPTH, AUDIT_RECORDS, AUDIT_WRITER_LAG};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::{AuditSink, Reservation};
@@ -183,7 +185,7 @@ impl JsonLinesSinkBuilder {
         // messages, so that a reserved record always finds its place.
         let (sender, receiver) = bounded(self.capacity + if block { CONTROL_ROOM } else { 0 });
         let room = block.then(|| Arc::new(Semaphore::new(self.capacity)));
-        let stats = Arc::new(Counters::default());
+        let stats = Arc::new(Counters::new());
         let writer = Writer {
             receiver,
             destination,
@@ -244,11 +246,48 @@ struct Shared {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-#[derive(Default)]
 struct Counters {
     written: AtomicU64,
     dropped: AtomicU64,
     failed: AtomicU64,
+    /// The same counts for a `metrics` recorder, and the writer's gauges.
+    metrics: SinkMetrics,
+}
+
+impl Counters {
+    fn new() -> Self {
+        let records = |result: &'static str| counter!(AUDIT_RECORDS, "result" => result);
+        Self {
+            written: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            metrics: SinkMetrics {
+                written: records("written"),
+                dropped: records("dropped"),
+                failed: records("failed"),
+                depth: gauge!(AUDIT_QUEUE_DEPTH),
+                lag: gauge!(AUDIT_WRITER_LAG),
+            },
+        }
+    }
+
+    fn dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::SeqCst);
+        self.metrics.dropped.increment(1);
+    }
+
+    fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::SeqCst);
+        self.metrics.failed.increment(1);
+    }
+}
+
+struct SinkMetrics {
+    written: Counter,
+    dropped: Counter,
+    failed: Counter,
+    depth: Gauge,
+    lag: Gauge,
 }
 
 enum Message {
@@ -342,7 +381,7 @@ impl AuditSink for JsonLinesSink {
         if room {
             shared.send(record);
         } else {
-            shared.stats.dropped.fetch_add(1, Ordering::SeqCst);
+            shared.stats.dropped();
         }
     }
 
@@ -384,10 +423,10 @@ impl Shared {
         match self.sender.try_send(Message::Record(record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                self.stats.dropped.fetch_add(1, Ordering::SeqCst);
+                self.stats.dropped();
             }
             Err(TrySendError::Disconnected(_)) => {
-                self.stats.failed.fetch_add(1, Ordering::SeqCst);
+                self.stats.failed();
             }
         }
     }
@@ -483,6 +522,14 @@ impl Writer {
             };
             match message {
                 Message::Record(record) => {
+                    if batch == 0 {
+                        // The queue's depth as the writer comes back to it.
+                        #[allow(clippy::cast_precision_loss)]
+                        self.stats
+                            .metrics
+                            .depth
+                            .set((self.receiver.len() + 1) as f64);
+                    }
                     self.take_off_queue();
                     self.write_record(record);
                     batch += 1;
@@ -527,6 +574,10 @@ impl Writer {
     /// Writes `record` through the one event the writer keeps, so its
     /// strings' buffers serve every record.
     fn write_record(&mut self, record: AuditRecord) {
+        let lag = SystemTime::now()
+            .duration_since(record.ended_at())
+            .unwrap_or_default();
+        self.stats.metrics.lag.set(lag.as_secs_f64());
         let mut event = self.event.take().unwrap_or_else(AuditEvent::blank);
         record.fill(&mut event);
         self.write(&event);
@@ -552,9 +603,10 @@ impl Writer {
                 self.prev.clear();
                 self.prev.push_str(hash.as_str());
                 self.stats.written.fetch_add(1, Ordering::SeqCst);
+                self.stats.metrics.written.increment(1);
             }
             Err(error) => {
-                self.stats.failed.fetch_add(1, Ordering::SeqCst);
+                self.stats.failed();
                 tracing::error!(%error, "could not write an audit record");
             }
         }

@@ -8,8 +8,10 @@ use std::task::{Context, Poll, ready};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
+use tracing::Span;
 
 use super::body::CheckBody;
+use super::observe::{self, Decisions};
 use super::refusal::Refusal;
 use super::{Admit, Check, Verdict};
 
@@ -23,6 +25,8 @@ pin_project! {
     {
         #[pin]
         state: State<C, S, B>,
+        // The request's span (disabled unless a subscriber wants it).
+        span: Span,
     }
 }
 
@@ -56,6 +60,7 @@ struct Pending<C, S, B> {
     request: Request<B>,
     inner: S,
     check: C,
+    decisions: Decisions,
 }
 
 impl<C, S, B> CheckFuture<C, S, B>
@@ -63,24 +68,32 @@ where
     C: Check<B>,
     S: Service<Request<B>>,
 {
-    pub(super) fn forward(future: S::Future, admit: C::Admit) -> Self {
+    pub(super) fn forward(future: S::Future, admit: C::Admit, span: Span) -> Self {
         Self {
             state: State::Forward {
                 future,
                 admit: Some(admit),
             },
+            span,
         }
     }
 
-    pub(super) fn refused(refusal: Refusal) -> Self {
+    pub(super) fn refused(refusal: Refusal, span: Span) -> Self {
         Self {
             state: State::Refused {
                 refusal: Some(refusal),
             },
+            span,
         }
     }
 
-    pub(super) fn waiting(wait: C::Wait, request: Request<B>, inner: S, check: C) -> Self {
+    pub(super) fn waiting(
+        wait: C::Wait,
+        request: Request<B>,
+        inner: S,
+        (check, decisions): (C, Decisions),
+        span: Span,
+    ) -> Self {
         Self {
             state: State::Waiting {
                 wait,
@@ -88,8 +101,10 @@ where
                     request,
                     inner,
                     check,
+                    decisions,
                 })),
             },
+            span,
         }
     }
 }
@@ -102,12 +117,15 @@ where
     type Output = Result<Response<CheckBody<R>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
+        let this = self.project();
+        let mut state = this.state;
+        let span = &*this.span;
         loop {
             let next = match state.as_mut().project() {
                 StateProj::Forward { future, admit } => {
                     let mut response = ready!(future.poll(cx))?.map(CheckBody::new);
                     admit.take().apply(&mut response);
+                    observe::answered(span, response.status());
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Refused { refusal } => {
@@ -115,24 +133,40 @@ where
                     return Poll::Ready(Ok(refusal.into_response()));
                 }
                 StateProj::Waiting { wait, pending } => {
-                    let waited = ready!(wait.poll(cx));
+                    let waited = {
+                        let _entered = span.enter();
+                        ready!(wait.poll(cx))
+                    };
                     let Some(mut waiting) = pending.take() else {
                         return Poll::Ready(Ok(Refusal::fail_closed().into_response()));
                     };
                     let Pending { request, check, .. } = &mut *waiting;
-                    match check.resume(request, waited) {
+                    let verdict = {
+                        let _entered = span.enter();
+                        check.resume(request, waited)
+                    };
+                    match verdict {
                         Verdict::Admit(admit) => {
                             let Pending {
-                                request, mut inner, ..
+                                request,
+                                mut inner,
+                                decisions,
+                                ..
                             } = *waiting;
+                            decisions.allowed();
+                            observe::admitted(span, &request);
                             State::Forward {
                                 future: inner.call(request),
                                 admit: Some(admit),
                             }
                         }
-                        Verdict::Refuse(refusal) => State::Refused {
-                            refusal: Some(refusal),
-                        },
+                        Verdict::Refuse(refusal) => {
+                            waiting.decisions.refused(&refusal);
+                            observe::refused(span, &waiting.request, &refusal);
+                            State::Refused {
+                                refusal: Some(refusal),
+                            }
+                        }
                         Verdict::Wait(wait) => State::Waiting {
                             wait,
                             pending: Some(waiting),

@@ -67,6 +67,7 @@
 mod body;
 mod chain;
 mod future;
+mod observe;
 mod refusal;
 mod service;
 mod shield;

@@ -35,6 +35,11 @@ impl Refusal {
         self.response.extensions().get::<Denial>()
     }
 
+    /// The refusal's status.
+    pub fn status(&self) -> http::StatusCode {
+        self.response.status()
+    }
+
     /// The refusal's headers, for an earlier check to add its own.
     pub fn headers_mut(&mut self) -> &mut HeaderMap {
         self.response.headers_mut()

@@ -157,6 +157,25 @@ impl Denial {
         }
     }
 
+    /// The layer that refuses this way, a label for metrics and traces:
+    /// `client_ip`, `ip_filter`, `authenticate`, `rate`, `scope`, `audit`,
+    /// or `check` (a header required by a check of one's own).
+    pub fn layer(&self) -> &'static str {
+        match self {
+            Self::MalformedRequest(MalformedReason::MissingRequiredHeader) => "check",
+            Self::MalformedRequest(_)
+            | Self::MissingToken
+            | Self::InvalidToken(_)
+            | Self::StoreUnavailable => "authenticate",
+            Self::InsufficientScope { .. } | Self::Unmapped => "scope",
+            Self::IpForbidden(IpReason::OutsideTokenNetworks) => "authenticate",
+            Self::IpForbidden(_) => "ip_filter",
+            Self::RateLimited(_) | Self::RateStateUnavailable => "rate",
+            Self::NoPeerAddress => "client_ip",
+            Self::AuditUnavailable => "audit",
+        }
+    }
+
     /// The precise reason, stable and machine-readable, for audit records
     /// and metrics (e.g. `token_revoked`). Never sent to the client.
     pub fn reason(&self) -> &'static str {

@@ -1,0 +1,137 @@
+//! What a [`CheckService`](super::CheckService) tells operators about each
+//! request: one count of its decision (the `metrics` facade) and one span
+//! (`tracing`).
+//!
+//! The names are in [`crate::metric_names`]. With no recorder installed a
+//! count is a relaxed load; with no subscriber interested in the span's
+//! level (`DEBUG`, target `tokengate`), the span is never built and every
+//! field write below is skipped.
+
+use http::Request;
+use metrics::Counter;
+use tracing::Span;
+use tracing::field::Empty;
+
+use super::refusal::Refusal;
+use crate::metric_names::DECISIONS;
+use crate::principal::{ClientIp, Principal};
+
+/// The decision counts of one named check.
+#[derive(Clone)]
+pub(super) struct Decisions {
+    name: &'static str,
+    /// Registered once, when the service is made: the hot path increments
+    /// a handle, with no key built or looked up per request.
+    allowed: Counter,
+}
+
+impl Decisions {
+    pub(super) fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            allowed: metrics::counter!(
+                DECISIONS,
+                "layer" => name,
+                "outcome" => "allow",
+                "reason" => "allowed"
+            ),
+        }
+    }
+
+    pub(super) fn name(&self) -> &'static str {
+        self.name
+    }
+
+    #[inline]
+    pub(super) fn allowed(&self) {
+        self.allowed.increment(1);
+    }
+
+    /// Counts a refusal under its denial's layer and reason (a refusal
+    /// without a denial is the fail-closed 500, counted as `internal`).
+    pub(super) fn refused(&self, refusal: &Refusal) {
+        let (layer, reason) = refusal.denial().map_or((self.name, "internal"), |denial| {
+            (denial.layer(), denial.reason())
+        });
+        metrics::counter!(
+            DECISIONS,
+            "layer" => layer,
+            "outcome" => "deny",
+            "reason" => reason
+        )
+        .increment(1);
+    }
+}
+
+/// The request's span: OpenTelemetry's semantic-convention names where
+/// they exist, `tokengate.*` for the rest; the decision's fields are
+/// written once it is known.
+#[inline]
+pub(super) fn span<B>(check: &'static str, request: &Request<B>) -> Span {
+    let span = tracing::debug_span!(
+        target: "tokengate",
+        "tokengate.check",
+        "http.request.method" = Empty,
+        "url.path" = Empty,
+        "http.route" = Empty,
+        "client.address" = Empty,
+        "enduser.id" = Empty,
+        "http.response.status_code" = Empty,
+        "tokengate.check" = check,
+        "tokengate.token_id" = Empty,
+        "tokengate.decision" = Empty,
+        "tokengate.reason" = Empty,
+        "tokengate.limiter" = Empty,
+    );
+    if !span.is_disabled() {
+        span.record("http.request.method", request.method().as_str());
+        span.record("url.path", request.uri().path());
+    }
+    span
+}
+
+/// Writes what an admitted request's check learned.
+pub(super) fn admitted<B>(span: &Span, request: &Request<B>) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("tokengate.decision", "allow");
+    write_request(span, request);
+}
+
+/// Writes a refusal's decision, reason, limiter and status.
+pub(super) fn refused<B>(span: &Span, request: &Request<B>, refusal: &Refusal) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("tokengate.decision", "deny");
+    span.record("http.response.status_code", refusal.status().as_u16());
+    if let Some(denial) = refusal.denial() {
+        span.record("tokengate.reason", denial.reason());
+        if let crate::Denial::RateLimited(limited) = denial {
+            span.record("tokengate.limiter", limited.policy.name());
+        }
+    }
+    write_request(span, request);
+}
+
+/// Writes the inner service's status on an admitted request.
+pub(super) fn answered(span: &Span, status: http::StatusCode) {
+    if !span.is_disabled() {
+        span.record("http.response.status_code", status.as_u16());
+    }
+}
+
+fn write_request<B>(span: &Span, request: &Request<B>) {
+    let extensions = request.extensions();
+    if let Some(ip) = ClientIp::of(extensions) {
+        span.record("client.address", tracing::field::display(ip));
+    }
+    if let Some(principal) = extensions.get::<Principal>() {
+        span.record("enduser.id", principal.subject());
+        span.record(
+            "tokengate.token_id",
+            tracing::field::display(principal.token_id()),
+        );
+    }
+}

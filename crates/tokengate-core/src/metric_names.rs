@@ -1,0 +1,151 @@
+//! The name of every metric tokengate emits through the
+//! [`metrics`](https://docs.rs/metrics) facade, with its labels.
+//!
+//! Install whatever recorder you run (Prometheus, OpenTelemetry, StatsD)
+//! before you build the layers: hot-path counters are registered once,
+//! when a service, cache or sink is made. With no recorder installed
+//! every call site costs a relaxed load. Labels have bounded values only:
+//! never a token, subject, path or address. [`describe`] gives a recorder
+//! each metric's unit and meaning.
+
+/// Counter: one per decision of a check service. Labels: `layer` (the
+/// service's name for `allow`: `gate`, `authenticate`, `rate`, ...; the
+/// denial's layer for `deny`: `client_ip`, `ip_filter`, `authenticate`,
+/// `rate`, `scope`, `audit`, `check`), `outcome` (`allow`, `deny`) and
+/// `reason` (`allowed`, or [`Denial::reason`](crate::Denial::reason)).
+pub const DECISIONS: &str = "tokengate_decisions_total";
+
+/// Counter: verifications answered by the cache. Label `result`: `hit`
+/// (a cached principal), `negative_hit` (a hash cached as unknown),
+/// `miss` (a store lookup), `joined` (waited for another request's
+/// lookup of the same hash).
+pub const CACHE_LOOKUPS: &str = "tokengate_cache_lookups_total";
+
+/// Histogram, seconds: the store's lookups on cache misses.
+pub const STORE_LOOKUP_DURATION: &str = "tokengate_store_lookup_duration_seconds";
+
+/// Counter: store lookups that failed. Label `kind`: `error` (the store
+/// answered with an error) or `timeout` (the lookup bound passed).
+pub const STORE_ERRORS: &str = "tokengate_store_errors_total";
+
+/// Counter: requests a rate limit refused. Label `limiter`: the limiter's
+/// name (set in the configuration, so bounded).
+pub const RATE_LIMITED: &str = "tokengate_rate_limited_total";
+
+/// Counter: decisions a shared rate state (Redis) could not make in
+/// time, answered by its fallback. Label `policy`: `local`, `fail_open`
+/// or `fail_closed`.
+pub const RATE_STATE_FALLBACKS: &str = "tokengate_rate_state_fallbacks_total";
+
+/// Histogram, seconds: round trips to a shared rate state.
+pub const RATE_STATE_DURATION: &str = "tokengate_rate_state_duration_seconds";
+
+/// Counter: audit records by fate. Label `result`: `written`, `dropped`
+/// (the queue was full) or `failed` (the write failed).
+pub const AUDIT_RECORDS: &str = "tokengate_audit_records_total";
+
+/// Gauge, records: queued for the audit writer, as of its last drain.
+pub const AUDIT_QUEUE_DEPTH: &str = "tokengate_audit_queue_depth";
+
+/// Gauge, seconds: how long the last record written waited between its
+/// request's end and the writer.
+pub const AUDIT_WRITER_LAG: &str = "tokengate_audit_writer_lag_seconds";
+
+/// Counter: change events received from the store's feed (revocations,
+/// rotations, changes) and applied to the cache.
+pub const FEED_EVENTS: &str = "tokengate_feed_events_total";
+
+/// Counter: times the change feed reconnected after losing its
+/// connection.
+pub const FEED_RECONNECTS: &str = "tokengate_feed_reconnects_total";
+
+/// Counter: times the cache was flushed because the feed may have missed
+/// events (every (re)connection).
+pub const FEED_FLUSHES: &str = "tokengate_feed_flushes_total";
+
+/// Gauge: 1 while the change feed is connected, 0 while it is not.
+pub const FEED_CONNECTED: &str = "tokengate_feed_connected";
+
+/// Gauge, seconds since the Unix epoch: when the feed last heard from the
+/// store (an event or a heartbeat). Alert on
+/// `time() - tokengate_feed_last_event_timestamp_seconds`.
+pub const FEED_LAST_EVENT: &str = "tokengate_feed_last_event_timestamp_seconds";
+
+/// Counter: admitted requests whose token expires within the
+/// authenticate layer's expiry window (7 days by default): clients that
+/// should rotate soon.
+pub const NEAR_EXPIRY: &str = "tokengate_near_expiry_requests_total";
+
+/// Gives the installed recorder the unit and meaning of every metric
+/// above (optional: recorders work without it).
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(DECISIONS, Unit::Count, "Decisions of tokengate's checks.");
+    describe_counter!(
+        CACHE_LOOKUPS,
+        Unit::Count,
+        "Token verifications by cache result."
+    );
+    describe_histogram!(
+        STORE_LOOKUP_DURATION,
+        Unit::Seconds,
+        "Token store lookups on cache misses."
+    );
+    describe_counter!(
+        STORE_ERRORS,
+        Unit::Count,
+        "Token store lookups that failed."
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        Unit::Count,
+        "Requests refused by a rate limit."
+    );
+    describe_counter!(
+        RATE_STATE_FALLBACKS,
+        Unit::Count,
+        "Rate decisions made by the shared state's fallback."
+    );
+    describe_histogram!(
+        RATE_STATE_DURATION,
+        Unit::Seconds,
+        "Round trips to the shared rate state."
+    );
+    describe_counter!(AUDIT_RECORDS, Unit::Count, "Audit records by fate.");
+    describe_gauge!(
+        AUDIT_QUEUE_DEPTH,
+        Unit::Count,
+        "Audit records waiting for the writer."
+    );
+    describe_gauge!(
+        AUDIT_WRITER_LAG,
+        Unit::Seconds,
+        "How long the last audit record waited for the writer."
+    );
+    describe_counter!(
+        FEED_EVENTS,
+        Unit::Count,
+        "Change events applied from the store's feed."
+    );
+    describe_counter!(
+        FEED_RECONNECTS,
+        Unit::Count,
+        "Reconnections of the change feed."
+    );
+    describe_counter!(
+        FEED_FLUSHES,
+        Unit::Count,
+        "Cache flushes on feed (re)connection."
+    );
+    describe_gauge!(FEED_CONNECTED, "Whether the change feed is connected.");
+    describe_gauge!(
+        FEED_LAST_EVENT,
+        Unit::Seconds,
+        "When the change feed last heard from the store."
+    );
+    describe_counter!(
+        NEAR_EXPIRY,
+        Unit::Count,
+        "Admitted requests with a token near its expiry."
+    );
+}
