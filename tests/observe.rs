@@ -22,13 +22,15 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
 type Fields = BTreeMap<String, String>;
+/// An event's message, and the name of the span it happened in.
+type Event = (String, Option<String>);
 
 /// Every closed span's name and fields, and every event's message with
 /// the name of the span it happened in.
 #[derive(Clone, Default)]
 struct Capture {
     spans: Arc<Mutex<Vec<(String, Fields)>>>,
-    events: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    events: Arc<Mutex<Vec<Event>>>,
 }
 
 struct Collect<'a>(&'a mut Fields);
