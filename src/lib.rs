@@ -91,6 +91,8 @@ pub mod process {
         pub token: String,
         /// The demo token's id.
         pub token_id: String,
+        /// Every line it printed before the listening line.
+        pub output: Vec<String>,
     }
 
     impl Started {
@@ -159,6 +161,7 @@ pub mod process {
             .expect("the example starts");
         let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
         let (mut token, mut token_id) = (String::new(), String::new());
+        let mut output = Vec::new();
         loop {
             let line = lines
                 .next()
@@ -178,8 +181,10 @@ pub mod process {
                     addr,
                     token,
                     token_id,
+                    output,
                 };
             }
+            output.push(line);
         }
     }
 

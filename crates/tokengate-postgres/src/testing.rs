@@ -89,6 +89,49 @@ impl TestDatabase {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The server's `host:port`, for a proxy in front of it.
+    ///
+    /// # Panics
+    ///
+    /// If the URL names a Unix socket, not a TCP server.
+    #[allow(
+        clippy::panic,
+        reason = "a test helper: such a server cannot be proxied"
+    )]
+    pub fn target(&self) -> String {
+        let config: tokio_postgres::Config = match self.url.parse() {
+            Ok(config) => config,
+            Err(error) => panic!("the test database URL does not parse: {error}"),
+        };
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => panic!("a TCP server is needed"),
+        };
+        format!(
+            "{host}:{}",
+            config.get_ports().first().copied().unwrap_or(5432)
+        )
+    }
+
+    /// The database's URL through `proxy` (a `host:port` standing in for
+    /// [`TestDatabase::target`]).
+    ///
+    /// # Panics
+    ///
+    /// If the URL does not name the target (a server given without a port).
+    #[allow(clippy::panic, reason = "a test helper")]
+    pub fn url_via(&self, proxy: &str) -> String {
+        let target = self.target();
+        let url = self
+            .url
+            .replacen(&target, proxy, 1)
+            .replacen("localhost:5432", proxy, 1);
+        if !url.contains(proxy) {
+            panic!("cannot route {} through {proxy}", self.url);
+        }
+        url
+    }
 }
 
 impl Drop for TestDatabase {

@@ -523,23 +523,8 @@ async fn while_the_database_is_down_hits_hold_misses_fail_and_the_return_flushes
         return;
     };
     let (admin, hasher, dir) = open(&db).await;
-    let target = {
-        let config: tokio_postgres::Config = db.url().parse().unwrap();
-        let host = match &config.get_hosts()[0] {
-            tokio_postgres::config::Host::Tcp(host) => host.clone(),
-            tokio_postgres::config::Host::Unix(_) => panic!("a TCP server is needed"),
-        };
-        format!(
-            "{host}:{}",
-            config.get_ports().first().copied().unwrap_or(5432)
-        )
-    };
-    let mut proxy = Proxy::start(&target).await;
-    let url = db
-        .url()
-        .replacen(&target, &proxy.addr().to_string(), 1)
-        .replacen("localhost:5432", &proxy.addr().to_string(), 1);
-    assert!(url.contains(&proxy.addr().to_string()), "{url}");
+    let mut proxy = Proxy::start(&db.target()).await;
+    let url = db.url_via(&proxy.addr().to_string());
     let store = PostgresStore::builder(&url)
         .timeout(Duration::from_millis(500))
         .connect()

@@ -149,17 +149,17 @@ impl AnyStore {
     pub(crate) fn follow_watched<S: Send + Sync + 'static>(
         &self,
         cache: CachedStore<S>,
-    ) -> (JoinHandle<()>, crate::ops::FeedHealth) {
+    ) -> (JoinHandle<()>, FeedHealth) {
         match self {
             Self::Sqlite(store) => (
                 store.follow(cache, Duration::from_millis(250)),
-                crate::ops::FeedHealth::Polling,
+                FeedHealth::Polling,
             ),
             #[cfg(feature = "postgres")]
             Self::Postgres(store) => {
                 let feed = store.follow(cache);
                 let watch = feed.watch();
-                (feed.into_task(), crate::ops::FeedHealth::Listening(watch))
+                (feed.into_task(), FeedHealth::Listening(watch))
             }
         }
     }
@@ -242,4 +242,14 @@ mod tests {
             assert!(!error.contains("hunter2"), "{error}");
         }
     }
+}
+
+/// How a store's change feed can be asked whether it is live.
+#[derive(Clone, Debug)]
+pub(crate) enum FeedHealth {
+    /// SQLite polls the file the store reads: live while the store is.
+    Polling,
+    /// PostgreSQL listens on a connection of its own.
+    #[cfg(feature = "postgres")]
+    Listening(tokengate_postgres::FeedWatch),
 }

@@ -39,7 +39,7 @@ pub struct Embedded {
     /// The audit file.
     pub audit: JsonLinesSink,
     tasks: Vec<JoinHandle<()>>,
-    feed: crate::ops::FeedHealth,
+    feed: crate::database::FeedHealth,
 }
 
 impl fmt::Debug for Embedded {

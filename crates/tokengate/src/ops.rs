@@ -13,17 +13,7 @@ use std::time::Duration;
 
 use tokengate_core::{KeyId, TokenHash, TokenStore};
 
-use crate::database::AnyStore;
-
-/// How a store's change feed can be asked whether it is live.
-#[derive(Clone, Debug)]
-pub(crate) enum FeedHealth {
-    /// SQLite polls the file the store reads: live while the store is.
-    Polling,
-    /// PostgreSQL listens on a connection of its own.
-    #[cfg(feature = "postgres")]
-    Listening(tokengate_postgres::FeedWatch),
-}
+use crate::database::{AnyStore, FeedHealth};
 
 /// The checks behind `/readyz` (see the [module docs](self)).
 #[derive(Clone)]

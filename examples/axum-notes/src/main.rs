@@ -278,7 +278,7 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         }
     };
 
-    println!("axum-notes listening on http://{addr}");
+    // The admin line first: whoever waits for the listening line has it.
     if let Some(admin) = admin {
         println!(
             "axum-notes admin (/healthz, /readyz, /metrics) on http://{}",
@@ -286,6 +286,8 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         );
         admin.serve(readiness);
     }
+    println!("axum-notes listening on http://{addr}");
+
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

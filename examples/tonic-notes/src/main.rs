@@ -216,7 +216,7 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         .set_serving::<NotesServer<NotesService>>()
         .await;
 
-    println!("tonic-notes listening on {addr}");
+    // The admin line first: whoever waits for the listening line has it.
     if let Some(admin) = admin {
         println!(
             "tonic-notes admin (/healthz, /readyz, /metrics) on http://{}",
@@ -224,6 +224,8 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         );
         admin.serve(readiness);
     }
+    println!("tonic-notes listening on {addr}");
+
     Server::builder()
         .layer(gate)
         .add_service(health)
