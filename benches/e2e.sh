@@ -15,6 +15,8 @@
 #                 token's last 7 days, so the bench token gets none), and
 #                 without the success RateLimit headers: what each header
 #                 costs;
+#   gate-metrics  the full Gate with the admin listener on, so a
+#                 Prometheus recorder records every metric: its cost;
 #   gate-redis    the full Gate with its rate state in Redis (REDIS_URL,
 #                 default redis://127.0.0.1:6379): the cost of shared state;
 #   shared3       three axum-notes on one PostgreSQL database (POSTGRES_URL,
@@ -80,6 +82,7 @@ run() { # mode -> "rps p99 cpu"
     bare) server+=(--no-gate) ;;
     gate) ;;
     gate-redis) server+=(--redis "$redis" --redis-prefix "$prefix") ;;
+    gate-metrics) server+=(--admin-listen 127.0.0.1:0) ;;
     gate-expires) server+=(--token-expires-always) ;;
     gate-no-headers) server+=(--no-rate-headers) ;;
     shared3) ports=(39999 39998 39997); bearer=$pg_token ;;

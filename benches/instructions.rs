@@ -14,7 +14,9 @@
 //! - `rate-token`: authenticate, then a per-token limit with headers;
 //! - `scope`: authenticate, then a scope table;
 //! - `gate-discard`: the full gate auditing into the dropping sink;
-//! - `gate`: the full gate auditing to a JSON-lines file.
+//! - `gate`: the full gate auditing to a JSON-lines file;
+//! - `gate-prometheus`: the same with a Prometheus recorder installed
+//!   (every metric the gate emits recorded).
 //!
 //! With `COLD` set in the environment, the driver writes over a buffer
 //! twice the size of this machine's L2 before each request (in
@@ -127,6 +129,12 @@ fn main() {
         println!("usage: instructions STACK REQUESTS (see the module docs for stacks)");
         return;
     };
+    if stack == "gate-prometheus" {
+        // Before anything registers its metric handles.
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .unwrap();
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

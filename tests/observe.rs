@@ -165,6 +165,7 @@ fn each_request_gets_one_span_with_the_decision_and_otel_field_names() {
     // Admitted: OpenTelemetry names, the subject and token, the handler's status.
     assert_eq!(field(0, "http.request.method"), Some("GET"));
     assert_eq!(field(0, "url.path"), Some("/notes"));
+    assert_eq!(field(0, "http.route"), Some("/notes"));
     assert_eq!(field(0, "client.address"), Some("192.0.2.7"));
     assert_eq!(field(0, "enduser.id"), Some("team-a"));
     assert!(field(0, "tokengate.token_id").is_some_and(|id| !id.is_empty()));

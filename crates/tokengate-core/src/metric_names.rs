@@ -47,8 +47,8 @@ pub const AUDIT_RECORDS: &str = "tokengate_audit_records_total";
 /// Gauge, records: queued for the audit writer, as of its last drain.
 pub const AUDIT_QUEUE_DEPTH: &str = "tokengate_audit_queue_depth";
 
-/// Gauge, seconds: how long the last record written waited between its
-/// request's end and the writer.
+/// Gauge, seconds: how long the last record of the writer's latest batch
+/// waited between its request's end and the end of that batch.
 pub const AUDIT_WRITER_LAG: &str = "tokengate_audit_writer_lag_seconds";
 
 /// Counter: change events received from the store's feed (revocations,

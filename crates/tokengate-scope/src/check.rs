@@ -30,6 +30,12 @@ impl<B, P: ScopeLookup> Check<B> for EnforceScopeLayer<P> {
 
 impl<P: ScopeLookup> EnforceScopeLayer<P> {
     fn decide<B>(&self, request: &Request<B>) -> Result<(), Denial> {
+        if tracing::enabled!(target: "tokengate", tracing::Level::DEBUG)
+            && let Some(route) = self.lookup.route(request.uri().path())
+        {
+            // The request's `tokengate.check` span, entered around the check.
+            tracing::Span::current().record("http.route", route);
+        }
         let requirement = self
             .lookup
             .requirement(request.method(), request.uri().path());

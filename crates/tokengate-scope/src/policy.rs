@@ -10,6 +10,13 @@ use crate::requirement::Requirement;
 pub trait ScopeLookup: Send + Sync + 'static {
     /// The requirement for `method` on `path`.
     fn requirement(&self, method: &Method, path: &str) -> Option<&Requirement>;
+
+    /// The route template `path` matched (`/notes/{id}`), for the
+    /// request span's `http.route`; `None` where the lookup has no
+    /// templates. Asked only while the span is recorded.
+    fn route(&self, _path: &str) -> Option<&str> {
+        None
+    }
 }
 
 /// A single requirement covers every request it guards (per-route use).
@@ -113,6 +120,11 @@ impl ScopeLookup for ScopePolicy {
     fn requirement(&self, method: &Method, path: &str) -> Option<&Requirement> {
         let matched = self.router.at(path).ok()?;
         self.routes.get(*matched.value)?.lookup(method)
+    }
+
+    fn route(&self, path: &str) -> Option<&str> {
+        let matched = self.router.at(path).ok()?;
+        Some(&self.routes.get(*matched.value)?.pattern)
     }
 }
 

@@ -222,6 +222,18 @@ async fn counters_are_exact_and_readiness_follows_the_store() {
             .is_some_and(|n| *n >= 1.0),
         "{text}"
     );
+    // Eight requests went through the Gate, so eight audit records; the
+    // writer tells the count after each batch.
+    let written = r#"tokengate_audit_records_total{result="written"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = send(&format!("{admin}/metrics"), "GET", None).await;
+        match samples(&text).get(written).copied() {
+            Some(8.0) => break,
+            seen => assert!(Instant::now() < deadline, "{written} stayed {seen:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     assert!(server.terminate(), "the server stops cleanly");
 }

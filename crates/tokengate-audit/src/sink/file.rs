@@ -199,6 +199,8 @@ impl JsonLinesSinkBuilder {
             stats: Arc::clone(&stats),
             room: room.clone(),
             freed: 0,
+            unreported: 0,
+            last_ended: None,
         };
         let thread = std::thread::Builder::new()
             .name("tokengate-audit".into())
@@ -449,6 +451,10 @@ struct Writer {
     room: Option<Arc<Semaphore>>,
     /// Places taken off the queue and not yet given back to `room`.
     freed: usize,
+    /// Records written since the metrics were last told, and when the
+    /// last of them ended: told once per batch, like the room.
+    unreported: u64,
+    last_ended: Option<SystemTime>,
 }
 
 /// How many places the writer frees before it gives them back to waiting
@@ -562,6 +568,8 @@ impl Writer {
         }
     }
 
+    /// Gives the freed places back, and tells the metrics what was
+    /// written since the last time (the count, and the last record's lag).
     fn give_back_room(&mut self) {
         let freed = std::mem::take(&mut self.freed);
         if freed > 0
@@ -569,15 +577,20 @@ impl Writer {
         {
             room.add_permits(freed);
         }
+        let metrics = &self.stats.metrics;
+        metrics
+            .written
+            .increment(std::mem::take(&mut self.unreported));
+        if let Some(ended) = self.last_ended.take() {
+            let lag = SystemTime::now().duration_since(ended).unwrap_or_default();
+            metrics.lag.set(lag.as_secs_f64());
+        }
     }
 
     /// Writes `record` through the one event the writer keeps, so its
     /// strings' buffers serve every record.
     fn write_record(&mut self, record: AuditRecord) {
-        let lag = SystemTime::now()
-            .duration_since(record.ended_at())
-            .unwrap_or_default();
-        self.stats.metrics.lag.set(lag.as_secs_f64());
+        self.last_ended = Some(record.ended_at());
         let mut event = self.event.take().unwrap_or_else(AuditEvent::blank);
         record.fill(&mut event);
         self.write(&event);
@@ -603,7 +616,7 @@ impl Writer {
                 self.prev.clear();
                 self.prev.push_str(hash.as_str());
                 self.stats.written.fetch_add(1, Ordering::SeqCst);
-                self.stats.metrics.written.increment(1);
+                self.unreported += 1;
             }
             Err(error) => {
                 self.stats.failed();
