@@ -157,3 +157,72 @@ async fn reflection_is_public_so_grpcurl_needs_no_proto_files() {
     assert!(server.terminate(), "a clean shutdown on SIGTERM");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `GET path` on `addr` over plain HTTP/1.0: the status line and body.
+async fn http_get(addr: &str, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_serves_readiness_and_counts_grpc_decisions() {
+    let dir = temp_dir("tonic-notes-admin");
+    let bin = env!("CARGO_BIN_EXE_tonic-notes");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = free.local_addr().unwrap().to_string();
+    drop(free);
+    let mut server = tokengate_tests::process::start_example_with(
+        bin,
+        &dir,
+        "tonic-notes listening on ",
+        &["--admin-listen", &admin],
+    );
+    assert!(
+        server.output.iter().any(|line| line.contains(&admin)),
+        "the admin address is printed: {:?}",
+        server.output
+    );
+    let mut client = NotesClient::new(connect(&server.addr).await);
+    let token = server.token.clone();
+    client
+        .list_notes(with_token(ListNotesRequest {}, Some(&token)))
+        .await
+        .unwrap();
+    let missing = client
+        .list_notes(with_token(ListNotesRequest {}, None))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+
+    let (status, body) = http_get(&admin, "/readyz").await;
+    assert!(status.contains(" 200 "), "{status} {body}");
+    assert_eq!(body, r#"{"components":{"store":"ok"},"ready":true}"#);
+    let (status, metrics) = http_get(&admin, "/metrics").await;
+    assert!(status.contains(" 200 "), "{status}");
+    let line = |series: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    };
+    assert_eq!(
+        line(r#"tokengate_decisions_total{layer="gate",outcome="allow",reason="allowed"}"#)
+            .as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        line(r#"tokengate_decisions_total{layer="authenticate",outcome="deny",reason="missing_token"}"#)
+            .as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
+    assert!(server.interrupt(), "a clean shutdown");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
