@@ -79,6 +79,7 @@ pub mod process {
     use std::io::{BufRead, BufReader};
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
+    use std::sync::{Arc, Mutex, PoisonError};
 
     /// A running example server, killed and reaped when dropped.
     #[derive(Debug)]
@@ -93,9 +94,20 @@ pub mod process {
         pub token_id: String,
         /// Every line it printed before the listening line.
         pub output: Vec<String>,
+        /// Every line it wrote to stderr so far (also passed on to the
+        /// test's own stderr).
+        pub stderr: Arc<Mutex<Vec<String>>>,
     }
 
     impl Started {
+        /// The lines written to stderr so far.
+        pub fn stderr_lines(&self) -> Vec<String> {
+            self.stderr
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        }
+
         /// Stops the server as an operator at a terminal would (SIGINT),
         /// waits for it, and returns whether it exited cleanly.
         pub fn interrupt(&mut self) -> bool {
@@ -156,9 +168,23 @@ pub mod process {
             .args(["--listen", "127.0.0.1:0"])
             .args(flags)
             .env_remove("TOKENGATE_PEPPER")
+            // The servers' default log filter, whatever the test runner's.
+            .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("the example starts");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let errors = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+        let kept = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in errors.map_while(Result::ok) {
+                eprintln!("{line}");
+                kept.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(line);
+            }
+        });
         let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
         let (mut token, mut token_id) = (String::new(), String::new());
         let mut output = Vec::new();
@@ -182,6 +208,7 @@ pub mod process {
                     token,
                     token_id,
                     output,
+                    stderr,
                 };
             }
             output.push(line);

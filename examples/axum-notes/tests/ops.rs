@@ -110,6 +110,8 @@ async fn counters_are_exact_and_readiness_follows_the_store() {
         "audit.jsonl",
         "--admin-listen",
         admin_addr.as_str(),
+        "--log-format",
+        "json",
     ];
     let mut server = start_example_with(bin, &dir, "axum-notes listening on ", &flags);
     let admin = server
@@ -203,6 +205,27 @@ async fn counters_are_exact_and_readiness_follows_the_store() {
         text.contains("tokengate_store_lookup_duration_seconds"),
         "{text}"
     );
+
+    // The library's warning reached stderr with no RUST_LOG set, as JSON.
+    let warned = |text: &str| {
+        server.stderr_lines().iter().any(|line| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
+                v["level"] == "WARN"
+                    && v["fields"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains(text))
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !warned("token change feed lost") {
+        assert!(
+            Instant::now() < deadline,
+            "no feed warning on stderr: {:?}",
+            server.stderr_lines()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Back: ready again, and the token that got 503 is served.
     proxy.restore().await;
