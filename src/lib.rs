@@ -179,7 +179,10 @@ pub mod process {
         let kept = Arc::clone(&stderr);
         std::thread::spawn(move || {
             for line in errors.map_while(Result::ok) {
-                eprintln!("{line}");
+                #[allow(clippy::print_stderr, reason = "the server's stderr, passed on")]
+                {
+                    eprintln!("{line}");
+                }
                 kept.lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(line);
