@@ -190,6 +190,7 @@ impl CacheMetrics {
 struct Entry {
     principal: Principal,
     revoked: bool,
+    disabled: bool,
 }
 
 #[derive(Clone)]
@@ -231,6 +232,9 @@ impl Entry {
     fn judge(&self, now: SystemTime) -> Result<Principal, VerifyError> {
         if self.revoked {
             return Err(VerifyError::Invalid(InvalidReason::Revoked));
+        }
+        if self.disabled {
+            return Err(VerifyError::Invalid(InvalidReason::Disabled));
         }
         if self.principal.expires_at().is_some_and(|at| at <= now) {
             return Err(VerifyError::Invalid(InvalidReason::Expired));
@@ -385,6 +389,7 @@ impl<S: TokenStore> CachedStore<S> {
             Some(record) if record.hash == hash => Loaded::Found(Entry {
                 principal: Principal::from_record_in(&record, &shared.grants),
                 revoked: record.revoked_at.is_some(),
+                disabled: record.disabled_at.is_some(),
             }),
             _ => Loaded::Missing,
         };
@@ -521,6 +526,12 @@ impl<S: TokenAdmin> TokenAdmin for CachedStore<S> {
 
     async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {
         let record = self.shared.store.revoke(id, at).await?;
+        self.invalidate(&record.hash);
+        Ok(record)
+    }
+
+    async fn update(&self, record: TokenRecord, at: SystemTime) -> Result<TokenRecord, StoreError> {
+        let record = self.shared.store.update(record, at).await?;
         self.invalidate(&record.hash);
         Ok(record)
     }

@@ -332,3 +332,20 @@ async fn expired_entries_make_room_before_live_ones() {
     );
     assert_eq!(reason(f.cache.verify(&short).await), InvalidReason::Expired);
 }
+
+#[tokio::test]
+async fn the_cache_in_front_of_a_store_passes_the_store_conformance_suite() {
+    let cache = CachedStore::new(tokengate_core::MemoryStore::new(), CacheConfig::default());
+    tokengate_core::testing::store_conformance(cache).await;
+}
+
+#[tokio::test]
+async fn a_disabled_token_is_refused_as_disabled_and_enabling_restores_it() {
+    let f = fixture(CacheConfig::default());
+    let (hash, id) = f.issue(Expiry::Default).await;
+    assert_eq!(f.cache.verify(&hash).await.unwrap().token_id(), &id);
+    f.lifecycle.disable(&id).await.unwrap();
+    assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Disabled);
+    f.lifecycle.enable(&id).await.unwrap();
+    assert_eq!(f.cache.verify(&hash).await.unwrap().token_id(), &id);
+}

@@ -3,7 +3,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
-use tokengate::{Audience, Database, Echo, RateQuota, Scope};
+use tokengate::{Audience, Database, Echo, Expiry, RateQuota, Scope, TokenChanges, TokenStatus};
 
 /// Manage tokengate API tokens.
 #[derive(Debug, Parser)]
@@ -31,11 +31,26 @@ pub(crate) enum Command {
     Issue(Issue),
     /// List the scope catalogue: the scopes the servers on this database use.
     Scopes,
-    /// List tokens (never a secret).
+    /// List tokens (never a secret), oldest first.
     List {
         /// One JSON object per token, one per line.
         #[arg(long)]
         json: bool,
+        /// Only this subject's tokens.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only tokens in this state: active, expired, revoked or disabled.
+        #[arg(long)]
+        status: Option<TokenStatus>,
+        /// Only active tokens expiring within this long, e.g. 7d.
+        #[arg(long, value_parser = parse_duration)]
+        expiring_within: Option<Duration>,
+        /// At most this many tokens.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The page after this token id (the last one of the previous page).
+        #[arg(long)]
+        after: Option<String>,
     },
     /// Show one token's record.
     Show {
@@ -68,6 +83,20 @@ pub(crate) enum Command {
         /// As JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Change a token without reissuing it: its name, scopes, audiences,
+    /// expiry, networks, quota or metadata. Every server's cache forgets it
+    /// within the change feed's bound.
+    Update(Update),
+    /// Disable a token: refused like a revoked one until enabled again.
+    Disable {
+        /// The token id.
+        id: String,
+    },
+    /// Enable a disabled token again.
+    Enable {
+        /// The token id.
+        id: String,
     },
     /// Say whether a token is valid, and why not.
     Inspect {
@@ -135,16 +164,128 @@ pub(crate) struct Issue {
     pub(crate) json: bool,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct Update {
+    /// The token id.
+    pub(crate) id: String,
+    /// A new label.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Replace the scopes with these (repeatable).
+    #[arg(long = "scope", value_parser = parse_scope)]
+    pub(crate) scopes: Vec<Scope>,
+    /// Add a scope (repeatable).
+    #[arg(long = "add-scope", value_parser = parse_scope)]
+    pub(crate) add_scopes: Vec<Scope>,
+    /// Remove a scope (repeatable).
+    #[arg(long = "remove-scope", value_parser = parse_scope)]
+    pub(crate) remove_scopes: Vec<Scope>,
+    /// Replace the audiences with these (repeatable).
+    #[arg(long = "audience", value_parser = parse_audience)]
+    pub(crate) audiences: Vec<Audience>,
+    /// A new lifetime from now, e.g. 30d (at most 90 days).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "expires")]
+    pub(crate) ttl: Option<Duration>,
+    /// A new expiry as RFC 3339.
+    #[arg(long, value_parser = parse_time)]
+    pub(crate) expires: Option<SystemTime>,
+    /// Replace the networks the token may be used from (repeatable).
+    #[arg(long = "allow-ip", value_parser = parse_net, conflicts_with = "any_ip")]
+    pub(crate) allow_ip: Vec<IpNet>,
+    /// Let the token be used from any network.
+    #[arg(long)]
+    pub(crate) any_ip: bool,
+    /// A quota of its own: N/UNIT (e.g. 100/min), with --burst.
+    #[arg(long, value_parser = parse_rate, requires = "burst", conflicts_with = "no_rate")]
+    pub(crate) rate: Option<(u32, Duration)>,
+    /// The quota's burst.
+    #[arg(long, requires = "rate")]
+    pub(crate) burst: Option<u32>,
+    /// Drop the token's own quota (the servers' default applies).
+    #[arg(long)]
+    pub(crate) no_rate: bool,
+    /// Set a metadata label, KEY=VALUE (repeatable).
+    #[arg(long = "meta", value_parser = parse_meta)]
+    pub(crate) meta: Vec<(String, String)>,
+    /// Remove a metadata label (repeatable).
+    #[arg(long = "remove-meta")]
+    pub(crate) remove_meta: Vec<String>,
+    /// Allow scopes that no server has registered in the catalogue.
+    #[arg(long)]
+    pub(crate) allow_unknown_scope: bool,
+    /// Print the record as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+impl Update {
+    pub(crate) fn changes(&self) -> Result<TokenChanges, String> {
+        let mut changes = TokenChanges::new();
+        if let Some(name) = &self.name {
+            changes = changes.name(name.clone());
+        }
+        if !self.scopes.is_empty() {
+            changes = changes.scopes(self.scopes.iter().cloned());
+        }
+        for scope in &self.add_scopes {
+            changes = changes.add_scope(scope.clone());
+        }
+        for scope in &self.remove_scopes {
+            changes = changes.remove_scope(scope.clone());
+        }
+        if !self.audiences.is_empty() {
+            changes = changes.audiences(self.audiences.iter().cloned());
+        }
+        if let Some(ttl) = self.ttl {
+            changes = changes.expiry(Expiry::After(ttl));
+        }
+        if let Some(at) = self.expires {
+            changes = changes.expiry(Expiry::At(at));
+        }
+        if !self.allow_ip.is_empty() {
+            changes = changes.allowed_networks(self.allow_ip.iter().copied());
+        }
+        if self.any_ip {
+            changes = changes.allowed_networks([]);
+        }
+        if let Some(quota) = quota(self.rate, self.burst)? {
+            changes = changes.rate_quota(Some(quota));
+        }
+        if self.no_rate {
+            changes = changes.rate_quota(None);
+        }
+        for (key, value) in &self.meta {
+            changes = changes.set_metadata(key.clone(), value.clone());
+        }
+        for key in &self.remove_meta {
+            changes = changes.remove_metadata(key.clone());
+        }
+        Ok(changes)
+    }
+}
+
+/// The quota of `--rate` and `--burst`, if given.
+fn quota(rate: Option<(u32, Duration)>, burst: Option<u32>) -> Result<Option<RateQuota>, String> {
+    let (Some((count, period)), Some(burst)) = (rate, burst) else {
+        return Ok(None);
+    };
+    let count = std::num::NonZeroU32::new(count).ok_or("--rate needs at least 1 request")?;
+    let burst = std::num::NonZeroU32::new(burst).ok_or("--burst must be at least 1")?;
+    RateQuota::new(count, period, burst)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_meta(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{} is not KEY=VALUE", Echo::new(text, 60)))?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
 impl Issue {
     pub(crate) fn quota(&self) -> Result<Option<RateQuota>, String> {
-        let (Some((count, period)), Some(burst)) = (self.rate, self.burst) else {
-            return Ok(None);
-        };
-        let count = std::num::NonZeroU32::new(count).ok_or("--rate needs at least 1 request")?;
-        let burst = std::num::NonZeroU32::new(burst).ok_or("--burst must be at least 1")?;
-        RateQuota::new(count, period, burst)
-            .map(Some)
-            .map_err(|e| e.to_string())
+        quota(self.rate, self.burst)
     }
 }
 

@@ -7,10 +7,10 @@ use serde_json::{Value, json};
 use tokengate::{
     AnyStore, AuditKey, Clock, Database, Expiry, InvalidReason, IssuancePolicy, IssuedToken,
     Lifecycle, LifecycleError, PEPPER_ENV, SystemClock, TokenFormat, TokenHasher, TokenId,
-    TokenRecord, TokenSpec, TokenStatus, TokenStore, audit_chain, pepper_path,
+    TokenQuery, TokenRecord, TokenSpec, TokenStatus, TokenStore, audit_chain, pepper_path,
 };
 
-use crate::args::{AuditCommand, Cli, Command, Issue};
+use crate::args::{AuditCommand, Cli, Command, Issue, Update};
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -29,6 +29,7 @@ fn record_json(r: &TokenRecord) -> Value {
         "created_at": when(r.created_at),
         "expires_at": r.expires_at.map(when),
         "revoked_at": r.revoked_at.map(when),
+        "disabled_at": r.disabled_at.map(when),
         "last_used_at": r.last_used_at.map(when),
         "allowed_networks": r.allowed_networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "rate": r.rate_quota.map(|q| json!({"count": q.count().get(), "period_secs": q.period().as_secs_f64(), "burst": q.burst().get()})),
@@ -58,6 +59,7 @@ fn print_record(r: &TokenRecord) {
         r.expires_at.map_or_else(|| "never".to_owned(), when)
     );
     println!("revoked:   {}", opt(r.revoked_at));
+    println!("disabled:  {}", opt(r.disabled_at));
     println!("last used: {}", opt(r.last_used_at));
     if !r.allowed_networks.is_empty() {
         println!(
@@ -230,8 +232,35 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::List { json } => {
-            let records = open(&cli).await?.list().await.map_err(|e| e.to_string())?;
+        Command::List {
+            json,
+            subject,
+            status,
+            expiring_within,
+            limit,
+            after,
+        } => {
+            let lifecycle = open(&cli).await?;
+            let mut query = TokenQuery::new();
+            if let Some(subject) = subject {
+                query = query.subject(subject.clone());
+            }
+            if let Some(status) = status {
+                query = query.status(*status);
+            }
+            if let Some(window) = expiring_within {
+                query = query.expiring_within(*window);
+            }
+            if let Some(limit) = limit {
+                query = query.limit(*limit);
+            }
+            if let Some(after) = after {
+                query = query.after(parse_id(&lifecycle, after).await?);
+            }
+            let records = lifecycle
+                .list_matching(&query)
+                .await
+                .map_err(|e| e.to_string())?;
             print_list(&records, *json);
             Ok(ExitCode::SUCCESS)
         }
@@ -289,7 +318,56 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { token } => inspect(&open(&cli).await?, token).await,
+        Command::Update(update) => update_token(&cli, update).await,
+        Command::Disable { id } | Command::Enable { id } => {
+            let lifecycle = open(&cli).await?;
+            let id = parse_id(&lifecycle, id).await?;
+            let record = if matches!(cli.command, Command::Disable { .. }) {
+                lifecycle.disable(&id).await
+            } else {
+                lifecycle.enable(&id).await
+            }
+            .map_err(|e| e.to_string())?;
+            match record.disabled_at {
+                Some(at) => println!("disabled {} at {}", record.id, when(at)),
+                None => println!("enabled {}", record.id),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+async fn update_token(cli: &Cli, update: &Update) -> Result<ExitCode> {
+    let changes = update.changes()?;
+    if changes.is_empty() {
+        return Err(
+            "nothing to change: give at least one of --name, --scope, --add-scope, \
+                    --remove-scope, --audience, --ttl, --expires, --allow-ip, --any-ip, --rate, \
+                    --no-rate, --meta, --remove-meta"
+                .to_owned(),
+        );
+    }
+    let lifecycle = open(cli).await?;
+    let id = parse_id(&lifecycle, &update.id).await?;
+    let catalogue = lifecycle
+        .scope_catalogue()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut policy = IssuancePolicy::default();
+    if !catalogue.is_empty() && !update.allow_unknown_scope {
+        policy = policy.scope_catalogue(catalogue);
+    }
+    let record = lifecycle
+        .with_policy(policy)
+        .update(&id, &changes)
+        .await
+        .map_err(|e| issue_error(&e))?;
+    if update.json {
+        println!("{}", record_json(&record));
+    } else {
+        print_record(&record);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_list(records: &[TokenRecord], json: bool) {

@@ -103,7 +103,7 @@ pub use scope::{Scope, ScopeError, ScopeRules, ScopeSet};
 pub use slot::{SLOTS, SlotKey};
 pub use store::{
     Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, MemoryStore, StoreError,
-    TokenAdmin, TokenSpec, TokenStore,
+    TokenAdmin, TokenChanges, TokenQuery, TokenSpec, TokenStore,
 };
 pub use token::{
     CHECKSUM_LEN, PrefixError, SECRET_LEN, Token, TokenFormat, TokenFormatError, TokenPrefix,

@@ -35,6 +35,9 @@ pub struct TokenRecord {
     pub expires_at: Option<SystemTime>,
     /// When the token was revoked, if it was.
     pub revoked_at: Option<SystemTime>,
+    /// When the token was disabled, while it is: refused like a revoked
+    /// token, but reversibly ([`Lifecycle::enable`](crate::Lifecycle::enable)).
+    pub disabled_at: Option<SystemTime>,
     /// When the token was last seen on a request (written behind, approximate).
     pub last_used_at: Option<SystemTime>,
     /// Networks the token may be used from; empty means any.
@@ -48,10 +51,13 @@ pub struct TokenRecord {
 }
 
 impl TokenRecord {
-    /// The state of the token at `now`. Revocation wins over expiry.
+    /// The state of the token at `now`. Revocation wins over a disable,
+    /// which wins over expiry.
     pub fn status(&self, now: SystemTime) -> TokenStatus {
         if self.revoked_at.is_some() {
             TokenStatus::Revoked
+        } else if self.disabled_at.is_some() {
+            TokenStatus::Disabled
         } else if self.expires_at.is_some_and(|at| at <= now) {
             TokenStatus::Expired
         } else {
@@ -70,16 +76,32 @@ pub enum TokenStatus {
     Expired,
     /// Revoked.
     Revoked,
+    /// Disabled, until enabled again.
+    Disabled,
 }
 
 impl TokenStatus {
-    /// A stable lowercase name: `active`, `expired`, `revoked`.
+    /// A stable lowercase name: `active`, `expired`, `revoked`, `disabled`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
             Self::Expired => "expired",
             Self::Revoked => "revoked",
+            Self::Disabled => "disabled",
         }
+    }
+}
+
+impl std::str::FromStr for TokenStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Self::Active, Self::Expired, Self::Revoked, Self::Disabled]
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown status {s:?}: expected active, expired, revoked or disabled")
+            })
     }
 }
 
@@ -174,6 +196,7 @@ pub(crate) mod tests {
             created_at: SystemTime::UNIX_EPOCH,
             expires_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(100)),
             revoked_at: None,
+            disabled_at: None,
             last_used_at: None,
             allowed_networks: vec![],
             rate_quota: None,
@@ -188,10 +211,14 @@ pub(crate) mod tests {
         let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
         assert_eq!(r.status(t(99)), TokenStatus::Active);
         assert_eq!(r.status(t(100)), TokenStatus::Expired);
+        r.disabled_at = Some(t(40));
+        assert_eq!(r.status(t(10)), TokenStatus::Disabled);
+        assert_eq!(r.status(t(200)), TokenStatus::Disabled);
         r.revoked_at = Some(t(50));
         assert_eq!(r.status(t(10)), TokenStatus::Revoked);
         assert_eq!(r.status(t(200)), TokenStatus::Revoked);
         r.revoked_at = None;
+        r.disabled_at = None;
         r.expires_at = None;
         assert_eq!(r.status(t(u32::MAX.into())), TokenStatus::Active);
     }

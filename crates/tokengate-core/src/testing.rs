@@ -11,6 +11,10 @@ use std::time::SystemTime;
 
 use tokio::sync::Semaphore;
 
+mod conformance;
+
+pub use conformance::store_conformance;
+
 use crate::hash::TokenHash;
 use crate::id::TokenId;
 use crate::record::TokenRecord;
@@ -135,6 +139,10 @@ impl TokenAdmin for ProbeStore {
         self.inner.revoke(id, at).await
     }
 
+    async fn update(&self, record: TokenRecord, at: SystemTime) -> Result<TokenRecord, StoreError> {
+        self.inner.update(record, at).await
+    }
+
     async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {
         self.inner.record_usage(used).await
     }
@@ -179,6 +187,7 @@ pub fn record(subject: &str, scopes: &str) -> TokenRecord {
         created_at: SystemTime::UNIX_EPOCH,
         expires_at: None,
         revoked_at: None,
+        disabled_at: None,
         last_used_at: None,
         allowed_networks: Vec::new(),
         rate_quota: None,

@@ -48,6 +48,10 @@ impl Change {
         Self::of("rotated", record)
     }
 
+    pub(crate) fn updated(record: &TokenRecord) -> Self {
+        Self::of("updated", record)
+    }
+
     fn of(kind: &'static str, record: &TokenRecord) -> Self {
         Self {
             kind,
@@ -74,6 +78,7 @@ impl Change {
         let kind = match parts.next()? {
             "revoked" => "revoked",
             "rotated" => "rotated",
+            "updated" => "updated",
             _ => return None,
         };
         let id = parts.next()?.parse().ok()?;

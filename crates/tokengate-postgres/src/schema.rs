@@ -37,6 +37,8 @@ const MIGRATIONS: &[&str] = &[
         scope text PRIMARY KEY,
         registered_at timestamptz NOT NULL DEFAULT now()
     );",
+    // 2: a token can be disabled (reversibly) until enabled again.
+    "ALTER TABLE tokengate_tokens ADD COLUMN disabled_at timestamptz;",
 ];
 
 /// The schema version this build writes.

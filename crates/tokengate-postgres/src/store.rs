@@ -153,7 +153,7 @@ fn causes(error: &dyn std::error::Error) -> String {
 
 const COLUMNS: &str = "id, key_id, hash, name, subject, scopes, audiences, created_at, expires_at, \
     revoked_at, last_used_at, allowed_networks, rate_count, rate_period_ms, rate_burst, \
-    rotated_from, metadata::text";
+    rotated_from, metadata::text, disabled_at";
 
 /// A stored value that does not parse: the database was edited by hand or
 /// by a newer build.
@@ -246,6 +246,7 @@ fn row_to_record(row: &Row) -> Result<TokenRecord, StoreError> {
         created_at: row.try_get(7).map_err(get_error)?,
         expires_at: row.try_get(8).map_err(get_error)?,
         revoked_at: row.try_get(9).map_err(get_error)?,
+        disabled_at: row.try_get(17).map_err(get_error)?,
         last_used_at: row.try_get(10).map_err(get_error)?,
         allowed_networks: networks
             .iter()
@@ -269,7 +270,7 @@ async fn insert_record(client: &impl GenericClient, r: &TokenRecord) -> Result<(
     let audiences: Vec<String> = r.audiences.iter().map(|a| a.as_str().to_owned()).collect();
     let networks: Vec<String> = strings(&r.allowed_networks);
     let metadata = serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".to_owned());
-    let params: [&(dyn ToSql + Sync); 17] = [
+    let params: [&(dyn ToSql + Sync); 18] = [
         &r.id.as_str(),
         &i64::from(r.hash.key_id().get()),
         &&r.hash.digest()[..],
@@ -287,13 +288,14 @@ async fn insert_record(client: &impl GenericClient, r: &TokenRecord) -> Result<(
         &quota.map(|q| i64::from(q.burst().get())),
         &r.rotated_from.as_ref().map(TokenId::as_str),
         &metadata,
+        &r.disabled_at,
     ];
     client
         .execute(
             "INSERT INTO tokengate_tokens (id, key_id, hash, name, subject, scopes, audiences, \
              created_at, expires_at, revoked_at, last_used_at, allowed_networks, rate_count, \
-             rate_period_ms, rate_burst, rotated_from, metadata) VALUES ($1, $2, $3, $4, $5, $6, \
-             $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::text::jsonb)",
+             rate_period_ms, rate_burst, rotated_from, metadata, disabled_at) VALUES ($1, $2, \
+             $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::text::jsonb, $18)",
             &params,
         )
         .await
@@ -517,6 +519,55 @@ impl TokenAdmin for PostgresStore {
             notify(&tx, &Change::revoked(&record)).await?;
             tx.commit().await.map_err(store_error)?;
             Ok(record)
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        record: TokenRecord,
+        _at: SystemTime,
+    ) -> Result<TokenRecord, StoreError> {
+        self.with(|mut c| async move {
+            let r = &record;
+            let quota = r.rate_quota;
+            let scopes: Vec<String> = r.scopes.iter().map(|s| s.as_str().to_owned()).collect();
+            let audiences: Vec<String> =
+                r.audiences.iter().map(|a| a.as_str().to_owned()).collect();
+            let networks: Vec<String> =
+                r.allowed_networks.iter().map(ToString::to_string).collect();
+            let metadata = serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".to_owned());
+            let params: [&(dyn ToSql + Sync); 11] = [
+                &r.id.as_str(),
+                &r.name,
+                &scopes,
+                &audiences,
+                &r.expires_at.map(ceil_micros),
+                &r.disabled_at,
+                &networks,
+                &quota.map(|q| i64::from(q.count().get())),
+                &quota.map(|q| i64::try_from(q.period().as_millis()).unwrap_or(i64::MAX)),
+                &quota.map(|q| i64::from(q.burst().get())),
+                &metadata,
+            ];
+            let tx = c.transaction().await.map_err(store_error)?;
+            let row = tx
+                .query_opt(
+                    &format!(
+                        "UPDATE tokengate_tokens SET name = $2, scopes = $3, audiences = $4, \
+                         expires_at = $5, disabled_at = $6, allowed_networks = $7, \
+                         rate_count = $8, rate_period_ms = $9, rate_burst = $10, \
+                         metadata = $11::text::jsonb WHERE id = $1 RETURNING {COLUMNS}"
+                    ),
+                    &params,
+                )
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| StoreError::NotFound(r.id.clone()))?;
+            let stored = row_to_record(&row)?;
+            notify(&tx, &Change::updated(&stored)).await?;
+            tx.commit().await.map_err(store_error)?;
+            Ok(stored)
         })
         .await
     }

@@ -578,3 +578,12 @@ async fn while_the_database_is_down_hits_hold_misses_fail_and_the_return_flushes
     feed.stop();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn the_postgres_store_passes_the_store_conformance_suite() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let (store, _, _) = open(&db).await;
+    tokengate_core::testing::store_conformance(store).await;
+}

@@ -45,6 +45,8 @@ const MIGRATIONS: &[&str] = &[
         scope TEXT PRIMARY KEY,
         registered_at INTEGER NOT NULL
     );",
+    // 3: a token can be disabled (reversibly) until enabled again.
+    "ALTER TABLE tokens ADD COLUMN disabled_at INTEGER;",
 ];
 
 /// The schema version this build writes.

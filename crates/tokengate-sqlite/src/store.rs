@@ -54,7 +54,7 @@ impl OpenError {
 }
 
 const COLUMNS: &str = "id, key_id, hash, name, subject, scopes, audiences, created_at, expires_at, revoked_at, \
-    last_used_at, allowed_networks, rate_count, rate_period_ms, rate_burst, rotated_from, metadata";
+    last_used_at, allowed_networks, rate_count, rate_period_ms, rate_burst, rotated_from, metadata, disabled_at";
 
 fn join<T: ToString>(items: &[T]) -> String {
     items
@@ -118,6 +118,7 @@ fn row_to_record(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
         created_at: time(row.get(7)?),
         expires_at: row.get::<_, Option<i64>>(8)?.map(time),
         revoked_at: row.get::<_, Option<i64>>(9)?.map(time),
+        disabled_at: row.get::<_, Option<i64>>(17)?.map(time),
         last_used_at: row.get::<_, Option<i64>>(10)?.map(time),
         allowed_networks: networks
             .split_ascii_whitespace()
@@ -136,9 +137,9 @@ fn row_to_record(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
 }
 
 fn insert_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> {
-    let quota = r.rate_quota;
+    let [count, period, burst] = quota_columns(r.rate_quota);
     conn.execute(
-        &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
+        &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"),
         params![
             r.id.as_str(),
             i64::from(r.hash.key_id().get()),
@@ -152,10 +153,44 @@ fn insert_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> 
             r.revoked_at.map(millis),
             r.last_used_at.map(millis),
             join(&r.allowed_networks),
-            quota.map(|q| i64::from(q.count().get())),
-            quota.map(|q| i64::try_from(q.period().as_millis()).unwrap_or(i64::MAX)),
-            quota.map(|q| i64::from(q.burst().get())),
+            count,
+            period,
+            burst,
             r.rotated_from.as_ref().map(TokenId::as_str),
+            serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".to_owned()),
+            r.disabled_at.map(millis),
+        ],
+    )
+}
+
+/// A quota as its three columns: count, period in milliseconds, burst.
+fn quota_columns(quota: Option<RateQuota>) -> [Option<i64>; 3] {
+    [
+        quota.map(|q| i64::from(q.count().get())),
+        quota.map(|q| i64::try_from(q.period().as_millis()).unwrap_or(i64::MAX)),
+        quota.map(|q| i64::from(q.burst().get())),
+    ]
+}
+
+/// Writes what [`TokenAdmin::update`] may change of `r` over the row of
+/// its id; the number of rows changed.
+fn update_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> {
+    let [count, period, burst] = quota_columns(r.rate_quota);
+    conn.execute(
+        "UPDATE tokens SET name = ?2, scopes = ?3, audiences = ?4, expires_at = ?5, \
+         disabled_at = ?6, allowed_networks = ?7, rate_count = ?8, rate_period_ms = ?9, \
+         rate_burst = ?10, metadata = ?11 WHERE id = ?1",
+        params![
+            r.id.as_str(),
+            r.name,
+            r.scopes.to_string(),
+            join(&r.audiences),
+            r.expires_at.map(millis_ceil),
+            r.disabled_at.map(millis),
+            join(&r.allowed_networks),
+            count,
+            period,
+            burst,
             serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".to_owned()),
         ],
     )
@@ -455,6 +490,22 @@ impl TokenAdmin for SqliteStore {
             record_change(&tx, &record, "revoked", at).map_err(store_error)?;
             tx.commit().map_err(store_error)?;
             Ok(record)
+        })
+        .await
+    }
+
+    async fn update(&self, record: TokenRecord, at: SystemTime) -> Result<TokenRecord, StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction().map_err(store_error)?;
+            if update_record(&tx, &record).map_err(store_error)? == 0 {
+                return Err(StoreError::NotFound(record.id));
+            }
+            let stored = get_record(&tx, record.id.as_str())
+                .map_err(store_error)?
+                .ok_or_else(|| StoreError::NotFound(record.id.clone()))?;
+            record_change(&tx, &stored, "updated", at).map_err(store_error)?;
+            tx.commit().map_err(store_error)?;
+            Ok(stored)
         })
         .await
     }

@@ -292,3 +292,9 @@ async fn the_scope_catalogue_collects_registered_scopes_across_openers() {
         "notes:admin notes:read notes:write"
     );
 }
+
+#[tokio::test]
+async fn the_sqlite_store_passes_the_store_conformance_suite() {
+    let path = temp_db("conformance");
+    tokengate_core::testing::store_conformance(SqliteStore::create(&path).unwrap()).await;
+}

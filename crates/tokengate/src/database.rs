@@ -188,6 +188,10 @@ impl TokenAdmin for AnyStore {
         each!(self, s => s.revoke(id, at).await)
     }
 
+    async fn update(&self, record: TokenRecord, at: SystemTime) -> Result<TokenRecord, StoreError> {
+        each!(self, s => s.update(record, at).await)
+    }
+
     async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {
         each!(self, s => s.record_usage(used).await)
     }

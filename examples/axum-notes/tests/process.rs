@@ -561,3 +561,92 @@ async fn a_server_whose_redis_is_down_serves_with_local_limits() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Polls `GET`/`POST` on `path` with `token` until it answers `want`, at
+/// most `bound` after `since`.
+async fn answers_within(
+    base: &str,
+    (method, path, body): (&str, &str, &str),
+    token: &str,
+    want: StatusCode,
+    bound: Duration,
+) {
+    let since = Instant::now();
+    loop {
+        let status = send(base, method, path, Some(token), body).await;
+        if status == want {
+            return;
+        }
+        assert!(
+            since.elapsed() < bound,
+            "{method} {path} still {status}, {bound:?} after the change (wanted {want})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrowed_scope_and_a_disable_reach_the_server_within_a_second() {
+    let dir = temp_dir("axum-notes-update");
+    let bin = env!("CARGO_BIN_EXE_axum-notes");
+    let mut server = start_example(bin, &dir, "axum-notes listening on ");
+    let (base, token, id) = (
+        server.addr.clone(),
+        server.token.clone(),
+        server.token_id.clone(),
+    );
+    let db = dir.join("tokengate.db");
+    let post = ("POST", "/notes", r#"{"text":"hi"}"#);
+    let get = ("GET", "/notes", "");
+    assert_eq!(
+        send(&base, post.0, post.1, Some(&token), post.2).await,
+        StatusCode::CREATED
+    );
+
+    // Narrowed by another process: the write is refused within the bound.
+    let shown = cli(
+        bin,
+        &db,
+        &["update", &id, "--remove-scope", "notes:write", "--json"],
+    );
+    let shown: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+    assert_eq!(
+        shown["scopes"],
+        serde_json::json!(["notes:read"]),
+        "{shown}"
+    );
+    let second = Duration::from_secs(1);
+    answers_within(&base, post, &token, StatusCode::FORBIDDEN, second).await;
+    assert_eq!(
+        send(&base, get.0, get.1, Some(&token), "").await,
+        StatusCode::OK
+    );
+
+    // A scope the servers never registered is refused, and nothing changes.
+    let refused = std::process::Command::new(tokengate_tests::process::tokengate_cli(bin))
+        .arg("--db")
+        .arg(&db)
+        .args(["update", &id, "--add-scope", "notes:wirte"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("did you mean notes:write"), "{said}");
+
+    // Disabled: 401 like a revoked token; enabled: served again.
+    cli(bin, &db, &["disable", &id]);
+    answers_within(&base, get, &token, StatusCode::UNAUTHORIZED, second).await;
+    let listed = cli(bin, &db, &["list", "--status", "disabled", "--json"]);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.contains(&id), "{listed}");
+    cli(bin, &db, &["enable", &id]);
+    answers_within(&base, get, &token, StatusCode::OK, second).await;
+
+    assert!(server.terminate(), "a clean shutdown");
+    let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+    assert!(
+        audit.contains(r#""tokengate.reason":"token_disabled""#),
+        "{audit}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

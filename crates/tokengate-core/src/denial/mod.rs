@@ -96,6 +96,8 @@ pub enum InvalidReason {
     Expired,
     /// Revoked.
     Revoked,
+    /// Disabled (reversibly) by an operator.
+    Disabled,
     /// Issued for other audiences than this service's.
     WrongAudience,
     /// Used from outside the networks the token is bound to. Answered like
@@ -286,6 +288,7 @@ impl InvalidReason {
             Self::Unknown => "token_unknown",
             Self::Expired => "token_expired",
             Self::Revoked => "token_revoked",
+            Self::Disabled => "token_disabled",
             Self::WrongAudience => "token_wrong_audience",
             Self::OutsideNetworks => "token_outside_networks",
         }

@@ -319,6 +319,14 @@ pub enum LifecycleError {
         /// Its state.
         status: TokenStatus,
     },
+    /// A change to a revoked token.
+    #[error("token {id} is {status} and cannot be changed")]
+    NotChangeable {
+        /// The token.
+        id: TokenId,
+        /// Its state.
+        status: TokenStatus,
+    },
     /// The store failed or the token does not exist.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -555,6 +563,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
             created_at: now,
             expires_at,
             revoked_at: None,
+            disabled_at: None,
             last_used_at: None,
             allowed_networks: spec.allowed_networks,
             rate_quota: spec.rate_quota,
@@ -564,6 +573,12 @@ impl<S: TokenAdmin> Lifecycle<S> {
         Ok((token, record))
     }
 }
+
+mod query;
+mod update;
+
+pub use query::TokenQuery;
+pub use update::TokenChanges;
 
 #[cfg(test)]
 mod tests;

@@ -114,6 +114,25 @@ impl TokenAdmin for MemoryStore {
         })
     }
 
+    async fn update(
+        &self,
+        record: TokenRecord,
+        _at: SystemTime,
+    ) -> Result<TokenRecord, StoreError> {
+        self.write(|s| {
+            let stored = s.record_mut(&record.id)?;
+            stored.name = record.name;
+            stored.scopes = record.scopes;
+            stored.audiences = record.audiences;
+            stored.expires_at = record.expires_at;
+            stored.disabled_at = record.disabled_at;
+            stored.allowed_networks = record.allowed_networks;
+            stored.rate_quota = record.rate_quota;
+            stored.metadata = record.metadata;
+            Ok(stored.clone())
+        })
+    }
+
     async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {
         self.write(|s| {
             for (id, at) in used {

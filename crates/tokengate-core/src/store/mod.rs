@@ -15,7 +15,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub use lifecycle::{Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, TokenSpec};
+pub use lifecycle::{
+    Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, TokenChanges, TokenQuery,
+    TokenSpec,
+};
 pub use memory::MemoryStore;
 
 use crate::hash::TokenHash;
@@ -56,6 +59,19 @@ pub trait TokenAdmin: Send + Sync + 'static {
     fn revoke(
         &self,
         id: &TokenId,
+        at: SystemTime,
+    ) -> impl Future<Output = Result<TokenRecord, StoreError>> + Send;
+
+    /// Writes what may change of a token over the stored record with
+    /// `record`'s id: its name, scopes, audiences, expiry, disable time,
+    /// networks, rate quota and metadata; its hash, subject, creation,
+    /// revocation and last-use times and `rotated_from` stay as stored.
+    /// Records the change at `at` in the store's change feed, so every
+    /// instance's cache forgets the token; returns the stored record.
+    /// Fails with [`StoreError::NotFound`] when there is no such token.
+    fn update(
+        &self,
+        record: TokenRecord,
         at: SystemTime,
     ) -> impl Future<Output = Result<TokenRecord, StoreError>> + Send;
 

@@ -306,3 +306,8 @@ async fn rotating_a_token_without_expiry_keeps_it_without_expiry() {
         .unwrap();
     assert!(told.record.expires_at.is_some());
 }
+
+#[tokio::test]
+async fn the_memory_store_passes_the_store_conformance_suite() {
+    crate::testing::store_conformance(MemoryStore::new()).await;
+}

@@ -1,0 +1,199 @@
+//! Changing a token without reissuing it: its grants, labels and expiry,
+//! and a reversible disable.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+
+use super::{Expiry, IssuancePolicy, Lifecycle, LifecycleError, TokenSpec};
+use crate::audience::Audience;
+use crate::id::TokenId;
+use crate::record::{RateQuota, TokenRecord, TokenStatus};
+use crate::scope::{Scope, ScopeSet};
+use crate::store::{StoreError, TokenAdmin};
+
+/// What to change of a token ([`Lifecycle::update`]); what is not set stays
+/// as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenChanges {
+    name: Option<String>,
+    scopes: Option<ScopeSet>,
+    add_scopes: Vec<Scope>,
+    remove_scopes: Vec<Scope>,
+    audiences: Option<Vec<Audience>>,
+    expiry: Option<Expiry>,
+    allowed_networks: Option<Vec<IpNet>>,
+    rate_quota: Option<Option<RateQuota>>,
+    set_metadata: BTreeMap<String, String>,
+    remove_metadata: Vec<String>,
+}
+
+impl TokenChanges {
+    /// No change yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether nothing would change.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// A new name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Replaces the scope set.
+    pub fn scopes(mut self, scopes: impl IntoIterator<Item = Scope>) -> Self {
+        self.scopes = Some(scopes.into_iter().collect());
+        self
+    }
+
+    /// Adds a scope (after any replacement).
+    pub fn add_scope(mut self, scope: Scope) -> Self {
+        self.add_scopes.push(scope);
+        self
+    }
+
+    /// Removes a scope (after any replacement and additions).
+    pub fn remove_scope(mut self, scope: Scope) -> Self {
+        self.remove_scopes.push(scope);
+        self
+    }
+
+    /// Replaces the audiences.
+    pub fn audiences(mut self, audiences: impl IntoIterator<Item = Audience>) -> Self {
+        self.audiences = Some(audiences.into_iter().collect());
+        self
+    }
+
+    /// A new expiry, from now, under the issuance policy (never past its
+    /// maximum lifetime).
+    pub fn expiry(mut self, expiry: Expiry) -> Self {
+        self.expiry = Some(expiry);
+        self
+    }
+
+    /// Replaces the networks the token may be used from (empty: any).
+    pub fn allowed_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        self.allowed_networks = Some(networks.into_iter().collect());
+        self
+    }
+
+    /// A rate quota of the token's own, or `None` for the layer's default.
+    pub fn rate_quota(mut self, quota: Option<RateQuota>) -> Self {
+        self.rate_quota = Some(quota);
+        self
+    }
+
+    /// Sets a metadata label.
+    pub fn set_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.set_metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Removes a metadata label.
+    pub fn remove_metadata(mut self, key: impl Into<String>) -> Self {
+        self.remove_metadata.push(key.into());
+        self
+    }
+
+    /// `record` with the changes applied (the expiry aside).
+    fn apply(&self, record: &mut TokenRecord) {
+        if let Some(name) = &self.name {
+            record.name.clone_from(name);
+        }
+        let mut scopes: Vec<Scope> = match &self.scopes {
+            Some(scopes) => scopes.iter().cloned().collect(),
+            None => record.scopes.iter().cloned().collect(),
+        };
+        scopes.extend(self.add_scopes.iter().cloned());
+        scopes.retain(|scope| !self.remove_scopes.contains(scope));
+        record.scopes = scopes.into_iter().collect();
+        if let Some(audiences) = &self.audiences {
+            record.audiences.clone_from(audiences);
+        }
+        if let Some(networks) = &self.allowed_networks {
+            record.allowed_networks.clone_from(networks);
+        }
+        if let Some(quota) = self.rate_quota {
+            record.rate_quota = quota;
+        }
+        for (key, value) in &self.set_metadata {
+            record.metadata.insert(key.clone(), value.clone());
+        }
+        for key in &self.remove_metadata {
+            record.metadata.remove(key);
+        }
+    }
+}
+
+impl<S: TokenAdmin> Lifecycle<S> {
+    /// Changes the token `id` without reissuing it. New scopes are checked
+    /// against the catalogue and a new expiry against the policy, as at
+    /// issuance; the token keeps its secret. Every instance's cache
+    /// forgets the token through the store's change feed, so the change
+    /// holds from the next request on (within the feed's bound). A revoked
+    /// token cannot be changed.
+    pub async fn update(
+        &self,
+        id: &TokenId,
+        changes: &TokenChanges,
+    ) -> Result<TokenRecord, LifecycleError> {
+        let now = self.clock.now();
+        let mut record = self.changeable(id).await?;
+        changes.apply(&mut record);
+        // The same checks as at issuance, but the expiry only when it
+        // changes: an unchanged one was valid when the token was issued.
+        let unchanged_expiry = IssuancePolicy {
+            allow_no_expiry: true,
+            ..self.policy.clone()
+        };
+        let mut spec = TokenSpec::new(record.name.clone(), record.subject.clone())
+            .scopes(record.scopes.iter().cloned())
+            .audiences(record.audiences.iter().cloned())
+            .expiry(Expiry::Never);
+        spec.metadata.clone_from(&record.metadata);
+        unchanged_expiry.validate(&spec, now)?;
+        if let Some(expiry) = changes.expiry {
+            record.expires_at = self.policy.expiry_at(expiry, now)?;
+        }
+        Ok(self.store.update(record, now).await?)
+    }
+
+    /// Disables the token: refused like a revoked one (401, the audit's
+    /// reason `token_disabled`) until [`Lifecycle::enable`]. Disabling a
+    /// disabled token keeps the first time.
+    pub async fn disable(&self, id: &TokenId) -> Result<TokenRecord, LifecycleError> {
+        let now = self.clock.now();
+        let mut record = self.changeable(id).await?;
+        record.disabled_at.get_or_insert(now);
+        Ok(self.store.update(record, now).await?)
+    }
+
+    /// Enables a disabled token again.
+    pub async fn enable(&self, id: &TokenId) -> Result<TokenRecord, LifecycleError> {
+        let now = self.clock.now();
+        let mut record = self.changeable(id).await?;
+        record.disabled_at = None;
+        Ok(self.store.update(record, now).await?)
+    }
+
+    /// The stored record of `id`, unless it is revoked.
+    async fn changeable(&self, id: &TokenId) -> Result<TokenRecord, LifecycleError> {
+        let record = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+        if record.revoked_at.is_some() {
+            return Err(LifecycleError::NotChangeable {
+                id: id.clone(),
+                status: TokenStatus::Revoked,
+            });
+        }
+        Ok(record)
+    }
+}

@@ -1,0 +1,172 @@
+//! One suite every token store passes: memory, SQLite and PostgreSQL run
+//! it against a fresh, empty store of their own.
+
+use std::time::{Duration, SystemTime};
+
+use crate::hash::{KeyId, TokenHasher};
+use crate::record::{RateQuota, TokenStatus};
+use crate::store::{
+    Expiry, Lifecycle, LifecycleError, StoreError, TokenAdmin, TokenChanges, TokenSpec, TokenStore,
+};
+use crate::{Pepper, TokenId};
+
+/// Runs the admin contract against `store` (fresh and empty): issue and
+/// find, update (every changeable field, the identity kept), disable and
+/// enable, revoke (and no change after it), unknown ids.
+///
+/// # Panics
+///
+/// On the first broken expectation, naming it.
+#[allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test suite"
+)]
+pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
+    let hasher = TokenHasher::new(Pepper::new(KeyId::new(1), [9; 32]).unwrap());
+    let lifecycle = Lifecycle::new(store, hasher.clone());
+    let day = Duration::from_secs(86_400);
+    let issued = lifecycle
+        .issue(
+            TokenSpec::new("ci", "team-a")
+                .scopes([
+                    "notes:read".parse().unwrap(),
+                    "notes:write".parse().unwrap(),
+                ])
+                .audiences(["notes".parse().unwrap()])
+                .expiry(Expiry::After(30 * day))
+                .metadata("env", "prod"),
+        )
+        .await
+        .unwrap();
+    let id = issued.record.id.clone();
+    let hash = hasher.hash(&issued.token);
+    let found = lifecycle
+        .store()
+        .find_by_hash(&hash)
+        .await
+        .unwrap()
+        .expect("issued, found");
+    assert_eq!(found.id, id, "find_by_hash finds the issued token");
+    assert_eq!(found.disabled_at, None);
+
+    // Every changeable field at once; the identity stays.
+    let quota = RateQuota::new(
+        std::num::NonZeroU32::new(5).unwrap(),
+        Duration::from_secs(60),
+        std::num::NonZeroU32::new(2).unwrap(),
+    )
+    .unwrap();
+    let changes = TokenChanges::new()
+        .name("ci-renamed")
+        .remove_scope("notes:write".parse().unwrap())
+        .add_scope("notes:list".parse().unwrap())
+        .audiences(["notes".parse().unwrap(), "billing".parse().unwrap()])
+        .expiry(Expiry::After(7 * day))
+        .allowed_networks(["10.0.0.0/8".parse().unwrap()])
+        .rate_quota(Some(quota))
+        .set_metadata("team", "a")
+        .remove_metadata("env");
+    let before = SystemTime::now();
+    let updated = lifecycle.update(&id, &changes).await.unwrap();
+    let stored = lifecycle
+        .store()
+        .find_by_hash(&hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated, stored, "update returns what is stored");
+    assert_eq!(stored.id, id);
+    assert_eq!(stored.hash, hash, "the secret stays");
+    assert_eq!(stored.subject, "team-a");
+    assert_eq!(stored.name, "ci-renamed");
+    assert_eq!(stored.scopes.to_string(), "notes:list notes:read");
+    assert_eq!(stored.audiences.len(), 2);
+    let expires = stored.expires_at.unwrap();
+    assert!(expires >= before + 7 * day - Duration::from_secs(1) && expires < before + 8 * day);
+    assert_eq!(
+        stored.allowed_networks,
+        ["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]
+    );
+    assert_eq!(stored.rate_quota, Some(quota));
+    assert_eq!(stored.metadata.get("team").map(String::as_str), Some("a"));
+    assert!(!stored.metadata.contains_key("env"));
+    // Stores keep times at their own precision (milliseconds, microseconds).
+    let created = issued.record.created_at;
+    assert!(
+        created
+            .duration_since(stored.created_at)
+            .unwrap_or_default()
+            < Duration::from_millis(1),
+        "the creation time stays"
+    );
+
+    // A quota dropped, networks opened again.
+    let opened = lifecycle
+        .update(
+            &id,
+            &TokenChanges::new().rate_quota(None).allowed_networks([]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(opened.rate_quota, None);
+    assert!(opened.allowed_networks.is_empty());
+
+    // Past the policy's maximum: refused, nothing changed.
+    let too_long = lifecycle
+        .update(&id, &TokenChanges::new().expiry(Expiry::After(365 * day)))
+        .await;
+    assert!(
+        matches!(too_long, Err(LifecycleError::LifetimeTooLong { .. })),
+        "{too_long:?}"
+    );
+    assert_eq!(
+        lifecycle.get(&id).await.unwrap().unwrap().expires_at,
+        stored.expires_at
+    );
+
+    // Disable, again (the first time stays), enable.
+    let disabled = lifecycle.disable(&id).await.unwrap();
+    let at = disabled.disabled_at.expect("disabled");
+    assert_eq!(disabled.status(SystemTime::now()), TokenStatus::Disabled);
+    let again = lifecycle.disable(&id).await.unwrap();
+    assert_eq!(again.disabled_at, Some(at));
+    let found = lifecycle
+        .store()
+        .find_by_hash(&hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.disabled_at, Some(at), "find_by_hash sees the disable");
+    let enabled = lifecycle.enable(&id).await.unwrap();
+    assert_eq!(enabled.disabled_at, None);
+    assert_eq!(enabled.status(SystemTime::now()), TokenStatus::Active);
+
+    // Revoked: no more changes.
+    lifecycle.revoke(&id).await.unwrap();
+    let after = lifecycle
+        .update(&id, &TokenChanges::new().name("late"))
+        .await;
+    assert!(
+        matches!(after, Err(LifecycleError::NotChangeable { .. })),
+        "{after:?}"
+    );
+    assert!(matches!(
+        lifecycle.enable(&id).await,
+        Err(LifecycleError::NotChangeable { .. })
+    ));
+
+    // Unknown ids.
+    let unknown = TokenId::generate();
+    assert!(matches!(
+        lifecycle.disable(&unknown).await,
+        Err(LifecycleError::Store(StoreError::NotFound(_)))
+    ));
+    let mut ghost = stored.clone();
+    ghost.id = unknown;
+    assert!(matches!(
+        lifecycle.store().update(ghost, SystemTime::now()).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
