@@ -650,3 +650,56 @@ async fn a_narrowed_scope_and_a_disable_reach_the_server_within_a_second() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrowed_scope_and_a_disable_reach_three_servers_on_postgres_within_100_ms() {
+    let Some(deployment) = Deployment::start("axum-notes-update-pg").await else {
+        return;
+    };
+    let token = deployment.cli(&[
+        "issue",
+        "--name",
+        "writer",
+        "--subject",
+        "team-a",
+        "--scope",
+        "notes:read",
+        "--scope",
+        "notes:write",
+        "--audience",
+        "notes",
+    ]);
+    let id = deployment.token_id(&token);
+    let post = |base: &str| {
+        let (base, token) = (base.to_owned(), token.clone());
+        async move { send(&base, "POST", "/notes", Some(&token), r#"{"text":"hi"}"#).await }
+    };
+    let get = |base: &str| {
+        let (base, token) = (base.to_owned(), token.clone());
+        async move { send(&base, "GET", "/notes", Some(&token), "").await }
+    };
+    // Cached on every server first: the change must reach the caches.
+    for base in &deployment.bases {
+        assert_eq!(post(base).await, StatusCode::CREATED);
+    }
+    let bound = Duration::from_millis(100);
+
+    deployment.cli(&["update", &id, "--remove-scope", "notes:write"]);
+    tokio::time::sleep(bound).await;
+    for base in &deployment.bases {
+        assert_eq!(post(base).await, StatusCode::FORBIDDEN, "{base}");
+        assert_eq!(get(base).await, StatusCode::OK, "{base}");
+    }
+
+    deployment.cli(&["disable", &id]);
+    tokio::time::sleep(bound).await;
+    for base in &deployment.bases {
+        assert_eq!(get(base).await, StatusCode::UNAUTHORIZED, "{base}");
+    }
+    deployment.cli(&["enable", &id]);
+    tokio::time::sleep(bound).await;
+    for base in &deployment.bases {
+        assert_eq!(get(base).await, StatusCode::OK, "{base}");
+    }
+    deployment.stop().await;
+}
