@@ -13,7 +13,8 @@
 //! | `gate` (default: all five layers) | [`Gate`]: the layers in their one right order, the six after audit run as one [`Chain`] of checks in one [`CheckService`] ([`GateCheck`]) |
 //! | `redis` | `RedisRateState`: rate limits shared by every instance in Redis, for `Gate::rate_state` or `RateLimitLayer::state` |
 //! | `sqlite` | `SqliteStore` (with its pepper, `SqliteStore::pepper`): the embedded default store; with `gate`, `Embedded` assembles a single-machine deployment and `shutdown_signal` (SIGTERM or SIGINT, through tokio's `signal`) ends it gracefully |
-//! | `full` | everything above |
+//! | `admin` | `admin::router`: a JSON API to manage tokens behind the Gate, with its OpenAPI document |
+//! | `full` | everything above and below |
 //! | `axum` | `axum::Authenticated`: the principal as an extractor; with `sqlite`, `ops::ops_router` (`/healthz`, `/readyz`, `/metrics` for an admin listener) |
 //! | `tonic` | `tonic::PrincipalExt`: the principal from a `tonic::Request` |
 //!
@@ -166,6 +167,8 @@ mod gate;
 #[cfg(feature = "gate")]
 pub use gate::{Gate, GateCheck, GateService, connection_peer};
 
+#[cfg(feature = "admin")]
+pub mod admin;
 #[cfg(feature = "axum")]
 pub mod axum;
 #[cfg(feature = "tonic")]

@@ -99,6 +99,11 @@ struct Args {
     /// responses (refusals keep theirs, and `Retry-After`).
     #[arg(long)]
     no_rate_headers: bool,
+    /// Serve the admin API under /admin (tokens with `tokengate:admin`
+    /// only; every call audited): issue, list, show, update, disable,
+    /// enable, revoke, rotate, and /admin/openapi.json.
+    #[arg(long)]
+    admin: bool,
     #[command(flatten)]
     ops: example_ops::OpsArgs,
 }
@@ -173,9 +178,13 @@ async fn whoami(Authenticated(caller): Authenticated) -> Json<serde_json::Value>
     }))
 }
 
-fn policy() -> Result<ScopePolicy, tokengate::SetupError> {
+fn policy(admin: bool) -> Result<ScopePolicy, tokengate::SetupError> {
     use axum::http::Method;
-    Ok(ScopePolicy::builder()
+    let mut builder = ScopePolicy::builder();
+    if admin {
+        builder = tokengate::admin::policy_rules(builder);
+    }
+    Ok(builder
         .route([Method::GET], "/healthz", Requirement::Public)
         .route(
             [Method::GET, Method::HEAD],
@@ -208,7 +217,7 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), tokengate::SetupError> {
     // Every flag is checked before anything is opened, bound or written.
     let audience: tokengate::Audience = args.audience.parse()?;
-    let policy = policy()?;
+    let policy = policy(args.admin)?;
     let client_ip = ResolveClientIpLayer::trusted_proxies(&args.trusted_proxies)?;
     let ip_rules = IpRules::from_lists(&args.allow_ips, &args.deny_ips)?;
     let pre_auth = per_second(args.pre_auth_rate)?;
@@ -260,12 +269,16 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         );
     }
 
-    let routes = Router::new()
+    let mut routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/notes", get(list).post(create))
         .route("/notes/{id}", delete(remove))
         .route("/whoami", get(whoami))
         .with_state(Notes::default());
+    if args.admin {
+        // Behind the same Gate: the policy gives /admin to tokengate:admin.
+        routes = routes.merge(tokengate::admin::router(embedded.lifecycle.clone()));
+    }
     let mut readiness = embedded.readiness();
     let app = match &args.redis {
         None => guard(routes, gate, &args, &embedded),

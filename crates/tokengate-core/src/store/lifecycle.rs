@@ -379,6 +379,18 @@ pub struct Lifecycle<S> {
     clock: SharedClock,
 }
 
+impl<S: Clone> Clone for Lifecycle<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            hasher: self.hasher.clone(),
+            format: self.format.clone(),
+            policy: self.policy.clone(),
+            clock: std::sync::Arc::clone(&self.clock),
+        }
+    }
+}
+
 impl<S: fmt::Debug> fmt::Debug for Lifecycle<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lifecycle")
