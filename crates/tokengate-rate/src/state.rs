@@ -258,17 +258,26 @@ impl Tables {
         push(&self.custom, out);
     }
 
-    /// Drops keys whose TAT is at most `threshold`; how many were dropped.
-    fn evict_up_to(&mut self, threshold: u64) -> usize {
-        fn retain<K>(table: &mut HashTable<Entry<K>>, threshold: u64) -> usize {
+    /// Drops keys whose TAT is under `threshold`, and keys whose TAT is
+    /// `threshold` while `at_threshold` allows (counting it down); how
+    /// many were dropped.
+    fn evict_up_to(&mut self, threshold: u64, at_threshold: &mut usize) -> usize {
+        fn retain<K>(table: &mut HashTable<Entry<K>>, threshold: u64, budget: &mut usize) -> usize {
             let before = table.len();
-            table.retain(|e| e.tat.load(Ordering::Relaxed) > threshold);
+            table.retain(|e| {
+                let tat = e.tat.load(Ordering::Relaxed);
+                if tat == threshold && *budget > 0 {
+                    *budget -= 1;
+                    return false;
+                }
+                tat >= threshold
+            });
             before - table.len()
         }
-        retain(&mut self.ip, threshold)
-            + retain(&mut self.token, threshold)
-            + retain(&mut self.owner, threshold)
-            + retain(&mut self.custom, threshold)
+        retain(&mut self.ip, threshold, at_threshold)
+            + retain(&mut self.token, threshold, at_threshold)
+            + retain(&mut self.owner, threshold, at_threshold)
+            + retain(&mut self.custom, threshold, at_threshold)
     }
 
     /// The earliest TAT held, if any.
@@ -487,9 +496,10 @@ impl MemoryRateState {
 
 impl Shard {
     /// Evicts the keys closest to idle from a full shard of active keys:
-    /// at least one, about a sixteenth of the shard (more when several share the
-    /// threshold's TAT), so that a flood of new
+    /// a sixteenth of the shard (at least one), so that a flood of new
     /// keys pays for one scan per sixteenth of the shard, not per key.
+    /// Keys that share the threshold's TAT (keys made in one clock tick)
+    /// are evicted only up to that count, never the whole shard.
     fn evict_closest_to_idle(&self, keys: &mut Keys, capacity: usize) {
         let mut tats = Vec::with_capacity(keys.len);
         for tables in &keys.by_limiter {
@@ -500,10 +510,14 @@ impl Shard {
         }
         let count = (capacity / 16).clamp(1, tats.len());
         let (_, &mut threshold, _) = tats.select_nth_unstable(count - 1);
+        // Every key under the threshold is among the `count` closest to
+        // idle; the rest of the count goes to keys at the threshold.
+        let below = tats[..count].iter().filter(|&&tat| tat < threshold).count();
+        let mut at_threshold = count - below;
         let dropped: usize = keys
             .by_limiter
             .iter_mut()
-            .map(|tables| tables.evict_up_to(threshold))
+            .map(|tables| tables.evict_up_to(threshold, &mut at_threshold))
             .sum();
         keys.len -= dropped;
     }

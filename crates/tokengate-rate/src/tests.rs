@@ -361,6 +361,30 @@ fn a_million_distinct_keys_stay_under_the_cap_and_each_first_request_passes() {
     ));
 }
 
+#[test]
+fn keys_made_in_one_clock_tick_are_evicted_a_sixteenth_at_a_time_not_a_shard_at_once() {
+    // Every key has the same TAT (one instant, as with a coarse clock):
+    // a full shard used to drop every key sharing the threshold's TAT.
+    let state = MemoryRateState::new(16_000);
+    let gcra = gcra::Gcra::new(quota(1, 60, 5));
+    let now = 1_000_000_000_000;
+    for i in 0..32_000u32 {
+        let charge = Charge {
+            key: (0, RateKey::Ip(std::net::IpAddr::from(i.to_be_bytes()))),
+            gcra,
+            cost: 1,
+        };
+        assert!(matches!(
+            state.decide(&[charge], now),
+            Outcome::Admitted { .. }
+        ));
+        assert!(state.len() <= 16_000, "{}", state.len());
+    }
+    // Each full shard lost a sixteenth at a time, so the state stays
+    // nearly full (it fell to about half before).
+    assert!(state.len() >= 16_000 * 7 / 8, "{}", state.len());
+}
+
 #[tokio::test]
 async fn ipv6_clients_are_keyed_by_their_64_and_prefixes_are_configurable() {
     let default = service(&RateLimitLayer::per_client_ip(quota(1, 60, 1)));
