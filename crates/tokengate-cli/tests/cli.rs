@@ -211,3 +211,81 @@ fn audit_verify_reports_ok_or_the_broken_line() {
             .starts_with("ok: 0 records")
     );
 }
+
+#[test]
+fn update_disable_enable_and_list_filters_say_what_they_did_and_refuse_bad_input() {
+    let db = Db::new("update");
+    let first = db.issue(&["--ttl", "30d"]);
+    let second = db.issue(&["--ttl", "2d"]);
+    let id = first["id"].as_str().unwrap();
+    let token = first["token"].as_str().unwrap();
+
+    let updated: Value = serde_json::from_str(&db.ok(&[
+        "update",
+        id,
+        "--name",
+        "renamed",
+        "--add-scope",
+        "notes:write",
+        "--meta",
+        "team=a",
+        "--rate",
+        "10/min",
+        "--burst",
+        "2",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(updated["name"], "renamed");
+    assert_eq!(updated["rate"]["burst"], 2);
+    assert_eq!(updated["metadata"]["team"], "a");
+    assert!(
+        db.ok(&["inspect", token]).starts_with("valid"),
+        "the secret stays"
+    );
+
+    // Bad input: a clear error, and nothing changes.
+    let nothing = db.run(&["update", id]);
+    assert!(!nothing.status.success());
+    assert!(support::text(&nothing).contains("nothing to change"));
+    let too_long = db.run(&["update", id, "--ttl", "400d"]);
+    assert!(!too_long.status.success());
+    assert!(
+        support::text(&too_long).contains("exceeds the maximum"),
+        "{}",
+        support::text(&too_long)
+    );
+    let pasted = db.run(&["update", token, "--name", "x"]);
+    assert!(!pasted.status.success());
+    assert!(
+        !support::text(&pasted).contains(token),
+        "a pasted token is never echoed"
+    );
+    let bad_status = db.run(&["list", "--status", "sleeping"]);
+    assert!(
+        support::text(&bad_status).contains("sleeping"),
+        "the bad value is named"
+    );
+    let shown: Value = serde_json::from_str(&db.ok(&["show", id, "--json"])).unwrap();
+    assert_eq!(shown["name"], "renamed");
+
+    // Disable, filter, page, enable.
+    assert!(
+        db.ok(&["disable", id])
+            .starts_with(&format!("disabled {id}"))
+    );
+    let out = db.run(&["inspect", token]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("invalid: token disabled"));
+    let disabled = db.ok(&["list", "--status", "disabled", "--json"]);
+    assert_eq!(disabled.lines().count(), 1);
+    let soon = db.ok(&["list", "--expiring-within", "7d", "--json"]);
+    assert_eq!(soon.lines().count(), 1);
+    assert!(soon.contains(second["id"].as_str().unwrap()));
+    let page = db.ok(&["list", "--limit", "1", "--json"]);
+    assert!(page.contains(id));
+    let next = db.ok(&["list", "--after", id, "--json"]);
+    assert_eq!(next.lines().count(), 1);
+    assert!(next.contains(second["id"].as_str().unwrap()));
+    assert_eq!(db.ok(&["enable", id]).trim(), format!("enabled {id}"));
+    assert!(db.ok(&["inspect", token]).starts_with("valid"));
+}
