@@ -75,7 +75,9 @@ enum Found {
 enum Step {
     Public,
     Refuse(Denial),
-    Lookup(TokenHash),
+    /// The token's hash, and its hashes under previous peppers (empty
+    /// unless the hasher knows some).
+    Lookup(TokenHash, Vec<TokenHash>),
 }
 
 /// The token-expiry header of an admitted request (nothing when the layer
@@ -114,30 +116,80 @@ impl fmt::Debug for TokenLookup {
 
 impl<St: TokenStore> Config<St> {
     fn decide<B>(&self, request: &mut Request<B>) -> Result<Found, Denial> {
-        let hash = match self.first_step(request) {
+        let (hash, previous) = match self.first_step(request) {
             Step::Public => return Ok(Found::Admitted(ExpiryHeader::default())),
             Step::Refuse(denial) => return Err(denial),
-            Step::Lookup(hash) => hash,
+            Step::Lookup(hash, previous) => (hash, previous),
         };
-        match self.verifier.verify_cached(&hash) {
-            Some(verdict) => self.admit(request, verdict).map(Found::Admitted),
-            None => {
+        let cached = self.verifier.verify_cached(&hash);
+        match cached {
+            Some(verdict) if previous.is_empty() || !unknown(&verdict) => {
+                self.admit(request, verdict).map(Found::Admitted)
+            }
+            cached => {
                 let verifier = self.verifier.clone();
                 let timeout = self.lookup_timeout;
                 Ok(Found::Lookup(TokenLookup {
                     future: Box::pin(async move {
-                        match tokio::time::timeout(timeout, verifier.verify(&hash)).await {
-                            Ok(verdict) => verdict,
-                            Err(_) => {
-                                metrics::counter!(STORE_ERRORS, "kind" => "timeout").increment(1);
-                                Err(VerifyError::Store(StoreError::Timeout))
-                            }
+                        let verdict = match cached {
+                            Some(verdict) => verdict,
+                            None => bounded(timeout, verifier.verify(&hash)).await,
+                        };
+                        if !unknown(&verdict) {
+                            return verdict;
                         }
+                        migrate(&verifier, timeout, hash, previous)
+                            .await
+                            .unwrap_or(verdict)
                     }),
                 }))
             }
         }
     }
+}
+
+/// Whether `verdict` says the store has no such token.
+fn unknown(verdict: &Result<Principal, VerifyError>) -> bool {
+    matches!(verdict, Err(VerifyError::Invalid(InvalidReason::Unknown)))
+}
+
+/// `lookup` within `timeout`; a timeout is a store error (503).
+async fn bounded(
+    timeout: Duration,
+    lookup: impl Future<Output = Result<Principal, VerifyError>>,
+) -> Result<Principal, VerifyError> {
+    match tokio::time::timeout(timeout, lookup).await {
+        Ok(verdict) => verdict,
+        Err(_) => {
+            metrics::counter!(STORE_ERRORS, "kind" => "timeout").increment(1);
+            Err(VerifyError::Store(StoreError::Timeout))
+        }
+    }
+}
+
+/// After a pepper rotation: looks the token up under each previous
+/// pepper's hash; where found, moves it to `current` in the store (once)
+/// and answers as found. `None` when no previous pepper knows it.
+async fn migrate<St: TokenStore>(
+    verifier: &tokengate_cache::CachedStore<St>,
+    timeout: Duration,
+    current: TokenHash,
+    previous: Vec<TokenHash>,
+) -> Option<Result<Principal, VerifyError>> {
+    for old in previous {
+        let verdict = bounded(timeout, verifier.verify(&old)).await;
+        if unknown(&verdict) {
+            continue;
+        }
+        if let Ok(principal) = &verdict
+            && let Err(error) = verifier.rehash(principal.token_id(), &old, current).await
+        {
+            // It still verifies under the old pepper; the next use retries.
+            tracing::warn!(%error, "could not move a token to the current pepper");
+        }
+        return Some(verdict);
+    }
+    None
 }
 
 impl<St> Config<St> {
@@ -158,7 +210,10 @@ impl<St> Config<St> {
         };
         // Checked and hashed in place: no owned copy of the secret is made.
         let verdict = match self.format.validate(&credential.token) {
-            Ok(()) => Step::Lookup(self.hasher.hash_str(&credential.token)),
+            Ok(()) => Step::Lookup(
+                self.hasher.hash_str(&credential.token),
+                self.hasher.previous_hashes(&credential.token),
+            ),
             Err(error) => Step::Refuse(Denial::InvalidToken(InvalidReason::Malformed(error))),
         };
         if credential.from_query {

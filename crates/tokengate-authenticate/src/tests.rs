@@ -588,3 +588,69 @@ fn services_and_futures_are_send_and_layers_are_sync() {
     send::<<Svc as tower::Service<Request<Full<Bytes>>>>::Future>();
     send::<tokengate_core::CheckFuture<AuthenticateLayer<ProbeStore>, Svc, Full<Bytes>>>();
 }
+
+#[tokio::test]
+async fn after_a_pepper_rotation_old_tokens_verify_and_move_to_the_current_pepper_once() {
+    let f = fixture();
+    let (token, id) = f.issue(spec()).await;
+    let cache = f.lifecycle.store().clone();
+    let old = Pepper::new(KeyId::new(1), [3u8; 32]).unwrap();
+    let rotated =
+        TokenHasher::new(Pepper::new(KeyId::new(2), [4u8; 32]).unwrap()).with_previous([old]);
+    let layer = AuthenticateLayer::new(cache, rotated.clone(), "notes".parse().unwrap());
+    let send = |token: String| {
+        let service = service(&layer);
+        async move { service.oneshot(bearer(&token)).await.unwrap().status() }
+    };
+    let before = f.probe.lookups();
+    // Unknown under key 2, found under key 1, moved to key 2.
+    assert_eq!(send(token.expose_secret().to_owned()).await, StatusCode::OK);
+    assert_eq!(f.probe.lookups() - before, 2, "one lookup per pepper");
+    let stored = tokengate_core::TokenAdmin::get(f.probe.inner(), &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.hash,
+        rotated.hash(&token),
+        "re-hashed under the current pepper"
+    );
+    // From now on: one lookup under key 2, then cache hits.
+    let before = f.probe.lookups();
+    for _ in 0..3 {
+        assert_eq!(send(token.expose_secret().to_owned()).await, StatusCode::OK);
+    }
+    assert_eq!(f.probe.lookups() - before, 1);
+    // An unknown token: one lookup per pepper, then remembered as unknown.
+    let unknown = TokenFormat::default().generate();
+    let before = f.probe.lookups();
+    for _ in 0..3 {
+        assert_eq!(
+            send(unknown.expose_secret().to_owned()).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        f.probe.lookups() - before,
+        2,
+        "a miss costs one lookup per pepper, once"
+    );
+    // A revoked token found under an old pepper is refused, not migrated.
+    let (revoked, revoked_id) = f.issue(spec()).await;
+    f.lifecycle.revoke(&revoked_id).await.unwrap();
+    let outcome = layer_send(&layer, revoked.expose_secret()).await;
+    assert_eq!(outcome, StatusCode::UNAUTHORIZED);
+    let stored = tokengate_core::TokenAdmin::get(f.probe.inner(), &revoked_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.hash.key_id(), KeyId::new(1));
+}
+
+async fn layer_send(layer: &AuthenticateLayer<ProbeStore>, token: &str) -> StatusCode {
+    service(layer)
+        .oneshot(bearer(token))
+        .await
+        .unwrap()
+        .status()
+}

@@ -506,6 +506,19 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
         self.shared.store.find_by_hash(hash).await
     }
+
+    /// Moves the token in the store, then forgets both hashes here.
+    async fn rehash(
+        &self,
+        id: &TokenId,
+        from: &TokenHash,
+        to: TokenHash,
+    ) -> Result<(), StoreError> {
+        self.shared.store.rehash(id, from, to).await?;
+        self.invalidate(from);
+        self.invalidate(&to);
+        Ok(())
+    }
 }
 
 impl<S: TokenAdmin> TokenAdmin for CachedStore<S> {

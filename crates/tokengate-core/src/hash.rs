@@ -145,6 +145,9 @@ pub enum PepperError {
 pub struct TokenHasher {
     key_id: KeyId,
     keyed: Hmac<Sha256>,
+    /// Peppers rotated out, newest first: tokens hashed under them still
+    /// verify (see [`TokenHasher::with_previous`]).
+    previous: std::sync::Arc<[TokenHasher]>,
 }
 
 impl TokenHasher {
@@ -160,7 +163,34 @@ impl TokenHasher {
         Self {
             key_id: pepper.id,
             keyed,
+            previous: std::sync::Arc::new([]),
         }
+    }
+
+    /// This hasher, also knowing `previous` peppers (newest first): after
+    /// a pepper rotation, a token the store does not know under the
+    /// current pepper is looked up under each of these, and moved to the
+    /// current one where found (lazy migration). Costs an unknown token
+    /// one more hash and lookup per previous pepper.
+    pub fn with_previous(mut self, previous: impl IntoIterator<Item = Pepper>) -> Self {
+        self.previous = previous.into_iter().map(Self::new).collect();
+        self
+    }
+
+    /// Whether peppers rotated out are still known.
+    pub fn has_previous(&self) -> bool {
+        !self.previous.is_empty()
+    }
+
+    /// The key ids of the peppers rotated out, newest first.
+    pub fn previous_key_ids(&self) -> Vec<KeyId> {
+        self.previous.iter().map(|h| h.key_id).collect()
+    }
+
+    /// The hashes of a token's text under each previous pepper, newest
+    /// first (empty without any).
+    pub fn previous_hashes(&self, token: &str) -> Vec<TokenHash> {
+        self.previous.iter().map(|h| h.hash_str(token)).collect()
     }
 
     /// The key id of the pepper in use.

@@ -119,6 +119,15 @@ impl TokenStore for ProbeStore {
         }
         found
     }
+
+    async fn rehash(
+        &self,
+        id: &TokenId,
+        from: &TokenHash,
+        to: TokenHash,
+    ) -> Result<(), StoreError> {
+        self.inner.rehash(id, from, to).await
+    }
 }
 
 impl TokenAdmin for ProbeStore {

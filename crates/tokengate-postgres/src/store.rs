@@ -473,6 +473,45 @@ impl TokenStore for PostgresStore {
         })
         .await
     }
+
+    /// Moves the row, and notifies both hashes: every instance forgets
+    /// the old one, and an unknown-token entry it may hold for the new one.
+    async fn rehash(
+        &self,
+        id: &TokenId,
+        from: &TokenHash,
+        to: TokenHash,
+    ) -> Result<(), StoreError> {
+        let from = *from;
+        self.with(|mut c| async move {
+            let tx = c.transaction().await.map_err(store_error)?;
+            let row = tx
+                .query_opt(
+                    &format!(
+                        "UPDATE tokengate_tokens SET hash = $3, key_id = $4 \
+                         WHERE id = $1 AND hash = $2 AND key_id = $5 RETURNING {COLUMNS}"
+                    ),
+                    &[
+                        &id.as_str(),
+                        &&from.digest()[..],
+                        &&to.digest()[..],
+                        &i64::from(to.key_id().get()),
+                        &i64::from(from.key_id().get()),
+                    ],
+                )
+                .await
+                .map_err(store_error)?;
+            let Some(row) = row else {
+                return Ok(());
+            };
+            let mut record = row_to_record(&row)?;
+            notify(&tx, &Change::updated(&record)).await?;
+            record.hash = from;
+            notify(&tx, &Change::updated(&record)).await?;
+            tx.commit().await.map_err(store_error)
+        })
+        .await
+    }
 }
 
 impl TokenAdmin for PostgresStore {

@@ -442,6 +442,46 @@ impl TokenStore for SqliteStore {
         })
         .await
     }
+
+    /// Moves the row, and records both hashes in the change feed: every
+    /// instance forgets the old one, and an unknown-token entry it may
+    /// hold for the new one.
+    async fn rehash(
+        &self,
+        id: &TokenId,
+        from: &TokenHash,
+        to: TokenHash,
+    ) -> Result<(), StoreError> {
+        let (id, from) = (id.clone(), *from);
+        self.with(move |c| {
+            let tx = c.transaction().map_err(store_error)?;
+            let moved = tx
+                .execute(
+                    "UPDATE tokens SET hash = ?3, key_id = ?4 \
+                     WHERE id = ?1 AND hash = ?2 AND key_id = ?5",
+                    params![
+                        id.as_str(),
+                        &from.digest()[..],
+                        &to.digest()[..],
+                        i64::from(to.key_id().get()),
+                        i64::from(from.key_id().get())
+                    ],
+                )
+                .map_err(store_error)?;
+            if moved == 0 {
+                return Ok(());
+            }
+            let mut record = get_record(&tx, id.as_str())
+                .map_err(store_error)?
+                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            let now = SystemTime::now();
+            record_change(&tx, &record, "rehashed", now).map_err(store_error)?;
+            record.hash = from;
+            record_change(&tx, &record, "rehashed", now).map_err(store_error)?;
+            tx.commit().map_err(store_error)
+        })
+        .await
+    }
 }
 
 impl TokenAdmin for SqliteStore {

@@ -169,6 +169,15 @@ impl TokenStore for AnyStore {
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
         each!(self, s => s.find_by_hash(hash).await)
     }
+
+    async fn rehash(
+        &self,
+        id: &TokenId,
+        from: &TokenHash,
+        to: TokenHash,
+    ) -> Result<(), StoreError> {
+        each!(self, s => s.rehash(id, from, to).await)
+    }
 }
 
 impl TokenAdmin for AnyStore {

@@ -81,6 +81,25 @@ impl TokenStore for MemoryStore {
                 .cloned()
         }))
     }
+
+    async fn rehash(
+        &self,
+        id: &TokenId,
+        from: &TokenHash,
+        to: TokenHash,
+    ) -> Result<(), StoreError> {
+        self.write(|s| {
+            if s.by_hash.get(from) != Some(id) || s.by_hash.contains_key(&to) {
+                return;
+            }
+            s.by_hash.remove(from);
+            s.by_hash.insert(to, id.clone());
+            if let Some(record) = s.records.get_mut(id) {
+                record.hash = to;
+            }
+        });
+        Ok(())
+    }
 }
 
 impl TokenAdmin for MemoryStore {

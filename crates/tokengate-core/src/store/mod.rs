@@ -34,6 +34,22 @@ pub trait TokenStore: Send + Sync + 'static {
         &self,
         hash: &TokenHash,
     ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send;
+
+    /// Moves the token `id`, found under `from` (its hash under a pepper
+    /// rotated out), to `to` (its hash under the current pepper): the lazy
+    /// migration after a pepper rotation. Does nothing when the token is
+    /// no longer stored under `from`. A store that cannot migrate keeps
+    /// the old hash (this default), and its tokens keep verifying through
+    /// the previous peppers.
+    fn rehash(
+        &self,
+        id: &TokenId,
+        from: &TokenHash,
+        to: TokenHash,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (id, from, to);
+        std::future::ready(Ok(()))
+    }
 }
 
 /// The management side of a store.
@@ -112,6 +128,15 @@ impl<S: TokenStore> TokenStore for Arc<S> {
         hash: &TokenHash,
     ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send {
         (**self).find_by_hash(hash)
+    }
+
+    fn rehash(
+        &self,
+        id: &TokenId,
+        from: &TokenHash,
+        to: TokenHash,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).rehash(id, from, to)
     }
 }
 

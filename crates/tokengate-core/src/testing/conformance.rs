@@ -143,6 +143,26 @@ pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
     assert_eq!(enabled.disabled_at, None);
     assert_eq!(enabled.status(SystemTime::now()), TokenStatus::Active);
 
+    // A pepper rotation's lazy migration: moved to the new hash once.
+    let rotated = TokenHasher::new(Pepper::new(KeyId::new(2), [8; 32]).unwrap());
+    let new_hash = rotated.hash(&issued.token);
+    let store = lifecycle.store();
+    store.rehash(&id, &hash, new_hash).await.unwrap();
+    assert_eq!(
+        store.find_by_hash(&new_hash).await.unwrap().map(|r| r.hash),
+        Some(new_hash)
+    );
+    assert!(
+        store.find_by_hash(&hash).await.unwrap().is_none(),
+        "the old hash is gone"
+    );
+    store.rehash(&id, &hash, new_hash).await.unwrap();
+    assert_eq!(
+        lifecycle.get(&id).await.unwrap().unwrap().hash,
+        new_hash,
+        "a second move does nothing"
+    );
+
     // Revoked: no more changes.
     lifecycle.revoke(&id).await.unwrap();
     let after = lifecycle
