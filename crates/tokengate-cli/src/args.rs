@@ -103,10 +103,36 @@ pub(crate) enum Command {
         /// The token.
         token: String,
     },
+    /// The pepper the tokens are hashed under: status, rotate, retire.
+    Pepper {
+        #[command(subcommand)]
+        command: PepperCommand,
+    },
     /// Audit file tools.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PepperCommand {
+    /// Each pepper's key id, whether it is current, and how many tokens
+    /// are still hashed under it.
+    Status,
+    /// Make a new pepper current. Tokens under the old one keep working
+    /// and move to the new one on their first use. Restart every server
+    /// on this database afterwards: until then they do not know the new
+    /// pepper, and tokens issued meanwhile fail on them.
+    Rotate,
+    /// Remove a previous pepper from the pepper file, once no token is
+    /// hashed under it.
+    Retire {
+        /// Its key id.
+        key: u32,
+        /// Retire it although tokens remain under it: they stop working.
+        #[arg(long)]
+        force: bool,
     },
 }
 

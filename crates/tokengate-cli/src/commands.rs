@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
@@ -5,12 +6,12 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 use tokengate::{
-    AnyStore, AuditKey, Clock, Database, Expiry, InvalidReason, IssuancePolicy, IssuedToken,
-    Lifecycle, LifecycleError, PEPPER_ENV, SystemClock, TokenFormat, TokenHasher, TokenId,
+    AnyStore, AuditKey, Clock, Database, Expiry, InvalidReason, IssuancePolicy, IssuedToken, KeyId,
+    Lifecycle, LifecycleError, PEPPER_ENV, PepperSource, SystemClock, TokenFormat, TokenId,
     TokenQuery, TokenRecord, TokenSpec, TokenStatus, TokenStore, audit_chain, pepper_path,
 };
 
-use crate::args::{AuditCommand, Cli, Command, Issue, Update};
+use crate::args::{AuditCommand, Cli, Command, Issue, PepperCommand, Update};
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -106,12 +107,12 @@ async fn open_or_create(cli: &Cli) -> Result<Lifecycle<AnyStore>> {
 }
 
 async fn connect(cli: &Cli, create: bool) -> Result<Lifecycle<AnyStore>> {
-    let (store, pepper) = cli
+    let (store, peppers) = cli
         .db
         .open(create, cli.pepper_file.as_deref())
         .await
         .map_err(|e| e.to_string())?;
-    Ok(Lifecycle::new(store, TokenHasher::new(pepper)))
+    Ok(Lifecycle::new(store, peppers.hasher()))
 }
 
 /// The token id in `text`. A token given instead is never echoed: the
@@ -319,6 +320,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Inspect { token } => inspect(&open(&cli).await?, token).await,
         Command::Update(update) => update_token(&cli, update).await,
+        Command::Pepper { command } => pepper(&cli, command).await,
         Command::Disable { id } | Command::Enable { id } => {
             let lifecycle = open(&cli).await?;
             let id = parse_id(&lifecycle, id).await?;
@@ -335,6 +337,107 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `tokengate pepper ...`.
+async fn pepper(cli: &Cli, command: &PepperCommand) -> Result<ExitCode> {
+    // Opening checks every pepper against the database's check values.
+    let lifecycle = open(cli).await?;
+    let file = match &cli.db {
+        Database::Sqlite(path) => pepper_path(path),
+        _ => cli.pepper_file.clone().ok_or(
+            "the pepper of a PostgreSQL database is managed in its pepper file: pass --pepper-file",
+        )?,
+    };
+    let env = std::env::var(PEPPER_ENV).is_ok();
+    // TOKENGATE_PEPPER when it is set, else the file.
+    let source = PepperSource::found(Some(&file))
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no pepper file at {}", file.display()))?;
+    let mut under: BTreeMap<u32, usize> = BTreeMap::new();
+    for record in lifecycle.list().await.map_err(|e| e.to_string())? {
+        *under.entry(record.hash.key_id().get()).or_default() += 1;
+    }
+    let count = |key: u32| under.get(&key).copied().unwrap_or(0);
+    if env && !matches!(command, PepperCommand::Status) {
+        return Err(format!(
+            "the peppers come from {PEPPER_ENV}: change it there (KEYID:HEX entries, comma-separated); \
+             `pepper rotate` and `retire` write the pepper file"
+        ));
+    }
+    match command {
+        PepperCommand::Status => {
+            let current = source.pepper.id().get();
+            for pepper in source.all() {
+                let key = pepper.id().get();
+                let role = if key == current {
+                    "current"
+                } else {
+                    "previous"
+                };
+                println!("key {key}: {role}, {} tokens", count(key));
+            }
+            for (key, n) in &under {
+                if !source.all().any(|p| p.id().get() == *key) {
+                    println!(
+                        "key {key}: not in the pepper file, {n} tokens (they cannot be verified)"
+                    );
+                }
+            }
+        }
+        PepperCommand::Rotate => {
+            let old = source.pepper.id().get();
+            let recorded = lifecycle
+                .store()
+                .recorded_peppers()
+                .await
+                .map_err(|e| e.to_string())?;
+            let rotated = source.rotated(&recorded);
+            let (key, check) = (rotated.pepper.id(), rotated.check_value());
+            lifecycle
+                .store()
+                .record_pepper(key, check)
+                .await
+                .map_err(|e| e.to_string())?;
+            rotated.write(&file).map_err(|e| e.to_string())?;
+            println!(
+                "key {} is current; {} tokens under key {old} move to it on their next use",
+                key.get(),
+                count(old)
+            );
+            eprintln!(
+                "restart every server on this database now: until then they hash under key {old}, \
+                 and tokens issued meanwhile fail on them"
+            );
+        }
+        PepperCommand::Retire { key, force } => {
+            if *key == source.pepper.id().get() {
+                return Err(format!("key {key} is the current pepper; rotate first"));
+            }
+            if !source.previous.iter().any(|p| p.id().get() == *key) {
+                return Err(format!(
+                    "key {key} is not in the pepper file {}",
+                    file.display()
+                ));
+            }
+            let left = count(*key);
+            if left > 0 && !force {
+                return Err(format!(
+                    "{left} tokens are still hashed under key {key} (they move on their next use; \
+                     `pepper status` counts them); --force retires it anyway and they stop working"
+                ));
+            }
+            if left > 0 {
+                eprintln!("WARNING: {left} tokens under key {key} stop working for good");
+            }
+            source
+                .without(KeyId::new(*key))
+                .write(&file)
+                .map_err(|e| e.to_string())?;
+            println!("retired key {key}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn update_token(cli: &Cli, update: &Update) -> Result<ExitCode> {

@@ -135,6 +135,14 @@ pub enum PepperError {
     /// Hex text that does not decode.
     #[error("pepper is not valid hexadecimal")]
     NotHex,
+    /// An entry whose key id is not a number, or repeats another's.
+    #[error(
+        "each pepper entry must be KEYID:HEX with a key id of its own (or one bare HEX, key 1)"
+    )]
+    BadKeyId,
+    /// No pepper at all.
+    #[error("holds no pepper")]
+    Empty,
 }
 
 /// Hashes tokens under one pepper.

@@ -96,7 +96,7 @@ pub use denial::{
 pub use echo::{Echo, may_hold_secret};
 pub use hash::{KeyId, Pepper, PepperError, TokenHash, TokenHasher};
 pub use id::{TokenId, TokenIdError};
-pub use pepper_source::{FIRST_KEY, PEPPER_ENV, PepperSource, PepperSourceError};
+pub use pepper_source::{FIRST_KEY, PEPPER_ENV, PepperSource, PepperSourceError, Peppers};
 pub use principal::{ClientIp, Grants, Principal, canonical_net};
 pub use record::{QuotaError, RateQuota, TokenRecord, TokenStatus};
 pub use scope::{Scope, ScopeError, ScopeRules, ScopeSet};

@@ -69,9 +69,9 @@ pub enum PepperSourceError {
     },
     /// A pepper was found, but not the one the database recorded.
     #[error(
-        "the pepper from {source_name} is not the one token database {database} was created with \
-         (key {key_id}): no stored token would verify under it. Use the database's own pepper \
-         file or {PEPPER_ENV} value"
+        "the pepper (key {key_id}) from {source_name} is not the one token database {database} \
+         recorded for that key: no stored token would verify under it. Use the database's own \
+         pepper file or {PEPPER_ENV} value"
     )]
     Mismatch {
         /// The database.
@@ -89,11 +89,35 @@ impl From<PepperSourceError> for io::Error {
     }
 }
 
+/// The peppers of a database: the current one, and those rotated out
+/// that tokens may still be hashed under (newest first).
+#[derive(Debug)]
+pub struct Peppers {
+    /// New tokens are hashed under this one.
+    pub current: Pepper,
+    /// Rotated out; tokens found under them move to the current one.
+    pub previous: Vec<Pepper>,
+}
+
+impl Peppers {
+    /// The hasher: the current pepper, knowing the previous ones.
+    pub fn hasher(self) -> TokenHasher {
+        TokenHasher::new(self.current).with_previous(self.previous)
+    }
+}
+
 /// A pepper and the name of where it came from (for errors).
+///
+/// The source holds one pepper per line: `KEYID:HEX`, or a bare `HEX`
+/// line for key 1 (a file from before pepper rotation). The highest key id
+/// is current; the others are previous ones. `TOKENGATE_PEPPER` may hold
+/// several, separated by commas.
 #[derive(Debug)]
 pub struct PepperSource {
-    /// The pepper.
+    /// The current pepper.
     pub pepper: Pepper,
+    /// Peppers rotated out, newest first.
+    pub previous: Vec<Pepper>,
     /// `TOKENGATE_PEPPER` or the file's path.
     pub source_name: String,
 }
@@ -102,21 +126,91 @@ impl PepperSource {
     /// The pepper from `TOKENGATE_PEPPER` if it is set, else from `file` if
     /// it exists; `None` when neither is there.
     pub fn found(file: Option<&Path>) -> Result<Option<Self>, PepperSourceError> {
-        if let Ok(hex) = std::env::var(PEPPER_ENV) {
-            return from_hex(&hex, PEPPER_ENV).map(|pepper| {
-                Some(Self {
-                    pepper,
-                    source_name: PEPPER_ENV.to_owned(),
-                })
-            });
+        if let Ok(text) = std::env::var(PEPPER_ENV) {
+            return parse(&text, PEPPER_ENV).map(Some);
         }
         let Some(file) = file else {
             return Ok(None);
         };
-        Ok(read_file(file)?.map(|pepper| Self {
-            pepper,
-            source_name: file.display().to_string(),
-        }))
+        read_text(file)?
+            .map(|text| parse(&text, &file.display().to_string()))
+            .transpose()
+    }
+
+    /// Every pepper, current first.
+    pub fn all(&self) -> impl Iterator<Item = &Pepper> {
+        std::iter::once(&self.pepper).chain(&self.previous)
+    }
+
+    /// The check value of each pepper, current first.
+    pub fn check_values(&self) -> Vec<(KeyId, String)> {
+        self.all()
+            .map(|p| (p.id(), TokenHasher::new(p.clone()).pepper_check()))
+            .collect()
+    }
+
+    /// A new current pepper, the next key id after every one known here
+    /// and in `recorded` (the database's key ids); the current one joins
+    /// the previous ones.
+    pub fn rotated(self, recorded: &[KeyId]) -> Self {
+        let next = self
+            .all()
+            .map(Pepper::id)
+            .chain(recorded.iter().copied())
+            .map(KeyId::get)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1);
+        let mut previous = vec![self.pepper];
+        previous.extend(self.previous);
+        Self {
+            pepper: Pepper::generate(KeyId::new(next)),
+            previous,
+            source_name: self.source_name,
+        }
+    }
+
+    /// This source without the pepper of `key`.
+    pub fn without(mut self, key: KeyId) -> Self {
+        self.previous.retain(|p| p.id() != key);
+        self
+    }
+
+    /// Writes every pepper to `file` (one `KEYID:HEX` per line, private),
+    /// replacing it whole: a reader sees the old file or the new one.
+    pub fn write(&self, file: &Path) -> Result<(), PepperSourceError> {
+        let mut text = zeroize::Zeroizing::new(String::new());
+        for pepper in self
+            .previous
+            .iter()
+            .rev()
+            .chain(std::iter::once(&self.pepper))
+        {
+            text.push_str(&format!(
+                "{}:{}\n",
+                pepper.id().get(),
+                pepper.expose_hex().as_str()
+            ));
+        }
+        let io_error = |error| PepperSourceError::Io {
+            path: file.to_owned(),
+            error,
+        };
+        let temp = temp_path(file);
+        let written =
+            write_private(&temp, text.as_bytes()).and_then(|()| std::fs::rename(&temp, file));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        written.map_err(io_error)
+    }
+
+    /// The peppers, for a hasher.
+    pub fn into_peppers(self) -> Peppers {
+        Peppers {
+            current: self.pepper,
+            previous: self.previous,
+        }
     }
 
     /// Creates `file` with a fresh pepper, whole or not at all: the pepper
@@ -127,6 +221,7 @@ impl PepperSource {
     pub fn create(file: &Path) -> Result<Self, PepperSourceError> {
         create_file(file).map(|pepper| Self {
             pepper,
+            previous: Vec::new(),
             source_name: file.display().to_string(),
         })
     }
@@ -136,41 +231,80 @@ impl PepperSource {
         TokenHasher::new(self.pepper.clone()).pepper_check()
     }
 
-    /// The pepper, if `recorded` (the database's check value) is its own;
-    /// else [`PepperSourceError::Mismatch`] naming this source.
+    /// The peppers, if the database's check values (`recorded`, by key
+    /// id) are theirs: the current one must be recorded, and a previous
+    /// one, where recorded, must match; else
+    /// [`PepperSourceError::Mismatch`] naming this source and the key.
     pub fn verified(
         self,
-        recorded: Option<&str>,
+        recorded: &[(KeyId, String)],
         database: &str,
-    ) -> Result<Pepper, PepperSourceError> {
-        if recorded == Some(self.check_value().as_str()) {
-            Ok(self.pepper)
-        } else {
-            Err(PepperSourceError::Mismatch {
-                database: database.to_owned(),
-                source_name: self.source_name,
-                key_id: FIRST_KEY,
-            })
+    ) -> Result<Peppers, PepperSourceError> {
+        let recorded_for = |key: KeyId| recorded.iter().find(|(k, _)| *k == key).map(|(_, c)| c);
+        for (i, (key, check)) in self.check_values().into_iter().enumerate() {
+            let fits = match recorded_for(key) {
+                Some(stored) => *stored == check,
+                None => i > 0,
+            };
+            if !fits {
+                return Err(PepperSourceError::Mismatch {
+                    database: database.to_owned(),
+                    source_name: self.source_name,
+                    key_id: key,
+                });
+            }
         }
+        Ok(self.into_peppers())
     }
 }
 
-fn from_hex(hex: &str, source_name: &str) -> Result<Pepper, PepperSourceError> {
-    Pepper::from_hex(FIRST_KEY, hex).map_err(|error| PepperSourceError::Invalid {
+/// The peppers in `text`: `KEYID:HEX` or bare `HEX` (key 1) entries, one
+/// per line or separated by commas; the highest key id is current.
+fn parse(text: &str, source_name: &str) -> Result<PepperSource, PepperSourceError> {
+    let invalid = |error| PepperSourceError::Invalid {
         source_name: source_name.to_owned(),
         error,
+    };
+    let mut peppers = Vec::new();
+    for entry in text
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let (key, hex) = match entry.split_once(':') {
+            Some((key, hex)) => {
+                let key: u32 = key
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid(PepperError::BadKeyId))?;
+                (KeyId::new(key), hex.trim())
+            }
+            None => (FIRST_KEY, entry),
+        };
+        if peppers.iter().any(|p: &Pepper| p.id() == key) {
+            return Err(invalid(PepperError::BadKeyId));
+        }
+        peppers.push(Pepper::from_hex(key, hex).map_err(invalid)?);
+    }
+    peppers.sort_by_key(|p| std::cmp::Reverse(p.id().get()));
+    let mut peppers = peppers.into_iter();
+    let pepper = peppers.next().ok_or_else(|| invalid(PepperError::Empty))?;
+    Ok(PepperSource {
+        pepper,
+        previous: peppers.collect(),
+        source_name: source_name.to_owned(),
     })
 }
 
-/// The pepper in `path`, or `None` if there is no such file.
-fn read_file(path: &Path) -> Result<Option<Pepper>, PepperSourceError> {
-    let mut hex = zeroize::Zeroizing::new(String::new());
+/// The text of `path`, or `None` if there is no such file.
+fn read_text(path: &Path) -> Result<Option<zeroize::Zeroizing<String>>, PepperSourceError> {
+    let mut text = zeroize::Zeroizing::new(String::new());
     match OpenOptions::new()
         .read(true)
         .open(path)
-        .and_then(|mut f| f.read_to_string(&mut hex))
+        .and_then(|mut f| f.read_to_string(&mut text))
     {
-        Ok(_) => from_hex(&hex, &path.display().to_string()).map(Some),
+        Ok(_) => Ok(Some(text)),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(PepperSourceError::Io {
             path: path.to_owned(),
@@ -179,34 +313,123 @@ fn read_file(path: &Path) -> Result<Option<Pepper>, PepperSourceError> {
     }
 }
 
+/// A private temporary name beside `path`.
+fn temp_path(path: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(format!(".{}-{n}.tmp", std::process::id()));
+    PathBuf::from(temp)
+}
+
+/// Writes `bytes` to a new private (0600) file at `path`, synced.
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
 fn create_file(path: &Path) -> Result<Pepper, PepperSourceError> {
     let io_error = |error| PepperSourceError::Io {
         path: path.to_owned(),
         error,
     };
     let pepper = Pepper::generate(FIRST_KEY);
-    let mut temp = path.as_os_str().to_owned();
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    temp.push(format!(".{}-{n}.tmp", std::process::id()));
-    let temp = PathBuf::from(temp);
-    let written = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .and_then(|mut file| {
-            file.write_all(pepper.expose_hex().as_bytes())?;
-            file.sync_all()
-        })
+    let temp = temp_path(path);
+    let written = write_private(&temp, pepper.expose_hex().as_bytes())
         .and_then(|()| std::fs::hard_link(&temp, path));
     let _ = std::fs::remove_file(&temp);
     match written {
         Ok(()) => Ok(pepper),
         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-            read_file(path)?.ok_or_else(|| io_error(error))
+            let text = read_text(path)?.ok_or_else(|| io_error(error))?;
+            Ok(parse(&text, &path.display().to_string())?.pepper)
         }
         Err(error) => Err(io_error(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "0101010101010101010101010101010101010101010101010101010101010101";
+    const B: &str = "0202020202020202020202020202020202020202020202020202020202020202";
+
+    #[test]
+    fn a_source_holds_peppers_by_key_and_the_highest_is_current() {
+        let bare = parse(A, "test").unwrap();
+        assert_eq!((bare.pepper.id(), bare.previous.len()), (FIRST_KEY, 0));
+        let two = parse(&format!("1:{A}\n2:{B}\n"), "test").unwrap();
+        assert_eq!(two.pepper.id(), KeyId::new(2));
+        assert_eq!(
+            two.previous.iter().map(Pepper::id).collect::<Vec<_>>(),
+            [FIRST_KEY]
+        );
+        let env_style = parse(&format!("2:{B}, {A}"), "test").unwrap();
+        assert_eq!(env_style.check_values(), two.check_values());
+        for bad in [
+            format!("1:{A}\n1:{B}"),
+            format!("x:{A}"),
+            String::new(),
+            "1:zz".into(),
+        ] {
+            let error = parse(&bad, "the file").unwrap_err().to_string();
+            assert!(error.starts_with("the file: "), "{error}");
+        }
+    }
+
+    #[test]
+    fn rotation_adds_the_next_key_and_the_file_round_trips() {
+        let dir = std::env::temp_dir().join(format!("tokengate-pepper-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pepper");
+        let first = PepperSource::create(&file).unwrap();
+        let checks = first.check_values();
+        // The database recorded key 3 once (say, a retired rotation).
+        let rotated = first.rotated(&[KeyId::new(3)]);
+        assert_eq!(rotated.pepper.id(), KeyId::new(4));
+        rotated.write(&file).unwrap();
+        let read = PepperSource::found(Some(&file)).unwrap().unwrap();
+        assert_eq!(read.check_values(), rotated.check_values());
+        assert_eq!(
+            read.check_values()[1],
+            checks[0],
+            "the old pepper is kept as previous"
+        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&file).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        // Verified: the current one must be recorded; a recorded previous one must match.
+        let recorded = read.check_values();
+        assert!(
+            PepperSource::found(Some(&file))
+                .unwrap()
+                .unwrap()
+                .verified(&recorded, "db")
+                .is_ok()
+        );
+        let wrong_previous = vec![recorded[0].clone(), (FIRST_KEY, "00".into())];
+        let error = PepperSource::found(Some(&file))
+            .unwrap()
+            .unwrap()
+            .verified(&wrong_previous, "db")
+            .unwrap_err();
+        assert!(matches!(error, PepperSourceError::Mismatch { key_id, .. } if key_id == FIRST_KEY));
+        let unrecorded = PepperSource::found(Some(&file))
+            .unwrap()
+            .unwrap()
+            .verified(&recorded[1..], "db");
+        assert!(
+            unrecorded.is_err(),
+            "a current pepper the database never recorded"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

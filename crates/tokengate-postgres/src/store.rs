@@ -10,8 +10,8 @@ use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use ipnet::IpNet;
 use tokengate_core::{
-    FIRST_KEY, KeyId, Pepper, PepperSource, PepperSourceError, RateQuota, ScopeSet, StoreError,
-    TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore,
+    FIRST_KEY, KeyId, Pepper, PepperSource, PepperSourceError, Peppers, RateQuota, ScopeSet,
+    StoreError, TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -388,17 +388,24 @@ impl PostgresStore {
     /// pepper: a first start. A missing or different pepper is an error
     /// naming its source and what to do.
     pub async fn pepper(&self, file: Option<&Path>) -> Result<Pepper, PepperSourceError> {
+        self.peppers(file).await.map(|peppers| peppers.current)
+    }
+
+    /// The current pepper and those rotated out (see
+    /// [`PostgresStore::pepper`]; the file holds one per line), for
+    /// [`Peppers::hasher`](tokengate_core::Peppers::hasher).
+    pub async fn peppers(&self, file: Option<&Path>) -> Result<Peppers, PepperSourceError> {
         let io = |error: StoreError| PepperSourceError::Io {
             path: self.shared.name.clone().into(),
             error: std::io::Error::other(error),
         };
         let database = self.shared.name.clone();
-        let recorded = self.recorded_check().await.map_err(io)?;
+        let recorded = self.recorded_checks().await.map_err(io)?;
         let source = match (PepperSource::found(file)?, file) {
             (Some(source), _) => source,
             (None, None) => return Err(PepperSourceError::NotGiven { database }),
             (None, Some(path))
-                if recorded.is_some() || self.holds_tokens().await.map_err(io)? =>
+                if !recorded.is_empty() || self.holds_tokens().await.map_err(io)? =>
             {
                 return Err(PepperSourceError::Missing {
                     database,
@@ -407,37 +414,57 @@ impl PostgresStore {
             }
             (None, Some(path)) => PepperSource::create(path)?,
         };
-        if recorded.is_none() {
-            let check = source.check_value();
-            self.with(|c| async move {
-                c.execute(
-                    "INSERT INTO tokengate_peppers (key_id, check_value) VALUES ($1, $2) \
-                     ON CONFLICT (key_id) DO NOTHING",
-                    &[&i64::from(FIRST_KEY.get()), &check],
-                )
+        if recorded.is_empty() {
+            self.record_pepper(FIRST_KEY, source.check_value())
                 .await
-                .map(drop)
-                .map_err(store_error)
-            })
-            .await
-            .map_err(io)?;
+                .map_err(io)?;
         }
         // A racing first start may have recorded its own: compare with
         // what is stored now.
-        let recorded = self.recorded_check().await.map_err(io)?;
-        source.verified(recorded.as_deref(), &database)
+        let recorded = self.recorded_checks().await.map_err(io)?;
+        source.verified(&recorded, &database)
     }
 
-    async fn recorded_check(&self) -> Result<Option<String>, StoreError> {
+    /// Records a new pepper's check value (`tokengate pepper rotate`).
+    pub async fn record_pepper(&self, key: KeyId, check: String) -> Result<(), StoreError> {
         self.with(|c| async move {
-            c.query_opt(
-                "SELECT check_value FROM tokengate_peppers WHERE key_id = $1",
-                &[&i64::from(FIRST_KEY.get())],
+            c.execute(
+                "INSERT INTO tokengate_peppers (key_id, check_value) VALUES ($1, $2) \
+                 ON CONFLICT (key_id) DO NOTHING",
+                &[&i64::from(key.get()), &check],
+            )
+            .await
+            .map(drop)
+            .map_err(store_error)
+        })
+        .await
+    }
+
+    /// The key ids the database has recorded check values for.
+    pub async fn recorded_peppers(&self) -> Result<Vec<KeyId>, StoreError> {
+        Ok(self
+            .recorded_checks()
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    async fn recorded_checks(&self) -> Result<Vec<(KeyId, String)>, StoreError> {
+        self.with(|c| async move {
+            c.query(
+                "SELECT key_id, check_value FROM tokengate_peppers ORDER BY key_id",
+                &[],
             )
             .await
             .map_err(store_error)?
-            .map(|row| row.try_get(0).map_err(store_error))
-            .transpose()
+            .iter()
+            .map(|row| {
+                let key: i64 = row.try_get(0).map_err(store_error)?;
+                let check: String = row.try_get(1).map_err(store_error)?;
+                Ok((KeyId::new(u32::try_from(key).unwrap_or(0)), check))
+            })
+            .collect()
         })
         .await
     }

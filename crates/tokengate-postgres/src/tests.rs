@@ -587,3 +587,35 @@ async fn the_postgres_store_passes_the_store_conformance_suite() {
     let (store, _, _) = open(&db).await;
     tokengate_core::testing::store_conformance(store).await;
 }
+
+#[tokio::test]
+async fn a_rotated_pepper_file_opens_with_both_peppers_once_the_database_records_the_new_one() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let store = PostgresStore::connect(db.url()).await.unwrap();
+    let dir = temp_dir("pepper-rotate");
+    let file = dir.join("pepper");
+    let first = store.pepper(Some(&file)).await.unwrap();
+    let rotated = tokengate_core::PepperSource::found(Some(&file))
+        .unwrap()
+        .unwrap()
+        .rotated(&store.recorded_peppers().await.unwrap());
+    rotated.write(&file).unwrap();
+    // Not recorded yet: refused, naming the key.
+    let error = store.peppers(Some(&file)).await.unwrap_err().to_string();
+    assert!(error.contains("(key k2)"), "{error}");
+    store
+        .record_pepper(rotated.pepper.id(), rotated.check_value())
+        .await
+        .unwrap();
+    let peppers = store.peppers(Some(&file)).await.unwrap();
+    assert_eq!(peppers.current.id(), tokengate_core::KeyId::new(2));
+    assert_eq!(peppers.previous.len(), 1);
+    let old = TokenHasher::new(first).pepper_check();
+    assert_eq!(
+        TokenHasher::new(peppers.previous[0].clone()).pepper_check(),
+        old
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

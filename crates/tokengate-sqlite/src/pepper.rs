@@ -5,8 +5,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use rusqlite::{Connection, OptionalExtension, params};
-use tokengate_core::{FIRST_KEY, Pepper, PepperSource, PepperSourceError};
+use rusqlite::{Connection, params};
+use tokengate_core::{FIRST_KEY, KeyId, PepperSource, PepperSourceError, Peppers};
 
 use crate::time::millis;
 
@@ -17,46 +17,48 @@ pub fn pepper_path(db: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The database's pepper, checked against (or, the first time, recorded
-/// as) its check value. See [`SqliteStore::pepper`](crate::SqliteStore::pepper).
-pub(crate) fn resolve(conn: &Connection, db: &Path) -> Result<Pepper, PepperSourceError> {
+/// The database's peppers, checked against (or, the first time, recorded
+/// as) its check values. See [`SqliteStore::peppers`](crate::SqliteStore::peppers).
+pub(crate) fn resolve(conn: &Connection, db: &Path) -> Result<Peppers, PepperSourceError> {
     let sql = |error: rusqlite::Error| PepperSourceError::Io {
         path: db.to_owned(),
         error: io::Error::other(error),
     };
     let database = db.display().to_string();
-    let recorded = recorded_check(conn).map_err(sql)?;
+    let recorded = recorded_checks(conn).map_err(sql)?;
     let path = pepper_path(db);
     let source = match PepperSource::found(Some(&path))? {
         Some(source) => source,
-        None if recorded.is_some() || holds_tokens(conn).map_err(sql)? => {
+        None if !recorded.is_empty() || holds_tokens(conn).map_err(sql)? => {
             return Err(PepperSourceError::Missing { database, path });
         }
         None => PepperSource::create(&path)?,
     };
     // Record it the first time; a racing process may have recorded its own
     // first, so compare with what is stored afterwards either way.
-    if recorded.is_none() {
-        conn.execute(
-            "INSERT OR IGNORE INTO peppers (key_id, check_value, created_at) VALUES (?1, ?2, ?3)",
-            params![
-                i64::from(FIRST_KEY.get()),
-                source.check_value(),
-                millis(SystemTime::now())
-            ],
-        )
-        .map_err(sql)?;
+    if recorded.is_empty() {
+        record(conn, FIRST_KEY, &source.check_value()).map_err(sql)?;
     }
-    source.verified(recorded_check(conn).map_err(sql)?.as_deref(), &database)
+    source.verified(&recorded_checks(conn).map_err(sql)?, &database)
 }
 
-fn recorded_check(conn: &Connection) -> rusqlite::Result<Option<String>> {
-    conn.query_row(
-        "SELECT check_value FROM peppers WHERE key_id = ?1",
-        [i64::from(FIRST_KEY.get())],
-        |row| row.get(0),
+/// Records the check value of the pepper `key` (kept if one is there).
+pub(crate) fn record(conn: &Connection, key: KeyId, check: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO peppers (key_id, check_value, created_at) VALUES (?1, ?2, ?3)",
+        params![i64::from(key.get()), check, millis(SystemTime::now())],
     )
-    .optional()
+    .map(drop)
+}
+
+/// Every recorded check value, by key id.
+pub(crate) fn recorded_checks(conn: &Connection) -> rusqlite::Result<Vec<(KeyId, String)>> {
+    let mut statement = conn.prepare("SELECT key_id, check_value FROM peppers ORDER BY key_id")?;
+    let rows = statement.query_map([], |row| {
+        let key: i64 = row.get(0)?;
+        Ok((KeyId::new(u32::try_from(key).unwrap_or(0)), row.get(1)?))
+    })?;
+    rows.collect()
 }
 
 fn holds_tokens(conn: &Connection) -> rusqlite::Result<bool> {

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::schema::{MigrateError, migrate};
 use crate::time::{millis, millis_ceil, time};
-use tokengate_core::PepperSourceError;
+use tokengate_core::{PepperSourceError, Peppers};
 
 /// A token store in a SQLite file. Clones share one connection.
 #[derive(Clone)]
@@ -313,8 +313,31 @@ impl SqliteStore {
     /// right pepper no stored token can be verified, and starting over
     /// silently would make every issued token fail as unknown.
     pub fn pepper(&self) -> Result<Pepper, PepperSourceError> {
+        self.peppers().map(|peppers| peppers.current)
+    }
+
+    /// The current pepper and those rotated out (see
+    /// [`SqliteStore::pepper`]; the file holds one per line), for
+    /// [`Peppers::hasher`](tokengate_core::Peppers::hasher).
+    pub fn peppers(&self) -> Result<Peppers, PepperSourceError> {
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         crate::pepper::resolve(&conn, &self.path)
+    }
+
+    /// Records a new pepper's check value (`tokengate pepper rotate`).
+    pub async fn record_pepper(&self, key: KeyId, check: String) -> Result<(), StoreError> {
+        self.with(move |c| crate::pepper::record(c, key, &check).map_err(store_error))
+            .await
+    }
+
+    /// The key ids the database has recorded check values for.
+    pub async fn recorded_peppers(&self) -> Result<Vec<KeyId>, StoreError> {
+        self.with(|c| {
+            crate::pepper::recorded_checks(c)
+                .map(|all| all.into_iter().map(|(key, _)| key).collect())
+                .map_err(store_error)
+        })
+        .await
     }
 
     /// The database file.

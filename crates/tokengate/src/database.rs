@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use tokengate_cache::CachedStore;
 use tokengate_core::{
-    Pepper, ScopeSet, StoreError, TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore,
+    KeyId, Peppers, ScopeSet, StoreError, TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore,
 };
 #[cfg(feature = "postgres")]
 use tokengate_postgres::PostgresStore;
@@ -86,7 +86,7 @@ impl Database {
         &self,
         create: bool,
         pepper_file: Option<&Path>,
-    ) -> Result<(AnyStore, Pepper), SetupError> {
+    ) -> Result<(AnyStore, Peppers), SetupError> {
         match self {
             Self::Sqlite(path) => {
                 let store = if create {
@@ -101,14 +101,14 @@ impl Database {
                             .into(),
                     );
                 }
-                let pepper = store.pepper()?;
-                Ok((AnyStore::Sqlite(store), pepper))
+                let peppers = store.peppers()?;
+                Ok((AnyStore::Sqlite(store), peppers))
             }
             #[cfg(feature = "postgres")]
             Self::Postgres(url) => {
                 let store = PostgresStore::connect(url).await?;
-                let pepper = store.pepper(pepper_file).await?;
-                Ok((AnyStore::Postgres(store), pepper))
+                let peppers = store.peppers(pepper_file).await?;
+                Ok((AnyStore::Postgres(store), peppers))
             }
         }
     }
@@ -138,6 +138,16 @@ macro_rules! each {
 }
 
 impl AnyStore {
+    /// Records a new pepper's check value (`tokengate pepper rotate`).
+    pub async fn record_pepper(&self, key: KeyId, check: String) -> Result<(), StoreError> {
+        each!(self, s => s.record_pepper(key, check).await)
+    }
+
+    /// The key ids the database has recorded check values for.
+    pub async fn recorded_peppers(&self) -> Result<Vec<KeyId>, StoreError> {
+        each!(self, s => s.recorded_peppers().await)
+    }
+
     /// Applies every revocation and rotation, by any process, to `cache`:
     /// SQLite polls its change table every 250 ms; PostgreSQL listens and
     /// applies each change as it commits (see `tokengate_postgres::Feed`).

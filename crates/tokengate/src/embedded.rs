@@ -64,8 +64,9 @@ impl Embedded {
         pepper_file: Option<&Path>,
         audit_log: &Path,
     ) -> Result<Self, SetupError> {
-        let (store, pepper) = db.open(true, pepper_file).await?;
-        let hasher = TokenHasher::new(pepper);
+        let (store, peppers) = db.open(true, pepper_file).await?;
+        // The current pepper, knowing those rotated out.
+        let hasher = peppers.hasher();
         let cache = CachedStore::new(store.clone(), CacheConfig::default());
         let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
         let usage = UsageTracker::new(100_000);

@@ -703,3 +703,73 @@ async fn a_narrowed_scope_and_a_disable_reach_three_servers_on_postgres_within_1
     }
     deployment.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pepper_rotation_keeps_old_tokens_working_and_moves_them_on_first_use() {
+    let dir = temp_dir("axum-notes-pepper");
+    let bin = env!("CARGO_BIN_EXE_axum-notes");
+    let mut server = start_example(bin, &dir, "axum-notes listening on ");
+    let db = dir.join("tokengate.db");
+    let demo = server.token.clone();
+    let idle = cli_issue(bin, &db, "idle", "s", "notes:read");
+    assert_eq!(
+        send(&server.addr, "GET", "/notes", Some(&demo), "").await,
+        StatusCode::OK
+    );
+
+    let rotated = cli(bin, &db, &["pepper", "rotate"]);
+    assert!(
+        rotated.starts_with("key 2 is current; 2 tokens under key 1"),
+        "{rotated}"
+    );
+    let pepper_file = std::fs::read_to_string(dir.join("tokengate.db.pepper")).unwrap();
+    assert_eq!(pepper_file.lines().count(), 2, "both peppers are kept");
+    // Restarted, as the rotation says to: old tokens still work and move.
+    assert!(server.terminate());
+    let server = start_example(bin, &dir, "axum-notes listening on ");
+    assert_eq!(
+        send(&server.addr, "GET", "/notes", Some(&demo), "").await,
+        StatusCode::OK
+    );
+    let fresh = cli_issue(bin, &db, "fresh", "s", "notes:read");
+    assert_eq!(
+        send(&server.addr, "GET", "/notes", Some(&fresh), "").await,
+        StatusCode::OK
+    );
+    let status = cli(bin, &db, &["pepper", "status"]);
+    assert!(status.contains("key 2: current, 2 tokens"), "{status}");
+    assert!(status.contains("key 1: previous, 1 tokens"), "{status}");
+
+    // Key 1 cannot be retired while the idle token is under it...
+    let refused = std::process::Command::new(tokengate_tests::process::tokengate_cli(bin))
+        .arg("--db")
+        .arg(&db)
+        .args(["pepper", "retire", "1"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("1 tokens are still hashed under key 1")
+    );
+    // ...until its first use moves it.
+    assert_eq!(
+        send(&server.addr, "GET", "/notes", Some(&idle), "").await,
+        StatusCode::OK
+    );
+    assert!(cli(bin, &db, &["pepper", "status"]).contains("key 1: previous, 0 tokens"));
+    assert_eq!(
+        cli(bin, &db, &["pepper", "retire", "1"]).trim(),
+        "retired key 1"
+    );
+    let mut server = server;
+    assert!(server.terminate());
+    let mut server = start_example(bin, &dir, "axum-notes listening on ");
+    for token in [&demo, &idle, &fresh] {
+        assert_eq!(
+            send(&server.addr, "GET", "/notes", Some(token), "").await,
+            StatusCode::OK
+        );
+    }
+    assert!(server.terminate());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
