@@ -5,6 +5,12 @@
 //! ready, calls it and drives the response future, so the difference to
 //! `bare` is the layers' own cost.
 //!
+//! The `pepper_miss` group measures what a pepper rotation adds to a token
+//! the store does not know (a fresh one each iteration, so every call is
+//! a store miss): with one previous pepper it is hashed and looked up
+//! twice. The in-memory store makes the lookups nearly free; with a real
+//! store each adds a round trip.
+//!
 //! Run: `cargo bench --bench layers`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 #![allow(deprecated)] // ValidateRequestHeaderLayer::bearer is the peer being measured.
@@ -12,11 +18,11 @@
 use std::convert::Infallible;
 use std::hint::black_box;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Method, Request, Response};
 use tokengate::{
     AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, KeyId, Lifecycle, MemoryStore,
-    Pepper, Requirement, ScopePolicy, TokenHasher, TokenSpec,
+    Pepper, Requirement, ScopePolicy, TokenFormat, TokenHasher, TokenSpec,
 };
 use tokengate_tests::call_now;
 use tower::{Layer, Service, ServiceBuilder, service_fn};
@@ -104,5 +110,48 @@ fn layers(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, layers);
+fn pepper_miss(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    // The lookup timeout's timer needs the runtime; the lookup itself
+    // (in memory) completes without waiting.
+    let _enter = runtime.enter();
+    let layer = |hasher: TokenHasher| {
+        let cache = CachedStore::new(MemoryStore::new(), CacheConfig::default());
+        AuthenticateLayer::new(cache, hasher, "notes".parse().unwrap()).layer(handler())
+    };
+    let mut one = layer(TokenHasher::new(Pepper::generate(KeyId::new(1))));
+    let mut rotated = layer(
+        TokenHasher::new(Pepper::generate(KeyId::new(2)))
+            .with_previous([Pepper::generate(KeyId::new(1))]),
+    );
+    let unknown = || {
+        format!(
+            "Bearer {}",
+            TokenFormat::default().generate().expose_secret()
+        )
+    };
+    assert_eq!(run(&mut one, &unknown()).status(), 401);
+    assert_eq!(run(&mut rotated, &unknown()).status(), 401);
+    let mut group = c.benchmark_group("pepper_miss");
+    group.bench_function("one_pepper", |b| {
+        b.iter_batched(
+            unknown,
+            |bearer| black_box(run(&mut one, &bearer)),
+            BatchSize::SmallInput,
+        );
+    });
+    group.bench_function("one_previous_pepper", |b| {
+        b.iter_batched(
+            unknown,
+            |bearer| black_box(run(&mut rotated, &bearer)),
+            BatchSize::SmallInput,
+        );
+    });
+    group.finish();
+}
+
+criterion_group!(benches, layers, pepper_miss);
 criterion_main!(benches);
