@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use tokengate_cache::VerifyError;
 use tokengate_core::{
     Admit, Check, ClientIp, Denial, InvalidReason, IpReason, Principal, RequestTrail, SlotKey,
-    StoreError, TokenHash, TokenStore, Verdict,
+    StoreError, Token, TokenHash, TokenStore, Verdict,
 };
 
 use crate::credential::{QuerySource, redact_query};
@@ -75,9 +75,10 @@ enum Found {
 enum Step {
     Public,
     Refuse(Denial),
-    /// The token's hash, and its hashes under previous peppers (empty
-    /// unless the hasher knows some).
-    Lookup(TokenHash, Vec<TokenHash>),
+    /// The token's hash, and (only while the hasher knows previous
+    /// peppers) the token itself, wiped on drop, for their hashes should
+    /// the current one be unknown.
+    Lookup(TokenHash, Option<Token>),
 }
 
 /// The token-expiry header of an admitted request (nothing when the layer
@@ -116,17 +117,21 @@ impl fmt::Debug for TokenLookup {
 
 impl<St: TokenStore> Config<St> {
     fn decide<B>(&self, request: &mut Request<B>) -> Result<Found, Denial> {
-        let (hash, previous) = match self.first_step(request) {
+        let (hash, token) = match self.first_step(request) {
             Step::Public => return Ok(Found::Admitted(ExpiryHeader::default())),
             Step::Refuse(denial) => return Err(denial),
-            Step::Lookup(hash, previous) => (hash, previous),
+            Step::Lookup(hash, token) => (hash, token),
         };
         let cached = self.verifier.verify_cached(&hash);
         match cached {
-            Some(verdict) if previous.is_empty() || !unknown(&verdict) => {
+            Some(verdict) if token.is_none() || !unknown(&verdict) => {
                 self.admit(request, verdict).map(Found::Admitted)
             }
             cached => {
+                // Hashed under the previous peppers only now: a hit never is.
+                let previous = token.map_or_else(Vec::new, |token| {
+                    self.hasher.previous_hashes(token.expose_secret())
+                });
                 let verifier = self.verifier.clone();
                 let timeout = self.lookup_timeout;
                 Ok(Found::Lookup(TokenLookup {
@@ -208,11 +213,16 @@ impl<St> Config<St> {
             Ok(None) => return Step::Refuse(Denial::MissingToken),
             Err(reason) => return Step::Refuse(Denial::MalformedRequest(reason)),
         };
-        // Checked and hashed in place: no owned copy of the secret is made.
+        // Checked and hashed in place: no owned copy of the secret is made,
+        // except while previous peppers are known (a copy wiped on drop,
+        // hashed under them only if the current hash is unknown).
         let verdict = match self.format.validate(&credential.token) {
             Ok(()) => Step::Lookup(
                 self.hasher.hash_str(&credential.token),
-                self.hasher.previous_hashes(&credential.token),
+                self.hasher
+                    .has_previous()
+                    .then(|| self.format.parse(&credential.token).ok())
+                    .flatten(),
             ),
             Err(error) => Step::Refuse(Denial::InvalidToken(InvalidReason::Malformed(error))),
         };
