@@ -309,3 +309,100 @@ async fn the_admin_api_manages_tokens_and_matches_its_openapi_document() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_works_on_postgres() {
+    let Some(db) = tokengate_postgres::testing::TestDatabase::create().await else {
+        return;
+    };
+    let bin = env!("CARGO_BIN_EXE_axum-notes");
+    let dir = temp_dir("axum-notes-admin-pg");
+    let pepper = dir.join("pepper").display().to_string();
+    let global = ["--pepper-file", pepper.as_str()];
+    cli(bin, db.url(), &[&global[..], &["init"]].concat());
+    let flags = ["--db", db.url(), "--pepper-file", &pepper, "--admin"];
+    let mut server = start_example_with(bin, &dir, "axum-notes listening on ", &flags);
+    let base = server.addr.clone();
+    let admin = cli(
+        bin,
+        db.url(),
+        &[
+            &global[..],
+            &[
+                "issue",
+                "--name",
+                "ops",
+                "--subject",
+                "ops",
+                "--scope",
+                "tokengate:admin",
+                "--audience",
+                "notes",
+                "--ttl",
+                "1h",
+            ],
+        ]
+        .concat(),
+    )
+    .trim()
+    .to_owned();
+    let issued = call(
+        &base,
+        "POST",
+        "/admin/tokens",
+        &admin,
+        Some(
+            json!({"name": "app", "subject": "alice", "scopes": ["notes:read", "notes:write"],
+                    "audiences": ["notes"]}),
+        ),
+    )
+    .await;
+    assert_eq!(issued.status, StatusCode::CREATED, "{}", issued.body);
+    let token = issued.body["token"].as_str().unwrap().to_owned();
+    let id = issued.body["record"]["id"].as_str().unwrap().to_owned();
+    let post = || call(&base, "POST", "/notes", &token, Some(json!({"text": "hi"})));
+    assert_eq!(post().await.status, StatusCode::CREATED);
+    let narrowed = call(
+        &base,
+        "PATCH",
+        &format!("/admin/tokens/{id}"),
+        &admin,
+        Some(json!({"scopes": ["notes:read"]})),
+    )
+    .await;
+    assert_eq!(narrowed.status, StatusCode::OK, "{}", narrowed.body);
+    assert_eq!(post().await.status, StatusCode::FORBIDDEN);
+    let disabled = call(
+        &base,
+        "POST",
+        &format!("/admin/tokens/{id}/disable"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(disabled.body["status"], "disabled");
+    let get = || call(&base, "GET", "/notes", &token, None);
+    assert_eq!(get().await.status, StatusCode::UNAUTHORIZED);
+    call(
+        &base,
+        "POST",
+        &format!("/admin/tokens/{id}/enable"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(get().await.status, StatusCode::OK);
+    // The store is the truth: the CLI on the same database sees the change.
+    let shown: Value = serde_json::from_str(
+        cli(
+            bin,
+            db.url(),
+            &[&global[..], &["show", &id, "--json"]].concat(),
+        )
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(shown["scopes"], json!(["notes:read"]));
+    assert!(server.terminate(), "a clean shutdown");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
