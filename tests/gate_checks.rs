@@ -2,15 +2,16 @@
 //! in it, and a check of one's own joins it with one builder call.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use tokengate::{
-    AuthenticateLayer, CacheConfig, CachedStore, Check, Denial, EnforceScopeLayer, Gate, KeyId,
-    Lifecycle, MalformedReason, MemoryStore, NoWait, PeerAddr, Pepper, RateQuota, Renderer,
-    ScopePolicy, Token, TokenHasher, TokenSpec, Verdict,
+    Check, Denial, Gate, MalformedReason, MemoryStore, NoWait, PeerAddr, RateQuota, Renderer,
+    ScopePolicy, Token, Verdict,
 };
 use tokengate_rate::testing::PendingRateState;
 use tower::{ServiceExt, service_fn};
@@ -46,22 +47,7 @@ fn quota(count: u32, burst: u32) -> RateQuota {
 
 /// A gate over an in-memory store, and a token with `notes:read`.
 async fn gate() -> (Gate<MemoryStore, ScopePolicy>, Token) {
-    let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
-    let cache = CachedStore::new(MemoryStore::new(), CacheConfig::default());
-    let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
-    let spec = TokenSpec::new("ci", "team-a")
-        .scopes(["notes:read".parse().unwrap()])
-        .audiences(["notes".parse().unwrap()]);
-    let token = lifecycle.issue(spec).await.unwrap().token;
-    let policy = ScopePolicy::builder()
-        .read_write("/notes", "notes")
-        .build()
-        .unwrap();
-    let gate = Gate::new(
-        AuthenticateLayer::new(cache, hasher, "notes".parse().unwrap()),
-        EnforceScopeLayer::new(policy),
-    );
-    (gate, token)
+    support::memory_gate().await
 }
 
 fn request(token: &Token, tenant: Option<&str>) -> Request<()> {

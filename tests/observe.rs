@@ -3,6 +3,8 @@
 //! limiter, and a cache miss's store lookup as an event inside it.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::num::NonZeroU32;
@@ -11,9 +13,7 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use tokengate::{
-    AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, Gate, KeyId, Lifecycle,
-    MemoryStore, MissingKey, PeerAddr, Pepper, RateLimitLayer, RateQuota, ScopePolicy, Token,
-    TokenHasher, TokenSpec,
+    Gate, MemoryStore, MissingKey, PeerAddr, RateLimitLayer, RateQuota, ScopePolicy, Token,
 };
 use tower::{Layer, ServiceExt, service_fn};
 use tracing::field::{Field, Visit};
@@ -82,23 +82,9 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<
 /// A Gate over an in-memory store with a per-token limit of two requests
 /// (then one a minute), and a token with `notes:read`.
 async fn gate() -> (Gate<MemoryStore, ScopePolicy>, Token) {
-    let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
-    let cache = CachedStore::new(MemoryStore::new(), CacheConfig::default());
-    let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
-    let spec = TokenSpec::new("ci", "team-a")
-        .scopes(["notes:read".parse().unwrap()])
-        .audiences(["notes".parse().unwrap()]);
-    let token = lifecycle.issue(spec).await.unwrap().token;
-    let policy = ScopePolicy::builder()
-        .read_write("/notes", "notes")
-        .build()
-        .unwrap();
+    let (gate, token) = support::memory_gate().await;
     let (one, two) = (NonZeroU32::new(1).unwrap(), NonZeroU32::new(2).unwrap());
-    let gate = Gate::new(
-        AuthenticateLayer::new(cache, hasher, "notes".parse().unwrap()),
-        EnforceScopeLayer::new(policy),
-    )
-    .token_rate(
+    let gate = gate.token_rate(
         RateLimitLayer::per_token(RateQuota::new(one, Duration::from_secs(60), two).unwrap())
             .missing_key(MissingKey::Skip),
     );

@@ -156,3 +156,27 @@ impl HttpClient {
             .await
     }
 }
+
+/// A Gate over an in-memory store (policy: `/notes` read/write by
+/// `notes:*`), and a token with `notes:read` for the audience `notes`.
+pub async fn memory_gate() -> (
+    tokengate::Gate<tokengate::MemoryStore, tokengate::ScopePolicy>,
+    Token,
+) {
+    let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
+    let cache = CachedStore::new(tokengate::MemoryStore::new(), CacheConfig::default());
+    let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
+    let spec = TokenSpec::new("ci", "team-a")
+        .scopes(["notes:read".parse().unwrap()])
+        .audiences(["notes".parse().unwrap()]);
+    let token = lifecycle.issue(spec).await.unwrap().token;
+    let policy = tokengate::ScopePolicy::builder()
+        .read_write("/notes", "notes")
+        .build()
+        .unwrap();
+    let gate = tokengate::Gate::new(
+        AuthenticateLayer::new(cache, hasher, "notes".parse().unwrap()),
+        tokengate::EnforceScopeLayer::new(policy),
+    );
+    (gate, token)
+}

@@ -141,6 +141,27 @@ fn documented(doc: &Value, method: &str, path: &str, reply: &Reply) {
     assert!(fits.is_none(), "{method} {path} {}: {fits:?}", reply.status);
 }
 
+/// An hour's `tokengate:admin` token, issued by the CLI on `db` (with
+/// `global` flags such as `--pepper-file`).
+fn issue_admin(bin: &str, db: impl AsRef<std::ffi::OsStr>, global: &[&str]) -> String {
+    let issue = [
+        "issue",
+        "--name",
+        "ops",
+        "--subject",
+        "ops",
+        "--scope",
+        "tokengate:admin",
+        "--audience",
+        "notes",
+        "--ttl",
+        "1h",
+    ];
+    cli(bin, db, &[global, &issue[..]].concat())
+        .trim()
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_manages_tokens_and_matches_its_openapi_document() {
     let dir = temp_dir("axum-notes-admin");
@@ -148,25 +169,7 @@ async fn the_admin_api_manages_tokens_and_matches_its_openapi_document() {
     let mut server = start_example_with(bin, &dir, "axum-notes listening on ", &["--admin"]);
     let base = server.addr.clone();
     let db = dir.join("tokengate.db");
-    let admin = cli(
-        bin,
-        &db,
-        &[
-            "issue",
-            "--name",
-            "ops",
-            "--subject",
-            "ops",
-            "--scope",
-            "tokengate:admin",
-            "--audience",
-            "notes",
-            "--ttl",
-            "1h",
-        ],
-    )
-    .trim()
-    .to_owned();
+    let admin = issue_admin(bin, &db, &[]);
 
     // The document, for admins only.
     let reply = call(&base, "GET", "/admin/openapi.json", &server.token, None).await;
@@ -323,29 +326,7 @@ async fn the_admin_api_works_on_postgres() {
     let flags = ["--db", db.url(), "--pepper-file", &pepper, "--admin"];
     let mut server = start_example_with(bin, &dir, "axum-notes listening on ", &flags);
     let base = server.addr.clone();
-    let admin = cli(
-        bin,
-        db.url(),
-        &[
-            &global[..],
-            &[
-                "issue",
-                "--name",
-                "ops",
-                "--subject",
-                "ops",
-                "--scope",
-                "tokengate:admin",
-                "--audience",
-                "notes",
-                "--ttl",
-                "1h",
-            ],
-        ]
-        .concat(),
-    )
-    .trim()
-    .to_owned();
+    let admin = issue_admin(bin, db.url(), &global);
     let issued = call(
         &base,
         "POST",
