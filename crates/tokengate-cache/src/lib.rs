@@ -93,7 +93,7 @@ fn to_nanos(time: SystemTime) -> u64 {
 
 use tokengate_core::{
     Denial, Grants, InvalidReason, Principal, ScopeSet, SharedClock, StoreError, SystemClock,
-    TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore,
+    TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore, UseSpend,
 };
 
 use table::Table;
@@ -519,6 +519,11 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
         self.invalidate(&to);
         Ok(())
     }
+
+    /// Spends in the store, uncached: the store's count is the truth.
+    async fn spend_use(&self, id: &TokenId, spend: UseSpend) -> Result<Option<u64>, StoreError> {
+        self.shared.store.spend_use(id, spend).await
+    }
 }
 
 impl<S: TokenAdmin> TokenAdmin for CachedStore<S> {
@@ -547,6 +552,17 @@ impl<S: TokenAdmin> TokenAdmin for CachedStore<S> {
         let record = self.shared.store.update(record, at).await?;
         self.invalidate(&record.hash);
         Ok(record)
+    }
+
+    /// The count is not cached (principals hold the limit only): nothing
+    /// to forget.
+    async fn reset_uses(
+        &self,
+        id: &TokenId,
+        remaining: u64,
+        window: u64,
+    ) -> Result<TokenRecord, StoreError> {
+        self.shared.store.reset_uses(id, remaining, window).await
     }
 
     async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {

@@ -9,7 +9,8 @@
 //! - [`TokenHasher`], [`TokenHash`], [`Pepper`]: HMAC-SHA256 under a server-side
 //!   pepper; stores keep only these hashes.
 //! - [`TokenRecord`], [`TokenId`], [`Scope`], [`ScopeSet`], [`ScopeRules`],
-//!   [`Audience`], [`RateQuota`]: what a token may do, where, and how often.
+//!   [`Audience`], [`RateQuota`], [`UseLimit`]: what a token may do, where,
+//!   how often and how many times.
 //! - [`Principal`], [`RequestTrail`]: the two request extensions layers
 //!   add: the verified principal, and what the layers learned (the
 //!   [`ClientIp`], the principal and denial for the audit).
@@ -60,7 +61,7 @@
 //! `http`/`http-body`/`bytes`/`pin-project-lite`/`tower` (the `Check`
 //! service, its future and body, and denials rendered as responses),
 //! `serde_json` (problem+json bodies), `percent-encoding`
-//! (`grpc-message`), `strsim` ("did you mean" for a mistyped scope at
+//! (`grpc-message`), `humantime` (refill intervals such as `100/1d`), `strsim` ("did you mean" for a mistyped scope at
 //! issuance), `thiserror` (error types) and, with the `testing` feature
 //! only, `tokio` (the probe store's gate).
 
@@ -82,6 +83,7 @@ pub mod store;
 pub mod testing;
 mod token;
 pub mod trail;
+mod uses;
 
 pub use audience::{Audience, AudienceError};
 pub use check::{
@@ -109,6 +111,7 @@ pub use token::{
     CHECKSUM_LEN, PrefixError, SECRET_LEN, Token, TokenFormat, TokenFormatError, TokenPrefix,
 };
 pub use trail::{RequestTrail, TrailFacts};
+pub use uses::{Refill, SPENT_FOR_GOOD, TOKEN_USES_REMAINING, UseColumns, UseLimit, UseLimitError, UseSpend, Uses};
 
 #[cfg(test)]
 mod traits {

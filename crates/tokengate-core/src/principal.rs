@@ -16,6 +16,7 @@ use crate::id::TokenId;
 use crate::record::{RateQuota, TokenRecord};
 use crate::scope::ScopeSet;
 use crate::slot::{SlotKey, Slots};
+use crate::uses::UseLimit;
 
 /// The verified identity behind a request, inserted into request extensions
 /// by the authenticate layer and read by later layers and handlers.
@@ -35,6 +36,9 @@ struct Inner {
     /// the size of a `SystemTime`, and principals are cached by the million.
     expires_at: Option<NonZeroU64>,
     grant: Arc<Grant>,
+    /// Boxed: most tokens have none, and principals are cached by the
+    /// million.
+    use_limit: Option<Box<UseLimit>>,
     /// What layers keep with this principal (see [`SlotKey`]).
     slots: Slots,
 }
@@ -185,9 +189,16 @@ impl Principal {
                 name: record.name.as_str().into(),
                 expires_at: record.expires_at.map(pack_time),
                 grant,
+                use_limit: record.uses.map(|uses| Box::new(uses.limit)),
                 slots: Slots::default(),
             }),
         }
+    }
+
+    /// The token's usage limit, if it has one: every admitted request
+    /// spends a use in the store (the count is not kept here).
+    pub fn use_limit(&self) -> Option<&UseLimit> {
+        self.inner.use_limit.as_deref()
     }
 
     /// The token's public id.

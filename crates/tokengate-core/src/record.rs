@@ -11,6 +11,7 @@ use crate::audience::Audience;
 use crate::hash::TokenHash;
 use crate::id::TokenId;
 use crate::scope::ScopeSet;
+use crate::uses::Uses;
 
 /// Everything a store keeps about one token. Never the token itself: only
 /// its keyed [`TokenHash`].
@@ -48,9 +49,23 @@ pub struct TokenRecord {
     pub rotated_from: Option<TokenId>,
     /// Free-form labels for applications (never secrets).
     pub metadata: BTreeMap<String, String>,
+    /// A usage-limited token's limit and count (as read; every admitted
+    /// request spends one in the store); `None` for a token of unlimited
+    /// uses.
+    pub uses: Option<Uses>,
 }
 
 impl TokenRecord {
+    /// Rotation's hand-over: where both this token and its `replacement`
+    /// are usage-limited, the replacement gets the count left and this
+    /// token none, for good ([`Uses::hand_over`]). Returns this token's
+    /// count after it, for the store to write.
+    pub fn hand_uses_to(&mut self, replacement: &mut TokenRecord) -> Option<Uses> {
+        let (kept, new) = (self.uses.as_mut()?, replacement.uses.as_mut()?);
+        *new = kept.hand_over();
+        Some(*kept)
+    }
+
     /// The state of the token at `now`. Revocation wins over a disable,
     /// which wins over expiry.
     pub fn status(&self, now: SystemTime) -> TokenStatus {
@@ -197,6 +212,7 @@ pub(crate) mod tests {
             expires_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(100)),
             revoked_at: None,
             disabled_at: None,
+            uses: None,
             last_used_at: None,
             allowed_networks: vec![],
             rate_quota: None,

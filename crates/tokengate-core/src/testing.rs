@@ -20,6 +20,7 @@ use crate::id::TokenId;
 use crate::record::TokenRecord;
 use crate::scope::ScopeSet;
 use crate::store::{MemoryStore, StoreError, TokenAdmin, TokenStore};
+use crate::uses::UseSpend;
 
 /// A [`MemoryStore`] behind probes: counts lookups, can fail them, hang
 /// them, or hold one lookup after it has read the store (to stage races
@@ -128,6 +129,15 @@ impl TokenStore for ProbeStore {
     ) -> Result<(), StoreError> {
         self.inner.rehash(id, from, to).await
     }
+
+    /// Failing and hanging as lookups do (not counted with them).
+    async fn spend_use(&self, id: &TokenId, spend: UseSpend) -> Result<Option<u64>, StoreError> {
+        self.fault()?;
+        if self.hanging.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.spend_use(id, spend).await
+    }
 }
 
 impl TokenAdmin for ProbeStore {
@@ -150,6 +160,15 @@ impl TokenAdmin for ProbeStore {
 
     async fn update(&self, record: TokenRecord, at: SystemTime) -> Result<TokenRecord, StoreError> {
         self.inner.update(record, at).await
+    }
+
+    async fn reset_uses(
+        &self,
+        id: &TokenId,
+        remaining: u64,
+        window: u64,
+    ) -> Result<TokenRecord, StoreError> {
+        self.inner.reset_uses(id, remaining, window).await
     }
 
     async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {
@@ -197,6 +216,7 @@ pub fn record(subject: &str, scopes: &str) -> TokenRecord {
         expires_at: None,
         revoked_at: None,
         disabled_at: None,
+        uses: None,
         last_used_at: None,
         allowed_networks: Vec::new(),
         rate_quota: None,

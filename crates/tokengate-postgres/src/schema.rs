@@ -39,6 +39,13 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 2: a token can be disabled (reversibly) until enabled again.
     "ALTER TABLE tokengate_tokens ADD COLUMN disabled_at timestamptz;",
+    // 3: usage-limited tokens: the limit, its refill, and the count left
+    // in its window (all NULL, the window 0, for unlimited uses).
+    "ALTER TABLE tokengate_tokens ADD COLUMN uses_limit bigint,
+        ADD COLUMN uses_refill bigint,
+        ADD COLUMN uses_refill_ms bigint,
+        ADD COLUMN uses_remaining bigint,
+        ADD COLUMN uses_window bigint NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this build writes.

@@ -11,7 +11,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use ipnet::IpNet;
 use tokengate_core::{
     FIRST_KEY, KeyId, Pepper, PepperSource, PepperSourceError, Peppers, RateQuota, ScopeSet,
-    StoreError, TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore,
+    StoreError, TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore, UseColumns, UseSpend,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -153,7 +153,8 @@ fn causes(error: &dyn std::error::Error) -> String {
 
 const COLUMNS: &str = "id, key_id, hash, name, subject, scopes, audiences, created_at, expires_at, \
     revoked_at, last_used_at, allowed_networks, rate_count, rate_period_ms, rate_burst, \
-    rotated_from, metadata::text, disabled_at";
+    rotated_from, metadata::text, disabled_at, uses_limit, uses_refill, uses_refill_ms, \
+    uses_remaining, uses_window";
 
 /// A stored value that does not parse: the database was edited by hand or
 /// by a newer build.
@@ -260,6 +261,14 @@ fn row_to_record(row: &Row) -> Result<TokenRecord, StoreError> {
             .map(|id| id.parse().map_err(|_| corrupt("rotated_from", &id)))
             .transpose()?,
         metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata", &metadata))?,
+        uses: UseColumns {
+            limit: row.try_get(18).map_err(get_error)?,
+            refill: row.try_get(19).map_err(get_error)?,
+            refill_ms: row.try_get(20).map_err(get_error)?,
+            remaining: row.try_get(21).map_err(get_error)?,
+            window: row.try_get(22).map_err(get_error)?,
+        }
+        .into_uses(),
     })
 }
 
@@ -270,7 +279,8 @@ async fn insert_record(client: &impl GenericClient, r: &TokenRecord) -> Result<(
     let audiences: Vec<String> = r.audiences.iter().map(|a| a.as_str().to_owned()).collect();
     let networks: Vec<String> = strings(&r.allowed_networks);
     let metadata = serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".to_owned());
-    let params: [&(dyn ToSql + Sync); 18] = [
+    let uses = UseColumns::of(r.uses.as_ref());
+    let params: [&(dyn ToSql + Sync); 23] = [
         &r.id.as_str(),
         &i64::from(r.hash.key_id().get()),
         &&r.hash.digest()[..],
@@ -289,13 +299,20 @@ async fn insert_record(client: &impl GenericClient, r: &TokenRecord) -> Result<(
         &r.rotated_from.as_ref().map(TokenId::as_str),
         &metadata,
         &r.disabled_at,
+        &uses.limit,
+        &uses.refill,
+        &uses.refill_ms,
+        &uses.remaining,
+        &uses.window,
     ];
     client
         .execute(
             "INSERT INTO tokengate_tokens (id, key_id, hash, name, subject, scopes, audiences, \
              created_at, expires_at, revoked_at, last_used_at, allowed_networks, rate_count, \
-             rate_period_ms, rate_burst, rotated_from, metadata, disabled_at) VALUES ($1, $2, \
-             $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::text::jsonb, $18)",
+             rate_period_ms, rate_burst, rotated_from, metadata, disabled_at, uses_limit, \
+             uses_refill, uses_refill_ms, uses_remaining, uses_window) VALUES ($1, $2, \
+             $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::text::jsonb, $18, \
+             $19, $20, $21, $22, $23)",
             &params,
         )
         .await
@@ -539,7 +556,34 @@ impl TokenStore for PostgresStore {
         })
         .await
     }
+
+    /// One statement: the row lock orders spends from every instance.
+    async fn spend_use(&self, id: &TokenId, spend: UseSpend) -> Result<Option<u64>, StoreError> {
+        let window = i64::try_from(spend.window).unwrap_or(i64::MAX);
+        let refill = i64::try_from(spend.refill).unwrap_or(i64::MAX);
+        self.with(|c| async move {
+            let statement = c.prepare_cached(SPEND_USE).await.map_err(store_error)?;
+            let left = c
+                .query_opt(&statement, &[&id.as_str(), &window, &refill])
+                .await
+                .map_err(store_error)?
+                .map(|row| row.try_get::<_, i64>(0))
+                .transpose()
+                .map_err(store_error)?;
+            Ok(left.map(|left| u64::try_from(left).unwrap_or(0)))
+        })
+        .await
+    }
 }
+
+/// Spends one use: a window later than the stored one starts from the
+/// refill count (`$3`); the row changes only while a use is left.
+const SPEND_USE: &str = "UPDATE tokengate_tokens SET \
+    uses_remaining = (CASE WHEN uses_window < $2 THEN $3 ELSE uses_remaining END) - 1, \
+    uses_window = GREATEST(uses_window, $2) \
+    WHERE id = $1 AND uses_remaining IS NOT NULL \
+    AND (CASE WHEN uses_window < $2 THEN $3 ELSE uses_remaining END) > 0 \
+    RETURNING uses_remaining";
 
 impl TokenAdmin for PostgresStore {
     async fn insert(&self, record: TokenRecord) -> Result<(), StoreError> {
@@ -603,7 +647,8 @@ impl TokenAdmin for PostgresStore {
             let networks: Vec<String> =
                 r.allowed_networks.iter().map(ToString::to_string).collect();
             let metadata = serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".to_owned());
-            let params: [&(dyn ToSql + Sync); 11] = [
+            let uses = UseColumns::of(r.uses.as_ref());
+            let params: [&(dyn ToSql + Sync); 16] = [
                 &r.id.as_str(),
                 &r.name,
                 &scopes,
@@ -615,15 +660,27 @@ impl TokenAdmin for PostgresStore {
                 &quota.map(|q| i64::try_from(q.period().as_millis()).unwrap_or(i64::MAX)),
                 &quota.map(|q| i64::from(q.burst().get())),
                 &metadata,
+                &uses.limit,
+                &uses.refill,
+                &uses.refill_ms,
+                &uses.remaining,
+                &uses.window,
             ];
             let tx = c.transaction().await.map_err(store_error)?;
+            // The count left stays (a limit new to the token starts from
+            // the record's); the later window wins.
             let row = tx
                 .query_opt(
                     &format!(
                         "UPDATE tokengate_tokens SET name = $2, scopes = $3, audiences = $4, \
                          expires_at = $5, disabled_at = $6, allowed_networks = $7, \
                          rate_count = $8, rate_period_ms = $9, rate_burst = $10, \
-                         metadata = $11::text::jsonb WHERE id = $1 RETURNING {COLUMNS}"
+                         metadata = $11::text::jsonb, uses_limit = $12, uses_refill = $13, \
+                         uses_refill_ms = $14, uses_remaining = CASE WHEN $12::bigint IS NULL \
+                         THEN NULL ELSE COALESCE(uses_remaining, $15) END, \
+                         uses_window = CASE WHEN $12::bigint IS NULL THEN 0 \
+                         ELSE GREATEST(uses_window, $16) END \
+                         WHERE id = $1 RETURNING {COLUMNS}"
                     ),
                     &params,
                 )
@@ -634,6 +691,29 @@ impl TokenAdmin for PostgresStore {
             notify(&tx, &Change::updated(&stored)).await?;
             tx.commit().await.map_err(store_error)?;
             Ok(stored)
+        })
+        .await
+    }
+
+    async fn reset_uses(
+        &self,
+        id: &TokenId,
+        remaining: u64,
+        window: u64,
+    ) -> Result<TokenRecord, StoreError> {
+        let remaining = i64::try_from(remaining).unwrap_or(i64::MAX);
+        let window = i64::try_from(window).unwrap_or(i64::MAX);
+        self.with(|c| async move {
+            c.execute(
+                "UPDATE tokengate_tokens SET uses_remaining = $2, uses_window = $3 \
+                 WHERE id = $1 AND uses_remaining IS NOT NULL",
+                &[&id.as_str(), &remaining, &window],
+            )
+            .await
+            .map_err(store_error)?;
+            get_record(&c, id.as_str())
+                .await?
+                .ok_or_else(|| StoreError::NotFound(id.clone()))
         })
         .await
     }
@@ -669,19 +749,34 @@ impl TokenAdmin for PostgresStore {
         old_expires_at: SystemTime,
         replacement: TokenRecord,
     ) -> Result<TokenRecord, StoreError> {
+        let mut replacement = replacement;
         self.with(|mut c| async move {
             let tx = c.transaction().await.map_err(store_error)?;
-            let exists = tx
+            // Locked: no spend falls between reading the count and
+            // handing it over.
+            let Some(row) = tx
                 .query_opt(
-                    "SELECT 1 FROM tokengate_tokens WHERE id = $1 FOR UPDATE",
+                    &format!("SELECT {COLUMNS} FROM tokengate_tokens WHERE id = $1 FOR UPDATE"),
                     &[&old.as_str()],
                 )
                 .await
-                .map_err(store_error)?;
-            if exists.is_none() {
+                .map_err(store_error)?
+            else {
                 return Err(StoreError::NotFound(old.clone()));
-            }
+            };
+            let mut previous = row_to_record(&row)?;
+            let handed = previous.hand_uses_to(&mut replacement);
             insert_record(&tx, &replacement).await?;
+            if let Some(kept) = handed {
+                let kept = UseColumns::of(Some(&kept));
+                tx.execute(
+                    "UPDATE tokengate_tokens SET uses_remaining = $2, uses_window = $3 \
+                     WHERE id = $1",
+                    &[&old.as_str(), &kept.remaining, &kept.window],
+                )
+                .await
+                .map_err(store_error)?;
+            }
             let row = tx
                 .query_one(
                     &format!(

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use tokengate_cache::{CachedStore, RevocationEvent};
 use tokengate_core::{
     KeyId, Pepper, RateQuota, ScopeSet, StoreError, TokenAdmin, TokenHash, TokenId, TokenRecord,
-    TokenStore,
+    TokenStore, UseColumns, UseSpend,
 };
 use tokio::task::JoinHandle;
 
@@ -54,7 +54,8 @@ impl OpenError {
 }
 
 const COLUMNS: &str = "id, key_id, hash, name, subject, scopes, audiences, created_at, expires_at, revoked_at, \
-    last_used_at, allowed_networks, rate_count, rate_period_ms, rate_burst, rotated_from, metadata, disabled_at";
+    last_used_at, allowed_networks, rate_count, rate_period_ms, rate_burst, rotated_from, metadata, disabled_at, \
+    uses_limit, uses_refill, uses_refill_ms, uses_remaining, uses_window";
 
 fn join<T: ToString>(items: &[T]) -> String {
     items
@@ -133,13 +134,22 @@ fn row_to_record(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
             .map(|id| id.parse().map_err(|_| corrupt("rotated_from", &id)))
             .transpose()?,
         metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata", &metadata))?,
+        uses: UseColumns {
+            limit: row.get(18)?,
+            refill: row.get(19)?,
+            refill_ms: row.get(20)?,
+            remaining: row.get(21)?,
+            window: row.get(22)?,
+        }
+        .into_uses(),
     })
 }
 
 fn insert_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> {
     let [count, period, burst] = quota_columns(r.rate_quota);
+    let uses = UseColumns::of(r.uses.as_ref());
     conn.execute(
-        &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"),
+        &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"),
         params![
             r.id.as_str(),
             i64::from(r.hash.key_id().get()),
@@ -159,6 +169,11 @@ fn insert_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> 
             r.rotated_from.as_ref().map(TokenId::as_str),
             serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".to_owned()),
             r.disabled_at.map(millis),
+            uses.limit,
+            uses.refill,
+            uses.refill_ms,
+            uses.remaining,
+            uses.window,
         ],
     )
 }
@@ -176,10 +191,17 @@ fn quota_columns(quota: Option<RateQuota>) -> [Option<i64>; 3] {
 /// its id; the number of rows changed.
 fn update_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> {
     let [count, period, burst] = quota_columns(r.rate_quota);
+    let uses = UseColumns::of(r.uses.as_ref());
+    // The count left stays (a limit new to the token starts from the
+    // record's); the later window wins.
     conn.execute(
         "UPDATE tokens SET name = ?2, scopes = ?3, audiences = ?4, expires_at = ?5, \
          disabled_at = ?6, allowed_networks = ?7, rate_count = ?8, rate_period_ms = ?9, \
-         rate_burst = ?10, metadata = ?11 WHERE id = ?1",
+         rate_burst = ?10, metadata = ?11, uses_limit = ?12, uses_refill = ?13, \
+         uses_refill_ms = ?14, \
+         uses_remaining = CASE WHEN ?12 IS NULL THEN NULL ELSE COALESCE(uses_remaining, ?15) END, \
+         uses_window = CASE WHEN ?12 IS NULL THEN 0 ELSE MAX(uses_window, ?16) END \
+         WHERE id = ?1",
         params![
             r.id.as_str(),
             r.name,
@@ -192,6 +214,11 @@ fn update_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> 
             period,
             burst,
             serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".to_owned()),
+            uses.limit,
+            uses.refill,
+            uses.refill_ms,
+            uses.remaining,
+            uses.window,
         ],
     )
 }
@@ -505,7 +532,37 @@ impl TokenStore for SqliteStore {
         })
         .await
     }
+
+    /// One statement: SQLite runs it under the database's write lock, so
+    /// spends from every process are counted one after another.
+    async fn spend_use(&self, id: &TokenId, spend: UseSpend) -> Result<Option<u64>, StoreError> {
+        let id = id.clone();
+        let window = i64::try_from(spend.window).unwrap_or(i64::MAX);
+        let refill = i64::try_from(spend.refill).unwrap_or(i64::MAX);
+        self.with(move |c| {
+            c.prepare_cached(SPEND_USE)
+                .and_then(|mut statement| {
+                    statement
+                        .query_row(params![id.as_str(), window, refill], |row| {
+                            row.get::<_, i64>(0)
+                        })
+                        .optional()
+                })
+                .map(|left| left.map(|left| u64::try_from(left).unwrap_or(0)))
+                .map_err(store_error)
+        })
+        .await
+    }
 }
+
+/// Spends one use: a window later than the stored one starts from the
+/// refill count (`?3`); the row changes only while a use is left.
+const SPEND_USE: &str = "UPDATE tokens SET \
+    uses_remaining = (CASE WHEN uses_window < ?2 THEN ?3 ELSE uses_remaining END) - 1, \
+    uses_window = MAX(uses_window, ?2) \
+    WHERE id = ?1 AND uses_remaining IS NOT NULL \
+    AND (CASE WHEN uses_window < ?2 THEN ?3 ELSE uses_remaining END) > 0 \
+    RETURNING uses_remaining";
 
 impl TokenAdmin for SqliteStore {
     async fn insert(&self, record: TokenRecord) -> Result<(), StoreError> {
@@ -573,6 +630,29 @@ impl TokenAdmin for SqliteStore {
         .await
     }
 
+    async fn reset_uses(
+        &self,
+        id: &TokenId,
+        remaining: u64,
+        window: u64,
+    ) -> Result<TokenRecord, StoreError> {
+        let id = id.clone();
+        let remaining = i64::try_from(remaining).unwrap_or(i64::MAX);
+        let window = i64::try_from(window).unwrap_or(i64::MAX);
+        self.with(move |c| {
+            c.execute(
+                "UPDATE tokens SET uses_remaining = ?2, uses_window = ?3 \
+                 WHERE id = ?1 AND uses_remaining IS NOT NULL",
+                params![id.as_str(), remaining, window],
+            )
+            .map_err(store_error)?;
+            get_record(c, id.as_str())
+                .map_err(store_error)?
+                .ok_or(StoreError::NotFound(id))
+        })
+        .await
+    }
+
     async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {
         let used: Vec<(String, i64)> = used
             .iter()
@@ -599,20 +679,31 @@ impl TokenAdmin for SqliteStore {
         replacement: TokenRecord,
     ) -> Result<TokenRecord, StoreError> {
         let old = old.clone();
+        let mut replacement = replacement;
         self.with(move |c| {
-            let tx = c.transaction().map_err(store_error)?;
-            if get_record(&tx, old.as_str())
-                .map_err(store_error)?
-                .is_none()
-            {
+            // Immediate: the write lock before the old token's count is
+            // read, so no spend elsewhere falls between read and hand-over.
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(store_error)?;
+            let Some(mut previous) = get_record(&tx, old.as_str()).map_err(store_error)? else {
                 return Err(StoreError::NotFound(old));
-            }
+            };
+            let handed = previous.hand_uses_to(&mut replacement);
             insert_record(&tx, &replacement).map_err(store_error)?;
             tx.execute(
                 "UPDATE tokens SET expires_at = ?2 WHERE id = ?1",
                 params![old.as_str(), millis_ceil(old_expires_at)],
             )
             .map_err(store_error)?;
+            if let Some(kept) = handed {
+                let kept = UseColumns::of(Some(&kept));
+                tx.execute(
+                    "UPDATE tokens SET uses_remaining = ?2, uses_window = ?3 WHERE id = ?1",
+                    params![old.as_str(), kept.remaining, kept.window],
+                )
+                .map_err(store_error)?;
+            }
             let record = get_record(&tx, old.as_str())
                 .map_err(store_error)?
                 .ok_or_else(|| StoreError::NotFound(old.clone()))?;

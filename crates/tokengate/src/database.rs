@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use tokengate_cache::CachedStore;
 use tokengate_core::{
     KeyId, Peppers, ScopeSet, StoreError, TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore,
+    UseSpend,
 };
 #[cfg(feature = "postgres")]
 use tokengate_postgres::PostgresStore;
@@ -188,6 +189,10 @@ impl TokenStore for AnyStore {
     ) -> Result<(), StoreError> {
         each!(self, s => s.rehash(id, from, to).await)
     }
+
+    async fn spend_use(&self, id: &TokenId, spend: UseSpend) -> Result<Option<u64>, StoreError> {
+        each!(self, s => s.spend_use(id, spend).await)
+    }
 }
 
 impl TokenAdmin for AnyStore {
@@ -209,6 +214,15 @@ impl TokenAdmin for AnyStore {
 
     async fn update(&self, record: TokenRecord, at: SystemTime) -> Result<TokenRecord, StoreError> {
         each!(self, s => s.update(record, at).await)
+    }
+
+    async fn reset_uses(
+        &self,
+        id: &TokenId,
+        remaining: u64,
+        window: u64,
+    ) -> Result<TokenRecord, StoreError> {
+        each!(self, s => s.reset_uses(id, remaining, window).await)
     }
 
     async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {

@@ -15,6 +15,8 @@
 //! | [`Denial::Unmapped`] (no rule covers the route) | 403 | 7 `PERMISSION_DENIED` |
 //! | [`Denial::IpForbidden`] | 403 | 7 `PERMISSION_DENIED` |
 //! | [`Denial::RateLimited`] | 429, `Retry-After`, `RateLimit-Policy`, `RateLimit` | 8 `RESOURCE_EXHAUSTED` |
+//! | [`Denial::UsageExhausted`] (refills later) | 429, `Retry-After` to the refill, `token-uses-remaining: 0` | 8 `RESOURCE_EXHAUSTED` |
+//! | [`Denial::UsageExhausted`] (never refills) | 403, `token-uses-remaining: 0` | 7 `PERMISSION_DENIED` |
 //! | [`Denial::StoreUnavailable`] | 503 | 14 `UNAVAILABLE` |
 //! | [`Denial::RateStateUnavailable`] (a shared rate state down, policy fail-closed) | 503 | 14 `UNAVAILABLE` |
 //! | [`Denial::AuditUnavailable`] (no room for the record in time) | 503 | 14 `UNAVAILABLE` |
@@ -24,6 +26,7 @@ mod rate;
 mod render;
 
 use std::fmt;
+use std::time::Duration;
 
 use http::StatusCode;
 
@@ -54,6 +57,13 @@ pub enum Denial {
     IpForbidden(IpReason),
     /// A rate quota is spent.
     RateLimited(RateLimited),
+    /// A usage-limited token has no uses left: 429 with `Retry-After`
+    /// when it refills (`retry_after` is the wait for the refill), 403
+    /// when it never does (nothing to wait for; retrying cannot help).
+    UsageExhausted {
+        /// How long until the next refill; `None` when none comes.
+        retry_after: Option<Duration>,
+    },
     /// The token store could not answer.
     StoreUnavailable,
     /// A shared rate state could not answer in time and its policy is to
@@ -129,7 +139,11 @@ impl Denial {
             Self::InsufficientScope { .. } | Self::Unmapped | Self::IpForbidden(_) => {
                 StatusCode::FORBIDDEN
             }
-            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited(_)
+            | Self::UsageExhausted {
+                retry_after: Some(_),
+            } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UsageExhausted { retry_after: None } => StatusCode::FORBIDDEN,
             Self::StoreUnavailable | Self::RateStateUnavailable | Self::AuditUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -143,7 +157,11 @@ impl Denial {
             Self::MalformedRequest(_) => 3,
             Self::MissingToken | Self::InvalidToken(_) => 16,
             Self::InsufficientScope { .. } | Self::Unmapped | Self::IpForbidden(_) => 7,
-            Self::RateLimited(_) => 8,
+            Self::RateLimited(_)
+            | Self::UsageExhausted {
+                retry_after: Some(_),
+            } => 8,
+            Self::UsageExhausted { retry_after: None } => 7,
             Self::StoreUnavailable | Self::RateStateUnavailable | Self::AuditUnavailable => 14,
             Self::NoPeerAddress => 13,
         }
@@ -160,8 +178,8 @@ impl Denial {
     }
 
     /// The layer that refuses this way, a label for metrics and traces:
-    /// `client_ip`, `ip_filter`, `authenticate`, `rate`, `scope`, `audit`,
-    /// or `check` (a header required by a check of one's own).
+    /// `client_ip`, `ip_filter`, `authenticate`, `rate`, `scope`, `uses`,
+    /// `audit`, or `check` (a header required by a check of one's own).
     pub fn layer(&self) -> &'static str {
         match self {
             Self::MalformedRequest(MalformedReason::MissingRequiredHeader) => "check",
@@ -173,6 +191,7 @@ impl Denial {
             Self::IpForbidden(IpReason::OutsideTokenNetworks) => "authenticate",
             Self::IpForbidden(_) => "ip_filter",
             Self::RateLimited(_) | Self::RateStateUnavailable => "rate",
+            Self::UsageExhausted { .. } => "uses",
             Self::NoPeerAddress => "client_ip",
             Self::AuditUnavailable => "audit",
         }
@@ -201,6 +220,7 @@ impl Denial {
             Self::IpForbidden(IpReason::OutsideTokenNetworks) => "ip_outside_token_networks",
             Self::IpForbidden(IpReason::Unresolved) => "ip_unresolved",
             Self::RateLimited(_) => "rate_limited",
+            Self::UsageExhausted { .. } => "usage_exhausted",
             Self::StoreUnavailable => "store_unavailable",
             Self::RateStateUnavailable => "rate_state_unavailable",
             Self::NoPeerAddress => "no_peer_address",
@@ -233,6 +253,10 @@ impl Denial {
             }
             Self::IpForbidden(_) => "Requests from this address are not allowed.",
             Self::RateLimited(_) => "The rate limit is exceeded; retry later.",
+            Self::UsageExhausted {
+                retry_after: Some(_),
+            } => "The bearer token has no uses left until its next refill.",
+            Self::UsageExhausted { retry_after: None } => "The bearer token has no uses left.",
             Self::StoreUnavailable => "The token service is temporarily unavailable.",
             Self::NoPeerAddress => "The server could not determine the client address.",
             Self::RateStateUnavailable | Self::AuditUnavailable => {
@@ -252,6 +276,7 @@ impl Denial {
             Self::Unmapped => "no-access-rule",
             Self::IpForbidden(_) => "ip-forbidden",
             Self::RateLimited(_) => "rate-limited",
+            Self::UsageExhausted { .. } => "usage-exhausted",
             Self::StoreUnavailable | Self::RateStateUnavailable | Self::AuditUnavailable => {
                 "unavailable"
             }
@@ -261,6 +286,17 @@ impl Denial {
 }
 
 impl Denial {
+    /// How long the client should wait before retrying, for the denials
+    /// that say (`Retry-After`): a spent rate quota, a spent usage-limited
+    /// token that refills.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited(limited) => Some(limited.retry_after),
+            Self::UsageExhausted { retry_after } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// The policy that decided for an unreachable shared rate state, when
     /// it decided this refusal.
     pub fn rate_fallback(&self) -> Option<RateFallback> {

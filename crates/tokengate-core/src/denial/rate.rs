@@ -172,7 +172,9 @@ fn ceil_seconds(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-fn whole_seconds(d: Duration) -> u64 {
+/// A wait in whole seconds, rounded up, at least 1, as `Retry-After`
+/// carries it.
+pub(super) fn whole_seconds(d: Duration) -> u64 {
     ceil_seconds(d).max(1)
 }
 

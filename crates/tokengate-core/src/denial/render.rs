@@ -7,6 +7,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use super::Denial;
+use super::rate::whole_seconds as retry_after_seconds;
+use crate::uses::TOKEN_USES_REMAINING;
 use crate::check::{CheckBody, Refusal};
 use crate::trail::RequestTrail;
 
@@ -120,8 +122,8 @@ impl RenderDenial for ProblemJson {
         if let Denial::InsufficientScope { missing } = denial {
             body["missing_scopes"] = missing.iter().map(|s| s.as_str()).collect();
         }
-        if let Denial::RateLimited(limited) = denial {
-            body["retry_after"] = limited.retry_after_seconds().into();
+        if let Some(wait) = denial.retry_after() {
+            body["retry_after"] = retry_after_seconds(wait).into();
         }
         let mut response = Response::new(Bytes::from(body.to_string()));
         response.headers_mut().insert(
@@ -211,6 +213,12 @@ impl Renderer {
         if let Some(challenge) = self.challenge(denial) {
             headers.insert(WWW_AUTHENTICATE, challenge);
         }
+        if let Denial::UsageExhausted { retry_after } = denial {
+            headers.insert(TOKEN_USES_REMAINING, HeaderValue::from_static("0"));
+            if let Some(wait) = retry_after {
+                headers.insert(RETRY_AFTER, retry_after_seconds(*wait).into());
+            }
+        }
         if let Denial::RateLimited(limited) = denial {
             headers.insert(RETRY_AFTER, limited.retry_after_seconds().into());
             headers.insert(RATELIMIT_POLICY.clone(), limited.policy.policy_header());
@@ -254,9 +262,12 @@ fn grpc_response(denial: &Denial) -> Response<Bytes> {
     if let Ok(value) = HeaderValue::from_str(&message) {
         headers.insert(GRPC_MESSAGE_HEADER.clone(), value);
     }
-    if let Denial::RateLimited(limited) = denial {
-        headers.insert(RETRY_AFTER, limited.retry_after_seconds().into());
-        let millis = u64::try_from(limited.retry_after.as_millis()).unwrap_or(u64::MAX);
+    if let Denial::UsageExhausted { .. } = denial {
+        headers.insert(TOKEN_USES_REMAINING, HeaderValue::from_static("0"));
+    }
+    if let Some(wait) = denial.retry_after() {
+        headers.insert(RETRY_AFTER, retry_after_seconds(wait).into());
+        let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         headers.insert(GRPC_PUSHBACK.clone(), millis.max(1).into());
     }
     response

@@ -15,6 +15,7 @@ use crate::id::TokenId;
 use crate::record::{RateQuota, TokenRecord, TokenStatus};
 use crate::scope::{Scope, ScopeSet};
 use crate::token::{Token, TokenFormat};
+use crate::uses::{UseLimit, Uses};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -198,6 +199,7 @@ pub struct TokenSpec {
     allowed_networks: Vec<IpNet>,
     rate_quota: Option<RateQuota>,
     metadata: BTreeMap<String, String>,
+    uses: Option<UseLimit>,
 }
 
 impl TokenSpec {
@@ -212,6 +214,7 @@ impl TokenSpec {
             allowed_networks: Vec::new(),
             rate_quota: None,
             metadata: BTreeMap::new(),
+            uses: None,
         }
     }
 
@@ -246,6 +249,13 @@ impl TokenSpec {
     /// Gives the token its own rate quota.
     pub fn rate_quota(mut self, quota: RateQuota) -> Self {
         self.rate_quota = Some(quota);
+        self
+    }
+
+    /// Limits the token to a number of requests ([`UseLimit`]): each
+    /// admitted request spends one, in the store.
+    pub fn uses(mut self, limit: UseLimit) -> Self {
+        self.uses = Some(limit);
         self
     }
 
@@ -326,6 +336,12 @@ pub enum LifecycleError {
         id: TokenId,
         /// Its state.
         status: TokenStatus,
+    },
+    /// A usage reset of a token without a usage limit.
+    #[error("token {id} has no usage limit (set one with update --uses)")]
+    NotUsageLimited {
+        /// The token.
+        id: TokenId,
     },
     /// The store failed or the token does not exist.
     #[error(transparent)]
@@ -467,6 +483,12 @@ impl<S: TokenAdmin> Lifecycle<S> {
     /// the old one keeps working for `grace` (or until its own expiry, if
     /// sooner), so clients can switch without an outage. A token without
     /// expiry is replaced by one without expiry.
+    ///
+    /// A usage-limited token hands its count to the replacement, in the
+    /// store's rotation step: the replacement has the uses left (and the
+    /// same limit and refills), the old token none from then on (it is
+    /// refused with `usage-exhausted` during its grace period), so
+    /// rotating never adds uses.
     pub async fn rotate(
         &self,
         id: &TokenId,
@@ -526,6 +548,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
             allowed_networks: old.allowed_networks.clone(),
             rate_quota: old.rate_quota,
             metadata: old.metadata.clone(),
+            uses: old.uses.map(|uses| uses.limit),
         };
         let (token, record) = self.build(&policy, spec, now, Some(old.id.clone()))?;
         let grace_end = now.checked_add(grace).unwrap_or(now);
@@ -581,6 +604,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
             rate_quota: spec.rate_quota,
             rotated_from,
             metadata: spec.metadata,
+            uses: spec.uses.map(|limit| Uses::fresh(limit, now)),
         };
         Ok((token, record))
     }

@@ -7,6 +7,7 @@ use crate::hash::TokenHash;
 use crate::id::TokenId;
 use crate::record::TokenRecord;
 use crate::scope::ScopeSet;
+use crate::uses::{UseSpend, Uses};
 
 /// An in-memory store for tests, examples and single-process demos.
 ///
@@ -100,6 +101,13 @@ impl TokenStore for MemoryStore {
         });
         Ok(())
     }
+
+    async fn spend_use(&self, id: &TokenId, spend: UseSpend) -> Result<Option<u64>, StoreError> {
+        Ok(self.write(|s| {
+            let uses = s.records.get_mut(id)?.uses.as_mut()?;
+            uses.spend(spend)
+        }))
+    }
 }
 
 impl TokenAdmin for MemoryStore {
@@ -148,7 +156,31 @@ impl TokenAdmin for MemoryStore {
             stored.allowed_networks = record.allowed_networks;
             stored.rate_quota = record.rate_quota;
             stored.metadata = record.metadata;
+            stored.uses = match (stored.uses, record.uses) {
+                (Some(kept), Some(new)) => Some(Uses {
+                    limit: new.limit,
+                    remaining: kept.remaining,
+                    window: kept.window.max(new.window),
+                }),
+                (_, new) => new,
+            };
             Ok(stored.clone())
+        })
+    }
+
+    async fn reset_uses(
+        &self,
+        id: &TokenId,
+        remaining: u64,
+        window: u64,
+    ) -> Result<TokenRecord, StoreError> {
+        self.write(|s| {
+            let record = s.record_mut(id)?;
+            if let Some(uses) = &mut record.uses {
+                uses.remaining = remaining;
+                uses.window = window;
+            }
+            Ok(record.clone())
         })
     }
 
@@ -172,10 +204,13 @@ impl TokenAdmin for MemoryStore {
         self.write(|s| {
             s.record_mut(old)?;
             s.check_free(&replacement)?;
-            s.add(replacement);
+            let mut replacement = replacement;
             let record = s.record_mut(old)?;
             record.expires_at = Some(old_expires_at);
-            Ok(record.clone())
+            record.hand_uses_to(&mut replacement);
+            let record = record.clone();
+            s.add(replacement);
+            Ok(record)
         })
     }
 

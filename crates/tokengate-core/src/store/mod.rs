@@ -25,6 +25,7 @@ use crate::hash::TokenHash;
 use crate::id::TokenId;
 use crate::record::TokenRecord;
 use crate::scope::ScopeSet;
+use crate::uses::UseSpend;
 
 /// Looks tokens up by their keyed hash: the request path.
 pub trait TokenStore: Send + Sync + 'static {
@@ -49,6 +50,25 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let _ = (id, from, to);
         std::future::ready(Ok(()))
+    }
+
+    /// Spends one use of the usage-limited token `id`, atomically (never
+    /// more uses than the count, however many requests and processes ask
+    /// at once): when the stored window is older than `spend.window`, the
+    /// count first becomes `spend.refill`; then one is taken if any is
+    /// left. Returns the count left after this use, or `None` when none was
+    /// left (or the token has no usage limit, or does not exist).
+    ///
+    /// A store that cannot count (this default) answers
+    /// [`StoreError::Unsupported`], and usage-limited tokens are refused
+    /// with 503 there: never admitted uncounted.
+    fn spend_use(
+        &self,
+        id: &TokenId,
+        spend: UseSpend,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
+        let _ = (id, spend);
+        std::future::ready(Err(StoreError::Unsupported("counting token uses")))
     }
 }
 
@@ -80,7 +100,10 @@ pub trait TokenAdmin: Send + Sync + 'static {
 
     /// Writes what may change of a token over the stored record with
     /// `record`'s id: its name, scopes, audiences, expiry, disable time,
-    /// networks, rate quota and metadata; its hash, subject, creation,
+    /// networks, rate quota, metadata and usage limit (the count left
+    /// stays as stored, or starts from `record`'s where the token had no
+    /// limit, and the later of the two refill windows is kept; no limit
+    /// clears it); its hash, subject, creation,
     /// revocation and last-use times and `rotated_from` stay as stored.
     /// Records the change at `at` in the store's change feed, so every
     /// instance's cache forgets the token; returns the stored record.
@@ -89,6 +112,17 @@ pub trait TokenAdmin: Send + Sync + 'static {
         &self,
         record: TokenRecord,
         at: SystemTime,
+    ) -> impl Future<Output = Result<TokenRecord, StoreError>> + Send;
+
+    /// Sets the count of the usage-limited token `id` to `remaining` in
+    /// refill window `window`, and returns the record. Fails with
+    /// [`StoreError::NotFound`] when there is no such token; a token
+    /// without a usage limit is returned unchanged.
+    fn reset_uses(
+        &self,
+        id: &TokenId,
+        remaining: u64,
+        window: u64,
     ) -> impl Future<Output = Result<TokenRecord, StoreError>> + Send;
 
     /// Records when tokens were last used. Called in batches by a
@@ -100,7 +134,10 @@ pub trait TokenAdmin: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Atomically stores `replacement` and moves the expiry of `old` to
-    /// `old_expires_at`; returns the updated old record.
+    /// `old_expires_at`; returns the updated old record. Where both are
+    /// usage-limited, the old token's count moves to the replacement in
+    /// the same step ([`Uses::hand_over`](crate::Uses::hand_over)): the
+    /// replacement gets what is left, the old token none, for good.
     fn rotate(
         &self,
         old: &TokenId,
@@ -138,6 +175,14 @@ impl<S: TokenStore> TokenStore for Arc<S> {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).rehash(id, from, to)
     }
+
+    fn spend_use(
+        &self,
+        id: &TokenId,
+        spend: UseSpend,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
+        (**self).spend_use(id, spend)
+    }
 }
 
 /// A store failure. Cloneable, so one failed lookup can answer every request
@@ -157,6 +202,9 @@ pub enum StoreError {
     /// An insert collided with an existing id or hash.
     #[error("a token with this {0} already exists")]
     Conflict(&'static str),
+    /// The store cannot do what was asked (it names what).
+    #[error("this token store does not support {0}")]
+    Unsupported(&'static str),
 }
 
 impl StoreError {

@@ -8,6 +8,7 @@ use crate::record::{RateQuota, TokenStatus};
 use crate::store::{
     Expiry, Lifecycle, LifecycleError, StoreError, TokenAdmin, TokenChanges, TokenSpec, TokenStore,
 };
+use crate::uses::{SPENT_FOR_GOOD, UseLimit, Uses};
 use crate::{Pepper, TokenId};
 
 /// Runs the admin contract against `store` (fresh and empty): issue and
@@ -26,6 +27,7 @@ use crate::{Pepper, TokenId};
 pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
     let hasher = TokenHasher::new(Pepper::new(KeyId::new(1), [9; 32]).unwrap());
     let lifecycle = Lifecycle::new(store, hasher.clone());
+    uses_conformance(&lifecycle).await;
     let day = Duration::from_secs(86_400);
     let issued = lifecycle
         .issue(
@@ -187,6 +189,115 @@ pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
     ghost.id = unknown;
     assert!(matches!(
         lifecycle.store().update(ghost, SystemTime::now()).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// Usage-limited tokens: the count as issued, spent one at a time to
+/// none, reset, kept by a new limit, refilled in a later window, handed
+/// over by rotation, cleared with the limit.
+#[allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test suite"
+)]
+async fn uses_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) {
+    let store = lifecycle.store();
+    let three = UseLimit::new(std::num::NonZeroU64::new(3).unwrap());
+    let issued = lifecycle
+        .issue(
+            TokenSpec::new("metered", "team-u")
+                .scopes(["notes:read".parse().unwrap()])
+                .audiences(["notes".parse().unwrap()])
+                .uses(three),
+        )
+        .await
+        .unwrap();
+    let id = issued.record.id.clone();
+    let now = SystemTime::now();
+    let found = store
+        .find_by_hash(&lifecycle.hasher().hash(&issued.token))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.uses, Some(Uses::fresh(three, now)), "issued with every use");
+    let spend = three.spend_at(now);
+    for left in [2, 1, 0] {
+        assert_eq!(store.spend_use(&id, spend).await.unwrap(), Some(left));
+    }
+    assert_eq!(store.spend_use(&id, spend).await.unwrap(), None, "none left");
+    let spent = lifecycle.get(&id).await.unwrap().unwrap().uses.unwrap();
+    assert_eq!(spent.remaining, 0, "the count is stored");
+
+    // A reset, to the limit or to a count given.
+    let reset = lifecycle.reset_uses(&id, None).await.unwrap();
+    assert_eq!(reset.uses.map(|u| u.remaining), Some(3));
+    let reset = lifecycle.reset_uses(&id, Some(1)).await.unwrap();
+    assert_eq!(reset.uses.map(|u| u.remaining), Some(1));
+    assert_eq!(store.spend_use(&id, spend).await.unwrap(), Some(0));
+
+    // A new limit keeps the count; a refill in a later window sets it.
+    let hourly = UseLimit::new(std::num::NonZeroU64::new(5).unwrap())
+        .with_refill("4/1h".parse().unwrap());
+    let changed = lifecycle
+        .update(&id, &TokenChanges::new().uses(Some(hourly)))
+        .await
+        .unwrap();
+    let uses = changed.uses.unwrap();
+    assert_eq!((uses.limit, uses.remaining), (hourly, 0), "the count stays");
+    assert_eq!(store.spend_use(&id, hourly.spend_at(now)).await.unwrap(), None);
+    let next_hour = now + Duration::from_secs(3_600);
+    assert_eq!(
+        store
+            .spend_use(&id, hourly.spend_at(next_hour))
+            .await
+            .unwrap(),
+        Some(3),
+        "refilled to 4, one spent"
+    );
+
+    // Rotation hands the count over; the old token keeps none, for good.
+    let replacement = lifecycle
+        .rotate(&id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let new_id = replacement.record.id.clone();
+    let handed = lifecycle.get(&new_id).await.unwrap().unwrap().uses.unwrap();
+    assert_eq!((handed.limit, handed.remaining), (hourly, 3));
+    let old = lifecycle.get(&id).await.unwrap().unwrap().uses.unwrap();
+    assert_eq!((old.remaining, old.window), (0, SPENT_FOR_GOOD));
+    let far = now + Duration::from_secs(3_600 * 1_000);
+    assert_eq!(store.spend_use(&id, hourly.spend_at(far)).await.unwrap(), None);
+    assert_eq!(
+        store.spend_use(&new_id, hourly.spend_at(next_hour)).await.unwrap(),
+        Some(2)
+    );
+
+    // No limit: no count, nothing to spend or reset.
+    let unlimited = lifecycle
+        .update(&new_id, &TokenChanges::new().uses(None))
+        .await
+        .unwrap();
+    assert_eq!(unlimited.uses, None);
+    assert_eq!(store.spend_use(&new_id, spend).await.unwrap(), None);
+    assert!(matches!(
+        lifecycle.reset_uses(&new_id, None).await,
+        Err(LifecycleError::NotUsageLimited { .. })
+    ));
+    // Limited again: all of the limit's uses.
+    let again = lifecycle
+        .update(&new_id, &TokenChanges::new().uses(Some(three)))
+        .await
+        .unwrap();
+    assert_eq!(again.uses.map(|u| u.remaining), Some(3));
+    assert_eq!(
+        store.spend_use(&TokenId::generate(), spend).await.unwrap(),
+        None,
+        "an unknown token has no uses"
+    );
+    assert!(matches!(
+        store.reset_uses(&TokenId::generate(), 1, 0).await,
         Err(StoreError::NotFound(_))
     ));
 }

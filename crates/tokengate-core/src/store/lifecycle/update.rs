@@ -2,6 +2,7 @@
 //! and a reversible disable.
 
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 use ipnet::IpNet;
 
@@ -11,6 +12,7 @@ use crate::id::TokenId;
 use crate::record::{RateQuota, TokenRecord, TokenStatus};
 use crate::scope::{Scope, ScopeSet};
 use crate::store::{StoreError, TokenAdmin};
+use crate::uses::{UseLimit, Uses};
 
 /// What to change of a token ([`Lifecycle::update`]); what is not set stays
 /// as stored.
@@ -26,6 +28,7 @@ pub struct TokenChanges {
     rate_quota: Option<Option<RateQuota>>,
     set_metadata: BTreeMap<String, String>,
     remove_metadata: Vec<String>,
+    uses: Option<Option<UseLimit>>,
 }
 
 impl TokenChanges {
@@ -88,6 +91,15 @@ impl TokenChanges {
         self
     }
 
+    /// A new usage limit, or `None` for unlimited uses. The count left is
+    /// kept where the token had one (set it with
+    /// [`Lifecycle::reset_uses`]); a token limited for the first time
+    /// starts with all of the limit's uses.
+    pub fn uses(mut self, limit: Option<UseLimit>) -> Self {
+        self.uses = Some(limit);
+        self
+    }
+
     /// Sets a metadata label.
     pub fn set_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.set_metadata.insert(key.into(), value.into());
@@ -100,8 +112,8 @@ impl TokenChanges {
         self
     }
 
-    /// `record` with the changes applied (the expiry aside).
-    fn apply(&self, record: &mut TokenRecord) {
+    /// `record` with the changes applied at `now` (the expiry aside).
+    fn apply(&self, record: &mut TokenRecord, now: SystemTime) {
         if let Some(name) = &self.name {
             record.name.clone_from(name);
         }
@@ -127,6 +139,18 @@ impl TokenChanges {
         for key in &self.remove_metadata {
             record.metadata.remove(key);
         }
+        if let Some(limit) = self.uses {
+            // A new refill starts counting from the current window: no
+            // refill for the time before it.
+            record.uses = limit.map(|limit| match record.uses {
+                Some(uses) => Uses {
+                    limit,
+                    window: uses.window.max(limit.window(now)),
+                    ..uses
+                },
+                None => Uses::fresh(limit, now),
+            });
+        }
     }
 }
 
@@ -144,7 +168,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
     ) -> Result<TokenRecord, LifecycleError> {
         let now = self.clock.now();
         let mut record = self.changeable(id).await?;
-        changes.apply(&mut record);
+        changes.apply(&mut record, now);
         // The same checks as at issuance, but the expiry only when it
         // changes: an unchanged one was valid when the token was issued.
         let unchanged_expiry = IssuancePolicy {
@@ -179,6 +203,27 @@ impl<S: TokenAdmin> Lifecycle<S> {
         let mut record = self.changeable(id).await?;
         record.disabled_at = None;
         Ok(self.store.update(record, now).await?)
+    }
+
+    /// Sets the count a usage-limited token has left to `remaining` (by
+    /// default the uses it was issued with), in the current refill
+    /// window. Takes effect on the next request on every instance: the
+    /// count is read from the store on every request.
+    pub async fn reset_uses(
+        &self,
+        id: &TokenId,
+        remaining: Option<u64>,
+    ) -> Result<TokenRecord, LifecycleError> {
+        let now = self.clock.now();
+        let record = self.changeable(id).await?;
+        let uses = record
+            .uses
+            .ok_or_else(|| LifecycleError::NotUsageLimited { id: id.clone() })?;
+        let remaining = remaining.unwrap_or(uses.limit.uses());
+        Ok(self
+            .store
+            .reset_uses(id, remaining, uses.limit.window(now))
+            .await?)
     }
 
     /// The stored record of `id`, unless it is revoked.
