@@ -5,12 +5,13 @@ use std::time::Duration;
 use http::HeaderName;
 use tokengate_cache::CachedStore;
 use tokengate_core::{
-    Audience, CheckService, Renderer, SharedClock, SystemClock, TokenFormat, TokenHasher,
+    Audience, Chain, CheckService, Renderer, SharedClock, SystemClock, TokenFormat, TokenHasher,
 };
 use tower::Layer;
 
 use crate::credential::{QuerySource, Sources};
 use crate::public::IsPublic;
+use crate::spend::UseLimitLayer;
 use crate::usage::UsageTracker;
 
 /// The default name of the response header that tells a client when its
@@ -231,13 +232,22 @@ impl<St> AuthenticateLayer<St> {
     }
 }
 
+/// Stacked alone, the layer also spends the uses of usage-limited tokens
+/// ([`UseLimitLayer`]) right after verifying them, so a limit holds
+/// wherever the layer is used; a later layer's refusal has then spent the
+/// use already (the Gate spends it after every other check instead).
 impl<S, St> Layer<S> for AuthenticateLayer<St> {
     type Service = Authenticate<S, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CheckService::named("authenticate", self.clone(), inner)
+        CheckService::named(
+            "authenticate",
+            Chain::new(self.clone(), self.use_limit()),
+            inner,
+        )
     }
 }
 
-/// The service [`AuthenticateLayer`] makes.
-pub type Authenticate<S, St> = CheckService<AuthenticateLayer<St>, S>;
+/// The service [`AuthenticateLayer`] makes: verification, then the spend
+/// of a usage-limited token's use.
+pub type Authenticate<S, St> = CheckService<Chain<AuthenticateLayer<St>, UseLimitLayer<St>>, S>;

@@ -97,11 +97,13 @@ mod check;
 mod credential;
 mod layer;
 mod public;
+mod spend;
 mod usage;
 
 pub use check::{ExpiryHeader, TokenLookup};
 pub use layer::{Authenticate, AuthenticateLayer, TOKEN_EXPIRES, TOKEN_EXPIRES_WITHIN, UriCopy};
 pub use public::{IsPublic, PublicPaths};
+pub use spend::{SpendWait, Spent, UseLimitLayer, UsesLeft};
 pub use usage::UsageTracker;
 
 #[cfg(test)]

@@ -111,7 +111,10 @@ pub use token::{
     CHECKSUM_LEN, PrefixError, SECRET_LEN, Token, TokenFormat, TokenFormatError, TokenPrefix,
 };
 pub use trail::{RequestTrail, TrailFacts};
-pub use uses::{Refill, SPENT_FOR_GOOD, TOKEN_USES_REMAINING, UseColumns, UseLimit, UseLimitError, UseSpend, Uses};
+pub use uses::{
+    Refill, SPENT_FOR_GOOD, TOKEN_USES_REMAINING, UseColumns, UseLimit, UseLimitError, UseSpend,
+    Uses,
+};
 
 #[cfg(test)]
 mod traits {

@@ -160,10 +160,7 @@ impl FromStr for Refill {
             value: crate::Echo::new(s, 100).to_string(),
         };
         let (amount, every) = s.split_once('/').ok_or_else(syntax)?;
-        let amount = amount
-            .trim()
-            .parse::<NonZeroU64>()
-            .map_err(|_| syntax())?;
+        let amount = amount.trim().parse::<NonZeroU64>().map_err(|_| syntax())?;
         let every = humantime::parse_duration(every.trim()).map_err(|_| syntax())?;
         Self::new(amount, every)
     }
@@ -361,7 +358,11 @@ mod tests {
     #[test]
     fn columns_round_trip() {
         let hourly = limit(7).with_refill("5/1h".parse().unwrap());
-        for uses in [None, Some(Uses::fresh(limit(3), at(5))), Some(Uses::fresh(hourly, at(9_000)))] {
+        for uses in [
+            None,
+            Some(Uses::fresh(limit(3), at(5))),
+            Some(Uses::fresh(hourly, at(9_000))),
+        ] {
             assert_eq!(UseColumns::of(uses.as_ref()).into_uses(), uses);
         }
         let mut spent = Uses::fresh(hourly, at(0));

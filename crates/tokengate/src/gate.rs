@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use tokengate_audit::{Audit, AuditLayer, AuditSink, TracingSink};
-use tokengate_authenticate::AuthenticateLayer;
+use tokengate_authenticate::{AuthenticateLayer, UseLimitLayer};
 use tokengate_core::{Chain, CheckService, RateQuota, Shield};
 use tokengate_ipfilter::{IpFilterLayer, IpRules, ResolveClientIpLayer};
 use tokengate_rate::{Limiter, MemoryRateState, MissingKey, RateLimitLayer, RateState};
@@ -12,16 +12,20 @@ use tokengate_scope::{EnforceScopeLayer, ScopeLookup};
 use tower::Layer;
 
 /// Every check of a [`Gate`] after audit, in order: client IP, IP filter,
-/// then authenticate, per-token rate limit, scopes and the checks added
-/// with [`Gate::with_check`] (`X`), all shielded by the per-IP rate limit
-/// ([`Shield`]: charged only on a cache miss or a 4xx refusal).
+/// then authenticate, per-token rate limit, scopes, the checks added
+/// with [`Gate::with_check`] (`X`) and the spend of a usage-limited
+/// token's use, all shielded by the per-IP rate limit ([`Shield`]:
+/// charged only on a cache miss or a 4xx refusal).
 pub type GateCheck<St, P, R = MemoryRateState, X = ()> = Chain<
     ResolveClientIpLayer,
     Chain<
         IpFilterLayer,
         Shield<
             RateLimitLayer<R>,
-            Chain<AuthenticateLayer<St>, Chain<RateLimitLayer<R>, Chain<EnforceScopeLayer<P>, X>>>,
+            Chain<
+                AuthenticateLayer<St>,
+                Chain<RateLimitLayer<R>, Chain<EnforceScopeLayer<P>, Chain<X, UseLimitLayer<St>>>>,
+            >,
         >,
     >,
 >;
@@ -36,8 +40,12 @@ pub type GateService<S, St, P, K = TracingSink, R = MemoryRateState, X = ()> =
 ///
 /// ```text
 /// request -> audit -> client IP -> IP filter -> rate per client IP
-///         -> authenticate -> rate per token -> scopes -> your service
+///         -> authenticate -> rate per token -> scopes -> your checks
+///         -> a usage-limited token's use spent -> your service
 /// ```
+///
+/// A usage-limited token spends its use last ([`UseLimitLayer`]), so a
+/// request refused for any other reason spends nothing.
 ///
 /// Every layer stays usable on its own, and each is a
 /// [`Check`](tokengate_core::Check): the gate fixes their order and runs
@@ -312,7 +320,10 @@ impl<St, P, K, R, X> Gate<St, P, K, R, X> {
                         self.authenticate.clone(),
                         Chain::new(
                             self.token_rate.clone(),
-                            Chain::new(self.scope.clone(), self.extra.clone()),
+                            Chain::new(
+                                self.scope.clone(),
+                                Chain::new(self.extra.clone(), self.authenticate.use_limit()),
+                            ),
                         ),
                     ),
                 ),

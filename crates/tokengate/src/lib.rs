@@ -109,8 +109,9 @@ pub use tokengate_cache::{CacheConfig, CacheStats, CachedStore, RevocationEvent,
 
 #[cfg(feature = "authenticate")]
 pub use tokengate_authenticate::{
-    Authenticate, AuthenticateLayer, ExpiryHeader, IsPublic, PublicPaths, TOKEN_EXPIRES,
-    TOKEN_EXPIRES_WITHIN, TokenLookup, UriCopy, UsageTracker,
+    Authenticate, AuthenticateLayer, ExpiryHeader, IsPublic, PublicPaths, SpendWait, Spent,
+    TOKEN_EXPIRES, TOKEN_EXPIRES_WITHIN, TokenLookup, UriCopy, UsageTracker, UseLimitLayer,
+    UsesLeft,
 };
 #[cfg(feature = "scope")]
 pub use tokengate_scope::{

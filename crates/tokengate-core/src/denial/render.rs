@@ -8,9 +8,9 @@ use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use super::Denial;
 use super::rate::whole_seconds as retry_after_seconds;
-use crate::uses::TOKEN_USES_REMAINING;
 use crate::check::{CheckBody, Refusal};
 use crate::trail::RequestTrail;
+use crate::uses::TOKEN_USES_REMAINING;
 
 /// Characters gRPC requires percent-encoded in `grpc-message`.
 const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');

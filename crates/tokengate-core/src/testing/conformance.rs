@@ -221,12 +221,20 @@ async fn uses_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) 
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(found.uses, Some(Uses::fresh(three, now)), "issued with every use");
+    assert_eq!(
+        found.uses,
+        Some(Uses::fresh(three, now)),
+        "issued with every use"
+    );
     let spend = three.spend_at(now);
     for left in [2, 1, 0] {
         assert_eq!(store.spend_use(&id, spend).await.unwrap(), Some(left));
     }
-    assert_eq!(store.spend_use(&id, spend).await.unwrap(), None, "none left");
+    assert_eq!(
+        store.spend_use(&id, spend).await.unwrap(),
+        None,
+        "none left"
+    );
     let spent = lifecycle.get(&id).await.unwrap().unwrap().uses.unwrap();
     assert_eq!(spent.remaining, 0, "the count is stored");
 
@@ -238,15 +246,18 @@ async fn uses_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) 
     assert_eq!(store.spend_use(&id, spend).await.unwrap(), Some(0));
 
     // A new limit keeps the count; a refill in a later window sets it.
-    let hourly = UseLimit::new(std::num::NonZeroU64::new(5).unwrap())
-        .with_refill("4/1h".parse().unwrap());
+    let hourly =
+        UseLimit::new(std::num::NonZeroU64::new(5).unwrap()).with_refill("4/1h".parse().unwrap());
     let changed = lifecycle
         .update(&id, &TokenChanges::new().uses(Some(hourly)))
         .await
         .unwrap();
     let uses = changed.uses.unwrap();
     assert_eq!((uses.limit, uses.remaining), (hourly, 0), "the count stays");
-    assert_eq!(store.spend_use(&id, hourly.spend_at(now)).await.unwrap(), None);
+    assert_eq!(
+        store.spend_use(&id, hourly.spend_at(now)).await.unwrap(),
+        None
+    );
     let next_hour = now + Duration::from_secs(3_600);
     assert_eq!(
         store
@@ -268,9 +279,15 @@ async fn uses_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) 
     let old = lifecycle.get(&id).await.unwrap().unwrap().uses.unwrap();
     assert_eq!((old.remaining, old.window), (0, SPENT_FOR_GOOD));
     let far = now + Duration::from_secs(3_600 * 1_000);
-    assert_eq!(store.spend_use(&id, hourly.spend_at(far)).await.unwrap(), None);
     assert_eq!(
-        store.spend_use(&new_id, hourly.spend_at(next_hour)).await.unwrap(),
+        store.spend_use(&id, hourly.spend_at(far)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .spend_use(&new_id, hourly.spend_at(next_hour))
+            .await
+            .unwrap(),
         Some(2)
     );
 

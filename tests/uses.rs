@@ -1,0 +1,244 @@
+//! Usage-limited tokens through a real server: exactly N admitted under
+//! concurrency, 403 when the count never refills, 429 with `Retry-After`
+//! to the refill when it does, nothing spent by a request refused for
+//! another reason, and 503 (never a free use) when the store cannot count.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::num::NonZeroU64;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::routing::get;
+use http::StatusCode;
+use support::{HttpClient, Reply, World};
+use tokengate::{EnforceScopeLayer, Gate, ScopePolicy, UseLimit};
+
+fn uses(n: u64) -> UseLimit {
+    UseLimit::new(NonZeroU64::new(n).unwrap())
+}
+
+/// A Gate over the world's store, `/notes` read/write by `notes`, served.
+async fn serve(world: &World) -> HttpClient {
+    let policy = ScopePolicy::builder()
+        .read_write("/notes", "notes")
+        .build()
+        .unwrap();
+    let gate = Gate::new(world.auth.clone(), EnforceScopeLayer::new(policy));
+    let app = Router::new()
+        .route(
+            "/notes",
+            get(|| async { "notes" }).post(|| async { "saved" }),
+        )
+        .layer(gate);
+    HttpClient::new(support::serve_axum(app).await)
+}
+
+fn remaining(reply: &Reply) -> Option<u64> {
+    reply
+        .headers
+        .get("token-uses-remaining")
+        .map(|v| v.to_str().unwrap().parse().unwrap())
+}
+
+fn problem_type(reply: &Reply) -> String {
+    let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    body["type"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_concurrent_requests_spend_exactly_ten_uses() {
+    let world = World::new();
+    let client = serve(&world).await;
+    let (token, id) = world
+        .issue_spec(world.spec("notes:read").uses(uses(10)))
+        .await;
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (client, token) = (client.clone(), token.clone());
+        requests.spawn(async move { client.get("/notes", Some(&token)).await });
+    }
+    let replies = requests.join_all().await;
+    let admitted: Vec<&Reply> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .collect();
+    assert_eq!(admitted.len(), 10, "exactly the ten uses");
+    // Each count left is told once: 9 down to 0.
+    let told: BTreeSet<u64> = admitted.iter().map(|r| remaining(r).unwrap()).collect();
+    assert_eq!(told, (0..10).collect());
+    for refused in replies.iter().filter(|r| r.status != StatusCode::OK) {
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "never refills: 403");
+        assert_eq!(
+            problem_type(refused),
+            "urn:tokengate:problem:usage-exhausted"
+        );
+        assert_eq!(remaining(refused), Some(0));
+        assert!(refused.headers.get("retry-after").is_none());
+    }
+    let stored = world.lifecycle.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.uses.unwrap().remaining,
+        0,
+        "the store holds the count"
+    );
+}
+
+#[tokio::test]
+async fn a_refilling_token_waits_for_the_refill_then_gets_the_refill_count() {
+    let world = World::new();
+    // Half past some hour: the next refill is 30 minutes away.
+    let hour = 3_600;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    world
+        .clock
+        .set(UNIX_EPOCH + Duration::from_secs(now / hour * hour + hour / 2));
+    let client = serve(&world).await;
+    let limit = uses(2).with_refill("3/1h".parse().unwrap());
+    let (token, _) = world.issue_spec(world.spec("notes:read").uses(limit)).await;
+
+    for left in [1, 0] {
+        let reply = client.get("/notes", Some(&token)).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(remaining(&reply), Some(left));
+    }
+    let refused = client.get("/notes", Some(&token)).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        problem_type(&refused),
+        "urn:tokengate:problem:usage-exhausted"
+    );
+    assert_eq!(refused.headers["retry-after"], "1800");
+    assert_eq!(remaining(&refused), Some(0));
+    let body: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
+    assert_eq!(body["retry_after"], 1800);
+
+    world.advance(Duration::from_secs(hour / 2));
+    for left in [2, 1, 0] {
+        let reply = client.get("/notes", Some(&token)).await;
+        assert_eq!(reply.status, StatusCode::OK, "refilled to three");
+        assert_eq!(remaining(&reply), Some(left));
+    }
+    let refused = client.get("/notes", Some(&token)).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers["retry-after"], "3600");
+}
+
+#[tokio::test]
+async fn a_request_refused_for_its_scope_spends_nothing() {
+    let world = World::new();
+    let client = serve(&world).await;
+    let (token, _) = world
+        .issue_spec(world.spec("notes:read").uses(uses(1)))
+        .await;
+    let write = client.with_token("POST", "/notes", &token, "{}").await;
+    assert_eq!(write.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        problem_type(&write),
+        "urn:tokengate:problem:insufficient-scope"
+    );
+    assert_eq!(remaining(&write), None);
+    let read = client.get("/notes", Some(&token)).await;
+    assert_eq!(read.status, StatusCode::OK, "the one use is still there");
+    assert_eq!(remaining(&read), Some(0));
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_count_refuses_with_503_and_admits_nothing_uncounted() {
+    let world = World::new();
+    let client = serve(&world).await;
+    let (limited, id) = world
+        .issue_spec(world.spec("notes:read").uses(uses(5)))
+        .await;
+    let (unlimited, _) = world.issue("notes:read").await;
+    // Both known to the cache first.
+    assert_eq!(
+        client.get("/notes", Some(&limited)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        client.get("/notes", Some(&unlimited)).await.status,
+        StatusCode::OK
+    );
+
+    world.probe.set_failing(true);
+    let refused = client.get("/notes", Some(&limited)).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    let served = client.get("/notes", Some(&unlimited)).await;
+    assert_eq!(
+        served.status,
+        StatusCode::OK,
+        "unlimited tokens need no store"
+    );
+    assert_eq!(remaining(&served), None);
+
+    world.probe.set_failing(false);
+    let reply = client.get("/notes", Some(&limited)).await;
+    assert_eq!(
+        remaining(&reply),
+        Some(3),
+        "the refused request spent nothing"
+    );
+    let stored = world.lifecycle.get(&id).await.unwrap().unwrap();
+    assert_eq!(stored.uses.unwrap().remaining, 3);
+}
+
+#[tokio::test]
+async fn a_reset_and_a_new_limit_hold_from_the_next_request() {
+    let world = World::new();
+    let client = serve(&world).await;
+    let (token, id) = world
+        .issue_spec(world.spec("notes:read").uses(uses(1)))
+        .await;
+    assert_eq!(
+        client.get("/notes", Some(&token)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        client.get("/notes", Some(&token)).await.status,
+        StatusCode::FORBIDDEN
+    );
+    world.lifecycle.reset_uses(&id, Some(2)).await.unwrap();
+    let reply = client.get("/notes", Some(&token)).await;
+    assert_eq!((reply.status, remaining(&reply)), (StatusCode::OK, Some(1)));
+
+    // Unlimited from now on: no count, no header.
+    world
+        .lifecycle
+        .update(&id, &tokengate::TokenChanges::new().uses(None))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let reply = client.get("/notes", Some(&token)).await;
+        assert_eq!((reply.status, remaining(&reply)), (StatusCode::OK, None));
+    }
+}
+
+#[tokio::test]
+async fn stacked_alone_authenticate_spends_the_use_itself() {
+    let world = World::new();
+    let app = Router::new()
+        .route("/notes", get(|| async { "notes" }))
+        .layer(world.auth.clone());
+    let client = HttpClient::new(support::serve_axum(app).await);
+    let (token, _) = world
+        .issue_spec(world.spec("notes:read").uses(uses(2)))
+        .await;
+    let statuses: Vec<StatusCode> = [
+        client.get("/notes", Some(&token)).await,
+        client.get("/notes", Some(&token)).await,
+        client.get("/notes", Some(&token)).await,
+    ]
+    .iter()
+    .map(|r| r.status)
+    .collect();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::OK, StatusCode::FORBIDDEN]
+    );
+}
