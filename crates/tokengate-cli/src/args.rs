@@ -3,7 +3,9 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
-use tokengate::{Audience, Database, Echo, Expiry, RateQuota, Scope, TokenChanges, TokenStatus};
+use tokengate::{
+    Audience, Database, Echo, Expiry, RateQuota, Refill, Scope, TokenChanges, TokenStatus, UseLimit,
+};
 
 /// Manage tokengate API tokens.
 #[derive(Debug, Parser)]
@@ -98,6 +100,18 @@ pub(crate) enum Command {
         /// The token id.
         id: String,
     },
+    /// Set the count a usage-limited token has left (by default the uses
+    /// it was issued with); it holds from the next request on.
+    ResetUses {
+        /// The token id.
+        id: String,
+        /// The count left, instead of the limit's uses.
+        #[arg(long)]
+        remaining: Option<u64>,
+        /// Print the record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Say whether a token is valid, and why not.
     Inspect {
         /// The token.
@@ -182,6 +196,8 @@ pub(crate) struct Issue {
     /// The quota's burst.
     #[arg(long, requires = "rate")]
     pub(crate) burst: Option<u32>,
+    #[command(flatten)]
+    pub(crate) uses: UsesArgs,
     /// Issue scopes that no server has registered in the catalogue.
     #[arg(long)]
     pub(crate) allow_unknown_scope: bool,
@@ -230,6 +246,11 @@ pub(crate) struct Update {
     /// Drop the token's own quota (the servers' default applies).
     #[arg(long)]
     pub(crate) no_rate: bool,
+    #[command(flatten)]
+    pub(crate) uses: UsesArgs,
+    /// Drop the usage limit: unlimited uses.
+    #[arg(long, conflicts_with = "uses")]
+    pub(crate) no_uses: bool,
     /// Set a metadata label, KEY=VALUE (repeatable).
     #[arg(long = "meta", value_parser = parse_meta)]
     pub(crate) meta: Vec<(String, String)>,
@@ -286,8 +307,44 @@ impl Update {
         for key in &self.remove_meta {
             changes = changes.remove_metadata(key.clone());
         }
+        if let Some(limit) = self.uses.limit() {
+            changes = changes.uses(Some(limit));
+        }
+        if self.no_uses {
+            changes = changes.uses(None);
+        }
         Ok(changes)
     }
+}
+
+/// `--uses N [--refill N/INTERVAL]`.
+#[derive(Debug, Args)]
+pub(crate) struct UsesArgs {
+    /// Admit exactly N requests (then 403, or 429 until a refill). With
+    /// update: the new limit, the count left kept (see reset-uses).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) uses: Option<u64>,
+    /// Set the count to N every INTERVAL, counted from the Unix epoch
+    /// (100/1d refills at 00:00 UTC); needs --uses.
+    #[arg(long, requires = "uses", value_parser = parse_refill)]
+    pub(crate) refill: Option<Refill>,
+}
+
+impl UsesArgs {
+    /// The limit given, if any.
+    pub(crate) fn limit(&self) -> Option<UseLimit> {
+        let uses = std::num::NonZeroU64::new(self.uses?)?;
+        let limit = UseLimit::new(uses);
+        Some(match self.refill {
+            Some(refill) => limit.with_refill(refill),
+            None => limit,
+        })
+    }
+}
+
+fn parse_refill(text: &str) -> Result<Refill, String> {
+    text.parse()
+        .map_err(|e: tokengate::UseLimitError| e.to_string())
 }
 
 /// The quota of `--rate` and `--burst`, if given.

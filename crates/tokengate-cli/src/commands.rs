@@ -36,7 +36,20 @@ fn record_json(r: &TokenRecord) -> Value {
         "rate": r.rate_quota.map(|q| json!({"count": q.count().get(), "period_secs": q.period().as_secs_f64(), "burst": q.burst().get()})),
         "rotated_from": r.rotated_from.as_ref().map(TokenId::as_str),
         "metadata": r.metadata,
+        "uses": r.uses.map(|u| json!({
+            "limit": u.limit.uses(),
+            "remaining": u.remaining_at(SystemTime::now()),
+            "refill": u.limit.refill().map(|r| r.to_string()),
+        })),
     })
+}
+
+/// `remaining/limit` of a usage-limited token, `-` for unlimited uses.
+fn uses_left(r: &TokenRecord) -> String {
+    r.uses.map_or_else(
+        || "-".to_owned(),
+        |u| format!("{}/{}", u.remaining_at(SystemTime::now()), u.limit.uses()),
+    )
 }
 
 fn print_record(r: &TokenRecord) {
@@ -74,6 +87,14 @@ fn print_record(r: &TokenRecord) {
     }
     if let Some(q) = r.rate_quota {
         println!("rate:      {q}");
+    }
+    if let Some(u) = r.uses {
+        let refill = u
+            .limit
+            .refill()
+            .map_or_else(String::new, |refill| format!(", refill {refill}"));
+        let left = u.remaining_at(SystemTime::now());
+        println!("uses:      {left} left of {}{refill}", u.limit.uses());
     }
 }
 
@@ -336,6 +357,24 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::ResetUses {
+            id,
+            remaining,
+            json,
+        } => {
+            let lifecycle = open(&cli).await?;
+            let id = parse_id(&lifecycle, id).await?;
+            let record = lifecycle
+                .reset_uses(&id, *remaining)
+                .await
+                .map_err(|e| e.to_string())?;
+            if *json {
+                println!("{}", record_json(&record));
+            } else {
+                println!("{} has {} uses left", record.id, uses_left(&record));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -446,7 +485,7 @@ async fn update_token(cli: &Cli, update: &Update) -> Result<ExitCode> {
         return Err(
             "nothing to change: give at least one of --name, --scope, --add-scope, \
                     --remove-scope, --audience, --ttl, --expires, --allow-ip, --any-ip, --rate, \
-                    --no-rate, --meta, --remove-meta"
+                    --no-rate, --meta, --remove-meta, --uses, --no-uses"
                 .to_owned(),
         );
     }
@@ -482,17 +521,18 @@ fn print_list(records: &[TokenRecord], json: bool) {
     }
     let now = SystemTime::now();
     println!(
-        "{:<20}  {:<8} {:<20} {:<20} {:<20} SCOPES",
-        "ID", "STATUS", "NAME", "SUBJECT", "EXPIRES"
+        "{:<20}  {:<8} {:<20} {:<20} {:<20} {:<11} SCOPES",
+        "ID", "STATUS", "NAME", "SUBJECT", "EXPIRES", "USES"
     );
     for record in records {
         println!(
-            "{:<20}  {:<8} {:<20} {:<20} {:<20} {}",
+            "{:<20}  {:<8} {:<20} {:<20} {:<20} {:<11} {}",
             record.id.as_str(),
             record.status(now).as_str(),
             record.name,
             record.subject,
             record.expires_at.map_or_else(|| "never".to_owned(), when),
+            uses_left(record),
             record.scopes
         );
     }
@@ -514,6 +554,9 @@ fn issue_spec(issue: &Issue) -> Result<(TokenSpec, IssuancePolicy)> {
         .expiry(expiry);
     if let Some(quota) = issue.quota()? {
         spec = spec.rate_quota(quota);
+    }
+    if let Some(limit) = issue.uses.limit() {
+        spec = spec.uses(limit);
     }
     let policy = if issue.no_expiry {
         IssuancePolicy::default().allow_no_expiry()

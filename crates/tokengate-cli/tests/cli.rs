@@ -289,3 +289,62 @@ fn update_disable_enable_and_list_filters_say_what_they_did_and_refuse_bad_input
     assert_eq!(db.ok(&["enable", id]).trim(), format!("enabled {id}"));
     assert!(db.ok(&["inspect", token]).starts_with("valid"));
 }
+
+#[test]
+fn usage_limited_tokens_are_issued_shown_listed_changed_and_reset() {
+    let db = Db::new("uses");
+    let issued = db.issue(&["--uses", "5", "--refill", "3/1h"]);
+    let id = issued["id"].as_str().unwrap();
+    assert_eq!(issued["uses"]["limit"], 5);
+    assert_eq!(issued["uses"]["remaining"], 5);
+    assert_eq!(issued["uses"]["refill"], "3/1h");
+    let shown = db.ok(&["show", id]);
+    assert!(
+        shown.contains("uses:      5 left of 5, refill 3/1h"),
+        "{shown}"
+    );
+    let listed = db.ok(&["list"]);
+    assert!(listed.lines().next().unwrap().contains("USES"));
+    assert!(listed.contains(" 5/5 "), "{listed}");
+
+    // A new limit keeps the count; a reset sets it.
+    let changed: Value =
+        serde_json::from_str(&db.ok(&["update", id, "--uses", "2", "--json"])).unwrap();
+    assert_eq!(changed["uses"]["limit"], 2);
+    assert_eq!(changed["uses"]["remaining"], 5, "the count left stays");
+    assert_eq!(changed["uses"]["refill"], Value::Null);
+    assert_eq!(
+        db.ok(&["reset-uses", id]).trim(),
+        format!("{id} has 2/2 uses left")
+    );
+    let reset: Value =
+        serde_json::from_str(&db.ok(&["reset-uses", id, "--remaining", "7", "--json"])).unwrap();
+    assert_eq!(reset["uses"]["remaining"], 7);
+    let unlimited: Value =
+        serde_json::from_str(&db.ok(&["update", id, "--no-uses", "--json"])).unwrap();
+    assert_eq!(unlimited["uses"], Value::Null);
+    let refused = db.run(&["reset-uses", id]);
+    assert!(!refused.status.success());
+    assert!(
+        support::text(&refused).contains("has no usage limit"),
+        "{}",
+        support::text(&refused)
+    );
+
+    // Bad input names the value, and issues nothing.
+    for (args, named) in [
+        (&["--uses", "0"][..], "0"),
+        (&["--uses", "3", "--refill", "3/soon"][..], "3/soon"),
+        (&["--uses", "3", "--refill", "3/100ms"][..], "100ms"),
+        (&["--refill", "3/1h"][..], "--uses"),
+    ] {
+        let out = db.run(&[support::ISSUE, args].concat());
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            support::text(&out).contains(named),
+            "{args:?}: {}",
+            support::text(&out)
+        );
+    }
+    assert_eq!(db.ok(&["list", "--json"]).lines().count(), 1);
+}
