@@ -7,9 +7,10 @@
 //! | `POST /admin/tokens` | issue (201; the secret is in this response only) |
 //! | `GET /admin/tokens` | list: `subject`, `status`, `expiring_within_seconds`, `limit`, `after` |
 //! | `GET /admin/tokens/{id}` | show |
-//! | `PATCH /admin/tokens/{id}` | update: name, scopes, audiences, expiry, networks, quota, metadata |
+//! | `PATCH /admin/tokens/{id}` | update: name, scopes, audiences, expiry, networks, quota, metadata, usage limit |
 //! | `POST /admin/tokens/{id}/disable`, `/enable`, `/revoke` | change its state |
 //! | `POST /admin/tokens/{id}/rotate` | rotate (201; the new secret in this response only) |
+//! | `POST /admin/tokens/{id}/uses/reset` | set a usage-limited token's count left (by default its limit) |
 //! | `GET /admin/openapi.json` | the OpenAPI 3.1 document of all of this, generated from the code |
 //!
 //! The router does not check who calls: mount it behind the [`Gate`](crate::Gate),
@@ -28,8 +29,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokengate_core::{
-    Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, RateQuota, StoreError,
+    Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, RateQuota, Refill, StoreError,
     TokenAdmin, TokenChanges, TokenId, TokenQuery, TokenRecord, TokenSpec, TokenStatus, TokenStore,
+    UseLimit,
 };
 use tokengate_scope::{Requirement, ScopePolicyBuilder};
 use utoipa::{OpenApi, ToSchema};
@@ -63,6 +65,7 @@ where
         .route("/admin/tokens/{id}/enable", post(enable::<S>))
         .route("/admin/tokens/{id}/revoke", post(revoke::<S>))
         .route("/admin/tokens/{id}/rotate", post(rotate::<S>))
+        .route("/admin/tokens/{id}/uses/reset", post(reset_uses::<S>))
         .route("/admin/openapi.json", get(openapi))
         .with_state(std::sync::Arc::new(lifecycle))
 }
@@ -78,16 +81,19 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 #[openapi(
     info(
         title = "tokengate admin API",
-        description = "Manage API tokens: issue, list, show, update, disable, enable, revoke, rotate."
+        description = "Manage API tokens: issue, list, show, update, disable, enable, revoke, rotate, reset uses."
     ),
-    paths(issue, list, show, update, disable, enable, revoke, rotate),
+    paths(issue, list, show, update, disable, enable, revoke, rotate, reset_uses),
     components(schemas(
         TokenView,
         Issued,
         IssueRequest,
         UpdateRequest,
         RotateRequest,
+        ResetUsesRequest,
         Quota,
+        Uses,
+        UsesView,
         TokenList,
         Problem
     ))
@@ -136,6 +142,31 @@ pub struct TokenView {
     pub rotated_from: Option<String>,
     /// Labels for applications.
     pub metadata: BTreeMap<String, String>,
+    /// A usage-limited token's limit and count left; absent for unlimited uses.
+    pub uses: Option<UsesView>,
+}
+
+/// A usage-limited token's limit and what is left of it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UsesView {
+    /// The uses it was issued with (or last given).
+    pub limit: u64,
+    /// The count left now.
+    pub remaining: u64,
+    /// `N/INTERVAL` (e.g. `100/1day`): the count is set to N at every
+    /// INTERVAL since the Unix epoch; absent when it never refills.
+    pub refill: Option<String>,
+}
+
+/// A usage limit: `uses` requests, and a `refill` (`N/INTERVAL`, e.g.
+/// `100/1d`) if the count comes back.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Uses {
+    /// How many requests (at least 1).
+    pub uses: u64,
+    /// `N/INTERVAL`, the interval 1s to 366 days.
+    pub refill: Option<String>,
 }
 
 /// A rate quota: `count` requests per `period_seconds`, bursts of `burst`.
@@ -182,10 +213,13 @@ pub struct IssueRequest {
     rate: Option<Quota>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+    /// A usage limit: the token admits this many requests.
+    uses: Option<Uses>,
 }
 
 /// What to change; what is absent stays. `rate: null` drops the token's
-/// own quota.
+/// own quota, `uses: null` its usage limit (a new limit keeps the count
+/// left; reset it with `uses/reset`).
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRequest {
@@ -207,11 +241,24 @@ pub struct UpdateRequest {
     set_metadata: BTreeMap<String, String>,
     #[serde(default)]
     remove_metadata: Vec<String>,
+    #[serde(default, deserialize_with = "some_or_null")]
+    #[schema(value_type = Option<Uses>)]
+    uses: Option<Option<Uses>>,
 }
 
-/// `rate` present (a quota or `null`) or absent.
-fn some_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Quota>>, D::Error> {
-    Option::<Quota>::deserialize(d).map(Some)
+/// A field present (a value or `null`) or absent.
+fn some_or_null<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// What count to leave a usage-limited token.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetUsesRequest {
+    /// The count left (default: the limit's uses).
+    remaining: Option<u64>,
 }
 
 /// How to rotate.
@@ -317,7 +364,9 @@ fn failed(error: &LifecycleError) -> Problem {
         LifecycleError::Store(StoreError::Conflict(_)) | LifecycleError::NotChangeable { .. } => {
             StatusCode::CONFLICT
         }
-        LifecycleError::NotRotatable { .. } => StatusCode::CONFLICT,
+        LifecycleError::NotRotatable { .. } | LifecycleError::NotUsageLimited { .. } => {
+            StatusCode::CONFLICT
+        }
         LifecycleError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     };
@@ -361,6 +410,25 @@ fn view(record: &TokenRecord) -> TokenView {
         }),
         rotated_from: record.rotated_from.as_ref().map(ToString::to_string),
         metadata: record.metadata.clone(),
+        uses: record.uses.map(|uses| UsesView {
+            limit: uses.limit.uses(),
+            remaining: uses.remaining_at(SystemTime::now()),
+            refill: uses.limit.refill().map(|refill| refill.to_string()),
+        }),
+    }
+}
+
+fn use_limit(uses: &Uses) -> Result<UseLimit, Problem> {
+    let count =
+        std::num::NonZeroU64::new(uses.uses).ok_or_else(|| bad("uses.uses must be at least 1"))?;
+    let limit = UseLimit::new(count);
+    match &uses.refill {
+        Some(refill) => Ok(limit.with_refill(
+            refill
+                .parse::<Refill>()
+                .map_err(|e| bad(format!("uses.refill: {e}")))?,
+        )),
+        None => Ok(limit),
     }
 }
 
@@ -431,6 +499,9 @@ async fn issue<S: TokenStore + TokenAdmin + Clone>(
     }
     if let Some(rate) = request.rate {
         spec = spec.rate_quota(quota(rate)?);
+    }
+    if let Some(uses) = &request.uses {
+        spec = spec.uses(use_limit(uses)?);
     }
     for (key, value) in request.metadata {
         spec = spec.metadata(key, value);
@@ -538,6 +609,9 @@ async fn update<S: TokenStore + TokenAdmin + Clone>(
     for key in request.remove_metadata {
         changes = changes.remove_metadata(key);
     }
+    if let Some(uses) = &request.uses {
+        changes = changes.uses(uses.as_ref().map(use_limit).transpose()?);
+    }
     let record = checked(&lifecycle)
         .await?
         .update(&id, &changes)
@@ -598,11 +672,7 @@ async fn rotate<S: TokenStore + TokenAdmin + Clone>(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Issued>), Problem> {
     // The body is optional: none rotates with the default grace.
-    let request: RotateRequest = if body.is_empty() {
-        RotateRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| bad(format!("the body: {e}")))?
-    };
+    let request: RotateRequest = optional_body(&body)?;
     let grace = request
         .grace_seconds
         .map_or(Duration::from_secs(3600), Duration::from_secs);
@@ -611,6 +681,32 @@ async fn rotate<S: TokenStore + TokenAdmin + Clone>(
         .await
         .map_err(|e| failed(&e))?;
     Ok((StatusCode::CREATED, Json(issued(&made))))
+}
+
+/// Set the count a usage-limited token has left (by default the uses it
+/// was issued with); it holds from the next request on every instance.
+#[utoipa::path(post, path = "/admin/tokens/{id}/uses/reset", request_body = ResetUsesRequest,
+    params(("id" = String, Path, description = "The token id")),
+    responses((status = 200, body = TokenView), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn reset_uses<S: TokenStore + TokenAdmin + Clone>(
+    State(lifecycle): Shared<S>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<TokenView>, Problem> {
+    let request: ResetUsesRequest = optional_body(&body)?;
+    let record = lifecycle
+        .reset_uses(&parse_id(&id)?, request.remaining)
+        .await
+        .map_err(|e| failed(&e))?;
+    Ok(Json(view(&record)))
+}
+
+/// A JSON body that may be left out (the defaults then).
+fn optional_body<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| bad(format!("the body: {e}")))
 }
 
 #[cfg(test)]
@@ -707,6 +803,75 @@ mod tests {
                 .unwrap()
                 .contains("exceeds the maximum"),
             "{problem}"
+        );
+    }
+
+    #[tokio::test]
+    async fn usage_limits_are_issued_changed_and_reset_through_the_api() {
+        let hasher = TokenHasher::new(Pepper::new(KeyId::new(1), [4; 32]).unwrap());
+        let store = MemoryStore::new();
+        let app = router(Lifecycle::new(store.clone(), hasher));
+        let (status, issued) = send(
+            &app,
+            "POST",
+            "/admin/tokens",
+            r#"{"name":"m","subject":"s","scopes":["notes:read"],"audiences":["notes"],
+                "uses":{"uses":3,"refill":"5/1h"}}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{issued}");
+        let uses = &issued["record"]["uses"];
+        assert_eq!(
+            (&uses["limit"], &uses["remaining"], &uses["refill"]),
+            (&3.into(), &3.into(), &"5/1h".into())
+        );
+        let id = issued["record"]["id"].as_str().unwrap().to_owned();
+        let spend =
+            UseLimit::new(std::num::NonZeroU64::new(3).unwrap()).spend_at(SystemTime::now());
+        let id_parsed: TokenId = id.parse().unwrap();
+        store.spend_use(&id_parsed, spend).await.unwrap();
+        let (_, shown) = send(&app, "GET", &format!("/admin/tokens/{id}"), "").await;
+        assert_eq!(shown["uses"]["remaining"], 2);
+
+        let reset = format!("/admin/tokens/{id}/uses/reset");
+        let (status, view) = send(&app, "POST", &reset, "").await;
+        assert_eq!(
+            (status, &view["uses"]["remaining"]),
+            (StatusCode::OK, &3.into())
+        );
+        let (status, view) = send(&app, "POST", &reset, r#"{"remaining":9}"#).await;
+        assert_eq!(
+            (status, &view["uses"]["remaining"]),
+            (StatusCode::OK, &9.into())
+        );
+        let (status, problem) = send(&app, "POST", &reset, r#"{"remaining":-1}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+
+        let patch = format!("/admin/tokens/{id}");
+        let (status, problem) = send(
+            &app,
+            "PATCH",
+            &patch,
+            r#"{"uses":{"uses":2,"refill":"1/1ms"}}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            problem["detail"].as_str().unwrap().contains("uses.refill"),
+            "{problem}"
+        );
+        let (status, view) = send(&app, "PATCH", &patch, r#"{"uses":null}"#).await;
+        assert_eq!(
+            (status, &view["uses"]),
+            (StatusCode::OK, &serde_json::Value::Null)
+        );
+        let (status, problem) = send(&app, "POST", &reset, "").await;
+        assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("no usage limit")
         );
     }
 }
