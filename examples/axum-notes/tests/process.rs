@@ -5,39 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use tokengate_postgres::testing::TestDatabase;
+use hyper::StatusCode;
 use tokengate_tests::process::{
     assert_no_fragment, cli, cli_issue, start_example, start_example_with, temp_dir,
 };
 
-async fn send(base: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> StatusCode {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("{base}{path}"));
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    if !body.is_empty() {
-        request = request.header("content-type", "application/json");
-    }
-    let response = client
-        .request(
-            request
-                .body(Full::new(Bytes::from(body.to_owned())))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = response.status();
-    let _ = response.into_body().collect().await;
-    status
-}
+mod support;
+
+use support::{Deployment, issue_limited, send};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_use_revoke_from_another_process_then_audit() {
@@ -187,145 +162,6 @@ async fn a_second_server_on_the_port_or_a_bad_flag_fails_before_writing_anything
 
 /// A token for `notes:read` limited to 10 a minute with `burst`, issued by
 /// the CLI on `db` (`global` holds `--pepper-file FILE` for PostgreSQL).
-fn issue_limited(bin: &str, db: &str, global: &[&str], name: &str, burst: u32) -> String {
-    let burst = burst.to_string();
-    let quota = ["--rate", "10/min", "--burst", &burst];
-    let scope = ["--scope", "notes:read", "--audience", "notes"];
-    let args = [
-        global,
-        &["issue", "--name", name, "--subject", "team-a"][..],
-        &scope,
-        &quota,
-    ]
-    .concat();
-    cli(bin, db, &args).trim().to_owned()
-}
-
-/// Three axum-notes processes on one PostgreSQL database (its own, dropped
-/// at the end) and one Redis, with a pepper file in `dir`.
-struct Deployment {
-    servers: Vec<tokengate_tests::process::Started>,
-    bases: Vec<String>,
-    db: TestDatabase,
-    pepper: String,
-    dir: std::path::PathBuf,
-    prefix: String,
-    redis: String,
-}
-
-impl Deployment {
-    async fn start(name: &str) -> Option<Self> {
-        let redis = tokengate_tests::redis_url()?;
-        let db = TestDatabase::create().await?;
-        let bin = env!("CARGO_BIN_EXE_axum-notes");
-        let dir = temp_dir(name);
-        let pepper = dir.join("pepper").display().to_string();
-        let prefix = format!("tg-{name}-{}", std::process::id());
-        // Created by the CLI, as an operator would: the servers then share it.
-        cli(bin, db.url(), &["--pepper-file", &pepper, "init"]);
-        let servers: Vec<_> = (0..3)
-            .map(|i| {
-                let audit = format!("audit-{i}.jsonl");
-                let flags = [
-                    "--db",
-                    db.url(),
-                    "--pepper-file",
-                    &pepper,
-                    "--redis",
-                    &redis,
-                    "--redis-prefix",
-                    &prefix,
-                    "--audit-log",
-                    &audit,
-                    // Every request of these tests comes from one address.
-                    "--pre-auth-rate",
-                    "100000",
-                    // A loaded machine (the whole suite runs at once) must not
-                    // pass for a Redis outage, whose fallback limits per
-                    // instance: the counts below are exact.
-                    "--redis-timeout-ms",
-                    "2000",
-                ];
-                start_example_with(bin, &dir, "axum-notes listening on ", &flags)
-            })
-            .collect();
-        let bases = servers.iter().map(|s| s.addr.clone()).collect();
-        Some(Self {
-            servers,
-            bases,
-            db,
-            pepper,
-            dir,
-            prefix,
-            redis,
-        })
-    }
-
-    /// The Redis keys under this deployment's prefix, and the connection.
-    async fn redis_keys(&self) -> (Vec<String>, redis::aio::MultiplexedConnection) {
-        let client = redis::Client::open(self.redis.as_str()).unwrap();
-        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-        let keys = redis::cmd("KEYS")
-            .arg(format!("{{{}}}:*", self.prefix))
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        (keys, connection)
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let args = [&["--pepper-file", self.pepper.as_str()][..], args].concat();
-        cli(env!("CARGO_BIN_EXE_axum-notes"), self.db.url(), &args)
-            .trim()
-            .to_owned()
-    }
-
-    /// The id of `token`, as `tokengate inspect` shows it.
-    fn token_id(&self, token: &str) -> String {
-        let shown = self.cli(&["inspect", token]);
-        shown
-            .lines()
-            .find_map(|l| l.strip_prefix("id:"))
-            .unwrap()
-            .trim()
-            .to_owned()
-    }
-
-    fn issue(&self, name: &str, burst: u32) -> String {
-        let global = ["--pepper-file", self.pepper.as_str()];
-        issue_limited(
-            env!("CARGO_BIN_EXE_axum-notes"),
-            self.db.url(),
-            &global,
-            name,
-            burst,
-        )
-    }
-
-    async fn postgres(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(self.db.url(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        client
-    }
-
-    /// Stops the servers and removes the Redis keys, the folder and (on
-    /// drop) the database.
-    async fn stop(mut self) {
-        self.servers.clear();
-        let (keys, mut connection) = self.redis_keys().await;
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut connection)
-                .await
-                .unwrap();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_on_postgres_and_redis_give_a_token_its_quota_once() {
     let Some(deployment) = Deployment::start("axum-notes-shared-rate").await else {
