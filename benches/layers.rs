@@ -11,6 +11,13 @@
 //! twice. The in-memory store makes the lookups nearly free; with a real
 //! store each adds a round trip.
 //!
+//! The `uses` group measures what a usage-limited token costs a Gate
+//! request: the same Gate and store with an unlimited token (the
+//! baseline), with a token of a billion uses in memory, and in a SQLite
+//! file (one atomic `UPDATE ... RETURNING` on the blocking pool per
+//! request). Every call there runs on the runtime (`block_on`), the
+//! baseline too, as the SQLite spend must.
+//!
 //! Run: `cargo bench --bench layers`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 #![allow(deprecated)] // ValidateRequestHeaderLayer::bearer is the peer being measured.
@@ -21,8 +28,9 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Method, Request, Response};
 use tokengate::{
-    AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, KeyId, Lifecycle, MemoryStore,
-    Pepper, Requirement, ScopePolicy, TokenFormat, TokenHasher, TokenSpec,
+    AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, Gate, KeyId, Lifecycle,
+    MemoryStore, Pepper, RateQuota, Requirement, ScopePolicy, SqliteStore, TokenAdmin, TokenFormat,
+    TokenHasher, TokenSpec, TokenStore, UseLimit,
 };
 use tokengate_tests::call_now;
 use tower::{Layer, Service, ServiceBuilder, service_fn};
@@ -153,5 +161,129 @@ fn pepper_miss(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, layers, pepper_miss);
+/// A Gate (`/notes` read/write by `notes`) over `cache`, around a handler.
+fn gate_over<St: TokenStore>(
+    cache: CachedStore<St>,
+    hasher: &TokenHasher,
+) -> impl Service<Request<String>, Response = Response<impl Sized>, Error = Infallible, Future: Send>
++ Clone {
+    let policy = ScopePolicy::builder()
+        .read_write("/notes", "notes")
+        .build()
+        .unwrap();
+    Gate::new(
+        AuthenticateLayer::new(cache, hasher.clone(), "notes".parse().unwrap()),
+        EnforceScopeLayer::new(policy),
+    )
+    .layer(service_fn(|_: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }))
+}
+
+/// One GET /notes with `bearer` through `service`, on `runtime`.
+fn send<S, B>(runtime: &tokio::runtime::Runtime, service: &S, bearer: &str) -> Response<B>
+where
+    S: Service<Request<String>, Response = Response<B>, Error = Infallible> + Clone,
+{
+    let request = Request::get("/notes")
+        .header("authorization", bearer)
+        .extension(tokengate::PeerAddr(([127, 0, 0, 1], 1).into()))
+        .body(String::new())
+        .unwrap();
+    runtime
+        .block_on(tower::ServiceExt::oneshot(service.clone(), request))
+        .unwrap()
+}
+
+async fn issue<St: TokenStore + TokenAdmin>(
+    cache: &CachedStore<St>,
+    hasher: &TokenHasher,
+    limit: Option<UseLimit>,
+) -> String {
+    // A quota that never binds: the Gate's default (50/s) would answer
+    // most measured requests with 429.
+    let unbound = std::num::NonZeroU32::MAX;
+    let quota = RateQuota::new(unbound, std::time::Duration::from_secs(1), unbound).unwrap();
+    let mut spec = TokenSpec::new("bench", "alice")
+        .scopes(["notes:read".parse().unwrap()])
+        .audiences(["notes".parse().unwrap()])
+        .rate_quota(quota);
+    if let Some(limit) = limit {
+        spec = spec.uses(limit);
+    }
+    let issued = Lifecycle::new(cache.clone(), hasher.clone())
+        .issue(spec)
+        .await
+        .unwrap();
+    format!("Bearer {}", issued.token.expose_secret())
+}
+
+fn uses(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("tokengate-bench-uses-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let billion = Some(UseLimit::new(
+        std::num::NonZeroU64::new(1_000_000_000).unwrap(),
+    ));
+    let config = CacheConfig::default().ttl(std::time::Duration::from_secs(3600));
+    let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
+    let memory = CachedStore::new(MemoryStore::new(), config.clone());
+    let sqlite = CachedStore::new(SqliteStore::create(&dir.join("tokens.db")).unwrap(), config);
+    let (unlimited, limited, on_file) = runtime.block_on(async {
+        (
+            issue(&memory, &hasher, None).await,
+            issue(&memory, &hasher, billion).await,
+            issue(&sqlite, &hasher, billion).await,
+        )
+    });
+    let in_memory = gate_over(memory, &hasher);
+    let in_file = gate_over(sqlite, &hasher);
+    fn told<B>(response: Response<B>) -> Option<String> {
+        assert_eq!(response.status(), 200);
+        response
+            .headers()
+            .get("token-uses-remaining")
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+    assert_eq!(told(send(&runtime, &in_memory, &unlimited)), None);
+    assert_eq!(
+        told(send(&runtime, &in_memory, &limited)).as_deref(),
+        Some("999999999")
+    );
+    assert_eq!(
+        told(send(&runtime, &in_file, &on_file)).as_deref(),
+        Some("999999999")
+    );
+    let mut group = c.benchmark_group("uses");
+    group.bench_function("gate_unlimited", |b| {
+        b.iter(|| black_box(send(&runtime, &in_memory, &unlimited)));
+    });
+    group.bench_function("gate_limited_memory", |b| {
+        b.iter(|| black_box(send(&runtime, &in_memory, &limited)));
+    });
+    group.bench_function("gate_limited_sqlite", |b| {
+        b.iter(|| black_box(send(&runtime, &in_file, &on_file)));
+    });
+    group.finish();
+    // Every measured request was admitted, and spent its use.
+    assert_eq!(told(send(&runtime, &in_memory, &unlimited)), None);
+    for (service, bearer) in [(&in_memory, &limited)] {
+        let left: u64 = told(send(&runtime, service, bearer))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(left < 999_999_000, "{left}");
+    }
+    let left: u64 = told(send(&runtime, &in_file, &on_file))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(left < 999_999_000, "{left}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, layers, pepper_miss, uses);
 criterion_main!(benches);
