@@ -11,7 +11,6 @@ use tower::Layer;
 
 use crate::credential::{QuerySource, Sources};
 use crate::public::IsPublic;
-use crate::spend::UseLimitLayer;
 use crate::usage::UsageTracker;
 
 /// The default name of the response header that tells a client when its
@@ -251,3 +250,59 @@ impl<S, St> Layer<S> for AuthenticateLayer<St> {
 /// The service [`AuthenticateLayer`] makes: verification, then the spend
 /// of a usage-limited token's use.
 pub type Authenticate<S, St> = CheckService<Chain<AuthenticateLayer<St>, UseLimitLayer<St>>, S>;
+
+/// Spends one use of a usage-limited token in the store, for every request
+/// it admits: a token with `N` uses admits exactly `N` requests however
+/// many instances and requests race (the store's step is atomic), then is
+/// refused with [`Denial::UsageExhausted`](tokengate_core::Denial::UsageExhausted) until its next refill (429 and
+/// `Retry-After`) or for good (403). An admitted response carries the
+/// count left in `token-uses-remaining`. A token without a usage limit
+/// costs one extension lookup and passes.
+///
+/// The store is the only count (no lease is kept here), so each admitted
+/// request of a usage-limited token is one write to the store, and when
+/// the store cannot answer within the authenticate layer's
+/// [lookup timeout](AuthenticateLayer::lookup_timeout) the request is
+/// refused with 503: a use is never granted uncounted (fail closed).
+///
+/// Made by [`AuthenticateLayer::use_limit`] and placed after every other
+/// check, so a request refused for its scope, rate or address spends
+/// nothing; the Gate puts it last. Stacked alone, [`AuthenticateLayer`]
+/// spends the use itself, right after verifying the token.
+pub struct UseLimitLayer<St> {
+    pub(crate) config: Arc<Config<St>>,
+}
+
+impl<St> Clone for UseLimitLayer<St> {
+    fn clone(&self) -> Self {
+        Self {
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<St> fmt::Debug for UseLimitLayer<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UseLimitLayer")
+            .field("timeout", &self.config.lookup_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St> AuthenticateLayer<St> {
+    /// The check that spends the uses of usage-limited tokens, through this
+    /// layer's store, clock, renderer and lookup timeout ([`UseLimitLayer`]).
+    pub fn use_limit(&self) -> UseLimitLayer<St> {
+        UseLimitLayer {
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<S, St> Layer<S> for UseLimitLayer<St> {
+    type Service = CheckService<UseLimitLayer<St>, S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CheckService::named("uses", self.clone(), inner)
+    }
+}

@@ -31,6 +31,13 @@
 //! [`RequestTrail`](tokengate_core::RequestTrail)). gRPC requests get
 //! trailers-only responses with `grpc-status` instead.
 //!
+//! 6. **A use left**, for a usage-limited token
+//!    ([`UseLimit`](tokengate_core::UseLimit)): one is spent in the store
+//!    ([`UseLimitLayer`]); none left is 403 `usage-exhausted`, or 429
+//!    with `Retry-After` until a refill; a store that cannot count is 503.
+//!    Stacked alone the layer spends it here; the Gate spends it after
+//!    every other check.
+//!
 //! On success the [`Principal`](tokengate_core::Principal) is inserted into
 //! the request's extensions, and in a token's last
 //! [7 days](TOKEN_EXPIRES_WITHIN) the response carries a `token-expires`
@@ -101,9 +108,11 @@ mod spend;
 mod usage;
 
 pub use check::{ExpiryHeader, TokenLookup};
-pub use layer::{Authenticate, AuthenticateLayer, TOKEN_EXPIRES, TOKEN_EXPIRES_WITHIN, UriCopy};
+pub use layer::{
+    Authenticate, AuthenticateLayer, TOKEN_EXPIRES, TOKEN_EXPIRES_WITHIN, UriCopy, UseLimitLayer,
+};
 pub use public::{IsPublic, PublicPaths};
-pub use spend::{SpendWait, Spent, UseLimitLayer, UsesLeft};
+pub use spend::{SpendWait, Spent, UsesLeft};
 pub use usage::UsageTracker;
 
 #[cfg(test)]

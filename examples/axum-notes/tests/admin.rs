@@ -302,12 +302,54 @@ async fn the_admin_api_manages_tokens_and_matches_its_openapi_document() {
     assert_eq!(late.status, StatusCode::CONFLICT);
     documented(&doc, "PATCH", "/admin/tokens/{id}", &late);
 
+    // A metered token: ten uses, then 403 usage-exhausted; a reset gives
+    // it five more.
+    let trial = send(
+        "POST",
+        "/admin/tokens".into(),
+        Some(
+            json!({"name": "trial", "subject": "alice", "scopes": ["notes:read"],
+                    "audiences": ["notes"], "uses": {"uses": 10}}),
+        ),
+    )
+    .await;
+    assert_eq!(trial.status, StatusCode::CREATED, "{}", trial.body);
+    documented(&doc, "POST", "/admin/tokens", &trial);
+    assert_eq!(
+        trial.body["record"]["uses"],
+        json!({"limit": 10, "remaining": 10, "refill": null})
+    );
+    let trial_token = trial.body["token"].as_str().unwrap().to_owned();
+    let trial_id = trial.body["record"]["id"].as_str().unwrap().to_owned();
+    for _ in 0..10 {
+        assert_eq!(notes("GET", &trial_token).await, StatusCode::OK);
+    }
+    assert_eq!(notes("GET", &trial_token).await, StatusCode::FORBIDDEN);
+    let reset = send(
+        "POST",
+        format!("/admin/tokens/{trial_id}/uses/reset"),
+        Some(json!({"remaining": 5})),
+    )
+    .await;
+    assert_eq!(reset.status, StatusCode::OK, "{}", reset.body);
+    documented(&doc, "POST", "/admin/tokens/{id}/uses/reset", &reset);
+    assert_eq!(reset.body["uses"]["remaining"], 5);
+    assert_eq!(notes("GET", &trial_token).await, StatusCode::OK);
+    let not_metered = send("POST", format!("/admin/tokens/{id}/uses/reset"), None).await;
+    assert_eq!(not_metered.status, StatusCode::CONFLICT);
+    documented(&doc, "POST", "/admin/tokens/{id}/uses/reset", &not_metered);
+
     // Every admin call is in the audit file, and no secret is.
     assert!(server.terminate(), "a clean shutdown");
     let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
     let admin_records = audit.lines().filter(|l| l.contains("\"/admin/")).count();
     assert_eq!(admin_records, calls, "{audit}");
-    for secret in [&token, &admin, rotated.body["token"].as_str().unwrap()] {
+    for secret in [
+        &token,
+        &admin,
+        &trial_token,
+        rotated.body["token"].as_str().unwrap(),
+    ] {
         tokengate_tests::process::assert_no_fragment(&audit, secret);
     }
     std::fs::remove_dir_all(&dir).unwrap();
