@@ -20,6 +20,11 @@ fn uses(n: u64) -> UseLimit {
     UseLimit::new(NonZeroU64::new(n).unwrap())
 }
 
+/// A token with `notes:read` and `limit`.
+async fn metered(world: &World, limit: UseLimit) -> (tokengate::Token, tokengate::TokenId) {
+    world.issue_spec(world.spec("notes:read").uses(limit)).await
+}
+
 /// A Gate over the world's store, `/notes` read/write by `notes`, served.
 async fn serve(world: &World) -> HttpClient {
     let policy = ScopePolicy::builder()
@@ -52,9 +57,7 @@ fn problem_type(reply: &Reply) -> String {
 async fn sixty_four_concurrent_requests_spend_exactly_ten_uses() {
     let world = World::new();
     let client = serve(&world).await;
-    let (token, id) = world
-        .issue_spec(world.spec("notes:read").uses(uses(10)))
-        .await;
+    let (token, id) = metered(&world, uses(10)).await;
     let mut requests = tokio::task::JoinSet::new();
     for _ in 0..64 {
         let (client, token) = (client.clone(), token.clone());
@@ -100,7 +103,7 @@ async fn a_refilling_token_waits_for_the_refill_then_gets_the_refill_count() {
         .set(UNIX_EPOCH + Duration::from_secs(now / hour * hour + hour / 2));
     let client = serve(&world).await;
     let limit = uses(2).with_refill("3/1h".parse().unwrap());
-    let (token, _) = world.issue_spec(world.spec("notes:read").uses(limit)).await;
+    let (token, _) = metered(&world, limit).await;
 
     for left in [1, 0] {
         let reply = client.get("/notes", Some(&token)).await;
@@ -133,9 +136,7 @@ async fn a_refilling_token_waits_for_the_refill_then_gets_the_refill_count() {
 async fn a_request_refused_for_its_scope_spends_nothing() {
     let world = World::new();
     let client = serve(&world).await;
-    let (token, _) = world
-        .issue_spec(world.spec("notes:read").uses(uses(1)))
-        .await;
+    let (token, _) = metered(&world, uses(1)).await;
     let write = client.with_token("POST", "/notes", &token, "{}").await;
     assert_eq!(write.status, StatusCode::FORBIDDEN);
     assert_eq!(
@@ -152,9 +153,7 @@ async fn a_request_refused_for_its_scope_spends_nothing() {
 async fn a_store_that_cannot_count_refuses_with_503_and_admits_nothing_uncounted() {
     let world = World::new();
     let client = serve(&world).await;
-    let (limited, id) = world
-        .issue_spec(world.spec("notes:read").uses(uses(5)))
-        .await;
+    let (limited, id) = metered(&world, uses(5)).await;
     let (unlimited, _) = world.issue("notes:read").await;
     // Both known to the cache first.
     assert_eq!(
@@ -192,9 +191,7 @@ async fn a_store_that_cannot_count_refuses_with_503_and_admits_nothing_uncounted
 async fn a_reset_and_a_new_limit_hold_from_the_next_request() {
     let world = World::new();
     let client = serve(&world).await;
-    let (token, id) = world
-        .issue_spec(world.spec("notes:read").uses(uses(1)))
-        .await;
+    let (token, id) = metered(&world, uses(1)).await;
     assert_eq!(
         client.get("/notes", Some(&token)).await.status,
         StatusCode::OK
@@ -226,9 +223,7 @@ async fn stacked_alone_authenticate_spends_the_use_itself() {
         .route("/notes", get(|| async { "notes" }))
         .layer(world.auth.clone());
     let client = HttpClient::new(support::serve_axum(app).await);
-    let (token, _) = world
-        .issue_spec(world.spec("notes:read").uses(uses(2)))
-        .await;
+    let (token, _) = metered(&world, uses(2)).await;
     let statuses: Vec<StatusCode> = [
         client.get("/notes", Some(&token)).await,
         client.get("/notes", Some(&token)).await,
