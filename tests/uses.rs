@@ -14,24 +14,37 @@ use axum::Router;
 use axum::routing::get;
 use http::StatusCode;
 use support::{HttpClient, Reply, World};
-use tokengate::{EnforceScopeLayer, Gate, ScopePolicy, UseLimit};
+use tokengate::{EnforceScopeLayer, Gate, RedisRateState, RedisUses, ScopePolicy, UseLimit};
 
 fn uses(n: u64) -> UseLimit {
     UseLimit::new(NonZeroU64::new(n).unwrap())
 }
 
-/// A token with `notes:read` and `limit`.
+/// A token with `notes:read` and `limit` (and a rate quota that does not
+/// bind: the bursts below are the uses' to refuse).
 async fn metered(world: &World, limit: UseLimit) -> (tokengate::Token, tokengate::TokenId) {
-    world.issue_spec(world.spec("notes:read").uses(limit)).await
+    let wide = std::num::NonZeroU32::new(100_000).unwrap();
+    let quota = tokengate::RateQuota::new(wide, Duration::from_secs(1), wide).unwrap();
+    world
+        .issue_spec(world.spec("notes:read").uses(limit).rate_quota(quota))
+        .await
 }
 
 /// A Gate over the world's store, `/notes` read/write by `notes`, served.
 async fn serve(world: &World) -> HttpClient {
+    serve_with(world, None).await
+}
+
+/// [`serve`], the uses leased in `shared` if given.
+async fn serve_with(world: &World, shared: Option<RedisUses>) -> HttpClient {
     let policy = ScopePolicy::builder()
         .read_write("/notes", "notes")
         .build()
         .unwrap();
-    let gate = Gate::new(world.auth.clone(), EnforceScopeLayer::new(policy));
+    let mut gate = Gate::new(world.auth.clone(), EnforceScopeLayer::new(policy));
+    if let Some(shared) = shared {
+        gate = gate.shared_uses(std::sync::Arc::new(shared));
+    }
     let app = Router::new()
         .route(
             "/notes",
@@ -236,4 +249,90 @@ async fn stacked_alone_authenticate_spends_the_use_itself() {
         statuses,
         [StatusCode::OK, StatusCode::OK, StatusCode::FORBIDDEN]
     );
+}
+
+/// 64 requests at once; how many were admitted (the rest must be 403).
+async fn admitted_of_64(client: &HttpClient, token: &tokengate::Token) -> usize {
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (client, token) = (client.clone(), token.clone());
+        requests.spawn(async move { client.get("/notes", Some(&token)).await.status });
+    }
+    let statuses = requests.join_all().await;
+    for status in &statuses {
+        assert!(
+            [StatusCode::OK, StatusCode::FORBIDDEN].contains(status),
+            "{status}"
+        );
+    }
+    statuses.iter().filter(|s| **s == StatusCode::OK).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_leases_admit_exactly_the_uses_and_a_reset_starts_a_new_lease() {
+    let Some(url) = tokengate_tests::redis_url() else {
+        return;
+    };
+    let prefix = format!("tg-uses-{}", rand_suffix());
+    let state = RedisRateState::new(&url).unwrap().prefix(&prefix).unwrap();
+    let world = World::new();
+    let client = serve_with(&world, Some(state.uses().lease(4))).await;
+    let (token, id) = metered(&world, uses(10)).await;
+    assert_eq!(
+        admitted_of_64(&client, &token).await,
+        10,
+        "ten uses, leased"
+    );
+    let stored = world.lifecycle.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.uses.unwrap().remaining,
+        0,
+        "all taken from the store"
+    );
+
+    // Three more by a reset: a new generation, a new lease.
+    world.lifecycle.reset_uses(&id, Some(3)).await.unwrap();
+    assert_eq!(admitted_of_64(&client, &token).await, 3);
+    let keys: Vec<String> = {
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{{{prefix}}}:*"))
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+        }
+        keys
+    };
+    assert!(
+        keys.iter().any(|k| k.contains(&format!(":uses:{id}:1:"))),
+        "the second generation's lease: {keys:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_unreachable_uses_are_spent_in_the_store_and_stay_exact() {
+    let state = RedisRateState::new("redis://127.0.0.1:1")
+        .unwrap()
+        .timeout(std::time::Duration::from_millis(100));
+    let world = World::new();
+    let client = serve_with(&world, Some(state.uses())).await;
+    let (token, id) = metered(&world, uses(10)).await;
+    assert_eq!(admitted_of_64(&client, &token).await, 10);
+    let stored = world.lifecycle.get(&id).await.unwrap().unwrap();
+    assert_eq!(stored.uses.unwrap().remaining, 0);
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        .into()
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 use http::HeaderName;
 use tokengate_cache::CachedStore;
 use tokengate_core::{
-    Audience, Chain, CheckService, Renderer, SharedClock, SystemClock, TokenFormat, TokenHasher,
+    Audience, Chain, CheckService, Renderer, SharedClock, SharedUses, SystemClock, TokenFormat,
+    TokenHasher,
 };
 use tower::Layer;
 
@@ -57,6 +58,8 @@ pub(crate) struct Config<St> {
     pub(crate) near_expiry: metrics::Counter,
     pub(crate) lookup_timeout: Duration,
     pub(crate) uri_copies: Vec<UriCopy>,
+    /// Where usage-limited tokens' uses are leased, if not only in the store.
+    pub(crate) shared_uses: Option<Arc<dyn SharedUses>>,
 }
 
 /// Finds a copy of the request's URI that a framework keeps in the
@@ -81,6 +84,7 @@ impl<St> Clone for Config<St> {
             near_expiry: self.near_expiry.clone(),
             lookup_timeout: self.lookup_timeout,
             uri_copies: self.uri_copies.clone(),
+            shared_uses: self.shared_uses.clone(),
         }
     }
 }
@@ -134,6 +138,7 @@ impl<St> AuthenticateLayer<St> {
                 near_expiry: metrics::counter!(tokengate_core::metric_names::NEAR_EXPIRY),
                 lookup_timeout: Duration::from_secs(3),
                 uri_copies: Vec::new(),
+                shared_uses: None,
             }),
         }
     }
@@ -228,6 +233,16 @@ impl<St> AuthenticateLayer<St> {
     /// Bounds a store lookup on a cache miss; past it the request gets 503.
     pub fn lookup_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.lookup_timeout = timeout)
+    }
+
+    /// Spends usage-limited tokens' uses from leases in `counter` (the
+    /// Redis rate state's, shared by every instance), taking a batch from
+    /// the store when a lease is empty: one store write per batch instead
+    /// of per request. The store stays the count: a token never admits
+    /// more than its uses; when the counter cannot answer, uses are spent
+    /// in the store directly. See [`SharedUses`].
+    pub fn shared_uses(self, counter: Arc<dyn SharedUses>) -> Self {
+        self.with(|c| c.shared_uses = Some(counter))
     }
 }
 

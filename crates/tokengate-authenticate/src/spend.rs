@@ -3,14 +3,16 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Request, Response};
+use tokengate_cache::CachedStore;
 use tokengate_core::metric_names::STORE_ERRORS;
 use tokengate_core::{
-    Admit, Check, Denial, Principal, StoreError, TOKEN_USES_REMAINING, TokenStore, UseLimit,
-    Verdict,
+    Admit, Check, Denial, LeaseSpend, Principal, SharedUses, StoreError, TOKEN_USES_REMAINING,
+    TokenId, TokenStore, UseKey, UseLimit, Verdict,
 };
 
 use crate::layer::UseLimitLayer;
@@ -29,6 +31,96 @@ impl Admit for UsesLeft {
         }
     }
 }
+
+/// `answer`, or a timeout past `timeout`.
+async fn bounded<T>(
+    timeout: Duration,
+    answer: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(timeout, answer)
+        .await
+        .unwrap_or(Err(StoreError::Timeout))
+}
+
+/// How long leased uses of a token that never refills are kept unspent.
+const LEASE_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// One spend through a shared counter.
+struct Spend<'a> {
+    id: &'a TokenId,
+    generation: u64,
+    limit: UseLimit,
+    at: SystemTime,
+    timeout: Duration,
+}
+
+impl Spend<'_> {
+    /// From the shared lease; when it is empty, a new lease from the store
+    /// (this request's use among it); when the counter cannot answer, from
+    /// the store alone (exact still: the store is the count).
+    async fn leased<St: TokenStore>(
+        &self,
+        shared: &dyn SharedUses,
+        store: &CachedStore<St>,
+    ) -> Result<Option<u64>, StoreError> {
+        let spend = self.limit.spend_at(self.at);
+        let key = UseKey {
+            token: self.id.clone(),
+            generation: self.generation,
+            window: spend.window,
+        };
+        let keep = self.limit.next_refill(self.at).unwrap_or(LEASE_KEPT);
+        match shared.spend(&key, keep).await {
+            Ok(LeaseSpend::Spent { left }) => return Ok(Some(left)),
+            Ok(LeaseSpend::Empty | LeaseSpend::Pending) => {}
+            Err(error) => {
+                let count = COUNTER_DOWN.fetch_add(1, Ordering::Relaxed);
+                if count == 0 || count.is_power_of_two() {
+                    tracing::warn!(%error, times = count + 1, "shared use counter unavailable; spending in the store");
+                }
+                return bounded(self.timeout, store.spend_use(self.id, spend)).await;
+            }
+        }
+        // A refiller now: take a lease from the store, keep one use.
+        let want = shared.lease_size().max(1);
+        let taken = match bounded(self.timeout, store.take_uses(self.id, spend, want)).await {
+            Ok(taken) => taken,
+            Err(error) => {
+                // End the refill; a use granted meanwhile still serves.
+                return match shared.settle(&key, true).await {
+                    Ok(LeaseSpend::Spent { left }) => Ok(Some(left)),
+                    _ => Err(error),
+                };
+            }
+        };
+        if let Some(lease) = taken.taken.checked_sub(1) {
+            if let Err(error) = shared.grant(&key, lease, taken.left, keep).await {
+                // Taken from the store and not leased: lost, never doubled.
+                tracing::warn!(%error, lost = lease, "cannot lease uses to the shared counter");
+            }
+            return Ok(Some(lease + taken.left));
+        }
+        // The store had none: refuse only once no refill is in flight.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut ended = true;
+        loop {
+            match shared.settle(&key, ended).await {
+                Ok(LeaseSpend::Spent { left }) => return Ok(Some(left)),
+                Ok(LeaseSpend::Empty) | Err(_) => return Ok(None),
+                Ok(LeaseSpend::Pending) if tokio::time::Instant::now() >= deadline => {
+                    return Ok(None);
+                }
+                Ok(LeaseSpend::Pending) => {
+                    ended = false;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        }
+    }
+}
+
+/// How often the shared counter could not answer (warned at powers of two).
+static COUNTER_DOWN: AtomicU64 = AtomicU64::new(0);
 
 /// The store's answer to a spend, with what it is read against.
 #[derive(Debug)]
@@ -71,13 +163,23 @@ impl<B, St: TokenStore> Check<B> for UseLimitLayer<St> {
         let config = &*self.config;
         let (limit, at) = (*limit, config.clock.now());
         let id = principal.token_id().clone();
+        let generation = principal.uses_generation();
         let store = config.verifier.clone();
         let timeout = config.lookup_timeout;
+        let shared = config.shared_uses.clone();
         Verdict::Wait(SpendWait(Box::pin(async move {
-            let spend = store.spend_use(&id, limit.spend_at(at));
-            let answer = match tokio::time::timeout(timeout, spend).await {
-                Ok(answer) => answer,
-                Err(_) => Err(StoreError::Timeout),
+            let answer = match shared {
+                None => bounded(timeout, store.spend_use(&id, limit.spend_at(at))).await,
+                Some(shared) => {
+                    let spend = Spend {
+                        id: &id,
+                        generation,
+                        limit,
+                        at,
+                        timeout,
+                    };
+                    spend.leased(&*shared, &store).await
+                }
             };
             Spent { answer, limit, at }
         })))

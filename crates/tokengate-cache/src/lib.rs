@@ -93,7 +93,7 @@ fn to_nanos(time: SystemTime) -> u64 {
 
 use tokengate_core::{
     Denial, Grants, InvalidReason, Principal, ScopeSet, SharedClock, StoreError, SystemClock,
-    TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore, UseSpend,
+    Taken, TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore, UseSpend,
 };
 
 use table::Table;
@@ -524,6 +524,16 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
     async fn spend_use(&self, id: &TokenId, spend: UseSpend) -> Result<Option<u64>, StoreError> {
         self.shared.store.spend_use(id, spend).await
     }
+
+    /// Takes in the store, uncached.
+    async fn take_uses(
+        &self,
+        id: &TokenId,
+        spend: UseSpend,
+        want: u64,
+    ) -> Result<Taken, StoreError> {
+        self.shared.store.take_uses(id, spend, want).await
+    }
 }
 
 impl<S: TokenAdmin> TokenAdmin for CachedStore<S> {
@@ -554,15 +564,16 @@ impl<S: TokenAdmin> TokenAdmin for CachedStore<S> {
         Ok(record)
     }
 
-    /// The count is not cached (principals hold the limit only): nothing
-    /// to forget.
+    /// Forgets the token: its principal carries the count's generation.
     async fn reset_uses(
         &self,
         id: &TokenId,
         remaining: u64,
         window: u64,
     ) -> Result<TokenRecord, StoreError> {
-        self.shared.store.reset_uses(id, remaining, window).await
+        let record = self.shared.store.reset_uses(id, remaining, window).await?;
+        self.invalidate(&record.hash);
+        Ok(record)
     }
 
     async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {

@@ -112,8 +112,8 @@ pub use token::{
 };
 pub use trail::{RequestTrail, TrailFacts};
 pub use uses::{
-    Refill, SPENT_FOR_GOOD, TOKEN_USES_REMAINING, UseColumns, UseLimit, UseLimitError, UseSpend,
-    Uses,
+    LeaseSpend, Refill, SPENT_FOR_GOOD, SharedUses, SharedUsesError, TOKEN_USES_REMAINING, Taken,
+    UseColumns, UseKey, UseLimit, UseLimitError, UseSpend, Uses, UsesFuture,
 };
 
 #[cfg(test)]

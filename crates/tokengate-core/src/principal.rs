@@ -38,7 +38,8 @@ struct Inner {
     grant: Arc<Grant>,
     /// Boxed: most tokens have none, and principals are cached by the
     /// million.
-    use_limit: Option<Box<UseLimit>>,
+    /// The limit, and its count's generation.
+    use_limit: Option<Box<(UseLimit, u64)>>,
     /// What layers keep with this principal (see [`SlotKey`]).
     slots: Slots,
 }
@@ -189,7 +190,9 @@ impl Principal {
                 name: record.name.as_str().into(),
                 expires_at: record.expires_at.map(pack_time),
                 grant,
-                use_limit: record.uses.map(|uses| Box::new(uses.limit)),
+                use_limit: record
+                    .uses
+                    .map(|uses| Box::new((uses.limit, uses.generation))),
                 slots: Slots::default(),
             }),
         }
@@ -198,7 +201,16 @@ impl Principal {
     /// The token's usage limit, if it has one: every admitted request
     /// spends a use in the store (the count is not kept here).
     pub fn use_limit(&self) -> Option<&UseLimit> {
-        self.inner.use_limit.as_deref()
+        self.inner.use_limit.as_deref().map(|(limit, _)| limit)
+    }
+
+    /// The generation of a usage-limited token's count when the principal
+    /// was read ([`Uses::generation`](crate::Uses::generation)); 0 without a limit.
+    pub fn uses_generation(&self) -> u64 {
+        self.inner
+            .use_limit
+            .as_deref()
+            .map_or(0, |(_, generation)| *generation)
     }
 
     /// The token's public id.

@@ -20,7 +20,7 @@ use crate::id::TokenId;
 use crate::record::TokenRecord;
 use crate::scope::ScopeSet;
 use crate::store::{MemoryStore, StoreError, TokenAdmin, TokenStore};
-use crate::uses::UseSpend;
+use crate::uses::{Taken, UseSpend};
 
 /// A [`MemoryStore`] behind probes: counts lookups, can fail them, hang
 /// them, or hold one lookup after it has read the store (to stage races
@@ -137,6 +137,20 @@ impl TokenStore for ProbeStore {
             std::future::pending::<()>().await;
         }
         self.inner.spend_use(id, spend).await
+    }
+
+    /// Failing and hanging as lookups do (not counted with them).
+    async fn take_uses(
+        &self,
+        id: &TokenId,
+        spend: UseSpend,
+        want: u64,
+    ) -> Result<Taken, StoreError> {
+        self.fault()?;
+        if self.hanging.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.take_uses(id, spend, want).await
     }
 }
 

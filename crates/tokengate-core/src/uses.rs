@@ -193,6 +193,10 @@ pub struct Uses {
     pub remaining: u64,
     /// The refill window the count belongs to (see [`UseLimit::window`]).
     pub window: u64,
+    /// Bumped whenever the count is set rather than spent (a reset, a
+    /// rotation's hand-over): uses leased out under an older generation
+    /// ([`SharedUses`]) no longer count.
+    pub generation: u64,
 }
 
 impl Uses {
@@ -202,6 +206,7 @@ impl Uses {
             limit,
             remaining: limit.uses(),
             window: limit.window(now),
+            generation: 0,
         }
     }
 
@@ -225,20 +230,36 @@ impl Uses {
         Some(self.remaining)
     }
 
+    /// Takes up to `want` uses at once, as a store does it (a refill
+    /// first, as for [`spend`](Self::spend)).
+    pub fn take(&mut self, spend: UseSpend, want: u64) -> Taken {
+        if self.window < spend.window {
+            self.window = spend.window;
+            self.remaining = spend.refill;
+        }
+        let taken = self.remaining.min(want);
+        self.remaining -= taken;
+        Taken {
+            taken,
+            left: self.remaining,
+        }
+    }
+
     /// Hands every use left to a replacement token: `self` keeps none and
     /// never refills again.
     pub fn hand_over(&mut self) -> Self {
         let handed = *self;
         self.remaining = 0;
         self.window = SPENT_FOR_GOOD;
+        self.generation += 1;
         handed
     }
 }
 
-/// A usage limit and count as the SQL stores keep them: five signed
+/// A usage limit and count as the SQL stores keep them: six signed
 /// integer columns (limit, refill amount, refill interval in
-/// milliseconds, count left, window), all `NULL` but the window for a
-/// token of unlimited uses.
+/// milliseconds, count left, window, generation), all `NULL` but the
+/// window and generation for a token of unlimited uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct UseColumns {
     /// The uses a token starts with.
@@ -251,6 +272,8 @@ pub struct UseColumns {
     pub remaining: Option<i64>,
     /// The window the count belongs to (0 where there is none).
     pub window: i64,
+    /// The count's generation ([`Uses::generation`]).
+    pub generation: i64,
 }
 
 fn column(value: u64) -> i64 {
@@ -270,6 +293,7 @@ impl UseColumns {
             refill_ms: refill.map(|r| i64::try_from(r.every().as_millis()).unwrap_or(i64::MAX)),
             remaining: Some(column(uses.remaining)),
             window: column(uses.window),
+            generation: column(uses.generation),
         }
     }
 
@@ -286,9 +310,96 @@ impl UseColumns {
             limit,
             remaining: u64::try_from(self.remaining?).unwrap_or(0),
             window: u64::try_from(self.window).unwrap_or(0),
+            generation: u64::try_from(self.generation).unwrap_or(0),
         })
     }
 }
+
+/// Uses taken from the store at once ([`TokenStore::take_uses`](crate::TokenStore::take_uses)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Taken {
+    /// How many were taken (0: none was left).
+    pub taken: u64,
+    /// The count the store has left after it.
+    pub left: u64,
+}
+
+/// Where a shared counter keeps a usage-limited token's leased uses: the
+/// token, its count's generation and the refill window. Uses leased under
+/// another generation or window are not this key's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UseKey {
+    /// The token.
+    pub token: crate::TokenId,
+    /// [`Uses::generation`].
+    pub generation: u64,
+    /// [`UseLimit::window`].
+    pub window: u64,
+}
+
+/// A lease's answer to a spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseSpend {
+    /// One use spent from the lease; `left` uses remain (in the lease and,
+    /// as last seen, in the store).
+    Spent {
+        /// The uses left.
+        left: u64,
+    },
+    /// The lease holds no use. From [`SharedUses::spend`]: take more from
+    /// the store, then [`grant`](SharedUses::grant) or
+    /// [`settle`](SharedUses::settle). From `settle`: none is left
+    /// anywhere.
+    Empty,
+    /// From [`SharedUses::settle`]: the lease is empty but another request
+    /// is taking uses from the store for it; ask again shortly.
+    Pending,
+}
+
+/// A [`SharedUses`] answer, later.
+pub type UsesFuture<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, SharedUsesError>> + Send>>;
+
+/// A shared counter in front of the store for usage-limited tokens (the
+/// Redis rate state's [`uses`](https://docs.rs/tokengate-redis)): it holds
+/// leases of uses taken from the store in batches, and spends them one at
+/// a time, atomically, for every instance. The store stays the truth: a
+/// use is only ever spent once, from a lease or from the store, so a
+/// token never admits more than its count; uses leased and not spent
+/// before their key expires (or Redis loses them) are lost, never
+/// doubled.
+///
+/// The protocol, per request: [`spend`](Self::spend); when the lease is
+/// empty the caller has become a refiller (the counter counts it), takes
+/// uses from the store, and either [`grant`](Self::grant)s them (keeping
+/// one) or, when the store had none, [`settle`](Self::settle)s, which
+/// spends a use another refiller granted meanwhile, says `Pending` while
+/// refills are still in flight, and `Empty` only when none is left
+/// anywhere: so a burst is refused only once every use was spent.
+pub trait SharedUses: Send + Sync + 'static {
+    /// How many uses to take from the store when a lease is empty.
+    fn lease_size(&self) -> u64;
+
+    /// Spends one use of `key`'s lease; when it is empty, counts the
+    /// caller as a refiller (the lease kept for `keep`) and answers
+    /// `Empty`.
+    fn spend(&self, key: &UseKey, keep: Duration) -> UsesFuture<LeaseSpend>;
+
+    /// A refiller's `uses`, just taken from the store (which has `behind`
+    /// left): adds them to `key`'s lease, kept for `keep` (until the
+    /// refill window ends), and ends the refill.
+    fn grant(&self, key: &UseKey, uses: u64, behind: u64, keep: Duration) -> UsesFuture<()>;
+
+    /// A refiller that found the store empty (`ended`: this ends its
+    /// refill; `false` when asking again): spends a use granted meanwhile,
+    /// or says whether other refills are still in flight.
+    fn settle(&self, key: &UseKey, ended: bool) -> UsesFuture<LeaseSpend>;
+}
+
+/// A shared counter that did not answer (in time).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("shared use counter unavailable: {0}")]
+pub struct SharedUsesError(pub std::sync::Arc<str>);
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use ipnet::IpNet;
 use tokengate_core::{
     FIRST_KEY, KeyId, Pepper, PepperSource, PepperSourceError, Peppers, RateQuota, ScopeSet,
-    StoreError, TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore, UseColumns, UseSpend,
+    StoreError, Taken, TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore, UseColumns,
+    UseSpend,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -154,7 +155,7 @@ fn causes(error: &dyn std::error::Error) -> String {
 const COLUMNS: &str = "id, key_id, hash, name, subject, scopes, audiences, created_at, expires_at, \
     revoked_at, last_used_at, allowed_networks, rate_count, rate_period_ms, rate_burst, \
     rotated_from, metadata::text, disabled_at, uses_limit, uses_refill, uses_refill_ms, \
-    uses_remaining, uses_window";
+    uses_remaining, uses_window, uses_generation";
 
 /// A stored value that does not parse: the database was edited by hand or
 /// by a newer build.
@@ -267,6 +268,7 @@ fn row_to_record(row: &Row) -> Result<TokenRecord, StoreError> {
             refill_ms: row.try_get(20).map_err(get_error)?,
             remaining: row.try_get(21).map_err(get_error)?,
             window: row.try_get(22).map_err(get_error)?,
+            generation: row.try_get(23).map_err(get_error)?,
         }
         .into_uses(),
     })
@@ -280,7 +282,7 @@ async fn insert_record(client: &impl GenericClient, r: &TokenRecord) -> Result<(
     let networks: Vec<String> = strings(&r.allowed_networks);
     let metadata = serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".to_owned());
     let uses = UseColumns::of(r.uses.as_ref());
-    let params: [&(dyn ToSql + Sync); 23] = [
+    let params: [&(dyn ToSql + Sync); 24] = [
         &r.id.as_str(),
         &i64::from(r.hash.key_id().get()),
         &&r.hash.digest()[..],
@@ -304,15 +306,16 @@ async fn insert_record(client: &impl GenericClient, r: &TokenRecord) -> Result<(
         &uses.refill_ms,
         &uses.remaining,
         &uses.window,
+        &uses.generation,
     ];
     client
         .execute(
             "INSERT INTO tokengate_tokens (id, key_id, hash, name, subject, scopes, audiences, \
              created_at, expires_at, revoked_at, last_used_at, allowed_networks, rate_count, \
              rate_period_ms, rate_burst, rotated_from, metadata, disabled_at, uses_limit, \
-             uses_refill, uses_refill_ms, uses_remaining, uses_window) VALUES ($1, $2, \
+             uses_refill, uses_refill_ms, uses_remaining, uses_window, uses_generation) VALUES ($1, $2, \
              $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::text::jsonb, $18, \
-             $19, $20, $21, $22, $23)",
+             $19, $20, $21, $22, $23, $24)",
             &params,
         )
         .await
@@ -574,7 +577,49 @@ impl TokenStore for PostgresStore {
         })
         .await
     }
+
+    /// One statement: the row is locked, read and written (`FOR UPDATE`).
+    async fn take_uses(
+        &self,
+        id: &TokenId,
+        spend: UseSpend,
+        want: u64,
+    ) -> Result<Taken, StoreError> {
+        let window = i64::try_from(spend.window).unwrap_or(i64::MAX);
+        let refill = i64::try_from(spend.refill).unwrap_or(i64::MAX);
+        let want = i64::try_from(want).unwrap_or(i64::MAX);
+        self.with(|c| async move {
+            let row = c
+                .query_opt(TAKE_USES, &[&id.as_str(), &window, &refill, &want])
+                .await
+                .map_err(store_error)?;
+            let Some(row) = row else {
+                return Ok(Taken::default());
+            };
+            let count = |i| -> Result<u64, StoreError> {
+                let value: i64 = row.try_get(i).map_err(store_error)?;
+                Ok(u64::try_from(value).unwrap_or(0))
+            };
+            Ok(Taken {
+                taken: count(0)?,
+                left: count(1)?,
+            })
+        })
+        .await
+    }
 }
+
+/// Takes up to `$4` uses: the row locked, what is available (after a
+/// refill where the window `$2` is later) read, then written back less
+/// what is taken; no row when none is available.
+const TAKE_USES: &str = "WITH old AS ( \
+    SELECT id, CASE WHEN uses_window < $2 THEN $3 ELSE uses_remaining END AS available \
+    FROM tokengate_tokens WHERE id = $1 AND uses_remaining IS NOT NULL FOR UPDATE) \
+    UPDATE tokengate_tokens t SET \
+    uses_remaining = old.available - LEAST(old.available, $4), \
+    uses_window = GREATEST(t.uses_window, $2) \
+    FROM old WHERE t.id = old.id AND old.available > 0 \
+    RETURNING LEAST(old.available, $4), t.uses_remaining";
 
 /// Spends one use: a window later than the stored one starts from the
 /// refill count (`$3`); the row changes only while a use is left.
@@ -703,17 +748,23 @@ impl TokenAdmin for PostgresStore {
     ) -> Result<TokenRecord, StoreError> {
         let remaining = i64::try_from(remaining).unwrap_or(i64::MAX);
         let window = i64::try_from(window).unwrap_or(i64::MAX);
-        self.with(|c| async move {
-            c.execute(
-                "UPDATE tokengate_tokens SET uses_remaining = $2, uses_window = $3 \
+        self.with(|mut c| async move {
+            let tx = c.transaction().await.map_err(store_error)?;
+            tx.execute(
+                "UPDATE tokengate_tokens SET uses_remaining = $2, uses_window = $3, \
+                 uses_generation = uses_generation + 1 \
                  WHERE id = $1 AND uses_remaining IS NOT NULL",
                 &[&id.as_str(), &remaining, &window],
             )
             .await
             .map_err(store_error)?;
-            get_record(&c, id.as_str())
+            let record = get_record(&tx, id.as_str())
                 .await?
-                .ok_or_else(|| StoreError::NotFound(id.clone()))
+                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            // Every instance's cache learns the new generation.
+            notify(&tx, &Change::updated(&record)).await?;
+            tx.commit().await.map_err(store_error)?;
+            Ok(record)
         })
         .await
     }
@@ -770,9 +821,9 @@ impl TokenAdmin for PostgresStore {
             if let Some(kept) = handed {
                 let kept = UseColumns::of(Some(&kept));
                 tx.execute(
-                    "UPDATE tokengate_tokens SET uses_remaining = $2, uses_window = $3 \
-                     WHERE id = $1",
-                    &[&old.as_str(), &kept.remaining, &kept.window],
+                    "UPDATE tokengate_tokens SET uses_remaining = $2, uses_window = $3, \
+                     uses_generation = $4 WHERE id = $1",
+                    &[&old.as_str(), &kept.remaining, &kept.window, &kept.generation],
                 )
                 .await
                 .map_err(store_error)?;

@@ -62,8 +62,10 @@
 
 mod script;
 mod state;
+mod uses;
 
 pub use state::{RedisRateState, RedisStateError, Unavailable};
+pub use uses::RedisUses;
 
 #[cfg(test)]
 mod tests;

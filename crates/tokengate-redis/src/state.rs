@@ -65,15 +65,15 @@ pub enum RedisStateError {
 /// is down.
 #[derive(Clone)]
 pub struct RedisRateState {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     client: redis::Client,
     connection: Arc<Slot>,
     script: redis::Script,
-    prefix: String,
-    timeout: Duration,
+    pub(crate) prefix: String,
+    pub(crate) timeout: Duration,
     unavailable: Unavailable,
     local: MemoryRateState,
     fallbacks: AtomicU64,
@@ -221,7 +221,7 @@ struct Slot {
 impl Shared {
     /// The connection manager, once made; the first caller starts making
     /// it (again after a failed attempt).
-    async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
+    pub(crate) async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
         let slot = &self.connection;
         if let Some(manager) = slot.manager.get() {
             return Ok(manager.clone());

@@ -319,3 +319,160 @@ async fn redis_gone_then_back_falls_back_then_shares_again() {
     assert_eq!(shared, [true, true, false], "two left in the shared bucket");
     prefix.clean().await;
 }
+
+fn use_key(token: &TokenId, generation: u64, window: u64) -> tokengate_core::UseKey {
+    tokengate_core::UseKey {
+        token: token.clone(),
+        generation,
+        window,
+    }
+}
+
+#[tokio::test]
+async fn a_lease_is_spent_one_use_at_a_time_and_only_under_its_own_key() {
+    use tokengate_core::{LeaseSpend, SharedUses};
+    let Some(connection) = redis().await else {
+        return;
+    };
+    let prefix = Prefix::new(&connection);
+    let uses = prefix.state().uses().lease(8);
+    assert_eq!(uses.lease_size(), 8);
+    let token = TokenId::generate();
+    let key = use_key(&token, 0, 0);
+    assert_eq!(
+        uses.spend(&key, Duration::from_secs(60)).await.unwrap(),
+        LeaseSpend::Empty
+    );
+    uses.grant(&key, 2, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // Another instance leased later, when the store had less left.
+    uses.grant(&key, 1, 7, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut told = Vec::new();
+    for _ in 0..3 {
+        told.push(uses.spend(&key, Duration::from_secs(60)).await.unwrap());
+    }
+    assert_eq!(
+        told,
+        [2, 1, 0].map(|n| LeaseSpend::Spent { left: n + 7 }),
+        "the lease's count plus the store's lowest"
+    );
+    assert_eq!(
+        uses.spend(&key, Duration::from_secs(60)).await.unwrap(),
+        LeaseSpend::Empty
+    );
+
+    // Another generation or window is another lease.
+    uses.grant(&key, 5, 0, Duration::from_secs(60))
+        .await
+        .unwrap();
+    for other in [use_key(&token, 1, 0), use_key(&token, 0, 3_600_000)] {
+        assert_eq!(
+            uses.spend(&other, Duration::from_secs(60)).await.unwrap(),
+            LeaseSpend::Empty
+        );
+    }
+    // The spends above counted themselves as refillers there: a lease
+    // key each, with no use in it.
+    let keys = prefix.keys().await;
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    let ours = format!(":uses:{token}:0:0");
+    let mut connection = connection.clone();
+    for other in keys.iter().filter(|k| !k.ends_with(&ours)) {
+        let leased: Option<i64> = connection.hget(other, "n").await.unwrap();
+        assert_eq!(leased, None, "{other}");
+    }
+    let keys: Vec<String> = keys.into_iter().filter(|k| k.ends_with(&ours)).collect();
+    let ttl: i64 = connection.pttl(&keys[0]).await.unwrap();
+    assert!(ttl > 0 && ttl <= 60_000, "kept for the given time: {ttl}");
+    prefix.clean().await;
+}
+
+#[tokio::test]
+async fn concurrent_spends_take_each_leased_use_once() {
+    use tokengate_core::{LeaseSpend, SharedUses};
+    let Some(connection) = redis().await else {
+        return;
+    };
+    let prefix = Prefix::new(&connection);
+    let uses = Arc::new(prefix.state().uses());
+    let key = use_key(&TokenId::generate(), 0, 0);
+    uses.grant(&key, 10, 0, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let spends: Vec<_> = (0..64)
+        .map(|_| {
+            let (uses, key) = (Arc::clone(&uses), key.clone());
+            tokio::spawn(async move { uses.spend(&key, Duration::from_secs(60)).await.unwrap() })
+        })
+        .collect();
+    let mut spent = 0;
+    for spend in spends {
+        if matches!(spend.await.unwrap(), LeaseSpend::Spent { .. }) {
+            spent += 1;
+        }
+    }
+    assert_eq!(spent, 10);
+    prefix.clean().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_an_error_within_the_timeout() {
+    use tokengate_core::SharedUses;
+    // Nothing listens on port 1.
+    let uses = RedisRateState::new("redis://127.0.0.1:1")
+        .unwrap()
+        .timeout(Duration::from_millis(200))
+        .uses();
+    let started = std::time::Instant::now();
+    assert!(
+        uses.spend(&use_key(&TokenId::generate(), 0, 0), Duration::from_secs(1))
+            .await
+            .is_err()
+    );
+    assert!(
+        uses.grant(
+            &use_key(&TokenId::generate(), 0, 0),
+            1,
+            0,
+            Duration::from_secs(1)
+        )
+        .await
+        .is_err()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_refiller_that_found_the_store_empty_waits_for_refills_in_flight() {
+    use tokengate_core::{LeaseSpend, SharedUses};
+    let Some(connection) = redis().await else {
+        return;
+    };
+    let prefix = Prefix::new(&connection);
+    let uses = prefix.state().uses();
+    let key = use_key(&TokenId::generate(), 0, 0);
+    let keep = Duration::from_secs(60);
+    // Two requests find the lease empty: two refillers.
+    assert_eq!(uses.spend(&key, keep).await.unwrap(), LeaseSpend::Empty);
+    assert_eq!(uses.spend(&key, keep).await.unwrap(), LeaseSpend::Empty);
+    // The second found the store empty: the first is still refilling.
+    assert_eq!(uses.settle(&key, true).await.unwrap(), LeaseSpend::Pending);
+    assert_eq!(uses.settle(&key, false).await.unwrap(), LeaseSpend::Pending);
+    // The first grants what it took: the second gets one of those.
+    uses.grant(&key, 2, 0, keep).await.unwrap();
+    assert_eq!(
+        uses.settle(&key, false).await.unwrap(),
+        LeaseSpend::Spent { left: 1 }
+    );
+    assert_eq!(
+        uses.spend(&key, keep).await.unwrap(),
+        LeaseSpend::Spent { left: 0 }
+    );
+    // Nothing in flight, nothing leased: none left anywhere.
+    assert_eq!(uses.spend(&key, keep).await.unwrap(), LeaseSpend::Empty);
+    assert_eq!(uses.settle(&key, true).await.unwrap(), LeaseSpend::Empty);
+    prefix.clean().await;
+}

@@ -48,12 +48,14 @@ const MIGRATIONS: &[&str] = &[
     // 3: a token can be disabled (reversibly) until enabled again.
     "ALTER TABLE tokens ADD COLUMN disabled_at INTEGER;",
     // 4: usage-limited tokens: the limit, its refill, and the count left
-    // in its window (all NULL, the window 0, for unlimited uses).
+    // in its window and generation (all NULL, the window and generation 0,
+    // for unlimited uses).
     "ALTER TABLE tokens ADD COLUMN uses_limit INTEGER;
     ALTER TABLE tokens ADD COLUMN uses_refill INTEGER;
     ALTER TABLE tokens ADD COLUMN uses_refill_ms INTEGER;
     ALTER TABLE tokens ADD COLUMN uses_remaining INTEGER;
-    ALTER TABLE tokens ADD COLUMN uses_window INTEGER NOT NULL DEFAULT 0;",
+    ALTER TABLE tokens ADD COLUMN uses_window INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tokens ADD COLUMN uses_generation INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this build writes.

@@ -8,8 +8,8 @@ use ipnet::IpNet;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use tokengate_cache::{CachedStore, RevocationEvent};
 use tokengate_core::{
-    KeyId, Pepper, RateQuota, ScopeSet, StoreError, TokenAdmin, TokenHash, TokenId, TokenRecord,
-    TokenStore, UseColumns, UseSpend,
+    KeyId, Pepper, RateQuota, ScopeSet, StoreError, Taken, TokenAdmin, TokenHash, TokenId,
+    TokenRecord, TokenStore, UseColumns, UseSpend,
 };
 use tokio::task::JoinHandle;
 
@@ -55,7 +55,7 @@ impl OpenError {
 
 const COLUMNS: &str = "id, key_id, hash, name, subject, scopes, audiences, created_at, expires_at, revoked_at, \
     last_used_at, allowed_networks, rate_count, rate_period_ms, rate_burst, rotated_from, metadata, disabled_at, \
-    uses_limit, uses_refill, uses_refill_ms, uses_remaining, uses_window";
+    uses_limit, uses_refill, uses_refill_ms, uses_remaining, uses_window, uses_generation";
 
 fn join<T: ToString>(items: &[T]) -> String {
     items
@@ -140,6 +140,7 @@ fn row_to_record(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
             refill_ms: row.get(20)?,
             remaining: row.get(21)?,
             window: row.get(22)?,
+            generation: row.get(23)?,
         }
         .into_uses(),
     })
@@ -149,7 +150,7 @@ fn insert_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> 
     let [count, period, burst] = quota_columns(r.rate_quota);
     let uses = UseColumns::of(r.uses.as_ref());
     conn.execute(
-        &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"),
+        &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"),
         params![
             r.id.as_str(),
             i64::from(r.hash.key_id().get()),
@@ -174,6 +175,7 @@ fn insert_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> 
             uses.refill_ms,
             uses.remaining,
             uses.window,
+            uses.generation,
         ],
     )
 }
@@ -553,6 +555,50 @@ impl TokenStore for SqliteStore {
         })
         .await
     }
+
+    async fn take_uses(
+        &self,
+        id: &TokenId,
+        spend: UseSpend,
+        want: u64,
+    ) -> Result<Taken, StoreError> {
+        let id = id.clone();
+        self.with(move |c| take_uses(c, id.as_str(), spend, want).map_err(store_error))
+            .await
+    }
+}
+
+/// Takes up to `want` uses in one immediate transaction (the write lock
+/// first): what is left, after a refill where the window is later.
+fn take_uses(
+    conn: &mut Connection,
+    id: &str,
+    spend: UseSpend,
+    want: u64,
+) -> rusqlite::Result<Taken> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let window = i64::try_from(spend.window).unwrap_or(i64::MAX);
+    let refill = i64::try_from(spend.refill).unwrap_or(i64::MAX);
+    let available: Option<i64> = tx
+        .query_row(
+            "SELECT CASE WHEN uses_window < ?2 THEN ?3 ELSE uses_remaining END FROM tokens \
+             WHERE id = ?1 AND uses_remaining IS NOT NULL",
+            params![id, window, refill],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let available = available.map_or(0, |a| u64::try_from(a).unwrap_or(0));
+    let taken = available.min(want);
+    if taken == 0 {
+        return Ok(Taken::default());
+    }
+    let left = available - taken;
+    tx.execute(
+        "UPDATE tokens SET uses_remaining = ?2, uses_window = MAX(uses_window, ?3) WHERE id = ?1",
+        params![id, i64::try_from(left).unwrap_or(i64::MAX), window],
+    )?;
+    tx.commit()?;
+    Ok(Taken { taken, left })
 }
 
 /// Spends one use: a window later than the stored one starts from the
@@ -640,15 +686,21 @@ impl TokenAdmin for SqliteStore {
         let remaining = i64::try_from(remaining).unwrap_or(i64::MAX);
         let window = i64::try_from(window).unwrap_or(i64::MAX);
         self.with(move |c| {
-            c.execute(
-                "UPDATE tokens SET uses_remaining = ?2, uses_window = ?3 \
+            let tx = c.transaction().map_err(store_error)?;
+            tx.execute(
+                "UPDATE tokens SET uses_remaining = ?2, uses_window = ?3, \
+                 uses_generation = uses_generation + 1 \
                  WHERE id = ?1 AND uses_remaining IS NOT NULL",
                 params![id.as_str(), remaining, window],
             )
             .map_err(store_error)?;
-            get_record(c, id.as_str())
+            let record = get_record(&tx, id.as_str())
                 .map_err(store_error)?
-                .ok_or(StoreError::NotFound(id))
+                .ok_or(StoreError::NotFound(id))?;
+            // Every instance's cache learns the new generation.
+            record_change(&tx, &record, "updated", SystemTime::now()).map_err(store_error)?;
+            tx.commit().map_err(store_error)?;
+            Ok(record)
         })
         .await
     }
@@ -699,8 +751,9 @@ impl TokenAdmin for SqliteStore {
             if let Some(kept) = handed {
                 let kept = UseColumns::of(Some(&kept));
                 tx.execute(
-                    "UPDATE tokens SET uses_remaining = ?2, uses_window = ?3 WHERE id = ?1",
-                    params![old.as_str(), kept.remaining, kept.window],
+                    "UPDATE tokens SET uses_remaining = ?2, uses_window = ?3, uses_generation = ?4 \
+                     WHERE id = ?1",
+                    params![old.as_str(), kept.remaining, kept.window, kept.generation],
                 )
                 .map_err(store_error)?;
             }

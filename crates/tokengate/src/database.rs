@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use tokengate_cache::CachedStore;
 use tokengate_core::{
-    KeyId, Peppers, ScopeSet, StoreError, TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore,
-    UseSpend,
+    KeyId, Peppers, ScopeSet, StoreError, Taken, TokenAdmin, TokenHash, TokenId, TokenRecord,
+    TokenStore, UseSpend,
 };
 #[cfg(feature = "postgres")]
 use tokengate_postgres::PostgresStore;
@@ -192,6 +192,15 @@ impl TokenStore for AnyStore {
 
     async fn spend_use(&self, id: &TokenId, spend: UseSpend) -> Result<Option<u64>, StoreError> {
         each!(self, s => s.spend_use(id, spend).await)
+    }
+
+    async fn take_uses(
+        &self,
+        id: &TokenId,
+        spend: UseSpend,
+        want: u64,
+    ) -> Result<Taken, StoreError> {
+        each!(self, s => s.take_uses(id, spend, want).await)
     }
 }
 

@@ -276,6 +276,15 @@ impl<St, P, K, R, X> Gate<St, P, K, R, X> {
         }
     }
 
+    /// Spends usage-limited tokens' uses from leases in `counter` (e.g.
+    /// [`RedisRateState::uses`](https://docs.rs/tokengate-redis)), one
+    /// store write per lease instead of per request; see
+    /// [`AuthenticateLayer::shared_uses`].
+    pub fn shared_uses(mut self, counter: Arc<dyn tokengate_core::SharedUses>) -> Self {
+        self.authenticate = self.authenticate.shared_uses(counter);
+        self
+    }
+
     /// Resolves client addresses with `layer` (trusted proxies, peer
     /// source). Unless the layer chose a peer source, the Gate's own finds
     /// the connection's address ([`connection_peer`]).

@@ -139,7 +139,7 @@ pub use tokengate_audit::{
 };
 
 #[cfg(feature = "redis")]
-pub use tokengate_redis::{RedisRateState, RedisStateError, Unavailable};
+pub use tokengate_redis::{RedisRateState, RedisStateError, RedisUses, Unavailable};
 
 #[cfg(feature = "sqlite")]
 pub use tokengate_sqlite::{OpenError, SqliteStore, pepper_path};

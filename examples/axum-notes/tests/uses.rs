@@ -1,7 +1,9 @@
 //! Usage-limited tokens across processes: three axum-notes on one SQLite
-//! file, then three on one PostgreSQL database, each admit a token with
-//! ten uses exactly ten times between them under 64 concurrent requests;
-//! the count survives a restart; the audit says `usage_exhausted`.
+//! file (the store's atomic decrement), then three on one PostgreSQL
+//! database and one Redis (leases in Redis, taken from the store), each
+//! admit a token with ten uses exactly ten times between them under 64
+//! concurrent requests; the count survives a restart; a reset holds on
+//! every server; the audit says `usage_exhausted`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -117,7 +119,7 @@ async fn three_servers_on_one_sqlite_file_admit_exactly_the_uses_and_a_restart_k
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_servers_on_postgres_admit_exactly_the_uses() {
+async fn three_servers_on_postgres_and_redis_admit_exactly_the_uses() {
     let Some(deployment) = Deployment::start("axum-notes-uses-pg").await else {
         return;
     };
@@ -129,6 +131,13 @@ async fn three_servers_on_postgres_admit_exactly_the_uses() {
         "ten uses across three servers"
     );
     let id = deployment.token_id(&token);
+    // With --redis the servers spend from a lease there, taken from the
+    // store in one write.
+    let (keys, _) = deployment.redis_keys().await;
+    assert!(
+        keys.iter().any(|k| k.contains(&format!(":uses:{id}:0:"))),
+        "{keys:?}"
+    );
     let shown: serde_json::Value =
         serde_json::from_str(&deployment.cli(&["show", &id, "--json"])).unwrap();
     assert_eq!(shown["uses"]["remaining"], 0, "{shown}");

@@ -207,6 +207,8 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
                 .prefix(&args.redis_prefix)?
                 .timeout(Duration::from_millis(args.redis_timeout_ms));
             readiness = readiness.redis(shared.clone());
+            // Usage-limited tokens lease their uses there too.
+            let gate = gate.shared_uses(std::sync::Arc::new(shared.uses()));
             Either::Right(gate.rate_state(shared))
         }
     };

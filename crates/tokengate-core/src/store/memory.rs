@@ -7,7 +7,7 @@ use crate::hash::TokenHash;
 use crate::id::TokenId;
 use crate::record::TokenRecord;
 use crate::scope::ScopeSet;
-use crate::uses::{UseSpend, Uses};
+use crate::uses::{Taken, UseSpend, Uses};
 
 /// An in-memory store for tests, examples and single-process demos.
 ///
@@ -108,6 +108,20 @@ impl TokenStore for MemoryStore {
             uses.spend(spend)
         }))
     }
+
+    async fn take_uses(
+        &self,
+        id: &TokenId,
+        spend: UseSpend,
+        want: u64,
+    ) -> Result<Taken, StoreError> {
+        Ok(self.write(|s| {
+            let Some(uses) = s.records.get_mut(id).and_then(|r| r.uses.as_mut()) else {
+                return Taken::default();
+            };
+            uses.take(spend, want)
+        }))
+    }
 }
 
 impl TokenAdmin for MemoryStore {
@@ -161,6 +175,7 @@ impl TokenAdmin for MemoryStore {
                     limit: new.limit,
                     remaining: kept.remaining,
                     window: kept.window.max(new.window),
+                    generation: kept.generation,
                 }),
                 (_, new) => new,
             };
@@ -179,6 +194,7 @@ impl TokenAdmin for MemoryStore {
             if let Some(uses) = &mut record.uses {
                 uses.remaining = remaining;
                 uses.window = window;
+                uses.generation += 1;
             }
             Ok(record.clone())
         })

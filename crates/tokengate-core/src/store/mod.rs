@@ -25,7 +25,7 @@ use crate::hash::TokenHash;
 use crate::id::TokenId;
 use crate::record::TokenRecord;
 use crate::scope::ScopeSet;
-use crate::uses::UseSpend;
+use crate::uses::{Taken, UseSpend};
 
 /// Looks tokens up by their keyed hash: the request path.
 pub trait TokenStore: Send + Sync + 'static {
@@ -69,6 +69,27 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
         let _ = (id, spend);
         std::future::ready(Err(StoreError::Unsupported("counting token uses")))
+    }
+
+    /// Takes up to `want` uses of the usage-limited token `id` at once, in
+    /// the same atomic step as [`spend_use`](Self::spend_use) (a refill
+    /// first, where `spend.window` is later): the lease of a shared
+    /// counter ([`SharedUses`](crate::SharedUses)). Takes none (`taken:
+    /// 0`) when none is left. This default takes one, with `spend_use`.
+    fn take_uses(
+        &self,
+        id: &TokenId,
+        spend: UseSpend,
+        want: u64,
+    ) -> impl Future<Output = Result<Taken, StoreError>> + Send {
+        let _ = want;
+        let spent = self.spend_use(id, spend);
+        async move {
+            Ok(match spent.await? {
+                Some(left) => Taken { taken: 1, left },
+                None => Taken::default(),
+            })
+        }
     }
 }
 
@@ -115,7 +136,10 @@ pub trait TokenAdmin: Send + Sync + 'static {
     ) -> impl Future<Output = Result<TokenRecord, StoreError>> + Send;
 
     /// Sets the count of the usage-limited token `id` to `remaining` in
-    /// refill window `window`, and returns the record. Fails with
+    /// refill window `window`, in a new generation ([`Uses::generation`](crate::Uses::generation):
+    /// uses leased out before no longer count), records the change in the
+    /// store's change feed (so every instance's cache learns the
+    /// generation), and returns the record. Fails with
     /// [`StoreError::NotFound`] when there is no such token; a token
     /// without a usage limit is returned unchanged.
     fn reset_uses(
@@ -182,6 +206,15 @@ impl<S: TokenStore> TokenStore for Arc<S> {
         spend: UseSpend,
     ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
         (**self).spend_use(id, spend)
+    }
+
+    fn take_uses(
+        &self,
+        id: &TokenId,
+        spend: UseSpend,
+        want: u64,
+    ) -> impl Future<Output = Result<Taken, StoreError>> + Send {
+        (**self).take_uses(id, spend, want)
     }
 }
 

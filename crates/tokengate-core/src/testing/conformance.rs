@@ -8,7 +8,7 @@ use crate::record::{RateQuota, TokenStatus};
 use crate::store::{
     Expiry, Lifecycle, LifecycleError, StoreError, TokenAdmin, TokenChanges, TokenSpec, TokenStore,
 };
-use crate::uses::{SPENT_FOR_GOOD, UseLimit, Uses};
+use crate::uses::{SPENT_FOR_GOOD, Taken, UseLimit, Uses};
 use crate::{Pepper, TokenId};
 
 /// Runs the admin contract against `store` (fresh and empty): issue and
@@ -317,4 +317,40 @@ async fn uses_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) 
         store.reset_uses(&TokenId::generate(), 1, 0).await,
         Err(StoreError::NotFound(_))
     ));
+
+    // Leases: up to `want` at once, never more than is left; a reset and
+    // a rotation start a new generation.
+    let five = UseLimit::new(std::num::NonZeroU64::new(5).unwrap());
+    let leased = lifecycle
+        .issue(
+            TokenSpec::new("leased", "team-u")
+                .scopes(["notes:read".parse().unwrap()])
+                .audiences(["notes".parse().unwrap()])
+                .uses(five),
+        )
+        .await
+        .unwrap()
+        .record;
+    let spend = five.spend_at(now);
+    let take = |want| store.take_uses(&leased.id, spend, want);
+    assert_eq!(take(3).await.unwrap(), Taken { taken: 3, left: 2 });
+    assert_eq!(take(3).await.unwrap(), Taken { taken: 2, left: 0 });
+    assert_eq!(take(3).await.unwrap(), Taken::default(), "none left");
+    assert_eq!(
+        store
+            .take_uses(&TokenId::generate(), spend, 3)
+            .await
+            .unwrap(),
+        Taken::default()
+    );
+    let generation = |record: crate::TokenRecord| record.uses.unwrap().generation;
+    let before = generation(lifecycle.get(&leased.id).await.unwrap().unwrap());
+    let reset = lifecycle.reset_uses(&leased.id, None).await.unwrap();
+    assert_eq!(generation(reset), before + 1, "a reset starts a generation");
+    lifecycle
+        .rotate(&leased.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let old = lifecycle.get(&leased.id).await.unwrap().unwrap();
+    assert_eq!(generation(old), before + 2, "so does a hand-over");
 }

@@ -1,0 +1,184 @@
+//! Leases of usage-limited tokens' uses, shared by every instance.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokengate_core::{LeaseSpend, SharedUses, SharedUsesError, UseKey, UsesFuture};
+
+use crate::state::{RedisRateState, Shared};
+
+/// Spends one use of a lease (hash fields: `n` uses leased, `b` the
+/// store's count when last granted, `p` refills in flight): `{1, left}`
+/// (the lease's count after it plus `b`), or, when it is empty, `{0, 0}`
+/// with the caller counted as a refiller and the lease kept `ARGV[1]` ms.
+const SPEND: &str = r"
+local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+if n > 0 then
+  n = redis.call('HINCRBY', KEYS[1], 'n', -1)
+  local behind = tonumber(redis.call('HGET', KEYS[1], 'b') or '0')
+  return {1, n + behind}
+end
+redis.call('HINCRBY', KEYS[1], 'p', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return {0, 0}
+";
+
+/// A refiller's `ARGV[1]` uses added to the lease, the store's count
+/// `ARGV[2]` noted (the lowest seen: it only falls within a generation
+/// and window), the lease kept `ARGV[3]` ms, the refill ended.
+const GRANT: &str = r"
+redis.call('HINCRBY', KEYS[1], 'n', ARGV[1])
+local behind = redis.call('HGET', KEYS[1], 'b')
+if not behind or tonumber(ARGV[2]) < tonumber(behind) then
+  redis.call('HSET', KEYS[1], 'b', ARGV[2])
+end
+if tonumber(redis.call('HGET', KEYS[1], 'p') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[1], 'p', -1)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {1}
+";
+
+/// A refiller that found the store empty: ends its refill when `ARGV[1]`
+/// is 1, then spends a use granted meanwhile (`{1, left}`), or answers
+/// `{2, 0}` while other refills are in flight, `{0, 0}` when none is.
+const SETTLE: &str = r"
+if tonumber(ARGV[1]) == 1 and tonumber(redis.call('HGET', KEYS[1], 'p') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[1], 'p', -1)
+end
+local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+if n > 0 then
+  n = redis.call('HINCRBY', KEYS[1], 'n', -1)
+  local behind = tonumber(redis.call('HGET', KEYS[1], 'b') or '0')
+  return {1, n + behind}
+end
+if tonumber(redis.call('HGET', KEYS[1], 'p') or '0') > 0 then
+  return {2, 0}
+end
+return {0, 0}
+";
+
+/// Usage-limited tokens' leases in Redis, beside the rate state (same
+/// server, prefix and timeout): see [`SharedUses`]. Every instance spends
+/// from one lease per token, one use per script call (atomic), and takes
+/// the next batch from the store when it is empty, so the store is
+/// written once per batch instead of once per request, and a token still
+/// never admits more than its count. A lease lives under
+/// `{prefix}:uses:<token>:<generation>:<window>` until the token's next
+/// refill (a week for a token that never refills); a reset or a rotation
+/// starts a new generation, so uses leased before it no longer count.
+#[derive(Clone)]
+pub struct RedisUses {
+    shared: Arc<Shared>,
+    lease: u64,
+    spend: Arc<redis::Script>,
+    grant: Arc<redis::Script>,
+    settle: Arc<redis::Script>,
+}
+
+impl fmt::Debug for RedisUses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisUses")
+            .field("prefix", &self.shared.prefix)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisRateState {
+    /// Leases of usage-limited tokens' uses on this state's server, under
+    /// its prefix and timeout, 16 uses a lease.
+    pub fn uses(&self) -> RedisUses {
+        RedisUses {
+            shared: Arc::clone(&self.shared),
+            lease: 16,
+            spend: Arc::new(redis::Script::new(SPEND)),
+            grant: Arc::new(redis::Script::new(GRANT)),
+            settle: Arc::new(redis::Script::new(SETTLE)),
+        }
+    }
+}
+
+impl RedisUses {
+    /// Takes `lease` uses from the store at once (at least 1). Larger
+    /// leases write the store less often; what a lost lease (a Redis
+    /// restart, an expiry) takes with it is at most one lease per token.
+    pub fn lease(mut self, lease: u64) -> Self {
+        self.lease = lease.max(1);
+        self
+    }
+
+    fn key(&self, key: &UseKey) -> String {
+        format!(
+            "{{{}}}:uses:{}:{}:{}",
+            self.shared.prefix, key.token, key.generation, key.window
+        )
+    }
+
+    /// One script call within the state's timeout.
+    fn call(
+        &self,
+        script: &Arc<redis::Script>,
+        key: String,
+        args: Vec<u64>,
+    ) -> UsesFuture<Vec<i64>> {
+        let (shared, script) = (Arc::clone(&self.shared), Arc::clone(script));
+        Box::pin(async move {
+            let call = async {
+                let mut connection = shared.connection().await?;
+                let mut invocation = script.prepare_invoke();
+                invocation.key(&key);
+                for arg in &args {
+                    invocation.arg(*arg);
+                }
+                invocation.invoke_async::<Vec<i64>>(&mut connection).await
+            };
+            match tokio::time::timeout(shared.timeout, call).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(error)) => Err(SharedUsesError(error.to_string().into())),
+                Err(_) => Err(SharedUsesError("timed out".into())),
+            }
+        })
+    }
+}
+
+impl SharedUses for RedisUses {
+    fn lease_size(&self) -> u64 {
+        self.lease
+    }
+
+    fn spend(&self, key: &UseKey, keep: Duration) -> UsesFuture<LeaseSpend> {
+        let answer = self.call(&self.spend, self.key(key), vec![millis(keep)]);
+        Box::pin(async move { lease_spend(&answer.await?) })
+    }
+
+    fn grant(&self, key: &UseKey, uses: u64, behind: u64, keep: Duration) -> UsesFuture<()> {
+        let answer = self.call(&self.grant, self.key(key), vec![uses, behind, millis(keep)]);
+        Box::pin(async move { answer.await.map(drop) })
+    }
+
+    fn settle(&self, key: &UseKey, ended: bool) -> UsesFuture<LeaseSpend> {
+        let answer = self.call(&self.settle, self.key(key), vec![u64::from(ended)]);
+        Box::pin(async move { lease_spend(&answer.await?) })
+    }
+}
+
+/// A keep time in whole milliseconds, at least 1.
+fn millis(keep: Duration) -> u64 {
+    u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// A script's `{kind, left}` answer.
+fn lease_spend(answer: &[i64]) -> Result<LeaseSpend, SharedUsesError> {
+    match answer {
+        [1, left] => Ok(LeaseSpend::Spent {
+            left: u64::try_from(*left).unwrap_or(0),
+        }),
+        [0, _] => Ok(LeaseSpend::Empty),
+        [2, _] => Ok(LeaseSpend::Pending),
+        other => Err(SharedUsesError(
+            format!("unexpected answer {other:?}").into(),
+        )),
+    }
+}
