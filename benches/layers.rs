@@ -28,11 +28,14 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Method, Request, Response};
 use tokengate::{
-    AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, Gate, KeyId, Lifecycle,
-    MemoryStore, Pepper, RateQuota, Requirement, ScopePolicy, SqliteStore, TokenAdmin, TokenFormat,
-    TokenHasher, TokenSpec, TokenStore, UseLimit,
+    AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, KeyId, Lifecycle, MemoryStore,
+    Pepper, Requirement, ScopePolicy, SqliteStore, TokenFormat, TokenHasher, TokenSpec, UseLimit,
 };
 use tokengate_tests::call_now;
+
+#[path = "support/gate.rs"]
+mod gate;
+use gate::{gate_over, issue, send};
 use tower::{Layer, Service, ServiceBuilder, service_fn};
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 
@@ -161,63 +164,6 @@ fn pepper_miss(c: &mut Criterion) {
     group.finish();
 }
 
-/// A Gate (`/notes` read/write by `notes`) over `cache`, around a handler.
-fn gate_over<St: TokenStore>(
-    cache: CachedStore<St>,
-    hasher: &TokenHasher,
-) -> impl Service<Request<String>, Response = Response<impl Sized>, Error = Infallible, Future: Send>
-+ Clone {
-    let policy = ScopePolicy::builder()
-        .read_write("/notes", "notes")
-        .build()
-        .unwrap();
-    Gate::new(
-        AuthenticateLayer::new(cache, hasher.clone(), "notes".parse().unwrap()),
-        EnforceScopeLayer::new(policy),
-    )
-    .layer(service_fn(|_: Request<String>| async {
-        Ok::<_, Infallible>(Response::new(String::new()))
-    }))
-}
-
-/// One GET /notes with `bearer` through `service`, on `runtime`.
-fn send<S, B>(runtime: &tokio::runtime::Runtime, service: &S, bearer: &str) -> Response<B>
-where
-    S: Service<Request<String>, Response = Response<B>, Error = Infallible> + Clone,
-{
-    let request = Request::get("/notes")
-        .header("authorization", bearer)
-        .extension(tokengate::PeerAddr(([127, 0, 0, 1], 1).into()))
-        .body(String::new())
-        .unwrap();
-    runtime
-        .block_on(tower::ServiceExt::oneshot(service.clone(), request))
-        .unwrap()
-}
-
-async fn issue<St: TokenStore + TokenAdmin>(
-    cache: &CachedStore<St>,
-    hasher: &TokenHasher,
-    limit: Option<UseLimit>,
-) -> String {
-    // A quota that never binds: the Gate's default (50/s) would answer
-    // most measured requests with 429.
-    let unbound = std::num::NonZeroU32::MAX;
-    let quota = RateQuota::new(unbound, std::time::Duration::from_secs(1), unbound).unwrap();
-    let mut spec = TokenSpec::new("bench", "alice")
-        .scopes(["notes:read".parse().unwrap()])
-        .audiences(["notes".parse().unwrap()])
-        .rate_quota(quota);
-    if let Some(limit) = limit {
-        spec = spec.uses(limit);
-    }
-    let issued = Lifecycle::new(cache.clone(), hasher.clone())
-        .issue(spec)
-        .await
-        .unwrap();
-    format!("Bearer {}", issued.token.expose_secret())
-}
-
 fn uses(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -239,8 +185,8 @@ fn uses(c: &mut Criterion) {
             issue(&sqlite, &hasher, billion).await,
         )
     });
-    let in_memory = gate_over(memory, &hasher);
-    let in_file = gate_over(sqlite, &hasher);
+    let in_memory = gate_over(memory, hasher.clone(), None);
+    let in_file = gate_over(sqlite, hasher, None);
     fn told<B>(response: &Response<B>) -> Option<String> {
         assert_eq!(response.status(), 200);
         response

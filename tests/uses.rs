@@ -336,3 +336,17 @@ fn rand_suffix() -> u64 {
         .subsec_nanos()
         .into()
 }
+
+#[tokio::test]
+async fn the_per_address_limit_before_authentication_does_not_bind_a_metered_token() {
+    // The Gate's default: 100 a second per client address, bursts of 200,
+    // charged where a request waits inside its shield. A metered token's
+    // spend waits (for the store) but is outside it: its own quota rules.
+    let world = World::new();
+    let client = serve(&world).await;
+    let (token, _) = metered(&world, uses(1_000)).await;
+    for sent in 0..300 {
+        let reply = client.get("/notes", Some(&token)).await;
+        assert_eq!(reply.status, StatusCode::OK, "request {sent}");
+    }
+}

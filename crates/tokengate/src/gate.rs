@@ -12,20 +12,24 @@ use tokengate_scope::{EnforceScopeLayer, ScopeLookup};
 use tower::Layer;
 
 /// Every check of a [`Gate`] after audit, in order: client IP, IP filter,
-/// then authenticate, per-token rate limit, scopes, the checks added
-/// with [`Gate::with_check`] (`X`) and the spend of a usage-limited
-/// token's use, all shielded by the per-IP rate limit ([`Shield`]:
-/// charged only on a cache miss or a 4xx refusal).
+/// then authenticate, per-token rate limit, scopes and the checks added
+/// with [`Gate::with_check`] (`X`), all shielded by the per-IP rate limit
+/// ([`Shield`]: charged only on a cache miss or a 4xx refusal), and last
+/// the spend of a usage-limited token's use (outside the shield: it is an
+/// authenticated token's, limited by its own quota).
 pub type GateCheck<St, P, R = MemoryRateState, X = ()> = Chain<
     ResolveClientIpLayer,
     Chain<
         IpFilterLayer,
-        Shield<
-            RateLimitLayer<R>,
-            Chain<
-                AuthenticateLayer<St>,
-                Chain<RateLimitLayer<R>, Chain<EnforceScopeLayer<P>, Chain<X, UseLimitLayer<St>>>>,
+        Chain<
+            Shield<
+                RateLimitLayer<R>,
+                Chain<
+                    AuthenticateLayer<St>,
+                    Chain<RateLimitLayer<R>, Chain<EnforceScopeLayer<P>, X>>,
+                >,
             >,
+            UseLimitLayer<St>,
         >,
     >,
 >;
@@ -323,18 +327,18 @@ impl<St, P, K, R, X> Gate<St, P, K, R, X> {
             self.client_ip.clone(),
             Chain::new(
                 self.ip_filter.clone(),
-                Shield::new(
-                    self.ip_rate.clone(),
-                    Chain::new(
-                        self.authenticate.clone(),
+                Chain::new(
+                    Shield::new(
+                        self.ip_rate.clone(),
                         Chain::new(
-                            self.token_rate.clone(),
+                            self.authenticate.clone(),
                             Chain::new(
-                                self.scope.clone(),
-                                Chain::new(self.extra.clone(), self.authenticate.use_limit()),
+                                self.token_rate.clone(),
+                                Chain::new(self.scope.clone(), self.extra.clone()),
                             ),
                         ),
                     ),
+                    self.authenticate.use_limit(),
                 ),
             ),
         )

@@ -1,0 +1,75 @@
+//! A Gate around a handler over any store, and a request through it on
+//! a runtime: shared by the benches of usage-limited tokens.
+#![allow(dead_code, unreachable_pub)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use tokengate::{
+    AuthenticateLayer, CachedStore, EnforceScopeLayer, Gate, Lifecycle, RateQuota, ScopePolicy,
+    SharedUses, TokenAdmin, TokenHasher, TokenSpec, TokenStore, UseLimit,
+};
+use tower::{Layer, Service, service_fn};
+
+/// A Gate (`/notes` read/write by `notes`) over `cache`, around a
+/// handler; usage-limited tokens lease their uses in `shared` if given.
+pub fn gate_over<St: TokenStore>(
+    cache: CachedStore<St>,
+    hasher: TokenHasher,
+    shared: Option<Arc<dyn SharedUses>>,
+) -> impl Service<Request<String>, Response = Response<impl Sized>, Error = Infallible, Future: Send>
++ Clone {
+    let policy = ScopePolicy::builder()
+        .read_write("/notes", "notes")
+        .build()
+        .unwrap();
+    let mut authenticate = AuthenticateLayer::new(cache, hasher, "notes".parse().unwrap());
+    if let Some(shared) = shared {
+        authenticate = authenticate.shared_uses(shared);
+    }
+    Gate::new(authenticate, EnforceScopeLayer::new(policy)).layer(service_fn(
+        |_: Request<String>| async { Ok::<_, Infallible>(Response::new(String::new())) },
+    ))
+}
+
+/// One GET /notes with `bearer` through `service`, on `runtime`; it must
+/// be admitted (a bench of refusals would measure the wrong path).
+pub fn send<S, B>(runtime: &tokio::runtime::Runtime, service: &S, bearer: &str) -> Response<B>
+where
+    S: Service<Request<String>, Response = Response<B>, Error = Infallible> + Clone,
+{
+    let request = Request::get("/notes")
+        .header("authorization", bearer)
+        .extension(tokengate::PeerAddr(([127, 0, 0, 1], 1).into()))
+        .body(String::new())
+        .unwrap();
+    let response = runtime
+        .block_on(tower::ServiceExt::oneshot(service.clone(), request))
+        .unwrap();
+    assert_eq!(response.status(), 200, "the measured request was refused");
+    response
+}
+
+pub async fn issue<St: TokenStore + TokenAdmin>(
+    cache: &CachedStore<St>,
+    hasher: &TokenHasher,
+    limit: Option<UseLimit>,
+) -> String {
+    // A quota that never binds: the Gate's default (50/s) would answer
+    // most measured requests with 429.
+    let unbound = std::num::NonZeroU32::MAX;
+    let quota = RateQuota::new(unbound, std::time::Duration::from_secs(1), unbound).unwrap();
+    let mut spec = TokenSpec::new("bench", "alice")
+        .scopes(["notes:read".parse().unwrap()])
+        .audiences(["notes".parse().unwrap()])
+        .rate_quota(quota);
+    if let Some(limit) = limit {
+        spec = spec.uses(limit);
+    }
+    let issued = Lifecycle::new(cache.clone(), hasher.clone())
+        .issue(spec)
+        .await
+        .unwrap();
+    format!("Bearer {}", issued.token.expose_secret())
+}
