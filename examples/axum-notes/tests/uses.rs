@@ -1,6 +1,7 @@
 //! Usage-limited tokens across processes: three axum-notes on one SQLite
-//! file (the store's atomic decrement), then three on one PostgreSQL
-//! database and one Redis (leases in Redis, taken from the store), each
+//! file (the store's atomic decrement), three on one PostgreSQL database
+//! (the same), then three on one PostgreSQL database and one Redis
+//! (leases in Redis, taken from the store), each
 //! admit a token with ten uses exactly ten times between them under 64
 //! concurrent requests; the count survives a restart; a reset holds on
 //! every server; the audit says `usage_exhausted`.
@@ -118,11 +119,10 @@ async fn three_servers_on_one_sqlite_file_admit_exactly_the_uses_and_a_restart_k
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_servers_on_postgres_and_redis_admit_exactly_the_uses() {
-    let Some(deployment) = Deployment::start("axum-notes-uses-pg").await else {
-        return;
-    };
+/// Issues a ten-use token on `deployment`, sends 64 requests at once over
+/// its three servers, and checks exactly ten were admitted and the store
+/// has none left; the token and its id.
+async fn ten_of_64(deployment: &Deployment) -> (String, String) {
     let args = [ISSUE, &["--uses", "10"]].concat();
     let token = deployment.cli(&args);
     assert_eq!(
@@ -131,6 +131,18 @@ async fn three_servers_on_postgres_and_redis_admit_exactly_the_uses() {
         "ten uses across three servers"
     );
     let id = deployment.token_id(&token);
+    let shown: serde_json::Value =
+        serde_json::from_str(&deployment.cli(&["show", &id, "--json"])).unwrap();
+    assert_eq!(shown["uses"]["remaining"], 0, "{shown}");
+    (token, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_on_postgres_and_redis_admit_exactly_the_uses() {
+    let Some(deployment) = Deployment::start("axum-notes-uses-pg").await else {
+        return;
+    };
+    let (token, id) = ten_of_64(&deployment).await;
     // With --redis the servers spend from a lease there, taken from the
     // store in one write.
     let (keys, _) = deployment.redis_keys().await;
@@ -138,9 +150,6 @@ async fn three_servers_on_postgres_and_redis_admit_exactly_the_uses() {
         keys.iter().any(|k| k.contains(&format!(":uses:{id}:0:"))),
         "{keys:?}"
     );
-    let shown: serde_json::Value =
-        serde_json::from_str(&deployment.cli(&["show", &id, "--json"])).unwrap();
-    assert_eq!(shown["uses"]["remaining"], 0, "{shown}");
 
     // A reset holds on every server from the next request.
     deployment.cli(&["reset-uses", &id, "--remaining", "4"]);
@@ -148,5 +157,15 @@ async fn three_servers_on_postgres_and_redis_admit_exactly_the_uses() {
         admitted(&deployment.bases, &token, 20, StatusCode::FORBIDDEN).await,
         4
     );
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_on_postgres_without_redis_admit_exactly_the_uses() {
+    let Some(deployment) = Deployment::start_without_redis("axum-notes-uses-pg-alone").await else {
+        return;
+    };
+    // Each use spent in the store, one atomic UPDATE each.
+    ten_of_64(&deployment).await;
     deployment.stop().await;
 }

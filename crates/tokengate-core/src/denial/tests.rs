@@ -57,6 +57,15 @@ fn every_row() -> Vec<(Denial, u16, u8, Option<&'static str>)> {
         (Denial::IpForbidden(IpReason::Denied), 403, 7, None),
         (rate_limited(Duration::from_millis(2500)), 429, 8, None),
         (Denial::StoreUnavailable, 503, 14, None),
+        (
+            Denial::UsageExhausted {
+                retry_after: Some(Duration::from_secs(90)),
+            },
+            429,
+            8,
+            None,
+        ),
+        (Denial::UsageExhausted { retry_after: None }, 403, 7, None),
         (Denial::RateStateUnavailable, 503, 14, None),
         (Denial::NoPeerAddress, 500, 13, None),
         (Denial::AuditUnavailable, 503, 14, None),
@@ -178,6 +187,39 @@ fn rate_limited_sets_retry_after_and_ratelimit_headers() {
     assert_eq!(grpc.headers()["grpc-retry-pushback-ms"], "2500");
 }
 
+#[tokio::test]
+async fn a_spent_token_is_told_when_it_refills_or_that_it_never_will() {
+    let refills = Denial::UsageExhausted {
+        retry_after: Some(Duration::from_millis(90_500)),
+    };
+    let response: Response<Body> = renderer().render(refills.clone(), false);
+    assert_eq!(response.status(), 429);
+    let headers = response.headers().clone();
+    assert_eq!(headers[RETRY_AFTER], "91");
+    assert_eq!(headers["token-uses-remaining"], "0");
+    assert!(headers.get("ratelimit").is_none(), "not a rate quota");
+    let body: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["type"], "urn:tokengate:problem:usage-exhausted");
+    assert_eq!(body["retry_after"], 91);
+
+    let never: Response<Body> =
+        renderer().render(Denial::UsageExhausted { retry_after: None }, false);
+    assert_eq!(never.status(), 403);
+    assert!(never.headers().get(RETRY_AFTER).is_none());
+    assert_eq!(never.headers()["token-uses-remaining"], "0");
+
+    let grpc: Response<Body> = renderer().render(refills, true);
+    assert_eq!(grpc.headers()["grpc-status"], "8");
+    assert_eq!(grpc.headers()["grpc-retry-pushback-ms"], "90500");
+    assert_eq!(grpc.headers()["token-uses-remaining"], "0");
+    let grpc: Response<Body> =
+        renderer().render(Denial::UsageExhausted { retry_after: None }, true);
+    assert_eq!(grpc.headers()["grpc-status"], "7");
+    assert!(grpc.headers().get("grpc-retry-pushback-ms").is_none());
+    assert_eq!(Denial::UsageExhausted { retry_after: None }.layer(), "uses");
+}
+
 #[test]
 fn grpc_is_detected_by_content_type() {
     let with = |value: &'static str| {
@@ -255,6 +297,7 @@ fn reasons_are_stable_and_distinct() {
         Denial::StoreUnavailable,
         Denial::NoPeerAddress,
         Denial::AuditUnavailable,
+        Denial::UsageExhausted { retry_after: None },
     ];
     let reasons: std::collections::HashSet<_> = all.iter().map(Denial::reason).collect();
     assert_eq!(reasons.len(), all.len());

@@ -66,12 +66,21 @@ pub struct Deployment {
     pub pepper: String,
     pub dir: std::path::PathBuf,
     prefix: String,
-    redis: String,
+    redis: Option<String>,
 }
 
 impl Deployment {
     pub async fn start(name: &str) -> Option<Self> {
         let redis = tokengate_tests::redis_url()?;
+        Self::start_with(name, Some(redis)).await
+    }
+
+    /// Three servers on one PostgreSQL database, without Redis.
+    pub async fn start_without_redis(name: &str) -> Option<Self> {
+        Self::start_with(name, None).await
+    }
+
+    async fn start_with(name: &str, redis: Option<String>) -> Option<Self> {
         let db = TestDatabase::create().await?;
         let bin = env!("CARGO_BIN_EXE_axum-notes");
         let dir = temp_dir(name);
@@ -82,26 +91,30 @@ impl Deployment {
         let servers: Vec<_> = (0..3)
             .map(|i| {
                 let audit = format!("audit-{i}.jsonl");
-                let flags = [
+                let mut flags = vec![
                     "--db",
                     db.url(),
                     "--pepper-file",
                     &pepper,
-                    "--redis",
-                    &redis,
-                    "--redis-prefix",
-                    &prefix,
                     "--audit-log",
                     &audit,
                     // Every request of these tests comes from one address.
                     "--pre-auth-rate",
                     "100000",
-                    // A loaded machine (the whole suite runs at once) must not
-                    // pass for a Redis outage, whose fallback limits per
-                    // instance: the counts below are exact.
-                    "--redis-timeout-ms",
-                    "2000",
                 ];
+                if let Some(redis) = &redis {
+                    flags.extend([
+                        "--redis",
+                        redis,
+                        "--redis-prefix",
+                        &prefix,
+                        // A loaded machine (the whole suite runs at once) must
+                        // not pass for a Redis outage, whose fallback limits
+                        // per instance: the counts below are exact.
+                        "--redis-timeout-ms",
+                        "2000",
+                    ]);
+                }
                 start_example_with(bin, &dir, "axum-notes listening on ", &flags)
             })
             .collect();
@@ -119,7 +132,8 @@ impl Deployment {
 
     /// The Redis keys under this deployment's prefix, and the connection.
     pub async fn redis_keys(&self) -> (Vec<String>, redis::aio::MultiplexedConnection) {
-        let client = redis::Client::open(self.redis.as_str()).unwrap();
+        let url = self.redis.as_deref().expect("a deployment with Redis");
+        let client = redis::Client::open(url).unwrap();
         let mut connection = client.get_multiplexed_async_connection().await.unwrap();
         let keys = redis::cmd("KEYS")
             .arg(format!("{{{}}}:*", self.prefix))
@@ -170,13 +184,15 @@ impl Deployment {
     /// drop) the database.
     pub async fn stop(mut self) {
         self.servers.clear();
-        let (keys, mut connection) = self.redis_keys().await;
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut connection)
-                .await
-                .unwrap();
+        if self.redis.is_some() {
+            let (keys, mut connection) = self.redis_keys().await;
+            if !keys.is_empty() {
+                let _: () = redis::cmd("DEL")
+                    .arg(keys)
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap();
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
