@@ -94,22 +94,7 @@ fn uses(c: &mut Criterion) {
     // Every measured request spent a use.
     assert!(told(&send(&runtime, &plain, &in_store)).unwrap() < 999_999_000);
     assert!(told(&send(&runtime, &with_leases, &leased)).unwrap() < 999_999_000);
-    runtime.block_on(async {
-        let client = redis::Client::open(url.as_str()).unwrap();
-        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{{{prefix}}}:*"))
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut connection)
-                .await
-                .unwrap();
-        }
-    });
+    runtime.block_on(tokengate_tests::remove_redis_keys(&url, &prefix));
     drop(database);
 }
 

@@ -342,3 +342,31 @@ pub fn redis_url() -> Option<String> {
     println!("skipped: no Redis at {url} (set TOKENGATE_REDIS_URL)");
     None
 }
+
+/// Removes every key under `prefix` (a test's or bench's own hash tag,
+/// `{prefix}:*`) from the Redis at `url`, and returns their names.
+///
+/// # Panics
+///
+/// When Redis does not answer: call it where the test found Redis.
+#[allow(clippy::expect_used, reason = "test support")]
+pub async fn remove_redis_keys(url: &str, prefix: &str) -> Vec<String> {
+    let client = redis::Client::open(url).expect("a Redis URL");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis answers");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{prefix}}}:*"))
+        .query_async(&mut connection)
+        .await
+        .expect("KEYS");
+    if !keys.is_empty() {
+        let () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut connection)
+            .await
+            .expect("DEL");
+    }
+    keys
+}

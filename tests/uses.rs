@@ -293,23 +293,7 @@ async fn redis_leases_admit_exactly_the_uses_and_a_reset_starts_a_new_lease() {
     // Three more by a reset: a new generation, a new lease.
     world.lifecycle.reset_uses(&id, Some(3)).await.unwrap();
     assert_eq!(admitted_of_64(&client, &token).await, 3);
-    let keys: Vec<String> = {
-        let client = redis::Client::open(url.as_str()).unwrap();
-        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{{{prefix}}}:*"))
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut connection)
-                .await
-                .unwrap();
-        }
-        keys
-    };
+    let keys = tokengate_tests::remove_redis_keys(&url, &prefix).await;
     assert!(
         keys.iter().any(|k| k.contains(&format!(":uses:{id}:1:"))),
         "the second generation's lease: {keys:?}"

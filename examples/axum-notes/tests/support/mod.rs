@@ -184,15 +184,8 @@ impl Deployment {
     /// drop) the database.
     pub async fn stop(mut self) {
         self.servers.clear();
-        if self.redis.is_some() {
-            let (keys, mut connection) = self.redis_keys().await;
-            if !keys.is_empty() {
-                let _: () = redis::cmd("DEL")
-                    .arg(keys)
-                    .query_async(&mut connection)
-                    .await
-                    .unwrap();
-            }
+        if let Some(url) = &self.redis {
+            tokengate_tests::remove_redis_keys(url, &self.prefix).await;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
