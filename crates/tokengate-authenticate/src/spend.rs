@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -46,31 +47,52 @@ async fn bounded<T>(
 const LEASE_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// One spend through a shared counter.
-struct Spend<'a> {
-    id: &'a TokenId,
+#[derive(Clone)]
+struct Spend {
+    id: TokenId,
     generation: u64,
     limit: UseLimit,
     at: SystemTime,
     timeout: Duration,
 }
 
-impl Spend<'_> {
+/// How long a request whose token the store has no use left for waits
+/// for refills in flight elsewhere (their store round trip) before it is
+/// refused.
+const SETTLE_WAIT: Duration = Duration::from_millis(500);
+
+/// What a refill ended with.
+enum Refilled {
+    /// The request's answer.
+    Done(Result<Option<u64>, StoreError>),
+    /// The store had none, but other refills are in flight: ask again.
+    Wait,
+}
+
+impl Spend {
+    fn key(&self) -> UseKey {
+        UseKey {
+            token: self.id.clone(),
+            generation: self.generation,
+            window: self.limit.window(self.at),
+        }
+    }
+
+    fn keep(&self) -> Duration {
+        self.limit.next_refill(self.at).unwrap_or(LEASE_KEPT)
+    }
+
     /// From the shared lease; when it is empty, a new lease from the store
     /// (this request's use among it); when the counter cannot answer, from
     /// the store alone (exact still: the store is the count).
     async fn leased<St: TokenStore>(
-        &self,
-        shared: &dyn SharedUses,
-        store: &CachedStore<St>,
+        self,
+        shared: Arc<dyn SharedUses>,
+        store: CachedStore<St>,
     ) -> Result<Option<u64>, StoreError> {
         let spend = self.limit.spend_at(self.at);
-        let key = UseKey {
-            token: self.id.clone(),
-            generation: self.generation,
-            window: spend.window,
-        };
-        let keep = self.limit.next_refill(self.at).unwrap_or(LEASE_KEPT);
-        match shared.spend(&key, keep).await {
+        let key = self.key();
+        match shared.spend(&key, self.keep()).await {
             Ok(LeaseSpend::Spent { left }) => return Ok(Some(left)),
             Ok(LeaseSpend::Empty | LeaseSpend::Pending) => {}
             Err(error) => {
@@ -78,19 +100,48 @@ impl Spend<'_> {
                 if count == 0 || count.is_power_of_two() {
                     tracing::warn!(%error, times = count + 1, "shared use counter unavailable; spending in the store");
                 }
-                return bounded(self.timeout, store.spend_use(self.id, spend)).await;
+                return bounded(self.timeout, store.spend_use(&self.id, spend)).await;
             }
         }
-        // A refiller now: take a lease from the store, keep one use.
+        // A refiller now. The refill runs to its end in a task of its own,
+        // even if this request is dropped meanwhile (a client hanging up):
+        // what it took from the store is leased, and the refill is ended
+        // for the other requests waiting on it.
+        let refill = tokio::spawn(self.clone().refill(Arc::clone(&shared), store));
+        match refill.await.map_err(StoreError::unavailable)? {
+            Refilled::Done(answer) => answer,
+            Refilled::Wait => {
+                let deadline = tokio::time::Instant::now() + SETTLE_WAIT.min(self.timeout);
+                loop {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    match shared.settle(&key, false).await {
+                        Ok(LeaseSpend::Spent { left }) => return Ok(Some(left)),
+                        Ok(LeaseSpend::Pending) if tokio::time::Instant::now() < deadline => {}
+                        _ => return Ok(None),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes a lease from the store, keeps one use, grants the rest; or,
+    /// when the store has none, ends the refill and settles.
+    async fn refill<St: TokenStore>(
+        self,
+        shared: Arc<dyn SharedUses>,
+        store: CachedStore<St>,
+    ) -> Refilled {
+        let (key, keep) = (self.key(), self.keep());
         let want = shared.lease_size().max(1);
-        let taken = match bounded(self.timeout, store.take_uses(self.id, spend, want)).await {
+        let spend = self.limit.spend_at(self.at);
+        let taken = match bounded(self.timeout, store.take_uses(&self.id, spend, want)).await {
             Ok(taken) => taken,
             Err(error) => {
                 // End the refill; a use granted meanwhile still serves.
-                return match shared.settle(&key, true).await {
+                return Refilled::Done(match shared.settle(&key, true).await {
                     Ok(LeaseSpend::Spent { left }) => Ok(Some(left)),
                     _ => Err(error),
-                };
+                });
             }
         };
         if let Some(lease) = taken.taken.checked_sub(1) {
@@ -98,23 +149,13 @@ impl Spend<'_> {
                 // Taken from the store and not leased: lost, never doubled.
                 tracing::warn!(%error, lost = lease, "cannot lease uses to the shared counter");
             }
-            return Ok(Some(lease + taken.left));
+            return Refilled::Done(Ok(Some(lease + taken.left)));
         }
         // The store had none: refuse only once no refill is in flight.
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut ended = true;
-        loop {
-            match shared.settle(&key, ended).await {
-                Ok(LeaseSpend::Spent { left }) => return Ok(Some(left)),
-                Ok(LeaseSpend::Empty) | Err(_) => return Ok(None),
-                Ok(LeaseSpend::Pending) if tokio::time::Instant::now() >= deadline => {
-                    return Ok(None);
-                }
-                Ok(LeaseSpend::Pending) => {
-                    ended = false;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
+        match shared.settle(&key, true).await {
+            Ok(LeaseSpend::Spent { left }) => Refilled::Done(Ok(Some(left))),
+            Ok(LeaseSpend::Pending) => Refilled::Wait,
+            Ok(LeaseSpend::Empty) | Err(_) => Refilled::Done(Ok(None)),
         }
     }
 }
@@ -172,13 +213,13 @@ impl<B, St: TokenStore> Check<B> for UseLimitLayer<St> {
                 None => bounded(timeout, store.spend_use(&id, limit.spend_at(at))).await,
                 Some(shared) => {
                     let spend = Spend {
-                        id: &id,
+                        id,
                         generation,
                         limit,
                         at,
                         timeout,
                     };
-                    spend.leased(&*shared, &store).await
+                    spend.leased(shared, store).await
                 }
             };
             Spent { answer, limit, at }

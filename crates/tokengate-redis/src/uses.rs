@@ -8,10 +8,11 @@ use tokengate_core::{LeaseSpend, SharedUses, SharedUsesError, UseKey, UsesFuture
 
 use crate::state::{RedisRateState, Shared};
 
-/// Spends one use of a lease (hash fields: `n` uses leased, `b` the
-/// store's count when last granted, `p` refills in flight): `{1, left}`
-/// (the lease's count after it plus `b`), or, when it is empty, `{0, 0}`
-/// with the caller counted as a refiller and the lease kept `ARGV[1]` ms.
+/// Spends one use of a lease (`KEYS[1]`, hash fields: `n` uses leased,
+/// `b` the store's count when last granted): `{1, left}` (the lease's
+/// count after it plus `b`), or, when it is empty, `{0, 0}` with the
+/// caller counted as a refiller in `KEYS[2]` (refills in flight, kept
+/// 10 s: a refiller that never ends is forgotten then).
 const SPEND: &str = r"
 local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
 if n > 0 then
@@ -19,8 +20,8 @@ if n > 0 then
   local behind = tonumber(redis.call('HGET', KEYS[1], 'b') or '0')
   return {1, n + behind}
 end
-redis.call('HINCRBY', KEYS[1], 'p', 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], 10000)
 return {0, 0}
 ";
 
@@ -33,10 +34,10 @@ local behind = redis.call('HGET', KEYS[1], 'b')
 if not behind or tonumber(ARGV[2]) < tonumber(behind) then
   redis.call('HSET', KEYS[1], 'b', ARGV[2])
 end
-if tonumber(redis.call('HGET', KEYS[1], 'p') or '0') > 0 then
-  redis.call('HINCRBY', KEYS[1], 'p', -1)
-end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then
+  redis.call('DECR', KEYS[2])
+end
 return {1}
 ";
 
@@ -44,8 +45,8 @@ return {1}
 /// is 1, then spends a use granted meanwhile (`{1, left}`), or answers
 /// `{2, 0}` while other refills are in flight, `{0, 0}` when none is.
 const SETTLE: &str = r"
-if tonumber(ARGV[1]) == 1 and tonumber(redis.call('HGET', KEYS[1], 'p') or '0') > 0 then
-  redis.call('HINCRBY', KEYS[1], 'p', -1)
+if tonumber(ARGV[1]) == 1 and tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then
+  redis.call('DECR', KEYS[2])
 end
 local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
 if n > 0 then
@@ -53,7 +54,7 @@ if n > 0 then
   local behind = tonumber(redis.call('HGET', KEYS[1], 'b') or '0')
   return {1, n + behind}
 end
-if tonumber(redis.call('HGET', KEYS[1], 'p') or '0') > 0 then
+if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then
   return {2, 0}
 end
 return {0, 0}
@@ -66,7 +67,8 @@ return {0, 0}
 /// written once per batch instead of once per request, and a token still
 /// never admits more than its count. A lease lives under
 /// `{prefix}:uses:<token>:<generation>:<window>` until the token's next
-/// refill (a week for a token that never refills); a reset or a rotation
+/// refill (a week for a token that never refills), its refills in flight
+/// under the same key and `:refilling` for 10 s; a reset or a rotation
 /// starts a new generation, so uses leased before it no longer count.
 #[derive(Clone)]
 pub struct RedisUses {
@@ -128,7 +130,9 @@ impl RedisUses {
             let call = async {
                 let mut connection = shared.connection().await?;
                 let mut invocation = script.prepare_invoke();
+                // The lease, and its refills in flight beside it.
                 invocation.key(&key);
+                invocation.key(format!("{key}:refilling"));
                 for arg in &args {
                     invocation.arg(*arg);
                 }
