@@ -93,7 +93,7 @@ fn to_nanos(time: SystemTime) -> u64 {
 
 use tokengate_core::{
     Denial, Grants, InvalidReason, Principal, ScopeSet, SharedClock, StoreError, SystemClock,
-    Taken, TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore, UseSpend,
+    Taken, TokenAdmin, TokenHash, TokenId, TokenQuery, TokenRecord, TokenStore, UseSpend,
 };
 
 use table::Table;
@@ -550,6 +550,14 @@ impl<S: TokenAdmin> TokenAdmin for CachedStore<S> {
 
     async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
         self.shared.store.list().await
+    }
+
+    async fn query(
+        &self,
+        query: &TokenQuery,
+        now: SystemTime,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        self.shared.store.query(query, now).await
     }
 
     async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {

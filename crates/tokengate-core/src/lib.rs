@@ -104,8 +104,8 @@ pub use record::{QuotaError, RateQuota, TokenRecord, TokenStatus};
 pub use scope::{Scope, ScopeError, ScopeRules, ScopeSet};
 pub use slot::{SLOTS, SlotKey};
 pub use store::{
-    Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, MemoryStore, StoreError,
-    TokenAdmin, TokenChanges, TokenQuery, TokenSpec, TokenStore,
+    Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, MemoryStore, SqlFilter,
+    SqlValue, StoreError, TokenAdmin, TokenChanges, TokenQuery, TokenSpec, TokenStore,
 };
 pub use token::{
     CHECKSUM_LEN, PrefixError, SECRET_LEN, Token, TokenFormat, TokenFormatError, TokenPrefix,

@@ -168,6 +168,14 @@ impl TokenAdmin for ProbeStore {
         self.inner.list().await
     }
 
+    async fn query(
+        &self,
+        query: &crate::store::TokenQuery,
+        now: SystemTime,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        self.inner.query(query, now).await
+    }
+
     async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {
         self.inner.revoke(id, at).await
     }

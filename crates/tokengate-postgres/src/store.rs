@@ -11,8 +11,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use ipnet::IpNet;
 use tokengate_core::{
     FIRST_KEY, KeyId, Pepper, PepperSource, PepperSourceError, Peppers, RateQuota, ScopeSet,
-    StoreError, Taken, TokenAdmin, TokenHash, TokenId, TokenRecord, TokenStore, UseColumns,
-    UseSpend,
+    SqlValue, StoreError, Taken, TokenAdmin, TokenHash, TokenId, TokenQuery, TokenRecord,
+    TokenStore, UseColumns, UseSpend,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -609,6 +609,29 @@ impl TokenStore for PostgresStore {
     }
 }
 
+/// The `SELECT` of the records `query` selects at `now`, and its values
+/// ([`TokenQuery::sql_filter`]).
+fn select_matching(
+    query: &TokenQuery,
+    now: SystemTime,
+) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+    let mut values: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    let filter = query.sql_filter("tokengate_tokens", now, &mut |value| {
+        values.push(match value {
+            SqlValue::Text(text) => Box::new(text),
+            SqlValue::Time(at) => Box::new(at),
+            SqlValue::Int(n) => Box::new(n),
+            _ => Box::new(Option::<i64>::None),
+        });
+        format!("${}", values.len())
+    });
+    let sql = format!(
+        "SELECT {COLUMNS} FROM tokengate_tokens{} ORDER BY created_at, id{}",
+        filter.where_clause, filter.limit
+    );
+    (sql, values)
+}
+
 /// Takes up to `$4` uses: the row locked, what is available (after a
 /// refill where the window `$2` is later) read, then written back less
 /// what is taken; no row when none is available.
@@ -642,16 +665,27 @@ impl TokenAdmin for PostgresStore {
     }
 
     async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.query(&TokenQuery::new(), SystemTime::now()).await
+    }
+
+    /// Filtered and paged in SQL: a page reads only its rows.
+    async fn query(
+        &self,
+        query: &TokenQuery,
+        now: SystemTime,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let (sql, values) = select_matching(query, now);
         self.with(|c| async move {
-            c.query(
-                &format!("SELECT {COLUMNS} FROM tokengate_tokens ORDER BY created_at, id"),
-                &[],
-            )
-            .await
-            .map_err(store_error)?
-            .iter()
-            .map(row_to_record)
-            .collect()
+            let params: Vec<&(dyn ToSql + Sync)> = values
+                .iter()
+                .map(|value| -> &(dyn ToSql + Sync) { value.as_ref() })
+                .collect();
+            c.query(&sql, &params)
+                .await
+                .map_err(store_error)?
+                .iter()
+                .map(row_to_record)
+                .collect()
         })
         .await
     }

@@ -8,8 +8,8 @@ use ipnet::IpNet;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use tokengate_cache::{CachedStore, RevocationEvent};
 use tokengate_core::{
-    KeyId, Pepper, RateQuota, ScopeSet, StoreError, Taken, TokenAdmin, TokenHash, TokenId,
-    TokenRecord, TokenStore, UseColumns, UseSpend,
+    KeyId, Pepper, RateQuota, ScopeSet, SqlValue, StoreError, Taken, TokenAdmin, TokenHash,
+    TokenId, TokenQuery, TokenRecord, TokenStore, UseColumns, UseSpend,
 };
 use tokio::task::JoinHandle;
 
@@ -568,6 +568,27 @@ impl TokenStore for SqliteStore {
     }
 }
 
+/// The `SELECT` of the records `query` selects at `now`, and its values
+/// ([`TokenQuery::sql_filter`]; times as stored, in milliseconds).
+fn select_matching(query: &TokenQuery, now: SystemTime) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut values: Vec<Value> = Vec::new();
+    let filter = query.sql_filter("tokens", now, &mut |value| {
+        values.push(match value {
+            SqlValue::Text(text) => Value::Text(text),
+            SqlValue::Time(at) => Value::Integer(millis(at)),
+            SqlValue::Int(n) => Value::Integer(n),
+            _ => Value::Null,
+        });
+        format!("?{}", values.len())
+    });
+    let sql = format!(
+        "SELECT {COLUMNS} FROM tokens{} ORDER BY created_at, id{}",
+        filter.where_clause, filter.limit
+    );
+    (sql, values)
+}
+
 /// Takes up to `want` uses in one immediate transaction (the write lock
 /// first): what is left, after a refill where the window is later.
 fn take_uses(
@@ -623,14 +644,20 @@ impl TokenAdmin for SqliteStore {
     }
 
     async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.with(|c| {
-            let mut statement = c
-                .prepare(&format!(
-                    "SELECT {COLUMNS} FROM tokens ORDER BY created_at, id"
-                ))
-                .map_err(store_error)?;
+        self.query(&TokenQuery::new(), SystemTime::now()).await
+    }
+
+    /// Filtered and paged in SQL: a page reads only its rows.
+    async fn query(
+        &self,
+        query: &TokenQuery,
+        now: SystemTime,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let (sql, values) = select_matching(query, now);
+        self.with(move |c| {
+            let mut statement = c.prepare(&sql).map_err(store_error)?;
             let rows = statement
-                .query_map([], row_to_record)
+                .query_map(rusqlite::params_from_iter(values.iter()), row_to_record)
                 .map_err(store_error)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(store_error)
         })

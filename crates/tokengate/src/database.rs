@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use tokengate_cache::CachedStore;
 use tokengate_core::{
-    KeyId, Peppers, ScopeSet, StoreError, Taken, TokenAdmin, TokenHash, TokenId, TokenRecord,
-    TokenStore, UseSpend,
+    KeyId, Peppers, ScopeSet, StoreError, Taken, TokenAdmin, TokenHash, TokenId, TokenQuery,
+    TokenRecord, TokenStore, UseSpend,
 };
 #[cfg(feature = "postgres")]
 use tokengate_postgres::PostgresStore;
@@ -215,6 +215,14 @@ impl TokenAdmin for AnyStore {
 
     async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
         each!(self, s => s.list().await)
+    }
+
+    async fn query(
+        &self,
+        query: &TokenQuery,
+        now: SystemTime,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        each!(self, s => s.query(query, now).await)
     }
 
     async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {

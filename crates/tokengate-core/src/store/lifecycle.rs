@@ -613,7 +613,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
 mod query;
 mod update;
 
-pub use query::TokenQuery;
+pub use query::{SqlFilter, SqlValue, TokenQuery};
 pub use update::TokenChanges;
 
 #[cfg(test)]

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use lifecycle::{
-    Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, TokenChanges, TokenQuery,
-    TokenSpec,
+    Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, SqlFilter, SqlValue,
+    TokenChanges, TokenQuery, TokenSpec,
 };
 pub use memory::MemoryStore;
 
@@ -110,6 +110,19 @@ pub trait TokenAdmin: Send + Sync + 'static {
 
     /// Every record, ordered by creation time.
     fn list(&self) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send;
+
+    /// The records `query` selects at `now`, oldest first: what
+    /// [`TokenQuery::apply`] selects from [`list`](Self::list), which is
+    /// this default. The SQL stores select and page in SQL instead, so a
+    /// page of a large store reads only that page.
+    fn query(
+        &self,
+        query: &TokenQuery,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send {
+        let all = self.list();
+        async move { Ok(query.apply(all.await?, now)) }
+    }
 
     /// Marks the token revoked at `at` and returns the record. Revoking a
     /// revoked token keeps the first revocation time.

@@ -28,6 +28,7 @@ pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
     let hasher = TokenHasher::new(Pepper::new(KeyId::new(1), [9; 32]).unwrap());
     let lifecycle = Lifecycle::new(store, hasher.clone());
     uses_conformance(&lifecycle).await;
+    query_conformance(&lifecycle).await;
     let day = Duration::from_secs(86_400);
     let issued = lifecycle
         .issue(
@@ -353,4 +354,76 @@ async fn uses_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) 
         .unwrap();
     let old = lifecycle.get(&leased.id).await.unwrap().unwrap();
     assert_eq!(generation(old), before + 2, "so does a hand-over");
+}
+
+/// The store's own selection ([`TokenAdmin::query`]) agrees with
+/// [`TokenQuery::apply`] over [`TokenAdmin::list`] for every filter, page
+/// and combination.
+#[allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test suite"
+)]
+async fn query_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) {
+    use crate::store::TokenQuery;
+    let day = Duration::from_secs(86_400);
+    let mut ids = Vec::new();
+    for (i, days) in [1, 2, 40, 60, 5].into_iter().enumerate() {
+        let subject = if i % 2 == 0 { "paged-a" } else { "paged-b" };
+        let issued = lifecycle
+            .issue(
+                TokenSpec::new(format!("page-{i}"), subject)
+                    .scopes(["notes:read".parse().unwrap()])
+                    .audiences(["notes".parse().unwrap()])
+                    .expiry(Expiry::After(days * day)),
+            )
+            .await
+            .unwrap();
+        ids.push(issued.record.id);
+    }
+    lifecycle.disable(&ids[1]).await.unwrap();
+    lifecycle.revoke(&ids[3]).await.unwrap();
+    let queries = [
+        TokenQuery::new(),
+        TokenQuery::new().subject("paged-a"),
+        TokenQuery::new().subject("nobody"),
+        TokenQuery::new().status(TokenStatus::Active),
+        TokenQuery::new().status(TokenStatus::Disabled),
+        TokenQuery::new().status(TokenStatus::Revoked),
+        TokenQuery::new().status(TokenStatus::Expired),
+        TokenQuery::new().expiring_within(3 * day),
+        TokenQuery::new().expiring_within(Duration::MAX),
+        TokenQuery::new().limit(2),
+        TokenQuery::new().limit(0),
+        TokenQuery::new().after(ids[1].clone()),
+        TokenQuery::new().after(TokenId::generate()),
+        TokenQuery::new()
+            .subject("paged-a")
+            .status(TokenStatus::Active)
+            .after(ids[0].clone())
+            .limit(1),
+    ];
+    let now = SystemTime::now();
+    let all = lifecycle.store().list().await.unwrap();
+    for query in queries {
+        let expected: Vec<TokenId> = query
+            .apply(all.clone(), now)
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let selected: Vec<TokenId> = lifecycle
+            .store()
+            .query(&query, now)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(selected, expected, "{query:?}");
+    }
+    let page = TokenQuery::new().subject("paged-a").limit(2);
+    let first = lifecycle.list_matching(&page).await.unwrap();
+    assert_eq!(first.len(), 2, "a page of two");
+    assert_eq!(first[0].id, ids[0]);
 }

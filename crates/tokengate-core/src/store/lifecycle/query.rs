@@ -84,13 +84,107 @@ impl TokenQuery {
     }
 }
 
+/// A value a SQL store binds for [`TokenQuery::sql_filter`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SqlValue {
+    /// Text: a subject, a token id.
+    Text(String),
+    /// A time (at most the end of the year 9999).
+    Time(SystemTime),
+    /// An integer: a row limit.
+    Int(i64),
+}
+
+/// The `WHERE` and `LIMIT` of a [`TokenQuery`] for a SQL store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqlFilter {
+    /// ` WHERE …`, or empty when nothing is filtered.
+    pub where_clause: String,
+    /// ` LIMIT …`, or empty.
+    pub limit: String,
+}
+
+/// The latest time the SQL stores are given: the end of the year 9999.
+const LATEST: Duration = Duration::from_secs(253_402_300_799);
+
+impl TokenQuery {
+    /// The query as SQL over a table with the columns `id`, `subject`,
+    /// `created_at`, `expires_at`, `revoked_at` and `disabled_at`
+    /// (times compared as the store keeps them), selecting at `now`
+    /// exactly what [`apply`](Self::apply) selects once ordered by
+    /// `created_at, id`. `bind` stores a value and answers its placeholder.
+    pub fn sql_filter(
+        &self,
+        table: &str,
+        now: SystemTime,
+        bind: &mut dyn FnMut(SqlValue) -> String,
+    ) -> SqlFilter {
+        let active = |now: String| {
+            format!(
+                "revoked_at IS NULL AND disabled_at IS NULL \
+                 AND (expires_at IS NULL OR expires_at > {now})"
+            )
+        };
+        let mut clauses: Vec<String> = Vec::new();
+        if let Some(subject) = &self.subject {
+            clauses.push(format!(
+                "subject = {}",
+                bind(SqlValue::Text(subject.clone()))
+            ));
+        }
+        if let Some(status) = self.status {
+            clauses.push(match status {
+                TokenStatus::Revoked => "revoked_at IS NOT NULL".to_owned(),
+                TokenStatus::Disabled => {
+                    "revoked_at IS NULL AND disabled_at IS NOT NULL".to_owned()
+                }
+                TokenStatus::Expired => format!(
+                    "revoked_at IS NULL AND disabled_at IS NULL AND expires_at IS NOT NULL \
+                     AND expires_at <= {}",
+                    bind(SqlValue::Time(now))
+                ),
+                _ => active(bind(SqlValue::Time(now))),
+            });
+        }
+        if let Some(window) = self.expiring_within {
+            let latest = SystemTime::UNIX_EPOCH + LATEST;
+            let until = now.checked_add(window).map_or(latest, |at| at.min(latest));
+            let start = active(bind(SqlValue::Time(now)));
+            clauses.push(format!(
+                "{start} AND expires_at IS NOT NULL AND expires_at <= {}",
+                bind(SqlValue::Time(until))
+            ));
+        }
+        if let Some(after) = &self.after {
+            clauses.push(format!(
+                "(created_at, id) > (SELECT created_at, id FROM {table} WHERE id = {})",
+                bind(SqlValue::Text(after.as_str().to_owned()))
+            ));
+        }
+        SqlFilter {
+            where_clause: if clauses.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", clauses.join(" AND "))
+            },
+            limit: self.limit.map_or_else(String::new, |limit| {
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                format!(" LIMIT {}", bind(SqlValue::Int(limit)))
+            }),
+        }
+    }
+}
+
 impl<S: TokenAdmin> Lifecycle<S> {
-    /// The tokens `query` selects, oldest first.
+    /// The tokens `query` selects, oldest first: selected by the store
+    /// ([`TokenAdmin::query`]; the SQL stores filter and page in SQL).
     pub async fn list_matching(
         &self,
         query: &TokenQuery,
     ) -> Result<Vec<TokenRecord>, LifecycleError> {
-        Ok(query.apply(self.store.list().await?, self.clock.now()))
+        Ok(self.store.query(query, self.clock.now()).await?)
     }
 }
 
