@@ -53,6 +53,12 @@ pub struct TokenRecord {
     /// request spends one in the store); `None` for a token of unlimited
     /// uses.
     pub uses: Option<Uses>,
+    /// How many times the record was changed through
+    /// [`TokenAdmin::update`](crate::TokenAdmin::update), which writes
+    /// only over the version it was read at (a change made meanwhile by
+    /// another process is never overwritten; the lifecycle reads again and
+    /// reapplies).
+    pub version: u64,
 }
 
 impl TokenRecord {
@@ -213,6 +219,7 @@ pub(crate) mod tests {
             revoked_at: None,
             disabled_at: None,
             uses: None,
+            version: 0,
             last_used_at: None,
             allowed_networks: vec![],
             rate_quota: None,

@@ -239,6 +239,7 @@ pub fn record(subject: &str, scopes: &str) -> TokenRecord {
         revoked_at: None,
         disabled_at: None,
         uses: None,
+        version: 0,
         last_used_at: None,
         allowed_networks: Vec::new(),
         rate_quota: None,

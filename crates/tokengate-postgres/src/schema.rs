@@ -46,7 +46,8 @@ const MIGRATIONS: &[&str] = &[
         ADD COLUMN uses_refill_ms bigint,
         ADD COLUMN uses_remaining bigint,
         ADD COLUMN uses_window bigint NOT NULL DEFAULT 0,
-        ADD COLUMN uses_generation bigint NOT NULL DEFAULT 0;",
+        ADD COLUMN uses_generation bigint NOT NULL DEFAULT 0,
+        ADD COLUMN version bigint NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this build writes.

@@ -155,7 +155,7 @@ fn causes(error: &dyn std::error::Error) -> String {
 const COLUMNS: &str = "id, key_id, hash, name, subject, scopes, audiences, created_at, expires_at, \
     revoked_at, last_used_at, allowed_networks, rate_count, rate_period_ms, rate_burst, \
     rotated_from, metadata::text, disabled_at, uses_limit, uses_refill, uses_refill_ms, \
-    uses_remaining, uses_window, uses_generation";
+    uses_remaining, uses_window, uses_generation, version";
 
 /// A stored value that does not parse: the database was edited by hand or
 /// by a newer build.
@@ -271,6 +271,7 @@ fn row_to_record(row: &Row) -> Result<TokenRecord, StoreError> {
             generation: row.try_get(23).map_err(get_error)?,
         }
         .into_uses(),
+        version: u64::try_from(row.try_get::<_, i64>(24).map_err(get_error)?).unwrap_or(0),
     })
 }
 
@@ -282,7 +283,8 @@ async fn insert_record(client: &impl GenericClient, r: &TokenRecord) -> Result<(
     let networks: Vec<String> = strings(&r.allowed_networks);
     let metadata = serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".to_owned());
     let uses = UseColumns::of(r.uses.as_ref());
-    let params: [&(dyn ToSql + Sync); 24] = [
+    let version = i64::try_from(r.version).unwrap_or(i64::MAX);
+    let params: [&(dyn ToSql + Sync); 25] = [
         &r.id.as_str(),
         &i64::from(r.hash.key_id().get()),
         &&r.hash.digest()[..],
@@ -307,15 +309,17 @@ async fn insert_record(client: &impl GenericClient, r: &TokenRecord) -> Result<(
         &uses.remaining,
         &uses.window,
         &uses.generation,
+        &version,
     ];
     client
         .execute(
             "INSERT INTO tokengate_tokens (id, key_id, hash, name, subject, scopes, audiences, \
              created_at, expires_at, revoked_at, last_used_at, allowed_networks, rate_count, \
              rate_period_ms, rate_burst, rotated_from, metadata, disabled_at, uses_limit, \
-             uses_refill, uses_refill_ms, uses_remaining, uses_window, uses_generation) VALUES ($1, $2, \
+             uses_refill, uses_refill_ms, uses_remaining, uses_window, uses_generation, version) \
+             VALUES ($1, $2, \
              $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::text::jsonb, $18, \
-             $19, $20, $21, $22, $23, $24)",
+             $19, $20, $21, $22, $23, $24, $25)",
             &params,
         )
         .await
@@ -727,7 +731,8 @@ impl TokenAdmin for PostgresStore {
                 r.allowed_networks.iter().map(ToString::to_string).collect();
             let metadata = serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".to_owned());
             let uses = UseColumns::of(r.uses.as_ref());
-            let params: [&(dyn ToSql + Sync); 16] = [
+            let version = i64::try_from(r.version).unwrap_or(i64::MAX);
+            let params: [&(dyn ToSql + Sync); 17] = [
                 &r.id.as_str(),
                 &r.name,
                 &scopes,
@@ -744,6 +749,7 @@ impl TokenAdmin for PostgresStore {
                 &uses.refill_ms,
                 &uses.remaining,
                 &uses.window,
+                &version,
             ];
             let tx = c.transaction().await.map_err(store_error)?;
             // The count left stays (a limit new to the token starts from
@@ -758,14 +764,21 @@ impl TokenAdmin for PostgresStore {
                          uses_refill_ms = $14, uses_remaining = CASE WHEN $12::bigint IS NULL \
                          THEN NULL ELSE COALESCE(uses_remaining, $15) END, \
                          uses_window = CASE WHEN $12::bigint IS NULL THEN 0 \
-                         ELSE GREATEST(uses_window, $16) END \
-                         WHERE id = $1 RETURNING {COLUMNS}"
+                         ELSE GREATEST(uses_window, $16) END, version = version + 1 \
+                         WHERE id = $1 AND version = $17 RETURNING {COLUMNS}"
                     ),
                     &params,
                 )
                 .await
-                .map_err(store_error)?
-                .ok_or_else(|| StoreError::NotFound(r.id.clone()))?;
+                .map_err(store_error)?;
+            let Some(row) = row else {
+                let exists = get_record(&tx, r.id.as_str()).await?;
+                return Err(if exists.is_some() {
+                    StoreError::Changed(r.id.clone())
+                } else {
+                    StoreError::NotFound(r.id.clone())
+                });
+            };
             let stored = row_to_record(&row)?;
             notify(&tx, &Change::updated(&stored)).await?;
             tx.commit().await.map_err(store_error)?;

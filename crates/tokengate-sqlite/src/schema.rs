@@ -49,13 +49,15 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE tokens ADD COLUMN disabled_at INTEGER;",
     // 4: usage-limited tokens: the limit, its refill, and the count left
     // in its window and generation (all NULL, the window and generation 0,
-    // for unlimited uses).
+    // for unlimited uses); and the record's version, which an update
+    // writes over only as it was read.
     "ALTER TABLE tokens ADD COLUMN uses_limit INTEGER;
     ALTER TABLE tokens ADD COLUMN uses_refill INTEGER;
     ALTER TABLE tokens ADD COLUMN uses_refill_ms INTEGER;
     ALTER TABLE tokens ADD COLUMN uses_remaining INTEGER;
     ALTER TABLE tokens ADD COLUMN uses_window INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE tokens ADD COLUMN uses_generation INTEGER NOT NULL DEFAULT 0;",
+    ALTER TABLE tokens ADD COLUMN uses_generation INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tokens ADD COLUMN version INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this build writes.

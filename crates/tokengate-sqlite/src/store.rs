@@ -55,7 +55,7 @@ impl OpenError {
 
 const COLUMNS: &str = "id, key_id, hash, name, subject, scopes, audiences, created_at, expires_at, revoked_at, \
     last_used_at, allowed_networks, rate_count, rate_period_ms, rate_burst, rotated_from, metadata, disabled_at, \
-    uses_limit, uses_refill, uses_refill_ms, uses_remaining, uses_window, uses_generation";
+    uses_limit, uses_refill, uses_refill_ms, uses_remaining, uses_window, uses_generation, version";
 
 fn join<T: ToString>(items: &[T]) -> String {
     items
@@ -143,6 +143,7 @@ fn row_to_record(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
             generation: row.get(23)?,
         }
         .into_uses(),
+        version: u64::try_from(row.get::<_, i64>(24)?).unwrap_or(0),
     })
 }
 
@@ -150,7 +151,7 @@ fn insert_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> 
     let [count, period, burst] = quota_columns(r.rate_quota);
     let uses = UseColumns::of(r.uses.as_ref());
     conn.execute(
-        &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"),
+        &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"),
         params![
             r.id.as_str(),
             i64::from(r.hash.key_id().get()),
@@ -176,6 +177,7 @@ fn insert_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> 
             uses.remaining,
             uses.window,
             uses.generation,
+            i64::try_from(r.version).unwrap_or(i64::MAX),
         ],
     )
 }
@@ -202,8 +204,9 @@ fn update_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> 
          rate_burst = ?10, metadata = ?11, uses_limit = ?12, uses_refill = ?13, \
          uses_refill_ms = ?14, \
          uses_remaining = CASE WHEN ?12 IS NULL THEN NULL ELSE COALESCE(uses_remaining, ?15) END, \
-         uses_window = CASE WHEN ?12 IS NULL THEN 0 ELSE MAX(uses_window, ?16) END \
-         WHERE id = ?1",
+         uses_window = CASE WHEN ?12 IS NULL THEN 0 ELSE MAX(uses_window, ?16) END, \
+         version = version + 1 \
+         WHERE id = ?1 AND version = ?17",
         params![
             r.id.as_str(),
             r.name,
@@ -221,6 +224,7 @@ fn update_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> 
             uses.refill_ms,
             uses.remaining,
             uses.window,
+            i64::try_from(r.version).unwrap_or(i64::MAX),
         ],
     )
 }
@@ -691,7 +695,12 @@ impl TokenAdmin for SqliteStore {
         self.with(move |c| {
             let tx = c.transaction().map_err(store_error)?;
             if update_record(&tx, &record).map_err(store_error)? == 0 {
-                return Err(StoreError::NotFound(record.id));
+                let exists = get_record(&tx, record.id.as_str()).map_err(store_error)?;
+                return Err(if exists.is_some() {
+                    StoreError::Changed(record.id)
+                } else {
+                    StoreError::NotFound(record.id)
+                });
             }
             let stored = get_record(&tx, record.id.as_str())
                 .map_err(store_error)?

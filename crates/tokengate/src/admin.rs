@@ -361,9 +361,9 @@ fn bad(detail: impl Into<String>) -> Problem {
 fn failed(error: &LifecycleError) -> Problem {
     let status = match error {
         LifecycleError::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
-        LifecycleError::Store(StoreError::Conflict(_)) | LifecycleError::NotChangeable { .. } => {
-            StatusCode::CONFLICT
-        }
+        LifecycleError::Store(StoreError::Conflict(_) | StoreError::Changed(_))
+        | LifecycleError::NotChangeable { .. }
+        | LifecycleError::Contended { .. } => StatusCode::CONFLICT,
         LifecycleError::NotRotatable { .. } | LifecycleError::NotUsageLimited { .. } => {
             StatusCode::CONFLICT
         }

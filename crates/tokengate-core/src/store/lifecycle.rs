@@ -343,6 +343,13 @@ pub enum LifecycleError {
         /// The token.
         id: TokenId,
     },
+    /// The token kept changing under this change (other processes
+    /// changing it at the same time, more times than it was retried).
+    #[error("token {id} was changed by others meanwhile; try again")]
+    Contended {
+        /// The token.
+        id: TokenId,
+    },
     /// The store failed or the token does not exist.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -605,6 +612,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
             rotated_from,
             metadata: spec.metadata,
             uses: spec.uses.map(|limit| Uses::fresh(limit, now)),
+            version: 0,
         };
         Ok((token, record))
     }

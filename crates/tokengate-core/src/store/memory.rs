@@ -162,6 +162,10 @@ impl TokenAdmin for MemoryStore {
     ) -> Result<TokenRecord, StoreError> {
         self.write(|s| {
             let stored = s.record_mut(&record.id)?;
+            if stored.version != record.version {
+                return Err(StoreError::Changed(record.id));
+            }
+            stored.version += 1;
             stored.name = record.name;
             stored.scopes = record.scopes;
             stored.audiences = record.audiences;

@@ -140,8 +140,11 @@ pub trait TokenAdmin: Send + Sync + 'static {
     /// clears it); its hash, subject, creation,
     /// revocation and last-use times and `rotated_from` stay as stored.
     /// Records the change at `at` in the store's change feed, so every
-    /// instance's cache forgets the token; returns the stored record.
-    /// Fails with [`StoreError::NotFound`] when there is no such token.
+    /// instance's cache forgets the token; returns the stored record, its
+    /// [`version`](TokenRecord::version) one more. Writes only over the
+    /// stored version `record.version`: fails with [`StoreError::Changed`]
+    /// when it is another (changed meanwhile), [`StoreError::NotFound`]
+    /// when there is no such token.
     fn update(
         &self,
         record: TokenRecord,
@@ -248,6 +251,10 @@ pub enum StoreError {
     /// An insert collided with an existing id or hash.
     #[error("a token with this {0} already exists")]
     Conflict(&'static str),
+    /// An [`update`](TokenAdmin::update) found the record at another
+    /// version than the one it was read at: changed meanwhile.
+    #[error("token {0} was changed meanwhile")]
+    Changed(TokenId),
     /// The store cannot do what was asked (it names what).
     #[error("this token store does not support {0}")]
     Unsupported(&'static str),

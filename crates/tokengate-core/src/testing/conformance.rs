@@ -1,5 +1,11 @@
 //! One suite every token store passes: memory, SQLite and PostgreSQL run
 //! it against a fresh, empty store of their own.
+#![allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test suite: a broken expectation panics, naming it"
+)]
 
 use std::time::{Duration, SystemTime};
 
@@ -18,17 +24,12 @@ use crate::{Pepper, TokenId};
 /// # Panics
 ///
 /// On the first broken expectation, naming it.
-#[allow(
-    clippy::panic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a test suite"
-)]
 pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
     let hasher = TokenHasher::new(Pepper::new(KeyId::new(1), [9; 32]).unwrap());
     let lifecycle = Lifecycle::new(store, hasher.clone());
     uses_conformance(&lifecycle).await;
     query_conformance(&lifecycle).await;
+    version_conformance(&lifecycle).await;
     let day = Duration::from_secs(86_400);
     let issued = lifecycle
         .issue(
@@ -197,22 +198,11 @@ pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
 /// Usage-limited tokens: the count as issued, spent one at a time to
 /// none, reset, kept by a new limit, refilled in a later window, handed
 /// over by rotation, cleared with the limit.
-#[allow(
-    clippy::panic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a test suite"
-)]
 async fn uses_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) {
     let store = lifecycle.store();
     let three = UseLimit::new(std::num::NonZeroU64::new(3).unwrap());
     let issued = lifecycle
-        .issue(
-            TokenSpec::new("metered", "team-u")
-                .scopes(["notes:read".parse().unwrap()])
-                .audiences(["notes".parse().unwrap()])
-                .uses(three),
-        )
+        .issue(reader("metered", "team-u").uses(three))
         .await
         .unwrap();
     let id = issued.record.id.clone();
@@ -323,12 +313,7 @@ async fn uses_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) 
     // a rotation start a new generation.
     let five = UseLimit::new(std::num::NonZeroU64::new(5).unwrap());
     let leased = lifecycle
-        .issue(
-            TokenSpec::new("leased", "team-u")
-                .scopes(["notes:read".parse().unwrap()])
-                .audiences(["notes".parse().unwrap()])
-                .uses(five),
-        )
+        .issue(reader("leased", "team-u").uses(five))
         .await
         .unwrap()
         .record;
@@ -359,12 +344,6 @@ async fn uses_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) 
 /// The store's own selection ([`TokenAdmin::query`]) agrees with
 /// [`TokenQuery::apply`] over [`TokenAdmin::list`] for every filter, page
 /// and combination.
-#[allow(
-    clippy::panic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a test suite"
-)]
 async fn query_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) {
     use crate::store::TokenQuery;
     let day = Duration::from_secs(86_400);
@@ -372,12 +351,7 @@ async fn query_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>)
     for (i, days) in [1, 2, 40, 60, 5].into_iter().enumerate() {
         let subject = if i % 2 == 0 { "paged-a" } else { "paged-b" };
         let issued = lifecycle
-            .issue(
-                TokenSpec::new(format!("page-{i}"), subject)
-                    .scopes(["notes:read".parse().unwrap()])
-                    .audiences(["notes".parse().unwrap()])
-                    .expiry(Expiry::After(days * day)),
-            )
+            .issue(reader(format!("page-{i}"), subject).expiry(Expiry::After(days * day)))
             .await
             .unwrap();
         ids.push(issued.record.id);
@@ -425,5 +399,94 @@ async fn query_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>)
     let page = TokenQuery::new().subject("paged-a").limit(2);
     let first = lifecycle.list_matching(&page).await.unwrap();
     assert_eq!(first.len(), 2, "a page of two");
-    assert_eq!(first[0].id, ids[0]);
+    // Tokens made in one millisecond are ordered by id: which of the
+    // three comes first is the store's order, not the issue order.
+    assert!(first.iter().all(|r| r.subject == "paged-a"));
+}
+
+/// Both futures, polled in turn until both are done (their awaits
+/// interleave, as two admins' requests do).
+async fn both<A: std::future::Future, B: std::future::Future>(
+    a: A,
+    b: B,
+) -> (A::Output, B::Output) {
+    use std::task::Poll;
+    let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
+    let (mut first, mut second) = (None, None);
+    std::future::poll_fn(|cx| {
+        if first.is_none()
+            && let Poll::Ready(out) = a.as_mut().poll(cx)
+        {
+            first = Some(out);
+        }
+        if second.is_none()
+            && let Poll::Ready(out) = b.as_mut().poll(cx)
+        {
+            second = Some(out);
+        }
+        if first.is_some() && second.is_some() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    match (first, second) {
+        (Some(first), Some(second)) => (first, second),
+        _ => unreachable!("both are done"),
+    }
+}
+
+/// An update writes only over the version it read: a stale one is
+/// refused, and two changes made at once both hold.
+async fn version_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) {
+    let issued = lifecycle
+        .issue(reader("versioned", "team-v"))
+        .await
+        .unwrap()
+        .record;
+    assert_eq!(issued.version, 0);
+    let stale = lifecycle.get(&issued.id).await.unwrap().unwrap();
+    let renamed = lifecycle
+        .update(&issued.id, &TokenChanges::new().name("renamed"))
+        .await
+        .unwrap();
+    assert_eq!(renamed.version, 1, "an update is a version");
+    let mut overwrite = stale;
+    overwrite.name = "lost".into();
+    assert!(
+        matches!(
+            lifecycle.store().update(overwrite, SystemTime::now()).await,
+            Err(StoreError::Changed(_))
+        ),
+        "a write over a stale version is refused"
+    );
+    let (a, b) = both(
+        lifecycle.update(
+            &issued.id,
+            &TokenChanges::new().add_scope("notes:write".parse().unwrap()),
+        ),
+        lifecycle.update(
+            &issued.id,
+            &TokenChanges::new().add_scope("notes:list".parse().unwrap()),
+        ),
+    )
+    .await;
+    a.unwrap();
+    b.unwrap();
+    let stored = lifecycle.get(&issued.id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.scopes.to_string(),
+        "notes:list notes:read notes:write",
+        "neither change is lost"
+    );
+    assert_eq!(stored.name, "renamed");
+    assert_eq!(stored.version, 3);
+}
+
+/// A token for `subject` that may read notes.
+fn reader(name: impl Into<String>, subject: &str) -> TokenSpec {
+    TokenSpec::new(name, subject)
+        .scopes(["notes:read".parse().unwrap()])
+        .audiences(["notes".parse().unwrap()])
 }

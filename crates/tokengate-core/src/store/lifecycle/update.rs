@@ -166,43 +166,67 @@ impl<S: TokenAdmin> Lifecycle<S> {
         id: &TokenId,
         changes: &TokenChanges,
     ) -> Result<TokenRecord, LifecycleError> {
-        let now = self.clock.now();
-        let mut record = self.changeable(id).await?;
-        changes.apply(&mut record, now);
-        // The same checks as at issuance, but the expiry only when it
-        // changes: an unchanged one was valid when the token was issued.
-        let unchanged_expiry = IssuancePolicy {
-            allow_no_expiry: true,
-            ..self.policy.clone()
-        };
-        let mut spec = TokenSpec::new(record.name.clone(), record.subject.clone())
-            .scopes(record.scopes.iter().cloned())
-            .audiences(record.audiences.iter().cloned())
-            .expiry(Expiry::Never);
-        spec.metadata.clone_from(&record.metadata);
-        unchanged_expiry.validate(&spec, now)?;
-        if let Some(expiry) = changes.expiry {
-            record.expires_at = self.policy.expiry_at(expiry, now)?;
-        }
-        Ok(self.store.update(record, now).await?)
+        self.changed(id, |record, now| {
+            changes.apply(record, now);
+            // The same checks as at issuance, but the expiry only when it
+            // changes: an unchanged one was valid when the token was issued.
+            let unchanged_expiry = IssuancePolicy {
+                allow_no_expiry: true,
+                ..self.policy.clone()
+            };
+            let mut spec = TokenSpec::new(record.name.clone(), record.subject.clone())
+                .scopes(record.scopes.iter().cloned())
+                .audiences(record.audiences.iter().cloned())
+                .expiry(Expiry::Never);
+            spec.metadata.clone_from(&record.metadata);
+            unchanged_expiry.validate(&spec, now)?;
+            if let Some(expiry) = changes.expiry {
+                record.expires_at = self.policy.expiry_at(expiry, now)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Disables the token: refused like a revoked one (401, the audit's
     /// reason `token_disabled`) until [`Lifecycle::enable`]. Disabling a
     /// disabled token keeps the first time.
     pub async fn disable(&self, id: &TokenId) -> Result<TokenRecord, LifecycleError> {
-        let now = self.clock.now();
-        let mut record = self.changeable(id).await?;
-        record.disabled_at.get_or_insert(now);
-        Ok(self.store.update(record, now).await?)
+        self.changed(id, |record, now| {
+            record.disabled_at.get_or_insert(now);
+            Ok(())
+        })
+        .await
     }
 
     /// Enables a disabled token again.
     pub async fn enable(&self, id: &TokenId) -> Result<TokenRecord, LifecycleError> {
-        let now = self.clock.now();
-        let mut record = self.changeable(id).await?;
-        record.disabled_at = None;
-        Ok(self.store.update(record, now).await?)
+        self.changed(id, |record, _| {
+            record.disabled_at = None;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Reads the token, changes it with `change` and writes it over the
+    /// version read; when another process changed it meanwhile
+    /// ([`StoreError::Changed`]), reads it again and changes that, so no
+    /// change is lost (a few times, then [`LifecycleError::Contended`]).
+    async fn changed(
+        &self,
+        id: &TokenId,
+        change: impl Fn(&mut TokenRecord, SystemTime) -> Result<(), LifecycleError>,
+    ) -> Result<TokenRecord, LifecycleError> {
+        for _ in 0..8 {
+            let now = self.clock.now();
+            let mut record = self.changeable(id).await?;
+            change(&mut record, now)?;
+            match self.store.update(record, now).await {
+                Err(StoreError::Changed(_)) => continue,
+                written => return Ok(written?),
+            }
+        }
+        Err(LifecycleError::Contended { id: id.clone() })
     }
 
     /// Sets the count a usage-limited token has left to `remaining` (by
