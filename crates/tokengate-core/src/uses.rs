@@ -276,11 +276,19 @@ pub struct UseColumns {
     pub generation: i64,
 }
 
-fn column(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
+impl UseSpend {
+    /// The window and the refill count as SQL integers (see [`UseColumns::int`]).
+    pub fn columns(&self) -> (i64, i64) {
+        (UseColumns::int(self.window), UseColumns::int(self.refill))
+    }
 }
 
 impl UseColumns {
+    /// A count or window as a signed SQL integer (`i64::MAX` at most).
+    pub fn int(value: u64) -> i64 {
+        i64::try_from(value).unwrap_or(i64::MAX)
+    }
+
     /// The columns of `uses`.
     pub fn of(uses: Option<&Uses>) -> Self {
         let Some(uses) = uses else {
@@ -288,12 +296,12 @@ impl UseColumns {
         };
         let refill = uses.limit.refill;
         Self {
-            limit: Some(column(uses.limit.uses())),
-            refill: refill.map(|r| column(r.amount())),
+            limit: Some(Self::int(uses.limit.uses())),
+            refill: refill.map(|r| Self::int(r.amount())),
             refill_ms: refill.map(|r| i64::try_from(r.every().as_millis()).unwrap_or(i64::MAX)),
-            remaining: Some(column(uses.remaining)),
-            window: column(uses.window),
-            generation: column(uses.generation),
+            remaining: Some(Self::int(uses.remaining)),
+            window: Self::int(uses.window),
+            generation: Self::int(uses.generation),
         }
     }
 

@@ -566,8 +566,7 @@ impl TokenStore for PostgresStore {
 
     /// One statement: the row lock orders spends from every instance.
     async fn spend_use(&self, id: &TokenId, spend: UseSpend) -> Result<Option<u64>, StoreError> {
-        let window = i64::try_from(spend.window).unwrap_or(i64::MAX);
-        let refill = i64::try_from(spend.refill).unwrap_or(i64::MAX);
+        let (window, refill) = spend.columns();
         self.with(|c| async move {
             let statement = c.prepare_cached(SPEND_USE).await.map_err(store_error)?;
             let left = c
@@ -589,8 +588,7 @@ impl TokenStore for PostgresStore {
         spend: UseSpend,
         want: u64,
     ) -> Result<Taken, StoreError> {
-        let window = i64::try_from(spend.window).unwrap_or(i64::MAX);
-        let refill = i64::try_from(spend.refill).unwrap_or(i64::MAX);
+        let (window, refill) = spend.columns();
         let want = i64::try_from(want).unwrap_or(i64::MAX);
         self.with(|c| async move {
             let row = c
@@ -793,8 +791,7 @@ impl TokenAdmin for PostgresStore {
         remaining: u64,
         window: u64,
     ) -> Result<TokenRecord, StoreError> {
-        let remaining = i64::try_from(remaining).unwrap_or(i64::MAX);
-        let window = i64::try_from(window).unwrap_or(i64::MAX);
+        let (remaining, window) = (UseColumns::int(remaining), UseColumns::int(window));
         self.with(|mut c| async move {
             let tx = c.transaction().await.map_err(store_error)?;
             tx.execute(

@@ -543,8 +543,7 @@ impl TokenStore for SqliteStore {
     /// spends from every process are counted one after another.
     async fn spend_use(&self, id: &TokenId, spend: UseSpend) -> Result<Option<u64>, StoreError> {
         let id = id.clone();
-        let window = i64::try_from(spend.window).unwrap_or(i64::MAX);
-        let refill = i64::try_from(spend.refill).unwrap_or(i64::MAX);
+        let (window, refill) = spend.columns();
         self.with(move |c| {
             c.prepare_cached(SPEND_USE)
                 .and_then(|mut statement| {
@@ -602,8 +601,7 @@ fn take_uses(
     want: u64,
 ) -> rusqlite::Result<Taken> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let window = i64::try_from(spend.window).unwrap_or(i64::MAX);
-    let refill = i64::try_from(spend.refill).unwrap_or(i64::MAX);
+    let (window, refill) = spend.columns();
     let available: Option<i64> = tx
         .query_row(
             "SELECT CASE WHEN uses_window < ?2 THEN ?3 ELSE uses_remaining END FROM tokens \
@@ -719,8 +717,7 @@ impl TokenAdmin for SqliteStore {
         window: u64,
     ) -> Result<TokenRecord, StoreError> {
         let id = id.clone();
-        let remaining = i64::try_from(remaining).unwrap_or(i64::MAX);
-        let window = i64::try_from(window).unwrap_or(i64::MAX);
+        let (remaining, window) = (UseColumns::int(remaining), UseColumns::int(window));
         self.with(move |c| {
             let tx = c.transaction().map_err(store_error)?;
             tx.execute(
