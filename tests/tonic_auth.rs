@@ -163,3 +163,45 @@ async fn the_health_service_is_public() {
     // server has no health service.
     assert_eq!(status.code(), Code::Unimplemented);
 }
+
+#[tokio::test]
+async fn a_spent_quota_is_resource_exhausted_8_with_the_http_quota_headers() {
+    use std::num::NonZeroU32;
+    use std::time::Duration;
+    use tokengate::{RateLimitLayer, RateQuota};
+
+    let world = World::new();
+    let (token, _) = world.issue("notes:read").await;
+    let quota = RateQuota::new(
+        NonZeroU32::new(1).unwrap(),
+        Duration::from_secs(60),
+        NonZeroU32::new(1).unwrap(),
+    )
+    .unwrap();
+    let stack = ServiceBuilder::new()
+        .layer(world.auth.clone())
+        .layer(RateLimitLayer::per_token(quota))
+        .into_inner();
+    let mut client = NotesClient::new(support::grpc::serve(stack).await);
+    let admitted = client
+        .list_notes(with_token(ListNotesRequest {}, &[secret(&token)]))
+        .await
+        .unwrap();
+    let policy = admitted
+        .metadata()
+        .get("ratelimit-policy")
+        .cloned()
+        .unwrap();
+    assert_eq!(policy, r#""per-token";q=1;w=60"#);
+    let status = client
+        .list_notes(with_token(ListNotesRequest {}, &[secret(&token)]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let metadata = status.metadata();
+    assert_eq!(metadata.get("ratelimit-policy").unwrap(), &policy);
+    let state = metadata.get("ratelimit").unwrap().to_str().unwrap();
+    assert!(state.starts_with(r#""per-token";r=0;t="#), "{state}");
+    assert!(metadata.get("retry-after").is_some());
+    assert!(metadata.get("grpc-retry-pushback-ms").is_some());
+}

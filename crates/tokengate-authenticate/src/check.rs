@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue, Request, Response};
+use metrics::Counter;
 use tokengate_cache::VerifyError;
 use tokengate_core::{
     Admit, Check, ClientIp, Denial, InvalidReason, IpReason, Principal, RequestTrail, SlotKey,
@@ -82,15 +83,28 @@ enum Step {
 }
 
 /// The token-expiry header of an admitted request (nothing when the layer
-/// sends none, or the token never expires).
+/// sends none, or the token never expires), and the near-expiry counter
+/// when the token is within the layer's window.
 #[derive(Debug, Clone, Default)]
-pub struct ExpiryHeader(Option<(HeaderName, HeaderValue)>);
+pub struct ExpiryHeader {
+    header: Option<(HeaderName, HeaderValue)>,
+    near: Option<Counter>,
+}
 
 impl Admit for ExpiryHeader {
     #[inline]
     fn apply<B>(self, response: &mut Response<B>) {
-        if let Some((name, value)) = self.0 {
+        if let Some((name, value)) = self.header {
             response.headers_mut().insert(name, value);
+        }
+        // Counted here, not when the token is verified: a later check
+        // (scope, rate, uses) may still refuse the request, and the
+        // metric counts admitted requests only. A refusal carries its
+        // denial; a response of the inner service does not.
+        if let Some(near) = self.near
+            && response.extensions().get::<Denial>().is_none()
+        {
+            near.increment(1);
         }
     }
 }
@@ -288,17 +302,23 @@ impl<St> Config<St> {
             }
         }
         let expiry = principal.with_slot(&EXPIRY_VALUE, expiry_value, |expiry| {
-            let (at, value) = expiry.as_ref()?;
+            let Some((at, value)) = expiry.as_ref() else {
+                return ExpiryHeader::default();
+            };
             let window = self.expires_within.unwrap_or(TOKEN_EXPIRES_WITHIN);
             let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
             let near = at.saturating_sub(self.clock.now_nanos()) <= window;
-            if near {
-                self.near_expiry.increment(1);
+            let header = self
+                .expires_header
+                .as_ref()
+                .filter(|_| near || self.expires_within.is_none())
+                .map(|name| (name.clone(), value.clone()));
+            ExpiryHeader {
+                header,
+                near: near.then(|| self.near_expiry.clone()),
             }
-            let name = self.expires_header.as_ref()?;
-            (near || self.expires_within.is_none()).then(|| (name.clone(), value.clone()))
         });
         request.extensions_mut().insert(principal);
-        Ok(ExpiryHeader(expiry))
+        Ok(expiry)
     }
 }

@@ -161,6 +161,7 @@ struct CacheMetrics {
     joined: Counter,
     lookup: Histogram,
     errors: Counter,
+    _timeouts: Counter,
 }
 
 impl CacheMetrics {
@@ -173,6 +174,9 @@ impl CacheMetrics {
             joined: lookups("joined"),
             lookup: histogram!(STORE_LOOKUP_DURATION),
             errors: counter!(STORE_ERRORS, "kind" => "error"),
+            // Registered here so the series exists (at 0) before the
+            // first timeout; the authenticate layer counts them.
+            _timeouts: counter!(STORE_ERRORS, "kind" => "timeout"),
         }
     }
 

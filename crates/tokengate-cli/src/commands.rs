@@ -332,10 +332,13 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                 .map_err(|e| e.to_string())?;
             print_issued(&issued, *json);
             if !json {
-                eprintln!(
-                    "{id} keeps working until {}",
-                    when(SystemClock.now() + *grace)
-                );
+                // The lifecycle refused a grace past what the clock holds,
+                // before anything was written; the old token's own expiry
+                // may end it sooner.
+                let old = lifecycle.get(&id).await.map_err(|e| e.to_string())?;
+                if let Some(until) = old.and_then(|old| old.expires_at) {
+                    eprintln!("{id} keeps working until {}", when(until));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

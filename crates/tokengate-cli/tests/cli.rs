@@ -307,16 +307,24 @@ fn usage_limited_tokens_are_issued_shown_listed_changed_and_reset() {
     assert!(listed.lines().next().unwrap().contains("USES"));
     assert!(listed.contains(" 5/5 "), "{listed}");
 
-    // A new limit keeps the count; a reset sets it.
+    // A lower limit caps the count; a reset sets it, within the limit.
     let changed: Value =
         serde_json::from_str(&db.ok(&["update", id, "--uses", "2", "--json"])).unwrap();
     assert_eq!(changed["uses"]["limit"], 2);
-    assert_eq!(changed["uses"]["remaining"], 5, "the count left stays");
+    assert_eq!(changed["uses"]["remaining"], 2, "capped by the new limit");
     assert_eq!(changed["uses"]["refill"], Value::Null);
     assert_eq!(
         db.ok(&["reset-uses", id]).trim(),
         format!("{id} has 2/2 uses left")
     );
+    let over = db.run(&["reset-uses", id, "--remaining", "7"]);
+    assert!(!over.status.success());
+    assert!(
+        support::text(&over).contains("more than the limit"),
+        "{}",
+        support::text(&over)
+    );
+    db.ok(&["update", id, "--uses", "9"]);
     let reset: Value =
         serde_json::from_str(&db.ok(&["reset-uses", id, "--remaining", "7", "--json"])).unwrap();
     assert_eq!(reset["uses"]["remaining"], 7);
@@ -346,5 +354,29 @@ fn usage_limited_tokens_are_issued_shown_listed_changed_and_reset() {
             support::text(&out)
         );
     }
+    assert_eq!(db.ok(&["list", "--json"]).lines().count(), 1);
+}
+
+#[test]
+fn a_grace_or_count_out_of_range_is_refused_before_anything_is_written() {
+    let db = Db::new("ranges");
+    let old = db.issue(&["--ttl", "10d", "--uses", "5"]);
+    let id = old["id"].as_str().unwrap();
+    for grace in ["300000000000y", "91d"] {
+        let out = db.run(&["rotate", id, "--grace", grace]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{grace}: {stderr}");
+        assert!(stderr.contains("grace period"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let out = db.run(&["update", id, "--uses", "18446744073709551615"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("18446744073709551615"), "{stderr}");
+    // Nothing changed: one token, its expiry and its count as issued.
+    let now: Value = serde_json::from_str(&db.ok(&["show", id, "--json"])).unwrap();
+    assert_eq!(now["expires_at"], old["expires_at"]);
+    assert_eq!(now["status"], "active");
+    assert_eq!(now["uses"]["limit"], 5);
     assert_eq!(db.ok(&["list", "--json"]).lines().count(), 1);
 }

@@ -21,11 +21,14 @@ pub const DECISIONS: &str = "tokengate_decisions_total";
 /// lookup of the same hash).
 pub const CACHE_LOOKUPS: &str = "tokengate_cache_lookups_total";
 
-/// Histogram, seconds: the store's lookups on cache misses.
+/// Histogram, seconds: the store's lookups on cache misses. Export it
+/// with [`DURATION_BUCKETS`] (see [`HISTOGRAMS`]).
 pub const STORE_LOOKUP_DURATION: &str = "tokengate_store_lookup_duration_seconds";
 
 /// Counter: store lookups that failed. Label `kind`: `error` (the store
-/// answered with an error) or `timeout` (the lookup bound passed).
+/// answered with an error) or `timeout` (the lookup bound passed). Both
+/// series exist from the start (at 0), so a rate over them is defined
+/// before the first failure.
 pub const STORE_ERRORS: &str = "tokengate_store_errors_total";
 
 /// Counter: requests a rate limit refused. Label `limiter`: the limiter's
@@ -37,14 +40,17 @@ pub const RATE_LIMITED: &str = "tokengate_rate_limited_total";
 /// or `fail_closed`.
 pub const RATE_STATE_FALLBACKS: &str = "tokengate_rate_state_fallbacks_total";
 
-/// Histogram, seconds: round trips to a shared rate state.
+/// Histogram, seconds: round trips to a shared rate state. Export it
+/// with [`DURATION_BUCKETS`] (see [`HISTOGRAMS`]).
 pub const RATE_STATE_DURATION: &str = "tokengate_rate_state_duration_seconds";
 
 /// Counter: audit records by fate. Label `result`: `written`, `dropped`
 /// (the queue was full) or `failed` (the write failed).
 pub const AUDIT_RECORDS: &str = "tokengate_audit_records_total";
 
-/// Gauge, records: queued for the audit writer, as of its last drain.
+/// Gauge, records: queued for the audit writer, set as the writer starts
+/// a batch and to 0 once it has drained the queue (so an idle writer
+/// reads 0).
 pub const AUDIT_QUEUE_DEPTH: &str = "tokengate_audit_queue_depth";
 
 /// Gauge, seconds: how long the last record of the writer's latest batch
@@ -56,7 +62,8 @@ pub const AUDIT_WRITER_LAG: &str = "tokengate_audit_writer_lag_seconds";
 pub const FEED_EVENTS: &str = "tokengate_feed_events_total";
 
 /// Counter: times the change feed reconnected after losing its
-/// connection.
+/// connection. PostgreSQL's feed only: the SQLite store's feed reads the
+/// database file it already has open, and has no connection to lose.
 pub const FEED_RECONNECTS: &str = "tokengate_feed_reconnects_total";
 
 /// Counter: times the cache was flushed because the feed may have missed
@@ -75,6 +82,19 @@ pub const FEED_LAST_EVENT: &str = "tokengate_feed_last_event_timestamp_seconds";
 /// authenticate layer's expiry window (7 days by default): clients that
 /// should rotate soon.
 pub const NEAR_EXPIRY: &str = "tokengate_near_expiry_requests_total";
+
+/// The bucket bounds, in seconds, for every histogram in [`HISTOGRAMS`]:
+/// from 100 µs (a lookup in a local SQLite file) to 2.5 s (past any
+/// sensible lookup or Redis timeout). Histograms with the same buckets
+/// on every instance add up across instances, which summaries (a
+/// Prometheus exporter's default) cannot.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Every histogram tokengate emits; give each [`DURATION_BUCKETS`] in
+/// your exporter (`PrometheusBuilder::set_buckets_for_metric`).
+pub const HISTOGRAMS: &[&str] = &[STORE_LOOKUP_DURATION, RATE_STATE_DURATION];
 
 /// Gives the installed recorder the unit and meaning of every metric
 /// above (optional: recorders work without it).

@@ -78,6 +78,10 @@ pub enum UseLimitError {
 }
 
 impl UseLimit {
+    /// The most uses (and the largest refill) a token can have: what a
+    /// signed 64-bit column keeps. The lifecycle refuses more.
+    pub const MAX: u64 = i64::MAX as u64;
+
     /// `uses` requests in all.
     pub fn new(uses: NonZeroU64) -> Self {
         Self { uses, refill: None }
@@ -200,6 +204,22 @@ pub struct Uses {
 }
 
 impl Uses {
+    /// The count under a new `limit`, from the refill window `window` on
+    /// (the later of it and the count's own). The count left stays, but
+    /// never above the new limit: lowering a limit caps it, and the cap
+    /// starts a new generation so uses leased out above it no longer
+    /// count. Raising a limit keeps the count (a reset fills it).
+    #[must_use]
+    pub fn relimited(self, limit: UseLimit, window: u64) -> Self {
+        let remaining = self.remaining.min(limit.uses());
+        Self {
+            limit,
+            remaining,
+            window: self.window.max(window),
+            generation: self.generation + u64::from(remaining < self.remaining),
+        }
+    }
+
     /// A new token's count at `now`: all of its uses, in the current window.
     pub fn fresh(limit: UseLimit, now: SystemTime) -> Self {
         Self {

@@ -750,8 +750,10 @@ impl TokenAdmin for PostgresStore {
                 &version,
             ];
             let tx = c.transaction().await.map_err(store_error)?;
-            // The count left stays (a limit new to the token starts from
-            // the record's); the later window wins.
+            // The count left stays, capped by a lowered limit (a limit new
+            // to the token starts from the record's); a cap starts a new
+            // generation, so uses leased out above it no longer count; the
+            // later window wins.
             let row = tx
                 .query_opt(
                     &format!(
@@ -759,8 +761,10 @@ impl TokenAdmin for PostgresStore {
                          expires_at = $5, disabled_at = $6, allowed_networks = $7, \
                          rate_count = $8, rate_period_ms = $9, rate_burst = $10, \
                          metadata = $11::text::jsonb, uses_limit = $12, uses_refill = $13, \
-                         uses_refill_ms = $14, uses_remaining = CASE WHEN $12::bigint IS NULL \
-                         THEN NULL ELSE COALESCE(uses_remaining, $15) END, \
+                         uses_refill_ms = $14, uses_generation = CASE WHEN \
+                         uses_remaining > $12::bigint THEN uses_generation + 1 \
+                         ELSE uses_generation END, uses_remaining = CASE WHEN $12::bigint IS NULL \
+                         THEN NULL ELSE LEAST(COALESCE(uses_remaining, $15), $12) END, \
                          uses_window = CASE WHEN $12::bigint IS NULL THEN 0 \
                          ELSE GREATEST(uses_window, $16) END, version = version + 1 \
                          WHERE id = $1 AND version = $17 RETURNING {COLUMNS}"

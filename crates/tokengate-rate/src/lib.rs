@@ -36,13 +36,16 @@
 //!
 //! 429 with `Retry-After`, `RateLimit-Policy: "per-token";q=100;w=2` and
 //! `RateLimit: "per-token";r=0;t=2` (the IETF httpapi draft's structured
-//! fields; `q`/`w` state the quota as its burst over the time the burst
-//! takes to refill (50 per second with bursts of 100: `q=100;w=2`), so `r`,
-//! the requests left now, never exceeds `q`; `t` is the seconds until the
-//! burst is full again, or until retry on a 429).
+//! fields). `w` is the time an empty bucket takes to refill, in whole
+//! seconds rounded up, and `q` the larger of the burst and the sustained
+//! rate over `w` (50 per second with bursts of 100: `q=100;w=2`; 5 per
+//! second with bursts of 3: `q=5;w=1`), so `r`, the requests left now,
+//! never exceeds `q`, and `q` never understates the sustained rate; `t` is
+//! the seconds until the burst is full again, or until retry on a 429.
 //! Admitted responses carry the same two headers for the tightest limiter,
 //! unless [turned off](RateLimitLayer::success_headers). gRPC gets status
-//! 8 with `retry-after` and `grpc-retry-pushback-ms` metadata.
+//! 8 with the same two, `retry-after` and `grpc-retry-pushback-ms`
+//! metadata.
 //!
 //! # Example
 //!

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Extensions, HeaderMap, HeaderValue};
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -212,16 +213,26 @@ fn network_of(addr: IpAddr, (v4, v6): (u8, u8)) -> IpAddr {
     }
 }
 
-/// The policy `quota` is stated as: its burst, over the time an empty
-/// bucket takes to fill again. GCRA admits a whole burst at once, so the
-/// requests left (`r`) can reach the burst; stating the quota as the
-/// sustained `count` per `period` would then show more remaining than the
-/// quota (`q=50;w=1` beside `r=99`). Burst over refill time keeps `r <= q`
-/// and states the same sustained rate.
+/// The policy `quota` is stated as, in a window of whole seconds: the
+/// time an empty bucket takes to fill again, rounded up. The quota (`q`)
+/// is the larger of the burst and the sustained rate over that window.
+/// GCRA admits a whole burst at once, so the requests left (`r`) can reach
+/// the burst: a `q` below it would show more remaining than the quota
+/// (`q=50;w=1` beside `r=99`). A `q` of the burst alone would understate
+/// a fast rate whose refill time rounds up to a second (5/s with a burst
+/// of 3 is `q=5;w=1`, not `q=3;w=1`).
 fn own_policy(name: &str, quota: RateQuota) -> Option<QuotaPolicy> {
-    let burst = quota.burst().get();
-    let window = quota.emission_interval().saturating_mul(burst);
-    let policy = RateLimitPolicy::new(name, u64::from(burst), window).ok()?;
+    let burst = u64::from(quota.burst().get());
+    let interval = quota.emission_interval().as_nanos().max(1);
+    let refill = quota
+        .emission_interval()
+        .as_nanos()
+        .saturating_mul(u128::from(burst));
+    let window_secs = refill.div_ceil(1_000_000_000).max(1);
+    let sustained = window_secs.saturating_mul(1_000_000_000) / interval;
+    let quota = burst.max(u64::try_from(sustained).unwrap_or(u64::MAX));
+    let window = Duration::from_secs(u64::try_from(window_secs).unwrap_or(u64::MAX));
+    let policy = RateLimitPolicy::new(name, quota, window).ok()?;
     let header = policy.policy_header();
     Some((policy, header))
 }

@@ -505,6 +505,18 @@ fn param(header: &http::HeaderValue, key: &str) -> u64 {
     text[at..].split(';').next().unwrap().parse().unwrap()
 }
 
+#[tokio::test]
+async fn a_fast_rate_is_stated_at_its_sustained_quota_not_its_burst() {
+    // 5/s with a burst of 3: the bucket refills in 0.6 s, stated as w=1,
+    // over which 5 pass, not 3.
+    let (layer, _clock) = per_token(5, 1, 3);
+    let p = Principal::from_record(&record("alice", ""));
+    let ok = service(&layer).oneshot(as_principal(&p)).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(ok.headers()["ratelimit-policy"], r#""per-token";q=5;w=1"#);
+    assert_eq!(ok.headers()["ratelimit"], r#""per-token";r=2;t=1"#);
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
     /// Whatever the quota and the timing of requests, a response never
@@ -527,8 +539,20 @@ proptest::proptest! {
                 let headers = response.headers();
                 let q = param(&headers["ratelimit-policy"], "q");
                 let r = param(&headers["ratelimit"], "r");
+                let w = param(&headers["ratelimit-policy"], "w");
                 assert!(r <= q, "{:?} {:?}", headers["ratelimit-policy"], headers["ratelimit"]);
-                assert_eq!(q, u64::from(burst));
+                // The quota is the burst, or the sustained rate over the
+                // window where that is more: never less than either.
+                let sustained = w * u64::from(count) / period;
+                assert!(q >= u64::from(burst), "{:?}", headers["ratelimit-policy"]);
+                assert!(
+                    q.abs_diff(sustained.max(u64::from(burst))) <= 1,
+                    "{:?} for {count}/{period}s burst {burst}",
+                    headers["ratelimit-policy"]
+                );
+                // The window is the refill time of a whole burst, rounded up.
+                let refill_ms = u64::from(burst) * period * 1000 / u64::from(count);
+                assert!(w * 1000 >= refill_ms && (w - 1) * 1000 <= refill_ms.max(1000), "w={w}");
             }
         });
     }

@@ -196,14 +196,18 @@ fn quota_columns(quota: Option<RateQuota>) -> [Option<i64>; 3] {
 fn update_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> {
     let [count, period, burst] = quota_columns(r.rate_quota);
     let uses = UseColumns::of(r.uses.as_ref());
-    // The count left stays (a limit new to the token starts from the
-    // record's); the later window wins.
+    // The count left stays, capped by a lowered limit (a limit new to the
+    // token starts from the record's); a cap starts a new generation, so
+    // uses leased out above it no longer count; the later window wins.
     conn.execute(
         "UPDATE tokens SET name = ?2, scopes = ?3, audiences = ?4, expires_at = ?5, \
          disabled_at = ?6, allowed_networks = ?7, rate_count = ?8, rate_period_ms = ?9, \
          rate_burst = ?10, metadata = ?11, uses_limit = ?12, uses_refill = ?13, \
          uses_refill_ms = ?14, \
-         uses_remaining = CASE WHEN ?12 IS NULL THEN NULL ELSE COALESCE(uses_remaining, ?15) END, \
+         uses_generation = CASE WHEN uses_remaining > ?12 THEN uses_generation + 1 \
+         ELSE uses_generation END, \
+         uses_remaining = CASE WHEN ?12 IS NULL THEN NULL \
+         ELSE MIN(COALESCE(uses_remaining, ?15), ?12) END, \
          uses_window = CASE WHEN ?12 IS NULL THEN 0 ELSE MAX(uses_window, ?16) END, \
          version = version + 1 \
          WHERE id = ?1 AND version = ?17",

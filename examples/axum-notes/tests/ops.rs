@@ -95,6 +95,8 @@ async fn counters_are_exact_and_readiness_follows_the_store() {
     let reader = issue("reader", &[]);
     let slow = issue("slow", &["--rate", "1/min", "--burst", "1"]);
     let unseen = issue("unseen", &[]);
+    // Within the 7-day near-expiry window.
+    let soon = issue("soon", &["--ttl", "1d"]);
 
     let mut proxy = Proxy::start(&db.target()).await;
     let url = db.url_via(&proxy.addr().to_string());
@@ -137,6 +139,16 @@ async fn counters_are_exact_and_readiness_follows_the_store() {
     assert_eq!(send(&notes, "GET", Some(&reader)).await.0, StatusCode::OK);
     assert_eq!(send(&notes, "GET", Some(&reader)).await.0, StatusCode::OK);
     assert_eq!(send(&notes, "GET", Some(&slow)).await.0, StatusCode::OK);
+    // The near-expiry token: two admitted, one refused by the scope check
+    // (which runs after authenticate, so it must not be counted).
+    assert_eq!(send(&notes, "GET", Some(&soon)).await.0, StatusCode::OK);
+    assert_eq!(send(&notes, "GET", Some(&soon)).await.0, StatusCode::OK);
+    assert_eq!(
+        send(&format!("{api}/notes/1"), "DELETE", Some(&soon))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
     // 401, 403, 429.
     assert_eq!(send(&notes, "GET", None).await.0, StatusCode::UNAUTHORIZED);
     let delete = format!("{api}/notes/1");
@@ -165,7 +177,7 @@ async fn counters_are_exact_and_readiness_follows_the_store() {
     let value = |key: &str| scraped.get(key).copied();
     assert_eq!(
         value(&decision("gate", "allow", "allowed")),
-        Some(3.0),
+        Some(5.0),
         "{text}"
     );
     assert_eq!(
@@ -174,7 +186,7 @@ async fn counters_are_exact_and_readiness_follows_the_store() {
     );
     assert_eq!(
         value(&decision("scope", "deny", "insufficient_scope")),
-        Some(1.0)
+        Some(2.0)
     );
     assert_eq!(value(&decision("rate", "deny", "rate_limited")), Some(1.0));
     assert_eq!(
@@ -186,25 +198,43 @@ async fn counters_are_exact_and_readiness_follows_the_store() {
         Some(1.0),
         "{text}"
     );
-    // The cache: reader, slow and unseen each missed once; the reader's
-    // second GET and DELETE and the slow token's second request hit.
+    // The cache: reader, slow, soon and unseen each missed once; the
+    // reader's second GET and DELETE, the slow token's second request and
+    // soon's second GET and DELETE hit.
     assert_eq!(
         value(r#"tokengate_cache_lookups_total{result="miss"}"#),
-        Some(3.0)
+        Some(4.0)
     );
     assert_eq!(
         value(r#"tokengate_cache_lookups_total{result="hit"}"#),
-        Some(3.0)
+        Some(5.0)
     );
     assert_eq!(
         value(r#"tokengate_store_errors_total{kind="error"}"#),
         Some(1.0)
     );
-    assert_eq!(value("tokengate_feed_connected"), Some(0.0), "{text}");
-    assert!(
-        text.contains("tokengate_store_lookup_duration_seconds"),
+    // Listed from the start, before any timeout.
+    assert_eq!(
+        value(r#"tokengate_store_errors_total{kind="timeout"}"#),
+        Some(0.0),
         "{text}"
     );
+    // Admitted requests only: the refused DELETE is not counted.
+    assert_eq!(
+        value("tokengate_near_expiry_requests_total"),
+        Some(2.0),
+        "{text}"
+    );
+    // A histogram with the documented buckets, not a summary.
+    assert!(
+        text.contains("# TYPE tokengate_store_lookup_duration_seconds histogram"),
+        "{text}"
+    );
+    for bound in tokengate::metric_names::DURATION_BUCKETS {
+        let series = format!("tokengate_store_lookup_duration_seconds_bucket{{le=\"{bound}\"}}");
+        assert!(value(&series).is_some(), "no {series} in {text}");
+    }
+    assert_eq!(value("tokengate_feed_connected"), Some(0.0), "{text}");
 
     // The library's warning reached stderr with no RUST_LOG set, as JSON.
     let warned = |text: &str| {
@@ -236,7 +266,7 @@ async fn counters_are_exact_and_readiness_follows_the_store() {
     let scraped = samples(&text);
     assert_eq!(
         scraped.get(&decision("gate", "allow", "allowed")).copied(),
-        Some(4.0)
+        Some(6.0)
     );
     assert_eq!(scraped.get("tokengate_feed_connected").copied(), Some(1.0));
     assert!(
@@ -245,14 +275,22 @@ async fn counters_are_exact_and_readiness_follows_the_store() {
             .is_some_and(|n| *n >= 1.0),
         "{text}"
     );
-    // Eight requests went through the Gate, so eight audit records; the
-    // writer tells the count after each batch.
+    // Eleven requests went through the Gate, so eleven audit records; the
+    // writer tells the count after each batch, and the queue's depth is 0
+    // once it has drained.
     let written = r#"tokengate_audit_records_total{result="written"}"#;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, text) = send(&format!("{admin}/metrics"), "GET", None).await;
         match samples(&text).get(written).copied() {
-            Some(8.0) => break,
+            Some(11.0) => {
+                assert_eq!(
+                    samples(&text).get("tokengate_audit_queue_depth").copied(),
+                    Some(0.0),
+                    "{text}"
+                );
+                break;
+            }
             seen => assert!(Instant::now() < deadline, "{written} stayed {seen:?}"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokengate::ops::{Readiness, ops_router};
 
 /// The operator's flags, flattened into each server's arguments.
@@ -66,7 +66,18 @@ impl Admin {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr} (--admin-listen): {e}"))?;
-        let metrics = PrometheusBuilder::new()
+        let mut builder = PrometheusBuilder::new();
+        // Histograms, not the exporter's default summaries: they add up
+        // across instances.
+        for name in tokengate::metric_names::HISTOGRAMS {
+            builder = builder
+                .set_buckets_for_metric(
+                    Matcher::Full((*name).to_owned()),
+                    tokengate::metric_names::DURATION_BUCKETS,
+                )
+                .map_err(|e| format!("cannot set the buckets of {name}: {e}"))?;
+        }
+        let metrics = builder
             .install_recorder()
             .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
         tokengate::metric_names::describe();

@@ -501,10 +501,14 @@ impl Writer {
                 Ok(message) => message,
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
-                    self.give_back_room();
                     if batch > 0 {
                         last_record = Instant::now();
+                        // Drained: nothing waits for the writer now (set
+                        // before the count is told, so a reader that sees
+                        // every record written sees the queue empty).
+                        self.stats.metrics.depth.set(0.0);
                     }
+                    self.give_back_room();
                     if last_flush.elapsed() >= self.flush_every {
                         self.flush();
                         last_flush = Instant::now();

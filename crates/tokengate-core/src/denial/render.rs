@@ -221,12 +221,8 @@ impl Renderer {
         }
         if let Denial::RateLimited(limited) = denial {
             headers.insert(RETRY_AFTER, limited.retry_after_seconds().into());
-            headers.insert(RATELIMIT_POLICY.clone(), limited.policy.policy_header());
-            headers.insert(
-                RATELIMIT.clone(),
-                limited.policy.state_header(0, limited.retry_after),
-            );
         }
+        rate_limit_headers(headers, denial);
         Response::from_parts(parts, body)
     }
 
@@ -270,5 +266,19 @@ fn grpc_response(denial: &Denial) -> Response<Bytes> {
         let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         headers.insert(GRPC_PUSHBACK.clone(), millis.max(1).into());
     }
+    rate_limit_headers(headers, denial);
     response
+}
+
+/// The spent quota's `RateLimit-Policy` and `RateLimit` (nothing left,
+/// reset when a request will pass again), on HTTP and gRPC refusals alike,
+/// as admitted responses of both carry them.
+fn rate_limit_headers(headers: &mut http::HeaderMap, denial: &Denial) {
+    if let Denial::RateLimited(limited) = denial {
+        headers.insert(RATELIMIT_POLICY.clone(), limited.policy.policy_header());
+        headers.insert(
+            RATELIMIT.clone(),
+            limited.policy.state_header(0, limited.retry_after),
+        );
+    }
 }

@@ -185,6 +185,9 @@ fn rate_limited_sets_retry_after_and_ratelimit_headers() {
     assert_eq!(grpc.headers()["grpc-status"], "8");
     assert_eq!(grpc.headers()[RETRY_AFTER], "3");
     assert_eq!(grpc.headers()["grpc-retry-pushback-ms"], "2500");
+    // The same quota headers as the HTTP 429 (and as an admitted gRPC call).
+    assert_eq!(grpc.headers()["ratelimit-policy"], r#""default";q=10;w=60"#);
+    assert_eq!(grpc.headers()["ratelimit"], r#""default";r=0;t=3"#);
 }
 
 #[tokio::test]

@@ -133,6 +133,9 @@ impl IssuancePolicy {
             return Err(LifecycleError::NoScope);
         }
         self.check_scopes(&spec.scopes)?;
+        if let Some(limit) = &spec.uses {
+            check_uses(limit)?;
+        }
         self.expiry_at(spec.expiry, now)
     }
 
@@ -350,9 +353,56 @@ pub enum LifecycleError {
         /// The token.
         id: TokenId,
     },
+    /// A use count or refill amount larger than a store keeps
+    /// ([`UseLimit::MAX`]).
+    #[error(
+        "{field} {value} is more than the most a token can have ({})",
+        UseLimit::MAX
+    )]
+    UsesOutOfRange {
+        /// Which number: `uses`, `refill` or `remaining`.
+        field: &'static str,
+        /// The refused number.
+        value: u64,
+    },
+    /// A usage reset to more than the token's limit: the count left never
+    /// exceeds it (raise the limit first).
+    #[error("remaining {remaining} is more than the limit of {limit} uses (raise the limit first)")]
+    RemainingOverLimit {
+        /// The refused count.
+        remaining: u64,
+        /// The token's limit.
+        limit: u64,
+    },
+    /// A rotation's grace period past what the clock can represent or
+    /// longer than the policy's maximum lifetime.
+    #[error("grace period {requested:?} exceeds the maximum of {max:?}")]
+    GraceTooLong {
+        /// What was asked for.
+        requested: Duration,
+        /// The policy's maximum lifetime.
+        max: Duration,
+    },
     /// The store failed or the token does not exist.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Refuses a limit whose numbers a store cannot keep: they are refused,
+/// never stored as something else.
+pub(crate) fn check_uses(limit: &UseLimit) -> Result<(), LifecycleError> {
+    check_count("uses", limit.uses())?;
+    if let Some(refill) = limit.refill() {
+        check_count("refill", refill.amount())?;
+    }
+    Ok(())
+}
+
+pub(crate) fn check_count(field: &'static str, value: u64) -> Result<(), LifecycleError> {
+    if value > UseLimit::MAX {
+        return Err(LifecycleError::UsesOutOfRange { field, value });
+    }
+    Ok(())
 }
 
 fn check_text(field: &'static str, value: &str) -> Result<(), LifecycleError> {
@@ -557,8 +607,16 @@ impl<S: TokenAdmin> Lifecycle<S> {
             metadata: old.metadata.clone(),
             uses: old.uses.map(|uses| uses.limit),
         };
+        // Refused before anything is written: a grace the clock cannot
+        // represent must never end the old token early instead.
+        let grace_end = now
+            .checked_add(grace)
+            .filter(|_| grace <= self.policy.max_lifetime)
+            .ok_or(LifecycleError::GraceTooLong {
+                requested: grace,
+                max: self.policy.max_lifetime,
+            })?;
         let (token, record) = self.build(&policy, spec, now, Some(old.id.clone()))?;
-        let grace_end = now.checked_add(grace).unwrap_or(now);
         let old_expires_at = old.expires_at.map_or(grace_end, |at| at.min(grace_end));
         self.store
             .rotate(id, old_expires_at, record.clone())

@@ -7,7 +7,7 @@ use crate::hash::TokenHash;
 use crate::id::TokenId;
 use crate::record::TokenRecord;
 use crate::scope::ScopeSet;
-use crate::uses::{Taken, UseSpend, Uses};
+use crate::uses::{Taken, UseSpend};
 
 /// An in-memory store for tests, examples and single-process demos.
 ///
@@ -175,12 +175,7 @@ impl TokenAdmin for MemoryStore {
             stored.rate_quota = record.rate_quota;
             stored.metadata = record.metadata;
             stored.uses = match (stored.uses, record.uses) {
-                (Some(kept), Some(new)) => Some(Uses {
-                    limit: new.limit,
-                    remaining: kept.remaining,
-                    window: kept.window.max(new.window),
-                    generation: kept.generation,
-                }),
+                (Some(kept), Some(new)) => Some(kept.relimited(new.limit, new.window)),
                 (_, new) => new,
             };
             Ok(stored.clone())

@@ -198,6 +198,90 @@ pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
 /// Usage-limited tokens: the count as issued, spent one at a time to
 /// none, reset, kept by a new limit, refilled in a later window, handed
 /// over by rotation, cleared with the limit.
+/// Lowering a limit caps the count left (and starts a new generation, so
+/// leased uses above it no longer count); raising it keeps the count; a
+/// count a store cannot keep is refused, not stored as something else.
+async fn lowering_a_limit_caps_the_count<S: TokenStore + TokenAdmin>(
+    lifecycle: &Lifecycle<S>,
+    id: &TokenId,
+) {
+    let limit = |n| UseLimit::new(std::num::NonZeroU64::new(n).unwrap());
+    lifecycle
+        .update(id, &TokenChanges::new().uses(Some(limit(100))))
+        .await
+        .unwrap();
+    let full = lifecycle
+        .reset_uses(id, Some(99))
+        .await
+        .unwrap()
+        .uses
+        .unwrap();
+    assert_eq!(full.remaining, 99);
+    let lowered = lifecycle
+        .update(id, &TokenChanges::new().uses(Some(limit(3))))
+        .await
+        .unwrap()
+        .uses
+        .unwrap();
+    assert_eq!((lowered.limit, lowered.remaining), (limit(3), 3));
+    let stored = lifecycle.get(id).await.unwrap().unwrap().uses.unwrap();
+    assert_eq!(stored.remaining, 3, "the store caps the count too");
+    assert!(
+        stored.generation > full.generation,
+        "a cap starts a new generation"
+    );
+    let raised = lifecycle
+        .update(id, &TokenChanges::new().uses(Some(limit(50))))
+        .await
+        .unwrap()
+        .uses
+        .unwrap();
+    assert_eq!(raised.remaining, 3, "raising keeps the count");
+    assert_eq!(raised.generation, stored.generation);
+    let stored = lifecycle.get(id).await.unwrap().unwrap().uses.unwrap();
+    assert_eq!((stored.limit, stored.remaining), (limit(50), 3));
+
+    for (changes, field) in [
+        (TokenChanges::new().uses(Some(limit(u64::MAX))), "uses"),
+        (
+            TokenChanges::new().uses(Some(
+                limit(5).with_refill(
+                    crate::uses::Refill::new(
+                        std::num::NonZeroU64::new(u64::MAX).unwrap(),
+                        Duration::from_secs(60),
+                    )
+                    .unwrap(),
+                ),
+            )),
+            "refill",
+        ),
+    ] {
+        assert!(matches!(
+            lifecycle.update(id, &changes).await,
+            Err(LifecycleError::UsesOutOfRange { field: f, value: u64::MAX }) if f == field
+        ));
+    }
+    assert!(matches!(
+        lifecycle.reset_uses(id, Some(u64::MAX)).await,
+        Err(LifecycleError::UsesOutOfRange {
+            field: "remaining",
+            ..
+        })
+    ));
+    assert!(matches!(
+        lifecycle
+            .issue(reader("huge", "team-u").uses(limit(UseLimit::MAX + 1)))
+            .await,
+        Err(LifecycleError::UsesOutOfRange { field: "uses", .. })
+    ));
+    let stored = lifecycle.get(id).await.unwrap().unwrap().uses.unwrap();
+    assert_eq!(
+        (stored.limit, stored.remaining),
+        (limit(50), 3),
+        "nothing changed"
+    );
+}
+
 async fn uses_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) {
     let store = lifecycle.store();
     let three = UseLimit::new(std::num::NonZeroU64::new(3).unwrap());
@@ -299,6 +383,7 @@ async fn uses_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) 
         .await
         .unwrap();
     assert_eq!(again.uses.map(|u| u.remaining), Some(3));
+    lowering_a_limit_caps_the_count(lifecycle, &new_id).await;
     assert_eq!(
         store.spend_use(&TokenId::generate(), spend).await.unwrap(),
         None,

@@ -181,6 +181,37 @@ async fn grace_never_extends_an_earlier_expiry() {
 }
 
 #[tokio::test]
+async fn a_grace_past_the_clock_or_the_policy_is_refused_and_nothing_changes() {
+    let (lc, _) = setup();
+    let old = lc
+        .issue(spec().expiry(Expiry::After(10 * DAY)))
+        .await
+        .unwrap();
+    let id = old.record.id.clone();
+    for grace in [
+        Duration::MAX,
+        humantime::parse_duration("300000000000y").unwrap(),
+        91 * DAY,
+    ] {
+        let refused = lc.rotate(&id, grace).await.unwrap_err();
+        assert!(
+            matches!(refused, LifecycleError::GraceTooLong { requested, .. } if requested == grace),
+            "{refused}"
+        );
+    }
+    // Nothing was written: the old token keeps its expiry, and there is
+    // no replacement.
+    assert_eq!(lc.store().len(), 1);
+    let kept = lc.get(&id).await.unwrap().unwrap();
+    assert_eq!(kept.expires_at, old.record.expires_at);
+    // The policy's longest lifetime is allowed (the old token's own expiry
+    // still ends it first).
+    lc.rotate(&id, 90 * DAY).await.unwrap();
+    let ended = lc.get(&id).await.unwrap().unwrap();
+    assert_eq!(ended.expires_at, old.record.expires_at);
+}
+
+#[tokio::test]
 async fn revoked_expired_and_unknown_tokens_cannot_be_rotated() {
     let (lc, clock) = setup();
     let revoked = lc.issue(spec()).await.unwrap();

@@ -6,7 +6,9 @@ use std::time::SystemTime;
 
 use ipnet::IpNet;
 
-use super::{Expiry, IssuancePolicy, Lifecycle, LifecycleError, TokenSpec};
+use super::{
+    Expiry, IssuancePolicy, Lifecycle, LifecycleError, TokenSpec, check_count, check_uses,
+};
 use crate::audience::Audience;
 use crate::id::TokenId;
 use crate::record::{RateQuota, TokenRecord, TokenStatus};
@@ -93,8 +95,9 @@ impl TokenChanges {
 
     /// A new usage limit, or `None` for unlimited uses. The count left is
     /// kept where the token had one (set it with
-    /// [`Lifecycle::reset_uses`]); a token limited for the first time
-    /// starts with all of the limit's uses.
+    /// [`Lifecycle::reset_uses`]), but never above the new limit: lowering
+    /// the limit caps the count; raising it keeps the count. A token
+    /// limited for the first time starts with all of the limit's uses.
     pub fn uses(mut self, limit: Option<UseLimit>) -> Self {
         self.uses = Some(limit);
         self
@@ -143,11 +146,7 @@ impl TokenChanges {
             // A new refill starts counting from the current window: no
             // refill for the time before it.
             record.uses = limit.map(|limit| match record.uses {
-                Some(uses) => Uses {
-                    limit,
-                    window: uses.window.max(limit.window(now)),
-                    ..uses
-                },
+                Some(uses) => uses.relimited(limit, limit.window(now)),
                 None => Uses::fresh(limit, now),
             });
         }
@@ -166,6 +165,9 @@ impl<S: TokenAdmin> Lifecycle<S> {
         id: &TokenId,
         changes: &TokenChanges,
     ) -> Result<TokenRecord, LifecycleError> {
+        if let Some(Some(limit)) = &changes.uses {
+            check_uses(limit)?;
+        }
         self.changed(id, |record, now| {
             changes.apply(record, now);
             // The same checks as at issuance, but the expiry only when it
@@ -230,8 +232,8 @@ impl<S: TokenAdmin> Lifecycle<S> {
     }
 
     /// Sets the count a usage-limited token has left to `remaining` (by
-    /// default the uses it was issued with), in the current refill
-    /// window. Takes effect on the next request on every instance: the
+    /// default the uses it was issued with, and never more), in the
+    /// current refill window. Takes effect on the next request on every instance: the
     /// count is read from the store on every request.
     pub async fn reset_uses(
         &self,
@@ -244,6 +246,13 @@ impl<S: TokenAdmin> Lifecycle<S> {
             .uses
             .ok_or_else(|| LifecycleError::NotUsageLimited { id: id.clone() })?;
         let remaining = remaining.unwrap_or(uses.limit.uses());
+        check_count("remaining", remaining)?;
+        if remaining > uses.limit.uses() {
+            return Err(LifecycleError::RemainingOverLimit {
+                remaining,
+                limit: uses.limit.uses(),
+            });
+        }
         Ok(self
             .store
             .reset_uses(id, remaining, uses.limit.window(now))
