@@ -194,20 +194,7 @@ const UNICODE_LEAD_A: u8 = 0xe2;
 /// The UTF-8 lead byte of U+F000..U+FFFF (the byte-order mark, U+FEFF).
 const UNICODE_LEAD_B: u8 = 0xef;
 
-/// Characters that are valid JSON as they are, and still break a reader
-/// or a reviewer: U+2028 and U+2029 end lines in JavaScript and in
-/// line-splitting tools; bidi controls (U+202A..U+202E, U+2066..U+2069)
-/// and zero-width characters (U+200B..U+200F, U+FEFF) make a line display
-/// differently from what it holds.
-pub(crate) fn needs_unicode_escape(c: char) -> bool {
-    matches!(
-        c,
-        '\u{200b}'..='\u{200f}'
-            | '\u{2028}'..='\u{202e}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{feff}'
-    )
-}
+pub(crate) use tokengate_core::needs_unicode_escape;
 
 /// Whether any of eight bytes is a quote, a backslash, below 0x20, or the
 /// lead byte of a character [`needs_unicode_escape`] may name: the classic

@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
@@ -52,11 +53,37 @@ fn uses_left(r: &TokenRecord) -> String {
     )
 }
 
+/// Stored text as the operator's terminal shows it: control, bidi and
+/// zero-width characters escaped, so a name cannot steer the terminal or
+/// display as something it is not.
+fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    tokengate::escape_for_display(text)
+}
+
+/// A JSON value as one line, with the characters JSON allows raw but that
+/// display as something else (bidi, zero-width, line separators) written
+/// as `\uXXXX`: the same value to a parser, plain to a reader.
+pub(crate) fn json_line(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    if !text.chars().any(tokengate::needs_unicode_escape) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 12);
+    for c in text.chars() {
+        if tokengate::needs_unicode_escape(c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn print_record(r: &TokenRecord) {
     let opt = |t: Option<SystemTime>| t.map_or_else(|| "-".to_owned(), when);
     println!("id:        {}", r.id);
-    println!("name:      {}", r.name);
-    println!("subject:   {}", r.subject);
+    println!("name:      {}", shown(&r.name));
+    println!("subject:   {}", shown(&r.subject));
     println!("status:    {}", r.status(SystemTime::now()));
     println!("scopes:    {}", r.scopes);
     println!(
@@ -88,6 +115,9 @@ fn print_record(r: &TokenRecord) {
     if let Some(q) = r.rate_quota {
         println!("rate:      {q}");
     }
+    for (key, value) in &r.metadata {
+        println!("meta:      {}={}", shown(key), shown(value));
+    }
     if let Some(u) = r.uses {
         let refill = u
             .limit
@@ -102,7 +132,7 @@ fn print_issued(issued: &IssuedToken, as_json: bool) {
     if as_json {
         let mut object = record_json(&issued.record);
         object["token"] = issued.token.expose_secret().into();
-        println!("{object}");
+        println!("{}", json_line(&object));
     } else {
         println!("{}", issued.token.expose_secret());
         eprintln!(
@@ -295,7 +325,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                 .map_err(|e| e.to_string())?
                 .ok_or(format!("no token with id {id}"))?;
             if *json {
-                println!("{}", record_json(&record));
+                println!("{}", json_line(&record_json(&record)));
             } else {
                 print_record(&record);
             }
@@ -372,7 +402,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                 .await
                 .map_err(|e| e.to_string())?;
             if *json {
-                println!("{}", record_json(&record));
+                println!("{}", json_line(&record_json(&record)));
             } else {
                 println!("{} has {} uses left", record.id, uses_left(&record));
             }
@@ -508,7 +538,7 @@ async fn update_token(cli: &Cli, update: &Update) -> Result<ExitCode> {
         .await
         .map_err(|e| issue_error(&e))?;
     if update.json {
-        println!("{}", record_json(&record));
+        println!("{}", json_line(&record_json(&record)));
     } else {
         print_record(&record);
     }
@@ -518,7 +548,7 @@ async fn update_token(cli: &Cli, update: &Update) -> Result<ExitCode> {
 fn print_list(records: &[TokenRecord], json: bool) {
     if json {
         for record in records {
-            println!("{}", record_json(record));
+            println!("{}", json_line(&record_json(record)));
         }
         return;
     }
@@ -532,8 +562,8 @@ fn print_list(records: &[TokenRecord], json: bool) {
             "{:<20}  {:<8} {:<20} {:<20} {:<20} {:<11} {}",
             record.id.as_str(),
             record.status(now).as_str(),
-            record.name,
-            record.subject,
+            shown(&record.name),
+            shown(&record.subject),
             record.expires_at.map_or_else(|| "never".to_owned(), when),
             uses_left(record),
             record.scopes

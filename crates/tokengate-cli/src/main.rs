@@ -23,6 +23,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    if let Err(refused) = refuse_control_characters(std::env::args_os()) {
+        eprintln!("error: {refused}");
+        return ExitCode::from(2);
+    }
     let cli = args::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -37,8 +41,29 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error}");
+            // An error may quote stored or typed text: each line escaped.
+            let lines: Vec<_> = error.lines().map(tokengate::escape_for_display).collect();
+            eprintln!("error: {}", lines.join("\n"));
             ExitCode::from(1)
         }
     }
+}
+
+/// Refuses an argument holding a control character (C0 such as CR, form
+/// feed or ESC, DEL, or C1 such as CSI) before the argument parser sees
+/// it: the parser's errors quote what they refuse, raw, to the operator's
+/// terminal. The refusal names the argument escaped (and withholds it if
+/// it may be a token). No tokengate value
+/// (name, subject, scope, metadata, path) may hold one.
+fn refuse_control_characters(args: impl Iterator<Item = std::ffi::OsString>) -> Result<(), String> {
+    for (position, arg) in args.enumerate().skip(1) {
+        let text = arg.to_string_lossy();
+        if text.chars().any(char::is_control) {
+            return Err(format!(
+                "argument {position} {} holds a control character; none is allowed",
+                tokengate::Echo::new(&tokengate::escape_for_display(&text), 200)
+            ));
+        }
+    }
+    Ok(())
 }

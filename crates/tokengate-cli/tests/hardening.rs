@@ -246,3 +246,92 @@ fn chained_lines(n: usize) -> String {
     }
     out
 }
+
+#[test]
+fn a_database_url_is_never_printed_with_its_credentials() {
+    let dir = Db::new("pg-secrets");
+    let pepper = dir.dir.join("pepper");
+    for url in [
+        "postgres://app:pw1secret@127.0.0.1:1/tokens",
+        "postgres://app@127.0.0.1:1/tokens?password=hunter2&sslmode=disable",
+        "postgresql://app@127.0.0.1:1/tokens?sslpassword=hunter2",
+    ] {
+        for command in [&["init"][..], &["list"][..]] {
+            let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+                .arg("--db")
+                .arg(url)
+                .arg("--pepper-file")
+                .arg(&pepper)
+                .args(command)
+                .env_remove("TOKENGATE_PEPPER")
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{url}: nothing listens on port 1");
+            let shown = text(&out);
+            assert!(shown.contains("127.0.0.1:1"), "{url}: {shown}");
+            assert!(!shown.contains("hunter2"), "{url}: {shown}");
+            assert!(!shown.contains("pw1secret"), "{url}: {shown}");
+        }
+    }
+}
+
+#[test]
+fn text_an_operator_reads_is_escaped_and_control_characters_are_refused() {
+    let db = Db::new("text");
+    // Stored through the library's rules (no control characters), but bidi
+    // overrides and zero-width characters are legal in a name: shown escaped.
+    let issued: Value = serde_json::from_str(&db.ok(&[
+        "issue",
+        "--name",
+        "invoice\u{202e}fdp.exe\u{200b}",
+        "--subject",
+        "team-a",
+        "--scope",
+        "notes:read",
+        "--audience",
+        "notes",
+        "--allow-unknown-scope",
+        "--json",
+    ]))
+    .unwrap();
+    let id = issued["id"].as_str().unwrap();
+    db.ok(&["update", id, "--meta", "owner=eve\u{2066}x\u{2069}"]);
+    for out in [
+        db.ok(&["show", id]),
+        db.ok(&["list"]),
+        db.ok(&["list", "--json"]),
+        db.ok(&["show", id, "--json"]),
+    ] {
+        for raw in ['\u{202e}', '\u{200b}', '\u{2066}', '\u{2069}'] {
+            assert!(!out.contains(raw), "{raw:?} printed raw: {out:?}");
+        }
+        assert!(
+            out.contains("\\u{202e}") || out.contains("\\u202e"),
+            "{out}"
+        );
+    }
+    // JSON output is still the same value to a parser.
+    let json: Value = serde_json::from_str(db.ok(&["show", id, "--json"]).trim()).unwrap();
+    assert_eq!(json["name"], "invoice\u{202e}fdp.exe\u{200b}");
+
+    // Control characters in any argument: refused before the parser can
+    // echo them, named escaped, nothing written.
+    for bad in ["\u{9b}2J", "\u{1b}[2J", "a\rb", "x\u{c}y"] {
+        for args in [
+            &["show", bad][..],
+            &["issue", "--name", bad, "--subject", "s", "--scope", "a:b"][..],
+            &["list", "--status", bad][..],
+        ] {
+            let out = db.run(args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !stderr.chars().any(|c| c.is_control() && c != '\n'),
+                "{stderr:?}"
+            );
+            assert!(stderr.contains("control character"), "{stderr}");
+            assert!(stderr.contains("\\u{"), "{stderr}");
+        }
+    }
+    assert_eq!(db.ok(&["list", "--json"]).lines().count(), 1);
+}

@@ -7,6 +7,7 @@
 //! text as it was given and anything token-shaped not at all.
 
 use std::fmt;
+use std::fmt::Write as _;
 
 /// The shortest run of letters and digits that is treated as possibly
 /// secret: longer than any id, scope or audience segment a person types,
@@ -73,6 +74,51 @@ pub fn may_hold_secret(input: &str) -> bool {
         }
     }
     false
+}
+
+/// Characters that are printable as they are, and still break a reader or
+/// a reviewer: U+2028 and U+2029 end lines in JavaScript and in
+/// line-splitting tools; bidi controls (U+202A..U+202E, U+2066..U+2069)
+/// and zero-width characters (U+200B..U+200F, U+FEFF) make a line display
+/// differently from what it holds. The audit log escapes them, and so does
+/// every text an operator reads ([`escape_for_display`]).
+pub fn needs_unicode_escape(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
+}
+
+/// `text` as a terminal or a log line may show it: control characters
+/// (C0 with CR, LF and ESC, DEL, C1) and the characters
+/// [`needs_unicode_escape`] names become `\u{..}` escapes, so stored or
+/// typed text can neither steer a terminal nor display as something else.
+/// Text with none of them is returned as it is.
+///
+/// ```
+/// use tokengate_core::escape_for_display;
+///
+/// assert_eq!(escape_for_display("ci-deploy"), "ci-deploy");
+/// assert_eq!(escape_for_display("evil\u{202e}gpj.exe"), "evil\\u{202e}gpj.exe");
+/// assert_eq!(escape_for_display("\u{1b}[2J\u{9b}"), "\\u{1b}[2J\\u{9b}");
+/// ```
+pub fn escape_for_display(text: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| c.is_control() || needs_unicode_escape(c);
+    if !text.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if hidden(c) {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl fmt::Display for Echo {

@@ -76,6 +76,7 @@ pub mod metric_names;
 mod pepper_source;
 mod principal;
 mod record;
+mod redact;
 mod scope;
 mod slot;
 pub mod store;
@@ -95,12 +96,13 @@ pub use denial::{
     Denial, InvalidReason, IpReason, MalformedReason, ProblemJson, RateFallback, RateLimitPolicy,
     RateLimitPolicyError, RateLimited, Realm, RealmError, RenderDenial, Renderer, is_grpc,
 };
-pub use echo::{Echo, may_hold_secret};
+pub use echo::{Echo, escape_for_display, may_hold_secret, needs_unicode_escape};
 pub use hash::{KeyId, Pepper, PepperError, TokenHash, TokenHasher};
 pub use id::{TokenId, TokenIdError};
 pub use pepper_source::{FIRST_KEY, PEPPER_ENV, PepperSource, PepperSourceError, Peppers};
 pub use principal::{ClientIp, Grants, Principal, canonical_net};
 pub use record::{QuotaError, RateQuota, TokenRecord, TokenStatus};
+pub use redact::redact_url;
 pub use scope::{Scope, ScopeError, ScopeRules, ScopeSet};
 pub use slot::{SLOTS, SlotKey};
 pub use store::{

@@ -98,6 +98,13 @@ impl UseLimit {
         self.uses.get()
     }
 
+    /// The most uses a token can have left at once: its uses, or its
+    /// refill amount where that is larger. A count is never set above it.
+    pub fn most(&self) -> u64 {
+        self.refill
+            .map_or(self.uses(), |refill| refill.amount().max(self.uses()))
+    }
+
     /// The refill, if the count comes back.
     pub fn refill(&self) -> Option<Refill> {
         self.refill
@@ -206,12 +213,12 @@ pub struct Uses {
 impl Uses {
     /// The count under a new `limit`, from the refill window `window` on
     /// (the later of it and the count's own). The count left stays, but
-    /// never above the new limit: lowering a limit caps it, and the cap
+    /// never above the new limit's [`most`](UseLimit::most): lowering a limit caps it, and the cap
     /// starts a new generation so uses leased out above it no longer
     /// count. Raising a limit keeps the count (a reset fills it).
     #[must_use]
     pub fn relimited(self, limit: UseLimit, window: u64) -> Self {
-        let remaining = self.remaining.min(limit.uses());
+        let remaining = self.remaining.min(limit.most());
         Self {
             limit,
             remaining,

@@ -94,16 +94,9 @@ pub(crate) fn describe(config: &tokio_postgres::Config) -> String {
     format!("postgres://{user}{host}:{port}/{name}")
 }
 
-/// A URL that did not parse, as an error may show it: anything between
-/// `://` and `@` (a user and password) is hidden.
+/// A URL as an error may show it: every credential hidden.
 pub(crate) fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***{}", &url[..scheme], &url[at..])
-        }
-        _ if url.contains("password") => "(a connection string with a password)".to_owned(),
-        _ => url.to_owned(),
-    }
+    tokengate_core::redact_url(url)
 }
 
 #[cfg(test)]

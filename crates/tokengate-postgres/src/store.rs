@@ -762,9 +762,10 @@ impl TokenAdmin for PostgresStore {
                          rate_count = $8, rate_period_ms = $9, rate_burst = $10, \
                          metadata = $11::text::jsonb, uses_limit = $12, uses_refill = $13, \
                          uses_refill_ms = $14, uses_generation = CASE WHEN \
-                         uses_remaining > $12::bigint THEN uses_generation + 1 \
-                         ELSE uses_generation END, uses_remaining = CASE WHEN $12::bigint IS NULL \
-                         THEN NULL ELSE LEAST(COALESCE(uses_remaining, $15), $12) END, \
+                         uses_remaining > GREATEST($12::bigint, $13::bigint) \
+                         THEN uses_generation + 1 ELSE uses_generation END, \
+                         uses_remaining = CASE WHEN $12::bigint IS NULL THEN NULL ELSE \
+                         LEAST(COALESCE(uses_remaining, $15), GREATEST($12::bigint, $13::bigint)) END, \
                          uses_window = CASE WHEN $12::bigint IS NULL THEN 0 \
                          ELSE GREATEST(uses_window, $16) END, version = version + 1 \
                          WHERE id = $1 AND version = $17 RETURNING {COLUMNS}"

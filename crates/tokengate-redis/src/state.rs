@@ -194,18 +194,9 @@ impl RedisRateState {
     }
 }
 
-/// `url` with any password replaced, for error messages.
+/// `url` with every credential hidden, for error messages.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:REDACTED{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
+    tokengate_core::redact_url(url)
 }
 
 /// The connection, made by a task of its own on first use: a request's

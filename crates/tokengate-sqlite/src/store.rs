@@ -204,10 +204,10 @@ fn update_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> 
          disabled_at = ?6, allowed_networks = ?7, rate_count = ?8, rate_period_ms = ?9, \
          rate_burst = ?10, metadata = ?11, uses_limit = ?12, uses_refill = ?13, \
          uses_refill_ms = ?14, \
-         uses_generation = CASE WHEN uses_remaining > ?12 THEN uses_generation + 1 \
-         ELSE uses_generation END, \
+         uses_generation = CASE WHEN uses_remaining > MAX(?12, COALESCE(?13, 0)) \
+         THEN uses_generation + 1 ELSE uses_generation END, \
          uses_remaining = CASE WHEN ?12 IS NULL THEN NULL \
-         ELSE MIN(COALESCE(uses_remaining, ?15), ?12) END, \
+         ELSE MIN(COALESCE(uses_remaining, ?15), MAX(?12, COALESCE(?13, 0))) END, \
          uses_window = CASE WHEN ?12 IS NULL THEN 0 ELSE MAX(uses_window, ?16) END, \
          version = version + 1 \
          WHERE id = ?1 AND version = ?17",

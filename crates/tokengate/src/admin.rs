@@ -839,11 +839,14 @@ mod tests {
             (status, &view["uses"]["remaining"]),
             (StatusCode::OK, &3.into())
         );
-        let (status, view) = send(&app, "POST", &reset, r#"{"remaining":9}"#).await;
+        // At most the larger of the uses and the refill (5 here).
+        let (status, view) = send(&app, "POST", &reset, r#"{"remaining":5}"#).await;
         assert_eq!(
             (status, &view["uses"]["remaining"]),
-            (StatusCode::OK, &9.into())
+            (StatusCode::OK, &5.into())
         );
+        let (status, problem) = send(&app, "POST", &reset, r#"{"remaining":9}"#).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
         let (status, problem) = send(&app, "POST", &reset, r#"{"remaining":-1}"#).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
 

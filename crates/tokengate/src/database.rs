@@ -37,20 +37,13 @@ impl fmt::Debug for Database {
     }
 }
 
-/// Shown without a password.
+/// Shown without a credential (see [`tokengate_core::redact_url`]).
 impl fmt::Display for Database {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Sqlite(path) => path.display().fmt(f),
             #[cfg(feature = "postgres")]
-            Self::Postgres(url) => match (url.find("://"), url.rfind('@')) {
-                (Some(scheme), Some(at)) if at > scheme => {
-                    let user = &url[scheme + 3..at];
-                    let user = user.split(':').next().unwrap_or_default();
-                    write!(f, "{}://{user}{}", &url[..scheme], &url[at..])
-                }
-                _ => f.write_str(url),
-            },
+            Self::Postgres(url) => f.write_str(&tokengate_core::redact_url(url)),
         }
     }
 }
@@ -283,7 +276,15 @@ mod tests {
         {
             let db: Database = url.parse().unwrap();
             assert_eq!(db, Database::Postgres(url.to_owned()));
-            assert_eq!(db.to_string(), "postgres://app@db:5432/tokens");
+            assert_eq!(db.to_string(), "postgres://app:REDACTED@db:5432/tokens");
+            let query: Database = "postgres://app@db/tokens?password=hunter2&sslmode=require"
+                .parse()
+                .unwrap();
+            assert_eq!(
+                format!("{query} {query:?}"),
+                "postgres://app@db/tokens?password=REDACTED&sslmode=require \
+                 postgres://app@db/tokens?password=REDACTED&sslmode=require"
+            );
             assert!(matches!(
                 "POSTGRESQL://db/x".parse::<Database>().unwrap(),
                 Database::Postgres(_)

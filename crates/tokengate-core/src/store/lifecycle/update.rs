@@ -247,10 +247,10 @@ impl<S: TokenAdmin> Lifecycle<S> {
             .ok_or_else(|| LifecycleError::NotUsageLimited { id: id.clone() })?;
         let remaining = remaining.unwrap_or(uses.limit.uses());
         check_count("remaining", remaining)?;
-        if remaining > uses.limit.uses() {
+        if remaining > uses.limit.most() {
             return Err(LifecycleError::RemainingOverLimit {
                 remaining,
-                limit: uses.limit.uses(),
+                limit: uses.limit.most(),
             });
         }
         Ok(self
