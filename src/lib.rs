@@ -120,6 +120,15 @@ pub mod process {
             self.signal("-TERM")
         }
 
+        /// Sends SIGHUP (reload) and returns whether it was delivered; the
+        /// server keeps running.
+        pub fn hangup(&self) -> bool {
+            Command::new("kill")
+                .args(["-HUP", &self.child.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+        }
+
         fn signal(&mut self, signal: &str) -> bool {
             let signalled = Command::new("kill")
                 .args([signal, &self.child.id().to_string()])

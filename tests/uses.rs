@@ -213,9 +213,11 @@ async fn a_reset_and_a_new_limit_hold_from_the_next_request() {
         client.get("/notes", Some(&token)).await.status,
         StatusCode::FORBIDDEN
     );
-    world.lifecycle.reset_uses(&id, Some(2)).await.unwrap();
+    // Never above the limit: a reset to 2 of 1 is refused.
+    assert!(world.lifecycle.reset_uses(&id, Some(2)).await.is_err());
+    world.lifecycle.reset_uses(&id, Some(1)).await.unwrap();
     let reply = client.get("/notes", Some(&token)).await;
-    assert_eq!((reply.status, remaining(&reply)), (StatusCode::OK, Some(1)));
+    assert_eq!((reply.status, remaining(&reply)), (StatusCode::OK, Some(0)));
 
     // Unlimited from now on: no count, no header.
     world

@@ -135,7 +135,7 @@ pin_project! {
         /// The inner service's response, on its way.
         Inner { #[pin] future: F },
         /// Refused before the inner service was called.
-        Refused { denial: Option<(Denial, bool)> },
+        Refused { denial: Option<(Denial, bool, bool)> },
     }
 }
 
@@ -147,12 +147,12 @@ impl<F, K: AuditSink> ResponseFuture<F, K> {
         }
     }
 
-    /// Answers `denial` (for a gRPC request if `grpc`) without calling the
-    /// inner service.
-    pub(crate) fn refused(denial: Denial, grpc: bool, recorder: Emitter<K>) -> Self {
+    /// Answers `denial` (for a gRPC request if `grpc`; with `Connection:
+    /// close` if `close`) without calling the inner service.
+    pub(crate) fn refused(denial: Denial, grpc: bool, close: bool, recorder: Emitter<K>) -> Self {
         Self {
             kind: Kind::Refused {
-                denial: Some((denial, grpc)),
+                denial: Some((denial, grpc, close)),
             },
             recorder: Some(recorder),
         }
@@ -172,7 +172,16 @@ where
         let result = match this.kind.project() {
             KindProj::Inner { future } => ready!(future.poll(cx)).map(|r| r.map(CheckBody::new)),
             KindProj::Refused { denial } => match denial.take() {
-                Some((denial, grpc)) => Ok(Renderer::default().render(denial, grpc)),
+                Some((denial, grpc, close)) => {
+                    let mut response = Renderer::default().render(denial, grpc);
+                    if close {
+                        response.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok(response)
+                }
                 // Polled after completion: nothing left to answer.
                 None => return Poll::Pending,
             },

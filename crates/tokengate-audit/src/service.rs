@@ -160,7 +160,8 @@ where
                 "reason" => "audit_unavailable"
             )
             .increment(1);
-            return ResponseFuture::refused(Denial::AuditUnavailable, grpc, recorder);
+            let close = tokengate_core::refusal_closes_connection(&request);
+            return ResponseFuture::refused(Denial::AuditUnavailable, grpc, close, recorder);
         }
         ResponseFuture::new(self.inner.call(request), recorder)
     }

@@ -131,6 +131,17 @@ pub struct RevocationEvent {
     pub hash: TokenHash,
 }
 
+/// One change a store's feed announces, as a cache applies it
+/// ([`CachedStore::apply_change`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreChange {
+    /// A token was revoked, rotated, changed or moved to another pepper.
+    Token(RevocationEvent),
+    /// A pepper was recorded (a rotation) or retired.
+    Peppers,
+}
+
 /// A store with a verifying cache in front. Clones share the cache.
 pub struct CachedStore<S> {
     shared: Arc<Shared<S>>,
@@ -150,6 +161,9 @@ struct Shared<S> {
     epoch: AtomicU64,
     flights: Mutex<HashMap<TokenHash, Flight>>,
     metrics: CacheMetrics,
+    /// Bumped whenever the store's peppers change (see
+    /// [`CachedStore::peppers_changed`]).
+    peppers: tokio::sync::watch::Sender<u64>,
 }
 
 /// The cache's metric handles, registered once (see
@@ -279,6 +293,7 @@ impl<S: TokenStore> CachedStore<S> {
                 epoch: AtomicU64::new(0),
                 flights: Mutex::new(HashMap::new()),
                 metrics: CacheMetrics::new(),
+                peppers: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -440,6 +455,30 @@ impl<S> CachedStore<S> {
     /// Applies a revocation made elsewhere.
     pub fn apply(&self, event: &RevocationEvent) {
         self.invalidate(&event.hash);
+    }
+
+    /// Applies one change of the store's feed.
+    pub fn apply_change(&self, change: &StoreChange) {
+        match change {
+            StoreChange::Token(event) => self.apply(event),
+            StoreChange::Peppers => self.peppers_changed(),
+        }
+    }
+
+    /// The store's peppers changed (a rotation or a retirement, by any
+    /// process; the change feed calls this): forgets everything, since an
+    /// answer may have come under a pepper that is now retired, and tells
+    /// every [`pepper_changes`](Self::pepper_changes) receiver, so the
+    /// server can load its peppers again.
+    pub fn peppers_changed(&self) {
+        self.invalidate_all();
+        self.shared.peppers.send_modify(|seen| *seen += 1);
+    }
+
+    /// Changes each time the store's peppers change (see
+    /// [`peppers_changed`](Self::peppers_changed)).
+    pub fn pepper_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.peppers.subscribe()
     }
 
     /// Entry counts, after the negative cache's pending maintenance has run

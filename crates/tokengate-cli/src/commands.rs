@@ -440,17 +440,30 @@ async fn pepper(cli: &Cli, command: &PepperCommand) -> Result<ExitCode> {
     match command {
         PepperCommand::Status => {
             let current = source.pepper.id().get();
+            let retired = lifecycle
+                .store()
+                .retired_peppers()
+                .await
+                .map_err(|e| e.to_string())?;
+            let is_retired = |key: u32| retired.iter().any(|r| r.get() == key);
             for pepper in source.all() {
                 let key = pepper.id().get();
                 let role = if key == current {
                     "current"
+                } else if is_retired(key) {
+                    "retired (verifies nothing)"
                 } else {
                     "previous"
                 };
                 println!("key {key}: {role}, {} tokens", count(key));
             }
             for (key, n) in &under {
-                if !source.all().any(|p| p.id().get() == *key) {
+                if source.all().any(|p| p.id().get() == *key) {
+                    continue;
+                }
+                if is_retired(*key) {
+                    println!("key {key}: retired, {n} tokens (they never verify again)");
+                } else {
                     println!(
                         "key {key}: not in the pepper file, {n} tokens (they cannot be verified)"
                     );
@@ -478,8 +491,10 @@ async fn pepper(cli: &Cli, command: &PepperCommand) -> Result<ExitCode> {
                 count(old)
             );
             eprintln!(
-                "restart every server on this database now: until then they hash under key {old}, \
-                 and tokens issued meanwhile fail on them"
+                "running servers on this database load it from {} through their change feed \
+                 (or on SIGHUP); a server whose peppers come from {PEPPER_ENV} needs the new \
+                 entry there and a restart",
+                file.display()
             );
         }
         PepperCommand::Retire { key, force } => {
@@ -502,6 +517,14 @@ async fn pepper(cli: &Cli, command: &PepperCommand) -> Result<ExitCode> {
             if left > 0 {
                 eprintln!("WARNING: {left} tokens under key {key} stop working for good");
             }
+            // The database first: from its next lookup no server verifies
+            // or moves a token under the key, and its feed tells every
+            // server to drop it; then the file.
+            lifecycle
+                .store()
+                .retire_pepper(KeyId::new(*key))
+                .await
+                .map_err(|e| e.to_string())?;
             source
                 .without(KeyId::new(*key))
                 .write(&file)
@@ -645,27 +668,47 @@ async fn inspect(lifecycle: &Lifecycle<AnyStore>, token: &str) -> Result<ExitCod
             return Ok(ExitCode::from(1));
         }
     };
-    let hash = lifecycle.hasher().hash(&parsed);
-    let Some(record) = lifecycle
-        .store()
-        .find_by_hash(&hash)
-        .await
-        .map_err(|e| e.to_string())?
-    else {
+    // Looked up as the servers do: under the current pepper, then under
+    // each previous one (newest first), so a token not yet moved after a
+    // rotation is found and its key named.
+    let hasher = lifecycle.hasher();
+    let hashes =
+        std::iter::once(hasher.hash(&parsed)).chain(hasher.previous_hashes(parsed.expose_secret()));
+    let mut found = None;
+    for hash in hashes {
+        if let Some(record) = lifecycle
+            .store()
+            .find_by_hash(&hash)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            found = Some((record, hash.key_id()));
+            break;
+        }
+    }
+    let Some((record, key)) = found else {
         println!(
             "invalid: {}",
             InvalidReason::Unknown.as_str().replace('_', " ")
         );
         return Ok(ExitCode::from(1));
     };
+    let under = if key == hasher.key_id() {
+        String::new()
+    } else {
+        format!(
+            " (under previous pepper {key}: a server moves it to {} on its next use)",
+            hasher.key_id()
+        )
+    };
     match record.status(SystemClock.now()) {
         TokenStatus::Active => {
-            println!("valid");
+            println!("valid{under}");
             print_record(&record);
             Ok(ExitCode::SUCCESS)
         }
         status => {
-            println!("invalid: token {status}");
+            println!("invalid: token {status}{under}");
             print_record(&record);
             Ok(ExitCode::from(1))
         }

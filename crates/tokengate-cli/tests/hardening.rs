@@ -335,3 +335,38 @@ fn text_an_operator_reads_is_escaped_and_control_characters_are_refused() {
     }
     assert_eq!(db.ok(&["list", "--json"]).lines().count(), 1);
 }
+
+#[test]
+fn inspect_finds_a_token_under_a_previous_pepper_and_none_under_a_retired_one() {
+    let db = Db::new("inspect-peppers");
+    let old = db.issue(&[]);
+    let token = old["token"].as_str().unwrap();
+    db.ok(&["pepper", "rotate"]);
+    let shown = db.ok(&["inspect", token]);
+    assert!(
+        shown.starts_with("valid (under previous pepper k1: a server moves it to k2"),
+        "{shown}"
+    );
+    let fresh = db.issue(&[]);
+    assert!(
+        db.ok(&["inspect", fresh["token"].as_str().unwrap()])
+            .starts_with("valid\n")
+    );
+    let retired = db.ok(&["pepper", "retire", "1", "--force"]);
+    assert_eq!(retired.trim(), "retired key 1");
+    let out = db.run(&["inspect", token]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).starts_with("invalid: token unknown"),
+        "{}",
+        text(&out)
+    );
+    let status = db.ok(&["pepper", "status"]);
+    assert!(status.contains("key 1: retired, 1 tokens"), "{status}");
+    // The newest pepper cannot be retired; an unknown one is named.
+    for (key, says) in [("2", "current pepper"), ("7", "not in the pepper file")] {
+        let out = db.run(&["pepper", "retire", key]);
+        assert!(!out.status.success());
+        assert!(text(&out).contains(says), "{}", text(&out));
+    }
+}

@@ -30,6 +30,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use crate::pepper_source::Peppers;
 use crate::token::Token;
 
 /// Identifies one pepper among those a deployment has used.
@@ -145,33 +146,68 @@ pub enum PepperError {
     Empty,
 }
 
-/// Hashes tokens under one pepper.
+/// Hashes tokens under one pepper, knowing the peppers rotated out.
 ///
 /// The HMAC key schedule is computed once here; each hash clones the keyed
 /// state, so hashing costs two SHA-256 compressions plus the token's blocks.
+///
+/// Clones share one set of peppers: [`TokenHasher::replace`] swaps it for
+/// every clone at once (the authenticate layer's, the lifecycle's, the
+/// admin API's), so a running server picks up a pepper rotation or
+/// retirement without a restart. A hash in progress finishes under the
+/// set it started with.
 #[derive(Clone)]
 pub struct TokenHasher {
+    keys: std::sync::Arc<arc_swap::ArcSwap<Keys>>,
+}
+
+/// The current pepper's keyed state and those rotated out, newest first.
+struct Keys {
+    current: Keyed,
+    previous: Box<[Keyed]>,
+}
+
+/// One pepper's HMAC state, its key schedule computed.
+#[derive(Clone)]
+struct Keyed {
     key_id: KeyId,
-    keyed: Hmac<Sha256>,
-    /// Peppers rotated out, newest first: tokens hashed under them still
-    /// verify (see [`TokenHasher::with_previous`]).
-    previous: std::sync::Arc<[TokenHasher]>,
+    mac: Hmac<Sha256>,
+}
+
+impl Keyed {
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "consuming the pepper wipes it when the key schedule is built"
+    )]
+    fn new(pepper: Pepper) -> Self {
+        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&pepper.key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        Self {
+            key_id: pepper.id,
+            mac,
+        }
+    }
+
+    fn hash(&self, bytes: &[u8]) -> TokenHash {
+        let mut mac = self.mac.clone();
+        mac.update(bytes);
+        TokenHash {
+            key_id: self.key_id,
+            digest: mac.finalize().into_bytes().into(),
+        }
+    }
 }
 
 impl TokenHasher {
     /// A hasher for `pepper`. Takes the pepper so that its bytes are wiped
     /// as soon as the key schedule is computed.
-    #[allow(
-        clippy::needless_pass_by_value,
-        reason = "consuming the pepper wipes it when the hasher is built"
-    )]
     pub fn new(pepper: Pepper) -> Self {
-        let keyed = <Hmac<Sha256> as KeyInit>::new_from_slice(&pepper.key)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        let keys = Keys {
+            current: Keyed::new(pepper),
+            previous: Box::new([]),
+        };
         Self {
-            key_id: pepper.id,
-            keyed,
-            previous: std::sync::Arc::new([]),
+            keys: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(keys)),
         }
     }
 
@@ -180,30 +216,51 @@ impl TokenHasher {
     /// current pepper is looked up under each of these, and moved to the
     /// current one where found (lazy migration). Costs an unknown token
     /// one more hash and lookup per previous pepper.
-    pub fn with_previous(mut self, previous: impl IntoIterator<Item = Pepper>) -> Self {
-        self.previous = previous.into_iter().map(Self::new).collect();
+    #[must_use]
+    pub fn with_previous(self, previous: impl IntoIterator<Item = Pepper>) -> Self {
+        let current = self.keys.load().current.clone();
+        self.keys.store(std::sync::Arc::new(Keys {
+            current,
+            previous: previous.into_iter().map(Keyed::new).collect(),
+        }));
         self
+    }
+
+    /// Hashes under `peppers` from now on, in this hasher and every clone
+    /// of it: the current pepper for new hashes, the previous ones for
+    /// lookups of tokens not yet moved. A pepper left out (retired) is
+    /// never used again.
+    pub fn replace(&self, peppers: Peppers) {
+        let Peppers { current, previous } = peppers;
+        self.keys.store(std::sync::Arc::new(Keys {
+            current: Keyed::new(current),
+            previous: previous.into_iter().map(Keyed::new).collect(),
+        }));
     }
 
     /// Whether peppers rotated out are still known.
     pub fn has_previous(&self) -> bool {
-        !self.previous.is_empty()
+        !self.keys.load().previous.is_empty()
     }
 
     /// The key ids of the peppers rotated out, newest first.
     pub fn previous_key_ids(&self) -> Vec<KeyId> {
-        self.previous.iter().map(|h| h.key_id).collect()
+        self.keys.load().previous.iter().map(|k| k.key_id).collect()
     }
 
     /// The hashes of a token's text under each previous pepper, newest
     /// first (empty without any).
     pub fn previous_hashes(&self, token: &str) -> Vec<TokenHash> {
-        self.previous.iter().map(|h| h.hash_str(token)).collect()
+        let keys = self.keys.load();
+        keys.previous
+            .iter()
+            .map(|k| k.hash(token.as_bytes()))
+            .collect()
     }
 
     /// The key id of the pepper in use.
     pub fn key_id(&self) -> KeyId {
-        self.key_id
+        self.keys.load().current.key_id
     }
 
     /// The keyed hash of `token`.
@@ -230,19 +287,15 @@ impl TokenHasher {
 
     /// The keyed hash of raw token bytes.
     pub(crate) fn hash_bytes(&self, bytes: &[u8]) -> TokenHash {
-        let mut mac = self.keyed.clone();
-        mac.update(bytes);
-        TokenHash {
-            key_id: self.key_id,
-            digest: mac.finalize().into_bytes().into(),
-        }
+        self.keys.load().current.hash(bytes)
     }
 }
 
 impl fmt::Debug for TokenHasher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenHasher")
-            .field("key_id", &self.key_id)
+            .field("key_id", &self.key_id())
+            .field("previous", &self.previous_key_ids())
             .finish_non_exhaustive()
     }
 }

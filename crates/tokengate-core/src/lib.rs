@@ -95,6 +95,7 @@ pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use denial::{
     Denial, InvalidReason, IpReason, MalformedReason, ProblemJson, RateFallback, RateLimitPolicy,
     RateLimitPolicyError, RateLimited, Realm, RealmError, RenderDenial, Renderer, is_grpc,
+    refusal_closes_connection,
 };
 pub use echo::{Echo, escape_for_display, may_hold_secret, needs_unicode_escape};
 pub use hash::{KeyId, Pepper, PepperError, TokenHash, TokenHasher};

@@ -11,7 +11,6 @@ use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::hash::{KeyId, Pepper, PepperError, TokenHasher};
 
@@ -196,9 +195,8 @@ impl PepperSource {
             path: file.to_owned(),
             error,
         };
-        let temp = temp_path(file);
-        let written =
-            write_private(&temp, text.as_bytes()).and_then(|()| std::fs::rename(&temp, file));
+        let temp = write_private_temp(file, text.as_bytes()).map_err(io_error)?;
+        let written = std::fs::rename(&temp, file).and_then(|()| check_private(file));
         if written.is_err() {
             let _ = std::fs::remove_file(&temp);
         }
@@ -313,25 +311,59 @@ fn read_text(path: &Path) -> Result<Option<zeroize::Zeroizing<String>>, PepperSo
     }
 }
 
-/// A private temporary name beside `path`.
+/// Writes `bytes` to a new private file beside `path`, synced, and
+/// returns its name. The file is created exclusively (`O_EXCL`) under an
+/// unpredictable name, with mode 0600 from its creation: a file someone
+/// left at a guessed name is never written into or renamed into place
+/// (it would keep its owner and mode). A name taken by chance is retried.
+fn write_private_temp(path: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
+    let mut last = None;
+    for _ in 0..8 {
+        let temp = temp_path(path);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+        {
+            Ok(mut file) => {
+                let written = file.write_all(bytes).and_then(|()| file.sync_all());
+                if let Err(error) = written {
+                    let _ = std::fs::remove_file(&temp);
+                    return Err(error);
+                }
+                return Ok(temp);
+            }
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => last = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
+}
+
+/// An unpredictable temporary name beside `path`: 128 random bits from
+/// the OS generator.
 fn temp_path(path: &Path) -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    use rand::Rng;
+    let mut random = [0u8; 16];
+    rand::rand_core::UnwrapErr(rand::rngs::SysRng).fill_bytes(&mut random);
     let mut temp = path.as_os_str().to_owned();
-    temp.push(format!(".{}-{n}.tmp", std::process::id()));
+    temp.push(format!(".{}.tmp", hex::encode(random)));
     PathBuf::from(temp)
 }
 
-/// Writes `bytes` to a new private (0600) file at `path`, synced.
-fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+/// Refuses a pepper file that others can read or write: the file was just
+/// written 0600, so any other mode means something else is at that path.
+fn check_private(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::symlink_metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("its mode is {:o}, not private (0600)", mode & 0o777),
+        ));
+    }
+    Ok(())
 }
 
 fn create_file(path: &Path) -> Result<Pepper, PepperSourceError> {
@@ -340,12 +372,11 @@ fn create_file(path: &Path) -> Result<Pepper, PepperSourceError> {
         error,
     };
     let pepper = Pepper::generate(FIRST_KEY);
-    let temp = temp_path(path);
-    let written = write_private(&temp, pepper.expose_hex().as_bytes())
-        .and_then(|()| std::fs::hard_link(&temp, path));
+    let temp = write_private_temp(path, pepper.expose_hex().as_bytes()).map_err(io_error)?;
+    let written = std::fs::hard_link(&temp, path);
     let _ = std::fs::remove_file(&temp);
     match written {
-        Ok(()) => Ok(pepper),
+        Ok(()) => check_private(path).map_err(io_error).map(|()| pepper),
         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
             let text = read_text(path)?.ok_or_else(|| io_error(error))?;
             Ok(parse(&text, &path.display().to_string())?.pepper)
@@ -382,6 +413,48 @@ mod tests {
             let error = parse(&bad, "the file").unwrap_err().to_string();
             assert!(error.starts_with("the file: "), "{error}");
         }
+    }
+
+    #[test]
+    fn files_squatted_at_guessable_temporary_names_are_never_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("tokengate-squat-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tokengate.db.pepper");
+        // What another user could leave at the names a predictable scheme
+        // would pick: world-readable files, for this process and the next.
+        let squatted: Vec<PathBuf> = (0..4)
+            .flat_map(|n| {
+                [std::process::id(), std::process::id() + 1]
+                    .map(|pid| PathBuf::from(format!("{}.{pid}-{n}.tmp", file.display())))
+            })
+            .collect();
+        for path in &squatted {
+            std::fs::write(path, "squatter").unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let created = PepperSource::create(&file).unwrap();
+        let first = created.check_values();
+        created.rotated(&[]).write(&file).unwrap();
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let read = PepperSource::found(Some(&file)).unwrap().unwrap();
+        assert_eq!(read.check_values()[1], first[0]);
+        for path in &squatted {
+            assert_eq!(std::fs::read_to_string(path).unwrap(), "squatter");
+        }
+        // Nothing else is left beside the file: the temporaries are gone.
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| !name.contains("-"))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["tokengate.db.pepper"]);
+        // Two temporary names are never the same.
+        assert_ne!(temp_path(&file), temp_path(&file));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

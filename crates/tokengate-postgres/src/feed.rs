@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use tokengate_cache::{CachedStore, RevocationEvent};
+use tokengate_cache::{CachedStore, RevocationEvent, StoreChange};
 use tokengate_core::{KeyId, TokenHash, TokenRecord};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -32,11 +32,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// store's timeout.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
-/// One change, as its notification carries it: `<kind> <id> <key id> <hash hex>`.
+/// One change, as its notification carries it: `<kind> <id> <key id> <hash
+/// hex>` for a token, `pepper` for a pepper recorded or retired.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Change {
-    kind: &'static str,
-    event: RevocationEvent,
+pub(crate) enum Change {
+    Token {
+        kind: &'static str,
+        event: RevocationEvent,
+    },
+    Peppers,
 }
 
 impl Change {
@@ -53,7 +57,7 @@ impl Change {
     }
 
     fn of(kind: &'static str, record: &TokenRecord) -> Self {
-        Self {
+        Self::Token {
             kind,
             event: RevocationEvent {
                 id: record.id.clone(),
@@ -63,13 +67,23 @@ impl Change {
     }
 
     pub(crate) fn payload(&self) -> String {
-        format!(
-            "{} {} {} {}",
-            self.kind,
-            self.event.id,
-            self.event.hash.key_id().get(),
-            self.event.hash.to_hex()
-        )
+        match self {
+            Self::Token { kind, event } => format!(
+                "{kind} {} {} {}",
+                event.id,
+                event.hash.key_id().get(),
+                event.hash.to_hex()
+            ),
+            Self::Peppers => "pepper".to_owned(),
+        }
+    }
+
+    /// What a cache applies.
+    fn into_store_change(self) -> StoreChange {
+        match self {
+            Self::Token { event, .. } => StoreChange::Token(event),
+            Self::Peppers => StoreChange::Peppers,
+        }
     }
 
     /// The change in `payload`, or `None` for one this build does not know.
@@ -79,6 +93,7 @@ impl Change {
             "revoked" => "revoked",
             "rotated" => "rotated",
             "updated" => "updated",
+            "pepper" if parts.next().is_none() => return Some(Self::Peppers),
             _ => return None,
         };
         let id = parts.next()?.parse().ok()?;
@@ -87,7 +102,7 @@ impl Change {
         if parts.next().is_some() {
             return None;
         }
-        Some(Self {
+        Some(Self::Token {
             kind,
             event: RevocationEvent {
                 id,
@@ -349,7 +364,7 @@ async fn listen<S: Send + Sync + 'static>(
             received = notifications.recv() => match received {
                 Some(Ok(payload)) => match Change::parse(&payload) {
                     Some(change) => {
-                        cache.apply(&change.event);
+                        cache.apply_change(&change.into_store_change());
                         counters.events.fetch_add(1, Ordering::Relaxed);
                         counters.metrics.events.increment(1);
                         counters.metrics.heard();

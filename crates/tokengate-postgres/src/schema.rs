@@ -48,6 +48,9 @@ const MIGRATIONS: &[&str] = &[
         ADD COLUMN uses_window bigint NOT NULL DEFAULT 0,
         ADD COLUMN uses_generation bigint NOT NULL DEFAULT 0,
         ADD COLUMN version bigint NOT NULL DEFAULT 0;",
+    // 4: a retired pepper stays recorded (its key id is never reused) and
+    // verifies nothing from then on, on every instance.
+    "ALTER TABLE tokengate_peppers ADD COLUMN retired_at timestamptz;",
 ];
 
 /// The schema version this build writes.

@@ -343,6 +343,11 @@ async fn get_record(
         .transpose()
 }
 
+/// A token hashed under a retired pepper is found by no lookup and moved
+/// by no re-hash: the condition every such statement ends with.
+const NOT_RETIRED: &str = "AND key_id NOT IN \
+    (SELECT key_id FROM tokengate_peppers WHERE retired_at IS NOT NULL)";
+
 /// Tells every instance's feed, when the transaction commits, that the
 /// token changed.
 async fn notify(client: &impl GenericClient, change: &Change) -> Result<(), StoreError> {
@@ -444,40 +449,118 @@ impl PostgresStore {
                 .map_err(io)?;
         }
         // A racing first start may have recorded its own: compare with
-        // what is stored now.
-        let recorded = self.recorded_checks().await.map_err(io)?;
+        // what is stored now. A retired pepper verifies nothing, wherever
+        // it is still listed.
+        let mut source = source;
+        let mut recorded = Vec::new();
+        for (key, check, retired) in self.recorded_checks().await.map_err(io)? {
+            if retired {
+                source = source.without(key);
+            } else {
+                recorded.push((key, check));
+            }
+        }
         source.verified(&recorded, &database)
     }
 
-    /// Records a new pepper's check value (`tokengate pepper rotate`).
+    /// Records a new pepper's check value (`tokengate pepper rotate`), and
+    /// tells every instance's feed when it is new.
     pub async fn record_pepper(&self, key: KeyId, check: String) -> Result<(), StoreError> {
-        self.with(|c| async move {
-            c.execute(
-                "INSERT INTO tokengate_peppers (key_id, check_value) VALUES ($1, $2) \
-                 ON CONFLICT (key_id) DO NOTHING",
-                &[&i64::from(key.get()), &check],
-            )
-            .await
-            .map(drop)
-            .map_err(store_error)
+        self.with(|mut c| async move {
+            let tx = c.transaction().await.map_err(store_error)?;
+            let added = tx
+                .execute(
+                    "INSERT INTO tokengate_peppers (key_id, check_value) VALUES ($1, $2) \
+                     ON CONFLICT (key_id) DO NOTHING",
+                    &[&i64::from(key.get()), &check],
+                )
+                .await
+                .map_err(store_error)?;
+            if added > 0 {
+                notify(&tx, &Change::Peppers).await?;
+            }
+            tx.commit().await.map_err(store_error)
         })
         .await
     }
 
-    /// The key ids the database has recorded check values for.
+    /// Retires the pepper `key` (`tokengate pepper retire`): from the next
+    /// lookup on, no token hashed under it verifies or moves to another
+    /// pepper, on any instance, and every follower's cache is flushed and
+    /// told to load its peppers again. The newest pepper cannot be
+    /// retired; retiring a retired one changes nothing.
+    pub async fn retire_pepper(&self, key: KeyId) -> Result<(), StoreError> {
+        self.with(|mut c| async move {
+            let tx = c.transaction().await.map_err(store_error)?;
+            // The table's lock orders this against a concurrent rotation.
+            tx.batch_execute("LOCK TABLE tokengate_peppers IN SHARE ROW EXCLUSIVE MODE")
+                .await
+                .map_err(store_error)?;
+            let row = tx
+                .query_opt(
+                    "SELECT retired_at IS NOT NULL, \
+                     key_id = (SELECT MAX(key_id) FROM tokengate_peppers) \
+                     FROM tokengate_peppers WHERE key_id = $1",
+                    &[&i64::from(key.get())],
+                )
+                .await
+                .map_err(store_error)?;
+            let Some(row) = row else {
+                return Err(StoreError::Refused(
+                    format!("the database has recorded no pepper with key {key}").into(),
+                ));
+            };
+            let (retired, newest): (bool, bool) = (
+                row.try_get(0).map_err(store_error)?,
+                row.try_get(1).map_err(store_error)?,
+            );
+            if retired {
+                return Ok(());
+            }
+            if newest {
+                return Err(StoreError::Refused(
+                    format!("key {key} is the newest pepper; rotate first").into(),
+                ));
+            }
+            tx.execute(
+                "UPDATE tokengate_peppers SET retired_at = now() WHERE key_id = $1",
+                &[&i64::from(key.get())],
+            )
+            .await
+            .map_err(store_error)?;
+            notify(&tx, &Change::Peppers).await?;
+            tx.commit().await.map_err(store_error)
+        })
+        .await
+    }
+
+    /// The key ids the database has recorded check values for, retired
+    /// ones included (an id is never used twice).
     pub async fn recorded_peppers(&self) -> Result<Vec<KeyId>, StoreError> {
         Ok(self
             .recorded_checks()
             .await?
             .into_iter()
-            .map(|(key, _)| key)
+            .map(|(key, _, _)| key)
             .collect())
     }
 
-    async fn recorded_checks(&self) -> Result<Vec<(KeyId, String)>, StoreError> {
+    /// The key ids of retired peppers.
+    pub async fn retired_peppers(&self) -> Result<Vec<KeyId>, StoreError> {
+        Ok(self
+            .recorded_checks()
+            .await?
+            .into_iter()
+            .filter_map(|(key, _, retired)| retired.then_some(key))
+            .collect())
+    }
+
+    /// Every recorded pepper: key id, check value, and whether it is retired.
+    async fn recorded_checks(&self) -> Result<Vec<(KeyId, String, bool)>, StoreError> {
         self.with(|c| async move {
             c.query(
-                "SELECT key_id, check_value FROM tokengate_peppers ORDER BY key_id",
+                "SELECT key_id, check_value, retired_at IS NOT NULL FROM tokengate_peppers \
+                 ORDER BY key_id",
                 &[],
             )
             .await
@@ -486,7 +569,8 @@ impl PostgresStore {
             .map(|row| {
                 let key: i64 = row.try_get(0).map_err(store_error)?;
                 let check: String = row.try_get(1).map_err(store_error)?;
-                Ok((KeyId::new(u32::try_from(key).unwrap_or(0)), check))
+                let retired: bool = row.try_get(2).map_err(store_error)?;
+                Ok((KeyId::new(u32::try_from(key).unwrap_or(0)), check, retired))
             })
             .collect()
         })
@@ -511,7 +595,8 @@ impl TokenStore for PostgresStore {
         self.with(|c| async move {
             let statement = c
                 .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM tokengate_tokens WHERE hash = $1 AND key_id = $2"
+                    "SELECT {COLUMNS} FROM tokengate_tokens WHERE hash = $1 AND key_id = $2 \
+                     {NOT_RETIRED}"
                 ))
                 .await
                 .map_err(store_error)?;
@@ -540,7 +625,8 @@ impl TokenStore for PostgresStore {
                 .query_opt(
                     &format!(
                         "UPDATE tokengate_tokens SET hash = $3, key_id = $4 \
-                         WHERE id = $1 AND hash = $2 AND key_id = $5 RETURNING {COLUMNS}"
+                         WHERE id = $1 AND hash = $2 AND key_id = $5 {NOT_RETIRED} \
+                         RETURNING {COLUMNS}"
                     ),
                     &[
                         &id.as_str(),

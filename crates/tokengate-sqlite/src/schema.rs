@@ -58,6 +58,9 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tokens ADD COLUMN uses_window INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tokens ADD COLUMN uses_generation INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tokens ADD COLUMN version INTEGER NOT NULL DEFAULT 0;",
+    // 5: a retired pepper stays recorded (its key id is never reused) and
+    // verifies nothing from then on, in every process.
+    "ALTER TABLE peppers ADD COLUMN retired_at INTEGER;",
 ];
 
 /// The schema version this build writes.

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
-use tokengate_cache::{CachedStore, RevocationEvent};
+use tokengate_cache::{CachedStore, RevocationEvent, StoreChange};
 use tokengate_core::{
     KeyId, Pepper, RateQuota, ScopeSet, SqlValue, StoreError, Taken, TokenAdmin, TokenHash,
     TokenId, TokenQuery, TokenRecord, TokenStore, UseColumns, UseSpend,
@@ -233,6 +233,12 @@ fn update_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> 
     )
 }
 
+/// A token hashed under a retired pepper is found by no lookup and moved
+/// by no re-hash: the condition every such statement ends with (its
+/// `key_id` is the row's).
+const NOT_RETIRED: &str =
+    "AND key_id NOT IN (SELECT key_id FROM peppers WHERE retired_at IS NOT NULL)";
+
 fn get_record(conn: &Connection, id: &str) -> rusqlite::Result<Option<TokenRecord>> {
     conn.query_row(
         &format!("SELECT {COLUMNS} FROM tokens WHERE id = ?1"),
@@ -367,12 +373,39 @@ impl SqliteStore {
             .await
     }
 
-    /// The key ids the database has recorded check values for.
+    /// The key ids the database has recorded check values for, retired
+    /// ones included (an id is never used twice).
     pub async fn recorded_peppers(&self) -> Result<Vec<KeyId>, StoreError> {
         self.with(|c| {
-            crate::pepper::recorded_checks(c)
-                .map(|all| all.into_iter().map(|(key, _)| key).collect())
-                .map_err(store_error)
+            let mut keys: Vec<KeyId> = crate::pepper::recorded_checks(c)
+                .map_err(store_error)?
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect();
+            keys.extend(crate::pepper::retired_keys(c).map_err(store_error)?);
+            keys.sort_by_key(|key| key.get());
+            Ok(keys)
+        })
+        .await
+    }
+
+    /// The key ids of retired peppers.
+    pub async fn retired_peppers(&self) -> Result<Vec<KeyId>, StoreError> {
+        self.with(|c| crate::pepper::retired_keys(c).map_err(store_error))
+            .await
+    }
+
+    /// Retires the pepper `key` (`tokengate pepper retire`): from the next
+    /// lookup on, no token hashed under it verifies or moves to another
+    /// pepper, in any process, and every follower's cache is flushed and
+    /// told to load its peppers again. The newest pepper cannot be
+    /// retired.
+    pub async fn retire_pepper(&self, key: KeyId) -> Result<(), StoreError> {
+        self.with(move |c| {
+            crate::pepper::retire(c, key).map_err(|error| match error {
+                crate::pepper::RetireError::Sql(error) => store_error(error),
+                refused => StoreError::Refused(refused.to_string().into()),
+            })
         })
         .await
     }
@@ -407,15 +440,20 @@ impl SqliteStore {
     }
 
     /// Changes after `seq`, oldest first, with their sequence numbers.
-    pub async fn changes_since(&self, seq: i64) -> Result<Vec<(i64, RevocationEvent)>, StoreError> {
+    pub async fn changes_since(&self, seq: i64) -> Result<Vec<(i64, StoreChange)>, StoreError> {
         self.with(move |c| {
             let mut statement = c
                 .prepare(
-                    "SELECT seq, token_id, key_id, hash FROM changes WHERE seq > ?1 ORDER BY seq",
+                    "SELECT seq, token_id, key_id, hash, kind FROM changes \
+                     WHERE seq > ?1 ORDER BY seq",
                 )
                 .map_err(store_error)?;
             let rows = statement
                 .query_map([seq], |row| {
+                    let seq = row.get::<_, i64>(0)?;
+                    if row.get::<_, String>(4)? == crate::pepper::PEPPER_CHANGE {
+                        return Ok((seq, StoreChange::Peppers));
+                    }
                     let id: String = row.get(1)?;
                     let key_id: i64 = row.get(2)?;
                     let digest: Vec<u8> = row.get(3)?;
@@ -423,14 +461,14 @@ impl SqliteStore {
                         .try_into()
                         .map_err(|_| corrupt("hash", "not 32 bytes"))?;
                     Ok((
-                        row.get::<_, i64>(0)?,
-                        RevocationEvent {
+                        seq,
+                        StoreChange::Token(RevocationEvent {
                             id: id.parse().map_err(|_| corrupt("token_id", &id))?,
                             hash: TokenHash::from_parts(
                                 KeyId::new(u32::try_from(key_id).unwrap_or(0)),
                                 digest,
                             ),
-                        },
+                        }),
                     ))
                 })
                 .map_err(store_error)?;
@@ -464,8 +502,8 @@ impl SqliteStore {
                 tick.tick().await;
                 match store.changes_since(seen).await {
                     Ok(changes) => {
-                        for (seq, event) in changes {
-                            cache.apply(&event);
+                        for (seq, change) in changes {
+                            cache.apply_change(&change);
                             seen = seq;
                             events.increment(1);
                         }
@@ -493,7 +531,9 @@ impl TokenStore for SqliteStore {
         let hash = *hash;
         self.with(move |c| {
             c.query_row(
-                &format!("SELECT {COLUMNS} FROM tokens WHERE hash = ?1 AND key_id = ?2"),
+                &format!(
+                    "SELECT {COLUMNS} FROM tokens WHERE hash = ?1 AND key_id = ?2 {NOT_RETIRED}"
+                ),
                 params![&hash.digest()[..], i64::from(hash.key_id().get())],
                 row_to_record,
             )
@@ -517,8 +557,10 @@ impl TokenStore for SqliteStore {
             let tx = c.transaction().map_err(store_error)?;
             let moved = tx
                 .execute(
-                    "UPDATE tokens SET hash = ?3, key_id = ?4 \
-                     WHERE id = ?1 AND hash = ?2 AND key_id = ?5",
+                    &format!(
+                        "UPDATE tokens SET hash = ?3, key_id = ?4 \
+                         WHERE id = ?1 AND hash = ?2 AND key_id = ?5 {NOT_RETIRED}"
+                    ),
                     params![
                         id.as_str(),
                         &from.digest()[..],

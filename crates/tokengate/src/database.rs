@@ -137,9 +137,42 @@ impl AnyStore {
         each!(self, s => s.record_pepper(key, check).await)
     }
 
-    /// The key ids the database has recorded check values for.
+    /// The key ids the database has recorded check values for, retired
+    /// ones included.
     pub async fn recorded_peppers(&self) -> Result<Vec<KeyId>, StoreError> {
         each!(self, s => s.recorded_peppers().await)
+    }
+
+    /// The key ids of retired peppers.
+    pub async fn retired_peppers(&self) -> Result<Vec<KeyId>, StoreError> {
+        each!(self, s => s.retired_peppers().await)
+    }
+
+    /// Retires the pepper `key` (`tokengate pepper retire`): from the next
+    /// lookup on no token under it verifies, on any instance, and every
+    /// follower loads its peppers again.
+    pub async fn retire_pepper(&self, key: KeyId) -> Result<(), StoreError> {
+        each!(self, s => s.retire_pepper(key).await)
+    }
+
+    /// The peppers, read again from where [`Database::open`] read them
+    /// (`TOKENGATE_PEPPER`, or the pepper file: `pepper_file`, or beside a
+    /// SQLite database) and checked against what the database records
+    /// now, retired ones left out: what a running server loads after a
+    /// rotation or a retirement.
+    pub async fn peppers(&self, pepper_file: Option<&Path>) -> Result<Peppers, SetupError> {
+        match self {
+            Self::Sqlite(store) => {
+                // A SQLite database's pepper file is always beside it.
+                let _ = pepper_file;
+                let store = store.clone();
+                Ok(tokio::task::spawn_blocking(move || store.peppers())
+                    .await
+                    .map_err(|e| format!("cannot read the peppers: {e}"))??)
+            }
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store) => Ok(store.peppers(pepper_file).await?),
+        }
     }
 
     /// Applies every revocation and rotation, by any process, to `cache`:

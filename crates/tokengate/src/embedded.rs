@@ -24,7 +24,15 @@ pub type SetupError = Box<dyn Error + Send + Sync>;
 /// commit on PostgreSQL), the lifecycle over the
 /// cache, a write-behind `last_used_at` tracker, and a JSON-lines audit
 /// file chained under an audit key (`TOKENGATE_AUDIT_KEY`, or the 0600
-/// file `<audit_log>.key` beside it, created on first use). [`Embedded::shutdown`] stops the background tasks and flushes.
+/// file `<audit_log>.key` beside it, created on first use).
+///
+/// The peppers follow the database while the server runs: a `tokengate
+/// pepper rotate` or `retire` by any process reaches it through the change
+/// feed (as revocations do), and SIGHUP asks for the same. It then reads
+/// the pepper file (or `TOKENGATE_PEPPER`) again, checks it against the
+/// database, and hashes under the new set from the next request: tokens
+/// issued under a new pepper verify, and a retired pepper verifies nothing.
+/// [`Embedded::shutdown`] stops the background tasks and flushes.
 pub struct Embedded {
     /// The token store.
     pub store: AnyStore,
@@ -78,6 +86,12 @@ impl Embedded {
         let tasks = vec![
             follower,
             usage.spawn_flusher(store.clone(), Duration::from_secs(5)),
+            tokio::spawn(crate::reload::follow_peppers(
+                store.clone(),
+                pepper_file.map(Path::to_path_buf),
+                hasher.clone(),
+                cache.pepper_changes(),
+            )),
         ];
         Ok(Self {
             store,

@@ -105,7 +105,9 @@
 
 pub use tokengate_core::*;
 
-pub use tokengate_cache::{CacheConfig, CacheStats, CachedStore, RevocationEvent, VerifyError};
+pub use tokengate_cache::{
+    CacheConfig, CacheStats, CachedStore, RevocationEvent, StoreChange, VerifyError,
+};
 
 #[cfg(feature = "authenticate")]
 pub use tokengate_authenticate::{
@@ -157,6 +159,8 @@ pub use database::{AnyStore, Database, DatabaseError};
 
 #[cfg(all(feature = "sqlite", feature = "gate"))]
 mod embedded;
+#[cfg(all(feature = "sqlite", feature = "gate"))]
+mod reload;
 #[cfg(all(feature = "sqlite", feature = "gate"))]
 pub use embedded::{Embedded, SetupError, shutdown_signal};
 

@@ -31,7 +31,9 @@ use std::time::Duration;
 use http::StatusCode;
 
 pub use rate::{RateFallback, RateLimitPolicy, RateLimitPolicyError, RateLimited};
-pub use render::{ProblemJson, Realm, RealmError, RenderDenial, Renderer, is_grpc};
+pub use render::{
+    ProblemJson, Realm, RealmError, RenderDenial, Renderer, is_grpc, refusal_closes_connection,
+};
 
 use crate::scope::Scope;
 use crate::token::TokenFormatError;

@@ -34,6 +34,26 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         && matches!(bytes.get(16), None | Some(b'+' | b';'))
 }
 
+/// Whether a refusal of `request` must close its HTTP/1 connection: the
+/// request may carry a body (a `Transfer-Encoding`, or a `Content-Length`
+/// other than 0) that is never read. A server that answers before reading
+/// a body cannot reuse the connection (hyper drains what has arrived and
+/// closes otherwise), and a client not told so sends its next request on
+/// a connection that is closing: that request is lost. `Connection: close`
+/// tells it to open a new one. HTTP/2 streams need nothing of the kind.
+pub fn refusal_closes_connection<B>(request: &Request<B>) -> bool {
+    let http1 = matches!(
+        request.version(),
+        http::Version::HTTP_10 | http::Version::HTTP_11
+    );
+    let headers = request.headers();
+    http1
+        && (headers.contains_key(http::header::TRANSFER_ENCODING)
+            || headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|length| length.as_bytes() != b"0"))
+}
+
 /// The `realm` of the `WWW-Authenticate` challenge.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Realm(Arc<str>);
@@ -183,9 +203,18 @@ impl Renderer {
 
     /// Refuses `request` with `denial`: notes it in the request's trail and
     /// renders it for the request's protocol.
+    ///
+    /// A refusal of an HTTP/1 request with a body (left unread) says
+    /// `Connection: close` (see [`refusal_closes_connection`]).
     pub fn refuse<B>(&self, request: &Request<B>, denial: Denial) -> Refusal {
         RequestTrail::note_denial(request.extensions(), &denial);
-        self.render_refusal(denial, is_grpc(request.headers()))
+        let mut refusal = self.render_refusal(denial, is_grpc(request.headers()));
+        if refusal_closes_connection(request) {
+            refusal
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        refusal
     }
 
     /// Renders `denial` as an HTTP response, or as a gRPC trailers-only

@@ -258,6 +258,10 @@ pub enum StoreError {
     /// The store cannot do what was asked (it names what).
     #[error("this token store does not support {0}")]
     Unsupported(&'static str),
+    /// The store refused a change that would break one of its rules (it
+    /// says which), such as retiring the newest pepper.
+    #[error("{0}")]
+    Refused(Arc<str>),
 }
 
 impl StoreError {
