@@ -30,7 +30,6 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::pepper_source::Peppers;
 use crate::token::Token;
 
 /// Identifies one pepper among those a deployment has used.
@@ -144,6 +143,23 @@ pub enum PepperError {
     /// No pepper at all.
     #[error("holds no pepper")]
     Empty,
+}
+
+/// The peppers of a database: the current one, and those rotated out
+/// that tokens may still be hashed under (newest first).
+#[derive(Debug)]
+pub struct Peppers {
+    /// New tokens are hashed under this one.
+    pub current: Pepper,
+    /// Rotated out; tokens found under them move to the current one.
+    pub previous: Vec<Pepper>,
+}
+
+impl Peppers {
+    /// The hasher: the current pepper, knowing the previous ones.
+    pub fn hasher(self) -> TokenHasher {
+        TokenHasher::new(self.current).with_previous(self.previous)
+    }
 }
 
 /// Hashes tokens under one pepper, knowing the peppers rotated out.

@@ -98,9 +98,9 @@ pub use denial::{
     refusal_closes_connection,
 };
 pub use echo::{Echo, escape_for_display, may_hold_secret, needs_unicode_escape};
-pub use hash::{KeyId, Pepper, PepperError, TokenHash, TokenHasher};
+pub use hash::{KeyId, Pepper, PepperError, Peppers, TokenHash, TokenHasher};
 pub use id::{TokenId, TokenIdError};
-pub use pepper_source::{FIRST_KEY, PEPPER_ENV, PepperSource, PepperSourceError, Peppers};
+pub use pepper_source::{FIRST_KEY, PEPPER_ENV, PepperSource, PepperSourceError};
 pub use principal::{ClientIp, Grants, Principal, canonical_net};
 pub use record::{QuotaError, RateQuota, TokenRecord, TokenStatus};
 pub use redact::redact_url;

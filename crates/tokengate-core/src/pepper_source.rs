@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::hash::{KeyId, Pepper, PepperError, TokenHasher};
+use crate::hash::{KeyId, Pepper, PepperError, Peppers, TokenHasher};
 
 /// The environment variable holding the pepper as hex.
 pub const PEPPER_ENV: &str = "TOKENGATE_PEPPER";
@@ -85,23 +85,6 @@ pub enum PepperSourceError {
 impl From<PepperSourceError> for io::Error {
     fn from(error: PepperSourceError) -> Self {
         io::Error::other(error)
-    }
-}
-
-/// The peppers of a database: the current one, and those rotated out
-/// that tokens may still be hashed under (newest first).
-#[derive(Debug)]
-pub struct Peppers {
-    /// New tokens are hashed under this one.
-    pub current: Pepper,
-    /// Rotated out; tokens found under them move to the current one.
-    pub previous: Vec<Pepper>,
-}
-
-impl Peppers {
-    /// The hasher: the current pepper, knowing the previous ones.
-    pub fn hasher(self) -> TokenHasher {
-        TokenHasher::new(self.current).with_previous(self.previous)
     }
 }
 
