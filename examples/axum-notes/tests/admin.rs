@@ -123,20 +123,26 @@ fn mismatch(doc: &Value, schema: &Value, value: &Value, at: &str) -> Option<Stri
     None
 }
 
-/// Asserts that `reply` is documented for `method path` with its status,
-/// and fits the documented schema.
+/// Asserts that `reply` is documented for `method path` with its status
+/// and its content type, and fits the documented schema.
 fn documented(doc: &Value, method: &str, path: &str, reply: &Reply) {
-    let response =
+    let mut response =
         &doc["paths"][path][method.to_lowercase()]["responses"][reply.status.as_u16().to_string()];
+    if let Some(shared) = response.get("$ref").and_then(Value::as_str) {
+        response = &doc["components"]["responses"][shared.rsplit('/').next().unwrap()];
+    }
     assert!(
         response.is_object(),
         "{method} {path} {} is not documented",
         reply.status
     );
-    let (_media, content) = response["content"]
-        .as_object()
-        .and_then(|c| c.iter().next())
-        .expect("documented content");
+    let media = reply.content_type.split(';').next().unwrap_or_default();
+    let content = &response["content"][media];
+    assert!(
+        content.is_object(),
+        "{method} {path} {}: {media} is not the documented content type: {response}",
+        reply.status
+    );
     let fits = mismatch(doc, &content["schema"], &reply.body, "body");
     assert!(fits.is_none(), "{method} {path} {}: {fits:?}", reply.status);
 }
@@ -427,5 +433,97 @@ async fn the_admin_api_works_on_postgres() {
     .unwrap();
     assert_eq!(shown["scopes"], json!(["notes:read"]));
     assert!(server.terminate(), "a clean shutdown");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegated_admin_token_hands_out_only_what_it_holds_through_the_gate() {
+    let dir = temp_dir("axum-notes-delegate");
+    let bin = env!("CARGO_BIN_EXE_axum-notes");
+    let mut server = start_example_with(bin, &dir, "axum-notes listening on ", &["--admin"]);
+    let base = server.addr.clone();
+    let db = dir.join("tokengate.db");
+    let delegate = cli(
+        bin,
+        &db,
+        &[
+            "issue",
+            "--name",
+            "team",
+            "--subject",
+            "team",
+            "--scope",
+            "tokengate:delegate",
+            "--scope",
+            "notes:read",
+            "--audience",
+            "notes",
+            "--ttl",
+            "1h",
+        ],
+    )
+    .trim()
+    .to_owned();
+    let doc = call(&base, "GET", "/admin/openapi.json", &delegate, None).await;
+    assert_eq!(
+        doc.status,
+        StatusCode::OK,
+        "either admin scope opens /admin"
+    );
+    let doc = doc.body;
+    // The document lists the scopes this deployment knows.
+    let scopes = &doc["components"]["schemas"]["ScopeText"]["enum"];
+    assert!(
+        scopes.as_array().unwrap().contains(&json!("notes:read")),
+        "{scopes}"
+    );
+
+    let issue = |scopes: Value| json!({"name": "app", "subject": "alice", "scopes": scopes, "audiences": ["notes"]});
+    let made = call(
+        &base,
+        "POST",
+        "/admin/tokens",
+        &delegate,
+        Some(issue(json!(["notes:read"]))),
+    )
+    .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+    documented(&doc, "POST", "/admin/tokens", &made);
+    let minted = made.body["token"].as_str().unwrap().to_owned();
+    for scopes in [json!(["tokengate:admin"]), json!(["notes:write"])] {
+        let refused = call(
+            &base,
+            "POST",
+            "/admin/tokens",
+            &delegate,
+            Some(issue(scopes)),
+        )
+        .await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+        assert_eq!(
+            refused.body["type"],
+            "urn:tokengate:problem:delegation-exceeded"
+        );
+        documented(&doc, "POST", "/admin/tokens", &refused);
+    }
+    // The token it minted is no admin of any kind.
+    let shut_out = call(&base, "GET", "/admin/tokens", &minted, None).await;
+    assert_eq!(shut_out.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        shut_out.body["type"],
+        "urn:tokengate:problem:insufficient-scope"
+    );
+    documented(&doc, "GET", "/admin/tokens", &shut_out);
+    // It sees only what it may manage: its own minted token, not itself
+    // nor the demo token (notes:write).
+    let listed = call(&base, "GET", "/admin/tokens", &delegate, None).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert_eq!(
+        listed.body["tokens"].as_array().unwrap().len(),
+        1,
+        "{}",
+        listed.body
+    );
+    assert!(server.terminate());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,0 +1,413 @@
+//! The admin API's handlers, and the conversions between its JSON and the
+//! lifecycle's types.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::StatusCode;
+use tokengate_core::{
+    Expiry, IssuancePolicy, IssuedToken, Lifecycle, Principal, RateQuota, Refill, TokenAdmin,
+    TokenChanges, TokenId, TokenQuery, TokenRecord, TokenSpec, TokenStatus, TokenStore, UseLimit,
+};
+
+use super::delegation::Authority;
+use super::problem::{Body, OptionalBody, Params, Problem, bad_query, failed, unprocessable};
+use super::types::{
+    IssueRequest, Issued, ListParams, Quota, RefillSpec, ResetUsesRequest, RotateRequest,
+    TokenIdText, TokenList, TokenView, UpdateRequest, Uses, UsesView,
+};
+
+pub(crate) type Shared<S> = State<Arc<Lifecycle<S>>>;
+
+/// The most tokens one list page holds.
+const MAX_PAGE: usize = 100_000;
+
+/// The longest `expiring_within_seconds`: ten years.
+const MAX_WITHIN: u64 = 315_576_000;
+
+/// The caller's [`Authority`], from the principal the Gate put in the
+/// request.
+pub(crate) struct Caller(Authority);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(Authority::of(parts.extensions.get::<Principal>())))
+    }
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+fn strings<T: ToString>(items: impl IntoIterator<Item = T>) -> Vec<String> {
+    items.into_iter().map(|item| item.to_string()).collect()
+}
+
+pub(crate) fn view(record: &TokenRecord) -> TokenView {
+    TokenView {
+        id: record.id.to_string(),
+        name: record.name.clone(),
+        subject: record.subject.clone(),
+        status: record.status(SystemTime::now()).as_str().to_owned(),
+        scopes: strings(record.scopes.iter().map(|s| s.as_str())),
+        audiences: strings(record.audiences.iter().map(|a| a.as_str())),
+        created_at: rfc3339(record.created_at),
+        expires_at: record.expires_at.map(rfc3339),
+        revoked_at: record.revoked_at.map(rfc3339),
+        disabled_at: record.disabled_at.map(rfc3339),
+        last_used_at: record.last_used_at.map(rfc3339),
+        allowed_networks: strings(&record.allowed_networks),
+        rate: record.rate_quota.map(|q| Quota {
+            count: q.count().get(),
+            period_seconds: q.period().as_secs(),
+            burst: q.burst().get(),
+        }),
+        rotated_from: record.rotated_from.as_ref().map(ToString::to_string),
+        metadata: record.metadata.clone(),
+        uses: record.uses.map(|uses| UsesView {
+            limit: uses.limit.uses(),
+            remaining: uses.remaining_at(SystemTime::now()),
+            refill: uses.limit.refill().map(|refill| RefillSpec {
+                amount: refill.amount(),
+                every_seconds: refill.every().as_secs(),
+            }),
+        }),
+    }
+}
+
+fn use_limit(uses: &Uses) -> Result<UseLimit, Problem> {
+    let count = std::num::NonZeroU64::new(uses.uses)
+        .ok_or_else(|| unprocessable("uses.uses must be at least 1"))?;
+    let limit = UseLimit::new(count);
+    let Some(refill) = uses.refill else {
+        return Ok(limit);
+    };
+    let amount = std::num::NonZeroU64::new(refill.amount)
+        .ok_or_else(|| unprocessable("uses.refill.amount must be at least 1"))?;
+    let refill = Refill::new(amount, Duration::from_secs(refill.every_seconds))
+        .map_err(|e| unprocessable(format!("uses.refill: {e}")))?;
+    Ok(limit.with_refill(refill))
+}
+
+fn issued(issued: &IssuedToken) -> Issued {
+    Issued {
+        token: issued.token.expose_secret().to_owned(),
+        record: view(&issued.record),
+    }
+}
+
+fn parse_all<T: std::str::FromStr>(what: &str, items: &[String]) -> Result<Vec<T>, Problem>
+where
+    T::Err: std::fmt::Display,
+{
+    items
+        .iter()
+        .map(|item| {
+            item.parse().map_err(|e| {
+                unprocessable(format!(
+                    "{what} {}: {e}",
+                    tokengate_core::Echo::new(item, 80)
+                ))
+            })
+        })
+        .collect()
+}
+
+fn quota(quota: Quota) -> Result<RateQuota, Problem> {
+    let count = std::num::NonZeroU32::new(quota.count)
+        .ok_or_else(|| unprocessable("rate.count must be at least 1"))?;
+    let burst = std::num::NonZeroU32::new(quota.burst)
+        .ok_or_else(|| unprocessable("rate.burst must be at least 1"))?;
+    RateQuota::new(count, Duration::from_secs(quota.period_seconds), burst)
+        .map_err(|e| unprocessable(format!("rate: {e}")))
+}
+
+fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "no such token id")
+}
+
+fn parse_id(id: &str) -> Result<TokenId, Problem> {
+    id.parse().map_err(|_| not_found())
+}
+
+/// The token `id`, if it exists and the caller may manage it (404 alike
+/// otherwise: a delegate learns nothing of tokens beyond it).
+async fn visible<S: TokenStore + TokenAdmin + Clone>(
+    lifecycle: &Lifecycle<S>,
+    caller: &Authority,
+    id: &str,
+) -> Result<(TokenId, TokenRecord), Problem> {
+    let id = parse_id(id)?;
+    match lifecycle.get(&id).await.map_err(|e| failed(&e))? {
+        Some(record) if caller.covers(&record) => Ok((id, record)),
+        _ => Err(not_found()),
+    }
+}
+
+/// The lifecycle with the store's scope catalogue in its policy, so that
+/// scopes no server knows are refused as at the CLI.
+async fn checked<S: TokenStore + TokenAdmin + Clone>(
+    lifecycle: &Lifecycle<S>,
+) -> Result<Lifecycle<S>, Problem> {
+    let catalogue = lifecycle.scope_catalogue().await.map_err(|e| failed(&e))?;
+    let mut policy = IssuancePolicy::default();
+    if !catalogue.is_empty() {
+        policy = policy.scope_catalogue(catalogue);
+    }
+    Ok(lifecycle.clone().with_policy(policy))
+}
+
+/// Issue a token.
+#[utoipa::path(post, path = "/admin/tokens", request_body = IssueRequest,
+    responses((status = 201, description = "Issued; the secret is in this response only", body = Issued)))]
+pub(crate) async fn issue<S: TokenStore + TokenAdmin + Clone>(
+    State(lifecycle): Shared<S>,
+    Caller(caller): Caller,
+    Body(request): Body<IssueRequest>,
+) -> Result<(StatusCode, Json<Issued>), Problem> {
+    let scopes = parse_all("scope", &request.scopes)?;
+    let audiences = parse_all("audience", &request.audiences)?;
+    caller.may_hand_out(&scopes, &audiences)?;
+    let mut spec = TokenSpec::new(request.name, request.subject)
+        .scopes(scopes)
+        .audiences(audiences)
+        .allowed_networks(parse_all("network", &request.allowed_networks)?);
+    if let Some(ttl) = request.ttl_seconds {
+        spec = spec.expiry(Expiry::After(Duration::from_secs(ttl)));
+    }
+    if let Some(rate) = request.rate {
+        spec = spec.rate_quota(quota(rate)?);
+    }
+    if let Some(uses) = &request.uses {
+        spec = spec.uses(use_limit(uses)?);
+    }
+    for (key, value) in request.metadata {
+        spec = spec.metadata(key, value);
+    }
+    let made = checked(&lifecycle)
+        .await?
+        .issue(spec)
+        .await
+        .map_err(|e| failed(&e))?;
+    Ok((StatusCode::CREATED, Json(issued(&made))))
+}
+
+/// List tokens, oldest first (a delegated admin sees only those it may
+/// manage, so its pages may hold fewer than `limit`).
+#[utoipa::path(get, path = "/admin/tokens", params(ListParams),
+    responses((status = 200, description = "A page of tokens", body = TokenList)))]
+pub(crate) async fn list<S: TokenStore + TokenAdmin + Clone>(
+    State(lifecycle): Shared<S>,
+    Caller(caller): Caller,
+    Params(params): Params<ListParams>,
+) -> Result<Json<TokenList>, Problem> {
+    let mut query = TokenQuery::new();
+    if let Some(subject) = params.subject {
+        query = query.subject(subject);
+    }
+    if let Some(status) = params.status {
+        query = query.status(status.parse::<TokenStatus>().map_err(bad_query)?);
+    }
+    if let Some(seconds) = params.expiring_within_seconds {
+        if seconds > MAX_WITHIN {
+            return Err(bad_query(format!(
+                "expiring_within_seconds must be at most {MAX_WITHIN}"
+            )));
+        }
+        query = query.expiring_within(Duration::from_secs(seconds));
+    }
+    if let Some(limit) = params.limit {
+        if limit > MAX_PAGE {
+            return Err(bad_query(format!("limit must be at most {MAX_PAGE}")));
+        }
+        query = query.limit(limit);
+    }
+    if let Some(after) = &params.after {
+        query = query.after(
+            after
+                .parse()
+                .map_err(|_| bad_query("after is not a token id"))?,
+        );
+    }
+    let records = lifecycle
+        .list_matching(&query)
+        .await
+        .map_err(|e| failed(&e))?;
+    let next_after = match params.limit {
+        Some(limit) if records.len() == limit => records.last().map(|r| r.id.to_string()),
+        _ => None,
+    };
+    Ok(Json(TokenList {
+        tokens: records
+            .iter()
+            .filter(|r| caller.covers(r))
+            .map(view)
+            .collect(),
+        next_after,
+    }))
+}
+
+/// Show one token.
+#[utoipa::path(get, path = "/admin/tokens/{id}", params(("id" = TokenIdText, Path, description = "The token id")),
+    responses((status = 200, description = "The token", body = TokenView)))]
+pub(crate) async fn show<S: TokenStore + TokenAdmin + Clone>(
+    State(lifecycle): Shared<S>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TokenView>, Problem> {
+    let (_, record) = visible(&lifecycle, &caller, &id).await?;
+    Ok(Json(view(&record)))
+}
+
+/// Change a token without reissuing it.
+#[utoipa::path(patch, path = "/admin/tokens/{id}", request_body = UpdateRequest,
+    params(("id" = TokenIdText, Path, description = "The token id")),
+    responses((status = 200, description = "The token as changed", body = TokenView)))]
+pub(crate) async fn update<S: TokenStore + TokenAdmin + Clone>(
+    State(lifecycle): Shared<S>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    Body(request): Body<UpdateRequest>,
+) -> Result<Json<TokenView>, Problem> {
+    let (id, _) = visible(&lifecycle, &caller, &id).await?;
+    let mut changes = TokenChanges::new();
+    if let Some(name) = request.name {
+        changes = changes.name(name);
+    }
+    let added: Vec<_> = parse_all("scope", &request.add_scopes)?;
+    let replaced: Option<Vec<_>> = request
+        .scopes
+        .as_deref()
+        .map(|s| parse_all("scope", s))
+        .transpose()?;
+    let audiences: Option<Vec<_>> = request
+        .audiences
+        .as_deref()
+        .map(|a| parse_all("audience", a))
+        .transpose()?;
+    caller.may_hand_out(
+        replaced.iter().flatten().chain(&added),
+        audiences.iter().flatten(),
+    )?;
+    if let Some(scopes) = replaced {
+        changes = changes.scopes(scopes);
+    }
+    for scope in added {
+        changes = changes.add_scope(scope);
+    }
+    for scope in parse_all("scope", &request.remove_scopes)? {
+        changes = changes.remove_scope(scope);
+    }
+    if let Some(audiences) = audiences {
+        changes = changes.audiences(audiences);
+    }
+    if let Some(ttl) = request.ttl_seconds {
+        changes = changes.expiry(Expiry::After(Duration::from_secs(ttl)));
+    }
+    if let Some(networks) = &request.allowed_networks {
+        changes = changes.allowed_networks(parse_all("network", networks)?);
+    }
+    if let Some(rate) = request.rate {
+        changes = changes.rate_quota(rate.map(quota).transpose()?);
+    }
+    for (key, value) in request.set_metadata {
+        changes = changes.set_metadata(key, value);
+    }
+    for key in request.remove_metadata {
+        changes = changes.remove_metadata(key);
+    }
+    if let Some(uses) = &request.uses {
+        changes = changes.uses(uses.as_ref().map(use_limit).transpose()?);
+    }
+    let record = checked(&lifecycle)
+        .await?
+        .update(&id, &changes)
+        .await
+        .map_err(|e| failed(&e))?;
+    Ok(Json(view(&record)))
+}
+
+/// Disable a token until it is enabled again (401 like a revoked one).
+#[utoipa::path(post, path = "/admin/tokens/{id}/disable", params(("id" = TokenIdText, Path, description = "The token id")),
+    responses((status = 200, description = "The token, disabled", body = TokenView)))]
+pub(crate) async fn disable<S: TokenStore + TokenAdmin + Clone>(
+    State(lifecycle): Shared<S>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TokenView>, Problem> {
+    let (id, _) = visible(&lifecycle, &caller, &id).await?;
+    let record = lifecycle.disable(&id).await.map_err(|e| failed(&e))?;
+    Ok(Json(view(&record)))
+}
+
+/// Enable a disabled token.
+#[utoipa::path(post, path = "/admin/tokens/{id}/enable", params(("id" = TokenIdText, Path, description = "The token id")),
+    responses((status = 200, description = "The token, enabled", body = TokenView)))]
+pub(crate) async fn enable<S: TokenStore + TokenAdmin + Clone>(
+    State(lifecycle): Shared<S>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TokenView>, Problem> {
+    let (id, _) = visible(&lifecycle, &caller, &id).await?;
+    let record = lifecycle.enable(&id).await.map_err(|e| failed(&e))?;
+    Ok(Json(view(&record)))
+}
+
+/// Revoke a token for good.
+#[utoipa::path(post, path = "/admin/tokens/{id}/revoke", params(("id" = TokenIdText, Path, description = "The token id")),
+    responses((status = 200, description = "The token, revoked", body = TokenView)))]
+pub(crate) async fn revoke<S: TokenStore + TokenAdmin + Clone>(
+    State(lifecycle): Shared<S>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TokenView>, Problem> {
+    let (id, _) = visible(&lifecycle, &caller, &id).await?;
+    let record = lifecycle.revoke(&id).await.map_err(|e| failed(&e))?;
+    Ok(Json(view(&record)))
+}
+
+/// Replace a token; the old one keeps working for the grace period. The
+/// body may be left out (a grace of an hour).
+#[utoipa::path(post, path = "/admin/tokens/{id}/rotate", request_body = RotateRequest,
+    params(("id" = TokenIdText, Path, description = "The token id")),
+    responses((status = 201, description = "The replacement; its secret is in this response only", body = Issued)))]
+pub(crate) async fn rotate<S: TokenStore + TokenAdmin + Clone>(
+    State(lifecycle): Shared<S>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    OptionalBody(request): OptionalBody<RotateRequest>,
+) -> Result<(StatusCode, Json<Issued>), Problem> {
+    let (id, _) = visible(&lifecycle, &caller, &id).await?;
+    let grace = request
+        .grace_seconds
+        .map_or(Duration::from_secs(3600), Duration::from_secs);
+    let made = lifecycle.rotate(&id, grace).await.map_err(|e| failed(&e))?;
+    Ok((StatusCode::CREATED, Json(issued(&made))))
+}
+
+/// Set the count a usage-limited token has left (by default the uses it
+/// was issued with); it holds from the next request on every instance.
+/// The body may be left out.
+#[utoipa::path(post, path = "/admin/tokens/{id}/uses/reset", request_body = ResetUsesRequest,
+    params(("id" = TokenIdText, Path, description = "The token id")),
+    responses((status = 200, description = "The token with its new count", body = TokenView)))]
+pub(crate) async fn reset_uses<S: TokenStore + TokenAdmin + Clone>(
+    State(lifecycle): Shared<S>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    OptionalBody(request): OptionalBody<ResetUsesRequest>,
+) -> Result<Json<TokenView>, Problem> {
+    let (id, _) = visible(&lifecycle, &caller, &id).await?;
+    let record = lifecycle
+        .reset_uses(&id, request.remaining)
+        .await
+        .map_err(|e| failed(&e))?;
+    Ok(Json(view(&record)))
+}

@@ -1,0 +1,370 @@
+//! What the admin API reads and writes, with schemas as strict as the
+//! server: a body the document calls valid is refused only by a rule the
+//! document cannot state (a scope no server knows, a network's host bits),
+//! with 422.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Declares a string schema for the document only (the API reads plain
+/// strings and checks them itself): a unit type named in `value_type`.
+macro_rules! text_schema {
+    ($(#[doc = $doc:literal])* $name:ident { $(length: $min:literal..=$max:literal,)? pattern: $pattern:expr }) => {
+        $(#[doc = $doc])*
+        pub(crate) struct $name;
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                let text = utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .description(Some(concat!($($doc),*).trim()))
+                    $(.min_length(Some($min)).max_length(Some($max)))?
+                    .pattern(Some($pattern));
+                text.into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+    };
+}
+
+text_schema! {
+    /// A name, subject or metadata text: 1 to 256 characters, not blank,
+    /// no control characters.
+    Text {
+        length: 1..=256,
+        pattern: r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    }
+}
+
+text_schema! {
+    /// A scope: `resource:action` (a resource of letters, digits, `_ . /
+    /// -`; an action of letters, digits, `_ -`, or `*`), exact and
+    /// case-sensitive.
+    ScopeText { pattern: r"^[A-Za-z0-9_./-]{1,64}:(\*|[A-Za-z0-9_-]{1,32})$" }
+}
+
+text_schema! {
+    /// An audience: 1 to 128 letters, digits, `. _ : / -`.
+    AudienceText { pattern: r"^[A-Za-z0-9._:/-]{1,128}$" }
+}
+
+text_schema! {
+    /// A token id: `tok_` and 16 letters or digits.
+    TokenIdText { pattern: r"^tok_[A-Za-z0-9]{16}$" }
+}
+
+/// An IPv4 address as Rust parses one (no leading zeros).
+macro_rules! ipv4 {
+    () => {
+        r"((25[0-5]|(2[0-4]|1[0-9]|[1-9]|)[0-9])\.){3}(25[0-5]|(2[0-4]|1[0-9]|[1-9]|)[0-9])"
+    };
+}
+
+/// An IPv6 address: eight groups, or fewer around one `::`, or with an
+/// IPv4 tail.
+macro_rules! ipv6 {
+    () => {
+        concat!(
+            r"(([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}|([0-9a-fA-F]{1,4}:){1,7}:",
+            r"|([0-9a-fA-F]{1,4}:){1,6}:[0-9a-fA-F]{1,4}",
+            r"|([0-9a-fA-F]{1,4}:){1,5}(:[0-9a-fA-F]{1,4}){1,2}",
+            r"|([0-9a-fA-F]{1,4}:){1,4}(:[0-9a-fA-F]{1,4}){1,3}",
+            r"|([0-9a-fA-F]{1,4}:){1,3}(:[0-9a-fA-F]{1,4}){1,4}",
+            r"|([0-9a-fA-F]{1,4}:){1,2}(:[0-9a-fA-F]{1,4}){1,5}",
+            r"|[0-9a-fA-F]{1,4}:(:[0-9a-fA-F]{1,4}){1,6}",
+            r"|:((:[0-9a-fA-F]{1,4}){1,7}|:)",
+            r"|::(ffff(:0{1,4})?:)?",
+            ipv4!(),
+            r"|([0-9a-fA-F]{1,4}:){1,4}:",
+            ipv4!(),
+            ")"
+        )
+    };
+}
+
+text_schema! {
+    /// A network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`).
+    NetworkText {
+        length: 2..=64,
+        pattern: concat!(
+            "^(", ipv4!(), r"/(3[0-2]|[12]?[0-9])|", ipv6!(), r"/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))$"
+        )
+    }
+}
+
+/// Whole numbers as JSON Schema counts them: `12` and `12.0` alike (a
+/// client's JSON library may write either), refused when fractional,
+/// negative or out of range.
+mod whole {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub(crate) fn number<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+        let number = serde_json::Number::deserialize(d)?;
+        let whole = number.as_u64().or_else(|| {
+            number
+                .as_f64()
+                // Below 2^64 and without a fraction: exact as a u64.
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 18_446_744_073_709_551_616.0)
+                .map(|f| {
+                    #[allow(
+                        clippy::cast_possible_truncation,
+                        clippy::cast_sign_loss,
+                        reason = "checked above: whole, not negative, below 2^64"
+                    )]
+                    let whole = f as u64;
+                    whole
+                })
+        });
+        whole
+            .and_then(|n| T::try_from(n).ok())
+            .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number in range")))
+    }
+
+    pub(crate) fn optional<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrapped(#[serde(deserialize_with = "number")] u64);
+        match Option::<Wrapped>::deserialize(d)? {
+            None => Ok(None),
+            Some(Wrapped(n)) => T::try_from(n)
+                .map(Some)
+                .map_err(|_| D::Error::custom(format!("{n} is out of range"))),
+        }
+    }
+}
+
+/// A token's record, never its secret. Times are RFC 3339.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    /// The token id (`tok_...`).
+    pub id: String,
+    /// Its label.
+    pub name: String,
+    /// Its owner.
+    pub subject: String,
+    /// `active`, `expired`, `revoked` or `disabled`, now.
+    #[schema(pattern = "^(active|expired|revoked|disabled)$")]
+    pub status: String,
+    /// What it may do.
+    pub scopes: Vec<String>,
+    /// Where it may be used.
+    pub audiences: Vec<String>,
+    /// When it was issued.
+    pub created_at: String,
+    /// When it expires, if it does.
+    pub expires_at: Option<String>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<String>,
+    /// Since when it is disabled, while it is.
+    pub disabled_at: Option<String>,
+    /// When it was last seen on a request (written behind).
+    pub last_used_at: Option<String>,
+    /// The networks it may be used from; empty means any.
+    pub allowed_networks: Vec<String>,
+    /// A quota of its own, if it has one.
+    pub rate: Option<Quota>,
+    /// The token it replaced by rotation, if any.
+    pub rotated_from: Option<String>,
+    /// Labels for applications.
+    pub metadata: BTreeMap<String, String>,
+    /// A usage-limited token's limit and count left; absent for unlimited uses.
+    pub uses: Option<UsesView>,
+}
+
+/// A usage-limited token's limit and what is left of it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UsesView {
+    /// The uses it was issued with (or last given).
+    pub limit: u64,
+    /// The count left now.
+    pub remaining: u64,
+    /// How the count comes back; absent when it never does.
+    pub refill: Option<RefillSpec>,
+}
+
+/// A refill: every `every_seconds` the count is set to `amount` (not
+/// added to), at each multiple of the interval since the Unix epoch (so
+/// `86400` refills at 00:00 UTC on every server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefillSpec {
+    /// The count after a refill.
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_u64)]
+    #[serde(deserialize_with = "whole::number")]
+    pub amount: u64,
+    /// The interval, in seconds: 1 s to 366 days.
+    #[schema(minimum = 1, maximum = 31_622_400)]
+    #[serde(deserialize_with = "whole::number")]
+    pub every_seconds: u64,
+}
+
+/// A usage limit: `uses` requests, and a `refill` if the count comes back.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Uses {
+    /// How many requests.
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_u64)]
+    #[serde(deserialize_with = "whole::number")]
+    pub uses: u64,
+    /// How the count comes back, if it does.
+    pub refill: Option<RefillSpec>,
+}
+
+/// A rate quota: `count` requests per `period_seconds`, bursts of `burst`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Requests per period.
+    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "whole::number")]
+    pub count: u32,
+    /// The period, in seconds (at most 366 days).
+    #[schema(minimum = 1, maximum = 31_622_400)]
+    #[serde(deserialize_with = "whole::number")]
+    pub period_seconds: u64,
+    /// The most requests back to back.
+    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "whole::number")]
+    pub burst: u32,
+}
+
+/// A token just issued or rotated: the secret, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Issued {
+    /// The secret. It is not stored and cannot be shown again.
+    pub token: String,
+    /// The token's record.
+    pub record: TokenView,
+}
+
+/// A page of tokens.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    /// The tokens, oldest first.
+    pub tokens: Vec<TokenView>,
+    /// Pass as `after` for the next page; absent on the last one.
+    pub next_after: Option<String>,
+}
+
+/// What to issue.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueRequest {
+    #[schema(value_type = Text)]
+    pub(crate) name: String,
+    #[schema(value_type = Text)]
+    pub(crate) subject: String,
+    /// At least one.
+    #[schema(value_type = Vec<ScopeText>, min_items = 1)]
+    pub(crate) scopes: Vec<String>,
+    /// At least one.
+    #[schema(value_type = Vec<AudienceText>, min_items = 1)]
+    pub(crate) audiences: Vec<String>,
+    /// The lifetime in seconds (default and most: 90 days).
+    #[schema(minimum = 1, maximum = 7_776_000)]
+    #[serde(default, deserialize_with = "whole::optional")]
+    pub(crate) ttl_seconds: Option<u64>,
+    #[serde(default)]
+    #[schema(value_type = Vec<NetworkText>)]
+    pub(crate) allowed_networks: Vec<String>,
+    pub(crate) rate: Option<Quota>,
+    #[serde(default)]
+    #[schema(value_type = BTreeMap<String, Text>)]
+    pub(crate) metadata: BTreeMap<String, String>,
+    /// A usage limit: the token admits this many requests.
+    pub(crate) uses: Option<Uses>,
+}
+
+/// What to change; what is absent stays. `rate: null` drops the token's
+/// own quota, `uses: null` its usage limit (a new limit keeps the count
+/// left, capped by the new limit; reset it with `uses/reset`).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    #[schema(value_type = Option<Text>)]
+    pub(crate) name: Option<String>,
+    /// Replaces the scopes (at least one).
+    #[schema(value_type = Option<Vec<ScopeText>>, min_items = 1)]
+    pub(crate) scopes: Option<Vec<String>>,
+    #[serde(default)]
+    #[schema(value_type = Vec<ScopeText>)]
+    pub(crate) add_scopes: Vec<String>,
+    #[serde(default)]
+    #[schema(value_type = Vec<ScopeText>)]
+    pub(crate) remove_scopes: Vec<String>,
+    /// Replaces the audiences (at least one).
+    #[schema(value_type = Option<Vec<AudienceText>>, min_items = 1)]
+    pub(crate) audiences: Option<Vec<String>>,
+    /// A new lifetime from now, in seconds (at most 90 days).
+    #[schema(minimum = 1, maximum = 7_776_000)]
+    #[serde(default, deserialize_with = "whole::optional")]
+    pub(crate) ttl_seconds: Option<u64>,
+    #[schema(value_type = Option<Vec<NetworkText>>)]
+    pub(crate) allowed_networks: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "some_or_null")]
+    #[schema(value_type = Option<Quota>)]
+    pub(crate) rate: Option<Option<Quota>>,
+    #[serde(default)]
+    #[schema(value_type = BTreeMap<String, Text>)]
+    pub(crate) set_metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) remove_metadata: Vec<String>,
+    #[serde(default, deserialize_with = "some_or_null")]
+    #[schema(value_type = Option<Uses>)]
+    pub(crate) uses: Option<Option<Uses>>,
+}
+
+/// A field present (a value or `null`) or absent.
+fn some_or_null<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// What count to leave a usage-limited token.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetUsesRequest {
+    /// The count left (default and most: the limit, or the refill where
+    /// larger).
+    #[schema(minimum = 0, maximum = 9_223_372_036_854_775_807_u64)]
+    #[serde(default, deserialize_with = "whole::optional")]
+    pub(crate) remaining: Option<u64>,
+}
+
+/// How to rotate.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// How long the old token keeps working, in seconds (default 3600, at
+    /// most 90 days).
+    #[schema(minimum = 0, maximum = 7_776_000)]
+    #[serde(default, deserialize_with = "whole::optional")]
+    pub(crate) grace_seconds: Option<u64>,
+}
+
+/// The list filters.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only this subject's tokens.
+    pub(crate) subject: Option<String>,
+    /// `active`, `expired`, `revoked` or `disabled`.
+    #[param(pattern = "^(active|expired|revoked|disabled)$")]
+    pub(crate) status: Option<String>,
+    /// Only active tokens expiring within this many seconds (at most ten
+    /// years).
+    #[param(minimum = 0, maximum = 315_576_000)]
+    pub(crate) expiring_within_seconds: Option<u64>,
+    /// At most this many tokens.
+    #[param(minimum = 0, maximum = 100_000)]
+    pub(crate) limit: Option<usize>,
+    /// The page after this token id.
+    #[param(value_type = Option<TokenIdText>)]
+    pub(crate) after: Option<String>,
+}
