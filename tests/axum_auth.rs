@@ -358,6 +358,27 @@ async fn a_query_token_is_redacted_from_every_copy_of_the_uri() {
 }
 
 #[tokio::test]
+async fn the_layer_alone_redacts_the_request_uri_and_only_the_copies_it_is_told_of() {
+    // As `query_param` documents: the request's URI always; axum's
+    // `OriginalUri` only when named, since the layer does not know which
+    // framework it runs in.
+    let world = World::new();
+    let (token, _) = world.issue("notes:read").await;
+    let auth = world.auth.clone().query_param("access_token");
+    let app = Router::new().route("/notes", get(echo_uris)).layer(auth);
+    let client = HttpClient::new(serve_axum(app).await);
+    let path = format!("/notes?access_token={}", token.expose_secret());
+    let reply = client.send("GET", &path, &[], "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let (original, uri) = reply.body.split_once(' ').unwrap();
+    assert_eq!(uri, "/notes?access_token=REDACTED");
+    assert!(
+        original.contains(token.expose_secret()),
+        "the unnamed copy is left as documented: {original}"
+    );
+}
+
+#[tokio::test]
 async fn the_gate_finds_the_peer_address_itself_and_says_500_when_none_is_served() {
     let world = World::new();
     let (token, _) = world.issue("notes:read").await;
@@ -469,4 +490,38 @@ async fn nested_routers_see_paths_relative_to_where_the_gate_sits() {
             "{name}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_embedded_authenticate_layer_redacts_axums_copy_too() {
+    let dir = tokengate_tests::process::temp_dir("embedded-query-token");
+    let db = tokengate::Database::Sqlite(dir.join("tokens.db"));
+    let embedded = tokengate::Embedded::open(&db, None, &dir.join("audit.jsonl"))
+        .await
+        .unwrap();
+    let spec = tokengate::TokenSpec::new("q", "alice")
+        .scopes(["notes:read".parse().unwrap()])
+        .audiences(["notes".parse().unwrap()]);
+    let token = embedded.lifecycle.issue(spec).await.unwrap().token;
+    let auth = embedded
+        .authenticate("notes".parse().unwrap())
+        .query_param("access_token");
+    let app = Router::new().route("/notes", get(echo_uris)).layer(auth);
+    let client = HttpClient::new(serve_axum(app).await);
+    let path = format!("/notes?access_token={}", token.expose_secret());
+    let reply = client.send("GET", &path, &[], "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert!(
+        !reply.body.contains(&token.expose_secret()[3..]),
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        reply.body.matches("access_token=REDACTED").count(),
+        2,
+        "{}",
+        reply.body
+    );
+    embedded.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -165,9 +165,19 @@ impl<St> AuthenticateLayer<St> {
     }
 
     /// Also reads the token from query parameter `name`. Off by default:
-    /// URLs end up in logs and browser history. When on, the parameter's
-    /// value is replaced by `REDACTED` before the request goes on, so no
-    /// inner layer or handler sees it.
+    /// URLs end up in logs and browser history.
+    ///
+    /// When on, the parameter's value is replaced by `REDACTED` in the
+    /// request's URI before the request goes on, so no inner layer or
+    /// handler reads it from `Request::uri`. What this layer alone does
+    /// **not** reach is a copy of the URI made before it ran: axum's router
+    /// keeps one (`OriginalUri`) for every handler and logging layer, and
+    /// that copy still holds the token unless it is named with
+    /// [`redact_uri_copy`](Self::redact_uri_copy)
+    /// (`tokengate::axum::original_uri`). The `tokengate` facade's `Gate`
+    /// and `Embedded::authenticate` name axum's copy themselves under the
+    /// `axum` feature; a layer built here with `AuthenticateLayer::new`
+    /// does not know which framework it runs in.
     pub fn query_param(self, name: &str) -> Self {
         self.with(|c| c.sources.query = QuerySource::Accepted(name.into()))
     }

@@ -111,10 +111,17 @@ impl Embedded {
         crate::ops::Readiness::new(self.store.clone(), self.feed.clone())
     }
 
-    /// An authenticate layer for `audience` over this store, recording usage.
+    /// An authenticate layer for `audience` over this store, recording
+    /// usage. Under the `axum` feature it also redacts a query token (if
+    /// one is accepted, see
+    /// [`query_param`](AuthenticateLayer::query_param)) from axum's
+    /// `OriginalUri`.
     pub fn authenticate(&self, audience: Audience) -> AuthenticateLayer<AnyStore> {
-        AuthenticateLayer::new(self.cache.clone(), self.hasher.clone(), audience)
-            .usage(self.usage.clone())
+        let layer = AuthenticateLayer::new(self.cache.clone(), self.hasher.clone(), audience)
+            .usage(self.usage.clone());
+        #[cfg(feature = "axum")]
+        let layer = layer.redact_uri_copy(crate::axum::original_uri);
+        layer
     }
 
     /// Registers the scopes `policy` asks for in the store's scope
