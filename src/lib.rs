@@ -379,3 +379,94 @@ pub async fn remove_redis_keys(url: &str, prefix: &str) -> Vec<String> {
     }
     keys
 }
+
+/// A Redis server of one test's own, on a free loopback port, for a test
+/// that pauses or stops it (the machine's shared server must keep serving
+/// every other test). Stopped when dropped.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PrivateRedis {
+    /// Starts `redis-server` (persisting nothing), or `None` with one
+    /// printed line where the binary is missing (a user's machine); with
+    /// `TOKENGATE_REQUIRE_SERVICES=1` a missing binary fails the test.
+    ///
+    /// # Panics
+    ///
+    /// If the server does not answer within 5 s, or the binary is missing
+    /// and services are required.
+    #[allow(clippy::expect_used, reason = "test support")]
+    pub fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let spawned = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(child) = spawned else {
+            assert!(
+                std::env::var("TOKENGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "redis-server is required (TOKENGATE_REQUIRE_SERVICES=1) but cannot be started"
+            );
+            #[allow(clippy::print_stderr, reason = "the one line a skipped test prints")]
+            {
+                eprintln!("skipped: no redis-server on this machine");
+            }
+            return None;
+        };
+        let server = Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Some(server)
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Runs one command on a connection of its own (say `CLIENT PAUSE`).
+    ///
+    /// # Panics
+    ///
+    /// If the server cannot be reached or refuses the command.
+    #[allow(clippy::expect_used, reason = "test support")]
+    pub async fn command(&self, args: &[&str]) {
+        let client = redis::Client::open(self.url.as_str()).expect("a Redis URL");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("the private Redis answers");
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        command
+            .query_async::<redis::Value>(&mut connection)
+            .await
+            .expect("the command succeeds");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -336,3 +336,118 @@ async fn the_per_address_limit_before_authentication_does_not_bind_a_metered_tok
         assert_eq!(reply.status, StatusCode::OK, "request {sent}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_pause_costs_no_use_and_the_count_told_stays_true() {
+    // A Redis of its own: the pause must not stall other tests.
+    let Some(redis) = tokengate_tests::PrivateRedis::start() else {
+        return;
+    };
+    let state = RedisRateState::new(redis.url())
+        .unwrap()
+        .timeout(Duration::from_millis(100));
+    let world = World::new();
+    let client = serve_with(&world, Some(state.uses().lease(16))).await;
+    let (token, id) = metered(&world, uses(40)).await;
+    let mut admitted = 0u64;
+    let get = async || {
+        let reply = client.get("/notes", Some(&token)).await;
+        (reply.status, remaining(&reply))
+    };
+    // A lease taken, three spent from it.
+    for _ in 0..3 {
+        assert_eq!(get().await.0, StatusCode::OK);
+        admitted += 1;
+    }
+    // Paused: each spend's script waits behind the pause, the request
+    // gives up after the timeout and spends in the store; the scripts run
+    // when Redis wakes, and their uses are given back.
+    redis.command(&["CLIENT", "PAUSE", "1500", "ALL"]).await;
+    for _ in 0..5 {
+        assert_eq!(get().await.0, StatusCode::OK);
+        admitted += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Every use left is admitted, once, and each count told is the truth.
+    let mut told = Vec::new();
+    loop {
+        let (status, left) = get().await;
+        if status != StatusCode::OK {
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            break;
+        }
+        admitted += 1;
+        told.push(left.unwrap());
+        assert!(admitted <= 40, "more than the token's 40 uses");
+    }
+    assert_eq!(admitted, 40, "a pause cost uses");
+    let truth: Vec<u64> = (0..told.len() as u64).rev().collect();
+    assert_eq!(told, truth, "token-uses-remaining after the pause");
+    let stored = world.lifecycle.get(&id).await.unwrap().unwrap();
+    assert_eq!(stored.uses.unwrap().remaining, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_that_never_answers_holds_a_request_one_timeout_in_all() {
+    // Accepts connections, reads nothing, answers nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let timeout = Duration::from_millis(100);
+    let state = RedisRateState::new(&format!("redis://{addr}"))
+        .unwrap()
+        .timeout(timeout);
+    let world = World::new();
+    let policy = ScopePolicy::builder()
+        .read_write("/notes", "notes")
+        .build()
+        .unwrap();
+    let gate = Gate::new(world.auth.clone(), EnforceScopeLayer::new(policy))
+        .rate_state(state.clone())
+        .shared_uses(std::sync::Arc::new(state.uses()));
+    let app = Router::new()
+        .route("/notes", get(|| async { "notes" }))
+        .layer(gate);
+    let client = HttpClient::new(support::serve_axum(app).await);
+    let (metered_token, id) = metered(&world, uses(20)).await;
+    let (plain, _) = world.issue("notes:read").await;
+    let mut latencies = Vec::new();
+    for round in 0..20 {
+        let token = if round % 2 == 0 {
+            &metered_token
+        } else {
+            &plain
+        };
+        let started = std::time::Instant::now();
+        let reply = client.get("/notes", Some(token)).await;
+        latencies.push(started.elapsed());
+        // The rate limits fall back to this instance's own; the uses are
+        // spent in the store: every request answered, none refused.
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "round {round}: {}",
+            reply.body
+        );
+    }
+    let stored = world.lifecycle.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.uses.unwrap().remaining,
+        10,
+        "ten metered requests, ten uses"
+    );
+    latencies.sort();
+    #[allow(clippy::print_stderr, reason = "reported, not asserted")]
+    {
+        eprintln!(
+            "latency with Redis never answering (timeout {timeout:?}): median {:?}, max {:?}",
+            latencies[latencies.len() / 2],
+            latencies[latencies.len() - 1]
+        );
+    }
+}

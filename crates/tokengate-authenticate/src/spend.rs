@@ -6,14 +6,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderValue, Request, Response};
 use tokengate_cache::CachedStore;
 use tokengate_core::metric_names::STORE_ERRORS;
 use tokengate_core::{
-    Admit, Check, Denial, LeaseSpend, Principal, SharedUses, StoreError, TOKEN_USES_REMAINING,
-    TokenId, TokenStore, UseKey, UseLimit, Verdict,
+    Admit, Check, Denial, LeaseSpend, Principal, SharedDeadline, SharedUses, SharedUsesError,
+    StoreError, TOKEN_USES_REMAINING, TokenId, TokenStore, UseKey, UseLimit, Verdict,
 };
 
 use crate::layer::UseLimitLayer;
@@ -43,6 +43,18 @@ async fn bounded<T>(
         .unwrap_or(Err(StoreError::Timeout))
 }
 
+/// A shared counter's `answer`, or an error once the request's `deadline`
+/// for shared state has passed (the counter undoes a spend it answers
+/// later: see [`SharedUses`]).
+async fn within<T>(
+    deadline: Instant,
+    answer: impl Future<Output = Result<T, SharedUsesError>>,
+) -> Result<T, SharedUsesError> {
+    tokio::time::timeout_at(deadline.into(), answer)
+        .await
+        .unwrap_or_else(|_| Err(SharedUsesError("past the request's deadline".into())))
+}
+
 /// How long leased uses of a token that never refills are kept unspent.
 const LEASE_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -54,6 +66,8 @@ struct Spend {
     limit: UseLimit,
     at: SystemTime,
     timeout: Duration,
+    /// The request's one deadline for shared state (every counter call).
+    deadline: Instant,
 }
 
 /// How long a request whose token the store has no use left for waits
@@ -92,7 +106,7 @@ impl Spend {
     ) -> Result<Option<u64>, StoreError> {
         let spend = self.limit.spend_at(self.at);
         let key = self.key();
-        match shared.spend(&key, self.keep()).await {
+        match within(self.deadline, shared.spend(&key, self.keep())).await {
             Ok(LeaseSpend::Spent { left }) => return Ok(Some(left)),
             Ok(LeaseSpend::Empty | LeaseSpend::Pending) => {}
             Err(error) => {
@@ -100,7 +114,14 @@ impl Spend {
                 if count == 0 || count.is_power_of_two() {
                     tracing::warn!(%error, times = count + 1, "shared use counter unavailable; spending in the store");
                 }
-                return bounded(self.timeout, store.spend_use(&self.id, spend)).await;
+                let spent = bounded(self.timeout, store.spend_use(&self.id, spend)).await;
+                // The lease's answers count from the store's count: tell it
+                // what is left there now (queued behind a paused server, it
+                // lands when the server wakes).
+                if let Ok(Some(left)) = spent {
+                    tokio::spawn(shared.note(&key, left));
+                }
+                return spent;
             }
         }
         // A refiller now. The refill runs to its end in a task of its own,
@@ -111,12 +132,12 @@ impl Spend {
         match refill.await.map_err(StoreError::unavailable)? {
             Refilled::Done(answer) => answer,
             Refilled::Wait => {
-                let deadline = tokio::time::Instant::now() + SETTLE_WAIT.min(self.timeout);
+                let deadline = (Instant::now() + SETTLE_WAIT).min(self.deadline);
                 loop {
                     tokio::time::sleep(Duration::from_millis(2)).await;
-                    match shared.settle(&key, false).await {
+                    match within(deadline, shared.settle(&key, false)).await {
                         Ok(LeaseSpend::Spent { left }) => return Ok(Some(left)),
-                        Ok(LeaseSpend::Pending) if tokio::time::Instant::now() < deadline => {}
+                        Ok(LeaseSpend::Pending) if Instant::now() < deadline => {}
                         _ => return Ok(None),
                     }
                 }
@@ -138,21 +159,28 @@ impl Spend {
             Ok(taken) => taken,
             Err(error) => {
                 // End the refill; a use granted meanwhile still serves.
-                return Refilled::Done(match shared.settle(&key, true).await {
-                    Ok(LeaseSpend::Spent { left }) => Ok(Some(left)),
-                    _ => Err(error),
-                });
+                return Refilled::Done(
+                    match within(self.deadline, shared.settle(&key, true)).await {
+                        Ok(LeaseSpend::Spent { left }) => Ok(Some(left)),
+                        _ => Err(error),
+                    },
+                );
             }
         };
         if let Some(lease) = taken.taken.checked_sub(1) {
-            if let Err(error) = shared.grant(&key, lease, taken.left, keep).await {
-                // Taken from the store and not leased: lost, never doubled.
-                tracing::warn!(%error, lost = lease, "cannot lease uses to the shared counter");
-            }
+            // The request has its use: the grant goes on without it, so a
+            // slow counter does not hold the request past its deadline.
+            let grant = shared.grant(&key, lease, taken.left, keep);
+            tokio::spawn(async move {
+                if let Err(error) = grant.await {
+                    // Taken from the store and not leased: lost, never doubled.
+                    tracing::warn!(%error, lost = lease, "cannot lease uses to the shared counter");
+                }
+            });
             return Refilled::Done(Ok(Some(lease + taken.left)));
         }
         // The store had none: refuse only once no refill is in flight.
-        match shared.settle(&key, true).await {
+        match within(self.deadline, shared.settle(&key, true)).await {
             Ok(LeaseSpend::Spent { left }) => Refilled::Done(Ok(Some(left))),
             Ok(LeaseSpend::Pending) => Refilled::Wait,
             Ok(LeaseSpend::Empty) | Err(_) => Refilled::Done(Ok(None)),
@@ -208,6 +236,9 @@ impl<B, St: TokenStore> Check<B> for UseLimitLayer<St> {
         let store = config.verifier.clone();
         let timeout = config.lookup_timeout;
         let shared = config.shared_uses.clone();
+        let deadline = shared
+            .as_ref()
+            .map(|s| SharedDeadline::start(request.extensions_mut(), s.wait_budget()));
         Verdict::Wait(SpendWait(Box::pin(async move {
             let answer = match shared {
                 None => bounded(timeout, store.spend_use(&id, limit.spend_at(at))).await,
@@ -218,6 +249,7 @@ impl<B, St: TokenStore> Check<B> for UseLimitLayer<St> {
                         limit,
                         at,
                         timeout,
+                        deadline: deadline.unwrap_or_else(Instant::now),
                     };
                     spend.leased(shared, store).await
                 }

@@ -68,6 +68,7 @@
 mod audience;
 pub mod check;
 mod clock;
+mod deadline;
 pub mod denial;
 mod echo;
 mod hash;
@@ -92,6 +93,7 @@ pub use check::{
     Verdict,
 };
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use deadline::SharedDeadline;
 pub use denial::{
     Denial, InvalidReason, IpReason, MalformedReason, ProblemJson, RateFallback, RateLimitPolicy,
     RateLimitPolicyError, RateLimited, Realm, RealmError, RenderDenial, Renderer, is_grpc,

@@ -411,9 +411,18 @@ pub type UsesFuture<T> =
 /// spends a use another refiller granted meanwhile, says `Pending` while
 /// refills are still in flight, and `Empty` only when none is left
 /// anywhere: so a burst is refused only once every use was spent.
+///
+/// A future of this trait may be dropped before it answers (its request's
+/// [`SharedDeadline`](crate::SharedDeadline) passed, and the request spent
+/// in the store instead): a spend whose answer was never received must be
+/// given back when it lands, or that request would spend twice.
 pub trait SharedUses: Send + Sync + 'static {
     /// How many uses to take from the store when a lease is empty.
     fn lease_size(&self) -> u64;
+
+    /// How long the counter may be waited for: a request's calls to it
+    /// share one [`SharedDeadline`](crate::SharedDeadline) started from it.
+    fn wait_budget(&self) -> Duration;
 
     /// Spends one use of `key`'s lease; when it is empty, counts the
     /// caller as a refiller (the lease kept for `keep`) and answers
@@ -429,6 +438,14 @@ pub trait SharedUses: Send + Sync + 'static {
     /// refill; `false` when asking again): spends a use granted meanwhile,
     /// or says whether other refills are still in flight.
     fn settle(&self, key: &UseKey, ended: bool) -> UsesFuture<LeaseSpend>;
+
+    /// A use of `key`'s token was spent in the store directly (the counter
+    /// did not answer in time), which then had `behind` left: the lease's
+    /// later answers count from it.
+    fn note(&self, key: &UseKey, behind: u64) -> UsesFuture<()> {
+        let _ = (key, behind);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// A shared counter that did not answer (in time).

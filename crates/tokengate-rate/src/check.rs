@@ -7,7 +7,7 @@ use std::task::{Context, Poll, Waker};
 use http::{Extensions, HeaderName, HeaderValue, Request, Response};
 use smallvec::SmallVec;
 use tokengate_core::metric_names::RATE_LIMITED;
-use tokengate_core::{Admit, Check, Denial, RateLimited, RateQuota, Verdict};
+use tokengate_core::{Admit, Check, Denial, RateLimited, RateQuota, SharedDeadline, Verdict};
 
 use crate::layer::{Config, MissingKey, RateLimitLayer};
 use crate::state::{Charge, Outcome, RateState, RateStateError};
@@ -81,7 +81,14 @@ impl<B, St: RateState> Check<B> for RateLimitLayer<St> {
         if charges.is_empty() {
             return Verdict::Admit(RateHeaders::default());
         }
-        let mut answer = config.state.acquire(&charges, config.clock.now_nanos());
+        // A shared backend waits within the request's one deadline.
+        let deadline = config
+            .state
+            .wait_budget()
+            .map(|budget| SharedDeadline::start(request.extensions_mut(), budget));
+        let mut answer = config
+            .state
+            .acquire_by(&charges, config.clock.now_nanos(), deadline);
         // In-memory state answers at once: decide without waiting.
         match Pin::new(&mut answer).poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(outcome) => config.decide(request, outcome, &quotas),

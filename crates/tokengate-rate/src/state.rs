@@ -81,6 +81,26 @@ pub trait RateState: Send + Sync + 'static {
     /// Decides `charges` at `now` (nanoseconds on the layer's clock):
     /// all-then-commit.
     fn acquire(&self, charges: &[Charge], now: u64) -> Self::Future;
+
+    /// How long a shared backend may be waited for ([`None`] for state in
+    /// process memory): the rate check starts the request's
+    /// [`SharedDeadline`](tokengate_core::SharedDeadline) from it.
+    fn wait_budget(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// [`acquire`](Self::acquire), answering by `deadline` at the latest
+    /// (the request's one deadline for every call to shared state): a
+    /// backend that has not answered by then gets the state's fallback.
+    fn acquire_by(
+        &self,
+        charges: &[Charge],
+        now: u64,
+        deadline: Option<std::time::Instant>,
+    ) -> Self::Future {
+        let _ = deadline;
+        self.acquire(charges, now)
+    }
 }
 
 const SHARDS: usize = 16;

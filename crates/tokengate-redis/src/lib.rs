@@ -13,7 +13,9 @@
 //! - **Bounded memory.** A bucket's key expires when its burst is full
 //!   again; keys are `{prefix}:<limiter>:<kind>:<key>`, the prefix being
 //!   their hash tag (one Redis Cluster slot, as a script needs).
-//! - **Bounded waits.** Every call has a timeout (25 ms by default). When
+//! - **Bounded waits.** Every call has a timeout (50 ms by default), and a
+//!   request waits for all of its calls (rate limits, a usage-limited
+//!   token's lease) one timeout in all. When
 //!   Redis is slow or down, [`Unavailable`] decides: `Local` (the default:
 //!   in-memory state, limits per instance), `FailClosed` (503, gRPC 14)
 //!   or `FailOpen`; [`RedisRateState::fallbacks`] counts them. Every

@@ -57,7 +57,11 @@ pub enum RedisStateError {
 /// skewed clocks agree. Keys are `{prefix}:<limiter>:<kind>:<key>` and
 /// expire when their bucket is full again.
 ///
-/// Every call is bounded by a timeout (25 ms by default); past it, or
+/// Every call is bounded by a timeout (50 ms by default: `cargo bench
+/// --bench redis_tail` saw round trips up to 30 ms on a loaded machine,
+/// none past 50 ms), and all of one request's calls by one deadline
+/// started from it ([`SharedDeadline`](tokengate_core::SharedDeadline));
+/// past it, or
 /// when Redis cannot be reached, [`Unavailable`] decides (by default the
 /// instance's own in-memory state, counted in
 /// [`fallbacks`](Self::fallbacks)). The connection is made on first use
@@ -94,7 +98,7 @@ impl fmt::Debug for RedisRateState {
 
 impl RedisRateState {
     /// State at `url` (`redis://host:port/db`) under the prefix
-    /// `tokengate`, a 25 ms timeout and the [`Unavailable::Local`] policy.
+    /// `tokengate`, a 50 ms timeout and the [`Unavailable::Local`] policy.
     /// Nothing is connected yet.
     pub fn new(url: &str) -> Result<Self, RedisStateError> {
         let client = redis::Client::open(url).map_err(|source| RedisStateError::Url {
@@ -107,7 +111,7 @@ impl RedisRateState {
                 connection: Arc::default(),
                 script: redis::Script::new(GCRA),
                 prefix: "tokengate".into(),
-                timeout: Duration::from_millis(25),
+                timeout: Duration::from_millis(50),
                 unavailable: Unavailable::Local,
                 local: MemoryRateState::default(),
                 fallbacks: AtomicU64::new(0),
@@ -222,7 +226,13 @@ impl Shared {
         if !slot.connecting.swap(true, Ordering::AcqRel) {
             let (slot, client) = (Arc::clone(slot), self.client.clone());
             tokio::spawn(async move {
-                match ConnectionManager::new(client).await {
+                // No response timeout of the client's own: every call is
+                // bounded here (the state's timeout, the request's
+                // deadline), and a call abandoned by its request is still
+                // followed until its answer lands, so that what it did can
+                // be given back (a timeout is not a "no").
+                let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(None);
+                match ConnectionManager::new_with_config(client, config).await {
                     Ok(manager) => drop(slot.manager.set(manager)),
                     Err(error) => tracing::debug!(%error, "cannot connect to redis"),
                 }
@@ -239,8 +249,14 @@ impl Shared {
         })
     }
 
-    /// One script call for `charges`, within the timeout.
-    async fn ask(&self, keys: Vec<String>, argv: Vec<u64>) -> Result<Outcome, RateStateError> {
+    /// One script call for `charges`, within the timeout and the
+    /// request's `deadline`.
+    async fn ask(
+        &self,
+        keys: Vec<String>,
+        argv: Vec<u64>,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Outcome, RateStateError> {
         let call = async {
             let mut connection = self.connection().await?;
             let mut invocation = self.script.prepare_invoke();
@@ -253,7 +269,8 @@ impl Shared {
             invocation.invoke_async::<Vec<i64>>(&mut connection).await
         };
         let started = std::time::Instant::now();
-        let answered = tokio::time::timeout(self.timeout, call).await;
+        let until = tokengate_core::SharedDeadline::bound(deadline, self.timeout);
+        let answered = tokio::time::timeout_at(until.into(), call).await;
         let elapsed = started.elapsed();
         self.metrics.round_trip.record(elapsed);
         tracing::debug!(
@@ -310,12 +327,25 @@ impl RateState for RedisRateState {
     type Future = Pin<Box<dyn Future<Output = Result<Outcome, RateStateError>> + Send>>;
 
     fn acquire(&self, charges: &[Charge], now: u64) -> Self::Future {
+        self.acquire_by(charges, now, None)
+    }
+
+    fn wait_budget(&self) -> Option<Duration> {
+        Some(self.shared.timeout)
+    }
+
+    fn acquire_by(
+        &self,
+        charges: &[Charge],
+        now: u64,
+        deadline: Option<std::time::Instant>,
+    ) -> Self::Future {
         let shared = Arc::clone(&self.shared);
         let keys: Vec<String> = charges.iter().map(|c| key(&shared.prefix, c)).collect();
         let argv: Vec<u64> = charges.iter().flat_map(args).collect();
         let charges = charges.to_vec();
         Box::pin(async move {
-            match shared.ask(keys, argv).await {
+            match shared.ask(keys, argv, deadline).await {
                 Ok(outcome) => Ok(outcome),
                 Err(error) => shared.fallback(&charges, now, &error),
             }

@@ -60,6 +60,38 @@ end
 return {0, 0}
 ";
 
+/// Gives back what a spend did that nobody received the answer of (its
+/// request timed out and spent in the store instead): `ARGV[1]` 1 returns
+/// the use to the lease (if the lease is still there), 0 ends the refill
+/// the spend counted its caller as.
+const UNDO: &str = r"
+if tonumber(ARGV[1]) == 1 then
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    redis.call('HINCRBY', KEYS[1], 'n', 1)
+  end
+elseif tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then
+  redis.call('DECR', KEYS[2])
+end
+return {1}
+";
+
+/// Notes the store's count `ARGV[1]` after a use spent there directly (the
+/// lowest seen, as a grant notes it), so the lease's answers stay true.
+const NOTE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local behind = redis.call('HGET', KEYS[1], 'b')
+  if not behind or tonumber(ARGV[1]) < tonumber(behind) then
+    redis.call('HSET', KEYS[1], 'b', ARGV[1])
+  end
+end
+return {1}
+";
+
+/// How long a call whose answer nobody waits for any more (its request
+/// gave up) is still followed, to undo it when it lands: a script queued
+/// behind a paused server runs when the server wakes.
+const FOLLOW_ABANDONED: Duration = Duration::from_secs(10);
+
 /// Usage-limited tokens' leases in Redis, beside the rate state (same
 /// server, prefix and timeout): see [`SharedUses`]. Every instance spends
 /// from one lease per token, one use per script call (atomic), and takes
@@ -77,6 +109,8 @@ pub struct RedisUses {
     spend: Arc<redis::Script>,
     grant: Arc<redis::Script>,
     settle: Arc<redis::Script>,
+    undo: Arc<redis::Script>,
+    note: Arc<redis::Script>,
 }
 
 impl fmt::Debug for RedisUses {
@@ -98,6 +132,8 @@ impl RedisRateState {
             spend: Arc::new(redis::Script::new(SPEND)),
             grant: Arc::new(redis::Script::new(GRANT)),
             settle: Arc::new(redis::Script::new(SETTLE)),
+            undo: Arc::new(redis::Script::new(UNDO)),
+            note: Arc::new(redis::Script::new(NOTE)),
         }
     }
 }
@@ -118,32 +154,135 @@ impl RedisUses {
         )
     }
 
-    /// One script call within the state's timeout.
+    /// One script call within the state's timeout. The call runs in a
+    /// task of its own; when its answer is not received (a timeout here,
+    /// or the caller dropping the future at its request's deadline) and
+    /// `undoable`, whatever the spend did when it lands is given back, so
+    /// a request that fell back to the store never spends twice.
     fn call(
         &self,
         script: &Arc<redis::Script>,
         key: String,
         args: Vec<u64>,
+        undoable: bool,
     ) -> UsesFuture<Vec<i64>> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let undo = undoable.then(|| Undo {
+            shared: Arc::clone(&self.shared),
+            script: Arc::clone(&self.undo),
+            key: key.clone(),
+        });
         let (shared, script) = (Arc::clone(&self.shared), Arc::clone(script));
-        Box::pin(async move {
-            let call = async {
-                let mut connection = shared.connection().await?;
-                let mut invocation = script.prepare_invoke();
-                // The lease, and its refills in flight beside it.
-                invocation.key(&key);
-                invocation.key(format!("{key}:refilling"));
-                for arg in &args {
-                    invocation.arg(*arg);
-                }
-                invocation.invoke_async::<Vec<i64>>(&mut connection).await
+        let abandoned = undo.clone();
+        tokio::spawn(async move {
+            let call = invoke(&shared, &script, &key, &args);
+            let answer = match tokio::time::timeout(FOLLOW_ABANDONED, call).await {
+                Ok(answer) => answer,
+                Err(_) => Err("timed out".to_owned()),
             };
-            match tokio::time::timeout(shared.timeout, call).await {
+            if let Err(answer) = sender.send(answer)
+                && let Some(undo) = abandoned
+            {
+                undo.run(answer).await;
+            }
+        });
+        let answer = Answer {
+            receiver,
+            undo,
+            done: false,
+        };
+        let timeout = self.shared.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, answer).await {
                 Ok(Ok(answer)) => Ok(answer),
-                Ok(Err(error)) => Err(SharedUsesError(error.to_string().into())),
+                Ok(Err(error)) => Err(SharedUsesError(error.into())),
                 Err(_) => Err(SharedUsesError("timed out".into())),
             }
         })
+    }
+}
+
+/// One script invocation on the lease `key` (and its refills in flight).
+async fn invoke(
+    shared: &Shared,
+    script: &redis::Script,
+    key: &str,
+    args: &[u64],
+) -> Result<Vec<i64>, String> {
+    let mut connection = shared.connection().await.map_err(|e| e.to_string())?;
+    let mut invocation = script.prepare_invoke();
+    invocation.key(key);
+    invocation.key(format!("{key}:refilling"));
+    for arg in args {
+        invocation.arg(*arg);
+    }
+    invocation
+        .invoke_async::<Vec<i64>>(&mut connection)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// What gives back a spend whose answer nobody received.
+#[derive(Clone)]
+struct Undo {
+    shared: Arc<Shared>,
+    script: Arc<redis::Script>,
+    key: String,
+}
+
+impl Undo {
+    /// Gives back what `answer` says the spend did: a use taken from the
+    /// lease, or a refill it was counted as.
+    async fn run(self, answer: Result<Vec<i64>, String>) {
+        let took = match answer.as_deref() {
+            Ok([1, _]) => 1,
+            Ok([0, _]) => 0,
+            _ => return,
+        };
+        let took = [took];
+        let undone = invoke(&self.shared, &self.script, &self.key, &took);
+        if let Ok(Err(error)) | Err(error) = tokio::time::timeout(FOLLOW_ABANDONED, undone)
+            .await
+            .map_err(|_| "timed out".to_owned())
+        {
+            tracing::warn!(%error, "cannot give back a use spent after its request gave up");
+        }
+    }
+}
+
+/// A call's answer, waited for. Dropped unanswered, it closes the channel
+/// (the call's task then undoes the spend when it lands) or, when the
+/// answer came just before, undoes it itself.
+struct Answer {
+    receiver: tokio::sync::oneshot::Receiver<Result<Vec<i64>, String>>,
+    undo: Option<Undo>,
+    done: bool,
+}
+
+impl std::future::Future for Answer {
+    type Output = Result<Vec<i64>, String>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let answer = std::task::ready!(std::pin::Pin::new(&mut self.receiver).poll(cx));
+        self.done = true;
+        std::task::Poll::Ready(answer.unwrap_or_else(|_| Err("the call's task ended".to_owned())))
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.receiver.close();
+        if let (Ok(answer), Some(undo)) = (self.receiver.try_recv(), self.undo.take())
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(undo.run(answer));
+        }
     }
 }
 
@@ -152,19 +291,33 @@ impl SharedUses for RedisUses {
         self.lease
     }
 
+    fn wait_budget(&self) -> Duration {
+        self.shared.timeout
+    }
+
     fn spend(&self, key: &UseKey, keep: Duration) -> UsesFuture<LeaseSpend> {
-        let answer = self.call(&self.spend, self.key(key), vec![millis(keep)]);
+        let answer = self.call(&self.spend, self.key(key), vec![millis(keep)], true);
         Box::pin(async move { lease_spend(&answer.await?) })
     }
 
     fn grant(&self, key: &UseKey, uses: u64, behind: u64, keep: Duration) -> UsesFuture<()> {
-        let answer = self.call(&self.grant, self.key(key), vec![uses, behind, millis(keep)]);
+        let answer = self.call(
+            &self.grant,
+            self.key(key),
+            vec![uses, behind, millis(keep)],
+            false,
+        );
         Box::pin(async move { answer.await.map(drop) })
     }
 
     fn settle(&self, key: &UseKey, ended: bool) -> UsesFuture<LeaseSpend> {
-        let answer = self.call(&self.settle, self.key(key), vec![u64::from(ended)]);
+        let answer = self.call(&self.settle, self.key(key), vec![u64::from(ended)], false);
         Box::pin(async move { lease_spend(&answer.await?) })
+    }
+
+    fn note(&self, key: &UseKey, behind: u64) -> UsesFuture<()> {
+        let answer = self.call(&self.note, self.key(key), vec![behind], false);
+        Box::pin(async move { answer.await.map(drop) })
     }
 }
 

@@ -75,7 +75,7 @@ struct Args {
     redis_prefix: String,
     /// How long a Redis call may take (milliseconds) before the instance
     /// decides with its own limits instead.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 50)]
     redis_timeout_ms: u64,
     /// Serve the same routes without tokengate: only for the end-to-end
     /// benchmark (`benches/e2e.sh`), which compares both.
