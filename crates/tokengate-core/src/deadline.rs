@@ -14,7 +14,14 @@ use std::time::{Duration, Instant};
 use http::Extensions;
 
 /// When a request's calls to shared state must have answered, in its
-/// extensions (see the [module docs](self)).
+/// extensions.
+///
+/// A request may ask a shared backend (Redis) more than once: the
+/// per-address limit, the per-token limit, a usage-limited token's lease.
+/// The first call starts the deadline from its timeout; every later call
+/// of the same request gets only what is left, and one with nothing left
+/// goes straight to its fallback. So a backend that accepts connections
+/// and never answers holds a request one timeout in all, not one per call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SharedDeadline(Instant);
 

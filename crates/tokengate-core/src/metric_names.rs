@@ -32,7 +32,8 @@ pub const STORE_LOOKUP_DURATION: &str = "tokengate_store_lookup_duration_seconds
 pub const STORE_ERRORS: &str = "tokengate_store_errors_total";
 
 /// Counter: requests a rate limit refused. Label `limiter`: the limiter's
-/// name (set in the configuration, so bounded).
+/// name (set in the configuration, so bounded); each configured limiter's
+/// series exists (at 0) from when its layer is made.
 pub const RATE_LIMITED: &str = "tokengate_rate_limited_total";
 
 /// Counter: decisions a shared rate state (Redis) could not make in

@@ -116,6 +116,14 @@ impl RateLimitLayer<MemoryRateState> {
     /// `limiters` (already valid) with in-memory state, the system clock,
     /// default rendering, unit cost, success headers and missing keys refused.
     fn with_defaults(limiters: Vec<Limiter>) -> Self {
+        // Each limiter's refusal series exists (at 0) before its first
+        // refusal, so a rate over it is defined from the start.
+        for limiter in &limiters {
+            let _ = metrics::counter!(
+                tokengate_core::metric_names::RATE_LIMITED,
+                "limiter" => limiter.name().to_owned()
+            );
+        }
         Self {
             config: Arc::new(Config {
                 limiters,

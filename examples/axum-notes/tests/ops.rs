@@ -198,6 +198,12 @@ async fn counters_are_exact_and_readiness_follows_the_store() {
         Some(1.0),
         "{text}"
     );
+    // Listed from the start, before any refusal.
+    assert_eq!(
+        value(r#"tokengate_rate_limited_total{limiter="per-ip"}"#),
+        Some(0.0),
+        "{text}"
+    );
     // The cache: reader, slow, soon and unseen each missed once; the
     // reader's second GET and DELETE, the slow token's second request and
     // soon's second GET and DELETE hit.

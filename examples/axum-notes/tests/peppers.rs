@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 use support::{Deployment, send};
-use tokengate_tests::process::{
-    Started, cli, cli_issue, start_example, start_example_with, temp_dir,
-};
+use tokengate_tests::process::{Started, cli, cli_issue, start_example, temp_dir};
 
 /// How long every server has to agree after a CLI command returns.
 const BOUND: Duration = Duration::from_secs(1);
@@ -91,15 +89,7 @@ async fn three_servers_on_one_sqlite_file_follow_a_rotation_and_a_retirement() {
     let dir = temp_dir("axum-notes-peppers");
     let bin = env!("CARGO_BIN_EXE_axum-notes");
     let db = dir.join("tokengate.db");
-    let start = |i: usize| {
-        let audit = format!("audit-{i}.jsonl");
-        start_example_with(
-            bin,
-            &dir,
-            "axum-notes listening on ",
-            &["--audit-log", &audit],
-        )
-    };
+    let start = |i: usize| support::start_sqlite(bin, &dir, i);
     let servers: Vec<Started> = (0..3).map(start).collect();
     let bases: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
     let old = servers[0].token.clone();

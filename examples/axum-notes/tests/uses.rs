@@ -10,7 +10,7 @@
 mod support;
 
 use hyper::StatusCode;
-use tokengate_tests::process::{cli, start_example, start_example_with, temp_dir};
+use tokengate_tests::process::{cli, start_example, temp_dir};
 
 use support::{Deployment, send};
 
@@ -50,15 +50,7 @@ async fn three_servers_on_one_sqlite_file_admit_exactly_the_uses_and_a_restart_k
     let dir = temp_dir("axum-notes-uses");
     let bin = env!("CARGO_BIN_EXE_axum-notes");
     let db = dir.join("tokengate.db");
-    let start = |i: usize| {
-        let audit = format!("audit-{i}.jsonl");
-        start_example_with(
-            bin,
-            &dir,
-            "axum-notes listening on ",
-            &["--audit-log", &audit],
-        )
-    };
+    let start = |i: usize| support::start_sqlite(bin, &dir, i);
     let mut servers = vec![start_example(bin, &dir, "axum-notes listening on ")];
     servers.extend((1..3).map(start));
     let bases: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();

@@ -37,16 +37,8 @@ async fn send(
 
 #[tokio::test]
 async fn the_api_works_on_the_memory_store() {
-    let hasher = TokenHasher::new(Pepper::new(KeyId::new(1), [3; 32]).unwrap());
-    let store = MemoryStore::new();
-    let app = router(Lifecycle::new(store.clone(), hasher.clone()));
-    let (status, issued) = send(
-        &app,
-        "POST",
-        "/admin/tokens",
-        r#"{"name":"a","subject":"s","scopes":["notes:read"],"audiences":["notes"]}"#,
-    )
-    .await;
+    let (app, store, hasher) = memory_app();
+    let (status, issued) = send(&app, "POST", "/admin/tokens", READER).await;
     assert_eq!(status, StatusCode::CREATED, "{issued}");
     let id = issued["record"]["id"].as_str().unwrap().to_owned();
     let token = issued["token"].as_str().unwrap();
@@ -214,16 +206,13 @@ fn memory_app() -> (Router, MemoryStore, TokenHasher) {
 
 const JSON: (&str, &str) = ("content-type", "application/json");
 
+/// An issue request for a `notes:read` token.
+const READER: &str = r#"{"name":"a","subject":"s","scopes":["notes:read"],"audiences":["notes"]}"#;
+
 #[tokio::test]
 async fn every_error_is_a_problem_of_its_own_status_under_one_rule() {
     let (app, _, _) = memory_app();
-    let (_, issued) = send(
-        &app,
-        "POST",
-        "/admin/tokens",
-        r#"{"name":"a","subject":"s","scopes":["notes:read"],"audiences":["notes"]}"#,
-    )
-    .await;
+    let (_, issued) = send(&app, "POST", "/admin/tokens", READER).await;
     let id = issued["record"]["id"].as_str().unwrap().to_owned();
     let rotate = format!("/admin/tokens/{id}/rotate");
     let big = vec![b' '; 3 << 20];

@@ -41,6 +41,23 @@ pub async fn send(
     status
 }
 
+/// Starts axum-notes number `i` on the SQLite file in `dir`, with an audit
+/// file of its own (`audit-<i>.jsonl`): one of several servers on one
+/// database.
+pub fn start_sqlite(
+    bin: &str,
+    dir: &std::path::Path,
+    i: usize,
+) -> tokengate_tests::process::Started {
+    let audit = format!("audit-{i}.jsonl");
+    start_example_with(
+        bin,
+        dir,
+        "axum-notes listening on ",
+        &["--audit-log", &audit],
+    )
+}
+
 /// Issues a token with `notes:read` and a quota of 10 per minute, burst
 /// `burst`; the token.
 pub fn issue_limited(bin: &str, db: &str, global: &[&str], name: &str, burst: u32) -> String {
