@@ -92,8 +92,9 @@ fn to_nanos(time: SystemTime) -> u64 {
 }
 
 use tokengate_core::{
-    Denial, Grants, InvalidReason, Principal, ScopeSet, SharedClock, StoreError, SystemClock,
-    Taken, TokenAdmin, TokenHash, TokenId, TokenQuery, TokenRecord, TokenStore, UseSpend,
+    Denial, FeedConsumer, FeedEvent, Grants, InvalidReason, Principal, ScopeSet, SharedClock,
+    StoreError, SystemClock, Taken, TokenAdmin, TokenHash, TokenId, TokenQuery, TokenRecord,
+    TokenStore, UseSpend,
 };
 
 use table::Table;
@@ -121,27 +122,6 @@ impl VerifyError {
     }
 }
 
-/// A revocation made elsewhere (another process, another node), to be
-/// applied to this cache with [`CachedStore::apply`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RevocationEvent {
-    /// The revoked token's id.
-    pub id: TokenId,
-    /// The revoked token's hash.
-    pub hash: TokenHash,
-}
-
-/// One change a store's feed announces, as a cache applies it
-/// ([`CachedStore::apply_change`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StoreChange {
-    /// A token was revoked, rotated, changed or moved to another pepper.
-    Token(RevocationEvent),
-    /// A pepper was recorded (a rotation) or retired.
-    Peppers,
-}
-
 /// A store with a verifying cache in front. Clones share the cache.
 pub struct CachedStore<S> {
     shared: Arc<Shared<S>>,
@@ -161,8 +141,7 @@ struct Shared<S> {
     epoch: AtomicU64,
     flights: Mutex<HashMap<TokenHash, Flight>>,
     metrics: CacheMetrics,
-    /// Bumped whenever the store's peppers change (see
-    /// [`CachedStore::peppers_changed`]).
+    /// Bumped whenever the store's feed says its peppers changed.
     peppers: tokio::sync::watch::Sender<u64>,
 }
 
@@ -452,31 +431,18 @@ impl<S> CachedStore<S> {
         shared.negative.invalidate_all();
     }
 
-    /// Applies a revocation made elsewhere.
-    pub fn apply(&self, event: &RevocationEvent) {
-        self.invalidate(&event.hash);
-    }
-
-    /// Applies one change of the store's feed.
-    pub fn apply_change(&self, change: &StoreChange) {
-        match change {
-            StoreChange::Token(event) => self.apply(event),
-            StoreChange::Peppers => self.peppers_changed(),
-        }
-    }
-
     /// The store's peppers changed (a rotation or a retirement, by any
-    /// process; the change feed calls this): forgets everything, since an
+    /// process; the change feed says so): forgets everything, since an
     /// answer may have come under a pepper that is now retired, and tells
     /// every [`pepper_changes`](Self::pepper_changes) receiver, so the
     /// server can load its peppers again.
-    pub fn peppers_changed(&self) {
+    fn peppers_changed(&self) {
         self.invalidate_all();
         self.shared.peppers.send_modify(|seen| *seen += 1);
     }
 
-    /// Changes each time the store's peppers change (see
-    /// [`peppers_changed`](Self::peppers_changed)).
+    /// Changes each time the store's feed says its peppers changed (a
+    /// rotation or a retirement, by any process).
     pub fn pepper_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.peppers.subscribe()
     }
@@ -659,3 +625,22 @@ impl<S: TokenAdmin> TokenAdmin for CachedStore<S> {
 
 #[cfg(test)]
 mod tests;
+
+/// The cache follows its store's change feed: a token's event forgets what
+/// it holds for that hash; a pepper event, or a feed that may have missed
+/// events, forgets everything.
+impl<S: Send + Sync + 'static> FeedConsumer for CachedStore<S> {
+    fn apply(&self, event: &FeedEvent) {
+        match event {
+            FeedEvent::Token { hash, .. } => self.invalidate(hash),
+            FeedEvent::Peppers => self.peppers_changed(),
+            // A kind of event this build does not know: forget everything
+            // rather than keep serving what it may have changed.
+            _ => self.invalidate_all(),
+        }
+    }
+
+    fn flush(&self) {
+        self.invalidate_all();
+    }
+}

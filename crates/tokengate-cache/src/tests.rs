@@ -206,7 +206,7 @@ async fn revocation_events_from_elsewhere_apply_at_once() {
     let (hash, id) = f.issue(Expiry::Default).await;
     f.cache.verify(&hash).await.unwrap();
     f.probe.inner().revoke(&id, f.clock.now()).await.unwrap();
-    f.cache.apply(&RevocationEvent { id, hash });
+    f.cache.apply(&FeedEvent::Token { id, hash });
     assert_eq!(reason(f.cache.verify(&hash).await), InvalidReason::Revoked);
 }
 

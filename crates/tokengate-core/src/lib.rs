@@ -109,8 +109,9 @@ pub use redact::redact_url;
 pub use scope::{Scope, ScopeError, ScopeRules, ScopeSet};
 pub use slot::{SLOTS, SlotKey};
 pub use store::{
-    Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, MemoryStore, SqlFilter,
-    SqlValue, StoreError, TokenAdmin, TokenChanges, TokenQuery, TokenSpec, TokenStore,
+    Expiry, FeedConsumer, FeedEvent, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError,
+    MemoryStore, SqlFilter, SqlValue, StoreError, TokenAdmin, TokenChanges, TokenQuery, TokenSpec,
+    TokenStore,
 };
 pub use token::{
     CHECKSUM_LEN, PrefixError, SECRET_LEN, Token, TokenFormat, TokenFormatError, TokenPrefix,

@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use tokengate_cache::{CachedStore, RevocationEvent, StoreChange};
-use tokengate_core::{KeyId, TokenHash, TokenRecord};
+use tokengate_core::{FeedConsumer, FeedEvent, KeyId, TokenHash, TokenRecord};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -38,7 +37,7 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 pub(crate) enum Change {
     Token {
         kind: &'static str,
-        event: RevocationEvent,
+        event: FeedEvent,
     },
     Peppers,
 }
@@ -59,7 +58,7 @@ impl Change {
     fn of(kind: &'static str, record: &TokenRecord) -> Self {
         Self::Token {
             kind,
-            event: RevocationEvent {
+            event: FeedEvent::Token {
                 id: record.id.clone(),
                 hash: record.hash,
             },
@@ -68,21 +67,20 @@ impl Change {
 
     pub(crate) fn payload(&self) -> String {
         match self {
-            Self::Token { kind, event } => format!(
-                "{kind} {} {} {}",
-                event.id,
-                event.hash.key_id().get(),
-                event.hash.to_hex()
-            ),
+            Self::Token {
+                kind,
+                event: FeedEvent::Token { id, hash },
+            } => format!("{kind} {id} {} {}", hash.key_id().get(), hash.to_hex()),
+            Self::Token { kind, .. } => (*kind).to_owned(),
             Self::Peppers => "pepper".to_owned(),
         }
     }
 
-    /// What a cache applies.
-    fn into_store_change(self) -> StoreChange {
+    /// The event a consumer applies.
+    fn into_event(self) -> FeedEvent {
         match self {
-            Self::Token { event, .. } => StoreChange::Token(event),
-            Self::Peppers => StoreChange::Peppers,
+            Self::Token { event, .. } => event,
+            Self::Peppers => FeedEvent::Peppers,
         }
     }
 
@@ -104,7 +102,7 @@ impl Change {
         }
         Some(Self::Token {
             kind,
-            event: RevocationEvent {
+            event: FeedEvent::Token {
                 id,
                 hash: TokenHash::from_parts(key_id, digest),
             },
@@ -251,30 +249,26 @@ fn status(c: &Counters) -> FeedStatus {
 
 impl PostgresStore {
     /// Follows the change feed: listens on a connection of its own and
-    /// applies every revocation and rotation, by any instance, to `cache`
-    /// as soon as its transaction commits.
+    /// hands `consumer` (the verifying cache) every change, by any
+    /// instance, as soon as its transaction commits.
     ///
     /// A lost connection is made again, at once and then with backoff
     /// (100 ms doubling to 5 s); notifications sent meanwhile are lost, so
-    /// once it listens again the feed empties `cache` before the next
+    /// once it listens again the feed flushes `consumer` before the next
     /// change: a token revoked during the outage fails on its next use.
     /// An idle connection is checked every 5 s. Runs until [`Feed::stop`].
-    pub fn follow<S: Send + Sync + 'static>(&self, cache: CachedStore<S>) -> Feed {
+    pub fn follow(&self, consumer: impl FeedConsumer) -> Feed {
         let counters = Arc::new(Counters::default());
-        let task = tokio::spawn(run(self.clone(), cache, Arc::clone(&counters)));
+        let task = tokio::spawn(run(self.clone(), consumer, Arc::clone(&counters)));
         Feed { task, counters }
     }
 }
 
-async fn run<S: Send + Sync + 'static>(
-    store: PostgresStore,
-    cache: CachedStore<S>,
-    counters: Arc<Counters>,
-) {
+async fn run(store: PostgresStore, consumer: impl FeedConsumer, counters: Arc<Counters>) {
     let mut backoff = MIN_BACKOFF;
     let mut first = true;
     loop {
-        let error = listen(&store, &cache, &counters, &mut first).await;
+        let error = listen(&store, &consumer, &counters, &mut first).await;
         let was_up = counters.connected.swap(false, Ordering::AcqRel);
         counters.metrics.connected.set(0.0);
         tracing::warn!(
@@ -306,9 +300,9 @@ fn jittered(wait: Duration) -> Duration {
 }
 
 /// Listens until the connection fails; returns why.
-async fn listen<S: Send + Sync + 'static>(
+async fn listen(
     store: &PostgresStore,
-    cache: &CachedStore<S>,
+    consumer: &impl FeedConsumer,
     counters: &Counters,
     first: &mut bool,
 ) -> FeedError {
@@ -349,7 +343,7 @@ async fn listen<S: Send + Sync + 'static>(
         counters.reconnects.fetch_add(1, Ordering::Relaxed);
         counters.metrics.reconnects.increment(1);
     }
-    cache.invalidate_all();
+    consumer.flush();
     counters.flushes.fetch_add(1, Ordering::Relaxed);
     counters.metrics.flushes.increment(1);
     counters.connected.store(true, Ordering::Release);
@@ -364,7 +358,7 @@ async fn listen<S: Send + Sync + 'static>(
             received = notifications.recv() => match received {
                 Some(Ok(payload)) => match Change::parse(&payload) {
                     Some(change) => {
-                        cache.apply_change(&change.into_store_change());
+                        consumer.apply(&change.into_event());
                         counters.events.fetch_add(1, Ordering::Relaxed);
                         counters.metrics.events.increment(1);
                         counters.metrics.heard();
@@ -373,7 +367,7 @@ async fn listen<S: Send + Sync + 'static>(
                         // A change this build cannot read: forget everything
                         // rather than keep serving what it may have changed.
                         tracing::warn!(payload, "unknown token change; cache flushed");
-                        cache.invalidate_all();
+                        consumer.flush();
                         counters.flushes.fetch_add(1, Ordering::Relaxed);
                         counters.metrics.flushes.increment(1);
                     }

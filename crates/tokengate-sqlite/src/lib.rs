@@ -7,7 +7,7 @@
 //! - **WAL mode** lets the CLI write while servers read the same file.
 //! - **A change feed** (`changes` table) records revocations and rotations;
 //!   [`SqliteStore::follow`] polls it and applies each change to a
-//!   [`CachedStore`](tokengate_cache::CachedStore), so a token revoked by
+//!   verifying cache (any `tokengate_core::FeedConsumer`), so a token revoked by
 //!   another process fails within one poll interval on every server on the
 //!   machine.
 //! - **The pepper** comes from `TOKENGATE_PEPPER` (hex) or from a file

@@ -6,10 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
-use tokengate_cache::{CachedStore, RevocationEvent, StoreChange};
 use tokengate_core::{
-    KeyId, Pepper, RateQuota, ScopeSet, SqlValue, StoreError, Taken, TokenAdmin, TokenHash,
-    TokenId, TokenQuery, TokenRecord, TokenStore, UseColumns, UseSpend,
+    FeedConsumer, FeedEvent, KeyId, Pepper, RateQuota, ScopeSet, SqlValue, StoreError, Taken,
+    TokenAdmin, TokenHash, TokenId, TokenQuery, TokenRecord, TokenStore, UseColumns, UseSpend,
 };
 use tokio::task::JoinHandle;
 
@@ -440,7 +439,7 @@ impl SqliteStore {
     }
 
     /// Changes after `seq`, oldest first, with their sequence numbers.
-    pub async fn changes_since(&self, seq: i64) -> Result<Vec<(i64, StoreChange)>, StoreError> {
+    pub async fn changes_since(&self, seq: i64) -> Result<Vec<(i64, FeedEvent)>, StoreError> {
         self.with(move |c| {
             let mut statement = c
                 .prepare(
@@ -452,7 +451,7 @@ impl SqliteStore {
                 .query_map([seq], |row| {
                     let seq = row.get::<_, i64>(0)?;
                     if row.get::<_, String>(4)? == crate::pepper::PEPPER_CHANGE {
-                        return Ok((seq, StoreChange::Peppers));
+                        return Ok((seq, FeedEvent::Peppers));
                     }
                     let id: String = row.get(1)?;
                     let key_id: i64 = row.get(2)?;
@@ -462,13 +461,13 @@ impl SqliteStore {
                         .map_err(|_| corrupt("hash", "not 32 bytes"))?;
                     Ok((
                         seq,
-                        StoreChange::Token(RevocationEvent {
+                        FeedEvent::Token {
                             id: id.parse().map_err(|_| corrupt("token_id", &id))?,
                             hash: TokenHash::from_parts(
                                 KeyId::new(u32::try_from(key_id).unwrap_or(0)),
                                 digest,
                             ),
-                        }),
+                        },
                     ))
                 })
                 .map_err(store_error)?;
@@ -477,15 +476,12 @@ impl SqliteStore {
         .await
     }
 
-    /// Follows the change feed: every `every`, applies the revocations and
-    /// rotations made since the last poll (by any process) to `cache`. A
-    /// revoked token then fails within `every` plus one lookup on every
-    /// server using this database. Stops when the handle is aborted.
-    pub fn follow<S: Send + Sync + 'static>(
-        &self,
-        cache: CachedStore<S>,
-        every: Duration,
-    ) -> JoinHandle<()> {
+    /// Follows the change feed: every `every`, hands `consumer` (the
+    /// verifying cache) every change made since the last poll, by any
+    /// process. A revoked token then fails within `every` plus one lookup
+    /// on every server using this database. A poll that fails flushes the
+    /// consumer. Stops when the handle is aborted.
+    pub fn follow(&self, consumer: impl FeedConsumer, every: Duration) -> JoinHandle<()> {
         use tokengate_core::metric_names::{
             FEED_CONNECTED, FEED_EVENTS, FEED_FLUSHES, FEED_LAST_EVENT,
         };
@@ -502,8 +498,8 @@ impl SqliteStore {
                 tick.tick().await;
                 match store.changes_since(seen).await {
                     Ok(changes) => {
-                        for (seq, change) in changes {
-                            cache.apply_change(&change);
+                        for (seq, event) in changes {
+                            consumer.apply(&event);
                             seen = seq;
                             events.increment(1);
                         }
@@ -516,7 +512,7 @@ impl SqliteStore {
                     Err(error) => {
                         // Fail safe: forget everything rather than serve stale grants.
                         tracing::warn!(%error, "cannot read the token change feed; cache flushed");
-                        cache.invalidate_all();
+                        consumer.flush();
                         flushes.increment(1);
                         connected.set(0.0);
                     }

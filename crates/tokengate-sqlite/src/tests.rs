@@ -159,7 +159,7 @@ async fn admin_operations_fail_cleanly() {
     let changes = store.changes_since(0).await.unwrap();
     let tokens = changes
         .iter()
-        .filter(|(_, change)| matches!(change, tokengate_cache::StoreChange::Token(_)))
+        .filter(|(_, event)| matches!(event, tokengate_core::FeedEvent::Token { .. }))
         .count();
     assert_eq!(tokens, 1, "{changes:?}");
 }

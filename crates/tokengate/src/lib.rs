@@ -105,9 +105,7 @@
 
 pub use tokengate_core::*;
 
-pub use tokengate_cache::{
-    CacheConfig, CacheStats, CachedStore, RevocationEvent, StoreChange, VerifyError,
-};
+pub use tokengate_cache::{CacheConfig, CacheStats, CachedStore, VerifyError};
 
 #[cfg(feature = "authenticate")]
 pub use tokengate_authenticate::{

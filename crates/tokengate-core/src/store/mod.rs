@@ -7,6 +7,7 @@
 //! the SQLite store, and by `tokengate-cache`'s `CachedStore` in front of
 //! any store.
 
+mod feed;
 mod lifecycle;
 mod memory;
 
@@ -15,6 +16,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+pub use feed::{FeedConsumer, FeedEvent};
 pub use lifecycle::{
     Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, SqlFilter, SqlValue,
     TokenChanges, TokenQuery, TokenSpec,
