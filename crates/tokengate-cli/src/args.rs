@@ -35,9 +35,13 @@ pub(crate) enum Command {
     Scopes,
     /// List tokens (never a secret), oldest first.
     List {
-        /// One JSON object per token, one per line.
+        /// One JSON object per token, one per line (JSON lines), in the
+        /// admin API's rendering.
         #[arg(long)]
         json: bool,
+        /// With --json: one JSON array of every token instead of lines.
+        #[arg(long, requires = "json")]
+        array: bool,
         /// Only this subject's tokens.
         #[arg(long)]
         subject: Option<String>,

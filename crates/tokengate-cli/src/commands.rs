@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use std::path::Path;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokengate::{
     AnyStore, AuditKey, Clock, Database, Expiry, InvalidReason, IssuancePolicy, IssuedToken, KeyId,
     Lifecycle, LifecycleError, PEPPER_ENV, PepperSource, SystemClock, TokenFormat, TokenId,
@@ -20,29 +20,10 @@ fn when(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
+/// A record in the one JSON rendering (`tokengate::view::TokenView`), as
+/// the admin API sends it.
 fn record_json(r: &TokenRecord) -> Value {
-    json!({
-        "id": r.id.as_str(),
-        "name": r.name,
-        "subject": r.subject,
-        "status": r.status(SystemTime::now()).as_str(),
-        "scopes": r.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-        "audiences": r.audiences.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
-        "created_at": when(r.created_at),
-        "expires_at": r.expires_at.map(when),
-        "revoked_at": r.revoked_at.map(when),
-        "disabled_at": r.disabled_at.map(when),
-        "last_used_at": r.last_used_at.map(when),
-        "allowed_networks": r.allowed_networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "rate": r.rate_quota.map(|q| json!({"count": q.count().get(), "period_secs": q.period().as_secs_f64(), "burst": q.burst().get()})),
-        "rotated_from": r.rotated_from.as_ref().map(TokenId::as_str),
-        "metadata": r.metadata,
-        "uses": r.uses.map(|u| json!({
-            "limit": u.limit.uses(),
-            "remaining": u.remaining_at(SystemTime::now()),
-            "refill": u.limit.refill().map(|r| r.to_string()),
-        })),
-    })
+    serde_json::to_value(tokengate::view::TokenView::from(r)).unwrap_or(Value::Null)
 }
 
 /// `remaining/limit` of a usage-limited token, `-` for unlimited uses.
@@ -286,6 +267,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::List {
             json,
+            array,
             subject,
             status,
             expiring_within,
@@ -313,7 +295,13 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                 .list_matching(&query)
                 .await
                 .map_err(|e| e.to_string())?;
-            print_list(&records, *json);
+            match (*json, *array) {
+                (true, true) => {
+                    let all: Vec<Value> = records.iter().map(record_json).collect();
+                    println!("{}", json_line(&Value::Array(all)));
+                }
+                (json, _) => print_list(&records, json),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Show { id, json } => {

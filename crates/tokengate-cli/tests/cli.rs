@@ -297,7 +297,11 @@ fn usage_limited_tokens_are_issued_shown_listed_changed_and_reset() {
     let id = issued["id"].as_str().unwrap();
     assert_eq!(issued["uses"]["limit"], 5);
     assert_eq!(issued["uses"]["remaining"], 5);
-    assert_eq!(issued["uses"]["refill"], "3/1h");
+    assert_eq!(
+        issued["uses"]["refill"],
+        serde_json::json!({"amount": 3, "every_seconds": 3600}),
+        "the same rendering as the admin API"
+    );
     let shown = db.ok(&["show", id]);
     assert!(
         shown.contains("uses:      5 left of 5, refill 3/1h"),
@@ -355,6 +359,13 @@ fn usage_limited_tokens_are_issued_shown_listed_changed_and_reset() {
         );
     }
     assert_eq!(db.ok(&["list", "--json"]).lines().count(), 1);
+    let array: Value = serde_json::from_str(&db.ok(&["list", "--json", "--array"])).unwrap();
+    assert_eq!(array.as_array().unwrap().len(), 1);
+    assert_eq!(array[0]["id"], issued["id"]);
+    assert!(
+        !db.run(&["list", "--array"]).status.success(),
+        "--array needs --json"
+    );
 }
 
 #[test]

@@ -202,7 +202,8 @@ fn list_has_a_header_and_shows_expiry() {
         assert!(header.contains(column), "{header}");
     }
     let row = lines.next().unwrap();
-    let expires = issued["expires_at"].as_str().unwrap();
+    // The JSON has milliseconds; the table shows whole seconds.
+    let expires = &issued["expires_at"].as_str().unwrap()[..19];
     assert!(row.contains(expires), "{row} should show {expires}");
 }
 

@@ -165,6 +165,9 @@ pub use embedded::{Embedded, SetupError, shutdown_signal};
 #[cfg(feature = "sqlite")]
 pub mod ops;
 
+#[cfg(feature = "view")]
+pub mod view;
+
 #[cfg(feature = "gate")]
 mod gate;
 #[cfg(feature = "gate")]

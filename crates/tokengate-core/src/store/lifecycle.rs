@@ -174,7 +174,9 @@ impl IssuancePolicy {
                 max: self.max_lifetime,
             });
         }
-        Ok(Some(at))
+        // Whole milliseconds, rounded up, as every store keeps it: the
+        // record handed back at issue is the one read back later.
+        Ok(Some(ceil_millis(at)))
     }
 
     fn check_scopes(&self, scopes: &ScopeSet) -> Result<(), LifecycleError> {
@@ -403,6 +405,24 @@ pub(crate) fn check_count(field: &'static str, value: u64) -> Result<(), Lifecyc
         return Err(LifecycleError::UsesOutOfRange { field, value });
     }
     Ok(())
+}
+
+/// `at` in whole milliseconds since the epoch, rounded down.
+fn floor_millis(at: SystemTime) -> SystemTime {
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    std::time::UNIX_EPOCH
+        + Duration::from_millis(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `at` in whole milliseconds since the epoch, rounded up (an expiry never
+/// comes earlier than asked).
+fn ceil_millis(at: SystemTime) -> SystemTime {
+    let floor = floor_millis(at);
+    if floor < at {
+        floor + Duration::from_millis(1)
+    } else {
+        floor
+    }
 }
 
 fn check_text(field: &'static str, value: &str) -> Result<(), LifecycleError> {
@@ -660,7 +680,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
             subject: spec.subject,
             scopes: spec.scopes,
             audiences: spec.audiences,
-            created_at: now,
+            created_at: floor_millis(now),
             expires_at,
             revoked_at: None,
             disabled_at: None,

@@ -2,7 +2,7 @@
 //! lifecycle's types.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
@@ -15,8 +15,8 @@ use tokengate_core::{
 use super::delegation::Authority;
 use super::problem::{Body, OptionalBody, Params, Problem, bad_query, failed, unprocessable};
 use super::types::{
-    IssueRequest, Issued, ListParams, Quota, RefillSpec, ResetUsesRequest, RotateRequest,
-    TokenIdText, TokenList, TokenView, UpdateRequest, Uses, UsesView,
+    IssueRequest, Issued, ListParams, Quota, ResetUsesRequest, RotateRequest, TokenIdText,
+    TokenList, TokenView, UpdateRequest, Uses,
 };
 
 pub(crate) type Shared<S> = State<Arc<Lifecycle<S>>>;
@@ -42,44 +42,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-fn rfc3339(at: SystemTime) -> String {
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
-fn strings<T: ToString>(items: impl IntoIterator<Item = T>) -> Vec<String> {
-    items.into_iter().map(|item| item.to_string()).collect()
-}
-
 pub(crate) fn view(record: &TokenRecord) -> TokenView {
-    TokenView {
-        id: record.id.to_string(),
-        name: record.name.clone(),
-        subject: record.subject.clone(),
-        status: record.status(SystemTime::now()).as_str().to_owned(),
-        scopes: strings(record.scopes.iter().map(|s| s.as_str())),
-        audiences: strings(record.audiences.iter().map(|a| a.as_str())),
-        created_at: rfc3339(record.created_at),
-        expires_at: record.expires_at.map(rfc3339),
-        revoked_at: record.revoked_at.map(rfc3339),
-        disabled_at: record.disabled_at.map(rfc3339),
-        last_used_at: record.last_used_at.map(rfc3339),
-        allowed_networks: strings(&record.allowed_networks),
-        rate: record.rate_quota.map(|q| Quota {
-            count: q.count().get(),
-            period_seconds: q.period().as_secs(),
-            burst: q.burst().get(),
-        }),
-        rotated_from: record.rotated_from.as_ref().map(ToString::to_string),
-        metadata: record.metadata.clone(),
-        uses: record.uses.map(|uses| UsesView {
-            limit: uses.limit.uses(),
-            remaining: uses.remaining_at(SystemTime::now()),
-            refill: uses.limit.refill().map(|refill| RefillSpec {
-                amount: refill.amount(),
-                every_seconds: refill.every().as_secs(),
-            }),
-        }),
-    }
+    TokenView::from(record)
 }
 
 fn use_limit(uses: &Uses) -> Result<UseLimit, Problem> {

@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::view::whole;
+pub use crate::view::{Quota, RefillSpec, TokenView, UsesView};
+
 /// Declares a string schema for the document only (the API reads plain
 /// strings and checks them itself): a unit type named in `value_type`.
 macro_rules! text_schema {
@@ -95,143 +98,6 @@ text_schema! {
     }
 }
 
-/// Whole numbers as JSON Schema counts them: `12` and `12.0` alike (a
-/// client's JSON library may write either), refused when fractional,
-/// negative or out of range.
-mod whole {
-    use serde::{Deserialize, Deserializer, de::Error};
-
-    pub(crate) fn number<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
-        let number = serde_json::Number::deserialize(d)?;
-        let whole = number.as_u64().or_else(|| {
-            number
-                .as_f64()
-                // Below 2^64 and without a fraction: exact as a u64.
-                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 18_446_744_073_709_551_616.0)
-                .map(|f| {
-                    #[allow(
-                        clippy::cast_possible_truncation,
-                        clippy::cast_sign_loss,
-                        reason = "checked above: whole, not negative, below 2^64"
-                    )]
-                    let whole = f as u64;
-                    whole
-                })
-        });
-        whole
-            .and_then(|n| T::try_from(n).ok())
-            .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number in range")))
-    }
-
-    pub(crate) fn optional<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
-        d: D,
-    ) -> Result<Option<T>, D::Error> {
-        #[derive(Deserialize)]
-        struct Wrapped(#[serde(deserialize_with = "number")] u64);
-        match Option::<Wrapped>::deserialize(d)? {
-            None => Ok(None),
-            Some(Wrapped(n)) => T::try_from(n)
-                .map(Some)
-                .map_err(|_| D::Error::custom(format!("{n} is out of range"))),
-        }
-    }
-}
-
-/// A token's record, never its secret. Times are RFC 3339.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct TokenView {
-    /// The token id (`tok_...`).
-    pub id: String,
-    /// Its label.
-    pub name: String,
-    /// Its owner.
-    pub subject: String,
-    /// `active`, `expired`, `revoked` or `disabled`, now.
-    #[schema(pattern = "^(active|expired|revoked|disabled)$")]
-    pub status: String,
-    /// What it may do.
-    pub scopes: Vec<String>,
-    /// Where it may be used.
-    pub audiences: Vec<String>,
-    /// When it was issued.
-    pub created_at: String,
-    /// When it expires, if it does.
-    pub expires_at: Option<String>,
-    /// When it was revoked, if it was.
-    pub revoked_at: Option<String>,
-    /// Since when it is disabled, while it is.
-    pub disabled_at: Option<String>,
-    /// When it was last seen on a request (written behind).
-    pub last_used_at: Option<String>,
-    /// The networks it may be used from; empty means any.
-    pub allowed_networks: Vec<String>,
-    /// A quota of its own, if it has one.
-    pub rate: Option<Quota>,
-    /// The token it replaced by rotation, if any.
-    pub rotated_from: Option<String>,
-    /// Labels for applications.
-    pub metadata: BTreeMap<String, String>,
-    /// A usage-limited token's limit and count left; absent for unlimited uses.
-    pub uses: Option<UsesView>,
-}
-
-/// A usage-limited token's limit and what is left of it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct UsesView {
-    /// The uses it was issued with (or last given).
-    pub limit: u64,
-    /// The count left now.
-    pub remaining: u64,
-    /// How the count comes back; absent when it never does.
-    pub refill: Option<RefillSpec>,
-}
-
-/// A refill: every `every_seconds` the count is set to `amount` (not
-/// added to), at each multiple of the interval since the Unix epoch (so
-/// `86400` refills at 00:00 UTC on every server).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RefillSpec {
-    /// The count after a refill.
-    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_u64)]
-    #[serde(deserialize_with = "whole::number")]
-    pub amount: u64,
-    /// The interval, in seconds: 1 s to 366 days.
-    #[schema(minimum = 1, maximum = 31_622_400)]
-    #[serde(deserialize_with = "whole::number")]
-    pub every_seconds: u64,
-}
-
-/// A usage limit: `uses` requests, and a `refill` if the count comes back.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Uses {
-    /// How many requests.
-    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_u64)]
-    #[serde(deserialize_with = "whole::number")]
-    pub uses: u64,
-    /// How the count comes back, if it does.
-    pub refill: Option<RefillSpec>,
-}
-
-/// A rate quota: `count` requests per `period_seconds`, bursts of `burst`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Quota {
-    /// Requests per period.
-    #[schema(minimum = 1)]
-    #[serde(deserialize_with = "whole::number")]
-    pub count: u32,
-    /// The period, in seconds (at most 366 days).
-    #[schema(minimum = 1, maximum = 31_622_400)]
-    #[serde(deserialize_with = "whole::number")]
-    pub period_seconds: u64,
-    /// The most requests back to back.
-    #[schema(minimum = 1)]
-    #[serde(deserialize_with = "whole::number")]
-    pub burst: u32,
-}
-
 /// A token just issued or rotated: the secret, shown this once.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Issued {
@@ -248,6 +114,18 @@ pub struct TokenList {
     pub tokens: Vec<TokenView>,
     /// Pass as `after` for the next page; absent on the last one.
     pub next_after: Option<String>,
+}
+
+/// A usage limit: `uses` requests, and a `refill` if the count comes back.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Uses {
+    /// How many requests.
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_u64)]
+    #[serde(deserialize_with = "whole::number")]
+    pub uses: u64,
+    /// How the count comes back, if it does.
+    pub refill: Option<RefillSpec>,
 }
 
 /// What to issue.
