@@ -268,3 +268,34 @@ async fn a_refusal_decided_while_redis_is_down_states_the_policy_in_its_audit_re
             .all(|r| r.get("tokengate.rate_fallback").is_none())
     );
 }
+
+#[tokio::test]
+async fn an_owner_quota_holds_across_its_tokens_and_its_configuration_is_a_result() {
+    let world = support::World::new();
+    let (first, _) = world.issue("notes:read").await;
+    let (second, _) = world.issue("notes:read").await;
+    let policy = ScopePolicy::builder()
+        .read_write("/notes", "notes")
+        .build()
+        .unwrap();
+    let gate = Gate::new(
+        world.auth.clone(),
+        tokengate::EnforceScopeLayer::new(policy),
+    )
+    .token_and_owner_quota(quota(100, 100), quota(1, 2))
+    .expect("two limiters of their own names");
+    let service = tower::ServiceBuilder::new().layer(gate).service(ok());
+    for token in [&first, &second] {
+        assert_eq!(
+            send(&service, request(token, None)).await.status,
+            StatusCode::OK
+        );
+    }
+    // Both tokens are alice's: the owner's burst of two is spent.
+    let limited = send(&service, request(&first, None)).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        limited.headers["ratelimit-policy"],
+        "\"per-owner\";q=2;w=120"
+    );
+}

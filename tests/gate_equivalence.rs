@@ -1,6 +1,6 @@
-//! The `Gate` runs its six checks after audit as one `Chain` in one
+//! The `Gate` runs its seven checks after audit as one `Chain` in one
 //! `CheckService`; stacked by hand, the same layers run each check in a
-//! `CheckService` of its own, in DESIGN's order. Both must answer every
+//! `CheckService` of its own, in the Gate's order (ARCHITECTURE.md). Both must answer every
 //! request exactly alike: the same status, headers and body, refusals
 //! included (an outer layer's headers reach an inner layer's refusal), and
 //! the same audit record.

@@ -58,7 +58,18 @@ impl<T> SlotKey<T> {
                 .index
                 .compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed)
             {
-                Ok(_) => fresh,
+                Ok(_) => {
+                    if fresh > SLOTS {
+                        // Once per key: said, never a silent slowdown.
+                        tracing::warn!(
+                            slots = SLOTS,
+                            keys = fresh,
+                            "a value kept per token has no slot left: it is computed on every \
+                             request (raise tokengate_core::SLOTS)"
+                        );
+                    }
+                    fresh
+                }
                 Err(raced) => raced,
             };
         (index <= SLOTS).then_some(index - 1)

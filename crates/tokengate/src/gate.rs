@@ -7,7 +7,9 @@ use tokengate_audit::{Audit, AuditLayer, AuditSink, TracingSink};
 use tokengate_authenticate::{AuthenticateLayer, UseLimitLayer};
 use tokengate_core::{Chain, CheckService, RateQuota, Shield};
 use tokengate_ipfilter::{IpFilterLayer, IpRules, ResolveClientIpLayer};
-use tokengate_rate::{Limiter, MemoryRateState, MissingKey, RateLimitLayer, RateState};
+use tokengate_rate::{
+    Limiter, MemoryRateState, MissingKey, RateConfigError, RateLimitLayer, RateState,
+};
 use tokengate_scope::{EnforceScopeLayer, ScopeLookup};
 use tower::Layer;
 
@@ -223,14 +225,18 @@ impl<St, P, K, X> Gate<St, P, K, MemoryRateState, X> {
         self
     }
 
-    /// A per-token default `quota` and a per-owner `owner_quota`, checked together.
-    pub fn token_and_owner_quota(mut self, quota: RateQuota, owner_quota: RateQuota) -> Self {
-        if let Ok(layer) =
-            RateLimitLayer::new([Limiter::per_token(quota), Limiter::per_owner(owner_quota)])
-        {
-            self.token_rate = layer.missing_key(MissingKey::Skip);
-        }
-        self
+    /// A per-token default `quota` and a per-owner `owner_quota`, checked
+    /// together; the limiters' configuration error, if any, is returned,
+    /// never swallowed.
+    pub fn token_and_owner_quota(
+        mut self,
+        quota: RateQuota,
+        owner_quota: RateQuota,
+    ) -> Result<Self, RateConfigError> {
+        let layer =
+            RateLimitLayer::new([Limiter::per_token(quota), Limiter::per_owner(owner_quota)])?;
+        self.token_rate = layer.missing_key(MissingKey::Skip);
+        Ok(self)
     }
 
     /// Keeps both rate limits' state in `state` (a shared backend, say)
