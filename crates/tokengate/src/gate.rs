@@ -41,7 +41,7 @@ pub type GateCheck<St, P, R = MemoryRateState, X = ()> = Chain<
 pub type GateService<S, St, P, K = TracingSink, R = MemoryRateState, X = ()> =
     Audit<CheckService<Arc<GateCheck<St, P, R, X>>, S>, K>;
 
-/// Composes DESIGN's layer order from one configuration, so it cannot be
+/// Composes the layer order (ARCHITECTURE.md) from one configuration, so it cannot be
 /// got wrong:
 ///
 /// ```text
