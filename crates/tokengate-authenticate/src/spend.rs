@@ -168,15 +168,14 @@ impl Spend {
             }
         };
         if let Some(lease) = taken.taken.checked_sub(1) {
-            // The request has its use: the grant goes on without it, so a
-            // slow counter does not hold the request past its deadline.
-            let grant = shared.grant(&key, lease, taken.left, keep);
-            tokio::spawn(async move {
-                if let Err(error) = grant.await {
-                    // Taken from the store and not leased: lost, never doubled.
-                    tracing::warn!(%error, lost = lease, "cannot lease uses to the shared counter");
-                }
-            });
+            // Waited for (so the next request finds the lease filled, rather
+            // than taking another batch from the store), but only until the
+            // request's deadline: a grant that answers later still lands.
+            if let Err(error) =
+                within(self.deadline, shared.grant(&key, lease, taken.left, keep)).await
+            {
+                tracing::warn!(%error, lease, "the shared counter did not confirm a lease in time");
+            }
             return Refilled::Done(Ok(Some(lease + taken.left)));
         }
         // The store had none: refuse only once no refill is in flight.

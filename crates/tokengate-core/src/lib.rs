@@ -89,15 +89,15 @@ mod uses;
 
 pub use audience::{Audience, AudienceError};
 pub use check::{
-    Admit, Chain, Check, CheckBody, CheckFuture, CheckLayer, CheckService, NoWait, Refusal, Shield,
-    Verdict,
+    Admit, Chain, Check, CheckBody, CheckFuture, CheckLayer, CheckService, NoWait, ProblemJson,
+    Realm, RealmError, Refusal, RenderDenial, Renderer, Shield, Verdict, is_grpc,
+    refusal_closes_connection,
 };
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use deadline::SharedDeadline;
 pub use denial::{
-    Denial, InvalidReason, IpReason, MalformedReason, ProblemJson, RateFallback, RateLimitPolicy,
-    RateLimitPolicyError, RateLimited, Realm, RealmError, RenderDenial, Renderer, is_grpc,
-    refusal_closes_connection,
+    Denial, InvalidReason, IpReason, MalformedReason, RateFallback, RateLimitPolicy,
+    RateLimitPolicyError, RateLimited,
 };
 pub use echo::{Echo, escape_for_display, may_hold_secret, needs_unicode_escape};
 pub use hash::{KeyId, Pepper, PepperError, Peppers, TokenHash, TokenHasher};

@@ -415,7 +415,8 @@ pub type UsesFuture<T> =
 /// A future of this trait may be dropped before it answers (its request's
 /// [`SharedDeadline`](crate::SharedDeadline) passed, and the request spent
 /// in the store instead): a spend whose answer was never received must be
-/// given back when it lands, or that request would spend twice.
+/// given back when it lands, or that request would spend twice; a grant
+/// must still land, or the uses taken for it are lost.
 pub trait SharedUses: Send + Sync + 'static {
     /// How many uses to take from the store when a lease is empty.
     fn lease_size(&self) -> u64;

@@ -69,6 +69,7 @@ mod chain;
 mod future;
 mod observe;
 mod refusal;
+mod render;
 mod service;
 mod shield;
 
@@ -84,6 +85,9 @@ pub use body::CheckBody;
 pub use chain::{Chain, ChainWait, ChainWaited};
 pub use future::CheckFuture;
 pub use refusal::Refusal;
+pub use render::{
+    ProblemJson, Realm, RealmError, RenderDenial, Renderer, is_grpc, refusal_closes_connection,
+};
 pub use service::{CheckLayer, CheckService};
 pub use shield::{Shield, ShieldWait, ShieldWaited, Then};
 
@@ -207,5 +211,7 @@ impl Future for NoWait {
     }
 }
 
+#[cfg(test)]
+mod render_tests;
 #[cfg(test)]
 mod tests;

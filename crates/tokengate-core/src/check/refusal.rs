@@ -4,7 +4,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Response};
 
 use super::body::CheckBody;
-use crate::denial::{Denial, Renderer};
+use super::render::Renderer;
+use crate::denial::Denial;
 
 /// A rendered refusal: the response a check answers instead of calling the
 /// inner service, with its [`Denial`] in the response's extensions.

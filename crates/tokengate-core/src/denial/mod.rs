@@ -1,7 +1,7 @@
 //! Why a request was refused, and how the refusal is told to the client.
 //!
 //! Every layer refuses with a [`Denial`]. It knows its HTTP status, its gRPC
-//! code and its RFC 6750 error code, and the [`Renderer`] turns it into a
+//! code and its RFC 6750 error code, and the [`Renderer`](crate::Renderer) turns it into a
 //! response: RFC 9457 `application/problem+json` for HTTP, a trailers-only
 //! `grpc-status` response for gRPC. The client sees one body for every kind
 //! of invalid token; the precise [`Denial::reason`] goes to the audit record.
@@ -23,17 +23,14 @@
 //! | [`Denial::NoPeerAddress`] (the server is not set up to tell it) | 500 | 13 `INTERNAL` |
 
 mod rate;
-mod render;
 
 use std::fmt;
 use std::time::Duration;
 
 use http::StatusCode;
 
+pub(crate) use rate::whole_seconds;
 pub use rate::{RateFallback, RateLimitPolicy, RateLimitPolicyError, RateLimited};
-pub use render::{
-    ProblemJson, Realm, RealmError, RenderDenial, Renderer, is_grpc, refusal_closes_connection,
-};
 
 use crate::scope::Scope;
 use crate::token::TokenFormatError;
@@ -332,6 +329,3 @@ impl InvalidReason {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

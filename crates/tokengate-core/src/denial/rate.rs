@@ -174,7 +174,7 @@ fn ceil_seconds(d: Duration) -> u64 {
 
 /// A wait in whole seconds, rounded up, at least 1, as `Retry-After`
 /// carries it.
-pub(super) fn whole_seconds(d: Duration) -> u64 {
+pub(crate) fn whole_seconds(d: Duration) -> u64 {
     ceil_seconds(d).max(1)
 }
 

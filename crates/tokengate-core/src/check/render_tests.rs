@@ -6,8 +6,9 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use serde_json::Value;
 
-use super::*;
+use super::render::*;
 use crate::check::CheckBody;
+use crate::denial::*;
 use crate::trail::RequestTrail;
 
 type Body = CheckBody<Empty<Bytes>>;

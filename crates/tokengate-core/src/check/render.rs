@@ -6,9 +6,8 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
-use super::Denial;
-use super::rate::whole_seconds as retry_after_seconds;
-use crate::check::{CheckBody, Refusal};
+use super::{CheckBody, Refusal};
+use crate::denial::{Denial, whole_seconds as retry_after_seconds};
 use crate::trail::RequestTrail;
 use crate::uses::TOKEN_USES_REMAINING;
 
