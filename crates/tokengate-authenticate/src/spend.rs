@@ -79,8 +79,9 @@ const SETTLE_WAIT: Duration = Duration::from_millis(500);
 enum Refilled {
     /// The request's answer.
     Done(Result<Option<u64>, StoreError>),
-    /// The store had none, but other refills are in flight: ask again.
-    Wait,
+    /// The store had none, but other refills are in flight: ask again, by
+    /// this deadline for the shared counter.
+    Wait(Instant),
 }
 
 impl Spend {
@@ -131,8 +132,8 @@ impl Spend {
         let refill = tokio::spawn(self.clone().refill(Arc::clone(&shared), store));
         match refill.await.map_err(StoreError::unavailable)? {
             Refilled::Done(answer) => answer,
-            Refilled::Wait => {
-                let deadline = (Instant::now() + SETTLE_WAIT).min(self.deadline);
+            Refilled::Wait(counter_deadline) => {
+                let deadline = (Instant::now() + SETTLE_WAIT).min(counter_deadline);
                 loop {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                     match within(deadline, shared.settle(&key, false)).await {
@@ -155,33 +156,35 @@ impl Spend {
         let (key, keep) = (self.key(), self.keep());
         let want = shared.lease_size().max(1);
         let spend = self.limit.spend_at(self.at);
-        let taken = match bounded(self.timeout, store.take_uses(&self.id, spend, want)).await {
+        // The deadline bounds waiting for the counter, not for the store:
+        // what is left of it is kept across the store's round trip.
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let taken = bounded(self.timeout, store.take_uses(&self.id, spend, want)).await;
+        let deadline = Instant::now() + left;
+        let taken = match taken {
             Ok(taken) => taken,
             Err(error) => {
                 // End the refill; a use granted meanwhile still serves.
-                return Refilled::Done(
-                    match within(self.deadline, shared.settle(&key, true)).await {
-                        Ok(LeaseSpend::Spent { left }) => Ok(Some(left)),
-                        _ => Err(error),
-                    },
-                );
+                return Refilled::Done(match within(deadline, shared.settle(&key, true)).await {
+                    Ok(LeaseSpend::Spent { left }) => Ok(Some(left)),
+                    _ => Err(error),
+                });
             }
         };
         if let Some(lease) = taken.taken.checked_sub(1) {
             // Waited for (so the next request finds the lease filled, rather
             // than taking another batch from the store), but only until the
             // request's deadline: a grant that answers later still lands.
-            if let Err(error) =
-                within(self.deadline, shared.grant(&key, lease, taken.left, keep)).await
+            if let Err(error) = within(deadline, shared.grant(&key, lease, taken.left, keep)).await
             {
                 tracing::warn!(%error, lease, "the shared counter did not confirm a lease in time");
             }
             return Refilled::Done(Ok(Some(lease + taken.left)));
         }
         // The store had none: refuse only once no refill is in flight.
-        match within(self.deadline, shared.settle(&key, true)).await {
+        match within(deadline, shared.settle(&key, true)).await {
             Ok(LeaseSpend::Spent { left }) => Refilled::Done(Ok(Some(left))),
-            Ok(LeaseSpend::Pending) => Refilled::Wait,
+            Ok(LeaseSpend::Pending) => Refilled::Wait(deadline),
             Ok(LeaseSpend::Empty) | Err(_) => Refilled::Done(Ok(None)),
         }
     }

@@ -84,6 +84,19 @@ pub struct Deployment {
     pub dir: std::path::PathBuf,
     prefix: String,
     redis: Option<String>,
+    /// One deployment at a time in a test binary: three servers' pools
+    /// (16 connections each) and feeds, twice over, pass PostgreSQL's
+    /// 100 connections.
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// The turn of the one deployment running in this test binary.
+async fn turn() -> tokio::sync::OwnedMutexGuard<()> {
+    static TURN: std::sync::OnceLock<std::sync::Arc<tokio::sync::Mutex<()>>> =
+        std::sync::OnceLock::new();
+    std::sync::Arc::clone(TURN.get_or_init(Default::default))
+        .lock_owned()
+        .await
 }
 
 impl Deployment {
@@ -98,6 +111,7 @@ impl Deployment {
     }
 
     async fn start_with(name: &str, redis: Option<String>) -> Option<Self> {
+        let turn = turn().await;
         let db = TestDatabase::create().await?;
         let bin = env!("CARGO_BIN_EXE_axum-notes");
         let dir = temp_dir(name);
@@ -144,6 +158,7 @@ impl Deployment {
             dir,
             prefix,
             redis,
+            _turn: turn,
         })
     }
 
