@@ -27,12 +27,7 @@ async fn send(
         .header("content-type", "application/json")
         .body(axum::body::Body::from(body.to_owned()))
         .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    answer(app, request).await
 }
 
 #[tokio::test]
@@ -347,12 +342,7 @@ async fn as_caller(
         .body(axum::body::Body::from(body.to_owned()))
         .unwrap();
     request.extensions_mut().insert(caller.clone());
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    answer(app, request).await
 }
 
 fn issue_body(scopes: &str, audiences: &str) -> String {
@@ -490,4 +480,17 @@ fn the_admin_routes_admit_either_admin_scope() {
     let scopes = policy.scopes();
     assert!(scopes.iter().any(|s| s.as_str() == ADMIN_SCOPE));
     assert!(scopes.iter().any(|s| s.as_str() == DELEGATE_SCOPE));
+}
+
+/// `app`'s answer to `request`: the status, and the body as JSON (or null).
+async fn answer(
+    app: &Router,
+    request: axum::http::Request<axum::body::Body>,
+) -> (StatusCode, serde_json::Value) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
 }
