@@ -15,9 +15,8 @@ use std::time::{Duration, SystemTime};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sha2::{Digest, Sha256};
 use tokengate_cache::{CacheConfig, CachedStore};
-use tokengate_core::{
-    KeyId, MemoryStore, Pepper, TokenAdmin, TokenFormat, TokenHash, TokenHasher, TokenRecord,
-};
+use tokengate_core::{KeyId, Pepper, TokenFormat, TokenHash, TokenHasher, TokenRecord};
+use tokengate_store::{MemoryStore, TokenAdmin};
 use tokengate_tests::ready_now;
 
 fn tokens(c: &mut Criterion) {
@@ -40,7 +39,7 @@ fn tokens(c: &mut Criterion) {
 /// benches can look it up without issuing a token.
 fn record(i: u64) -> TokenRecord {
     let mut record =
-        tokengate_core::testing::record(&format!("owner-{}", i % 1000), "notes:read notes:write");
+        tokengate_store::testing::record(&format!("owner-{}", i % 1000), "notes:read notes:write");
     record.hash = TokenHash::from_parts(KeyId::new(1), Sha256::digest(i.to_le_bytes()).into());
     record.expires_at = Some(SystemTime::now() + Duration::from_secs(86_400));
     record

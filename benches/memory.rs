@@ -41,8 +41,10 @@ fn rss() -> u64 {
 /// its hash is SHA-256 of `i`, so the bench can look it up without
 /// issuing a token.
 fn record(i: u64, owners: u64) -> TokenRecord {
-    let mut record =
-        tokengate_core::testing::record(&format!("owner-{}", i % owners), "notes:read notes:write");
+    let mut record = tokengate_store::testing::record(
+        &format!("owner-{}", i % owners),
+        "notes:read notes:write",
+    );
     record.hash = hash(i);
     record.expires_at = Some(SystemTime::now() + Duration::from_secs(86_400));
     record

@@ -15,7 +15,8 @@
 use std::time::{Duration, SystemTime};
 
 use http::{Method, Request};
-use tokengate_core::{ClientIp, Denial, Principal, RateFallback, RequestTrail, is_grpc};
+use tokengate_check::is_grpc;
+use tokengate_core::{ClientIp, Denial, Principal, RateFallback, RequestTrail};
 
 use crate::limits::{FieldLimits, kept_agent, kept_path, kept_query};
 use crate::request_id::{REQUEST_ID, RequestId};

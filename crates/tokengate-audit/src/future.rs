@@ -9,7 +9,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokengate_core::{CheckBody, Clock, Denial, Renderer, SystemClock};
+use tokengate_check::{CheckBody, Renderer};
+use tokengate_core::{Clock, Denial, SystemClock};
 
 use crate::capture::{Capture, Ending};
 use crate::record::AuditRecord;

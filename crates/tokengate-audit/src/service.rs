@@ -9,7 +9,8 @@ use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use http::{Request, Response};
-use tokengate_core::{Denial, RequestTrail, is_grpc};
+use tokengate_check::is_grpc;
+use tokengate_core::{Denial, RequestTrail};
 use tower::Service;
 
 use crate::capture::Capture;
@@ -160,7 +161,7 @@ where
                 "reason" => "audit_unavailable"
             )
             .increment(1);
-            let close = tokengate_core::refusal_closes_connection(&request);
+            let close = tokengate_check::refusal_closes_connection(&request);
             return ResponseFuture::refused(Denial::AuditUnavailable, grpc, close, recorder);
         }
         ResponseFuture::new(self.inner.call(request), recorder)

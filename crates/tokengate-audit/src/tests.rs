@@ -10,8 +10,9 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use proptest::prelude::*;
-use tokengate_core::testing::record;
-use tokengate_core::{ClientIp, Denial, InvalidReason, Principal, Renderer, RequestTrail};
+use tokengate_check::Renderer;
+use tokengate_core::{ClientIp, Denial, InvalidReason, Principal, RequestTrail};
+use tokengate_store::testing::record;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 use super::*;

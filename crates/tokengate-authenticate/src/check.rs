@@ -10,10 +10,11 @@ use std::time::{Duration, UNIX_EPOCH};
 use http::{HeaderName, HeaderValue, Request, Response};
 use metrics::Counter;
 use tokengate_cache::VerifyError;
+use tokengate_check::{Admit, Check, Verdict};
 use tokengate_core::{
-    Admit, Check, ClientIp, Denial, InvalidReason, IpReason, Principal, RequestTrail, SlotKey,
-    StoreError, Token, TokenHash, TokenStore, Verdict,
+    ClientIp, Denial, InvalidReason, IpReason, Principal, RequestTrail, SlotKey, Token, TokenHash,
 };
+use tokengate_store::{StoreError, TokenStore};
 
 use crate::credential::{QuerySource, redact_query};
 use crate::layer::{AudienceRule, AuthenticateLayer, Config, TOKEN_EXPIRES_WITHIN};

@@ -4,10 +4,9 @@ use std::time::Duration;
 
 use http::HeaderName;
 use tokengate_cache::CachedStore;
-use tokengate_core::{
-    Audience, Chain, CheckService, Renderer, SharedClock, SharedUses, SystemClock, TokenFormat,
-    TokenHasher,
-};
+use tokengate_check::{Chain, CheckService, Renderer};
+use tokengate_core::{Audience, SharedClock, SystemClock, TokenFormat, TokenHasher};
+use tokengate_store::SharedUses;
 use tower::Layer;
 
 use crate::credential::{QuerySource, Sources};

@@ -51,7 +51,8 @@
 //! use http::{Request, Response, StatusCode, header::AUTHORIZATION};
 //! use tokengate_authenticate::{AuthenticateLayer, PublicPaths};
 //! use tokengate_cache::{CacheConfig, CachedStore};
-//! use tokengate_core::{Expiry, KeyId, Lifecycle, MemoryStore, Pepper, Principal, TokenHasher, TokenSpec};
+//! use tokengate_core::{KeyId, Pepper, Principal, TokenHasher};
+//! use tokengate_store::{Expiry, Lifecycle, MemoryStore, TokenSpec};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build()?.block_on(async {

@@ -10,11 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderValue, Request, Response};
 use tokengate_cache::CachedStore;
+use tokengate_check::{Admit, Check, Verdict};
 use tokengate_core::metric_names::STORE_ERRORS;
-use tokengate_core::{
-    Admit, Check, Denial, LeaseSpend, Principal, SharedDeadline, SharedUses, SharedUsesError,
-    StoreError, TOKEN_USES_REMAINING, TokenId, TokenStore, UseKey, UseLimit, Verdict,
-};
+use tokengate_core::{Denial, Principal, SharedDeadline, TOKEN_USES_REMAINING, TokenId, UseLimit};
+use tokengate_store::{LeaseSpend, SharedUses, SharedUsesError, StoreError, TokenStore, UseKey};
 
 use crate::layer::UseLimitLayer;
 

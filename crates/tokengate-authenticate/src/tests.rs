@@ -9,12 +9,13 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokengate_cache::{CacheConfig, CachedStore};
-use tokengate_core::testing::ProbeStore;
+use tokengate_check::CheckBody;
 use tokengate_core::{
-    CheckBody, ClientIp, Clock, Denial, Expiry, InvalidReason, IpReason, KeyId, Lifecycle,
-    MalformedReason, ManualClock, Pepper, Principal, RequestTrail, Token, TokenFormat,
-    TokenFormatError, TokenHasher, TokenId, TokenSpec,
+    ClientIp, Clock, Denial, InvalidReason, IpReason, KeyId, MalformedReason, ManualClock, Pepper,
+    Principal, RequestTrail, Token, TokenFormat, TokenFormatError, TokenHasher, TokenId,
 };
+use tokengate_store::testing::ProbeStore;
+use tokengate_store::{Expiry, Lifecycle, TokenSpec};
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt, service_fn};
 
@@ -586,7 +587,7 @@ fn services_and_futures_are_send_and_layers_are_sync() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<AuthenticateLayer<ProbeStore>>();
     send::<<Svc as tower::Service<Request<Full<Bytes>>>>::Future>();
-    send::<tokengate_core::CheckFuture<AuthenticateLayer<ProbeStore>, Svc, Full<Bytes>>>();
+    send::<tokengate_check::CheckFuture<AuthenticateLayer<ProbeStore>, Svc, Full<Bytes>>>();
 }
 
 #[tokio::test]
@@ -606,7 +607,7 @@ async fn after_a_pepper_rotation_old_tokens_verify_and_move_to_the_current_peppe
     // Unknown under key 2, found under key 1, moved to key 2.
     assert_eq!(send(token.expose_secret().to_owned()).await, StatusCode::OK);
     assert_eq!(f.probe.lookups() - before, 2, "one lookup per pepper");
-    let stored = tokengate_core::TokenAdmin::get(f.probe.inner(), &id)
+    let stored = tokengate_store::TokenAdmin::get(f.probe.inner(), &id)
         .await
         .unwrap()
         .unwrap();
@@ -640,7 +641,7 @@ async fn after_a_pepper_rotation_old_tokens_verify_and_move_to_the_current_peppe
     f.lifecycle.revoke(&revoked_id).await.unwrap();
     let outcome = layer_send(&layer, revoked.expose_secret()).await;
     assert_eq!(outcome, StatusCode::UNAUTHORIZED);
-    let stored = tokengate_core::TokenAdmin::get(f.probe.inner(), &revoked_id)
+    let stored = tokengate_store::TokenAdmin::get(f.probe.inner(), &revoked_id)
         .await
         .unwrap()
         .unwrap();

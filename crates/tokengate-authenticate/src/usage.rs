@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use tokengate_core::{Principal, SlotKey, TokenAdmin, TokenId};
+use tokengate_core::{Principal, SlotKey, TokenId};
+use tokengate_store::TokenAdmin;
 use tokio::task::JoinHandle;
 
 /// The second (since the Unix epoch) of a token's last use noted.
@@ -140,7 +141,8 @@ impl UsageTracker {
 mod tests {
     use std::time::Duration;
 
-    use tokengate_core::{Expiry, KeyId, Lifecycle, MemoryStore, Pepper, TokenHasher, TokenSpec};
+    use tokengate_core::{KeyId, Pepper, TokenHasher};
+    use tokengate_store::{Expiry, Lifecycle, MemoryStore, TokenSpec};
 
     use super::*;
 

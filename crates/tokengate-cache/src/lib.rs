@@ -36,7 +36,8 @@
 //!
 //! ```
 //! use tokengate_cache::{CacheConfig, CachedStore, VerifyError};
-//! use tokengate_core::{InvalidReason, KeyId, Lifecycle, MemoryStore, Pepper, TokenHasher, TokenSpec};
+//! use tokengate_core::{InvalidReason, KeyId, Pepper, TokenHasher};
+//! use tokengate_store::{Lifecycle, MemoryStore, TokenSpec};
 //!
 //! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
 //! let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
@@ -91,11 +92,12 @@ fn to_nanos(time: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+use tokengate_core::Taken;
 use tokengate_core::{
-    Denial, FeedConsumer, FeedEvent, Grants, InvalidReason, Principal, ScopeSet, SharedClock,
-    StoreError, SystemClock, Taken, TokenAdmin, TokenHash, TokenId, TokenQuery, TokenRecord,
-    TokenStore, UseSpend,
+    Denial, Grants, InvalidReason, Principal, ScopeSet, SharedClock, SystemClock, TokenHash,
+    TokenId, TokenRecord, UseSpend,
 };
+use tokengate_store::{FeedConsumer, FeedEvent, StoreError, TokenAdmin, TokenQuery, TokenStore};
 
 use table::Table;
 

@@ -1,8 +1,7 @@
 use super::*;
-use tokengate_core::testing::ProbeStore;
-use tokengate_core::{
-    Clock, Expiry, KeyId, Lifecycle, ManualClock, Pepper, TokenFormat, TokenHasher, TokenSpec,
-};
+use tokengate_core::{Clock, KeyId, ManualClock, Pepper, TokenFormat, TokenHasher};
+use tokengate_store::testing::ProbeStore;
+use tokengate_store::{Expiry, Lifecycle, TokenSpec};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -335,8 +334,8 @@ async fn expired_entries_make_room_before_live_ones() {
 
 #[tokio::test]
 async fn the_cache_in_front_of_a_store_passes_the_store_conformance_suite() {
-    let cache = CachedStore::new(tokengate_core::MemoryStore::new(), CacheConfig::default());
-    tokengate_core::testing::store_conformance(cache).await;
+    let cache = CachedStore::new(tokengate_store::MemoryStore::new(), CacheConfig::default());
+    tokengate_store::testing::store_conformance(cache).await;
 }
 
 #[tokio::test]

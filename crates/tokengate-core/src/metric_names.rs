@@ -5,8 +5,8 @@
 //! before you build the layers: hot-path counters are registered once,
 //! when a service, cache or sink is made. With no recorder installed
 //! every call site costs a relaxed load. Labels have bounded values only:
-//! never a token, subject, path or address. [`describe`] gives a recorder
-//! each metric's unit and meaning.
+//! never a token, subject, path or address. `tokengate_check::describe_metrics`
+//! gives a recorder each metric's unit and meaning.
 
 /// Counter: one per decision of a check service. Labels: `layer` (the
 /// service's name for `allow`: `gate`, `authenticate`, `rate`, ...; the
@@ -96,77 +96,3 @@ pub const DURATION_BUCKETS: &[f64] = &[
 /// Every histogram tokengate emits; give each [`DURATION_BUCKETS`] in
 /// your exporter (`PrometheusBuilder::set_buckets_for_metric`).
 pub const HISTOGRAMS: &[&str] = &[STORE_LOOKUP_DURATION, RATE_STATE_DURATION];
-
-/// Gives the installed recorder the unit and meaning of every metric
-/// above (optional: recorders work without it).
-pub fn describe() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(DECISIONS, Unit::Count, "Decisions of tokengate's checks.");
-    describe_counter!(
-        CACHE_LOOKUPS,
-        Unit::Count,
-        "Token verifications by cache result."
-    );
-    describe_histogram!(
-        STORE_LOOKUP_DURATION,
-        Unit::Seconds,
-        "Token store lookups on cache misses."
-    );
-    describe_counter!(
-        STORE_ERRORS,
-        Unit::Count,
-        "Token store lookups that failed."
-    );
-    describe_counter!(
-        RATE_LIMITED,
-        Unit::Count,
-        "Requests refused by a rate limit."
-    );
-    describe_counter!(
-        RATE_STATE_FALLBACKS,
-        Unit::Count,
-        "Rate decisions made by the shared state's fallback."
-    );
-    describe_histogram!(
-        RATE_STATE_DURATION,
-        Unit::Seconds,
-        "Round trips to the shared rate state."
-    );
-    describe_counter!(AUDIT_RECORDS, Unit::Count, "Audit records by fate.");
-    describe_gauge!(
-        AUDIT_QUEUE_DEPTH,
-        Unit::Count,
-        "Audit records waiting for the writer."
-    );
-    describe_gauge!(
-        AUDIT_WRITER_LAG,
-        Unit::Seconds,
-        "How long the last audit record waited for the writer."
-    );
-    describe_counter!(
-        FEED_EVENTS,
-        Unit::Count,
-        "Change events applied from the store's feed."
-    );
-    describe_counter!(
-        FEED_RECONNECTS,
-        Unit::Count,
-        "Reconnections of the change feed."
-    );
-    describe_counter!(
-        FEED_FLUSHES,
-        Unit::Count,
-        "Cache flushes on feed (re)connection."
-    );
-    describe_gauge!(FEED_CONNECTED, "Whether the change feed is connected.");
-    describe_gauge!(
-        FEED_LAST_EVENT,
-        Unit::Seconds,
-        "When the change feed last heard from the store."
-    );
-    describe_counter!(
-        NEAR_EXPIRY,
-        Unit::Count,
-        "Admitted requests with a token near its expiry."
-    );
-}

@@ -283,74 +283,7 @@ impl Uses {
     }
 }
 
-/// A usage limit and count as the SQL stores keep them: six signed
-/// integer columns (limit, refill amount, refill interval in
-/// milliseconds, count left, window, generation), all `NULL` but the
-/// window and generation for a token of unlimited uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct UseColumns {
-    /// The uses a token starts with.
-    pub limit: Option<i64>,
-    /// The count a refill sets.
-    pub refill: Option<i64>,
-    /// The refill interval in milliseconds.
-    pub refill_ms: Option<i64>,
-    /// The count left.
-    pub remaining: Option<i64>,
-    /// The window the count belongs to (0 where there is none).
-    pub window: i64,
-    /// The count's generation ([`Uses::generation`]).
-    pub generation: i64,
-}
-
-impl UseSpend {
-    /// The window and the refill count as SQL integers (see [`UseColumns::int`]).
-    pub fn columns(&self) -> (i64, i64) {
-        (UseColumns::int(self.window), UseColumns::int(self.refill))
-    }
-}
-
-impl UseColumns {
-    /// A count or window as a signed SQL integer (`i64::MAX` at most).
-    pub fn int(value: u64) -> i64 {
-        i64::try_from(value).unwrap_or(i64::MAX)
-    }
-
-    /// The columns of `uses`.
-    pub fn of(uses: Option<&Uses>) -> Self {
-        let Some(uses) = uses else {
-            return Self::default();
-        };
-        let refill = uses.limit.refill;
-        Self {
-            limit: Some(Self::int(uses.limit.uses())),
-            refill: refill.map(|r| Self::int(r.amount())),
-            refill_ms: refill.map(|r| i64::try_from(r.every().as_millis()).unwrap_or(i64::MAX)),
-            remaining: Some(Self::int(uses.remaining)),
-            window: Self::int(uses.window),
-            generation: Self::int(uses.generation),
-        }
-    }
-
-    /// What the columns hold; `None` for unlimited uses, or for values no
-    /// build writes (a limit below 1, a refill out of range).
-    pub fn into_uses(self) -> Option<Uses> {
-        let positive = |v: i64| NonZeroU64::new(u64::try_from(v).ok()?);
-        let mut limit = UseLimit::new(positive(self.limit?)?);
-        if let (Some(amount), Some(ms)) = (self.refill, self.refill_ms) {
-            let every = Duration::from_millis(u64::try_from(ms).ok()?);
-            limit = limit.with_refill(Refill::new(positive(amount)?, every).ok()?);
-        }
-        Some(Uses {
-            limit,
-            remaining: u64::try_from(self.remaining?).unwrap_or(0),
-            window: u64::try_from(self.window).unwrap_or(0),
-            generation: u64::try_from(self.generation).unwrap_or(0),
-        })
-    }
-}
-
-/// Uses taken from the store at once ([`TokenStore::take_uses`](crate::TokenStore::take_uses)).
+/// Uses taken from the store at once (a store's `take_uses`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Taken {
     /// How many were taken (0: none was left).
@@ -358,101 +291,6 @@ pub struct Taken {
     /// The count the store has left after it.
     pub left: u64,
 }
-
-/// Where a shared counter keeps a usage-limited token's leased uses: the
-/// token, its count's generation and the refill window. Uses leased under
-/// another generation or window are not this key's.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct UseKey {
-    /// The token.
-    pub token: crate::TokenId,
-    /// [`Uses::generation`].
-    pub generation: u64,
-    /// [`UseLimit::window`].
-    pub window: u64,
-}
-
-/// A lease's answer to a spend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaseSpend {
-    /// One use spent from the lease; `left` uses remain (in the lease and,
-    /// as last seen, in the store).
-    Spent {
-        /// The uses left.
-        left: u64,
-    },
-    /// The lease holds no use. From [`SharedUses::spend`]: take more from
-    /// the store, then [`grant`](SharedUses::grant) or
-    /// [`settle`](SharedUses::settle). From `settle`: none is left
-    /// anywhere.
-    Empty,
-    /// From [`SharedUses::settle`]: the lease is empty but another request
-    /// is taking uses from the store for it; ask again shortly.
-    Pending,
-}
-
-/// A [`SharedUses`] answer, later.
-pub type UsesFuture<T> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, SharedUsesError>> + Send>>;
-
-/// A shared counter in front of the store for usage-limited tokens (the
-/// Redis rate state's [`uses`](https://docs.rs/tokengate-redis)): it holds
-/// leases of uses taken from the store in batches, and spends them one at
-/// a time, atomically, for every instance. The store stays the truth: a
-/// use is only ever spent once, from a lease or from the store, so a
-/// token never admits more than its count; uses leased and not spent
-/// before their key expires (or Redis loses them) are lost, never
-/// doubled.
-///
-/// The protocol, per request: [`spend`](Self::spend); when the lease is
-/// empty the caller has become a refiller (the counter counts it), takes
-/// uses from the store, and either [`grant`](Self::grant)s them (keeping
-/// one) or, when the store had none, [`settle`](Self::settle)s, which
-/// spends a use another refiller granted meanwhile, says `Pending` while
-/// refills are still in flight, and `Empty` only when none is left
-/// anywhere: so a burst is refused only once every use was spent.
-///
-/// A future of this trait may be dropped before it answers (its request's
-/// [`SharedDeadline`](crate::SharedDeadline) passed, and the request spent
-/// in the store instead): a spend whose answer was never received must be
-/// given back when it lands, or that request would spend twice; a grant
-/// must still land, or the uses taken for it are lost.
-pub trait SharedUses: Send + Sync + 'static {
-    /// How many uses to take from the store when a lease is empty.
-    fn lease_size(&self) -> u64;
-
-    /// How long the counter may be waited for: a request's calls to it
-    /// share one [`SharedDeadline`](crate::SharedDeadline) started from it.
-    fn wait_budget(&self) -> Duration;
-
-    /// Spends one use of `key`'s lease; when it is empty, counts the
-    /// caller as a refiller (the lease kept for `keep`) and answers
-    /// `Empty`.
-    fn spend(&self, key: &UseKey, keep: Duration) -> UsesFuture<LeaseSpend>;
-
-    /// A refiller's `uses`, just taken from the store (which has `behind`
-    /// left): adds them to `key`'s lease, kept for `keep` (until the
-    /// refill window ends), and ends the refill.
-    fn grant(&self, key: &UseKey, uses: u64, behind: u64, keep: Duration) -> UsesFuture<()>;
-
-    /// A refiller that found the store empty (`ended`: this ends its
-    /// refill; `false` when asking again): spends a use granted meanwhile,
-    /// or says whether other refills are still in flight.
-    fn settle(&self, key: &UseKey, ended: bool) -> UsesFuture<LeaseSpend>;
-
-    /// A use of `key`'s token was spent in the store directly (the counter
-    /// did not answer in time), which then had `behind` left: the lease's
-    /// later answers count from it.
-    fn note(&self, key: &UseKey, behind: u64) -> UsesFuture<()> {
-        let _ = (key, behind);
-        Box::pin(std::future::ready(Ok(())))
-    }
-}
-
-/// A shared counter that did not answer (in time).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("shared use counter unavailable: {0}")]
-pub struct SharedUsesError(pub std::sync::Arc<str>);
 
 #[cfg(test)]
 mod tests {
@@ -517,27 +355,6 @@ mod tests {
         assert_eq!(uses.remaining_at(later), 5);
         assert_eq!(uses.spend(hourly.spend_at(later)), Some(4));
         assert_eq!(uses.window, 3_600_000 * 12);
-    }
-
-    #[test]
-    fn columns_round_trip() {
-        let hourly = limit(7).with_refill("5/1h".parse().unwrap());
-        for uses in [
-            None,
-            Some(Uses::fresh(limit(3), at(5))),
-            Some(Uses::fresh(hourly, at(9_000))),
-        ] {
-            assert_eq!(UseColumns::of(uses.as_ref()).into_uses(), uses);
-        }
-        let mut spent = Uses::fresh(hourly, at(0));
-        spent.hand_over();
-        assert_eq!(UseColumns::of(Some(&spent)).into_uses(), Some(spent));
-        let broken = UseColumns {
-            limit: Some(0),
-            remaining: Some(1),
-            ..UseColumns::default()
-        };
-        assert_eq!(broken.into_uses(), None);
     }
 
     #[test]

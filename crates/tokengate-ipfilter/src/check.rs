@@ -4,7 +4,8 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 
 use http::Request;
-use tokengate_core::{Check, ClientIp, Denial, IpReason, NoWait, RequestTrail, Verdict};
+use tokengate_check::{Check, NoWait, Verdict};
+use tokengate_core::{ClientIp, Denial, IpReason, RequestTrail};
 
 use crate::forwarded::{Walk, walk};
 use crate::layer::{Config, IpFilterLayer, ResolveClientIpLayer};

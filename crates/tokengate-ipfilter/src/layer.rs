@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use arc_swap::ArcSwap;
 use http::Extensions;
-use tokengate_core::{CheckService, Renderer};
+use tokengate_check::{CheckService, Renderer};
 use tower::Layer;
 
 use crate::forwarded::ForwardedHeader;

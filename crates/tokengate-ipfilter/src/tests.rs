@@ -4,7 +4,8 @@ use std::net::IpAddr;
 use http::header::CONTENT_TYPE;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use tokengate_core::{Check, ClientIp, Denial, IpReason, RequestTrail, Verdict};
+use tokengate_check::{Check, Verdict};
+use tokengate_core::{ClientIp, Denial, IpReason, RequestTrail};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 use super::*;

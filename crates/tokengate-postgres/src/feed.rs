@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use tokengate_core::{FeedConsumer, FeedEvent, KeyId, TokenHash, TokenRecord};
+use tokengate_core::{KeyId, TokenHash, TokenRecord};
+use tokengate_store::{FeedConsumer, FeedEvent};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, NoTls};

@@ -22,7 +22,7 @@
 //!   README's benchmarks).
 //! - **Outages**: every call is bounded (2 s by default,
 //!   [`PostgresStoreBuilder::timeout`]); a lookup that fails or times out is
-//!   [`StoreError`](tokengate_core::StoreError), which the authenticate
+//!   [`StoreError`](tokengate_store::StoreError), which the authenticate
 //!   layer answers with 503 (gRPC 14). Cache hits keep working within
 //!   their TTL. The feed reconnects at once, then with backoff, and empties
 //!   the cache when it listens again, since changes may have been missed:
@@ -40,7 +40,8 @@
 //!
 //! ```no_run
 //! use tokengate_cache::{CacheConfig, CachedStore};
-//! use tokengate_core::{Lifecycle, TokenHasher, TokenSpec};
+//! use tokengate_core::TokenHasher;
+//! use tokengate_store::{Lifecycle, TokenSpec};
 //! use tokengate_postgres::PostgresStore;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -96,7 +97,7 @@ pub(crate) fn describe(config: &tokio_postgres::Config) -> String {
 
 /// A URL as an error may show it: every credential hidden.
 pub(crate) fn redacted(url: &str) -> String {
-    tokengate_core::redact_url(url)
+    tokengate_store::redact_url(url)
 }
 
 #[cfg(test)]

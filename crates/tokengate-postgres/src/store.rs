@@ -1,22 +1,23 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use ipnet::IpNet;
-use tokengate_core::{
-    FIRST_KEY, KeyId, Pepper, PepperSource, PepperSourceError, Peppers, RateQuota, ScopeSet,
-    SqlValue, StoreError, Taken, TokenAdmin, TokenHash, TokenId, TokenQuery, TokenRecord,
-    TokenStore, UseColumns, UseSpend,
+use tokengate_core::Taken;
+use tokengate_core::{KeyId, Pepper, Peppers, ScopeSet, TokenHash, TokenId, TokenRecord, UseSpend};
+use tokengate_sql::{
+    Dialect, Kind, Row, RowError, Sql, Unreadable, UseColumns, Value, read_record,
 };
+use tokengate_store::{
+    FIRST_KEY, PepperSource, PepperSourceError, StoreError, TokenAdmin, TokenQuery, TokenStore,
+};
+use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
 
 use crate::feed::{CHANNEL, Change};
 use crate::schema::{MigrateError, migrate};
@@ -152,27 +153,6 @@ fn causes(error: &dyn std::error::Error) -> String {
     text
 }
 
-const COLUMNS: &str = "id, key_id, hash, name, subject, scopes, audiences, created_at, expires_at, \
-    revoked_at, last_used_at, allowed_networks, rate_count, rate_period_ms, rate_burst, \
-    rotated_from, metadata::text, disabled_at, uses_limit, uses_refill, uses_refill_ms, \
-    uses_remaining, uses_window, uses_generation, version";
-
-/// A stored value that does not parse: the database was edited by hand or
-/// by a newer build.
-#[derive(Debug, thiserror::Error)]
-#[error("token database holds a value this build cannot read: {column}={value:?}")]
-struct Corrupt {
-    column: &'static str,
-    value: String,
-}
-
-fn corrupt(column: &'static str, value: impl fmt::Display) -> StoreError {
-    StoreError::unavailable(Corrupt {
-        column,
-        value: value.to_string(),
-    })
-}
-
 fn store_error(error: tokio_postgres::Error) -> StoreError {
     if error.code() == Some(&SqlState::UNIQUE_VIOLATION) {
         return StoreError::Conflict("id or hash");
@@ -188,140 +168,86 @@ fn pool_error(error: PoolError) -> StoreError {
     }
 }
 
-/// Whole microseconds since the epoch, rounded up: PostgreSQL keeps
-/// microseconds, and a stored expiry must never come earlier than asked.
-fn ceil_micros(time: SystemTime) -> SystemTime {
-    let exact = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let rest = exact.subsec_nanos() % 1_000;
-    if rest == 0 {
-        time
-    } else {
-        time + Duration::from_nanos(u64::from(1_000 - rest))
+/// Every statement of the token table, in PostgreSQL's dialect.
+static SQL: LazyLock<Sql> = LazyLock::new(|| Sql::new(Dialect::POSTGRES));
+
+/// A row as the shared record mapping reads it.
+struct PgRow<'a>(&'a tokio_postgres::Row);
+
+impl Row for PgRow<'_> {
+    fn value(&self, index: usize, kind: Kind) -> Result<Value, RowError> {
+        let row = self.0;
+        Ok(match kind {
+            Kind::Int => Value::Int(row.try_get(index)?),
+            Kind::Text => Value::Text(row.try_get(index)?),
+            Kind::Json => Value::Json(row.try_get(index)?),
+            Kind::Bytes => Value::Bytes(row.try_get(index)?),
+            Kind::Time => Value::Time(row.try_get(index)?),
+            Kind::List => Value::List(
+                row.try_get::<_, Option<Vec<String>>>(index)?
+                    .unwrap_or_default(),
+            ),
+        })
     }
 }
 
-fn hash_of(key_id: i64, digest: &[u8]) -> Result<TokenHash, StoreError> {
-    let digest: [u8; 32] = digest
-        .try_into()
-        .map_err(|_| corrupt("hash", "not 32 bytes"))?;
-    let key_id = u32::try_from(key_id).map_err(|_| corrupt("key_id", key_id))?;
-    Ok(TokenHash::from_parts(KeyId::new(key_id), digest))
+/// A parameter as tokio-postgres binds it: typed, `NULL` included.
+type Param = Box<dyn ToSql + Sync + Send>;
+
+fn param(value: Value) -> Param {
+    match value {
+        Value::Int(n) => Box::new(n),
+        Value::Text(text) => Box::new(text),
+        Value::Bytes(bytes) => Box::new(bytes),
+        Value::Time(at) => Box::new(at),
+        Value::List(words) => Box::new(words),
+        Value::Json(json) => Box::new(json),
+    }
 }
 
-fn row_to_record(row: &Row) -> Result<TokenRecord, StoreError> {
-    let get_error = |e: tokio_postgres::Error| StoreError::unavailable(e);
-    let id: String = row.try_get(0).map_err(get_error)?;
-    let digest: Vec<u8> = row.try_get(2).map_err(get_error)?;
-    let scopes: Vec<String> = row.try_get(5).map_err(get_error)?;
-    let audiences: Vec<String> = row.try_get(6).map_err(get_error)?;
-    let networks: Vec<String> = row.try_get(11).map_err(get_error)?;
-    let quota = match (
-        row.try_get::<_, Option<i64>>(12).map_err(get_error)?,
-        row.try_get::<_, Option<i64>>(13).map_err(get_error)?,
-        row.try_get::<_, Option<i64>>(14).map_err(get_error)?,
-    ) {
-        (Some(count), Some(period), Some(burst)) => {
-            let n = |v: i64| NonZeroU32::new(u32::try_from(v).unwrap_or(0));
-            let (Some(count), Some(burst)) = (n(count), n(burst)) else {
-                return Err(corrupt("rate_count", count));
-            };
-            let period = Duration::from_millis(u64::try_from(period).unwrap_or(0));
-            Some(RateQuota::new(count, period, burst).map_err(|e| corrupt("rate_period_ms", e))?)
-        }
-        _ => None,
-    };
-    let metadata: String = row.try_get(16).map_err(get_error)?;
-    let rotated_from: Option<String> = row.try_get(15).map_err(get_error)?;
-    Ok(TokenRecord {
-        id: id.parse().map_err(|_| corrupt("id", &id))?,
-        hash: hash_of(row.try_get(1).map_err(get_error)?, &digest)?,
-        name: row.try_get(3).map_err(get_error)?,
-        subject: row.try_get(4).map_err(get_error)?,
-        scopes: scopes
-            .iter()
-            .map(|s| s.parse().map_err(|_| corrupt("scopes", s)))
-            .collect::<Result<ScopeSet, _>>()?,
-        audiences: audiences
-            .iter()
-            .map(|a| a.parse().map_err(|_| corrupt("audiences", a)))
-            .collect::<Result<_, _>>()?,
-        created_at: row.try_get(7).map_err(get_error)?,
-        expires_at: row.try_get(8).map_err(get_error)?,
-        revoked_at: row.try_get(9).map_err(get_error)?,
-        disabled_at: row.try_get(17).map_err(get_error)?,
-        last_used_at: row.try_get(10).map_err(get_error)?,
-        allowed_networks: networks
-            .iter()
-            .map(|n| {
-                n.parse::<IpNet>()
-                    .map_err(|_| corrupt("allowed_networks", n))
-            })
-            .collect::<Result<_, _>>()?,
-        rate_quota: quota,
-        rotated_from: rotated_from
-            .map(|id| id.parse().map_err(|_| corrupt("rotated_from", &id)))
-            .transpose()?,
-        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata", &metadata))?,
-        uses: UseColumns {
-            limit: row.try_get(18).map_err(get_error)?,
-            refill: row.try_get(19).map_err(get_error)?,
-            refill_ms: row.try_get(20).map_err(get_error)?,
-            remaining: row.try_get(21).map_err(get_error)?,
-            window: row.try_get(22).map_err(get_error)?,
-            generation: row.try_get(23).map_err(get_error)?,
-        }
-        .into_uses(),
-        version: u64::try_from(row.try_get::<_, i64>(24).map_err(get_error)?).unwrap_or(0),
-    })
+/// The record in `row`; an unreadable value is an error naming its column.
+fn row_to_record(row: &tokio_postgres::Row) -> Result<TokenRecord, StoreError> {
+    read_record(&PgRow(row)).map_err(StoreError::unavailable)
+}
+
+/// The records `sql` selects (or changes and returns) with `values`.
+async fn records(
+    client: &impl GenericClient,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<Vec<TokenRecord>, StoreError> {
+    let params: Vec<Param> = values.into_iter().map(param).collect();
+    let refs: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|p| -> &(dyn ToSql + Sync) { p.as_ref() })
+        .collect();
+    let statement = client.prepare_cached(sql).await.map_err(store_error)?;
+    client
+        .query(&statement, &refs)
+        .await
+        .map_err(store_error)?
+        .iter()
+        .map(row_to_record)
+        .collect()
+}
+
+/// The one record `sql` selects (or changes and returns) with `values`.
+async fn record(
+    client: &impl GenericClient,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<Option<TokenRecord>, StoreError> {
+    Ok(records(client, sql, values).await?.into_iter().next())
 }
 
 async fn insert_record(client: &impl GenericClient, r: &TokenRecord) -> Result<(), StoreError> {
-    let quota = r.rate_quota;
-    let strings = |items: &[_]| -> Vec<String> { items.iter().map(ToString::to_string).collect() };
-    let scopes: Vec<String> = r.scopes.iter().map(|s| s.as_str().to_owned()).collect();
-    let audiences: Vec<String> = r.audiences.iter().map(|a| a.as_str().to_owned()).collect();
-    let networks: Vec<String> = strings(&r.allowed_networks);
-    let metadata = serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".to_owned());
-    let uses = UseColumns::of(r.uses.as_ref());
-    let version = i64::try_from(r.version).unwrap_or(i64::MAX);
-    let params: [&(dyn ToSql + Sync); 25] = [
-        &r.id.as_str(),
-        &i64::from(r.hash.key_id().get()),
-        &&r.hash.digest()[..],
-        &r.name,
-        &r.subject,
-        &scopes,
-        &audiences,
-        &r.created_at,
-        &r.expires_at.map(ceil_micros),
-        &r.revoked_at,
-        &r.last_used_at,
-        &networks,
-        &quota.map(|q| i64::from(q.count().get())),
-        &quota.map(|q| i64::try_from(q.period().as_millis()).unwrap_or(i64::MAX)),
-        &quota.map(|q| i64::from(q.burst().get())),
-        &r.rotated_from.as_ref().map(TokenId::as_str),
-        &metadata,
-        &r.disabled_at,
-        &uses.limit,
-        &uses.refill,
-        &uses.refill_ms,
-        &uses.remaining,
-        &uses.window,
-        &uses.generation,
-        &version,
-    ];
+    let params: Vec<Param> = SQL.insert_values(r).into_iter().map(param).collect();
+    let refs: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|p| -> &(dyn ToSql + Sync) { p.as_ref() })
+        .collect();
     client
-        .execute(
-            "INSERT INTO tokengate_tokens (id, key_id, hash, name, subject, scopes, audiences, \
-             created_at, expires_at, revoked_at, last_used_at, allowed_networks, rate_count, \
-             rate_period_ms, rate_burst, rotated_from, metadata, disabled_at, uses_limit, \
-             uses_refill, uses_refill_ms, uses_remaining, uses_window, uses_generation, version) \
-             VALUES ($1, $2, \
-             $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::text::jsonb, $18, \
-             $19, $20, $21, $22, $23, $24, $25)",
-            &params,
-        )
+        .execute(SQL.insert.as_str(), &refs)
         .await
         .map(drop)
         .map_err(store_error)
@@ -329,24 +255,10 @@ async fn insert_record(client: &impl GenericClient, r: &TokenRecord) -> Result<(
 
 async fn get_record(
     client: &impl GenericClient,
-    id: &str,
+    id: &TokenId,
 ) -> Result<Option<TokenRecord>, StoreError> {
-    client
-        .query_opt(
-            &format!("SELECT {COLUMNS} FROM tokengate_tokens WHERE id = $1"),
-            &[&id],
-        )
-        .await
-        .map_err(store_error)?
-        .as_ref()
-        .map(row_to_record)
-        .transpose()
+    record(client, &SQL.select_by_id, vec![Sql::id(id)]).await
 }
-
-/// A token hashed under a retired pepper is found by no lookup and moved
-/// by no re-hash: the condition every such statement ends with.
-const NOT_RETIRED: &str = "AND key_id NOT IN \
-    (SELECT key_id FROM tokengate_peppers WHERE retired_at IS NOT NULL)";
 
 /// Tells every instance's feed, when the transaction commits, that the
 /// token changed.
@@ -590,24 +502,9 @@ impl PostgresStore {
 
 impl TokenStore for PostgresStore {
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
-        let digest = hash.digest().to_vec();
-        let key_id = i64::from(hash.key_id().get());
-        self.with(|c| async move {
-            let statement = c
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM tokengate_tokens WHERE hash = $1 AND key_id = $2 \
-                     {NOT_RETIRED}"
-                ))
-                .await
-                .map_err(store_error)?;
-            c.query_opt(&statement, &[&digest, &key_id])
-                .await
-                .map_err(store_error)?
-                .as_ref()
-                .map(row_to_record)
-                .transpose()
-        })
-        .await
+        let values = SQL.hash_values(hash);
+        self.with(|c| async move { record(&c, &SQL.select_by_hash, values).await })
+            .await
     }
 
     /// Moves the row, and notifies both hashes: every instance forgets
@@ -618,30 +515,12 @@ impl TokenStore for PostgresStore {
         from: &TokenHash,
         to: TokenHash,
     ) -> Result<(), StoreError> {
-        let from = *from;
+        let (from, values) = (*from, SQL.rehash_values(id, from, &to));
         self.with(|mut c| async move {
             let tx = c.transaction().await.map_err(store_error)?;
-            let row = tx
-                .query_opt(
-                    &format!(
-                        "UPDATE tokengate_tokens SET hash = $3, key_id = $4 \
-                         WHERE id = $1 AND hash = $2 AND key_id = $5 {NOT_RETIRED} \
-                         RETURNING {COLUMNS}"
-                    ),
-                    &[
-                        &id.as_str(),
-                        &&from.digest()[..],
-                        &&to.digest()[..],
-                        &i64::from(to.key_id().get()),
-                        &i64::from(from.key_id().get()),
-                    ],
-                )
-                .await
-                .map_err(store_error)?;
-            let Some(row) = row else {
+            let Some(mut record) = record(&tx, &SQL.rehash, values).await? else {
                 return Ok(());
             };
-            let mut record = row_to_record(&row)?;
             notify(&tx, &Change::updated(&record)).await?;
             record.hash = from;
             notify(&tx, &Change::updated(&record)).await?;
@@ -652,9 +531,12 @@ impl TokenStore for PostgresStore {
 
     /// One statement: the row lock orders spends from every instance.
     async fn spend_use(&self, id: &TokenId, spend: UseSpend) -> Result<Option<u64>, StoreError> {
-        let (window, refill) = spend.columns();
+        let (window, refill) = UseColumns::spend(spend);
         self.with(|c| async move {
-            let statement = c.prepare_cached(SPEND_USE).await.map_err(store_error)?;
+            let statement = c
+                .prepare_cached(&SQL.spend_use)
+                .await
+                .map_err(store_error)?;
             let left = c
                 .query_opt(&statement, &[&id.as_str(), &window, &refill])
                 .await
@@ -667,79 +549,44 @@ impl TokenStore for PostgresStore {
         .await
     }
 
-    /// One statement: the row is locked, read and written (`FOR UPDATE`).
+    /// The row locked (`FOR UPDATE`), read and written in one transaction.
     async fn take_uses(
         &self,
         id: &TokenId,
         spend: UseSpend,
         want: u64,
     ) -> Result<Taken, StoreError> {
-        let (window, refill) = spend.columns();
-        let want = i64::try_from(want).unwrap_or(i64::MAX);
-        self.with(|c| async move {
-            let row = c
-                .query_opt(TAKE_USES, &[&id.as_str(), &window, &refill, &want])
+        let (window, refill) = UseColumns::spend(spend);
+        self.with(|mut c| async move {
+            let tx = c.transaction().await.map_err(store_error)?;
+            let available: Option<i64> = tx
+                .query_opt(
+                    SQL.uses_available.as_str(),
+                    &[&id.as_str(), &window, &refill],
+                )
                 .await
+                .map_err(store_error)?
+                .map(|row| row.try_get(0))
+                .transpose()
                 .map_err(store_error)?;
-            let Some(row) = row else {
+            let available = available.map_or(0, |a| u64::try_from(a).unwrap_or(0));
+            let taken = available.min(want);
+            if taken == 0 {
                 return Ok(Taken::default());
-            };
-            let count = |i| -> Result<u64, StoreError> {
-                let value: i64 = row.try_get(i).map_err(store_error)?;
-                Ok(u64::try_from(value).unwrap_or(0))
-            };
-            Ok(Taken {
-                taken: count(0)?,
-                left: count(1)?,
-            })
+            }
+            let left = available - taken;
+            tx.execute(
+                SQL.take_from.as_str(),
+                &[&id.as_str(), &UseColumns::int(left), &window],
+            )
+            .await
+            .map_err(store_error)?;
+            tx.commit().await.map_err(store_error)?;
+            Ok(Taken { taken, left })
         })
         .await
     }
 }
-
-/// The `SELECT` of the records `query` selects at `now`, and its values
-/// ([`TokenQuery::sql_filter`]).
-fn select_matching(
-    query: &TokenQuery,
-    now: SystemTime,
-) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
-    let mut values: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-    let filter = query.sql_filter("tokengate_tokens", now, &mut |value| {
-        values.push(match value {
-            SqlValue::Text(text) => Box::new(text),
-            SqlValue::Time(at) => Box::new(at),
-            SqlValue::Int(n) => Box::new(n),
-            _ => Box::new(Option::<i64>::None),
-        });
-        format!("${}", values.len())
-    });
-    let sql = format!(
-        "SELECT {COLUMNS} FROM tokengate_tokens{} ORDER BY created_at, id{}",
-        filter.where_clause, filter.limit
-    );
-    (sql, values)
-}
-
-/// Takes up to `$4` uses: the row locked, what is available (after a
-/// refill where the window `$2` is later) read, then written back less
-/// what is taken; no row when none is available.
-const TAKE_USES: &str = "WITH old AS ( \
-    SELECT id, CASE WHEN uses_window < $2 THEN $3 ELSE uses_remaining END AS available \
-    FROM tokengate_tokens WHERE id = $1 AND uses_remaining IS NOT NULL FOR UPDATE) \
-    UPDATE tokengate_tokens t SET \
-    uses_remaining = old.available - LEAST(old.available, $4), \
-    uses_window = GREATEST(t.uses_window, $2) \
-    FROM old WHERE t.id = old.id AND old.available > 0 \
-    RETURNING LEAST(old.available, $4), t.uses_remaining";
-
-/// Spends one use: a window later than the stored one starts from the
-/// refill count (`$3`); the row changes only while a use is left.
-const SPEND_USE: &str = "UPDATE tokengate_tokens SET \
-    uses_remaining = (CASE WHEN uses_window < $2 THEN $3 ELSE uses_remaining END) - 1, \
-    uses_window = GREATEST(uses_window, $2) \
-    WHERE id = $1 AND uses_remaining IS NOT NULL \
-    AND (CASE WHEN uses_window < $2 THEN $3 ELSE uses_remaining END) > 0 \
-    RETURNING uses_remaining";
 
 impl TokenAdmin for PostgresStore {
     async fn insert(&self, record: TokenRecord) -> Result<(), StoreError> {
@@ -748,8 +595,7 @@ impl TokenAdmin for PostgresStore {
     }
 
     async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
-        self.with(|c| async move { get_record(&c, id.as_str()).await })
-            .await
+        self.with(|c| async move { get_record(&c, id).await }).await
     }
 
     async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
@@ -762,37 +608,17 @@ impl TokenAdmin for PostgresStore {
         query: &TokenQuery,
         now: SystemTime,
     ) -> Result<Vec<TokenRecord>, StoreError> {
-        let (sql, values) = select_matching(query, now);
-        self.with(|c| async move {
-            let params: Vec<&(dyn ToSql + Sync)> = values
-                .iter()
-                .map(|value| -> &(dyn ToSql + Sync) { value.as_ref() })
-                .collect();
-            c.query(&sql, &params)
-                .await
-                .map_err(store_error)?
-                .iter()
-                .map(row_to_record)
-                .collect()
-        })
-        .await
+        let (sql, values) = SQL.select_matching(query, now);
+        self.with(|c| async move { records(&c, &sql, values).await })
+            .await
     }
 
     async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {
         self.with(|mut c| async move {
             let tx = c.transaction().await.map_err(store_error)?;
-            let row = tx
-                .query_opt(
-                    &format!(
-                        "UPDATE tokengate_tokens SET revoked_at = COALESCE(revoked_at, $2) \
-                         WHERE id = $1 RETURNING {COLUMNS}"
-                    ),
-                    &[&id.as_str(), &at],
-                )
-                .await
-                .map_err(store_error)?
+            let record = record(&tx, &SQL.revoke, SQL.revoke_values(id, at))
+                .await?
                 .ok_or_else(|| StoreError::NotFound(id.clone()))?;
-            let record = row_to_record(&row)?;
             notify(&tx, &Change::revoked(&record)).await?;
             tx.commit().await.map_err(store_error)?;
             Ok(record)
@@ -806,69 +632,15 @@ impl TokenAdmin for PostgresStore {
         _at: SystemTime,
     ) -> Result<TokenRecord, StoreError> {
         self.with(|mut c| async move {
-            let r = &record;
-            let quota = r.rate_quota;
-            let scopes: Vec<String> = r.scopes.iter().map(|s| s.as_str().to_owned()).collect();
-            let audiences: Vec<String> =
-                r.audiences.iter().map(|a| a.as_str().to_owned()).collect();
-            let networks: Vec<String> =
-                r.allowed_networks.iter().map(ToString::to_string).collect();
-            let metadata = serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".to_owned());
-            let uses = UseColumns::of(r.uses.as_ref());
-            let version = i64::try_from(r.version).unwrap_or(i64::MAX);
-            let params: [&(dyn ToSql + Sync); 17] = [
-                &r.id.as_str(),
-                &r.name,
-                &scopes,
-                &audiences,
-                &r.expires_at.map(ceil_micros),
-                &r.disabled_at,
-                &networks,
-                &quota.map(|q| i64::from(q.count().get())),
-                &quota.map(|q| i64::try_from(q.period().as_millis()).unwrap_or(i64::MAX)),
-                &quota.map(|q| i64::from(q.burst().get())),
-                &metadata,
-                &uses.limit,
-                &uses.refill,
-                &uses.refill_ms,
-                &uses.remaining,
-                &uses.window,
-                &version,
-            ];
             let tx = c.transaction().await.map_err(store_error)?;
-            // The count left stays, capped by a lowered limit (a limit new
-            // to the token starts from the record's); a cap starts a new
-            // generation, so uses leased out above it no longer count; the
-            // later window wins.
-            let row = tx
-                .query_opt(
-                    &format!(
-                        "UPDATE tokengate_tokens SET name = $2, scopes = $3, audiences = $4, \
-                         expires_at = $5, disabled_at = $6, allowed_networks = $7, \
-                         rate_count = $8, rate_period_ms = $9, rate_burst = $10, \
-                         metadata = $11::text::jsonb, uses_limit = $12, uses_refill = $13, \
-                         uses_refill_ms = $14, uses_generation = CASE WHEN \
-                         uses_remaining > GREATEST($12::bigint, $13::bigint) \
-                         THEN uses_generation + 1 ELSE uses_generation END, \
-                         uses_remaining = CASE WHEN $12::bigint IS NULL THEN NULL ELSE \
-                         LEAST(COALESCE(uses_remaining, $15), GREATEST($12::bigint, $13::bigint)) END, \
-                         uses_window = CASE WHEN $12::bigint IS NULL THEN 0 \
-                         ELSE GREATEST(uses_window, $16) END, version = version + 1 \
-                         WHERE id = $1 AND version = $17 RETURNING {COLUMNS}"
-                    ),
-                    &params,
-                )
-                .await
-                .map_err(store_error)?;
-            let Some(row) = row else {
-                let exists = get_record(&tx, r.id.as_str()).await?;
-                return Err(if exists.is_some() {
-                    StoreError::Changed(r.id.clone())
+            let stored = self::record(&tx, &SQL.update, SQL.update_values(&record)).await?;
+            let Some(stored) = stored else {
+                return Err(if get_record(&tx, &record.id).await?.is_some() {
+                    StoreError::Changed(record.id)
                 } else {
-                    StoreError::NotFound(r.id.clone())
+                    StoreError::NotFound(record.id)
                 });
             };
-            let stored = row_to_record(&row)?;
             notify(&tx, &Change::updated(&stored)).await?;
             tx.commit().await.map_err(store_error)?;
             Ok(stored)
@@ -886,14 +658,12 @@ impl TokenAdmin for PostgresStore {
         self.with(|mut c| async move {
             let tx = c.transaction().await.map_err(store_error)?;
             tx.execute(
-                "UPDATE tokengate_tokens SET uses_remaining = $2, uses_window = $3, \
-                 uses_generation = uses_generation + 1 \
-                 WHERE id = $1 AND uses_remaining IS NOT NULL",
+                SQL.reset_uses.as_str(),
                 &[&id.as_str(), &remaining, &window],
             )
             .await
             .map_err(store_error)?;
-            let record = get_record(&tx, id.as_str())
+            let record = get_record(&tx, id)
                 .await?
                 .ok_or_else(|| StoreError::NotFound(id.clone()))?;
             // Every instance's cache learns the new generation.
@@ -940,39 +710,30 @@ impl TokenAdmin for PostgresStore {
             let tx = c.transaction().await.map_err(store_error)?;
             // Locked: no spend falls between reading the count and
             // handing it over.
-            let Some(row) = tx
-                .query_opt(
-                    &format!("SELECT {COLUMNS} FROM tokengate_tokens WHERE id = $1 FOR UPDATE"),
-                    &[&old.as_str()],
-                )
-                .await
-                .map_err(store_error)?
-            else {
+            let locked = format!("{} FOR UPDATE", SQL.select_by_id);
+            let Some(mut previous) = record(&tx, &locked, vec![Sql::id(old)]).await? else {
                 return Err(StoreError::NotFound(old.clone()));
             };
-            let mut previous = row_to_record(&row)?;
             let handed = previous.hand_uses_to(&mut replacement);
             insert_record(&tx, &replacement).await?;
             if let Some(kept) = handed {
                 let kept = UseColumns::of(Some(&kept));
                 tx.execute(
-                    "UPDATE tokengate_tokens SET uses_remaining = $2, uses_window = $3, \
-                     uses_generation = $4 WHERE id = $1",
-                    &[&old.as_str(), &kept.remaining, &kept.window, &kept.generation],
+                    SQL.keep_uses.as_str(),
+                    &[
+                        &old.as_str(),
+                        &kept.remaining,
+                        &kept.window,
+                        &kept.generation,
+                    ],
                 )
                 .await
                 .map_err(store_error)?;
             }
-            let row = tx
-                .query_one(
-                    &format!(
-                        "UPDATE tokengate_tokens SET expires_at = $2 WHERE id = $1 RETURNING {COLUMNS}"
-                    ),
-                    &[&old.as_str(), &ceil_micros(old_expires_at)],
-                )
-                .await
-                .map_err(store_error)?;
-            let record = row_to_record(&row)?;
+            let expiry = SQL.expiry_values(old, old_expires_at);
+            let record = record(&tx, &SQL.set_expiry, expiry)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(old.clone()))?;
             notify(&tx, &Change::rotated(&record)).await?;
             tx.commit().await.map_err(store_error)?;
             Ok(record)
@@ -1003,7 +764,8 @@ impl TokenAdmin for PostgresStore {
                 .iter()
                 .map(|row| {
                     let text: String = row.try_get(0).map_err(store_error)?;
-                    text.parse().map_err(|_| corrupt("scope", &text))
+                    text.parse()
+                        .map_err(|_| StoreError::unavailable(Unreadable::value("scope", &text)))
                 })
                 .collect()
         })

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use tokengate_cache::{CacheConfig, CachedStore, VerifyError};
-use tokengate_core::testing::Proxy;
-use tokengate_core::{
-    Expiry, InvalidReason, IssuedToken, Lifecycle, PepperSourceError, RateQuota, StoreError,
-    TokenAdmin, TokenHasher, TokenId, TokenSpec, TokenStore,
+use tokengate_core::{InvalidReason, RateQuota, TokenHasher, TokenId};
+use tokengate_store::testing::Proxy;
+use tokengate_store::{
+    Expiry, IssuedToken, Lifecycle, PepperSourceError, StoreError, TokenAdmin, TokenSpec,
+    TokenStore,
 };
 
 use super::*;
@@ -99,7 +100,7 @@ async fn records_round_trip_with_every_field() {
     );
     assert_eq!(store.get(&issued.record.id).await.unwrap(), Some(found));
     assert_eq!(store.list().await.unwrap().len(), 1);
-    let other = TokenHasher::new(tokengate_core::Pepper::generate(tokengate_core::FIRST_KEY));
+    let other = TokenHasher::new(tokengate_core::Pepper::generate(tokengate_store::FIRST_KEY));
     assert_eq!(
         store
             .find_by_hash(&other.hash(&issued.token))
@@ -320,7 +321,7 @@ async fn the_pepper_is_checked_never_stored_and_its_source_named() {
     assert!(!file.exists());
 
     // Different: refused, naming where it came from.
-    let other = tokengate_core::Pepper::generate(tokengate_core::FIRST_KEY);
+    let other = tokengate_core::Pepper::generate(tokengate_store::FIRST_KEY);
     std::fs::write(&file, other.expose_hex().as_bytes()).unwrap();
     let error = store.pepper(Some(&file)).await.unwrap_err();
     assert!(
@@ -585,7 +586,7 @@ async fn the_postgres_store_passes_the_store_conformance_suite() {
         return;
     };
     let (store, _, _) = open(&db).await;
-    tokengate_core::testing::store_conformance(store).await;
+    tokengate_store::testing::store_conformance(store).await;
 }
 
 #[tokio::test]
@@ -597,7 +598,7 @@ async fn a_rotated_pepper_file_opens_with_both_peppers_once_the_database_records
     let dir = temp_dir("pepper-rotate");
     let file = dir.join("pepper");
     let first = store.pepper(Some(&file)).await.unwrap();
-    let rotated = tokengate_core::PepperSource::found(Some(&file))
+    let rotated = tokengate_store::PepperSource::found(Some(&file))
         .unwrap()
         .unwrap()
         .rotated(&store.recorded_peppers().await.unwrap());
@@ -618,4 +619,24 @@ async fn a_rotated_pepper_file_opens_with_both_peppers_once_the_database_records
         old
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn an_unreadable_row_is_an_error_naming_its_column() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let (store, hasher, _) = open(&db).await;
+    let (raw, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let raw = &raw;
+    tokengate_sql::testing::unreadable_rows_name_their_column(
+        &Lifecycle::new(store, hasher),
+        spec(),
+        tokengate_sql::Dialect::POSTGRES,
+        |sql: String| async move { raw.batch_execute(&sql).await.unwrap() },
+    )
+    .await;
 }

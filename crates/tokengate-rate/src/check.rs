@@ -6,8 +6,9 @@ use std::task::{Context, Poll, Waker};
 
 use http::{Extensions, HeaderName, HeaderValue, Request, Response};
 use smallvec::SmallVec;
+use tokengate_check::{Admit, Check, Verdict};
 use tokengate_core::metric_names::RATE_LIMITED;
-use tokengate_core::{Admit, Check, Denial, RateLimited, RateQuota, SharedDeadline, Verdict};
+use tokengate_core::{Denial, RateLimited, RateQuota, SharedDeadline};
 
 use crate::layer::{Config, MissingKey, RateLimitLayer};
 use crate::state::{Charge, Outcome, RateState, RateStateError};

@@ -2,7 +2,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use http::{Method, Uri};
-use tokengate_core::{CheckService, RateQuota, Renderer, SharedClock, SystemClock};
+use tokengate_check::{CheckService, Renderer};
+use tokengate_core::{RateQuota, SharedClock, SystemClock};
 use tower::Layer;
 
 use crate::limiter::Limiter;

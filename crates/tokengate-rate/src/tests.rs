@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
-use tokengate_core::testing::record;
 use tokengate_core::{ClientIp, Denial, ManualClock, Principal, RateQuota, RequestTrail};
+use tokengate_store::testing::record;
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt, service_fn};
 
 use super::*;
 
-type Svc = BoxCloneService<Request<()>, Response<tokengate_core::CheckBody<()>>, Infallible>;
+type Svc = BoxCloneService<Request<()>, Response<tokengate_check::CheckBody<()>>, Infallible>;
 
 fn quota(count: u32, period_secs: u64, burst: u32) -> RateQuota {
     RateQuota::new(

@@ -200,7 +200,7 @@ impl RedisRateState {
 
 /// `url` with every credential hidden, for error messages.
 fn redact(url: &str) -> String {
-    tokengate_core::redact_url(url)
+    tokengate_store::redact_url(url)
 }
 
 /// The connection, made by a task of its own on first use: a request's

@@ -11,7 +11,7 @@ use tokengate_core::{RateQuota, TokenId};
 use tokengate_rate::gcra::Gcra;
 use tokengate_rate::{Charge, Outcome, RateKey, RateState};
 
-use tokengate_core::testing::Proxy;
+use tokengate_store::testing::Proxy;
 
 use super::*;
 
@@ -320,8 +320,8 @@ async fn redis_gone_then_back_falls_back_then_shares_again() {
     prefix.clean().await;
 }
 
-fn use_key(token: &TokenId, generation: u64, window: u64) -> tokengate_core::UseKey {
-    tokengate_core::UseKey {
+fn use_key(token: &TokenId, generation: u64, window: u64) -> tokengate_store::UseKey {
+    tokengate_store::UseKey {
         token: token.clone(),
         generation,
         window,
@@ -330,7 +330,7 @@ fn use_key(token: &TokenId, generation: u64, window: u64) -> tokengate_core::Use
 
 #[tokio::test]
 async fn a_lease_is_spent_one_use_at_a_time_and_only_under_its_own_key() {
-    use tokengate_core::{LeaseSpend, SharedUses};
+    use tokengate_store::{LeaseSpend, SharedUses};
     let Some(connection) = redis().await else {
         return;
     };
@@ -396,7 +396,7 @@ async fn a_lease_is_spent_one_use_at_a_time_and_only_under_its_own_key() {
 
 #[tokio::test]
 async fn concurrent_spends_take_each_leased_use_once() {
-    use tokengate_core::{LeaseSpend, SharedUses};
+    use tokengate_store::{LeaseSpend, SharedUses};
     let Some(connection) = redis().await else {
         return;
     };
@@ -424,7 +424,7 @@ async fn concurrent_spends_take_each_leased_use_once() {
 
 #[tokio::test]
 async fn an_unreachable_server_is_an_error_within_the_timeout() {
-    use tokengate_core::SharedUses;
+    use tokengate_store::SharedUses;
     // Nothing listens on port 1.
     let uses = RedisRateState::new("redis://127.0.0.1:1")
         .unwrap()
@@ -451,7 +451,7 @@ async fn an_unreachable_server_is_an_error_within_the_timeout() {
 
 #[tokio::test]
 async fn a_refiller_that_found_the_store_empty_waits_for_refills_in_flight() {
-    use tokengate_core::{LeaseSpend, SharedUses};
+    use tokengate_store::{LeaseSpend, SharedUses};
     let Some(connection) = redis().await else {
         return;
     };

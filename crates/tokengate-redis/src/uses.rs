@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokengate_core::{LeaseSpend, SharedUses, SharedUsesError, UseKey, UsesFuture};
+use tokengate_store::{LeaseSpend, SharedUses, SharedUsesError, UseKey, UsesFuture};
 
 use crate::state::{RedisRateState, Shared};
 

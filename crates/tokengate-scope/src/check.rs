@@ -3,7 +3,8 @@
 use std::convert::Infallible;
 
 use http::Request;
-use tokengate_core::{Check, Denial, NoWait, Principal, Verdict};
+use tokengate_check::{Check, NoWait, Verdict};
+use tokengate_core::{Denial, Principal};
 
 use crate::layer::EnforceScopeLayer;
 use crate::policy::ScopeLookup;

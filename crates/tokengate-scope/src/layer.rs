@@ -1,7 +1,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use tokengate_core::{CheckService, Renderer, ScopeRules};
+use tokengate_check::{CheckService, Renderer};
+use tokengate_core::ScopeRules;
 use tower::Layer;
 
 use crate::policy::ScopeLookup;

@@ -2,8 +2,8 @@ use std::convert::Infallible;
 
 use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
-use tokengate_core::testing::record;
 use tokengate_core::{Denial, Principal, RequestTrail, ScopeRules};
+use tokengate_store::testing::record;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 use super::*;

@@ -7,7 +7,7 @@
 //! - **WAL mode** lets the CLI write while servers read the same file.
 //! - **A change feed** (`changes` table) records revocations and rotations;
 //!   [`SqliteStore::follow`] polls it and applies each change to a
-//!   verifying cache (any `tokengate_core::FeedConsumer`), so a token revoked by
+//!   verifying cache (any `tokengate_store::FeedConsumer`), so a token revoked by
 //!   another process fails within one poll interval on every server on the
 //!   machine.
 //! - **The pepper** comes from `TOKENGATE_PEPPER` (hex) or from a file
@@ -21,7 +21,7 @@
 //!   first use (a server and the CLI starting together) is safe: the schema
 //!   is created in one immediate transaction.
 //! - **A scope catalogue**: servers register the scopes their policies use
-//!   ([`TokenAdmin::register_scopes`](tokengate_core::TokenAdmin::register_scopes)),
+//!   ([`TokenAdmin::register_scopes`](tokengate_store::TokenAdmin::register_scopes)),
 //!   so issuance can refuse a mistyped scope.
 //!
 //! Every call runs on tokio's blocking pool; the request path only reaches
@@ -30,7 +30,8 @@
 //! # Example
 //!
 //! ```
-//! use tokengate_core::{Lifecycle, TokenHasher, TokenSpec, TokenStore};
+//! use tokengate_core::TokenHasher;
+//! use tokengate_store::{Lifecycle, TokenSpec, TokenStore};
 //! use tokengate_sqlite::SqliteStore;
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
@@ -67,7 +68,7 @@ mod time;
 
 pub use pepper::pepper_path;
 pub use store::{OpenError, SqliteStore};
-pub use tokengate_core::{PEPPER_ENV, PepperSourceError};
+pub use tokengate_store::{PEPPER_ENV, PepperSourceError};
 
 #[cfg(test)]
 mod tests;

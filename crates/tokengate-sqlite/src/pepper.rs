@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use tokengate_core::{FIRST_KEY, KeyId, PepperSource, PepperSourceError, Peppers};
+use tokengate_core::{KeyId, Peppers};
+use tokengate_store::{FIRST_KEY, PepperSource, PepperSourceError};
 
 use crate::time::millis;
 

@@ -1,20 +1,22 @@
 use std::fmt;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use ipnet::IpNet;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
-use tokengate_core::{
-    FeedConsumer, FeedEvent, KeyId, Pepper, RateQuota, ScopeSet, SqlValue, StoreError, Taken,
-    TokenAdmin, TokenHash, TokenId, TokenQuery, TokenRecord, TokenStore, UseColumns, UseSpend,
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokengate_core::Taken;
+use tokengate_core::{KeyId, Pepper, ScopeSet, TokenHash, TokenId, TokenRecord, UseSpend};
+use tokengate_sql::{
+    Dialect, Kind, Row, RowError, Sql, Unreadable, UseColumns, Value, read_record,
 };
+use tokengate_store::{FeedConsumer, FeedEvent, StoreError, TokenAdmin, TokenQuery, TokenStore};
 use tokio::task::JoinHandle;
 
 use crate::schema::{MigrateError, migrate};
-use crate::time::{millis, millis_ceil, time};
-use tokengate_core::{PepperSourceError, Peppers};
+use crate::time::{millis, time};
+use tokengate_core::Peppers;
+use tokengate_store::PepperSourceError;
 
 /// A token store in a SQLite file. Clones share one connection.
 #[derive(Clone)]
@@ -52,199 +54,95 @@ impl OpenError {
     }
 }
 
-const COLUMNS: &str = "id, key_id, hash, name, subject, scopes, audiences, created_at, expires_at, revoked_at, \
-    last_used_at, allowed_networks, rate_count, rate_period_ms, rate_burst, rotated_from, metadata, disabled_at, \
-    uses_limit, uses_refill, uses_refill_ms, uses_remaining, uses_window, uses_generation, version";
+/// Every statement of the token table, in SQLite's dialect.
+static SQL: LazyLock<Sql> = LazyLock::new(|| Sql::new(Dialect::SQLITE));
 
-fn join<T: ToString>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(" ")
+/// A row as the shared record mapping reads it: times in milliseconds,
+/// lists as space-separated words.
+struct SqliteRow<'a, 'b>(&'a rusqlite::Row<'b>);
+
+impl Row for SqliteRow<'_, '_> {
+    fn value(&self, index: usize, kind: Kind) -> Result<Value, RowError> {
+        let row = self.0;
+        Ok(match kind {
+            Kind::Int => Value::Int(row.get(index)?),
+            Kind::Text => Value::Text(row.get(index)?),
+            Kind::Json => Value::Json(row.get(index)?),
+            Kind::Bytes => Value::Bytes(row.get(index)?),
+            Kind::Time => Value::Time(row.get::<_, Option<i64>>(index)?.map(time)),
+            Kind::List => Value::List(
+                row.get::<_, Option<String>>(index)?
+                    .unwrap_or_default()
+                    .split_ascii_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+        })
+    }
 }
 
-/// A stored value that does not parse: the database was edited by hand or
-/// by a newer build.
-fn corrupt(column: &str, value: &str) -> rusqlite::Error {
-    rusqlite::Error::InvalidColumnType(
+/// A bound value as SQLite keeps it.
+fn sqlite_value(value: Value) -> SqlValue {
+    match value {
+        Value::Int(Some(n)) => SqlValue::Integer(n),
+        Value::Text(Some(text)) | Value::Json(Some(text)) => SqlValue::Text(text),
+        Value::Bytes(Some(bytes)) => SqlValue::Blob(bytes),
+        Value::Time(Some(at)) => SqlValue::Integer(millis(at)),
+        Value::List(words) => SqlValue::Text(words.join(" ")),
+        _ => SqlValue::Null,
+    }
+}
+
+fn bind(values: Vec<Value>) -> rusqlite::ParamsFromIter<impl Iterator<Item = SqlValue>> {
+    rusqlite::params_from_iter(values.into_iter().map(sqlite_value))
+}
+
+/// The records `sql` selects with `values`; an unreadable row is an
+/// error naming its column.
+fn records(
+    conn: &Connection,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<Vec<TokenRecord>, StoreError> {
+    let mut statement = conn.prepare_cached(sql).map_err(store_error)?;
+    let rows = statement
+        .query_map(bind(values), |row| Ok(read_record(&SqliteRow(row))))
+        .map_err(store_error)?;
+    let mut found = Vec::new();
+    for row in rows {
+        found.push(row.map_err(store_error)?.map_err(StoreError::unavailable)?);
+    }
+    Ok(found)
+}
+
+/// The one record `sql` selects (or changes and returns) with `values`.
+fn record(
+    conn: &Connection,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<Option<TokenRecord>, StoreError> {
+    Ok(records(conn, sql, values)?.into_iter().next())
+}
+
+/// A change-feed or catalogue value that does not parse: the database
+/// was edited by hand or by a newer build.
+fn corrupt(column: &'static str, value: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
         0,
-        format!("{column}={value:?}"),
         rusqlite::types::Type::Text,
+        Box::new(Unreadable::value(column, value)),
     )
 }
 
-fn row_to_record(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
-    let text = |i: usize| -> rusqlite::Result<String> { row.get(i) };
-    let id_text = text(0)?;
-    let digest: Vec<u8> = row.get(2)?;
-    let digest: [u8; 32] = digest
-        .try_into()
-        .map_err(|_| corrupt("hash", "not 32 bytes"))?;
-    let key_id: i64 = row.get(1)?;
-    let scopes = text(5)?;
-    let audiences = text(6)?;
-    let networks = text(11)?;
-    let quota = match (
-        row.get::<_, Option<i64>>(12)?,
-        row.get::<_, Option<i64>>(13)?,
-        row.get::<_, Option<i64>>(14)?,
-    ) {
-        (Some(count), Some(period), Some(burst)) => {
-            let n = |v: i64| NonZeroU32::new(u32::try_from(v).unwrap_or(0));
-            match (n(count), n(burst)) {
-                (Some(count), Some(burst)) => RateQuota::new(
-                    count,
-                    Duration::from_millis(u64::try_from(period).unwrap_or(0)),
-                    burst,
-                )
-                .ok(),
-                _ => None,
-            }
-        }
-        _ => None,
-    };
-    let metadata = text(16)?;
-    Ok(TokenRecord {
-        id: id_text.parse().map_err(|_| corrupt("id", &id_text))?,
-        hash: TokenHash::from_parts(KeyId::new(u32::try_from(key_id).unwrap_or(0)), digest),
-        name: text(3)?,
-        subject: text(4)?,
-        scopes: scopes.parse().map_err(|_| corrupt("scopes", &scopes))?,
-        audiences: audiences
-            .split_ascii_whitespace()
-            .map(|a| a.parse().map_err(|_| corrupt("audiences", a)))
-            .collect::<Result<_, _>>()?,
-        created_at: time(row.get(7)?),
-        expires_at: row.get::<_, Option<i64>>(8)?.map(time),
-        revoked_at: row.get::<_, Option<i64>>(9)?.map(time),
-        disabled_at: row.get::<_, Option<i64>>(17)?.map(time),
-        last_used_at: row.get::<_, Option<i64>>(10)?.map(time),
-        allowed_networks: networks
-            .split_ascii_whitespace()
-            .map(|n| {
-                n.parse::<IpNet>()
-                    .map_err(|_| corrupt("allowed_networks", n))
-            })
-            .collect::<Result<_, _>>()?,
-        rate_quota: quota,
-        rotated_from: row
-            .get::<_, Option<String>>(15)?
-            .map(|id| id.parse().map_err(|_| corrupt("rotated_from", &id)))
-            .transpose()?,
-        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata", &metadata))?,
-        uses: UseColumns {
-            limit: row.get(18)?,
-            refill: row.get(19)?,
-            refill_ms: row.get(20)?,
-            remaining: row.get(21)?,
-            window: row.get(22)?,
-            generation: row.get(23)?,
-        }
-        .into_uses(),
-        version: u64::try_from(row.get::<_, i64>(24)?).unwrap_or(0),
-    })
+fn insert_record(conn: &Connection, r: &TokenRecord) -> Result<(), StoreError> {
+    conn.prepare_cached(&SQL.insert)
+        .and_then(|mut statement| statement.execute(bind(SQL.insert_values(r))))
+        .map(drop)
+        .map_err(store_error)
 }
 
-fn insert_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> {
-    let [count, period, burst] = quota_columns(r.rate_quota);
-    let uses = UseColumns::of(r.uses.as_ref());
-    conn.execute(
-        &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"),
-        params![
-            r.id.as_str(),
-            i64::from(r.hash.key_id().get()),
-            &r.hash.digest()[..],
-            r.name,
-            r.subject,
-            r.scopes.to_string(),
-            join(&r.audiences),
-            millis(r.created_at),
-            r.expires_at.map(millis_ceil),
-            r.revoked_at.map(millis),
-            r.last_used_at.map(millis),
-            join(&r.allowed_networks),
-            count,
-            period,
-            burst,
-            r.rotated_from.as_ref().map(TokenId::as_str),
-            serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".to_owned()),
-            r.disabled_at.map(millis),
-            uses.limit,
-            uses.refill,
-            uses.refill_ms,
-            uses.remaining,
-            uses.window,
-            uses.generation,
-            i64::try_from(r.version).unwrap_or(i64::MAX),
-        ],
-    )
-}
-
-/// A quota as its three columns: count, period in milliseconds, burst.
-fn quota_columns(quota: Option<RateQuota>) -> [Option<i64>; 3] {
-    [
-        quota.map(|q| i64::from(q.count().get())),
-        quota.map(|q| i64::try_from(q.period().as_millis()).unwrap_or(i64::MAX)),
-        quota.map(|q| i64::from(q.burst().get())),
-    ]
-}
-
-/// Writes what [`TokenAdmin::update`] may change of `r` over the row of
-/// its id; the number of rows changed.
-fn update_record(conn: &Connection, r: &TokenRecord) -> rusqlite::Result<usize> {
-    let [count, period, burst] = quota_columns(r.rate_quota);
-    let uses = UseColumns::of(r.uses.as_ref());
-    // The count left stays, capped by a lowered limit (a limit new to the
-    // token starts from the record's); a cap starts a new generation, so
-    // uses leased out above it no longer count; the later window wins.
-    conn.execute(
-        "UPDATE tokens SET name = ?2, scopes = ?3, audiences = ?4, expires_at = ?5, \
-         disabled_at = ?6, allowed_networks = ?7, rate_count = ?8, rate_period_ms = ?9, \
-         rate_burst = ?10, metadata = ?11, uses_limit = ?12, uses_refill = ?13, \
-         uses_refill_ms = ?14, \
-         uses_generation = CASE WHEN uses_remaining > MAX(?12, COALESCE(?13, 0)) \
-         THEN uses_generation + 1 ELSE uses_generation END, \
-         uses_remaining = CASE WHEN ?12 IS NULL THEN NULL \
-         ELSE MIN(COALESCE(uses_remaining, ?15), MAX(?12, COALESCE(?13, 0))) END, \
-         uses_window = CASE WHEN ?12 IS NULL THEN 0 ELSE MAX(uses_window, ?16) END, \
-         version = version + 1 \
-         WHERE id = ?1 AND version = ?17",
-        params![
-            r.id.as_str(),
-            r.name,
-            r.scopes.to_string(),
-            join(&r.audiences),
-            r.expires_at.map(millis_ceil),
-            r.disabled_at.map(millis),
-            join(&r.allowed_networks),
-            count,
-            period,
-            burst,
-            serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".to_owned()),
-            uses.limit,
-            uses.refill,
-            uses.refill_ms,
-            uses.remaining,
-            uses.window,
-            i64::try_from(r.version).unwrap_or(i64::MAX),
-        ],
-    )
-}
-
-/// A token hashed under a retired pepper is found by no lookup and moved
-/// by no re-hash: the condition every such statement ends with (its
-/// `key_id` is the row's).
-const NOT_RETIRED: &str =
-    "AND key_id NOT IN (SELECT key_id FROM peppers WHERE retired_at IS NOT NULL)";
-
-fn get_record(conn: &Connection, id: &str) -> rusqlite::Result<Option<TokenRecord>> {
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM tokens WHERE id = ?1"),
-        [id],
-        row_to_record,
-    )
-    .optional()
+fn get_record(conn: &Connection, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+    record(conn, &SQL.select_by_id, vec![Sql::id(id)])
 }
 
 fn record_change(
@@ -524,19 +422,9 @@ impl SqliteStore {
 
 impl TokenStore for SqliteStore {
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
-        let hash = *hash;
-        self.with(move |c| {
-            c.query_row(
-                &format!(
-                    "SELECT {COLUMNS} FROM tokens WHERE hash = ?1 AND key_id = ?2 {NOT_RETIRED}"
-                ),
-                params![&hash.digest()[..], i64::from(hash.key_id().get())],
-                row_to_record,
-            )
-            .optional()
-            .map_err(store_error)
-        })
-        .await
+        let values = SQL.hash_values(hash);
+        self.with(move |c| record(c, &SQL.select_by_hash, values))
+            .await
     }
 
     /// Moves the row, and records both hashes in the change feed: every
@@ -548,30 +436,12 @@ impl TokenStore for SqliteStore {
         from: &TokenHash,
         to: TokenHash,
     ) -> Result<(), StoreError> {
-        let (id, from) = (id.clone(), *from);
+        let (from, values) = (*from, SQL.rehash_values(id, from, &to));
         self.with(move |c| {
             let tx = c.transaction().map_err(store_error)?;
-            let moved = tx
-                .execute(
-                    &format!(
-                        "UPDATE tokens SET hash = ?3, key_id = ?4 \
-                         WHERE id = ?1 AND hash = ?2 AND key_id = ?5 {NOT_RETIRED}"
-                    ),
-                    params![
-                        id.as_str(),
-                        &from.digest()[..],
-                        &to.digest()[..],
-                        i64::from(to.key_id().get()),
-                        i64::from(from.key_id().get())
-                    ],
-                )
-                .map_err(store_error)?;
-            if moved == 0 {
+            let Some(mut record) = record(&tx, &SQL.rehash, values)? else {
                 return Ok(());
-            }
-            let mut record = get_record(&tx, id.as_str())
-                .map_err(store_error)?
-                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            };
             let now = SystemTime::now();
             record_change(&tx, &record, "rehashed", now).map_err(store_error)?;
             record.hash = from;
@@ -585,9 +455,9 @@ impl TokenStore for SqliteStore {
     /// spends from every process are counted one after another.
     async fn spend_use(&self, id: &TokenId, spend: UseSpend) -> Result<Option<u64>, StoreError> {
         let id = id.clone();
-        let (window, refill) = spend.columns();
+        let (window, refill) = UseColumns::spend(spend);
         self.with(move |c| {
-            c.prepare_cached(SPEND_USE)
+            c.prepare_cached(&SQL.spend_use)
                 .and_then(|mut statement| {
                     statement
                         .query_row(params![id.as_str(), window, refill], |row| {
@@ -613,27 +483,6 @@ impl TokenStore for SqliteStore {
     }
 }
 
-/// The `SELECT` of the records `query` selects at `now`, and its values
-/// ([`TokenQuery::sql_filter`]; times as stored, in milliseconds).
-fn select_matching(query: &TokenQuery, now: SystemTime) -> (String, Vec<rusqlite::types::Value>) {
-    use rusqlite::types::Value;
-    let mut values: Vec<Value> = Vec::new();
-    let filter = query.sql_filter("tokens", now, &mut |value| {
-        values.push(match value {
-            SqlValue::Text(text) => Value::Text(text),
-            SqlValue::Time(at) => Value::Integer(millis(at)),
-            SqlValue::Int(n) => Value::Integer(n),
-            _ => Value::Null,
-        });
-        format!("?{}", values.len())
-    });
-    let sql = format!(
-        "SELECT {COLUMNS} FROM tokens{} ORDER BY created_at, id{}",
-        filter.where_clause, filter.limit
-    );
-    (sql, values)
-}
-
 /// Takes up to `want` uses in one immediate transaction (the write lock
 /// first): what is left, after a refill where the window is later.
 fn take_uses(
@@ -643,14 +492,11 @@ fn take_uses(
     want: u64,
 ) -> rusqlite::Result<Taken> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let (window, refill) = spend.columns();
+    let (window, refill) = UseColumns::spend(spend);
     let available: Option<i64> = tx
-        .query_row(
-            "SELECT CASE WHEN uses_window < ?2 THEN ?3 ELSE uses_remaining END FROM tokens \
-             WHERE id = ?1 AND uses_remaining IS NOT NULL",
-            params![id, window, refill],
-            |row| row.get(0),
-        )
+        .query_row(&SQL.uses_available, params![id, window, refill], |row| {
+            row.get(0)
+        })
         .optional()?;
     let available = available.map_or(0, |a| u64::try_from(a).unwrap_or(0));
     let taken = available.min(want);
@@ -658,33 +504,19 @@ fn take_uses(
         return Ok(Taken::default());
     }
     let left = available - taken;
-    tx.execute(
-        "UPDATE tokens SET uses_remaining = ?2, uses_window = MAX(uses_window, ?3) WHERE id = ?1",
-        params![id, i64::try_from(left).unwrap_or(i64::MAX), window],
-    )?;
+    tx.execute(&SQL.take_from, params![id, UseColumns::int(left), window])?;
     tx.commit()?;
     Ok(Taken { taken, left })
 }
 
-/// Spends one use: a window later than the stored one starts from the
-/// refill count (`?3`); the row changes only while a use is left.
-const SPEND_USE: &str = "UPDATE tokens SET \
-    uses_remaining = (CASE WHEN uses_window < ?2 THEN ?3 ELSE uses_remaining END) - 1, \
-    uses_window = MAX(uses_window, ?2) \
-    WHERE id = ?1 AND uses_remaining IS NOT NULL \
-    AND (CASE WHEN uses_window < ?2 THEN ?3 ELSE uses_remaining END) > 0 \
-    RETURNING uses_remaining";
-
 impl TokenAdmin for SqliteStore {
     async fn insert(&self, record: TokenRecord) -> Result<(), StoreError> {
-        self.with(move |c| insert_record(c, &record).map(drop).map_err(store_error))
-            .await
+        self.with(move |c| insert_record(c, &record)).await
     }
 
     async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
         let id = id.clone();
-        self.with(move |c| get_record(c, id.as_str()).map_err(store_error))
-            .await
+        self.with(move |c| get_record(c, &id)).await
     }
 
     async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
@@ -697,32 +529,15 @@ impl TokenAdmin for SqliteStore {
         query: &TokenQuery,
         now: SystemTime,
     ) -> Result<Vec<TokenRecord>, StoreError> {
-        let (sql, values) = select_matching(query, now);
-        self.with(move |c| {
-            let mut statement = c.prepare(&sql).map_err(store_error)?;
-            let rows = statement
-                .query_map(rusqlite::params_from_iter(values.iter()), row_to_record)
-                .map_err(store_error)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(store_error)
-        })
-        .await
+        let (sql, values) = SQL.select_matching(query, now);
+        self.with(move |c| records(c, &sql, values)).await
     }
 
     async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {
         let id = id.clone();
         self.with(move |c| {
             let tx = c.transaction().map_err(store_error)?;
-            let changed = tx
-                .execute(
-                    "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
-                    params![id.as_str(), millis(at)],
-                )
-                .map_err(store_error)?;
-            if changed == 0 {
-                return Err(StoreError::NotFound(id));
-            }
-            let record = get_record(&tx, id.as_str())
-                .map_err(store_error)?
+            let record = record(&tx, &SQL.revoke, SQL.revoke_values(&id, at))?
                 .ok_or_else(|| StoreError::NotFound(id.clone()))?;
             record_change(&tx, &record, "revoked", at).map_err(store_error)?;
             tx.commit().map_err(store_error)?;
@@ -734,17 +549,13 @@ impl TokenAdmin for SqliteStore {
     async fn update(&self, record: TokenRecord, at: SystemTime) -> Result<TokenRecord, StoreError> {
         self.with(move |c| {
             let tx = c.transaction().map_err(store_error)?;
-            if update_record(&tx, &record).map_err(store_error)? == 0 {
-                let exists = get_record(&tx, record.id.as_str()).map_err(store_error)?;
-                return Err(if exists.is_some() {
+            let Some(stored) = self::record(&tx, &SQL.update, SQL.update_values(&record))? else {
+                return Err(if get_record(&tx, &record.id)?.is_some() {
                     StoreError::Changed(record.id)
                 } else {
                     StoreError::NotFound(record.id)
                 });
-            }
-            let stored = get_record(&tx, record.id.as_str())
-                .map_err(store_error)?
-                .ok_or_else(|| StoreError::NotFound(record.id.clone()))?;
+            };
             record_change(&tx, &stored, "updated", at).map_err(store_error)?;
             tx.commit().map_err(store_error)?;
             Ok(stored)
@@ -762,16 +573,9 @@ impl TokenAdmin for SqliteStore {
         let (remaining, window) = (UseColumns::int(remaining), UseColumns::int(window));
         self.with(move |c| {
             let tx = c.transaction().map_err(store_error)?;
-            tx.execute(
-                "UPDATE tokens SET uses_remaining = ?2, uses_window = ?3, \
-                 uses_generation = uses_generation + 1 \
-                 WHERE id = ?1 AND uses_remaining IS NOT NULL",
-                params![id.as_str(), remaining, window],
-            )
-            .map_err(store_error)?;
-            let record = get_record(&tx, id.as_str())
-                .map_err(store_error)?
-                .ok_or(StoreError::NotFound(id))?;
+            tx.execute(&SQL.reset_uses, params![id.as_str(), remaining, window])
+                .map_err(store_error)?;
+            let record = get_record(&tx, &id)?.ok_or(StoreError::NotFound(id))?;
             // Every instance's cache learns the new generation.
             record_change(&tx, &record, "updated", SystemTime::now()).map_err(store_error)?;
             tx.commit().map_err(store_error)?;
@@ -813,27 +617,21 @@ impl TokenAdmin for SqliteStore {
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(store_error)?;
-            let Some(mut previous) = get_record(&tx, old.as_str()).map_err(store_error)? else {
+            let Some(mut previous) = get_record(&tx, &old)? else {
                 return Err(StoreError::NotFound(old));
             };
             let handed = previous.hand_uses_to(&mut replacement);
-            insert_record(&tx, &replacement).map_err(store_error)?;
-            tx.execute(
-                "UPDATE tokens SET expires_at = ?2 WHERE id = ?1",
-                params![old.as_str(), millis_ceil(old_expires_at)],
-            )
-            .map_err(store_error)?;
+            insert_record(&tx, &replacement)?;
             if let Some(kept) = handed {
                 let kept = UseColumns::of(Some(&kept));
                 tx.execute(
-                    "UPDATE tokens SET uses_remaining = ?2, uses_window = ?3, uses_generation = ?4 \
-                     WHERE id = ?1",
+                    &SQL.keep_uses,
                     params![old.as_str(), kept.remaining, kept.window, kept.generation],
                 )
                 .map_err(store_error)?;
             }
-            let record = get_record(&tx, old.as_str())
-                .map_err(store_error)?
+            let expiry = SQL.expiry_values(&old, old_expires_at);
+            let record = record(&tx, &SQL.set_expiry, expiry)?
                 .ok_or_else(|| StoreError::NotFound(old.clone()))?;
             record_change(&tx, &record, "rotated", replacement.created_at).map_err(store_error)?;
             tx.commit().map_err(store_error)?;

@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokengate_cache::{CacheConfig, CachedStore, VerifyError};
-use tokengate_core::{
-    Expiry, InvalidReason, Lifecycle, RateQuota, TokenAdmin, TokenHasher, TokenSpec, TokenStore,
-};
+use tokengate_core::{InvalidReason, RateQuota, TokenHasher};
+use tokengate_store::{Expiry, Lifecycle, TokenAdmin, TokenSpec, TokenStore};
 
 use super::*;
-use crate::time::{millis, millis_ceil, time};
-use tokengate_core::{StoreError, TokenId};
+use crate::time::{millis, time};
+use tokengate_core::TokenId;
+use tokengate_store::StoreError;
 
 fn temp_db(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tokengate-sqlite-{name}-{}", std::process::id()));
@@ -60,7 +60,9 @@ async fn records_round_trip_and_survive_reopening() {
     let mut expected = issued.record.clone();
     // Times are stored with millisecond precision.
     expected.created_at = time(millis(expected.created_at));
-    expected.expires_at = expected.expires_at.map(|t| time(millis_ceil(t)));
+    expected.expires_at = expected
+        .expires_at
+        .map(|t| tokengate_sql::Dialect::SQLITE.round_up(t));
     assert_eq!(found, expected);
     assert_eq!(store.list().await.unwrap().len(), 1);
     assert_eq!(
@@ -159,7 +161,7 @@ async fn admin_operations_fail_cleanly() {
     let changes = store.changes_since(0).await.unwrap();
     let tokens = changes
         .iter()
-        .filter(|(_, event)| matches!(event, tokengate_core::FeedEvent::Token { .. }))
+        .filter(|(_, event)| matches!(event, tokengate_store::FeedEvent::Token { .. }))
         .count();
     assert_eq!(tokens, 1, "{changes:?}");
 }
@@ -175,7 +177,7 @@ fn a_database_from_a_newer_build_is_refused() {
     assert!(err.to_string().contains("version 99 is newer"), "{err}");
 }
 
-async fn store_with_a_token(name: &str) -> (PathBuf, tokengate_core::IssuedToken) {
+async fn store_with_a_token(name: &str) -> (PathBuf, tokengate_store::IssuedToken) {
     let path = temp_db(name);
     let store = SqliteStore::create(&path).unwrap();
     let lifecycle = Lifecycle::new(store.clone(), TokenHasher::new(store.pepper().unwrap()));
@@ -303,5 +305,24 @@ async fn the_scope_catalogue_collects_registered_scopes_across_openers() {
 #[tokio::test]
 async fn the_sqlite_store_passes_the_store_conformance_suite() {
     let path = temp_db("conformance");
-    tokengate_core::testing::store_conformance(SqliteStore::create(&path).unwrap()).await;
+    tokengate_store::testing::store_conformance(SqliteStore::create(&path).unwrap()).await;
+}
+
+#[tokio::test]
+async fn an_unreadable_row_is_an_error_naming_its_column() {
+    let path = temp_db("unreadable");
+    let store = SqliteStore::create(&path).unwrap();
+    let lifecycle = Lifecycle::new(store.clone(), TokenHasher::new(store.pepper().unwrap()));
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let execute = |sql: String| {
+        raw.execute(&sql, []).unwrap();
+        std::future::ready(())
+    };
+    tokengate_sql::testing::unreadable_rows_name_their_column(
+        &lifecycle,
+        spec(),
+        tokengate_sql::Dialect::SQLITE,
+        execute,
+    )
+    .await;
 }

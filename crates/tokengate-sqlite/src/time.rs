@@ -8,18 +8,6 @@ pub(crate) fn millis(time: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Milliseconds since the epoch, rounded up: for expiry times, so that a
-/// stored token never expires earlier than it was issued to.
-pub(crate) fn millis_ceil(time: SystemTime) -> i64 {
-    let floor = millis(time);
-    let exact = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    if exact.subsec_nanos().is_multiple_of(1_000_000) {
-        floor
-    } else {
-        floor.saturating_add(1)
-    }
-}
-
 pub(crate) fn time(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }

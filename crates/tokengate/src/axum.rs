@@ -5,7 +5,8 @@ use std::ops::Deref;
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
-use tokengate_core::{Denial, Principal, Renderer, is_grpc};
+use tokengate_check::{Renderer, is_grpc};
+use tokengate_core::{Denial, Principal};
 
 /// The peer address axum knows when served with
 /// `into_make_service_with_connect_info::<SocketAddr>()`: pass it to
@@ -102,7 +103,7 @@ mod tests {
     use super::*;
 
     fn principal() -> Principal {
-        Principal::from_record(&tokengate_core::testing::record("alice", "notes:read"))
+        Principal::from_record(&tokengate_store::testing::record("alice", "notes:read"))
     }
 
     fn app() -> Router {

@@ -7,13 +7,12 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use tokengate_cache::CachedStore;
-use tokengate_core::{
-    KeyId, Peppers, ScopeSet, StoreError, Taken, TokenAdmin, TokenHash, TokenId, TokenQuery,
-    TokenRecord, TokenStore, UseSpend,
-};
+use tokengate_core::Taken;
+use tokengate_core::{KeyId, Peppers, ScopeSet, TokenHash, TokenId, TokenRecord, UseSpend};
 #[cfg(feature = "postgres")]
 use tokengate_postgres::PostgresStore;
 use tokengate_sqlite::SqliteStore;
+use tokengate_store::{StoreError, TokenAdmin, TokenQuery, TokenStore};
 use tokio::task::JoinHandle;
 
 use crate::SetupError;
@@ -37,13 +36,13 @@ impl fmt::Debug for Database {
     }
 }
 
-/// Shown without a credential (see [`tokengate_core::redact_url`]).
+/// Shown without a credential (see [`tokengate_store::redact_url`]).
 impl fmt::Display for Database {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Sqlite(path) => path.display().fmt(f),
             #[cfg(feature = "postgres")]
-            Self::Postgres(url) => f.write_str(&tokengate_core::redact_url(url)),
+            Self::Postgres(url) => f.write_str(&tokengate_store::redact_url(url)),
         }
     }
 }

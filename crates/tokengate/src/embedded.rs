@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokengate_audit::{AuditKey, JsonLinesSink};
 use tokengate_authenticate::{AuthenticateLayer, UsageTracker};
 use tokengate_cache::{CacheConfig, CachedStore};
-use tokengate_core::{Audience, IssuedToken, Lifecycle, TokenHasher, TokenSpec};
+use tokengate_core::{Audience, TokenHasher};
 use tokengate_scope::ScopePolicy;
+use tokengate_store::{IssuedToken, Lifecycle, TokenSpec};
 use tokio::task::JoinHandle;
 
 use crate::{AnyStore, Database};

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use tokengate_audit::{Audit, AuditLayer, AuditSink, TracingSink};
 use tokengate_authenticate::{AuthenticateLayer, UseLimitLayer};
-use tokengate_core::{Chain, CheckService, RateQuota, Shield};
+use tokengate_check::{Chain, CheckService, Shield};
+use tokengate_core::RateQuota;
 use tokengate_ipfilter::{IpFilterLayer, IpRules, ResolveClientIpLayer};
 use tokengate_rate::{
     Limiter, MemoryRateState, MissingKey, RateConfigError, RateLimitLayer, RateState,
@@ -54,7 +55,7 @@ pub type GateService<S, St, P, K = TracingSink, R = MemoryRateState, X = ()> =
 /// request refused for any other reason spends nothing.
 ///
 /// Every layer stays usable on its own, and each is a
-/// [`Check`](tokengate_core::Check): the gate fixes their order and runs
+/// [`Check`](tokengate_check::Check): the gate fixes their order and runs
 /// the six after audit as one [`Chain`] in one [`CheckService`], with one
 /// future and one body wrapper instead of six. It decides each request as
 /// the layers stacked in this order would, with one difference: the
@@ -271,7 +272,7 @@ impl<St, P, K, R, X> Gate<St, P, K, R, X> {
     }
 
     /// Runs `check` after the scopes, before your service: a
-    /// [`Check`](tokengate_core::Check) of your own (a required header,
+    /// [`Check`](tokengate_check::Check) of your own (a required header,
     /// say), with the Gate's order, audit record and headers.
     pub fn with_check<C>(self, check: C) -> Gate<St, P, K, R, Chain<X, C>> {
         Gate {
@@ -290,7 +291,7 @@ impl<St, P, K, R, X> Gate<St, P, K, R, X> {
     /// [`RedisRateState::uses`](https://docs.rs/tokengate-redis)), one
     /// store write per lease instead of per request; see
     /// [`AuthenticateLayer::shared_uses`].
-    pub fn shared_uses(mut self, counter: Arc<dyn tokengate_core::SharedUses>) -> Self {
+    pub fn shared_uses(mut self, counter: Arc<dyn tokengate_store::SharedUses>) -> Self {
         self.authenticate = self.authenticate.shared_uses(counter);
         self
     }

@@ -103,7 +103,9 @@
 //! Refusals reach gRPC clients as HTTP 200 trailers-only responses with
 //! `grpc-status` 16, 7, 8, 3 or 14, never as HTTP 401/403.
 
+pub use tokengate_check::*;
 pub use tokengate_core::*;
+pub use tokengate_store::*;
 
 pub use tokengate_cache::{CacheConfig, CacheStats, CachedStore, VerifyError};
 

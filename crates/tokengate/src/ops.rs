@@ -11,7 +11,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use tokengate_core::{KeyId, TokenHash, TokenStore};
+use tokengate_core::{KeyId, TokenHash};
+use tokengate_store::TokenStore;
 
 use crate::database::{AnyStore, FeedHealth};
 

@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokengate_core::testing::Proxy;
 use tokengate_postgres::testing::TestDatabase;
+use tokengate_store::testing::Proxy;
 use tokengate_tests::process::{cli, start_example_with, temp_dir};
 
 async fn send(url: &str, method: &str, token: Option<&str>) -> (StatusCode, String) {

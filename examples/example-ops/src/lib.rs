@@ -80,7 +80,7 @@ impl Admin {
         let metrics = builder
             .install_recorder()
             .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
-        tokengate::metric_names::describe();
+        tokengate::describe_metrics();
         Ok(Some(Self { listener, metrics }))
     }
 

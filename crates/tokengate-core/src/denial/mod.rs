@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-pub(crate) use rate::whole_seconds;
+pub use rate::retry_after_seconds;
 pub use rate::{RateFallback, RateLimitPolicy, RateLimitPolicyError, RateLimited};
 
 use crate::scope::Scope;

@@ -53,7 +53,7 @@ impl RateLimitPolicy {
             "\"{}\";q={};w={}",
             self.name,
             self.quota,
-            whole_seconds(self.window)
+            retry_after_seconds(self.window)
         );
         HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("\"default\""))
     }
@@ -174,7 +174,7 @@ fn ceil_seconds(d: Duration) -> u64 {
 
 /// A wait in whole seconds, rounded up, at least 1, as `Retry-After`
 /// carries it.
-pub(crate) fn whole_seconds(d: Duration) -> u64 {
+pub fn retry_after_seconds(d: Duration) -> u64 {
     ceil_seconds(d).max(1)
 }
 

@@ -7,9 +7,10 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
-use tokengate_core::{
-    Expiry, IssuancePolicy, IssuedToken, Lifecycle, Principal, RateQuota, Refill, TokenAdmin,
-    TokenChanges, TokenId, TokenQuery, TokenRecord, TokenSpec, TokenStatus, TokenStore, UseLimit,
+use tokengate_core::{Principal, RateQuota, Refill, TokenId, TokenRecord, TokenStatus, UseLimit};
+use tokengate_store::{
+    Expiry, IssuancePolicy, IssuedToken, Lifecycle, TokenAdmin, TokenChanges, TokenQuery,
+    TokenSpec, TokenStore,
 };
 
 use super::delegation::Authority;

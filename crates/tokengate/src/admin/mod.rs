@@ -44,8 +44,8 @@ use axum::Router;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use tokengate_core::{Lifecycle, TokenAdmin, TokenStore};
 use tokengate_scope::{Requirement, ScopePolicyBuilder};
+use tokengate_store::{Lifecycle, TokenAdmin, TokenStore};
 use utoipa::OpenApi;
 
 pub use problem::Problem;

@@ -20,7 +20,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, body::Bytes};
 use serde::{Deserialize, Serialize};
-use tokengate_core::{LifecycleError, StoreError};
+use tokengate_store::{LifecycleError, StoreError};
 use utoipa::ToSchema;
 
 /// An RFC 9457 problem, as every error of the admin API (and every refusal

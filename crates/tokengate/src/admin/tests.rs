@@ -3,9 +3,8 @@
 use std::time::SystemTime;
 
 use axum::http::StatusCode;
-use tokengate_core::{
-    KeyId, MemoryStore, Pepper, Principal, TokenHasher, TokenId, TokenStore, UseLimit,
-};
+use tokengate_core::{KeyId, Pepper, Principal, TokenHasher, TokenId, UseLimit};
+use tokengate_store::{MemoryStore, TokenStore};
 use tower::ServiceExt;
 
 use super::*;

@@ -3,11 +3,12 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use super::{StoreError, TokenAdmin, TokenStore};
-use crate::hash::TokenHash;
-use crate::id::TokenId;
-use crate::record::TokenRecord;
-use crate::scope::ScopeSet;
-use crate::uses::{Taken, UseSpend};
+use tokengate_core::ScopeSet;
+use tokengate_core::Taken;
+use tokengate_core::TokenHash;
+use tokengate_core::TokenId;
+use tokengate_core::TokenRecord;
+use tokengate_core::UseSpend;
 
 /// An in-memory store for tests, examples and single-process demos.
 ///

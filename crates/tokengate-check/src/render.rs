@@ -7,9 +7,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use super::{CheckBody, Refusal};
-use crate::denial::{Denial, whole_seconds as retry_after_seconds};
-use crate::trail::RequestTrail;
-use crate::uses::TOKEN_USES_REMAINING;
+use tokengate_core::Denial;
+use tokengate_core::RequestTrail;
+use tokengate_core::TOKEN_USES_REMAINING;
+use tokengate_core::denial::retry_after_seconds;
 
 /// Characters gRPC requires percent-encoded in `grpc-message`.
 const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');

@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::hash::{KeyId, Pepper, PepperError, Peppers, TokenHasher};
+use tokengate_core::{KeyId, Pepper, PepperError, Peppers, TokenHasher};
 
 /// The environment variable holding the pepper as hex.
 pub const PEPPER_ENV: &str = "TOKENGATE_PEPPER";

@@ -3,9 +3,9 @@
 use std::time::{Duration, SystemTime};
 
 use super::{Lifecycle, LifecycleError};
-use crate::id::TokenId;
-use crate::record::{TokenRecord, TokenStatus};
-use crate::store::TokenAdmin;
+use crate::TokenAdmin;
+use tokengate_core::TokenId;
+use tokengate_core::{TokenRecord, TokenStatus};
 
 /// Filters and a page for [`Lifecycle::list_matching`]; empty, it lists
 /// every token, oldest first.
@@ -84,95 +84,32 @@ impl TokenQuery {
     }
 }
 
-/// A value a SQL store binds for [`TokenQuery::sql_filter`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a [`TokenQuery`] asks for, for a store that selects in its own
+/// language (the SQL stores).
+#[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
-pub enum SqlValue {
-    /// Text: a subject, a token id.
-    Text(String),
-    /// A time (at most the end of the year 9999).
-    Time(SystemTime),
-    /// An integer: a row limit.
-    Int(i64),
+pub struct QueryParts<'a> {
+    /// Only tokens of this subject.
+    pub subject: Option<&'a str>,
+    /// Only tokens in this status.
+    pub status: Option<TokenStatus>,
+    /// Only active tokens that expire within this window.
+    pub expiring_within: Option<Duration>,
+    /// The page after this token.
+    pub after: Option<&'a TokenId>,
+    /// At most this many tokens.
+    pub limit: Option<usize>,
 }
-
-/// The `WHERE` and `LIMIT` of a [`TokenQuery`] for a SQL store.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SqlFilter {
-    /// ` WHERE …`, or empty when nothing is filtered.
-    pub where_clause: String,
-    /// ` LIMIT …`, or empty.
-    pub limit: String,
-}
-
-/// The latest time the SQL stores are given: the end of the year 9999.
-const LATEST: Duration = Duration::from_secs(253_402_300_799);
 
 impl TokenQuery {
-    /// The query as SQL over a table with the columns `id`, `subject`,
-    /// `created_at`, `expires_at`, `revoked_at` and `disabled_at`
-    /// (times compared as the store keeps them), selecting at `now`
-    /// exactly what [`apply`](Self::apply) selects once ordered by
-    /// `created_at, id`. `bind` stores a value and answers its placeholder.
-    pub fn sql_filter(
-        &self,
-        table: &str,
-        now: SystemTime,
-        bind: &mut dyn FnMut(SqlValue) -> String,
-    ) -> SqlFilter {
-        let active = |now: String| {
-            format!(
-                "revoked_at IS NULL AND disabled_at IS NULL \
-                 AND (expires_at IS NULL OR expires_at > {now})"
-            )
-        };
-        let mut clauses: Vec<String> = Vec::new();
-        if let Some(subject) = &self.subject {
-            clauses.push(format!(
-                "subject = {}",
-                bind(SqlValue::Text(subject.clone()))
-            ));
-        }
-        if let Some(status) = self.status {
-            clauses.push(match status {
-                TokenStatus::Revoked => "revoked_at IS NOT NULL".to_owned(),
-                TokenStatus::Disabled => {
-                    "revoked_at IS NULL AND disabled_at IS NOT NULL".to_owned()
-                }
-                TokenStatus::Expired => format!(
-                    "revoked_at IS NULL AND disabled_at IS NULL AND expires_at IS NOT NULL \
-                     AND expires_at <= {}",
-                    bind(SqlValue::Time(now))
-                ),
-                _ => active(bind(SqlValue::Time(now))),
-            });
-        }
-        if let Some(window) = self.expiring_within {
-            let latest = SystemTime::UNIX_EPOCH + LATEST;
-            let until = now.checked_add(window).map_or(latest, |at| at.min(latest));
-            let start = active(bind(SqlValue::Time(now)));
-            clauses.push(format!(
-                "{start} AND expires_at IS NOT NULL AND expires_at <= {}",
-                bind(SqlValue::Time(until))
-            ));
-        }
-        if let Some(after) = &self.after {
-            clauses.push(format!(
-                "(created_at, id) > (SELECT created_at, id FROM {table} WHERE id = {})",
-                bind(SqlValue::Text(after.as_str().to_owned()))
-            ));
-        }
-        SqlFilter {
-            where_clause: if clauses.is_empty() {
-                String::new()
-            } else {
-                format!(" WHERE {}", clauses.join(" AND "))
-            },
-            limit: self.limit.map_or_else(String::new, |limit| {
-                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-                format!(" LIMIT {}", bind(SqlValue::Int(limit)))
-            }),
+    /// The filters and page, each as given.
+    pub fn parts(&self) -> QueryParts<'_> {
+        QueryParts {
+            subject: self.subject.as_deref(),
+            status: self.status,
+            expiring_within: self.expiring_within,
+            after: self.after.as_ref(),
+            limit: self.limit,
         }
     }
 }
@@ -191,7 +128,11 @@ impl<S: TokenAdmin> Lifecycle<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::tests::record;
+    use crate::testing::record as test_record;
+
+    fn record() -> TokenRecord {
+        test_record("user-1", "notes:read")
+    }
 
     #[test]
     fn filters_and_pages_compose() {

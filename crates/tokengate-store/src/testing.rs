@@ -15,12 +15,13 @@ mod conformance;
 
 pub use conformance::store_conformance;
 
-use crate::hash::TokenHash;
-use crate::id::TokenId;
-use crate::record::TokenRecord;
-use crate::scope::ScopeSet;
-use crate::store::{MemoryStore, StoreError, TokenAdmin, TokenStore};
-use crate::uses::{Taken, UseSpend};
+use crate::{MemoryStore, StoreError, TokenAdmin, TokenStore};
+use tokengate_core::ScopeSet;
+use tokengate_core::Taken;
+use tokengate_core::TokenHash;
+use tokengate_core::TokenId;
+use tokengate_core::TokenRecord;
+use tokengate_core::UseSpend;
 
 /// A [`MemoryStore`] behind probes: counts lookups, can fail them, hang
 /// them, or hold one lookup after it has read the store (to stage races
@@ -170,7 +171,7 @@ impl TokenAdmin for ProbeStore {
 
     async fn query(
         &self,
-        query: &crate::store::TokenQuery,
+        query: &crate::TokenQuery,
         now: SystemTime,
     ) -> Result<Vec<TokenRecord>, StoreError> {
         self.inner.query(query, now).await
@@ -217,7 +218,7 @@ impl TokenAdmin for ProbeStore {
 
 /// A valid record for `subject` with `scopes` (space-separated) and
 /// audience `notes`, unexpiring, with a fresh id and a zero hash: for
-/// tests that need a [`Principal`](crate::Principal) without a store.
+/// tests that need a [`Principal`](tokengate_core::Principal) without a store.
 ///
 /// # Panics
 ///
@@ -229,7 +230,7 @@ impl TokenAdmin for ProbeStore {
 pub fn record(subject: &str, scopes: &str) -> TokenRecord {
     TokenRecord {
         id: TokenId::generate(),
-        hash: TokenHash::from_parts(crate::hash::KeyId::new(0), [0; 32]),
+        hash: TokenHash::from_parts(tokengate_core::KeyId::new(0), [0; 32]),
         name: "test".into(),
         subject: subject.into(),
         scopes: scopes.parse().expect("test scopes must parse"),

@@ -9,12 +9,12 @@ use ipnet::IpNet;
 use super::{
     Expiry, IssuancePolicy, Lifecycle, LifecycleError, TokenSpec, check_count, check_uses,
 };
-use crate::audience::Audience;
-use crate::id::TokenId;
-use crate::record::{RateQuota, TokenRecord, TokenStatus};
-use crate::scope::{Scope, ScopeSet};
-use crate::store::{StoreError, TokenAdmin};
-use crate::uses::{UseLimit, Uses};
+use crate::{StoreError, TokenAdmin};
+use tokengate_core::Audience;
+use tokengate_core::TokenId;
+use tokengate_core::{RateQuota, TokenRecord, TokenStatus};
+use tokengate_core::{Scope, ScopeSet};
+use tokengate_core::{UseLimit, Uses};
 
 /// What to change of a token ([`Lifecycle::update`]); what is not set stays
 /// as stored.

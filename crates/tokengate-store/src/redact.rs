@@ -41,7 +41,7 @@ fn is_credential(key: &str) -> bool {
 /// hidden. Text with no credential is returned as given.
 ///
 /// ```
-/// use tokengate_core::redact_url;
+/// use tokengate_store::redact_url;
 ///
 /// assert_eq!(
 ///     redact_url("postgres://app:hunter2@db:5432/tokens?password=x&sslmode=require"),

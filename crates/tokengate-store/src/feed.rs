@@ -6,8 +6,8 @@
 //! [`FeedConsumer`]. The verifying cache is one; the stores know only this
 //! trait, so changes flow one way: from the store, to whoever follows it.
 
-use crate::hash::TokenHash;
-use crate::id::TokenId;
+use tokengate_core::TokenHash;
+use tokengate_core::TokenId;
 
 /// One event of a store's change feed.
 #[derive(Debug, Clone, PartialEq, Eq)]

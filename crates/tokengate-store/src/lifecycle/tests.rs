@@ -1,9 +1,9 @@
 use std::time::Duration;
 
 use super::*;
-use crate::clock::{Clock, ManualClock};
-use crate::hash::{KeyId, Pepper};
-use crate::store::{MemoryStore, TokenAdmin, TokenStore};
+use crate::{MemoryStore, TokenAdmin, TokenStore};
+use tokengate_core::{Clock, ManualClock};
+use tokengate_core::{KeyId, Pepper};
 
 const HOUR: Duration = Duration::from_secs(3600);
 

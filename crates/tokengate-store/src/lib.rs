@@ -1,15 +1,61 @@
-//! Where token records live: the lookup and admin traits, and their errors.
+//! Where tokengate's tokens live: the store traits, the token lifecycle,
+//! the in-memory store and pepper sources.
 //!
-//! [`TokenStore`] is the request path: one lookup by [`TokenHash`], where a
-//! failure of the store ([`StoreError`]) is never confused with "no such
-//! token" (`Ok(None)`). [`TokenAdmin`] is the management side the
-//! [`Lifecycle`] builds on. Both are implemented by [`MemoryStore`] here, by
-//! the SQLite store, and by `tokengate-cache`'s `CachedStore` in front of
-//! any store.
+//! [`TokenStore`] is the request path: one lookup by
+//! [`TokenHash`](tokengate_core::TokenHash), where a failure of the store
+//! ([`StoreError`]) is never confused with "no such token" (`Ok(None)`).
+//! [`TokenAdmin`] is the management side the [`Lifecycle`] builds on
+//! (issue under a policy, rotate with overlap, revoke, update, list).
+//! Both are implemented by [`MemoryStore`] here, by the SQLite and
+//! PostgreSQL stores, and by `tokengate-cache`'s `CachedStore` in front of
+//! any store. A store that can tell other processes about changes
+//! follows its feed into a [`FeedConsumer`] (the cache is one).
+//!
+//! [`PepperSource`] reads the server-side pepper from `TOKENGATE_PEPPER` or
+//! a pepper file and checks it against what a database recorded;
+//! [`SharedUses`] is the interface of a counter shared in front of the
+//! store for usage-limited tokens.
+//!
+//! With the `testing` feature, [`testing`] holds a store that counts and
+//! fails lookups on demand, and the conformance suite every store passes.
+//!
+//! # Example
+//!
+//! ```
+//! use tokengate_core::{KeyId, Pepper, TokenHasher};
+//! use tokengate_store::{Lifecycle, MemoryStore, TokenSpec, TokenStore};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+//! let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
+//! let store = MemoryStore::new();
+//! let lifecycle = Lifecycle::new(store.clone(), hasher.clone());
+//!
+//! let issued = lifecycle
+//!     .issue(
+//!         TokenSpec::new("deploy-bot", "team-a")
+//!             .scopes(["notes:read".parse()?])
+//!             .audiences(["notes".parse()?]),
+//!     )
+//!     .await?;
+//!
+//! // Parse (no store work), hash under the pepper, look the hash up: the
+//! // store keeps hashes only.
+//! let token = lifecycle.format().parse(issued.token.expose_secret())?;
+//! let record = store.find_by_hash(&hasher.hash(&token)).await?.expect("issued");
+//! assert_eq!(record.subject, "team-a");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod feed;
 mod lifecycle;
 mod memory;
+mod pepper_source;
+mod redact;
+mod shared_uses;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -18,16 +64,15 @@ use std::time::SystemTime;
 
 pub use feed::{FeedConsumer, FeedEvent};
 pub use lifecycle::{
-    Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, SqlFilter, SqlValue,
-    TokenChanges, TokenQuery, TokenSpec,
+    Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, QueryParts, TokenChanges,
+    TokenQuery, TokenSpec,
 };
 pub use memory::MemoryStore;
+pub use pepper_source::{FIRST_KEY, PEPPER_ENV, PepperSource, PepperSourceError};
+pub use redact::redact_url;
+pub use shared_uses::{LeaseSpend, SharedUses, SharedUsesError, UseKey, UsesFuture};
 
-use crate::hash::TokenHash;
-use crate::id::TokenId;
-use crate::record::TokenRecord;
-use crate::scope::ScopeSet;
-use crate::uses::{Taken, UseSpend};
+use tokengate_core::{ScopeSet, Taken, TokenHash, TokenId, TokenRecord, UseSpend};
 
 /// Looks tokens up by their keyed hash: the request path.
 pub trait TokenStore: Send + Sync + 'static {
@@ -154,7 +199,7 @@ pub trait TokenAdmin: Send + Sync + 'static {
     ) -> impl Future<Output = Result<TokenRecord, StoreError>> + Send;
 
     /// Sets the count of the usage-limited token `id` to `remaining` in
-    /// refill window `window`, in a new generation ([`Uses::generation`](crate::Uses::generation):
+    /// refill window `window`, in a new generation ([`Uses::generation`](tokengate_core::Uses::generation):
     /// uses leased out before no longer count), records the change in the
     /// store's change feed (so every instance's cache learns the
     /// generation), and returns the record. Fails with
@@ -178,7 +223,7 @@ pub trait TokenAdmin: Send + Sync + 'static {
     /// Atomically stores `replacement` and moves the expiry of `old` to
     /// `old_expires_at`; returns the updated old record. Where both are
     /// usage-limited, the old token's count moves to the replacement in
-    /// the same step ([`Uses::hand_over`](crate::Uses::hand_over)): the
+    /// the same step ([`Uses::hand_over`](tokengate_core::Uses::hand_over)): the
     /// replacement gets what is left, the old token none, for good.
     fn rotate(
         &self,

@@ -52,7 +52,7 @@ impl<S, C: Clone> Layer<S> for CheckLayer<C> {
 ///
 /// Each decision is counted once in `tokengate_decisions_total` (an
 /// admitted request under the service's name, a refusal under its
-/// denial's layer and reason; see [`crate::metric_names`]) and the check
+/// denial's layer and reason; see [`tokengate_core::metric_names`]) and the check
 /// runs inside one `DEBUG` span, `tokengate.check` (target `tokengate`),
 /// that carries the request's method, path, client address, subject,
 /// token id, decision, reason, limiter and status. The counter handle is

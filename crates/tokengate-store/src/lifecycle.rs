@@ -7,15 +7,15 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 
 use super::{StoreError, TokenAdmin};
-use crate::audience::Audience;
-use crate::clock::{SharedClock, SystemClock};
-use crate::echo::Echo;
-use crate::hash::TokenHasher;
-use crate::id::TokenId;
-use crate::record::{RateQuota, TokenRecord, TokenStatus};
-use crate::scope::{Scope, ScopeSet};
-use crate::token::{Token, TokenFormat};
-use crate::uses::{UseLimit, Uses};
+use tokengate_core::Audience;
+use tokengate_core::Echo;
+use tokengate_core::TokenHasher;
+use tokengate_core::TokenId;
+use tokengate_core::{RateQuota, TokenRecord, TokenStatus};
+use tokengate_core::{Scope, ScopeSet};
+use tokengate_core::{SharedClock, SystemClock};
+use tokengate_core::{Token, TokenFormat};
+use tokengate_core::{UseLimit, Uses};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -247,7 +247,7 @@ impl TokenSpec {
     /// are stored as the IPv4 networks they stand for).
     pub fn allowed_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
         self.allowed_networks
-            .extend(networks.into_iter().map(crate::principal::canonical_net));
+            .extend(networks.into_iter().map(tokengate_core::canonical_net));
         self
     }
 
@@ -440,9 +440,8 @@ fn check_text(field: &'static str, value: &str) -> Result<(), LifecycleError> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tokengate_core::{
-///     Expiry, KeyId, Lifecycle, MemoryStore, Pepper, TokenHasher, TokenSpec, TokenStore,
-/// };
+/// use tokengate_core::{KeyId, Pepper, TokenHasher};
+/// use tokengate_store::{Expiry, Lifecycle, MemoryStore, TokenSpec, TokenStore};
 ///
 /// # tokio_test_block_on(async {
 /// let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
@@ -699,7 +698,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
 mod query;
 mod update;
 
-pub use query::{SqlFilter, SqlValue, TokenQuery};
+pub use query::{QueryParts, TokenQuery};
 pub use update::TokenChanges;
 
 #[cfg(test)]

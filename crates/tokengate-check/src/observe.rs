@@ -2,7 +2,7 @@
 //! request: one count of its decision (the `metrics` facade) and one span
 //! (`tracing`).
 //!
-//! The names are in [`crate::metric_names`]. With no recorder installed a
+//! The names are in [`tokengate_core::metric_names`]. With no recorder installed a
 //! count is a relaxed load; with no subscriber interested in the span's
 //! level (`DEBUG`, target `tokengate`), the span is never built and every
 //! field write below is skipped.
@@ -13,8 +13,8 @@ use tracing::Span;
 use tracing::field::Empty;
 
 use super::refusal::Refusal;
-use crate::metric_names::DECISIONS;
-use crate::principal::{ClientIp, Principal};
+use tokengate_core::metric_names::DECISIONS;
+use tokengate_core::{ClientIp, Principal};
 
 /// The decision counts of one named check.
 #[derive(Clone)]
@@ -108,7 +108,7 @@ pub(super) fn refused<B>(span: &Span, request: &Request<B>, refusal: &Refusal) {
     span.record("http.response.status_code", refusal.status().as_u16());
     if let Some(denial) = refusal.denial() {
         span.record("tokengate.reason", denial.reason());
-        if let crate::Denial::RateLimited(limited) = denial {
+        if let tokengate_core::Denial::RateLimited(limited) = denial {
             span.record("tokengate.limiter", limited.policy.name());
         }
     }
@@ -134,4 +134,80 @@ fn write_request<B>(span: &Span, request: &Request<B>) {
             tracing::field::display(principal.token_id()),
         );
     }
+}
+
+/// Gives the installed recorder the unit and meaning of every metric
+/// tokengate emits ([`tokengate_core::metric_names`]; optional: recorders
+/// work without it).
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    use tokengate_core::metric_names::*;
+    describe_counter!(DECISIONS, Unit::Count, "Decisions of tokengate's checks.");
+    describe_counter!(
+        CACHE_LOOKUPS,
+        Unit::Count,
+        "Token verifications by cache result."
+    );
+    describe_histogram!(
+        STORE_LOOKUP_DURATION,
+        Unit::Seconds,
+        "Token store lookups on cache misses."
+    );
+    describe_counter!(
+        STORE_ERRORS,
+        Unit::Count,
+        "Token store lookups that failed."
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        Unit::Count,
+        "Requests refused by a rate limit."
+    );
+    describe_counter!(
+        RATE_STATE_FALLBACKS,
+        Unit::Count,
+        "Rate decisions made by the shared state's fallback."
+    );
+    describe_histogram!(
+        RATE_STATE_DURATION,
+        Unit::Seconds,
+        "Round trips to the shared rate state."
+    );
+    describe_counter!(AUDIT_RECORDS, Unit::Count, "Audit records by fate.");
+    describe_gauge!(
+        AUDIT_QUEUE_DEPTH,
+        Unit::Count,
+        "Audit records waiting for the writer."
+    );
+    describe_gauge!(
+        AUDIT_WRITER_LAG,
+        Unit::Seconds,
+        "How long the last audit record waited for the writer."
+    );
+    describe_counter!(
+        FEED_EVENTS,
+        Unit::Count,
+        "Change events applied from the store's feed."
+    );
+    describe_counter!(
+        FEED_RECONNECTS,
+        Unit::Count,
+        "Reconnections of the change feed."
+    );
+    describe_counter!(
+        FEED_FLUSHES,
+        Unit::Count,
+        "Cache flushes on feed (re)connection."
+    );
+    describe_gauge!(FEED_CONNECTED, "Whether the change feed is connected.");
+    describe_gauge!(
+        FEED_LAST_EVENT,
+        Unit::Seconds,
+        "When the change feed last heard from the store."
+    );
+    describe_counter!(
+        NEAR_EXPIRY,
+        Unit::Count,
+        "Admitted requests with a token near its expiry."
+    );
 }

@@ -5,7 +5,7 @@ use http::{HeaderMap, Response};
 
 use super::body::CheckBody;
 use super::render::Renderer;
-use crate::denial::Denial;
+use tokengate_core::Denial;
 
 /// A rendered refusal: the response a check answers instead of calling the
 /// inner service, with its [`Denial`] in the response's extensions.

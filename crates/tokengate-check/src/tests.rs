@@ -7,8 +7,8 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use tower::{Service, ServiceExt, service_fn};
 
 use super::*;
-use crate::check::Renderer;
-use crate::denial::Denial;
+use crate::Renderer;
+use tokengate_core::Denial;
 
 /// Sets `name: value` on the response it admits.
 #[derive(Clone, Copy, Debug)]

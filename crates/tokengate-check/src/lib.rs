@@ -21,7 +21,8 @@
 //! ```
 //! use std::convert::{Infallible};
 //! use http::{Request, Response, StatusCode};
-//! use tokengate_core::{Check, CheckLayer, Verdict, Denial, MalformedReason, NoWait, Renderer};
+//! use tokengate_check::{Check, CheckLayer, NoWait, Renderer, Verdict};
+//! use tokengate_core::{Denial, MalformedReason};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
 //! /// Refuses requests without an `x-tenant` header.
@@ -84,6 +85,7 @@ use http::{Request, Response};
 pub use body::CheckBody;
 pub use chain::{Chain, ChainWait, ChainWaited};
 pub use future::CheckFuture;
+pub use observe::describe_metrics;
 pub use refusal::Refusal;
 pub use render::{
     ProblemJson, Realm, RealmError, RenderDenial, Renderer, is_grpc, refusal_closes_connection,

@@ -9,13 +9,14 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::hash::{KeyId, TokenHasher};
-use crate::record::{RateQuota, TokenStatus};
-use crate::store::{
+use crate::{
     Expiry, Lifecycle, LifecycleError, StoreError, TokenAdmin, TokenChanges, TokenSpec, TokenStore,
 };
-use crate::uses::{SPENT_FOR_GOOD, Taken, UseLimit, Uses};
-use crate::{Pepper, TokenId};
+use tokengate_core::Taken;
+use tokengate_core::{KeyId, TokenHasher};
+use tokengate_core::{Pepper, TokenId};
+use tokengate_core::{RateQuota, TokenStatus};
+use tokengate_core::{SPENT_FOR_GOOD, UseLimit, Uses};
 
 /// Runs the admin contract against `store` (fresh and empty): issue and
 /// find, update (every changeable field, the identity kept), disable and
@@ -246,7 +247,7 @@ async fn lowering_a_limit_caps_the_count<S: TokenStore + TokenAdmin>(
         (
             TokenChanges::new().uses(Some(
                 limit(5).with_refill(
-                    crate::uses::Refill::new(
+                    tokengate_core::Refill::new(
                         std::num::NonZeroU64::new(u64::MAX).unwrap(),
                         Duration::from_secs(60),
                     )
@@ -414,7 +415,7 @@ async fn uses_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) 
             .unwrap(),
         Taken::default()
     );
-    let generation = |record: crate::TokenRecord| record.uses.unwrap().generation;
+    let generation = |record: tokengate_core::TokenRecord| record.uses.unwrap().generation;
     let before = generation(lifecycle.get(&leased.id).await.unwrap().unwrap());
     let reset = lifecycle.reset_uses(&leased.id, None).await.unwrap();
     assert_eq!(generation(reset), before + 1, "a reset starts a generation");
@@ -430,7 +431,7 @@ async fn uses_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) 
 /// [`TokenQuery::apply`] over [`TokenAdmin::list`] for every filter, page
 /// and combination.
 async fn query_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) {
-    use crate::store::TokenQuery;
+    use crate::TokenQuery;
     let day = Duration::from_secs(86_400);
     let mut ids = Vec::new();
     for (i, days) in [1, 2, 40, 60, 5].into_iter().enumerate() {

@@ -7,9 +7,9 @@ use http_body_util::{BodyExt, Empty};
 use serde_json::Value;
 
 use super::render::*;
-use crate::check::CheckBody;
-use crate::denial::*;
-use crate::trail::RequestTrail;
+use crate::CheckBody;
+use tokengate_core::RequestTrail;
+use tokengate_core::denial::*;
 
 type Body = CheckBody<Empty<Bytes>>;
 
@@ -138,8 +138,8 @@ async fn every_invalid_token_reason_gets_the_same_response() {
         InvalidReason::Expired,
         InvalidReason::Revoked,
         InvalidReason::WrongAudience,
-        InvalidReason::Malformed(crate::TokenFormatError::BadChecksum),
-        InvalidReason::Malformed(crate::TokenFormatError::WrongLength),
+        InvalidReason::Malformed(tokengate_core::TokenFormatError::BadChecksum),
+        InvalidReason::Malformed(tokengate_core::TokenFormatError::WrongLength),
     ];
     let mut seen = Vec::new();
     for reason in reasons {
