@@ -26,7 +26,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
 use serde_json::{Map, Value};
-use tokengate::{AuditEvent, AuditLayer, Decision, JsonLinesSink, Overflow};
+use tokengate::audit::{AuditEvent, AuditLayer, Decision, JsonLinesSink, Overflow};
 use tokengate_tests::call_now;
 use tower::{Layer, Service, service_fn};
 

@@ -36,10 +36,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
+use tokengate::audit::{AuditLayer, AuditRecord, AuditSink, JsonLinesSink, Overflow};
+use tokengate::core::{Clock as _, KeyId, RateQuota};
+use tokengate::ipfilter::{IpFilterLayer, IpRules, PeerAddr};
+use tokengate::rate::RateLimitLayer;
 use tokengate::{
-    AuditLayer, AuditRecord, AuditSink, AuthenticateLayer, CacheConfig, CachedStore, Clock as _,
-    EnforceScopeLayer, Gate, IpFilterLayer, IpRules, JsonLinesSink, KeyId, Lifecycle, MemoryStore,
-    Overflow, PeerAddr, Pepper, RateLimitLayer, RateQuota, ScopePolicy, TokenHasher, TokenSpec,
+    AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, Gate, Lifecycle, MemoryStore,
+    Pepper, ScopePolicy, TokenHasher, TokenSpec,
 };
 use tokengate_tests::{CacheEvictor, call_now};
 use tower::{Layer, Service, service_fn};
@@ -188,20 +191,20 @@ fn main() {
     };
     // The TSC clock calibrates on first use, for a varying number of
     // instructions: do it before counting starts.
-    black_box(tokengate::SystemClock.now_nanos());
+    black_box(tokengate::core::SystemClock.now_nanos());
     let ok = match stack.as_str() {
         "bare" => drive(handler(), &bearer, requests),
         "hmac" => drive_hmac(&keyed, token.expose_secret(), requests),
         "authenticate" => drive(auth.layer(handler()), &bearer, requests),
         "client-ip" => drive(
-            tokengate::ResolveClientIpLayer::new().layer(handler()),
+            tokengate::ipfilter::ResolveClientIpLayer::new().layer(handler()),
             &bearer,
             requests,
         ),
         "audit" => drive(AuditLayer::new(Discard).layer(handler()), &bearer, requests),
         "rate-ip" => drive(
             tower::ServiceBuilder::new()
-                .layer(tokengate::ResolveClientIpLayer::new())
+                .layer(tokengate::ipfilter::ResolveClientIpLayer::new())
                 .layer(RateLimitLayer::per_client_ip(roomy).success_headers(false))
                 .service(handler()),
             &bearer,

@@ -27,9 +27,11 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Method, Request, Response};
+use tokengate::core::{KeyId, TokenFormat, UseLimit};
+use tokengate::sqlite::SqliteStore;
 use tokengate::{
-    AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, KeyId, Lifecycle, MemoryStore,
-    Pepper, Requirement, ScopePolicy, SqliteStore, TokenFormat, TokenHasher, TokenSpec, UseLimit,
+    AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, Lifecycle, MemoryStore, Pepper,
+    Requirement, ScopePolicy, TokenHasher, TokenSpec,
 };
 use tokengate_tests::call_now;
 

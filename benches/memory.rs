@@ -17,9 +17,9 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
-use tokengate::{
-    CacheConfig, CachedStore, KeyId, MemoryStore, RateQuota, TokenAdmin, TokenHash, TokenRecord,
-};
+use tokengate::core::{KeyId, RateQuota, TokenHash};
+use tokengate::store::TokenAdmin;
+use tokengate::{CacheConfig, CachedStore, MemoryStore, TokenRecord};
 use tokengate_rate::gcra::Gcra;
 use tokengate_rate::{Charge, MemoryRateState, RateKey};
 

@@ -15,7 +15,7 @@ use axum::body::Body;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use governor::{Quota, RateLimiter};
 use http::{Request, Response};
-use tokengate::{ClientIp, Clock, RateQuota, RequestTrail, SystemClock};
+use tokengate::core::{ClientIp, Clock, RateQuota, RequestTrail, SystemClock};
 use tokengate_rate::gcra::Gcra;
 use tokengate_rate::{Charge, MemoryRateState, RateKey, RateLimitLayer};
 use tokengate_tests::call_now;

@@ -17,7 +17,10 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tokengate::{MemoryRateState, RateKey, RateQuota, RateState, RedisRateState, TokenId};
+use tokengate::TokenId;
+use tokengate::core::RateQuota;
+use tokengate::rate::{MemoryRateState, RateKey, RateState};
+use tokengate::redis::RedisRateState;
 use tokengate_rate::Charge;
 use tokengate_rate::gcra::Gcra;
 

@@ -20,7 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokengate::{RateKey, RateQuota, RateState, RedisRateState, TokenId};
+use tokengate::TokenId;
+use tokengate::core::RateQuota;
+use tokengate::rate::{RateKey, RateState};
+use tokengate::redis::RedisRateState;
 use tokengate_rate::Charge;
 use tokengate_rate::gcra::Gcra;
 

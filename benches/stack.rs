@@ -44,11 +44,13 @@ use governor::{Quota, RateLimiter};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use ipnet::{IpNet, Ipv4Net};
+use tokengate::audit::{AuditLayer, AuditRecord, AuditSink, JsonLinesSink, Overflow};
+use tokengate::core::{ClientIp, KeyId, RateQuota, RequestTrail};
+use tokengate::ipfilter::{IpFilterLayer, IpRules, PeerAddr};
+use tokengate::rate::RateLimitLayer;
 use tokengate::{
-    AuditLayer, AuditRecord, AuditSink, AuthenticateLayer, CacheConfig, CachedStore, ClientIp,
-    EnforceScopeLayer, Gate, IpFilterLayer, IpRules, JsonLinesSink, KeyId, Lifecycle, MemoryStore,
-    Overflow, PeerAddr, Pepper, RateLimitLayer, RateQuota, RequestTrail, ScopePolicy, TokenHasher,
-    TokenSpec,
+    AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, Gate, Lifecycle, MemoryStore,
+    Pepper, ScopePolicy, TokenHasher, TokenSpec,
 };
 use tokengate_tests::{CacheEvictor, call_now};
 use tower::{Layer, Service, service_fn};

@@ -21,9 +21,10 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Response;
-use tokengate::{
-    CacheConfig, CachedStore, KeyId, Pepper, PostgresStore, RedisRateState, TokenHasher, UseLimit,
-};
+use tokengate::core::{KeyId, UseLimit};
+use tokengate::postgres::PostgresStore;
+use tokengate::redis::RedisRateState;
+use tokengate::{CacheConfig, CachedStore, Pepper, TokenHasher};
 use tokengate_postgres::testing::TestDatabase;
 
 #[path = "support/gate.rs"]

@@ -470,3 +470,30 @@ impl Drop for PrivateRedis {
         let _ = self.child.wait();
     }
 }
+
+/// The code of the README and of every guide in `docs/`, compiled (and,
+/// where it does not serve forever, run) as doc tests, with the features
+/// this package's tests enable: every block stays true to the code.
+#[cfg(doctest)]
+pub mod docs {
+    #[doc = include_str!("../README.md")]
+    pub struct Readme;
+    #[doc = include_str!("../docs/quickstart.md")]
+    pub struct Quickstart;
+    #[doc = include_str!("../docs/cli.md")]
+    pub struct Cli;
+    #[doc = include_str!("../docs/layers.md")]
+    pub struct Layers;
+    #[doc = include_str!("../docs/usage-limits.md")]
+    pub struct UsageLimits;
+    #[doc = include_str!("../docs/several-instances.md")]
+    pub struct SeveralInstances;
+    #[doc = include_str!("../docs/admin-api.md")]
+    pub struct AdminApi;
+    #[doc = include_str!("../docs/operating.md")]
+    pub struct Operating;
+    #[doc = include_str!("../docs/security.md")]
+    pub struct Security;
+    #[doc = include_str!("../docs/testing.md")]
+    pub struct Testing;
+}

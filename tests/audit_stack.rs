@@ -14,10 +14,11 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::Value;
 use support::{HttpClient, World, serve_axum};
-use tokengate::{
-    AuditLayer, EnforceScopeLayer, IpFilterLayer, IpRules, JsonLinesSink, RateLimitLayer,
-    RateQuota, Requirement, ResolveClientIpLayer, ScopePolicy, TokenFormat,
-};
+use tokengate::audit::{AuditLayer, JsonLinesSink};
+use tokengate::core::{RateQuota, TokenFormat};
+use tokengate::ipfilter::{IpFilterLayer, IpRules, ResolveClientIpLayer};
+use tokengate::rate::RateLimitLayer;
+use tokengate::{EnforceScopeLayer, Requirement, ScopePolicy};
 use tower::ServiceBuilder;
 
 #[tokio::test]
@@ -184,7 +185,7 @@ async fn every_outcome_is_recorded_once_without_secrets() {
     }
     assert!(!text.contains("leak"));
     assert_eq!(
-        tokengate::audit_chain::verify(&path).unwrap().records,
+        tokengate::audit::chain::verify(&path).unwrap().records,
         expected.len() as u64
     );
     std::fs::remove_dir_all(&dir).unwrap();
@@ -196,7 +197,7 @@ async fn head_requests_to_axum_are_recorded_completed_not_cancelled() {
     let (token, _) = world.issue("notes:read").await;
     let records = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let kept = records.clone();
-    let sink = move |event: tokengate::AuditEvent| kept.lock().unwrap().push(event);
+    let sink = move |event: tokengate::audit::AuditEvent| kept.lock().unwrap().push(event);
     let policy = ScopePolicy::builder()
         .read_write("/notes", "notes")
         .build()

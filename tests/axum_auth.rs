@@ -13,9 +13,10 @@ use axum::routing::{delete, get, post};
 use http::{Method, StatusCode};
 use support::{HttpClient, World, serve_axum};
 use tokengate::axum::Authenticated;
-use tokengate::{
-    Clock, EnforceScopeLayer, Expiry, RequireScope, Requirement, ScopePolicy, TokenFormat,
-};
+use tokengate::core::{Clock, TokenFormat};
+use tokengate::scope::RequireScope;
+use tokengate::store::Expiry;
+use tokengate::{EnforceScopeLayer, Requirement, ScopePolicy};
 use tower::ServiceBuilder;
 
 async fn list(Authenticated(p): Authenticated) -> String {
@@ -330,8 +331,9 @@ async fn a_query_token_is_redacted_from_every_copy_of_the_uri() {
             .unwrap()
     };
     let auth = world.auth.clone().query_param("access_token");
-    let gate = tokengate::Gate::new(auth.clone(), EnforceScopeLayer::new(policy()))
-        .client_ip(tokengate::ResolveClientIpLayer::new().peer_source(tokengate::axum::peer_addr));
+    let gate = tokengate::Gate::new(auth.clone(), EnforceScopeLayer::new(policy())).client_ip(
+        tokengate::ipfilter::ResolveClientIpLayer::new().peer_source(tokengate::axum::peer_addr),
+    );
     let with_gate = Router::new().route("/notes", get(echo_uris)).layer(gate);
     let alone = Router::new().route("/notes", get(echo_uris)).layer(
         ServiceBuilder::new()
@@ -495,8 +497,10 @@ async fn nested_routers_see_paths_relative_to_where_the_gate_sits() {
 #[tokio::test]
 async fn the_embedded_authenticate_layer_redacts_axums_copy_too() {
     let dir = tokengate_tests::process::temp_dir("embedded-query-token");
-    let db = tokengate::Database::Sqlite(dir.join("tokens.db"));
-    let embedded = tokengate::Embedded::open(&db, None, &dir.join("audit.jsonl"))
+    let db = tokengate::deployment::Database::Sqlite(dir.join("tokens.db"));
+    let embedded = tokengate::Deployment::builder(db)
+        .audit_log(dir.join("audit.jsonl"))
+        .open()
         .await
         .unwrap();
     let spec = tokengate::TokenSpec::new("q", "alice")
@@ -524,4 +528,86 @@ async fn the_embedded_authenticate_layer_redacts_axums_copy_too() {
     );
     embedded.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The README's ten lines, as written there, on a real port: the token
+/// the CLI would issue is served, the public route needs none, a missing
+/// token is 401 and a write with a read token 403, every request leaves
+/// one audit record beside the database.
+#[tokio::test]
+async fn the_readmes_ten_lines_serve_the_gate_on_the_embedded_store() {
+    let dir = tokengate_tests::process::temp_dir("ten-lines");
+    let db = dir.join("tokengate.db");
+    let deployment = tokengate::Deployment::open(db.to_str().unwrap())
+        .await
+        .unwrap();
+    let token = deployment
+        .lifecycle
+        .issue(
+            tokengate::TokenSpec::new("me", "alice")
+                .scopes(["notes:read".parse().unwrap()])
+                .audiences(["notes".parse().unwrap()]),
+        )
+        .await
+        .unwrap()
+        .token;
+    let policy = ScopePolicy::builder()
+        .read_write("/notes", "notes")
+        .public("/healthz")
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/notes",
+            get(|who: Authenticated| async move { format!("hello, {}", who.subject()) })
+                .post(|| async { "written" }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(deployment.gate("notes", policy).await.unwrap());
+    let (listener, addr) = support::listener().await;
+    drop(listener);
+    let server = tokio::spawn(tokengate::axum::serve(addr, app, deployment));
+    let client = HttpClient::new(addr);
+    let mut health = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            health = Some(client.get("/healthz", None).await);
+            break;
+        }
+    }
+    let health = health.expect("the server listens");
+    assert_eq!(
+        (health.status, health.body.as_str()),
+        (StatusCode::OK, "ok")
+    );
+    let hello = client.get("/notes", Some(&token)).await;
+    assert_eq!(
+        (hello.status, hello.body.as_str()),
+        (StatusCode::OK, "hello, alice")
+    );
+    assert_eq!(
+        client.get("/notes", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let write = client.with_token("POST", "/notes", &token, "{}").await;
+    assert_eq!(write.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        client.get("/undeclared", Some(&token)).await.status,
+        StatusCode::FORBIDDEN
+    );
+    server.abort();
+    // The audit file beside the database: one record per request, flushed
+    // within its interval (1 s).
+    let audit = dir.join("audit.jsonl");
+    let mut records = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        records = std::fs::read_to_string(&audit).map_or(0, |text| text.lines().count());
+        if records >= 5 {
+            break;
+        }
+    }
+    assert_eq!(records, 5, "one record per request");
+    assert!(tokengate::sqlite::pepper_path(&db).exists());
 }

@@ -9,10 +9,10 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use tokengate::{
-    Check, Denial, Gate, MalformedReason, MemoryStore, NoWait, PeerAddr, RateQuota, Renderer,
-    ScopePolicy, Token, Verdict,
-};
+use tokengate::check::{Check, NoWait, Renderer, Verdict};
+use tokengate::core::{MalformedReason, RateQuota, Token};
+use tokengate::ipfilter::PeerAddr;
+use tokengate::{Denial, Gate, MemoryStore, ScopePolicy};
 use tokengate_rate::testing::PendingRateState;
 use tower::{ServiceExt, service_fn};
 
@@ -95,7 +95,7 @@ async fn a_gate_whose_rate_state_answers_later_limits_as_the_in_memory_one() {
     let (gate, token) = gate().await;
     let state = PendingRateState::new();
     let gate = gate
-        .token_rate(tokengate::RateLimitLayer::per_token(quota(1, 2)))
+        .token_rate(tokengate::rate::RateLimitLayer::per_token(quota(1, 2)))
         .rate_state(state.clone());
     let service = tower::ServiceBuilder::new().layer(gate).service(ok());
 
@@ -156,14 +156,14 @@ async fn two_gates_sharing_redis_give_a_token_its_quota_once() {
     };
     let prefix = format!("tg-gate-test-{}", std::process::id());
     let shared = || {
-        tokengate::RedisRateState::new(&url)
+        tokengate::redis::RedisRateState::new(&url)
             .unwrap()
             .prefix(&prefix)
             .unwrap()
             .timeout(Duration::from_secs(2))
     };
     let (gate, token) = gate().await;
-    let limited = gate.token_rate(tokengate::RateLimitLayer::per_token(quota(1, 4)));
+    let limited = gate.token_rate(tokengate::rate::RateLimitLayer::per_token(quota(1, 4)));
     let probe = shared();
     let first = tower::ServiceBuilder::new()
         .layer(limited.clone().rate_state(probe.clone()))
@@ -201,7 +201,7 @@ async fn remove_keys(url: &str, prefix: &str) {
 /// The audit records of a Gate whose Redis cannot be reached, under
 /// `policy`, for three requests with a per-token burst of 1.
 async fn audited_with_redis_down(
-    policy: tokengate::Unavailable,
+    policy: tokengate::redis::Unavailable,
 ) -> (Vec<u16>, Vec<serde_json::Value>) {
     let dir = std::env::temp_dir().join(format!(
         "tokengate-fallback-audit-{}-{policy:?}",
@@ -210,18 +210,18 @@ async fn audited_with_redis_down(
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("audit.jsonl");
-    let sink = tokengate::JsonLinesSink::open(&path).unwrap();
+    let sink = tokengate::audit::JsonLinesSink::open(&path).unwrap();
     // Nothing listens on port 1: every call fails at once.
-    let down = tokengate::RedisRateState::new("redis://127.0.0.1:1")
+    let down = tokengate::redis::RedisRateState::new("redis://127.0.0.1:1")
         .unwrap()
         .timeout(Duration::from_millis(200))
         .unavailable(policy);
     let (gate, token) = gate().await;
     let service = tower::ServiceBuilder::new()
         .layer(
-            gate.token_rate(tokengate::RateLimitLayer::per_token(quota(1, 1)))
+            gate.token_rate(tokengate::rate::RateLimitLayer::per_token(quota(1, 1)))
                 .rate_state(down)
-                .audit(tokengate::AuditLayer::new(sink.clone())),
+                .audit(tokengate::audit::AuditLayer::new(sink.clone())),
         )
         .service(ok());
     let mut statuses = Vec::new();
@@ -241,7 +241,7 @@ async fn audited_with_redis_down(
 #[tokio::test]
 async fn a_refusal_decided_while_redis_is_down_states_the_policy_in_its_audit_record() {
     // Local: the instance's own limits refuse, and the record says so.
-    let (statuses, records) = audited_with_redis_down(tokengate::Unavailable::Local).await;
+    let (statuses, records) = audited_with_redis_down(tokengate::redis::Unavailable::Local).await;
     assert_eq!(statuses, [200, 429, 429]);
     assert_eq!(records.len(), 3);
     assert_eq!(records[0].get("tokengate.rate_fallback"), None, "admitted");
@@ -251,7 +251,8 @@ async fn a_refusal_decided_while_redis_is_down_states_the_policy_in_its_audit_re
     }
 
     // FailClosed: every request refused with 503, stated as such.
-    let (statuses, records) = audited_with_redis_down(tokengate::Unavailable::FailClosed).await;
+    let (statuses, records) =
+        audited_with_redis_down(tokengate::redis::Unavailable::FailClosed).await;
     assert_eq!(statuses, [503, 503, 503]);
     for record in &records {
         assert_eq!(record["tokengate.reason"], "rate_state_unavailable");
@@ -260,7 +261,8 @@ async fn a_refusal_decided_while_redis_is_down_states_the_policy_in_its_audit_re
     }
 
     // FailOpen admits: no refusal to state.
-    let (statuses, records) = audited_with_redis_down(tokengate::Unavailable::FailOpen).await;
+    let (statuses, records) =
+        audited_with_redis_down(tokengate::redis::Unavailable::FailOpen).await;
     assert_eq!(statuses, [200, 200, 200]);
     assert!(
         records

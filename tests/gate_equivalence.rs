@@ -15,11 +15,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use tokengate::audit::{AuditEvent, AuditLayer};
+use tokengate::authenticate::PublicPaths;
+use tokengate::check::{Chain, CheckLayer, Shield};
+use tokengate::core::{KeyId, ManualClock, RateQuota, Token};
+use tokengate::ipfilter::{IpFilterLayer, IpRules, PeerAddr, ResolveClientIpLayer};
+use tokengate::rate::{MissingKey, RateLimitLayer};
+use tokengate::store::testing::ProbeStore;
 use tokengate::{
-    AuditEvent, AuditLayer, AuthenticateLayer, CacheConfig, CachedStore, Chain, CheckLayer,
-    EnforceScopeLayer, Gate, IpFilterLayer, IpRules, KeyId, Lifecycle, ManualClock, MissingKey,
-    PeerAddr, Pepper, PublicPaths, RateLimitLayer, RateQuota, Requirement, ResolveClientIpLayer,
-    ScopePolicy, Shield, Token, TokenHasher, TokenSpec, testing::ProbeStore,
+    AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, Gate, Lifecycle, Pepper,
+    Requirement, ScopePolicy, TokenHasher, TokenSpec,
 };
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
@@ -42,7 +47,7 @@ fn policy() -> ScopePolicy {
 /// One stack's audit records, in order.
 type Records = Arc<Mutex<Vec<AuditEvent>>>;
 
-fn audit(records: &Records) -> AuditLayer<impl tokengate::AuditSink + use<>> {
+fn audit(records: &Records) -> AuditLayer<impl tokengate::audit::AuditSink + use<>> {
     let records = Arc::clone(records);
     AuditLayer::new(move |event: AuditEvent| records.lock().unwrap().push(event))
 }

@@ -16,7 +16,8 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use support::{HttpClient, World, listener};
-use tokengate::{ClientIp, EnforceScopeLayer, Principal, RequestTrail, Requirement, ScopePolicy};
+use tokengate::core::{ClientIp, RequestTrail};
+use tokengate::{EnforceScopeLayer, Principal, Requirement, ScopePolicy};
 use tower::{ServiceBuilder, service_fn};
 
 async fn handler(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -128,7 +129,7 @@ async fn network_bound_tokens_see_the_real_peer_address() {
     );
     // Outside its networks a real token is answered like a made-up one.
     let refused = client.get("/notes", Some(&elsewhere)).await;
-    let made_up = tokengate::TokenFormat::default().generate();
+    let made_up = tokengate::core::TokenFormat::default().generate();
     let unknown = client.get("/notes", Some(&made_up)).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     assert_eq!(refused.body, unknown.body);

@@ -11,7 +11,8 @@ use http::StatusCode;
 use support::grpc::pb::CreateNoteRequest;
 use support::grpc::pb::notes_client::NotesClient;
 use support::{HttpClient, serve_axum};
-use tokengate::{IpFilterLayer, IpRules, RequestTrail, ResolveClientIpLayer};
+use tokengate::core::RequestTrail;
+use tokengate::ipfilter::{IpFilterLayer, IpRules, ResolveClientIpLayer};
 use tower::ServiceBuilder;
 
 fn denied() -> IpFilterLayer {

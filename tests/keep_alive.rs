@@ -16,11 +16,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-async fn app() -> (std::net::SocketAddr, tokengate::Token) {
+async fn app() -> (std::net::SocketAddr, tokengate::core::Token) {
     let (gate, token) = support::memory_gate().await;
     // Thousands of requests from one address and one token: no limit that
     // would answer 429 here.
-    let unlimited = tokengate::RateQuota::new(
+    let unlimited = tokengate::core::RateQuota::new(
         std::num::NonZeroU32::new(1_000_000).unwrap(),
         std::time::Duration::from_secs(1),
         std::num::NonZeroU32::new(1_000_000).unwrap(),
@@ -28,7 +28,7 @@ async fn app() -> (std::net::SocketAddr, tokengate::Token) {
     .unwrap();
     let gate = gate
         .pre_auth_quota(unlimited)
-        .token_rate(tokengate::RateLimitLayer::per_token(unlimited));
+        .token_rate(tokengate::rate::RateLimitLayer::per_token(unlimited));
     let notes = Router::new()
         .route(
             "/notes",

@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use tokengate::{
-    Gate, MemoryStore, MissingKey, PeerAddr, RateLimitLayer, RateQuota, ScopePolicy, Token,
-};
+use tokengate::core::{RateQuota, Token};
+use tokengate::ipfilter::PeerAddr;
+use tokengate::rate::{MissingKey, RateLimitLayer};
+use tokengate::{Gate, MemoryStore, ScopePolicy};
 use tower::{Layer, ServiceExt, service_fn};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};

@@ -13,7 +13,8 @@ use http::StatusCode;
 use support::grpc::pb::ListNotesRequest;
 use support::grpc::pb::notes_client::NotesClient;
 use support::{HttpClient, World, serve_axum};
-use tokengate::{RateLimitLayer, RateQuota};
+use tokengate::core::RateQuota;
+use tokengate::rate::RateLimitLayer;
 use tower::ServiceBuilder;
 
 fn one_per_minute(burst: u32) -> RateQuota {

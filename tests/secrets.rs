@@ -2,9 +2,11 @@
 //! derives from one.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+use tokengate::core::{InvalidReason, KeyId, TokenFormatError};
+use tokengate::store::VerifyError;
 use tokengate::{
-    CacheConfig, CachedStore, Denial, InvalidReason, KeyId, Lifecycle, MemoryStore, Pepper,
-    Principal, TokenFormatError, TokenHasher, TokenSpec, VerifyError,
+    CacheConfig, CachedStore, Denial, Lifecycle, MemoryStore, Pepper, Principal, TokenHasher,
+    TokenSpec,
 };
 
 /// Fails if any `window`-long run of `secret` appears in `shown`.
@@ -28,7 +30,7 @@ fn errors_of(input: &str) -> String {
         show(input.parse::<tokengate::Scope>()),
         // A token is a well-formed audience: no error to show.
         show(input.parse::<tokengate::Audience>()),
-        show(tokengate::parse_net(input)),
+        show(tokengate::ipfilter::parse_net(input)),
     ]
     .concat()
 }

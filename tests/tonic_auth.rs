@@ -6,7 +6,8 @@ mod support;
 
 use http::uri::PathAndQuery;
 use support::World;
-use tokengate::{EnforceScopeLayer, Requirement, ScopePolicy, Token};
+use tokengate::core::Token;
+use tokengate::{EnforceScopeLayer, Requirement, ScopePolicy};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tower::ServiceBuilder;
@@ -69,7 +70,7 @@ async fn no_token_is_unauthenticated_16() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    let unknown = tokengate::TokenFormat::default().generate();
+    let unknown = tokengate::core::TokenFormat::default().generate();
     let status = client
         .list_notes(with_token(ListNotesRequest {}, &[secret(&unknown)]))
         .await
@@ -168,7 +169,8 @@ async fn the_health_service_is_public() {
 async fn a_spent_quota_is_resource_exhausted_8_with_the_http_quota_headers() {
     use std::num::NonZeroU32;
     use std::time::Duration;
-    use tokengate::{RateLimitLayer, RateQuota};
+    use tokengate::core::RateQuota;
+    use tokengate::rate::RateLimitLayer;
 
     let world = World::new();
     let (token, _) = world.issue("notes:read").await;

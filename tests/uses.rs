@@ -14,7 +14,9 @@ use axum::Router;
 use axum::routing::get;
 use http::StatusCode;
 use support::{HttpClient, Reply, World};
-use tokengate::{EnforceScopeLayer, Gate, RedisRateState, RedisUses, ScopePolicy, UseLimit};
+use tokengate::core::UseLimit;
+use tokengate::redis::{RedisRateState, RedisUses};
+use tokengate::{EnforceScopeLayer, Gate, ScopePolicy};
 
 fn uses(n: u64) -> UseLimit {
     UseLimit::new(NonZeroU64::new(n).unwrap())
@@ -22,9 +24,9 @@ fn uses(n: u64) -> UseLimit {
 
 /// A token with `notes:read` and `limit` (and a rate quota that does not
 /// bind: the bursts below are the uses' to refuse).
-async fn metered(world: &World, limit: UseLimit) -> (tokengate::Token, tokengate::TokenId) {
+async fn metered(world: &World, limit: UseLimit) -> (tokengate::core::Token, tokengate::TokenId) {
     let wide = std::num::NonZeroU32::new(100_000).unwrap();
-    let quota = tokengate::RateQuota::new(wide, Duration::from_secs(1), wide).unwrap();
+    let quota = tokengate::core::RateQuota::new(wide, Duration::from_secs(1), wide).unwrap();
     world
         .issue_spec(world.spec("notes:read").uses(limit).rate_quota(quota))
         .await
@@ -222,7 +224,7 @@ async fn a_reset_and_a_new_limit_hold_from_the_next_request() {
     // Unlimited from now on: no count, no header.
     world
         .lifecycle
-        .update(&id, &tokengate::TokenChanges::new().uses(None))
+        .update(&id, &tokengate::store::TokenChanges::new().uses(None))
         .await
         .unwrap();
     for _ in 0..3 {
@@ -254,7 +256,7 @@ async fn stacked_alone_authenticate_spends_the_use_itself() {
 }
 
 /// 64 requests at once; how many were admitted (the rest must be 403).
-async fn admitted_of_64(client: &HttpClient, token: &tokengate::Token) -> usize {
+async fn admitted_of_64(client: &HttpClient, token: &tokengate::core::Token) -> usize {
     let mut requests = tokio::task::JoinSet::new();
     for _ in 0..64 {
         let (client, token) = (client.clone(), token.clone());

@@ -30,7 +30,6 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -39,10 +38,10 @@ use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
 use governor::{Quota, RateLimiter};
 use http::{Method, Request};
-use tokengate::{
-    ClientIp, Embedded, EnforceScopeLayer, IpFilterLayer, IpRules, MissingKey, RateLimitLayer,
-    RateQuota, RequestTrail, Requirement, ResolveClientIpLayer, ScopePolicy,
-};
+use tokengate::core::{ClientIp, RateQuota, RequestTrail};
+use tokengate::ipfilter::{IpFilterLayer, IpRules, ResolveClientIpLayer};
+use tokengate::rate::{MissingKey, RateLimitLayer};
+use tokengate::{Deployment, EnforceScopeLayer, Requirement, ScopePolicy};
 use tower::ServiceBuilder;
 use tracing_appender::non_blocking::WorkerGuard;
 
@@ -90,8 +89,12 @@ async fn main() {
         "bearer" => get(list)
             .route_layer(tower_http::validate_request::ValidateRequestHeaderLayer::bearer(&token)),
         "authenticate" | "checks" => {
-            let db: tokengate::Database = required("--db").parse().unwrap();
-            let opened = Embedded::open(&db, None, Path::new(&log)).await.unwrap();
+            let db: tokengate::deployment::Database = required("--db").parse().unwrap();
+            let opened = Deployment::builder(db.clone())
+                .audit_log(&log)
+                .open()
+                .await
+                .unwrap();
             let authenticate = opened.authenticate("notes".parse().unwrap());
             embedded = Some(opened);
             if stack == "authenticate" {
@@ -122,7 +125,7 @@ async fn main() {
 /// `GET /notes` behind the gate's checks as separate layers, configured as
 /// axum-notes' gate (`--pre-auth-rate 100000000`), without the audit layer.
 fn checks_route(
-    authenticate: tokengate::AuthenticateLayer<tokengate::AnyStore>,
+    authenticate: tokengate::AuthenticateLayer<tokengate::deployment::AnyStore>,
 ) -> MethodRouter<Notes> {
     let per_second = |n: u32| {
         let n = NonZeroU32::new(n).unwrap();

@@ -6,9 +6,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::{Request, Response};
+use tokengate::core::{RateQuota, UseLimit};
+use tokengate::store::{SharedUses, TokenAdmin};
 use tokengate::{
-    AuthenticateLayer, CachedStore, EnforceScopeLayer, Gate, Lifecycle, RateQuota, ScopePolicy,
-    SharedUses, TokenAdmin, TokenHasher, TokenSpec, TokenStore, UseLimit,
+    AuthenticateLayer, CachedStore, EnforceScopeLayer, Gate, Lifecycle, ScopePolicy, TokenHasher,
+    TokenSpec, TokenStore,
 };
 use tower::{Layer, Service, service_fn};
 
@@ -41,7 +43,7 @@ where
 {
     let request = Request::get("/notes")
         .header("authorization", bearer)
-        .extension(tokengate::PeerAddr(([127, 0, 0, 1], 1).into()))
+        .extension(tokengate::ipfilter::PeerAddr(([127, 0, 0, 1], 1).into()))
         .body(String::new())
         .unwrap();
     let response = runtime

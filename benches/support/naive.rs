@@ -11,7 +11,8 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
-use tokengate::{Check, CheckService, ClientIp, NoWait, Refusal, Verdict};
+use tokengate::check::{Check, CheckService, NoWait, Refusal, Verdict};
+use tokengate::core::ClientIp;
 
 /// Token hash to the token's scopes.
 pub(crate) type Tokens = moka::sync::Cache<[u8; 32], Arc<Vec<String>>>;

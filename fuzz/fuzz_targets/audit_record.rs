@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use http::{Request, Response};
 use libfuzzer_sys::fuzz_target;
-use tokengate::{AuditEvent, AuditLayer, AuditRecord, AuditSink, TokenFormat};
+use tokengate::audit::{AuditEvent, AuditLayer, AuditRecord, AuditSink};
+use tokengate::core::TokenFormat;
 use tower::{Layer, ServiceExt, service_fn};
 
 #[derive(Clone, Default)]

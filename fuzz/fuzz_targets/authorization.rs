@@ -9,9 +9,8 @@ use std::sync::OnceLock;
 
 use http::{Request, Response, StatusCode};
 use libfuzzer_sys::fuzz_target;
-use tokengate::{
-    AuthenticateLayer, CacheConfig, CachedStore, KeyId, MemoryStore, Pepper, TokenHasher,
-};
+use tokengate::{AuthenticateLayer, CacheConfig, CachedStore, MemoryStore, Pepper, TokenHasher};
+use tokengate::core::KeyId;
 use tower::{Layer, ServiceExt, service_fn};
 
 fn runtime() -> &'static tokio::runtime::Runtime {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use tokengate::RateLimitPolicy;
+use tokengate::core::RateLimitPolicy;
 
 fn params(text: &str) -> (String, Vec<(String, u64)>) {
     let mut parts = text.split(';');

@@ -4,7 +4,8 @@
 //! that keeps its input never shows a token-shaped run of it.
 
 use libfuzzer_sys::fuzz_target;
-use tokengate::{Echo, TokenFormat, TokenId};
+use tokengate::TokenId;
+use tokengate::core::{Echo, TokenFormat};
 
 /// Whether `shown` repeats any 24-character run of letters and digits of
 /// `input` (what a token's secret is made of).

@@ -47,7 +47,7 @@ where
     L::Service: tower::Service<
             http::Request<tonic::body::Body>,
             Response = http::Response<
-                tokengate::CheckBody<tokengate::CheckBody<tonic::body::Body>>,
+                tokengate::check::CheckBody<tokengate::check::CheckBody<tonic::body::Body>>,
             >,
         > + Clone
         + Send

@@ -11,10 +11,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokengate::testing::ProbeStore;
+use tokengate::authenticate::PublicPaths;
+use tokengate::core::{KeyId, ManualClock, Token};
+use tokengate::store::testing::ProbeStore;
 use tokengate::{
-    AuthenticateLayer, CacheConfig, CachedStore, KeyId, Lifecycle, ManualClock, Pepper,
-    PublicPaths, Token, TokenHasher, TokenId, TokenSpec,
+    AuthenticateLayer, CacheConfig, CachedStore, Lifecycle, Pepper, TokenHasher, TokenId, TokenSpec,
 };
 use tokio::net::TcpListener;
 

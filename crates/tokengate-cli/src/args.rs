@@ -3,9 +3,10 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
-use tokengate::{
-    Audience, Database, Echo, Expiry, RateQuota, Refill, Scope, TokenChanges, TokenStatus, UseLimit,
-};
+use tokengate::core::{Echo, RateQuota, Refill, TokenStatus, UseLimit};
+use tokengate::deployment::Database;
+use tokengate::store::{Expiry, TokenChanges};
+use tokengate::{Audience, Scope};
 
 /// Manage tokengate API tokens.
 #[derive(Debug, Parser)]
@@ -348,7 +349,7 @@ impl UsesArgs {
 
 fn parse_refill(text: &str) -> Result<Refill, String> {
     text.parse()
-        .map_err(|e: tokengate::UseLimitError| e.to_string())
+        .map_err(|e: tokengate::core::UseLimitError| e.to_string())
 }
 
 /// The quota of `--rate` and `--burst`, if given.
@@ -378,12 +379,12 @@ impl Issue {
 
 fn parse_scope(text: &str) -> Result<Scope, String> {
     text.parse()
-        .map_err(|e: tokengate::ScopeError| e.to_string())
+        .map_err(|e: tokengate::core::ScopeError| e.to_string())
 }
 
 fn parse_audience(text: &str) -> Result<Audience, String> {
     text.parse()
-        .map_err(|e: tokengate::AudienceError| e.to_string())
+        .map_err(|e: tokengate::core::AudienceError| e.to_string())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -401,7 +402,7 @@ fn parse_time(text: &str) -> Result<SystemTime, String> {
 }
 
 fn parse_net(text: &str) -> Result<IpNet, String> {
-    tokengate::parse_net(text).map_err(|e| e.to_string())
+    tokengate::ipfilter::parse_net(text).map_err(|e| e.to_string())
 }
 
 fn parse_rate(text: &str) -> Result<(u32, Duration), String> {

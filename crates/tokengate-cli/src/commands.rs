@@ -6,11 +6,14 @@ use std::time::SystemTime;
 use std::path::Path;
 
 use serde_json::Value;
-use tokengate::{
-    AnyStore, AuditKey, Clock, Database, Expiry, InvalidReason, IssuancePolicy, IssuedToken, KeyId,
-    Lifecycle, LifecycleError, PEPPER_ENV, PepperSource, SystemClock, TokenFormat, TokenId,
-    TokenQuery, TokenRecord, TokenSpec, TokenStatus, TokenStore, audit_chain, pepper_path,
+use tokengate::audit::{AuditKey, chain};
+use tokengate::core::{Clock, InvalidReason, KeyId, SystemClock, TokenFormat, TokenStatus};
+use tokengate::deployment::{AnyStore, Database};
+use tokengate::sqlite::pepper_path;
+use tokengate::store::{
+    Expiry, IssuancePolicy, IssuedToken, LifecycleError, PEPPER_ENV, PepperSource, TokenQuery,
 };
+use tokengate::{Lifecycle, TokenId, TokenRecord, TokenSpec, TokenStore};
 
 use crate::args::{AuditCommand, Cli, Command, Issue, PepperCommand, Update};
 
@@ -20,10 +23,10 @@ fn when(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
-/// A record in the one JSON rendering (`tokengate::view::TokenView`), as
+/// A record in the one JSON rendering (`tokengate::store::view::TokenView`), as
 /// the admin API sends it.
 fn record_json(r: &TokenRecord) -> Value {
-    serde_json::to_value(tokengate::view::TokenView::from(r)).unwrap_or(Value::Null)
+    serde_json::to_value(tokengate::store::view::TokenView::from(r)).unwrap_or(Value::Null)
 }
 
 /// `remaining/limit` of a usage-limited token, `-` for unlimited uses.
@@ -38,7 +41,7 @@ fn uses_left(r: &TokenRecord) -> String {
 /// zero-width characters escaped, so a name cannot steer the terminal or
 /// display as something it is not.
 fn shown(text: &str) -> std::borrow::Cow<'_, str> {
-    tokengate::escape_for_display(text)
+    tokengate::core::escape_for_display(text)
 }
 
 /// A JSON value as one line, with the characters JSON allows raw but that
@@ -46,12 +49,12 @@ fn shown(text: &str) -> std::borrow::Cow<'_, str> {
 /// as `\uXXXX`: the same value to a parser, plain to a reader.
 pub(crate) fn json_line(value: &serde_json::Value) -> String {
     let text = value.to_string();
-    if !text.chars().any(tokengate::needs_unicode_escape) {
+    if !text.chars().any(tokengate::core::needs_unicode_escape) {
         return text;
     }
     let mut out = String::with_capacity(text.len() + 12);
     for c in text.chars() {
-        if tokengate::needs_unicode_escape(c) {
+        if tokengate::core::needs_unicode_escape(c) {
             let _ = write!(out, "\\u{:04x}", u32::from(c));
         } else {
             out.push(c);
@@ -182,8 +185,8 @@ fn verify_audit(file: &Path, key_file: Option<&Path>) -> Result<ExitCode> {
     let default_key = AuditKey::path_for(file);
     let key = if let Some(path) = key_file {
         Some(AuditKey::read(path))
-    } else if let Ok(hex) = std::env::var(audit_chain::AUDIT_KEY_ENV) {
-        Some(AuditKey::from_hex(&hex, audit_chain::AUDIT_KEY_ENV))
+    } else if let Ok(hex) = std::env::var(chain::AUDIT_KEY_ENV) {
+        Some(AuditKey::from_hex(&hex, chain::AUDIT_KEY_ENV))
     } else if default_key.exists() {
         Some(AuditKey::read(&default_key))
     } else {
@@ -191,7 +194,7 @@ fn verify_audit(file: &Path, key_file: Option<&Path>) -> Result<ExitCode> {
     }
     .transpose()
     .map_err(|e| e.to_string())?;
-    Ok(match audit_chain::verify_with(file, key.as_ref()) {
+    Ok(match chain::verify_with(file, key.as_ref()) {
         Ok(report) if !report.torn_lines.is_empty() => {
             println!(
                 "torn: {} records intact, last hash {}; line(s) {:?} were cut short by a crash \

@@ -42,7 +42,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             // An error may quote stored or typed text: each line escaped.
-            let lines: Vec<_> = error.lines().map(tokengate::escape_for_display).collect();
+            let lines: Vec<_> = error
+                .lines()
+                .map(tokengate::core::escape_for_display)
+                .collect();
             eprintln!("error: {}", lines.join("\n"));
             ExitCode::from(1)
         }
@@ -61,7 +64,7 @@ fn refuse_control_characters(args: impl Iterator<Item = std::ffi::OsString>) -> 
         if text.chars().any(char::is_control) {
             return Err(format!(
                 "argument {position} {} holds a control character; none is allowed",
-                tokengate::Echo::new(&tokengate::escape_for_display(&text), 200)
+                tokengate::core::Echo::new(&tokengate::core::escape_for_display(&text), 200)
             ));
         }
     }

@@ -160,8 +160,8 @@ fn issue_checks_scopes_against_the_catalogue_the_servers_registered() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        use tokengate::TokenAdmin;
-        let store = tokengate::SqliteStore::open(&dir.path()).unwrap();
+        use tokengate::store::TokenAdmin;
+        let store = tokengate::sqlite::SqliteStore::open(&dir.path()).unwrap();
         store
             .register_scopes(&"notes:read notes:write".parse().unwrap())
             .await

@@ -37,7 +37,7 @@ pub struct TokenRecord {
     /// When the token was revoked, if it was.
     pub revoked_at: Option<SystemTime>,
     /// When the token was disabled, while it is: refused like a revoked
-    /// token, but reversibly ([`Lifecycle::enable`](crate::Lifecycle::enable)).
+    /// token, but reversibly (`Lifecycle::enable`).
     pub disabled_at: Option<SystemTime>,
     /// When the token was last seen on a request (written behind, approximate).
     pub last_used_at: Option<SystemTime>,
@@ -54,7 +54,7 @@ pub struct TokenRecord {
     /// uses.
     pub uses: Option<Uses>,
     /// How many times the record was changed through
-    /// [`TokenAdmin::update`](crate::TokenAdmin::update), which writes
+    /// `TokenAdmin::update`, which writes
     /// only over the version it was read at (a change made meanwhile by
     /// another process is never overwritten; the lifecycle reads again and
     /// reapplies).

@@ -206,7 +206,7 @@ pub struct Uses {
     pub window: u64,
     /// Bumped whenever the count is set rather than spent (a reset, a
     /// rotation's hand-over): uses leased out under an older generation
-    /// ([`SharedUses`]) no longer count.
+    /// (`SharedUses`) no longer count.
     pub generation: u64,
 }
 

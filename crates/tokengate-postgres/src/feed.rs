@@ -44,19 +44,7 @@ pub(crate) enum Change {
 }
 
 impl Change {
-    pub(crate) fn revoked(record: &TokenRecord) -> Self {
-        Self::of("revoked", record)
-    }
-
-    pub(crate) fn rotated(record: &TokenRecord) -> Self {
-        Self::of("rotated", record)
-    }
-
-    pub(crate) fn updated(record: &TokenRecord) -> Self {
-        Self::of("updated", record)
-    }
-
-    fn of(kind: &'static str, record: &TokenRecord) -> Self {
+    pub(crate) fn of(kind: &'static str, record: &TokenRecord) -> Self {
         Self::Token {
             kind,
             event: FeedEvent::Token {

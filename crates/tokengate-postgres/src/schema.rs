@@ -84,7 +84,10 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<(), MigrateError> {
         .await?
         .try_get(0)?;
     if current > VERSION {
-        return Err(MigrateError::Newer { found: current });
+        return Err(MigrateError::Newer {
+            found: current,
+            supported: VERSION,
+        });
     }
     for (version, sql) in (1_i64..)
         .zip(MIGRATIONS)
@@ -102,10 +105,4 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<(), MigrateError> {
 }
 
 /// Why the schema could not be brought up to date.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum MigrateError {
-    #[error("database schema version {found} is newer than this build's {VERSION}")]
-    Newer { found: i64 },
-    #[error(transparent)]
-    Sql(#[from] tokio_postgres::Error),
-}
+pub(crate) type MigrateError = tokengate_sql::MigrateError<tokio_postgres::Error>;

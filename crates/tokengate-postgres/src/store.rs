@@ -2,19 +2,17 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::path::Path;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use tokengate_core::Taken;
-use tokengate_core::{KeyId, Pepper, Peppers, ScopeSet, TokenHash, TokenId, TokenRecord, UseSpend};
+use tokengate_core::{KeyId, Pepper, Peppers, TokenId, TokenRecord};
 use tokengate_sql::{
-    Dialect, Kind, Row, RowError, Sql, Unreadable, UseColumns, Value, read_record,
+    Backend, ChangeKind, Conn, Dialect, Kind, Row, RowError, Step, Value, Work, read_record,
+    read_value,
 };
-use tokengate_store::{
-    FIRST_KEY, PepperSource, PepperSourceError, StoreError, TokenAdmin, TokenQuery, TokenStore,
-};
+use tokengate_store::{FIRST_KEY, PepperSource, PepperSourceError, StoreError};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -168,21 +166,18 @@ fn pool_error(error: PoolError) -> StoreError {
     }
 }
 
-/// Every statement of the token table, in PostgreSQL's dialect.
-static SQL: LazyLock<Sql> = LazyLock::new(|| Sql::new(Dialect::POSTGRES));
-
 /// A row as the shared record mapping reads it.
 struct PgRow<'a>(&'a tokio_postgres::Row);
 
 impl Row for PgRow<'_> {
+    /// Each kind as PostgreSQL's own type; JSON as text.
     fn value(&self, index: usize, kind: Kind) -> Result<Value, RowError> {
         let row = self.0;
         Ok(match kind {
-            Kind::Int => Value::Int(row.try_get(index)?),
-            Kind::Text => Value::Text(row.try_get(index)?),
-            Kind::Json => Value::Json(row.try_get(index)?),
-            Kind::Bytes => Value::Bytes(row.try_get(index)?),
             Kind::Time => Value::Time(row.try_get(index)?),
+            Kind::Int => Value::Int(row.try_get(index)?),
+            Kind::Bytes => Value::Bytes(row.try_get(index)?),
+            Kind::Text | Kind::Json => Value::Text(row.try_get(index)?),
             Kind::List => Value::List(
                 row.try_get::<_, Option<Vec<String>>>(index)?
                     .unwrap_or_default(),
@@ -195,7 +190,7 @@ impl Row for PgRow<'_> {
 type Param = Box<dyn ToSql + Sync + Send>;
 
 fn param(value: Value) -> Param {
-    match value {
+    match Dialect::POSTGRES.encode(value) {
         Value::Int(n) => Box::new(n),
         Value::Text(text) => Box::new(text),
         Value::Bytes(bytes) => Box::new(bytes),
@@ -207,57 +202,22 @@ fn param(value: Value) -> Param {
 
 /// The record in `row`; an unreadable value is an error naming its column.
 fn row_to_record(row: &tokio_postgres::Row) -> Result<TokenRecord, StoreError> {
-    read_record(&PgRow(row)).map_err(StoreError::unavailable)
+    read_record(Dialect::POSTGRES, &PgRow(row)).map_err(StoreError::unavailable)
 }
 
-/// The records `sql` selects (or changes and returns) with `values`.
-async fn records(
+/// `values` as parameters, and `sql` run with them.
+async fn query(
     client: &impl GenericClient,
     sql: &str,
     values: Vec<Value>,
-) -> Result<Vec<TokenRecord>, StoreError> {
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
     let params: Vec<Param> = values.into_iter().map(param).collect();
     let refs: Vec<&(dyn ToSql + Sync)> = params
         .iter()
         .map(|p| -> &(dyn ToSql + Sync) { p.as_ref() })
         .collect();
     let statement = client.prepare_cached(sql).await.map_err(store_error)?;
-    client
-        .query(&statement, &refs)
-        .await
-        .map_err(store_error)?
-        .iter()
-        .map(row_to_record)
-        .collect()
-}
-
-/// The one record `sql` selects (or changes and returns) with `values`.
-async fn record(
-    client: &impl GenericClient,
-    sql: &str,
-    values: Vec<Value>,
-) -> Result<Option<TokenRecord>, StoreError> {
-    Ok(records(client, sql, values).await?.into_iter().next())
-}
-
-async fn insert_record(client: &impl GenericClient, r: &TokenRecord) -> Result<(), StoreError> {
-    let params: Vec<Param> = SQL.insert_values(r).into_iter().map(param).collect();
-    let refs: Vec<&(dyn ToSql + Sync)> = params
-        .iter()
-        .map(|p| -> &(dyn ToSql + Sync) { p.as_ref() })
-        .collect();
-    client
-        .execute(SQL.insert.as_str(), &refs)
-        .await
-        .map(drop)
-        .map_err(store_error)
-}
-
-async fn get_record(
-    client: &impl GenericClient,
-    id: &TokenId,
-) -> Result<Option<TokenRecord>, StoreError> {
-    record(client, &SQL.select_by_id, vec![Sql::id(id)]).await
+    client.query(&statement, &refs).await.map_err(store_error)
 }
 
 /// Tells every instance's feed, when the transaction commits, that the
@@ -500,182 +460,72 @@ impl PostgresStore {
     }
 }
 
-impl TokenStore for PostgresStore {
-    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
-        let values = SQL.hash_values(hash);
-        self.with(|c| async move { record(&c, &SQL.select_by_hash, values).await })
-            .await
+/// A pooled connection, or a transaction on one, as the shared store
+/// logic uses it.
+struct PgConn<'a, C>(&'a C);
+
+impl<C: GenericClient + Sync> Conn for PgConn<'_, C> {
+    fn records<'c>(&'c mut self, sql: &'c str, values: Vec<Value>) -> Step<'c, Vec<TokenRecord>> {
+        Box::pin(async move {
+            let rows = query(self.0, sql, values).await?;
+            rows.iter().map(row_to_record).collect()
+        })
     }
 
-    /// Moves the row, and notifies both hashes: every instance forgets
-    /// the old one, and an unknown-token entry it may hold for the new one.
-    async fn rehash(
-        &self,
-        id: &TokenId,
-        from: &TokenHash,
-        to: TokenHash,
-    ) -> Result<(), StoreError> {
-        let (from, values) = (*from, SQL.rehash_values(id, from, &to));
-        self.with(|mut c| async move {
-            let tx = c.transaction().await.map_err(store_error)?;
-            let Some(mut record) = record(&tx, &SQL.rehash, values).await? else {
-                return Ok(());
-            };
-            notify(&tx, &Change::updated(&record)).await?;
-            record.hash = from;
-            notify(&tx, &Change::updated(&record)).await?;
-            tx.commit().await.map_err(store_error)
+    fn column(&mut self, sql: &'static str, args: Vec<Value>, kind: Kind) -> Step<'_, Vec<Value>> {
+        Box::pin(async move {
+            let rows = query(self.0, sql, args).await?;
+            rows.iter()
+                .map(|row| {
+                    read_value(Dialect::POSTGRES, &PgRow(row), 0, kind)
+                        .map_err(|e| StoreError::Unavailable(e.into()))
+                })
+                .collect()
         })
-        .await
     }
 
-    /// One statement: the row lock orders spends from every instance.
-    async fn spend_use(&self, id: &TokenId, spend: UseSpend) -> Result<Option<u64>, StoreError> {
-        let (window, refill) = UseColumns::spend(spend);
-        self.with(|c| async move {
-            let statement = c
-                .prepare_cached(&SQL.spend_use)
-                .await
-                .map_err(store_error)?;
-            let left = c
-                .query_opt(&statement, &[&id.as_str(), &window, &refill])
-                .await
-                .map_err(store_error)?
-                .map(|row| row.try_get::<_, i64>(0))
-                .transpose()
-                .map_err(store_error)?;
-            Ok(left.map(|left| u64::try_from(left).unwrap_or(0)))
-        })
-        .await
+    fn execute(&mut self, sql: &'static str, values: Vec<Value>) -> Step<'_, ()> {
+        Box::pin(async move { query(self.0, sql, values).await.map(drop) })
     }
 
-    /// The row locked (`FOR UPDATE`), read and written in one transaction.
-    async fn take_uses(
-        &self,
-        id: &TokenId,
-        spend: UseSpend,
-        want: u64,
-    ) -> Result<Taken, StoreError> {
-        let (window, refill) = UseColumns::spend(spend);
-        self.with(|mut c| async move {
-            let tx = c.transaction().await.map_err(store_error)?;
-            let available: Option<i64> = tx
-                .query_opt(
-                    SQL.uses_available.as_str(),
-                    &[&id.as_str(), &window, &refill],
-                )
-                .await
-                .map_err(store_error)?
-                .map(|row| row.try_get(0))
-                .transpose()
-                .map_err(store_error)?;
-            let available = available.map_or(0, |a| u64::try_from(a).unwrap_or(0));
-            let taken = available.min(want);
-            if taken == 0 {
-                return Ok(Taken::default());
-            }
-            let left = available - taken;
-            tx.execute(
-                SQL.take_from.as_str(),
-                &[&id.as_str(), &UseColumns::int(left), &window],
-            )
-            .await
-            .map_err(store_error)?;
-            tx.commit().await.map_err(store_error)?;
-            Ok(Taken { taken, left })
-        })
-        .await
+    fn changed<'c>(
+        &'c mut self,
+        record: &'c TokenRecord,
+        kind: ChangeKind,
+        _: SystemTime,
+    ) -> Step<'c, ()> {
+        // Feeds of earlier builds know no re-hash: announced as an update.
+        let kind = if kind == ChangeKind::Rehashed {
+            ChangeKind::Updated
+        } else {
+            kind
+        };
+        let change = Change::of(kind.as_str(), record);
+        Box::pin(async move { notify(self.0, &change).await })
     }
 }
 
-impl TokenAdmin for PostgresStore {
-    async fn insert(&self, record: TokenRecord) -> Result<(), StoreError> {
-        self.with(|c| async move { insert_record(&c, &record).await })
-            .await
+impl Backend for PostgresStore {
+    fn dialect(&self) -> Dialect {
+        Dialect::POSTGRES
     }
 
-    async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
-        self.with(|c| async move { get_record(&c, id).await }).await
-    }
-
-    async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.query(&TokenQuery::new(), SystemTime::now()).await
-    }
-
-    /// Filtered and paged in SQL: a page reads only its rows.
-    async fn query(
-        &self,
-        query: &TokenQuery,
-        now: SystemTime,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
-        let (sql, values) = SQL.select_matching(query, now);
-        self.with(|c| async move { records(&c, &sql, values).await })
-            .await
-    }
-
-    async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {
-        self.with(|mut c| async move {
-            let tx = c.transaction().await.map_err(store_error)?;
-            let record = record(&tx, &SQL.revoke, SQL.revoke_values(id, at))
-                .await?
-                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
-            notify(&tx, &Change::revoked(&record)).await?;
+    /// On a pooled connection, the whole bounded by the store's timeout.
+    async fn run<T: Send + 'static>(&self, work: Work<T>) -> Result<T, StoreError> {
+        self.with(|mut client| async move {
+            if !work.in_transaction() {
+                return work.on(&mut PgConn(&client)).await;
+            }
+            let tx = client.transaction().await.map_err(store_error)?;
+            let value = work.on(&mut PgConn(&tx)).await?;
             tx.commit().await.map_err(store_error)?;
-            Ok(record)
+            Ok(value)
         })
         .await
     }
 
-    async fn update(
-        &self,
-        record: TokenRecord,
-        _at: SystemTime,
-    ) -> Result<TokenRecord, StoreError> {
-        self.with(|mut c| async move {
-            let tx = c.transaction().await.map_err(store_error)?;
-            let stored = self::record(&tx, &SQL.update, SQL.update_values(&record)).await?;
-            let Some(stored) = stored else {
-                return Err(if get_record(&tx, &record.id).await?.is_some() {
-                    StoreError::Changed(record.id)
-                } else {
-                    StoreError::NotFound(record.id)
-                });
-            };
-            notify(&tx, &Change::updated(&stored)).await?;
-            tx.commit().await.map_err(store_error)?;
-            Ok(stored)
-        })
-        .await
-    }
-
-    async fn reset_uses(
-        &self,
-        id: &TokenId,
-        remaining: u64,
-        window: u64,
-    ) -> Result<TokenRecord, StoreError> {
-        let (remaining, window) = (UseColumns::int(remaining), UseColumns::int(window));
-        self.with(|mut c| async move {
-            let tx = c.transaction().await.map_err(store_error)?;
-            tx.execute(
-                SQL.reset_uses.as_str(),
-                &[&id.as_str(), &remaining, &window],
-            )
-            .await
-            .map_err(store_error)?;
-            let record = get_record(&tx, id)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
-            // Every instance's cache learns the new generation.
-            notify(&tx, &Change::updated(&record)).await?;
-            tx.commit().await.map_err(store_error)?;
-            Ok(record)
-        })
-        .await
-    }
-
+    /// One statement for the batch: each token at its latest use.
     async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {
-        // One row per id, at its latest use: one statement for the batch.
         let mut latest: HashMap<&str, SystemTime> = HashMap::new();
         for (id, at) in used {
             let entry = latest.entry(id.as_str()).or_insert(*at);
@@ -698,77 +548,6 @@ impl TokenAdmin for PostgresStore {
         })
         .await
     }
-
-    async fn rotate(
-        &self,
-        old: &TokenId,
-        old_expires_at: SystemTime,
-        replacement: TokenRecord,
-    ) -> Result<TokenRecord, StoreError> {
-        let mut replacement = replacement;
-        self.with(|mut c| async move {
-            let tx = c.transaction().await.map_err(store_error)?;
-            // Locked: no spend falls between reading the count and
-            // handing it over.
-            let locked = format!("{} FOR UPDATE", SQL.select_by_id);
-            let Some(mut previous) = record(&tx, &locked, vec![Sql::id(old)]).await? else {
-                return Err(StoreError::NotFound(old.clone()));
-            };
-            let handed = previous.hand_uses_to(&mut replacement);
-            insert_record(&tx, &replacement).await?;
-            if let Some(kept) = handed {
-                let kept = UseColumns::of(Some(&kept));
-                tx.execute(
-                    SQL.keep_uses.as_str(),
-                    &[
-                        &old.as_str(),
-                        &kept.remaining,
-                        &kept.window,
-                        &kept.generation,
-                    ],
-                )
-                .await
-                .map_err(store_error)?;
-            }
-            let expiry = SQL.expiry_values(old, old_expires_at);
-            let record = record(&tx, &SQL.set_expiry, expiry)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(old.clone()))?;
-            notify(&tx, &Change::rotated(&record)).await?;
-            tx.commit().await.map_err(store_error)?;
-            Ok(record)
-        })
-        .await
-    }
-
-    async fn register_scopes(&self, scopes: &ScopeSet) -> Result<(), StoreError> {
-        let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
-        self.with(|c| async move {
-            c.execute(
-                "INSERT INTO tokengate_scopes (scope) SELECT unnest($1::text[]) \
-                 ON CONFLICT (scope) DO NOTHING",
-                &[&scopes],
-            )
-            .await
-            .map(drop)
-            .map_err(store_error)
-        })
-        .await
-    }
-
-    async fn scope_catalogue(&self) -> Result<ScopeSet, StoreError> {
-        self.with(|c| async move {
-            c.query("SELECT scope FROM tokengate_scopes ORDER BY scope", &[])
-                .await
-                .map_err(store_error)?
-                .iter()
-                .map(|row| {
-                    let text: String = row.try_get(0).map_err(store_error)?;
-                    text.parse()
-                        .map_err(|_| StoreError::unavailable(Unreadable::value("scope", &text)))
-                })
-                .collect()
-        })
-        .await
-    }
 }
+
+tokengate_sql::sql_store!(PostgresStore);

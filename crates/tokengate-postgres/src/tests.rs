@@ -2,20 +2,19 @@
 //! makes a database of its own and drops it.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use tokengate_cache::{CacheConfig, CachedStore, VerifyError};
-use tokengate_core::{InvalidReason, RateQuota, TokenHasher, TokenId};
+use tokengate_core::{InvalidReason, TokenHasher};
 use tokengate_store::testing::Proxy;
 use tokengate_store::{
-    Expiry, IssuedToken, Lifecycle, PepperSourceError, StoreError, TokenAdmin, TokenSpec,
-    TokenStore,
+    IssuedToken, Lifecycle, PepperSourceError, StoreError, TokenAdmin, TokenStore,
 };
 
 use super::*;
 use crate::testing::{TestDatabase, with_database};
+use tokengate_sql::testing::spec;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -25,27 +24,6 @@ fn temp_dir(name: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn spec() -> TokenSpec {
-    TokenSpec::new("ci", "team-a")
-        .scopes([
-            "notes:read".parse().unwrap(),
-            "notes:write".parse().unwrap(),
-        ])
-        .audiences(["notes".parse().unwrap()])
-        .allowed_networks(["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()])
-        .rate_quota(
-            RateQuota::new(
-                NonZeroU32::new(5).unwrap(),
-                Duration::from_secs(60),
-                NonZeroU32::new(2).unwrap(),
-            )
-            .unwrap(),
-        )
-        .metadata("team", "a")
-        .metadata("quote", "it's \"fine\"")
-        .expiry(Expiry::After(Duration::from_secs(3600)))
 }
 
 /// A store on a fresh database, its hasher (a pepper file in a temporary
@@ -124,106 +102,6 @@ async fn records_round_trip_with_every_field() {
         .unwrap()
         .get(0);
     assert!(!dump.contains(issued.token.expose_secret()));
-    std::fs::remove_dir_all(dir).unwrap();
-}
-
-#[tokio::test]
-async fn admin_operations_match_the_other_stores() {
-    let Some(db) = TestDatabase::create().await else {
-        return;
-    };
-    let (store, hasher, dir) = open(&db).await;
-    let lifecycle = Lifecycle::new(store.clone(), hasher.clone());
-    let issued = lifecycle.issue(spec()).await.unwrap();
-    let unknown = TokenId::generate();
-    assert!(matches!(
-        store.revoke(&unknown, SystemTime::now()).await,
-        Err(StoreError::NotFound(id)) if id == unknown
-    ));
-    assert!(matches!(
-        store
-            .rotate(&unknown, SystemTime::now(), issued.record.clone())
-            .await,
-        Err(StoreError::NotFound(_))
-    ));
-    assert!(matches!(
-        store.insert(issued.record.clone()).await,
-        Err(StoreError::Conflict(_))
-    ));
-
-    // Rotation: the new token names the old; the old keeps working for the grace.
-    let rotated = lifecycle
-        .rotate(&issued.record.id, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(
-        rotated.record.rotated_from.as_ref(),
-        Some(&issued.record.id)
-    );
-    let old = store.get(&issued.record.id).await.unwrap().unwrap();
-    let left = old
-        .expires_at
-        .unwrap()
-        .duration_since(SystemTime::now())
-        .unwrap();
-    assert!(
-        left > Duration::from_secs(55) && left <= Duration::from_secs(61),
-        "{left:?}"
-    );
-    assert_eq!(store.list().await.unwrap().len(), 2);
-
-    // Usage: the latest time of a batch wins, an earlier one never moves it back.
-    let early = SystemTime::now() - Duration::from_secs(600);
-    let late = SystemTime::now();
-    store
-        .record_usage(&[
-            (issued.record.id.clone(), late),
-            (issued.record.id.clone(), early),
-            (unknown.clone(), late),
-        ])
-        .await
-        .unwrap();
-    store
-        .record_usage(&[(issued.record.id.clone(), early)])
-        .await
-        .unwrap();
-    let used = store
-        .get(&issued.record.id)
-        .await
-        .unwrap()
-        .unwrap()
-        .last_used_at
-        .unwrap();
-    assert!(used.duration_since(late).unwrap_or_default() < Duration::from_millis(1));
-    assert!(late.duration_since(used).unwrap_or_default() < Duration::from_millis(1));
-
-    // Revoking twice keeps the first time.
-    let first = store
-        .revoke(&issued.record.id, SystemTime::now())
-        .await
-        .unwrap();
-    let second = store
-        .revoke(
-            &issued.record.id,
-            SystemTime::now() + Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-    assert_eq!(first.revoked_at, second.revoked_at);
-
-    // The scope catalogue.
-    store
-        .register_scopes(&"notes:read notes:write".parse().unwrap())
-        .await
-        .unwrap();
-    store
-        .register_scopes(&"notes:read admin:all".parse().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(
-        store.scope_catalogue().await.unwrap().to_string(),
-        "admin:all notes:read notes:write"
-    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

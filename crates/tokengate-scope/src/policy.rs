@@ -170,6 +170,14 @@ impl ScopePolicyBuilder {
         self
     }
 
+    /// Safe methods (`GET`, `HEAD`, `OPTIONS`) on `pattern` are public: no
+    /// token needed (a health check, a landing page). The `Gate` lets
+    /// them past authentication too, so this is the one place to say it.
+    /// Other methods on `pattern` stay denied unless declared.
+    pub fn public(self, pattern: &str) -> Self {
+        self.route(SAFE_METHODS, pattern, Requirement::Public)
+    }
+
     /// Every method on `pattern` not declared otherwise needs `requirement`.
     pub fn any_method(mut self, pattern: &str, requirement: Requirement) -> Self {
         self.entries.push((None, pattern.to_owned(), requirement));

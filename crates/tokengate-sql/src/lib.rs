@@ -20,14 +20,35 @@
 mod filter;
 mod row;
 mod statements;
+#[doc(hidden)]
+pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod uses;
 
 pub use filter::LATEST;
-pub use row::{COLUMNS, Kind, Row, RowError, Unreadable, Value, read_record, record_values};
-pub use statements::{Dialect, Sql};
+pub use row::{
+    COLUMNS, Kind, Row, RowError, Unreadable, Value, read_record, read_value, record_values,
+};
+pub use statements::{Dialect, Sql, from_millis, millis};
+pub use store::{Backend, ChangeKind, Conn, Step, Work};
 pub use uses::UseColumns;
 
 #[cfg(test)]
 mod tests;
+
+/// Why a backend's schema could not be brought up to date.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError<E: std::error::Error + 'static> {
+    /// The database was migrated by a newer build.
+    #[error("database schema version {found} is newer than this build's {supported}")]
+    Newer {
+        /// The database's schema version.
+        found: i64,
+        /// The newest this build knows.
+        supported: i64,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Sql(#[from] E),
+}

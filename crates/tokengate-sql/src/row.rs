@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 use tokengate_core::{KeyId, RateQuota, TokenHash, TokenRecord};
 
-use crate::UseColumns;
+use crate::{Dialect, UseColumns};
 
 /// The token table's columns, in the order [`record_values`] binds them
 /// and [`read_record`] reads them, each with the kind of its values.
@@ -88,8 +88,19 @@ pub type RowError = Box<dyn StdError + Send + Sync>;
 
 /// One row of a driver's answer.
 pub trait Row {
-    /// The value at `index`, read as `kind`.
+    /// The value at `index`, read as `kind` (a kind its dialect stores:
+    /// see [`Dialect::stored`]).
     fn value(&self, index: usize, kind: Kind) -> Result<Value, RowError>;
+}
+
+/// The value of `kind` at `index` of `row`, read as `dialect` stores it.
+pub fn read_value(
+    dialect: Dialect,
+    row: &(impl Row + ?Sized),
+    index: usize,
+    kind: Kind,
+) -> Result<Value, RowError> {
+    Ok(dialect.decode(kind, row.value(index, dialect.stored(kind))?))
 }
 
 /// A stored value this build cannot read: the database was edited by
@@ -117,12 +128,12 @@ impl Unreadable {
 }
 
 /// Reads columns by name, naming the column in every failure.
-struct Reader<'a, R: ?Sized>(&'a R);
+struct Reader<'a, R: ?Sized>(&'a R, Dialect);
 
 impl<R: Row + ?Sized> Reader<'_, R> {
     fn get(&self, column: &'static str) -> Result<Value, Unreadable> {
         let i = index(column);
-        self.0.value(i, COLUMNS[i].1).map_err(|e| Unreadable {
+        read_value(self.1, self.0, i, COLUMNS[i].1).map_err(|e| Unreadable {
             column,
             reason: e.to_string(),
         })
@@ -187,8 +198,8 @@ impl<R: Row + ?Sized> Reader<'_, R> {
 /// The record in `row`, whose columns are [`COLUMNS`] in order. Any value
 /// that does not read or parse is an [`Unreadable`] error naming its
 /// column: a store never drops part of a record silently.
-pub fn read_record(row: &(impl Row + ?Sized)) -> Result<TokenRecord, Unreadable> {
-    let r = Reader(row);
+pub fn read_record(dialect: Dialect, row: &(impl Row + ?Sized)) -> Result<TokenRecord, Unreadable> {
+    let r = Reader(row, dialect);
     let id = r.required("id", Reader::text)?;
     let key_id = r.required("key_id", Reader::int)?;
     let digest: [u8; 32] = match r.get("hash")? {

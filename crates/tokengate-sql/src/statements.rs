@@ -1,5 +1,6 @@
 //! Every statement of the token table, in a backend's dialect.
 
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokengate_core::TokenRecord;
@@ -8,6 +9,17 @@ use tokengate_core::{TokenHash, TokenId};
 
 use crate::row::{COLUMNS, Kind, Value, index, record_values};
 
+/// Milliseconds since the epoch, rounded down: a time as SQLite keeps it.
+pub fn millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The time `ms` milliseconds after the epoch (the epoch for a negative count).
+pub fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
 /// What differs between the SQL backends' SQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dialect {
@@ -15,6 +27,10 @@ pub struct Dialect {
     pub tokens: &'static str,
     /// The table of recorded peppers.
     pub peppers: &'static str,
+    /// The scope catalogue.
+    pub scopes: &'static str,
+    /// What ends a `SELECT` that locks the rows it reads.
+    lock: &'static str,
     /// The placeholder mark: `?1` or `$1`.
     mark: char,
     /// The scalar minimum and maximum of two values.
@@ -27,6 +43,9 @@ pub struct Dialect {
     int: &'static str,
     /// The resolution of stored times.
     resolution: Duration,
+    /// Times as integer milliseconds and lists as space-separated text
+    /// (SQLite), or as the database's own types (PostgreSQL).
+    plain: bool,
 }
 
 impl Dialect {
@@ -34,6 +53,9 @@ impl Dialect {
     pub const SQLITE: Self = Self {
         tokens: "tokens",
         peppers: "peppers",
+        scopes: "scopes",
+        // A write transaction holds the database's write lock from its start.
+        lock: "",
         mark: '?',
         least: "MIN",
         greatest: "MAX",
@@ -41,12 +63,15 @@ impl Dialect {
         json_write: "",
         int: "",
         resolution: Duration::from_millis(1),
+        plain: true,
     };
 
     /// PostgreSQL: `timestamptz`, `text[]` and `jsonb` columns.
     pub const POSTGRES: Self = Self {
         tokens: "tokengate_tokens",
         peppers: "tokengate_peppers",
+        scopes: "tokengate_scopes",
+        lock: " FOR UPDATE",
         mark: '$',
         least: "LEAST",
         greatest: "GREATEST",
@@ -54,6 +79,7 @@ impl Dialect {
         json_write: "::text::jsonb",
         int: "::bigint",
         resolution: Duration::from_micros(1),
+        plain: false,
     };
 
     /// The `n`th placeholder (from 1).
@@ -75,11 +101,49 @@ impl Dialect {
         }
     }
 
+    /// How this backend stores a value of `kind`: SQLite keeps times as
+    /// integers and lists as text; JSON is read and bound as text.
+    pub fn stored(&self, kind: Kind) -> Kind {
+        match kind {
+            Kind::Time if self.plain => Kind::Int,
+            Kind::List if self.plain => Kind::Text,
+            Kind::Json => Kind::Text,
+            other => other,
+        }
+    }
+
+    /// A value of `kind` from what the backend stored ([`Dialect::stored`]).
+    pub fn decode(&self, kind: Kind, stored: Value) -> Value {
+        match (kind, stored) {
+            (Kind::Time, Value::Int(ms)) => Value::Time(ms.map(from_millis)),
+            (Kind::List, Value::Text(words)) => Value::List(
+                words
+                    .unwrap_or_default()
+                    .split_ascii_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            (Kind::Json, Value::Text(text)) => Value::Json(text),
+            (_, value) => value,
+        }
+    }
+
+    /// `value` as the backend binds it: of a [`Dialect::stored`] kind.
+    pub fn encode(&self, value: Value) -> Value {
+        match value {
+            Value::Time(at) if self.plain => Value::Int(at.map(millis)),
+            Value::List(words) if self.plain => Value::Text(Some(words.join(" "))),
+            Value::Json(text) => Value::Text(text),
+            other => other,
+        }
+    }
+
     /// `sql`, written with `$n` placeholders, in this dialect.
     fn text(&self, sql: &str) -> String {
         sql.replace('$', &self.mark.to_string())
             .replace("{tokens}", self.tokens)
             .replace("{peppers}", self.peppers)
+            .replace("{scopes}", self.scopes)
             .replace("{least}", self.least)
             .replace("{greatest}", self.greatest)
             .replace("{int}", self.int)
@@ -97,6 +161,8 @@ pub struct Sql {
     pub columns: String,
     /// The record of id `$1`.
     pub select_by_id: String,
+    /// The record of id `$1`, its row locked until the transaction ends.
+    pub lock_by_id: String,
     /// The record whose hash is `$1` under pepper key `$2`, unless that
     /// pepper is retired.
     pub select_by_hash: String,
@@ -129,9 +195,27 @@ pub struct Sql {
     /// Sets id `$1`'s count, window and generation to `$2`, `$3`, `$4`:
     /// what a rotated token keeps after handing its count over.
     pub keep_uses: String,
+    /// Records a use of id `$1` at `$2` (a later one already recorded stays).
+    pub touch: String,
+    /// Adds scope `$1` to the catalogue, registered at `$2`, unless it is there.
+    pub register_scope: String,
+    /// Every scope of the catalogue, in order.
+    pub scope_catalogue: String,
 }
 
 impl Sql {
+    /// The statements in `dialect`, made on first use and kept.
+    pub fn of(dialect: Dialect) -> &'static Self {
+        static SQLITE: LazyLock<Sql> = LazyLock::new(|| Sql::new(Dialect::SQLITE));
+        static POSTGRES: LazyLock<Sql> = LazyLock::new(|| Sql::new(Dialect::POSTGRES));
+        // These two are the only dialects: the fields are private.
+        if dialect == Dialect::POSTGRES {
+            &POSTGRES
+        } else {
+            &SQLITE
+        }
+    }
+
     /// The statements in `dialect`.
     pub fn new(dialect: Dialect) -> Self {
         let columns = COLUMNS
@@ -161,11 +245,11 @@ impl Sql {
             "AND key_id NOT IN (SELECT key_id FROM {peppers} WHERE retired_at IS NOT NULL)";
         let available = "CASE WHEN uses_window < $2 THEN $3 ELSE uses_remaining END";
         Self {
-            select_by_id: format!(
-                "SELECT {columns} FROM {} WHERE id = {}",
-                dialect.tokens,
-                dialect.placeholder(1)
-            ),
+            select_by_id: d(&format!("SELECT {columns} FROM {{tokens}} WHERE id = $1")),
+            lock_by_id: d(&format!(
+                "SELECT {columns} FROM {{tokens}} WHERE id = $1{}",
+                dialect.lock
+            )),
             select_by_hash: d(&format!(
                 "SELECT {columns} FROM {{tokens}} WHERE hash = $1 AND key_id = $2 {not_retired}"
             )),
@@ -208,11 +292,7 @@ impl Sql {
             )),
             uses_available: d(&format!(
                 "SELECT {available} FROM {{tokens}} WHERE id = $1 AND uses_remaining IS NOT NULL{}",
-                if dialect.mark == '$' {
-                    " FOR UPDATE"
-                } else {
-                    ""
-                }
+                dialect.lock
             )),
             take_from: d("UPDATE {tokens} SET uses_remaining = $2, \
                  uses_window = {greatest}(uses_window, $3) WHERE id = $1"),
@@ -225,6 +305,13 @@ impl Sql {
                 "UPDATE {tokens} SET uses_remaining = $2, uses_window = $3, \
                  uses_generation = $4 WHERE id = $1",
             ),
+            touch: d("UPDATE {tokens} SET last_used_at = \
+                 {greatest}(COALESCE(last_used_at, $2), $2) WHERE id = $1"),
+            register_scope: d(
+                "INSERT INTO {scopes} (scope, registered_at) VALUES ($1, $2) \
+                 ON CONFLICT (scope) DO NOTHING",
+            ),
+            scope_catalogue: d("SELECT scope FROM {scopes} ORDER BY scope"),
             columns,
             dialect,
         }

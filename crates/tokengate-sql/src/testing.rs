@@ -8,9 +8,30 @@
 
 use std::future::Future;
 
-use tokengate_store::{Lifecycle, StoreError, TokenAdmin, TokenSpec};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use tokengate_core::RateQuota;
+use tokengate_store::{Expiry, Lifecycle, StoreError, TokenAdmin, TokenSpec};
 
 use crate::Dialect;
+
+/// A token that fills every column: two scopes, an audience, two
+/// networks, a quota, metadata that needs quoting, an expiry in an hour.
+pub fn spec() -> TokenSpec {
+    let n = |v| NonZeroU32::new(v).unwrap();
+    TokenSpec::new("ci", "team-a")
+        .scopes([
+            "notes:read".parse().unwrap(),
+            "notes:write".parse().unwrap(),
+        ])
+        .audiences(["notes".parse().unwrap()])
+        .allowed_networks(["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()])
+        .rate_quota(RateQuota::new(n(5), Duration::from_secs(60), n(2)).unwrap())
+        .metadata("team", "a")
+        .metadata("quote", "it's \"fine\"")
+        .expiry(Expiry::After(Duration::from_secs(3600)))
+}
 
 /// Values that make a row unreadable, as `SET` clauses both backends
 /// accept, each with the column its error must name.

@@ -68,9 +68,14 @@ fn full_record() -> TokenRecord {
 #[test]
 fn a_record_reads_back_from_its_values() {
     let record = full_record();
-    let values = record_values(&record, |t| t);
-    assert_eq!(values.len(), COLUMNS.len());
-    assert_eq!(read_record(&Bound(values)).unwrap(), record);
+    for dialect in [Dialect::SQLITE, Dialect::POSTGRES] {
+        let values: Vec<Value> = record_values(&record, |t| t)
+            .into_iter()
+            .map(|v| dialect.encode(v))
+            .collect();
+        assert_eq!(values.len(), COLUMNS.len());
+        assert_eq!(read_record(dialect, &Bound(values)).unwrap(), record);
+    }
 }
 
 #[test]
@@ -79,7 +84,9 @@ fn an_unreadable_value_names_its_column() {
     let broken = |column: &str, value: Value| {
         let mut values = record_values(&record, |t| t);
         values[COLUMNS.iter().position(|(c, _)| *c == column).unwrap()] = value;
-        read_record(&Bound(values)).unwrap_err()
+        let dialect = Dialect::POSTGRES;
+        let values = values.into_iter().map(|v| dialect.encode(v)).collect();
+        read_record(dialect, &Bound(values)).unwrap_err()
     };
     for (column, value) in [
         ("id", Value::Text(Some("not-an-id".into()))),

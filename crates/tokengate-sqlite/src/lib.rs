@@ -64,7 +64,6 @@
 mod pepper;
 mod schema;
 mod store;
-mod time;
 
 pub use pepper::pepper_path;
 pub use store::{OpenError, SqliteStore};

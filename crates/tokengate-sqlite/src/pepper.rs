@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokengate_core::{KeyId, Peppers};
 use tokengate_store::{FIRST_KEY, PepperSource, PepperSourceError};
 
-use crate::time::millis;
+use tokengate_sql::millis;
 
 /// The pepper file of the database at `db`: `<db>.pepper`.
 pub fn pepper_path(db: &Path) -> PathBuf {

@@ -80,7 +80,10 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let current: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if current > VERSION {
-        return Err(MigrateError::Newer { found: current });
+        return Err(MigrateError::Newer {
+            found: current,
+            supported: VERSION,
+        });
     }
     let start = usize::try_from(current).unwrap_or(0);
     for sql in MIGRATIONS.iter().skip(start) {
@@ -91,10 +94,5 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     Ok(())
 }
 
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum MigrateError {
-    #[error("database schema version {found} is newer than this build's {VERSION}")]
-    Newer { found: i64 },
-    #[error(transparent)]
-    Sql(#[from] rusqlite::Error),
-}
+/// Why the schema could not be brought up to date.
+pub(crate) type MigrateError = tokengate_sql::MigrateError<rusqlite::Error>;

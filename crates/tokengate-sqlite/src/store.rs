@@ -1,21 +1,21 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use tokengate_core::Taken;
-use tokengate_core::{KeyId, Pepper, ScopeSet, TokenHash, TokenId, TokenRecord, UseSpend};
+use rusqlite::{Connection, OpenFlags, params};
+use tokengate_core::{KeyId, Pepper, TokenHash, TokenRecord};
 use tokengate_sql::{
-    Dialect, Kind, Row, RowError, Sql, Unreadable, UseColumns, Value, read_record,
+    Backend, ChangeKind, Conn, Dialect, Kind, Row, RowError, Step, Unreadable, Value, Work,
+    read_record, read_value,
 };
-use tokengate_store::{FeedConsumer, FeedEvent, StoreError, TokenAdmin, TokenQuery, TokenStore};
+use tokengate_store::{FeedConsumer, FeedEvent, StoreError};
 use tokio::task::JoinHandle;
 
 use crate::schema::{MigrateError, migrate};
-use crate::time::{millis, time};
 use tokengate_core::Peppers;
+use tokengate_sql::millis;
 use tokengate_store::PepperSourceError;
 
 /// A token store in a SQLite file. Clones share one connection.
@@ -54,41 +54,26 @@ impl OpenError {
     }
 }
 
-/// Every statement of the token table, in SQLite's dialect.
-static SQL: LazyLock<Sql> = LazyLock::new(|| Sql::new(Dialect::SQLITE));
-
-/// A row as the shared record mapping reads it: times in milliseconds,
-/// lists as space-separated words.
+/// A row as the shared record mapping reads it.
 struct SqliteRow<'a, 'b>(&'a rusqlite::Row<'b>);
 
 impl Row for SqliteRow<'_, '_> {
+    /// Integers, text and blobs: what SQLite stores ([`Dialect::stored`]).
     fn value(&self, index: usize, kind: Kind) -> Result<Value, RowError> {
-        let row = self.0;
         Ok(match kind {
-            Kind::Int => Value::Int(row.get(index)?),
-            Kind::Text => Value::Text(row.get(index)?),
-            Kind::Json => Value::Json(row.get(index)?),
-            Kind::Bytes => Value::Bytes(row.get(index)?),
-            Kind::Time => Value::Time(row.get::<_, Option<i64>>(index)?.map(time)),
-            Kind::List => Value::List(
-                row.get::<_, Option<String>>(index)?
-                    .unwrap_or_default()
-                    .split_ascii_whitespace()
-                    .map(str::to_owned)
-                    .collect(),
-            ),
+            Kind::Int => Value::Int(self.0.get(index)?),
+            Kind::Bytes => Value::Bytes(self.0.get(index)?),
+            _ => Value::Text(self.0.get(index)?),
         })
     }
 }
 
 /// A bound value as SQLite keeps it.
 fn sqlite_value(value: Value) -> SqlValue {
-    match value {
+    match Dialect::SQLITE.encode(value) {
         Value::Int(Some(n)) => SqlValue::Integer(n),
-        Value::Text(Some(text)) | Value::Json(Some(text)) => SqlValue::Text(text),
+        Value::Text(Some(text)) => SqlValue::Text(text),
         Value::Bytes(Some(bytes)) => SqlValue::Blob(bytes),
-        Value::Time(Some(at)) => SqlValue::Integer(millis(at)),
-        Value::List(words) => SqlValue::Text(words.join(" ")),
         _ => SqlValue::Null,
     }
 }
@@ -106,22 +91,15 @@ fn records(
 ) -> Result<Vec<TokenRecord>, StoreError> {
     let mut statement = conn.prepare_cached(sql).map_err(store_error)?;
     let rows = statement
-        .query_map(bind(values), |row| Ok(read_record(&SqliteRow(row))))
+        .query_map(bind(values), |row| {
+            Ok(read_record(Dialect::SQLITE, &SqliteRow(row)))
+        })
         .map_err(store_error)?;
     let mut found = Vec::new();
     for row in rows {
         found.push(row.map_err(store_error)?.map_err(StoreError::unavailable)?);
     }
     Ok(found)
-}
-
-/// The one record `sql` selects (or changes and returns) with `values`.
-fn record(
-    conn: &Connection,
-    sql: &str,
-    values: Vec<Value>,
-) -> Result<Option<TokenRecord>, StoreError> {
-    Ok(records(conn, sql, values)?.into_iter().next())
 }
 
 /// A change-feed or catalogue value that does not parse: the database
@@ -132,17 +110,6 @@ fn corrupt(column: &'static str, value: &str) -> rusqlite::Error {
         rusqlite::types::Type::Text,
         Box::new(Unreadable::value(column, value)),
     )
-}
-
-fn insert_record(conn: &Connection, r: &TokenRecord) -> Result<(), StoreError> {
-    conn.prepare_cached(&SQL.insert)
-        .and_then(|mut statement| statement.execute(bind(SQL.insert_values(r))))
-        .map(drop)
-        .map_err(store_error)
-}
-
-fn get_record(conn: &Connection, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
-    record(conn, &SQL.select_by_id, vec![Sql::id(id)])
 }
 
 fn record_change(
@@ -420,256 +387,86 @@ impl SqliteStore {
     }
 }
 
-impl TokenStore for SqliteStore {
-    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
-        let values = SQL.hash_values(hash);
-        self.with(move |c| record(c, &SQL.select_by_hash, values))
-            .await
+/// One connection as the shared store logic uses it: every step runs at
+/// once (SQLite answers synchronously on the blocking pool).
+struct SqliteConn<'a>(&'a mut Connection);
+
+impl Conn for SqliteConn<'_> {
+    fn records<'c>(&'c mut self, sql: &'c str, values: Vec<Value>) -> Step<'c, Vec<TokenRecord>> {
+        Box::pin(std::future::ready(records(self.0, sql, values)))
     }
 
-    /// Moves the row, and records both hashes in the change feed: every
-    /// instance forgets the old one, and an unknown-token entry it may
-    /// hold for the new one.
-    async fn rehash(
-        &self,
-        id: &TokenId,
-        from: &TokenHash,
-        to: TokenHash,
-    ) -> Result<(), StoreError> {
-        let (from, values) = (*from, SQL.rehash_values(id, from, &to));
-        self.with(move |c| {
-            let tx = c.transaction().map_err(store_error)?;
-            let Some(mut record) = record(&tx, &SQL.rehash, values)? else {
-                return Ok(());
-            };
-            let now = SystemTime::now();
-            record_change(&tx, &record, "rehashed", now).map_err(store_error)?;
-            record.hash = from;
-            record_change(&tx, &record, "rehashed", now).map_err(store_error)?;
-            tx.commit().map_err(store_error)
-        })
-        .await
-    }
-
-    /// One statement: SQLite runs it under the database's write lock, so
-    /// spends from every process are counted one after another.
-    async fn spend_use(&self, id: &TokenId, spend: UseSpend) -> Result<Option<u64>, StoreError> {
-        let id = id.clone();
-        let (window, refill) = UseColumns::spend(spend);
-        self.with(move |c| {
-            c.prepare_cached(&SQL.spend_use)
-                .and_then(|mut statement| {
-                    statement
-                        .query_row(params![id.as_str(), window, refill], |row| {
-                            row.get::<_, i64>(0)
-                        })
-                        .optional()
+    fn column(&mut self, sql: &'static str, args: Vec<Value>, kind: Kind) -> Step<'_, Vec<Value>> {
+        let read = || -> rusqlite::Result<Vec<Value>> {
+            let mut statement = self.0.prepare_cached(sql)?;
+            let rows = statement.query_map(bind(args), |row| {
+                read_value(Dialect::SQLITE, &SqliteRow(row), 0, kind).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Null, e)
                 })
-                .map(|left| left.map(|left| u64::try_from(left).unwrap_or(0)))
-                .map_err(store_error)
-        })
-        .await
+            })?;
+            rows.collect()
+        };
+        Box::pin(std::future::ready(read().map_err(store_error)))
     }
 
-    async fn take_uses(
-        &self,
-        id: &TokenId,
-        spend: UseSpend,
-        want: u64,
-    ) -> Result<Taken, StoreError> {
-        let id = id.clone();
-        self.with(move |c| take_uses(c, id.as_str(), spend, want).map_err(store_error))
-            .await
+    fn execute(&mut self, sql: &'static str, values: Vec<Value>) -> Step<'_, ()> {
+        let done = self
+            .0
+            .prepare_cached(sql)
+            .and_then(|mut statement| statement.execute(bind(values)))
+            .map(drop)
+            .map_err(store_error);
+        Box::pin(std::future::ready(done))
+    }
+
+    fn changed<'c>(
+        &'c mut self,
+        record: &'c TokenRecord,
+        kind: ChangeKind,
+        at: SystemTime,
+    ) -> Step<'c, ()> {
+        let done = record_change(self.0, record, kind.as_str(), at)
+            .map(drop)
+            .map_err(store_error);
+        Box::pin(std::future::ready(done))
     }
 }
 
-/// Takes up to `want` uses in one immediate transaction (the write lock
-/// first): what is left, after a refill where the window is later.
-fn take_uses(
-    conn: &mut Connection,
-    id: &str,
-    spend: UseSpend,
-    want: u64,
-) -> rusqlite::Result<Taken> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let (window, refill) = UseColumns::spend(spend);
-    let available: Option<i64> = tx
-        .query_row(&SQL.uses_available, params![id, window, refill], |row| {
-            row.get(0)
-        })
-        .optional()?;
-    let available = available.map_or(0, |a| u64::try_from(a).unwrap_or(0));
-    let taken = available.min(want);
-    if taken == 0 {
-        return Ok(Taken::default());
+/// The answer of a step that never waits.
+fn at_once<T>(step: Step<'_, T>) -> Result<T, StoreError> {
+    let mut step = step;
+    let waker = std::task::Waker::noop();
+    match step
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(waker))
+    {
+        std::task::Poll::Ready(answer) => answer,
+        std::task::Poll::Pending => Err(StoreError::Unsupported("a SQLite step that waits")),
     }
-    let left = available - taken;
-    tx.execute(&SQL.take_from, params![id, UseColumns::int(left), window])?;
-    tx.commit()?;
-    Ok(Taken { taken, left })
 }
 
-impl TokenAdmin for SqliteStore {
-    async fn insert(&self, record: TokenRecord) -> Result<(), StoreError> {
-        self.with(move |c| insert_record(c, &record)).await
+impl Backend for SqliteStore {
+    fn dialect(&self) -> Dialect {
+        Dialect::SQLITE
     }
 
-    async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
-        let id = id.clone();
-        self.with(move |c| get_record(c, &id)).await
-    }
-
-    async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.query(&TokenQuery::new(), SystemTime::now()).await
-    }
-
-    /// Filtered and paged in SQL: a page reads only its rows.
-    async fn query(
-        &self,
-        query: &TokenQuery,
-        now: SystemTime,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
-        let (sql, values) = SQL.select_matching(query, now);
-        self.with(move |c| records(c, &sql, values)).await
-    }
-
-    async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {
-        let id = id.clone();
-        self.with(move |c| {
-            let tx = c.transaction().map_err(store_error)?;
-            let record = record(&tx, &SQL.revoke, SQL.revoke_values(&id, at))?
-                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
-            record_change(&tx, &record, "revoked", at).map_err(store_error)?;
-            tx.commit().map_err(store_error)?;
-            Ok(record)
-        })
-        .await
-    }
-
-    async fn update(&self, record: TokenRecord, at: SystemTime) -> Result<TokenRecord, StoreError> {
-        self.with(move |c| {
-            let tx = c.transaction().map_err(store_error)?;
-            let Some(stored) = self::record(&tx, &SQL.update, SQL.update_values(&record))? else {
-                return Err(if get_record(&tx, &record.id)?.is_some() {
-                    StoreError::Changed(record.id)
-                } else {
-                    StoreError::NotFound(record.id)
-                });
-            };
-            record_change(&tx, &stored, "updated", at).map_err(store_error)?;
-            tx.commit().map_err(store_error)?;
-            Ok(stored)
-        })
-        .await
-    }
-
-    async fn reset_uses(
-        &self,
-        id: &TokenId,
-        remaining: u64,
-        window: u64,
-    ) -> Result<TokenRecord, StoreError> {
-        let id = id.clone();
-        let (remaining, window) = (UseColumns::int(remaining), UseColumns::int(window));
-        self.with(move |c| {
-            let tx = c.transaction().map_err(store_error)?;
-            tx.execute(&SQL.reset_uses, params![id.as_str(), remaining, window])
-                .map_err(store_error)?;
-            let record = get_record(&tx, &id)?.ok_or(StoreError::NotFound(id))?;
-            // Every instance's cache learns the new generation.
-            record_change(&tx, &record, "updated", SystemTime::now()).map_err(store_error)?;
-            tx.commit().map_err(store_error)?;
-            Ok(record)
-        })
-        .await
-    }
-
-    async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {
-        let used: Vec<(String, i64)> = used
-            .iter()
-            .map(|(id, at)| (id.as_str().to_owned(), millis(*at)))
-            .collect();
-        self.with(move |c| {
-            let tx = c.transaction().map_err(store_error)?;
-            for (id, at) in &used {
-                tx.execute(
-                    "UPDATE tokens SET last_used_at = MAX(COALESCE(last_used_at, 0), ?2) WHERE id = ?1",
-                    params![id, at],
-                )
-                .map_err(store_error)?;
+    /// On the blocking pool; a transaction is `IMMEDIATE`: it holds the
+    /// database's write lock from its start, so no write of another
+    /// process falls between what it reads and what it writes.
+    async fn run<T: Send + 'static>(&self, work: Work<T>) -> Result<T, StoreError> {
+        self.with(move |conn| {
+            if !work.in_transaction() {
+                return at_once(work.on(&mut SqliteConn(conn)));
             }
-            tx.commit().map_err(store_error)
-        })
-        .await
-    }
-
-    async fn rotate(
-        &self,
-        old: &TokenId,
-        old_expires_at: SystemTime,
-        replacement: TokenRecord,
-    ) -> Result<TokenRecord, StoreError> {
-        let old = old.clone();
-        let mut replacement = replacement;
-        self.with(move |c| {
-            // Immediate: the write lock before the old token's count is
-            // read, so no spend elsewhere falls between read and hand-over.
-            let tx = c
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(store_error)?;
-            let Some(mut previous) = get_record(&tx, &old)? else {
-                return Err(StoreError::NotFound(old));
-            };
-            let handed = previous.hand_uses_to(&mut replacement);
-            insert_record(&tx, &replacement)?;
-            if let Some(kept) = handed {
-                let kept = UseColumns::of(Some(&kept));
-                tx.execute(
-                    &SQL.keep_uses,
-                    params![old.as_str(), kept.remaining, kept.window, kept.generation],
-                )
-                .map_err(store_error)?;
-            }
-            let expiry = SQL.expiry_values(&old, old_expires_at);
-            let record = record(&tx, &SQL.set_expiry, expiry)?
-                .ok_or_else(|| StoreError::NotFound(old.clone()))?;
-            record_change(&tx, &record, "rotated", replacement.created_at).map_err(store_error)?;
-            tx.commit().map_err(store_error)?;
-            Ok(record)
-        })
-        .await
-    }
-
-    async fn register_scopes(&self, scopes: &ScopeSet) -> Result<(), StoreError> {
-        let scopes: Vec<String> = scopes.iter().map(|s| s.as_str().to_owned()).collect();
-        let at = millis(SystemTime::now());
-        self.with(move |c| {
-            let tx = c.transaction().map_err(store_error)?;
-            for scope in &scopes {
-                tx.execute(
-                    "INSERT OR IGNORE INTO scopes (scope, registered_at) VALUES (?1, ?2)",
-                    params![scope, at],
-                )
-                .map_err(store_error)?;
-            }
-            tx.commit().map_err(store_error)
-        })
-        .await
-    }
-
-    async fn scope_catalogue(&self) -> Result<ScopeSet, StoreError> {
-        self.with(|c| {
-            let mut statement = c
-                .prepare("SELECT scope FROM scopes ORDER BY scope")
-                .map_err(store_error)?;
-            let rows = statement
-                .query_map([], |row| {
-                    let text: String = row.get(0)?;
-                    text.parse().map_err(|_| corrupt("scope", &text))
-                })
-                .map_err(store_error)?;
-            rows.collect::<Result<ScopeSet, _>>().map_err(store_error)
+            conn.execute_batch("BEGIN IMMEDIATE").map_err(store_error)?;
+            let answer = at_once(work.on(&mut SqliteConn(conn)));
+            let end = if answer.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            let ended = conn.execute_batch(end).map_err(store_error);
+            let value = answer?;
+            ended.map(|()| value)
         })
         .await
     }
 }
+
+tokengate_sql::sql_store!(SqliteStore);

@@ -2,7 +2,7 @@
 //! the in-memory store and pepper sources.
 //!
 //! [`TokenStore`] is the request path: one lookup by
-//! [`TokenHash`](tokengate_core::TokenHash), where a failure of the store
+//! [`TokenHash`], where a failure of the store
 //! ([`StoreError`]) is never confused with "no such token" (`Ok(None)`).
 //! [`TokenAdmin`] is the management side the [`Lifecycle`] builds on
 //! (issue under a policy, rotate with overlap, revoke, update, list).
@@ -16,7 +16,7 @@
 //! [`SharedUses`] is the interface of a counter shared in front of the
 //! store for usage-limited tokens.
 //!
-//! With the `testing` feature, [`testing`] holds a store that counts and
+//! With the `testing` feature, `testing` holds a store that counts and
 //! fails lookups on demand, and the conformance suite every store passes.
 //!
 //! # Example
@@ -121,7 +121,7 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Takes up to `want` uses of the usage-limited token `id` at once, in
     /// the same atomic step as [`spend_use`](Self::spend_use) (a refill
     /// first, where `spend.window` is later): the lease of a shared
-    /// counter ([`SharedUses`](crate::SharedUses)). Takes none (`taken:
+    /// counter ([`SharedUses`]). Takes none (`taken:
     /// 0`) when none is left. This default takes one, with `spend_use`.
     fn take_uses(
         &self,

@@ -27,6 +27,27 @@ pub fn original_uri(extensions: &mut http::Extensions) -> Option<&mut http::Uri>
         .map(|original| &mut original.0)
 }
 
+/// Serves `app` on `addr` as the Gate needs and a deployment ends: with
+/// connect info (the Gate reads the peer address from it; without it
+/// every request is refused with 500), until SIGTERM or SIGINT
+/// ([`shutdown_signal`](crate::shutdown_signal)); then it lets requests in
+/// flight finish and shuts `deployment` down (pending usage written, the
+/// audit file flushed).
+#[cfg(all(feature = "sqlite", feature = "gate"))]
+pub async fn serve(
+    addr: impl tokio::net::ToSocketAddrs,
+    app: axum::Router,
+    deployment: crate::Deployment,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(crate::shutdown_signal())
+        .await?;
+    deployment.shutdown().await;
+    Ok(())
+}
+
 /// Extracts the [`Principal`] the authenticate layer inserted.
 ///
 /// Absent (a public route, or the layer is missing): 401, rendered like the

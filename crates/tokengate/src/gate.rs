@@ -70,8 +70,8 @@ pub type GateService<S, St, P, K = TracingSink, R = MemoryRateState, X = ()> =
 /// answers later (a shared one) with [`rate_state`](Gate::rate_state).
 ///
 /// ```
-/// use tokengate::{AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, Gate, KeyId,
-///     MemoryStore, Pepper, ScopePolicy, TokenHasher};
+/// use tokengate::{AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer, Gate, MemoryStore, Pepper, ScopePolicy, TokenHasher};
+/// use tokengate::core::KeyId;
 ///
 /// # fn build() -> Result<(), Box<dyn std::error::Error>> {
 /// let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));

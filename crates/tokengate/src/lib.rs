@@ -1,179 +1,165 @@
-//! tokengate: API-token access control for any `tower` stack.
+//! tokengate: API-token access control for any `tower` stack: axum
+//! routers, tonic gRPC servers, plain hyper services, in-process.
 //!
-//! This facade re-exports the layers behind features and holds the
-//! framework glue:
+//! Five layers, each usable alone, composed in their one right order by
+//! the [`Gate`]; a [`Deployment`] opens what they run on (the token
+//! store, its pepper, a verifying cache following the store's change
+//! feed, an audit file) in one call.
 //!
-//! | feature | what it brings |
-//! |---|---|
-//! | `authenticate` (default) | [`AuthenticateLayer`]: bearer tokens → [`Principal`] |
-//! | `scope` (default) | [`EnforceScopeLayer`], [`RequireScope`], [`ScopePolicy`] |
-//! | `rate` (default) | [`RateLimitLayer`], [`Limiter`], [`MemoryRateState`] |
-//! | `ipfilter` (default) | [`ResolveClientIpLayer`], [`IpFilterLayer`], [`IpRules`] |
-//! | `audit` (default) | [`AuditLayer`], [`JsonLinesSink`], [`TracingSink`], [`audit_chain`] |
-//! | `gate` (default: all five layers) | [`Gate`]: the layers in their one right order, the six after audit run as one [`Chain`] of checks in one [`CheckService`] ([`GateCheck`]) |
-//! | `redis` | `RedisRateState`: rate limits shared by every instance in Redis, for `Gate::rate_state` or `RateLimitLayer::state` |
-//! | `sqlite` | `SqliteStore` (with its pepper, `SqliteStore::pepper`): the embedded default store; with `gate`, `Embedded` assembles a single-machine deployment and `shutdown_signal` (SIGTERM or SIGINT, through tokio's `signal`) ends it gracefully |
-//! | `admin` | `admin::router`: a JSON API to manage tokens behind the Gate, with its OpenAPI document |
-//! | `full` | everything above and below |
-//! | `axum` | `axum::Authenticated`: the principal as an extractor; with `sqlite`, `ops::ops_router` (`/healthz`, `/readyz`, `/metrics` for an admin listener) |
-//! | `tonic` | `tonic::PrincipalExt`: the principal from a `tonic::Request` |
+//! ```toml
+//! [dependencies]
+//! tokengate = { version = "0.1", features = ["axum"] }  # defaults: gate + sqlite
+//! ```
 //!
-//! The shared vocabulary (tokens, stores, the verifying cache, denials) is
-//! re-exported from [`tokengate_core`] at the crate root.
+//! # The map
 //!
-//! # axum, on one screen
+//! | module | what it holds | feature |
+//! |---|---|---|
+//! | [`gate`] | the [`Gate`]: every layer in order, as one service | `gate` (default) |
+//! | [`deployment`] | [`Deployment`]: store, pepper, cache, feed and audit file in one call; readiness and `/metrics` | `sqlite` (default) |
+//! | [`authenticate`] | bearer tokens → [`Principal`], usage-limited tokens | `authenticate` |
+//! | [`scope`] | least privilege per route, gRPC method or policy table | `scope` |
+//! | [`rate`] | GCRA quotas per token, owner or client IP | `rate` |
+//! | [`ipfilter`] | client IP through trusted proxies, CIDR allow/deny | `ipfilter` |
+//! | [`audit`] | one record per request, hash-chained JSON lines | `audit` |
+//! | [`store`] | store traits, the token lifecycle, the verifying cache, the token as JSON | always |
+//! | [`sqlite`], [`postgres`], [`redis`] | the embedded store; the store and rate state shared by many instances | `sqlite`, `postgres`, `redis` |
+//! | [`core`] | the vocabulary: tokens, hashes, peppers, scopes, principals, denials, clocks | always |
+//! | [`check`] | the runtime every layer is built on: write a check of your own | always |
+//! | [`axum`], [`tonic`] | the principal as an extractor; from a `tonic::Request` | `axum`, `tonic` |
+//! | [`admin`] | a JSON admin API for tokens, with its OpenAPI document | `admin` |
+//!
+//! The top level holds what nearly every user names: the [`Gate`] and the
+//! [`Deployment`], the [`Principal`] a handler reads, the token types, the
+//! stores and the layers' main types.
+//!
+//! # axum, in ten lines
 //!
 //! ```no_run
-//! # #[cfg(feature = "full")] {
-//! use std::net::SocketAddr;
-//! use std::time::Duration;
+//! # #[cfg(feature = "axum")] {
 //! use axum::{Router, routing::get};
-//! use http::Method;
-//! use tokengate::axum::Authenticated;
-//! use tokengate::{AuditLayer, AuthenticateLayer, CacheConfig, CachedStore,
-//!     EnforceScopeLayer, Gate, JsonLinesSink, PublicPaths, Requirement, ScopePolicy,
-//!     SqliteStore, TokenHasher};
+//! use tokengate::{Deployment, ScopePolicy, axum::Authenticated};
 //!
 //! #[tokio::main]
-//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     let db = std::path::Path::new("tokengate.db");
-//!     let store = SqliteStore::create(db)?;                                // tokens: the CLI manages them
-//!     let hasher = TokenHasher::new(store.pepper()?);                      // checked against the database
-//!     let cache = CachedStore::new(store.clone(), CacheConfig::default());
-//!     store.follow(cache.clone(), Duration::from_millis(250));             // revocations from other processes
-//!     let policy = ScopePolicy::builder()
-//!         .read_write("/notes", "notes")                                   // GET: notes:read, POST: notes:write
-//!         .route([Method::GET], "/healthz", Requirement::Public)
-//!         .build()?;                                                       // anything else: 403
-//!     let gate = Gate::new(
-//!         AuthenticateLayer::new(cache, hasher, "notes".parse()?)
-//!             .public(PublicPaths::new().exact("/healthz")),
-//!         EnforceScopeLayer::new(policy),
-//!     )
-//!     .audit(AuditLayer::new(JsonLinesSink::open("audit.jsonl".as_ref())?));
-//!     // The Gate reads the peer address from axum's ConnectInfo: serve with it.
+//! async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//!     let deployment = Deployment::open("tokengate.db").await?; // tokens: `tokengate issue ...`
+//!     let policy = ScopePolicy::builder().read_write("/notes", "notes").public("/healthz").build()?;
 //!     let app = Router::new()
-//!         .route("/notes", get(|Authenticated(p): Authenticated| async move { p.subject().to_owned() }))
+//!         .route("/notes", get(|Authenticated(who): Authenticated| async move { who.subject().to_owned() }))
 //!         .route("/healthz", get(|| async { "ok" }))
-//!         .layer(gate);
-//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//!     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+//!         .layer(deployment.gate("notes", policy).await?);
+//!     tokengate::axum::serve("127.0.0.1:3000", app, deployment).await?;
 //!     Ok(())
 //! }
 //! # }
 //! ```
 //!
-//! `Router::layer` runs the gate for every request, unknown paths included
-//! (401 before 404); per-route requirements can instead use
-//! `RequireScope::all([...])` as a `route_layer`.
-//!
-//! # tonic, on one screen
-//!
-//! ```no_run
-//! # #[cfg(feature = "full")] {
-//! use tokengate::tonic::PrincipalExt;
-//! use tokengate::{AuthenticateLayer, CacheConfig, CachedStore, EnforceScopeLayer,
-//!     Gate, PublicPaths, Requirement, ScopePolicy, SqliteStore, TokenHasher};
-//!
-//! // In a generated service method, the principal is in the request's extensions:
-//! async fn list_notes(request: tonic::Request<()>) -> Result<tonic::Response<String>, tonic::Status> {
-//!     Ok(tonic::Response::new(request.principal()?.subject().to_owned()))
-//! }
-//!
-//! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
-//! let db = std::path::Path::new("tokengate.db");
-//! let store = SqliteStore::create(db)?;
-//! let hasher = TokenHasher::new(store.pepper()?);
-//! let cache = CachedStore::new(store, CacheConfig::default());
-//! let policy = ScopePolicy::builder()
-//!     .grpc_method("/notes.v1.Notes/ListNotes", Requirement::all(["notes:read"])?)
-//!     .grpc_service("grpc.health.v1.Health", Requirement::Public)
-//!     .build()?;
-//! let gate = Gate::new(
-//!     AuthenticateLayer::new(cache, hasher, "notes".parse()?)
-//!         .public(PublicPaths::new().grpc_health()),
-//!     EnforceScopeLayer::new(policy),
-//! ); // the peer address comes from tonic's TcpConnectInfo
-//! let router = tonic::transport::Server::builder().layer(gate);
-//! // router.add_service(NotesServer::new(...)).serve(addr).await?;
-//! # drop(router); Ok(()) }
-//! # }
-//! ```
-//!
-//! Refusals reach gRPC clients as HTTP 200 trailers-only responses with
-//! `grpc-status` 16, 7, 8, 3 or 14, never as HTTP 401/403.
+//! The README and the guides in `docs/` go on from here.
 
-pub use tokengate_check::*;
-pub use tokengate_core::*;
-pub use tokengate_store::*;
-
-pub use tokengate_cache::{CacheConfig, CacheStats, CachedStore, VerifyError};
+pub use tokengate_cache::{CacheConfig, CachedStore};
+pub use tokengate_core::{
+    Audience, Denial, Pepper, Principal, Scope, ScopeSet, TokenHasher, TokenId, TokenRecord,
+};
+pub use tokengate_store::{Lifecycle, MemoryStore, StoreError, TokenSpec, TokenStore};
 
 #[cfg(feature = "authenticate")]
-pub use tokengate_authenticate::{
-    Authenticate, AuthenticateLayer, ExpiryHeader, IsPublic, PublicPaths, SpendWait, Spent,
-    TOKEN_EXPIRES, TOKEN_EXPIRES_WITHIN, TokenLookup, UriCopy, UsageTracker, UseLimitLayer,
-    UsesLeft,
-};
+pub use tokengate_authenticate::AuthenticateLayer;
 #[cfg(feature = "scope")]
-pub use tokengate_scope::{
-    EnforceScope, EnforceScopeLayer, PolicyError, RequireScope, Requirement, RequirementError,
-    ScopeLookup, ScopePolicy, ScopePolicyBuilder,
-};
+pub use tokengate_scope::{EnforceScopeLayer, Requirement, ScopePolicy};
 
+/// The vocabulary every tokengate crate shares: tokens, hashes and
+/// peppers, scopes and audiences, records, principals, denials, clocks
+/// (`tokengate-core`).
+pub mod core {
+    pub use tokengate_core::*;
+}
+
+/// The check runtime every layer is built on (`tokengate-check`): a
+/// [`Check`](check::Check) of your own runs in the same service, with the
+/// same rendering of refusals for HTTP and gRPC.
+pub mod check {
+    pub use tokengate_check::*;
+}
+
+/// Where tokens live (`tokengate-store`, `tokengate-cache`): the store
+/// traits, the token lifecycle, the memory store, pepper sources, and the
+/// verifying cache in front of any store.
+pub mod store {
+    pub use tokengate_cache::*;
+    pub use tokengate_store::*;
+
+    /// A token record as JSON: the one rendering the admin API, the CLI
+    /// and the audit log share.
+    #[cfg(feature = "view")]
+    pub mod view {
+        pub use crate::view::*;
+    }
+}
+
+/// Bearer tokens in, a verified [`Principal`] out (`tokengate-authenticate`).
+#[cfg(feature = "authenticate")]
+pub mod authenticate {
+    pub use tokengate_authenticate::*;
+}
+
+/// Least privilege, deny by default (`tokengate-scope`).
+#[cfg(feature = "scope")]
+pub mod scope {
+    pub use tokengate_scope::*;
+}
+
+/// GCRA quotas per token, per owner or per client IP (`tokengate-rate`).
 #[cfg(feature = "rate")]
-pub use tokengate_rate::{
-    KeyBy, Limiter, MemoryRateState, MissingKey, RateConfigError, RateHeaders, RateKey, RateLimit,
-    RateLimitLayer, RateState, RateStateError,
-};
+pub mod rate {
+    pub use tokengate_rate::*;
+}
 
+/// Client IPs through trusted proxies, CIDR allow and deny sets
+/// (`tokengate-ipfilter`).
 #[cfg(feature = "ipfilter")]
-pub use tokengate_ipfilter::{
-    CidrError, ForwardedHeader, IpFilter, IpFilterLayer, IpRules, IpSet, PeerAddr, ResolveClientIp,
-    ResolveClientIpLayer, parse_net,
-};
+pub mod ipfilter {
+    pub use tokengate_ipfilter::*;
+}
 
+/// One structured record per request, denials included, never a secret
+/// (`tokengate-audit`).
 #[cfg(feature = "audit")]
-pub use tokengate_audit::{
-    Audit, AuditBody, AuditEvent, AuditKey, AuditKeyError, AuditLayer, AuditRecord, AuditSink,
-    Decision, Ending, FieldLimits, JsonLinesSink, JsonLinesSinkBuilder, Overflow, SinkStats,
-    TracingSink, chain as audit_chain,
-};
+pub mod audit {
+    pub use tokengate_audit::*;
+}
 
+/// Rate state and use counters shared by every instance, in Redis
+/// (`tokengate-redis`).
 #[cfg(feature = "redis")]
-pub use tokengate_redis::{RedisRateState, RedisStateError, RedisUses, Unavailable};
+pub mod redis {
+    pub use tokengate_redis::*;
+}
 
+/// The embedded default store: a SQLite file (`tokengate-sqlite`).
 #[cfg(feature = "sqlite")]
-pub use tokengate_sqlite::{OpenError, SqliteStore, pepper_path};
+pub mod sqlite {
+    pub use tokengate_sqlite::*;
+}
 
+/// The token store shared by every instance, in PostgreSQL
+/// (`tokengate-postgres`).
 #[cfg(feature = "postgres")]
-pub use tokengate_postgres::{
-    ConnectError, FEED_APPLICATION, Feed, FeedStatus, FeedWatch, PostgresStore,
-    PostgresStoreBuilder,
-};
+pub mod postgres {
+    pub use tokengate_postgres::*;
+}
 
-#[cfg(feature = "sqlite")]
-mod database;
-#[cfg(feature = "sqlite")]
-pub use database::{AnyStore, Database, DatabaseError};
+#[cfg(feature = "gate")]
+pub mod gate;
+#[cfg(feature = "gate")]
+pub use gate::Gate;
 
 #[cfg(all(feature = "sqlite", feature = "gate"))]
-mod embedded;
+pub mod deployment;
 #[cfg(all(feature = "sqlite", feature = "gate"))]
-mod reload;
-#[cfg(all(feature = "sqlite", feature = "gate"))]
-pub use embedded::{Embedded, SetupError, shutdown_signal};
-
-#[cfg(feature = "sqlite")]
-pub mod ops;
+pub use deployment::{Deployment, shutdown_signal};
 
 #[cfg(feature = "view")]
-pub mod view;
-
-#[cfg(feature = "gate")]
-mod gate;
-#[cfg(feature = "gate")]
-pub use gate::{Gate, GateCheck, GateService, connection_peer};
+mod view;
 
 #[cfg(feature = "admin")]
 pub mod admin;
@@ -181,8 +167,3 @@ pub mod admin;
 pub mod axum;
 #[cfg(feature = "tonic")]
 pub mod tonic;
-
-/// The README's code, compiled and run as doc tests so it cannot rot.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct ReadmeDoctests;

@@ -14,7 +14,6 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -24,59 +23,28 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use clap::Parser;
+use example_ops::{Instance, ServerArgs};
 use serde::{Deserialize, Serialize};
+use tokengate::audit::AuditLayer;
 use tokengate::axum::Authenticated;
-use tokengate::{
-    AnyStore, AuditLayer, Database, Embedded, EnforceScopeLayer, Expiry, Gate, IpFilterLayer,
-    IpRules, IssuedToken, MissingKey, RateLimitLayer, RateQuota, RateState, RedisRateState,
-    Requirement, ResolveClientIpLayer, ScopePolicy, TokenSpec,
-};
+use tokengate::core::RateQuota;
+use tokengate::deployment::{AnyStore, SetupError};
+use tokengate::ipfilter::IpFilterLayer;
+use tokengate::rate::{MissingKey, RateLimitLayer, RateState};
+use tokengate::store::IssuedToken;
+use tokengate::{Deployment, EnforceScopeLayer, Gate, Requirement, ScopePolicy};
 
 /// A notes API protected by tokengate.
 #[derive(Debug, Parser)]
 #[command(name = "axum-notes", version, about)]
 struct Args {
-    /// The token database, shared with the `tokengate` CLI: a SQLite file,
-    /// or a `postgres://` URL shared by every instance.
-    #[arg(long, default_value = "./tokengate.db")]
-    db: Database,
-    /// The pepper file, for PostgreSQL (else TOKENGATE_PEPPER); created,
-    /// private, on a first start. A SQLite database keeps its own beside it.
-    #[arg(long)]
-    pepper_file: Option<PathBuf>,
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
-    /// The JSON-lines audit file.
-    #[arg(long, default_value = "./audit.jsonl")]
-    audit_log: PathBuf,
-    /// This service's audience: tokens must list it.
-    #[arg(long, default_value = "notes")]
-    audience: String,
-    /// A proxy whose X-Forwarded-For is trusted (CIDR, repeatable).
-    #[arg(long = "trusted-proxy")]
-    trusted_proxies: Vec<String>,
-    /// Only these client networks may call (CIDR, repeatable).
-    #[arg(long = "allow-ip")]
-    allow_ips: Vec<String>,
-    /// These client networks may not call (CIDR, repeatable; wins over --allow-ip).
-    #[arg(long = "deny-ip")]
-    deny_ips: Vec<String>,
     /// Requests per second allowed per client address before authentication
     /// (bursts of twice that).
     #[arg(long, default_value_t = 100)]
     pre_auth_rate: u32,
-    /// Share rate limits with every instance using this Redis
-    /// (`redis://host:port`); without it each instance limits on its own.
-    #[arg(long)]
-    redis: Option<String>,
-    /// The Redis key prefix of this deployment's rate limits.
-    #[arg(long, default_value = "tokengate")]
-    redis_prefix: String,
-    /// How long a Redis call may take (milliseconds) before the instance
-    /// decides with its own limits instead.
-    #[arg(long, default_value_t = 50)]
-    redis_timeout_ms: u64,
     /// Serve the same routes without tokengate: only for the end-to-end
     /// benchmark (`benches/e2e.sh`), which compares both.
     #[arg(long, hide = true)]
@@ -105,14 +73,14 @@ struct Args {
     #[arg(long)]
     admin: bool,
     #[command(flatten)]
-    ops: example_ops::OpsArgs,
+    server: ServerArgs,
 }
 
 /// The sink of `--discard-audit`: drops each record.
 struct DiscardAudit;
 
-impl tokengate::AuditSink for DiscardAudit {
-    fn record(&self, record: tokengate::AuditRecord) {
+impl tokengate::audit::AuditSink for DiscardAudit {
+    fn record(&self, record: tokengate::audit::AuditRecord) {
         drop(record);
     }
 }
@@ -178,7 +146,7 @@ async fn whoami(Authenticated(caller): Authenticated) -> Json<serde_json::Value>
     }))
 }
 
-fn policy(admin: bool) -> Result<ScopePolicy, tokengate::SetupError> {
+fn policy(admin: bool) -> Result<ScopePolicy, tokengate::deployment::SetupError> {
     use axum::http::Method;
     let mut builder = ScopePolicy::builder();
     if admin {
@@ -204,7 +172,7 @@ fn policy(admin: bool) -> Result<ScopePolicy, tokengate::SetupError> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    example_ops::init_logging(args.ops.log_format);
+    example_ops::init_logging(args.server.ops.log_format);
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -214,37 +182,18 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), tokengate::SetupError> {
+async fn run(args: Args) -> Result<(), SetupError> {
     // Every flag is checked before anything is opened, bound or written.
-    let audience: tokengate::Audience = args.audience.parse()?;
     let policy = policy(args.admin)?;
-    let client_ip = ResolveClientIpLayer::trusted_proxies(&args.trusted_proxies)?;
-    let ip_rules = IpRules::from_lists(&args.allow_ips, &args.deny_ips)?;
     let pre_auth = per_second(args.pre_auth_rate)?;
-    let demo = demo_spec(&audience)?;
-    // Then the port: a second server on it fails here, before it writes anything.
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let addr = listener.local_addr()?;
-    // The metrics recorder goes in before any layer registers its counters.
-    let admin = example_ops::Admin::bind(&args.ops).await?;
-
-    let embedded = Embedded::open(&args.db, args.pepper_file.as_deref(), &args.audit_log).await?;
-    // `tokengate issue` then refuses a scope this server would never accept.
-    embedded.register_scopes(&policy).await?;
-    // A demo token on a first start of the embedded store only: a shared
-    // database is set up with the CLI, and no instance prints a token.
-    let first_start = match args.db {
-        Database::Sqlite(_) => embedded.issue_if_empty(demo).await?,
-        _ => None,
-    };
-    if let Some(demo) = first_start {
-        print_demo(&demo, &args, addr);
+    let mut server = Instance::start("axum-notes", &args.server, args.listen, &policy).await?;
+    if let Some(demo) = &server.demo {
+        print_demo(demo, &args, server.addr);
     }
     // Public routes are declared once, in the policy, and the Gate finds
     // the connection's address itself: only proxies to trust are told.
-    let mut authenticate = embedded.authenticate(audience);
+    let deployment = &server.deployment;
+    let mut authenticate = deployment.authenticate(server.audience.clone());
     if args.no_token_expires {
         authenticate = authenticate.expires_header(None);
     }
@@ -252,8 +201,8 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         authenticate = authenticate.expires_header_within(None);
     }
     let mut gate = Gate::new(authenticate, EnforceScopeLayer::new(policy))
-        .client_ip(client_ip)
-        .ip_filter(IpFilterLayer::new(ip_rules))
+        .client_ip(server.client_ip.clone())
+        .ip_filter(IpFilterLayer::new(server.ip_rules.clone()))
         .pre_auth_quota(pre_auth);
     if args.no_rate_headers {
         // The Gate's default per-token limit, silent on success.
@@ -277,81 +226,59 @@ async fn run(args: Args) -> Result<(), tokengate::SetupError> {
         .with_state(Notes::default());
     if args.admin {
         // Behind the same Gate: the policy gives /admin to tokengate:admin.
-        routes = routes.merge(tokengate::admin::router(embedded.lifecycle.clone()));
+        routes = routes.merge(tokengate::admin::router(deployment.lifecycle.clone()));
     }
-    let mut readiness = embedded.readiness();
-    let app = match &args.redis {
-        None => guard(routes, gate, &args, &embedded),
-        Some(url) => {
-            let shared = RedisRateState::new(url)?
-                .prefix(&args.redis_prefix)?
-                .timeout(Duration::from_millis(args.redis_timeout_ms));
-            readiness = readiness.redis(shared.clone());
+    let app = match &server.redis {
+        None => guard(routes, gate, &args, deployment),
+        Some(shared) => {
             // Usage-limited tokens lease their uses there too.
-            let gate = gate.shared_uses(std::sync::Arc::new(shared.uses()));
-            guard(routes, gate.rate_state(shared), &args, &embedded)
+            let gate = gate.shared_uses(Arc::new(shared.uses()));
+            guard(routes, gate.rate_state(shared.clone()), &args, deployment)
         }
     };
 
-    // The admin line first: whoever waits for the listening line has it.
-    if let Some(admin) = admin {
-        println!(
-            "axum-notes admin (/healthz, /readyz, /metrics) on http://{}",
-            admin.local_addr()?
-        );
-        admin.serve(readiness);
-    }
-    println!("axum-notes listening on http://{addr}");
-
+    server.announce(&format!("http://{}", server.addr))?;
+    let (name, audit_log) = server.name_and_log();
+    let Instance {
+        deployment,
+        listener,
+        ..
+    } = server;
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(tokengate::shutdown_signal())
     .await?;
-
-    embedded.shutdown().await;
-    println!(
-        "axum-notes stopped; audit log flushed to {}",
-        args.audit_log.display()
-    );
+    Instance::stop(deployment, name, audit_log).await;
     Ok(())
 }
 
 /// `routes` behind `gate`, as the flags say.
 fn guard<R: RateState + Clone>(
     routes: Router,
-    gate: Gate<AnyStore, ScopePolicy, tokengate::TracingSink, R>,
+    gate: Gate<AnyStore, ScopePolicy, tokengate::audit::TracingSink, R>,
     args: &Args,
-    embedded: &Embedded,
+    deployment: &Deployment,
 ) -> Router {
     if args.no_gate {
         routes
     } else if args.discard_audit {
         routes.layer(gate.audit(AuditLayer::new(DiscardAudit)))
     } else {
-        routes.layer(gate.audit(AuditLayer::new(embedded.audit.clone())))
+        routes.layer(gate.audit(AuditLayer::new(deployment.audit.clone())))
     }
 }
 
-fn per_second(rate: u32) -> Result<RateQuota, tokengate::SetupError> {
+fn per_second(rate: u32) -> Result<RateQuota, SetupError> {
     let count = NonZeroU32::new(rate).ok_or("--pre-auth-rate must be at least 1")?;
     let burst = count.saturating_mul(NonZeroU32::MIN.saturating_add(1));
     Ok(RateQuota::new(count, Duration::from_secs(1), burst)?)
 }
 
-/// The demo token of a first start: notes:read notes:write for this
-/// audience, valid 24 h.
-fn demo_spec(audience: &tokengate::Audience) -> Result<TokenSpec, tokengate::SetupError> {
-    Ok(TokenSpec::new("demo", "demo-user")
-        .scopes(["notes:read".parse()?, "notes:write".parse()?])
-        .audiences([audience.clone()])
-        .expiry(Expiry::After(Duration::from_secs(24 * 3600))))
-}
-
 fn print_demo(issued: &IssuedToken, args: &Args, addr: SocketAddr) {
     let base = format!("http://{addr}");
-    let db = &args.db;
+    let db = &args.server.db;
     println!(
         "\nThe token store was empty, so here is a demo token (notes:read notes:write, \
          audience {}, valid 24 h). It is shown once:\n\n  export TOKEN={}\n\n\
@@ -360,9 +287,9 @@ fn print_demo(issued: &IssuedToken, args: &Args, addr: SocketAddr) {
          curl -i -H \"Authorization: Bearer $TOKEN\" {base}/whoami\n  curl -i -X DELETE -H \"Authorization: Bearer $TOKEN\" {base}/notes/1   # 403: needs notes:admin\n\n\
          More tokens: cargo run -p tokengate-cli -- --db {db} issue --name me --subject me --scope notes:read --audience {} --ttl 30d\n\
          Revoke:      cargo run -p tokengate-cli -- --db {db} revoke {}\n",
-        args.audience,
+        args.server.audience,
         issued.token.expose_secret(),
-        args.audience,
+        args.server.audience,
         issued.record.id,
     );
 }

@@ -236,7 +236,7 @@ async fn counters_are_exact_and_readiness_follows_the_store() {
         text.contains("# TYPE tokengate_store_lookup_duration_seconds histogram"),
         "{text}"
     );
-    for bound in tokengate::metric_names::DURATION_BUCKETS {
+    for bound in tokengate::core::metric_names::DURATION_BUCKETS {
         let series = format!("tokengate_store_lookup_duration_seconds_bucket{{le=\"{bound}\"}}");
         assert!(value(&series).is_some(), "no {series} in {text}");
     }

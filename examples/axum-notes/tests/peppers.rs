@@ -165,7 +165,7 @@ async fn sighup_loads_a_pepper_the_feed_never_announced() {
     // backup taken after it): the pepper file and the database's record
     // are written by hand, with no change announced.
     let file = dir.join("tokengate.db.pepper");
-    let rotated = tokengate::PepperSource::found(Some(&file))
+    let rotated = tokengate::store::PepperSource::found(Some(&file))
         .unwrap()
         .unwrap()
         .rotated(&[]);

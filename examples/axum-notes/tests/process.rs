@@ -311,7 +311,7 @@ async fn feeds(client: &tokio_postgres::Client) -> i64 {
         .query_one(
             "SELECT count(*) FROM pg_stat_activity \
              WHERE datname = current_database() AND application_name = $1",
-            &[&tokengate::FEED_APPLICATION],
+            &[&tokengate::postgres::FEED_APPLICATION],
         )
         .await
         .unwrap()

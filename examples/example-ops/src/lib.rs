@@ -1,11 +1,20 @@
-//! What the example servers share for their operators: logs on stderr
-//! (`RUST_LOG`, `--log-format`), the Prometheus recorder, and the admin
-//! listener serving `/healthz`, `/readyz` and `/metrics`.
+//! What the example servers share: their common flags, how they start
+//! and stop ([`Instance`]), logs on stderr (`RUST_LOG`, `--log-format`), the
+//! Prometheus recorder, and the admin listener serving `/healthz`,
+//! `/readyz` and `/metrics`.
+#![allow(
+    clippy::print_stdout,
+    reason = "servers that tell their operator where they listen"
+)]
+
+mod server;
+
+pub use server::{Instance, ServerArgs};
 
 use std::net::SocketAddr;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokengate::ops::{Readiness, ops_router};
+use tokengate::deployment::{Readiness, ops_router};
 
 /// The operator's flags, flattened into each server's arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -69,18 +78,18 @@ impl Admin {
         let mut builder = PrometheusBuilder::new();
         // Histograms, not the exporter's default summaries: they add up
         // across instances.
-        for name in tokengate::metric_names::HISTOGRAMS {
+        for name in tokengate::core::metric_names::HISTOGRAMS {
             builder = builder
                 .set_buckets_for_metric(
                     Matcher::Full((*name).to_owned()),
-                    tokengate::metric_names::DURATION_BUCKETS,
+                    tokengate::core::metric_names::DURATION_BUCKETS,
                 )
                 .map_err(|e| format!("cannot set the buckets of {name}: {e}"))?;
         }
         let metrics = builder
             .install_recorder()
             .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
-        tokengate::describe_metrics();
+        tokengate::check::describe_metrics();
         Ok(Some(Self { listener, metrics }))
     }
 

@@ -28,9 +28,12 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use tokengate::core::{ClientIp, KeyId};
+use tokengate::ipfilter::PeerAddr;
+use tokengate::scope::RequireScope;
 use tokengate::{
-    AuthenticateLayer, CacheConfig, CachedStore, ClientIp, Gate, KeyId, Lifecycle, MemoryStore,
-    PeerAddr, Pepper, Principal, RequireScope, TokenHasher, TokenSpec,
+    AuthenticateLayer, CacheConfig, CachedStore, Gate, Lifecycle, MemoryStore, Pepper, Principal,
+    TokenHasher, TokenSpec,
 };
 use tower::ServiceBuilder;
 

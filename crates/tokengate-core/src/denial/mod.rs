@@ -1,7 +1,7 @@
 //! Why a request was refused, and how the refusal is told to the client.
 //!
 //! Every layer refuses with a [`Denial`]. It knows its HTTP status, its gRPC
-//! code and its RFC 6750 error code, and the [`Renderer`](crate::Renderer) turns it into a
+//! code and its RFC 6750 error code, and the renderer (`tokengate_check::Renderer`) turns it into a
 //! response: RFC 9457 `application/problem+json` for HTTP, a trailers-only
 //! `grpc-status` response for gRPC. The client sees one body for every kind
 //! of invalid token; the precise [`Denial::reason`] goes to the audit record.

@@ -31,6 +31,7 @@ pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
     uses_conformance(&lifecycle).await;
     query_conformance(&lifecycle).await;
     version_conformance(&lifecycle).await;
+    admin_conformance(&lifecycle).await;
     let day = Duration::from_secs(86_400);
     let issued = lifecycle
         .issue(
@@ -194,6 +195,97 @@ pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
         lifecycle.store().update(ghost, SystemTime::now()).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// Failures name what failed (an unknown id, a taken id); a rotation
+/// names the token it replaces and keeps the old one for its grace; the
+/// latest use of a batch wins, and an earlier one never moves it back;
+/// revoking twice keeps the first time; the scope catalogue collects
+/// every scope registered, in order.
+async fn admin_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lifecycle<S>) {
+    let store = lifecycle.store();
+    let before = store.list().await.unwrap().len();
+    let issued = lifecycle
+        .issue(
+            TokenSpec::new("admin", "team-c")
+                .scopes(["notes:read".parse().unwrap()])
+                .audiences(["notes".parse().unwrap()]),
+        )
+        .await
+        .unwrap();
+    let unknown = TokenId::generate();
+    assert!(matches!(
+        store.revoke(&unknown, SystemTime::now()).await,
+        Err(StoreError::NotFound(id)) if id == unknown
+    ));
+    assert!(matches!(
+        store
+            .rotate(&unknown, SystemTime::now(), issued.record.clone())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.insert(issued.record.clone()).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // Rotation: the new token names the old; the old keeps working for the grace.
+    let rotated = lifecycle
+        .rotate(&issued.record.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        rotated.record.rotated_from.as_ref(),
+        Some(&issued.record.id)
+    );
+    let old = store.get(&issued.record.id).await.unwrap().unwrap();
+    let left = old
+        .expires_at
+        .unwrap()
+        .duration_since(SystemTime::now())
+        .unwrap();
+    assert!(
+        left > Duration::from_secs(55) && left <= Duration::from_secs(61),
+        "the old token keeps its grace: {left:?}"
+    );
+    assert_eq!(store.list().await.unwrap().len(), before + 2);
+
+    // Usage: the latest time of a batch wins, an earlier one never moves it back.
+    let early = SystemTime::now() - Duration::from_secs(600);
+    let late = SystemTime::now();
+    let id = issued.record.id.clone();
+    store
+        .record_usage(&[
+            (id.clone(), late),
+            (id.clone(), early),
+            (unknown.clone(), late),
+        ])
+        .await
+        .unwrap();
+    store.record_usage(&[(id.clone(), early)]).await.unwrap();
+    let used = store.get(&id).await.unwrap().unwrap().last_used_at.unwrap();
+    assert!(used.duration_since(late).unwrap_or_default() < Duration::from_millis(1));
+    assert!(late.duration_since(used).unwrap_or_default() < Duration::from_millis(1));
+
+    // Revoking twice keeps the first time.
+    let first = store.revoke(&id, SystemTime::now()).await.unwrap();
+    let later = SystemTime::now() + Duration::from_secs(5);
+    let second = store.revoke(&id, later).await.unwrap();
+    assert_eq!(first.revoked_at, second.revoked_at);
+
+    // The scope catalogue.
+    store
+        .register_scopes(&"notes:read notes:write".parse().unwrap())
+        .await
+        .unwrap();
+    store
+        .register_scopes(&"notes:read admin:all".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.scope_catalogue().await.unwrap().to_string(),
+        "admin:all notes:read notes:write"
+    );
 }
 
 /// Usage-limited tokens: the count as issued, spent one at a time to

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokengate_core::{KeyId, Peppers, TokenHasher};
 use tokio::sync::watch;
 
-use crate::AnyStore;
+use super::AnyStore;
 
 /// How long a reload waits for the pepper file to hold a pepper the
 /// database already records: a rotation records it first, then writes
@@ -98,7 +98,7 @@ pub(crate) async fn reload(
 async fn load(
     store: &AnyStore,
     pepper_file: Option<&std::path::Path>,
-) -> Result<(Peppers, KeyId), crate::SetupError> {
+) -> Result<(Peppers, KeyId), super::SetupError> {
     let peppers = store.peppers(pepper_file).await?;
     let newest = store
         .recorded_peppers()

@@ -14,15 +14,19 @@ use std::time::Duration;
 use tokengate_core::{KeyId, TokenHash};
 use tokengate_store::TokenStore;
 
-use crate::database::{AnyStore, FeedHealth};
+use super::{AnyStore, FeedHealth};
 
-/// The checks behind `/readyz` (see the [module docs](self)).
+/// The checks behind `/readyz`: the parts a request may need beyond the
+/// process. The token store (one indexed lookup, bounded by a timeout),
+/// the store's change feed (PostgreSQL: is it listening; without it
+/// revocations from other instances do not arrive), and the shared rate
+/// state when one is configured (Redis: a `PING`).
 #[derive(Clone)]
 pub struct Readiness {
     store: AnyStore,
     feed: FeedHealth,
     #[cfg(feature = "redis")]
-    redis: Option<crate::RedisRateState>,
+    redis: Option<tokengate_redis::RedisRateState>,
     timeout: Duration,
 }
 
@@ -82,7 +86,7 @@ impl Readiness {
 
     /// Also checks the shared rate state in Redis.
     #[cfg(feature = "redis")]
-    pub fn redis(mut self, state: crate::RedisRateState) -> Self {
+    pub fn redis(mut self, state: tokengate_redis::RedisRateState) -> Self {
         self.redis = Some(state);
         self
     }

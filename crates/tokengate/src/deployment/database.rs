@@ -7,15 +7,14 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use tokengate_cache::CachedStore;
-use tokengate_core::Taken;
-use tokengate_core::{KeyId, Peppers, ScopeSet, TokenHash, TokenId, TokenRecord, UseSpend};
+use tokengate_core::{KeyId, Peppers, TokenId};
 #[cfg(feature = "postgres")]
 use tokengate_postgres::PostgresStore;
 use tokengate_sqlite::SqliteStore;
-use tokengate_store::{StoreError, TokenAdmin, TokenQuery, TokenStore};
+use tokengate_store::StoreError;
 use tokio::task::JoinHandle;
 
-use crate::SetupError;
+use super::SetupError;
 
 /// Where tokens live, as `--db` gives it: a `postgres://` (or
 /// `postgresql://`) URL, or else the path of a SQLite file.
@@ -130,6 +129,25 @@ macro_rules! each {
     };
 }
 
+/// The SQL of whichever store this is, run by it: `TokenStore` and
+/// `TokenAdmin` come from the shared SQL layer, as for each store alone,
+/// so a new store method needs nothing here.
+impl tokengate_sql::Backend for AnyStore {
+    fn dialect(&self) -> tokengate_sql::Dialect {
+        each!(self, s => s.dialect())
+    }
+
+    async fn run<T: Send + 'static>(&self, work: tokengate_sql::Work<T>) -> Result<T, StoreError> {
+        each!(self, s => s.run(work).await)
+    }
+
+    async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {
+        each!(self, s => tokengate_sql::Backend::record_usage(s, used).await)
+    }
+}
+
+tokengate_sql::sql_store!(AnyStore);
+
 impl AnyStore {
     /// Records a new pepper's check value (`tokengate pepper rotate`).
     pub async fn record_pepper(&self, key: KeyId, check: String) -> Result<(), StoreError> {
@@ -198,94 +216,6 @@ impl AnyStore {
                 (feed.into_task(), FeedHealth::Listening(watch))
             }
         }
-    }
-}
-
-impl TokenStore for AnyStore {
-    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
-        each!(self, s => s.find_by_hash(hash).await)
-    }
-
-    async fn rehash(
-        &self,
-        id: &TokenId,
-        from: &TokenHash,
-        to: TokenHash,
-    ) -> Result<(), StoreError> {
-        each!(self, s => s.rehash(id, from, to).await)
-    }
-
-    async fn spend_use(&self, id: &TokenId, spend: UseSpend) -> Result<Option<u64>, StoreError> {
-        each!(self, s => s.spend_use(id, spend).await)
-    }
-
-    async fn take_uses(
-        &self,
-        id: &TokenId,
-        spend: UseSpend,
-        want: u64,
-    ) -> Result<Taken, StoreError> {
-        each!(self, s => s.take_uses(id, spend, want).await)
-    }
-}
-
-impl TokenAdmin for AnyStore {
-    async fn insert(&self, record: TokenRecord) -> Result<(), StoreError> {
-        each!(self, s => s.insert(record).await)
-    }
-
-    async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
-        each!(self, s => s.get(id).await)
-    }
-
-    async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        each!(self, s => s.list().await)
-    }
-
-    async fn query(
-        &self,
-        query: &TokenQuery,
-        now: SystemTime,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
-        each!(self, s => s.query(query, now).await)
-    }
-
-    async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {
-        each!(self, s => s.revoke(id, at).await)
-    }
-
-    async fn update(&self, record: TokenRecord, at: SystemTime) -> Result<TokenRecord, StoreError> {
-        each!(self, s => s.update(record, at).await)
-    }
-
-    async fn reset_uses(
-        &self,
-        id: &TokenId,
-        remaining: u64,
-        window: u64,
-    ) -> Result<TokenRecord, StoreError> {
-        each!(self, s => s.reset_uses(id, remaining, window).await)
-    }
-
-    async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {
-        each!(self, s => s.record_usage(used).await)
-    }
-
-    async fn rotate(
-        &self,
-        old: &TokenId,
-        old_expires_at: SystemTime,
-        replacement: TokenRecord,
-    ) -> Result<TokenRecord, StoreError> {
-        each!(self, s => s.rotate(old, old_expires_at, replacement).await)
-    }
-
-    async fn register_scopes(&self, scopes: &ScopeSet) -> Result<(), StoreError> {
-        each!(self, s => s.register_scopes(scopes).await)
-    }
-
-    async fn scope_catalogue(&self) -> Result<ScopeSet, StoreError> {
-        each!(self, s => s.scope_catalogue().await)
     }
 }
 

@@ -1,19 +1,35 @@
-//! The embedded default deployment, assembled.
+//! What a server runs on, opened in one call: the token store
+//! ([`Database`]: a SQLite file, or PostgreSQL shared by every instance),
+//! its pepper, a verifying cache that follows the store's change feed, the
+//! lifecycle, a usage recorder and an audit file; readiness and the
+//! metrics endpoint for an admin listener ([`ops_router`]).
+
+mod database;
+mod ops;
+mod reload;
+
+pub(crate) use database::FeedHealth;
+pub use database::{AnyStore, Database, DatabaseError};
+#[cfg(feature = "axum")]
+pub use ops::ops_router;
+pub use ops::{Component, Readiness, Report};
 
 use std::error::Error;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use tokengate_audit::{AuditKey, JsonLinesSink};
+use std::path::PathBuf;
+
+use tokengate_audit::{AuditKey, AuditLayer, JsonLinesSink};
 use tokengate_authenticate::{AuthenticateLayer, UsageTracker};
 use tokengate_cache::{CacheConfig, CachedStore};
 use tokengate_core::{Audience, TokenHasher};
-use tokengate_scope::ScopePolicy;
+use tokengate_scope::{EnforceScopeLayer, ScopePolicy};
 use tokengate_store::{IssuedToken, Lifecycle, TokenSpec};
 use tokio::task::JoinHandle;
 
-use crate::{AnyStore, Database};
+use crate::gate::Gate;
 
 /// A boxed error for setup failures (each names what failed).
 pub type SetupError = Box<dyn Error + Send + Sync>;
@@ -33,8 +49,8 @@ pub type SetupError = Box<dyn Error + Send + Sync>;
 /// the pepper file (or `TOKENGATE_PEPPER`) again, checks it against the
 /// database, and hashes under the new set from the next request: tokens
 /// issued under a new pepper verify, and a retired pepper verifies nothing.
-/// [`Embedded::shutdown`] stops the background tasks and flushes.
-pub struct Embedded {
+/// [`Deployment::shutdown`] stops the background tasks and flushes.
+pub struct Deployment {
     /// The token store.
     pub store: AnyStore,
     /// The verifying cache in front of it.
@@ -48,27 +64,82 @@ pub struct Embedded {
     /// The audit file.
     pub audit: JsonLinesSink,
     tasks: Vec<JoinHandle<()>>,
-    feed: crate::database::FeedHealth,
+    feed: FeedHealth,
 }
 
-impl fmt::Debug for Embedded {
+impl fmt::Debug for Deployment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Embedded")
+        f.debug_struct("Deployment")
             .field("store", &self.store)
             .field("audit", &self.audit)
             .finish_non_exhaustive()
     }
 }
 
-impl Embedded {
-    /// Opens the database `db`, creating a SQLite file with a new pepper
-    /// on a first start (an existing database must come with its own
-    /// pepper: see [`SqliteStore::pepper`](crate::SqliteStore::pepper); for
-    /// PostgreSQL the pepper comes from `TOKENGATE_PEPPER` or
-    /// `pepper_file`), opens the audit file at `audit_log`, and starts the
-    /// change-feed follower and the usage flusher on the current tokio
-    /// runtime.
-    pub async fn open(
+/// Settings for a [`Deployment`]; made by [`Deployment::builder`].
+#[derive(Debug, Clone)]
+pub struct DeploymentBuilder {
+    database: Database,
+    pepper_file: Option<PathBuf>,
+    audit_log: Option<PathBuf>,
+}
+
+impl DeploymentBuilder {
+    /// Where the pepper is read from when `TOKENGATE_PEPPER` is not set
+    /// (PostgreSQL; a SQLite database's pepper file is always beside it,
+    /// see [`pepper_path`](crate::sqlite::pepper_path)).
+    #[must_use]
+    pub fn pepper_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pepper_file = Some(path.into());
+        self
+    }
+
+    /// The audit file (JSON lines, hash-chained under a key kept in
+    /// `<audit_log>.key`, or `TOKENGATE_AUDIT_KEY`). By default
+    /// `audit.jsonl` beside a SQLite database, or in the working directory
+    /// for PostgreSQL.
+    #[must_use]
+    pub fn audit_log(mut self, path: impl Into<PathBuf>) -> Self {
+        self.audit_log = Some(path.into());
+        self
+    }
+
+    /// Opens the database, creating a SQLite file with a new pepper on a
+    /// first start (an existing database must come with its own pepper:
+    /// see [`SqliteStore::pepper`](crate::sqlite::SqliteStore::pepper);
+    /// for PostgreSQL the pepper comes from `TOKENGATE_PEPPER` or the
+    /// pepper file), opens the audit file, and starts the change-feed
+    /// follower, the usage flusher and the pepper reloader on the current
+    /// tokio runtime.
+    pub async fn open(self) -> Result<Deployment, SetupError> {
+        let audit_log = match (&self.audit_log, &self.database) {
+            (Some(path), _) => path.clone(),
+            (None, Database::Sqlite(db)) => db.with_file_name("audit.jsonl"),
+            #[cfg(feature = "postgres")]
+            (None, Database::Postgres(_)) => PathBuf::from("audit.jsonl"),
+        };
+        Deployment::start(&self.database, self.pepper_file.as_deref(), &audit_log).await
+    }
+}
+
+impl Deployment {
+    /// Opens the database `database` (a SQLite file's path, or a
+    /// `postgres://` URL) with the defaults of [`Deployment::builder`].
+    pub async fn open(database: &str) -> Result<Self, SetupError> {
+        Self::builder(database.parse()?).open().await
+    }
+
+    /// Settings for a deployment on `database`.
+    pub fn builder(database: Database) -> DeploymentBuilder {
+        DeploymentBuilder {
+            database,
+            pepper_file: None,
+            audit_log: None,
+        }
+    }
+
+    /// See [`DeploymentBuilder::open`].
+    async fn start(
         db: &Database,
         pepper_file: Option<&Path>,
         audit_log: &Path,
@@ -87,7 +158,7 @@ impl Embedded {
         let tasks = vec![
             follower,
             usage.spawn_flusher(store.clone(), Duration::from_secs(5)),
-            tokio::spawn(crate::reload::follow_peppers(
+            tokio::spawn(reload::follow_peppers(
                 store.clone(),
                 pepper_file.map(Path::to_path_buf),
                 hasher.clone(),
@@ -107,9 +178,9 @@ impl Embedded {
     }
 
     /// What `/readyz` checks for this deployment: the store and its change
-    /// feed (add the Redis rate state with [`Readiness::redis`](crate::ops::Readiness::redis)).
-    pub fn readiness(&self) -> crate::ops::Readiness {
-        crate::ops::Readiness::new(self.store.clone(), self.feed.clone())
+    /// feed (add the Redis rate state with [`Readiness::redis`](Readiness::redis)).
+    pub fn readiness(&self) -> Readiness {
+        Readiness::new(self.store.clone(), self.feed.clone())
     }
 
     /// An authenticate layer for `audience` over this store, recording
@@ -141,6 +212,25 @@ impl Embedded {
         Ok(Some(self.lifecycle.issue(spec).await?))
     }
 
+    /// The [`Gate`] for the audience `audience` under `policy`, with this
+    /// deployment's authentication (over the cache, recording usage) and
+    /// audit file, and the defaults of [`Gate::new`] for the rest. What
+    /// the policy declares public needs no token; its scopes are
+    /// registered in the store's catalogue, so that `tokengate issue`
+    /// refuses a scope this server would never accept.
+    pub async fn gate(
+        &self,
+        audience: &str,
+        policy: ScopePolicy,
+    ) -> Result<Gate<AnyStore, ScopePolicy, JsonLinesSink>, SetupError> {
+        let audience: Audience = audience.parse()?;
+        self.register_scopes(&policy).await?;
+        Ok(
+            Gate::new(self.authenticate(audience), EnforceScopeLayer::new(policy))
+                .audit(AuditLayer::new(self.audit.clone())),
+        )
+    }
+
     /// Stops the background tasks, writes pending usage and flushes the
     /// audit file.
     pub async fn shutdown(self) {
@@ -159,12 +249,12 @@ impl Embedded {
 ///
 /// ```no_run
 /// # #[cfg(feature = "axum")]
-/// # async fn serve(app: axum::Router, embedded: tokengate::Embedded) -> std::io::Result<()> {
+/// # async fn serve(app: axum::Router, deployment: tokengate::Deployment) -> std::io::Result<()> {
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 /// axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
 ///     .with_graceful_shutdown(tokengate::shutdown_signal())
 ///     .await?;
-/// embedded.shutdown().await; // writes pending usage, flushes the audit file
+/// deployment.shutdown().await; // writes pending usage, flushes the audit file
 /// # Ok(()) }
 /// ```
 ///

@@ -1,0 +1,186 @@
+//! How every example server starts and stops.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokengate::core::Audience;
+use tokengate::deployment::{Database, Readiness, SetupError};
+use tokengate::ipfilter::{IpRules, ResolveClientIpLayer};
+use tokengate::redis::RedisRateState;
+use tokengate::store::IssuedToken;
+use tokengate::{Deployment, ScopePolicy, TokenSpec};
+
+use crate::{Admin, OpsArgs};
+
+/// The flags every example server takes, flattened into its arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// The token database, shared with the `tokengate` CLI: a SQLite file,
+    /// or a `postgres://` URL shared by every instance.
+    #[arg(long, default_value = "./tokengate.db")]
+    pub db: Database,
+    /// The pepper file, for PostgreSQL (else TOKENGATE_PEPPER); created,
+    /// private, on a first start. A SQLite database keeps its own beside it.
+    #[arg(long)]
+    pub pepper_file: Option<PathBuf>,
+    /// The JSON-lines audit file.
+    #[arg(long, default_value = "./audit.jsonl")]
+    pub audit_log: PathBuf,
+    /// This service's audience: tokens must list it.
+    #[arg(long, default_value = "notes")]
+    pub audience: String,
+    /// A proxy whose X-Forwarded-For is trusted (CIDR, repeatable).
+    #[arg(long = "trusted-proxy")]
+    pub trusted_proxies: Vec<String>,
+    /// Only these client networks may call (CIDR, repeatable).
+    #[arg(long = "allow-ip")]
+    pub allow_ips: Vec<String>,
+    /// These client networks may not call (CIDR, repeatable; wins over --allow-ip).
+    #[arg(long = "deny-ip")]
+    pub deny_ips: Vec<String>,
+    /// Share rate limits with every instance using this Redis
+    /// (`redis://host:port`); without it each instance limits on its own.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// The Redis key prefix of this deployment's rate limits.
+    #[arg(long, default_value = "tokengate")]
+    pub redis_prefix: String,
+    /// How long a Redis call may take (milliseconds) before the instance
+    /// decides with its own limits instead.
+    #[arg(long, default_value_t = 50)]
+    pub redis_timeout_ms: u64,
+    /// Logs and the admin listener.
+    #[command(flatten)]
+    pub ops: OpsArgs,
+}
+
+/// A server as every example starts it: each flag checked before anything
+/// is opened, bound or written; then its port bound (a second server on it
+/// fails before it writes anything), the admin listener bound (its metrics
+/// recorder in before any layer registers a counter), the deployment open,
+/// the policy's scopes registered (so `tokengate issue` refuses a scope no
+/// server accepts), and a demo token issued on a first start of the
+/// embedded store (a shared database is set up with the CLI, and no
+/// instance prints a token).
+#[derive(Debug)]
+pub struct Instance {
+    /// The store, cache, lifecycle and audit file.
+    pub deployment: Deployment,
+    /// The API's listener.
+    pub listener: tokio::net::TcpListener,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// `--audience`.
+    pub audience: Audience,
+    /// `--trusted-proxy`.
+    pub client_ip: ResolveClientIpLayer,
+    /// `--allow-ip` and `--deny-ip`.
+    pub ip_rules: IpRules,
+    /// `--redis`: the rate state (and use counter) shared by every instance.
+    pub redis: Option<RedisRateState>,
+    /// The demo token of a first start, to show once.
+    pub demo: Option<IssuedToken>,
+    admin: Option<Admin>,
+    name: &'static str,
+    audit_log: PathBuf,
+}
+
+impl Instance {
+    /// Starts `name` on `listen` with `args`, under `policy` (check the
+    /// server's own flags first).
+    pub async fn start(
+        name: &'static str,
+        args: &ServerArgs,
+        listen: SocketAddr,
+        policy: &ScopePolicy,
+    ) -> Result<Self, SetupError> {
+        let audience: Audience = args.audience.parse()?;
+        let client_ip = ResolveClientIpLayer::trusted_proxies(&args.trusted_proxies)?;
+        let ip_rules = IpRules::from_lists(&args.allow_ips, &args.deny_ips)?;
+        let redis = match &args.redis {
+            None => None,
+            Some(url) => Some(
+                RedisRateState::new(url)?
+                    .prefix(&args.redis_prefix)?
+                    .timeout(Duration::from_millis(args.redis_timeout_ms)),
+            ),
+        };
+        let demo = demo_spec(&audience)?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let addr = listener.local_addr()?;
+        let admin = Admin::bind(&args.ops).await?;
+        let mut builder = Deployment::builder(args.db.clone()).audit_log(&args.audit_log);
+        if let Some(file) = &args.pepper_file {
+            builder = builder.pepper_file(file);
+        }
+        let deployment = builder.open().await?;
+        deployment.register_scopes(policy).await?;
+        let demo = match args.db {
+            Database::Sqlite(_) => deployment.issue_if_empty(demo).await?,
+            _ => None,
+        };
+        Ok(Self {
+            deployment,
+            listener,
+            addr,
+            audience,
+            client_ip,
+            ip_rules,
+            redis,
+            demo,
+            admin,
+            name,
+            audit_log: args.audit_log.clone(),
+        })
+    }
+
+    /// Starts the admin listener (its readiness checks the store, its
+    /// feed and the Redis rate state) and says where everything listens:
+    /// the admin line first, so whoever waits for the listening line has
+    /// both. `shown` is how the API's address is written.
+    pub fn announce(&mut self, shown: &str) -> Result<(), SetupError> {
+        let mut readiness: Readiness = self.deployment.readiness();
+        if let Some(redis) = &self.redis {
+            readiness = readiness.redis(redis.clone());
+        }
+        if let Some(admin) = self.admin.take() {
+            println!(
+                "{} admin (/healthz, /readyz, /metrics) on http://{}",
+                self.name,
+                admin.local_addr()?
+            );
+            admin.serve(readiness);
+        }
+        println!("{} listening on {shown}", self.name);
+        Ok(())
+    }
+
+    /// After the server stopped: pending usage written, the audit file
+    /// flushed, and said.
+    pub async fn stop(deployment: Deployment, name: &str, audit_log: PathBuf) {
+        deployment.shutdown().await;
+        println!(
+            "{name} stopped; audit log flushed to {}",
+            audit_log.display()
+        );
+    }
+
+    /// The name and audit file [`Instance::stop`] reports.
+    pub fn name_and_log(&self) -> (&'static str, PathBuf) {
+        (self.name, self.audit_log.clone())
+    }
+}
+
+/// The demo token of a first start: notes:read notes:write for
+/// `audience`, valid 24 h.
+fn demo_spec(audience: &Audience) -> Result<TokenSpec, SetupError> {
+    Ok(TokenSpec::new("demo", "demo-user")
+        .scopes(["notes:read".parse()?, "notes:write".parse()?])
+        .audiences([audience.clone()])
+        .expiry(tokengate::store::Expiry::After(Duration::from_secs(
+            24 * 3600,
+        ))))
+}
