@@ -2,7 +2,10 @@
 //!
 //! - token parse + checksum, HMAC-SHA256 of a token, beside a raw SHA-256;
 //! - a cache-hit `verify` with 1k, 100k and 1M records cached, beside a
-//!   `HashMap` lookup over the same number of entries.
+//!   `HashMap` lookup over the same number of entries;
+//! - a cache-hit `verify` in front of `AnyStore` (the deployment's store of
+//!   either kind) beside the same cache in front of the SQLite store it
+//!   holds: what a hit pays for the choice of store.
 //!
 //! Run: `cargo bench --bench core`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -91,5 +94,49 @@ fn cache_hits(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, tokens, cache_hits);
+fn any_store_hits(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tokengate_tests::process::temp_dir("bench-any-store");
+    let store = tokengate::sqlite::SqliteStore::create(&dir.join("tokens.db")).unwrap();
+    let n = 1_000u64;
+    let hashes: Vec<TokenHash> = runtime.block_on(async {
+        let mut hashes = Vec::new();
+        for r in (0..n).map(record) {
+            hashes.push(r.hash);
+            store.insert(r).await.unwrap();
+        }
+        hashes
+    });
+    let config = CacheConfig::default()
+        .max_entries(n + 1)
+        .ttl(Duration::from_secs(3600));
+    let sqlite = CachedStore::new(store.clone(), config.clone());
+    let any = CachedStore::new(tokengate::deployment::AnyStore::Sqlite(store), config);
+    runtime.block_on(async {
+        for h in &hashes {
+            sqlite.verify(h).await.unwrap();
+            any.verify(h).await.unwrap();
+        }
+    });
+    let mut group = c.benchmark_group("any_store_hit");
+    let mut i = 0usize;
+    group.bench_function("baseline_sqlite_store", |b| {
+        b.iter(|| {
+            i = (i + 7919) % hashes.len();
+            black_box(ready_now(sqlite.verify(&hashes[i])).unwrap());
+        });
+    });
+    group.bench_function("any_store", |b| {
+        b.iter(|| {
+            i = (i + 7919) % hashes.len();
+            black_box(ready_now(any.verify(&hashes[i])).unwrap());
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, tokens, cache_hits, any_store_hits);
 criterion_main!(benches);

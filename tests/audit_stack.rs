@@ -185,7 +185,7 @@ async fn every_outcome_is_recorded_once_without_secrets() {
     }
     assert!(!text.contains("leak"));
     assert_eq!(
-        tokengate::audit::chain::verify(&path).unwrap().records,
+        tokengate::audit::hash_chain::verify(&path).unwrap().records,
         expected.len() as u64
     );
     std::fs::remove_dir_all(&dir).unwrap();

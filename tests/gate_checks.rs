@@ -301,3 +301,74 @@ async fn an_owner_quota_holds_across_its_tokens_and_its_configuration_is_a_resul
         "\"per-owner\";q=2;w=120"
     );
 }
+
+/// The quotas and the rate state may be given in either order: the same
+/// limits apply, kept in the state given (which a failing state proves).
+#[tokio::test]
+async fn quotas_and_a_rate_state_apply_in_either_order() {
+    for state_first in [true, false] {
+        let (gate, token) = gate().await;
+        let state = PendingRateState::new();
+        let gate = if state_first {
+            gate.rate_state(state.clone())
+                .token_rate(tokengate::rate::RateLimitLayer::per_token(quota(1, 2)))
+                .pre_auth_quota(quota(100, 200))
+        } else {
+            gate.token_rate(tokengate::rate::RateLimitLayer::per_token(quota(1, 2)))
+                .pre_auth_quota(quota(100, 200))
+                .rate_state(state.clone())
+        };
+        let service = tower::ServiceBuilder::new().layer(gate).service(ok());
+        for _ in 0..2 {
+            let admitted = send(&service, request(&token, None)).await;
+            assert_eq!(
+                admitted.status,
+                StatusCode::OK,
+                "state first: {state_first}"
+            );
+            assert_eq!(
+                admitted.headers["ratelimit-policy"],
+                "\"per-token\";q=2;w=120"
+            );
+        }
+        let limited = send(&service, request(&token, None)).await;
+        assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+        state.fail(true);
+        let failing = send(&service, request(&token, None)).await;
+        assert_eq!(
+            failing.extensions.get::<Denial>(),
+            Some(&Denial::RateStateUnavailable),
+            "the limits live in the given state (state first: {state_first})"
+        );
+    }
+}
+
+/// The authenticate layer decides the same as a `tower` layer and as a
+/// check in a chain of one's own: a usage-limited token spends its use
+/// either way.
+#[tokio::test]
+async fn the_authenticate_layer_spends_a_use_as_a_layer_and_as_a_check() {
+    use std::num::NonZeroU64;
+    let world = support::World::new();
+    let spec = world
+        .spec("notes:read")
+        .uses(tokengate::core::UseLimit::new(NonZeroU64::new(1).unwrap()));
+    let (as_layer, _) = world.issue_spec(spec.clone()).await;
+    let (as_check, _) = world.issue_spec(spec).await;
+    let layer = tower::ServiceBuilder::new()
+        .layer(world.auth.clone())
+        .service(ok());
+    let check = tower::ServiceBuilder::new()
+        .layer(tokengate::check::CheckLayer::new(world.auth.clone()))
+        .service(ok());
+    let first = send(&layer, request(&as_layer, None)).await;
+    assert_eq!(first.status, StatusCode::OK, "layer");
+    assert_eq!(first.headers["token-uses-remaining"], "0", "layer");
+    let second = send(&layer, request(&as_layer, None)).await;
+    assert_eq!(second.status, StatusCode::FORBIDDEN, "layer: spent");
+    let first = send(&check, request(&as_check, None)).await;
+    assert_eq!(first.status, StatusCode::OK, "check");
+    assert_eq!(first.headers["token-uses-remaining"], "0", "check");
+    let second = send(&check, request(&as_check, None)).await;
+    assert_eq!(second.status, StatusCode::FORBIDDEN, "check: spent");
+}

@@ -224,7 +224,7 @@ async fn a_reset_and_a_new_limit_hold_from_the_next_request() {
     // Unlimited from now on: no count, no header.
     world
         .lifecycle
-        .update(&id, &tokengate::store::TokenChanges::new().uses(None))
+        .update(&id, &tokengate::store::TokenPatch::new().uses(None))
         .await
         .unwrap();
     for _ in 0..3 {

@@ -21,8 +21,11 @@ use tokio::net::TcpListener;
 
 pub mod grpc;
 
-/// Tokens, a store with probes, and an authenticate layer, on one manual clock.
+/// The shared test world ([`tokengate_cache::testing::World`]: a cache in
+/// front of a probed store, and a lifecycle, on one manual clock) and an
+/// authenticate layer over it.
 pub struct World {
+    pub world: tokengate_cache::testing::World,
     pub probe: ProbeStore,
     pub clock: ManualClock,
     pub lifecycle: Lifecycle<CachedStore<ProbeStore>>,
@@ -33,19 +36,20 @@ impl World {
     /// A world whose layer guards audience `notes` and lets `/healthz` and
     /// the gRPC health service through.
     pub fn new() -> Self {
-        let clock = ManualClock::new();
-        let probe = ProbeStore::default();
-        let cache = CachedStore::with_clock(probe.clone(), CacheConfig::default(), clock.shared());
-        let hasher = TokenHasher::new(Pepper::generate(KeyId::new(1)));
-        let lifecycle = Lifecycle::new(cache.clone(), hasher.clone()).with_clock(clock.shared());
-        let auth = AuthenticateLayer::new(cache, hasher, "notes".parse().unwrap())
-            .clock(clock.shared())
-            .public(PublicPaths::new().exact("/healthz").grpc_health());
+        let world = tokengate_cache::testing::World::new();
+        let auth = AuthenticateLayer::new(
+            world.cache.clone(),
+            world.hasher().clone(),
+            "notes".parse().unwrap(),
+        )
+        .clock(world.clock.shared())
+        .public(PublicPaths::new().exact("/healthz").grpc_health());
         Self {
-            probe,
-            clock,
-            lifecycle,
+            probe: world.probe.clone(),
+            clock: world.clock.clone(),
+            lifecycle: world.lifecycle.clone(),
             auth,
+            world,
         }
     }
 
@@ -55,18 +59,15 @@ impl World {
     }
 
     pub fn spec(&self, scopes: &str) -> TokenSpec {
-        TokenSpec::new("test", "alice")
-            .scopes(scopes.split_whitespace().map(|s| s.parse().unwrap()))
-            .audiences(["notes".parse().unwrap()])
+        self.world.spec(scopes)
     }
 
     pub async fn issue_spec(&self, spec: TokenSpec) -> (Token, TokenId) {
-        let issued = self.lifecycle.issue(spec).await.unwrap();
-        (issued.token, issued.record.id)
+        self.world.issue_spec(spec).await
     }
 
     pub fn advance(&self, by: Duration) {
-        self.clock.advance(by);
+        self.world.advance(by);
     }
 }
 

@@ -25,7 +25,7 @@
 //! asynchronously and within a bound (then 503), and loses no record of a
 //! request it handled; `Drop` never waits and counts every drop; periodic
 //! and shutdown flushes, optional fsync,
-//! and a hash chain that [`chain::verify`] checks), or any [`AuditSink`].
+//! and a hash chain that [`hash_chain::verify`] checks), or any [`AuditSink`].
 //!
 //! # Example
 //!
@@ -69,8 +69,8 @@
 //! sink) and `thiserror` (verification errors).
 
 mod capture;
-pub mod chain;
 mod future;
+pub mod hash_chain;
 mod json;
 mod layer;
 mod limits;
@@ -80,8 +80,8 @@ mod service;
 mod sink;
 
 pub use capture::Ending;
-pub use chain::{AuditKey, AuditKeyError};
 pub use future::{AuditBody, ResponseFuture};
+pub use hash_chain::{AuditKey, AuditKeyError};
 pub use layer::AuditLayer;
 pub use limits::{FieldLimits, clean};
 pub use record::{AuditEvent, AuditRecord, CLIENT_CLOSED, Decision};

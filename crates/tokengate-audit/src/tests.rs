@@ -559,7 +559,7 @@ fn the_hash_chain_verifies_and_reports_the_first_broken_link() {
     let sink = JsonLinesSink::open(&path).unwrap();
     sink.record(event());
     sink.shutdown();
-    assert_eq!(chain::verify(&path).unwrap().records, 4);
+    assert_eq!(hash_chain::verify(&path).unwrap().records, 4);
 
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -573,30 +573,30 @@ fn the_hash_chain_verifies_and_reports_the_first_broken_link() {
     );
     write(edited);
     assert!(matches!(
-        chain::verify(&path),
-        Err(chain::ChainError::HashMismatch { line: 3 })
+        hash_chain::verify(&path),
+        Err(hash_chain::ChainError::HashMismatch { line: 3 })
     ));
 
     let mut removed = own(&lines);
     removed.remove(1);
     write(removed);
     assert!(matches!(
-        chain::verify(&path),
-        Err(chain::ChainError::BrokenLink { line: 2 })
+        hash_chain::verify(&path),
+        Err(hash_chain::ChainError::BrokenLink { line: 2 })
     ));
 
     let mut swapped = own(&lines);
     swapped.swap(1, 2);
     write(swapped);
     assert!(matches!(
-        chain::verify(&path),
-        Err(chain::ChainError::BrokenLink { line: 2 })
+        hash_chain::verify(&path),
+        Err(hash_chain::ChainError::BrokenLink { line: 2 })
     ));
 
     write(vec!["not json".into()]);
     assert!(matches!(
-        chain::verify(&path),
-        Err(chain::ChainError::Malformed { line: 1 })
+        hash_chain::verify(&path),
+        Err(hash_chain::ChainError::Malformed { line: 1 })
     ));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -12,24 +12,33 @@ use metrics::Counter;
 use tokengate_cache::VerifyError;
 use tokengate_check::{Admit, Check, Verdict};
 use tokengate_core::{
-    ClientIp, Denial, InvalidReason, IpReason, Principal, RequestTrail, SlotKey, Token, TokenHash,
+    ClientIp, Denial, InvalidReason, IpReason, Principal, RequestTrail, Token, TokenHash,
 };
 use tokengate_store::{StoreError, TokenStore};
 
 use crate::credential::{QuerySource, redact_query};
-use crate::layer::{AudienceRule, AuthenticateLayer, Config, TOKEN_EXPIRES_WITHIN};
+use crate::layer::{
+    AudienceRule, AuthenticateLayer, Config, EXPIRY_VALUE, TOKEN_EXPIRES_WITHIN, VerifyToken,
+};
+use crate::spend::SpendUse;
+use crate::spend::{SpendWait, Spent, UsesLeft};
 use crate::usage::note_use;
+use tokengate_check::{Chain, ChainWait, ChainWaited};
 use tokengate_core::metric_names::STORE_ERRORS;
+
+/// The verification of a layer's configuration, borrowed: what
+/// [`VerifyToken`] and [`AuthenticateLayer`] run.
+pub(crate) struct Verify<'a, St>(pub(crate) &'a Config<St>);
 
 /// Verifies the request's token through the verifying cache and puts the
 /// [`Principal`] into its extensions; a cache miss waits for the store.
-impl<B, St: TokenStore> Check<B> for AuthenticateLayer<St> {
+impl<B, St: TokenStore> Check<B> for Verify<'_, St> {
     type Admit = ExpiryHeader;
     type Wait = TokenLookup;
 
     #[inline(always)]
     fn check(&self, request: &mut Request<B>) -> Verdict<ExpiryHeader, TokenLookup> {
-        let config = &*self.config;
+        let config = self.0;
         match config.decide(request) {
             Ok(Found::Admitted(expiry)) => Verdict::Admit(expiry),
             Ok(Found::Lookup(lookup)) => Verdict::Wait(lookup),
@@ -42,17 +51,13 @@ impl<B, St: TokenStore> Check<B> for AuthenticateLayer<St> {
         request: &mut Request<B>,
         verified: Result<Principal, VerifyError>,
     ) -> Verdict<ExpiryHeader, TokenLookup> {
-        let config = &*self.config;
+        let config = self.0;
         match config.admit(request, verified) {
             Ok(expiry) => Verdict::Admit(expiry),
             Err(denial) => Verdict::Refuse(config.renderer.refuse(request, denial)),
         }
     }
 }
-
-/// The token's expiry (nanoseconds since the epoch) and its header value,
-/// made once per cached token.
-static EXPIRY_VALUE: SlotKey<Option<(u64, HeaderValue)>> = SlotKey::new();
 
 fn expiry_value(principal: &Principal) -> Option<(u64, HeaderValue)> {
     let at = principal.expires_at()?;
@@ -321,5 +326,51 @@ impl<St> Config<St> {
         });
         request.extensions_mut().insert(principal);
         Ok(expiry)
+    }
+}
+
+/// Verification alone: the token checked, the principal in the request;
+/// a usage-limited token spends nothing here (the Gate spends it last,
+/// with [`UseLimitLayer`](crate::UseLimitLayer)).
+impl<B, St: TokenStore> Check<B> for VerifyToken<St> {
+    type Admit = ExpiryHeader;
+    type Wait = TokenLookup;
+
+    #[inline(always)]
+    fn check(&self, request: &mut Request<B>) -> Verdict<ExpiryHeader, TokenLookup> {
+        Verify(&self.config).check(request)
+    }
+
+    fn resume(
+        &self,
+        request: &mut Request<B>,
+        verified: Result<Principal, VerifyError>,
+    ) -> Verdict<ExpiryHeader, TokenLookup> {
+        Verify(&self.config).resume(request, verified)
+    }
+}
+
+/// What an [`AuthenticateLayer`] waits for: a cache miss's lookup, then a
+/// usage-limited token's spend.
+pub type AuthenticateWait = ChainWait<TokenLookup, SpendWait, ExpiryHeader>;
+
+/// The same decision whether the layer runs as a `tower` layer or as a
+/// [`Check`] in a chain of one's own: the token verified, then a
+/// usage-limited token's use spent.
+impl<B, St: TokenStore> Check<B> for AuthenticateLayer<St> {
+    type Admit = (ExpiryHeader, UsesLeft);
+    type Wait = AuthenticateWait;
+
+    #[inline(always)]
+    fn check(&self, request: &mut Request<B>) -> Verdict<Self::Admit, AuthenticateWait> {
+        Chain::new(Verify(&self.config), SpendUse(&self.config)).check(request)
+    }
+
+    fn resume(
+        &self,
+        request: &mut Request<B>,
+        waited: ChainWaited<Result<Principal, VerifyError>, ExpiryHeader, Spent>,
+    ) -> Verdict<Self::Admit, AuthenticateWait> {
+        Chain::new(Verify(&self.config), SpendUse(&self.config)).resume(request, waited)
     }
 }

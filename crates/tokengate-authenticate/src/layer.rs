@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use http::HeaderName;
 use tokengate_cache::CachedStore;
-use tokengate_check::{Chain, CheckService, Renderer};
-use tokengate_core::{Audience, SharedClock, SystemClock, TokenFormat, TokenHasher};
+use tokengate_check::{CheckService, Renderer};
+use tokengate_core::{Audience, SharedClock, SlotKey, SystemClock, TokenFormat, TokenHasher};
 use tokengate_store::SharedUses;
 use tower::Layer;
 
@@ -29,6 +29,15 @@ pub(crate) enum AudienceRule {
     Required(Audience),
     /// Any token of the store, whatever its audiences (explicit opt-out).
     Any,
+}
+
+/// The token's expiry (nanoseconds since the epoch) and its header value,
+/// made once per cached token.
+pub(crate) static EXPIRY_VALUE: SlotKey<Option<(u64, http::HeaderValue)>> = SlotKey::new();
+
+/// Gives this crate's kept values their slots, before any request.
+fn register_slots() {
+    EXPIRY_VALUE.register();
 }
 
 /// Verifies bearer tokens and puts the [`Principal`](tokengate_core::Principal)
@@ -121,6 +130,7 @@ impl<St> AuthenticateLayer<St> {
     /// clock, a `token-expires` response header in a token's last
     /// [7 days](TOKEN_EXPIRES_WITHIN), store lookups bounded by 3 seconds.
     pub fn new(verifier: CachedStore<St>, hasher: TokenHasher, audience: Audience) -> Self {
+        register_slots();
         Self {
             config: Arc::new(Config {
                 verifier,
@@ -174,7 +184,7 @@ impl<St> AuthenticateLayer<St> {
     /// that copy still holds the token unless it is named with
     /// [`redact_uri_copy`](Self::redact_uri_copy)
     /// (`tokengate::axum::original_uri`). The `tokengate` facade's `Gate`
-    /// and `Embedded::authenticate` name axum's copy themselves under the
+    /// and `Deployment::authenticate` name axum's copy themselves under the
     /// `axum` feature; a layer built here with `AuthenticateLayer::new`
     /// does not know which framework it runs in.
     pub fn query_param(self, name: &str) -> Self {
@@ -263,17 +273,34 @@ impl<S, St> Layer<S> for AuthenticateLayer<St> {
     type Service = Authenticate<S, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CheckService::named(
-            "authenticate",
-            Chain::new(self.clone(), self.use_limit()),
-            inner,
-        )
+        CheckService::named("authenticate", self.clone(), inner)
     }
 }
 
 /// The service [`AuthenticateLayer`] makes: verification, then the spend
 /// of a usage-limited token's use.
-pub type Authenticate<S, St> = CheckService<Chain<AuthenticateLayer<St>, UseLimitLayer<St>>, S>;
+pub type Authenticate<S, St> = CheckService<AuthenticateLayer<St>, S>;
+
+/// The authenticate layer's verification alone, without the spend of a
+/// usage-limited token's use: for a chain that spends it elsewhere (the
+/// Gate spends it last, with [`AuthenticateLayer::use_limit`]).
+pub struct VerifyToken<St> {
+    pub(crate) config: Arc<Config<St>>,
+}
+
+impl<St> Clone for VerifyToken<St> {
+    fn clone(&self) -> Self {
+        Self {
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<St> fmt::Debug for VerifyToken<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyToken").finish_non_exhaustive()
+    }
+}
 
 /// Spends one use of a usage-limited token in the store, for every request
 /// it admits: a token with `N` uses admits exactly `N` requests however
@@ -314,6 +341,14 @@ impl<St> fmt::Debug for UseLimitLayer<St> {
 }
 
 impl<St> AuthenticateLayer<St> {
+    /// The verification alone ([`VerifyToken`]), for a chain that spends
+    /// usage-limited tokens' uses elsewhere.
+    pub fn verify_token(&self) -> VerifyToken<St> {
+        VerifyToken {
+            config: Arc::clone(&self.config),
+        }
+    }
+
     /// The check that spends the uses of usage-limited tokens, through this
     /// layer's store, clock, renderer and lookup timeout ([`UseLimitLayer`]).
     pub fn use_limit(&self) -> UseLimitLayer<St> {

@@ -108,9 +108,10 @@ mod public;
 mod spend;
 mod usage;
 
-pub use check::{ExpiryHeader, TokenLookup};
+pub use check::{AuthenticateWait, ExpiryHeader, TokenLookup};
 pub use layer::{
     Authenticate, AuthenticateLayer, TOKEN_EXPIRES, TOKEN_EXPIRES_WITHIN, UriCopy, UseLimitLayer,
+    VerifyToken,
 };
 pub use public::{IsPublic, PublicPaths};
 pub use spend::{SpendWait, Spent, UsesLeft};

@@ -15,7 +15,7 @@ use tokengate_core::metric_names::STORE_ERRORS;
 use tokengate_core::{Denial, Principal, SharedDeadline, TOKEN_USES_REMAINING, TokenId, UseLimit};
 use tokengate_store::{LeaseSpend, SharedUses, SharedUsesError, StoreError, TokenStore, UseKey};
 
-use crate::layer::UseLimitLayer;
+use crate::layer::{Config, UseLimitLayer};
 
 /// The count left after an admitted request, as `token-uses-remaining`.
 #[derive(Debug, Clone, Default)]
@@ -218,7 +218,25 @@ impl fmt::Debug for SpendWait {
     }
 }
 
+/// A layer configuration's spend, borrowed: what [`UseLimitLayer`] and
+/// the authenticate layer run.
+pub(crate) struct SpendUse<'a, St>(pub(crate) &'a Config<St>);
+
 impl<B, St: TokenStore> Check<B> for UseLimitLayer<St> {
+    type Admit = UsesLeft;
+    type Wait = SpendWait;
+
+    #[inline(always)]
+    fn check(&self, request: &mut Request<B>) -> Verdict<UsesLeft, SpendWait> {
+        SpendUse(&self.config).check(request)
+    }
+
+    fn resume(&self, request: &mut Request<B>, spent: Spent) -> Verdict<UsesLeft, SpendWait> {
+        SpendUse(&self.config).resume(request, spent)
+    }
+}
+
+impl<B, St: TokenStore> Check<B> for SpendUse<'_, St> {
     type Admit = UsesLeft;
     type Wait = SpendWait;
 
@@ -230,7 +248,7 @@ impl<B, St: TokenStore> Check<B> for UseLimitLayer<St> {
         let Some(limit) = principal.use_limit() else {
             return Verdict::Admit(UsesLeft(None));
         };
-        let config = &*self.config;
+        let config = self.0;
         let (limit, at) = (*limit, config.clock.now());
         let id = principal.token_id().clone();
         let generation = principal.uses_generation();
@@ -276,6 +294,6 @@ impl<B, St: TokenStore> Check<B> for UseLimitLayer<St> {
                 Denial::StoreUnavailable
             }
         };
-        Verdict::Refuse(self.config.renderer.refuse(request, denial))
+        Verdict::Refuse(self.0.renderer.refuse(request, denial))
     }
 }

@@ -8,43 +8,44 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use tokengate_cache::{CacheConfig, CachedStore};
 use tokengate_check::CheckBody;
 use tokengate_core::{
-    ClientIp, Clock, Denial, InvalidReason, IpReason, KeyId, MalformedReason, ManualClock, Pepper,
-    Principal, RequestTrail, Token, TokenFormat, TokenFormatError, TokenHasher, TokenId,
+    ClientIp, Clock, Denial, InvalidReason, IpReason, KeyId, MalformedReason, Pepper, Principal,
+    RequestTrail, Token, TokenFormat, TokenFormatError, TokenHasher, TokenId,
 };
 use tokengate_store::testing::ProbeStore;
-use tokengate_store::{Expiry, Lifecycle, TokenSpec};
+use tokengate_store::{Expiry, TokenSpec};
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt, service_fn};
 
 use super::*;
+use tokengate_cache::testing::World;
 
 type Svc = BoxCloneService<Request<Full<Bytes>>, Response<CheckBody<Full<Bytes>>>, Infallible>;
 
 struct Fixture {
-    probe: ProbeStore,
-    lifecycle: Lifecycle<CachedStore<ProbeStore>>,
-    clock: ManualClock,
+    world: World,
     layer: AuthenticateLayer<ProbeStore>,
 }
 
-fn fixture() -> Fixture {
-    let clock = ManualClock::new();
-    let probe = ProbeStore::default();
-    let cache = CachedStore::with_clock(probe.clone(), CacheConfig::default(), clock.shared());
-    let hasher = TokenHasher::new(Pepper::new(KeyId::new(1), [3u8; 32]).unwrap());
-    let lifecycle = Lifecycle::new(cache.clone(), hasher.clone()).with_clock(clock.shared());
-    let layer = AuthenticateLayer::new(cache, hasher, "notes".parse().unwrap())
-        .clock(clock.shared())
-        .public(PublicPaths::new().exact("/healthz").grpc_health());
-    Fixture {
-        probe,
-        lifecycle,
-        clock,
-        layer,
+impl std::ops::Deref for Fixture {
+    type Target = World;
+
+    fn deref(&self) -> &World {
+        &self.world
     }
+}
+
+fn fixture() -> Fixture {
+    let world = World::new();
+    let layer = AuthenticateLayer::new(
+        world.cache.clone(),
+        world.hasher().clone(),
+        "notes".parse().unwrap(),
+    )
+    .clock(world.clock.shared())
+    .public(PublicPaths::new().exact("/healthz").grpc_health());
+    Fixture { world, layer }
 }
 
 /// A handler that echoes the principal's subject, and the URI it saw.
@@ -68,8 +69,7 @@ fn spec() -> TokenSpec {
 
 impl Fixture {
     async fn issue(&self, spec: TokenSpec) -> (Token, TokenId) {
-        let issued = self.lifecycle.issue(spec).await.unwrap();
-        (issued.token, issued.record.id)
+        self.world.issue_spec(spec).await
     }
 
     async fn send(&self, request: Request<Full<Bytes>>) -> Outcome {
@@ -595,7 +595,8 @@ async fn after_a_pepper_rotation_old_tokens_verify_and_move_to_the_current_peppe
     let f = fixture();
     let (token, id) = f.issue(spec()).await;
     let cache = f.lifecycle.store().clone();
-    let old = Pepper::new(KeyId::new(1), [3u8; 32]).unwrap();
+    // The world's pepper (`World::with_config`).
+    let old = Pepper::new(KeyId::new(1), [7u8; 32]).unwrap();
     let rotated =
         TokenHasher::new(Pepper::new(KeyId::new(2), [4u8; 32]).unwrap()).with_previous([old]);
     let layer = AuthenticateLayer::new(cache, rotated.clone(), "notes".parse().unwrap());

@@ -75,6 +75,7 @@ impl UsageTracker {
     /// flushes. Nothing is written until [`UsageTracker::spawn_flusher`] runs
     /// or [`UsageTracker::flush`] is called.
     pub fn new(max_pending: usize) -> Self {
+        LAST_USE.register();
         Self {
             shared: Arc::new(Shared {
                 pending: Mutex::new(Pending::default()),

@@ -1,29 +1,13 @@
 use super::*;
-use tokengate_core::{Clock, KeyId, ManualClock, Pepper, TokenFormat, TokenHasher};
-use tokengate_store::testing::ProbeStore;
-use tokengate_store::{Expiry, Lifecycle, TokenSpec};
+use tokengate_core::{Clock, TokenFormat};
+use tokengate_store::{Expiry, TokenSpec};
 
 const SEC: Duration = Duration::from_secs(1);
 
-struct Fixture {
-    probe: ProbeStore,
-    cache: CachedStore<ProbeStore>,
-    lifecycle: Lifecycle<CachedStore<ProbeStore>>,
-    clock: ManualClock,
-}
+type Fixture = crate::testing::World;
 
 fn fixture(config: CacheConfig) -> Fixture {
-    let clock = ManualClock::new();
-    let probe = ProbeStore::default();
-    let cache = CachedStore::with_clock(probe.clone(), config, clock.shared());
-    let hasher = TokenHasher::new(Pepper::new(KeyId::new(1), [5u8; 32]).unwrap());
-    let lifecycle = Lifecycle::new(cache.clone(), hasher).with_clock(clock.shared());
-    Fixture {
-        probe,
-        cache,
-        lifecycle,
-        clock,
-    }
+    Fixture::with_config(config)
 }
 
 fn spec() -> TokenSpec {

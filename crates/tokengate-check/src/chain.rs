@@ -179,7 +179,7 @@ impl<B, A: Check<B>, Z: Check<B>> Check<B> for Chain<A, Z> {
             ChainWaited::Second(Some(admitted), waited) => {
                 Self::after_first(admitted, self.second.resume(request, waited))
             }
-            ChainWaited::Second(None, _) => Verdict::Refuse(Refusal::fail_closed()),
+            ChainWaited::Second(None, _) => Verdict::Refuse(Refusal::unavailable()),
         }
     }
 }

@@ -129,7 +129,7 @@ where
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Refused { refusal } => {
-                    let refusal = refusal.take().unwrap_or_else(Refusal::fail_closed);
+                    let refusal = refusal.take().unwrap_or_else(Refusal::unavailable);
                     return Poll::Ready(Ok(refusal.into_response()));
                 }
                 StateProj::Waiting { wait, pending } => {
@@ -138,7 +138,7 @@ where
                         ready!(wait.poll(cx))
                     };
                     let Some(mut waiting) = pending.take() else {
-                        return Poll::Ready(Ok(Refusal::fail_closed().into_response()));
+                        return Poll::Ready(Ok(Refusal::unavailable().into_response()));
                     };
                     let Pending { request, check, .. } = &mut *waiting;
                     let verdict = {

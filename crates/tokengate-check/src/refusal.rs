@@ -27,7 +27,7 @@ impl Refusal {
 
     /// The fail-closed answer of a response future polled again after it
     /// completed: 503, never a panic.
-    pub fn fail_closed() -> Self {
+    pub fn unavailable() -> Self {
         Renderer::default().render_refusal(Denial::StoreUnavailable, false)
     }
 

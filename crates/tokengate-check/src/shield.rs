@@ -177,7 +177,7 @@ impl<B, G: Check<B>, C: Check<B>> Check<B> for Shield<G, C> {
                 let guard = self.guard.resume(request, waited);
                 Self::guarded(guard, then)
             }
-            ShieldWaited::Guard(_, None) => Verdict::Refuse(Refusal::fail_closed()),
+            ShieldWaited::Guard(_, None) => Verdict::Refuse(Refusal::unavailable()),
             // Charged before the wait: what `inner` decides now stands.
             ShieldWaited::Inner(waited) => match self.inner.resume(request, waited) {
                 Verdict::Wait(wait) => Verdict::Wait(ShieldWait {

@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 use tokengate::core::{Echo, RateQuota, Refill, TokenStatus, UseLimit};
 use tokengate::deployment::Database;
-use tokengate::store::{Expiry, TokenChanges};
+use tokengate::store::{Expiry, TokenPatch};
 use tokengate::{Audience, Scope};
 
 /// Manage tokengate API tokens.
@@ -271,8 +271,8 @@ pub(crate) struct Update {
 }
 
 impl Update {
-    pub(crate) fn changes(&self) -> Result<TokenChanges, String> {
-        let mut changes = TokenChanges::new();
+    pub(crate) fn changes(&self) -> Result<TokenPatch, String> {
+        let mut changes = TokenPatch::new();
         if let Some(name) = &self.name {
             changes = changes.name(name.clone());
         }

@@ -82,7 +82,7 @@ pub use id::{TokenId, TokenIdError};
 pub use principal::{ClientIp, Grants, Principal, canonical_net};
 pub use record::{QuotaError, RateQuota, TokenRecord, TokenStatus};
 pub use scope::{Scope, ScopeError, ScopeRules, ScopeSet};
-pub use slot::{SLOTS, SlotKey};
+pub use slot::SlotKey;
 pub use token::{
     CHECKSUM_LEN, PrefixError, SECRET_LEN, Token, TokenFormat, TokenFormatError, TokenPrefix,
 };

@@ -117,14 +117,8 @@ impl RateLimitLayer<MemoryRateState> {
     /// `limiters` (already valid) with in-memory state, the system clock,
     /// default rendering, unit cost, success headers and missing keys refused.
     fn with_defaults(limiters: Vec<Limiter>) -> Self {
-        // Each limiter's refusal series exists (at 0) before its first
-        // refusal, so a rate over it is defined from the start.
-        for limiter in &limiters {
-            let _ = metrics::counter!(
-                tokengate_core::metric_names::RATE_LIMITED,
-                "limiter" => limiter.name().to_owned()
-            );
-        }
+        crate::limiter::register_slots();
+        register_series(&limiters);
         Self {
             config: Arc::new(Config {
                 limiters,
@@ -136,6 +130,17 @@ impl RateLimitLayer<MemoryRateState> {
                 missing_key: MissingKey::Deny,
             }),
         }
+    }
+}
+
+/// Each limiter's refusal series exists (at 0) before its first refusal,
+/// so a rate over it is defined from the start.
+fn register_series(limiters: &[Limiter]) {
+    for limiter in limiters {
+        let _ = metrics::counter!(
+            tokengate_core::metric_names::RATE_LIMITED,
+            "limiter" => limiter.name().to_owned()
+        );
     }
 }
 
@@ -174,6 +179,26 @@ impl<St> RateLimitLayer<St> {
         Self {
             config: Arc::new(config),
         }
+    }
+
+    /// The same layer (its state, clock, rendering, headers and policies)
+    /// checking `limiters` instead of its own.
+    pub fn with_limiters(
+        self,
+        limiters: impl IntoIterator<Item = Limiter>,
+    ) -> Result<Self, RateConfigError>
+    where
+        St: Clone,
+    {
+        let limiters: Vec<Limiter> = limiters.into_iter().collect();
+        validate(&limiters)?;
+        register_series(&limiters);
+        Ok(self.with(|c| c.limiters = limiters))
+    }
+
+    /// Where the layer keeps its limiters' state.
+    pub fn rate_state(&self) -> &St {
+        &self.config.state
     }
 
     /// Keeps state in `state` (e.g. a larger in-memory table, or a shared backend).

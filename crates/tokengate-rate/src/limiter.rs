@@ -189,6 +189,11 @@ pub(crate) type QuotaPolicy = (RateLimitPolicy, HeaderValue);
 /// the token's grant (tokens sharing a grant share it).
 static TOKEN_POLICY: SlotKey<Option<QuotaPolicy>> = SlotKey::new();
 
+/// Gives the per-token policy its slot, before any request.
+pub(crate) fn register_slots() {
+    TOKEN_POLICY.register();
+}
+
 /// `principal`'s own `quota` as the limiter called `name` states it:
 /// rendered once per grant for the first limiter that asks, afresh for a
 /// limiter of another name.

@@ -314,7 +314,7 @@ pub async fn update(
                 return Err(if exists.is_empty() {
                     StoreError::NotFound(record.id)
                 } else {
-                    StoreError::Changed(record.id)
+                    StoreError::Stale(record.id)
                 });
             };
             c.changed(&stored, ChangeKind::Updated, at).await?;

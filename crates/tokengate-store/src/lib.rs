@@ -64,7 +64,7 @@ use std::time::SystemTime;
 
 pub use feed::{FeedConsumer, FeedEvent};
 pub use lifecycle::{
-    Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, QueryParts, TokenChanges,
+    Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, QueryParts, TokenPatch,
     TokenQuery, TokenSpec,
 };
 pub use memory::MemoryStore;
@@ -189,7 +189,7 @@ pub trait TokenAdmin: Send + Sync + 'static {
     /// Records the change at `at` in the store's change feed, so every
     /// instance's cache forgets the token; returns the stored record, its
     /// [`version`](TokenRecord::version) one more. Writes only over the
-    /// stored version `record.version`: fails with [`StoreError::Changed`]
+    /// stored version `record.version`: fails with [`StoreError::Stale`]
     /// when it is another (changed meanwhile), [`StoreError::NotFound`]
     /// when there is no such token.
     fn update(
@@ -301,7 +301,7 @@ pub enum StoreError {
     /// An [`update`](TokenAdmin::update) found the record at another
     /// version than the one it was read at: changed meanwhile.
     #[error("token {0} was changed meanwhile")]
-    Changed(TokenId),
+    Stale(TokenId),
     /// The store cannot do what was asked (it names what).
     #[error("this token store does not support {0}")]
     Unsupported(&'static str),

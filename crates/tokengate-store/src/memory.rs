@@ -164,7 +164,7 @@ impl TokenAdmin for MemoryStore {
         self.write(|s| {
             let stored = s.record_mut(&record.id)?;
             if stored.version != record.version {
-                return Err(StoreError::Changed(record.id));
+                return Err(StoreError::Stale(record.id));
             }
             stored.version += 1;
             stored.name = record.name;

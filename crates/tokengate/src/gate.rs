@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use tokengate_audit::{Audit, AuditLayer, AuditSink, TracingSink};
-use tokengate_authenticate::{AuthenticateLayer, UseLimitLayer};
+use tokengate_authenticate::{AuthenticateLayer, UseLimitLayer, VerifyToken};
 use tokengate_check::{Chain, CheckService, Shield};
 use tokengate_core::RateQuota;
 use tokengate_ipfilter::{IpFilterLayer, IpRules, ResolveClientIpLayer};
@@ -27,10 +27,7 @@ pub type GateCheck<St, P, R = MemoryRateState, X = ()> = Chain<
         Chain<
             Shield<
                 RateLimitLayer<R>,
-                Chain<
-                    AuthenticateLayer<St>,
-                    Chain<RateLimitLayer<R>, Chain<EnforceScopeLayer<P>, X>>,
-                >,
+                Chain<VerifyToken<St>, Chain<RateLimitLayer<R>, Chain<EnforceScopeLayer<P>, X>>>,
             >,
             UseLimitLayer<St>,
         >,
@@ -56,7 +53,7 @@ pub type GateService<S, St, P, K = TracingSink, R = MemoryRateState, X = ()> =
 ///
 /// Every layer stays usable on its own, and each is a
 /// [`Check`](tokengate_check::Check): the gate fixes their order and runs
-/// the six after audit as one [`Chain`] in one [`CheckService`], with one
+/// the seven after audit as one [`Chain`] in one [`CheckService`], with one
 /// future and one body wrapper instead of six. It decides each request as
 /// the layers stacked in this order would, with one difference: the
 /// per-client-IP limit is a [`Shield`], charged only where it protects
@@ -111,25 +108,39 @@ pub type GateService<S, St, P, K = TracingSink, R = MemoryRateState, X = ()> =
 /// real server in `tests/axum_auth.rs`.
 pub struct Gate<St, P, K = TracingSink, R = MemoryRateState, X = ()> {
     audit: AuditLayer<K>,
+    parts: Parts<St, P, R>,
+    extra: X,
+}
+
+/// The Gate's checks, moved as a whole by every builder method that
+/// changes a type parameter.
+struct Parts<St, P, R> {
     client_ip: ResolveClientIpLayer,
     ip_filter: IpFilterLayer,
     ip_rate: RateLimitLayer<R>,
     authenticate: AuthenticateLayer<St>,
     token_rate: RateLimitLayer<R>,
     scope: EnforceScopeLayer<P>,
-    extra: X,
 }
 
-impl<St, P, K, R, X: Clone> Clone for Gate<St, P, K, R, X> {
+impl<St, P, R> Clone for Parts<St, P, R> {
     fn clone(&self) -> Self {
         Self {
-            audit: self.audit.clone(),
             client_ip: self.client_ip.clone(),
             ip_filter: self.ip_filter.clone(),
             ip_rate: self.ip_rate.clone(),
             authenticate: self.authenticate.clone(),
             token_rate: self.token_rate.clone(),
             scope: self.scope.clone(),
+        }
+    }
+}
+
+impl<St, P, K, R, X: Clone> Clone for Gate<St, P, K, R, X> {
+    fn clone(&self) -> Self {
+        Self {
+            audit: self.audit.clone(),
+            parts: self.parts.clone(),
             extra: self.extra.clone(),
         }
     }
@@ -137,14 +148,15 @@ impl<St, P, K, R, X: Clone> Clone for Gate<St, P, K, R, X> {
 
 impl<St, P: fmt::Debug, K, R: fmt::Debug, X> fmt::Debug for Gate<St, P, K, R, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.parts;
         f.debug_struct("Gate")
             .field("audit", &self.audit)
-            .field("client_ip", &self.client_ip)
-            .field("ip_filter", &self.ip_filter)
-            .field("ip_rate", &self.ip_rate)
-            .field("authenticate", &self.authenticate)
-            .field("token_rate", &self.token_rate)
-            .field("scope", &self.scope)
+            .field("client_ip", &p.client_ip)
+            .field("ip_filter", &p.ip_filter)
+            .field("ip_rate", &p.ip_rate)
+            .field("authenticate", &p.authenticate)
+            .field("token_rate", &p.token_rate)
+            .field("scope", &p.scope)
             .finish_non_exhaustive()
     }
 }
@@ -197,62 +209,80 @@ impl<St, P: ScopeLookup> Gate<St, P, TracingSink> {
             });
         Self {
             audit: AuditLayer::new(TracingSink),
-            client_ip: ResolveClientIpLayer::new().default_peer_source(connection_peer),
-            ip_filter: IpFilterLayer::new(
-                IpRules::deny_list(Vec::<&str>::new())
-                    .unwrap_or_else(|_| unreachable!("no rule to refuse")),
-            ),
-            // The per-token limiter's headers are the ones clients act on.
-            ip_rate: RateLimitLayer::per_client_ip(quota(100, 1, 200)).success_headers(false),
-            authenticate,
-            // Public routes carry no token: skip them rather than refuse.
-            token_rate: RateLimitLayer::per_token(quota(50, 1, 100)).missing_key(MissingKey::Skip),
-            scope,
+            parts: Parts {
+                client_ip: ResolveClientIpLayer::new().default_peer_source(connection_peer),
+                ip_filter: IpFilterLayer::new(
+                    IpRules::deny_list(Vec::<&str>::new())
+                        .unwrap_or_else(|_| unreachable!("no rule to refuse")),
+                ),
+                // The per-token limiter's headers are the ones clients act on.
+                ip_rate: RateLimitLayer::per_client_ip(quota(100, 1, 200)).success_headers(false),
+                authenticate,
+                // Public routes carry no token: skip them rather than refuse.
+                token_rate: RateLimitLayer::per_token(quota(50, 1, 100))
+                    .missing_key(MissingKey::Skip),
+                scope,
+            },
             extra: (),
         }
     }
 }
 
-impl<St, P, K, X> Gate<St, P, K, MemoryRateState, X> {
-    /// Limits requests per client address before authentication with `quota`.
+impl<St, P, K, R: RateState + Clone, X> Gate<St, P, K, R, X> {
+    /// Limits requests per client address before authentication with
+    /// `quota`, in the Gate's rate state (given before or after).
     pub fn pre_auth_quota(mut self, quota: RateQuota) -> Self {
-        self.ip_rate = RateLimitLayer::per_client_ip(quota).success_headers(false);
+        let limiter = [Limiter::per_client_ip(quota)];
+        self.parts.ip_rate = match self.parts.ip_rate.with_limiters(limiter) {
+            Ok(layer) => layer,
+            Err(_) => unreachable!("one built-in limiter is a valid configuration"),
+        };
         self
     }
 
-    /// Replaces the per-token limiter (the token's own quota still wins).
+    /// Replaces the per-token limiter (the token's own quota still wins);
+    /// it keeps its state in the Gate's rate state (given before or after).
     pub fn token_rate(mut self, layer: RateLimitLayer) -> Self {
-        self.token_rate = layer;
+        let state = self.parts.token_rate.rate_state().clone();
+        self.parts.token_rate = layer.state(state);
         self
     }
 
     /// A per-token default `quota` and a per-owner `owner_quota`, checked
-    /// together; the limiters' configuration error, if any, is returned,
-    /// never swallowed.
+    /// together, in the Gate's rate state (given before or after).
     pub fn token_and_owner_quota(
         mut self,
         quota: RateQuota,
         owner_quota: RateQuota,
     ) -> Result<Self, RateConfigError> {
-        let layer =
-            RateLimitLayer::new([Limiter::per_token(quota), Limiter::per_owner(owner_quota)])?;
-        self.token_rate = layer.missing_key(MissingKey::Skip);
+        let limiters = [Limiter::per_token(quota), Limiter::per_owner(owner_quota)];
+        self.parts.token_rate = self.parts.token_rate.with_limiters(limiters)?;
         Ok(self)
     }
 
     /// Keeps both rate limits' state in `state` (a shared backend, say)
-    /// instead of process memory. Set the quotas first.
+    /// instead of process memory; the quotas may come before or after.
     pub fn rate_state<R2: RateState + Clone>(self, state: R2) -> Gate<St, P, K, R2, X> {
+        let p = self.parts;
         Gate {
             audit: self.audit,
-            client_ip: self.client_ip,
-            ip_filter: self.ip_filter,
-            ip_rate: self.ip_rate.state(state.clone()),
-            authenticate: self.authenticate,
-            token_rate: self.token_rate.state(state),
-            scope: self.scope,
+            parts: Parts {
+                client_ip: p.client_ip,
+                ip_filter: p.ip_filter,
+                ip_rate: p.ip_rate.state(state.clone()),
+                authenticate: p.authenticate,
+                token_rate: p.token_rate.state(state),
+                scope: p.scope,
+            },
             extra: self.extra,
         }
+    }
+
+    /// Reads time from `clock` in the rate layers (authenticate has its own setting).
+    pub fn clock(mut self, clock: tokengate_core::SharedClock) -> Self {
+        self.parts.ip_rate = self.parts.ip_rate.clock(clock.clone());
+        self.parts.token_rate = self.parts.token_rate.clock(clock);
+        self
     }
 }
 
@@ -261,12 +291,7 @@ impl<St, P, K, R, X> Gate<St, P, K, R, X> {
     pub fn audit<K2: AuditSink>(self, audit: AuditLayer<K2>) -> Gate<St, P, K2, R, X> {
         Gate {
             audit,
-            client_ip: self.client_ip,
-            ip_filter: self.ip_filter,
-            ip_rate: self.ip_rate,
-            authenticate: self.authenticate,
-            token_rate: self.token_rate,
-            scope: self.scope,
+            parts: self.parts,
             extra: self.extra,
         }
     }
@@ -277,12 +302,7 @@ impl<St, P, K, R, X> Gate<St, P, K, R, X> {
     pub fn with_check<C>(self, check: C) -> Gate<St, P, K, R, Chain<X, C>> {
         Gate {
             audit: self.audit,
-            client_ip: self.client_ip,
-            ip_filter: self.ip_filter,
-            ip_rate: self.ip_rate,
-            authenticate: self.authenticate,
-            token_rate: self.token_rate,
-            scope: self.scope,
+            parts: self.parts,
             extra: Chain::new(self.extra, check),
         }
     }
@@ -292,7 +312,7 @@ impl<St, P, K, R, X> Gate<St, P, K, R, X> {
     /// store write per lease instead of per request; see
     /// [`AuthenticateLayer::shared_uses`].
     pub fn shared_uses(mut self, counter: Arc<dyn tokengate_store::SharedUses>) -> Self {
-        self.authenticate = self.authenticate.shared_uses(counter);
+        self.parts.authenticate = self.parts.authenticate.shared_uses(counter);
         self
     }
 
@@ -300,29 +320,19 @@ impl<St, P, K, R, X> Gate<St, P, K, R, X> {
     /// source). Unless the layer chose a peer source, the Gate's own finds
     /// the connection's address ([`connection_peer`]).
     pub fn client_ip(mut self, layer: ResolveClientIpLayer) -> Self {
-        self.client_ip = layer.default_peer_source(connection_peer);
+        self.parts.client_ip = layer.default_peer_source(connection_peer);
         self
     }
 
     /// Filters client addresses with `layer`.
     pub fn ip_filter(mut self, layer: IpFilterLayer) -> Self {
-        self.ip_filter = layer;
-        self
-    }
-
-    /// Reads time from `clock` in the rate layers (authenticate has its own setting).
-    pub fn clock(mut self, clock: tokengate_core::SharedClock) -> Self
-    where
-        R: Clone,
-    {
-        self.ip_rate = self.ip_rate.clock(clock.clone());
-        self.token_rate = self.token_rate.clock(clock);
+        self.parts.ip_filter = layer;
         self
     }
 
     /// The IP filter, to replace its rules at runtime.
     pub fn ip_filter_handle(&self) -> &IpFilterLayer {
-        &self.ip_filter
+        &self.parts.ip_filter
     }
 
     /// The checks after audit, in order, as one.
@@ -330,22 +340,21 @@ impl<St, P, K, R, X> Gate<St, P, K, R, X> {
     where
         X: Clone,
     {
-        Chain::new(
-            self.client_ip.clone(),
+        let p = &self.parts;
+        let shielded = Chain::new(
+            p.authenticate.verify_token(),
             Chain::new(
-                self.ip_filter.clone(),
+                p.token_rate.clone(),
+                Chain::new(p.scope.clone(), self.extra.clone()),
+            ),
+        );
+        Chain::new(
+            p.client_ip.clone(),
+            Chain::new(
+                p.ip_filter.clone(),
                 Chain::new(
-                    Shield::new(
-                        self.ip_rate.clone(),
-                        Chain::new(
-                            self.authenticate.clone(),
-                            Chain::new(
-                                self.token_rate.clone(),
-                                Chain::new(self.scope.clone(), self.extra.clone()),
-                            ),
-                        ),
-                    ),
-                    self.authenticate.use_limit(),
+                    Shield::new(p.ip_rate.clone(), shielded),
+                    p.authenticate.use_limit(),
                 ),
             ),
         )

@@ -85,7 +85,7 @@ pub mod check {
 /// traits, the token lifecycle, the memory store, pepper sources, and the
 /// verifying cache in front of any store.
 pub mod store {
-    pub use tokengate_cache::*;
+    pub use tokengate_cache::{CacheConfig, CacheStats, CachedStore, VerifyError};
     pub use tokengate_store::*;
 
     /// A token record as JSON: the one rendering the admin API, the CLI

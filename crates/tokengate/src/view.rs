@@ -42,6 +42,7 @@ pub(crate) mod whole {
             .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number in range")))
     }
 
+    #[cfg(feature = "admin")]
     pub(crate) fn optional<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
         d: D,
     ) -> Result<Option<T>, D::Error> {

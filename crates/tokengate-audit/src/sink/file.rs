@@ -13,9 +13,12 @@ use tokengate_core::metric_names::{AUDIT_QUEUE_DEPTH, AUDIT_RECORDS, AUDIT_WRITE
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::{AuditSink, Reservation};
-use crate::chain::{self, AuditKey};
+use crate::hash_chain::{self, AuditKey};
 use crate::record::AuditEvent;
 use crate::record::AuditRecord;
+
+mod writer;
+use writer::{CONTROL_ROOM, Writer};
 
 /// What a full queue does to the request that wants to record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +122,7 @@ impl JsonLinesSinkBuilder {
 
     /// Chains records with HMAC-SHA256 under `key` instead of plain
     /// SHA-256, so that only a holder of the key can rewrite the file
-    /// undetected (see [`crate::chain`]). A file keeps one kind of chain.
+    /// undetected (see [`crate::hash_chain`]). A file keeps one kind of chain.
     pub fn key(mut self, key: AuditKey) -> Self {
         self.key = Some(key);
         self
@@ -157,7 +160,7 @@ impl JsonLinesSinkBuilder {
             }
             Err(TryLockError::Error(error)) => return Err(named(error)),
         }
-        let tail = chain::tail(&mut file, self.key.is_some()).map_err(named)?;
+        let tail = hash_chain::tail(&mut file, self.key.is_some()).map_err(named)?;
         let fsync = self.fsync;
         Ok(self.spawn(
             Destination::File {
@@ -172,14 +175,14 @@ impl JsonLinesSinkBuilder {
     pub fn writer(self, writer: impl Write + Send + 'static) -> JsonLinesSink {
         self.spawn(
             Destination::Writer(Box::new(writer)),
-            chain::Tail {
-                last_hash: chain::GENESIS.to_owned(),
+            hash_chain::Tail {
+                last_hash: hash_chain::GENESIS.to_owned(),
                 needs_newline: false,
             },
         )
     }
 
-    fn spawn(self, destination: Destination, tail: chain::Tail) -> JsonLinesSink {
+    fn spawn(self, destination: Destination, tail: hash_chain::Tail) -> JsonLinesSink {
         let block = self.overflow == Overflow::Block;
         // Under Block, room beyond the records' for flush and shutdown
         // messages, so that a reserved record always finds its place.
@@ -221,7 +224,7 @@ impl JsonLinesSinkBuilder {
 
 /// A JSON-lines audit file with a dedicated writer thread, a bounded
 /// queue, an explicit [`Overflow`] policy, periodic and shutdown flushes,
-/// optional fsync, and a hash chain (see [`crate::chain`]).
+/// optional fsync, and a hash chain (see [`crate::hash_chain`]).
 ///
 /// Requests only hand the record to the queue; formatting, hashing and
 /// I/O happen on the writer thread. While records keep coming the writer
@@ -430,218 +433,6 @@ impl Shared {
             Err(TrySendError::Disconnected(_)) => {
                 self.stats.failed();
             }
-        }
-    }
-}
-
-struct Writer {
-    receiver: Receiver<Message>,
-    destination: Destination,
-    prev: String,
-    /// The file ends in a torn line: end it before the next record.
-    needs_newline: bool,
-    key: Option<AuditKey>,
-    /// The line being written, reused for every record.
-    line: String,
-    /// The event being written, reused for every record.
-    event: Option<AuditEvent>,
-    flush_every: Duration,
-    capacity: usize,
-    stats: Arc<Counters>,
-    room: Option<Arc<Semaphore>>,
-    /// Places taken off the queue and not yet given back to `room`.
-    freed: usize,
-    /// Records written since the metrics were last told, and when the
-    /// last of them ended: told once per batch, like the room.
-    unreported: u64,
-    last_ended: Option<SystemTime>,
-}
-
-/// How many places the writer frees before it gives them back to waiting
-/// requests at once (and it gives back whatever it freed whenever it finds
-/// the queue empty): one semaphore lock per batch instead of one per
-/// record, while a request waiting for room waits at most this many
-/// records longer.
-const FREE_EVERY: usize = 64;
-
-/// Places in the queue beyond the records' capacity, for flush and
-/// shutdown messages.
-const CONTROL_ROOM: usize = 64;
-
-/// How long the writer naps between drains while records keep coming
-/// (at most the flush interval). Longer naps mean larger batches: fewer
-/// wake-ups and a warmer cache per record (`BENCHMARKS.md` has the
-/// writer's CPU per record at both naps).
-const NAP: Duration = Duration::from_millis(5);
-/// The nap after a drain that found the queue a quarter full or more, so a
-/// small queue does not fill (and block or drop) while the writer sleeps.
-const SHORT_NAP: Duration = Duration::from_millis(1);
-/// How long the queue must stay empty before the writer parks until the
-/// next record (and is woken by it).
-const PARK_AFTER: Duration = Duration::from_millis(20);
-
-impl Writer {
-    /// Drains the queue until it is shut down.
-    ///
-    /// Under load the writer never parks: it drains what is queued, writes
-    /// it as one batch, and naps for [`NAP`] ([`SHORT_NAP`] when the batch
-    /// filled a quarter of the queue). A sender wakes a receiver
-    /// only when one is parked, so requests hand records over without a
-    /// system call (a futex wake per request, and the cross-core interrupt
-    /// behind it, cost more than the rest of the audit path together).
-    /// After [`PARK_AFTER`] without a record the writer parks, and the next
-    /// record wakes it: an idle server does not spin.
-    fn run(mut self) {
-        let mut last_record = Instant::now();
-        let mut last_flush = Instant::now();
-        // Records written since the queue was last found empty.
-        let mut batch = 0usize;
-        loop {
-            let message = match self.receiver.try_recv() {
-                Ok(message) => message,
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => {
-                    if batch > 0 {
-                        last_record = Instant::now();
-                        // Drained: nothing waits for the writer now (set
-                        // before the count is told, so a reader that sees
-                        // every record written sees the queue empty).
-                        self.stats.metrics.depth.set(0.0);
-                    }
-                    self.give_back_room();
-                    if last_flush.elapsed() >= self.flush_every {
-                        self.flush();
-                        last_flush = Instant::now();
-                    }
-                    if last_record.elapsed() < PARK_AFTER {
-                        let nap = if batch >= self.capacity / 4 {
-                            SHORT_NAP
-                        } else {
-                            NAP
-                        };
-                        batch = 0;
-                        std::thread::sleep(nap.min(self.flush_every));
-                        continue;
-                    }
-                    match self.receiver.recv_timeout(self.flush_every) {
-                        Ok(message) => message,
-                        Err(RecvTimeoutError::Timeout) => continue,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-            };
-            match message {
-                Message::Record(record) => {
-                    if batch == 0 {
-                        // The queue's depth as the writer comes back to it.
-                        #[allow(clippy::cast_precision_loss)]
-                        self.stats
-                            .metrics
-                            .depth
-                            .set((self.receiver.len() + 1) as f64);
-                    }
-                    self.take_off_queue();
-                    self.write_record(record);
-                    batch += 1;
-                }
-                Message::Flush(ack) => {
-                    self.flush();
-                    last_flush = Instant::now();
-                    let _ = ack.send(());
-                }
-                Message::Shutdown => break,
-            }
-        }
-        // Whatever was queued before the shutdown is still written.
-        while let Ok(message) = self.receiver.try_recv() {
-            if let Message::Record(record) = message {
-                self.take_off_queue();
-                self.write_record(record);
-            }
-        }
-        self.give_back_room();
-        self.flush();
-    }
-
-    /// A record left the queue: its place is free for the next request,
-    /// given back with the next [`FREE_EVERY`] or when the queue is empty.
-    fn take_off_queue(&mut self) {
-        self.freed += 1;
-        if self.freed >= FREE_EVERY {
-            self.give_back_room();
-        }
-    }
-
-    /// Gives the freed places back, and tells the metrics what was
-    /// written since the last time (the count, and the last record's lag).
-    fn give_back_room(&mut self) {
-        let freed = std::mem::take(&mut self.freed);
-        if freed > 0
-            && let Some(room) = &self.room
-        {
-            room.add_permits(freed);
-        }
-        let metrics = &self.stats.metrics;
-        metrics
-            .written
-            .increment(std::mem::take(&mut self.unreported));
-        if let Some(ended) = self.last_ended.take() {
-            let lag = SystemTime::now().duration_since(ended).unwrap_or_default();
-            metrics.lag.set(lag.as_secs_f64());
-        }
-    }
-
-    /// Writes `record` through the one event the writer keeps, so its
-    /// strings' buffers serve every record.
-    fn write_record(&mut self, record: AuditRecord) {
-        self.last_ended = Some(record.ended_at());
-        let mut event = self.event.take().unwrap_or_else(AuditEvent::blank);
-        record.fill(&mut event);
-        self.write(&event);
-        self.event = Some(event);
-    }
-
-    fn write(&mut self, event: &AuditEvent) {
-        let hash = chain::link(event, &self.prev, self.key.as_ref(), &mut self.line);
-        self.line.push('\n');
-        let out: &mut dyn Write = match &mut self.destination {
-            Destination::File { file, .. } => file,
-            Destination::Writer(writer) => writer,
-        };
-        // A torn last line (a crash mid-write) is ended first, so this
-        // record is not glued to it.
-        let ended = if std::mem::take(&mut self.needs_newline) {
-            out.write_all(b"\n")
-        } else {
-            Ok(())
-        };
-        match ended.and_then(|()| out.write_all(self.line.as_bytes())) {
-            Ok(()) => {
-                self.prev.clear();
-                self.prev.push_str(hash.as_str());
-                self.stats.written.fetch_add(1, Ordering::SeqCst);
-                self.unreported += 1;
-            }
-            Err(error) => {
-                self.stats.failed();
-                tracing::error!(%error, "could not write an audit record");
-            }
-        }
-    }
-
-    fn flush(&mut self) {
-        let result = match &mut self.destination {
-            Destination::File { file, fsync } => file.flush().and_then(|()| {
-                if *fsync {
-                    file.get_ref().sync_data()
-                } else {
-                    Ok(())
-                }
-            }),
-            Destination::Writer(writer) => writer.flush(),
-        };
-        if let Err(error) = result {
-            tracing::error!(%error, "could not flush the audit file");
         }
     }
 }

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use super::spec::DAY;
 use super::*;
 use crate::{MemoryStore, TokenAdmin, TokenStore};
 use tokengate_core::{Clock, ManualClock};

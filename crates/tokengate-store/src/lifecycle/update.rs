@@ -19,7 +19,7 @@ use tokengate_core::{UseLimit, Uses};
 /// What to change of a token ([`Lifecycle::update`]); what is not set stays
 /// as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TokenChanges {
+pub struct TokenPatch {
     name: Option<String>,
     scopes: Option<ScopeSet>,
     add_scopes: Vec<Scope>,
@@ -33,7 +33,7 @@ pub struct TokenChanges {
     uses: Option<Option<UseLimit>>,
 }
 
-impl TokenChanges {
+impl TokenPatch {
     /// No change yet.
     pub fn new() -> Self {
         Self::default()
@@ -163,7 +163,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
     pub async fn update(
         &self,
         id: &TokenId,
-        changes: &TokenChanges,
+        changes: &TokenPatch,
     ) -> Result<TokenRecord, LifecycleError> {
         if let Some(Some(limit)) = &changes.uses {
             check_uses(limit)?;
@@ -212,7 +212,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
 
     /// Reads the token, changes it with `change` and writes it over the
     /// version read; when another process changed it meanwhile
-    /// ([`StoreError::Changed`]), reads it again and changes that, so no
+    /// ([`StoreError::Stale`]), reads it again and changes that, so no
     /// change is lost (a few times, then [`LifecycleError::Contended`]).
     async fn changed(
         &self,
@@ -224,7 +224,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
             let mut record = self.changeable(id).await?;
             change(&mut record, now)?;
             match self.store.update(record, now).await {
-                Err(StoreError::Changed(_)) => continue,
+                Err(StoreError::Stale(_)) => continue,
                 written => return Ok(written?),
             }
         }

@@ -15,7 +15,7 @@ use super::handlers;
 use super::problem::Problem;
 use super::types::{
     AudienceText, IssueRequest, Issued, NetworkText, Quota, RefillSpec, ResetUsesRequest,
-    RotateRequest, ScopeText, Text, TokenIdText, TokenList, TokenView, UpdateRequest, Uses,
+    RotateRequest, ScopeText, Text, TokenIdText, TokenList, TokenView, UpdateRequest, UseLimitSpec,
     UsesView,
 };
 
@@ -47,7 +47,7 @@ use super::types::{
         RotateRequest,
         ResetUsesRequest,
         Quota,
-        Uses,
+        UseLimitSpec,
         UsesView,
         RefillSpec,
         TokenList,

@@ -9,15 +9,15 @@ use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use tokengate_core::{Principal, RateQuota, Refill, TokenId, TokenRecord, TokenStatus, UseLimit};
 use tokengate_store::{
-    Expiry, IssuancePolicy, IssuedToken, Lifecycle, TokenAdmin, TokenChanges, TokenQuery,
-    TokenSpec, TokenStore,
+    Expiry, IssuancePolicy, IssuedToken, Lifecycle, TokenAdmin, TokenPatch, TokenQuery, TokenSpec,
+    TokenStore,
 };
 
 use super::delegation::Authority;
 use super::problem::{Body, OptionalBody, Params, Problem, bad_query, failed, unprocessable};
 use super::types::{
     IssueRequest, Issued, ListParams, Quota, ResetUsesRequest, RotateRequest, TokenIdText,
-    TokenList, TokenView, UpdateRequest, Uses,
+    TokenList, TokenView, UpdateRequest, UseLimitSpec,
 };
 
 pub(crate) type Shared<S> = State<Arc<Lifecycle<S>>>;
@@ -47,7 +47,7 @@ pub(crate) fn view(record: &TokenRecord) -> TokenView {
     TokenView::from(record)
 }
 
-fn use_limit(uses: &Uses) -> Result<UseLimit, Problem> {
+fn use_limit(uses: &UseLimitSpec) -> Result<UseLimit, Problem> {
     let count = std::num::NonZeroU64::new(uses.uses)
         .ok_or_else(|| unprocessable("uses.uses must be at least 1"))?;
     let limit = UseLimit::new(count);
@@ -242,7 +242,7 @@ pub(crate) async fn update<S: TokenStore + TokenAdmin + Clone>(
     Body(request): Body<UpdateRequest>,
 ) -> Result<Json<TokenView>, Problem> {
     let (id, _) = visible(&lifecycle, &caller, &id).await?;
-    let mut changes = TokenChanges::new();
+    let mut changes = TokenPatch::new();
     if let Some(name) = request.name {
         changes = changes.name(name);
     }

@@ -51,7 +51,7 @@ use utoipa::OpenApi;
 pub use problem::Problem;
 pub use types::{
     IssueRequest, Issued, ListParams, Quota, RefillSpec, ResetUsesRequest, RotateRequest,
-    TokenList, TokenView, UpdateRequest, Uses, UsesView,
+    TokenList, TokenView, UpdateRequest, UseLimitSpec, UsesView,
 };
 
 /// The scope of a root admin token: it manages every token.

@@ -102,7 +102,7 @@ pub(crate) fn failed(error: &LifecycleError) -> Problem {
     let status = match error {
         LifecycleError::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
         LifecycleError::Store(
-            StoreError::Conflict(_) | StoreError::Changed(_) | StoreError::Refused(_),
+            StoreError::Conflict(_) | StoreError::Stale(_) | StoreError::Refused(_),
         )
         | LifecycleError::NotChangeable { .. }
         | LifecycleError::Contended { .. }

@@ -321,7 +321,7 @@ fn the_document_declares_queries_security_every_error_and_optional_bodies() {
         issue["metadata"]["propertyNames"]["minLength"], 1,
         "{issue}"
     );
-    let uses = &doc["components"]["schemas"]["Uses"]["properties"]["uses"];
+    let uses = &doc["components"]["schemas"]["UseLimitSpec"]["properties"]["uses"];
     assert_eq!(uses["minimum"], 1);
     assert_eq!(uses["maximum"], 9_223_372_036_854_775_807_u64);
 }

@@ -119,7 +119,7 @@ pub struct TokenList {
 /// A usage limit: `uses` requests, and a `refill` if the count comes back.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Uses {
+pub struct UseLimitSpec {
     /// How many requests.
     #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_u64)]
     #[serde(deserialize_with = "whole::number")]
@@ -154,7 +154,7 @@ pub struct IssueRequest {
     #[schema(value_type = BTreeMap<String, Text>)]
     pub(crate) metadata: BTreeMap<String, String>,
     /// A usage limit: the token admits this many requests.
-    pub(crate) uses: Option<Uses>,
+    pub(crate) uses: Option<UseLimitSpec>,
 }
 
 /// What to change; what is absent stays. `rate: null` drops the token's
@@ -192,8 +192,8 @@ pub struct UpdateRequest {
     #[serde(default)]
     pub(crate) remove_metadata: Vec<String>,
     #[serde(default, deserialize_with = "some_or_null")]
-    #[schema(value_type = Option<Uses>)]
-    pub(crate) uses: Option<Option<Uses>>,
+    #[schema(value_type = Option<UseLimitSpec>)]
+    pub(crate) uses: Option<Option<UseLimitSpec>>,
 }
 
 /// A field present (a value or `null`) or absent.

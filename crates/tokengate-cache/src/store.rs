@@ -1,0 +1,118 @@
+//! The store traits through the cache: lookups verified and cached,
+//! changes written through and forgotten.
+
+use super::*;
+
+impl<S: TokenStore> TokenStore for CachedStore<S> {
+    /// Reads through to the store, uncached (the request path uses
+    /// [`CachedStore::verify`]).
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        self.shared.store.find_by_hash(hash).await
+    }
+
+    /// Moves the token in the store, then forgets both hashes here.
+    async fn rehash(
+        &self,
+        id: &TokenId,
+        from: &TokenHash,
+        to: TokenHash,
+    ) -> Result<(), StoreError> {
+        self.shared.store.rehash(id, from, to).await?;
+        self.invalidate(from);
+        self.invalidate(&to);
+        Ok(())
+    }
+
+    /// Spends in the store, uncached: the store's count is the truth.
+    async fn spend_use(&self, id: &TokenId, spend: UseSpend) -> Result<Option<u64>, StoreError> {
+        self.shared.store.spend_use(id, spend).await
+    }
+
+    /// Takes in the store, uncached.
+    async fn take_uses(
+        &self,
+        id: &TokenId,
+        spend: UseSpend,
+        want: u64,
+    ) -> Result<Taken, StoreError> {
+        self.shared.store.take_uses(id, spend, want).await
+    }
+}
+
+impl<S: TokenAdmin> TokenAdmin for CachedStore<S> {
+    async fn insert(&self, record: TokenRecord) -> Result<(), StoreError> {
+        let hash = record.hash;
+        self.shared.store.insert(record).await?;
+        self.invalidate(&hash);
+        Ok(())
+    }
+
+    async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        self.shared.store.get(id).await
+    }
+
+    async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.shared.store.list().await
+    }
+
+    async fn query(
+        &self,
+        query: &TokenQuery,
+        now: SystemTime,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        self.shared.store.query(query, now).await
+    }
+
+    async fn revoke(&self, id: &TokenId, at: SystemTime) -> Result<TokenRecord, StoreError> {
+        let record = self.shared.store.revoke(id, at).await?;
+        self.invalidate(&record.hash);
+        Ok(record)
+    }
+
+    async fn update(&self, record: TokenRecord, at: SystemTime) -> Result<TokenRecord, StoreError> {
+        let record = self.shared.store.update(record, at).await?;
+        self.invalidate(&record.hash);
+        Ok(record)
+    }
+
+    /// Forgets the token: its principal carries the count's generation.
+    async fn reset_uses(
+        &self,
+        id: &TokenId,
+        remaining: u64,
+        window: u64,
+    ) -> Result<TokenRecord, StoreError> {
+        let record = self.shared.store.reset_uses(id, remaining, window).await?;
+        self.invalidate(&record.hash);
+        Ok(record)
+    }
+
+    async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {
+        self.shared.store.record_usage(used).await
+    }
+
+    async fn rotate(
+        &self,
+        old: &TokenId,
+        old_expires_at: SystemTime,
+        replacement: TokenRecord,
+    ) -> Result<TokenRecord, StoreError> {
+        let new_hash = replacement.hash;
+        let record = self
+            .shared
+            .store
+            .rotate(old, old_expires_at, replacement)
+            .await?;
+        self.invalidate(&record.hash);
+        self.invalidate(&new_hash);
+        Ok(record)
+    }
+
+    async fn register_scopes(&self, scopes: &ScopeSet) -> Result<(), StoreError> {
+        self.shared.store.register_scopes(scopes).await
+    }
+
+    async fn scope_catalogue(&self) -> Result<ScopeSet, StoreError> {
+        self.shared.store.scope_catalogue().await
+    }
+}
