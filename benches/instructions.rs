@@ -17,6 +17,10 @@
 //! - `rate-token`: authenticate, then a per-token limit with headers;
 //! - `scope`: authenticate, then a scope table;
 //! - `gate-discard`: the full gate auditing into the dropping sink;
+//! - `gate-own-check`, `gate-own-check-inlined`: the same with a check of
+//!   one's own (`Gate::with_check`: a header required), written plainly
+//!   and with `#[inline(always)]`: what a user's check costs, and whether
+//!   it needs the attribute to be cheap;
 //! - `gate`: the full gate auditing to a JSON-lines file;
 //! - `gate-prometheus`: the same with a Prometheus recorder installed
 //!   (every metric the gate emits recorded).
@@ -97,6 +101,62 @@ fn drive_hmac(hasher: &TokenHasher, token: &str, requests: u64) -> u64 {
 
 /// A sink that drops every record unread.
 struct Discard;
+
+/// A check of one's own, written plainly: the `authorization` header
+/// required (every measured request has it).
+#[derive(Clone)]
+struct OwnCheck;
+
+impl<B> tokengate::check::Check<B> for OwnCheck {
+    type Admit = ();
+    type Wait = tokengate::check::NoWait;
+
+    fn check(&self, request: &mut Request<B>) -> tokengate::check::Verdict<(), Self::Wait> {
+        own_check(request)
+    }
+
+    fn resume(
+        &self,
+        _: &mut Request<B>,
+        waited: Infallible,
+    ) -> tokengate::check::Verdict<(), Self::Wait> {
+        match waited {}
+    }
+}
+
+/// The same check, marked `#[inline(always)]`.
+#[derive(Clone)]
+struct InlinedCheck;
+
+impl<B> tokengate::check::Check<B> for InlinedCheck {
+    type Admit = ();
+    type Wait = tokengate::check::NoWait;
+
+    #[inline(always)]
+    fn check(&self, request: &mut Request<B>) -> tokengate::check::Verdict<(), Self::Wait> {
+        own_check(request)
+    }
+
+    fn resume(
+        &self,
+        _: &mut Request<B>,
+        waited: Infallible,
+    ) -> tokengate::check::Verdict<(), Self::Wait> {
+        match waited {}
+    }
+}
+
+fn own_check<B>(request: &Request<B>) -> tokengate::check::Verdict<(), tokengate::check::NoWait> {
+    use tokengate::core::{Denial, MalformedReason};
+    if request.headers().contains_key(http::header::AUTHORIZATION) {
+        tokengate::check::Verdict::Admit(())
+    } else {
+        let denial = Denial::MalformedRequest(MalformedReason::MissingRequiredHeader);
+        tokengate::check::Verdict::Refuse(
+            tokengate::check::Renderer::default().refuse(request, denial),
+        )
+    }
+}
 
 impl AuditSink for Discard {
     fn record(&self, record: AuditRecord) {
@@ -247,6 +307,14 @@ fn main() {
                     &bearer,
                     requests,
                 )
+            } else if stack == "gate-own-check" {
+                let gate = gate.audit(AuditLayer::new(Discard)).with_check(OwnCheck);
+                drive(gate.layer(handler()), &bearer, requests)
+            } else if stack == "gate-own-check-inlined" {
+                let gate = gate
+                    .audit(AuditLayer::new(Discard))
+                    .with_check(InlinedCheck);
+                drive(gate.layer(handler()), &bearer, requests)
             } else {
                 drive(
                     gate.audit(AuditLayer::new(sink.clone())).layer(handler()),

@@ -16,7 +16,13 @@ use super::{Admit, Check, Verdict};
 /// Its methods, and every layer's `check`, are `#[inline(always)]`: a
 /// chain's verdict carries the admitted checks' headers (a few hundred
 /// bytes for a Gate), and a chain inlined whole builds it in place where
-/// one call per level would copy it at every level.
+/// one call per level would copy it at every level. A check of one's own
+/// needs no attribute: in a Gate it runs innermost (`Gate::with_check`),
+/// where only its own small verdict crosses the call. Measured
+/// (`STACKS="gate-discard gate-own-check gate-own-check-inlined"
+/// benches/instructions.sh`): a header check costs the Gate +108
+/// instructions a request written plainly, +64 with the attribute, of
+/// about 19,700.
 ///
 /// The second check's refusal gets the first's response headers, as the
 /// first layer's future would set them on it; on an admitted response the
