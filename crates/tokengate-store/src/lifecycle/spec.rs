@@ -103,7 +103,7 @@ impl IssuancePolicy {
     }
 
     /// Validates `spec` against this policy as if it were issued at `now`,
-    /// and answers when it would expire. [`Lifecycle::issue`] runs the same
+    /// and answers when it would expire. [`Lifecycle::issue`](crate::Lifecycle::issue) runs the same
     /// checks; call this to refuse bad input before opening or creating
     /// anything.
     pub fn validate(
