@@ -102,49 +102,39 @@ fn drive_hmac(hasher: &TokenHasher, token: &str, requests: u64) -> u64 {
 /// A sink that drops every record unread.
 struct Discard;
 
-/// A check of one's own, written plainly: the `authorization` header
-/// required (every measured request has it).
-#[derive(Clone)]
-struct OwnCheck;
+/// A check of one's own requiring the `authorization` header (every
+/// measured request has it), as `$name`, its `check` carrying `$attr`.
+macro_rules! own_check {
+    ($(#[$attr:meta])* $name:ident) => {
+        #[derive(Clone)]
+        struct $name;
 
-impl<B> tokengate::check::Check<B> for OwnCheck {
-    type Admit = ();
-    type Wait = tokengate::check::NoWait;
+        impl<B> tokengate::check::Check<B> for $name {
+            type Admit = ();
+            type Wait = tokengate::check::NoWait;
 
-    fn check(&self, request: &mut Request<B>) -> tokengate::check::Verdict<(), Self::Wait> {
-        own_check(request)
-    }
+            $(#[$attr])*
+            fn check(&self, request: &mut Request<B>) -> tokengate::check::Verdict<(), Self::Wait> {
+                own_check(request)
+            }
 
-    fn resume(
-        &self,
-        _: &mut Request<B>,
-        waited: Infallible,
-    ) -> tokengate::check::Verdict<(), Self::Wait> {
-        match waited {}
-    }
+            fn resume(
+                &self,
+                _: &mut Request<B>,
+                waited: Infallible,
+            ) -> tokengate::check::Verdict<(), Self::Wait> {
+                match waited {}
+            }
+        }
+    };
 }
 
-/// The same check, marked `#[inline(always)]`.
-#[derive(Clone)]
-struct InlinedCheck;
-
-impl<B> tokengate::check::Check<B> for InlinedCheck {
-    type Admit = ();
-    type Wait = tokengate::check::NoWait;
-
+// Written plainly, and marked `#[inline(always)]`: the same check.
+own_check!(OwnCheck);
+own_check!(
     #[inline(always)]
-    fn check(&self, request: &mut Request<B>) -> tokengate::check::Verdict<(), Self::Wait> {
-        own_check(request)
-    }
-
-    fn resume(
-        &self,
-        _: &mut Request<B>,
-        waited: Infallible,
-    ) -> tokengate::check::Verdict<(), Self::Wait> {
-        match waited {}
-    }
-}
+    InlinedCheck
+);
 
 fn own_check<B>(request: &Request<B>) -> tokengate::check::Verdict<(), tokengate::check::NoWait> {
     use tokengate::core::{Denial, MalformedReason};
