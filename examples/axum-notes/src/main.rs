@@ -186,7 +186,7 @@ async fn run(args: Args) -> Result<(), SetupError> {
     // Every flag is checked before anything is opened, bound or written.
     let policy = policy(args.admin)?;
     let pre_auth = per_second(args.pre_auth_rate)?;
-    let mut server = Instance::start("axum-notes", &args.server, args.listen, &policy).await?;
+    let server = Instance::start("axum-notes", &args.server, args.listen, &policy).await?;
     if let Some(demo) = &server.demo {
         print_demo(demo, &args, server.addr);
     }
@@ -237,20 +237,15 @@ async fn run(args: Args) -> Result<(), SetupError> {
         }
     };
 
-    server.announce(&format!("http://{}", server.addr))?;
-    let (name, audit_log) = server.name_and_log();
-    let Instance {
-        deployment,
-        listener,
-        ..
-    } = server;
+    let shown = format!("http://{}", server.addr);
+    let (listener, stopping) = server.announce(&shown)?;
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(tokengate::shutdown_signal())
     .await?;
-    Instance::stop(deployment, name, audit_log).await;
+    stopping.stop().await;
     Ok(())
 }
 

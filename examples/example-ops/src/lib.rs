@@ -9,7 +9,7 @@
 
 mod server;
 
-pub use server::{Instance, ServerArgs};
+pub use server::{Instance, ServerArgs, Stopping};
 
 use std::net::SocketAddr;
 

@@ -140,13 +140,14 @@ impl Instance {
     /// Starts the admin listener (its readiness checks the store, its
     /// feed and the Redis rate state) and says where everything listens:
     /// the admin line first, so whoever waits for the listening line has
-    /// both. `shown` is how the API's address is written.
-    pub fn announce(&mut self, shown: &str) -> Result<(), SetupError> {
+    /// both. `shown` is how the API's address is written. Answers the
+    /// API's listener to serve on, and what stops the instance after.
+    pub fn announce(self, shown: &str) -> Result<(tokio::net::TcpListener, Stopping), SetupError> {
         let mut readiness: Readiness = self.deployment.readiness();
         if let Some(redis) = &self.redis {
             readiness = readiness.redis(redis.clone());
         }
-        if let Some(admin) = self.admin.take() {
+        if let Some(admin) = self.admin {
             println!(
                 "{} admin (/healthz, /readyz, /metrics) on http://{}",
                 self.name,
@@ -155,22 +156,32 @@ impl Instance {
             admin.serve(readiness);
         }
         println!("{} listening on {shown}", self.name);
-        Ok(())
+        let stopping = Stopping {
+            deployment: self.deployment,
+            name: self.name,
+            audit_log: self.audit_log,
+        };
+        Ok((self.listener, stopping))
     }
+}
 
-    /// After the server stopped: pending usage written, the audit file
-    /// flushed, and said.
-    pub async fn stop(deployment: Deployment, name: &str, audit_log: PathBuf) {
-        deployment.shutdown().await;
+/// What an announced instance needs once its server has stopped.
+#[derive(Debug)]
+pub struct Stopping {
+    deployment: Deployment,
+    name: &'static str,
+    audit_log: PathBuf,
+}
+
+impl Stopping {
+    /// Writes pending usage, flushes the audit file, and says so.
+    pub async fn stop(self) {
+        self.deployment.shutdown().await;
         println!(
-            "{name} stopped; audit log flushed to {}",
-            audit_log.display()
+            "{} stopped; audit log flushed to {}",
+            self.name,
+            self.audit_log.display()
         );
-    }
-
-    /// The name and audit file [`Instance::stop`] reports.
-    pub fn name_and_log(&self) -> (&'static str, PathBuf) {
-        (self.name, self.audit_log.clone())
     }
 }
 

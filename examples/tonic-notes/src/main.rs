@@ -131,7 +131,7 @@ async fn run(args: Args) -> Result<(), SetupError> {
         .register_encoded_file_descriptor_set(pb::DESCRIPTORS)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let mut server = Instance::start("tonic-notes", &args.server, args.listen, &policy).await?;
+    let server = Instance::start("tonic-notes", &args.server, args.listen, &policy).await?;
     if let Some(demo) = &server.demo {
         print_demo(demo, &args, server.addr);
     }
@@ -160,13 +160,8 @@ async fn run(args: Args) -> Result<(), SetupError> {
         .set_serving::<NotesServer<NotesService>>()
         .await;
 
-    server.announce(&server.addr.to_string())?;
-    let (name, audit_log) = server.name_and_log();
-    let Instance {
-        deployment,
-        listener,
-        ..
-    } = server;
+    let shown = server.addr.to_string();
+    let (listener, stopping) = server.announce(&shown)?;
     Server::builder()
         .layer(gate)
         .add_service(health)
@@ -175,7 +170,7 @@ async fn run(args: Args) -> Result<(), SetupError> {
         .add_service(NotesServer::new(NotesService::default()))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), tokengate::shutdown_signal())
         .await?;
-    Instance::stop(deployment, name, audit_log).await;
+    stopping.stop().await;
     Ok(())
 }
 
