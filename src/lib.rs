@@ -172,17 +172,37 @@ pub mod process {
         reason = "test support; Started reaps the child"
     )]
     pub fn start_example_with(bin: &str, dir: &Path, listening: &str, flags: &[&str]) -> Started {
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .current_dir(dir)
             .args(["--listen", "127.0.0.1:0"])
-            .args(flags)
+            .args(flags);
+        start_process(command, listening)
+    }
+
+    /// Starts `command` (without `TOKENGATE_PEPPER` and `RUST_LOG`) and
+    /// reads its standard output up to the line starting with `listening`:
+    /// the rest of that line is the address. Standard error is kept and
+    /// passed on.
+    ///
+    /// # Panics
+    ///
+    /// If the process cannot start or stops before it listens.
+    #[allow(
+        clippy::expect_used,
+        clippy::zombie_processes,
+        clippy::needless_pass_by_value,
+        reason = "test support; Started reaps the child"
+    )]
+    pub fn start_process(mut command: Command, listening: &str) -> Started {
+        let mut child = command
             .env_remove("TOKENGATE_PEPPER")
             // The servers' default log filter, whatever the test runner's.
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("the example starts");
+            .expect("the process starts");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let errors = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
         let kept = Arc::clone(&stderr);

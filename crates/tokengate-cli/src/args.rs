@@ -29,6 +29,10 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Create a new, empty token database and its pepper.
     Init,
+    /// Serve the Gate of a policy file to proxies: forward-auth for nginx,
+    /// Caddy, Traefik and Envoy at /auth (nginx: /auth/nginx), and Envoy's
+    /// ext_authz over gRPC with --grpc-listen. SIGHUP reloads the policy.
+    Serve(Box<tokengate_server::serve::ServeArgs>),
     /// Issue a token; it is printed once and never stored. Creates the
     /// database (and its pepper) if there is none.
     Issue(Issue),

@@ -28,6 +28,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cli = args::Cli::parse();
+    if let args::Command::Serve(serve) = cli.command {
+        return commands::serve(cli.db, cli.pepper_file, *serve);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -61,12 +61,13 @@ impl ScopeLookup for Requirement {
 /// assert!(policy.requirement(&Method::GET, "/admin").is_none());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[derive(Clone)]
 pub struct ScopePolicy {
     router: matchit::Router<usize>,
     routes: Vec<RouteRules>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct RouteRules {
     pattern: Box<str>,
     by_method: Vec<(Method, Requirement)>,

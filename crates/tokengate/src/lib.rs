@@ -158,6 +158,12 @@ pub mod deployment;
 #[cfg(all(feature = "sqlite", feature = "gate"))]
 pub use deployment::{Deployment, shutdown_signal};
 
+#[cfg(feature = "config")]
+pub mod config;
+
+#[cfg(feature = "sidecar")]
+pub mod sidecar;
+
 #[cfg(feature = "view")]
 mod view;
 

@@ -23,7 +23,6 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use clap::Parser;
-use example_ops::{Instance, ServerArgs};
 use serde::{Deserialize, Serialize};
 use tokengate::audit::AuditLayer;
 use tokengate::axum::Authenticated;
@@ -33,6 +32,7 @@ use tokengate::ipfilter::IpFilterLayer;
 use tokengate::rate::{MissingKey, RateLimitLayer, RateState};
 use tokengate::store::IssuedToken;
 use tokengate::{Deployment, EnforceScopeLayer, Gate, Requirement, ScopePolicy};
+use tokengate_server::{Instance, ServerArgs};
 
 /// A notes API protected by tokengate.
 #[derive(Debug, Parser)]
@@ -172,7 +172,7 @@ fn policy(admin: bool) -> Result<ScopePolicy, tokengate::deployment::SetupError>
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    example_ops::init_logging(args.server.ops.log_format);
+    tokengate_server::init_logging(args.server.ops.log_format);
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

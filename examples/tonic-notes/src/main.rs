@@ -16,13 +16,13 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use clap::Parser;
-use example_ops::{Instance, ServerArgs};
 use tokengate::audit::AuditLayer;
 use tokengate::deployment::SetupError;
 use tokengate::ipfilter::IpFilterLayer;
 use tokengate::store::IssuedToken;
 use tokengate::tonic::PrincipalExt;
 use tokengate::{EnforceScopeLayer, Gate, Requirement, ScopePolicy};
+use tokengate_server::{Instance, ServerArgs};
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
@@ -110,7 +110,7 @@ fn policy() -> Result<ScopePolicy, tokengate::deployment::SetupError> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    example_ops::init_logging(args.server.ops.log_format);
+    tokengate_server::init_logging(args.server.ops.log_format);
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

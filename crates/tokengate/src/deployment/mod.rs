@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use std::path::PathBuf;
 
-use tokengate_audit::{AuditKey, AuditLayer, JsonLinesSink};
+use tokengate_audit::{AuditKey, AuditLayer, JsonLinesSink, JsonLinesSinkBuilder};
 use tokengate_authenticate::{AuthenticateLayer, UsageTracker};
 use tokengate_cache::{CacheConfig, CachedStore};
 use tokengate_core::{Audience, TokenHasher};
@@ -82,6 +82,7 @@ pub struct DeploymentBuilder {
     database: Database,
     pepper_file: Option<PathBuf>,
     audit_log: Option<PathBuf>,
+    audit_sink: JsonLinesSinkBuilder,
 }
 
 impl DeploymentBuilder {
@@ -104,6 +105,26 @@ impl DeploymentBuilder {
         self
     }
 
+    /// How the audit file is written (queue, overflow, fsync; the key is
+    /// the deployment's).
+    #[must_use]
+    pub fn audit_sink(mut self, sink: JsonLinesSinkBuilder) -> Self {
+        self.audit_sink = sink;
+        self
+    }
+
+    /// The audit settings of a policy file: its `[audit]` queue, overflow
+    /// and fsync, and its file unless [`audit_log`](Self::audit_log) names
+    /// one after this call.
+    #[cfg(feature = "config")]
+    #[must_use]
+    pub fn config(mut self, config: &crate::config::GateConfig) -> Self {
+        if let Some(file) = &config.audit().file {
+            self.audit_log = Some(file.clone());
+        }
+        self.audit_sink(config.audit_sink())
+    }
+
     /// Opens the database, creating a SQLite file with a new pepper on a
     /// first start (an existing database must come with its own pepper:
     /// see [`SqliteStore::pepper`](crate::sqlite::SqliteStore::pepper);
@@ -118,7 +139,13 @@ impl DeploymentBuilder {
             #[cfg(feature = "postgres")]
             (None, Database::Postgres(_)) => PathBuf::from("audit.jsonl"),
         };
-        Deployment::start(&self.database, self.pepper_file.as_deref(), &audit_log).await
+        Deployment::start(
+            &self.database,
+            self.pepper_file.as_deref(),
+            &audit_log,
+            self.audit_sink,
+        )
+        .await
     }
 }
 
@@ -135,6 +162,7 @@ impl Deployment {
             database,
             pepper_file: None,
             audit_log: None,
+            audit_sink: JsonLinesSinkBuilder::default(),
         }
     }
 
@@ -143,6 +171,7 @@ impl Deployment {
         db: &Database,
         pepper_file: Option<&Path>,
         audit_log: &Path,
+        audit_sink: JsonLinesSinkBuilder,
     ) -> Result<Self, SetupError> {
         let (store, peppers) = db.open(true, pepper_file).await?;
         // The current pepper, knowing those rotated out.
@@ -150,7 +179,7 @@ impl Deployment {
         let cache = CachedStore::new(store.clone(), CacheConfig::default());
         let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
         let usage = UsageTracker::new(100_000);
-        let audit = JsonLinesSink::builder()
+        let audit = audit_sink
             .key(AuditKey::load_or_create(audit_log)?)
             .open(audit_log)
             .map_err(|e| format!("cannot open audit log: {e}"))?;
@@ -229,6 +258,34 @@ impl Deployment {
             Gate::new(self.authenticate(audience), EnforceScopeLayer::new(policy))
                 .audit(AuditLayer::new(self.audit.clone())),
         )
+    }
+
+    /// The [`Gate`] a policy file describes (its audience, routes,
+    /// networks, quotas, headers and credentials), with this deployment's
+    /// authentication and audit file; its scopes are registered in the
+    /// store's catalogue. A Rust service and `tokengate serve` on the same
+    /// file answer alike.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tokengate::deployment::SetupError> {
+    /// use tokengate::Deployment;
+    /// use tokengate::config::GateConfig;
+    ///
+    /// let config = GateConfig::load("notes.toml")?;
+    /// let deployment = Deployment::builder("tokengate.db".parse()?).config(&config).open().await?;
+    /// let gate = deployment.gate_from_config(&config).await?;
+    /// # let _ = gate; Ok(()) }
+    /// ```
+    #[cfg(feature = "config")]
+    pub async fn gate_from_config(
+        &self,
+        config: &crate::config::GateConfig,
+    ) -> Result<Gate<AnyStore, ScopePolicy, JsonLinesSink>, SetupError> {
+        self.register_scopes(config.policy()).await?;
+        let authenticate = self.authenticate(config.audience().clone());
+        Ok(config
+            .configure(authenticate)
+            .audit(AuditLayer::new(self.audit.clone())))
     }
 
     /// Stops the background tasks, writes pending usage and flushes the

@@ -1,15 +1,17 @@
-//! What the example servers share: their common flags, how they start
-//! and stop ([`Instance`]), logs on stderr (`RUST_LOG`, `--log-format`), the
-//! Prometheus recorder, and the admin listener serving `/healthz`,
-//! `/readyz` and `/metrics`.
+//! What tokengate's servers share (the example servers and `tokengate
+//! serve`): their common flags, how they start and stop ([`Instance`]),
+//! logs on stderr (`RUST_LOG`, `--log-format`), the Prometheus recorder,
+//! and the admin listener serving `/healthz`, `/readyz` and `/metrics`;
+//! and the authorization service itself ([`serve`]).
 #![allow(
     clippy::print_stdout,
     reason = "servers that tell their operator where they listen"
 )]
 
+pub mod serve;
 mod server;
 
-pub use server::{Instance, ServerArgs, Stopping};
+pub use server::{Instance, RedisArgs, ServerArgs, Stopping};
 
 use std::net::SocketAddr;
 

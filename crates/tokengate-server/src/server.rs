@@ -39,6 +39,17 @@ pub struct ServerArgs {
     /// These client networks may not call (CIDR, repeatable; wins over --allow-ip).
     #[arg(long = "deny-ip")]
     pub deny_ips: Vec<String>,
+    /// The rate state shared by every instance.
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Logs and the admin listener.
+    #[command(flatten)]
+    pub ops: OpsArgs,
+}
+
+/// Where rate limits are shared, flattened into each server's arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedisArgs {
     /// Share rate limits with every instance using this Redis
     /// (`redis://host:port`); without it each instance limits on its own.
     #[arg(long)]
@@ -50,9 +61,21 @@ pub struct ServerArgs {
     /// decides with its own limits instead.
     #[arg(long, default_value_t = 50)]
     pub redis_timeout_ms: u64,
-    /// Logs and the admin listener.
-    #[command(flatten)]
-    pub ops: OpsArgs,
+}
+
+impl RedisArgs {
+    /// The shared rate state, when `--redis` names one (checked, not yet
+    /// connected).
+    pub fn state(&self) -> Result<Option<RedisRateState>, SetupError> {
+        let Some(url) = &self.redis else {
+            return Ok(None);
+        };
+        Ok(Some(
+            RedisRateState::new(url)?
+                .prefix(&self.redis_prefix)?
+                .timeout(Duration::from_millis(self.redis_timeout_ms)),
+        ))
+    }
 }
 
 /// A server as every example starts it: each flag checked before anything
@@ -98,14 +121,7 @@ impl Instance {
         let audience: Audience = args.audience.parse()?;
         let client_ip = ResolveClientIpLayer::trusted_proxies(&args.trusted_proxies)?;
         let ip_rules = IpRules::from_lists(&args.allow_ips, &args.deny_ips)?;
-        let redis = match &args.redis {
-            None => None,
-            Some(url) => Some(
-                RedisRateState::new(url)?
-                    .prefix(&args.redis_prefix)?
-                    .timeout(Duration::from_millis(args.redis_timeout_ms)),
-            ),
-        };
+        let redis = args.redis.state()?;
         let demo = demo_spec(&audience)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
