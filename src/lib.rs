@@ -516,4 +516,8 @@ pub mod docs {
     pub struct Security;
     #[doc = include_str!("../docs/testing.md")]
     pub struct Testing;
+    #[doc = include_str!("../docs/policy-file.md")]
+    pub struct PolicyFile;
+    #[doc = include_str!("../docs/any-language.md")]
+    pub struct AnyLanguage;
 }

@@ -1,11 +1,13 @@
 //! `tokengate serve`: the Gate of a policy file as an authorization
 //! service for proxies in front of services in any language.
 //!
-//! - `POST|GET|... /auth`: HTTP forward-auth for Caddy `forward_auth`,
-//!   Traefik `ForwardAuth` and Envoy's HTTP ext_authz;
+//! - `/auth`: HTTP forward-auth for Caddy `forward_auth` and Traefik
+//!   `ForwardAuth` (any method);
 //! - `/auth/nginx`: the same for nginx `auth_request` (refusals other than
 //!   401 as 403, with their status and body in headers: see
 //!   [`Refusals::Nginx`]);
+//! - `/auth/envoy/...`: Envoy's HTTP ext_authz with `path_prefix:
+//!   /auth/envoy` (the original method and path are the request's own);
 //! - with `--grpc-listen`: Envoy's ext_authz gRPC service, and the
 //!   standard gRPC health service beside it.
 //!
@@ -192,12 +194,22 @@ impl Parts {
             .route_service(
                 "/auth/nginx",
                 ForwardAuth::new(current.clone()).refusals(Refusals::Nginx),
+            )
+            .route_service(
+                "/auth/envoy/{*path}",
+                ForwardAuth::new(current.clone()).path_prefix("/auth/envoy"),
             );
         // Last: whoever waits for the listening line has every address.
         let listening = format!(
-            "tokengate serve listening on http://{} (forward-auth: /auth; nginx: /auth/nginx)",
+            "tokengate serve listening on http://{} (forward-auth: /auth; nginx: /auth/nginx; Envoy HTTP: /auth/envoy)",
             listener.local_addr()?
         );
+        let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+            // Each answer at once, not after the proxy's delayed ACK.
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::warn!(%error, "cannot set TCP_NODELAY on a proxy's connection");
+            }
+        });
         tasks.push(tokio::spawn(async move {
             axum::serve(
                 listener,
@@ -215,7 +227,10 @@ impl Parts {
             ));
             let ext_authz = ExtAuthz::new(current.clone(), self.remove_authorization);
             let (_reporter, health) = tonic_health::server::health_reporter();
-            let incoming = tonic::transport::server::TcpIncoming::from(grpc);
+            // Each answer at once: a refusal written in two parts would
+            // otherwise wait for the proxy's delayed ACK (about 40 ms).
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
             tasks.push(tokio::spawn(async move {
                 tonic::transport::Server::builder()
                     .add_service(health)

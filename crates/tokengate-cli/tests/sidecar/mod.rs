@@ -107,6 +107,15 @@ impl Drop for Target {
 }
 
 impl Target {
+    /// A target that runs elsewhere (no process of its own).
+    pub fn unmanaged(name: &str, base: String) -> Self {
+        Self {
+            name: name.to_owned(),
+            base,
+            process: None,
+        }
+    }
+
     pub fn get(&self, path: &str) -> Call {
         self.request("GET", path)
     }

@@ -28,7 +28,8 @@ use super::{Current, IDENTITY_HEADERS};
 /// The request is rebuilt from the `CheckRequest`'s attributes: the
 /// method, the path with its query (as Envoy sends it), the headers
 /// (`headers`, or `header_map` when Envoy sends raw values) and the source
-/// address as the peer, through the policy's trusted proxies like any
+/// address as the peer (the gRPC connection's when the check names
+/// none), through the policy's trusted proxies like any
 /// other. Admitted: `OkHttpResponse` with the identity headers (replacing
 /// any the client sent), `headers_to_remove: ["authorization"]` when the
 /// policy says `[upstream] remove_authorization = true`, and the success
@@ -83,7 +84,10 @@ fn grpc_code(status: StatusCode) -> tonic::Code {
 }
 
 /// The request Envoy asks about, or why it cannot be rebuilt.
-fn rebuild(check: &CheckRequest) -> Result<Request<Body>, &'static str> {
+fn rebuild(
+    check: &CheckRequest,
+    connection: Option<SocketAddr>,
+) -> Result<Request<Body>, &'static str> {
     let http = check
         .attributes
         .as_ref()
@@ -128,13 +132,14 @@ fn rebuild(check: &CheckRequest) -> Result<Request<Body>, &'static str> {
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
+    // The source Envoy reports; without one, the connection's peer (Envoy).
     let source = check
         .get_client_address()
-        .and_then(|a| a.parse::<IpAddr>().ok());
-    if let Some(ip) = source {
-        request
-            .extensions_mut()
-            .insert(PeerAddr(SocketAddr::new(ip, 0)));
+        .and_then(|a| a.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 0))
+        .or(connection);
+    if let Some(peer) = source {
+        request.extensions_mut().insert(PeerAddr(peer));
     }
     Ok(request)
 }
@@ -207,8 +212,9 @@ where
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let connection = request.remote_addr();
         let check = request.into_inner();
-        let request = match rebuild(&check) {
+        let request = match rebuild(&check, connection) {
             Ok(request) => request,
             Err(detail) => {
                 tracing::warn!(detail, "ext_authz check without a usable HTTP request");

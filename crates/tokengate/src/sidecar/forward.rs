@@ -43,6 +43,7 @@ pub enum Refusals {
 pub struct ForwardAuth<S> {
     current: Current<S>,
     refusals: Refusals,
+    path_prefix: Option<&'static str>,
 }
 
 impl<S> Clone for ForwardAuth<S> {
@@ -50,6 +51,7 @@ impl<S> Clone for ForwardAuth<S> {
         Self {
             current: self.current.clone(),
             refusals: self.refusals,
+            path_prefix: self.path_prefix,
         }
     }
 }
@@ -58,6 +60,7 @@ impl<S> std::fmt::Debug for ForwardAuth<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ForwardAuth")
             .field("refusals", &self.refusals)
+            .field("path_prefix", &self.path_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -68,7 +71,18 @@ impl<S> ForwardAuth<S> {
         Self {
             current,
             refusals: Refusals::AsSent,
+            path_prefix: None,
         }
+    }
+
+    /// Takes the original request from the request itself, as Envoy's HTTP
+    /// ext_authz sends it: its method, and its path and query after
+    /// `prefix` (the filter's `path_prefix`), e.g. `GET /auth/envoy/notes?page=2`
+    /// for `GET /notes?page=2`.
+    #[must_use]
+    pub fn path_prefix(mut self, prefix: &'static str) -> Self {
+        self.path_prefix = Some(prefix);
+        self
     }
 
     /// Answers refusals as `refusals` says.
@@ -105,6 +119,21 @@ fn original(headers: &HeaderMap) -> Result<(Method, Uri), String> {
         .filter(|p| p.path().starts_with('/'))
         .ok_or_else(|| "the forwarded URI is not a path (with its query)".to_owned())?;
     Ok((method, Uri::from(uri)))
+}
+
+/// The original request of `method` on `uri`, whose path starts with `prefix`.
+fn after_prefix(method: &Method, uri: &Uri, prefix: &str) -> Result<(Method, Uri), String> {
+    let rest = uri
+        .path()
+        .strip_prefix(prefix)
+        .filter(|rest| rest.starts_with('/'))
+        .ok_or_else(|| format!("the path does not continue after {prefix}: set the ext_authz filter's path_prefix to {prefix}"))?;
+    let rebuilt = match uri.query() {
+        Some(query) => format!("{rest}?{query}"),
+        None => rest.to_owned(),
+    };
+    let uri = Uri::try_from(rebuilt).map_err(|_| "the path is not a path".to_owned())?;
+    Ok((method.clone(), uri))
 }
 
 /// A `400` problem naming what the proxy got wrong.
@@ -145,7 +174,11 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let (mut parts, _body) = request.into_parts();
-        let (method, uri) = match original(&parts.headers) {
+        let original = match self.path_prefix {
+            None => original(&parts.headers),
+            Some(prefix) => after_prefix(&parts.method, &parts.uri, prefix),
+        };
+        let (method, uri) = match original {
             Ok(original) => original,
             Err(detail) => {
                 tracing::warn!(%detail, "forward-auth request without the original request");

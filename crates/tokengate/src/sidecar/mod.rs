@@ -5,7 +5,8 @@
 //!   `auth_request`, Caddy `forward_auth`, Traefik `ForwardAuth` and
 //!   Envoy's HTTP ext_authz. The original method and URI come from
 //!   `X-Forwarded-Method` + `X-Forwarded-Uri` (or `X-Original-Method` +
-//!   `X-Original-URI`), the client from `X-Forwarded-For` through the
+//!   `X-Original-URI`; for Envoy, from the request itself after a
+//!   [path prefix](ForwardAuth::path_prefix)), the client from `X-Forwarded-For` through the
 //!   policy's trusted proxies, the credential from the forwarded
 //!   `Authorization` header. Admitted: `200` with the identity headers
 //!   ([`SUBJECT`], [`TOKEN_ID`], [`SCOPES`]) for the upstream and the
