@@ -113,6 +113,25 @@ async fn forward_auth_reads_the_original_request_from_either_convention() {
         .await;
     assert_eq!(bad_uri.status, 400);
 
+    // A body the proxy sent is never read: the answer closes the connection.
+    let with_body = auth
+        .request("POST", "/auth")
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/notes")
+        .bearer(&token)
+        .body("a body")
+        .send()
+        .await;
+    assert_eq!(
+        (with_body.status, with_body.header("connection")),
+        (200, "close".to_owned())
+    );
+    assert_eq!(
+        ok.header("connection"),
+        "",
+        "a bodiless check keeps the connection"
+    );
+
     // Envoy's HTTP ext_authz: the original request after /auth/envoy.
     let envoy = auth
         .get("/auth/envoy/notes?page=2")
@@ -370,6 +389,28 @@ async fn ext_authz_answers_envoy_with_every_field_it_reads_and_writes() {
     assert_eq!(denied.status.unwrap().code, 429);
     assert!(header(&denied.headers, "retry-after").is_some());
 
+    // Headers as raw values (Envoy's `encode_raw_headers`), in header_map.
+    let mut raw = check_request("GET", "/notes", &[], "127.0.0.1");
+    if let Some(http) = raw
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        http.header_map = Some(core::HeaderMap {
+            headers: vec![core::HeaderValue {
+                key: "authorization".to_owned(),
+                value: String::new(),
+                raw_value: bearer.clone().into_bytes(),
+            }],
+        });
+    }
+    let raw = check(&mut client, raw).await;
+    let Some(HttpResponse::OkResponse(raw)) = raw.http_response else {
+        panic!("{raw:?}")
+    };
+    assert_eq!(header(&raw.headers, "x-tokengate-subject"), Some("reader"));
+
     // A check naming no source address: the connection's peer is the client.
     let mut sourceless = check_request("GET", "/notes", &[("authorization", &bearer)], "");
     if let Some(attributes) = sourceless.attributes.as_mut() {
@@ -393,9 +434,9 @@ async fn ext_authz_answers_envoy_with_every_field_it_reads_and_writes() {
 
     // Each check left one audit record, with the path Envoy sent.
     // (The check without an HTTP request was no check.)
-    let records = fixture.wait_for_serve_audit(9).await;
-    assert_eq!(records.len(), 9, "{records:?}");
-    assert_eq!(records[8]["client.address"].as_str(), Some("127.0.0.1"));
+    let records = fixture.wait_for_serve_audit(10).await;
+    assert_eq!(records.len(), 10, "{records:?}");
+    assert_eq!(records[9]["client.address"].as_str(), Some("127.0.0.1"));
     assert_eq!(records[0]["url.path"].as_str(), Some("/notes"));
     assert_eq!(records[0]["url.query"].as_str(), Some("page=REDACTED"));
     assert_eq!(records[3]["http.request.method"].as_str(), Some("POST"));

@@ -126,6 +126,7 @@ impl Target {
             method: method.to_owned(),
             headers: Vec::new(),
             from: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            body: "",
         }
     }
 }
@@ -136,6 +137,7 @@ pub struct Call {
     method: String,
     headers: Vec<(String, String)>,
     from: IpAddr,
+    body: &'static str,
 }
 
 impl Call {
@@ -145,6 +147,12 @@ impl Call {
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sends `body`.
+    pub fn body(mut self, body: &'static str) -> Self {
+        self.body = body;
         self
     }
 
@@ -167,7 +175,11 @@ impl Call {
             request = request.header(name, value);
         }
         let response = client
-            .request(request.body(Full::new(Bytes::new())).unwrap())
+            .request(
+                request
+                    .body(Full::new(Bytes::from_static(self.body.as_bytes())))
+                    .unwrap(),
+            )
             .await
             .unwrap();
         let status = response.status().as_u16();

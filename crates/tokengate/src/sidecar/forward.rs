@@ -173,6 +173,9 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        // A body the proxy sent is never read: the answer closes the
+        // connection, or the proxy's next request on it could be lost.
+        let closes = tokengate_check::refusal_closes_connection(&request);
         let (mut parts, _body) = request.into_parts();
         let original = match self.path_prefix {
             None => original(&parts.headers),
@@ -182,7 +185,7 @@ where
             Ok(original) => original,
             Err(detail) => {
                 tracing::warn!(%detail, "forward-auth request without the original request");
-                return Box::pin(std::future::ready(Ok(malformed(&detail))));
+                return Box::pin(std::future::ready(Ok(closing(malformed(&detail), closes))));
             }
         };
         parts.method = method;
@@ -197,9 +200,19 @@ where
         Box::pin(async move {
             poll_fn(|cx| service.poll_ready(cx)).await?;
             let response = service.call(request).await?;
-            Ok(answer(response, refusals).await)
+            Ok(closing(answer(response, refusals).await, closes))
         })
     }
+}
+
+/// `response`, with `Connection: close` when `closes`.
+fn closing(mut response: Response, closes: bool) -> Response {
+    if closes {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// The Gate's answer as the proxy needs it.
