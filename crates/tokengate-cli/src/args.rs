@@ -410,20 +410,5 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
 }
 
 fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
-    let bad = || {
-        format!(
-            "{} is not a rate like 100/min (units: s, min, h, d)",
-            Echo::new(text, 40)
-        )
-    };
-    let (count, unit) = text.split_once('/').ok_or_else(bad)?;
-    let count: u32 = count.parse().map_err(|_| bad())?;
-    let period = match unit {
-        "s" => Duration::from_secs(1),
-        "min" => Duration::from_secs(60),
-        "h" => Duration::from_secs(3600),
-        "d" => Duration::from_secs(86_400),
-        _ => return Err(bad()),
-    };
-    Ok((count, period))
+    tokengate::config::parse_rate(text).map_err(|e| e.to_string())
 }

@@ -216,14 +216,29 @@ impl GateConfig {
     }
 }
 
-/// Parses a rate such as `100/s`, `5000/min`, `1000/h` or `10000/d`:
-/// the count and its period.
-pub fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
-    let bad = || {
-        format!(
+/// A rate that is not `N/s`, `N/min`, `N/h` or `N/d`; names the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateError {
+    input: tokengate_core::Echo,
+}
+
+impl std::fmt::Display for RateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
             "{} is not a rate like 100/min (units: s, min, h, d)",
-            tokengate_core::Echo::new(text, 40)
+            self.input
         )
+    }
+}
+
+impl std::error::Error for RateError {}
+
+/// Parses a rate such as `100/s`, `5000/min`, `1000/h` or `10000/d`:
+/// the count and its period (the policy file's and the CLI's `--rate`).
+pub fn parse_rate(text: &str) -> Result<(u32, Duration), RateError> {
+    let bad = || RateError {
+        input: tokengate_core::Echo::new(text, 40),
     };
     let (count, unit) = text.split_once('/').ok_or_else(bad)?;
     let count: u32 = count.trim().parse().map_err(|_| bad())?;

@@ -397,7 +397,7 @@ fn quota(
                 (count, period, burst)
             }
             Err(e) => {
-                at.problem(q.rate.span(), format!("{field}.rate"), e);
+                at.problem(q.rate.span(), format!("{field}.rate"), e.to_string());
                 return None;
             }
         },

@@ -21,6 +21,44 @@
 //! one audit record with the original method and path and the client
 //! address the proxy reported, and counts in the metrics under layer
 //! `gate`, as in-process.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::body::Body;
+//! use http::{Request, StatusCode};
+//! use tokengate::config::GateConfig;
+//! use tokengate::core::KeyId;
+//! use tokengate::sidecar::{Current, ForwardAuth, checking};
+//! use tokengate::{CacheConfig, CachedStore, MemoryStore, Pepper, TokenHasher};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = GateConfig::parse(
+//!     "audience = \"notes\"\n[[routes]]\npath = \"/notes\"\nscopes = [\"notes:read\"]\n",
+//!     "notes.toml",
+//! )?;
+//! let store = CachedStore::new(MemoryStore::new(), CacheConfig::default());
+//! let gate = config.gate(store, TokenHasher::new(Pepper::generate(KeyId::new(1))));
+//! let auth = ForwardAuth::new(Current::new(checking(&gate)));
+//!
+//! // What nginx asks: may GET /notes through, from this client, with no token?
+//! let ask = Request::builder()
+//!     .uri("/auth")
+//!     .header("x-original-method", "GET")
+//!     .header("x-original-uri", "/notes")
+//!     .extension(tokengate::ipfilter::PeerAddr(([127, 0, 0, 1], 40000).into()))
+//!     .body(Body::empty())?;
+//! let answer = auth.clone().oneshot(ask).await?;
+//! assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+//! assert!(answer.headers().contains_key("www-authenticate"));
+//!
+//! // Without the original request: 400, naming the header to send.
+//! let bare = Request::builder().uri("/auth").body(Body::empty())?;
+//! assert_eq!(auth.oneshot(bare).await?.status(), StatusCode::BAD_REQUEST);
+//! # Ok(()) }
+//! ```
 
 mod forward;
 
