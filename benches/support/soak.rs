@@ -1,0 +1,787 @@
+//! The soak driver (`benches/soak.sh`): three axum-notes instances on one
+//! PostgreSQL database and one Redis, under mixed load from a client of
+//! its own for `DURATION`, with faults injected on a schedule; then what
+//! held and what did not, as a table. Exits 1 when an assertion fails.
+//!
+//! Traffic goes to 127.0.0.1 only; every loop is bounded by the run's
+//! deadline. Needs the release binaries of axum-notes and tokengate
+//! beside this one (the script builds them), PostgreSQL and Redis as the
+//! tests find them (`TOKENGATE_POSTGRES_URL`, `TOKENGATE_REDIS_URL`), and
+//! the commands that stop and start them (`SOAK_PG_START`,
+//! `SOAK_REDIS_START`, with the machine's defaults).
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokengate_postgres::testing::TestDatabase;
+
+/// How long after a fault ends its effects may still show (reconnects,
+/// the feed's flush, a restarted instance's first requests).
+const GRACE: Duration = Duration::from_secs(3);
+/// Clients sending at once.
+const CLIENTS: usize = 12;
+/// Uses of the usage-limited token.
+const USES: u64 = 300;
+
+/// What one request was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Read,
+    Write,
+    Unknown,
+    Malformed,
+    Limited,
+    Uses,
+    Admin,
+    Victim,
+}
+
+/// One answer the client saw.
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Duration,
+    instance: usize,
+    kind: Kind,
+    status: u16,
+    latency: Duration,
+    victim: Option<usize>,
+}
+
+/// A fault and when it was in force.
+#[derive(Debug, Clone)]
+struct Window {
+    name: &'static str,
+    start: Duration,
+    end: Duration,
+}
+
+impl Window {
+    fn covers(&self, at: Duration) -> bool {
+        at >= self.start && at <= self.end + GRACE
+    }
+}
+
+struct Instance {
+    child: Option<Child>,
+    port: u16,
+    admin: u16,
+    audit: PathBuf,
+    killed: bool,
+}
+
+struct Cluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    cli: PathBuf,
+    db_url: String,
+    pepper: String,
+    redis: String,
+    prefix: String,
+    instances: Vec<Instance>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.cli)
+            .args(["--db", &self.db_url, "--pepper-file", &self.pepper])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tokengate {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn issue(&self, name: &str, flags: &[&str]) -> String {
+        let base = [
+            "issue",
+            "--name",
+            name,
+            "--subject",
+            name,
+            "--audience",
+            "notes",
+        ];
+        self.cli(&[&base[..], flags].concat())
+    }
+
+    /// Starts (or starts again) instance `i` on its port.
+    fn start(&mut self, i: usize) {
+        let instance = &self.instances[i];
+        let child = Command::new(&self.bin)
+            .current_dir(&self.dir)
+            .args(["--listen", &format!("127.0.0.1:{}", instance.port)])
+            .args(["--admin-listen", &format!("127.0.0.1:{}", instance.admin)])
+            .args(["--db", &self.db_url, "--pepper-file", &self.pepper])
+            .args(["--redis", &self.redis, "--redis-prefix", &self.prefix])
+            .args(["--audit-log", instance.audit.to_str().unwrap()])
+            .args(["--admin", "--pre-auth-rate", "1000000"])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let port = instance.port;
+        self.instances[i].child = Some(child);
+        wait_for(port);
+    }
+
+    fn signal(&mut self, i: usize, signal: &str) {
+        let child = self.instances[i].child.as_mut().unwrap();
+        Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap();
+        self.instances[i].child = None;
+    }
+
+    fn rss_kib(&self, i: usize) -> u64 {
+        let pid = self.instances[i].child.as_ref().map_or(0, Child::id);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn fds(&self, i: usize) -> usize {
+        let pid = self.instances[i].child.as_ref().map_or(0, Child::id);
+        std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+    }
+}
+
+fn wait_for(port: u16) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sh(command: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", command])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn redis_cli(args: &str) -> bool {
+    sh(&format!("redis-cli -h 127.0.0.1 -p 6379 {args}"))
+}
+
+/// The tokens the load uses.
+struct Tokens {
+    read: String,
+    limited: String,
+    uses: String,
+    admin: String,
+    victims: Vec<String>,
+}
+
+fn main() {
+    let duration = std::env::var("DURATION")
+        .ok()
+        .and_then(|d| humantime::parse_duration(&d).ok())
+        .unwrap_or(Duration::from_secs(60));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let code = runtime.block_on(run(duration));
+    std::process::exit(code);
+}
+
+async fn run(duration: Duration) -> i32 {
+    let here = std::env::current_exe().unwrap();
+    let release = here.parent().unwrap().parent().unwrap().to_path_buf();
+    let db = TestDatabase::create().await.expect("PostgreSQL answers");
+    let dir = std::env::temp_dir().join(format!("tokengate-soak-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let redis =
+        std::env::var("TOKENGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let mut cluster = Cluster {
+        bin: release.join("axum-notes"),
+        cli: release.join("tokengate"),
+        db_url: db.url().to_owned(),
+        pepper: dir.join("pepper").display().to_string(),
+        redis: redis.clone(),
+        prefix: format!("tg-soak-{}", std::process::id()),
+        instances: (0..3)
+            .map(|i| Instance {
+                child: None,
+                port: free_port(),
+                admin: free_port(),
+                audit: dir.join(format!("audit-{i}.jsonl")),
+                killed: false,
+            })
+            .collect(),
+        dir: dir.clone(),
+    };
+    cluster.cli(&["init"]);
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    let tokens = Arc::new(Tokens {
+        read: cluster.issue(
+            "reader",
+            &[
+                "--scope",
+                "notes:read",
+                "--scope",
+                "notes:write",
+                "--rate",
+                "100000/s",
+                "--burst",
+                "100000",
+            ],
+        ),
+        limited: cluster.issue(
+            "limited",
+            &["--scope", "notes:read", "--rate", "60/min", "--burst", "10"],
+        ),
+        uses: cluster.issue(
+            "uses",
+            &[
+                "--scope",
+                "notes:read",
+                "--uses",
+                &USES.to_string(),
+                "--rate",
+                "100000/s",
+                "--burst",
+                "100000",
+            ],
+        ),
+        admin: cluster.issue(
+            "admin",
+            &[
+                "--scope",
+                "tokengate:admin",
+                "--rate",
+                "100000/s",
+                "--burst",
+                "100000",
+            ],
+        ),
+        victims: (0..40)
+            .map(|v| {
+                cluster.issue(
+                    &format!("victim-{v}"),
+                    &[
+                        "--scope",
+                        "notes:read",
+                        "--rate",
+                        "100000/s",
+                        "--burst",
+                        "100000",
+                    ],
+                )
+            })
+            .collect(),
+    });
+    let ports: Vec<u16> = cluster.instances.iter().map(|i| i.port).collect();
+    let revoked: Arc<Mutex<HashMap<usize, Duration>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+
+    // The load.
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let (tokens, seen, stop, ports) = (
+            Arc::clone(&tokens),
+            Arc::clone(&seen),
+            Arc::clone(&stop),
+            ports.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let client: Client<HttpConnector, Full<Bytes>> =
+                Client::builder(TokioExecutor::new()).build_http();
+            let mut n = c;
+            while !stop.load(Ordering::Relaxed) {
+                n += CLIENTS;
+                let instance = n % 3;
+                let kind = match (n / 3) % 16 {
+                    0..=5 => Kind::Read,
+                    6 => Kind::Write,
+                    7 => Kind::Unknown,
+                    8 => Kind::Malformed,
+                    9 => Kind::Limited,
+                    10 => Kind::Uses,
+                    11 => Kind::Admin,
+                    _ => Kind::Victim,
+                };
+                let victim = (kind == Kind::Victim).then_some((n / 48) % tokens.victims.len());
+                let (method, path, bearer): (&str, &str, Vec<&str>) = match kind {
+                    Kind::Read => ("GET", "/notes", vec![&tokens.read]),
+                    Kind::Write => ("POST", "/notes", vec![&tokens.read]),
+                    Kind::Unknown => (
+                        "GET",
+                        "/notes",
+                        vec!["tg_000000000000000000000000000000001YrmTe"],
+                    ),
+                    Kind::Malformed => ("GET", "/notes", vec![&tokens.read, &tokens.read]),
+                    Kind::Limited => ("GET", "/notes", vec![&tokens.limited]),
+                    Kind::Uses => ("GET", "/notes", vec![&tokens.uses]),
+                    Kind::Admin => ("GET", "/admin/tokens?limit=5", vec![&tokens.admin]),
+                    Kind::Victim => ("GET", "/notes", vec![&tokens.victims[victim.unwrap_or(0)]]),
+                };
+                let mut request = http::Request::builder()
+                    .method(method)
+                    .uri(format!("http://127.0.0.1:{}{path}", ports[instance]));
+                for token in bearer {
+                    request = request.header("authorization", format!("Bearer {token}"));
+                }
+                let body = if kind == Kind::Write {
+                    request = request.header("content-type", "application/json");
+                    Bytes::from_static(b"{\"text\":\"soak\"}")
+                } else {
+                    Bytes::new()
+                };
+                let sent = Instant::now();
+                let answer = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    client.request(request.body(Full::new(body)).unwrap()),
+                )
+                .await;
+                let Ok(Ok(response)) = answer else {
+                    // No answer (an instance stopping): no record expected.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let status = response.status().as_u16();
+                let _ = response.into_body().collect().await;
+                let seen_at = start.elapsed();
+                seen.lock().unwrap().push(Seen {
+                    at: seen_at,
+                    instance,
+                    kind,
+                    status,
+                    latency: sent.elapsed(),
+                    victim,
+                });
+            }
+        }));
+    }
+
+    // Revocations during the run: one victim every second.
+    let lifecycle = {
+        let (revoked, stop, tokens) =
+            (Arc::clone(&revoked), Arc::clone(&stop), Arc::clone(&tokens));
+        let cli = (
+            cluster.cli.clone(),
+            cluster.db_url.clone(),
+            cluster.pepper.clone(),
+        );
+        std::thread::spawn(move || {
+            for v in 0..tokens.victims.len() {
+                std::thread::sleep(Duration::from_secs(1));
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let id = Command::new(&cli.0)
+                    .args([
+                        "--db",
+                        &cli.1,
+                        "--pepper-file",
+                        &cli.2,
+                        "inspect",
+                        &tokens.victims[v],
+                    ])
+                    .output()
+                    .map(|o| {
+                        String::from_utf8_lossy(&o.stdout)
+                            .lines()
+                            .find_map(|l| l.strip_prefix("id:").map(|s| s.trim().to_owned()))
+                    })
+                    .ok()
+                    .flatten();
+                let Some(id) = id else { continue };
+                let done = Command::new(&cli.0)
+                    .args(["--db", &cli.1, "--pepper-file", &cli.2, "revoke", &id])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if done {
+                    revoked.lock().unwrap().insert(v, start.elapsed());
+                }
+            }
+        })
+    };
+
+    // The faults, on a schedule spread over the run.
+    let mut windows = Vec::new();
+    let pg_start = std::env::var("SOAK_PG_START").unwrap_or_else(|_| {
+        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start".into()
+    });
+    let redis_start = std::env::var("SOAK_REDIS_START").unwrap_or_else(|_| "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log".into());
+    let at = |fraction: f64| duration.mul_f64(fraction);
+    let sleep_until = |t: Duration| async move {
+        let now = start.elapsed();
+        if t > now {
+            tokio::time::sleep(t - now).await;
+        }
+    };
+
+    sleep_until(at(0.10)).await;
+    let rss_warm: Vec<u64> = (0..3).map(|i| cluster.rss_kib(i)).collect();
+    let s = start.elapsed();
+    redis_cli("CLIENT PAUSE 500 ALL");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    windows.push(Window {
+        name: "Redis paused 500 ms",
+        start: s,
+        end: start.elapsed(),
+    });
+
+    sleep_until(at(0.20)).await;
+    let s = start.elapsed();
+    let name = db.name().to_owned();
+    sh(&format!(
+        "psql -h 127.0.0.1 -U postgres -d postgres -c \"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'\""
+    ));
+    windows.push(Window {
+        name: "PostgreSQL connections killed",
+        start: s,
+        end: start.elapsed() + Duration::from_secs(1),
+    });
+
+    sleep_until(at(0.32)).await;
+    let s = start.elapsed();
+    redis_cli("SHUTDOWN NOSAVE");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sh(&redis_start);
+    wait_for(6379);
+    windows.push(Window {
+        name: "Redis restarted",
+        start: s,
+        end: start.elapsed(),
+    });
+
+    sleep_until(at(0.45)).await;
+    let s = start.elapsed();
+    sh("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main stop -m fast");
+    sh(&pg_start);
+    wait_for(5432);
+    windows.push(Window {
+        name: "PostgreSQL restarted",
+        start: s,
+        end: start.elapsed() + Duration::from_secs(1),
+    });
+
+    sleep_until(at(0.60)).await;
+    let s = start.elapsed();
+    cluster.signal(1, "-TERM");
+    cluster.start(1);
+    windows.push(Window {
+        name: "instance 1 SIGTERM, restarted",
+        start: s,
+        end: start.elapsed(),
+    });
+
+    sleep_until(at(0.75)).await;
+    let s = start.elapsed();
+    cluster.signal(2, "-KILL");
+    cluster.instances[2].killed = true;
+    cluster.start(2);
+    windows.push(Window {
+        name: "instance 2 SIGKILL, restarted",
+        start: s,
+        end: start.elapsed(),
+    });
+
+    sleep_until(duration).await;
+    let rss_end: Vec<u64> = (0..3).map(|i| cluster.rss_kib(i)).collect();
+    let fds: Vec<usize> = (0..3).map(|i| cluster.fds(i)).collect();
+    let readiness: Vec<bool> = (0..3).map(|i| ready(cluster.instances[i].admin)).collect();
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let _ = client.await;
+    }
+    let _ = lifecycle.join();
+    let elapsed = start.elapsed();
+    for i in 0..3 {
+        cluster.signal(i, "-TERM");
+    }
+
+    let report = Report {
+        seen: std::mem::take(&mut *seen.lock().unwrap()),
+        windows,
+        revoked: revoked.lock().unwrap().clone(),
+        elapsed,
+        rss_warm,
+        rss_end,
+        fds,
+        readiness,
+    };
+    let failures = report.print(&cluster);
+    let _ = redis_keys_removed(&redis, &cluster.prefix).await;
+    drop(db);
+    if failures == 0 {
+        let _ = std::fs::remove_dir_all(&dir);
+        0
+    } else {
+        eprintln!(
+            "soak: {failures} assertion(s) failed; files kept in {}",
+            dir.display()
+        );
+        1
+    }
+}
+
+fn ready(admin: u16) -> bool {
+    Command::new("curl")
+        .args([
+            "-fs",
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{admin}/readyz"),
+        ])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+async fn redis_keys_removed(url: &str, prefix: &str) -> Vec<String> {
+    tokengate_tests::remove_redis_keys(url, prefix).await
+}
+
+struct Report {
+    seen: Vec<Seen>,
+    windows: Vec<Window>,
+    revoked: HashMap<usize, Duration>,
+    elapsed: Duration,
+    rss_warm: Vec<u64>,
+    rss_end: Vec<u64>,
+    fds: Vec<usize>,
+    readiness: Vec<bool>,
+}
+
+fn audit_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().filter(|l| !l.trim().is_empty()).count())
+}
+
+impl Report {
+    fn in_fault(&self, at: Duration) -> bool {
+        self.windows.iter().any(|w| w.covers(at))
+    }
+
+    /// Prints the table; the number of failed assertions.
+    fn print(&self, cluster: &Cluster) -> usize {
+        let mut failures = 0;
+        let mut row = |what: &str, value: String, ok: bool| {
+            println!(
+                "| {what} | {value} | {} |",
+                if ok { "ok" } else { "FAILED" }
+            );
+            if !ok {
+                failures += 1;
+            }
+        };
+        println!("\nfaults:");
+        for w in &self.windows {
+            println!(
+                "  {:>6.1}s - {:>6.1}s  {}",
+                w.start.as_secs_f64(),
+                w.end.as_secs_f64(),
+                w.name
+            );
+        }
+        println!("\n| assertion | measured | |\n|---|---|---|");
+        let total = self.seen.len();
+        row(
+            "answers seen",
+            format!(
+                "{total} in {:.0} s ({:.0}/s)",
+                self.elapsed.as_secs_f64(),
+                total as f64 / self.elapsed.as_secs_f64()
+            ),
+            total > 0,
+        );
+
+        // Audit: one record per answer (Block mode), per instance.
+        for (i, instance) in cluster.instances.iter().enumerate() {
+            let answered = self.seen.iter().filter(|s| s.instance == i).count();
+            let records = audit_lines(&instance.audit);
+            if instance.killed {
+                let missing = answered.saturating_sub(records);
+                row(
+                    &format!("instance {i} (SIGKILLed): audit records / answers"),
+                    format!("{records} / {answered}, {missing} lost to the kill"),
+                    records <= answered + 1 && missing < answered / 10 + 1000,
+                );
+            } else {
+                row(
+                    &format!("instance {i}: audit records / answers"),
+                    format!("{records} / {answered}"),
+                    records == answered,
+                );
+            }
+        }
+
+        // 5xx only inside fault windows.
+        let outside: Vec<&Seen> = self
+            .seen
+            .iter()
+            .filter(|s| s.status >= 500 && !self.in_fault(s.at))
+            .collect();
+        let inside = self
+            .seen
+            .iter()
+            .filter(|s| s.status >= 500 && self.in_fault(s.at))
+            .count();
+        row(
+            "5xx outside fault windows (+3 s)",
+            format!("{} (inside: {inside})", outside.len()),
+            outside.is_empty(),
+        );
+
+        // Revoked tokens refused within a second (outside faults).
+        let mut worst = Duration::ZERO;
+        let mut late = 0;
+        for s in self
+            .seen
+            .iter()
+            .filter(|s| s.kind == Kind::Victim && s.status == 200)
+        {
+            if let Some(at) = s.victim.and_then(|v| self.revoked.get(&v))
+                && s.at > *at
+            {
+                worst = worst.max(s.at - *at);
+                if s.at - *at > Duration::from_secs(1) && !self.in_fault(s.at) {
+                    late += 1;
+                }
+            }
+        }
+        row(
+            "admitted after revocation, latest",
+            format!(
+                "{:.0} ms after; {late} past 1 s outside faults",
+                worst.as_secs_f64() * 1000.0
+            ),
+            late == 0,
+        );
+
+        // The usage-limited token: never more than its uses.
+        let uses = self
+            .seen
+            .iter()
+            .filter(|s| s.kind == Kind::Uses && s.status == 200)
+            .count() as u64;
+        row(
+            "usage-limited token admitted",
+            format!("{uses} of {USES} uses"),
+            uses <= USES,
+        );
+
+        // The quota across instances (shared in Redis) outside Redis faults.
+        let limited: Vec<&Seen> = self
+            .seen
+            .iter()
+            .filter(|s| s.kind == Kind::Limited && s.status == 200)
+            .collect();
+        let redis_fault = |at: Duration| {
+            self.windows
+                .iter()
+                .filter(|w| w.name.starts_with("Redis"))
+                .any(|w| w.covers(at))
+        };
+        let shared = limited.iter().filter(|s| !redis_fault(s.at)).count();
+        let allowed = 10 + (self.elapsed.as_secs_f64()).ceil() as usize;
+        row(
+            "60/min quota (burst 10) admitted, Redis up",
+            format!(
+                "{shared} (at most {allowed}); {} in Redis faults",
+                limited.len() - shared
+            ),
+            shared <= allowed,
+        );
+
+        // Memory, descriptors, readiness at the end.
+        for i in 0..3 {
+            let (warm, end) = (self.rss_warm.get(i).copied().unwrap_or(0), self.rss_end[i]);
+            if cluster.instances[i].killed || i == 1 {
+                row(
+                    &format!("instance {i}: RSS at the end (restarted)"),
+                    format!("{} MiB", end / 1024),
+                    end < 512 * 1024,
+                );
+            } else {
+                row(
+                    &format!("instance {i}: RSS warm-up → end"),
+                    format!("{} → {} MiB", warm / 1024, end / 1024),
+                    end <= warm + 64 * 1024,
+                );
+            }
+            row(
+                &format!("instance {i}: open file descriptors"),
+                self.fds[i].to_string(),
+                self.fds[i] < 512,
+            );
+            row(
+                &format!("instance {i}: ready at the end"),
+                self.readiness[i].to_string(),
+                self.readiness[i],
+            );
+        }
+
+        // Throughput and tail outside faults.
+        let mut calm: Vec<Duration> = self
+            .seen
+            .iter()
+            .filter(|s| !self.in_fault(s.at))
+            .map(|s| s.latency)
+            .collect();
+        calm.sort();
+        let p99 = calm.get(calm.len() * 99 / 100).copied().unwrap_or_default();
+        let fault_time: f64 = self
+            .windows
+            .iter()
+            .map(|w| (w.end - w.start + GRACE).as_secs_f64())
+            .sum();
+        let calm_rate = calm.len() as f64 / (self.elapsed.as_secs_f64() - fault_time).max(1.0);
+        row(
+            "outside faults: answers/s, p99",
+            format!("{calm_rate:.0}/s, {:.1} ms", p99.as_secs_f64() * 1000.0),
+            true,
+        );
+        failures
+    }
+}
