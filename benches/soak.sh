@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The soak: three axum-notes instances on PostgreSQL and Redis under mixed
 # load while PostgreSQL, Redis and the instances fail on a schedule
-# (benches/support/soak.rs says which and what is asserted). Prints the
+# (benches/support/soak/main.rs says which and what is asserted). Prints the
 # faults and a table; exits non-zero when an assertion fails.
 #
 # It stops and starts the machine's PostgreSQL and Redis: run it alone.
