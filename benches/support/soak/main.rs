@@ -25,7 +25,7 @@ mod report;
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ use hyper_util::rt::TokioExecutor;
 use tokengate_postgres::testing::TestDatabase;
 
 use cluster::{Cluster, Instance, free_port, redis_cli, sh, wait_for};
-use report::{CLIENTS, Kind, Report, Seen, USES, Window};
+use report::{CLIENTS, Kind, Report, Sample, Seen, USES, Window};
 
 /// The tokens the load uses.
 struct Tokens {
@@ -153,6 +153,9 @@ async fn run(duration: Duration) -> i32 {
     });
     let ports: Vec<u16> = cluster.instances.iter().map(|i| i.port).collect();
     let revoked: Arc<Mutex<HashMap<usize, Duration>>> = Arc::default();
+    let refusals: Arc<Mutex<Vec<(Duration, Duration)>>> = Arc::default();
+    let probes: Arc<[AtomicUsize; 3]> = Arc::default();
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -236,10 +239,27 @@ async fn run(duration: Duration) -> i32 {
         }));
     }
 
-    // Revocations during the run: one victim every second.
+    // Readiness, sampled on every instance four times a second.
+    let sampler = {
+        let (samples, stop) = (Arc::clone(&samples), Arc::clone(&stop));
+        let admins: Vec<u16> = cluster.instances.iter().map(|i| i.admin).collect();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for (i, admin) in admins.iter().enumerate() {
+                    let status = http_status(*admin, "/readyz", None);
+                    samples.lock().unwrap().push((start.elapsed(), i, status));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
+
+    // Revocations during the run: one victim every second, then how long
+    // until every instance refuses it.
     let lifecycle = {
         let (revoked, stop, tokens) =
             (Arc::clone(&revoked), Arc::clone(&stop), Arc::clone(&tokens));
+        let (refusals, ports, probes) = (Arc::clone(&refusals), ports.clone(), Arc::clone(&probes));
         let cli = (
             cluster.cli.clone(),
             cluster.db_url.clone(),
@@ -274,7 +294,15 @@ async fn run(duration: Duration) -> i32 {
                     .output()
                     .is_ok_and(|o| o.status.success());
                 if done {
-                    revoked.lock().unwrap().insert(v, start.elapsed());
+                    let at = start.elapsed();
+                    revoked.lock().unwrap().insert(v, at);
+                    let delay = refused_everywhere(
+                        &ports,
+                        &tokens.victims[v],
+                        Duration::from_secs(5),
+                        &probes[..],
+                    );
+                    refusals.lock().unwrap().push((at, delay));
                 }
             }
         })
@@ -370,6 +398,7 @@ async fn run(duration: Duration) -> i32 {
         let _ = client.await;
     }
     let _ = lifecycle.join();
+    let _ = sampler.join();
     let elapsed = start.elapsed();
     for i in 0..3 {
         cluster.signal(i, "-TERM");
@@ -384,6 +413,9 @@ async fn run(duration: Duration) -> i32 {
         rss_end,
         fds,
         readiness,
+        refusals: std::mem::take(&mut *refusals.lock().unwrap()),
+        probes: probes.iter().map(|p| p.load(Ordering::Relaxed)).collect(),
+        samples: std::mem::take(&mut *samples.lock().unwrap()),
     };
     let failures = report.print(&cluster);
     let _ = redis_keys_removed(&redis, &cluster.prefix).await;
@@ -398,6 +430,51 @@ async fn run(duration: Duration) -> i32 {
         );
         1
     }
+}
+
+/// The status of `GET path` on 127.0.0.1:`port` (with `token`), over a
+/// connection of its own; `None` when nothing answers.
+fn http_status(port: u16, path: &str, token: Option<&str>) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{auth}connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut head = [0_u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// How long until every instance that answers refuses `token` (401), at
+/// most `limit`.
+/// Every answer is counted in `answered` (by instance): it has an audit
+/// record too.
+fn refused_everywhere(
+    ports: &[u16],
+    token: &str,
+    limit: Duration,
+    answered: &[AtomicUsize],
+) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let mut admitted = false;
+        for (i, port) in ports.iter().enumerate() {
+            let status = http_status(*port, "/notes", Some(token));
+            if status.is_some() {
+                answered[i].fetch_add(1, Ordering::Relaxed);
+            }
+            admitted |= status == Some(200);
+        }
+        if !admitted {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    limit
 }
 
 fn ready(admin: u16) -> bool {

@@ -52,6 +52,9 @@ impl Window {
     }
 }
 
+/// One `/readyz` sample: when, which instance, its status (`None`: no answer).
+pub(crate) type Sample = (Duration, usize, Option<u16>);
+
 pub(crate) struct Report {
     pub(crate) seen: Vec<Seen>,
     pub(crate) windows: Vec<Window>,
@@ -61,6 +64,12 @@ pub(crate) struct Report {
     pub(crate) rss_end: Vec<u64>,
     pub(crate) fds: Vec<usize>,
     pub(crate) readiness: Vec<bool>,
+    /// Each revocation: when, and how long until every instance refused.
+    pub(crate) refusals: Vec<(Duration, Duration)>,
+    /// The revocation prober's answers, by instance (audited too).
+    pub(crate) probes: Vec<usize>,
+    /// `/readyz` samples.
+    pub(crate) samples: Vec<Sample>,
 }
 
 fn audit_lines(path: &Path) -> usize {
@@ -107,7 +116,7 @@ impl Report {
 
         // Audit: one record per answer (Block mode), per instance.
         for (i, instance) in cluster.instances.iter().enumerate() {
-            let answered = self.seen.iter().filter(|s| s.instance == i).count();
+            let answered = self.seen.iter().filter(|s| s.instance == i).count() + self.probes[i];
             let records = audit_lines(&instance.audit);
             if instance.killed {
                 let missing = answered.saturating_sub(records);
@@ -166,6 +175,54 @@ impl Report {
                 worst.as_secs_f64() * 1000.0
             ),
             late == 0,
+        );
+
+        // Every revocation refused by every instance within a second.
+        let calm: Vec<Duration> = self
+            .refusals
+            .iter()
+            .filter(|(at, _)| !self.in_fault(*at))
+            .map(|(_, d)| *d)
+            .collect();
+        let worst_calm = calm.iter().max().copied().unwrap_or_default();
+        let worst = self
+            .refusals
+            .iter()
+            .map(|(_, d)| *d)
+            .max()
+            .unwrap_or_default();
+        row(
+            "revocation refused by all instances",
+            format!(
+                "{} revocations; worst {:.0} ms outside faults, {:.0} ms overall",
+                self.refusals.len(),
+                worst_calm.as_secs_f64() * 1000.0,
+                worst.as_secs_f64() * 1000.0
+            ),
+            !self.refusals.is_empty() && worst_calm <= Duration::from_secs(1),
+        );
+
+        // /readyz not ready only inside fault windows.
+        let not_ready = |s: &&Sample| s.2.is_some_and(|code| code != 200);
+        let outside = self
+            .samples
+            .iter()
+            .filter(not_ready)
+            .filter(|s| !self.in_fault(s.0))
+            .count();
+        let inside = self
+            .samples
+            .iter()
+            .filter(not_ready)
+            .filter(|s| self.in_fault(s.0))
+            .count();
+        row(
+            "/readyz not ready outside fault windows (+3 s)",
+            format!(
+                "{outside} of {} samples (inside: {inside})",
+                self.samples.len()
+            ),
+            outside == 0,
         );
 
         // The usage-limited token: never more than its uses.
