@@ -28,13 +28,13 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cli = args::Cli::parse();
-    if let args::Command::Serve(serve) = cli.command {
-        return commands::serve(cli.db, cli.pepper_file, *serve);
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // A server uses every core; a command, one thread.
+    let mut builder = if matches!(cli.command, args::Command::Serve(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start: {error}");

@@ -221,37 +221,18 @@ fn verify_audit(file: &Path, key_file: Option<&Path>) -> Result<ExitCode> {
     })
 }
 
-/// `tokengate serve`, on a runtime with a thread per core.
-pub(crate) fn serve(
-    db: Database,
-    pepper_file: Option<std::path::PathBuf>,
-    args: tokengate_server::serve::ServeArgs,
-) -> ExitCode {
-    tokengate_server::init_logging(args.ops.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start: {error}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(tokengate_server::serve::serve(db, pepper_file, args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            for line in error.to_string().lines() {
-                eprintln!("error: {}", tokengate::core::escape_for_display(line));
-            }
-            ExitCode::from(1)
-        }
-    }
-}
-
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
-        Command::Serve(_) => Err("serve runs on its own runtime".to_owned()),
+        Command::Serve(args) => {
+            tokengate_server::init_logging(args.ops.log_format);
+            let serve = tokengate_server::serve::serve(
+                cli.db.clone(),
+                cli.pepper_file.clone(),
+                (**args).clone(),
+            );
+            serve.await.map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit {
             command: AuditCommand::Verify { file, key_file },
         } => verify_audit(file, key_file.as_deref()),
