@@ -646,3 +646,147 @@ proptest! {
         prop_assert_eq!(sink.take().len(), plan.len());
     }
 }
+
+/// A device that takes `room` more bytes, then fails every write with
+/// "no space left" until given more room.
+#[derive(Clone, Default)]
+struct Disk {
+    room: Arc<Mutex<usize>>,
+    out: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Disk {
+    fn with_room(room: usize) -> Self {
+        let disk = Self::default();
+        *disk.room.lock().unwrap() = room;
+        disk
+    }
+
+    fn free(&self) {
+        *self.room.lock().unwrap() = usize::MAX;
+    }
+}
+
+impl Write for Disk {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut room = self.room.lock().unwrap();
+        if *room == 0 {
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
+        let n = buf.len().min(*room);
+        *room -= n;
+        self.out.lock().unwrap().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Polls `done` every 5 ms for up to 5 s.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_full_device_stalls_the_writer_and_loses_no_record() {
+    // Room for a line and a half: the second line is cut by the full disk.
+    let line = {
+        let disk = Disk::with_room(usize::MAX);
+        let sink = JsonLinesSink::builder().writer(disk.clone());
+        sink.record(event());
+        sink.shutdown();
+        disk.out.lock().unwrap().len()
+    };
+    let disk = Disk::with_room(line + line / 2);
+    let sink = JsonLinesSink::builder()
+        .overflow(Overflow::Block)
+        .writer(disk.clone());
+    for _ in 0..10 {
+        sink.record(event());
+    }
+    eventually("the writer reports the stall", || sink.stalled().is_some());
+    let stalled = sink.stalled().unwrap();
+    assert!(stalled.contains("No space left"), "{stalled}");
+    assert_eq!(sink.stats().written, 1, "one line fitted");
+    assert_eq!(sink.stats().failed, 0);
+
+    disk.free();
+    sink.flush();
+    assert_eq!(sink.stalled(), None, "writing resumed");
+    assert_eq!(
+        sink.stats(),
+        SinkStats {
+            written: 10,
+            dropped: 0,
+            failed: 0
+        }
+    );
+    // Every record whole, once, and chained: the cut line was finished
+    // where the disk stopped, not written again.
+    let dir = std::env::temp_dir().join(format!("tokengate-full-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("audit.jsonl");
+    std::fs::write(&path, disk.out.lock().unwrap().as_slice()).unwrap();
+    let report = crate::hash_chain::verify(&path).unwrap();
+    assert_eq!(report.records, 10);
+    assert!(report.torn_lines.is_empty(), "{:?}", report.torn_lines);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn drop_mode_on_a_full_device_counts_exactly_the_records_it_did_not_keep() {
+    let disk = Disk::with_room(0);
+    let sink = JsonLinesSink::builder()
+        .capacity(8)
+        .overflow(Overflow::Drop)
+        .writer(disk.clone());
+    for _ in 0..100 {
+        sink.record(event());
+    }
+    eventually("the writer reports the stall", || sink.stalled().is_some());
+    disk.free();
+    sink.shutdown();
+    let stats = sink.stats();
+    assert!(stats.dropped >= 90, "{stats:?}");
+    assert_eq!(stats.failed, 0);
+    assert_eq!(stats.written + stats.dropped, 100);
+    let lines = disk
+        .out
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count();
+    assert_eq!(u64::try_from(lines).unwrap(), stats.written);
+}
+
+#[test]
+fn a_writer_stopping_on_a_full_device_counts_what_it_could_not_write_as_failed() {
+    let disk = Disk::with_room(0);
+    let sink = JsonLinesSink::builder().writer(disk);
+    for _ in 0..3 {
+        sink.record(event());
+    }
+    eventually("the writer reports the stall", || sink.stalled().is_some());
+    // Gives up after the shutdown grace instead of hanging the shutdown.
+    sink.shutdown();
+    assert_eq!(
+        sink.stats(),
+        SinkStats {
+            written: 0,
+            dropped: 0,
+            failed: 3
+        }
+    );
+    sink.record(event());
+    assert_eq!(sink.stats().failed, 4, "a record after the shutdown");
+}

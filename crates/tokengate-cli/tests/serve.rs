@@ -650,6 +650,7 @@ async fn serve_shares_redis_and_reports_readiness_and_metrics_as_the_examples_do
     let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(ready["components"]["redis"], "ok");
     assert_eq!(ready["components"]["store"], "ok");
+    assert_eq!(ready["components"]["audit"], "ok");
     let (status, metrics) = get(&format!("{admin}/metrics")).await;
     assert_eq!(status, 200);
     let decisions: Vec<&str> = metrics

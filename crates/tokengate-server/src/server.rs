@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokengate::audit::{JsonLinesSink, Overflow};
 use tokengate::core::Audience;
 use tokengate::deployment::{Database, Readiness, SetupError};
 use tokengate::ipfilter::{IpRules, ResolveClientIpLayer};
@@ -27,6 +28,14 @@ pub struct ServerArgs {
     /// The JSON-lines audit file.
     #[arg(long, default_value = "./audit.jsonl")]
     pub audit_log: PathBuf,
+    /// What a full audit queue does: `block` (a request waits up to 5 s for
+    /// room, then gets 503; no record is lost) or `drop` (the record is
+    /// dropped and counted in tokengate_audit_records_total{result="dropped"}).
+    #[arg(long, default_value = "block", value_parser = parse_overflow)]
+    pub audit_overflow: Overflow,
+    /// Records queued between requests and the audit writer (at least 1).
+    #[arg(long, default_value_t = 8_192, value_parser = clap::value_parser!(u32).range(1..))]
+    pub audit_capacity: u32,
     /// This service's audience: tokens must list it.
     #[arg(long, default_value = "notes")]
     pub audience: String,
@@ -45,6 +54,17 @@ pub struct ServerArgs {
     /// Logs and the admin listener.
     #[command(flatten)]
     pub ops: OpsArgs,
+}
+
+/// `--audit-overflow`: `block` or `drop`.
+fn parse_overflow(value: &str) -> Result<Overflow, String> {
+    match value {
+        "block" => Ok(Overflow::Block),
+        "drop" => Ok(Overflow::Drop),
+        other => Err(format!(
+            "{other:?} is not an overflow policy: use block or drop"
+        )),
+    }
 }
 
 /// Where rate limits are shared, flattened into each server's arguments.
@@ -128,7 +148,13 @@ impl Instance {
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let addr = listener.local_addr()?;
         let admin = Admin::bind(&args.ops).await?;
-        let mut builder = Deployment::builder(args.db.clone()).audit_log(&args.audit_log);
+        let mut builder = Deployment::builder(args.db.clone())
+            .audit_log(&args.audit_log)
+            .audit_sink(
+                JsonLinesSink::builder()
+                    .overflow(args.audit_overflow)
+                    .capacity(args.audit_capacity as usize),
+            );
         if let Some(file) = &args.pepper_file {
             builder = builder.pepper_file(file);
         }

@@ -133,6 +133,7 @@ async fn counters_are_exact_and_readiness_follows_the_store() {
     let body = ready_becomes(&admin, StatusCode::OK).await;
     assert!(body.contains(r#""ready":true"#), "{body}");
     assert!(body.contains(r#""feed":"ok""#), "{body}");
+    assert!(body.contains(r#""audit":"ok""#), "{body}");
 
     // Allowed three times: two readers (a miss, then a hit) and the slow
     // token's one request.

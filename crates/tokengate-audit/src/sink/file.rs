@@ -2,7 +2,7 @@ use std::fmt;
 use std::fs::{OpenOptions, TryLockError};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -58,7 +58,8 @@ pub struct SinkStats {
     pub written: u64,
     /// Records dropped because the queue was full ([`Overflow::Drop`]).
     pub dropped: u64,
-    /// Records lost to write errors.
+    /// Records lost: not written when the writer stopped (a write error
+    /// that outlasted the shutdown grace), or sent after the shutdown.
     pub failed: u64,
 }
 
@@ -204,6 +205,9 @@ impl JsonLinesSinkBuilder {
             freed: 0,
             unreported: 0,
             last_ended: None,
+            gave_up: false,
+            stalling: false,
+            written: 0,
         };
         let thread = std::thread::Builder::new()
             .name("tokengate-audit".into())
@@ -255,6 +259,11 @@ struct Counters {
     written: AtomicU64,
     dropped: AtomicU64,
     failed: AtomicU64,
+    /// The error the writer is retrying, while its writes fail.
+    stalled: Mutex<Option<String>>,
+    /// Set by the shutdown: a writer retrying a write gives up after the
+    /// shutdown grace.
+    closing: AtomicBool,
     /// The same counts for a `metrics` recorder, and the writer's gauges.
     metrics: SinkMetrics,
 }
@@ -266,6 +275,8 @@ impl Counters {
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            stalled: Mutex::new(None),
+            closing: AtomicBool::new(false),
             metrics: SinkMetrics {
                 written: records("written"),
                 dropped: records("dropped"),
@@ -339,6 +350,26 @@ impl JsonLinesSink {
         }
     }
 
+    /// While the writer cannot write (a full disk, a failing device): the
+    /// error it is retrying. `None` when writes succeed.
+    ///
+    /// A write that fails is retried, never skipped: the record keeps its
+    /// place at the head of the queue and the chain waits for it. Behind
+    /// it the queue fills, and then [`Overflow`] decides: under `Block`
+    /// requests wait for room (and are refused with 503 after the wait
+    /// bound), under `Drop` their records are dropped and counted. Either
+    /// way no record is lost uncounted, and the writer goes on where it
+    /// stopped as soon as the device takes writes again. Readiness probes
+    /// should report this (`Deployment::readiness` in `tokengate` does).
+    pub fn stalled(&self) -> Option<String> {
+        self.shared
+            .stats
+            .stalled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Waits until everything queued before this call is written and flushed.
     pub fn flush(&self) {
         let (ack, done) = bounded(1);
@@ -362,6 +393,7 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(thread) = thread {
+            self.stats.closing.store(true, Ordering::SeqCst);
             let _ = self.sender.send(Message::Shutdown);
             let _ = thread.join();
         }

@@ -206,10 +206,11 @@ impl Deployment {
         })
     }
 
-    /// What `/readyz` checks for this deployment: the store and its change
-    /// feed (add the Redis rate state with [`Readiness::redis`](Readiness::redis)).
+    /// What `/readyz` checks for this deployment: the store, its change
+    /// feed and the audit file's writer (add the Redis rate state with
+    /// [`Readiness::redis`](Readiness::redis)).
     pub fn readiness(&self) -> Readiness {
-        Readiness::new(self.store.clone(), self.feed.clone())
+        Readiness::new(self.store.clone(), self.feed.clone()).audit(self.audit.clone())
     }
 
     /// An authenticate layer for `audience` over this store, recording

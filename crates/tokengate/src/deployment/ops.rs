@@ -3,14 +3,15 @@
 //! [`Readiness`] checks the parts a request may need beyond the process:
 //! the token store (one indexed lookup, bounded by a timeout), the store's
 //! change feed (PostgreSQL: is it listening; without it revocations from
-//! other instances do not arrive), and the shared rate state when one is
-//! configured (Redis: a `PING`). With the `axum` feature,
+//! other instances do not arrive), the audit file (is its writer writing),
+//! and the shared rate state when one is configured (Redis: a `PING`). With the `axum` feature,
 //! [`ops_router`] serves `/healthz`, `/readyz` and `/metrics` for an admin
 //! listener of its own.
 
 use std::fmt;
 use std::time::Duration;
 
+use tokengate_audit::JsonLinesSink;
 use tokengate_core::{KeyId, TokenHash};
 use tokengate_store::TokenStore;
 
@@ -19,12 +20,15 @@ use super::{AnyStore, FeedHealth};
 /// The checks behind `/readyz`: the parts a request may need beyond the
 /// process. The token store (one indexed lookup, bounded by a timeout),
 /// the store's change feed (PostgreSQL: is it listening; without it
-/// revocations from other instances do not arrive), and the shared rate
-/// state when one is configured (Redis: a `PING`).
+/// revocations from other instances do not arrive), the audit file (not
+/// ready while its writes fail: under `Block` requests are about to wait
+/// for it, under `Drop` their records are about to be dropped), and the
+/// shared rate state when one is configured (Redis: a `PING`).
 #[derive(Clone)]
 pub struct Readiness {
     store: AnyStore,
     feed: FeedHealth,
+    audit: Option<JsonLinesSink>,
     #[cfg(feature = "redis")]
     redis: Option<tokengate_redis::RedisRateState>,
     timeout: Duration,
@@ -43,7 +47,7 @@ impl fmt::Debug for Readiness {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Component {
-    /// `store`, `feed` or `redis`.
+    /// `store`, `feed`, `audit` or `redis`.
     pub name: &'static str,
     /// Whether the part can serve.
     pub ready: bool,
@@ -78,10 +82,18 @@ impl Readiness {
         Self {
             store,
             feed,
+            audit: None,
             #[cfg(feature = "redis")]
             redis: None,
             timeout: Duration::from_secs(2),
         }
+    }
+
+    /// Also checks that `sink`'s writer is writing
+    /// ([`JsonLinesSink::stalled`]).
+    pub fn audit(mut self, sink: JsonLinesSink) -> Self {
+        self.audit = Some(sink);
+        self
     }
 
     /// Also checks the shared rate state in Redis.
@@ -102,6 +114,12 @@ impl Readiness {
         let mut components = vec![self.store().await];
         if let Some(feed) = self.feed() {
             components.push(feed);
+        }
+        if let Some(sink) = &self.audit {
+            components.push(match sink.stalled() {
+                None => ok("audit"),
+                Some(error) => failed("audit", format!("cannot write: {error}; retrying")),
+            });
         }
         #[cfg(feature = "redis")]
         if let Some(redis) = &self.redis {
@@ -194,4 +212,82 @@ pub fn ops_router(
                 async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
             }),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deployment::{Database, Deployment};
+
+    /// A device with no room left.
+    struct Full;
+
+    impl std::io::Write for Full {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(28))
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_audit_writer_that_cannot_write_makes_the_deployment_not_ready() {
+        let dir = std::env::temp_dir().join(format!("tokengate-ready-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut deployment = Deployment::builder(Database::Sqlite(dir.join("tokens.db")))
+            .audit_log(dir.join("audit.jsonl"))
+            .open()
+            .await
+            .unwrap();
+        let report = deployment.readiness().check().await;
+        assert!(report.ready, "{}", report.to_json());
+        assert!(
+            report.to_json().contains(r#""audit":"ok""#),
+            "{}",
+            report.to_json()
+        );
+
+        deployment.audit = JsonLinesSink::builder().writer(Full);
+        // One request through the audit layer: its record cannot be written.
+        let service = tower::Layer::layer(
+            &tokengate_audit::AuditLayer::new(deployment.audit.clone()),
+            tower::service_fn(|_: http::Request<()>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+            }),
+        );
+        let response = tower::ServiceExt::oneshot(service, http::Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let start = std::time::Instant::now();
+        let report = loop {
+            let report = deployment.readiness().check().await;
+            if !report.ready || start.elapsed() > Duration::from_secs(5) {
+                break report;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert!(!report.ready, "{}", report.to_json());
+        let audit = report
+            .components
+            .iter()
+            .find(|c| c.name == "audit")
+            .unwrap();
+        assert!(!audit.ready);
+        assert!(
+            audit.detail.starts_with("cannot write: No space left"),
+            "{}",
+            audit.detail
+        );
+        assert!(
+            report
+                .components
+                .iter()
+                .filter(|c| c.name != "audit")
+                .all(|c| c.ready)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -18,12 +18,21 @@ pub(super) struct Writer {
     pub(super) capacity: usize,
     pub(super) stats: Arc<Counters>,
     pub(super) room: Option<Arc<Semaphore>>,
+    /// Bytes of the line being written that the destination has taken
+    /// (a write that failed part way).
+    pub(super) written: usize,
     /// Places taken off the queue and not yet given back to `room`.
     pub(super) freed: usize,
     /// Records written since the metrics were last told, and when the
     /// last of them ended: told once per batch, like the room.
     pub(super) unreported: u64,
     pub(super) last_ended: Option<SystemTime>,
+    /// A shutdown's grace ran out while a write failed: later failures
+    /// are counted at once.
+    pub(super) gave_up: bool,
+    /// Writes are failing (the shared [`Counters::stalled`] holds the
+    /// error); kept here so a successful write reads no lock.
+    pub(super) stalling: bool,
 }
 
 /// How many places the writer frees before it gives them back to waiting
@@ -42,6 +51,15 @@ pub(super) const CONTROL_ROOM: usize = 64;
 /// wake-ups and a warmer cache per record (`BENCHMARKS.md` has the
 /// writer's CPU per record at both naps).
 const NAP: Duration = Duration::from_millis(5);
+/// The first pause before a failed write is tried again; each failure
+/// doubles it, up to [`RETRY_AT_MOST`].
+const RETRY_FIRST: Duration = Duration::from_millis(10);
+/// The longest pause between two tries of a failed write.
+const RETRY_AT_MOST: Duration = Duration::from_millis(500);
+/// How long a shutting-down writer keeps retrying a failed write before it
+/// counts what is left as failed (a server stopping on a full disk).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// The nap after a drain that found the queue a quarter full or more, so a
 /// small queue does not fill (and block or drop) while the writer sleeps.
 const SHORT_NAP: Duration = Duration::from_millis(1);
@@ -170,31 +188,90 @@ impl Writer {
         self.event = Some(event);
     }
 
+    /// Writes one record's line, retrying until it is written: a record is
+    /// never skipped (its successor's link names it), so a device that
+    /// fails stalls the writer and the queue behind it fills instead (see
+    /// [`JsonLinesSink::stalled`]). Only a writer shutting down gives up,
+    /// after [`SHUTDOWN_GRACE`], and counts the record as failed.
+    ///
+    /// A failed write writes nothing twice: the next try goes on from the
+    /// byte where the device stopped (and the file's buffer keeps what
+    /// the device did not take), so the line comes out whole.
     fn write(&mut self, event: &AuditEvent) {
         let hash = hash_chain::link(event, &self.prev, self.key.as_ref(), &mut self.line);
         self.line.push('\n');
+        let mut pause = RETRY_FIRST;
+        let mut closing_since: Option<Instant> = None;
+        loop {
+            match self.try_write() {
+                Ok(()) => break,
+                Err(error) => {
+                    if self.stats.closing.load(Ordering::SeqCst) {
+                        let since = *closing_since.get_or_insert_with(Instant::now);
+                        if self.gave_up || since.elapsed() >= SHUTDOWN_GRACE {
+                            self.gave_up = true;
+                            self.stats.failed();
+                            tracing::error!(%error, "audit record lost: the writer stopped before the device took it");
+                            return;
+                        }
+                    }
+                    self.stall(&error);
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(RETRY_AT_MOST);
+                }
+            }
+        }
+        self.resume();
+        self.prev.clear();
+        self.prev.push_str(hash.as_str());
+        self.stats.written.fetch_add(1, Ordering::SeqCst);
+        self.unreported += 1;
+    }
+
+    /// Writes what is left of the line (and of the newline ending a torn
+    /// line before it). A device that took part of it before failing has
+    /// that part counted in `self.written`, so the next try goes on from
+    /// there instead of writing it twice.
+    fn try_write(&mut self) -> io::Result<()> {
         let out: &mut dyn Write = match &mut self.destination {
             Destination::File { file, .. } => file,
             Destination::Writer(writer) => writer,
         };
         // A torn last line (a crash mid-write) is ended first, so this
         // record is not glued to it.
-        let ended = if std::mem::take(&mut self.needs_newline) {
-            out.write_all(b"\n")
-        } else {
-            Ok(())
-        };
-        match ended.and_then(|()| out.write_all(self.line.as_bytes())) {
-            Ok(()) => {
-                self.prev.clear();
-                self.prev.push_str(hash.as_str());
-                self.stats.written.fetch_add(1, Ordering::SeqCst);
-                self.unreported += 1;
-            }
-            Err(error) => {
-                self.stats.failed();
-                tracing::error!(%error, "could not write an audit record");
-            }
+        if self.needs_newline {
+            write_from(out, b"\n", &mut self.written)?;
+            self.needs_newline = false;
+        }
+        write_from(out, self.line.as_bytes(), &mut self.written)
+    }
+
+    /// A write failed: says so once (the log, [`JsonLinesSink::stalled`]).
+    fn stall(&mut self, error: &io::Error) {
+        let mut stalled = self
+            .stats
+            .stalled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.stalling = true;
+        if stalled.is_none() {
+            tracing::error!(%error, "cannot write the audit file; retrying (requests wait or their records are dropped, by the overflow policy)");
+        }
+        *stalled = Some(error.to_string());
+    }
+
+    /// A write succeeded: clears a stall.
+    fn resume(&mut self) {
+        if !std::mem::take(&mut self.stalling) {
+            return;
+        }
+        let mut stalled = self
+            .stats
+            .stalled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if stalled.take().is_some() {
+            tracing::warn!("audit file writable again; writing resumed");
         }
     }
 
@@ -209,8 +286,27 @@ impl Writer {
             }),
             Destination::Writer(writer) => writer.flush(),
         };
-        if let Err(error) = result {
+        // While writes fail, the stall has been told already.
+        if let Err(error) = result
+            && !self.stalling
+        {
             tracing::error!(%error, "could not flush the audit file");
         }
     }
+}
+
+/// Writes `bytes[*done..]` to `out`, advancing `done` by what was taken
+/// (and back to 0 once all of it was); an error leaves `done` where the
+/// device stopped.
+fn write_from(out: &mut dyn Write, bytes: &[u8], done: &mut usize) -> io::Result<()> {
+    while let Some(rest) = bytes.get(*done..).filter(|rest| !rest.is_empty()) {
+        match out.write(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *done += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    *done = 0;
+    Ok(())
 }
