@@ -459,6 +459,56 @@ async fn while_the_database_is_down_hits_hold_misses_fail_and_the_return_flushes
 }
 
 #[tokio::test]
+async fn a_store_answering_late_times_misses_out_while_hits_hold_and_recovers() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let (admin, hasher, dir) = open(&db).await;
+    let proxy = Proxy::start(&db.target()).await;
+    let store = PostgresStore::builder(&db.url_via(&proxy.addr().to_string()))
+        .timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .unwrap();
+    let cache = CachedStore::new(
+        store.clone(),
+        CacheConfig::default().ttl(Duration::from_secs(3600)),
+    );
+    let (_, cached_hash) = issue_cached(
+        &Lifecycle::new(store.clone(), hasher.clone()),
+        &cache,
+        &hasher,
+    )
+    .await;
+    let missed = Lifecycle::new(admin, hasher.clone())
+        .issue(spec())
+        .await
+        .unwrap();
+
+    // Slower than the store's timeout: a miss is a timeout, a hit holds.
+    proxy.set_latency(Duration::from_secs(1));
+    let miss = cache.verify(&hasher.hash(&missed.token)).await;
+    assert!(
+        matches!(miss, Err(VerifyError::Store(StoreError::Timeout))),
+        "{miss:?}"
+    );
+    assert!(cache.verify(&cached_hash).await.is_ok(), "a hit holds");
+
+    proxy.set_latency(Duration::ZERO);
+    let start = std::time::Instant::now();
+    let miss = loop {
+        // Connections still holding a late chunk drain first.
+        let miss = cache.verify(&hasher.hash(&missed.token)).await;
+        if miss.is_ok() || start.elapsed() > Duration::from_secs(10) {
+            break miss;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(miss.is_ok(), "{miss:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
 async fn the_postgres_store_passes_the_store_conformance_suite() {
     let Some(db) = TestDatabase::create().await else {
         return;

@@ -249,14 +249,16 @@ pub fn record(subject: &str, scopes: &str) -> TokenRecord {
     }
 }
 
-/// A TCP proxy on a port of its own that can be cut and restored: a
-/// service (Redis, PostgreSQL) going away and coming back, as its clients
-/// see it.
+/// A TCP proxy on a port of its own that can be cut and restored, or
+/// slowed: a service (Redis, PostgreSQL) going away and coming back, or
+/// answering late, as its clients see it.
 #[derive(Debug)]
 pub struct Proxy {
     addr: std::net::SocketAddr,
     task: Option<tokio::task::JoinHandle<()>>,
     target: String,
+    /// Milliseconds each chunk waits before it is passed on.
+    latency: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[allow(
@@ -279,6 +281,7 @@ impl Proxy {
             addr,
             task: None,
             target: target.to_owned(),
+            latency: std::sync::Arc::default(),
         };
         proxy.serve(listener);
         proxy
@@ -289,15 +292,31 @@ impl Proxy {
         self.addr
     }
 
+    /// From now on every chunk, each way, on every connection (open or
+    /// new), is passed on `latency` after it arrived: a store answering
+    /// late. `Duration::ZERO` passes chunks on at once again.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        let millis = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.latency
+            .store(millis, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn serve(&mut self, listener: tokio::net::TcpListener) {
         let target = self.target.clone();
+        let latency = std::sync::Arc::clone(&self.latency);
         self.task = Some(tokio::spawn(async move {
             let mut links = tokio::task::JoinSet::new();
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 let target = target.clone();
+                let latency = std::sync::Arc::clone(&latency);
                 links.spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = tokio::net::TcpStream::connect(target).await {
+                        let (client_in, client_out) = client.into_split();
+                        let (server_in, server_out) = server.into_split();
+                        tokio::join!(
+                            pass_on(client_in, server_out, &latency),
+                            pass_on(server_in, client_out, &latency),
+                        );
                     }
                 });
             }
@@ -322,4 +341,28 @@ impl Proxy {
             .expect("the proxy's port, still free");
         self.serve(listener);
     }
+}
+
+/// Copies `from` to `to`, each chunk after the proxy's latency, until
+/// either end closes.
+async fn pass_on(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    latency: &std::sync::atomic::AtomicU64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0_u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buffer).await {
+        if n == 0 {
+            break;
+        }
+        let millis = latency.load(std::sync::atomic::Ordering::Relaxed);
+        if millis > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
