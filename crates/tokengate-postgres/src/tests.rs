@@ -465,7 +465,7 @@ async fn a_store_answering_late_times_misses_out_while_hits_hold_and_recovers() 
     };
     let (admin, hasher, dir) = open(&db).await;
     let proxy = Proxy::start(&db.target()).await;
-    let store = PostgresStore::builder(&db.url_via(&proxy.addr().to_string()))
+    let store = PostgresStore::builder(db.url_via(&proxy.addr().to_string()))
         .timeout(Duration::from_millis(300))
         .connect()
         .await
