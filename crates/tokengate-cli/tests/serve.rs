@@ -661,6 +661,18 @@ async fn serve_shares_redis_and_reports_readiness_and_metrics_as_the_examples_do
         decisions.iter().any(|l| l.contains("layer=\"gate\"")),
         "{decisions:?}"
     );
+    // The rate state's series are the recorder's: listed from the start,
+    // with the round trips just made.
+    assert!(
+        metrics.contains("tokengate_rate_state_fallbacks_total{policy=\"local\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("tokengate_rate_state_duration_seconds_count") && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
     drop((first, second));
     tokengate_tests::remove_redis_keys(&url, &prefix).await;
 }

@@ -74,7 +74,7 @@ pub async fn serve(
     args: ServeArgs,
 ) -> Result<(), SetupError> {
     let config = GateConfig::load(&args.config)?;
-    let redis = args.redis.state()?;
+    args.redis.check()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {} (--listen): {e}", args.listen))?;
@@ -87,6 +87,8 @@ pub async fn serve(
         ),
     };
     let admin = Admin::bind(&args.ops).await?;
+    // Made after the recorder is in: its counters are registered once.
+    let redis = args.redis.state()?;
     let mut builder = Deployment::builder(db).config(&config);
     if let Some(file) = &args.audit_log {
         builder = builder.audit_log(file);

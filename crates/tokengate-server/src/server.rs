@@ -84,8 +84,14 @@ pub struct RedisArgs {
 }
 
 impl RedisArgs {
-    /// The shared rate state, when `--redis` names one (checked, not yet
-    /// connected).
+    /// Checks the flags, before anything is bound or opened.
+    pub fn check(&self) -> Result<(), SetupError> {
+        self.state().map(drop)
+    }
+
+    /// The shared rate state, when `--redis` names one (not yet
+    /// connected). Its metrics are registered here, once: make it after
+    /// the recorder is installed.
     pub fn state(&self) -> Result<Option<RedisRateState>, SetupError> {
         let Some(url) = &self.redis else {
             return Ok(None);
@@ -141,13 +147,15 @@ impl Instance {
         let audience: Audience = args.audience.parse()?;
         let client_ip = ResolveClientIpLayer::trusted_proxies(&args.trusted_proxies)?;
         let ip_rules = IpRules::from_lists(&args.allow_ips, &args.deny_ips)?;
-        let redis = args.redis.state()?;
+        args.redis.check()?;
         let demo = demo_spec(&audience)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let addr = listener.local_addr()?;
         let admin = Admin::bind(&args.ops).await?;
+        // Made after the recorder is in: its counters are registered once.
+        let redis = args.redis.state()?;
         let mut builder = Deployment::builder(args.db.clone())
             .audit_log(&args.audit_log)
             .audit_sink(
