@@ -1,24 +1,71 @@
-//! The instances, the database and Redis the soak runs on, and the
-//! commands that fail them.
+//! The instances, the store and Redis the soak runs on, and the commands
+//! that drive and fail them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Which token store the instances share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Store {
+    /// One PostgreSQL database, reached through a proxy that can slow it.
+    Postgres,
+    /// One embedded SQLite file.
+    Sqlite,
+}
+
+/// The `tokengate` CLI on the soak's database.
+#[derive(Debug, Clone)]
+pub(crate) struct Cli {
+    pub(crate) bin: PathBuf,
+    /// `--db ...` and, for PostgreSQL, `--pepper-file ...`.
+    pub(crate) global: Vec<String>,
+}
+
+impl Cli {
+    /// Runs `tokengate ARGS`: its stdout, or why it failed.
+    pub(crate) fn run(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(&self.bin)
+            .args(&self.global)
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(format!(
+                "tokengate {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// The id of `token` (`inspect`).
+    pub(crate) fn id_of(&self, token: &str) -> Option<String> {
+        self.run(&["inspect", token]).ok().and_then(|out| {
+            out.lines()
+                .find_map(|l| l.strip_prefix("id:").map(|s| s.trim().to_owned()))
+        })
+    }
+}
 
 pub(crate) struct Instance {
     pub(crate) child: Option<Child>,
     pub(crate) port: u16,
     pub(crate) admin: u16,
     pub(crate) audit: PathBuf,
+    /// `--audit-overflow` and `--audit-capacity`.
+    pub(crate) audit_flags: Vec<&'static str>,
     pub(crate) killed: bool,
 }
 
 pub(crate) struct Cluster {
     pub(crate) dir: PathBuf,
     pub(crate) bin: PathBuf,
-    pub(crate) cli: PathBuf,
-    pub(crate) db_url: String,
-    pub(crate) pepper: String,
+    pub(crate) cli: Cli,
+    /// What the instances are given for the store (through the proxy for
+    /// PostgreSQL).
+    pub(crate) server_db: Vec<String>,
     pub(crate) redis: String,
     pub(crate) prefix: String,
     pub(crate) instances: Vec<Instance>,
@@ -33,20 +80,7 @@ pub(crate) fn free_port() -> u16 {
 }
 
 impl Cluster {
-    pub(crate) fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.cli)
-            .args(["--db", &self.db_url, "--pepper-file", &self.pepper])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tokengate {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
+    /// Issues a token for the notes audience; the token.
     pub(crate) fn issue(&self, name: &str, flags: &[&str]) -> String {
         let base = [
             "issue",
@@ -57,7 +91,7 @@ impl Cluster {
             "--audience",
             "notes",
         ];
-        self.cli(&[&base[..], flags].concat())
+        self.cli.run(&[&base[..], flags].concat()).unwrap()
     }
 
     /// Starts (or starts again) instance `i` on its port.
@@ -67,9 +101,10 @@ impl Cluster {
             .current_dir(&self.dir)
             .args(["--listen", &format!("127.0.0.1:{}", instance.port)])
             .args(["--admin-listen", &format!("127.0.0.1:{}", instance.admin)])
-            .args(["--db", &self.db_url, "--pepper-file", &self.pepper])
+            .args(&self.server_db)
             .args(["--redis", &self.redis, "--redis-prefix", &self.prefix])
             .args(["--audit-log", instance.audit.to_str().unwrap()])
+            .args(&instance.audit_flags)
             .args(["--admin", "--pre-auth-rate", "1000000"])
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
@@ -82,7 +117,9 @@ impl Cluster {
     }
 
     pub(crate) fn signal(&mut self, i: usize, signal: &str) {
-        let child = self.instances[i].child.as_mut().unwrap();
+        let Some(child) = self.instances[i].child.as_mut() else {
+            return;
+        };
         Command::new("kill")
             .args([signal, &child.id().to_string()])
             .status()
@@ -92,11 +129,19 @@ impl Cluster {
     }
 
     pub(crate) fn rss_kib(&self, i: usize) -> u64 {
+        self.status_field(i, "VmRSS:")
+    }
+
+    pub(crate) fn threads(&self, i: usize) -> u64 {
+        self.status_field(i, "Threads:")
+    }
+
+    fn status_field(&self, i: usize, field: &str) -> u64 {
         let pid = self.instances[i].child.as_ref().map_or(0, Child::id);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     }
@@ -105,13 +150,37 @@ impl Cluster {
         let pid = self.instances[i].child.as_ref().map_or(0, Child::id);
         std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
     }
+
+    /// The sum of the series of `name` whose labels contain `label` in
+    /// instance `i`'s `/metrics` (0 when none).
+    pub(crate) fn metric(&self, i: usize, name: &str, label: &str) -> f64 {
+        let text = crate::load::http_get(self.instances[i].admin, "/metrics").unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// `tokengate audit verify FILE`: its exit status and first line.
+pub(crate) fn verify_audit(cli: &Cli, file: &Path) -> (Option<i32>, String) {
+    let out = Command::new(&cli.bin)
+        .args(["audit", "verify", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.code(),
+        text.lines().next().unwrap_or_default().to_owned(),
+    )
 }
 
 pub(crate) fn wait_for(port: u16) {
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
-            start.elapsed() < Duration::from_secs(20),
+            start.elapsed() < Duration::from_secs(30),
             "nothing listens on {port}"
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -129,4 +198,47 @@ pub(crate) fn sh(command: &str) -> bool {
 
 pub(crate) fn redis_cli(args: &str) -> bool {
     sh(&format!("redis-cli -h 127.0.0.1 -p 6379 {args}"))
+}
+
+/// Small filesystems of the soak's own (tmpfs), unmounted when dropped.
+#[derive(Default)]
+pub(crate) struct Mounts(Vec<PathBuf>);
+
+impl Mounts {
+    /// Mounts a 1 GiB tmpfs on `dir`; false where mounting is not allowed
+    /// (not root).
+    pub(crate) fn mount(&mut self, dir: &Path) -> bool {
+        std::fs::create_dir_all(dir).unwrap();
+        let done = sh(&format!(
+            "mount -t tmpfs -o size=1g,mode=0700 tmpfs '{}'",
+            dir.display()
+        ));
+        if done {
+            self.0.push(dir.to_owned());
+        }
+        done
+    }
+}
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            sh(&format!("umount -l '{}'", dir.display()));
+        }
+    }
+}
+
+/// Fills the filesystem of `dir` to the last byte.
+pub(crate) fn fill(dir: &Path) {
+    let d = dir.display();
+    sh(&format!(
+        "fallocate -l $(df --output=avail -B1 '{d}' | tail -1) '{d}/filler'; \
+         dd if=/dev/zero of='{d}/filler-rest' bs=4096 2>/dev/null; true"
+    ));
+}
+
+/// Frees what [`fill`] took.
+pub(crate) fn free(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join("filler"));
+    let _ = std::fs::remove_file(dir.join("filler-rest"));
 }

@@ -1,14 +1,21 @@
 //! The soak driver (`benches/soak.sh`): three axum-notes instances on one
-//! PostgreSQL database and one Redis, under mixed load from a client of
-//! its own for `DURATION`, with faults injected on a schedule; then what
-//! held and what did not, as a table. Exits 1 when an assertion fails.
+//! token store and one Redis, under mixed load from a client of its own,
+//! with faults injected on a schedule (`faults.rs`); then what held and
+//! what did not, as a table. Three runs: PostgreSQL without faults (the
+//! baseline), PostgreSQL with every fault, and the embedded SQLite store
+//! with the faults that apply to it. Exits 1 when an assertion fails.
 //!
 //! Traffic goes to 127.0.0.1 only; every loop is bounded by the run's
 //! deadline. Needs the release binaries of axum-notes and tokengate
 //! beside this one (the script builds them), PostgreSQL and Redis as the
-//! tests find them (`TOKENGATE_POSTGRES_URL`, `TOKENGATE_REDIS_URL`), and
-//! the commands that stop and start them (`SOAK_PG_START`,
-//! `SOAK_REDIS_START`, with the machine's defaults).
+//! tests find them (`TOKENGATE_POSTGRES_URL`, `TOKENGATE_REDIS_URL`), the
+//! commands that stop and start them (`SOAK_PG_START`, `SOAK_REDIS_START`,
+//! with the machine's defaults), and root for the audit disks (tmpfs).
+//!
+//! `DURATION` (default 60s) is the faulted PostgreSQL run's length;
+//! `BASELINE` (default a quarter of it, 15 s to 150 s) and
+//! `SQLITE_DURATION` (default half of it, 30 s to 300 s) the others';
+//! `SOAK_RUNS` (default `baseline,postgres,sqlite`) which of them.
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -17,95 +24,361 @@
     clippy::print_stderr,
     clippy::panic,
     clippy::cast_possible_truncation,
-    clippy::cast_sign_loss
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss
 )]
 
 mod cluster;
+mod faults;
+mod load;
 mod report;
 
-use std::collections::HashMap;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokengate_postgres::testing::TestDatabase;
+use tokengate_store::testing::Proxy;
 
-use cluster::{Cluster, Instance, free_port, redis_cli, sh, wait_for};
-use report::{CLIENTS, Kind, Report, Sample, Seen, USES, Window};
+use cluster::{Cli, Cluster, Instance, Mounts, Store, free_port, verify_audit};
+use faults::{Targets, schedule};
+use load::{Shared, Tokens, spawn_changes, spawn_clients, spawn_samplers};
+use report::{Calm, End, Report, USES};
 
-/// The tokens the load uses.
-struct Tokens {
-    read: String,
-    limited: String,
-    uses: String,
-    admin: String,
-    victims: Vec<String>,
+/// One run.
+struct Plan {
+    label: &'static str,
+    store: Store,
+    faults: bool,
+    duration: Duration,
+}
+
+fn env_duration(name: &str) -> Option<Duration> {
+    std::env::var(name)
+        .ok()
+        .and_then(|d| humantime::parse_duration(&d).ok())
 }
 
 fn main() {
-    let duration = std::env::var("DURATION")
-        .ok()
-        .and_then(|d| humantime::parse_duration(&d).ok())
-        .unwrap_or(Duration::from_secs(60));
+    let duration = env_duration("DURATION").unwrap_or(Duration::from_secs(60));
+    let clamp = |d: Duration, low: u64, high: u64| {
+        d.clamp(Duration::from_secs(low), Duration::from_secs(high))
+    };
+    let plans = [
+        Plan {
+            label: "PostgreSQL, no faults",
+            store: Store::Postgres,
+            faults: false,
+            duration: env_duration("BASELINE").unwrap_or(clamp(duration / 4, 15, 150)),
+        },
+        Plan {
+            label: "PostgreSQL, faults",
+            store: Store::Postgres,
+            faults: true,
+            duration,
+        },
+        Plan {
+            label: "SQLite, faults",
+            store: Store::Sqlite,
+            faults: true,
+            duration: env_duration("SQLITE_DURATION").unwrap_or(clamp(duration / 2, 30, 300)),
+        },
+    ];
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let code = runtime.block_on(run(duration));
-    std::process::exit(code);
+    // SOAK_RUNS=postgres,sqlite (say) runs only those; the comparison
+    // needs the baseline.
+    let runs = std::env::var("SOAK_RUNS").unwrap_or_else(|_| "baseline,postgres,sqlite".into());
+    let mut failures = 0;
+    let mut calm = Vec::new();
+    for (plan, name) in plans.iter().zip(["baseline", "postgres", "sqlite"]) {
+        if !runs.split(',').any(|r| r.trim() == name) {
+            continue;
+        }
+        let (failed, figures) = runtime.block_on(run(plan));
+        failures += failed;
+        calm.push((plan.label, figures));
+    }
+    let base = calm.first().map(|c| c.1).unwrap_or_default();
+    println!("\n## Outside fault windows, beside the no-fault run\n");
+    println!("| run | answers/s | p50 | p99 | answers/s vs no faults |\n|---|---|---|---|---|");
+    for (label, c) in &calm {
+        println!(
+            "| {label} | {:.0} | {:.1} ms | {:.1} ms | {:.2}× |",
+            c.per_second,
+            c.p50.as_secs_f64() * 1000.0,
+            c.p99.as_secs_f64() * 1000.0,
+            c.per_second / base.per_second.max(1.0)
+        );
+    }
+    if failures > 0 {
+        eprintln!("soak: {failures} assertion(s) failed");
+        std::process::exit(1);
+    }
 }
 
-async fn run(duration: Duration) -> i32 {
+/// Runs `plan`: its failed assertions and its figures outside faults.
+async fn run(plan: &Plan) -> (usize, Calm) {
+    println!(
+        "\n## {} ({} s)",
+        plan.label,
+        plan.duration.as_secs_f64().round()
+    );
     let here = std::env::current_exe().unwrap();
     let release = here.parent().unwrap().parent().unwrap().to_path_buf();
-    let db = TestDatabase::create().await.expect("PostgreSQL answers");
-    let dir = std::env::temp_dir().join(format!("tokengate-soak-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "tokengate-soak-{}-{}",
+        std::process::id(),
+        plan.label.replace([' ', ','], "")
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let redis =
         std::env::var("TOKENGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+
+    // The audit folders of instances 0 (drop) and 1 (block) on small
+    // filesystems of their own, to fill.
+    let mut mounts = Mounts::default();
+    let audit_dirs: Vec<PathBuf> = (0..3).map(|i| dir.join(format!("audit-{i}"))).collect();
+    let audit_mounts: Vec<Option<PathBuf>> = audit_dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (plan.faults && i < 2 && mounts.mount(d)).then(|| d.clone()))
+        .collect();
+    for d in &audit_dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+
+    let (db, postgres, global, server_db) = match plan.store {
+        Store::Postgres => {
+            let db = TestDatabase::create().await.expect("PostgreSQL answers");
+            let proxy = Proxy::start(&db.target()).await;
+            let pepper = dir.join("pepper").display().to_string();
+            let global = vec![
+                "--db".to_owned(),
+                db.url().to_owned(),
+                "--pepper-file".to_owned(),
+                pepper.clone(),
+            ];
+            let server = vec![
+                "--db".to_owned(),
+                db.url_via(&proxy.addr().to_string()),
+                "--pepper-file".to_owned(),
+                pepper,
+            ];
+            let name = db.name().to_owned();
+            (Some(db), Some((name, proxy)), global, server)
+        }
+        Store::Sqlite => {
+            let file = dir.join("tokens.db").display().to_string();
+            let global = vec!["--db".to_owned(), file];
+            (None, None, global.clone(), global)
+        }
+    };
     let mut cluster = Cluster {
         bin: release.join("axum-notes"),
-        cli: release.join("tokengate"),
-        db_url: db.url().to_owned(),
-        pepper: dir.join("pepper").display().to_string(),
+        cli: Cli {
+            bin: release.join("tokengate"),
+            global,
+        },
+        server_db,
         redis: redis.clone(),
-        prefix: format!("tg-soak-{}", std::process::id()),
+        prefix: format!("tg-soak-{}-{}", std::process::id(), plan.faults),
         instances: (0..3)
             .map(|i| Instance {
                 child: None,
                 port: free_port(),
                 admin: free_port(),
-                audit: dir.join(format!("audit-{i}.jsonl")),
+                audit: audit_dirs[i].join("audit.jsonl"),
+                audit_flags: match i {
+                    0 => vec!["--audit-overflow", "drop", "--audit-capacity", "256"],
+                    1 => vec!["--audit-overflow", "block", "--audit-capacity", "256"],
+                    _ => vec![],
+                },
                 killed: false,
             })
             .collect(),
         dir: dir.clone(),
     };
-    cluster.cli(&["init"]);
+    cluster.cli.run(&["init"]).unwrap();
     for i in 0..3 {
         cluster.start(i);
     }
-    let tokens = Arc::new(Tokens {
+    let tokens = Arc::new(issue_tokens(&cluster, plan.duration));
+    let targets = Targets {
+        pg_start: std::env::var("SOAK_PG_START").unwrap_or_else(|_| {
+            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start".into()
+        }),
+        redis_start: std::env::var("SOAK_REDIS_START").unwrap_or_else(|_| "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log".into()),
+        postgres,
+        audit_mounts,
+    };
+
+    let ports: Vec<u16> = cluster.instances.iter().map(|i| i.port).collect();
+    let admins: Vec<u16> = cluster.instances.iter().map(|i| i.admin).collect();
+    let shared = Arc::new(Shared::default());
+    let start = Instant::now();
+    let clients = spawn_clients(&tokens, &shared, &ports, start);
+    let samplers = spawn_samplers(&shared, admins, start);
+    let changes = spawn_changes(&tokens, &shared, cluster.cli.clone(), ports, start);
+
+    // Warm-up, then the faults on their schedule.
+    let sleep_until = |t: Duration| async move {
+        let now = start.elapsed();
+        if t > now {
+            tokio::time::sleep(t - now).await;
+        }
+    };
+    sleep_until(plan.duration.mul_f64(0.05)).await;
+    let rss_warm: Vec<u64> = (0..3).map(|i| cluster.rss_kib(i)).collect();
+    let mut windows = Vec::new();
+    let mut skipped = Vec::new();
+    if plan.faults {
+        for (fraction, fault) in schedule(plan.store) {
+            sleep_until(plan.duration.mul_f64(fraction)).await;
+            match fault.inject(&mut cluster, &targets, start).await {
+                Some(window) => windows.push(window),
+                None => skipped.push(fault.skipped()),
+            }
+        }
+    }
+    sleep_until(plan.duration).await;
+
+    // The end: each instance as it is, then everything stopped.
+    let restarted: Vec<bool> =
+        windows
+            .iter()
+            .map(|w| w.name.clone())
+            .fold(vec![false; 3], |mut r, name| {
+                for (i, flag) in r.iter_mut().enumerate() {
+                    *flag |= name.starts_with(&format!("instance {i} SIG"));
+                }
+                r
+            });
+    let mut ends: Vec<End> = (0..3)
+        .map(|i| End {
+            rss_warm_kib: rss_warm[i],
+            rss_kib: cluster.rss_kib(i),
+            fds: cluster.fds(i),
+            threads: cluster.threads(i),
+            ready: load::http_status(cluster.instances[i].admin, "/readyz", None) == Some(200),
+            dropped: cluster.metric(i, "tokengate_audit_records_total", "dropped"),
+            fallbacks: cluster.metric(i, "tokengate_rate_state_fallbacks_total", ""),
+            verified: (None, String::new()),
+            restarted: restarted[i],
+        })
+        .collect();
+    shared.stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let _ = client.await;
+    }
+    let _ = changes.join();
+    for sampler in samplers {
+        let _ = sampler.join();
+    }
+    let elapsed = start.elapsed();
+    for i in 0..3 {
+        cluster.signal(i, "-TERM");
+    }
+    for (i, end) in ends.iter_mut().enumerate() {
+        end.verified = verify_audit(&cluster.cli, &cluster.instances[i].audit);
+    }
+    let audited_fallbacks = cluster
+        .instances
+        .iter()
+        .map(|i| {
+            std::fs::read_to_string(&i.audit).map_or(0, |t| {
+                t.lines()
+                    .filter(|l| l.contains("\"tokengate.rate_fallback\""))
+                    .count()
+            })
+        })
+        .sum();
+
+    let take =
+        |m: &std::sync::Mutex<Vec<(Duration, Duration)>>| std::mem::take(&mut *m.lock().unwrap());
+    let report = Report {
+        seen: std::mem::take(&mut *shared.seen.lock().unwrap()),
+        windows,
+        skipped,
+        changed: shared.changed.lock().unwrap().clone(),
+        elapsed,
+        ends,
+        obeyed: take(&shared.obeyed),
+        rotations: take(&shared.rotations),
+        probes: shared
+            .probes
+            .iter()
+            .map(|p| p.load(Ordering::Relaxed))
+            .collect(),
+        samples: std::mem::take(&mut *shared.samples.lock().unwrap()),
+        audited_fallbacks,
+        faults: plan.faults,
+    };
+    let (failures, calm) = report.print(&cluster);
+    let _ = tokengate_tests::remove_redis_keys(&redis, &cluster.prefix).await;
+    drop(targets);
+    drop(db);
+    if failures == 0 {
+        drop(mounts);
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        // The audit files outlive their filesystems.
+        for (i, instance) in cluster.instances.iter().enumerate() {
+            let _ = std::fs::copy(&instance.audit, dir.join(format!("audit-{i}.jsonl")));
+        }
+        drop(mounts);
+        eprintln!(
+            "soak: {failures} assertion(s) failed in \"{}\"; files kept in {}",
+            plan.label,
+            dir.display()
+        );
+    }
+    (failures, calm)
+}
+
+/// The tokens the load uses; a victim for each second of the run (at
+/// most 600), issued four at a time.
+fn issue_tokens(cluster: &Cluster, duration: Duration) -> Tokens {
+    /// `extra`, and a quota no load reaches.
+    fn with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        [extra, &["--rate", "100000/s", "--burst", "100000"][..]].concat()
+    }
+    let victims = (duration.as_secs() as usize).clamp(10, 600);
+    let victims: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                scope.spawn(move || {
+                    (w..victims)
+                        .step_by(4)
+                        .map(|v| {
+                            (
+                                v,
+                                cluster.issue(
+                                    &format!("victim-{v}"),
+                                    &with(&["--scope", "notes:read"]),
+                                ),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<(usize, String)> = workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        all.sort();
+        all.into_iter().map(|(_, t)| t).collect()
+    });
+    Tokens {
         read: cluster.issue(
             "reader",
-            &[
-                "--scope",
-                "notes:read",
-                "--scope",
-                "notes:write",
-                "--rate",
-                "100000/s",
-                "--burst",
-                "100000",
-            ],
+            &with(&["--scope", "notes:read", "--scope", "notes:write"]),
         ),
         limited: cluster.issue(
             "limited",
@@ -113,382 +386,10 @@ async fn run(duration: Duration) -> i32 {
         ),
         uses: cluster.issue(
             "uses",
-            &[
-                "--scope",
-                "notes:read",
-                "--uses",
-                &USES.to_string(),
-                "--rate",
-                "100000/s",
-                "--burst",
-                "100000",
-            ],
+            &with(&["--scope", "notes:read", "--uses", &USES.to_string()]),
         ),
-        admin: cluster.issue(
-            "admin",
-            &[
-                "--scope",
-                "tokengate:admin",
-                "--rate",
-                "100000/s",
-                "--burst",
-                "100000",
-            ],
-        ),
-        victims: (0..40)
-            .map(|v| {
-                cluster.issue(
-                    &format!("victim-{v}"),
-                    &[
-                        "--scope",
-                        "notes:read",
-                        "--rate",
-                        "100000/s",
-                        "--burst",
-                        "100000",
-                    ],
-                )
-            })
-            .collect(),
-    });
-    let ports: Vec<u16> = cluster.instances.iter().map(|i| i.port).collect();
-    let revoked: Arc<Mutex<HashMap<usize, Duration>>> = Arc::default();
-    let refusals: Arc<Mutex<Vec<(Duration, Duration)>>> = Arc::default();
-    let probes: Arc<[AtomicUsize; 3]> = Arc::default();
-    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-
-    // The load.
-    let mut clients = Vec::new();
-    for c in 0..CLIENTS {
-        let (tokens, seen, stop, ports) = (
-            Arc::clone(&tokens),
-            Arc::clone(&seen),
-            Arc::clone(&stop),
-            ports.clone(),
-        );
-        clients.push(tokio::spawn(async move {
-            let client: Client<HttpConnector, Full<Bytes>> =
-                Client::builder(TokioExecutor::new()).build_http();
-            let mut n = c;
-            while !stop.load(Ordering::Relaxed) {
-                n += CLIENTS;
-                let instance = n % 3;
-                let kind = match (n / 3) % 16 {
-                    0..=5 => Kind::Read,
-                    6 => Kind::Write,
-                    7 => Kind::Unknown,
-                    8 => Kind::Malformed,
-                    9 => Kind::Limited,
-                    10 => Kind::Uses,
-                    11 => Kind::Admin,
-                    _ => Kind::Victim,
-                };
-                let victim = (kind == Kind::Victim).then_some((n / 48) % tokens.victims.len());
-                let (method, path, bearer): (&str, &str, Vec<&str>) = match kind {
-                    Kind::Read => ("GET", "/notes", vec![&tokens.read]),
-                    Kind::Write => ("POST", "/notes", vec![&tokens.read]),
-                    Kind::Unknown => (
-                        "GET",
-                        "/notes",
-                        vec!["tg_000000000000000000000000000000001YrmTe"],
-                    ),
-                    Kind::Malformed => ("GET", "/notes", vec![&tokens.read, &tokens.read]),
-                    Kind::Limited => ("GET", "/notes", vec![&tokens.limited]),
-                    Kind::Uses => ("GET", "/notes", vec![&tokens.uses]),
-                    Kind::Admin => ("GET", "/admin/tokens?limit=5", vec![&tokens.admin]),
-                    Kind::Victim => ("GET", "/notes", vec![&tokens.victims[victim.unwrap_or(0)]]),
-                };
-                let mut request = http::Request::builder()
-                    .method(method)
-                    .uri(format!("http://127.0.0.1:{}{path}", ports[instance]));
-                for token in bearer {
-                    request = request.header("authorization", format!("Bearer {token}"));
-                }
-                let body = if kind == Kind::Write {
-                    request = request.header("content-type", "application/json");
-                    Bytes::from_static(b"{\"text\":\"soak\"}")
-                } else {
-                    Bytes::new()
-                };
-                let sent = Instant::now();
-                let answer = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    client.request(request.body(Full::new(body)).unwrap()),
-                )
-                .await;
-                let Ok(Ok(response)) = answer else {
-                    // No answer (an instance stopping): no record expected.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                let status = response.status().as_u16();
-                let _ = response.into_body().collect().await;
-                let seen_at = start.elapsed();
-                seen.lock().unwrap().push(Seen {
-                    at: seen_at,
-                    instance,
-                    kind,
-                    status,
-                    latency: sent.elapsed(),
-                    victim,
-                });
-            }
-        }));
+        admin: cluster.issue("admin", &with(&["--scope", "tokengate:admin"])),
+        rotating: cluster.issue("rotating", &with(&["--scope", "notes:read"])),
+        victims,
     }
-
-    // Readiness, sampled on every instance four times a second.
-    let sampler = {
-        let (samples, stop) = (Arc::clone(&samples), Arc::clone(&stop));
-        let admins: Vec<u16> = cluster.instances.iter().map(|i| i.admin).collect();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                for (i, admin) in admins.iter().enumerate() {
-                    let status = http_status(*admin, "/readyz", None);
-                    samples.lock().unwrap().push((start.elapsed(), i, status));
-                }
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        })
-    };
-
-    // Revocations during the run: one victim every second, then how long
-    // until every instance refuses it.
-    let lifecycle = {
-        let (revoked, stop, tokens) =
-            (Arc::clone(&revoked), Arc::clone(&stop), Arc::clone(&tokens));
-        let (refusals, ports, probes) = (Arc::clone(&refusals), ports.clone(), Arc::clone(&probes));
-        let cli = (
-            cluster.cli.clone(),
-            cluster.db_url.clone(),
-            cluster.pepper.clone(),
-        );
-        std::thread::spawn(move || {
-            for v in 0..tokens.victims.len() {
-                std::thread::sleep(Duration::from_secs(1));
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let id = Command::new(&cli.0)
-                    .args([
-                        "--db",
-                        &cli.1,
-                        "--pepper-file",
-                        &cli.2,
-                        "inspect",
-                        &tokens.victims[v],
-                    ])
-                    .output()
-                    .map(|o| {
-                        String::from_utf8_lossy(&o.stdout)
-                            .lines()
-                            .find_map(|l| l.strip_prefix("id:").map(|s| s.trim().to_owned()))
-                    })
-                    .ok()
-                    .flatten();
-                let Some(id) = id else { continue };
-                let done = Command::new(&cli.0)
-                    .args(["--db", &cli.1, "--pepper-file", &cli.2, "revoke", &id])
-                    .output()
-                    .is_ok_and(|o| o.status.success());
-                if done {
-                    let at = start.elapsed();
-                    revoked.lock().unwrap().insert(v, at);
-                    let delay = refused_everywhere(
-                        &ports,
-                        &tokens.victims[v],
-                        Duration::from_secs(5),
-                        &probes[..],
-                    );
-                    refusals.lock().unwrap().push((at, delay));
-                }
-            }
-        })
-    };
-
-    // The faults, on a schedule spread over the run.
-    let mut windows = Vec::new();
-    let pg_start = std::env::var("SOAK_PG_START").unwrap_or_else(|_| {
-        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start".into()
-    });
-    let redis_start = std::env::var("SOAK_REDIS_START").unwrap_or_else(|_| "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log".into());
-    let at = |fraction: f64| duration.mul_f64(fraction);
-    let sleep_until = |t: Duration| async move {
-        let now = start.elapsed();
-        if t > now {
-            tokio::time::sleep(t - now).await;
-        }
-    };
-
-    sleep_until(at(0.10)).await;
-    let rss_warm: Vec<u64> = (0..3).map(|i| cluster.rss_kib(i)).collect();
-    let s = start.elapsed();
-    redis_cli("CLIENT PAUSE 500 ALL");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    windows.push(Window {
-        name: "Redis paused 500 ms",
-        start: s,
-        end: start.elapsed(),
-    });
-
-    sleep_until(at(0.20)).await;
-    let s = start.elapsed();
-    let name = db.name().to_owned();
-    sh(&format!(
-        "psql -h 127.0.0.1 -U postgres -d postgres -c \"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'\""
-    ));
-    windows.push(Window {
-        name: "PostgreSQL connections killed",
-        start: s,
-        end: start.elapsed() + Duration::from_secs(1),
-    });
-
-    sleep_until(at(0.32)).await;
-    let s = start.elapsed();
-    redis_cli("SHUTDOWN NOSAVE");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    sh(&redis_start);
-    wait_for(6379);
-    windows.push(Window {
-        name: "Redis restarted",
-        start: s,
-        end: start.elapsed(),
-    });
-
-    sleep_until(at(0.45)).await;
-    let s = start.elapsed();
-    sh("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main stop -m fast");
-    sh(&pg_start);
-    wait_for(5432);
-    windows.push(Window {
-        name: "PostgreSQL restarted",
-        start: s,
-        end: start.elapsed() + Duration::from_secs(1),
-    });
-
-    sleep_until(at(0.60)).await;
-    let s = start.elapsed();
-    cluster.signal(1, "-TERM");
-    cluster.start(1);
-    windows.push(Window {
-        name: "instance 1 SIGTERM, restarted",
-        start: s,
-        end: start.elapsed(),
-    });
-
-    sleep_until(at(0.75)).await;
-    let s = start.elapsed();
-    cluster.signal(2, "-KILL");
-    cluster.instances[2].killed = true;
-    cluster.start(2);
-    windows.push(Window {
-        name: "instance 2 SIGKILL, restarted",
-        start: s,
-        end: start.elapsed(),
-    });
-
-    sleep_until(duration).await;
-    let rss_end: Vec<u64> = (0..3).map(|i| cluster.rss_kib(i)).collect();
-    let fds: Vec<usize> = (0..3).map(|i| cluster.fds(i)).collect();
-    let readiness: Vec<bool> = (0..3).map(|i| ready(cluster.instances[i].admin)).collect();
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        let _ = client.await;
-    }
-    let _ = lifecycle.join();
-    let _ = sampler.join();
-    let elapsed = start.elapsed();
-    for i in 0..3 {
-        cluster.signal(i, "-TERM");
-    }
-
-    let report = Report {
-        seen: std::mem::take(&mut *seen.lock().unwrap()),
-        windows,
-        revoked: revoked.lock().unwrap().clone(),
-        elapsed,
-        rss_warm,
-        rss_end,
-        fds,
-        readiness,
-        refusals: std::mem::take(&mut *refusals.lock().unwrap()),
-        probes: probes.iter().map(|p| p.load(Ordering::Relaxed)).collect(),
-        samples: std::mem::take(&mut *samples.lock().unwrap()),
-    };
-    let failures = report.print(&cluster);
-    let _ = redis_keys_removed(&redis, &cluster.prefix).await;
-    drop(db);
-    if failures == 0 {
-        let _ = std::fs::remove_dir_all(&dir);
-        0
-    } else {
-        eprintln!(
-            "soak: {failures} assertion(s) failed; files kept in {}",
-            dir.display()
-        );
-        1
-    }
-}
-
-/// The status of `GET path` on 127.0.0.1:`port` (with `token`), over a
-/// connection of its own; `None` when nothing answers.
-fn http_status(port: u16, path: &str, token: Option<&str>) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let auth = token
-        .map(|t| format!("authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{auth}connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut head = [0_u8; 12];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
-}
-
-/// How long until every instance that answers refuses `token` (401), at
-/// most `limit`.
-/// Every answer is counted in `answered` (by instance): it has an audit
-/// record too.
-fn refused_everywhere(
-    ports: &[u16],
-    token: &str,
-    limit: Duration,
-    answered: &[AtomicUsize],
-) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        let mut admitted = false;
-        for (i, port) in ports.iter().enumerate() {
-            let status = http_status(*port, "/notes", Some(token));
-            if status.is_some() {
-                answered[i].fetch_add(1, Ordering::Relaxed);
-            }
-            admitted |= status == Some(200);
-        }
-        if !admitted {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    limit
-}
-
-fn ready(admin: u16) -> bool {
-    Command::new("curl")
-        .args([
-            "-fs",
-            "-o",
-            "/dev/null",
-            &format!("http://127.0.0.1:{admin}/readyz"),
-        ])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-async fn redis_keys_removed(url: &str, prefix: &str) -> Vec<String> {
-    tokengate_tests::remove_redis_keys(url, prefix).await
 }

@@ -41,9 +41,12 @@ pub(crate) struct Seen {
 /// A fault and when it was in force.
 #[derive(Debug, Clone)]
 pub(crate) struct Window {
-    pub(crate) name: &'static str,
+    pub(crate) name: String,
     pub(crate) start: Duration,
     pub(crate) end: Duration,
+    /// The instances that must say, at least once inside the window,
+    /// that they are not ready.
+    pub(crate) unready: Vec<usize>,
 }
 
 impl Window {
@@ -55,24 +58,59 @@ impl Window {
 /// One `/readyz` sample: when, which instance, its status (`None`: no answer).
 pub(crate) type Sample = (Duration, usize, Option<u16>);
 
+/// What one instance was at the end of the run.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct End {
+    pub(crate) rss_warm_kib: u64,
+    pub(crate) rss_kib: u64,
+    pub(crate) fds: usize,
+    pub(crate) threads: u64,
+    pub(crate) ready: bool,
+    /// `tokengate_audit_records_total{result="dropped"}`.
+    pub(crate) dropped: f64,
+    /// `tokengate_rate_state_fallbacks_total`.
+    pub(crate) fallbacks: f64,
+    /// `tokengate audit verify`: exit status and first line.
+    pub(crate) verified: (Option<i32>, String),
+    /// Started again during the run (its counters and RSS are the new
+    /// process's).
+    pub(crate) restarted: bool,
+}
+
 pub(crate) struct Report {
     pub(crate) seen: Vec<Seen>,
     pub(crate) windows: Vec<Window>,
-    pub(crate) revoked: HashMap<usize, Duration>,
+    /// Faults that could not be injected here.
+    pub(crate) skipped: Vec<String>,
+    /// Victim → when its change was committed.
+    pub(crate) changed: HashMap<usize, Duration>,
     pub(crate) elapsed: Duration,
-    pub(crate) rss_warm: Vec<u64>,
-    pub(crate) rss_end: Vec<u64>,
-    pub(crate) fds: Vec<usize>,
-    pub(crate) readiness: Vec<bool>,
-    /// Each revocation: when, and how long until every instance refused.
-    pub(crate) refusals: Vec<(Duration, Duration)>,
-    /// The revocation prober's answers, by instance (audited too).
+    pub(crate) ends: Vec<End>,
+    /// Each change: when, and how long until every instance obeyed it.
+    pub(crate) obeyed: Vec<(Duration, Duration)>,
+    /// Each rotation: when, and how long until every instance admitted
+    /// the new token and the old.
+    pub(crate) rotations: Vec<(Duration, Duration)>,
+    /// The prober's answers, by instance (audited too).
     pub(crate) probes: Vec<usize>,
     /// `/readyz` samples.
     pub(crate) samples: Vec<Sample>,
+    /// Lines of the audit files that name a rate-state fallback.
+    pub(crate) audited_fallbacks: usize,
+    /// Whether faults were injected (the no-fault run asserts no 5xx and
+    /// ready throughout).
+    pub(crate) faults: bool,
 }
 
-fn audit_lines(path: &Path) -> usize {
+/// The run's figures outside fault windows, to set beside another run's.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Calm {
+    pub(crate) per_second: f64,
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
+}
+
+pub(crate) fn audit_lines(path: &Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |t| t.lines().filter(|l| !l.trim().is_empty()).count())
 }
 
@@ -81,8 +119,9 @@ impl Report {
         self.windows.iter().any(|w| w.covers(at))
     }
 
-    /// Prints the table; the number of failed assertions.
-    pub(crate) fn print(&self, cluster: &Cluster) -> usize {
+    /// Prints the table; the number of failed assertions and the figures
+    /// outside faults.
+    pub(crate) fn print(&self, cluster: &Cluster) -> (usize, Calm) {
         let mut failures = 0;
         let mut row = |what: &str, value: String, ok: bool| {
             println!(
@@ -93,14 +132,34 @@ impl Report {
                 failures += 1;
             }
         };
-        println!("\nfaults:");
-        for w in &self.windows {
-            println!(
-                "  {:>6.1}s - {:>6.1}s  {}",
-                w.start.as_secs_f64(),
-                w.end.as_secs_f64(),
-                w.name
-            );
+        if self.faults {
+            println!("\nfaults:");
+            println!("  (/readyz inside each, by instance: . ready, x not, - no answer)");
+            for w in &self.windows {
+                let readiness = |i: usize| -> String {
+                    self.samples
+                        .iter()
+                        .filter(|s| s.1 == i && w.covers(s.0))
+                        .map(|s| match s.2 {
+                            Some(200) => '.',
+                            Some(_) => 'x',
+                            None => '-',
+                        })
+                        .collect()
+                };
+                println!(
+                    "  {:>6.1}s - {:>6.1}s  {:<44} {} | {} | {}",
+                    w.start.as_secs_f64(),
+                    w.end.as_secs_f64(),
+                    w.name,
+                    readiness(0),
+                    readiness(1),
+                    readiness(2)
+                );
+            }
+            for s in &self.skipped {
+                println!("  skipped: {s}");
+            }
         }
         println!("\n| assertion | measured | |\n|---|---|---|");
         let total = self.seen.len();
@@ -113,11 +172,20 @@ impl Report {
             ),
             total > 0,
         );
+        let required = std::env::var("TOKENGATE_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
+        if self.faults && required {
+            row(
+                "faults injected",
+                format!("{} ({} skipped)", self.windows.len(), self.skipped.len()),
+                self.skipped.is_empty(),
+            );
+        }
 
-        // Audit: one record per answer (Block mode), per instance.
+        // Audit: one record per answer, per instance.
         for (i, instance) in cluster.instances.iter().enumerate() {
             let answered = self.seen.iter().filter(|s| s.instance == i).count() + self.probes[i];
             let records = audit_lines(&instance.audit);
+            let end = &self.ends[i];
             if instance.killed {
                 let missing = answered.saturating_sub(records);
                 row(
@@ -125,13 +193,32 @@ impl Report {
                     format!("{records} / {answered}, {missing} lost to the kill"),
                     records <= answered + 1 && missing < answered / 10 + 1000,
                 );
+            } else if instance.audit_flags.contains(&"drop") {
+                let dropped = end.dropped as usize;
+                row(
+                    &format!("instance {i} (drop): audit records + dropped / answers"),
+                    format!("{records} + {dropped} / {answered}"),
+                    records + dropped == answered && (dropped > 0 || !self.faults),
+                );
             } else {
                 row(
-                    &format!("instance {i}: audit records / answers"),
+                    &format!("instance {i} (block): audit records / answers"),
                     format!("{records} / {answered}"),
                     records == answered,
                 );
             }
+            let (code, line) = &end.verified;
+            // 0: intact; 2: intact but for a line torn by the kill.
+            let fine = if instance.killed {
+                [0, 2].contains(&code.unwrap_or(1))
+            } else {
+                *code == Some(0)
+            };
+            row(
+                &format!("instance {i}: tokengate audit verify"),
+                line.clone(),
+                fine,
+            );
         }
 
         // 5xx only inside fault windows.
@@ -151,7 +238,7 @@ impl Report {
             outside.is_empty(),
         );
 
-        // Revoked tokens refused within a second (outside faults).
+        // Changed tokens refused within a second (outside faults).
         let mut worst = Duration::ZERO;
         let mut late = 0;
         for s in self
@@ -159,7 +246,7 @@ impl Report {
             .iter()
             .filter(|s| s.kind == Kind::Victim && s.status == 200)
         {
-            if let Some(at) = s.victim.and_then(|v| self.revoked.get(&v))
+            if let Some(at) = s.victim.and_then(|v| self.changed.get(&v))
                 && s.at > *at
             {
                 worst = worst.max(s.at - *at);
@@ -169,7 +256,7 @@ impl Report {
             }
         }
         row(
-            "admitted after revocation, latest",
+            "load admitted after revoke/disable/update, latest",
             format!(
                 "{:.0} ms after; {late} past 1 s outside faults",
                 worst.as_secs_f64() * 1000.0
@@ -177,32 +264,42 @@ impl Report {
             late == 0,
         );
 
-        // Every revocation refused by every instance within a second.
-        let calm: Vec<Duration> = self
-            .refusals
-            .iter()
-            .filter(|(at, _)| !self.in_fault(*at))
-            .map(|(_, d)| *d)
-            .collect();
-        let worst_calm = calm.iter().max().copied().unwrap_or_default();
-        let worst = self
-            .refusals
-            .iter()
-            .map(|(_, d)| *d)
-            .max()
-            .unwrap_or_default();
+        // Every change obeyed by every instance within a second.
+        let bound = |list: &[(Duration, Duration)]| {
+            let calm = list
+                .iter()
+                .filter(|(at, _)| !self.in_fault(*at))
+                .map(|(_, d)| *d)
+                .max()
+                .unwrap_or_default();
+            let all = list.iter().map(|(_, d)| *d).max().unwrap_or_default();
+            (calm, all)
+        };
+        let (calm, all) = bound(&self.obeyed);
         row(
-            "revocation refused by all instances",
+            "revoke/disable/update obeyed by all instances",
             format!(
-                "{} revocations; worst {:.0} ms outside faults, {:.0} ms overall",
-                self.refusals.len(),
-                worst_calm.as_secs_f64() * 1000.0,
-                worst.as_secs_f64() * 1000.0
+                "{} changes; worst {:.0} ms outside faults, {:.0} ms overall",
+                self.obeyed.len(),
+                calm.as_secs_f64() * 1000.0,
+                all.as_secs_f64() * 1000.0
             ),
-            !self.refusals.is_empty() && worst_calm <= Duration::from_secs(1),
+            !self.obeyed.is_empty() && calm <= Duration::from_secs(1),
+        );
+        let (calm, all) = bound(&self.rotations);
+        row(
+            "rotation: new and old token admitted by all instances",
+            format!(
+                "{} rotations; worst {:.0} ms outside faults, {:.0} ms overall",
+                self.rotations.len(),
+                calm.as_secs_f64() * 1000.0,
+                all.as_secs_f64() * 1000.0
+            ),
+            !self.rotations.is_empty() && calm <= Duration::from_secs(1),
         );
 
-        // /readyz not ready only inside fault windows.
+        // /readyz: not ready only inside fault windows, and where a fault
+        // takes a part away, not ready at least once inside it.
         let not_ready = |s: &&Sample| s.2.is_some_and(|code| code != 200);
         let outside = self
             .samples
@@ -210,20 +307,34 @@ impl Report {
             .filter(not_ready)
             .filter(|s| !self.in_fault(s.0))
             .count();
-        let inside = self
-            .samples
-            .iter()
-            .filter(not_ready)
-            .filter(|s| self.in_fault(s.0))
-            .count();
         row(
             "/readyz not ready outside fault windows (+3 s)",
-            format!(
-                "{outside} of {} samples (inside: {inside})",
-                self.samples.len()
-            ),
+            format!("{outside} of {} samples", self.samples.len()),
             outside == 0,
         );
+        let unseen: Vec<String> = self
+            .windows
+            .iter()
+            .flat_map(|w| w.unready.iter().map(move |i| (w, *i)))
+            .filter(|(w, i)| {
+                !self
+                    .samples
+                    .iter()
+                    .any(|s| s.1 == *i && w.covers(s.0) && not_ready(&s))
+            })
+            .map(|(w, i)| format!("{} on instance {i}", w.name))
+            .collect();
+        if self.faults {
+            row(
+                "/readyz not ready during store, Redis and audit-disk faults",
+                if unseen.is_empty() {
+                    "every one".to_owned()
+                } else {
+                    format!("missed: {}", unseen.join("; "))
+                },
+                unseen.is_empty(),
+            );
+        }
 
         // The usage-limited token: never more than its uses.
         let uses = self
@@ -259,55 +370,76 @@ impl Report {
             ),
             shared <= allowed,
         );
+        let fallbacks: f64 = self.ends.iter().map(|e| e.fallbacks).sum();
+        let redis_faults = self.windows.iter().any(|w| w.name.starts_with("Redis"));
+        row(
+            "rate-state fallbacks (metrics; audit records naming one)",
+            format!("{fallbacks:.0}; {}", self.audited_fallbacks),
+            !redis_faults || self.ends[0].fallbacks > 0.0,
+        );
 
-        // Memory, descriptors, readiness at the end.
-        for i in 0..3 {
-            let (warm, end) = (self.rss_warm.get(i).copied().unwrap_or(0), self.rss_end[i]);
-            if cluster.instances[i].killed || i == 1 {
+        // Memory, descriptors, threads, readiness at the end.
+        for (i, end) in self.ends.iter().enumerate() {
+            if end.restarted {
                 row(
                     &format!("instance {i}: RSS at the end (restarted)"),
-                    format!("{} MiB", end / 1024),
-                    end < 512 * 1024,
+                    format!("{} MiB", end.rss_kib / 1024),
+                    end.rss_kib < 512 * 1024,
                 );
             } else {
                 row(
                     &format!("instance {i}: RSS warm-up → end"),
-                    format!("{} → {} MiB", warm / 1024, end / 1024),
-                    end <= warm + 64 * 1024,
+                    format!("{} → {} MiB", end.rss_warm_kib / 1024, end.rss_kib / 1024),
+                    end.rss_kib <= end.rss_warm_kib + 64 * 1024,
                 );
             }
             row(
-                &format!("instance {i}: open file descriptors"),
-                self.fds[i].to_string(),
-                self.fds[i] < 512,
+                &format!("instance {i}: open files, threads"),
+                format!("{}, {}", end.fds, end.threads),
+                end.fds < 512 && end.threads < 64,
             );
             row(
                 &format!("instance {i}: ready at the end"),
-                self.readiness[i].to_string(),
-                self.readiness[i],
+                end.ready.to_string(),
+                end.ready,
             );
         }
 
         // Throughput and tail outside faults.
-        let mut calm: Vec<Duration> = self
+        let mut latencies: Vec<Duration> = self
             .seen
             .iter()
             .filter(|s| !self.in_fault(s.at))
             .map(|s| s.latency)
             .collect();
-        calm.sort();
-        let p99 = calm.get(calm.len() * 99 / 100).copied().unwrap_or_default();
-        let fault_time: f64 = self
-            .windows
-            .iter()
-            .map(|w| (w.end - w.start + GRACE).as_secs_f64())
-            .sum();
-        let calm_rate = calm.len() as f64 / (self.elapsed.as_secs_f64() - fault_time).max(1.0);
+        latencies.sort();
+        let at = |q: usize| {
+            latencies
+                .get(latencies.len() * q / 100)
+                .copied()
+                .unwrap_or_default()
+        };
+        // Time outside every window (+ grace), in tenths of a second.
+        let tenths = (self.elapsed.as_millis() / 100) as u64;
+        let calm_time = (0..tenths)
+            .filter(|t| !self.in_fault(Duration::from_millis(t * 100)))
+            .count() as f64
+            / 10.0;
+        let calm = Calm {
+            per_second: latencies.len() as f64 / calm_time.max(1.0),
+            p50: at(50),
+            p99: at(99),
+        };
         row(
-            "outside faults: answers/s, p99",
-            format!("{calm_rate:.0}/s, {:.1} ms", p99.as_secs_f64() * 1000.0),
+            "outside faults: answers/s, p50, p99",
+            format!(
+                "{:.0}/s, {:.1} ms, {:.1} ms",
+                calm.per_second,
+                calm.p50.as_secs_f64() * 1000.0,
+                calm.p99.as_secs_f64() * 1000.0
+            ),
             true,
         );
-        failures
+        (failures, calm)
     }
 }
