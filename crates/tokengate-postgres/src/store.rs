@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::path::Path;
@@ -524,9 +524,15 @@ impl Backend for PostgresStore {
         .await
     }
 
-    /// One statement for the batch: each token at its latest use.
+    /// One transaction for the batch: each token at its latest use.
+    ///
+    /// The rows are locked first, in id order: every instance flushes its
+    /// own batch, and two batches locking shared rows in different orders
+    /// would deadlock (PostgreSQL breaks one after its `deadlock_timeout`,
+    /// a second in which a use-limited token's spend on those rows waits,
+    /// and can time out).
     async fn record_usage(&self, used: &[(TokenId, SystemTime)]) -> Result<(), StoreError> {
-        let mut latest: HashMap<&str, SystemTime> = HashMap::new();
+        let mut latest: BTreeMap<&str, SystemTime> = BTreeMap::new();
         for (id, at) in used {
             let entry = latest.entry(id.as_str()).or_insert(*at);
             *entry = (*entry).max(*at);
@@ -535,16 +541,23 @@ impl Backend for PostgresStore {
         if ids.is_empty() {
             return Ok(());
         }
-        self.with(|c| async move {
-            c.execute(
+        self.with(|mut client| async move {
+            let tx = client.transaction().await.map_err(store_error)?;
+            tx.execute(
+                "SELECT 1 FROM tokengate_tokens WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+                &[&ids],
+            )
+            .await
+            .map_err(store_error)?;
+            tx.execute(
                 "UPDATE tokengate_tokens AS t \
                  SET last_used_at = GREATEST(COALESCE(t.last_used_at, u.at), u.at) \
                  FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at) WHERE t.id = u.id",
                 &[&ids, &times],
             )
             .await
-            .map(drop)
-            .map_err(store_error)
+            .map_err(store_error)?;
+            tx.commit().await.map_err(store_error)
         })
         .await
     }

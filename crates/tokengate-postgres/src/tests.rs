@@ -568,3 +568,46 @@ async fn an_unreadable_row_is_an_error_naming_its_column() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_flushing_usage_of_the_same_tokens_at_once_never_deadlock() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let (store, hasher, dir) = open(&db).await;
+    let lifecycle = Lifecycle::new(store.clone(), hasher);
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(lifecycle.issue(spec()).await.unwrap().record.id);
+    }
+    // Three instances' flushers, each with the same tokens in its own
+    // order, over and over: a batch locking rows in the order it lists
+    // them deadlocks with another (PostgreSQL then fails one of them).
+    let flushers: Vec<_> = (0..3)
+        .map(|f| {
+            let store = store.clone();
+            let mut mine = ids.clone();
+            mine.rotate_left(f * 13);
+            if f == 1 {
+                mine.reverse();
+            }
+            tokio::spawn(async move {
+                for round in 0..30_u64 {
+                    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + round);
+                    let batch: Vec<_> = mine.iter().map(|id| (id.clone(), at)).collect();
+                    store.record_usage(&batch).await?;
+                }
+                Ok::<_, StoreError>(())
+            })
+        })
+        .collect();
+    for flusher in flushers {
+        flusher.await.unwrap().unwrap();
+    }
+    let record = store.get(&ids[7]).await.unwrap().unwrap();
+    assert_eq!(
+        record.last_used_at,
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_029))
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
