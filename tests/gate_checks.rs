@@ -203,29 +203,39 @@ async fn remove_keys(url: &str, prefix: &str) {
 async fn audited_with_redis_down(
     policy: tokengate::redis::Unavailable,
 ) -> (Vec<u16>, Vec<serde_json::Value>) {
+    // Nothing listens on port 1: every call fails at once.
+    let down = tokengate::redis::RedisRateState::new("redis://127.0.0.1:1")
+        .unwrap()
+        .timeout(Duration::from_millis(200))
+        .unavailable(policy);
+    audited_over(down, 3, &format!("{policy:?}")).await
+}
+
+/// The audit records of a Gate on `state` for `n` requests with a
+/// per-token burst of 1.
+async fn audited_over(
+    state: tokengate::redis::RedisRateState,
+    n: usize,
+    label: &str,
+) -> (Vec<u16>, Vec<serde_json::Value>) {
     let dir = std::env::temp_dir().join(format!(
-        "tokengate-fallback-audit-{}-{policy:?}",
+        "tokengate-fallback-audit-{}-{label}",
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("audit.jsonl");
     let sink = tokengate::audit::JsonLinesSink::open(&path).unwrap();
-    // Nothing listens on port 1: every call fails at once.
-    let down = tokengate::redis::RedisRateState::new("redis://127.0.0.1:1")
-        .unwrap()
-        .timeout(Duration::from_millis(200))
-        .unavailable(policy);
     let (gate, token) = gate().await;
     let service = tower::ServiceBuilder::new()
         .layer(
             gate.token_rate(tokengate::rate::RateLimitLayer::per_token(quota(1, 1)))
-                .rate_state(down)
+                .rate_state(state)
                 .audit(tokengate::audit::AuditLayer::new(sink.clone())),
         )
         .service(ok());
     let mut statuses = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..n {
         statuses.push(send(&service, request(&token, None)).await.status.as_u16());
     }
     sink.shutdown();
@@ -239,12 +249,14 @@ async fn audited_with_redis_down(
 }
 
 #[tokio::test]
-async fn a_refusal_decided_while_redis_is_down_states_the_policy_in_its_audit_record() {
-    // Local: the instance's own limits refuse, and the record says so.
+async fn a_request_decided_while_redis_is_down_states_the_policy_in_its_audit_record() {
+    // Local: the instance's own limits admit, then refuse, and each
+    // record says so.
     let (statuses, records) = audited_with_redis_down(tokengate::redis::Unavailable::Local).await;
     assert_eq!(statuses, [200, 429, 429]);
     assert_eq!(records.len(), 3);
-    assert_eq!(records[0].get("tokengate.rate_fallback"), None, "admitted");
+    assert_eq!(records[0]["tokengate.rate_fallback"], "local", "admitted");
+    assert_eq!(records[0].get("tokengate.reason"), None);
     for record in &records[1..] {
         assert_eq!(record["tokengate.reason"], "rate_limited");
         assert_eq!(record["tokengate.rate_fallback"], "local");
@@ -260,15 +272,34 @@ async fn a_refusal_decided_while_redis_is_down_states_the_policy_in_its_audit_re
         assert_eq!(record["http.response.status_code"], 503);
     }
 
-    // FailOpen admits: no refusal to state.
+    // FailOpen admits without a limit, stated as such.
     let (statuses, records) =
         audited_with_redis_down(tokengate::redis::Unavailable::FailOpen).await;
     assert_eq!(statuses, [200, 200, 200]);
+    for record in &records {
+        assert_eq!(record["tokengate.rate_fallback"], "fail_open");
+        assert_eq!(record.get("tokengate.reason"), None);
+    }
+
+    // Redis answering: nothing to state.
+    let Some(url) = tokengate_tests::redis_url() else {
+        return;
+    };
+    let prefix = format!("tg-gate-audit-{}", std::process::id());
+    let up = tokengate::redis::RedisRateState::new(&url)
+        .unwrap()
+        .prefix(&prefix)
+        .unwrap()
+        .timeout(Duration::from_secs(2));
+    let (statuses, records) = audited_over(up, 2, "up").await;
+    assert_eq!(statuses, [200, 429]);
     assert!(
         records
             .iter()
-            .all(|r| r.get("tokengate.rate_fallback").is_none())
+            .all(|r| r.get("tokengate.rate_fallback").is_none()),
+        "{records:?}"
     );
+    remove_keys(&url, &prefix).await;
 }
 
 #[tokio::test]

@@ -150,6 +150,9 @@ impl Capture {
             {
                 self.note_denial(denial);
             }
+            if self.rate_fallback.is_none() {
+                self.rate_fallback = facts.rate_fallback;
+            }
             self.client_ip = facts.client_ip;
             self.principal = facts.principal;
         }

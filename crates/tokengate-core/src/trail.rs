@@ -1,7 +1,7 @@
 //! The one request extension for what the layers learn about a request.
 //!
-//! A [`RequestTrail`] holds the client address, the principal and the
-//! denial, each written once. The layers that need the client address read
+//! A [`RequestTrail`] holds the client address, the principal, the
+//! denial and the rate state's fallback, each written once. The layers that need the client address read
 //! it from here ([`ClientIp::of`]); the audit layer, which sits outermost
 //! and never sees the extensions inner layers add, puts the trail in first,
 //! keeps a handle and reads the rest once the response is done. Denials
@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use http::Extensions;
 
-use crate::denial::Denial;
+use crate::denial::{Denial, RateFallback};
 use crate::principal::{ClientIp, Principal};
 
 /// What the layers of one request decided. Cheap to clone; clones share it.
@@ -33,6 +33,7 @@ struct Inner {
     client_ip: OnceLock<ClientIp>,
     principal: OnceLock<Principal>,
     denial: OnceLock<Denial>,
+    rate_fallback: OnceLock<RateFallback>,
 }
 
 impl RequestTrail {
@@ -61,6 +62,15 @@ impl RequestTrail {
     pub fn note_denial(extensions: &Extensions, denial: &Denial) {
         if let Some(trail) = extensions.get::<Self>() {
             let _ = trail.inner.denial.set(denial.clone());
+        }
+    }
+
+    /// Notes, in the trail found in `extensions` if any, that a shared
+    /// rate state could not be reached and `fallback` decided the request
+    /// (admitted; a refusal says so in its denial).
+    pub fn note_rate_fallback(extensions: &Extensions, fallback: RateFallback) {
+        if let Some(trail) = extensions.get::<Self>() {
+            let _ = trail.inner.rate_fallback.set(fallback);
         }
     }
 
@@ -100,6 +110,8 @@ pub struct TrailFacts {
     pub principal: Option<Principal>,
     /// The denial, if a layer refused the request.
     pub denial: Option<Denial>,
+    /// The rate state's fallback, if it admitted the request.
+    pub rate_fallback: Option<RateFallback>,
 }
 
 impl RequestTrail {
@@ -114,11 +126,13 @@ impl RequestTrail {
                 client_ip: inner.client_ip.into_inner(),
                 principal: inner.principal.into_inner(),
                 denial: inner.denial.into_inner(),
+                rate_fallback: inner.rate_fallback.into_inner(),
             },
             Err(shared) => TrailFacts {
                 client_ip: shared.client_ip.get().copied(),
                 principal: shared.principal.get().cloned(),
                 denial: shared.denial.get().cloned(),
+                rate_fallback: shared.rate_fallback.get().copied(),
             },
         }
     }

@@ -8,7 +8,7 @@ use http::{Extensions, HeaderName, HeaderValue, Request, Response};
 use smallvec::SmallVec;
 use tokengate_check::{Admit, Check, Verdict};
 use tokengate_core::metric_names::RATE_LIMITED;
-use tokengate_core::{Denial, RateLimited, RateQuota, SharedDeadline};
+use tokengate_core::{Denial, RateLimited, RateQuota, RequestTrail, SharedDeadline};
 
 use crate::layer::{Config, MissingKey, RateLimitLayer};
 use crate::state::{Charge, Outcome, RateState, RateStateError};
@@ -168,16 +168,21 @@ impl<St> Config<St> {
                     fallback,
                 }))
             }
-            Outcome::Admitted { tightest } => Ok(RateHeaders(
-                tightest
-                    .filter(|_| self.success_headers)
-                    .and_then(|(charge, remaining, reset)| {
-                        let (index, quota) = quotas.get(charge).copied()?;
-                        let (policy, header) =
-                            self.limiters.get(index)?.policy(quota, extensions)?;
-                        Some((header, policy.state_header(u64::from(remaining), reset)))
-                    }),
-            )),
+            Outcome::Admitted { tightest, fallback } => {
+                if let Some(fallback) = fallback {
+                    RequestTrail::note_rate_fallback(extensions, fallback);
+                }
+                Ok(RateHeaders(
+                    tightest.filter(|_| self.success_headers).and_then(
+                        |(charge, remaining, reset)| {
+                            let (index, quota) = quotas.get(charge).copied()?;
+                            let (policy, header) =
+                                self.limiters.get(index)?.policy(quota, extensions)?;
+                            Some((header, policy.state_header(u64::from(remaining), reset)))
+                        },
+                    ),
+                ))
+            }
         }
     }
 

@@ -49,6 +49,9 @@ pub enum Outcome {
     Admitted {
         /// Index into the charges, remaining requests, time to full burst.
         tightest: Option<(usize, u32, Duration)>,
+        /// Set when a shared state could not be reached and its fallback
+        /// admitted (the audit record states it).
+        fallback: Option<RateFallback>,
     },
     /// A limiter refused; nothing was charged anywhere.
     Refused {
@@ -460,6 +463,7 @@ impl MemoryRateState {
             return match self.commit(charge, now) {
                 Ok((remaining, reset)) => Outcome::Admitted {
                     tightest: Some((0, remaining, reset)),
+                    fallback: None,
                 },
                 Err(retry_after) => Outcome::Refused {
                     charge: 0,
@@ -510,7 +514,10 @@ impl MemoryRateState {
                 }
             }
         }
-        Outcome::Admitted { tightest }
+        Outcome::Admitted {
+            tightest,
+            fallback: None,
+        }
     }
 }
 

@@ -19,8 +19,9 @@
 //!   Redis is slow or down, [`Unavailable`] decides: `Local` (the default:
 //!   in-memory state, limits per instance), `FailClosed` (503, gRPC 14)
 //!   or `FailOpen`; [`RedisRateState::fallbacks`] counts them. Every
-//!   refusal a fallback decided says so in its audit record:
-//!   `"tokengate.rate_fallback":"local"` on a 429 of the local limits,
+//!   request a fallback decided says so in its audit record:
+//!   `"tokengate.rate_fallback":"local"` on an answer of the local limits
+//!   (admitted or 429), `"fail_open"` on an admission without a limit,
 //!   `"fail_closed"` on the 503 (reason `rate_state_unavailable`).
 //!
 //! # What it costs

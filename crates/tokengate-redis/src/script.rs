@@ -98,6 +98,7 @@ pub(crate) fn outcome(answer: &[i64]) -> Option<Outcome> {
                 let remaining = u32::try_from(remaining.max(0)).unwrap_or(u32::MAX);
                 (tight, remaining, micros(reset))
             }),
+            fallback: None,
         }),
         _ => None,
     }

@@ -315,10 +315,17 @@ impl Shared {
                     retry_after,
                     fallback: Some(RateFallback::Local),
                 },
-                admitted => admitted,
+                Outcome::Admitted { tightest, .. } => Outcome::Admitted {
+                    tightest,
+                    fallback: Some(RateFallback::Local),
+                },
+                other => other,
             }),
             Unavailable::FailClosed => Err(error.clone()),
-            Unavailable::FailOpen => Ok(Outcome::Admitted { tightest: None }),
+            Unavailable::FailOpen => Ok(Outcome::Admitted {
+                tightest: None,
+                fallback: Some(RateFallback::FailOpen),
+            }),
         }
     }
 }

@@ -112,6 +112,7 @@ async fn a_burst_is_admitted_whole_then_refused_with_the_wait() {
     assert!(answers[..3].iter().all(admitted), "{answers:?}");
     let Outcome::Admitted {
         tightest: Some((0, remaining, _)),
+        fallback: None,
     } = answers[2]
     else {
         panic!("{answers:?}");
@@ -161,6 +162,7 @@ async fn a_request_refused_by_one_limiter_spends_no_other() {
     for left in (0..4).rev() {
         let Outcome::Admitted {
             tightest: Some((0, remaining, _)),
+            fallback: None,
         } = state
             .acquire(std::slice::from_ref(&roomy), 0)
             .await

@@ -140,7 +140,7 @@ pub struct RateLimited {
 
 /// What answered for a shared rate state (Redis) that could not be
 /// reached in time: the policy configured for that case, stated in the
-/// audit record of every refusal it decided.
+/// audit record of every request it decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RateFallback {
@@ -148,14 +148,17 @@ pub enum RateFallback {
     Local,
     /// Refuse (503, gRPC 14).
     FailClosed,
+    /// Admit without a limit.
+    FailOpen,
 }
 
 impl RateFallback {
-    /// `local` or `fail_closed`, as the audit record writes it.
+    /// `local`, `fail_closed` or `fail_open`, as the audit record writes it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Local => "local",
             Self::FailClosed => "fail_closed",
+            Self::FailOpen => "fail_open",
         }
     }
 }
