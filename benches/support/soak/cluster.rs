@@ -162,6 +162,18 @@ impl Cluster {
     }
 }
 
+impl Drop for Cluster {
+    /// An instance still running (a run that panicked) is killed with it.
+    fn drop(&mut self) {
+        for instance in &mut self.instances {
+            if let Some(mut child) = instance.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
 /// `tokengate audit verify FILE`: its exit status and first line.
 pub(crate) fn verify_audit(cli: &Cli, file: &Path) -> (Option<i32>, String) {
     let out = Command::new(&cli.bin)

@@ -73,6 +73,10 @@ pub(crate) fn spawn_clients(
                 let client: Client<HttpConnector, Full<Bytes>> =
                     Client::builder(TokioExecutor::new()).build_http();
                 let mut n = c;
+                // The note this client last created on each instance: its
+                // next write deletes it, so the notes (and GET /notes) stay
+                // small however long the run.
+                let mut created: [Option<u64>; 3] = [None; 3];
                 while !shared.stop.load(Ordering::Relaxed) {
                     n += CLIENTS;
                     let instance = n % 3;
@@ -89,9 +93,16 @@ pub(crate) fn spawn_clients(
                     let victim = (kind == Kind::Victim).then_some((n / 48) % tokens.victims.len());
                     // A well-formed token no store has: a miss every time.
                     let unknown = format.generate();
+                    let delete = (kind == Kind::Write)
+                        .then(|| created[instance].take())
+                        .flatten()
+                        .map(|id| format!("/notes/{id}"));
                     let (method, path, bearer): (&str, &str, Vec<&str>) = match kind {
                         Kind::Read => ("GET", "/notes", vec![&tokens.read]),
-                        Kind::Write => ("POST", "/notes", vec![&tokens.read]),
+                        Kind::Write => match &delete {
+                            Some(path) => ("DELETE", path.as_str(), vec![&tokens.read]),
+                            None => ("POST", "/notes", vec![&tokens.read]),
+                        },
                         Kind::Unknown => ("GET", "/notes", vec![unknown.expose_secret()]),
                         Kind::Malformed => ("GET", "/notes", vec![&tokens.read, &tokens.read]),
                         Kind::Limited => ("GET", "/notes", vec![&tokens.limited]),
@@ -107,7 +118,7 @@ pub(crate) fn spawn_clients(
                     for token in bearer {
                         request = request.header("authorization", format!("Bearer {token}"));
                     }
-                    let body = if kind == Kind::Write {
+                    let body = if method == "POST" {
                         request = request.header("content-type", "application/json");
                         Bytes::from_static(b"{\"text\":\"soak\"}")
                     } else {
@@ -125,7 +136,16 @@ pub(crate) fn spawn_clients(
                         continue;
                     };
                     let status = response.status().as_u16();
-                    let _ = response.into_body().collect().await;
+                    let body = response.into_body().collect().await;
+                    if method == "POST"
+                        && status == 201
+                        && let Ok(body) = body
+                    {
+                        created[instance] =
+                            serde_json::from_slice::<serde_json::Value>(&body.to_bytes())
+                                .ok()
+                                .and_then(|note| note["id"].as_u64());
+                    }
                     shared.seen.lock().unwrap().push(Seen {
                         at: start.elapsed(),
                         instance,
