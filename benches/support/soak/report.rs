@@ -380,7 +380,7 @@ impl Report {
         row(
             "rate-state fallbacks (metrics; audit records naming one)",
             format!("{fallbacks:.0}; {}", self.audited_fallbacks),
-            !redis_faults || self.ends[0].fallbacks > 0.0,
+            !redis_faults || (self.ends[0].fallbacks > 0.0 && self.audited_fallbacks > 0),
         );
 
         // Memory, descriptors, threads, readiness at the end.
