@@ -18,6 +18,10 @@ use std::net::SocketAddr;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokengate::deployment::{Readiness, ops_router};
 
+/// How often histogram samples are drained into their buckets (the
+/// exporter's own default when it runs its listener).
+const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The operator's flags, flattened into each server's arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct OpsArgs {
@@ -91,6 +95,18 @@ impl Admin {
         let metrics = builder
             .install_recorder()
             .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+        // The recorder keeps each histogram's samples until they are
+        // drained into its buckets: by a scrape, or here. Without it a
+        // server nobody scrapes grows by every sample (a Redis round trip,
+        // a store lookup), and so does the work of the next scrape.
+        let upkeep = metrics.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(UPKEEP);
+            loop {
+                every.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
         tokengate::check::describe_metrics();
         Ok(Some(Self { listener, metrics }))
     }
