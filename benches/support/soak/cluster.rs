@@ -137,13 +137,7 @@ impl Cluster {
     }
 
     fn status_field(&self, i: usize, field: &str) -> u64 {
-        let pid = self.instances[i].child.as_ref().map_or(0, Child::id);
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        status_field(self.instances[i].child.as_ref().map_or(0, Child::id), field)
     }
 
     pub(crate) fn fds(&self, i: usize) -> usize {
@@ -172,6 +166,20 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// The RSS of process `pid` (KiB; 0 when it is gone).
+pub(crate) fn rss_of(pid: u32) -> u64 {
+    status_field(pid, "VmRSS:")
+}
+
+fn status_field(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// `tokengate audit verify FILE`: its exit status and first line.

@@ -222,6 +222,27 @@ async fn run(plan: &Plan) -> (usize, Calm) {
     let admins: Vec<u16> = cluster.instances.iter().map(|i| i.admin).collect();
     let shared = Arc::new(Shared::default());
     let start = Instant::now();
+    // Instance 0 (never restarted): its RSS at each tenth of the run.
+    let rss_by_tenth = {
+        let (pid, shared, tenth) = (
+            cluster.instances[0]
+                .child
+                .as_ref()
+                .map_or(0, std::process::Child::id),
+            Arc::clone(&shared),
+            plan.duration / 10,
+        );
+        std::thread::spawn(move || {
+            let mut kib = Vec::new();
+            for t in 1..=10 {
+                while start.elapsed() < tenth * t && !shared.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                kib.push(cluster::rss_of(pid));
+            }
+            kib
+        })
+    };
     let clients = spawn_clients(&tokens, &shared, &ports, start);
     let samplers = spawn_samplers(&shared, admins, start);
     let changes = spawn_changes(&tokens, &shared, cluster.cli.clone(), ports, start);
@@ -277,6 +298,7 @@ async fn run(plan: &Plan) -> (usize, Calm) {
         let _ = client.await;
     }
     let _ = changes.join();
+    let rss_by_tenth = rss_by_tenth.join().unwrap_or_default();
     for sampler in samplers {
         let _ = sampler.join();
     }
@@ -318,6 +340,7 @@ async fn run(plan: &Plan) -> (usize, Calm) {
         samples: std::mem::take(&mut *shared.samples.lock().unwrap()),
         audited_fallbacks,
         faults: plan.faults,
+        rss_by_tenth,
     };
     let (failures, calm) = report.print(&cluster);
     let _ = tokengate_tests::remove_redis_keys(&redis, &cluster.prefix).await;
@@ -378,7 +401,14 @@ fn issue_tokens(cluster: &Cluster, duration: Duration) -> Tokens {
     Tokens {
         read: cluster.issue(
             "reader",
-            &with(&["--scope", "notes:read", "--scope", "notes:write"]),
+            &with(&[
+                "--scope",
+                "notes:read",
+                "--scope",
+                "notes:write",
+                "--scope",
+                "notes:admin",
+            ]),
         ),
         limited: cluster.issue(
             "limited",
