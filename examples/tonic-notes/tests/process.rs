@@ -202,7 +202,10 @@ async fn the_admin_listener_serves_readiness_and_counts_grpc_decisions() {
 
     let (status, body) = http_get(&admin, "/readyz").await;
     assert!(status.contains(" 200 "), "{status} {body}");
-    assert_eq!(body, r#"{"components":{"store":"ok"},"ready":true}"#);
+    assert_eq!(
+        body,
+        r#"{"components":{"audit":"ok","store":"ok"},"ready":true}"#
+    );
     let (status, metrics) = http_get(&admin, "/metrics").await;
     assert!(status.contains(" 200 "), "{status}");
     let line = |series: &str| {
