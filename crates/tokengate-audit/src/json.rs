@@ -20,6 +20,9 @@ impl AuditEvent {
         if let Some(prev) = chain_prev {
             json.string("chain.prev", prev);
         }
+        if let Some(leak) = &self.leak {
+            return self.write_leak(json, leak);
+        }
         json.opt_string("client.address", self.client_address.as_deref());
         json.opt_string("enduser.id", self.subject.as_deref());
         json.string("http.request.id", &self.request_id);
@@ -56,6 +59,40 @@ impl AuditEvent {
         json.opt_string("tokengate.rate_fallback", self.rate_fallback);
         json.opt_string("tokengate.reason", self.reason.as_deref());
         json.opt_string("tokengate.token_id", self.token_id.as_deref());
+        self.write_truncated(&mut json);
+        json.string("url.path", &self.path);
+        json.opt_string("url.query", self.query.as_deref());
+        json.opt_string("user_agent.original", self.user_agent.as_deref());
+        json.close();
+    }
+}
+
+impl AuditEvent {
+    /// A leak report's members, in sorted key order after `chain.prev`.
+    fn write_leak(&self, mut json: JsonObject<'_>, leak: &crate::LeakFacts) {
+        json.opt_string("client.address", self.client_address.as_deref());
+        json.opt_string("enduser.id", self.subject.as_deref());
+        if !self.request_id.is_empty() {
+            json.string("http.request.id", &self.request_id);
+        }
+        json.key("timestamp");
+        json.out.push('"');
+        let _ = write!(
+            json.out,
+            "{}",
+            humantime::format_rfc3339_millis(self.timestamp)
+        );
+        json.out.push('"');
+        json.string("tokengate.event", crate::LEAK_REPORTED);
+        json.string("tokengate.leak.outcome", leak.outcome);
+        json.string("tokengate.leak.reporter", leak.reporter);
+        json.opt_string("tokengate.leak.source", leak.source.as_deref());
+        json.opt_string("tokengate.token_id", self.token_id.as_deref());
+        self.write_truncated(&mut json);
+        json.close();
+    }
+
+    fn write_truncated(&self, json: &mut JsonObject<'_>) {
         if !self.truncated.is_empty() {
             json.key("tokengate.truncated");
             json.out.push('[');
@@ -67,10 +104,6 @@ impl AuditEvent {
             }
             json.out.push(']');
         }
-        json.string("url.path", &self.path);
-        json.opt_string("url.query", self.query.as_deref());
-        json.opt_string("user_agent.original", self.user_agent.as_deref());
-        json.close();
     }
 }
 
@@ -265,6 +298,7 @@ mod tests {
             } else {
                 Vec::new()
             },
+            leak: None,
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use tokengate_core::RateFallback;
 
 use crate::capture::{Capture, Ending};
+use crate::leak::{LeakFacts, LeakReport, fill_leak};
 use crate::limits::{clean_into, redact_query_into};
 
 /// Status assumed when the client left before any response was made (the
@@ -23,7 +24,13 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// query, naming the gRPC method, formatting ids): the JSON-lines sink
 /// calls it on its writer thread, off the request path.
 pub struct AuditRecord {
-    capture: Box<Capture>,
+    kind: Kind,
+}
+
+/// A request's record, or an event's ([`AuditRecord::leak_reported`]).
+enum Kind {
+    Request(Box<Capture>),
+    Leak(Box<LeakReport>),
 }
 
 /// Whether the request was let through.
@@ -86,6 +93,10 @@ pub struct AuditEvent {
     pub user_agent: Option<String>,
     /// The fields that were cut to fit.
     pub truncated: Vec<&'static str>,
+    /// For a leaked token's report (`tokengate.event`: `leak_reported`)
+    /// rather than a request: who reported it, where, what was done. The
+    /// request fields are then empty.
+    pub leak: Option<LeakFacts>,
 }
 
 impl AuditEvent {
@@ -111,6 +122,7 @@ impl AuditEvent {
             ending: Ending::Completed,
             user_agent: None,
             truncated: Vec::new(),
+            leak: None,
         }
     }
 }
@@ -119,12 +131,25 @@ impl AuditRecord {
     /// The record of a finished exchange (boxed when the request came in,
     /// filled in as it went).
     pub(crate) fn new(capture: Box<Capture>) -> Self {
-        Self { capture }
+        Self {
+            kind: Kind::Request(capture),
+        }
     }
 
-    /// When the request's exchange ended (arrival plus latency).
+    /// An event's record.
+    pub(crate) fn leak(report: Box<LeakReport>) -> Self {
+        Self {
+            kind: Kind::Leak(report),
+        }
+    }
+
+    /// When the request's exchange ended (arrival plus latency), or when
+    /// the event happened.
     pub(crate) fn ended_at(&self) -> SystemTime {
-        self.capture.timestamp + self.capture.latency
+        match &self.kind {
+            Kind::Request(capture) => capture.timestamp + capture.latency,
+            Kind::Leak(report) => report.timestamp,
+        }
     }
 
     /// The record, cleaned and bounded.
@@ -138,7 +163,11 @@ impl AuditRecord {
     /// buffers are reused, so a writer that keeps one event allocates
     /// nothing per record for the fields a record usually has.
     pub(crate) fn fill(self, event: &mut AuditEvent) {
-        let mut capture = self.capture;
+        let mut capture = match self.kind {
+            Kind::Request(capture) => capture,
+            Kind::Leak(report) => return fill_leak(&report, event),
+        };
+        event.leak = None;
         capture.settle();
         event.truncated.clear();
         fill_target(&capture, event);
@@ -258,12 +287,21 @@ fn copy_into(slot: &mut Option<String>, value: Option<&str>) {
 
 impl fmt::Debug for AuditRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuditRecord")
-            .field("method", &self.capture.method)
-            .field("path", &self.capture.path())
-            .field("status", &self.capture.status)
-            .field("ending", &self.capture.ending)
-            .finish_non_exhaustive()
+        match &self.kind {
+            Kind::Request(capture) => f
+                .debug_struct("AuditRecord")
+                .field("method", &capture.method)
+                .field("path", &capture.path())
+                .field("status", &capture.status)
+                .field("ending", &capture.ending)
+                .finish_non_exhaustive(),
+            Kind::Leak(report) => f
+                .debug_struct("AuditRecord")
+                .field("event", &crate::LEAK_REPORTED)
+                .field("reporter", &report.reporter)
+                .field("outcome", &report.outcome)
+                .finish_non_exhaustive(),
+        }
     }
 }
 
@@ -272,7 +310,7 @@ impl AuditRecord {
     /// Whether the record still holds the request's trail (shared with the
     /// request) rather than what was taken out of it.
     pub(crate) fn holds_trail(&self) -> bool {
-        self.capture.trail.is_some()
+        matches!(&self.kind, Kind::Request(capture) if capture.trail.is_some())
     }
 
     /// A completed `GET /` for sink tests.

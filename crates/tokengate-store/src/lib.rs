@@ -64,8 +64,9 @@ use std::time::SystemTime;
 
 pub use feed::{FeedConsumer, FeedEvent};
 pub use lifecycle::{
-    Expiry, IssuancePolicy, IssuedToken, Lifecycle, LifecycleError, QueryParts, TokenPatch,
-    TokenQuery, TokenSpec,
+    Expiry, IssuancePolicy, IssuedToken, LEAK_REPORTED_BY, LEAKED_AT, LeakAction, LeakActionError,
+    LeakHandled, LeakOutcome, Lifecycle, LifecycleError, QueryParts, TokenPatch, TokenQuery,
+    TokenSpec,
 };
 pub use memory::MemoryStore;
 pub use pepper_source::{FIRST_KEY, PEPPER_ENV, PepperSource, PepperSourceError};

@@ -437,10 +437,14 @@ impl<S: TokenAdmin> Lifecycle<S> {
     }
 }
 
+mod leak;
 mod query;
 mod spec;
 mod update;
 
+pub use leak::{
+    LEAK_REPORTED_BY, LEAKED_AT, LeakAction, LeakActionError, LeakHandled, LeakOutcome,
+};
 pub use query::{QueryParts, TokenQuery};
 pub use spec::{Expiry, IssuancePolicy, TokenSpec};
 pub use update::TokenPatch;

@@ -42,6 +42,21 @@ pub struct TracingSink;
 impl AuditSink for TracingSink {
     fn record(&self, record: AuditRecord) {
         let e = record.event();
+        if let Some(leak) = &e.leak {
+            tracing::event!(
+                target: "tokengate::audit",
+                Level::WARN,
+                tokengate.event = crate::LEAK_REPORTED,
+                tokengate.leak.reporter = leak.reporter,
+                tokengate.leak.outcome = leak.outcome,
+                tokengate.leak.source = leak.source.as_deref().map(Shown).map(tracing::field::display),
+                tokengate.token_id = e.token_id.as_deref(),
+                enduser.id = e.subject.as_deref().map(Shown).map(tracing::field::display),
+                client.address = e.client_address.as_deref(),
+                "audit"
+            );
+            return;
+        }
         macro_rules! emit {
             ($level:expr) => {
                 tracing::event!(
