@@ -85,6 +85,7 @@ pub use scope::{Scope, ScopeError, ScopeRules, ScopeSet};
 pub use slot::SlotKey;
 pub use token::{
     CHECKSUM_LEN, PrefixError, SECRET_LEN, Token, TokenFormat, TokenFormatError, TokenPrefix,
+    find_tokens,
 };
 pub use trail::{RequestTrail, TrailFacts};
 pub use uses::{

@@ -218,6 +218,29 @@ impl TokenFormat {
         &self.prefix
     }
 
+    /// The regular expression of this format's tokens, as a secret-scanning
+    /// provider registers it: `\b` + the prefix + `_[A-Za-z0-9]{38}\b`
+    /// (32 secret and 6 checksum characters). A match is a token only if
+    /// its checksum holds ([`TokenFormat::validate`]).
+    ///
+    /// ```
+    /// use tokengate_core::{TokenFormat, TokenPrefix};
+    ///
+    /// let format = TokenFormat::new(TokenPrefix::new("acme_live")?);
+    /// assert_eq!(format.pattern(), r"\bacme_live_[A-Za-z0-9]{38}\b");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pattern(&self) -> String {
+        format!(
+            r"\b{}_[A-Za-z0-9]{{{}}}\b",
+            self.prefix.as_str(),
+            SECRET_LEN + CHECKSUM_LEN
+        )
+    }
+
+    /// The regular expression of tokens of any valid prefix.
+    pub const ANY_PATTERN: &'static str = r"\b[a-z][a-z0-9_]{0,23}_[A-Za-z0-9]{38}\b";
+
     /// The exact length in bytes of every token of this format.
     pub fn token_len(&self) -> usize {
         self.prefix.0.len() + 1 + SECRET_LEN + CHECKSUM_LEN
@@ -287,6 +310,77 @@ impl TokenFormat {
             prefix_len: prefix.len(),
         })
     }
+}
+
+/// Every token of any prefix in `text` whose checksum holds, with its
+/// byte offset, in order: what `tokengate scan` reports. A token is a
+/// whole word of [`TokenFormat::ANY_PATTERN`] (`\b` on both sides, so
+/// `xtg_…` and `tg_…x` are not one); where the word before the secret has
+/// `_`s (`API_KEY_tg_…`), the longest prefix whose checksum holds wins.
+/// Random text matches with odds of one in 2^32 per candidate word.
+///
+/// ```
+/// use tokengate_core::{TokenFormat, find_tokens};
+///
+/// let token = TokenFormat::default().generate();
+/// let text = format!("export KEY={}\nnot_a_token_0123456789012345678901234567890123456", token.expose_secret());
+/// let found: Vec<_> = find_tokens(&text).collect();
+/// assert_eq!(found.len(), 1);
+/// assert_eq!(found[0].0, 11);
+/// assert_eq!(found[0].1, token);
+/// ```
+pub fn find_tokens(text: &str) -> impl Iterator<Item = (usize, Token)> + '_ {
+    let bytes = text.as_bytes();
+    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while at < bytes.len() {
+            let start = at + bytes[at..].iter().position(|&b| is_word(b))?;
+            let end = start
+                + bytes[start..]
+                    .iter()
+                    .position(|&b| !is_word(b))
+                    .unwrap_or(bytes.len() - start);
+            at = end;
+            if let Some(found) = token_in_word(text, start, end) {
+                return Some(found);
+            }
+        }
+        None
+    })
+}
+
+/// The token that the word `text[start..end]` ends with, if any.
+fn token_in_word(text: &str, start: usize, end: usize) -> Option<(usize, Token)> {
+    const TAIL: usize = SECRET_LEN + CHECKSUM_LEN;
+    let word = &text[start..end];
+    if word.len() < TAIL + 2 || word.len() > TokenPrefix::MAX_LEN + 1 + TAIL + 64 {
+        return None;
+    }
+    let (head, body) = word.split_at(word.len() - TAIL);
+    let head = head.strip_suffix('_')?;
+    if !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    // The prefix: the whole head, or its part after one of its `_`s.
+    let starts = std::iter::once(0).chain(head.match_indices('_').map(|(i, _)| i + 1));
+    for from in starts {
+        let prefix = &head[from..];
+        if TokenPrefix::new(prefix).is_err() {
+            continue;
+        }
+        let candidate = &word[from..];
+        if check_body(candidate, body).is_ok() {
+            return Some((
+                start + from,
+                Token {
+                    value: candidate.to_owned(),
+                    prefix_len: prefix.len(),
+                },
+            ));
+        }
+    }
+    None
 }
 
 /// Checks the secret-and-checksum part of `full`.
@@ -494,5 +588,50 @@ mod tests {
             prop_assert!(format().parse(&input).is_err());
             prop_assert!(TokenFormat::parse_any_prefix(&input).is_err());
         }
+
+        #[test]
+        fn a_token_is_found_wherever_it_sits_and_arbitrary_text_finds_none(
+            before in "\\PC{0,40}",
+            after in "\\PC{0,40}",
+        ) {
+            prop_assert_eq!(find_tokens(&before).count(), 0);
+            let token = format().generate();
+            let text = format!("{before} {} {after}", token.expose_secret());
+            let found: Vec<_> = find_tokens(&text).collect();
+            prop_assert_eq!(found.len(), 1);
+            prop_assert_eq!(found[0].0, before.len() + 1);
+            prop_assert!(found[0].1 == token);
+        }
+    }
+
+    #[test]
+    fn find_tokens_takes_whole_words_with_a_valid_checksum_only() {
+        let tg = format().generate();
+        let acme = TokenFormat::new(TokenPrefix::new("acme_live").unwrap()).generate();
+        let (tg, acme) = (tg.expose_secret(), acme.expose_secret());
+        let broken = flip_char(tg, 10);
+        let text = format!(
+            "A={tg}\nAPI_KEY_{acme},x{tg} {tg}x \"{broken}\" {tg}{tg}\n\
+             random_0123456789abcdefghijABCDEFGHIJ0123456789 é{acme}é"
+        );
+        let found: Vec<(usize, String)> = find_tokens(&text)
+            .map(|(at, token)| (at, token.expose_secret().to_owned()))
+            .collect();
+        let first = text.find(tg).unwrap();
+        let second = text.find(acme).unwrap();
+        let last = text.rfind(acme).unwrap();
+        assert_eq!(
+            found,
+            vec![
+                (first, tg.to_owned()),
+                (second, acme.to_owned()),
+                (last, acme.to_owned())
+            ]
+        );
+        assert_eq!(
+            found[1].1.split('_').count(),
+            3,
+            "the prefix is acme_live, not API_KEY_acme_live"
+        );
     }
 }

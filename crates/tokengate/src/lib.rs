@@ -173,5 +173,7 @@ mod view;
 pub mod admin;
 #[cfg(feature = "axum")]
 pub mod axum;
+#[cfg(feature = "leaks")]
+pub mod leaks;
 #[cfg(feature = "tonic")]
 pub mod tonic;
