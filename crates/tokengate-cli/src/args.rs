@@ -21,6 +21,10 @@ pub(crate) struct Cli {
     /// a first start). TOKENGATE_PEPPER wins over it.
     #[arg(long, global = true)]
     pub(crate) pepper_file: Option<PathBuf>,
+    /// Whether --db was given rather than defaulted (`scan` looks tokens
+    /// up only then).
+    #[arg(skip)]
+    pub(crate) db_given: bool,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -121,6 +125,12 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Find leaked tokens in files: every token of any prefix (or of
+    /// --prefix) whose checksum holds, as `file:line:column`, masked.
+    /// With --db, each token's id and status. Exit status: 1 when a live
+    /// token is found (without --db, any token), 2 when something could
+    /// not be read, 0 otherwise: a CI step or a pre-commit hook.
+    Scan(Scan),
     /// Say whether a token is valid, and why not.
     Inspect {
         /// The token.
@@ -171,6 +181,36 @@ pub(crate) enum AuditCommand {
         #[arg(long)]
         key_file: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Scan {
+    /// Files and directories (recursively, honouring .gitignore; hidden
+    /// files such as .env included, .git skipped, binary files skipped).
+    /// Standard input when none is given.
+    pub(crate) paths: Vec<PathBuf>,
+    /// Only tokens of this prefix (repeatable); by default every prefix.
+    #[arg(long = "prefix")]
+    pub(crate) prefixes: Vec<String>,
+    /// Scan files that .gitignore and .ignore exclude too.
+    #[arg(long)]
+    pub(crate) no_ignore: bool,
+    /// Revoke every live token found (the database is --db, by default
+    /// ./tokengate.db); asks first unless --yes. The token's metadata
+    /// records where it was found (leaked_at).
+    #[arg(long)]
+    pub(crate) revoke: bool,
+    /// Revoke without asking.
+    #[arg(long, requires = "revoke")]
+    pub(crate) yes: bool,
+    /// Append one `leak_reported` audit record per revoked token to this
+    /// JSON-lines audit file (chained, keyed like a server's). Not a file
+    /// a running server writes: two writers fork its chain.
+    #[arg(long, requires = "revoke")]
+    pub(crate) audit_log: Option<PathBuf>,
+    /// One JSON object per finding, one per line.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -20,14 +20,19 @@ mod commands;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _};
 
 fn main() -> ExitCode {
     if let Err(refused) = refuse_control_characters(std::env::args_os()) {
         eprintln!("error: {refused}");
         return ExitCode::from(2);
     }
-    let cli = args::Cli::parse();
+    let matches = args::Cli::command().get_matches();
+    let mut cli = match args::Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    cli.db_given = db_given(&matches);
     // A server uses every core; a command, one thread.
     let mut builder = if matches!(cli.command, args::Command::Serve(_)) {
         tokio::runtime::Builder::new_multi_thread()
@@ -53,6 +58,13 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Whether `--db` was given (before or after the command) or defaulted.
+fn db_given(matches: &clap::ArgMatches) -> bool {
+    let given =
+        |m: &clap::ArgMatches| m.value_source("db") == Some(clap::parser::ValueSource::CommandLine);
+    given(matches) || matches.subcommand().is_some_and(|(_, sub)| given(sub))
 }
 
 /// Refuses an argument holding a control character (C0 such as CR, form

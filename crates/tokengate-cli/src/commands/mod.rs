@@ -17,6 +17,7 @@ use tokengate::{Lifecycle, TokenId, TokenRecord, TokenSpec, TokenStore};
 use crate::args::{AuditCommand, Cli, Command, Issue, Update};
 
 mod pepper;
+mod scan;
 use pepper::pepper;
 
 type Result<T> = std::result::Result<T, String>;
@@ -376,6 +377,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { token } => inspect(&open(&cli).await?, token).await,
+        Command::Scan(args) => Ok(scan::scan(&cli, args).await),
         Command::Update(update) => update_token(&cli, update).await,
         Command::Pepper { command } => pepper(&cli, command).await,
         Command::Disable { id } | Command::Enable { id } => {
