@@ -4,6 +4,8 @@
 //! the tests that span several crates and the criterion benches; this library
 //! holds the few helpers they share.
 
+pub mod leaks;
+
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
