@@ -8,9 +8,11 @@
     reason = "servers that tell their operator where they listen"
 )]
 
+mod leaks;
 pub mod serve;
 mod server;
 
+pub use leaks::LeaksArgs;
 pub use server::{Instance, RedisArgs, ServerArgs, Stopping};
 
 use std::net::SocketAddr;

@@ -2,7 +2,9 @@
 //!
 //! `GET /healthz` is public; `GET /notes` needs `notes:read`; `POST /notes`
 //! (`{"text": ...}`) needs `notes:write`; `DELETE /notes/{id}` needs
-//! `notes:admin`; `GET /whoami` needs any valid token. Tokens live in a
+//! `notes:admin`; `GET /whoami` needs any valid token; with
+//! `--secret-scanning`, `POST /leaks/github` (and GitLab's) take signed
+//! leak reports. Tokens live in a
 //! SQLite file (`--db`), every request leaves one record in a JSON-lines
 //! audit file (`--audit-log`), and revocations made with the `tokengate`
 //! CLI reach the running server within a quarter of a second.
@@ -32,7 +34,7 @@ use tokengate::ipfilter::IpFilterLayer;
 use tokengate::rate::{MissingKey, RateLimitLayer, RateState};
 use tokengate::store::IssuedToken;
 use tokengate::{Deployment, EnforceScopeLayer, Gate, Requirement, ScopePolicy};
-use tokengate_server::{Instance, ServerArgs};
+use tokengate_server::{Instance, LeaksArgs, ServerArgs};
 
 /// A notes API protected by tokengate.
 #[derive(Debug, Parser)]
@@ -72,6 +74,9 @@ struct Args {
     /// enable, revoke, rotate, and /admin/openapi.json.
     #[arg(long)]
     admin: bool,
+    /// Secret-scanning receivers under /leaks: leaked tokens revoke themselves.
+    #[command(flatten)]
+    leaks: LeaksArgs,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -146,12 +151,14 @@ async fn whoami(Authenticated(caller): Authenticated) -> Json<serde_json::Value>
     }))
 }
 
-fn policy(admin: bool) -> Result<ScopePolicy, tokengate::deployment::SetupError> {
+fn policy(args: &Args) -> Result<ScopePolicy, tokengate::deployment::SetupError> {
     use axum::http::Method;
     let mut builder = ScopePolicy::builder();
-    if admin {
+    if args.admin {
         builder = tokengate::admin::policy_rules(builder);
     }
+    // Public: a provider's signature is its authentication.
+    builder = args.leaks.policy_rules(builder);
     Ok(builder
         .route([Method::GET], "/healthz", Requirement::Public)
         .route(
@@ -184,8 +191,9 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), SetupError> {
     // Every flag is checked before anything is opened, bound or written.
-    let policy = policy(args.admin)?;
+    let policy = policy(&args)?;
     let pre_auth = per_second(args.pre_auth_rate)?;
+    args.leaks.check()?;
     let server = Instance::start("axum-notes", &args.server, args.listen, &policy).await?;
     if let Some(demo) = &server.demo {
         print_demo(demo, &args, server.addr);
@@ -227,6 +235,14 @@ async fn run(args: Args) -> Result<(), SetupError> {
     if args.admin {
         // Behind the same Gate: the policy gives /admin to tokengate:admin.
         routes = routes.merge(tokengate::admin::router(deployment.lifecycle.clone()));
+    }
+    if let Some(receivers) = args
+        .leaks
+        .router(deployment.lifecycle.clone(), deployment.audit.clone())?
+    {
+        // Behind the Gate too: the per-address limit, the IP filter and
+        // each report's own request record.
+        routes = routes.merge(receivers);
     }
     let app = match &server.redis {
         None => guard(routes, gate, &args, deployment),

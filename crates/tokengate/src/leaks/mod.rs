@@ -43,19 +43,25 @@
 //!
 //! The receivers carry no tokengate token (the signature is their
 //! authentication): mount them behind the Gate with [`policy_rules`],
-//! which makes these paths public, so they keep the Gate's per-address
-//! limit, IP filter and request audit.
+//! which makes these paths public, so they keep the Gate's IP filter and
+//! request audit, and the address it resolves for their own per-address
+//! limit ([`SecretScanning::per_address`]): the Gate's own limit charges
+//! only refused requests, and a report may be refused after the Gate
+//! admitted it.
 
 mod keys;
 mod notify;
 mod report;
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
 use http::Uri;
+use tokengate_core::RateQuota;
+use tokengate_rate::{MissingKey, RateLimitLayer};
 use tokengate_scope::{Requirement, ScopePolicyBuilder};
 use tokengate_store::{LeakAction, Lifecycle, TokenAdmin, TokenStore};
 
@@ -96,6 +102,7 @@ pub struct SecretScanning<S> {
     max_tokens: usize,
     timeout: Duration,
     key_refresh: Duration,
+    per_address: RateQuota,
 }
 
 impl<S> std::fmt::Debug for SecretScanning<S> {
@@ -135,7 +142,21 @@ where
             max_tokens: 1000,
             timeout: Duration::from_secs(5),
             key_refresh: Duration::from_secs(60),
+            per_address: default_per_address(),
         }
+    }
+
+    /// How many report requests one client address may send: every
+    /// request is charged, refused or not (5 a second, bursts of 20, by
+    /// default); past it 429 with `Retry-After`, before the body is read.
+    /// The address is the one the Gate resolved (its trusted proxies), so
+    /// this holds behind the Gate (or a
+    /// [`ResolveClientIpLayer`](crate::ipfilter::ResolveClientIpLayer));
+    /// without one, no address is known and nothing is charged.
+    #[must_use]
+    pub fn per_address(mut self, quota: RateQuota) -> Self {
+        self.per_address = quota;
+        self
     }
 
     /// Where GitHub's key set is fetched (http or https).
@@ -266,7 +287,10 @@ where
                     post(report::revoke_tokens::<S>),
                 );
         }
-        router.with_state(shared)
+        let per_address = RateLimitLayer::per_client_ip(self.per_address)
+            .missing_key(MissingKey::Skip)
+            .success_headers(false);
+        router.with_state(shared).layer(per_address)
     }
 }
 
@@ -277,6 +301,15 @@ where
     S: TokenStore + TokenAdmin,
 {
     SecretScanning::new(lifecycle).router()
+}
+
+/// 5 report requests a second per address, bursts of 20.
+fn default_per_address() -> RateQuota {
+    match (NonZeroU32::new(5), NonZeroU32::new(20)) {
+        (Some(count), Some(burst)) => RateQuota::new(count, Duration::from_secs(1), burst)
+            .unwrap_or_else(|_| unreachable!("a valid constant quota")),
+        _ => unreachable!("non-zero constants"),
+    }
 }
 
 /// Adds the receivers' paths to a scope policy as public: a provider

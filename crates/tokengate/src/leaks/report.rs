@@ -117,10 +117,8 @@ struct Origin {
 
 impl Origin {
     fn of(request: &Request) -> Self {
-        let client = request
-            .extensions()
-            .get::<ClientIp>()
-            .map(|ip| ip.addr())
+        let client = ClientIp::of(request.extensions())
+            .map(ClientIp::addr)
             .or_else(|| {
                 request
                     .extensions()
