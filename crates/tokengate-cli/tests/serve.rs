@@ -676,3 +676,86 @@ async fn serve_shares_redis_and_reports_readiness_and_metrics_as_the_examples_do
     drop((first, second));
     tokengate_tests::remove_redis_keys(&url, &prefix).await;
 }
+
+/// `tokengate serve --secret-scanning`: a signed GitHub report revokes the
+/// token, and the next check with it is 401; an unsigned one changes
+/// nothing; the report's request and the leak record share the audit
+/// file's chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_secret_scanning_revokes_a_reported_token() {
+    use tokengate_tests::leaks::{KeyServer, Signer};
+    let fixture = Fixture::new("leaks").await;
+    let signer = Signer::new("gh-1", 3);
+    let keys = KeyServer::start(&[(&signer, true)]).await;
+    // A second server on the same database, its audit file its own.
+    let own = fixture.dir.join("leaky");
+    std::fs::create_dir_all(&own).unwrap();
+    let (mut leaky, addr, _) = serve(
+        &own,
+        &fixture.db,
+        &fixture.policy,
+        &["--secret-scanning", "--secret-scanning-keys", &keys.url],
+    );
+    assert!(
+        leaky.addr.contains("leaks: /leaks/github"),
+        "{}",
+        leaky.addr
+    );
+    let auth = Target::unmanaged("leaks", format!("http://{addr}"));
+    let token = fixture.issue("leaks", "reader", &["--scope", "notes:read"]);
+    let check = || {
+        auth.get("/auth")
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/notes")
+            .bearer(&token)
+            .send()
+    };
+    assert_eq!(check().await.status, 200);
+
+    let report: &'static str = Box::leak(
+        serde_json::json!([{"token": token, "type": "tokengate_api_token", "url": "https://github.com/o/r/blob/x/a.txt"}])
+            .to_string()
+            .into_boxed_str(),
+    );
+    let unsigned = auth
+        .request("POST", "/leaks/github")
+        .body(report)
+        .send()
+        .await;
+    assert_eq!(unsigned.status, 401);
+    assert_eq!(check().await.status, 200);
+    let signature = signer.sign(report.as_bytes());
+    let answer = auth
+        .request("POST", "/leaks/github")
+        .header("github-public-key-identifier", &signer.id)
+        .header("github-public-key-signature", &signature)
+        .body(report)
+        .send()
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body[0]["label"], "true_positive");
+    let refused = check().await;
+    assert_eq!(refused.status, 401);
+
+    assert!(leaky.interrupt());
+    let _ = leaky.child.wait();
+    let audit = own.join("serve-audit.jsonl");
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(!text.contains(&token[3..]));
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let leak = records
+        .iter()
+        .find(|r| r["tokengate.event"] == "leak_reported")
+        .unwrap();
+    assert_eq!(leak["tokengate.leak.outcome"], "revoked");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["url.path"] == "/leaks/github" && r["http.response.status_code"] == 200)
+    );
+    let verified = fixture.cli(&["audit", "verify", audit.to_str().unwrap()]);
+    assert!(verified.starts_with("ok: "), "{verified}");
+}

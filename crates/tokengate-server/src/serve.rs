@@ -9,7 +9,9 @@
 //! - `/auth/envoy/...`: Envoy's HTTP ext_authz with `path_prefix:
 //!   /auth/envoy` (the original method and path are the request's own);
 //! - with `--grpc-listen`: Envoy's ext_authz gRPC service, and the
-//!   standard gRPC health service beside it.
+//!   standard gRPC health service beside it;
+//! - with `--secret-scanning`: the leak receivers under `/leaks`
+//!   ([`tokengate::leaks`]).
 //!
 //! On the same store, cache, rate state, audit file, metrics and
 //! readiness as the example servers. SIGHUP reads the policy file again:
@@ -34,7 +36,7 @@ use tokengate::sidecar::{Admitted, Current, ExtAuthz, ForwardAuth, Refusals};
 use tokengate::store::SharedUses;
 use tokengate::{Deployment, ScopePolicy};
 
-use crate::{Admin, OpsArgs, RedisArgs};
+use crate::{Admin, LeaksArgs, OpsArgs, RedisArgs};
 
 /// `tokengate serve`'s flags (the database and pepper file are the CLI's
 /// own `--db` and `--pepper-file`).
@@ -57,6 +59,9 @@ pub struct ServeArgs {
     /// The rate state shared by every instance.
     #[command(flatten)]
     pub redis: RedisArgs,
+    /// Secret-scanning receivers under /leaks on the forward-auth listener.
+    #[command(flatten)]
+    pub leaks: LeaksArgs,
     /// Logs and the admin listener.
     #[command(flatten)]
     pub ops: OpsArgs,
@@ -75,6 +80,7 @@ pub async fn serve(
 ) -> Result<(), SetupError> {
     let config = GateConfig::load(&args.config)?;
     args.redis.check()?;
+    args.leaks.check()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {} (--listen): {e}", args.listen))?;
@@ -98,10 +104,12 @@ pub async fn serve(
     }
     let deployment = builder.open().await?;
     let mut readiness = deployment.readiness();
+    let receivers = receivers(&deployment, &config, &args.leaks)?;
     let parts = Parts {
         deployment,
         config_path: args.config.clone(),
         remove_authorization: config.remove_authorization(),
+        receivers,
     };
     let servers = match redis {
         None => {
@@ -132,11 +140,35 @@ pub async fn serve(
     Ok(())
 }
 
+/// The leak receivers (`--secret-scanning`) behind a Gate of their own:
+/// public, with the policy's client-address resolution, networks and
+/// audit file (each report's request record beside its leak records).
+fn receivers(
+    deployment: &Deployment,
+    config: &GateConfig,
+    leaks: &LeaksArgs,
+) -> Result<Option<axum::Router>, SetupError> {
+    let Some(router) = leaks.router(deployment.lifecycle.clone(), deployment.audit.clone())? else {
+        return Ok(None);
+    };
+    let policy = tokengate::leaks::policy_rules(ScopePolicy::builder()).build()?;
+    let gate = tokengate::Gate::new(
+        deployment.authenticate(config.audience().clone()),
+        tokengate::EnforceScopeLayer::new(policy),
+    )
+    .client_ip(config.client_ip())
+    .ip_filter(tokengate::ipfilter::IpFilterLayer::new(config.ip_rules()))
+    .audit(tokengate::audit::AuditLayer::new(deployment.audit.clone()));
+    Ok(Some(router.layer(gate)))
+}
+
 /// What every policy's Gate is built on.
 struct Parts {
     deployment: Deployment,
     config_path: PathBuf,
     remove_authorization: bool,
+    /// The leak receivers, served beside the checks when on.
+    receivers: Option<axum::Router>,
 }
 
 /// The servers, started.
@@ -191,7 +223,7 @@ impl Parts {
         let mut lines = Vec::new();
         let mut tasks = Vec::new();
 
-        let app = axum::Router::new()
+        let mut app = axum::Router::new()
             .route_service("/auth", ForwardAuth::new(current.clone()))
             .route_service(
                 "/auth/nginx",
@@ -201,9 +233,14 @@ impl Parts {
                 "/auth/envoy/{*path}",
                 ForwardAuth::new(current.clone()).path_prefix("/auth/envoy"),
             );
+        let mut leaks = "";
+        if let Some(receivers) = &self.receivers {
+            app = app.merge(receivers.clone());
+            leaks = "; leaks: /leaks/github";
+        }
         // Last: whoever waits for the listening line has every address.
         let listening = format!(
-            "tokengate serve listening on http://{} (forward-auth: /auth; nginx: /auth/nginx; Envoy HTTP: /auth/envoy)",
+            "tokengate serve listening on http://{} (forward-auth: /auth; nginx: /auth/nginx; Envoy HTTP: /auth/envoy{leaks})",
             listener.local_addr()?
         );
         let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
