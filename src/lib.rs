@@ -522,4 +522,6 @@ pub mod docs {
     pub struct PolicyFile;
     #[doc = include_str!("../docs/any-language.md")]
     pub struct AnyLanguage;
+    #[doc = include_str!("../docs/leaks.md")]
+    pub struct Leaks;
 }

@@ -72,7 +72,11 @@ pub struct LeakFacts {
 const SOURCE_LIMIT: usize = 512;
 
 impl AuditRecord {
-    /// The record of one leaked token's report (see the [module](self)).
+    /// The record of one leaked token's report: `tokengate.event` is
+    /// `leak_reported`, with who reported it, where it leaked, what was
+    /// done, and the token's id and owner when the store knows it; never
+    /// the token. It goes to the sink like a request's record, in the same
+    /// chain.
     pub fn leak_reported(report: LeakReport) -> Self {
         Self::leak(Box::new(report))
     }

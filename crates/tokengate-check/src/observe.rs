@@ -185,6 +185,21 @@ pub fn describe_metrics() {
         "How long the last audit record waited for the writer."
     );
     describe_counter!(
+        LEAK_REPORTS,
+        Unit::Count,
+        "Tokens named in secret-scanning reports, by provider and outcome."
+    );
+    describe_counter!(
+        LEAK_REPORTS_REFUSED,
+        Unit::Count,
+        "Secret-scanning report requests refused, by provider and reason."
+    );
+    describe_counter!(
+        LEAK_NOTICES_DROPPED,
+        Unit::Count,
+        "Owner notices of leaked tokens dropped on a full queue."
+    );
+    describe_counter!(
         FEED_EVENTS,
         Unit::Count,
         "Change events applied from the store's feed."

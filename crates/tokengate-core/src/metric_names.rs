@@ -84,6 +84,21 @@ pub const FEED_LAST_EVENT: &str = "tokengate_feed_last_event_timestamp_seconds";
 /// should rotate soon.
 pub const NEAR_EXPIRY: &str = "tokengate_near_expiry_requests_total";
 
+/// Counter: tokens named in secret-scanning reports (`tokengate::leaks`).
+/// Labels `provider` (`github`, `gitlab`) and `outcome` (`revoked`,
+/// `disabled`, `notified`, `already_dead`, `unknown`).
+pub const LEAK_REPORTS: &str = "tokengate_leak_reports_total";
+
+/// Counter: secret-scanning report requests refused before any token was
+/// looked at. Labels `provider` and `reason` (`unsigned`, `unknown_key`,
+/// `bad_signature`, `keys_unavailable`, `too_large`, `malformed`,
+/// `too_many`, `unauthorized`, `timeout`, `store`).
+pub const LEAK_REPORTS_REFUSED: &str = "tokengate_leak_reports_refused_total";
+
+/// Counter: owner notices of leaked tokens dropped because the
+/// notification queue was full.
+pub const LEAK_NOTICES_DROPPED: &str = "tokengate_leak_notices_dropped_total";
+
 /// The bucket bounds, in seconds, for every histogram in [`HISTOGRAMS`]:
 /// from 100 µs (a lookup in a local SQLite file) to 2.5 s (past any
 /// sensible lookup or Redis timeout). Histograms with the same buckets

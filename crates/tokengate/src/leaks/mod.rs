@@ -72,19 +72,7 @@ pub use notify::{LeakNotice, NotifyOwner};
 /// GitHub's secret-scanning public keys.
 pub const GITHUB_KEYS: &str = "https://api.github.com/meta/public_keys/secret_scanning";
 
-/// Counter: tokens named in secret-scanning reports. Labels `provider`
-/// (`github`, `gitlab`) and `outcome` (`revoked`, `disabled`, `notified`,
-/// `already_dead`, `unknown`).
-pub const LEAK_REPORTS: &str = "tokengate_leak_reports_total";
-
-/// Counter: secret-scanning report requests refused before any token was
-/// looked at. Labels `provider` and `reason` (`unsigned`, `unknown_key`,
-/// `bad_signature`, `keys_unavailable`, `too_large`, `malformed`,
-/// `too_many`, `unauthorized`, `timeout`, `store`).
-pub const LEAK_REPORTS_REFUSED: &str = "tokengate_leak_reports_refused_total";
-
-/// Counter: owner notices dropped because the notification queue was full.
-pub const LEAK_NOTICES_DROPPED: &str = "tokengate_leak_notices_dropped_total";
+pub use tokengate_core::metric_names::{LEAK_NOTICES_DROPPED, LEAK_REPORTS, LEAK_REPORTS_REFUSED};
 
 /// The receivers' settings; [`SecretScanning::router`] (or [`router`])
 /// serves them.
