@@ -369,6 +369,9 @@ async fn unsigned_mis_signed_unknown_key_and_tampered_reports_change_nothing() {
         .post("/leaks/github", "Github", &setup.current, &huge)
         .await;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Its body was not read: the answer closes the connection, so the
+    // client's next request goes on a new one and is not lost.
+    assert_eq!(reply.headers["connection"], "close");
     let reply = setup
         .post("/leaks/github", "Github", &setup.current, "{\"token\":")
         .await;
@@ -532,6 +535,8 @@ async fn gitlab_reports_and_its_revocation_api_act_like_githubs() {
             )
             .await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{wrong:?}");
+        // Refused before its body was read: the connection closes.
+        assert_eq!(reply.headers["connection"], "close");
     }
     assert_eq!(setup.status(&second_id).await, TokenStatus::Active);
     let reply = setup

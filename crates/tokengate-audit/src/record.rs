@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use tokengate_core::RateFallback;
 
 use crate::capture::{Capture, Ending};
-use crate::leak::{LeakFacts, LeakReport, fill_leak};
+use crate::leak::{LEAK_REPORTED, LeakFacts, LeakReport};
 use crate::limits::{clean_into, redact_query_into};
 
 /// Status assumed when the client left before any response was made (the
@@ -303,6 +303,71 @@ impl fmt::Debug for AuditRecord {
                 .finish_non_exhaustive(),
         }
     }
+}
+
+/// The most of a leak's source a record keeps.
+const SOURCE_LIMIT: usize = 512;
+
+impl AuditRecord {
+    /// The record of one leaked token's report: `tokengate.event` is
+    /// `leak_reported`, with who reported it, where it leaked, what was
+    /// done, and the token's id and owner when the store knows it; never
+    /// the token. It goes to the sink like a request's record, in the same
+    /// chain.
+    pub fn leak_reported(report: LeakReport) -> Self {
+        Self::leak(Box::new(report))
+    }
+}
+
+/// Writes `report` over `event`.
+pub(crate) fn fill_leak(report: &LeakReport, event: &mut AuditEvent) {
+    event.truncated.clear();
+    event.timestamp = report.timestamp;
+    event.request_id.clear();
+    if let Some(id) = &report.request_id {
+        clean_into(
+            &mut event.request_id,
+            id,
+            128,
+            "http.request.id",
+            &mut event.truncated,
+        );
+    }
+    event.client_address = report.client_address.map(|ip| ip.to_string());
+    event.method.clear();
+    event.path.clear();
+    event.query = None;
+    event.rpc_service = None;
+    event.rpc_method = None;
+    event.token_id.clone_from(&report.token_id);
+    event.subject = None;
+    if let Some(subject) = &report.subject {
+        let slot = event.subject.get_or_insert_with(String::new);
+        clean_into(slot, subject, 256, "enduser.id", &mut event.truncated);
+    }
+    event.decision = Decision::Deny;
+    event.reason = Some(LEAK_REPORTED.to_owned());
+    event.rate_fallback = None;
+    event.status = 0;
+    event.grpc_status = None;
+    event.latency = std::time::Duration::ZERO;
+    event.user_agent = None;
+    let source = report.source.as_deref().map(|source| {
+        let mut out = String::new();
+        clean_into(
+            &mut out,
+            source,
+            SOURCE_LIMIT,
+            "tokengate.leak.source",
+            &mut event.truncated,
+        );
+        out
+    });
+    event.leak = Some(LeakFacts {
+        reporter: report.reporter,
+        source,
+        outcome: report.outcome,
+    });
 }
 
 #[cfg(test)]

@@ -790,3 +790,92 @@ fn a_writer_stopping_on_a_full_device_counts_what_it_could_not_write_as_failed()
     sink.record(event());
     assert_eq!(sink.stats().failed, 4, "a record after the shutdown");
 }
+
+mod leak_records {
+    use std::time::Duration;
+
+    use serde_json::Value;
+
+    use std::time::SystemTime;
+
+    use crate::record::AuditEvent;
+    use crate::{AuditKey, AuditRecord, AuditSink, JsonLinesSink, LeakReport, hash_chain};
+
+    fn report() -> LeakReport {
+        let mut report = LeakReport::new(
+            "github",
+            "revoked",
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+        );
+        report.source = Some("https://github.com/o/r/blob/abc/.env#L3\u{1b}[2J".to_owned());
+        report.token_id = Some("tok_aaaaaaaaaaaaaaaa".to_owned());
+        report.subject = Some("team-a".to_owned());
+        report.client_address = Some("192.0.2.7".parse().unwrap());
+        report.request_id = Some("req-1".to_owned());
+        report
+    }
+
+    #[test]
+    fn a_leak_record_is_one_line_of_its_own_members_cleaned_and_chained() {
+        let dir = std::env::temp_dir().join(format!(
+            "tokengate-leak-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let key = AuditKey::from_hex(&"cd".repeat(32), "test").unwrap();
+        let sink = JsonLinesSink::builder()
+            .key(key.clone())
+            .open(&path)
+            .unwrap();
+        sink.record(AuditRecord::sample());
+        sink.record(AuditRecord::leak_reported(report()));
+        sink.record(AuditRecord::sample());
+        sink.shutdown();
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let leak: Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(leak["tokengate.event"], "leak_reported");
+        assert_eq!(leak["tokengate.leak.reporter"], "github");
+        assert_eq!(leak["tokengate.leak.outcome"], "revoked");
+        assert_eq!(
+            leak["tokengate.leak.source"],
+            "https://github.com/o/r/blob/abc/.env#L3\\u{1b}[2J"
+        );
+        assert_eq!(leak["tokengate.token_id"], "tok_aaaaaaaaaaaaaaaa");
+        assert_eq!(leak["enduser.id"], "team-a");
+        assert_eq!(leak["client.address"], "192.0.2.7");
+        assert_eq!(leak["http.request.id"], "req-1");
+        assert_eq!(leak["timestamp"], "2023-11-14T22:13:20.123Z");
+        assert!(leak.get("url.path").is_none(), "{leak}");
+        assert!(leak.get("http.response.status_code").is_none(), "{leak}");
+        // The request records around it are request records.
+        let after: Value = serde_json::from_str(lines[2]).unwrap();
+        assert!(after.get("tokengate.event").is_none());
+        assert_eq!(after["url.path"], "/");
+        // One chain through all three.
+        let verified = hash_chain::verify_with(&path, Some(&key)).unwrap();
+        assert_eq!(verified.records, 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_writer_event_reused_for_a_leak_then_a_request_keeps_nothing_of_either() {
+        let mut event = AuditEvent::blank();
+        AuditRecord::leak_reported(report()).fill(&mut event);
+        assert!(event.leak.is_some());
+        AuditRecord::sample().fill(&mut event);
+        assert_eq!(event.leak, None);
+        assert_eq!(event.token_id, None);
+        assert_eq!(event.path, "/");
+        AuditRecord::leak_reported(LeakReport::new("scan", "unknown", SystemTime::UNIX_EPOCH))
+            .fill(&mut event);
+        assert_eq!(event.path, "");
+        assert_eq!(event.token_id, None);
+        assert_eq!(event.client_address, None);
+        assert_eq!(event.leak.as_ref().unwrap().source, None);
+    }
+}

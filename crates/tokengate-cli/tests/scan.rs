@@ -260,3 +260,54 @@ fn scan_revoke_revokes_live_tokens_once_records_where_and_audits_without_the_tok
     assert_eq!(record["status"], "revoked");
     let _ = tree.revoked;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_looks_up_and_revokes_tokens_in_a_postgres_database() {
+    let Some(database) = tokengate_postgres::testing::TestDatabase::create().await else {
+        return;
+    };
+    let db = Db::new("scan-postgres");
+    let pepper = db.dir.join("pepper");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args(["--db", database.url(), "--pepper-file"])
+            .arg(&pepper)
+            .args(args)
+            .env_remove("TOKENGATE_PEPPER")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let mut issue = support::ISSUE.to_vec();
+    issue.push("--json");
+    let out = run(&issue);
+    assert!(out.status.success(), "{}", text(&out));
+    let issued: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = issued["token"].as_str().unwrap();
+    let id = issued["id"].as_str().unwrap();
+    let file = db.dir.join("notes.txt");
+    std::fs::write(&file, format!("use {token} here\n")).unwrap();
+    let file = file.to_str().unwrap();
+
+    let out = run(&["scan", "--json", file]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let found = lines(&out);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["status"], "active");
+    assert_eq!(found[0]["token_id"], id);
+    assert_eq!(found[0]["column"], 5);
+
+    let out = run(&["scan", "--revoke", "--yes", file]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked (revoked now)"));
+    let out = run(&["show", id, "--json"]);
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["status"], "revoked");
+    assert_eq!(
+        shown["metadata"]["leaked_at"],
+        format!("{file}:1:5").as_str()
+    );
+    let out = run(&["scan", file]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    drop(database);
+}

@@ -63,11 +63,13 @@ struct Feedback {
     label: &'static str,
 }
 
-/// A refused report: the status, the metric's reason, a sentence.
+/// A refused report: the status, the metric's reason, a sentence, and
+/// whether the answer closes the connection (a body left unread on it).
 struct Refused {
     status: StatusCode,
     reason: &'static str,
     detail: &'static str,
+    close: bool,
 }
 
 impl Refused {
@@ -76,7 +78,16 @@ impl Refused {
             status,
             reason,
             detail,
+            close: false,
         }
+    }
+
+    /// Closes the connection when `close`: the request's body was not
+    /// read to its end, and a client reusing the connection would lose
+    /// its next request.
+    const fn closing(mut self, close: bool) -> Self {
+        self.close = close;
+        self
     }
 
     fn answer(self, provider: &'static str) -> Response {
@@ -104,6 +115,12 @@ impl Refused {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
+        }
+        if self.close {
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
         }
         response
     }
@@ -188,7 +205,8 @@ pub(crate) async fn revoke_tokens<S: TokenStore + TokenAdmin>(
     request: Request,
 ) -> Response {
     if let Err(refused) = receiver.gitlab_authorized(request.headers()) {
-        return refused.answer("gitlab");
+        let close = tokengate_check::refusal_closes_connection(&request);
+        return refused.closing(close).answer("gitlab");
     }
     let origin = Origin::of(&request);
     let result = match receiver.read(request).await {
@@ -211,22 +229,28 @@ impl<S: TokenStore + TokenAdmin> Receiver<S> {
         request: Request,
     ) -> Response {
         let headers = request.headers();
-        let (Some(key_id), Some(signature)) =
-            (headers.get(id_header), headers.get(signature_header))
-        else {
+        let signed = (headers.get(id_header), headers.get(signature_header));
+        let signed = match signed {
+            (Some(key_id), Some(signature)) => Some((
+                key_id.to_str().unwrap_or_default().trim().to_owned(),
+                signature.as_bytes().to_vec(),
+            )),
+            _ => None,
+        };
+        let origin = Origin::of(&request);
+        // The body first, whatever comes of the report: a refusal leaves
+        // nothing unread on the connection.
+        let body = match self.read(request).await {
+            Ok(body) => body,
+            Err(refused) => return refused.answer(provider),
+        };
+        let Some((key_id, signature)) = signed else {
             return Refused::new(
                 StatusCode::UNAUTHORIZED,
                 "unsigned",
                 "the report carries no signature",
             )
             .answer(provider);
-        };
-        let key_id = key_id.to_str().unwrap_or_default().trim().to_owned();
-        let signature = signature.as_bytes().to_vec();
-        let origin = Origin::of(&request);
-        let body = match self.read(request).await {
-            Ok(body) => body,
-            Err(refused) => return refused.answer(provider),
         };
         let key = match keys.key(&key_id).await {
             Ok(key) => key,
@@ -268,7 +292,8 @@ impl<S: TokenStore + TokenAdmin> Receiver<S> {
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             "the report is over the size bound",
-        );
+        )
+        .closing(true);
         if request
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -287,7 +312,8 @@ impl<S: TokenStore + TokenAdmin> Receiver<S> {
                 StatusCode::BAD_REQUEST,
                 "malformed",
                 "the report's body could not be read",
-            )),
+            )
+            .closing(true)),
         }
     }
 
