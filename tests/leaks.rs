@@ -91,6 +91,17 @@ impl Setup {
         record.status(std::time::SystemTime::now())
     }
 
+    /// A GitHub report of `tokens` signed with the current key.
+    async fn report(&self, tokens: &[&str]) -> Reply {
+        self.post(
+            "/leaks/github",
+            "Github",
+            &self.current,
+            &github_report(tokens),
+        )
+        .await
+    }
+
     async fn post(&self, path: &str, provider: &str, signer: &Signer, body: &str) -> Reply {
         let signature = signer.sign(body.as_bytes());
         self.post_signed(path, provider, &signer.id, &signature, body)
@@ -411,14 +422,7 @@ async fn keys_are_fetched_again_for_a_new_key_id_and_a_down_key_server_is_503() 
     let (live, live_id) = setup.issue("leaky").await;
     // The key server is down before the first report: retry later.
     setup.keys.set_down(true);
-    let reply = setup
-        .post(
-            "/leaks/github",
-            "Github",
-            &setup.current,
-            &github_report(&[&live]),
-        )
-        .await;
+    let reply = setup.report(&[&live]).await;
     assert_eq!(
         reply.status,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -557,28 +561,14 @@ async fn gitlab_reports_and_its_revocation_api_act_like_githubs() {
 async fn disable_and_notify_actions_do_what_they_say() {
     let setup = Setup::new("leaks-disable", None, LeakAction::Disable).await;
     let (live, live_id) = setup.issue("leaky").await;
-    let reply = setup
-        .post(
-            "/leaks/github",
-            "Github",
-            &setup.current,
-            &github_report(&[&live]),
-        )
-        .await;
+    let reply = setup.report(&[&live]).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(setup.status(&live_id).await, TokenStatus::Disabled);
     setup.finish().await;
 
     let setup = Setup::new("leaks-notify", None, LeakAction::Notify).await;
     let (live, live_id) = setup.issue("leaky").await;
-    let reply = setup
-        .post(
-            "/leaks/github",
-            "Github",
-            &setup.current,
-            &github_report(&[&live]),
-        )
-        .await;
+    let reply = setup.report(&[&live]).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.body.contains("true_positive"));
     assert_eq!(setup.status(&live_id).await, TokenStatus::Active);

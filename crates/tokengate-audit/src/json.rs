@@ -36,14 +36,7 @@ impl AuditEvent {
         if self.rpc_service.is_some() {
             json.string("rpc.system", "grpc");
         }
-        json.key("timestamp");
-        json.out.push('"');
-        let _ = write!(
-            json.out,
-            "{}",
-            humantime::format_rfc3339_millis(self.timestamp)
-        );
-        json.out.push('"');
+        json.timestamp("timestamp", self.timestamp);
         json.string(
             "tokengate.decision",
             match self.decision {
@@ -75,14 +68,7 @@ impl AuditEvent {
         if !self.request_id.is_empty() {
             json.string("http.request.id", &self.request_id);
         }
-        json.key("timestamp");
-        json.out.push('"');
-        let _ = write!(
-            json.out,
-            "{}",
-            humantime::format_rfc3339_millis(self.timestamp)
-        );
-        json.out.push('"');
+        json.timestamp("timestamp", self.timestamp);
         json.string("tokengate.event", crate::LEAK_REPORTED);
         json.string("tokengate.leak.outcome", leak.outcome);
         json.string("tokengate.leak.reporter", leak.reporter);
@@ -140,6 +126,14 @@ impl<'a> JsonObject<'a> {
         if let Some(value) = value {
             self.string(key, value);
         }
+    }
+
+    /// An RFC 3339 time with milliseconds.
+    fn timestamp(&mut self, key: &'static str, at: std::time::SystemTime) {
+        self.key(key);
+        self.out.push('"');
+        let _ = write!(self.out, "{}", humantime::format_rfc3339_millis(at));
+        self.out.push('"');
     }
 
     fn number(&mut self, key: &'static str, value: u64) {

@@ -175,14 +175,17 @@ fn scan_revoke_revokes_live_tokens_once_records_where_and_audits_without_the_tok
     assert!(db.ok(&["show", &tree.live_id]).contains("active"));
 
     let audit = db.dir.join("leaks.jsonl");
-    let out = db.run(&[
-        "scan",
-        "--revoke",
-        "--yes",
-        "--audit-log",
-        audit.to_str().unwrap(),
-        root,
-    ]);
+    let revoke = || {
+        db.run(&[
+            "scan",
+            "--revoke",
+            "--yes",
+            "--audit-log",
+            audit.to_str().unwrap(),
+            root,
+        ])
+    };
+    let out = revoke();
     let shown = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         shown.contains(&format!("{} revoked (revoked now)", tree.live_id)),
@@ -220,14 +223,7 @@ fn scan_revoke_revokes_live_tokens_once_records_where_and_audits_without_the_tok
     );
 
     // Again: nothing live, nothing revoked, nothing written.
-    let out = db.run(&[
-        "scan",
-        "--revoke",
-        "--yes",
-        "--audit-log",
-        audit.to_str().unwrap(),
-        root,
-    ]);
+    let out = revoke();
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(std::fs::read_to_string(&audit).unwrap().lines().count(), 1);
 

@@ -18,12 +18,29 @@ pub async fn send(
     token: Option<&str>,
     body: &str,
 ) -> StatusCode {
+    let bearer = token.map(|token| format!("Bearer {token}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|value| ("authorization", value.as_str()))
+        .collect();
+    send_with(base, method, path, &headers, body).await.0
+}
+
+/// Sends `method path` to `base` with `headers` and `body` (JSON when
+/// not empty); the status and the body.
+pub async fn send_with(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, String) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut request = Request::builder()
         .method(method)
         .uri(format!("{base}{path}"));
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     if !body.is_empty() {
         request = request.header("content-type", "application/json");
@@ -37,8 +54,8 @@ pub async fn send(
         .await
         .unwrap();
     let status = response.status();
-    let _ = response.into_body().collect().await;
-    status
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Starts axum-notes number `i` on the SQLite file in `dir`, with an audit
