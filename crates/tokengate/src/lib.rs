@@ -28,6 +28,7 @@
 //! | [`check`] | the runtime every layer is built on: write a check of your own | always |
 //! | [`axum`], [`tonic`] | the principal as an extractor; from a `tonic::Request` | `axum`, `tonic` |
 //! | [`admin`] | a JSON admin API for tokens, with its OpenAPI document | `admin` |
+//! | [`leaks`] | GitHub's and GitLab's secret-scanning reports: leaked tokens revoke themselves | `leaks` |
 //! | [`config`] | the Gate's whole configuration as a TOML policy file | `config` |
 //! | [`sidecar`] | the Gate for proxies: forward-auth, Envoy's ext_authz, reloads | `sidecar`, `ext-authz` |
 //!
