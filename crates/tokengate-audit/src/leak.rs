@@ -13,7 +13,7 @@ use std::time::SystemTime;
 pub const LEAK_REPORTED: &str = "leak_reported";
 
 /// One reported token, as the application hands it to
-/// [`AuditRecord::leak_reported`].
+/// [`AuditRecord::leak_reported`](crate::AuditRecord::leak_reported).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LeakReport {
@@ -53,7 +53,7 @@ impl LeakReport {
     }
 }
 
-/// What a leak record adds to an [`AuditEvent`].
+/// What a leak record adds to an [`AuditEvent`](crate::AuditEvent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LeakFacts {
