@@ -34,6 +34,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --locked -q --release -p axum-notes -p tokengate-cli
-cargo build --locked -q --release --example soak
+# The bench profile (release, with line tables) over the whole workspace's
+# features: after `cargo bench --no-run` (as .ci/run does first) this
+# reuses that build instead of compiling everything again.
+cargo build --locked -q --profile bench --workspace --bin axum-notes --bin tokengate --example soak
 target/release/examples/soak

@@ -6,7 +6,7 @@
 //! with the faults that apply to it. Exits 1 when an assertion fails.
 //!
 //! Traffic goes to 127.0.0.1 only; every loop is bounded by the run's
-//! deadline. Needs the release binaries of axum-notes and tokengate
+//! deadline. Needs the optimised binaries of axum-notes and tokengate
 //! beside this one (the script builds them), PostgreSQL and Redis as the
 //! tests find them (`TOKENGATE_POSTGRES_URL`, `TOKENGATE_REDIS_URL`), the
 //! commands that stop and start them (`SOAK_PG_START`, `SOAK_REDIS_START`,
