@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-2000}"
-cargo bench --bench instructions --no-run 2>/dev/null
+cargo bench --locked --workspace --bench instructions --no-run 2>/dev/null
 bin=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/instructions-* | grep -v '\.d$' | head -n 1)
 # The full Gate's response future and response stay within their bounds
 # (exit 1 otherwise): every admitted request moves them.
