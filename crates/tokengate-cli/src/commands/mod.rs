@@ -542,31 +542,19 @@ async fn issue_token(cli: &Cli, issue: &Issue) -> Result<ExitCode> {
 }
 
 async fn inspect(lifecycle: &Lifecycle<AnyStore>, token: &str) -> Result<ExitCode> {
-    let parsed = match TokenFormat::parse_any_prefix(token.trim()) {
-        Ok(parsed) => parsed,
-        Err(error) => {
-            println!("invalid: malformed ({error})");
-            return Ok(ExitCode::from(1));
-        }
-    };
+    let token = token.trim();
+    if let Err(error) = TokenFormat::parse_any_prefix(token) {
+        println!("invalid: malformed ({error})");
+        return Ok(ExitCode::from(1));
+    }
     // Looked up as the servers do: under the current pepper, then under
     // each previous one (newest first), so a token not yet moved after a
     // rotation is found and its key named.
     let hasher = lifecycle.hasher();
-    let hashes =
-        std::iter::once(hasher.hash(&parsed)).chain(hasher.previous_hashes(parsed.expose_secret()));
-    let mut found = None;
-    for hash in hashes {
-        if let Some(record) = lifecycle
-            .store()
-            .find_by_hash(&hash)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            found = Some((record, hash.key_id()));
-            break;
-        }
-    }
+    let found = lifecycle
+        .find_token_and_key(token)
+        .await
+        .map_err(|e| e.to_string())?;
     let Some((record, key)) = found else {
         println!(
             "invalid: {}",

@@ -45,6 +45,15 @@ struct Known {
 }
 
 impl Known {
+    /// Whether the token is live now.
+    fn is_active(&self) -> bool {
+        !self.revoked_now
+            && self
+                .record
+                .as_ref()
+                .is_some_and(|r| r.status(SystemTime::now()) == TokenStatus::Active)
+    }
+
     fn status(&self) -> &'static str {
         match &self.record {
             None => "unknown",
@@ -136,7 +145,7 @@ async fn run(cli: &Cli, args: &Scan) -> Result<ExitCode> {
         let state = known.get(finding.token.expose_secret());
         // Without the store, every token found may be live; a token
         // revoked now was live when found.
-        live |= state.is_none_or(|k| k.revoked_now || k.status() == "active");
+        live |= state.is_none_or(|k| k.revoked_now || k.is_active());
         let line = if args.json {
             json!({
                 "path": finding.path,
@@ -204,7 +213,7 @@ async fn revoke(
     let mut live: Vec<&Finding> = Vec::new();
     for finding in findings {
         let secret = finding.token.expose_secret();
-        let is_live = known.get(secret).is_some_and(|k| k.status() == "active");
+        let is_live = known.get(secret).is_some_and(Known::is_active);
         if is_live && !live.iter().any(|f| f.token.expose_secret() == secret) {
             live.push(finding);
         }

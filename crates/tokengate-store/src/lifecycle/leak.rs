@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use tokengate_core::{TokenFormat, TokenRecord, TokenStatus};
+use tokengate_core::{KeyId, TokenFormat, TokenRecord, TokenStatus};
 
 use super::{Lifecycle, LifecycleError};
 use crate::{TokenAdmin, TokenStore};
@@ -120,6 +120,18 @@ impl<S: TokenAdmin + TokenStore> Lifecycle<S> {
     /// (newest first). `Ok(None)` for a string that is not a well-formed
     /// token of any prefix (no store work) or that no record has.
     pub async fn find_token(&self, token: &str) -> Result<Option<TokenRecord>, LifecycleError> {
+        Ok(self
+            .find_token_and_key(token)
+            .await?
+            .map(|(record, _)| record))
+    }
+
+    /// [`find_token`](Self::find_token), with the key id of the pepper
+    /// the token was found under (a previous one until a server moves it).
+    pub async fn find_token_and_key(
+        &self,
+        token: &str,
+    ) -> Result<Option<(TokenRecord, KeyId)>, LifecycleError> {
         let Ok(parsed) = TokenFormat::parse_any_prefix(token) else {
             return Ok(None);
         };
@@ -127,7 +139,7 @@ impl<S: TokenAdmin + TokenStore> Lifecycle<S> {
         let hashes = std::iter::once(hasher.hash(&parsed)).chain(hasher.previous_hashes(token));
         for hash in hashes {
             if let Some(record) = self.store().find_by_hash(&hash).await? {
-                return Ok(Some(record));
+                return Ok(Some((record, hash.key_id())));
             }
         }
         Ok(None)
