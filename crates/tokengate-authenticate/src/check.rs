@@ -24,7 +24,11 @@ use crate::spend::SpendUse;
 use crate::spend::{SpendWait, Spent, UsesLeft};
 use crate::usage::note_use;
 use tokengate_check::{Chain, ChainWait, ChainWaited};
-use tokengate_core::metric_names::STORE_ERRORS;
+use tokengate_core::Binding;
+use tokengate_core::metric_names::{DPOP_REPLAY_FALLBACKS, STORE_ERRORS};
+use tokengate_store::ReplayFuture;
+
+use crate::dpop::{DPOP_NONCE, DpopKey, Refused, client_certificate};
 
 /// The verification of a layer's configuration, borrowed: what
 /// [`VerifyToken`] and [`AuthenticateLayer`] run.
@@ -42,7 +46,7 @@ impl<B, St: TokenStore> Check<B> for Verify<'_, St> {
         match config.decide(request) {
             Ok(Found::Admitted(expiry)) => Verdict::Admit(expiry),
             Ok(Found::Lookup(lookup)) => Verdict::Wait(lookup),
-            Err(denial) => Verdict::Refuse(config.renderer.refuse(request, denial)),
+            Err(denial) => Verdict::Refuse(config.refuse(request, denial)),
         }
     }
 
@@ -54,7 +58,7 @@ impl<B, St: TokenStore> Check<B> for Verify<'_, St> {
         let config = self.0;
         match config.admit(request, verified) {
             Ok(expiry) => Verdict::Admit(expiry),
-            Err(denial) => Verdict::Refuse(config.renderer.refuse(request, denial)),
+            Err(denial) => Verdict::Refuse(config.refuse(request, denial)),
         }
     }
 }
@@ -84,8 +88,9 @@ enum Step {
     Refuse(Denial),
     /// The token's hash, and (only while the hasher knows previous
     /// peppers) the token itself, wiped on drop, for their hashes should
-    /// the current one be unknown.
-    Lookup(TokenHash, Option<Token>),
+    /// the current one be unknown; and a shared replay record's answer to
+    /// wait for, for a DPoP proof.
+    Lookup(TokenHash, Option<Token>, Option<ReplayFuture>),
 }
 
 /// The token-expiry header of an admitted request (nothing when the layer
@@ -95,6 +100,8 @@ enum Step {
 pub struct ExpiryHeader {
     header: Option<(HeaderName, HeaderValue)>,
     near: Option<Counter>,
+    /// The current DPoP nonce, for a DPoP request when nonces are on.
+    nonce: Option<HeaderValue>,
 }
 
 impl Admit for ExpiryHeader {
@@ -102,6 +109,9 @@ impl Admit for ExpiryHeader {
     fn apply<B>(self, response: &mut Response<B>) {
         if let Some((name, value)) = self.header {
             response.headers_mut().insert(name, value);
+        }
+        if let Some(nonce) = self.nonce {
+            response.headers_mut().insert(DPOP_NONCE, nonce);
         }
         // Counted here, not when the token is verified: a later check
         // (scope, rate, uses) may still refuse the request, and the
@@ -137,14 +147,14 @@ impl fmt::Debug for TokenLookup {
 
 impl<St: TokenStore> Config<St> {
     fn decide<B>(&self, request: &mut Request<B>) -> Result<Found, Denial> {
-        let (hash, token) = match self.first_step(request) {
+        let (hash, token, shared) = match self.first_step(request) {
             Step::Public => return Ok(Found::Admitted(ExpiryHeader::default())),
             Step::Refuse(denial) => return Err(denial),
-            Step::Lookup(hash, token) => (hash, token),
+            Step::Lookup(hash, token, shared) => (hash, token, shared),
         };
         let cached = self.verifier.verify_cached(&hash);
         match cached {
-            Some(verdict) if token.is_none() || !unknown(&verdict) => {
+            Some(verdict) if shared.is_none() && (token.is_none() || !unknown(&verdict)) => {
                 self.admit(request, verdict).map(Found::Admitted)
             }
             cached => {
@@ -156,6 +166,11 @@ impl<St: TokenStore> Config<St> {
                 let timeout = self.lookup_timeout;
                 Ok(Found::Lookup(TokenLookup {
                     future: Box::pin(async move {
+                        if let Some(shared) = shared
+                            && !first_use(shared, timeout).await
+                        {
+                            return Err(VerifyError::Invalid(InvalidReason::DpopReplay));
+                        }
                         let verdict = match cached {
                             Some(verdict) => verdict,
                             None => bounded(timeout, verifier.verify(&hash)).await,
@@ -169,6 +184,25 @@ impl<St: TokenStore> Config<St> {
                     }),
                 }))
             }
+        }
+    }
+}
+
+/// Whether a shared replay record says a proof is new: when it cannot
+/// answer within `timeout`, the instance's own record (which found it
+/// new) decides.
+async fn first_use(shared: ReplayFuture, timeout: Duration) -> bool {
+    match tokio::time::timeout(timeout, shared).await {
+        Ok(Ok(first)) => first,
+        Ok(Err(error)) => {
+            metrics::counter!(DPOP_REPLAY_FALLBACKS).increment(1);
+            tracing::warn!(%error, "shared DPoP replay record unavailable; this instance's decides");
+            true
+        }
+        Err(_) => {
+            metrics::counter!(DPOP_REPLAY_FALLBACKS).increment(1);
+            tracing::warn!("shared DPoP replay record timed out; this instance's decides");
+            true
         }
     }
 }
@@ -236,20 +270,80 @@ impl<St> Config<St> {
         // Checked and hashed in place: no owned copy of the secret is made,
         // except while previous peppers are known (a copy wiped on drop,
         // hashed under them only if the current hash is unknown).
-        let verdict = match self.format.validate(&credential.token) {
-            Ok(()) => Step::Lookup(
-                self.hasher.hash_str(&credential.token),
-                self.hasher
-                    .has_previous()
-                    .then(|| self.format.parse(&credential.token).ok())
-                    .flatten(),
-            ),
-            Err(error) => Step::Refuse(Denial::InvalidToken(InvalidReason::Malformed(error))),
+        if let Err(error) = self.format.validate(&credential.token) {
+            let from_query = credential.from_query;
+            if from_query {
+                self.redact(request);
+            }
+            return Step::Refuse(Denial::InvalidToken(InvalidReason::Malformed(error)));
+        }
+        // A DPoP proof is checked before the lookup: a refused proof costs
+        // no store work.
+        let proof = match (&self.dpop, credential.dpop) {
+            (Some(dpop), true) => {
+                let now = self.clock.now_nanos();
+                match dpop.check(request, &credential.token, now, &self.hasher) {
+                    Ok(checked) => Some(checked),
+                    Err(Refused::Invalid(reason)) => {
+                        return Step::Refuse(Denial::InvalidToken(reason));
+                    }
+                    Err(Refused::Full) => {
+                        tracing::warn!("the DPoP replay record is full; refusing new proofs");
+                        return Step::Refuse(Denial::StoreUnavailable);
+                    }
+                }
+            }
+            _ => None,
         };
+        let hash = self.hasher.hash_str(&credential.token);
+        let previous = self
+            .hasher
+            .has_previous()
+            .then(|| self.format.parse(&credential.token).ok())
+            .flatten();
         if credential.from_query {
             self.redact(request);
         }
-        verdict
+        let shared = proof.and_then(|checked| {
+            request.extensions_mut().insert(checked.key);
+            checked.shared
+        });
+        Step::Lookup(hash, previous, shared)
+    }
+
+    /// Refuses `request` with `denial`; a proof without a current nonce
+    /// gets the nonce to use.
+    fn refuse<B>(&self, request: &Request<B>, denial: Denial) -> tokengate_check::Refusal {
+        let nonce = match (&denial, &self.dpop) {
+            (Denial::InvalidToken(InvalidReason::DpopNonce), Some(dpop)) => {
+                dpop.nonce(&self.hasher, self.clock.now_nanos())
+            }
+            _ => None,
+        };
+        let mut refusal = self.renderer.refuse(request, denial);
+        if let Some(nonce) = nonce {
+            refusal.headers_mut().insert(DPOP_NONCE, nonce);
+        }
+        refusal
+    }
+
+    /// Checks a bound token's proof of possession: the DPoP key that
+    /// signed the request's proof, or the client certificate.
+    fn check_binding<B>(&self, request: &Request<B>, binding: &Binding) -> Result<(), Denial> {
+        let refused = |reason| Err(Denial::InvalidToken(reason));
+        match binding {
+            Binding::Dpop(jkt) => match request.extensions().get::<DpopKey>() {
+                None => refused(InvalidReason::DpopBoundAsBearer),
+                Some(key) if key.0 != *jkt => refused(InvalidReason::DpopKeyMismatch),
+                Some(_) => Ok(()),
+            },
+            Binding::Certificate(sha) => match client_certificate(request) {
+                Ok(presented) if presented == *sha => Ok(()),
+                Ok(_) => refused(InvalidReason::CertMismatch),
+                Err(true) => refused(InvalidReason::CertUntrustedHeader),
+                Err(false) => refused(InvalidReason::CertMissing),
+            },
+        }
     }
 
     /// Replaces the token parameter's value in the request's URI and in
@@ -290,6 +384,9 @@ impl<St> Config<St> {
         {
             return Err(Denial::InvalidToken(InvalidReason::WrongAudience));
         }
+        if let Some(binding) = principal.binding() {
+            self.check_binding(request, binding)?;
+        }
         if !principal.allowed_networks().is_empty() {
             match ClientIp::of(request.extensions()) {
                 None => return Err(Denial::IpForbidden(IpReason::Unresolved)),
@@ -322,8 +419,15 @@ impl<St> Config<St> {
             ExpiryHeader {
                 header,
                 near: near.then(|| self.near_expiry.clone()),
+                nonce: None,
             }
         });
+        let mut expiry = expiry;
+        if let Some(dpop) = &self.dpop
+            && request.extensions().get::<DpopKey>().is_some()
+        {
+            expiry.nonce = dpop.nonce(&self.hasher, self.clock.now_nanos());
+        }
         request.extensions_mut().insert(principal);
         Ok(expiry)
     }

@@ -28,6 +28,8 @@ pub(crate) enum QuerySource {
 pub(crate) struct Sources {
     pub(crate) header: Option<HeaderName>,
     pub(crate) query: QuerySource,
+    /// Whether `Authorization: DPoP <token>` is read (RFC 9449).
+    pub(crate) dpop: bool,
 }
 
 impl Default for Sources {
@@ -35,6 +37,7 @@ impl Default for Sources {
         Self {
             header: None,
             query: QuerySource::Refused,
+            dpop: true,
         }
     }
 }
@@ -45,6 +48,8 @@ impl Default for Sources {
 pub(crate) struct Credential<'a> {
     pub(crate) token: Cow<'a, str>,
     pub(crate) from_query: bool,
+    /// Sent as `Authorization: DPoP`: a proof must come with it.
+    pub(crate) dpop: bool,
 }
 
 impl Sources {
@@ -56,23 +61,27 @@ impl Sources {
         uri: &'a Uri,
     ) -> Result<Option<Credential<'a>>, MalformedReason> {
         let mut found = None;
-        let mut offer = |token: Cow<'a, str>, from_query: bool| {
+        let mut offer = |token: Cow<'a, str>, from_query: bool, dpop: bool| {
             if found.is_some() {
                 return Err(MalformedReason::MultipleCredentials);
             }
-            found = Some(Credential { token, from_query });
+            found = Some(Credential {
+                token,
+                from_query,
+                dpop,
+            });
             Ok(())
         };
-        if let Some(token) = bearer_token(headers)? {
-            offer(Cow::Borrowed(token), false)?;
+        if let Some((token, dpop)) = authorization_token(headers, self.dpop)? {
+            offer(Cow::Borrowed(token), false, dpop)?;
         }
         if let Some(name) = &self.header {
             for value in headers.get_all(name) {
-                offer(Cow::Borrowed(header_token(value)?), false)?;
+                offer(Cow::Borrowed(header_token(value)?), false, false)?;
             }
         }
         for token in self.query_tokens(uri)? {
-            offer(token, true)?;
+            offer(token, true, false)?;
         }
         Ok(found)
     }
@@ -100,10 +109,14 @@ impl Sources {
     }
 }
 
-/// The token of the `Authorization: Bearer` header, if any. Several
-/// `Authorization` headers are malformed whatever their schemes; a header of
-/// another scheme (`Basic …`) is not a credential of ours.
-fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, MalformedReason> {
+/// The token of the `Authorization: Bearer` (or, with `dpop`, `DPoP`)
+/// header, if any, and whether it was `DPoP`. Several `Authorization`
+/// headers are malformed whatever their schemes; a header of another
+/// scheme (`Basic …`) is not a credential of ours.
+fn authorization_token(
+    headers: &HeaderMap,
+    dpop: bool,
+) -> Result<Option<(&str, bool)>, MalformedReason> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -111,12 +124,27 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, MalformedReason> {
     if values.next().is_some() {
         return Err(MalformedReason::MultipleCredentials);
     }
-    parse_authorization(value)
+    if let Some(token) = parse_authorization(value)? {
+        return Ok(Some((token, false)));
+    }
+    if dpop && let Some(token) = parse_scheme(value, "dpop")? {
+        return Ok(Some((token, true)));
+    }
+    Ok(None)
 }
 
 /// Parses one `Authorization` value: `Bearer <token>` with exactly one
 /// space and nothing after the token. The scheme name is case-insensitive.
 pub(crate) fn parse_authorization(value: &HeaderValue) -> Result<Option<&str>, MalformedReason> {
+    parse_scheme(value, "bearer")
+}
+
+/// Parses one `Authorization` value of `scheme` (lowercase), as
+/// [`parse_authorization`] does `Bearer`.
+fn parse_scheme<'a>(
+    value: &'a HeaderValue,
+    scheme_name: &str,
+) -> Result<Option<&'a str>, MalformedReason> {
     let text = value
         .to_str()
         .map_err(|_| MalformedReason::BadAuthorizationHeader)?;
@@ -127,7 +155,7 @@ pub(crate) fn parse_authorization(value: &HeaderValue) -> Result<Option<&str>, M
         .position(|&b| is_blank(b))
         .unwrap_or(bytes.len());
     let (scheme, rest) = text.split_at(scheme_end);
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    if !scheme.eq_ignore_ascii_case(scheme_name) {
         return Ok(None);
     }
     let token = rest
@@ -212,7 +240,35 @@ mod tests {
         Sources {
             header: Some(HeaderName::from_static("x-api-key")),
             query: QuerySource::Accepted("access_token".into()),
+            dpop: true,
         }
+    }
+
+    #[test]
+    fn the_dpop_scheme_is_read_when_enabled_and_is_no_credential_otherwise() {
+        let headers = headers(&[("authorization", "DPoP tg_abc")]);
+        let uri: Uri = "/".parse().unwrap();
+        let found = Sources::default().find(&headers, &uri).unwrap().unwrap();
+        assert_eq!((&*found.token, found.dpop), ("tg_abc", true));
+        let off = Sources {
+            dpop: false,
+            ..Sources::default()
+        };
+        assert_eq!(off.find(&headers, &uri), Ok(None));
+        let bearer_headers = self::headers(&[("authorization", "Bearer tg_abc")]);
+        let bearer = Sources::default()
+            .find(&bearer_headers, &uri)
+            .unwrap()
+            .unwrap();
+        assert!(!bearer.dpop);
+        assert_eq!(
+            find(
+                &Sources::default(),
+                &[("authorization", "dpop  tg_abc")],
+                "/"
+            ),
+            Err(MalformedReason::BadAuthorizationHeader)
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tokengate_store::SharedUses;
 use tower::Layer;
 
 use crate::credential::{QuerySource, Sources};
+use crate::dpop::{Dpop, DpopState};
 use crate::public::IsPublic;
 use crate::usage::UsageTracker;
 
@@ -68,6 +69,8 @@ pub(crate) struct Config<St> {
     pub(crate) uri_copies: Vec<UriCopy>,
     /// Where usage-limited tokens' uses are leased, if not only in the store.
     pub(crate) shared_uses: Option<Arc<dyn SharedUses>>,
+    /// How DPoP proofs are checked (`None`: the `DPoP` scheme is not read).
+    pub(crate) dpop: Option<Arc<DpopState>>,
 }
 
 /// Finds a copy of the request's URI that a framework keeps in the
@@ -93,6 +96,7 @@ impl<St> Clone for Config<St> {
             lookup_timeout: self.lookup_timeout,
             uri_copies: self.uri_copies.clone(),
             shared_uses: self.shared_uses.clone(),
+            dpop: self.dpop.clone(),
         }
     }
 }
@@ -139,7 +143,7 @@ impl<St> AuthenticateLayer<St> {
                 audience: AudienceRule::Required(audience),
                 sources: Sources::default(),
                 public: None,
-                renderer: Renderer::default(),
+                renderer: Renderer::default().dpop_challenge(Some(&Dpop::new().algs_text())),
                 clock: SystemClock::shared(),
                 expires_header: Some(TOKEN_EXPIRES),
                 expires_within: Some(TOKEN_EXPIRES_WITHIN),
@@ -148,6 +152,7 @@ impl<St> AuthenticateLayer<St> {
                 lookup_timeout: Duration::from_secs(3),
                 uri_copies: Vec::new(),
                 shared_uses: None,
+                dpop: Some(Arc::new(Dpop::new().build())),
             }),
         }
     }
@@ -219,9 +224,41 @@ impl<St> AuthenticateLayer<St> {
         })
     }
 
-    /// Renders rejections with `renderer`.
+    /// Renders rejections with `renderer` (its `DPoP` challenge names the
+    /// algorithms this layer accepts).
     pub fn renderer(self, renderer: Renderer) -> Self {
-        self.with(|c| c.renderer = renderer)
+        self.with(|c| {
+            let algs = c.dpop.as_ref().map(|d| d.options.algs_text());
+            c.renderer = renderer.dpop_challenge(algs.as_deref());
+        })
+    }
+
+    /// Checks DPoP proofs as `dpop` says (see [`Dpop`] for the checks).
+    /// On by default with [`Dpop::new`]: a DPoP-bound token is accepted
+    /// with its proof wherever this layer runs.
+    pub fn dpop(self, dpop: Dpop) -> Self {
+        let algs = dpop.algs_text();
+        self.with(|c| {
+            c.dpop = Some(Arc::new(dpop.build()));
+            c.sources.dpop = true;
+            c.renderer = c.renderer.clone().dpop_challenge(Some(&algs));
+        })
+    }
+
+    /// Reads no `Authorization: DPoP` credential: a DPoP-bound token is
+    /// then refused everywhere this layer runs (as a bearer token it is
+    /// `dpop_bound_as_bearer`). Certificate-bound tokens are still checked.
+    pub fn no_dpop(self) -> Self {
+        self.with(|c| {
+            c.dpop = None;
+            c.sources.dpop = false;
+            c.renderer = c.renderer.clone().dpop_challenge(None);
+        })
+    }
+
+    /// The DPoP settings in force, if DPoP is read.
+    pub fn dpop_settings(&self) -> Option<&Dpop> {
+        self.config.dpop.as_deref().map(|d| &d.options)
     }
 
     /// Reads time from `clock` (expiry checks; the cache has its own).

@@ -103,12 +103,14 @@
 
 mod check;
 mod credential;
+pub mod dpop;
 mod layer;
 mod public;
 mod spend;
 mod usage;
 
 pub use check::{AuthenticateWait, ExpiryHeader, TokenLookup};
+pub use dpop::{ClientCertificate, Dpop, DpopAlgorithm, DpopConfigError, DpopKey};
 pub use layer::{
     Authenticate, AuthenticateLayer, TOKEN_EXPIRES, TOKEN_EXPIRES_WITHIN, UriCopy, UseLimitLayer,
     VerifyToken,

@@ -21,6 +21,8 @@ use tower::{Layer, ServiceExt, service_fn};
 use super::*;
 use tokengate_cache::testing::World;
 
+mod dpop;
+
 type Svc = BoxCloneService<Request<Full<Bytes>>, Response<CheckBody<Full<Bytes>>>, Infallible>;
 
 struct Fixture {

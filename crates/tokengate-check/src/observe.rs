@@ -195,6 +195,11 @@ pub fn describe_metrics() {
         "Secret-scanning report requests refused, by provider and reason."
     );
     describe_counter!(
+        DPOP_REPLAY_FALLBACKS,
+        Unit::Count,
+        "DPoP proofs admitted on the instance's own replay record, the shared one unavailable."
+    );
+    describe_counter!(
         LEAK_NOTICES_DROPPED,
         Unit::Count,
         "Owner notices of leaked tokens dropped on a full queue."

@@ -165,6 +165,9 @@ impl RenderDenial for ProblemJson {
 pub struct Renderer {
     realm: Realm,
     http: Arc<dyn RenderDenial>,
+    /// The `algs` of a `WWW-Authenticate: DPoP` challenge sent beside the
+    /// `Bearer` one on 401s, when DPoP proofs are accepted.
+    dpop_algs: Option<Arc<str>>,
 }
 
 impl Default for Renderer {
@@ -177,6 +180,7 @@ impl fmt::Debug for Renderer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Renderer")
             .field("realm", &self.realm)
+            .field("dpop_algs", &self.dpop_algs)
             .finish_non_exhaustive()
     }
 }
@@ -187,7 +191,16 @@ impl Renderer {
         Self {
             realm,
             http: Arc::new(ProblemJson),
+            dpop_algs: None,
         }
+    }
+
+    /// Adds a `WWW-Authenticate: DPoP algs="…"` challenge beside the
+    /// `Bearer` one on every 401 (RFC 9449 §7.1), or none with `None`.
+    /// The authenticate layer sets it to the algorithms it accepts.
+    pub fn dpop_challenge(mut self, algs: Option<&str>) -> Self {
+        self.dpop_algs = algs.map(Arc::from);
+        self
     }
 
     /// Uses `render` for HTTP bodies.
@@ -242,6 +255,9 @@ impl Renderer {
         if let Some(challenge) = self.challenge(denial) {
             headers.insert(WWW_AUTHENTICATE, challenge);
         }
+        if let Some(challenge) = self.dpop_challenge_value(denial) {
+            headers.append(WWW_AUTHENTICATE, challenge);
+        }
         if let Denial::UsageExhausted { retry_after } = denial {
             headers.insert(TOKEN_USES_REMAINING, HeaderValue::from_static("0"));
             if let Some(wait) = retry_after {
@@ -253,6 +269,21 @@ impl Renderer {
         }
         rate_limit_headers(headers, denial);
         Response::from_parts(parts, body)
+    }
+
+    /// The RFC 9449 challenge, on 401s when DPoP proofs are accepted:
+    /// `use_dpop_nonce` when the proof lacked a current nonce.
+    fn dpop_challenge_value(&self, denial: &Denial) -> Option<HeaderValue> {
+        let algs = self.dpop_algs.as_deref()?;
+        let text = match denial {
+            Denial::MissingToken => format!("DPoP algs=\"{algs}\""),
+            Denial::InvalidToken(tokengate_core::InvalidReason::DpopNonce) => {
+                format!("DPoP error=\"use_dpop_nonce\", algs=\"{algs}\"")
+            }
+            Denial::InvalidToken(_) => format!("DPoP error=\"invalid_token\", algs=\"{algs}\""),
+            _ => return None,
+        };
+        HeaderValue::from_str(&text).ok()
     }
 
     /// The RFC 6750 challenge, for the denials that have one.

@@ -3,7 +3,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
-use tokengate::core::{Echo, RateQuota, Refill, TokenStatus, UseLimit};
+use tokengate::core::{Binding, Echo, RateQuota, Refill, Thumbprint, TokenStatus, UseLimit};
 use tokengate::deployment::Database;
 use tokengate::store::{Expiry, TokenPatch};
 use tokengate::{Audience, Scope};
@@ -247,6 +247,15 @@ pub(crate) struct Issue {
     pub(crate) burst: Option<u32>,
     #[command(flatten)]
     pub(crate) uses: UsesArgs,
+    /// Bind the token to a DPoP key: its RFC 7638 thumbprint (the `jkt`,
+    /// 43 base64url characters). The token then works only beside a DPoP
+    /// proof signed by that key.
+    #[arg(long = "dpop-jkt", value_name = "THUMBPRINT", value_parser = parse_thumbprint, conflicts_with = "cert_sha256")]
+    pub(crate) dpop_jkt: Option<Thumbprint>,
+    /// Bind the token to a client certificate: the SHA-256 of its DER, in
+    /// hex (`openssl x509 -noout -fingerprint -sha256`, colons allowed).
+    #[arg(long = "cert-sha256", value_name = "HEX", value_parser = parse_thumbprint)]
+    pub(crate) cert_sha256: Option<Thumbprint>,
     /// Issue scopes that no server has registered in the catalogue.
     #[arg(long)]
     pub(crate) allow_unknown_scope: bool,
@@ -306,6 +315,18 @@ pub(crate) struct Update {
     /// Remove a metadata label (repeatable).
     #[arg(long = "remove-meta")]
     pub(crate) remove_meta: Vec<String>,
+    /// Bind the token to a DPoP key: its RFC 7638 thumbprint (the `jkt`,
+    /// 43 base64url characters). The token then works only beside a DPoP
+    /// proof signed by that key.
+    #[arg(long = "dpop-jkt", value_name = "THUMBPRINT", value_parser = parse_thumbprint, conflicts_with_all = ["cert_sha256", "unbind"])]
+    pub(crate) dpop_jkt: Option<Thumbprint>,
+    /// Bind the token to a client certificate: the SHA-256 of its DER, in
+    /// hex (`openssl x509 -noout -fingerprint -sha256`, colons allowed).
+    #[arg(long = "cert-sha256", value_name = "HEX", value_parser = parse_thumbprint)]
+    pub(crate) cert_sha256: Option<Thumbprint>,
+    /// Make the token a bearer token again (drop its binding).
+    #[arg(long, conflicts_with = "cert_sha256")]
+    pub(crate) unbind: bool,
     /// Allow scopes that no server has registered in the catalogue.
     #[arg(long)]
     pub(crate) allow_unknown_scope: bool,
@@ -361,6 +382,12 @@ impl Update {
         }
         if self.no_uses {
             changes = changes.uses(None);
+        }
+        if let Some(binding) = binding(self.dpop_jkt, self.cert_sha256) {
+            changes = changes.binding(Some(binding));
+        }
+        if self.unbind {
+            changes = changes.binding(None);
         }
         Ok(changes)
     }
@@ -443,6 +470,18 @@ fn parse_time(text: &str) -> Result<SystemTime, String> {
             Echo::new(text, 40)
         )
     })
+}
+
+fn parse_thumbprint(text: &str) -> Result<Thumbprint, String> {
+    text.parse()
+        .map_err(|e: tokengate::core::ThumbprintError| e.to_string())
+}
+
+/// The binding `--dpop-jkt` or `--cert-sha256` names (clap refuses both).
+pub(crate) fn binding(dpop_jkt: Option<Thumbprint>, cert: Option<Thumbprint>) -> Option<Binding> {
+    dpop_jkt
+        .map(Binding::Dpop)
+        .or(cert.map(Binding::Certificate))
 }
 
 fn parse_net(text: &str) -> Result<IpNet, String> {

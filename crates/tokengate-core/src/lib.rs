@@ -54,6 +54,7 @@
 //! registry) and `thiserror` (error types).
 
 mod audience;
+mod binding;
 mod clock;
 mod deadline;
 pub mod denial;
@@ -70,6 +71,7 @@ pub mod trail;
 mod uses;
 
 pub use audience::{Audience, AudienceError};
+pub use binding::{Binding, Thumbprint, ThumbprintError};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use deadline::SharedDeadline;
 pub use denial::{

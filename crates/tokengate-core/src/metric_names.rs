@@ -99,6 +99,10 @@ pub const LEAK_REPORTS_REFUSED: &str = "tokengate_leak_reports_refused_total";
 /// notification queue was full.
 pub const LEAK_NOTICES_DROPPED: &str = "tokengate_leak_notices_dropped_total";
 
+/// Counter: DPoP proofs admitted on this instance's own replay record
+/// because the shared one (Redis) did not answer in time.
+pub const DPOP_REPLAY_FALLBACKS: &str = "tokengate_dpop_replay_fallbacks_total";
+
 /// The bucket bounds, in seconds, for every histogram in [`HISTOGRAMS`]:
 /// from 100 µs (a lookup in a local SQLite file) to 2.5 s (past any
 /// sensible lookup or Redis timeout). Histograms with the same buckets

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 
 use crate::audience::Audience;
+use crate::binding::Binding;
 use crate::id::TokenId;
 use crate::record::{RateQuota, TokenRecord};
 use crate::scope::ScopeSet;
@@ -36,12 +37,19 @@ struct Inner {
     /// the size of a `SystemTime`, and principals are cached by the million.
     expires_at: Option<NonZeroU64>,
     grant: Arc<Grant>,
-    /// Boxed: most tokens have none, and principals are cached by the
-    /// million.
-    /// The limit, and its count's generation.
-    use_limit: Option<Box<(UseLimit, u64)>>,
+    /// A usage limit and a binding, boxed together: most tokens have
+    /// neither, and principals are cached by the million.
+    extra: Option<Box<Extra>>,
     /// What layers keep with this principal (see [`SlotKey`]).
     slots: Slots,
+}
+
+/// What few tokens have.
+struct Extra {
+    /// The limit, and its count's generation.
+    use_limit: Option<(UseLimit, u64)>,
+    /// The key or certificate the token is bound to.
+    binding: Option<Binding>,
 }
 
 /// What a token may do and from where. Tokens of one owner usually share
@@ -190,9 +198,12 @@ impl Principal {
                 name: record.name.as_str().into(),
                 expires_at: record.expires_at.map(pack_time),
                 grant,
-                use_limit: record
-                    .uses
-                    .map(|uses| Box::new((uses.limit, uses.generation))),
+                extra: (record.uses.is_some() || record.binding.is_some()).then(|| {
+                    Box::new(Extra {
+                        use_limit: record.uses.map(|uses| (uses.limit, uses.generation)),
+                        binding: record.binding,
+                    })
+                }),
                 slots: Slots::default(),
             }),
         }
@@ -201,16 +212,22 @@ impl Principal {
     /// The token's usage limit, if it has one: every admitted request
     /// spends a use in the store (the count is not kept here).
     pub fn use_limit(&self) -> Option<&UseLimit> {
-        self.inner.use_limit.as_deref().map(|(limit, _)| limit)
+        self.inner
+            .extra
+            .as_deref()?
+            .use_limit
+            .as_ref()
+            .map(|(limit, _)| limit)
     }
 
     /// The generation of a usage-limited token's count when the principal
     /// was read ([`Uses::generation`](crate::Uses::generation)); 0 without a limit.
     pub fn uses_generation(&self) -> u64 {
         self.inner
-            .use_limit
+            .extra
             .as_deref()
-            .map_or(0, |(_, generation)| *generation)
+            .and_then(|extra| extra.use_limit)
+            .map_or(0, |(_, generation)| generation)
     }
 
     /// The token's public id.
@@ -296,6 +313,12 @@ impl Principal {
         self.inner.grant.slots.with(key, || init(self), f)
     }
 
+    /// The key or certificate the token is bound to, if any: the
+    /// authenticate layer admits it only with a proof of possession.
+    pub fn binding(&self) -> Option<&Binding> {
+        self.inner.extra.as_deref()?.binding.as_ref()
+    }
+
     /// Whether the token was issued for `audience`.
     pub fn allows_audience(&self, audience: &Audience) -> bool {
         self.inner.grant.audiences.contains(audience)
@@ -320,6 +343,7 @@ impl fmt::Debug for Principal {
             .field("expires_at", &self.expires_at())
             .field("allowed_networks", &self.inner.grant.allowed_networks)
             .field("rate_quota", &self.inner.grant.rate_quota)
+            .field("binding", &self.binding())
             .finish_non_exhaustive()
     }
 }

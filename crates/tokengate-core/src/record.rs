@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 
 use crate::audience::Audience;
+use crate::binding::Binding;
 use crate::hash::TokenHash;
 use crate::id::TokenId;
 use crate::scope::ScopeSet;
@@ -45,6 +46,9 @@ pub struct TokenRecord {
     pub allowed_networks: Vec<IpNet>,
     /// A per-token rate quota overriding the rate layer's default.
     pub rate_quota: Option<RateQuota>,
+    /// The key or certificate the token is bound to: requests must prove
+    /// they hold it (`None`: a bearer token).
+    pub binding: Option<Binding>,
     /// The token this one replaced by rotation, if any.
     pub rotated_from: Option<TokenId>,
     /// Free-form labels for applications (never secrets).
@@ -223,6 +227,7 @@ pub(crate) mod tests {
             last_used_at: None,
             allowed_networks: vec![],
             rate_quota: None,
+            binding: None,
             rotated_from: None,
             metadata: BTreeMap::new(),
         }

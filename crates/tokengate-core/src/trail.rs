@@ -34,6 +34,8 @@ struct Inner {
     principal: OnceLock<Principal>,
     denial: OnceLock<Denial>,
     rate_fallback: OnceLock<RateFallback>,
+    /// Set when the peer is a trusted proxy.
+    peer_trusted: OnceLock<()>,
 }
 
 impl RequestTrail {
@@ -72,6 +74,24 @@ impl RequestTrail {
         if let Some(trail) = extensions.get::<Self>() {
             let _ = trail.inner.rate_fallback.set(fallback);
         }
+    }
+
+    /// Notes, in the trail found in `extensions` (inserted if there is
+    /// none), that the request's peer is a trusted proxy: what it says in
+    /// forwarding headers (`X-Forwarded-Proto`, `Client-Cert`, ...) may be
+    /// believed. Only the client-IP layer, which knows the trusted
+    /// proxies, notes it.
+    pub fn note_peer_trusted(extensions: &mut Extensions) {
+        let trail = extensions.get_or_insert_default::<Self>();
+        let _ = trail.inner.peer_trusted.set(());
+    }
+
+    /// Whether the request's peer is a trusted proxy (`false` without the
+    /// client-IP layer: no proxy is trusted then).
+    pub fn peer_trusted(extensions: &Extensions) -> bool {
+        extensions
+            .get::<Self>()
+            .is_some_and(|trail| trail.inner.peer_trusted.get().is_some())
     }
 
     /// The client address, if a layer resolved one.

@@ -31,12 +31,17 @@ impl<B> Check<B> for ResolveClientIpLayer {
 }
 
 fn resolve<B>(config: &Config, request: &mut Request<B>) -> Result<(), Denial> {
-    let resolved = (config.peer)(request.extensions())
-        .map(|peer| walk(peer, &config.trusted, request.headers(), config.header));
+    let peer = (config.peer)(request.extensions());
+    let resolved = peer.map(|peer| walk(peer, &config.trusted, request.headers(), config.header));
     match resolved {
         Some(Walk::Client(addr)) => {
             let ip = ClientIp::new(addr);
-            RequestTrail::note_client_ip(request.extensions_mut(), ip);
+            let extensions = request.extensions_mut();
+            RequestTrail::note_client_ip(extensions, ip);
+            if !config.trusted.is_empty() && peer.is_some_and(|peer| config.trusted.contains(peer))
+            {
+                RequestTrail::note_peer_trusted(extensions);
+            }
             Ok(())
         }
         Some(Walk::Malformed) => Err(Denial::IpForbidden(IpReason::Unresolved)),

@@ -51,6 +51,9 @@ const MIGRATIONS: &[&str] = &[
     // 4: a retired pepper stays recorded (its key id is never reused) and
     // verifies nothing from then on, on every instance.
     "ALTER TABLE tokengate_peppers ADD COLUMN retired_at timestamptz;",
+    // 6: a token bound to a DPoP key or a client certificate
+    // (`jkt:<base64url>`, `x5t#S256:<base64url>`); NULL for a bearer token.
+    "ALTER TABLE tokengate_tokens ADD COLUMN binding text;",
 ];
 
 /// The schema version this build writes.

@@ -12,7 +12,7 @@ use crate::{Dialect, UseColumns};
 
 /// The token table's columns, in the order [`record_values`] binds them
 /// and [`read_record`] reads them, each with the kind of its values.
-pub const COLUMNS: [(&str, Kind); 25] = [
+pub const COLUMNS: [(&str, Kind); 26] = [
     ("id", Kind::Text),
     ("key_id", Kind::Int),
     ("hash", Kind::Bytes),
@@ -38,6 +38,7 @@ pub const COLUMNS: [(&str, Kind); 25] = [
     ("uses_window", Kind::Int),
     ("uses_generation", Kind::Int),
     ("version", Kind::Int),
+    ("binding", Kind::Text),
 ];
 
 /// The index of `column` in [`COLUMNS`].
@@ -235,6 +236,13 @@ pub fn read_record(dialect: Dialect, row: &(impl Row + ?Sized)) -> Result<TokenR
         metadata: serde_json::from_str(&metadata)
             .map_err(|_| Unreadable::value("metadata", &metadata))?,
         uses: read_uses(&r)?,
+        binding: r
+            .text("binding")?
+            .map(|text| {
+                tokengate_core::Binding::from_stored(&text)
+                    .ok_or_else(|| Unreadable::value("binding", &text))
+            })
+            .transpose()?,
         version: u64::try_from(version).map_err(|_| Unreadable::value("version", version))?,
     })
 }
@@ -336,5 +344,6 @@ pub fn record_values(
         Value::Int(Some(uses.window)),
         Value::Int(Some(uses.generation)),
         Value::Int(Some(i64::try_from(r.version).unwrap_or(i64::MAX))),
+        Value::Text(r.binding.as_ref().map(tokengate_core::Binding::to_stored)),
     ]
 }

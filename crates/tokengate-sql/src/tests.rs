@@ -55,6 +55,9 @@ fn full_record() -> TokenRecord {
         last_used_at: Some(at(20)),
         allowed_networks: vec!["10.0.0.0/8".parse().unwrap()],
         rate_quota: Some(RateQuota::new(n(100), Duration::from_secs(60), n(10)).unwrap()),
+        binding: Some(tokengate_core::Binding::Dpop(
+            tokengate_core::Thumbprint::new([5; 32]),
+        )),
         rotated_from: Some(TokenId::generate()),
         metadata: BTreeMap::from([("team".to_owned(), "a".to_owned())]),
         uses: Some(Uses::fresh(

@@ -61,6 +61,9 @@ const MIGRATIONS: &[&str] = &[
     // 5: a retired pepper stays recorded (its key id is never reused) and
     // verifies nothing from then on, in every process.
     "ALTER TABLE peppers ADD COLUMN retired_at INTEGER;",
+    // 6: a token bound to a DPoP key or a client certificate
+    // (`jkt:<base64url>`, `x5t#S256:<base64url>`); NULL for a bearer token.
+    "ALTER TABLE tokens ADD COLUMN binding TEXT;",
 ];
 
 /// The schema version this build writes.

@@ -53,6 +53,7 @@ mod lifecycle;
 mod memory;
 mod pepper_source;
 mod redact;
+mod shared_replay;
 mod shared_uses;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -71,6 +72,7 @@ pub use lifecycle::{
 pub use memory::MemoryStore;
 pub use pepper_source::{FIRST_KEY, PEPPER_ENV, PepperSource, PepperSourceError};
 pub use redact::redact_url;
+pub use shared_replay::{ReplayFuture, SharedReplay, SharedReplayError};
 pub use shared_uses::{LeaseSpend, SharedUses, SharedUsesError, UseKey, UsesFuture};
 
 use tokengate_core::{ScopeSet, Taken, TokenHash, TokenId, TokenRecord, UseSpend};

@@ -367,6 +367,9 @@ impl<S: TokenAdmin> Lifecycle<S> {
             rate_quota: old.rate_quota,
             metadata: old.metadata.clone(),
             uses: old.uses.map(|uses| uses.limit),
+            // The replacement is bound to the same key: a rotation never
+            // turns a bound token into a bearer one.
+            binding: old.binding,
         };
         // Refused before anything is written: a grace the clock cannot
         // represent must never end the old token early instead.
@@ -428,6 +431,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
             last_used_at: None,
             allowed_networks: spec.allowed_networks,
             rate_quota: spec.rate_quota,
+            binding: spec.binding,
             rotated_from,
             metadata: spec.metadata,
             uses: spec.uses.map(|limit| Uses::fresh(limit, now)),

@@ -174,6 +174,7 @@ impl TokenAdmin for MemoryStore {
             stored.disabled_at = record.disabled_at;
             stored.allowed_networks = record.allowed_networks;
             stored.rate_quota = record.rate_quota;
+            stored.binding = record.binding;
             stored.metadata = record.metadata;
             stored.uses = match (stored.uses, record.uses) {
                 (Some(kept), Some(new)) => Some(kept.relimited(new.limit, new.window)),

@@ -244,6 +244,7 @@ pub fn record(subject: &str, scopes: &str) -> TokenRecord {
         last_used_at: None,
         allowed_networks: Vec::new(),
         rate_quota: None,
+        binding: None,
         rotated_from: None,
         metadata: std::collections::BTreeMap::new(),
     }

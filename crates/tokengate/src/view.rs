@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use tokengate_core::TokenRecord;
+use tokengate_core::{Binding, TokenRecord};
 
 /// Whole numbers as JSON Schema counts them: `12` and `12.0` alike (a
 /// client's JSON library may write either), refused when fractional,
@@ -97,6 +97,13 @@ pub struct TokenView {
     pub metadata: BTreeMap<String, String>,
     /// A usage-limited token's limit and count left; absent for unlimited uses.
     pub uses: Option<UsesView>,
+    /// The DPoP key the token is bound to (its RFC 7638 thumbprint), if any.
+    #[serde(default)]
+    pub dpop_jkt: Option<String>,
+    /// The client certificate the token is bound to (SHA-256 of its DER,
+    /// hexadecimal), if any.
+    #[serde(default)]
+    pub cert_sha256: Option<String>,
 }
 
 /// A usage-limited token's limit and what is left of it.
@@ -185,6 +192,14 @@ impl From<&TokenRecord> for TokenView {
                     every_seconds: refill.every().as_secs(),
                 }),
             }),
+            dpop_jkt: match record.binding {
+                Some(Binding::Dpop(jkt)) => Some(jkt.to_base64url()),
+                _ => None,
+            },
+            cert_sha256: match record.binding {
+                Some(Binding::Certificate(sha)) => Some(sha.to_hex()),
+                _ => None,
+            },
         }
     }
 }

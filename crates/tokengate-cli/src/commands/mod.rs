@@ -6,7 +6,9 @@ use std::path::Path;
 
 use serde_json::Value;
 use tokengate::audit::{AuditKey, hash_chain};
-use tokengate::core::{Clock, InvalidReason, KeyId, SystemClock, TokenFormat, TokenStatus};
+use tokengate::core::{
+    Binding, Clock, InvalidReason, KeyId, SystemClock, TokenFormat, TokenStatus,
+};
 use tokengate::deployment::{AnyStore, Database};
 use tokengate::sqlite::pepper_path;
 use tokengate::store::{
@@ -101,6 +103,9 @@ fn print_record(r: &TokenRecord) {
     }
     if let Some(q) = r.rate_quota {
         println!("rate:      {q}");
+    }
+    if let Some(binding) = r.binding {
+        println!("bound to:  {binding}");
     }
     for (key, value) in &r.metadata {
         println!("meta:      {}={}", shown(key), shown(value));
@@ -458,18 +463,23 @@ fn print_list(records: &[TokenRecord], json: bool) {
     }
     let now = SystemTime::now();
     println!(
-        "{:<20}  {:<8} {:<20} {:<20} {:<20} {:<11} SCOPES",
-        "ID", "STATUS", "NAME", "SUBJECT", "EXPIRES", "USES"
+        "{:<20}  {:<8} {:<20} {:<20} {:<20} {:<11} {:<5} SCOPES",
+        "ID", "STATUS", "NAME", "SUBJECT", "EXPIRES", "USES", "BOUND"
     );
     for record in records {
         println!(
-            "{:<20}  {:<8} {:<20} {:<20} {:<20} {:<11} {}",
+            "{:<20}  {:<8} {:<20} {:<20} {:<20} {:<11} {:<5} {}",
             record.id.as_str(),
             record.status(now).as_str(),
             shown(&record.name),
             shown(&record.subject),
             record.expires_at.map_or_else(|| "never".to_owned(), when),
             uses_left(record),
+            match record.binding {
+                Some(Binding::Dpop(_)) => "dpop",
+                Some(Binding::Certificate(_)) => "cert",
+                None => "-",
+            },
             record.scopes
         );
     }
@@ -494,6 +504,9 @@ fn issue_spec(issue: &Issue) -> Result<(TokenSpec, IssuancePolicy)> {
     }
     if let Some(limit) = issue.uses.limit() {
         spec = spec.uses(limit);
+    }
+    if let Some(binding) = crate::args::binding(issue.dpop_jkt, issue.cert_sha256) {
+        spec = spec.binding(binding);
     }
     let policy = if issue.no_expiry {
         IssuancePolicy::default().allow_no_expiry()

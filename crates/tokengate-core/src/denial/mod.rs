@@ -113,6 +113,40 @@ pub enum InvalidReason {
     /// any bad token (a distinct answer would confirm to the holder of a
     /// stolen token that it is real); the audit record keeps this reason.
     OutsideNetworks,
+    /// `Authorization: DPoP` without a `DPoP` proof header.
+    DpopMissing,
+    /// A DPoP-bound token sent as a bearer token, without a proof.
+    DpopBoundAsBearer,
+    /// A DPoP proof that does not read: several `DPoP` headers, not a
+    /// compact JWS, a claim missing, `typ` not `dpop+jwt`, a private or
+    /// malformed key, over the size bound.
+    DpopMalformed,
+    /// A DPoP proof signed with an algorithm outside the allowlist.
+    DpopAlgorithm,
+    /// A DPoP proof whose signature does not verify with its key.
+    DpopInvalidSignature,
+    /// A DPoP proof made for another method (`htm`).
+    DpopHtmMismatch,
+    /// A DPoP proof made for another URL (`htu`).
+    DpopHtuMismatch,
+    /// A DPoP proof made too long ago or in the future (`iat`).
+    DpopIat,
+    /// A DPoP proof made for another token (`ath`).
+    DpopAthMismatch,
+    /// A DPoP proof without a current server nonce (`use_dpop_nonce`).
+    DpopNonce,
+    /// A DPoP proof seen before (`jti`).
+    DpopReplay,
+    /// A DPoP proof signed by another key than the token is bound to.
+    DpopKeyMismatch,
+    /// A certificate-bound token without a client certificate.
+    CertMissing,
+    /// A certificate-bound token with another client certificate.
+    CertMismatch,
+    /// A certificate-bound token whose only certificate came in a
+    /// `Client-Cert` header from a peer that is not a trusted proxy
+    /// (ignored: anyone can send the header).
+    CertUntrustedHeader,
 }
 
 /// Why a client address was refused.
@@ -326,6 +360,21 @@ impl InvalidReason {
             Self::Disabled => "token_disabled",
             Self::WrongAudience => "token_wrong_audience",
             Self::OutsideNetworks => "token_outside_networks",
+            Self::DpopMissing => "dpop_missing",
+            Self::DpopBoundAsBearer => "dpop_bound_as_bearer",
+            Self::DpopMalformed => "dpop_malformed",
+            Self::DpopAlgorithm => "dpop_alg_not_allowed",
+            Self::DpopInvalidSignature => "dpop_invalid_signature",
+            Self::DpopHtmMismatch => "dpop_htm_mismatch",
+            Self::DpopHtuMismatch => "dpop_htu_mismatch",
+            Self::DpopIat => "dpop_iat",
+            Self::DpopAthMismatch => "dpop_ath_mismatch",
+            Self::DpopNonce => "dpop_nonce",
+            Self::DpopReplay => "dpop_replay",
+            Self::DpopKeyMismatch => "dpop_key_mismatch",
+            Self::CertMissing => "cert_missing",
+            Self::CertMismatch => "cert_mismatch",
+            Self::CertUntrustedHeader => "cert_untrusted_header",
         }
     }
 }

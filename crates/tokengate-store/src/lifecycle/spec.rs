@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
-use tokengate_core::{Audience, RateQuota, Scope, ScopeSet, UseLimit};
+use tokengate_core::{Audience, Binding, RateQuota, Scope, ScopeSet, UseLimit};
 
 use super::{LifecycleError, ceil_millis, check_text, check_uses};
 
@@ -196,6 +196,7 @@ pub struct TokenSpec {
     pub(crate) rate_quota: Option<RateQuota>,
     pub(crate) metadata: BTreeMap<String, String>,
     pub(crate) uses: Option<UseLimit>,
+    pub(crate) binding: Option<Binding>,
 }
 
 impl TokenSpec {
@@ -211,6 +212,7 @@ impl TokenSpec {
             rate_quota: None,
             metadata: BTreeMap::new(),
             uses: None,
+            binding: None,
         }
     }
 
@@ -239,6 +241,13 @@ impl TokenSpec {
     pub fn allowed_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
         self.allowed_networks
             .extend(networks.into_iter().map(tokengate_core::canonical_net));
+        self
+    }
+
+    /// Binds the token to a DPoP key or a client certificate: it works only
+    /// beside a proof that its client holds the key (see [`Binding`]).
+    pub fn binding(mut self, binding: Binding) -> Self {
+        self.binding = Some(binding);
         self
     }
 

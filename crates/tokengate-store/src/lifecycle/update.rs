@@ -11,6 +11,7 @@ use super::{
 };
 use crate::{StoreError, TokenAdmin};
 use tokengate_core::Audience;
+use tokengate_core::Binding;
 use tokengate_core::TokenId;
 use tokengate_core::{RateQuota, TokenRecord, TokenStatus};
 use tokengate_core::{Scope, ScopeSet};
@@ -31,6 +32,7 @@ pub struct TokenPatch {
     set_metadata: BTreeMap<String, String>,
     remove_metadata: Vec<String>,
     uses: Option<Option<UseLimit>>,
+    binding: Option<Option<Binding>>,
 }
 
 impl TokenPatch {
@@ -103,6 +105,13 @@ impl TokenPatch {
         self
     }
 
+    /// Binds the token to a DPoP key or a client certificate, or makes it
+    /// a bearer token again with `None` (an existing binding is replaced).
+    pub fn binding(mut self, binding: Option<Binding>) -> Self {
+        self.binding = Some(binding);
+        self
+    }
+
     /// Sets a metadata label.
     pub fn set_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.set_metadata.insert(key.into(), value.into());
@@ -135,6 +144,9 @@ impl TokenPatch {
         }
         if let Some(quota) = self.rate_quota {
             record.rate_quota = quota;
+        }
+        if let Some(binding) = self.binding {
+            record.binding = binding;
         }
         for (key, value) in &self.set_metadata {
             record.metadata.insert(key.clone(), value.clone());

@@ -16,6 +16,7 @@ use crate::{
     Expiry, Lifecycle, LifecycleError, StoreError, TokenAdmin, TokenPatch, TokenSpec, TokenStore,
 };
 use tokengate_core::Taken;
+use tokengate_core::{Binding, Thumbprint};
 use tokengate_core::{KeyId, TokenHasher};
 use tokengate_core::{Pepper, TokenId};
 use tokengate_core::{RateQuota, TokenStatus};
@@ -75,6 +76,7 @@ pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
         .expiry(Expiry::After(7 * day))
         .allowed_networks(["10.0.0.0/8".parse().unwrap()])
         .rate_quota(Some(quota))
+        .binding(Some(Binding::Dpop(Thumbprint::new([3; 32]))))
         .set_metadata("team", "a")
         .remove_metadata("env");
     let before = SystemTime::now();
@@ -99,6 +101,11 @@ pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
         ["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]
     );
     assert_eq!(stored.rate_quota, Some(quota));
+    assert_eq!(
+        stored.binding,
+        Some(Binding::Dpop(Thumbprint::new([3; 32]))),
+        "a binding is stored"
+    );
     assert_eq!(stored.metadata.get("team").map(String::as_str), Some("a"));
     assert!(!stored.metadata.contains_key("env"));
     // Stores keep times at their own precision (milliseconds, microseconds).
@@ -115,11 +122,44 @@ pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
     let opened = lifecycle
         .update(
             &id,
-            &TokenPatch::new().rate_quota(None).allowed_networks([]),
+            &TokenPatch::new()
+                .rate_quota(None)
+                .allowed_networks([])
+                .binding(Some(Binding::Certificate(Thumbprint::new([4; 32])))),
         )
         .await
         .unwrap();
     assert_eq!(opened.rate_quota, None);
+    assert_eq!(
+        opened.binding,
+        Some(Binding::Certificate(Thumbprint::new([4; 32]))),
+        "a binding is replaced"
+    );
+    let unbound = lifecycle
+        .update(&id, &TokenPatch::new().binding(None))
+        .await
+        .unwrap();
+    assert_eq!(unbound.binding, None, "a binding is removed");
+    // Issued bound, and a rotation keeps the binding.
+    let bound = lifecycle
+        .issue(
+            TokenSpec::new("bound", "team-a")
+                .scopes(["notes:read".parse().unwrap()])
+                .audiences(["notes".parse().unwrap()])
+                .binding(Binding::Dpop(Thumbprint::new([6; 32]))),
+        )
+        .await
+        .unwrap();
+    let stored_bound = lifecycle.get(&bound.record.id).await.unwrap().unwrap();
+    assert_eq!(
+        stored_bound.binding,
+        Some(Binding::Dpop(Thumbprint::new([6; 32])))
+    );
+    let rotated = lifecycle
+        .rotate(&bound.record.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(rotated.record.binding, stored_bound.binding);
     assert!(opened.allowed_networks.is_empty());
 
     // Past the policy's maximum: refused, nothing changed.

@@ -68,6 +68,31 @@ fn issued(issued: &IssuedToken) -> Issued {
     }
 }
 
+/// The binding a request names: a DPoP key's thumbprint or a client
+/// certificate's, never both.
+fn binding(
+    dpop_jkt: Option<&str>,
+    cert_sha256: Option<&str>,
+) -> Result<Option<tokengate_core::Binding>, Problem> {
+    use tokengate_core::{Binding, Thumbprint};
+    let parse = |what: &str, text: &str| {
+        text.parse::<Thumbprint>().map_err(|e| {
+            unprocessable(format!(
+                "{what} {}: {e}",
+                tokengate_core::Echo::new(text, 80)
+            ))
+        })
+    };
+    match (dpop_jkt, cert_sha256) {
+        (Some(_), Some(_)) => Err(unprocessable(
+            "a token is bound to a DPoP key or to a certificate, not both",
+        )),
+        (Some(jkt), None) => Ok(Some(Binding::Dpop(parse("dpop_jkt", jkt)?))),
+        (None, Some(sha)) => Ok(Some(Binding::Certificate(parse("cert_sha256", sha)?))),
+        (None, None) => Ok(None),
+    }
+}
+
 fn parse_all<T: std::str::FromStr>(what: &str, items: &[String]) -> Result<Vec<T>, Problem>
 where
     T::Err: std::fmt::Display,
@@ -155,6 +180,9 @@ pub(crate) async fn issue<S: TokenStore + TokenAdmin + Clone>(
     }
     for (key, value) in request.metadata {
         spec = spec.metadata(key, value);
+    }
+    if let Some(binding) = binding(request.dpop_jkt.as_deref(), request.cert_sha256.as_deref())? {
+        spec = spec.binding(binding);
     }
     let made = checked(&lifecycle)
         .await?
@@ -290,6 +318,19 @@ pub(crate) async fn update<S: TokenStore + TokenAdmin + Clone>(
     }
     if let Some(uses) = &request.uses {
         changes = changes.uses(uses.as_ref().map(use_limit).transpose()?);
+    }
+    match (
+        binding(request.dpop_jkt.as_deref(), request.cert_sha256.as_deref())?,
+        request.unbind,
+    ) {
+        (Some(_), true) => {
+            return Err(unprocessable(
+                "unbind cannot be combined with dpop_jkt or cert_sha256",
+            ));
+        }
+        (Some(binding), false) => changes = changes.binding(Some(binding)),
+        (None, true) => changes = changes.binding(None),
+        (None, false) => {}
     }
     let record = checked(&lifecycle)
         .await?

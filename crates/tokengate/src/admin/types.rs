@@ -59,6 +59,17 @@ text_schema! {
     TokenIdText { pattern: r"^tok_[A-Za-z0-9]{16}$" }
 }
 
+text_schema! {
+    /// A DPoP key's JWK SHA-256 thumbprint (RFC 7638): 43 base64url
+    /// characters, the `jkt` a DPoP library prints for its key.
+    JktText { pattern: r"^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$" }
+}
+
+text_schema! {
+    /// A client certificate's SHA-256 fingerprint: 64 hexadecimal digits.
+    CertSha256Text { pattern: r"^[0-9A-Fa-f]{64}$" }
+}
+
 /// An IPv4 address as Rust parses one (no leading zeros).
 macro_rules! ipv4 {
     () => {
@@ -155,6 +166,14 @@ pub struct IssueRequest {
     pub(crate) metadata: BTreeMap<String, String>,
     /// A usage limit: the token admits this many requests.
     pub(crate) uses: Option<UseLimitSpec>,
+    /// Binds the token to this DPoP key: it works only beside a proof
+    /// signed by the key. Or send the client's own `DPoP` proof of this
+    /// request in a `DPoP` header and the token is bound to its key.
+    #[schema(value_type = Option<JktText>)]
+    pub(crate) dpop_jkt: Option<String>,
+    /// Binds the token to this client certificate (mutual TLS).
+    #[schema(value_type = Option<CertSha256Text>)]
+    pub(crate) cert_sha256: Option<String>,
 }
 
 /// What to change; what is absent stays. `rate: null` drops the token's
@@ -194,6 +213,15 @@ pub struct UpdateRequest {
     #[serde(default, deserialize_with = "some_or_null")]
     #[schema(value_type = Option<UseLimitSpec>)]
     pub(crate) uses: Option<Option<UseLimitSpec>>,
+    /// Binds the token to this DPoP key (replacing any binding).
+    #[schema(value_type = Option<JktText>)]
+    pub(crate) dpop_jkt: Option<String>,
+    /// Binds the token to this client certificate (replacing any binding).
+    #[schema(value_type = Option<CertSha256Text>)]
+    pub(crate) cert_sha256: Option<String>,
+    /// Makes the token a bearer token again.
+    #[serde(default)]
+    pub(crate) unbind: bool,
 }
 
 /// A field present (a value or `null`) or absent.
