@@ -56,6 +56,25 @@ where
     <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Error:
         Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
+    serve_at(stack).await.0
+}
+
+/// [`serve`], and the server's address.
+pub async fn serve_at<L>(stack: L) -> (Channel, std::net::SocketAddr)
+where
+    L: tower::Layer<tonic::service::Routes> + Clone + Send + 'static,
+    L::Service: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<
+                tokengate::check::CheckBody<tokengate::check::CheckBody<tonic::body::Body>>,
+            >,
+        > + Clone
+        + Send
+        + 'static,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
     let (listener, addr) = super::listener().await;
     tokio::spawn(
         Server::builder()
@@ -63,9 +82,10 @@ where
             .add_service(NotesServer::new(NotesService))
             .serve_with_incoming(TcpIncoming::from(listener)),
     );
-    Channel::from_shared(format!("http://{addr}"))
+    let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
-        .unwrap()
+        .unwrap();
+    (channel, addr)
 }

@@ -63,10 +63,12 @@
 //! `tracing` (one warning when the fallback starts, then at powers of two)
 //! and `thiserror` (configuration errors).
 
+mod replay;
 mod script;
 mod state;
 mod uses;
 
+pub use replay::RedisReplay;
 pub use state::{RedisRateState, RedisStateError, Unavailable};
 pub use uses::RedisUses;
 

@@ -11,6 +11,7 @@ use tokengate_core::{RateQuota, TokenId};
 use tokengate_rate::gcra::Gcra;
 use tokengate_rate::{Charge, Outcome, RateKey, RateState};
 
+use tokengate_store::SharedReplay;
 use tokengate_store::testing::Proxy;
 
 use super::*;
@@ -481,4 +482,43 @@ async fn a_refiller_that_found_the_store_empty_waits_for_refills_in_flight() {
     assert_eq!(uses.spend(&key, keep).await.unwrap(), LeaseSpend::Empty);
     assert_eq!(uses.settle(&key, true).await.unwrap(), LeaseSpend::Empty);
     prefix.clean().await;
+}
+
+#[tokio::test]
+async fn a_dpop_proof_is_first_once_across_instances_and_its_key_expires() {
+    let Some(connection) = redis().await else {
+        return;
+    };
+    let prefix = Prefix::new(&connection);
+    let (a, b) = (prefix.state().replay(), prefix.state().replay());
+    let key = [7u8; 16];
+    let keep = Duration::from_millis(300);
+    assert!(
+        a.first_use(key, keep).await.unwrap(),
+        "first at one instance"
+    );
+    assert!(
+        !b.first_use(key, keep).await.unwrap(),
+        "a replay at another"
+    );
+    assert!(!a.first_use(key, keep).await.unwrap());
+    assert!(b.first_use([8; 16], keep).await.unwrap(), "another proof");
+    let keys = prefix.keys().await;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().all(|k| k.contains(":dpop:")), "{keys:?}");
+    // Kept as long as asked, then gone.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(prefix.keys().await.is_empty());
+    assert!(a.first_use(key, keep).await.unwrap());
+    prefix.clean().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_replay_record_is_an_error() {
+    let state = unreachable(Unavailable::Local);
+    let answer = state
+        .replay()
+        .first_use([1; 16], Duration::from_secs(1))
+        .await;
+    assert!(answer.unwrap_err().to_string().contains("unavailable"));
 }

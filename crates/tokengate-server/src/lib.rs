@@ -8,10 +8,12 @@
     reason = "servers that tell their operator where they listen"
 )]
 
+mod dpop;
 mod leaks;
 pub mod serve;
 mod server;
 
+pub use dpop::DpopArgs;
 pub use leaks::LeaksArgs;
 pub use server::{Instance, RedisArgs, ServerArgs, Stopping};
 

@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// The rate state shared by every instance.
     #[command(flatten)]
     pub redis: RedisArgs,
+    /// How DPoP proofs are checked.
+    #[command(flatten)]
+    pub dpop: crate::DpopArgs,
     /// Secret-scanning receivers under /leaks on the forward-auth listener.
     #[command(flatten)]
     pub leaks: LeaksArgs,
@@ -81,6 +84,7 @@ pub async fn serve(
     let config = GateConfig::load(&args.config)?;
     args.redis.check()?;
     args.leaks.check()?;
+    args.dpop.settings()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {} (--listen): {e}", args.listen))?;
@@ -110,6 +114,11 @@ pub async fn serve(
         config_path: args.config.clone(),
         remove_authorization: config.remove_authorization(),
         receivers,
+        dpop: args.dpop.settings()?,
+        replay: redis.as_ref().map(|shared| {
+            let replay: Arc<dyn tokengate::store::SharedReplay> = Arc::new(shared.replay());
+            replay
+        }),
     };
     let servers = match redis {
         None => {
@@ -169,6 +178,10 @@ struct Parts {
     remove_authorization: bool,
     /// The leak receivers, served beside the checks when on.
     receivers: Option<axum::Router>,
+    /// How DPoP proofs are checked (`None`: not read).
+    dpop: Option<tokengate::authenticate::Dpop>,
+    /// The DPoP proofs every instance has seen, with a Redis state.
+    replay: Option<Arc<dyn tokengate::store::SharedReplay>>,
 }
 
 /// The servers, started.
@@ -202,9 +215,16 @@ impl Parts {
         state: &R,
         uses: Option<&Arc<dyn SharedUses>>,
     ) -> Result<Check<R>, SetupError> {
-        let mut gate = self.deployment.gate_from_config(config).await?;
+        let mut gate = self
+            .deployment
+            .gate_from_config(config)
+            .await?
+            .dpop(self.dpop.clone());
         if let Some(uses) = uses {
             gate = gate.shared_uses(Arc::clone(uses));
+        }
+        if let Some(replay) = &self.replay {
+            gate = gate.shared_replay(Arc::clone(replay));
         }
         Ok(tokengate::sidecar::checking(
             &gate.rate_state(state.clone()),

@@ -51,6 +51,9 @@ pub struct ServerArgs {
     /// The rate state shared by every instance.
     #[command(flatten)]
     pub redis: RedisArgs,
+    /// How DPoP proofs are checked.
+    #[command(flatten)]
+    pub dpop: crate::DpopArgs,
     /// Logs and the admin listener.
     #[command(flatten)]
     pub ops: OpsArgs,
@@ -148,6 +151,7 @@ impl Instance {
         let client_ip = ResolveClientIpLayer::trusted_proxies(&args.trusted_proxies)?;
         let ip_rules = IpRules::from_lists(&args.allow_ips, &args.deny_ips)?;
         args.redis.check()?;
+        args.dpop.settings()?;
         let demo = demo_spec(&audience)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await

@@ -316,6 +316,28 @@ impl<St, P, K, R, X> Gate<St, P, K, R, X> {
         self
     }
 
+    /// Checks DPoP proofs as `dpop` says ([`AuthenticateLayer::dpop`]), or
+    /// reads no DPoP with `None` ([`AuthenticateLayer::no_dpop`]).
+    pub fn dpop(mut self, dpop: Option<crate::authenticate::Dpop>) -> Self {
+        self.parts.authenticate = match dpop {
+            Some(dpop) => self.parts.authenticate.dpop(dpop),
+            None => self.parts.authenticate.no_dpop(),
+        };
+        self
+    }
+
+    /// Records DPoP proofs seen in `record` too (e.g.
+    /// [`RedisRateState::replay`](https://docs.rs/tokengate-redis)), so a
+    /// proof replayed at another instance is refused there; see
+    /// [`Dpop::shared_replay`](crate::authenticate::Dpop::shared_replay). Nothing
+    /// changes when the authenticate layer reads no DPoP.
+    pub fn shared_replay(mut self, record: Arc<dyn tokengate_store::SharedReplay>) -> Self {
+        if let Some(dpop) = self.parts.authenticate.dpop_settings().cloned() {
+            self.parts.authenticate = self.parts.authenticate.dpop(dpop.shared_replay(record));
+        }
+        self
+    }
+
     /// Resolves client addresses with `layer` (trusted proxies, peer
     /// source). Unless the layer chose a peer source, the Gate's own finds
     /// the connection's address ([`connection_peer`]).

@@ -201,7 +201,10 @@ async fn run(args: Args) -> Result<(), SetupError> {
     // Public routes are declared once, in the policy, and the Gate finds
     // the connection's address itself: only proxies to trust are told.
     let deployment = &server.deployment;
-    let mut authenticate = deployment.authenticate(server.audience.clone());
+    let mut authenticate = args
+        .server
+        .dpop
+        .apply(deployment.authenticate(server.audience.clone()))?;
     if args.no_token_expires {
         authenticate = authenticate.expires_header(None);
     }
@@ -248,7 +251,9 @@ async fn run(args: Args) -> Result<(), SetupError> {
         None => guard(routes, gate, &args, deployment),
         Some(shared) => {
             // Usage-limited tokens lease their uses there too.
-            let gate = gate.shared_uses(Arc::new(shared.uses()));
+            let gate = gate
+                .shared_uses(Arc::new(shared.uses()))
+                .shared_replay(Arc::new(shared.replay()));
             guard(routes, gate.rate_state(shared.clone()), &args, deployment)
         }
     };

@@ -139,7 +139,9 @@ async fn run(args: Args) -> Result<(), SetupError> {
     // the connection's address itself: only proxies to trust are told.
     let deployment = &server.deployment;
     let gate = Gate::new(
-        deployment.authenticate(server.audience.clone()),
+        args.server
+            .dpop
+            .apply(deployment.authenticate(server.audience.clone()))?,
         EnforceScopeLayer::new(policy),
     )
     .audit(AuditLayer::new(deployment.audit.clone()))
@@ -150,7 +152,9 @@ async fn run(args: Args) -> Result<(), SetupError> {
         None => Either::Left(gate),
         Some(shared) => {
             // Usage-limited tokens lease their uses there too.
-            let gate = gate.shared_uses(std::sync::Arc::new(shared.uses()));
+            let gate = gate
+                .shared_uses(std::sync::Arc::new(shared.uses()))
+                .shared_replay(std::sync::Arc::new(shared.replay()));
             Either::Right(gate.rate_state(shared.clone()))
         }
     };

@@ -250,6 +250,82 @@ impl Dpop {
         self
     }
 
+    /// The URL the request was sent to, as its client saw it.
+    fn target<B>(&self, request: &Request<B>) -> Option<Target> {
+        let path = request.uri().path();
+        if let Some((scheme, authority)) = &self.origin {
+            return Target::new(scheme, authority, path);
+        }
+        let trusted = RequestTrail::peer_trusted(request.extensions());
+        let scheme = trusted
+            .then(|| forwarded(request, &X_FORWARDED_PROTO))
+            .flatten()
+            .or(request.uri().scheme_str())
+            .unwrap_or("http");
+        let authority = trusted
+            .then(|| forwarded(request, &X_FORWARDED_HOST))
+            .flatten()
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .or(request.uri().authority().map(http::uri::Authority::as_str))?;
+        Target::new(scheme, authority, path)
+    }
+
+    /// Verifies the request's own DPoP proof when no access token goes
+    /// with it (an issuing endpoint binding a new token to the key that
+    /// signed the proof): one `DPoP` header, its signature, `htm`, `htu`
+    /// and `iat` (at `now`, nanoseconds since the epoch). Returns the
+    /// key's thumbprint, or the audit reason of the first failed check.
+    pub fn proof_key<B>(
+        &self,
+        request: &Request<B>,
+        now: u64,
+    ) -> Result<Thumbprint, InvalidReason> {
+        let mut proofs = request.headers().get_all(DPOP).iter();
+        let (Some(proof), None) = (proofs.next(), proofs.next()) else {
+            return Err(if request.headers().contains_key(DPOP) {
+                InvalidReason::DpopMalformed
+            } else {
+                InvalidReason::DpopMissing
+            });
+        };
+        let reason = |error: ProofError| match Refused::from(error) {
+            Refused::Invalid(reason) => reason,
+            Refused::Full => InvalidReason::DpopMalformed,
+        };
+        let text = proof.to_str().map_err(|_| InvalidReason::DpopMalformed)?;
+        let proof = proof::verify(text, &self.algorithms).map_err(reason)?;
+        self.request_checks(request, &proof, now).map_err(reason)?;
+        Ok(proof.jkt)
+    }
+
+    /// The checks of a verified proof against its request: method, URL,
+    /// time.
+    fn request_checks<B>(
+        &self,
+        request: &Request<B>,
+        proof: &proof::Proof,
+        now: u64,
+    ) -> Result<(), ProofError> {
+        if proof.htm != request.method().as_str() {
+            return Err(ProofError::Method);
+        }
+        match (Target::parse(&proof.htu), self.target(request)) {
+            (Some(claimed), Some(actual)) if claimed == actual => {}
+            _ => return Err(ProofError::Url),
+        }
+        let now_secs = i64::try_from(now / 1_000_000_000).unwrap_or(i64::MAX);
+        let window = i64::try_from(self.iat_window.as_secs()).unwrap_or(i64::MAX);
+        if now_secs.abs_diff(proof.iat) > window.unsigned_abs() {
+            return Err(ProofError::IssuedAt);
+        }
+        Ok(())
+    }
+
     /// The `algs` of the `WWW-Authenticate: DPoP` challenge.
     pub(crate) fn algs_text(&self) -> String {
         self.algorithms
@@ -314,31 +390,6 @@ fn forwarded<'a, B>(request: &'a Request<B>, name: &HeaderName) -> Option<&'a st
 }
 
 impl DpopState {
-    /// The URL the request was sent to, as its client saw it.
-    fn target<B>(&self, request: &Request<B>) -> Option<Target> {
-        let path = request.uri().path();
-        if let Some((scheme, authority)) = &self.options.origin {
-            return Target::new(scheme, authority, path);
-        }
-        let trusted = RequestTrail::peer_trusted(request.extensions());
-        let scheme = trusted
-            .then(|| forwarded(request, &X_FORWARDED_PROTO))
-            .flatten()
-            .or(request.uri().scheme_str())
-            .unwrap_or("http");
-        let authority = trusted
-            .then(|| forwarded(request, &X_FORWARDED_HOST))
-            .flatten()
-            .or_else(|| {
-                request
-                    .headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .or(request.uri().authority().map(http::uri::Authority::as_str))?;
-        Target::new(scheme, authority, path)
-    }
-
     /// Checks the request's proof for `token` at `now` (nanoseconds since
     /// the epoch): everything but the bound key, which needs the token's
     /// record.
@@ -360,18 +411,7 @@ impl DpopState {
         };
         let text = proof.to_str().map_err(|_| ProofError::Malformed)?;
         let proof = proof::verify(text, &self.options.algorithms)?;
-        if proof.htm != request.method().as_str() {
-            return Err(ProofError::Method.into());
-        }
-        match (Target::parse(&proof.htu), self.target(request)) {
-            (Some(claimed), Some(actual)) if claimed == actual => {}
-            _ => return Err(ProofError::Url.into()),
-        }
-        let now_secs = i64::try_from(now / 1_000_000_000).unwrap_or(i64::MAX);
-        let window = i64::try_from(self.options.iat_window.as_secs()).unwrap_or(i64::MAX);
-        if now_secs.abs_diff(proof.iat) > window.unsigned_abs() {
-            return Err(ProofError::IssuedAt.into());
-        }
+        self.options.request_checks(request, &proof, now)?;
         let token_hash = Sha256::digest(token.as_bytes());
         if proof.ath.as_deref() != Some(token_hash.as_slice()) {
             return Err(ProofError::TokenHash.into());

@@ -68,6 +68,42 @@ fn issued(issued: &IssuedToken) -> Issued {
     }
 }
 
+/// The key of the request's own `DPoP` proof, when it carries one: an
+/// issue request with a proof binds the new token to the key that signed
+/// it (its method, URL and time checked as the authenticate layer checks
+/// them; no access token goes with it), so a client never copies its
+/// thumbprint by hand.
+pub(crate) struct ProofKey(
+    Option<Result<tokengate_core::Thumbprint, tokengate_core::InvalidReason>>,
+);
+
+impl<S: Send + Sync> FromRequestParts<S> for ProofKey {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        use tokengate_authenticate::dpop::DPOP;
+        if !parts.headers.contains_key(DPOP) {
+            return Ok(Self(None));
+        }
+        let mut request = axum::http::Request::new(());
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.headers_mut() = parts.headers.clone();
+        if tokengate_core::RequestTrail::peer_trusted(&parts.extensions) {
+            tokengate_core::RequestTrail::note_peer_trusted(request.extensions_mut());
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Ok(Self(Some(
+            tokengate_authenticate::Dpop::new().proof_key(&request, now),
+        )))
+    }
+}
+
 /// The binding a request names: a DPoP key's thumbprint or a client
 /// certificate's, never both.
 fn binding(
@@ -156,10 +192,12 @@ async fn checked<S: TokenStore + TokenAdmin + Clone>(
 
 /// Issue a token.
 #[utoipa::path(post, path = "/admin/tokens", request_body = IssueRequest,
+    params(("DPoP" = Option<String>, Header, description = "The client's DPoP proof (RFC 9449) of this request: the token is bound to the key that signed it")),
     responses((status = 201, description = "Issued; the secret is in this response only", body = Issued)))]
 pub(crate) async fn issue<S: TokenStore + TokenAdmin + Clone>(
     State(lifecycle): Shared<S>,
     Caller(caller): Caller,
+    ProofKey(proof_key): ProofKey,
     Body(request): Body<IssueRequest>,
 ) -> Result<(StatusCode, Json<Issued>), Problem> {
     let scopes = parse_all("scope", &request.scopes)?;
@@ -181,8 +219,24 @@ pub(crate) async fn issue<S: TokenStore + TokenAdmin + Clone>(
     for (key, value) in request.metadata {
         spec = spec.metadata(key, value);
     }
-    if let Some(binding) = binding(request.dpop_jkt.as_deref(), request.cert_sha256.as_deref())? {
-        spec = spec.binding(binding);
+    let named = binding(request.dpop_jkt.as_deref(), request.cert_sha256.as_deref())?;
+    match (named, proof_key) {
+        (Some(_), Some(_)) => {
+            return Err(unprocessable(
+                "a DPoP header binds the token to its key: send it without dpop_jkt or cert_sha256",
+            ));
+        }
+        (Some(binding), None) => spec = spec.binding(binding),
+        (None, Some(key)) => {
+            let jkt = key.map_err(|reason| {
+                unprocessable(format!(
+                    "the DPoP proof of this request does not hold ({})",
+                    reason.as_str()
+                ))
+            })?;
+            spec = spec.binding(tokengate_core::Binding::Dpop(jkt));
+        }
+        (None, None) => {}
     }
     let made = checked(&lifecycle)
         .await?
