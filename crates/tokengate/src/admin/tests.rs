@@ -493,3 +493,107 @@ async fn answer(
         .unwrap();
     (status, serde_json::from_slice(&bytes).unwrap_or_default())
 }
+
+#[tokio::test]
+async fn tokens_are_bound_by_thumbprint_or_by_the_requests_own_dpop_proof() {
+    use tokengate_authenticate::dpop::DpopSigner;
+    let (app, store, _) = memory_app();
+    let jkt = DpopSigner::generate_es256().jkt().to_base64url();
+    let body = READER.replacen('{', &format!(r#"{{"dpop_jkt":"{jkt}","#), 1);
+    let (status, issued) = send(&app, "POST", "/admin/tokens", &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    assert_eq!(issued["record"]["dpop_jkt"], jkt.as_str());
+    assert_eq!(issued["record"]["cert_sha256"], serde_json::Value::Null);
+    let id = issued["record"]["id"].as_str().unwrap().to_owned();
+
+    // Rebound to a certificate, then unbound.
+    let sha = "AB".repeat(32);
+    let (status, view) = send(
+        &app,
+        "PATCH",
+        &format!("/admin/tokens/{id}"),
+        &format!(r#"{{"cert_sha256":"{sha}"}}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["cert_sha256"], "ab".repeat(32));
+    assert_eq!(view["dpop_jkt"], serde_json::Value::Null);
+    let (_, view) = send(
+        &app,
+        "PATCH",
+        &format!("/admin/tokens/{id}"),
+        r#"{"unbind":true}"#,
+    )
+    .await;
+    assert_eq!(view["cert_sha256"], serde_json::Value::Null);
+    let id: TokenId = id.parse().unwrap();
+    assert_eq!(store.get(&id).await.unwrap().unwrap().binding, None);
+
+    // Bad and conflicting bindings: 422 naming the field.
+    for (body, named) in [
+        (
+            READER.replacen('{', r#"{"dpop_jkt":"short","#, 1),
+            "dpop_jkt",
+        ),
+        (
+            READER.replacen(
+                '{',
+                &format!(r#"{{"dpop_jkt":"{jkt}","cert_sha256":"{sha}","#),
+                1,
+            ),
+            "not both",
+        ),
+    ] {
+        let (status, problem) = send(&app, "POST", "/admin/tokens", &body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(named),
+            "{problem}"
+        );
+    }
+    let (status, problem) = send(
+        &app,
+        "PATCH",
+        &format!("/admin/tokens/{id}"),
+        &format!(r#"{{"unbind":true,"dpop_jkt":"{jkt}"}}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+
+    // The request's own proof: the token is bound to the key that signed it.
+    let key = DpopSigner::generate_ed25519();
+    let with_proof = |proof: String| {
+        axum::http::Request::builder()
+            .method("POST")
+            .uri("/admin/tokens")
+            .header("host", "admin.test")
+            .header("content-type", "application/json")
+            .header("dpop", proof)
+            .body(axum::body::Body::from(READER.to_owned()))
+            .unwrap()
+    };
+    let proof = key.sign(
+        &key.header(),
+        &serde_json::json!({
+            "jti": "issue-1", "htm": "POST", "htu": "http://admin.test/admin/tokens",
+            "iat": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(),
+        }),
+    );
+    let (status, issued) = answer(&app, with_proof(proof)).await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    assert_eq!(
+        issued["record"]["dpop_jkt"],
+        key.jkt().to_base64url().as_str()
+    );
+    // A proof for another URL binds nothing: 422 with the reason.
+    let elsewhere = key.proof("POST", "http://admin.test/other", "", None);
+    let (status, problem) = answer(&app, with_proof(elsewhere)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("dpop_htu_mismatch"),
+        "{problem}"
+    );
+}
