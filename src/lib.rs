@@ -524,4 +524,6 @@ pub mod docs {
     pub struct AnyLanguage;
     #[doc = include_str!("../docs/leaks.md")]
     pub struct Leaks;
+    #[doc = include_str!("../docs/dpop.md")]
+    pub struct Dpop;
 }

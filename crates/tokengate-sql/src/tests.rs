@@ -157,7 +157,7 @@ fn expiries_round_up_to_what_the_backend_stores() {
 fn each_dialect_numbers_its_placeholders() {
     let sqlite = Sql::new(Dialect::SQLITE);
     let postgres = Sql::new(Dialect::POSTGRES);
-    assert!(sqlite.insert.contains("?25)"), "{}", sqlite.insert);
+    assert!(sqlite.insert.contains("?26)"), "{}", sqlite.insert);
     assert!(!sqlite.update.contains('$'), "{}", sqlite.update);
     assert!(
         postgres.insert.contains("$17::text::jsonb"),
@@ -168,6 +168,6 @@ fn each_dialect_numbers_its_placeholders() {
     assert!(sqlite.select_by_hash.contains("FROM peppers"));
     for sql in [&sqlite, &postgres] {
         assert!(!sql.update.contains('{'), "{}", sql.update);
-        assert_eq!(sql.update_values(&full_record()).len(), 17);
+        assert_eq!(sql.update_values(&full_record()).len(), 18);
     }
 }
