@@ -100,8 +100,9 @@ enum Step {
 pub struct ExpiryHeader {
     header: Option<(HeaderName, HeaderValue)>,
     near: Option<Counter>,
-    /// The current DPoP nonce, for a DPoP request when nonces are on.
-    nonce: Option<HeaderValue>,
+    /// The current DPoP nonce, for a DPoP request when nonces are on
+    /// (boxed: every admitted request moves this, few carry one).
+    nonce: Option<Box<HeaderValue>>,
 }
 
 impl Admit for ExpiryHeader {
@@ -111,7 +112,7 @@ impl Admit for ExpiryHeader {
             response.headers_mut().insert(name, value);
         }
         if let Some(nonce) = self.nonce {
-            response.headers_mut().insert(DPOP_NONCE, nonce);
+            response.headers_mut().insert(DPOP_NONCE, *nonce);
         }
         // Counted here, not when the token is verified: a later check
         // (scope, rate, uses) may still refuse the request, and the
@@ -424,9 +425,12 @@ impl<St> Config<St> {
         });
         let mut expiry = expiry;
         if let Some(dpop) = &self.dpop
+            && dpop.has_nonces()
             && request.extensions().get::<DpopKey>().is_some()
         {
-            expiry.nonce = dpop.nonce(&self.hasher, self.clock.now_nanos());
+            expiry.nonce = dpop
+                .nonce(&self.hasher, self.clock.now_nanos())
+                .map(Box::new);
         }
         request.extensions_mut().insert(principal);
         Ok(expiry)

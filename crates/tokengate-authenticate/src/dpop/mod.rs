@@ -235,7 +235,7 @@ impl Dpop {
     }
 
     /// Remembers at most `capacity` proofs in memory (1,000,000 by
-    /// default, about 40 bytes each). A full record refuses new proofs
+    /// default, about 25 bytes each). A full record refuses new proofs
     /// with 503 rather than forget one early.
     pub fn replay_capacity(mut self, capacity: usize) -> Self {
         self.replay_capacity = capacity.max(1);
@@ -441,6 +441,11 @@ impl DpopState {
             key: DpopKey(proof.jkt),
             shared,
         })
+    }
+
+    /// Whether nonces are on.
+    pub(crate) fn has_nonces(&self) -> bool {
+        self.nonces.is_some()
     }
 
     /// The nonce to send, when nonces are on.

@@ -120,7 +120,8 @@ struct Claims<'a> {
 
 /// A public key read from a proof's header.
 enum PublicKey {
-    P256(Box<p256::ecdsa::VerifyingKey>),
+    /// The uncompressed SEC1 point, checked on the curve.
+    P256(Box<[u8; 65]>),
     Ed25519(Box<ed25519_dalek::VerifyingKey>),
 }
 
@@ -167,14 +168,14 @@ fn read_key(jwk: &Jwk<'_>, alg: DpopAlgorithm) -> Result<(PublicKey, Thumbprint)
             sec1[0] = 4;
             sec1[1..33].copy_from_slice(&x);
             sec1[33..].copy_from_slice(&y);
-            let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
-                .map_err(|_| ProofError::Malformed)?;
+            // On the curve, or malformed (not merely a bad signature).
+            p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| ProofError::Malformed)?;
             let canonical = format!(
                 r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
                 URL_SAFE_NO_PAD.encode(x),
                 URL_SAFE_NO_PAD.encode(y)
             );
-            Ok((PublicKey::P256(Box::new(key)), thumbprint(&canonical)))
+            Ok((PublicKey::P256(Box::new(sec1)), thumbprint(&canonical)))
         }
         (DpopAlgorithm::EdDsa, "OKP", Some("Ed25519")) => {
             if jwk.y.is_some() {
@@ -246,11 +247,12 @@ pub(crate) fn verify(text: &str, allowed: &[DpopAlgorithm]) -> Result<Proof, Pro
     let signature = b64(signature_b64)?;
     let signed = &text.as_bytes()[..header_b64.len() + 1 + claims_b64.len()];
     let verified = match &key {
-        PublicKey::P256(key) => {
-            use p256::ecdsa::signature::Verifier as _;
-            p256::ecdsa::Signature::from_slice(&signature)
-                .is_ok_and(|signature| key.verify(signed, &signature).is_ok())
-        }
+        PublicKey::P256(point) => ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            &point[..],
+        )
+        .verify(signed, &signature)
+        .is_ok(),
         PublicKey::Ed25519(key) => <[u8; 64]>::try_from(signature.as_slice()).is_ok_and(|bytes| {
             key.verify_strict(signed, &ed25519_dalek::Signature::from_bytes(&bytes))
                 .is_ok()
