@@ -298,18 +298,61 @@ pub mod process {
     ///
     /// If the CLI fails.
     pub fn cli_issue(beside: &str, db: &Path, name: &str, subject: &str, scope: &str) -> String {
+        cli_issue_with(beside, db, name, subject, scope, &[])
+    }
+
+    /// [`cli_issue`] with `extra` flags (`--dpop-jkt ...`, `--uses 5`).
+    ///
+    /// # Panics
+    ///
+    /// If the CLI fails.
+    pub fn cli_issue_with(
+        beside: &str,
+        db: &Path,
+        name: &str,
+        subject: &str,
+        scope: &str,
+        extra: &[&str],
+    ) -> String {
         let args = [
-            "issue",
-            "--name",
-            name,
-            "--subject",
-            subject,
-            "--scope",
-            scope,
-            "--audience",
-            "notes",
-        ];
+            &[
+                "issue",
+                "--name",
+                name,
+                "--subject",
+                subject,
+                "--scope",
+                scope,
+                "--audience",
+                "notes",
+            ][..],
+            extra,
+        ]
+        .concat();
         cli(beside, db, &args).trim().to_owned()
+    }
+
+    /// The `tokengate.reason` of each record in the audit file at `file`
+    /// (`-` for an admitted request), of requests to `url_path` only when
+    /// given.
+    ///
+    /// # Panics
+    ///
+    /// If the file cannot be read or holds a line that is not JSON.
+    #[allow(clippy::expect_used, reason = "test support")]
+    pub fn audit_reasons(file: &Path, url_path: Option<&str>) -> Vec<String> {
+        std::fs::read_to_string(file)
+            .expect("the audit file")
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("a JSON record"))
+            .filter(|record| url_path.is_none_or(|path| record["url.path"] == path))
+            .map(|record| {
+                record["tokengate.reason"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_owned()
+            })
+            .collect()
     }
 
     /// A fresh temporary directory for one test.

@@ -166,7 +166,10 @@ async fn proxies_answer_as_the_in_process_gate_for_every_row() {
     let none = by_name("no token");
     assert_eq!(
         (none.status, none.header("www-authenticate")),
-        (401, "Bearer realm=\"tokengate\"".to_owned())
+        (
+            401,
+            "Bearer realm=\"tokengate\", DPoP algs=\"ES256 EdDSA\"".to_owned()
+        )
     );
     assert_eq!(none.problem(), "urn:tokengate:problem:missing-token");
     let unknown = by_name("unknown token");
@@ -251,9 +254,18 @@ async fn proxies_answer_as_the_in_process_gate_for_every_row() {
             if want.status != 200 {
                 assert_eq!(got.problem_body(), want.problem_body(), "{what}: the body");
             }
+            // nginx's auth_request keeps one WWW-Authenticate: /auth/nginx
+            // sends the challenges (Bearer, DPoP) joined in one, the same
+            // text as the Gate's two.
+            let challenges = want.header_count("www-authenticate");
+            let expected_count = if target.name == "nginx" {
+                challenges.min(1)
+            } else {
+                challenges
+            };
             assert_eq!(
                 got.header_count("www-authenticate"),
-                want.header_count("www-authenticate"),
+                expected_count,
                 "{what}"
             );
         }

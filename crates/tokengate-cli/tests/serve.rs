@@ -759,3 +759,59 @@ async fn serve_with_secret_scanning_revokes_a_reported_token() {
     let verified = fixture.cli(&["audit", "verify", audit.to_str().unwrap()]);
     assert!(verified.starts_with("ok: "), "{verified}");
 }
+
+#[tokio::test]
+async fn serve_checks_dpop_proofs_of_bound_tokens_against_its_origin() {
+    use tokengate::authenticate::dpop::DpopSigner;
+    let fixture = Fixture::new("dpop").await;
+    let own = fixture.dir.join("dpop");
+    std::fs::create_dir_all(&own).unwrap();
+    let (mut server, addr, _) = serve(
+        &own,
+        &fixture.db,
+        &fixture.policy,
+        &["--dpop-origin", "https://api.example.com"],
+    );
+    let auth = Target::unmanaged("dpop", format!("http://{addr}"));
+    let key = DpopSigner::generate_ed25519();
+    let jkt = key.jkt().to_base64url();
+    let token = fixture.issue(
+        "dpop",
+        "laptop",
+        &["--scope", "notes:read", "--dpop-jkt", &jkt],
+    );
+    let dpop = format!("DPoP {token}");
+    let check = |authorization: String, proof: Option<String>| {
+        let mut call = auth
+            .get("/auth")
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/notes?page=2")
+            .header("authorization", &authorization);
+        if let Some(proof) = proof {
+            call = call.header("dpop", &proof);
+        }
+        call.send()
+    };
+    let proof = key.proof("GET", "https://api.example.com/notes", &token, None);
+    let admitted = check(dpop.clone(), Some(proof.clone())).await;
+    assert_eq!(admitted.status, 200);
+    assert_eq!(admitted.header("x-tokengate-subject"), "laptop");
+    // The same proof again, the token alone, a proof for another origin.
+    assert_eq!(check(dpop.clone(), Some(proof)).await.status, 401);
+    assert_eq!(check(format!("Bearer {token}"), None).await.status, 401);
+    let elsewhere = key.proof("GET", "http://127.0.0.1/notes", &token, None);
+    assert_eq!(check(dpop, Some(elsewhere)).await.status, 401);
+
+    assert!(server.interrupt());
+    let _ = server.child.wait();
+    let reasons = tokengate_tests::process::audit_reasons(&own.join("serve-audit.jsonl"), None);
+    assert_eq!(
+        reasons,
+        [
+            "-",
+            "dpop_replay",
+            "dpop_bound_as_bearer",
+            "dpop_htu_mismatch"
+        ]
+    );
+}

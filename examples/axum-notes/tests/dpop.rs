@@ -9,7 +9,7 @@ use hyper::StatusCode;
 use serde_json::Value;
 use support::send_with as send;
 use tokengate::authenticate::dpop::DpopSigner;
-use tokengate_tests::process::{cli, start_example_with, temp_dir};
+use tokengate_tests::process::{audit_reasons, cli, cli_issue_with, start_example_with, temp_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cli_issued_dpop_bound_token_works_only_with_its_key() {
@@ -20,25 +20,14 @@ async fn a_cli_issued_dpop_bound_token_works_only_with_its_key() {
     let db = dir.join("tokengate.db");
     let key = DpopSigner::generate_es256();
     let jkt = key.jkt().to_base64url();
-    let token = cli(
+    let token = cli_issue_with(
         bin,
         &db,
-        &[
-            "issue",
-            "--name",
-            "laptop",
-            "--subject",
-            "alice",
-            "--scope",
-            "notes:read",
-            "--audience",
-            "notes",
-            "--dpop-jkt",
-            &jkt,
-        ],
-    )
-    .trim()
-    .to_owned();
+        "laptop",
+        "alice",
+        "notes:read",
+        &["--dpop-jkt", &jkt],
+    );
     let url = format!("{base}/notes");
     let auth = format!("DPoP {token}");
 
@@ -105,16 +94,7 @@ async fn a_cli_issued_dpop_bound_token_works_only_with_its_key() {
 
     assert!(server.interrupt());
     let _ = server.child.wait();
-    let records: Vec<Value> = std::fs::read_to_string(dir.join("audit.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .filter(|r: &Value| r["url.path"] == "/notes")
-        .collect();
-    let reasons: Vec<&str> = records
-        .iter()
-        .map(|r| r["tokengate.reason"].as_str().unwrap_or("-"))
-        .collect();
+    let reasons = audit_reasons(&dir.join("audit.jsonl"), Some("/notes"));
     assert_eq!(
         reasons,
         [

@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use tokengate_tests::process::{assert_no_fragment, cli, cli_issue, start_example, temp_dir};
+use tokengate_tests::process::{
+    assert_no_fragment, audit_reasons, cli, cli_issue, cli_issue_with, start_example, temp_dir,
+};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
@@ -228,4 +230,55 @@ async fn the_admin_listener_serves_readiness_and_counts_grpc_decisions() {
     );
     assert!(server.interrupt(), "a clean shutdown");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_issued_dpop_bound_token_works_with_its_proof_in_metadata() {
+    use tokengate::authenticate::dpop::DpopSigner;
+    let dir = temp_dir("tonic-notes-dpop");
+    let bin = env!("CARGO_BIN_EXE_tonic-notes");
+    let mut server = start_example(bin, &dir, "tonic-notes listening on ");
+    let mut client = NotesClient::new(connect(&server.addr).await);
+    let key = DpopSigner::generate_es256();
+    let jkt = key.jkt().to_base64url();
+    let token = cli_issue_with(
+        bin,
+        &dir.join("tokengate.db"),
+        "grpc-laptop",
+        "alice",
+        "notes:read",
+        &["--dpop-jkt", &jkt],
+    );
+    let url = format!("http://{}/notes.v1.Notes/ListNotes", server.addr);
+    let call = |scheme: &str, proof: Option<String>| {
+        let mut request = Request::new(ListNotesRequest {});
+        request.metadata_mut().insert(
+            "authorization",
+            format!("{scheme} {token}").parse().unwrap(),
+        );
+        if let Some(proof) = proof {
+            request
+                .metadata_mut()
+                .insert("dpop", proof.parse().unwrap());
+        }
+        request
+    };
+    let listed = client
+        .list_notes(call("DPoP", Some(key.proof("POST", &url, &token, None))))
+        .await
+        .unwrap();
+    assert_eq!(listed.into_inner().caller, "alice");
+    let bearer = client.list_notes(call("Bearer", None)).await.unwrap_err();
+    assert_eq!(bearer.code(), Code::Unauthenticated);
+    let thief = DpopSigner::generate_ed25519();
+    let stolen = client
+        .list_notes(call("DPoP", Some(thief.proof("POST", &url, &token, None))))
+        .await
+        .unwrap_err();
+    assert_eq!(stolen.code(), Code::Unauthenticated);
+    assert!(server.interrupt());
+    let _ = server.child.wait();
+    let reasons = audit_reasons(&dir.join("audit.jsonl"), Some("/notes.v1.Notes/ListNotes"));
+    assert_eq!(reasons, ["-", "dpop_bound_as_bearer", "dpop_key_mismatch"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }

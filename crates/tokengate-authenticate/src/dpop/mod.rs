@@ -1,7 +1,7 @@
 //! Proof of possession: DPoP-bound (RFC 9449) and certificate-bound
 //! (RFC 8705) tokens.
 //!
-//! A token bound to a key ([`Binding`]) is admitted only beside a proof
+//! A token bound to a key ([`Binding`](tokengate_core::Binding)) is admitted only beside a proof
 //! that the client holds the key: `Authorization: DPoP <token>` and one
 //! `DPoP` header whose proof verifies (see [`Dpop`] for the checks), or
 //! a client certificate whose SHA-256 is the bound one. A copy of the

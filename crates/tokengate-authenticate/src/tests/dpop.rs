@@ -317,6 +317,26 @@ async fn nonces_are_asked_for_then_accepted_and_sent_on_every_dpop_response() {
             .starts_with(r#"DPoP error="use_dpop_nonce""#)
     }));
     let nonce = first.headers[&DPOP_NONCE].to_str().unwrap().to_owned();
+    // Another instance (a layer of its own over the same pepper) accepts
+    // the nonce this one handed out: nothing else is shared.
+    let other = AuthenticateLayer::new(
+        f.world.cache.clone(),
+        f.world.hasher().clone(),
+        "notes".parse().unwrap(),
+    )
+    .clock(f.world.clock.shared())
+    .dpop(Dpop::new().nonces(Duration::from_secs(60)).unwrap());
+    let elsewhere = Outcome::of(
+        service(&other)
+            .oneshot(dpop_request(
+                secret,
+                &[&key.proof("GET", URL, secret, Some(&nonce))],
+            ))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(elsewhere.status, StatusCode::OK, "{elsewhere:?}");
     let ok = f
         .send(dpop_request(
             secret,

@@ -236,6 +236,20 @@ where
         parts
             .headers
             .insert(STATUS, HeaderValue::from(parts.status.as_u16()));
+        // nginx's `$upstream_http_www_authenticate` holds the first header
+        // only: the challenges (`Bearer`, `DPoP`) go in one, as RFC 9110
+        // allows.
+        let challenges: Vec<&[u8]> = parts
+            .headers
+            .get_all(http::header::WWW_AUTHENTICATE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        if challenges.len() > 1
+            && let Ok(joined) = HeaderValue::from_bytes(&challenges.join(&b", "[..]))
+        {
+            parts.headers.insert(http::header::WWW_AUTHENTICATE, joined);
+        }
         if let Ok(problem) = HeaderValue::from_bytes(&body) {
             parts.headers.insert(PROBLEM, problem);
         }
