@@ -98,8 +98,20 @@ pub struct Target {
 }
 
 impl Drop for Target {
+    /// Stops the proxy as its own tools would (SIGTERM: nginx's master
+    /// stops its workers first), then kills what is left: a proxy's
+    /// workers outliving a failed test keep the test's output pipe open.
     fn drop(&mut self) {
         if let Some(child) = &mut self.process {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            for _ in 0..50 {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
