@@ -250,7 +250,7 @@ pub(crate) struct Issue {
     /// Bind the token to a DPoP key: its RFC 7638 thumbprint (the `jkt`,
     /// 43 base64url characters). The token then works only beside a DPoP
     /// proof signed by that key.
-    #[arg(long = "dpop-jkt", value_name = "THUMBPRINT", value_parser = parse_thumbprint, conflicts_with = "cert_sha256")]
+    #[arg(long = "dpop-jkt", value_name = "THUMBPRINT", value_parser = parse_thumbprint, allow_hyphen_values = true, conflicts_with = "cert_sha256")]
     pub(crate) dpop_jkt: Option<Thumbprint>,
     /// Bind the token to a client certificate: the SHA-256 of its DER, in
     /// hex (`openssl x509 -noout -fingerprint -sha256`, colons allowed).
@@ -318,7 +318,7 @@ pub(crate) struct Update {
     /// Bind the token to a DPoP key: its RFC 7638 thumbprint (the `jkt`,
     /// 43 base64url characters). The token then works only beside a DPoP
     /// proof signed by that key.
-    #[arg(long = "dpop-jkt", value_name = "THUMBPRINT", value_parser = parse_thumbprint, conflicts_with_all = ["cert_sha256", "unbind"])]
+    #[arg(long = "dpop-jkt", value_name = "THUMBPRINT", value_parser = parse_thumbprint, allow_hyphen_values = true, conflicts_with_all = ["cert_sha256", "unbind"])]
     pub(crate) dpop_jkt: Option<Thumbprint>,
     /// Bind the token to a client certificate: the SHA-256 of its DER, in
     /// hex (`openssl x509 -noout -fingerprint -sha256`, colons allowed).

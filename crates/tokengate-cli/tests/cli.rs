@@ -391,3 +391,55 @@ fn a_grace_or_count_out_of_range_is_refused_before_anything_is_written() {
     assert_eq!(now["uses"]["limit"], 5);
     assert_eq!(db.ok(&["list", "--json"]).lines().count(), 1);
 }
+
+#[test]
+fn a_binding_is_issued_shown_listed_changed_and_removed() {
+    let db = Db::new("binding");
+    // A base64url thumbprint may begin with `-`: it is a value, not a flag.
+    let jkt = "-SQAcjNg2NeuQvqRr0rxZzbT9zioBU-PMdKIW5Xy3Iw";
+    let issued = db.issue(&["--dpop-jkt", jkt]);
+    let id = issued["id"].as_str().unwrap();
+    assert_eq!(issued["dpop_jkt"], jkt);
+    let shown = db.ok(&["show", id]);
+    assert!(
+        shown.contains(&format!("bound to:  dpop jkt={jkt}")),
+        "{shown}"
+    );
+    let listed = db.ok(&["list"]);
+    assert!(listed.lines().next().unwrap().contains("BOUND"));
+    assert!(listed.contains(" dpop "), "{listed}");
+
+    let hex = "AB:".repeat(31) + "CD";
+    let changed: Value =
+        serde_json::from_str(&db.ok(&["update", id, "--cert-sha256", &hex, "--json"])).unwrap();
+    assert_eq!(changed["dpop_jkt"], Value::Null);
+    assert_eq!(changed["cert_sha256"], "ab".repeat(31) + "cd");
+    assert!(db.ok(&["list"]).contains(" cert "));
+
+    let unbound: Value =
+        serde_json::from_str(&db.ok(&["update", id, "--unbind", "--json"])).unwrap();
+    assert_eq!(unbound["dpop_jkt"], Value::Null);
+    assert_eq!(unbound["cert_sha256"], Value::Null);
+    assert!(!db.ok(&["show", id]).contains("bound to:"));
+
+    // A bad thumbprint is named and nothing is issued; both bindings at once are refused.
+    for (args, named) in [
+        (
+            &["--dpop-jkt", "-not-a-thumbprint"][..],
+            "-not-a-thumbprint",
+        ),
+        (
+            &["--dpop-jkt", jkt, "--cert-sha256", &hex][..],
+            "--cert-sha256",
+        ),
+    ] {
+        let out = db.run(&[support::ISSUE, args].concat());
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            support::text(&out).contains(named),
+            "{args:?}: {}",
+            support::text(&out)
+        );
+    }
+    assert_eq!(db.ok(&["list", "--json"]).lines().count(), 1);
+}
