@@ -5,7 +5,9 @@ use std::time::Duration;
 use http::HeaderName;
 use tokengate_cache::CachedStore;
 use tokengate_check::{CheckService, Renderer};
-use tokengate_core::{Audience, SharedClock, SlotKey, SystemClock, TokenFormat, TokenHasher};
+use tokengate_core::{
+    Audience, CostFn, SharedClock, SlotKey, SystemClock, TokenFormat, TokenHasher,
+};
 use tokengate_store::SharedUses;
 use tower::Layer;
 
@@ -71,6 +73,8 @@ pub(crate) struct Config<St> {
     pub(crate) shared_uses: Option<Arc<dyn SharedUses>>,
     /// How DPoP proofs are checked (`None`: the `DPoP` scheme is not read).
     pub(crate) dpop: Option<Arc<DpopState>>,
+    /// The uses a request spends (`None`: 1).
+    pub(crate) cost: Option<CostFn>,
 }
 
 /// Finds a copy of the request's URI that a framework keeps in the
@@ -97,6 +101,7 @@ impl<St> Clone for Config<St> {
             uri_copies: self.uri_copies.clone(),
             shared_uses: self.shared_uses.clone(),
             dpop: self.dpop.clone(),
+            cost: self.cost.clone(),
         }
     }
 }
@@ -153,6 +158,7 @@ impl<St> AuthenticateLayer<St> {
                 uri_copies: Vec::new(),
                 shared_uses: None,
                 dpop: Some(Arc::new(Dpop::new().build())),
+                cost: None,
             }),
         }
     }
@@ -299,6 +305,17 @@ impl<St> AuthenticateLayer<St> {
     /// in the store directly. See [`SharedUses`].
     pub fn shared_uses(self, counter: Arc<dyn SharedUses>) -> Self {
         self.with(|c| c.shared_uses = Some(counter))
+    }
+
+    /// Spends `cost(method, uri)` uses of a usage-limited token per
+    /// request instead of one (see [`tokengate_core::cost`]): all of them
+    /// in one atomic step of the store, or none and the request refused
+    /// (`usage_exhausted`). A cost of 0 spends nothing. With a
+    /// [shared counter](Self::shared_uses), a request costing more than
+    /// one spends in the store directly (exact; uses leased to the counter
+    /// stay there for requests of cost 1).
+    pub fn cost_fn(self, cost: Option<CostFn>) -> Self {
+        self.with(|c| c.cost = cost)
     }
 }
 

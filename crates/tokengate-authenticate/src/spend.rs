@@ -1,4 +1,5 @@
-//! Usage-limited tokens: one use spent in the store per admitted request.
+//! Usage-limited tokens: a request's cost in uses (one by default) spent
+//! in the store per admitted request.
 
 use std::fmt;
 use std::future::Future;
@@ -249,6 +250,13 @@ impl<B, St: TokenStore> Check<B> for SpendUse<'_, St> {
             return Verdict::Admit(UsesLeft(None));
         };
         let config = self.0;
+        let cost = config
+            .cost
+            .as_ref()
+            .map_or(1, |cost| cost(request.method(), request.uri()));
+        if cost == 0 {
+            return Verdict::Admit(UsesLeft(None));
+        }
         let (limit, at) = (*limit, config.clock.now());
         let id = principal.token_id().clone();
         let generation = principal.uses_generation();
@@ -260,7 +268,25 @@ impl<B, St: TokenStore> Check<B> for SpendUse<'_, St> {
             .map(|s| SharedDeadline::start(request.extensions_mut(), s.wait_budget()));
         Verdict::Wait(SpendWait(Box::pin(async move {
             let answer = match shared {
-                None => bounded(timeout, store.spend_use(&id, limit.spend_at(at))).await,
+                None => {
+                    let spend = limit.spend_at(at).costing(cost.into());
+                    bounded(timeout, store.spend_use(&id, spend)).await
+                }
+                // Leases hold single uses: a costlier request spends in
+                // the store, and the counter counts from what is left.
+                Some(shared) if cost > 1 => {
+                    let spend = limit.spend_at(at).costing(cost.into());
+                    let spent = bounded(timeout, store.spend_use(&id, spend)).await;
+                    if let Ok(Some(left)) = spent {
+                        let key = UseKey {
+                            token: id,
+                            generation,
+                            window: limit.window(at),
+                        };
+                        tokio::spawn(shared.note(&key, left));
+                    }
+                    spent
+                }
                 Some(shared) => {
                     let spend = Spend {
                         id,

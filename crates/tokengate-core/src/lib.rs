@@ -56,6 +56,7 @@
 mod audience;
 mod binding;
 mod clock;
+pub mod cost;
 mod deadline;
 pub mod denial;
 mod echo;
@@ -73,6 +74,7 @@ mod uses;
 pub use audience::{Audience, AudienceError};
 pub use binding::{Binding, Thumbprint, ThumbprintError};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use cost::CostFn;
 pub use deadline::SharedDeadline;
 pub use denial::{
     Denial, InvalidReason, IpReason, MalformedReason, RateFallback, RateLimitPolicy,

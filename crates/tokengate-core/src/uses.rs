@@ -44,9 +44,10 @@ pub struct Refill {
 /// it never refills again.
 pub const SPENT_FOR_GOOD: u64 = i64::MAX as u64;
 
-/// What a store needs to spend one use atomically: the refill window the
-/// request falls in, and the count a window later than the stored one
-/// starts from (0 for a limit that never refills).
+/// What a store needs to spend a request's uses atomically: the refill
+/// window the request falls in, the count a window later than the stored
+/// one starts from (0 for a limit that never refills), and how many uses
+/// the request costs (all or none are spent).
 ///
 /// A window is named by when it starts, in milliseconds since the Unix
 /// epoch (0 for a limit that never refills), so windows of different
@@ -57,6 +58,19 @@ pub struct UseSpend {
     pub window: u64,
     /// The count a new window starts from.
     pub refill: u64,
+    /// The uses spent (the request's [cost](crate::cost); at least 1).
+    pub cost: u64,
+}
+
+impl UseSpend {
+    /// The same spend costing `cost` uses (at least 1).
+    #[must_use]
+    pub fn costing(self, cost: u64) -> Self {
+        Self {
+            cost: cost.max(1),
+            ..self
+        }
+    }
 }
 
 /// A refill or limit that cannot be used.
@@ -130,6 +144,7 @@ impl UseLimit {
         UseSpend {
             window: self.window(at),
             refill: self.refill.map_or(0, |refill| refill.amount.get()),
+            cost: 1,
         }
     }
 }
@@ -246,14 +261,15 @@ impl Uses {
         }
     }
 
-    /// Spends one use of this count for a request at `now`, as a store
-    /// does it: the count left, or `None` when there is none.
+    /// Spends a request's uses ([`UseSpend::cost`], all or none) of this
+    /// count, as a store does it: the count left, or `None` when fewer
+    /// than that are left (nothing is spent then).
     pub fn spend(&mut self, spend: UseSpend) -> Option<u64> {
         if self.window < spend.window {
             self.window = spend.window;
             self.remaining = spend.refill;
         }
-        self.remaining = self.remaining.checked_sub(1)?;
+        self.remaining = self.remaining.checked_sub(spend.cost.max(1))?;
         Some(self.remaining)
     }
 
@@ -339,6 +355,19 @@ mod tests {
         assert_eq!(uses.spend(spend), None);
         assert_eq!(uses.remaining, 0);
         assert_eq!(uses.limit.next_refill(at(1_000_000)), None);
+    }
+
+    #[test]
+    fn a_costly_request_spends_all_its_uses_or_none() {
+        let mut uses = Uses::fresh(limit(25), at(10));
+        let spend = uses.limit.spend_at(at(20));
+        assert_eq!(spend.cost, 1);
+        assert_eq!(uses.spend(spend.costing(10)), Some(15));
+        assert_eq!(uses.spend(spend.costing(10)), Some(5));
+        assert_eq!(uses.spend(spend.costing(10)), None, "5 left, 10 asked");
+        assert_eq!(uses.remaining, 5, "a refused spend spends nothing");
+        assert_eq!(spend.costing(0).cost, 1, "a store never spends nothing");
+        assert_eq!(uses.spend(spend.costing(5)), Some(0));
     }
 
     #[test]

@@ -112,9 +112,12 @@ impl<St> Config<St> {
         let cost = self
             .cost
             .as_ref()
-            .map_or(1, |cost| cost(request.method(), request.uri()).max(1));
+            .map_or(1, |cost| cost(request.method(), request.uri()));
         let mut charges = SmallVec::new();
         let mut quotas = Quotas::new();
+        if cost == 0 {
+            return Ok((charges, quotas));
+        }
         for (index, limiter) in self.limiters.iter().enumerate() {
             match limiter.key_of(request.headers(), request.extensions()) {
                 Some((key, gcra, quota)) => {

@@ -27,8 +27,7 @@ pub enum MissingKey {
     Skip,
 }
 
-/// The request cost of a route; 1 unless a cost function says otherwise.
-pub type CostFn = Arc<dyn Fn(&Method, &Uri) -> u32 + Send + Sync>;
+pub use tokengate_core::CostFn;
 
 /// GCRA quotas per token, per owner, per client IP or per custom key.
 ///
@@ -236,14 +235,23 @@ impl<St> RateLimitLayer<St> {
         self.with(|c| c.renderer = renderer)
     }
 
-    /// Charges each request `cost(method, uri)` units (at least 1) instead of 1.
-    /// A cost above a limiter's burst can never pass that limiter.
+    /// Charges each request `cost(method, uri)` units instead of 1 (see
+    /// [`tokengate_core::cost`]). A cost above a limiter's burst can never
+    /// pass that limiter; a cost of 0 charges nothing (and the response
+    /// carries no `RateLimit` headers).
     pub fn cost(self, cost: impl Fn(&Method, &Uri) -> u32 + Send + Sync + 'static) -> Self
     where
         St: Clone,
     {
-        let cost: CostFn = Arc::new(cost);
-        self.with(|c| c.cost = Some(cost))
+        self.cost_fn(Some(Arc::new(cost)))
+    }
+
+    /// Charges each request what `cost` says, or 1 with `None`.
+    pub fn cost_fn(self, cost: Option<CostFn>) -> Self
+    where
+        St: Clone,
+    {
+        self.with(|c| c.cost = cost)
     }
 
     /// Whether admitted responses carry `RateLimit-Policy` and `RateLimit`

@@ -314,6 +314,44 @@ async fn route_costs_spend_more_of_the_burst() {
 }
 
 #[tokio::test]
+async fn a_free_route_charges_nothing_and_headers_count_in_units_of_cost() {
+    let (layer, _clock) = per_token(1, 60, 5);
+    let layer = layer.cost(|_, uri| match uri.path() {
+        "/healthz" => 0,
+        "/export" => 3,
+        _ => 1,
+    });
+    let svc = service(&layer);
+    let p = Principal::from_record(&record("alice", ""));
+    let to = |path: &str| {
+        let mut r = as_principal(&p);
+        *r.uri_mut() = path.parse().unwrap();
+        r
+    };
+    let export = svc.clone().oneshot(to("/export")).await.unwrap();
+    assert_eq!(export.status(), StatusCode::OK);
+    let left = export.headers()["ratelimit"].to_str().unwrap();
+    assert!(left.starts_with(r#""per-token";r=2;"#), "{left}");
+    for _ in 0..20 {
+        let free = svc.clone().oneshot(to("/healthz")).await.unwrap();
+        assert_eq!(free.status(), StatusCode::OK);
+        assert!(!free.headers().contains_key("ratelimit"), "nothing charged");
+    }
+    let refused = svc.clone().oneshot(to("/export")).await.unwrap();
+    assert_eq!(
+        refused.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "2 left, 3 asked"
+    );
+    assert_eq!(status(&svc, to("/notes")).await, StatusCode::OK);
+    assert_eq!(status(&svc, to("/notes")).await, StatusCode::OK);
+    assert_eq!(
+        status(&svc, to("/notes")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
 async fn success_headers_can_be_turned_off_but_429s_keep_them() {
     let (layer, _clock) = per_token(1, 60, 1);
     let svc = service(&layer.success_headers(false));

@@ -2,7 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use tokengate_check::{CheckService, Renderer};
-use tokengate_core::ScopeRules;
+use tokengate_core::{CostFn, ScopeRules};
 use tower::Layer;
 
 use crate::policy::ScopeLookup;
@@ -53,6 +53,23 @@ impl<P: ScopeLookup> EnforceScopeLayer<P> {
             self.lookup.requirement(method, path),
             Some(Requirement::Public)
         )
+    }
+
+    /// What a request of `method` on `path` costs under the policy.
+    pub fn cost(&self, method: &http::Method, path: &str) -> u32 {
+        self.lookup.cost(method, path)
+    }
+
+    /// The policy's costs as a function of the request, for the rate and
+    /// use-limit layers; `None` when every request costs 1.
+    pub fn cost_fn(&self) -> Option<CostFn> {
+        let lookup = Arc::clone(&self.lookup);
+        self.lookup.has_costs().then(|| {
+            let cost: CostFn = Arc::new(move |method: &http::Method, uri: &http::Uri| {
+                lookup.cost(method, uri.path())
+            });
+            cost
+        })
     }
 
     /// Enforces `lookup` with exact scope matching ([`ScopeRules::exact`]).

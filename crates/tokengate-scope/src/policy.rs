@@ -17,6 +17,18 @@ pub trait ScopeLookup: Send + Sync + 'static {
     fn route(&self, _path: &str) -> Option<&str> {
         None
     }
+
+    /// What a request of `method` on `path` costs (see
+    /// [`tokengate_core::cost`]): 1 unless the lookup says otherwise.
+    fn cost(&self, _method: &Method, _path: &str) -> u32 {
+        1
+    }
+
+    /// Whether any request costs other than 1 (when not, the Gate asks
+    /// [`cost`](Self::cost) nothing).
+    fn has_costs(&self) -> bool {
+        false
+    }
 }
 
 /// A single requirement covers every request it guards (per-route use).
@@ -65,6 +77,7 @@ impl ScopeLookup for Requirement {
 pub struct ScopePolicy {
     router: matchit::Router<usize>,
     routes: Vec<RouteRules>,
+    has_costs: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -72,23 +85,37 @@ struct RouteRules {
     pattern: Box<str>,
     by_method: Vec<(Method, Requirement)>,
     other_methods: Option<Requirement>,
+    /// Costs other than 1, by method (`None`: every other method).
+    costs: Vec<(Option<Method>, u32)>,
+}
+
+/// The entry of `entries` for `method` (`HEAD` following `GET` unless
+/// declared itself), else the one for every other method (`None`).
+fn by_method<'a, T>(
+    entries: &(impl Iterator<Item = (Option<&'a Method>, T)> + Clone),
+    method: &Method,
+) -> Option<T> {
+    let find = |m: Option<&Method>| entries.clone().find(|(rule, _)| *rule == m).map(|(_, r)| r);
+    find(Some(method))
+        .or_else(|| {
+            (method == Method::HEAD)
+                .then(|| find(Some(&Method::GET)))
+                .flatten()
+        })
+        .or_else(|| find(None))
 }
 
 impl RouteRules {
     fn lookup(&self, method: &Method) -> Option<&Requirement> {
-        let find = |m: &Method| {
-            self.by_method
-                .iter()
-                .find(|(rule, _)| rule == m)
-                .map(|(_, r)| r)
-        };
-        find(method)
-            .or_else(|| {
-                (method == Method::HEAD)
-                    .then(|| find(&Method::GET))
-                    .flatten()
-            })
-            .or(self.other_methods.as_ref())
+        let declared = self.by_method.iter().map(|(m, r)| (Some(m), r));
+        by_method(
+            &declared.chain(self.other_methods.iter().map(|r| (None, r))),
+            method,
+        )
+    }
+
+    fn cost(&self, method: &Method) -> u32 {
+        by_method(&self.costs.iter().map(|(m, c)| (m.as_ref(), *c)), method).unwrap_or(1)
     }
 }
 
@@ -127,6 +154,21 @@ impl ScopeLookup for ScopePolicy {
         let matched = self.router.at(path).ok()?;
         Some(&self.routes.get(*matched.value)?.pattern)
     }
+
+    fn cost(&self, method: &Method, path: &str) -> u32 {
+        if !self.has_costs {
+            return 1;
+        }
+        self.router
+            .at(path)
+            .ok()
+            .and_then(|matched| self.routes.get(*matched.value))
+            .map_or(1, |route| route.cost(method))
+    }
+
+    fn has_costs(&self) -> bool {
+        self.has_costs
+    }
 }
 
 impl fmt::Debug for ScopePolicy {
@@ -142,6 +184,7 @@ impl fmt::Debug for ScopePolicy {
 #[derive(Debug, Default)]
 pub struct ScopePolicyBuilder {
     entries: Vec<(Option<Method>, String, Requirement)>,
+    costs: Vec<(Option<Method>, String, u32)>,
     errors: Vec<PolicyError>,
 }
 
@@ -177,6 +220,44 @@ impl ScopePolicyBuilder {
     /// Other methods on `pattern` stay denied unless declared.
     pub fn public(self, pattern: &str) -> Self {
         self.route(SAFE_METHODS, pattern, Requirement::Public)
+    }
+
+    /// A request of `methods` on `pattern` (a pattern of this policy)
+    /// costs `cost` (1 by default; see [`tokengate_core::cost`]): that
+    /// much of the token's and owner's quotas and of a usage-limited
+    /// token's uses. No method: every method of `pattern` without a cost
+    /// of its own. `HEAD` costs what `GET` does unless given.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tokengate_scope::{Requirement, ScopeLookup, ScopePolicy};
+    ///
+    /// let policy = ScopePolicy::builder()
+    ///     .read_write("/notes/export", "notes")
+    ///     .public("/healthz")
+    ///     .cost([Method::GET], "/notes/export", 10)
+    ///     .cost([], "/healthz", 0)
+    ///     .build()?;
+    /// assert_eq!(policy.cost(&Method::GET, "/notes/export"), 10);
+    /// assert_eq!(policy.cost(&Method::HEAD, "/notes/export"), 10);
+    /// assert_eq!(policy.cost(&Method::POST, "/notes/export"), 1);
+    /// assert_eq!(policy.cost(&Method::GET, "/healthz"), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cost(
+        mut self,
+        methods: impl IntoIterator<Item = Method>,
+        pattern: &str,
+        cost: u32,
+    ) -> Self {
+        let mut methods = methods.into_iter().peekable();
+        if methods.peek().is_none() {
+            self.costs.push((None, pattern.to_owned(), cost));
+        }
+        for method in methods {
+            self.costs.push((Some(method), pattern.to_owned(), cost));
+        }
+        self
     }
 
     /// Every method on `pattern` not declared otherwise needs `requirement`.
@@ -256,13 +337,34 @@ impl ScopePolicyBuilder {
                         pattern: pattern.as_str().into(),
                         by_method: Vec::new(),
                         other_methods: None,
+                        costs: Vec::new(),
                     });
                     routes.len() - 1
                 }
             };
             routes[index].add(method, requirement, &pattern)?;
         }
-        Ok(ScopePolicy { router, routes })
+        let has_costs = self.costs.iter().any(|(_, _, cost)| *cost != 1);
+        for (method, pattern, cost) in self.costs {
+            let Some(route) = routes.iter_mut().find(|r| *r.pattern == *pattern) else {
+                return Err(PolicyError::CostWithoutRoute { pattern });
+            };
+            if route.costs.iter().any(|(m, _)| *m == method) {
+                return Err(PolicyError::Duplicate {
+                    pattern,
+                    method: method.map_or_else(
+                        || "the cost of any other method".to_owned(),
+                        |m| format!("the cost of {m}"),
+                    ),
+                });
+            }
+            route.costs.push((method, cost));
+        }
+        Ok(ScopePolicy {
+            router,
+            routes,
+            has_costs,
+        })
     }
 }
 
@@ -310,6 +412,12 @@ pub enum PolicyError {
         pattern: String,
         /// The method.
         method: String,
+    },
+    /// A cost given for a pattern no rule declares.
+    #[error("a cost is given for {pattern:?}, which no rule of the policy declares")]
+    CostWithoutRoute {
+        /// The pattern.
+        pattern: String,
     },
     /// Not a gRPC method path (`/package.Service/Method`) or service name.
     #[error(
@@ -369,6 +477,56 @@ mod tests {
                 "{m}"
             );
         }
+    }
+
+    #[test]
+    fn costs_follow_the_route_and_method_and_default_to_one() {
+        let p = policy();
+        assert!(!p.has_costs());
+        assert_eq!(p.cost(&Method::GET, "/notes"), 1);
+        let costly = ScopePolicy::builder()
+            .read_write("/notes", "notes")
+            .route([Method::GET], "/notes/{id}", all("notes:read"))
+            .cost([Method::POST], "/notes", 5)
+            .cost([], "/notes/{id}", 3)
+            .cost([Method::GET], "/notes/{id}", 0)
+            .build()
+            .unwrap();
+        assert!(costly.has_costs());
+        assert_eq!(costly.cost(&Method::POST, "/notes"), 5);
+        assert_eq!(costly.cost(&Method::GET, "/notes"), 1, "no cost given");
+        assert_eq!(costly.cost(&Method::GET, "/notes/7"), 0);
+        assert_eq!(
+            costly.cost(&Method::HEAD, "/notes/7"),
+            0,
+            "HEAD follows GET"
+        );
+        assert_eq!(
+            costly.cost(&Method::DELETE, "/notes/7"),
+            3,
+            "every other method"
+        );
+        assert_eq!(costly.cost(&Method::GET, "/elsewhere"), 1);
+        assert_eq!(
+            ScopePolicy::builder()
+                .read_write("/notes", "notes")
+                .cost([], "/nots", 2)
+                .build()
+                .unwrap_err(),
+            PolicyError::CostWithoutRoute {
+                pattern: "/nots".into()
+            }
+        );
+        let twice = ScopePolicy::builder()
+            .read_write("/notes", "notes")
+            .cost([Method::GET], "/notes", 2)
+            .cost([Method::GET], "/notes", 3)
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            twice.to_string(),
+            r#"the cost of GET on "/notes" is declared twice"#
+        );
     }
 
     #[test]

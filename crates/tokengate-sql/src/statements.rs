@@ -181,9 +181,9 @@ pub struct Sql {
     pub rehash: String,
     /// Sets the expiry of id `$1` to `$2`; returns the record.
     pub set_expiry: String,
-    /// Spends one use of id `$1` in window `$2` (a later window starts
+    /// Spends `$4` uses of id `$1` in window `$2` (a later window starts
     /// from the refill count `$3`); returns the count left, or no row
-    /// when none was left.
+    /// when fewer than `$4` were left (nothing spent).
     pub spend_use: String,
     /// The uses available to id `$1` in window `$2` (refill count `$3`),
     /// its row locked where the backend locks rows.
@@ -285,9 +285,9 @@ impl Sql {
                 "UPDATE {{tokens}} SET expires_at = $2 WHERE id = $1 RETURNING {columns}"
             )),
             spend_use: d(&format!(
-                "UPDATE {{tokens}} SET uses_remaining = ({available}) - 1, \
+                "UPDATE {{tokens}} SET uses_remaining = ({available}) - $4, \
                  uses_window = {{greatest}}(uses_window, $2) \
-                 WHERE id = $1 AND uses_remaining IS NOT NULL AND ({available}) > 0 \
+                 WHERE id = $1 AND uses_remaining IS NOT NULL AND ({available}) >= $4 \
                  RETURNING uses_remaining"
             )),
             uses_available: d(&format!(

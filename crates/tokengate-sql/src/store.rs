@@ -203,6 +203,7 @@ pub async fn spend_use(
         Sql::id(id),
         Value::Int(Some(window)),
         Value::Int(Some(refill)),
+        Value::Int(Some(UseColumns::int(spend.cost.max(1)))),
     ];
     b.run(Work::single(move |c| {
         Box::pin(async move { Ok(count(&c.column(&sql.spend_use, values, Kind::Int).await?)) })

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokengate_audit::{Audit, AuditLayer, AuditSink, TracingSink};
 use tokengate_authenticate::{AuthenticateLayer, UseLimitLayer, VerifyToken};
 use tokengate_check::{Chain, CheckService, Shield};
-use tokengate_core::RateQuota;
+use tokengate_core::{CostFn, RateQuota};
 use tokengate_ipfilter::{IpFilterLayer, IpRules, ResolveClientIpLayer};
 use tokengate_rate::{
     Limiter, MemoryRateState, MissingKey, RateConfigError, RateLimitLayer, RateState,
@@ -121,6 +121,9 @@ struct Parts<St, P, R> {
     authenticate: AuthenticateLayer<St>,
     token_rate: RateLimitLayer<R>,
     scope: EnforceScopeLayer<P>,
+    /// The policy's route costs (`None`: every request costs 1), given to
+    /// `authenticate`'s use limit and to `token_rate`.
+    cost: Option<CostFn>,
 }
 
 impl<St, P, R> Clone for Parts<St, P, R> {
@@ -132,6 +135,7 @@ impl<St, P, R> Clone for Parts<St, P, R> {
             authenticate: self.authenticate.clone(),
             token_rate: self.token_rate.clone(),
             scope: self.scope.clone(),
+            cost: self.cost.clone(),
         }
     }
 }
@@ -207,6 +211,10 @@ impl<St, P: ScopeLookup> Gate<St, P, TracingSink> {
             authenticate.also_public(move |method: &http::Method, uri: &http::Uri| {
                 policy.is_public(method, uri.path())
             });
+        // A route's cost in the policy is charged to the token's quotas
+        // and uses alike.
+        let cost = scope.cost_fn();
+        let authenticate = authenticate.cost_fn(cost.clone());
         Self {
             audit: AuditLayer::new(TracingSink),
             parts: Parts {
@@ -220,8 +228,10 @@ impl<St, P: ScopeLookup> Gate<St, P, TracingSink> {
                 authenticate,
                 // Public routes carry no token: skip them rather than refuse.
                 token_rate: RateLimitLayer::per_token(quota(50, 1, 100))
-                    .missing_key(MissingKey::Skip),
+                    .missing_key(MissingKey::Skip)
+                    .cost_fn(cost.clone()),
                 scope,
+                cost,
             },
             extra: (),
         }
@@ -244,7 +254,12 @@ impl<St, P, K, R: RateState + Clone, X> Gate<St, P, K, R, X> {
     /// it keeps its state in the Gate's rate state (given before or after).
     pub fn token_rate(mut self, layer: RateLimitLayer) -> Self {
         let state = self.parts.token_rate.rate_state().clone();
-        self.parts.token_rate = layer.state(state);
+        let layer = layer.state(state);
+        // The policy's costs win over the layer's own.
+        self.parts.token_rate = match &self.parts.cost {
+            Some(cost) => layer.cost_fn(Some(cost.clone())),
+            None => layer,
+        };
         self
     }
 
@@ -273,6 +288,7 @@ impl<St, P, K, R: RateState + Clone, X> Gate<St, P, K, R, X> {
                 authenticate: p.authenticate,
                 token_rate: p.token_rate.state(state),
                 scope: p.scope,
+                cost: p.cost,
             },
             extra: self.extra,
         }

@@ -116,6 +116,23 @@ async fn list(State(notes): State<Notes>) -> Json<Vec<Note>> {
     )
 }
 
+/// Every note as JSON lines: a costly route (10 of the token's quota and
+/// uses, declared in the policy).
+async fn export(
+    State(notes): State<Notes>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    let guard = notes.0.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut lines = String::new();
+    for note in &guard.1 {
+        lines.push_str(&serde_json::to_string(note).unwrap_or_default());
+        lines.push('\n');
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        lines,
+    )
+}
+
 async fn create(
     State(notes): State<Notes>,
     Authenticated(caller): Authenticated,
@@ -151,6 +168,9 @@ async fn whoami(Authenticated(caller): Authenticated) -> Json<serde_json::Value>
     }))
 }
 
+/// What `GET /notes/export` costs.
+const EXPORT_COST: u32 = 10;
+
 fn policy(args: &Args) -> Result<ScopePolicy, tokengate::deployment::SetupError> {
     use axum::http::Method;
     let mut builder = ScopePolicy::builder();
@@ -167,6 +187,13 @@ fn policy(args: &Args) -> Result<ScopePolicy, tokengate::deployment::SetupError>
             Requirement::all(["notes:read"])?,
         )
         .route([Method::POST], "/notes", Requirement::all(["notes:write"])?)
+        // An export costs ten requests' worth of the token's quota and uses.
+        .route(
+            [Method::GET, Method::HEAD],
+            "/notes/export",
+            Requirement::all(["notes:read"])?,
+        )
+        .cost([Method::GET, Method::HEAD], "/notes/export", EXPORT_COST)
         .route(
             [Method::DELETE],
             "/notes/{id}",
@@ -232,6 +259,7 @@ async fn run(args: Args) -> Result<(), SetupError> {
     let mut routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/notes", get(list).post(create))
+        .route("/notes/export", get(export))
         .route("/notes/{id}", delete(remove))
         .route("/whoami", get(whoami))
         .with_state(Notes::default());
@@ -300,7 +328,7 @@ fn print_demo(issued: &IssuedToken, args: &Args, addr: SocketAddr) {
          audience {}, valid 24 h). It is shown once:\n\n  export TOKEN={}\n\n\
          Try:\n  curl -i {base}/healthz\n  curl -i -H \"Authorization: Bearer $TOKEN\" {base}/notes\n  \
          curl -i -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"text\":\"hello\"}}' {base}/notes\n  \
-         curl -i -H \"Authorization: Bearer $TOKEN\" {base}/whoami\n  curl -i -X DELETE -H \"Authorization: Bearer $TOKEN\" {base}/notes/1   # 403: needs notes:admin\n\n\
+         curl -i -H \"Authorization: Bearer $TOKEN\" {base}/whoami\n  curl -i -H \"Authorization: Bearer $TOKEN\" {base}/notes/export   # costs 10: see RateLimit\n  curl -i -X DELETE -H \"Authorization: Bearer $TOKEN\" {base}/notes/1   # 403: needs notes:admin\n\n\
          More tokens: cargo run -p tokengate-cli -- --db {db} issue --name me --subject me --scope notes:read --audience {} --ttl 30d\n\
          Revoke:      cargo run -p tokengate-cli -- --db {db} revoke {}\n",
         args.server.audience,

@@ -4,7 +4,9 @@
 //! (leases in Redis, taken from the store), each
 //! admit a token with ten uses exactly ten times between them under 64
 //! concurrent requests; the count survives a restart; a reset holds on
-//! every server; the audit says `usage_exhausted`.
+//! every server; the audit says `usage_exhausted`. An export costs ten
+//! uses, atomically, on every store and with Redis leases beside it, and
+//! its `RateLimit` and `token-uses-remaining` count in those units.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -12,7 +14,7 @@ mod support;
 use hyper::StatusCode;
 use tokengate_tests::process::{cli, start_example, temp_dir};
 
-use support::{Deployment, send};
+use support::{Deployment, exchange, send};
 
 const ISSUE: &[&str] = &[
     "issue",
@@ -29,10 +31,36 @@ const ISSUE: &[&str] = &[
 /// `count` GET /notes with `token` at once, spread over `bases`; how many
 /// were admitted, after checking every other answer is `refused`.
 async fn admitted(bases: &[String], token: &str, count: usize, refused: StatusCode) -> usize {
+    admitted_at(bases, "/notes", token, count, refused).await
+}
+
+/// The id of `token` in the SQLite file `db`, after checking the file
+/// holds none of its uses.
+fn spent_in_file(bin: &str, db: &std::path::Path, token: &str) -> String {
+    let id = cli(bin, db, &["inspect", token])
+        .lines()
+        .find_map(|l| l.strip_prefix("id:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let shown: serde_json::Value =
+        serde_json::from_str(&cli(bin, db, &["show", &id, "--json"])).unwrap();
+    assert_eq!(shown["uses"]["remaining"], 0, "{shown}");
+    id
+}
+
+/// [`admitted`] for GET `path`.
+async fn admitted_at(
+    bases: &[String],
+    path: &'static str,
+    token: &str,
+    count: usize,
+    refused: StatusCode,
+) -> usize {
     let requests: Vec<_> = (0..count)
         .map(|i| {
             let (base, token) = (bases[i % bases.len()].clone(), token.to_owned());
-            tokio::spawn(async move { send(&base, "GET", "/notes", Some(&token), "").await })
+            tokio::spawn(async move { send(&base, "GET", path, Some(&token), "").await })
         })
         .collect();
     let mut admitted = 0;
@@ -62,16 +90,7 @@ async fn three_servers_on_one_sqlite_file_admit_exactly_the_uses_and_a_restart_k
         10,
         "ten uses across three processes"
     );
-    let inspected = cli(bin, &db, &["inspect", &token]);
-    let id = inspected
-        .lines()
-        .find_map(|l| l.strip_prefix("id:"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let shown: serde_json::Value =
-        serde_json::from_str(&cli(bin, &db, &["show", &id, "--json"])).unwrap();
-    assert_eq!(shown["uses"]["remaining"], 0, "{shown}");
+    let id = spent_in_file(bin, &db, &token);
 
     // Five more, two spent: three are left, in the file, over a restart.
     cli(bin, &db, &["reset-uses", &id, "--remaining", "5"]);
@@ -159,5 +178,130 @@ async fn three_servers_on_postgres_without_redis_admit_exactly_the_uses() {
     };
     // Each use spent in the store, one atomic UPDATE each.
     ten_of_64(&deployment).await;
+    deployment.stop().await;
+}
+
+/// The `token-uses-remaining` and `RateLimit` remaining of GET `path`.
+async fn left_after(base: &str, path: &str, token: &str) -> (StatusCode, Option<u64>, String) {
+    let bearer = format!("Bearer {token}");
+    let (status, headers, _) = exchange(base, "GET", path, &[("authorization", &bearer)], "").await;
+    let uses = headers
+        .get("token-uses-remaining")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    let rate = headers
+        .get("ratelimit")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, uses, rate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_on_one_sqlite_file_charge_an_export_ten_uses_and_ten_of_the_quota() {
+    let dir = temp_dir("axum-notes-cost");
+    let bin = env!("CARGO_BIN_EXE_axum-notes");
+    let db = dir.join("tokengate.db");
+    let mut servers = vec![start_example(bin, &dir, "axum-notes listening on ")];
+    servers.extend((1..3).map(|i| support::start_sqlite(bin, &dir, i)));
+    let bases: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
+
+    // 100 uses are ten exports, across three processes, under 64 at once.
+    let wide = ["--rate", "1000/s", "--burst", "1000"];
+    let token = cli(bin, &db, &[ISSUE, &["--uses", "100"], &wide].concat())
+        .trim()
+        .to_owned();
+    assert_eq!(
+        admitted_at(&bases, "/notes/export", &token, 64, StatusCode::FORBIDDEN).await,
+        10,
+        "ten exports of ten uses"
+    );
+    let id = spent_in_file(bin, &db, &token);
+
+    // What is left is told in uses; an export never takes less than ten.
+    cli(bin, &db, &["reset-uses", &id, "--remaining", "15"]);
+    assert_eq!(
+        left_after(&bases[1], "/notes/export", &token).await.1,
+        Some(5)
+    );
+    let (status, _, _) = left_after(&bases[2], "/notes/export", &token).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "5 left, 10 asked");
+    for left in (0..5).rev() {
+        let (status, told, _) = left_after(&bases[0], "/notes", &token).await;
+        assert_eq!(
+            (status, told),
+            (StatusCode::OK, Some(left)),
+            "the 5 serve plain reads"
+        );
+    }
+
+    // The quota counts in the same units: 30 of burst is three exports.
+    let quota = ["--rate", "1/min", "--burst", "30"];
+    let limited = cli(bin, &db, &[ISSUE, &quota].concat()).trim().to_owned();
+    for left in [20, 10, 0] {
+        let (status, _, rate) = left_after(&bases[0], "/notes/export", &limited).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(rate.contains(&format!(";r={left};")), "{rate}");
+    }
+    let (status, _, _) = left_after(&bases[0], "/notes/export", &limited).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    for server in &mut servers {
+        assert!(server.terminate(), "a clean shutdown");
+    }
+    let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+    assert!(audit.contains(r#""tokengate.reason":"rate_limited""#));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_on_postgres_and_redis_never_admit_more_than_the_uses_at_mixed_costs() {
+    let Some(deployment) = Deployment::start("axum-notes-cost-pg").await else {
+        return;
+    };
+    let token = deployment.cli(
+        &[
+            ISSUE,
+            &["--uses", "100", "--rate", "1000/s", "--burst", "1000"],
+        ]
+        .concat(),
+    );
+    // Exports (10, from the store) and reads (1, from Redis leases) at once.
+    let mut requests = Vec::new();
+    for i in 0..96 {
+        let base = deployment.bases[i % 3].clone();
+        let (token, path) = (
+            token.clone(),
+            if i % 3 == 0 {
+                "/notes/export"
+            } else {
+                "/notes"
+            },
+        );
+        requests.push(tokio::spawn(async move {
+            (path, send(&base, "GET", path, Some(&token), "").await)
+        }));
+    }
+    let mut spent = 0;
+    for request in requests {
+        match request.await.unwrap() {
+            (path, StatusCode::OK) => spent += if path == "/notes" { 1 } else { 10 },
+            (_, status) => assert_eq!(status, StatusCode::FORBIDDEN),
+        }
+    }
+    assert!(spent <= 100, "never more than the uses: {spent}");
+    assert!(spent >= 32, "the reads alone fit: {spent}");
+
+    // Exports alone, after a reset: exactly three of 30.
+    let id = deployment.token_id(&token);
+    deployment.cli(&["reset-uses", &id, "--remaining", "30"]);
+    assert_eq!(
+        admitted_at(
+            &deployment.bases,
+            "/notes/export",
+            &token,
+            30,
+            StatusCode::FORBIDDEN
+        )
+        .await,
+        3
+    );
     deployment.stop().await;
 }

@@ -42,6 +42,8 @@ pub(super) struct Route {
     pub(super) scopes: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub(super) any_scopes: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) cost: Option<Spanned<i64>>,
 }
 
 /// `[network]`.

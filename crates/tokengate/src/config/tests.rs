@@ -46,6 +46,13 @@ fn the_shipped_notes_policy_reads_as_axum_notes_declares_it() {
         need(Method::GET, "/whoami"),
         Some(Requirement::Authenticated)
     );
+    assert_eq!(
+        need(Method::GET, "/notes/export"),
+        Some(Requirement::all(["notes:read"]).unwrap())
+    );
+    assert_eq!(policy.cost(&Method::GET, "/notes/export"), 10);
+    assert_eq!(policy.cost(&Method::HEAD, "/notes/export"), 10);
+    assert_eq!(policy.cost(&Method::GET, "/notes"), 1);
     // Deny by default: what is not declared has no requirement to meet.
     assert_eq!(need(Method::PUT, "/notes"), None);
     assert_eq!(need(Method::GET, "/other"), None);
@@ -67,6 +74,26 @@ fn a_mistyped_scope_is_named_by_line_field_and_nearest_scope() {
         refused(&text),
         "p.toml:6:25: routes[0].scopes[1]: \"notes:raed\" is not a scope of this policy; did you mean \"notes:read\"?"
     );
+}
+
+#[test]
+fn a_route_cost_is_a_whole_number_in_range_named_where_it_is_not() {
+    let route = |cost: &str| {
+        format!("{HEAD}[[routes]]\npath = \"/a\"\nscopes = [\"notes:read\"]\ncost = {cost}\n")
+    };
+    assert_eq!(
+        refused(&route("-1")),
+        "p.toml:6:8: routes[0].cost: -1 must be a whole number from 0 to 1000000"
+    );
+    assert!(refused(&route("2000000")).contains("routes[0].cost: 2000000 must be"));
+    assert!(refused(&route("\"10\"")).contains("cost"));
+    let free = GateConfig::parse(&route("0"), "p.toml").unwrap();
+    assert_eq!(
+        free.policy().cost(&Method::POST, "/a"),
+        0,
+        "no methods: every method"
+    );
+    assert!(free.policy().has_costs());
 }
 
 #[test]

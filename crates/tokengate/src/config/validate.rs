@@ -2,7 +2,6 @@
 //! every problem named by its place.
 
 use std::num::NonZeroU32;
-use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
@@ -199,7 +198,7 @@ fn routes(
         );
         return None;
     }
-    let mut entries: Vec<(Vec<Method>, &str, Requirement, Range<usize>)> = Vec::new();
+    let mut entries: Vec<Entry<'_>> = Vec::new();
     let mut used: Vec<Scope> = Vec::new();
     let mut fine = true;
     for (i, route) in routes.iter().enumerate() {
@@ -216,12 +215,30 @@ fn routes(
         }
         let methods = methods(at, &field, r.methods.as_deref());
         let requirement = requirement(at, &field, route, declared);
+        let cost = match &r.cost {
+            None => 1,
+            Some(cost) => match u32::try_from(*cost.get_ref()) {
+                Ok(value) if value <= MAX_COST => value,
+                _ => {
+                    at.problem(
+                        cost.span(),
+                        format!("{field}.cost"),
+                        format!(
+                            "{} must be a whole number from 0 to {MAX_COST}",
+                            cost.get_ref()
+                        ),
+                    );
+                    fine = false;
+                    1
+                }
+            },
+        };
         if let Some(requirement) = &requirement {
             used.extend(requirement.scopes().iter().cloned());
         }
         match (methods, requirement) {
             (Some(methods), Some(requirement)) if fine => {
-                entries.push((methods, path, requirement, r.path.span()));
+                entries.push((methods, path, requirement, cost));
                 // Each route added to those before it: the first that
                 // cannot join them is the one named.
                 if let Err(e) = policy(&entries) {
@@ -239,16 +256,24 @@ fn routes(
     Some((policy, used.into_iter().collect()))
 }
 
-fn policy(
-    entries: &[(Vec<Method>, &str, Requirement, Range<usize>)],
-) -> Result<ScopePolicy, tokengate_scope::PolicyError> {
+/// The most a route may cost: more than any burst a quota would give.
+const MAX_COST: u32 = 1_000_000;
+
+/// A route as the policy takes it: methods (none: every other), path,
+/// requirement, cost.
+type Entry<'a> = (Vec<Method>, &'a str, Requirement, u32);
+
+fn policy(entries: &[Entry<'_>]) -> Result<ScopePolicy, tokengate_scope::PolicyError> {
     let mut builder = ScopePolicyBuilder::default();
-    for (methods, path, requirement, _) in entries {
+    for (methods, path, requirement, cost) in entries {
         builder = if methods.is_empty() {
             builder.any_method(path, requirement.clone())
         } else {
             builder.route(methods.iter().cloned(), path, requirement.clone())
         };
+        if *cost != 1 {
+            builder = builder.cost(methods.iter().cloned(), path, *cost);
+        }
     }
     builder.build()
 }

@@ -35,6 +35,18 @@ pub async fn send_with(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (StatusCode, String) {
+    let (status, _, body) = exchange(base, method, path, headers, body).await;
+    (status, body)
+}
+
+/// [`send_with`], with the response's headers.
+pub async fn exchange(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, hyper::HeaderMap, String) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut request = Request::builder()
         .method(method)
@@ -54,8 +66,13 @@ pub async fn send_with(
         .await
         .unwrap();
     let status = response.status();
+    let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&bytes).into_owned())
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
 }
 
 /// Starts axum-notes number `i` on the SQLite file in `dir`, with an audit

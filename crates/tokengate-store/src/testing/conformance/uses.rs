@@ -128,6 +128,21 @@ pub(super) async fn uses_conformance<S: TokenStore + TokenAdmin>(lifecycle: &Lif
     assert_eq!(reset.uses.map(|u| u.remaining), Some(1));
     assert_eq!(store.spend_use(&id, spend).await.unwrap(), Some(0));
 
+    // A costly request spends its whole cost or nothing.
+    lifecycle.reset_uses(&id, None).await.unwrap();
+    assert_eq!(
+        store.spend_use(&id, spend.costing(2)).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        store.spend_use(&id, spend.costing(2)).await.unwrap(),
+        None,
+        "one left, two asked"
+    );
+    let kept = lifecycle.get(&id).await.unwrap().unwrap().uses.unwrap();
+    assert_eq!(kept.remaining, 1, "a refused spend spends nothing");
+    assert_eq!(store.spend_use(&id, spend).await.unwrap(), Some(0));
+
     // A new limit keeps the count; a refill in a later window sets it.
     let hourly =
         UseLimit::new(std::num::NonZeroU64::new(5).unwrap()).with_refill("4/1h".parse().unwrap());
