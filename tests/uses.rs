@@ -1,7 +1,8 @@
 //! Usage-limited tokens through a real server: exactly N admitted under
 //! concurrency, 403 when the count never refills, 429 with `Retry-After`
 //! to the refill when it does, nothing spent by a request refused for
-//! another reason, and 503 (never a free use) when the store cannot count.
+//! another reason, and 503 (never a free use) when the store cannot count;
+//! a handler's charges after the fact spend from the same count.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -252,6 +253,97 @@ async fn stacked_alone_authenticate_spends_the_use_itself() {
     assert_eq!(
         statuses,
         [StatusCode::OK, StatusCode::OK, StatusCode::FORBIDDEN]
+    );
+}
+
+/// A Gate with late charges over the world's store: `GET /rows/{n}`
+/// costs 1, and its handler charges `n - 1` more through the meter,
+/// answering 402 when the token cannot pay.
+async fn serve_rows(world: &World) -> HttpClient {
+    use axum::extract::{Extension, Path};
+    let policy = ScopePolicy::builder()
+        .route(
+            [http::Method::GET],
+            "/rows/{n}",
+            tokengate::Requirement::all(["notes:read"]).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let gate = Gate::new(world.auth.clone(), EnforceScopeLayer::new(policy)).late_charges();
+    let rows = |Path(n): Path<u32>, Extension(meter): Extension<tokengate::core::Meter>| async move {
+        match meter.charge(n.saturating_sub(1)).await {
+            Ok(()) => Ok(format!("{n} rows")),
+            Err(denial) => {
+                assert_eq!(denial.reason(), "usage_exhausted");
+                Err(StatusCode::PAYMENT_REQUIRED)
+            }
+        }
+    };
+    let app = Router::new().route("/rows/{n}", get(rows)).layer(gate);
+    HttpClient::new(support::serve_axum(app).await)
+}
+
+/// The uses the store holds for `id`.
+async fn stored_left(world: &World, id: &tokengate::TokenId) -> u64 {
+    let record = world.lifecycle.get(id).await.unwrap().unwrap();
+    record.uses.unwrap().remaining
+}
+
+#[tokio::test]
+async fn a_handler_spends_more_uses_after_the_fact_and_never_past_the_count() {
+    let world = World::new();
+    let client = serve_rows(&world).await;
+    let (token, id) = metered(&world, uses(10)).await;
+    assert_eq!(
+        client.get("/rows/4", Some(&token)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        stored_left(&world, &id).await,
+        6,
+        "1 by the route, 3 by the handler"
+    );
+    let late = client.get("/rows/8", Some(&token)).await;
+    assert_eq!(late.status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(
+        stored_left(&world, &id).await,
+        5,
+        "the route's use only: 7 more were refused whole"
+    );
+    assert_eq!(
+        client.get("/rows/5", Some(&token)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(stored_left(&world, &id).await, 0);
+    let gate = client.get("/rows/1", Some(&token)).await;
+    assert_eq!(
+        gate.status,
+        StatusCode::FORBIDDEN,
+        "the Gate refuses: none left"
+    );
+
+    // At once: every use spent is accounted for, none twice, none over.
+    let (token, id) = metered(&world, uses(20)).await;
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..48 {
+        let (client, token) = (client.clone(), token.clone());
+        requests.spawn(async move { client.get("/rows/3", Some(&token)).await.status });
+    }
+    let mut spent = 0;
+    for status in requests.join_all().await {
+        spent += match status {
+            StatusCode::OK => 3,
+            StatusCode::PAYMENT_REQUIRED => 1,
+            refused => {
+                assert_eq!(refused, StatusCode::FORBIDDEN);
+                0
+            }
+        };
+    }
+    assert_eq!(
+        spent + stored_left(&world, &id).await,
+        20,
+        "every use once: {spent} spent"
     );
 }
 

@@ -75,6 +75,8 @@ pub(crate) struct Config<St> {
     pub(crate) dpop: Option<Arc<DpopState>>,
     /// The uses a request spends (`None`: 1).
     pub(crate) cost: Option<CostFn>,
+    /// Put the uses' part of the request's [`Meter`](tokengate_core::Meter) in it.
+    pub(crate) late_charges: bool,
 }
 
 /// Finds a copy of the request's URI that a framework keeps in the
@@ -102,6 +104,7 @@ impl<St> Clone for Config<St> {
             shared_uses: self.shared_uses.clone(),
             dpop: self.dpop.clone(),
             cost: self.cost.clone(),
+            late_charges: self.late_charges,
         }
     }
 }
@@ -159,6 +162,7 @@ impl<St> AuthenticateLayer<St> {
                 shared_uses: None,
                 dpop: Some(Arc::new(Dpop::new().build())),
                 cost: None,
+                late_charges: false,
             }),
         }
     }
@@ -316,6 +320,15 @@ impl<St> AuthenticateLayer<St> {
     /// stay there for requests of cost 1).
     pub fn cost_fn(self, cost: Option<CostFn>) -> Self {
         self.with(|c| c.cost = cost)
+    }
+
+    /// Lets handlers spend more uses after the fact: every admitted
+    /// request of a usage-limited token gets the uses' part of the
+    /// request's [`Meter`](tokengate_core::Meter) (in the store, in one
+    /// atomic step, all or nothing: `usage_exhausted` when fewer are left).
+    /// Off by default.
+    pub fn late_charges(self, on: bool) -> Self {
+        self.with(|c| c.late_charges = on)
     }
 }
 

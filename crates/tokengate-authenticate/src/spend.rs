@@ -13,7 +13,10 @@ use http::{HeaderValue, Request, Response};
 use tokengate_cache::CachedStore;
 use tokengate_check::{Admit, Check, Verdict};
 use tokengate_core::metric_names::STORE_ERRORS;
-use tokengate_core::{Denial, Principal, SharedDeadline, TOKEN_USES_REMAINING, TokenId, UseLimit};
+use tokengate_core::{
+    ChargeFuture, Denial, LateCharge, Meter, Principal, SharedDeadline, TOKEN_USES_REMAINING,
+    TokenId, UseLimit,
+};
 use tokengate_store::{LeaseSpend, SharedUses, SharedUsesError, StoreError, TokenStore, UseKey};
 
 use crate::layer::{Config, UseLimitLayer};
@@ -255,6 +258,10 @@ impl<B, St: TokenStore> Check<B> for SpendUse<'_, St> {
             .as_ref()
             .map_or(1, |cost| cost(request.method(), request.uri()));
         if cost == 0 {
+            // A route of cost 0 may still be charged by its handler.
+            if config.late_charges {
+                self.meter(request);
+            }
             return Verdict::Admit(UsesLeft(None));
         }
         let (limit, at) = (*limit, config.clock.now());
@@ -268,24 +275,30 @@ impl<B, St: TokenStore> Check<B> for SpendUse<'_, St> {
             .map(|s| SharedDeadline::start(request.extensions_mut(), s.wait_budget()));
         Verdict::Wait(SpendWait(Box::pin(async move {
             let answer = match shared {
-                None => {
-                    let spend = limit.spend_at(at).costing(cost.into());
-                    bounded(timeout, store.spend_use(&id, spend)).await
-                }
                 // Leases hold single uses: a costlier request spends in
                 // the store, and the counter counts from what is left.
-                Some(shared) if cost > 1 => {
-                    let spend = limit.spend_at(at).costing(cost.into());
-                    let spent = bounded(timeout, store.spend_use(&id, spend)).await;
-                    if let Ok(Some(left)) = spent {
-                        let key = UseKey {
-                            token: id,
-                            generation,
-                            window: limit.window(at),
-                        };
-                        tokio::spawn(shared.note(&key, left));
+                None => {
+                    Direct {
+                        store,
+                        shared: None,
+                        id,
+                        generation,
+                        limit,
+                        timeout,
                     }
-                    spent
+                    .spend(at, cost)
+                    .await
+                }
+                Some(shared) if cost > 1 => {
+                    let direct = Direct {
+                        store,
+                        shared: Some(shared),
+                        id,
+                        generation,
+                        limit,
+                        timeout,
+                    };
+                    direct.spend(at, cost).await
                 }
                 Some(shared) => {
                     let spend = Spend {
@@ -305,7 +318,12 @@ impl<B, St: TokenStore> Check<B> for SpendUse<'_, St> {
 
     fn resume(&self, request: &mut Request<B>, spent: Spent) -> Verdict<UsesLeft, SpendWait> {
         let denial = match spent.answer {
-            Ok(Some(left)) => return Verdict::Admit(UsesLeft(Some(left))),
+            Ok(Some(left)) => {
+                if self.0.late_charges {
+                    self.meter(request);
+                }
+                return Verdict::Admit(UsesLeft(Some(left)));
+            }
             Ok(None) => Denial::UsageExhausted {
                 retry_after: spent.limit.next_refill(spent.at),
             },
@@ -321,5 +339,81 @@ impl<B, St: TokenStore> Check<B> for SpendUse<'_, St> {
             }
         };
         Verdict::Refuse(self.0.renderer.refuse(request, denial))
+    }
+}
+
+impl<St: TokenStore> SpendUse<'_, St> {
+    /// Adds the uses' part to `request`'s meter.
+    fn meter<B>(&self, request: &mut Request<B>) {
+        let Some(principal) = request.extensions().get::<Principal>() else {
+            return;
+        };
+        let Some(limit) = principal.use_limit() else {
+            return;
+        };
+        let config = self.0;
+        let part = LateUses {
+            direct: Direct {
+                store: config.verifier.clone(),
+                shared: config.shared_uses.clone(),
+                id: principal.token_id().clone(),
+                generation: principal.uses_generation(),
+                limit: *limit,
+                timeout: config.lookup_timeout,
+            },
+            clock: Arc::clone(&config.clock),
+        };
+        Meter::add_to(request.extensions_mut(), Arc::new(part));
+    }
+}
+
+/// A spend of several uses in the store itself (leases in a shared
+/// counter hold single uses); the counter, if any, is told what is left.
+struct Direct<St> {
+    store: CachedStore<St>,
+    shared: Option<Arc<dyn SharedUses>>,
+    id: TokenId,
+    generation: u64,
+    limit: UseLimit,
+    timeout: Duration,
+}
+
+impl<St: TokenStore> Direct<St> {
+    async fn spend(&self, at: SystemTime, cost: u32) -> Result<Option<u64>, StoreError> {
+        let spend = self.limit.spend_at(at).costing(cost.into());
+        let spent = bounded(self.timeout, self.store.spend_use(&self.id, spend)).await;
+        if let (Ok(Some(left)), Some(shared)) = (&spent, &self.shared) {
+            let key = UseKey {
+                token: self.id.clone(),
+                generation: self.generation,
+                window: self.limit.window(at),
+            };
+            tokio::spawn(shared.note(&key, *left));
+        }
+        spent
+    }
+}
+
+/// The uses' part of a request's [`Meter`].
+struct LateUses<St> {
+    direct: Direct<St>,
+    clock: tokengate_core::SharedClock,
+}
+
+impl<St: TokenStore> LateCharge for LateUses<St> {
+    fn charge(&self, units: u32) -> ChargeFuture<'_> {
+        Box::pin(async move {
+            let at = self.clock.now();
+            match self.direct.spend(at, units.max(1)).await {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err(Denial::UsageExhausted {
+                    retry_after: self.direct.limit.next_refill(at),
+                }),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot charge uses after the fact; refused");
+                    Err(Denial::StoreUnavailable)
+                }
+            }
+        })
     }
 }

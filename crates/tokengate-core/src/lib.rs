@@ -74,7 +74,7 @@ mod uses;
 pub use audience::{Audience, AudienceError};
 pub use binding::{Binding, Thumbprint, ThumbprintError};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
-pub use cost::CostFn;
+pub use cost::{ChargeFuture, CostFn, LateCharge, Meter};
 pub use deadline::SharedDeadline;
 pub use denial::{
     Denial, InvalidReason, IpReason, MalformedReason, RateFallback, RateLimitPolicy,

@@ -6,9 +6,14 @@ use std::task::{Context, Poll, Waker};
 
 use http::{Extensions, HeaderName, HeaderValue, Request, Response};
 use smallvec::SmallVec;
+use std::sync::Arc;
 use tokengate_check::{Admit, Check, Verdict};
 use tokengate_core::metric_names::RATE_LIMITED;
-use tokengate_core::{Denial, RateLimited, RateQuota, RequestTrail, SharedDeadline};
+
+use tokengate_core::{
+    ChargeFuture, Denial, LateCharge, Meter, Principal, RateLimited, RateQuota, RequestTrail,
+    SharedDeadline,
+};
 
 use crate::layer::{Config, MissingKey, RateLimitLayer};
 use crate::state::{Charge, Outcome, RateState, RateStateError};
@@ -80,6 +85,10 @@ impl<B, St: RateState> Check<B> for RateLimitLayer<St> {
             Err(denial) => return Verdict::Refuse(config.renderer.refuse(request, denial)),
         };
         if charges.is_empty() {
+            // A route of cost 0 may still be charged by its handler.
+            if config.late_charges {
+                self.config.meter(request);
+            }
             return Verdict::Admit(RateHeaders::default());
         }
         // A shared backend waits within the request's one deadline.
@@ -92,7 +101,7 @@ impl<B, St: RateState> Check<B> for RateLimitLayer<St> {
             .acquire_by(&charges, config.clock.now_nanos(), deadline);
         // In-memory state answers at once: decide without waiting.
         match Pin::new(&mut answer).poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(outcome) => config.decide(request, outcome, &quotas),
+            Poll::Ready(outcome) => self.config.decide(request, outcome, &quotas),
             Poll::Pending => Verdict::Wait(RateWait(Box::new((answer, quotas)))),
         }
     }
@@ -113,6 +122,15 @@ impl<St> Config<St> {
             .cost
             .as_ref()
             .map_or(1, |cost| cost(request.method(), request.uri()));
+        self.charges_at(request, cost)
+    }
+
+    /// The charges of a request costing `cost`.
+    fn charges_at<B>(
+        &self,
+        request: &Request<B>,
+        cost: u32,
+    ) -> Result<(SmallVec<[Charge; 2]>, Quotas), Denial> {
         let mut charges = SmallVec::new();
         let mut quotas = Quotas::new();
         if cost == 0 {
@@ -188,17 +206,82 @@ impl<St> Config<St> {
             }
         }
     }
+}
 
-    /// The decision for `request` once the state answered.
-    fn decide<B, St2: RateState>(
-        &self,
-        request: &Request<B>,
+impl<St: RateState> Config<St> {
+    /// The decision for `request` once the state answered; an admitted
+    /// request gets the layer's part of its meter when late charges are on.
+    fn decide<B>(
+        self: &Arc<Self>,
+        request: &mut Request<B>,
         outcome: Result<Outcome, RateStateError>,
         quotas: &Quotas,
-    ) -> Verdict<RateHeaders, RateWait<St2>> {
+    ) -> Verdict<RateHeaders, RateWait<St>> {
         match self.finish(outcome, quotas, request.extensions()) {
-            Ok(headers) => Verdict::Admit(headers),
+            Ok(headers) => {
+                if self.late_charges {
+                    self.meter(request);
+                }
+                Verdict::Admit(headers)
+            }
             Err(denial) => Verdict::Refuse(self.renderer.refuse(request, denial)),
         }
+    }
+
+    /// Adds this layer's part to `request`'s meter: its charges again, at
+    /// the cost a handler names.
+    fn meter<B>(self: &Arc<Self>, request: &mut Request<B>) {
+        let Ok((charges, quotas)) = self.charges_at(request, 1) else {
+            return;
+        };
+        if charges.is_empty() {
+            return;
+        }
+        let mut principal = Extensions::new();
+        if let Some(p) = request.extensions().get::<Principal>() {
+            principal.insert(p.clone());
+        }
+        let part = LateRate {
+            config: Arc::clone(self),
+            charges,
+            quotas,
+            principal,
+        };
+        Meter::add_to(request.extensions_mut(), Arc::new(part));
+    }
+}
+
+/// A rate layer's part of a request's [`Meter`].
+struct LateRate<St> {
+    config: Arc<Config<St>>,
+    charges: SmallVec<[Charge; 2]>,
+    quotas: Quotas,
+    /// The request's principal, for how its own quota is stated.
+    principal: Extensions,
+}
+
+impl<St: RateState> LateCharge for LateRate<St> {
+    fn charge(&self, units: u32) -> ChargeFuture<'_> {
+        let charges: SmallVec<[Charge; 2]> = self
+            .charges
+            .iter()
+            .map(|charge| Charge {
+                cost: units.max(1),
+                ..charge.clone()
+            })
+            .collect();
+        let config = &self.config;
+        let deadline = config
+            .state
+            .wait_budget()
+            .map(|budget| std::time::Instant::now() + budget);
+        let answer = config
+            .state
+            .acquire_by(&charges, config.clock.now_nanos(), deadline);
+        Box::pin(async move {
+            config
+                .finish(answer.await, &self.quotas, &self.principal)
+                .map(drop)
+        })
     }
 }

@@ -45,6 +45,8 @@ pub(crate) struct Config<St> {
     pub(crate) cost: Option<CostFn>,
     pub(crate) success_headers: bool,
     pub(crate) missing_key: MissingKey,
+    /// Put a part of the request's [`Meter`](tokengate_core::Meter) in it.
+    pub(crate) late_charges: bool,
 }
 
 impl<St> Clone for RateLimitLayer<St> {
@@ -127,6 +129,7 @@ impl RateLimitLayer<MemoryRateState> {
                 cost: None,
                 success_headers: true,
                 missing_key: MissingKey::Deny,
+                late_charges: false,
             }),
         }
     }
@@ -215,8 +218,21 @@ impl<St> RateLimitLayer<St> {
                 cost: c.cost,
                 success_headers: c.success_headers,
                 missing_key: c.missing_key,
+                late_charges: c.late_charges,
             }),
         }
+    }
+
+    /// Lets handlers charge more after the fact: every admitted request
+    /// with a key for some limiter gets this layer's part of the request's
+    /// [`Meter`](tokengate_core::Meter) (the same keys, quotas and state,
+    /// charged all or nothing). Off by default: it costs an allocation per
+    /// admitted request.
+    pub fn late_charges(self, on: bool) -> Self
+    where
+        St: Clone,
+    {
+        self.with(|c| c.late_charges = on)
     }
 
     /// Reads time from `clock`.

@@ -351,6 +351,68 @@ async fn a_free_route_charges_nothing_and_headers_count_in_units_of_cost() {
     );
 }
 
+/// A handler that charges `X-Rows` more through the request's meter:
+/// 200, 429 when the meter refuses, 500 without a meter.
+fn charging<St: RateState + Clone>(layer: &RateLimitLayer<St>) -> Svc {
+    let handler = service_fn(|request: Request<()>| async move {
+        let rows: u32 = request
+            .headers()
+            .get("x-rows")
+            .map_or(0, |v| v.to_str().unwrap().parse().unwrap());
+        let status = match request.extensions().get::<tokengate_core::Meter>() {
+            None => StatusCode::INTERNAL_SERVER_ERROR,
+            Some(meter) => match meter.charge(rows).await {
+                Ok(()) => StatusCode::OK,
+                Err(denial) => denial.status(),
+            },
+        };
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        Ok::<_, Infallible>(response)
+    });
+    BoxCloneService::new(layer.layer(handler))
+}
+
+#[tokio::test]
+async fn a_handler_charges_more_after_the_fact_within_the_same_quota() {
+    let (layer, clock) = per_token(1, 60, 10);
+    let p = Principal::from_record(&record("alice", ""));
+    let rows = |n: u32| {
+        let mut r = as_principal(&p);
+        r.headers_mut().insert("x-rows", n.into());
+        r
+    };
+    let off = charging(&layer);
+    assert_eq!(
+        status(&off, rows(1)).await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "off by default: no meter"
+    );
+    let svc = charging(&layer.late_charges(true));
+    // 9 left: 1 for the route and 5 after it.
+    assert_eq!(status(&svc, rows(5)).await, StatusCode::OK);
+    // 3 left: the route's 1 passes, 7 more cannot and charge nothing.
+    assert_eq!(status(&svc, rows(7)).await, StatusCode::TOO_MANY_REQUESTS);
+    // 2 left: the route's 1 and 1 more.
+    assert_eq!(status(&svc, rows(1)).await, StatusCode::OK, "2 were left");
+    assert_eq!(status(&svc, rows(0)).await, StatusCode::TOO_MANY_REQUESTS);
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(status(&svc, rows(0)).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_free_route_still_meters_its_handler() {
+    let (layer, _clock) = per_token(1, 60, 4);
+    let svc = charging(&layer.cost(|_, _| 0).late_charges(true));
+    let p = Principal::from_record(&record("alice", ""));
+    let mut request = as_principal(&p);
+    request.headers_mut().insert("x-rows", 4.into());
+    assert_eq!(status(&svc, request).await, StatusCode::OK);
+    let mut request = as_principal(&p);
+    request.headers_mut().insert("x-rows", 1.into());
+    assert_eq!(status(&svc, request).await, StatusCode::TOO_MANY_REQUESTS);
+}
+
 #[tokio::test]
 async fn success_headers_can_be_turned_off_but_429s_keep_them() {
     let (layer, _clock) = per_token(1, 60, 1);

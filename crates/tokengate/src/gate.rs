@@ -124,6 +124,8 @@ struct Parts<St, P, R> {
     /// The policy's route costs (`None`: every request costs 1), given to
     /// `authenticate`'s use limit and to `token_rate`.
     cost: Option<CostFn>,
+    /// Whether handlers get a [`Meter`](tokengate_core::Meter).
+    late_charges: bool,
 }
 
 impl<St, P, R> Clone for Parts<St, P, R> {
@@ -136,6 +138,7 @@ impl<St, P, R> Clone for Parts<St, P, R> {
             token_rate: self.token_rate.clone(),
             scope: self.scope.clone(),
             cost: self.cost.clone(),
+            late_charges: self.late_charges,
         }
     }
 }
@@ -232,6 +235,7 @@ impl<St, P: ScopeLookup> Gate<St, P, TracingSink> {
                     .cost_fn(cost.clone()),
                 scope,
                 cost,
+                late_charges: false,
             },
             extra: (),
         }
@@ -256,10 +260,11 @@ impl<St, P, K, R: RateState + Clone, X> Gate<St, P, K, R, X> {
         let state = self.parts.token_rate.rate_state().clone();
         let layer = layer.state(state);
         // The policy's costs win over the layer's own.
-        self.parts.token_rate = match &self.parts.cost {
+        let layer = match &self.parts.cost {
             Some(cost) => layer.cost_fn(Some(cost.clone())),
             None => layer,
         };
+        self.parts.token_rate = layer.late_charges(self.parts.late_charges);
         self
     }
 
@@ -273,6 +278,20 @@ impl<St, P, K, R: RateState + Clone, X> Gate<St, P, K, R, X> {
         let limiters = [Limiter::per_token(quota), Limiter::per_owner(owner_quota)];
         self.parts.token_rate = self.parts.token_rate.with_limiters(limiters)?;
         Ok(self)
+    }
+
+    /// Lets handlers charge more after the fact, where the cost is known
+    /// only then: each request the Gate admits with a token carries a
+    /// [`Meter`](tokengate_core::Meter) in its extensions, charging the
+    /// same per-token and per-owner quotas and the same uses as the
+    /// route's cost, all or nothing, with the same guarantees across
+    /// instances. Off by default (it costs two small allocations per
+    /// admitted request).
+    pub fn late_charges(mut self) -> Self {
+        self.parts.late_charges = true;
+        self.parts.token_rate = self.parts.token_rate.late_charges(true);
+        self.parts.authenticate = self.parts.authenticate.late_charges(true);
+        self
     }
 
     /// Keeps both rate limits' state in `state` (a shared backend, say)
@@ -289,6 +308,7 @@ impl<St, P, K, R: RateState + Clone, X> Gate<St, P, K, R, X> {
                 token_rate: p.token_rate.state(state),
                 scope: p.scope,
                 cost: p.cost,
+                late_charges: p.late_charges,
             },
             extra: self.extra,
         }
