@@ -239,12 +239,14 @@ pub(crate) struct Issue {
     /// A network the token may be used from (repeatable).
     #[arg(long = "allow-ip", value_parser = parse_net)]
     pub(crate) allow_ip: Vec<IpNet>,
-    /// A quota of its own: N/UNIT with UNIT one of s, min, h, d (e.g. 100/min).
+    /// A quota of its own: N/UNIT with UNIT one of s, min, h, d (e.g.
+    /// 100/min), each with a --burst; repeat both for several quotas, all
+    /// checked (--rate 100/min --burst 20 --rate 10000/d --burst 100).
     #[arg(long, value_parser = parse_rate, requires = "burst")]
-    pub(crate) rate: Option<(u32, Duration)>,
-    /// The quota's burst.
+    pub(crate) rate: Vec<(u32, Duration)>,
+    /// The burst of the --rate given in the same place.
     #[arg(long, requires = "rate")]
-    pub(crate) burst: Option<u32>,
+    pub(crate) burst: Vec<u32>,
     #[command(flatten)]
     pub(crate) uses: UsesArgs,
     /// Bind the token to a DPoP key: its RFC 7638 thumbprint (the `jkt`,
@@ -295,13 +297,14 @@ pub(crate) struct Update {
     /// Let the token be used from any network.
     #[arg(long)]
     pub(crate) any_ip: bool,
-    /// A quota of its own: N/UNIT (e.g. 100/min), with --burst.
+    /// The token's own quotas in place of those it has: N/UNIT (e.g.
+    /// 100/min), each with a --burst; repeatable, all checked.
     #[arg(long, value_parser = parse_rate, requires = "burst", conflicts_with = "no_rate")]
-    pub(crate) rate: Option<(u32, Duration)>,
-    /// The quota's burst.
+    pub(crate) rate: Vec<(u32, Duration)>,
+    /// The burst of the --rate given in the same place.
     #[arg(long, requires = "rate")]
-    pub(crate) burst: Option<u32>,
-    /// Drop the token's own quota (the servers' default applies).
+    pub(crate) burst: Vec<u32>,
+    /// Drop the token's own quotas (the servers' default applies).
     #[arg(long)]
     pub(crate) no_rate: bool,
     #[command(flatten)]
@@ -365,8 +368,8 @@ impl Update {
         if self.any_ip {
             changes = changes.allowed_networks([]);
         }
-        if let Some(quota) = quota(self.rate, self.burst)? {
-            changes = changes.rate_quota(Some(quota));
+        if !self.rate.is_empty() {
+            changes = changes.rate_quotas(quotas(&self.rate, &self.burst)?);
         }
         if self.no_rate {
             changes = changes.rate_quota(None);
@@ -423,16 +426,25 @@ fn parse_refill(text: &str) -> Result<Refill, String> {
         .map_err(|e: tokengate::core::UseLimitError| e.to_string())
 }
 
-/// The quota of `--rate` and `--burst`, if given.
-fn quota(rate: Option<(u32, Duration)>, burst: Option<u32>) -> Result<Option<RateQuota>, String> {
-    let (Some((count, period)), Some(burst)) = (rate, burst) else {
-        return Ok(None);
-    };
-    let count = std::num::NonZeroU32::new(count).ok_or("--rate needs at least 1 request")?;
-    let burst = std::num::NonZeroU32::new(burst).ok_or("--burst must be at least 1")?;
-    RateQuota::new(count, period, burst)
-        .map(Some)
-        .map_err(|e| e.to_string())
+/// The quotas of `--rate` and `--burst`, paired in order.
+fn quotas(rates: &[(u32, Duration)], bursts: &[u32]) -> Result<Vec<RateQuota>, String> {
+    if rates.len() != bursts.len() {
+        return Err(format!(
+            "{} --rate and {} --burst given: each --rate needs its --burst",
+            rates.len(),
+            bursts.len()
+        ));
+    }
+    rates
+        .iter()
+        .zip(bursts)
+        .map(|(&(count, period), &burst)| {
+            let count =
+                std::num::NonZeroU32::new(count).ok_or("--rate needs at least 1 request")?;
+            let burst = std::num::NonZeroU32::new(burst).ok_or("--burst must be at least 1")?;
+            RateQuota::new(count, period, burst).map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 fn parse_meta(text: &str) -> Result<(String, String), String> {
@@ -443,8 +455,8 @@ fn parse_meta(text: &str) -> Result<(String, String), String> {
 }
 
 impl Issue {
-    pub(crate) fn quota(&self) -> Result<Option<RateQuota>, String> {
-        quota(self.rate, self.burst)
+    pub(crate) fn quotas(&self) -> Result<Vec<RateQuota>, String> {
+        quotas(&self.rate, &self.burst)
     }
 }
 

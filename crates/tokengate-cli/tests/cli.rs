@@ -344,20 +344,12 @@ fn usage_limited_tokens_are_issued_shown_listed_changed_and_reset() {
     );
 
     // Bad input names the value, and issues nothing.
-    for (args, named) in [
+    db.issue_refused(&[
         (&["--uses", "0"][..], "0"),
         (&["--uses", "3", "--refill", "3/soon"][..], "3/soon"),
         (&["--uses", "3", "--refill", "3/100ms"][..], "100ms"),
         (&["--refill", "3/1h"][..], "--uses"),
-    ] {
-        let out = db.run(&[support::ISSUE, args].concat());
-        assert!(!out.status.success(), "{args:?}");
-        assert!(
-            support::text(&out).contains(named),
-            "{args:?}: {}",
-            support::text(&out)
-        );
-    }
+    ]);
     assert_eq!(db.ok(&["list", "--json"]).lines().count(), 1);
     let array: Value = serde_json::from_str(&db.ok(&["list", "--json", "--array"])).unwrap();
     assert_eq!(array.as_array().unwrap().len(), 1);
@@ -423,7 +415,7 @@ fn a_binding_is_issued_shown_listed_changed_and_removed() {
     assert!(!db.ok(&["show", id]).contains("bound to:"));
 
     // A bad thumbprint is named and nothing is issued; both bindings at once are refused.
-    for (args, named) in [
+    db.issue_refused(&[
         (
             &["--dpop-jkt", "-not-a-thumbprint"][..],
             "-not-a-thumbprint",
@@ -432,14 +424,56 @@ fn a_binding_is_issued_shown_listed_changed_and_removed() {
             &["--dpop-jkt", jkt, "--cert-sha256", &hex][..],
             "--cert-sha256",
         ),
-    ] {
-        let out = db.run(&[support::ISSUE, args].concat());
-        assert!(!out.status.success(), "{args:?}");
-        assert!(
-            support::text(&out).contains(named),
-            "{args:?}: {}",
-            support::text(&out)
-        );
-    }
+    ]);
+    assert_eq!(db.ok(&["list", "--json"]).lines().count(), 1);
+}
+
+#[test]
+fn several_quotas_are_issued_shown_replaced_and_dropped() {
+    let db = Db::new("quotas");
+    let issued = db.issue(&[
+        "--rate", "100/min", "--burst", "20", "--rate", "10000/d", "--burst", "100",
+    ]);
+    let id = issued["id"].as_str().unwrap();
+    assert_eq!(issued["rate"]["count"], 100, "the first as before");
+    let rates = issued["rates"].as_array().unwrap();
+    assert_eq!(rates.len(), 2);
+    assert_eq!(
+        rates[1],
+        serde_json::json!({"count": 10000, "period_seconds": 86400, "burst": 100})
+    );
+    let shown = db.ok(&["show", id]);
+    assert_eq!(shown.matches("rate:").count(), 2, "{shown}");
+
+    let one: Value =
+        serde_json::from_str(&db.ok(&["update", id, "--rate", "5/s", "--burst", "5", "--json"]))
+            .unwrap();
+    assert_eq!(
+        one["rates"].as_array().unwrap().len(),
+        1,
+        "replaced, not added"
+    );
+    let none: Value = serde_json::from_str(&db.ok(&["update", id, "--no-rate", "--json"])).unwrap();
+    assert_eq!(none["rates"], serde_json::json!([]));
+    assert_eq!(none["rate"], Value::Null);
+
+    // Unpaired, too many, twice: refused by name, nothing issued.
+    let five: Vec<&str> = ["1/s", "2/s", "3/s", "4/s", "5/s"]
+        .iter()
+        .flat_map(|r| ["--rate", r, "--burst", "1"])
+        .collect();
+    db.issue_refused(&[
+        (
+            &["--rate", "1/s", "--rate", "2/s", "--burst", "1"][..],
+            "each --rate needs its --burst",
+        ),
+        (&five[..], "at most 4"),
+        (
+            &[
+                "--rate", "1/s", "--burst", "1", "--rate", "1/s", "--burst", "1",
+            ][..],
+            "given twice",
+        ),
+    ]);
     assert_eq!(db.ok(&["list", "--json"]).lines().count(), 1);
 }

@@ -582,6 +582,54 @@ fn a_bad_policy_file_starts_nothing_and_names_its_place() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_charges_a_routes_cost_from_the_policy() {
+    let fixture = Fixture::new("cost").await;
+    let auth = direct(&fixture);
+    let token = fixture.issue(
+        "cost",
+        "reader",
+        &[
+            "--scope",
+            "notes:read",
+            "--uses",
+            "25",
+            "--rate",
+            "1/min",
+            "--burst",
+            "100",
+        ],
+    );
+    let export = || {
+        auth.get("/auth")
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/notes/export")
+            .bearer(&token)
+    };
+    // The shipped policy's export costs 10 of the uses and of the quota.
+    for left in ["15", "5"] {
+        let ok = export().send().await;
+        assert_eq!(ok.status, 200);
+        assert_eq!(ok.header("token-uses-remaining"), left);
+    }
+    let ok = auth
+        .get("/auth")
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/notes")
+        .bearer(&token)
+        .send()
+        .await;
+    assert_eq!(ok.header("token-uses-remaining"), "4");
+    assert!(
+        ok.header("ratelimit").starts_with("\"per-token\";r=79;"),
+        "{}",
+        ok.header("ratelimit")
+    );
+    let refused = export().send().await;
+    assert_eq!(refused.status, 403, "4 left, 10 asked");
+    assert_eq!(refused.problem(), "urn:tokengate:problem:usage-exhausted");
+}
+
 /// `GET url`'s status and body, over a plain connection.
 async fn get(url: &str) -> (u16, String) {
     let answer = Target::unmanaged("admin", url.to_owned())

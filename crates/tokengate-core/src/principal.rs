@@ -61,7 +61,7 @@ struct Grant {
     scopes: ScopeSet,
     audiences: Box<[Audience]>,
     allowed_networks: Box<[IpNet]>,
-    rate_quota: Option<RateQuota>,
+    rate_quotas: Box<[RateQuota]>,
     metadata: BTreeMap<String, String>,
     /// What layers keep with this grant (see [`SlotKey`]).
     slots: Slots,
@@ -93,7 +93,7 @@ impl Grant {
                 .iter()
                 .map(|&net| canonical_net(net))
                 .collect(),
-            rate_quota: record.rate_quota,
+            rate_quotas: record.rate_quotas.as_slice().into(),
             metadata: record.metadata.clone(),
             slots: Slots::default(),
         }
@@ -272,9 +272,9 @@ impl Principal {
         &self.inner.grant.allowed_networks
     }
 
-    /// The token's own rate quota, if it has one.
-    pub fn rate_quota(&self) -> Option<RateQuota> {
-        self.inner.grant.rate_quota
+    /// The token's own rate quotas (empty: the limiter's default).
+    pub fn rate_quotas(&self) -> &[RateQuota] {
+        &self.inner.grant.rate_quotas
     }
 
     /// Application labels.
@@ -342,7 +342,7 @@ impl fmt::Debug for Principal {
             .field("audiences", &self.inner.grant.audiences)
             .field("expires_at", &self.expires_at())
             .field("allowed_networks", &self.inner.grant.allowed_networks)
-            .field("rate_quota", &self.inner.grant.rate_quota)
+            .field("rate_quotas", &self.inner.grant.rate_quotas)
             .field("binding", &self.binding())
             .finish_non_exhaustive()
     }

@@ -44,8 +44,11 @@ pub struct TokenRecord {
     pub last_used_at: Option<SystemTime>,
     /// Networks the token may be used from; empty means any.
     pub allowed_networks: Vec<IpNet>,
-    /// A per-token rate quota overriding the rate layer's default.
-    pub rate_quota: Option<RateQuota>,
+    /// The token's own rate quotas, overriding the per-token limiter's
+    /// default: every one is checked, the tightest stated in the headers
+    /// (`100/min` and `10000/d` together, say). At most
+    /// [`RateQuota::MAX_PER_TOKEN`]; empty for the limiter's default.
+    pub rate_quotas: Vec<RateQuota>,
     /// The key or certificate the token is bound to: requests must prove
     /// they hold it (`None`: a bearer token).
     pub binding: Option<Binding>,
@@ -148,6 +151,10 @@ pub struct RateQuota {
 }
 
 impl RateQuota {
+    /// The most quotas one token may carry (each is a rate-state key
+    /// checked on every request).
+    pub const MAX_PER_TOKEN: usize = 4;
+
     /// `count` requests per `period`, bursts of up to `burst`. The period
     /// must be at least one millisecond and at most one year.
     pub fn new(count: NonZeroU32, period: Duration, burst: NonZeroU32) -> Result<Self, QuotaError> {
@@ -226,7 +233,7 @@ pub(crate) mod tests {
             version: 0,
             last_used_at: None,
             allowed_networks: vec![],
-            rate_quota: None,
+            rate_quotas: Vec::new(),
             binding: None,
             rotated_from: None,
             metadata: BTreeMap::new(),

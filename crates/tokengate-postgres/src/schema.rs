@@ -54,6 +54,9 @@ const MIGRATIONS: &[&str] = &[
     // 6: a token bound to a DPoP key or a client certificate
     // (`jkt:<base64url>`, `x5t#S256:<base64url>`); NULL for a bearer token.
     "ALTER TABLE tokengate_tokens ADD COLUMN binding text;",
+    // 7: a token's second and later rate quotas (`count/period_ms/burst`;
+    // the first keeps its three columns).
+    "ALTER TABLE tokengate_tokens ADD COLUMN rate_more text[] NOT NULL DEFAULT '{}';",
 ];
 
 /// The schema version this build writes.

@@ -15,6 +15,7 @@ use tokengate_core::{
     SharedDeadline,
 };
 
+use crate::gcra::Gcra;
 use crate::layer::{Config, MissingKey, RateLimitLayer};
 use crate::state::{Charge, Outcome, RateState, RateStateError};
 
@@ -140,6 +141,21 @@ impl<St> Config<St> {
             match limiter.key_of(request.headers(), request.extensions()) {
                 Some((key, gcra, quota)) => {
                     let tag = u8::try_from(index).unwrap_or(u8::MAX);
+                    // A token's further quotas: the same key under tags of
+                    // their own (index + 8 × the quota's place), all checked.
+                    let further = match request.extensions().get::<Principal>() {
+                        Some(p) if limiter.counts_tokens() => p.rate_quotas().get(1..),
+                        _ => None,
+                    };
+                    for (place, &more) in further.into_iter().flatten().enumerate() {
+                        let place = u8::try_from(place + 1).unwrap_or(u8::MAX);
+                        charges.push(Charge {
+                            key: (tag | place << 3, key.clone()),
+                            gcra: Gcra::new(more),
+                            cost,
+                        });
+                        quotas.push((index, more));
+                    }
                     charges.push(Charge {
                         key: (tag, key),
                         gcra,

@@ -131,8 +131,9 @@ impl Limiter {
             KeyBy::Token => {
                 let p = principal()?;
                 let (gcra, quota) = p
-                    .rate_quota()
-                    .map_or((self.gcra, self.quota), |q| (Gcra::new(q), q));
+                    .rate_quotas()
+                    .first()
+                    .map_or((self.gcra, self.quota), |&q| (Gcra::new(q), q));
                 Some((RateKey::Token(p.token_id().clone()), gcra, quota))
             }
             KeyBy::Owner => Some((
@@ -156,6 +157,12 @@ impl Limiter {
         }
     }
 
+    /// Whether the limiter counts by token (whose further quotas are
+    /// charged beside its first).
+    pub(crate) fn counts_tokens(&self) -> bool {
+        matches!(self.key, KeyBy::Token)
+    }
+
     /// The refusal for a request without this limiter's key.
     pub(crate) fn missing_key_denial(&self) -> Denial {
         match self.key {
@@ -172,7 +179,7 @@ impl Limiter {
         match &self.own_policy {
             Some(own) if quota == self.quota => Some(own.clone()),
             _ => match (&self.key, extensions.get::<Principal>()) {
-                (KeyBy::Token, Some(principal)) if principal.rate_quota() == Some(quota) => {
+                (KeyBy::Token, Some(principal)) if principal.rate_quotas().contains(&quota) => {
                     token_policy(principal, &self.name, quota)
                 }
                 _ => own_policy(&self.name, quota),
@@ -185,9 +192,10 @@ impl Limiter {
 /// header value.
 pub(crate) type QuotaPolicy = (RateLimitPolicy, HeaderValue);
 
-/// A token's own quota as the first limiter to state it did, kept with
-/// the token's grant (tokens sharing a grant share it).
-static TOKEN_POLICY: SlotKey<Option<QuotaPolicy>> = SlotKey::new();
+/// A token's own quotas as the first limiter to state them did (one per
+/// quota, in order), kept with the token's grant (tokens sharing a grant
+/// share them).
+static TOKEN_POLICY: SlotKey<Box<[Option<QuotaPolicy>]>> = SlotKey::new();
 
 /// Gives the per-token policy its slot, before any request.
 pub(crate) fn register_slots() {
@@ -202,10 +210,19 @@ pub(crate) fn token_policy(
     name: &str,
     quota: RateQuota,
 ) -> Option<QuotaPolicy> {
+    let quotas = principal.rate_quotas();
+    let Some(index) = quotas.iter().position(|q| *q == quota) else {
+        return own_policy(name, quota);
+    };
     let kept = principal.with_grant_slot(
         &TOKEN_POLICY,
-        |_| own_policy(name, quota),
-        |kept| kept.clone().filter(|(policy, _)| policy.name() == name),
+        |_| quotas.iter().map(|&q| own_policy(name, q)).collect(),
+        |kept| {
+            kept.get(index)
+                .cloned()
+                .flatten()
+                .filter(|(policy, _)| policy.name() == name)
+        },
     );
     kept.or_else(|| own_policy(name, quota))
 }

@@ -228,7 +228,7 @@ async fn the_token_records_own_quota_wins() {
     let (layer, _clock) = per_token(100, 1, 100);
     let svc = service(&layer);
     let mut tight = record("alice", "");
-    tight.rate_quota = Some(quota(1, 60, 2));
+    tight.rate_quotas = vec![quota(1, 60, 2)];
     let p = Principal::from_record(&tight);
     for remaining in ["1", "0"] {
         let admitted = svc.clone().oneshot(as_principal(&p)).await.unwrap();
@@ -411,6 +411,49 @@ async fn a_free_route_still_meters_its_handler() {
     let mut request = as_principal(&p);
     request.headers_mut().insert("x-rows", 1.into());
     assert_eq!(status(&svc, request).await, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn every_quota_of_a_token_is_checked_and_the_tightest_stated() {
+    let (layer, clock) = per_token(100, 1, 100);
+    let svc = service(&layer);
+    let mut with_two = record("alice", "");
+    // 1 a second in bursts of 5, and 6 a day.
+    with_two.rate_quotas = vec![quota(1, 1, 5), quota(6, 86_400, 6)];
+    let p = Principal::from_record(&with_two);
+    for left in [4, 3, 2, 1, 0] {
+        let ok = svc.clone().oneshot(as_principal(&p)).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        let state = ok.headers()["ratelimit"].to_str().unwrap().to_owned();
+        assert!(
+            state.starts_with(&format!(r#""per-token";r={left};"#)),
+            "{state}"
+        );
+        assert_eq!(ok.headers()["ratelimit-policy"], r#""per-token";q=5;w=5"#);
+    }
+    let burst = svc.clone().oneshot(as_principal(&p)).await.unwrap();
+    assert_eq!(burst.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(burst.headers()[RETRY_AFTER], "1", "the per-second quota");
+    clock.advance(Duration::from_secs(1));
+    let last = svc.clone().oneshot(as_principal(&p)).await.unwrap();
+    assert_eq!(last.status(), StatusCode::OK, "the sixth of the day");
+    assert_eq!(
+        last.headers()["ratelimit-policy"],
+        r#""per-token";q=6;w=86400"#,
+        "the daily quota is now the tightest"
+    );
+    clock.advance(Duration::from_secs(10));
+    let day = svc.clone().oneshot(as_principal(&p)).await.unwrap();
+    assert_eq!(day.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = day.headers()[RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait > 14_000, "a sixth of a day, less what passed: {wait}");
+    // Another token with one quota is untouched by alice's.
+    let bob = Principal::from_record(&record("bob", ""));
+    assert_eq!(status(&svc, as_principal(&bob)).await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -663,7 +706,7 @@ fn a_tokens_own_policy_is_kept_per_grant_and_stated_under_each_limiters_name() {
     use crate::limiter::token_policy;
     let q = quota(5, 60, 5);
     let mut a = record("alice", "");
-    a.rate_quota = Some(q);
+    a.rate_quotas = vec![q];
     let mut b = a.clone();
     b.id = tokengate_core::TokenId::generate();
     let grants = tokengate_core::Grants::new();

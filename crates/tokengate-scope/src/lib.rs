@@ -57,7 +57,7 @@
 //! #             id: TokenId::generate(), hash: TokenHash::from_parts(KeyId::new(1), [0; 32]),
 //! #             name: "doc".into(), subject: "alice".into(), scopes: "notes:read".parse().unwrap(),
 //! #             audiences: vec![], created_at: SystemTime::now(), expires_at: None, revoked_at: None, disabled_at: None, uses: None, version: 0,
-//! #             last_used_at: None, allowed_networks: vec![], rate_quota: None, binding: None, rotated_from: None,
+//! #             last_used_at: None, allowed_networks: vec![], rate_quotas: vec![], binding: None, rotated_from: None,
 //! #             metadata: Default::default(),
 //! #         })
 //! #     }

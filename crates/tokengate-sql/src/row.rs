@@ -12,7 +12,7 @@ use crate::{Dialect, UseColumns};
 
 /// The token table's columns, in the order [`record_values`] binds them
 /// and [`read_record`] reads them, each with the kind of its values.
-pub const COLUMNS: [(&str, Kind); 26] = [
+pub const COLUMNS: [(&str, Kind); 27] = [
     ("id", Kind::Text),
     ("key_id", Kind::Int),
     ("hash", Kind::Bytes),
@@ -39,6 +39,7 @@ pub const COLUMNS: [(&str, Kind); 26] = [
     ("uses_generation", Kind::Int),
     ("version", Kind::Int),
     ("binding", Kind::Text),
+    ("rate_more", Kind::List),
 ];
 
 /// The index of `column` in [`COLUMNS`].
@@ -225,7 +226,10 @@ pub fn read_record(dialect: Dialect, row: &(impl Row + ?Sized)) -> Result<TokenR
         disabled_at: r.time("disabled_at")?,
         last_used_at: r.time("last_used_at")?,
         allowed_networks: r.words("allowed_networks", |n| n.parse::<IpNet>().ok())?,
-        rate_quota: read_quota(&r)?,
+        rate_quotas: read_quota(&r)?
+            .into_iter()
+            .chain(r.words::<_, Vec<_>>("rate_more", parse_quota)?)
+            .collect(),
         rotated_from: r
             .text("rotated_from")?
             .map(|id| {
@@ -297,6 +301,27 @@ fn read_uses<R: Row + ?Sized>(
     }
 }
 
+/// A token's second and later quotas as `rate_more` keeps them:
+/// `count/period_ms/burst`.
+fn stored_quota(quota: RateQuota) -> String {
+    let [count, period, burst] = quota_columns(Some(quota)).map(Option::unwrap_or_default);
+    format!("{count}/{period}/{burst}")
+}
+
+/// A quota as [`stored_quota`] wrote it.
+fn parse_quota(text: &str) -> Option<RateQuota> {
+    let mut parts = text.splitn(3, '/');
+    let mut next = || parts.next()?.parse::<u64>().ok();
+    let (count, period, burst) = (next()?, next()?, next()?);
+    let positive = |v: u64| NonZeroU32::new(u32::try_from(v).ok()?);
+    RateQuota::new(
+        positive(count)?,
+        Duration::from_millis(period),
+        positive(burst)?,
+    )
+    .ok()
+}
+
 /// A quota as its three columns: count, period in milliseconds, burst.
 fn quota_columns(quota: Option<RateQuota>) -> [Option<i64>; 3] {
     [
@@ -314,7 +339,7 @@ pub fn record_values(
 ) -> Vec<Value> {
     let r = record;
     let words = |items: Vec<String>| Value::List(items);
-    let [count, period, burst] = quota_columns(r.rate_quota);
+    let [count, period, burst] = quota_columns(r.rate_quotas.first().copied());
     let uses = UseColumns::of(r.uses.as_ref());
     vec![
         Value::Text(Some(r.id.as_str().to_owned())),
@@ -345,5 +370,12 @@ pub fn record_values(
         Value::Int(Some(uses.generation)),
         Value::Int(Some(i64::try_from(r.version).unwrap_or(i64::MAX))),
         Value::Text(r.binding.as_ref().map(tokengate_core::Binding::to_stored)),
+        words(
+            r.rate_quotas
+                .iter()
+                .skip(1)
+                .map(|&q| stored_quota(q))
+                .collect(),
+        ),
     ]
 }

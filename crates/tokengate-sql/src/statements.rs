@@ -270,7 +270,7 @@ impl Sql {
                  {{greatest}}($12{{int}}, COALESCE($13{{int}}, 0))) END, \
                  uses_window = CASE WHEN $12{{int}} IS NULL THEN 0 \
                  ELSE {{greatest}}(uses_window, $16) END, \
-                 binding = $18, version = version + 1 \
+                 binding = $18, rate_more = $19, version = version + 1 \
                  WHERE id = $1 AND version = $17 RETURNING {columns}"
             )),
             revoke: d(&format!(
@@ -344,6 +344,7 @@ impl Sql {
             "uses_window",
             "version",
             "binding",
+            "rate_more",
         ]
         .iter()
         .map(|name| std::mem::replace(&mut all[index(name)], Value::Int(None)))

@@ -54,7 +54,10 @@ fn full_record() -> TokenRecord {
         disabled_at: Some(at(40)),
         last_used_at: Some(at(20)),
         allowed_networks: vec!["10.0.0.0/8".parse().unwrap()],
-        rate_quota: Some(RateQuota::new(n(100), Duration::from_secs(60), n(10)).unwrap()),
+        rate_quotas: vec![
+            RateQuota::new(n(100), Duration::from_secs(60), n(10)).unwrap(),
+            RateQuota::new(n(5_000), Duration::from_secs(86_400), n(50)).unwrap(),
+        ],
         binding: Some(tokengate_core::Binding::Dpop(
             tokengate_core::Thumbprint::new([5; 32]),
         )),
@@ -157,7 +160,7 @@ fn expiries_round_up_to_what_the_backend_stores() {
 fn each_dialect_numbers_its_placeholders() {
     let sqlite = Sql::new(Dialect::SQLITE);
     let postgres = Sql::new(Dialect::POSTGRES);
-    assert!(sqlite.insert.contains("?26)"), "{}", sqlite.insert);
+    assert!(sqlite.insert.contains("?27)"), "{}", sqlite.insert);
     assert!(!sqlite.update.contains('$'), "{}", sqlite.update);
     assert!(
         postgres.insert.contains("$17::text::jsonb"),
@@ -168,6 +171,6 @@ fn each_dialect_numbers_its_placeholders() {
     assert!(sqlite.select_by_hash.contains("FROM peppers"));
     for sql in [&sqlite, &postgres] {
         assert!(!sql.update.contains('{'), "{}", sql.update);
-        assert_eq!(sql.update_values(&full_record()).len(), 18);
+        assert_eq!(sql.update_values(&full_record()).len(), 19);
     }
 }

@@ -64,6 +64,9 @@ const MIGRATIONS: &[&str] = &[
     // 6: a token bound to a DPoP key or a client certificate
     // (`jkt:<base64url>`, `x5t#S256:<base64url>`); NULL for a bearer token.
     "ALTER TABLE tokens ADD COLUMN binding TEXT;",
+    // 7: a token's second and later rate quotas (`count/period_ms/burst`,
+    // space-separated; the first keeps its three columns).
+    "ALTER TABLE tokens ADD COLUMN rate_more TEXT NOT NULL DEFAULT '';",
 ];
 
 /// The schema version this build writes.

@@ -7,11 +7,11 @@ use super::{StoreError, TokenAdmin};
 use tokengate_core::Echo;
 use tokengate_core::TokenHasher;
 use tokengate_core::TokenId;
+use tokengate_core::{RateQuota, UseLimit, Uses};
 use tokengate_core::{Scope, ScopeSet};
 use tokengate_core::{SharedClock, SystemClock};
 use tokengate_core::{Token, TokenFormat};
 use tokengate_core::{TokenRecord, TokenStatus};
-use tokengate_core::{UseLimit, Uses};
 
 /// A token just issued: the secret, shown once, and its record.
 #[derive(Debug)]
@@ -118,6 +118,15 @@ pub enum LifecycleError {
         /// The token's limit.
         limit: u64,
     },
+    /// More rate quotas than a token may carry, or one given twice.
+    #[error(
+        "a token carries at most {} different rate quotas; {reason}",
+        RateQuota::MAX_PER_TOKEN
+    )]
+    RateQuotas {
+        /// What is wrong with them.
+        reason: String,
+    },
     /// A rotation's grace period past what the clock can represent or
     /// longer than the policy's maximum lifetime.
     #[error("grace period {requested:?} exceeds the maximum of {max:?}")]
@@ -138,6 +147,23 @@ pub(crate) fn check_uses(limit: &UseLimit) -> Result<(), LifecycleError> {
     check_count("uses", limit.uses())?;
     if let Some(refill) = limit.refill() {
         check_count("refill", refill.amount())?;
+    }
+    Ok(())
+}
+
+/// Refuses more quotas than a token may carry, and one given twice.
+pub(crate) fn check_quotas(quotas: &[RateQuota]) -> Result<(), LifecycleError> {
+    if quotas.len() > RateQuota::MAX_PER_TOKEN {
+        return Err(LifecycleError::RateQuotas {
+            reason: format!("{} given", quotas.len()),
+        });
+    }
+    for (i, quota) in quotas.iter().enumerate() {
+        if quotas[..i].contains(quota) {
+            return Err(LifecycleError::RateQuotas {
+                reason: format!("{quota} is given twice"),
+            });
+        }
     }
     Ok(())
 }
@@ -364,7 +390,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
             audiences: old.audiences.clone(),
             expiry,
             allowed_networks: old.allowed_networks.clone(),
-            rate_quota: old.rate_quota,
+            rate_quotas: old.rate_quotas.clone(),
             metadata: old.metadata.clone(),
             uses: old.uses.map(|uses| uses.limit),
             // The replacement is bound to the same key: a rotation never
@@ -430,7 +456,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
             disabled_at: None,
             last_used_at: None,
             allowed_networks: spec.allowed_networks,
-            rate_quota: spec.rate_quota,
+            rate_quotas: spec.rate_quotas.clone(),
             binding: spec.binding,
             rotated_from,
             metadata: spec.metadata,

@@ -173,7 +173,7 @@ impl TokenAdmin for MemoryStore {
             stored.expires_at = record.expires_at;
             stored.disabled_at = record.disabled_at;
             stored.allowed_networks = record.allowed_networks;
-            stored.rate_quota = record.rate_quota;
+            stored.rate_quotas.clone_from(&record.rate_quotas);
             stored.binding = record.binding;
             stored.metadata = record.metadata;
             stored.uses = match (stored.uses, record.uses) {

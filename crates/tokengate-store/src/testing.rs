@@ -243,7 +243,7 @@ pub fn record(subject: &str, scopes: &str) -> TokenRecord {
         version: 0,
         last_used_at: None,
         allowed_networks: Vec::new(),
-        rate_quota: None,
+        rate_quotas: Vec::new(),
         binding: None,
         rotated_from: None,
         metadata: std::collections::BTreeMap::new(),

@@ -3,7 +3,8 @@
 //!
 //! Field names and units, once: times are RFC 3339 in UTC with
 //! milliseconds; durations are whole seconds (`period_seconds`,
-//! `every_seconds`); a quota is `{count, period_seconds, burst}`; a usage
+//! `every_seconds`); a quota is `{count, period_seconds, burst}` (`rate`
+//! the first of a token's own, `rates` all of them); a usage
 //! limit `{limit, remaining, refill: {amount, every_seconds} | null}`;
 //! what a token does not have is `null` (an expiry, a quota, a usage
 //! limit) or empty (networks, metadata). The secret is never in it.
@@ -89,8 +90,11 @@ pub struct TokenView {
     pub last_used_at: Option<String>,
     /// The networks it may be used from; empty means any.
     pub allowed_networks: Vec<String>,
-    /// A quota of its own, if it has one.
+    /// Its first quota of its own, if it has one (`rates` has them all).
     pub rate: Option<Quota>,
+    /// Every quota of its own, all checked; empty for the limiter's default.
+    #[serde(default)]
+    pub rates: Vec<Quota>,
     /// The token it replaced by rotation, if any.
     pub rotated_from: Option<String>,
     /// Labels for applications.
@@ -157,6 +161,16 @@ pub struct Quota {
     pub burst: u32,
 }
 
+impl From<&tokengate_core::RateQuota> for Quota {
+    fn from(q: &tokengate_core::RateQuota) -> Self {
+        Self {
+            count: q.count().get(),
+            period_seconds: q.period().as_secs(),
+            burst: q.burst().get(),
+        }
+    }
+}
+
 fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
@@ -177,11 +191,8 @@ impl From<&TokenRecord> for TokenView {
             disabled_at: record.disabled_at.map(rfc3339),
             last_used_at: record.last_used_at.map(rfc3339),
             allowed_networks: strings(&mut record.allowed_networks.iter().map(ToString::to_string)),
-            rate: record.rate_quota.map(|q| Quota {
-                count: q.count().get(),
-                period_seconds: q.period().as_secs(),
-                burst: q.burst().get(),
-            }),
+            rate: record.rate_quotas.first().map(Quota::from),
+            rates: record.rate_quotas.iter().map(Quota::from).collect(),
             rotated_from: record.rotated_from.as_ref().map(ToString::to_string),
             metadata: record.metadata.clone(),
             uses: record.uses.map(|uses| UsesView {

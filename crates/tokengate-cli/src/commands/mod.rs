@@ -101,7 +101,7 @@ fn print_record(r: &TokenRecord) {
                 .join(" ")
         );
     }
-    if let Some(q) = r.rate_quota {
+    for q in &r.rate_quotas {
         println!("rate:      {q}");
     }
     if let Some(binding) = r.binding {
@@ -499,7 +499,7 @@ fn issue_spec(issue: &Issue) -> Result<(TokenSpec, IssuancePolicy)> {
         .audiences(issue.audiences.clone())
         .allowed_networks(issue.allow_ip.clone())
         .expiry(expiry);
-    if let Some(quota) = issue.quota()? {
+    for quota in issue.quotas()? {
         spec = spec.rate_quota(quota);
     }
     if let Some(limit) = issue.uses.limit() {

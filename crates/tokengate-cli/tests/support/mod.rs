@@ -85,6 +85,16 @@ impl Db {
         serde_json::from_str(&self.ok(&args)).unwrap()
     }
 
+    /// Issues with each case's flags, and checks each is refused with
+    /// an error naming its value.
+    pub(crate) fn issue_refused(&self, cases: &[(&[&str], &str)]) {
+        for (args, named) in cases {
+            let out = self.run(&[ISSUE, args].concat());
+            assert!(!out.status.success(), "{args:?}");
+            assert!(text(&out).contains(named), "{args:?}: {}", text(&out));
+        }
+    }
+
     /// The names of the files in the folder, sorted.
     pub(crate) fn files(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&self.dir)

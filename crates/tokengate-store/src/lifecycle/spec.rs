@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 use tokengate_core::{Audience, Binding, RateQuota, Scope, ScopeSet, UseLimit};
 
-use super::{LifecycleError, ceil_millis, check_text, check_uses};
+use super::{LifecycleError, ceil_millis, check_quotas, check_text, check_uses};
 
 pub(super) const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -124,6 +124,7 @@ impl IssuancePolicy {
             return Err(LifecycleError::NoScope);
         }
         self.check_scopes(&spec.scopes)?;
+        check_quotas(&spec.rate_quotas)?;
         if let Some(limit) = &spec.uses {
             check_uses(limit)?;
         }
@@ -193,7 +194,7 @@ pub struct TokenSpec {
     pub(crate) audiences: Vec<Audience>,
     pub(crate) expiry: Expiry,
     pub(crate) allowed_networks: Vec<IpNet>,
-    pub(crate) rate_quota: Option<RateQuota>,
+    pub(crate) rate_quotas: Vec<RateQuota>,
     pub(crate) metadata: BTreeMap<String, String>,
     pub(crate) uses: Option<UseLimit>,
     pub(crate) binding: Option<Binding>,
@@ -209,7 +210,7 @@ impl TokenSpec {
             audiences: Vec::new(),
             expiry: Expiry::Default,
             allowed_networks: Vec::new(),
-            rate_quota: None,
+            rate_quotas: Vec::new(),
             metadata: BTreeMap::new(),
             uses: None,
             binding: None,
@@ -251,9 +252,12 @@ impl TokenSpec {
         self
     }
 
-    /// Gives the token its own rate quota.
+    /// Gives the token a rate quota of its own (in place of the
+    /// per-token limiter's default); given again, another, all checked
+    /// (`100/min` and `10000/d`, say; at most
+    /// [`RateQuota::MAX_PER_TOKEN`], each different).
     pub fn rate_quota(mut self, quota: RateQuota) -> Self {
-        self.rate_quota = Some(quota);
+        self.rate_quotas.push(quota);
         self
     }
 

@@ -7,7 +7,8 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 
 use super::{
-    Expiry, IssuancePolicy, Lifecycle, LifecycleError, TokenSpec, check_count, check_uses,
+    Expiry, IssuancePolicy, Lifecycle, LifecycleError, TokenSpec, check_count, check_quotas,
+    check_uses,
 };
 use crate::{StoreError, TokenAdmin};
 use tokengate_core::Audience;
@@ -28,7 +29,7 @@ pub struct TokenPatch {
     audiences: Option<Vec<Audience>>,
     expiry: Option<Expiry>,
     allowed_networks: Option<Vec<IpNet>>,
-    rate_quota: Option<Option<RateQuota>>,
+    rate_quotas: Option<Vec<RateQuota>>,
     set_metadata: BTreeMap<String, String>,
     remove_metadata: Vec<String>,
     uses: Option<Option<UseLimit>>,
@@ -89,9 +90,15 @@ impl TokenPatch {
         self
     }
 
-    /// A rate quota of the token's own, or `None` for the layer's default.
-    pub fn rate_quota(mut self, quota: Option<RateQuota>) -> Self {
-        self.rate_quota = Some(quota);
+    /// A rate quota of the token's own in place of its quotas, or `None`
+    /// for the layer's default.
+    pub fn rate_quota(self, quota: Option<RateQuota>) -> Self {
+        self.rate_quotas(quota)
+    }
+
+    /// The token's rate quotas, all checked (empty: the layer's default).
+    pub fn rate_quotas(mut self, quotas: impl IntoIterator<Item = RateQuota>) -> Self {
+        self.rate_quotas = Some(quotas.into_iter().collect());
         self
     }
 
@@ -142,8 +149,8 @@ impl TokenPatch {
         if let Some(networks) = &self.allowed_networks {
             record.allowed_networks.clone_from(networks);
         }
-        if let Some(quota) = self.rate_quota {
-            record.rate_quota = quota;
+        if let Some(quotas) = &self.rate_quotas {
+            record.rate_quotas.clone_from(quotas);
         }
         if let Some(binding) = self.binding {
             record.binding = binding;
@@ -179,6 +186,9 @@ impl<S: TokenAdmin> Lifecycle<S> {
     ) -> Result<TokenRecord, LifecycleError> {
         if let Some(Some(limit)) = &changes.uses {
             check_uses(limit)?;
+        }
+        if let Some(quotas) = &changes.rate_quotas {
+            check_quotas(quotas)?;
         }
         self.changed(id, |record, now| {
             changes.apply(record, now);

@@ -68,6 +68,12 @@ pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
         std::num::NonZeroU32::new(2).unwrap(),
     )
     .unwrap();
+    let daily = RateQuota::new(
+        std::num::NonZeroU32::new(1_000).unwrap(),
+        Duration::from_secs(86_400),
+        std::num::NonZeroU32::new(50).unwrap(),
+    )
+    .unwrap();
     let changes = TokenPatch::new()
         .name("ci-renamed")
         .remove_scope("notes:write".parse().unwrap())
@@ -75,7 +81,7 @@ pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
         .audiences(["notes".parse().unwrap(), "billing".parse().unwrap()])
         .expiry(Expiry::After(7 * day))
         .allowed_networks(["10.0.0.0/8".parse().unwrap()])
-        .rate_quota(Some(quota))
+        .rate_quotas([quota, daily])
         .binding(Some(Binding::Dpop(Thumbprint::new([3; 32]))))
         .set_metadata("team", "a")
         .remove_metadata("env");
@@ -100,7 +106,11 @@ pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
         stored.allowed_networks,
         ["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]
     );
-    assert_eq!(stored.rate_quota, Some(quota));
+    assert_eq!(
+        stored.rate_quotas,
+        [quota, daily],
+        "several quotas, in order"
+    );
     assert_eq!(
         stored.binding,
         Some(Binding::Dpop(Thumbprint::new([3; 32]))),
@@ -129,7 +139,16 @@ pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
         )
         .await
         .unwrap();
-    assert_eq!(opened.rate_quota, None);
+    assert_eq!(opened.rate_quotas, []);
+    // Too many or the same twice: refused, nothing changed.
+    for quotas in [vec![quota; 2], vec![quota, daily, quota, daily, quota]] {
+        assert!(matches!(
+            lifecycle
+                .update(&id, &TokenPatch::new().rate_quotas(quotas))
+                .await,
+            Err(LifecycleError::RateQuotas { .. })
+        ));
+    }
     assert_eq!(
         opened.binding,
         Some(Binding::Certificate(Thumbprint::new([4; 32]))),

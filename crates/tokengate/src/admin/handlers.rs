@@ -155,6 +155,24 @@ fn quota(quota: Quota) -> Result<RateQuota, Problem> {
         .map_err(|e| unprocessable(format!("rate: {e}")))
 }
 
+/// The quotas of `rate` (`Some(None)`: none) or `rates`, not both;
+/// `None` when neither is given.
+fn quotas(
+    rate: Option<Option<Quota>>,
+    rates: Option<Vec<Quota>>,
+) -> Result<Option<Vec<RateQuota>>, Problem> {
+    match (rate, rates) {
+        (Some(_), Some(_)) => Err(unprocessable("give rate or rates, not both")),
+        (Some(rate), None) => Ok(Some(rate.map(quota).transpose()?.into_iter().collect())),
+        (None, Some(rates)) => rates
+            .into_iter()
+            .map(quota)
+            .collect::<Result<_, _>>()
+            .map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
 fn not_found() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "no such token id")
 }
@@ -210,8 +228,11 @@ pub(crate) async fn issue<S: TokenStore + TokenAdmin + Clone>(
     if let Some(ttl) = request.ttl_seconds {
         spec = spec.expiry(Expiry::After(Duration::from_secs(ttl)));
     }
-    if let Some(rate) = request.rate {
-        spec = spec.rate_quota(quota(rate)?);
+    for rate in quotas(request.rate.map(Some), request.rates)?
+        .into_iter()
+        .flatten()
+    {
+        spec = spec.rate_quota(rate);
     }
     if let Some(uses) = &request.uses {
         spec = spec.uses(use_limit(uses)?);
@@ -361,8 +382,8 @@ pub(crate) async fn update<S: TokenStore + TokenAdmin + Clone>(
     if let Some(networks) = &request.allowed_networks {
         changes = changes.allowed_networks(parse_all("network", networks)?);
     }
-    if let Some(rate) = request.rate {
-        changes = changes.rate_quota(rate.map(quota).transpose()?);
+    if let Some(rates) = quotas(request.rate, request.rates)? {
+        changes = changes.rate_quotas(rates);
     }
     for (key, value) in request.set_metadata {
         changes = changes.set_metadata(key, value);

@@ -30,6 +30,49 @@ async fn send(
 }
 
 #[tokio::test]
+async fn several_quotas_are_issued_replaced_and_refused_by_name() {
+    let (app, _, _) = memory_app();
+    let minute = r#"{"count":100,"period_seconds":60,"burst":20}"#;
+    let day = r#"{"count":10000,"period_seconds":86400,"burst":100}"#;
+    let body = READER.replacen('{', &format!(r#"{{"rates":[{minute},{day}],"#), 1);
+    let (status, issued) = send(&app, "POST", "/admin/tokens", &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let record = &issued["record"];
+    assert_eq!(record["rates"].as_array().unwrap().len(), 2);
+    assert_eq!(record["rate"]["period_seconds"], 60, "the first as `rate`");
+    let id = record["id"].as_str().unwrap().to_owned();
+    let path = format!("/admin/tokens/{id}");
+    let (status, one) = send(&app, "PATCH", &path, &format!(r#"{{"rates":[{day}]}}"#)).await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    assert_eq!(one["rates"].as_array().unwrap().len(), 1);
+    assert_eq!(one["rate"]["period_seconds"], 86400);
+    for (body, named) in [
+        (
+            format!(r#"{{"rate":{day},"rates":[{day}]}}"#),
+            "rate or rates",
+        ),
+        (format!(r#"{{"rates":[{day},{day}]}}"#), "given twice"),
+        (
+            format!(r#"{{"rates":[{minute},{day},{minute},{day},{minute}]}}"#),
+            "at most 4",
+        ),
+    ] {
+        let (status, problem) = send(&app, "PATCH", &path, &body).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {problem}"
+        );
+        assert!(
+            problem["detail"].as_str().unwrap().contains(named),
+            "{problem}"
+        );
+    }
+    let (_, none) = send(&app, "PATCH", &path, r#"{"rates":[]}"#).await;
+    assert_eq!(none["rates"], serde_json::json!([]));
+}
+
+#[tokio::test]
 async fn the_api_works_on_the_memory_store() {
     let (app, store, hasher) = memory_app();
     let (status, issued) = send(&app, "POST", "/admin/tokens", READER).await;

@@ -160,7 +160,11 @@ pub struct IssueRequest {
     #[serde(default)]
     #[schema(value_type = Vec<NetworkText>)]
     pub(crate) allowed_networks: Vec<String>,
+    /// A quota of its own (or give several in `rates`).
     pub(crate) rate: Option<Quota>,
+    /// Quotas of its own, all checked (at most 4, each different).
+    #[schema(max_items = 4)]
+    pub(crate) rates: Option<Vec<Quota>>,
     #[serde(default)]
     #[schema(value_type = BTreeMap<String, Text>)]
     pub(crate) metadata: BTreeMap<String, String>,
@@ -176,8 +180,8 @@ pub struct IssueRequest {
     pub(crate) cert_sha256: Option<String>,
 }
 
-/// What to change; what is absent stays. `rate: null` drops the token's
-/// own quota, `uses: null` its usage limit (a new limit keeps the count
+/// What to change; what is absent stays. `rate: null` (or `rates: []`)
+/// drops the token's own quotas, `uses: null` its usage limit (a new limit keeps the count
 /// left, capped by the new limit; reset it with `uses/reset`).
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -205,6 +209,9 @@ pub struct UpdateRequest {
     #[serde(default, deserialize_with = "some_or_null")]
     #[schema(value_type = Option<Quota>)]
     pub(crate) rate: Option<Option<Quota>>,
+    /// Replaces the token's quotas, all checked (at most 4; `[]` drops them).
+    #[schema(max_items = 4)]
+    pub(crate) rates: Option<Vec<Quota>>,
     #[serde(default)]
     #[schema(value_type = BTreeMap<String, Text>)]
     pub(crate) set_metadata: BTreeMap<String, String>,
