@@ -139,15 +139,11 @@ impl<St> Config<St> {
         }
         for (index, limiter) in self.limiters.iter().enumerate() {
             match limiter.key_of(request.headers(), request.extensions()) {
-                Some((key, gcra, quota)) => {
+                Some((key, gcra, quota, further)) => {
                     let tag = u8::try_from(index).unwrap_or(u8::MAX);
                     // A token's further quotas: the same key under tags of
                     // their own (index + 8 × the quota's place), all checked.
-                    let further = match request.extensions().get::<Principal>() {
-                        Some(p) if limiter.counts_tokens() => p.rate_quotas().get(1..),
-                        _ => None,
-                    };
-                    for (place, &more) in further.into_iter().flatten().enumerate() {
+                    for (place, &more) in further.iter().enumerate() {
                         let place = u8::try_from(place + 1).unwrap_or(u8::MAX);
                         charges.push(Charge {
                             key: (tag | place << 3, key.clone()),

@@ -120,26 +120,28 @@ impl Limiter {
         &self.name
     }
 
-    /// The key and quota of a request, or `None` when it has no key.
-    pub(crate) fn key_of(
+    /// The key and quota of a request, and a token's further quotas
+    /// (empty but for a token limiter), or `None` when it has no key.
+    pub(crate) fn key_of<'a>(
         &self,
         headers: &HeaderMap,
-        extensions: &Extensions,
-    ) -> Option<(RateKey, Gcra, RateQuota)> {
+        extensions: &'a Extensions,
+    ) -> Option<(RateKey, Gcra, RateQuota, &'a [RateQuota])> {
         let principal = || extensions.get::<Principal>();
         match &self.key {
             KeyBy::Token => {
                 let p = principal()?;
-                let (gcra, quota) = p
-                    .rate_quotas()
-                    .first()
-                    .map_or((self.gcra, self.quota), |&q| (Gcra::new(q), q));
-                Some((RateKey::Token(p.token_id().clone()), gcra, quota))
+                let (gcra, quota, further) = match p.rate_quotas() {
+                    [first, further @ ..] => (Gcra::new(*first), *first, further),
+                    [] => (self.gcra, self.quota, &[][..]),
+                };
+                Some((RateKey::Token(p.token_id().clone()), gcra, quota, further))
             }
             KeyBy::Owner => Some((
                 RateKey::Owner(principal()?.subject_shared()),
                 self.gcra,
                 self.quota,
+                &[],
             )),
             KeyBy::ClientIp => Some((
                 RateKey::Ip(network_of(
@@ -148,19 +150,15 @@ impl Limiter {
                 )),
                 self.gcra,
                 self.quota,
+                &[],
             )),
             KeyBy::Custom(f) => Some((
                 RateKey::Custom(f(headers, extensions)?),
                 self.gcra,
                 self.quota,
+                &[],
             )),
         }
-    }
-
-    /// Whether the limiter counts by token (whose further quotas are
-    /// charged beside its first).
-    pub(crate) fn counts_tokens(&self) -> bool {
-        matches!(self.key, KeyBy::Token)
     }
 
     /// The refusal for a request without this limiter's key.
