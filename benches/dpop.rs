@@ -27,18 +27,9 @@ use tokengate::{
 };
 use tower::{Layer, Service, service_fn};
 
-/// Resident set size in bytes (`VmRSS`: allocator overhead included, as
-/// a deployment pays it).
-fn rss() -> i64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: i64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
+#[path = "support/rss.rs"]
+mod rss;
+use rss::rss;
 
 const URL: &str = "http://api.test/notes";
 
@@ -167,7 +158,7 @@ fn replay_memory(_: &mut Criterion) {
     }
     let after = rss();
     #[allow(clippy::cast_precision_loss, reason = "a report")]
-    let per_proof = (after - before) as f64 / PROOFS as f64;
+    let per_proof = after.saturating_sub(before) as f64 / PROOFS as f64;
     #[allow(clippy::print_stdout, reason = "the bench's report")]
     {
         println!("dpop/replay_memory: {per_proof:.1} bytes per proof recorded ({PROOFS} proofs)");

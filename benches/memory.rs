@@ -25,17 +25,9 @@ use tokengate_rate::{Charge, MemoryRateState, RateKey};
 
 const ENTRIES: u32 = 1_000_000;
 
-/// Resident set size in bytes.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
+#[path = "support/rss.rs"]
+mod rss;
+use rss::rss;
 
 /// A cached-token record numbered `i`, owned by one of `owners` owners:
 /// its hash is SHA-256 of `i`, so the bench can look it up without

@@ -310,7 +310,7 @@ mod grpc {
             .layer(world.auth.clone())
             .layer(tokengate::EnforceScopeLayer::new(policy))
             .into_inner();
-        let (channel, authority) = super::support::grpc::serve_at(stack).await;
+        let (channel, authority) = super::support::grpc::serve(stack).await;
         let mut client = NotesClient::new(channel);
         let request = |scheme: &str, proof: String| {
             let mut request = tonic::Request::new(ListNotesRequest {});

@@ -96,7 +96,7 @@ async fn grpc_status(trusted: &str, forwarded_for: &str) -> Result<(), tonic::Co
         )
         .layer(denied())
         .into_inner();
-    let mut client = NotesClient::new(support::grpc::serve(stack).await);
+    let mut client = NotesClient::new(support::grpc::serve(stack).await.0);
     let mut request = tonic::Request::new(CreateNoteRequest { text: "x".into() });
     request
         .metadata_mut()

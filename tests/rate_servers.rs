@@ -83,7 +83,7 @@ async fn grpc_clients_get_resource_exhausted_with_a_retry_hint() {
         .layer(world.auth.clone())
         .layer(rate(&world, 1))
         .into_inner();
-    let mut client = NotesClient::new(support::grpc::serve(stack).await);
+    let mut client = NotesClient::new(support::grpc::serve(stack).await.0);
     let call = || {
         let mut request = tonic::Request::new(ListNotesRequest {});
         request.metadata_mut().insert(

@@ -32,7 +32,7 @@ async fn serve(world: &World) -> Channel {
         .layer(world.auth.clone())
         .layer(EnforceScopeLayer::new(policy))
         .into_inner();
-    support::grpc::serve(stack).await
+    support::grpc::serve(stack).await.0
 }
 
 fn with_token<T>(message: T, tokens: &[&str]) -> Request<T> {
@@ -184,7 +184,7 @@ async fn a_spent_quota_is_resource_exhausted_8_with_the_http_quota_headers() {
         .layer(world.auth.clone())
         .layer(RateLimitLayer::per_token(quota))
         .into_inner();
-    let mut client = NotesClient::new(support::grpc::serve(stack).await);
+    let mut client = NotesClient::new(support::grpc::serve(stack).await.0);
     let admitted = client
         .list_notes(with_token(ListNotesRequest {}, &[secret(&token)]))
         .await

@@ -40,27 +40,9 @@ impl Notes for NotesService {
     }
 }
 
-/// Serves [`NotesService`] behind `stack` on 127.0.0.1 and connects to it.
-pub async fn serve<L>(stack: L) -> Channel
-where
-    L: tower::Layer<tonic::service::Routes> + Clone + Send + 'static,
-    L::Service: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<
-                tokengate::check::CheckBody<tokengate::check::CheckBody<tonic::body::Body>>,
-            >,
-        > + Clone
-        + Send
-        + 'static,
-    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send,
-    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-{
-    serve_at(stack).await.0
-}
-
-/// [`serve`], and the server's address.
-pub async fn serve_at<L>(stack: L) -> (Channel, std::net::SocketAddr)
+/// Serves [`NotesService`] behind `stack` on 127.0.0.1 and connects to
+/// it; the channel and the server's address.
+pub async fn serve<L>(stack: L) -> (Channel, std::net::SocketAddr)
 where
     L: tower::Layer<tonic::service::Routes> + Clone + Send + 'static,
     L::Service: tower::Service<

@@ -41,7 +41,7 @@ impl RedisRateState {
 impl SharedReplay for RedisReplay {
     fn first_use(&self, key: [u8; 16], keep: Duration) -> ReplayFuture {
         let shared = Arc::clone(&self.shared);
-        let key = format!("{{{}}}:dpop:{}", shared.prefix, hex(&key));
+        let key = format!("{{{}}}:dpop:{}", shared.prefix, hex::encode(key));
         let millis = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1);
         Box::pin(async move {
             let timeout = shared.timeout;
@@ -63,12 +63,4 @@ impl SharedReplay for RedisReplay {
             }
         })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut text, byte| {
-        let _ = write!(text, "{byte:02x}");
-        text
-    })
 }

@@ -285,19 +285,11 @@ impl Dpop {
         request: &Request<B>,
         now: u64,
     ) -> Result<Thumbprint, InvalidReason> {
-        let mut proofs = request.headers().get_all(DPOP).iter();
-        let (Some(proof), None) = (proofs.next(), proofs.next()) else {
-            return Err(if request.headers().contains_key(DPOP) {
-                InvalidReason::DpopMalformed
-            } else {
-                InvalidReason::DpopMissing
-            });
-        };
+        let text = the_proof(request.headers())?;
         let reason = |error: ProofError| match Refused::from(error) {
             Refused::Invalid(reason) => reason,
             Refused::Full => InvalidReason::DpopMalformed,
         };
-        let text = proof.to_str().map_err(|_| InvalidReason::DpopMalformed)?;
         let proof = proof::verify(text, &self.algorithms).map_err(reason)?;
         self.request_checks(request, &proof, now).map_err(reason)?;
         Ok(proof.jkt)
@@ -389,6 +381,17 @@ fn forwarded<'a, B>(request: &'a Request<B>, name: &HeaderName) -> Option<&'a st
     Some(value.split(',').next().unwrap_or_default().trim()).filter(|v| !v.is_empty())
 }
 
+/// The request's one `DPoP` proof as text: none is `dpop_missing`;
+/// several, or one that is not visible ASCII, `dpop_malformed`.
+fn the_proof(headers: &http::HeaderMap) -> Result<&str, InvalidReason> {
+    let mut proofs = headers.get_all(DPOP).iter();
+    match (proofs.next(), proofs.next()) {
+        (Some(proof), None) => proof.to_str().map_err(|_| InvalidReason::DpopMalformed),
+        (None, _) => Err(InvalidReason::DpopMissing),
+        (Some(_), Some(_)) => Err(InvalidReason::DpopMalformed),
+    }
+}
+
 impl DpopState {
     /// Checks the request's proof for `token` at `now` (nanoseconds since
     /// the epoch): everything but the bound key, which needs the token's
@@ -400,16 +403,7 @@ impl DpopState {
         now: u64,
         hasher: &TokenHasher,
     ) -> Result<Checked, Refused> {
-        let mut proofs = request.headers().get_all(DPOP).iter();
-        let (Some(proof), None) = (proofs.next(), proofs.next()) else {
-            let reason = if request.headers().contains_key(DPOP) {
-                InvalidReason::DpopMalformed
-            } else {
-                InvalidReason::DpopMissing
-            };
-            return Err(Refused::Invalid(reason));
-        };
-        let text = proof.to_str().map_err(|_| ProofError::Malformed)?;
+        let text = the_proof(request.headers()).map_err(Refused::Invalid)?;
         let proof = proof::verify(text, &self.options.algorithms)?;
         self.options.request_checks(request, &proof, now)?;
         let token_hash = Sha256::digest(token.as_bytes());
