@@ -41,7 +41,20 @@ pub fn send<S, B>(runtime: &tokio::runtime::Runtime, service: &S, bearer: &str) 
 where
     S: Service<Request<String>, Response = Response<B>, Error = Infallible> + Clone,
 {
-    let request = Request::get("/notes")
+    send_to(runtime, service, bearer, "/notes")
+}
+
+/// [`send`] to GET `path`.
+pub fn send_to<S, B>(
+    runtime: &tokio::runtime::Runtime,
+    service: &S,
+    bearer: &str,
+    path: &str,
+) -> Response<B>
+where
+    S: Service<Request<String>, Response = Response<B>, Error = Infallible> + Clone,
+{
+    let request = Request::get(path)
         .header("authorization", bearer)
         .extension(tokengate::ipfilter::PeerAddr(([127, 0, 0, 1], 1).into()))
         .body(String::new())
@@ -58,14 +71,26 @@ pub async fn issue<St: TokenStore + TokenAdmin>(
     hasher: &TokenHasher,
     limit: Option<UseLimit>,
 ) -> String {
-    // A quota that never binds: the Gate's default (50/s) would answer
+    issue_with(cache, hasher, limit, 1).await
+}
+
+/// [`issue`] with `quotas` quotas that never bind (1 to 4).
+pub async fn issue_with<St: TokenStore + TokenAdmin>(
+    cache: &CachedStore<St>,
+    hasher: &TokenHasher,
+    limit: Option<UseLimit>,
+    quotas: u32,
+) -> String {
+    // Quotas that never bind: the Gate's default (50/s) would answer
     // most measured requests with 429.
     let unbound = std::num::NonZeroU32::MAX;
-    let quota = RateQuota::new(unbound, std::time::Duration::from_secs(1), unbound).unwrap();
     let mut spec = TokenSpec::new("bench", "alice")
         .scopes(["notes:read".parse().unwrap()])
-        .audiences(["notes".parse().unwrap()])
-        .rate_quota(quota);
+        .audiences(["notes".parse().unwrap()]);
+    for period in 1..=u64::from(quotas) {
+        let every = std::time::Duration::from_secs(period);
+        spec = spec.rate_quota(RateQuota::new(unbound, every, unbound).unwrap());
+    }
     if let Some(limit) = limit {
         spec = spec.uses(limit);
     }

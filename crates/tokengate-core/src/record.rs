@@ -153,7 +153,7 @@ pub struct RateQuota {
 impl RateQuota {
     /// The most quotas one token may carry (each is a rate-state key
     /// checked on every request).
-    pub const MAX_PER_TOKEN: usize = 4;
+    pub const MAX_PER_TOKEN: usize = 5;
 
     /// `count` requests per `period`, bursts of up to `burst`. The period
     /// must be at least one millisecond and at most one year.

@@ -249,15 +249,11 @@ impl<St: RateState> Config<St> {
         if charges.is_empty() {
             return;
         }
-        let mut principal = Extensions::new();
-        if let Some(p) = request.extensions().get::<Principal>() {
-            principal.insert(p.clone());
-        }
         let part = LateRate {
             config: Arc::clone(self),
             charges,
             quotas,
-            principal,
+            principal: request.extensions().get::<Principal>().cloned(),
         };
         Meter::add_to(request.extensions_mut(), Arc::new(part));
     }
@@ -269,7 +265,7 @@ struct LateRate<St> {
     charges: SmallVec<[Charge; 2]>,
     quotas: Quotas,
     /// The request's principal, for how its own quota is stated.
-    principal: Extensions,
+    principal: Option<Principal>,
 }
 
 impl<St: RateState> LateCharge for LateRate<St> {
@@ -291,8 +287,13 @@ impl<St: RateState> LateCharge for LateRate<St> {
             .state
             .acquire_by(&charges, config.clock.now_nanos(), deadline);
         Box::pin(async move {
+            // Made only when a handler charges: most requests never do.
+            let mut extensions = Extensions::new();
+            if let Some(principal) = &self.principal {
+                extensions.insert(principal.clone());
+            }
             config
-                .finish(answer.await, &self.quotas, &self.principal)
+                .finish(answer.await, &self.quotas, &extensions)
                 .map(drop)
         })
     }

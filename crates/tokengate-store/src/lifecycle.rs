@@ -118,7 +118,7 @@ pub enum LifecycleError {
         /// The token's limit.
         limit: u64,
     },
-    /// More rate quotas than a token may carry, or one given twice.
+    /// More rate quotas than a token may carry.
     #[error(
         "a token carries at most {} different rate quotas; {reason}",
         RateQuota::MAX_PER_TOKEN
@@ -151,21 +151,22 @@ pub(crate) fn check_uses(limit: &UseLimit) -> Result<(), LifecycleError> {
     Ok(())
 }
 
-/// Refuses more quotas than a token may carry, and one given twice.
+/// Refuses more quotas than a token may carry.
 pub(crate) fn check_quotas(quotas: &[RateQuota]) -> Result<(), LifecycleError> {
     if quotas.len() > RateQuota::MAX_PER_TOKEN {
         return Err(LifecycleError::RateQuotas {
             reason: format!("{} given", quotas.len()),
         });
     }
-    for (i, quota) in quotas.iter().enumerate() {
-        if quotas[..i].contains(quota) {
-            return Err(LifecycleError::RateQuotas {
-                reason: format!("{quota} is given twice"),
-            });
-        }
-    }
     Ok(())
+}
+
+/// `quota` added to `quotas` unless it is there (the same limit twice is
+/// the same limit).
+pub(crate) fn add_quota(quotas: &mut Vec<RateQuota>, quota: RateQuota) {
+    if !quotas.contains(&quota) {
+        quotas.push(quota);
+    }
 }
 
 pub(crate) fn check_count(field: &'static str, value: u64) -> Result<(), LifecycleError> {

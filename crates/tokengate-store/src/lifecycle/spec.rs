@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 use tokengate_core::{Audience, Binding, RateQuota, Scope, ScopeSet, UseLimit};
 
-use super::{LifecycleError, ceil_millis, check_quotas, check_text, check_uses};
+use super::{LifecycleError, add_quota, ceil_millis, check_quotas, check_text, check_uses};
 
 pub(super) const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -255,9 +255,9 @@ impl TokenSpec {
     /// Gives the token a rate quota of its own (in place of the
     /// per-token limiter's default); given again, another, all checked
     /// (`100/min` and `10000/d`, say; at most
-    /// [`RateQuota::MAX_PER_TOKEN`], each different).
+    /// [`RateQuota::MAX_PER_TOKEN`]; the same quota twice is kept once).
     pub fn rate_quota(mut self, quota: RateQuota) -> Self {
-        self.rate_quotas.push(quota);
+        add_quota(&mut self.rate_quotas, quota);
         self
     }
 

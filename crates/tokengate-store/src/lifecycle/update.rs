@@ -7,8 +7,8 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 
 use super::{
-    Expiry, IssuancePolicy, Lifecycle, LifecycleError, TokenSpec, check_count, check_quotas,
-    check_uses,
+    Expiry, IssuancePolicy, Lifecycle, LifecycleError, TokenSpec, add_quota, check_count,
+    check_quotas, check_uses,
 };
 use crate::{StoreError, TokenAdmin};
 use tokengate_core::Audience;
@@ -96,9 +96,14 @@ impl TokenPatch {
         self.rate_quotas(quota)
     }
 
-    /// The token's rate quotas, all checked (empty: the layer's default).
+    /// The token's rate quotas, all checked (empty: the layer's default;
+    /// the same quota twice is kept once).
     pub fn rate_quotas(mut self, quotas: impl IntoIterator<Item = RateQuota>) -> Self {
-        self.rate_quotas = Some(quotas.into_iter().collect());
+        let mut kept = Vec::new();
+        for quota in quotas {
+            add_quota(&mut kept, quota);
+        }
+        self.rate_quotas = Some(kept);
         self
     }
 

@@ -140,15 +140,25 @@ pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
         .await
         .unwrap();
     assert_eq!(opened.rate_quotas, []);
-    // Too many or the same twice: refused, nothing changed.
-    for quotas in [vec![quota; 2], vec![quota, daily, quota, daily, quota]] {
-        assert!(matches!(
-            lifecycle
-                .update(&id, &TokenPatch::new().rate_quotas(quotas))
-                .await,
-            Err(LifecycleError::RateQuotas { .. })
-        ));
-    }
+    // Too many: refused, nothing changed; the same twice is kept once.
+    let many = (1..=6).map(|n| {
+        let count = std::num::NonZeroU32::new(n).unwrap();
+        RateQuota::new(count, Duration::from_secs(60), count).unwrap()
+    });
+    assert!(matches!(
+        lifecycle
+            .update(&id, &TokenPatch::new().rate_quotas(many))
+            .await,
+        Err(LifecycleError::RateQuotas { .. })
+    ));
+    let twice = TokenPatch::new().rate_quotas([quota, quota]);
+    let once = lifecycle.update(&id, &twice).await.unwrap();
+    assert_eq!(once.rate_quotas, [quota]);
+    let dropped = TokenPatch::new().rate_quotas([]);
+    assert_eq!(
+        lifecycle.update(&id, &dropped).await.unwrap().rate_quotas,
+        []
+    );
     assert_eq!(
         opened.binding,
         Some(Binding::Certificate(Thumbprint::new([4; 32]))),

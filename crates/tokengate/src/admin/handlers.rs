@@ -155,22 +155,21 @@ fn quota(quota: Quota) -> Result<RateQuota, Problem> {
         .map_err(|e| unprocessable(format!("rate: {e}")))
 }
 
-/// The quotas of `rate` (`Some(None)`: none) or `rates`, not both;
-/// `None` when neither is given.
+/// The quotas `rate` (`Some(None)`: none) and `rates` name: `rate`
+/// first, then `rates`; `None` when neither is given.
 fn quotas(
     rate: Option<Option<Quota>>,
     rates: Option<Vec<Quota>>,
 ) -> Result<Option<Vec<RateQuota>>, Problem> {
-    match (rate, rates) {
-        (Some(_), Some(_)) => Err(unprocessable("give rate or rates, not both")),
-        (Some(rate), None) => Ok(Some(rate.map(quota).transpose()?.into_iter().collect())),
-        (None, Some(rates)) => rates
-            .into_iter()
-            .map(quota)
-            .collect::<Result<_, _>>()
-            .map(Some),
-        (None, None) => Ok(None),
+    if rate.is_none() && rates.is_none() {
+        return Ok(None);
     }
+    rate.flatten()
+        .into_iter()
+        .chain(rates.into_iter().flatten())
+        .map(quota)
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 fn not_found() -> Problem {

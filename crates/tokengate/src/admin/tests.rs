@@ -46,17 +46,29 @@ async fn several_quotas_are_issued_replaced_and_refused_by_name() {
     assert_eq!(status, StatusCode::OK, "{one}");
     assert_eq!(one["rates"].as_array().unwrap().len(), 1);
     assert_eq!(one["rate"]["period_seconds"], 86400);
-    for (body, named) in [
-        (
-            format!(r#"{{"rate":{day},"rates":[{day}]}}"#),
-            "rate or rates",
-        ),
-        (format!(r#"{{"rates":[{day},{day}]}}"#), "given twice"),
-        (
-            format!(r#"{{"rates":[{minute},{day},{minute},{day},{minute}]}}"#),
-            "at most 4",
-        ),
-    ] {
+    // `rate` first, then `rates`; the same quota twice is kept once.
+    let both = format!(r#"{{"rate":{minute},"rates":[{day},{minute}]}}"#);
+    let (status, both) = send(&app, "PATCH", &path, &both).await;
+    assert_eq!(status, StatusCode::OK, "{both}");
+    let periods: Vec<_> = both["rates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["period_seconds"].as_u64().unwrap())
+        .collect();
+    assert_eq!(periods, [60, 86400]);
+    let quota = |n: u32| format!(r#"{{"count":{n},"period_seconds":60,"burst":1}}"#);
+    let six = format!(
+        r#"{{"rate":{},"rates":[{},{},{},{},{}]}}"#,
+        quota(1),
+        quota(2),
+        quota(3),
+        quota(4),
+        quota(5),
+        quota(6)
+    );
+    let zero = r#"{"rates":[{"count":0,"period_seconds":60,"burst":1}]}"#.to_owned();
+    for (body, named) in [(six, "at most 5"), (zero, "rate.count")] {
         let (status, problem) = send(&app, "PATCH", &path, &body).await;
         assert_eq!(
             status,

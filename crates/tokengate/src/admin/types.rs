@@ -160,9 +160,10 @@ pub struct IssueRequest {
     #[serde(default)]
     #[schema(value_type = Vec<NetworkText>)]
     pub(crate) allowed_networks: Vec<String>,
-    /// A quota of its own (or give several in `rates`).
+    /// A quota of its own: the first, before any in `rates`.
     pub(crate) rate: Option<Quota>,
-    /// Quotas of its own, all checked (at most 4, each different).
+    /// Quotas of its own, all checked (after `rate`, if given; at most 4
+    /// here, 5 with `rate`; one given twice is kept once).
     #[schema(max_items = 4)]
     pub(crate) rates: Option<Vec<Quota>>,
     #[serde(default)]
@@ -209,7 +210,9 @@ pub struct UpdateRequest {
     #[serde(default, deserialize_with = "some_or_null")]
     #[schema(value_type = Option<Quota>)]
     pub(crate) rate: Option<Option<Quota>>,
-    /// Replaces the token's quotas, all checked (at most 4; `[]` drops them).
+    /// Replaces the token's quotas with these, after `rate` if that is
+    /// given too (all checked; at most 4 here, 5 with `rate`; `[]` with
+    /// `rate` absent or `null` drops them).
     #[schema(max_items = 4)]
     pub(crate) rates: Option<Vec<Quota>>,
     #[serde(default)]
