@@ -275,32 +275,7 @@ impl<B, St: TokenStore> Check<B> for SpendUse<'_, St> {
             .map(|s| SharedDeadline::start(request.extensions_mut(), s.wait_budget()));
         Verdict::Wait(SpendWait(Box::pin(async move {
             let answer = match shared {
-                // Leases hold single uses: a costlier request spends in
-                // the store, and the counter counts from what is left.
-                None => {
-                    Direct {
-                        store,
-                        shared: None,
-                        id,
-                        generation,
-                        limit,
-                        timeout,
-                    }
-                    .spend(at, cost)
-                    .await
-                }
-                Some(shared) if cost > 1 => {
-                    let direct = Direct {
-                        store,
-                        shared: Some(shared),
-                        id,
-                        generation,
-                        limit,
-                        timeout,
-                    };
-                    direct.spend(at, cost).await
-                }
-                Some(shared) => {
+                Some(shared) if cost == 1 => {
                     let spend = Spend {
                         id,
                         generation,
@@ -310,6 +285,20 @@ impl<B, St: TokenStore> Check<B> for SpendUse<'_, St> {
                         deadline: deadline.unwrap_or_else(Instant::now),
                     };
                     spend.leased(shared, store).await
+                }
+                // Leases hold single uses: a costlier request (or any,
+                // without a counter) spends in the store, and a counter
+                // counts from what is left.
+                shared => {
+                    let direct = Direct {
+                        store,
+                        shared,
+                        id,
+                        generation,
+                        limit,
+                        timeout,
+                    };
+                    direct.spend(at, cost).await
                 }
             };
             Spent { answer, limit, at }

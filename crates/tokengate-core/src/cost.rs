@@ -89,11 +89,6 @@ impl Meter {
         }
         Ok(())
     }
-
-    /// How many layers count this request's charges.
-    pub fn parts(&self) -> usize {
-        self.parts.len()
-    }
 }
 
 impl std::fmt::Debug for Meter {

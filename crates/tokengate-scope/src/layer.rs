@@ -55,11 +55,6 @@ impl<P: ScopeLookup> EnforceScopeLayer<P> {
         )
     }
 
-    /// What a request of `method` on `path` costs under the policy.
-    pub fn cost(&self, method: &http::Method, path: &str) -> u32 {
-        self.lookup.cost(method, path)
-    }
-
     /// The policy's costs as a function of the request, for the rate and
     /// use-limit layers; `None` when every request costs 1.
     pub fn cost_fn(&self) -> Option<CostFn> {
