@@ -91,6 +91,30 @@ impl<S: TokenAdmin> TokenAdmin for CachedStore<S> {
         self.shared.store.record_usage(used).await
     }
 
+    async fn add_usage(&self, batch: &tokengate_store::UsageBatch) -> Result<(), StoreError> {
+        self.shared.store.add_usage(batch).await
+    }
+
+    async fn usage(
+        &self,
+        id: &TokenId,
+        since: SystemTime,
+    ) -> Result<Vec<tokengate_store::UsageBucket>, StoreError> {
+        self.shared.store.usage(id, since).await
+    }
+
+    async fn top_usage(
+        &self,
+        since: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<tokengate_store::UsageTotal>, StoreError> {
+        self.shared.store.top_usage(since, limit).await
+    }
+
+    async fn prune_usage(&self, before: SystemTime) -> Result<u64, StoreError> {
+        self.shared.store.prune_usage(before).await
+    }
+
     async fn rotate(
         &self,
         old: &TokenId,

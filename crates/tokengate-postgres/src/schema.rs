@@ -57,6 +57,24 @@ const MIGRATIONS: &[&str] = &[
     // 7: a token's second and later rate quotas (`count/period_ms/burst`;
     // the first keeps its three columns).
     "ALTER TABLE tokengate_tokens ADD COLUMN rate_more text[] NOT NULL DEFAULT '{}';",
+    // 8: per-token usage: requests by hour (seconds since the epoch) and
+    // outcome (`admitted` or a refusal's reason), and each hour's last
+    // client address; pruned by hour.
+    "CREATE TABLE tokengate_usage (
+        token_id text NOT NULL,
+        hour bigint NOT NULL,
+        outcome text NOT NULL,
+        requests bigint NOT NULL,
+        PRIMARY KEY (token_id, hour, outcome)
+    );
+    CREATE INDEX tokengate_usage_by_hour ON tokengate_usage (hour);
+    CREATE TABLE tokengate_usage_clients (
+        token_id text NOT NULL,
+        hour bigint NOT NULL,
+        client text NOT NULL,
+        seen_ms bigint NOT NULL,
+        PRIMARY KEY (token_id, hour)
+    );",
 ];
 
 /// The schema version this build writes.

@@ -472,13 +472,24 @@ impl<C: GenericClient + Sync> Conn for PgConn<'_, C> {
         })
     }
 
-    fn column(&mut self, sql: &'static str, args: Vec<Value>, kind: Kind) -> Step<'_, Vec<Value>> {
+    fn rows(
+        &mut self,
+        sql: &'static str,
+        args: Vec<Value>,
+        kinds: &'static [Kind],
+    ) -> Step<'_, Vec<Vec<Value>>> {
         Box::pin(async move {
             let rows = query(self.0, sql, args).await?;
             rows.iter()
                 .map(|row| {
-                    read_value(Dialect::POSTGRES, &PgRow(row), 0, kind)
-                        .map_err(|e| StoreError::Unavailable(e.into()))
+                    kinds
+                        .iter()
+                        .enumerate()
+                        .map(|(i, kind)| {
+                            read_value(Dialect::POSTGRES, &PgRow(row), i, *kind)
+                                .map_err(|e| StoreError::Unavailable(e.into()))
+                        })
+                        .collect()
                 })
                 .collect()
         })

@@ -29,6 +29,10 @@ pub struct Dialect {
     pub peppers: &'static str,
     /// The scope catalogue.
     pub scopes: &'static str,
+    /// Per-token requests by hour and outcome.
+    pub usage: &'static str,
+    /// Per-token last client address by hour.
+    pub usage_clients: &'static str,
     /// What ends a `SELECT` that locks the rows it reads.
     lock: &'static str,
     /// The placeholder mark: `?1` or `$1`.
@@ -54,6 +58,8 @@ impl Dialect {
         tokens: "tokens",
         peppers: "peppers",
         scopes: "scopes",
+        usage: "token_usage",
+        usage_clients: "token_usage_clients",
         // A write transaction holds the database's write lock from its start.
         lock: "",
         mark: '?',
@@ -71,6 +77,8 @@ impl Dialect {
         tokens: "tokengate_tokens",
         peppers: "tokengate_peppers",
         scopes: "tokengate_scopes",
+        usage: "tokengate_usage",
+        usage_clients: "tokengate_usage_clients",
         lock: " FOR UPDATE",
         mark: '$',
         least: "LEAST",
@@ -144,6 +152,8 @@ impl Dialect {
             .replace("{tokens}", self.tokens)
             .replace("{peppers}", self.peppers)
             .replace("{scopes}", self.scopes)
+            .replace("{usage_clients}", self.usage_clients)
+            .replace("{usage}", self.usage)
             .replace("{least}", self.least)
             .replace("{greatest}", self.greatest)
             .replace("{int}", self.int)
@@ -201,6 +211,22 @@ pub struct Sql {
     pub register_scope: String,
     /// Every scope of the catalogue, in order.
     pub scope_catalogue: String,
+    /// Adds `$4` requests of token `$1` in hour `$2` with outcome `$3`.
+    pub usage_add: String,
+    /// Notes client `$3` of token `$1` in hour `$2`, seen at `$4` ms,
+    /// unless a later one is noted.
+    pub usage_client: String,
+    /// Hour, outcome and requests of token `$1` from hour `$2` on, in order.
+    pub usage_of: String,
+    /// Hour and last client of token `$1` from hour `$2` on.
+    pub usage_clients_of: String,
+    /// The `$2` tokens with the most requests from hour `$1` on: id,
+    /// admitted, refused.
+    pub usage_top: String,
+    /// Forgets requests of hours before `$1`; returns a row per row gone.
+    pub usage_prune: String,
+    /// Forgets clients of hours before `$1`.
+    pub usage_prune_clients: String,
 }
 
 impl Sql {
@@ -312,6 +338,31 @@ impl Sql {
                  ON CONFLICT (scope) DO NOTHING",
             ),
             scope_catalogue: d("SELECT scope FROM {scopes} ORDER BY scope"),
+            usage_add: d(
+                "INSERT INTO {usage} (token_id, hour, outcome, requests) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (token_id, hour, outcome) \
+                 DO UPDATE SET requests = {usage}.requests + excluded.requests",
+            ),
+            usage_client: d(
+                "INSERT INTO {usage_clients} (token_id, hour, client, seen_ms) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (token_id, hour) \
+                 DO UPDATE SET client = excluded.client, seen_ms = excluded.seen_ms \
+                 WHERE excluded.seen_ms >= {usage_clients}.seen_ms",
+            ),
+            usage_of: d("SELECT hour, outcome, requests FROM {usage} \
+                 WHERE token_id = $1 AND hour >= $2 ORDER BY hour, outcome"),
+            usage_clients_of: d("SELECT hour, client FROM {usage_clients} \
+                 WHERE token_id = $1 AND hour >= $2"),
+            usage_top: d(&format!(
+                "SELECT token_id, \
+                 SUM(CASE WHEN outcome = '{admitted}' THEN requests ELSE 0 END){{int}}, \
+                 SUM(CASE WHEN outcome = '{admitted}' THEN 0 ELSE requests END){{int}} \
+                 FROM {{usage}} WHERE hour >= $1 GROUP BY token_id \
+                 ORDER BY SUM(requests) DESC, token_id LIMIT $2",
+                admitted = tokengate_store::ADMITTED
+            )),
+            usage_prune: d("DELETE FROM {usage} WHERE hour < $1 RETURNING hour"),
+            usage_prune_clients: d("DELETE FROM {usage_clients} WHERE hour < $1"),
             columns,
             dialect,
         }

@@ -5,8 +5,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::SystemTime;
 
+use std::collections::BTreeMap;
 use tokengate_core::{ScopeSet, Taken, TokenHash, TokenId, TokenRecord, UseSpend};
-use tokengate_store::{StoreError, TokenQuery};
+
+use tokengate_store::{StoreError, TokenQuery, UsageBatch, UsageBucket, UsageTotal, hour_of};
 
 use crate::{Dialect, Kind, Sql, UseColumns, Value};
 
@@ -94,8 +96,33 @@ pub trait Conn: Send {
     /// The records `sql` selects, or changes and returns, with `values`.
     fn records<'c>(&'c mut self, sql: &'c str, values: Vec<Value>) -> Step<'c, Vec<TokenRecord>>;
 
+    /// Every row `sql` answers with `args`, its columns read as `kinds`.
+    fn rows(
+        &mut self,
+        sql: &'static str,
+        args: Vec<Value>,
+        kinds: &'static [Kind],
+    ) -> Step<'_, Vec<Vec<Value>>>;
+
     /// The first column of every row `sql` answers with `args`, read as `kind`.
-    fn column(&mut self, sql: &'static str, args: Vec<Value>, kind: Kind) -> Step<'_, Vec<Value>>;
+    fn column(&mut self, sql: &'static str, args: Vec<Value>, kind: Kind) -> Step<'_, Vec<Value>> {
+        let kinds: &'static [Kind] = match kind {
+            Kind::Int => &[Kind::Int],
+            Kind::Text => &[Kind::Text],
+            Kind::Bytes => &[Kind::Bytes],
+            Kind::Time => &[Kind::Time],
+            Kind::List => &[Kind::List],
+            Kind::Json => &[Kind::Json],
+        };
+        let rows = self.rows(sql, args, kinds);
+        Box::pin(async move {
+            Ok(rows
+                .await?
+                .into_iter()
+                .filter_map(|row| row.into_iter().next())
+                .collect())
+        })
+    }
 
     /// Runs `sql` with `values`.
     fn execute(&mut self, sql: &'static str, values: Vec<Value>) -> Step<'_, ()>;
@@ -459,6 +486,168 @@ pub async fn scope_catalogue(b: &impl Backend) -> Result<ScopeSet, StoreError> {
     .await
 }
 
+/// A count or an hour as a bound integer.
+fn int(n: u64) -> Value {
+    Value::Int(Some(i64::try_from(n).unwrap_or(i64::MAX)))
+}
+
+/// An integer read back (negative or absent: 0).
+fn uint(value: &Value) -> u64 {
+    match value {
+        Value::Int(Some(n)) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn text(value: Value) -> Option<String> {
+    match value {
+        Value::Text(text) => text,
+        _ => None,
+    }
+}
+
+/// See `TokenAdmin::add_usage`: one transaction of upserts that add.
+pub async fn add_usage(b: &impl Backend, batch: &UsageBatch) -> Result<(), StoreError> {
+    let sql = b.sql();
+    let counts: Vec<Vec<Value>> = batch
+        .counts
+        .iter()
+        .map(|c| {
+            vec![
+                Sql::id(&c.token_id),
+                int(c.hour),
+                Value::Text(Some(c.outcome.to_owned())),
+                int(c.count),
+            ]
+        })
+        .collect();
+    let clients: Vec<Vec<Value>> = batch
+        .clients
+        .iter()
+        .map(|c| {
+            vec![
+                Sql::id(&c.token_id),
+                int(c.hour),
+                Value::Text(Some(c.client.to_string())),
+                Value::Int(Some(crate::millis(c.at))),
+            ]
+        })
+        .collect();
+    b.run(Work::transaction(move |c| {
+        Box::pin(async move {
+            for values in counts {
+                c.execute(&sql.usage_add, values).await?;
+            }
+            for values in clients {
+                c.execute(&sql.usage_client, values).await?;
+            }
+            Ok(())
+        })
+    }))
+    .await
+}
+
+/// See `TokenAdmin::usage`.
+pub async fn usage(
+    b: &impl Backend,
+    id: &TokenId,
+    since: SystemTime,
+) -> Result<Vec<UsageBucket>, StoreError> {
+    let sql = b.sql();
+    let values = vec![Sql::id(id), int(hour_of(since))];
+    b.run(Work::single(move |c| {
+        Box::pin(async move {
+            let mut buckets: BTreeMap<u64, UsageBucket> = BTreeMap::new();
+            let rows = c
+                .rows(
+                    &sql.usage_of,
+                    values.clone(),
+                    &[Kind::Int, Kind::Text, Kind::Int],
+                )
+                .await?;
+            for row in rows {
+                let mut row = row.into_iter();
+                let (Some(hour), Some(outcome), Some(count)) = (row.next(), row.next(), row.next())
+                else {
+                    continue;
+                };
+                let hour = uint(&hour);
+                buckets
+                    .entry(hour)
+                    .or_insert_with(|| UsageBucket::empty(hour))
+                    .add(&text(outcome).unwrap_or_default(), uint(&count));
+            }
+            let rows = c
+                .rows(&sql.usage_clients_of, values, &[Kind::Int, Kind::Text])
+                .await?;
+            for row in rows {
+                let mut row = row.into_iter();
+                let (Some(hour), Some(client)) = (row.next(), row.next()) else {
+                    continue;
+                };
+                if let Some(bucket) = buckets.get_mut(&uint(&hour)) {
+                    bucket.last_client = text(client).and_then(|c| c.parse().ok());
+                }
+            }
+            Ok(buckets.into_values().collect())
+        })
+    }))
+    .await
+}
+
+/// See `TokenAdmin::top_usage`: summed and ranked in SQL.
+pub async fn top_usage(
+    b: &impl Backend,
+    since: SystemTime,
+    limit: usize,
+) -> Result<Vec<UsageTotal>, StoreError> {
+    let sql = b.sql();
+    let values = vec![int(hour_of(since)), int(limit as u64)];
+    b.run(Work::single(move |c| {
+        Box::pin(async move {
+            let rows = c
+                .rows(&sql.usage_top, values, &[Kind::Text, Kind::Int, Kind::Int])
+                .await?;
+            let mut totals = Vec::with_capacity(rows.len());
+            for row in rows {
+                let mut row = row.into_iter();
+                let (Some(id), Some(admitted), Some(refused)) =
+                    (row.next(), row.next(), row.next())
+                else {
+                    continue;
+                };
+                let id = text(id).unwrap_or_default();
+                let token_id = id.parse().map_err(|_| {
+                    StoreError::unavailable(crate::Unreadable::value("token_id", &id))
+                })?;
+                totals.push(UsageTotal {
+                    token_id,
+                    admitted: uint(&admitted),
+                    refused: uint(&refused),
+                });
+            }
+            Ok(totals)
+        })
+    }))
+    .await
+}
+
+/// See `TokenAdmin::prune_usage`.
+pub async fn prune_usage(b: &impl Backend, before: SystemTime) -> Result<u64, StoreError> {
+    let sql = b.sql();
+    let values = vec![int(hour_of(before))];
+    b.run(Work::transaction(move |c| {
+        Box::pin(async move {
+            let gone = c
+                .column(&sql.usage_prune, values.clone(), Kind::Int)
+                .await?;
+            c.execute(&sql.usage_prune_clients, values).await?;
+            Ok(gone.len() as u64)
+        })
+    }))
+    .await
+}
+
 /// Implements `TokenStore` and `TokenAdmin` for a [`Backend`] type with
 /// the shared logic above: a SQL store is its backend plus this line.
 #[macro_export]
@@ -585,6 +774,36 @@ macro_rules! sql_store {
                 &self,
             ) -> Result<tokengate_core::ScopeSet, tokengate_store::StoreError> {
                 $crate::store::scope_catalogue(self).await
+            }
+
+            async fn add_usage(
+                &self,
+                batch: &tokengate_store::UsageBatch,
+            ) -> Result<(), tokengate_store::StoreError> {
+                $crate::store::add_usage(self, batch).await
+            }
+
+            async fn usage(
+                &self,
+                id: &tokengate_core::TokenId,
+                since: std::time::SystemTime,
+            ) -> Result<Vec<tokengate_store::UsageBucket>, tokengate_store::StoreError> {
+                $crate::store::usage(self, id, since).await
+            }
+
+            async fn top_usage(
+                &self,
+                since: std::time::SystemTime,
+                limit: usize,
+            ) -> Result<Vec<tokengate_store::UsageTotal>, tokengate_store::StoreError> {
+                $crate::store::top_usage(self, since, limit).await
+            }
+
+            async fn prune_usage(
+                &self,
+                before: std::time::SystemTime,
+            ) -> Result<u64, tokengate_store::StoreError> {
+                $crate::store::prune_usage(self, before).await
             }
         }
     };

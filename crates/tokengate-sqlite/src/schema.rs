@@ -67,6 +67,24 @@ const MIGRATIONS: &[&str] = &[
     // 7: a token's second and later rate quotas (`count/period_ms/burst`,
     // space-separated; the first keeps its three columns).
     "ALTER TABLE tokens ADD COLUMN rate_more TEXT NOT NULL DEFAULT '';",
+    // 8: per-token usage: requests by hour (seconds since the epoch) and
+    // outcome (`admitted` or a refusal's reason), and each hour's last
+    // client address; pruned by hour.
+    "CREATE TABLE token_usage (
+        token_id TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        PRIMARY KEY (token_id, hour, outcome)
+    ) WITHOUT ROWID;
+    CREATE INDEX token_usage_by_hour ON token_usage (hour);
+    CREATE TABLE token_usage_clients (
+        token_id TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        client TEXT NOT NULL,
+        seen_ms INTEGER NOT NULL,
+        PRIMARY KEY (token_id, hour)
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

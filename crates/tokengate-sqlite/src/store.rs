@@ -396,13 +396,28 @@ impl Conn for SqliteConn<'_> {
         Box::pin(std::future::ready(records(self.0, sql, values)))
     }
 
-    fn column(&mut self, sql: &'static str, args: Vec<Value>, kind: Kind) -> Step<'_, Vec<Value>> {
-        let read = || -> rusqlite::Result<Vec<Value>> {
+    fn rows(
+        &mut self,
+        sql: &'static str,
+        args: Vec<Value>,
+        kinds: &'static [Kind],
+    ) -> Step<'_, Vec<Vec<Value>>> {
+        let read = || -> rusqlite::Result<Vec<Vec<Value>>> {
             let mut statement = self.0.prepare_cached(sql)?;
             let rows = statement.query_map(bind(args), |row| {
-                read_value(Dialect::SQLITE, &SqliteRow(row), 0, kind).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Null, e)
-                })
+                kinds
+                    .iter()
+                    .enumerate()
+                    .map(|(i, kind)| {
+                        read_value(Dialect::SQLITE, &SqliteRow(row), i, *kind).map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                i,
+                                rusqlite::types::Type::Null,
+                                e,
+                            )
+                        })
+                    })
+                    .collect()
             })?;
             rows.collect()
         };

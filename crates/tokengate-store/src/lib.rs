@@ -57,6 +57,7 @@ mod shared_replay;
 mod shared_uses;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod usage_counts;
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -74,6 +75,10 @@ pub use pepper_source::{FIRST_KEY, PEPPER_ENV, PepperSource, PepperSourceError};
 pub use redact::redact_url;
 pub use shared_replay::{ReplayFuture, SharedReplay, SharedReplayError};
 pub use shared_uses::{LeaseSpend, SharedUses, SharedUsesError, UseKey, UsesFuture};
+pub use usage_counts::{
+    ADMITTED, ClientSeen, UsageBatch, UsageBucket, UsageCount, UsageTally, UsageTotal, hour_of,
+    rank,
+};
 
 use tokengate_core::{ScopeSet, Taken, TokenHash, TokenId, TokenRecord, UseSpend};
 
@@ -247,6 +252,49 @@ pub trait TokenAdmin: Send + Sync + 'static {
     /// The scope catalogue: every scope registered so far (empty until a
     /// server has started on this store).
     fn scope_catalogue(&self) -> impl Future<Output = Result<ScopeSet, StoreError>> + Send;
+
+    /// Adds a [`UsageTally`]'s counts to the per-token hourly buckets, in
+    /// one step: counts add up (several instances' batches sum), and a
+    /// bucket's last client is the latest seen by any of them. Called in
+    /// batches every few seconds, never on a request's path. A store that
+    /// keeps no usage (this default) answers [`StoreError::Unsupported`].
+    fn add_usage(&self, batch: &UsageBatch) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = batch;
+        std::future::ready(Err(StoreError::Unsupported("per-token usage")))
+    }
+
+    /// The hourly buckets of token `id` from the hour holding `since` on,
+    /// oldest first (hours with no request are absent).
+    fn usage(
+        &self,
+        id: &TokenId,
+        since: SystemTime,
+    ) -> impl Future<Output = Result<Vec<UsageBucket>, StoreError>> + Send {
+        let _ = (id, since);
+        std::future::ready(Err(StoreError::Unsupported("per-token usage")))
+    }
+
+    /// The `limit` tokens with the most requests (admitted and refused)
+    /// from the hour holding `since` on, most first, ties by id.
+    fn top_usage(
+        &self,
+        since: SystemTime,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<UsageTotal>, StoreError>> + Send {
+        let _ = (since, limit);
+        std::future::ready(Err(StoreError::Unsupported("per-token usage")))
+    }
+
+    /// Forgets the buckets of hours that ended before `before` (the
+    /// retention); returns how many counts (of a token, an hour and an
+    /// outcome) went.
+    fn prune_usage(
+        &self,
+        before: SystemTime,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = before;
+        std::future::ready(Err(StoreError::Unsupported("per-token usage")))
+    }
 }
 
 impl<S: TokenStore> TokenStore for Arc<S> {

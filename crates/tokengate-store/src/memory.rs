@@ -1,8 +1,9 @@
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use super::{StoreError, TokenAdmin, TokenStore};
+use crate::usage_counts::{self, UsageBatch, UsageBucket, UsageTotal};
 use tokengate_core::ScopeSet;
 use tokengate_core::Taken;
 use tokengate_core::TokenHash;
@@ -24,6 +25,9 @@ struct State {
     records: HashMap<TokenId, TokenRecord>,
     by_hash: HashMap<TokenHash, TokenId>,
     catalogue: ScopeSet,
+    /// Per-token usage by hour, and when each hour's last client was seen.
+    usage: HashMap<TokenId, BTreeMap<u64, UsageBucket>>,
+    client_seen: HashMap<(TokenId, u64), SystemTime>,
 }
 
 impl MemoryStore {
@@ -240,5 +244,55 @@ impl TokenAdmin for MemoryStore {
 
     async fn scope_catalogue(&self) -> Result<ScopeSet, StoreError> {
         Ok(self.read(|s| s.catalogue.clone()))
+    }
+
+    async fn add_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
+        self.write(|s| {
+            batch.add_to(&mut s.usage);
+            for seen in &batch.clients {
+                let key = (seen.token_id.clone(), seen.hour);
+                if s.client_seen.get(&key).is_some_and(|at| *at > seen.at) {
+                    continue;
+                }
+                s.client_seen.insert(key, seen.at);
+                s.usage
+                    .entry(seen.token_id.clone())
+                    .or_default()
+                    .entry(seen.hour)
+                    .or_insert_with(|| UsageBucket::empty(seen.hour))
+                    .last_client = Some(seen.client);
+            }
+        });
+        Ok(())
+    }
+
+    async fn usage(&self, id: &TokenId, since: SystemTime) -> Result<Vec<UsageBucket>, StoreError> {
+        Ok(self.read(|s| usage_counts::buckets_since(&s.usage, id, since)))
+    }
+
+    async fn top_usage(
+        &self,
+        since: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<UsageTotal>, StoreError> {
+        Ok(self.read(|s| usage_counts::top_since(&s.usage, since, limit)))
+    }
+
+    async fn prune_usage(&self, before: SystemTime) -> Result<u64, StoreError> {
+        let keep_from = usage_counts::hour_of(before);
+        Ok(self.write(|s| {
+            let mut gone = 0;
+            for hours in s.usage.values_mut() {
+                let kept = hours.split_off(&keep_from);
+                gone += hours
+                    .values()
+                    .map(|b| u64::from(b.admitted > 0) + b.refused.len() as u64)
+                    .sum::<u64>();
+                *hours = kept;
+            }
+            s.usage.retain(|_, hours| !hours.is_empty());
+            s.client_seen.retain(|(_, hour), _| *hour >= keep_from);
+            gone
+        }))
     }
 }

@@ -198,6 +198,31 @@ impl TokenAdmin for ProbeStore {
         self.inner.record_usage(used).await
     }
 
+    async fn add_usage(&self, batch: &crate::UsageBatch) -> Result<(), StoreError> {
+        self.fault()?;
+        self.inner.add_usage(batch).await
+    }
+
+    async fn usage(
+        &self,
+        id: &TokenId,
+        since: SystemTime,
+    ) -> Result<Vec<crate::UsageBucket>, StoreError> {
+        self.inner.usage(id, since).await
+    }
+
+    async fn top_usage(
+        &self,
+        since: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<crate::UsageTotal>, StoreError> {
+        self.inner.top_usage(since, limit).await
+    }
+
+    async fn prune_usage(&self, before: SystemTime) -> Result<u64, StoreError> {
+        self.inner.prune_usage(before).await
+    }
+
     async fn rotate(
         &self,
         old: &TokenId,

@@ -9,7 +9,9 @@
 
 use std::time::{Duration, SystemTime};
 
+mod usage;
 mod uses;
+use usage::usage_conformance;
 use uses::uses_conformance;
 
 use crate::{
@@ -33,6 +35,7 @@ pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
     let hasher = TokenHasher::new(Pepper::new(KeyId::new(1), [9; 32]).unwrap());
     let lifecycle = Lifecycle::new(store, hasher.clone());
     uses_conformance(&lifecycle).await;
+    usage_conformance(lifecycle.store()).await;
     query_conformance(&lifecycle).await;
     version_conformance(&lifecycle).await;
     admin_conformance(&lifecycle).await;
