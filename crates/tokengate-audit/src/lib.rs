@@ -89,7 +89,8 @@ pub use limits::{FieldLimits, clean};
 pub use record::{AuditEvent, AuditRecord, CLIENT_CLOSED, Decision};
 pub use service::Audit;
 pub use sink::{
-    AuditSink, JsonLinesSink, JsonLinesSinkBuilder, Overflow, Reservation, SinkStats, TracingSink,
+    AuditSink, CountUsage, JsonLinesSink, JsonLinesSinkBuilder, Overflow, Reservation, SinkStats,
+    TracingSink,
 };
 
 #[cfg(test)]

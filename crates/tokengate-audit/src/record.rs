@@ -4,7 +4,9 @@
 use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime};
 
-use tokengate_core::RateFallback;
+use std::net::IpAddr;
+
+use tokengate_core::{RateFallback, TokenId};
 
 use crate::capture::{Capture, Ending};
 use crate::leak::{LEAK_REPORTED, LeakFacts, LeakReport};
@@ -25,6 +27,15 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// calls it on its writer thread, off the request path.
 pub struct AuditRecord {
     kind: Kind,
+}
+
+/// What a request's record tells its token's usage
+/// ([`AuditRecord::usage`]).
+pub(crate) struct Usage<'a> {
+    pub(crate) token_id: &'a TokenId,
+    pub(crate) at: SystemTime,
+    pub(crate) refused: Option<&'static str>,
+    pub(crate) client: Option<IpAddr>,
 }
 
 /// A request's record, or an event's ([`AuditRecord::leak_reported`]).
@@ -150,6 +161,22 @@ impl AuditRecord {
             Kind::Request(capture) => capture.timestamp + capture.latency,
             Kind::Leak(report) => report.timestamp,
         }
+    }
+
+    /// What the record tells a token's usage: for a request whose token
+    /// was verified, the token, when the request came, its refusal's
+    /// reason (none when admitted) and its client address.
+    pub(crate) fn usage(&self) -> Option<Usage<'_>> {
+        let Kind::Request(capture) = &self.kind else {
+            return None;
+        };
+        let principal = capture.principal.as_ref()?;
+        Some(Usage {
+            token_id: principal.token_id(),
+            at: capture.timestamp,
+            refused: capture.reason,
+            client: capture.client_ip.map(|ip| ip.addr()),
+        })
     }
 
     /// The record, cleaned and bounded.

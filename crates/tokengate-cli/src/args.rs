@@ -75,6 +75,24 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A token's requests by hour (admitted, refused by reason, the last
+    /// client address), or with --top the tokens with the most requests.
+    /// Servers add what they counted every few seconds (--usage-flush).
+    Usage {
+        /// The token id (tok_...); omitted with --top.
+        #[arg(required_unless_present = "top", conflicts_with = "top")]
+        id: Option<String>,
+        /// Rank this many tokens by requests (admitted and refused) instead.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        top: Option<u16>,
+        /// From this long ago (default: 7d for a token, 24h with --top).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// As JSON: `{"token_id", "buckets": [...]}`, or with --top an
+        /// array of `{"token_id", "admitted", "refused"}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a token: it fails from the next request on.
     Revoke {
         /// The token id.

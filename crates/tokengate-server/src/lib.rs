@@ -15,7 +15,7 @@ mod server;
 
 pub use dpop::DpopArgs;
 pub use leaks::LeaksArgs;
-pub use server::{Instance, RedisArgs, ServerArgs, Stopping};
+pub use server::{Instance, RedisArgs, ServerArgs, Stopping, UsageArgs};
 
 use std::net::SocketAddr;
 

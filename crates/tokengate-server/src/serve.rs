@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokengate::audit::JsonLinesSink;
+use tokengate::audit::{CountUsage, JsonLinesSink};
 use tokengate::config::GateConfig;
 use tokengate::deployment::{AnyStore, Database, SetupError};
 use tokengate::gate::GateService;
@@ -65,13 +65,16 @@ pub struct ServeArgs {
     /// Secret-scanning receivers under /leaks on the forward-auth listener.
     #[command(flatten)]
     pub leaks: LeaksArgs,
+    /// How per-token usage is kept.
+    #[command(flatten)]
+    pub usage: crate::UsageArgs,
     /// Logs and the admin listener.
     #[command(flatten)]
     pub ops: OpsArgs,
 }
 
 /// The check every endpoint runs: the policy's Gate around [`Admitted`].
-type Check<R> = GateService<Admitted, AnyStore, ScopePolicy, JsonLinesSink, R>;
+type Check<R> = GateService<Admitted, AnyStore, ScopePolicy, CountUsage<JsonLinesSink>, R>;
 
 /// Runs `tokengate serve` on `db` until SIGTERM or SIGINT. Every flag and
 /// the policy file are checked before anything is opened, bound or
@@ -99,7 +102,7 @@ pub async fn serve(
     let admin = Admin::bind(&args.ops).await?;
     // Made after the recorder is in: its counters are registered once.
     let redis = args.redis.state()?;
-    let mut builder = Deployment::builder(db).config(&config);
+    let mut builder = args.usage.apply(Deployment::builder(db)).config(&config);
     if let Some(file) = &args.audit_log {
         builder = builder.audit_log(file);
     }
@@ -167,7 +170,7 @@ fn receivers(
     )
     .client_ip(config.client_ip())
     .ip_filter(tokengate::ipfilter::IpFilterLayer::new(config.ip_rules()))
-    .audit(tokengate::audit::AuditLayer::new(deployment.audit.clone()));
+    .audit(tokengate::audit::AuditLayer::new(deployment.audit_sink()));
     Ok(Some(router.layer(gate)))
 }
 

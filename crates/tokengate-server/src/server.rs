@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokengate::audit::{JsonLinesSink, Overflow};
 use tokengate::core::Audience;
-use tokengate::deployment::{Database, Readiness, SetupError};
+use tokengate::deployment::{Database, DeploymentBuilder, Readiness, SetupError};
 use tokengate::ipfilter::{IpRules, ResolveClientIpLayer};
 use tokengate::redis::RedisRateState;
 use tokengate::store::IssuedToken;
@@ -54,9 +54,42 @@ pub struct ServerArgs {
     /// How DPoP proofs are checked.
     #[command(flatten)]
     pub dpop: crate::DpopArgs,
+    /// How per-token usage is kept.
+    #[command(flatten)]
+    pub usage: UsageArgs,
     /// Logs and the admin listener.
     #[command(flatten)]
     pub ops: OpsArgs,
+}
+
+/// Per-token usage (`tokengate usage`): requests by hour and outcome,
+/// counted in memory and added to the store in batches.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UsageArgs {
+    /// How often counted usage is added to the store (at least 100ms).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub usage_flush: Duration,
+    /// How long per-token usage is kept (at least 1h; older hours are
+    /// removed once an hour).
+    #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+    pub usage_retention: Duration,
+    /// Count no per-token usage.
+    #[arg(long)]
+    pub no_usage: bool,
+}
+
+impl UsageArgs {
+    /// `builder` keeping usage as these flags say.
+    pub fn apply(&self, builder: DeploymentBuilder) -> DeploymentBuilder {
+        let builder = builder
+            .usage_flush(self.usage_flush)
+            .usage_retention(self.usage_retention);
+        if self.no_usage {
+            builder.no_usage_counts()
+        } else {
+            builder
+        }
+    }
 }
 
 /// `--audit-overflow`: `block` or `drop`.
@@ -160,7 +193,9 @@ impl Instance {
         let admin = Admin::bind(&args.ops).await?;
         // Made after the recorder is in: its counters are registered once.
         let redis = args.redis.state()?;
-        let mut builder = Deployment::builder(args.db.clone())
+        let mut builder = args
+            .usage
+            .apply(Deployment::builder(args.db.clone()))
             .audit_log(&args.audit_log)
             .audit_sink(
                 JsonLinesSink::builder()

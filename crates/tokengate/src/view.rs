@@ -214,3 +214,68 @@ impl From<&TokenRecord> for TokenView {
         }
     }
 }
+
+/// A token's usage by hour: `tokengate usage ID --json` and
+/// `GET /admin/tokens/{id}/usage`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "admin", derive(utoipa::ToSchema))]
+pub struct UsageView {
+    /// The token id (`tok_...`).
+    pub token_id: String,
+    /// Hours with at least one request, oldest first.
+    pub buckets: Vec<UsageBucketView>,
+}
+
+/// One hour of a token's requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "admin", derive(utoipa::ToSchema))]
+pub struct UsageBucketView {
+    /// The start of the hour (RFC 3339, UTC).
+    pub start: String,
+    /// Requests admitted.
+    pub admitted: u64,
+    /// Requests refused, by reason (`rate_limited`, `insufficient_scope`, ...).
+    pub refused: BTreeMap<String, u64>,
+    /// The address of the hour's last request, when it had one.
+    pub last_client: Option<String>,
+}
+
+/// One token's requests over a time: a row of `tokengate usage --top`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "admin", derive(utoipa::ToSchema))]
+pub struct UsageTotalView {
+    /// The token id (`tok_...`).
+    pub token_id: String,
+    /// Requests admitted.
+    pub admitted: u64,
+    /// Requests refused, every reason together.
+    pub refused: u64,
+}
+
+impl UsageView {
+    /// The buckets of `id`.
+    pub fn new(id: &tokengate_core::TokenId, buckets: &[tokengate_store::UsageBucket]) -> Self {
+        Self {
+            token_id: id.to_string(),
+            buckets: buckets
+                .iter()
+                .map(|b| UsageBucketView {
+                    start: rfc3339(b.start),
+                    admitted: b.admitted,
+                    refused: b.refused.clone(),
+                    last_client: b.last_client.map(|ip| ip.to_string()),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&tokengate_store::UsageTotal> for UsageTotalView {
+    fn from(total: &tokengate_store::UsageTotal) -> Self {
+        Self {
+            token_id: total.token_id.to_string(),
+            admitted: total.admitted,
+            refused: total.refused,
+        }
+    }
+}

@@ -310,7 +310,7 @@ fn guard<R: RateState + Clone>(
     } else if args.discard_audit {
         routes.layer(gate.audit(AuditLayer::new(DiscardAudit)))
     } else {
-        routes.layer(gate.audit(AuditLayer::new(deployment.audit.clone())))
+        routes.layer(gate.audit(AuditLayer::new(deployment.audit_sink())))
     }
 }
 

@@ -144,7 +144,7 @@ async fn run(args: Args) -> Result<(), SetupError> {
             .apply(deployment.authenticate(server.audience.clone()))?,
         EnforceScopeLayer::new(policy),
     )
-    .audit(AuditLayer::new(deployment.audit.clone()))
+    .audit(AuditLayer::new(deployment.audit_sink()))
     .client_ip(server.client_ip.clone())
     .ip_filter(IpFilterLayer::new(server.ip_rules.clone()));
     // One server type whether or not the rate state is shared.

@@ -1,5 +1,6 @@
 //! Where records go.
 
+mod count;
 mod file;
 mod tracing_sink;
 
@@ -8,6 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use count::CountUsage;
 pub use file::{JsonLinesSink, JsonLinesSinkBuilder, Overflow, SinkStats};
 pub use tracing_sink::TracingSink;
 

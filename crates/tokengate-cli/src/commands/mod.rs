@@ -12,7 +12,8 @@ use tokengate::core::{
 use tokengate::deployment::{AnyStore, Database};
 use tokengate::sqlite::pepper_path;
 use tokengate::store::{
-    Expiry, IssuancePolicy, IssuedToken, LifecycleError, PEPPER_ENV, PepperSource, TokenQuery,
+    Expiry, IssuancePolicy, IssuedToken, LifecycleError, PEPPER_ENV, PepperSource, TokenAdmin,
+    TokenQuery,
 };
 use tokengate::{Lifecycle, TokenId, TokenRecord, TokenSpec, TokenStore};
 
@@ -66,6 +67,105 @@ pub(crate) fn json_line(value: &serde_json::Value) -> String {
         }
     }
     out
+}
+
+/// `tokengate usage ID`: a token's hours.
+async fn usage(
+    lifecycle: &Lifecycle<AnyStore>,
+    id: &TokenId,
+    since: SystemTime,
+    json: bool,
+) -> Result<()> {
+    if lifecycle
+        .get(id)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
+        return Err(format!("no token with id {id}"));
+    }
+    let buckets = lifecycle
+        .store()
+        .usage(id, since)
+        .await
+        .map_err(|e| e.to_string())?;
+    if json {
+        let view = tokengate::store::view::UsageView::new(id, &buckets);
+        println!("{}", json_line(&serde_json::json!(view)));
+        return Ok(());
+    }
+    if buckets.is_empty() {
+        eprintln!("no requests of {id} since {}", when(since));
+        return Ok(());
+    }
+    println!(
+        "{:<20}  {:>9}  {:>9}  {:<39}  REFUSED BY REASON",
+        "HOUR (UTC)", "ADMITTED", "REFUSED", "LAST CLIENT"
+    );
+    for bucket in &buckets {
+        let reasons: Vec<String> = bucket
+            .refused
+            .iter()
+            .map(|(reason, n)| format!("{}={n}", shown(reason)))
+            .collect();
+        println!(
+            "{:<20}  {:>9}  {:>9}  {:<39}  {}",
+            when(bucket.start),
+            bucket.admitted,
+            bucket.refused_total(),
+            bucket
+                .last_client
+                .map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+            if reasons.is_empty() {
+                "-".to_owned()
+            } else {
+                reasons.join(" ")
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `tokengate usage --top N`: the tokens with the most requests.
+async fn top_usage(
+    lifecycle: &Lifecycle<AnyStore>,
+    top: usize,
+    since: SystemTime,
+    json: bool,
+) -> Result<()> {
+    let totals = lifecycle
+        .store()
+        .top_usage(since, top)
+        .await
+        .map_err(|e| e.to_string())?;
+    if json {
+        let views: Vec<_> = totals
+            .iter()
+            .map(tokengate::store::view::UsageTotalView::from)
+            .collect();
+        println!("{}", json_line(&serde_json::json!(views)));
+        return Ok(());
+    }
+    if totals.is_empty() {
+        eprintln!("no requests since {}", when(since));
+        return Ok(());
+    }
+    println!(
+        "{:<20}  {:<24}  {:>9}  {:>9}",
+        "TOKEN", "NAME", "ADMITTED", "REFUSED"
+    );
+    for total in &totals {
+        let name = lifecycle
+            .get(&total.token_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .map_or_else(|| "-".to_owned(), |r| shown(&r.name).into_owned());
+        println!(
+            "{:<20}  {:<24}  {:>9}  {:>9}",
+            total.token_id, name, total.admitted, total.refused
+        );
+    }
+    Ok(())
 }
 
 fn print_record(r: &TokenRecord) {
@@ -337,6 +437,28 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", json_line(&record_json(&record)));
             } else {
                 print_record(&record);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Usage {
+            id,
+            top,
+            since,
+            json,
+        } => {
+            let lifecycle = open(&cli).await?;
+            let day = std::time::Duration::from_secs(86_400);
+            match (id, top) {
+                (Some(id), _) => {
+                    let id = parse_id(&lifecycle, id).await?;
+                    let since = SystemTime::now() - since.unwrap_or(7 * day);
+                    usage(&lifecycle, &id, since, *json).await?;
+                }
+                (None, Some(top)) => {
+                    let since = SystemTime::now() - since.unwrap_or(day);
+                    top_usage(&lifecycle, usize::from(*top), since, *json).await?;
+                }
+                (None, None) => return Err("name a token id, or --top N".into()),
             }
             Ok(ExitCode::SUCCESS)
         }

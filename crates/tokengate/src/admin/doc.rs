@@ -15,8 +15,8 @@ use super::handlers;
 use super::problem::Problem;
 use super::types::{
     AudienceText, IssueRequest, Issued, NetworkText, Quota, RefillSpec, ResetUsesRequest,
-    RotateRequest, ScopeText, Text, TokenIdText, TokenList, TokenView, UpdateRequest, UseLimitSpec,
-    UsesView,
+    RotateRequest, ScopeText, Text, TokenIdText, TokenList, TokenView, UpdateRequest,
+    UsageBucketView, UsageView, UseLimitSpec, UsesView,
 };
 
 #[derive(OpenApi)]
@@ -37,7 +37,8 @@ use super::types::{
         handlers::enable,
         handlers::revoke,
         handlers::rotate,
-        handlers::reset_uses
+        handlers::reset_uses,
+        handlers::usage
     ),
     components(schemas(
         TokenView,
@@ -51,6 +52,8 @@ use super::types::{
         UsesView,
         RefillSpec,
         TokenList,
+        UsageView,
+        UsageBucketView,
         Problem,
         Text,
         ScopeText,

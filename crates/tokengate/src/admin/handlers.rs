@@ -17,7 +17,7 @@ use super::delegation::Authority;
 use super::problem::{Body, OptionalBody, Params, Problem, bad_query, failed, unprocessable};
 use super::types::{
     IssueRequest, Issued, ListParams, Quota, ResetUsesRequest, RotateRequest, TokenIdText,
-    TokenList, TokenView, UpdateRequest, UseLimitSpec,
+    TokenList, TokenView, UpdateRequest, UsageParams, UsageView, UseLimitSpec,
 };
 
 pub(crate) type Shared<S> = State<Arc<Lifecycle<S>>>;
@@ -331,6 +331,35 @@ pub(crate) async fn show<S: TokenStore + TokenAdmin + Clone>(
 ) -> Result<Json<TokenView>, Problem> {
     let (_, record) = visible(&lifecycle, &caller, &id).await?;
     Ok(Json(view(&record)))
+}
+
+/// A token's requests by hour: admitted, refused by reason, and the last
+/// client address (servers add what they counted every few seconds).
+#[utoipa::path(get, path = "/admin/tokens/{id}/usage",
+    params(("id" = TokenIdText, Path, description = "The token id"), UsageParams),
+    responses((status = 200, description = "Hours with requests, oldest first", body = UsageView)))]
+pub(crate) async fn usage<S: TokenStore + TokenAdmin + Clone>(
+    State(lifecycle): Shared<S>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    Params(params): Params<UsageParams>,
+) -> Result<Json<UsageView>, Problem> {
+    let seconds = params.since_seconds.unwrap_or(7 * 86_400);
+    if seconds > MAX_WITHIN {
+        return Err(bad_query(format!(
+            "since_seconds must be at most {MAX_WITHIN}"
+        )));
+    }
+    let (id, _) = visible(&lifecycle, &caller, &id).await?;
+    let since = std::time::SystemTime::now()
+        .checked_sub(Duration::from_secs(seconds))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let buckets = lifecycle
+        .store()
+        .usage(&id, since)
+        .await
+        .map_err(|e| failed(&e.into()))?;
+    Ok(Json(UsageView::new(&id, &buckets)))
 }
 
 /// Change a token without reissuing it.

@@ -11,6 +11,7 @@
 //! | `POST /admin/tokens/{id}/disable`, `/enable`, `/revoke` | change its state |
 //! | `POST /admin/tokens/{id}/rotate` | rotate (201; the new secret in this response only) |
 //! | `POST /admin/tokens/{id}/uses/reset` | set a usage-limited token's count left (by default its limit) |
+//! | `GET /admin/tokens/{id}/usage` | its requests by hour: admitted, refused by reason, last client (`since_seconds`) |
 //! | `GET /admin/openapi.json` | the OpenAPI 3.1 document of all of this, generated from the code |
 //!
 //! The router does not authenticate: mount it behind the
@@ -51,7 +52,8 @@ use utoipa::OpenApi;
 pub use problem::Problem;
 pub use types::{
     IssueRequest, Issued, ListParams, Quota, RefillSpec, ResetUsesRequest, RotateRequest,
-    TokenList, TokenView, UpdateRequest, UseLimitSpec, UsesView,
+    TokenList, TokenView, UpdateRequest, UsageBucketView, UsageParams, UsageView, UseLimitSpec,
+    UsesView,
 };
 
 /// The scope of a root admin token: it manages every token.
@@ -80,7 +82,7 @@ pub fn router<S>(lifecycle: Lifecycle<S>) -> Router
 where
     S: TokenStore + TokenAdmin + Clone,
 {
-    use handlers::{disable, enable, issue, list, reset_uses, revoke, rotate, show, update};
+    use handlers::{disable, enable, issue, list, reset_uses, revoke, rotate, show, update, usage};
     Router::new()
         .route("/admin/tokens", post(issue::<S>).get(list::<S>))
         .route("/admin/tokens/{id}", get(show::<S>).patch(update::<S>))
@@ -89,6 +91,7 @@ where
         .route("/admin/tokens/{id}/revoke", post(revoke::<S>))
         .route("/admin/tokens/{id}/rotate", post(rotate::<S>))
         .route("/admin/tokens/{id}/uses/reset", post(reset_uses::<S>))
+        .route("/admin/tokens/{id}/usage", get(usage::<S>))
         .route("/admin/openapi.json", get(openapi::<S>))
         // Problems, not empty bodies, for what the API does not serve;
         // scoped to /admin so a router it is merged into keeps its own.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::view::whole;
-pub use crate::view::{Quota, RefillSpec, TokenView, UsesView};
+pub use crate::view::{Quota, RefillSpec, TokenView, UsageBucketView, UsageView, UsesView};
 
 /// Declares a string schema for the document only (the API reads plain
 /// strings and checks them itself): a unit type named in `value_type`.
@@ -261,6 +261,17 @@ pub struct RotateRequest {
     #[schema(minimum = 0, maximum = 7_776_000)]
     #[serde(default, deserialize_with = "whole::optional")]
     pub(crate) grace_seconds: Option<u64>,
+}
+
+/// How far back a token's usage goes.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UsageParams {
+    /// The hours from this many seconds ago on (the hour holding that
+    /// time included); 7 days when absent, at most ten years.
+    #[param(minimum = 0, maximum = 315_576_000)]
+    pub(crate) since_seconds: Option<u64>,
 }
 
 /// The list filters.

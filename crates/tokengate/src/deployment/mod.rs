@@ -21,12 +21,14 @@ use std::time::Duration;
 
 use std::path::PathBuf;
 
-use tokengate_audit::{AuditKey, AuditLayer, JsonLinesSink, JsonLinesSinkBuilder};
+use std::sync::Arc;
+
+use tokengate_audit::{AuditKey, AuditLayer, CountUsage, JsonLinesSink, JsonLinesSinkBuilder};
 use tokengate_authenticate::{AuthenticateLayer, UsageTracker};
 use tokengate_cache::{CacheConfig, CachedStore};
 use tokengate_core::{Audience, TokenHasher};
 use tokengate_scope::{EnforceScopeLayer, ScopePolicy};
-use tokengate_store::{IssuedToken, Lifecycle, TokenSpec};
+use tokengate_store::{IssuedToken, Lifecycle, TokenAdmin, TokenSpec, UsageTally};
 use tokio::task::JoinHandle;
 
 use crate::gate::Gate;
@@ -61,10 +63,15 @@ pub struct Deployment {
     pub lifecycle: Lifecycle<CachedStore<AnyStore>>,
     /// `last_used_at`, written behind every 5 s.
     pub usage: UsageTracker,
+    /// Per-token usage (requests by hour and outcome), counted by
+    /// [`audit_sink`](Self::audit_sink) and added to the store every few
+    /// seconds.
+    pub usage_counts: Arc<UsageTally>,
     /// The audit file.
     pub audit: JsonLinesSink,
     tasks: Vec<JoinHandle<()>>,
     feed: FeedHealth,
+    counting: bool,
 }
 
 impl fmt::Debug for Deployment {
@@ -83,6 +90,25 @@ pub struct DeploymentBuilder {
     pepper_file: Option<PathBuf>,
     audit_log: Option<PathBuf>,
     audit_sink: JsonLinesSinkBuilder,
+    usage: UsageSettings,
+}
+
+/// How per-token usage is kept: flushed every `flush`, kept `retention`.
+#[derive(Debug, Clone, Copy)]
+struct UsageSettings {
+    on: bool,
+    flush: Duration,
+    retention: Duration,
+}
+
+impl Default for UsageSettings {
+    fn default() -> Self {
+        Self {
+            on: true,
+            flush: Duration::from_secs(5),
+            retention: Duration::from_secs(90 * 86_400),
+        }
+    }
 }
 
 impl DeploymentBuilder {
@@ -110,6 +136,30 @@ impl DeploymentBuilder {
     #[must_use]
     pub fn audit_sink(mut self, sink: JsonLinesSinkBuilder) -> Self {
         self.audit_sink = sink;
+        self
+    }
+
+    /// How often the per-token usage counted in memory is added to the
+    /// store (5 s by default; at least 100 ms).
+    #[must_use]
+    pub fn usage_flush(mut self, every: Duration) -> Self {
+        self.usage.flush = every.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Counts no per-token usage ([`Deployment::audit_sink`] then writes
+    /// the audit file alone).
+    #[must_use]
+    pub fn no_usage_counts(mut self) -> Self {
+        self.usage.on = false;
+        self
+    }
+
+    /// How long per-token usage is kept (90 days by default; at least an
+    /// hour): older hours are removed once an hour.
+    #[must_use]
+    pub fn usage_retention(mut self, retention: Duration) -> Self {
+        self.usage.retention = retention.max(Duration::from_secs(3600));
         self
     }
 
@@ -144,6 +194,7 @@ impl DeploymentBuilder {
             self.pepper_file.as_deref(),
             &audit_log,
             self.audit_sink,
+            self.usage,
         )
         .await
     }
@@ -163,6 +214,7 @@ impl Deployment {
             pepper_file: None,
             audit_log: None,
             audit_sink: JsonLinesSinkBuilder::default(),
+            usage: UsageSettings::default(),
         }
     }
 
@@ -172,6 +224,7 @@ impl Deployment {
         pepper_file: Option<&Path>,
         audit_log: &Path,
         audit_sink: JsonLinesSinkBuilder,
+        usage_settings: UsageSettings,
     ) -> Result<Self, SetupError> {
         let (store, peppers) = db.open(true, pepper_file).await?;
         // The current pepper, knowing those rotated out.
@@ -179,6 +232,7 @@ impl Deployment {
         let cache = CachedStore::new(store.clone(), CacheConfig::default());
         let lifecycle = Lifecycle::new(cache.clone(), hasher.clone());
         let usage = UsageTracker::new(100_000);
+        let usage_counts = Arc::new(UsageTally::default());
         let audit = audit_sink
             .key(AuditKey::load_or_create(audit_log)?)
             .open(audit_log)
@@ -187,6 +241,11 @@ impl Deployment {
         let tasks = vec![
             follower,
             usage.spawn_flusher(store.clone(), Duration::from_secs(5)),
+            tokio::spawn(keep_usage_counts(
+                store.clone(),
+                Arc::clone(&usage_counts),
+                usage_settings,
+            )),
             tokio::spawn(reload::follow_peppers(
                 store.clone(),
                 pepper_file.map(Path::to_path_buf),
@@ -200,10 +259,23 @@ impl Deployment {
             hasher,
             lifecycle,
             usage,
+            usage_counts,
+            counting: usage_settings.on,
             audit,
             tasks,
             feed,
         })
+    }
+
+    /// The audit sink of this deployment's Gates: the audit file, with
+    /// every request counted for its token's usage on the way
+    /// ([`usage_counts`](Self::usage_counts)).
+    pub fn audit_sink(&self) -> CountUsage<JsonLinesSink> {
+        if self.counting {
+            CountUsage::new(self.audit.clone(), Arc::clone(&self.usage_counts))
+        } else {
+            CountUsage::off(self.audit.clone())
+        }
     }
 
     /// What `/readyz` checks for this deployment: the store, its change
@@ -252,12 +324,12 @@ impl Deployment {
         &self,
         audience: &str,
         policy: ScopePolicy,
-    ) -> Result<Gate<AnyStore, ScopePolicy, JsonLinesSink>, SetupError> {
+    ) -> Result<Gate<AnyStore, ScopePolicy, CountUsage<JsonLinesSink>>, SetupError> {
         let audience: Audience = audience.parse()?;
         self.register_scopes(&policy).await?;
         Ok(
             Gate::new(self.authenticate(audience), EnforceScopeLayer::new(policy))
-                .audit(AuditLayer::new(self.audit.clone())),
+                .audit(AuditLayer::new(self.audit_sink())),
         )
     }
 
@@ -281,12 +353,12 @@ impl Deployment {
     pub async fn gate_from_config(
         &self,
         config: &crate::config::GateConfig,
-    ) -> Result<Gate<AnyStore, ScopePolicy, JsonLinesSink>, SetupError> {
+    ) -> Result<Gate<AnyStore, ScopePolicy, CountUsage<JsonLinesSink>>, SetupError> {
         self.register_scopes(config.policy()).await?;
         let authenticate = self.authenticate(config.audience().clone());
         Ok(config
             .configure(authenticate)
-            .audit(AuditLayer::new(self.audit.clone())))
+            .audit(AuditLayer::new(self.audit_sink())))
     }
 
     /// Stops the background tasks, writes pending usage and flushes the
@@ -296,7 +368,34 @@ impl Deployment {
             task.abort();
         }
         self.usage.flush(&self.store).await;
+        if let Err(error) = self.usage_counts.flush(&self.store).await {
+            tracing::warn!(%error, "could not write per-token usage at shutdown");
+        }
         self.audit.shutdown();
+    }
+}
+
+/// Adds the usage counted in memory to the store every `settings.flush`
+/// (a failed write is kept for the next), and removes hours older than
+/// the retention once an hour.
+async fn keep_usage_counts(store: AnyStore, tally: Arc<UsageTally>, settings: UsageSettings) {
+    let mut tick = tokio::time::interval(settings.flush);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pruned: Option<std::time::Instant> = None;
+    loop {
+        tick.tick().await;
+        if let Err(error) = tally.flush(&store).await {
+            tracing::warn!(%error, "could not write per-token usage; kept for the next flush");
+        }
+        if pruned.is_none_or(|at| at.elapsed() >= Duration::from_secs(3600)) {
+            let before = std::time::SystemTime::now()
+                .checked_sub(settings.retention)
+                .unwrap_or(std::time::UNIX_EPOCH);
+            match store.prune_usage(before).await {
+                Ok(_) => pruned = Some(std::time::Instant::now()),
+                Err(error) => tracing::warn!(%error, "could not remove old per-token usage"),
+            }
+        }
     }
 }
 

@@ -144,7 +144,17 @@ impl Deployment {
         Self::start_with(name, None).await
     }
 
+    /// Three servers on one PostgreSQL database, without Redis, with
+    /// `more` flags.
+    pub async fn start_with_flags(name: &str, more: &[&str]) -> Option<Self> {
+        Self::start_with_more(name, None, more).await
+    }
+
     async fn start_with(name: &str, redis: Option<String>) -> Option<Self> {
+        Self::start_with_more(name, redis, &[]).await
+    }
+
+    async fn start_with_more(name: &str, redis: Option<String>, more: &[&str]) -> Option<Self> {
         let turn = turn().await;
         let db = TestDatabase::create().await?;
         let bin = env!("CARGO_BIN_EXE_axum-notes");
@@ -167,6 +177,7 @@ impl Deployment {
                     "--pre-auth-rate",
                     "100000",
                 ];
+                flags.extend(more);
                 if let Some(redis) = &redis {
                     flags.extend([
                         "--redis",
@@ -214,6 +225,17 @@ impl Deployment {
         cli(env!("CARGO_BIN_EXE_axum-notes"), self.db.url(), &args)
             .trim()
             .to_owned()
+    }
+
+    /// [`Deployment::cli`] that borrows nothing of the deployment.
+    pub fn clone_cli(&self) -> impl Fn(&[&str]) -> String + use<> {
+        let (url, pepper) = (self.db.url().to_owned(), self.pepper.clone());
+        move |args| {
+            let args = [&["--pepper-file", pepper.as_str()][..], args].concat();
+            cli(env!("CARGO_BIN_EXE_axum-notes"), &url, &args)
+                .trim()
+                .to_owned()
+        }
     }
 
     /// The id of `token`, as `tokengate inspect` shows it.

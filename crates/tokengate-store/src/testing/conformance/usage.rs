@@ -36,7 +36,8 @@ pub(super) async fn usage_conformance<S: TokenAdmin>(store: &S) {
         TokenId::generate(),
         TokenId::generate(),
     );
-    let h1 = 1_800_000_000 - 1_800_000_000 % 3600;
+    // 1,800,000,000 is a multiple of 3600: the start of an hour.
+    let h1 = 1_800_000_000;
     let h2 = h1 + 3600;
     // Two instances' batches for the same hours: they add up.
     let first = UsageBatch {
