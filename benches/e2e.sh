@@ -15,6 +15,8 @@
 #                 token's last 7 days, so the bench token gets none), and
 #                 without the success RateLimit headers: what each header
 #                 costs;
+#   gate-no-usage the full Gate without per-token usage counting
+#                 (--no-usage): what counting costs;
 #   gate-metrics  the full Gate with the admin listener on, so a
 #                 Prometheus recorder records every metric: its cost;
 #   gate-redis    the full Gate with its rate state in Redis (REDIS_URL,
@@ -81,6 +83,7 @@ run() { # mode -> "rps p99 cpu"
   case "$1" in
     bare) server+=(--no-gate) ;;
     gate) ;;
+    gate-no-usage) server+=(--no-usage) ;;
     gate-redis) server+=(--redis "$redis" --redis-prefix "$prefix") ;;
     gate-metrics) server+=(--admin-listen 127.0.0.1:0) ;;
     gate-expires) server+=(--token-expires-always) ;;

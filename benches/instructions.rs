@@ -22,6 +22,8 @@
 //!   and with `#[inline(always)]`: what a user's check costs, and whether
 //!   it needs the attribute to be cheap;
 //! - `gate`: the full gate auditing to a JSON-lines file;
+//! - `gate-usage`: the same, each request also counted for its token's
+//!   usage (`CountUsage`, as a `Deployment`'s Gates do);
 //! - `gate-prometheus`: the same with a Prometheus recorder installed
 //!   (every metric the gate emits recorded).
 //!
@@ -305,6 +307,16 @@ fn main() {
                     .audit(AuditLayer::new(Discard))
                     .with_check(InlinedCheck);
                 drive(gate.layer(handler()), &bearer, requests)
+            } else if stack == "gate-usage" {
+                // The Deployment's sink: the same file, each request
+                // counted for its token's usage on the way.
+                let tally = std::sync::Arc::new(tokengate::store::UsageTally::default());
+                let sink = tokengate::audit::CountUsage::new(sink.clone(), tally);
+                drive(
+                    gate.audit(AuditLayer::new(sink)).layer(handler()),
+                    &bearer,
+                    requests,
+                )
             } else {
                 drive(
                     gate.audit(AuditLayer::new(sink.clone())).layer(handler()),

@@ -569,4 +569,6 @@ pub mod docs {
     pub struct Leaks;
     #[doc = include_str!("../docs/dpop.md")]
     pub struct Dpop;
+    #[doc = include_str!("../docs/usage.md")]
+    pub struct Usage;
 }

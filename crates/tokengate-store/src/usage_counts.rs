@@ -155,19 +155,46 @@ pub struct UsageTally {
 
 #[derive(Debug, Default)]
 struct Shard {
-    tokens: HashMap<TokenId, Counted>,
+    tokens: HashMap<TokenId, Counted, foldhash::quality::RandomState>,
     dropped: u64,
 }
 
 impl Shard {
-    /// `id`'s counts, made when there is room for one more token.
-    fn slot(&mut self, id: &TokenId, room: usize) -> Option<&mut Counted> {
-        use std::collections::hash_map::Entry;
+    /// Adds `count` requests of `id` in `hour` with `outcome` (and its
+    /// client), when the token is held or there is room for one more;
+    /// else counts them dropped. The id is cloned only for a token new
+    /// since the last flush.
+    fn add(&mut self, id: &TokenId, room: usize, counts: (u64, &'static str, u64), last: Last) {
         let full = self.tokens.len() >= room;
-        match self.tokens.entry(id.clone()) {
-            Entry::Occupied(counted) => Some(counted.into_mut()),
-            Entry::Vacant(slot) if !full => Some(slot.insert(Counted::default())),
-            Entry::Vacant(_) => None,
+        match self.tokens.get_mut(id) {
+            Some(counted) => counted.add(counts, last),
+            None if !full => {
+                let mut counted = Counted::default();
+                counted.add(counts, last);
+                self.tokens.insert(id.clone(), counted);
+            }
+            None => self.dropped += counts.2,
+        }
+    }
+}
+
+/// A client address and when it was seen.
+type Last = Option<(IpAddr, SystemTime)>;
+
+impl Counted {
+    fn add(&mut self, (hour, outcome, count): (u64, &'static str, u64), last: Last) {
+        match self
+            .counts
+            .iter_mut()
+            .find(|(h, o, _)| *h == hour && *o == outcome)
+        {
+            Some((_, _, n)) => *n += count,
+            None => self.counts.push((hour, outcome, count)),
+        }
+        if let Some((client, at)) = last
+            && self.last.is_none_or(|(_, seen)| seen <= at)
+        {
+            self.last = Some((client, at));
         }
     }
 }
@@ -206,25 +233,9 @@ impl UsageTally {
         client: Option<IpAddr>,
     ) {
         let outcome = refused.unwrap_or(ADMITTED);
-        let hour = hour_of(at);
-        let mut shard = self.shard(id);
-        let Some(counted) = shard.slot(id, self.per_shard) else {
-            shard.dropped += 1;
-            return;
-        };
-        match counted
-            .counts
-            .iter_mut()
-            .find(|(h, o, _)| *h == hour && *o == outcome)
-        {
-            Some((_, _, n)) => *n += 1,
-            None => counted.counts.push((hour, outcome, 1)),
-        }
-        if let Some(client) = client
-            && counted.last.is_none_or(|(_, seen)| seen <= at)
-        {
-            counted.last = Some((client, at));
-        }
+        let last = client.map(|client| (client, at));
+        self.shard(id)
+            .add(id, self.per_shard, (hour_of(at), outcome, 1), last);
     }
 
     /// Requests not counted because the tally was full, since it was made.
@@ -263,19 +274,12 @@ impl UsageTally {
     /// the next (what does not fit is dropped and counted).
     pub fn put_back(&self, batch: UsageBatch) {
         for c in batch.counts {
-            let mut shard = self.shard(&c.token_id);
-            let Some(counted) = shard.slot(&c.token_id, self.per_shard) else {
-                shard.dropped += c.count;
-                continue;
-            };
-            match counted
-                .counts
-                .iter_mut()
-                .find(|(h, o, _)| *h == c.hour && *o == c.outcome)
-            {
-                Some((_, _, n)) => *n += c.count,
-                None => counted.counts.push((c.hour, c.outcome, c.count)),
-            }
+            self.shard(&c.token_id).add(
+                &c.token_id,
+                self.per_shard,
+                (c.hour, c.outcome, c.count),
+                None,
+            );
         }
         for seen in batch.clients {
             let mut shard = self.shard(&seen.token_id);

@@ -359,7 +359,7 @@ fn the_document_declares_queries_security_every_error_and_optional_bodies() {
             }
         }
     }
-    assert_eq!(operations, 9);
+    assert_eq!(operations, 10);
     let problem = &doc["components"]["responses"]["Problem401"]["content"];
     assert!(problem["application/problem+json"].is_object(), "{problem}");
     for path in ["/admin/tokens/{id}/rotate", "/admin/tokens/{id}/uses/reset"] {
