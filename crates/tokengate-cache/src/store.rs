@@ -115,6 +115,57 @@ impl<S: TokenAdmin> TokenAdmin for CachedStore<S> {
         self.shared.store.prune_usage(before).await
     }
 
+    async fn add_webhook(&self, webhook: &tokengate_store::Webhook) -> Result<(), StoreError> {
+        self.shared.store.add_webhook(webhook).await
+    }
+
+    async fn webhooks(&self) -> Result<Vec<tokengate_store::Webhook>, StoreError> {
+        self.shared.store.webhooks().await
+    }
+
+    async fn remove_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        self.shared.store.remove_webhook(id).await
+    }
+
+    async fn enqueue_event(
+        &self,
+        event: &tokengate_store::WebhookEvent,
+    ) -> Result<usize, StoreError> {
+        self.shared.store.enqueue_event(event).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: SystemTime,
+        claimer: &str,
+        limit: usize,
+    ) -> Result<Vec<tokengate_store::Delivery>, StoreError> {
+        self.shared
+            .store
+            .claim_deliveries(now, claimer, limit)
+            .await
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        claimer: &str,
+        attempt: &tokengate_store::Attempt,
+    ) -> Result<bool, StoreError> {
+        self.shared
+            .store
+            .finish_delivery(id, claimer, attempt)
+            .await
+    }
+
+    async fn deliveries(
+        &self,
+        failed_only: bool,
+        limit: usize,
+    ) -> Result<Vec<tokengate_store::Delivery>, StoreError> {
+        self.shared.store.deliveries(failed_only, limit).await
+    }
+
     async fn rotate(
         &self,
         old: &TokenId,

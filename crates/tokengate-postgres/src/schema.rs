@@ -75,6 +75,33 @@ const MIGRATIONS: &[&str] = &[
         seen_ms bigint NOT NULL,
         PRIMARY KEY (token_id, hour)
     );",
+    // 9: lifecycle webhooks: the subscriptions (events space-separated),
+    // and the outbox of deliveries (times in ms since the epoch; a claim
+    // holds a delivery until lease_ms).
+    "CREATE TABLE tokengate_webhooks (
+        id text PRIMARY KEY,
+        url text NOT NULL,
+        events text NOT NULL,
+        secret text NOT NULL,
+        created_ms bigint NOT NULL
+    );
+    CREATE TABLE tokengate_webhook_deliveries (
+        id bigserial PRIMARY KEY,
+        webhook_id text NOT NULL,
+        event_id text NOT NULL,
+        event_type text NOT NULL,
+        body text NOT NULL,
+        created_ms bigint NOT NULL,
+        attempts bigint NOT NULL DEFAULT 0,
+        state text NOT NULL,
+        next_ms bigint NOT NULL,
+        lease_ms bigint NOT NULL DEFAULT 0,
+        claimed_by text NOT NULL DEFAULT '',
+        last_status bigint,
+        last_error text
+    );
+    CREATE INDEX tokengate_webhook_deliveries_due
+        ON tokengate_webhook_deliveries (state, next_ms);",
 ];
 
 /// The schema version this build writes.

@@ -25,6 +25,8 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod uses;
+#[doc(hidden)]
+pub mod webhooks;
 
 pub use filter::LATEST;
 pub use row::{

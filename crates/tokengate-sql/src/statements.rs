@@ -33,6 +33,13 @@ pub struct Dialect {
     pub usage: &'static str,
     /// Per-token last client address by hour.
     pub usage_clients: &'static str,
+    /// Webhook subscriptions.
+    pub webhooks: &'static str,
+    /// The webhook outbox and its log.
+    pub deliveries: &'static str,
+    /// What ends a sub-select of rows to claim: rows another transaction
+    /// holds are skipped where the backend locks rows.
+    pub(crate) skip_locked: &'static str,
     /// What ends a `SELECT` that locks the rows it reads.
     lock: &'static str,
     /// The placeholder mark: `?1` or `$1`.
@@ -60,6 +67,9 @@ impl Dialect {
         scopes: "scopes",
         usage: "token_usage",
         usage_clients: "token_usage_clients",
+        webhooks: "webhooks",
+        deliveries: "webhook_deliveries",
+        skip_locked: "",
         // A write transaction holds the database's write lock from its start.
         lock: "",
         mark: '?',
@@ -79,6 +89,9 @@ impl Dialect {
         scopes: "tokengate_scopes",
         usage: "tokengate_usage",
         usage_clients: "tokengate_usage_clients",
+        webhooks: "tokengate_webhooks",
+        deliveries: "tokengate_webhook_deliveries",
+        skip_locked: " FOR UPDATE SKIP LOCKED",
         lock: " FOR UPDATE",
         mark: '$',
         least: "LEAST",
@@ -147,13 +160,16 @@ impl Dialect {
     }
 
     /// `sql`, written with `$n` placeholders, in this dialect.
-    fn text(&self, sql: &str) -> String {
+    pub(crate) fn text(&self, sql: &str) -> String {
         sql.replace('$', &self.mark.to_string())
             .replace("{tokens}", self.tokens)
             .replace("{peppers}", self.peppers)
             .replace("{scopes}", self.scopes)
             .replace("{usage_clients}", self.usage_clients)
             .replace("{usage}", self.usage)
+            .replace("{webhooks}", self.webhooks)
+            .replace("{deliveries}", self.deliveries)
+            .replace("{skip_locked}", self.skip_locked)
             .replace("{least}", self.least)
             .replace("{greatest}", self.greatest)
             .replace("{int}", self.int)

@@ -26,7 +26,7 @@ pub struct Work<T> {
 
 impl<T> Work<T> {
     /// `steps` on one connection.
-    fn single(
+    pub(crate) fn single(
         steps: impl for<'c> FnOnce(&'c mut dyn Conn) -> Step<'c, T> + Send + 'static,
     ) -> Self {
         Self {
@@ -36,7 +36,7 @@ impl<T> Work<T> {
     }
 
     /// `steps` in one transaction: all or nothing.
-    fn transaction(
+    pub(crate) fn transaction(
         steps: impl for<'c> FnOnce(&'c mut dyn Conn) -> Step<'c, T> + Send + 'static,
     ) -> Self {
         Self {
@@ -804,6 +804,56 @@ macro_rules! sql_store {
                 before: std::time::SystemTime,
             ) -> Result<u64, tokengate_store::StoreError> {
                 $crate::store::prune_usage(self, before).await
+            }
+
+            async fn add_webhook(
+                &self,
+                webhook: &tokengate_store::Webhook,
+            ) -> Result<(), tokengate_store::StoreError> {
+                $crate::webhooks::add_webhook(self, webhook).await
+            }
+
+            async fn webhooks(
+                &self,
+            ) -> Result<Vec<tokengate_store::Webhook>, tokengate_store::StoreError> {
+                $crate::webhooks::webhooks(self).await
+            }
+
+            async fn remove_webhook(&self, id: &str) -> Result<bool, tokengate_store::StoreError> {
+                $crate::webhooks::remove_webhook(self, id).await
+            }
+
+            async fn enqueue_event(
+                &self,
+                event: &tokengate_store::WebhookEvent,
+            ) -> Result<usize, tokengate_store::StoreError> {
+                $crate::webhooks::enqueue_event(self, event).await
+            }
+
+            async fn claim_deliveries(
+                &self,
+                now: std::time::SystemTime,
+                claimer: &str,
+                limit: usize,
+            ) -> Result<Vec<tokengate_store::Delivery>, tokengate_store::StoreError> {
+                $crate::webhooks::claim_deliveries(self, now, claimer, limit).await
+            }
+
+            async fn finish_delivery(
+                &self,
+                id: i64,
+                claimer: &str,
+                attempt: &tokengate_store::Attempt,
+            ) -> Result<bool, tokengate_store::StoreError> {
+                $crate::webhooks::finish_delivery(self, id, claimer, attempt).await
+            }
+
+            async fn deliveries(
+                &self,
+                failed_only: bool,
+                limit: usize,
+            ) -> Result<Vec<tokengate_store::Delivery>, tokengate_store::StoreError> {
+                $crate::webhooks::deliveries(self, failed_only, limit).await
             }
         }
     };

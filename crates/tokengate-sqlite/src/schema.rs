@@ -85,6 +85,32 @@ const MIGRATIONS: &[&str] = &[
         seen_ms INTEGER NOT NULL,
         PRIMARY KEY (token_id, hour)
     ) WITHOUT ROWID;",
+    // 9: lifecycle webhooks: the subscriptions (events space-separated),
+    // and the outbox of deliveries (times in ms since the epoch; a claim
+    // holds a delivery until lease_ms).
+    "CREATE TABLE webhooks (
+        id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        events TEXT NOT NULL,
+        secret TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE webhook_deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        webhook_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        next_ms INTEGER NOT NULL,
+        lease_ms INTEGER NOT NULL DEFAULT 0,
+        claimed_by TEXT NOT NULL DEFAULT '',
+        last_status INTEGER,
+        last_error TEXT
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (state, next_ms);",
 ];
 
 /// The schema version this build writes.

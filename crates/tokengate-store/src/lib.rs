@@ -58,6 +58,7 @@ mod shared_uses;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod usage_counts;
+mod webhooks;
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -78,6 +79,10 @@ pub use shared_uses::{LeaseSpend, SharedUses, SharedUsesError, UseKey, UsesFutur
 pub use usage_counts::{
     ADMITTED, ClientSeen, UsageBatch, UsageBucket, UsageCount, UsageTally, UsageTotal, hour_of,
     rank,
+};
+pub use webhooks::{
+    Attempt, Delivery, DeliveryState, EventType, EventTypeError, GIVE_UP, LEASE, Webhook,
+    WebhookError, WebhookEvent, retry_at,
 };
 
 use tokengate_core::{ScopeSet, Taken, TokenHash, TokenId, TokenRecord, UseSpend};
@@ -283,6 +288,76 @@ pub trait TokenAdmin: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<UsageTotal>, StoreError>> + Send {
         let _ = (since, limit);
         std::future::ready(Err(StoreError::Unsupported("per-token usage")))
+    }
+
+    /// Adds a webhook. A store without webhooks (this default) answers
+    /// [`StoreError::Unsupported`].
+    fn add_webhook(
+        &self,
+        webhook: &Webhook,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = webhook;
+        std::future::ready(Err(StoreError::Unsupported("webhooks")))
+    }
+
+    /// Every webhook, oldest first.
+    fn webhooks(&self) -> impl Future<Output = Result<Vec<Webhook>, StoreError>> + Send {
+        std::future::ready(Err(StoreError::Unsupported("webhooks")))
+    }
+
+    /// Removes the webhook `id` (its pending deliveries fail, named so in
+    /// the log); whether there was one.
+    fn remove_webhook(&self, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = id;
+        std::future::ready(Err(StoreError::Unsupported("webhooks")))
+    }
+
+    /// Writes `event` to the outbox: one pending delivery for every
+    /// webhook that wants its type, in one step; returns how many. This
+    /// default (a store without webhooks) writes none.
+    fn enqueue_event(
+        &self,
+        event: &WebhookEvent,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        let _ = event;
+        std::future::ready(Ok(0))
+    }
+
+    /// Claims up to `limit` deliveries due at `now` for `claimer` until
+    /// `now` + [`LEASE`], oldest due first: no other claimer gets them
+    /// meanwhile (across processes), so a delivery is posted once unless
+    /// its claimer dies mid-post.
+    fn claim_deliveries(
+        &self,
+        now: SystemTime,
+        claimer: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send {
+        let _ = (now, claimer, limit);
+        std::future::ready(Err(StoreError::Unsupported("webhooks")))
+    }
+
+    /// Records an attempt of delivery `id` by `claimer` (ignored when the
+    /// lease passed to another); whether it was recorded.
+    fn finish_delivery(
+        &self,
+        id: i64,
+        claimer: &str,
+        attempt: &Attempt,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = (id, claimer, attempt);
+        std::future::ready(Err(StoreError::Unsupported("webhooks")))
+    }
+
+    /// The latest `limit` deliveries, newest first; with `failed_only`
+    /// those given up and those whose last attempt failed.
+    fn deliveries(
+        &self,
+        failed_only: bool,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send {
+        let _ = (failed_only, limit);
+        std::future::ready(Err(StoreError::Unsupported("webhooks")))
     }
 
     /// Forgets the buckets of hours that ended before `before` (the

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use super::{StoreError, TokenAdmin};
+use crate::webhooks::{EventType, WebhookEvent};
 use tokengate_core::Echo;
 use tokengate_core::TokenHasher;
 use tokengate_core::TokenId;
@@ -313,6 +314,7 @@ impl<S: TokenAdmin> Lifecycle<S> {
         let now = self.clock.now();
         let (issued, record) = self.build(&self.policy, spec, now, None)?;
         self.store.insert(record.clone()).await?;
+        self.announce(EventType::Issued, &record, &[]).await;
         Ok(IssuedToken {
             token: issued,
             record,
@@ -321,7 +323,26 @@ impl<S: TokenAdmin> Lifecycle<S> {
 
     /// Revokes the token: it fails from the next request on.
     pub async fn revoke(&self, id: &TokenId) -> Result<TokenRecord, LifecycleError> {
-        Ok(self.store.revoke(id, self.clock.now()).await?)
+        let record = self.store.revoke(id, self.clock.now()).await?;
+        self.announce(EventType::Revoked, &record, &[]).await;
+        Ok(record)
+    }
+
+    /// Writes the event `kind` of `record` to the store's webhook outbox
+    /// (a store without webhooks takes none). The change it tells of has
+    /// happened: an outbox that cannot take the event is logged, not
+    /// turned into the change's failure.
+    pub(crate) async fn announce(
+        &self,
+        kind: EventType,
+        record: &TokenRecord,
+        more: &[(&str, &str)],
+    ) {
+        let event = WebhookEvent::of(kind, record, self.clock.now(), more);
+        if let Err(error) = self.store.enqueue_event(&event).await {
+            tracing::error!(%error, event = kind.as_str(), token_id = %record.id,
+                "the webhook outbox could not take an event");
+        }
     }
 
     /// Replaces the token with a new one of the same grants and lifetime;
@@ -409,9 +430,16 @@ impl<S: TokenAdmin> Lifecycle<S> {
             })?;
         let (token, record) = self.build(&policy, spec, now, Some(old.id.clone()))?;
         let old_expires_at = old.expires_at.map_or(grace_end, |at| at.min(grace_end));
-        self.store
+        let old = self
+            .store
             .rotate(id, old_expires_at, record.clone())
             .await?;
+        self.announce(
+            EventType::Rotated,
+            &old,
+            &[("replacement_id", record.id.as_str())],
+        )
+        .await;
         Ok(IssuedToken { token, record })
     }
 

@@ -4,6 +4,7 @@ use std::time::SystemTime;
 
 use super::{StoreError, TokenAdmin, TokenStore};
 use crate::usage_counts::{self, UsageBatch, UsageBucket, UsageTotal};
+use crate::webhooks::{Attempt, Delivery, DeliveryState, LEASE, Webhook, WebhookEvent};
 use tokengate_core::ScopeSet;
 use tokengate_core::Taken;
 use tokengate_core::TokenHash;
@@ -28,6 +29,9 @@ struct State {
     /// Per-token usage by hour, and when each hour's last client was seen.
     usage: HashMap<TokenId, BTreeMap<u64, UsageBucket>>,
     client_seen: HashMap<(TokenId, u64), SystemTime>,
+    webhooks: Vec<Webhook>,
+    /// Deliveries, with the lease and claimer of each.
+    outbox: Vec<(Delivery, SystemTime, String)>,
 }
 
 impl MemoryStore {
@@ -276,6 +280,135 @@ impl TokenAdmin for MemoryStore {
         limit: usize,
     ) -> Result<Vec<UsageTotal>, StoreError> {
         Ok(self.read(|s| usage_counts::top_since(&s.usage, since, limit)))
+    }
+
+    async fn add_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
+        self.write(|s| {
+            if s.webhooks.iter().any(|w| w.id == webhook.id) {
+                return Err(StoreError::Conflict("id"));
+            }
+            s.webhooks.push(webhook.clone());
+            Ok(())
+        })
+    }
+
+    async fn webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
+        Ok(self.read(|s| s.webhooks.clone()))
+    }
+
+    async fn remove_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.write(|s| {
+            let before = s.webhooks.len();
+            s.webhooks.retain(|w| w.id != id);
+            for (delivery, _, _) in &mut s.outbox {
+                if delivery.webhook_id == id && delivery.state == DeliveryState::Pending {
+                    delivery.state = DeliveryState::Failed;
+                    delivery.last_error = Some("webhook removed".to_owned());
+                }
+            }
+            s.webhooks.len() < before
+        }))
+    }
+
+    async fn enqueue_event(&self, event: &WebhookEvent) -> Result<usize, StoreError> {
+        Ok(self.write(|s| {
+            let wanting: Vec<String> = s
+                .webhooks
+                .iter()
+                .filter(|w| w.wants(event.kind))
+                .map(|w| w.id.clone())
+                .collect();
+            for webhook_id in &wanting {
+                let id = i64::try_from(s.outbox.len()).unwrap_or(i64::MAX) + 1;
+                s.outbox.push((
+                    Delivery {
+                        id,
+                        webhook_id: webhook_id.clone(),
+                        event_id: event.id.clone(),
+                        kind: event.kind,
+                        body: event.body.clone(),
+                        created: event.created,
+                        attempts: 0,
+                        state: DeliveryState::Pending,
+                        next_at: event.created,
+                        last_status: None,
+                        last_error: None,
+                    },
+                    std::time::UNIX_EPOCH,
+                    String::new(),
+                ));
+            }
+            wanting.len()
+        }))
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: SystemTime,
+        claimer: &str,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        Ok(self.write(|s| {
+            let mut due: Vec<&mut (Delivery, SystemTime, String)> = s
+                .outbox
+                .iter_mut()
+                .filter(|(d, lease, _)| {
+                    d.state == DeliveryState::Pending && d.next_at <= now && *lease <= now
+                })
+                .collect();
+            due.sort_by_key(|(d, _, _)| (d.next_at, d.id));
+            due.into_iter()
+                .take(limit)
+                .map(|(d, lease, by)| {
+                    *lease = now + LEASE;
+                    claimer.clone_into(by);
+                    d.clone()
+                })
+                .collect()
+        }))
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        claimer: &str,
+        attempt: &Attempt,
+    ) -> Result<bool, StoreError> {
+        Ok(self.write(|s| {
+            let Some((d, lease, _)) = s
+                .outbox
+                .iter_mut()
+                .find(|(d, _, by)| d.id == id && by == claimer)
+            else {
+                return false;
+            };
+            d.attempts += 1;
+            d.state = attempt.state;
+            d.next_at = attempt.next_at;
+            d.last_status = attempt.status;
+            d.last_error.clone_from(&attempt.error);
+            *lease = std::time::UNIX_EPOCH;
+            true
+        }))
+    }
+
+    async fn deliveries(
+        &self,
+        failed_only: bool,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        Ok(self.read(|s| {
+            s.outbox
+                .iter()
+                .rev()
+                .map(|(d, _, _)| d)
+                .filter(|d| {
+                    !failed_only || d.last_error.is_some() && d.state != DeliveryState::Delivered
+                })
+                .take(limit)
+                .cloned()
+                .collect()
+        }))
     }
 
     async fn prune_usage(&self, before: SystemTime) -> Result<u64, StoreError> {

@@ -223,6 +223,48 @@ impl TokenAdmin for ProbeStore {
         self.inner.prune_usage(before).await
     }
 
+    async fn add_webhook(&self, webhook: &crate::Webhook) -> Result<(), StoreError> {
+        self.inner.add_webhook(webhook).await
+    }
+
+    async fn webhooks(&self) -> Result<Vec<crate::Webhook>, StoreError> {
+        self.inner.webhooks().await
+    }
+
+    async fn remove_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.remove_webhook(id).await
+    }
+
+    async fn enqueue_event(&self, event: &crate::WebhookEvent) -> Result<usize, StoreError> {
+        self.inner.enqueue_event(event).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: SystemTime,
+        claimer: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::Delivery>, StoreError> {
+        self.inner.claim_deliveries(now, claimer, limit).await
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        claimer: &str,
+        attempt: &crate::Attempt,
+    ) -> Result<bool, StoreError> {
+        self.inner.finish_delivery(id, claimer, attempt).await
+    }
+
+    async fn deliveries(
+        &self,
+        failed_only: bool,
+        limit: usize,
+    ) -> Result<Vec<crate::Delivery>, StoreError> {
+        self.inner.deliveries(failed_only, limit).await
+    }
+
     async fn rotate(
         &self,
         old: &TokenId,

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use tokengate_core::{KeyId, TokenFormat, TokenRecord, TokenStatus};
 
 use super::{Lifecycle, LifecycleError};
+use crate::webhooks::EventType;
 use crate::{TokenAdmin, TokenStore};
 
 /// The metadata label a leak report leaves on the token: where it was
@@ -173,6 +174,12 @@ impl<S: TokenAdmin + TokenStore> Lifecycle<S> {
             });
         }
         if action == LeakAction::Notify {
+            self.announce(
+                EventType::Leaked,
+                &record,
+                &[("action", "notify"), ("reported_by", reporter)],
+            )
+            .await;
             return Ok(LeakHandled {
                 outcome: LeakOutcome::Notified,
                 record: Some(record),
@@ -204,6 +211,12 @@ impl<S: TokenAdmin + TokenStore> Lifecycle<S> {
             LeakAction::Disable => (LeakOutcome::Disabled, self.disable(&record.id).await?),
             _ => (LeakOutcome::Revoked, self.revoke(&record.id).await?),
         };
+        self.announce(
+            EventType::Leaked,
+            &record,
+            &[("action", action.as_str()), ("reported_by", reporter)],
+        )
+        .await;
         Ok(LeakHandled {
             outcome,
             record: Some(record),

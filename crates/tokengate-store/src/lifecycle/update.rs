@@ -10,6 +10,7 @@ use super::{
     Expiry, IssuancePolicy, Lifecycle, LifecycleError, TokenSpec, add_quota, check_count,
     check_quotas, check_uses,
 };
+use crate::webhooks::EventType;
 use crate::{StoreError, TokenAdmin};
 use tokengate_core::Audience;
 use tokengate_core::Binding;
@@ -195,46 +196,55 @@ impl<S: TokenAdmin> Lifecycle<S> {
         if let Some(quotas) = &changes.rate_quotas {
             check_quotas(quotas)?;
         }
-        self.changed(id, |record, now| {
-            changes.apply(record, now);
-            // The same checks as at issuance, but the expiry only when it
-            // changes: an unchanged one was valid when the token was issued.
-            let unchanged_expiry = IssuancePolicy {
-                allow_no_expiry: true,
-                ..self.policy.clone()
-            };
-            let mut spec = TokenSpec::new(record.name.clone(), record.subject.clone())
-                .scopes(record.scopes.iter().cloned())
-                .audiences(record.audiences.iter().cloned())
-                .expiry(Expiry::Never);
-            spec.metadata.clone_from(&record.metadata);
-            unchanged_expiry.validate(&spec, now)?;
-            if let Some(expiry) = changes.expiry {
-                record.expires_at = self.policy.expiry_at(expiry, now)?;
-            }
-            Ok(())
-        })
-        .await
+        let record = self
+            .changed(id, |record, now| {
+                changes.apply(record, now);
+                // The same checks as at issuance, but the expiry only when it
+                // changes: an unchanged one was valid when the token was issued.
+                let unchanged_expiry = IssuancePolicy {
+                    allow_no_expiry: true,
+                    ..self.policy.clone()
+                };
+                let mut spec = TokenSpec::new(record.name.clone(), record.subject.clone())
+                    .scopes(record.scopes.iter().cloned())
+                    .audiences(record.audiences.iter().cloned())
+                    .expiry(Expiry::Never);
+                spec.metadata.clone_from(&record.metadata);
+                unchanged_expiry.validate(&spec, now)?;
+                if let Some(expiry) = changes.expiry {
+                    record.expires_at = self.policy.expiry_at(expiry, now)?;
+                }
+                Ok(())
+            })
+            .await?;
+        self.announce(EventType::Updated, &record, &[]).await;
+        Ok(record)
     }
 
     /// Disables the token: refused like a revoked one (401, the audit's
     /// reason `token_disabled`) until [`Lifecycle::enable`]. Disabling a
     /// disabled token keeps the first time.
     pub async fn disable(&self, id: &TokenId) -> Result<TokenRecord, LifecycleError> {
-        self.changed(id, |record, now| {
-            record.disabled_at.get_or_insert(now);
-            Ok(())
-        })
-        .await
+        let record = self
+            .changed(id, |record, now| {
+                record.disabled_at.get_or_insert(now);
+                Ok(())
+            })
+            .await?;
+        self.announce(EventType::Disabled, &record, &[]).await;
+        Ok(record)
     }
 
     /// Enables a disabled token again.
     pub async fn enable(&self, id: &TokenId) -> Result<TokenRecord, LifecycleError> {
-        self.changed(id, |record, _| {
-            record.disabled_at = None;
-            Ok(())
-        })
-        .await
+        let record = self
+            .changed(id, |record, _| {
+                record.disabled_at = None;
+                Ok(())
+            })
+            .await?;
+        self.announce(EventType::Enabled, &record, &[]).await;
+        Ok(record)
     }
 
     /// Reads the token, changes it with `change` and writes it over the

@@ -11,8 +11,10 @@ use std::time::{Duration, SystemTime};
 
 mod usage;
 mod uses;
+mod webhooks;
 use usage::usage_conformance;
 use uses::uses_conformance;
+use webhooks::webhooks_conformance;
 
 use crate::{
     Expiry, Lifecycle, LifecycleError, StoreError, TokenAdmin, TokenPatch, TokenSpec, TokenStore,
@@ -36,6 +38,7 @@ pub async fn store_conformance<S: TokenStore + TokenAdmin>(store: S) {
     let lifecycle = Lifecycle::new(store, hasher.clone());
     uses_conformance(&lifecycle).await;
     usage_conformance(lifecycle.store()).await;
+    webhooks_conformance(&lifecycle).await;
     query_conformance(&lifecycle).await;
     version_conformance(&lifecycle).await;
     admin_conformance(&lifecycle).await;
