@@ -164,6 +164,53 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Lifecycle webhooks: URLs that get a signed POST when a token is
+    /// issued, updated, rotated, revoked, disabled, enabled or leaks.
+    /// Servers on this database post them; the CLI only writes.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WebhookCommand {
+    /// Add a webhook. Its signing secret is generated and printed once,
+    /// unless --secret-file gives one.
+    Add {
+        /// Where events are posted (http:// or https://).
+        url: String,
+        /// The event types, comma-separated: issued, updated, rotated,
+        /// revoked, disabled, enabled, leaked (or `all`).
+        #[arg(long, value_delimiter = ',', required = true)]
+        events: Vec<String>,
+        /// A file holding the signing secret (32 to 256 characters).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+    /// List the webhooks (never their secrets).
+    List {
+        /// As JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a webhook; what it had pending is given up.
+    Remove {
+        /// The webhook id (wh_...).
+        id: String,
+    },
+    /// The latest deliveries, newest first.
+    Log {
+        /// Only those given up, or whose last attempt failed.
+        #[arg(long)]
+        failed: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// As JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

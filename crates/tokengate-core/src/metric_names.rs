@@ -95,6 +95,12 @@ pub const LEAK_REPORTS: &str = "tokengate_leak_reports_total";
 /// `too_many`, `unauthorized`, `timeout`, `store`).
 pub const LEAK_REPORTS_REFUSED: &str = "tokengate_leak_reports_refused_total";
 
+/// Counter: webhook delivery attempts (`tokengate::webhooks`). Label
+/// `result`: `delivered` (a 2xx answer), `retried` (no answer or another
+/// status; tried again later), `failed` (given up after three days, or the
+/// webhook was removed).
+pub const WEBHOOK_DELIVERIES: &str = "tokengate_webhook_deliveries_total";
+
 /// Counter: owner notices of leaked tokens dropped because the
 /// notification queue was full.
 pub const LEAK_NOTICES_DROPPED: &str = "tokengate_leak_notices_dropped_total";

@@ -54,7 +54,7 @@ pub struct ServerArgs {
     /// How DPoP proofs are checked.
     #[command(flatten)]
     pub dpop: crate::DpopArgs,
-    /// How per-token usage is kept.
+    /// How per-token usage is kept, and webhooks delivered.
     #[command(flatten)]
     pub usage: UsageArgs,
     /// Logs and the admin listener.
@@ -63,7 +63,8 @@ pub struct ServerArgs {
 }
 
 /// Per-token usage (`tokengate usage`): requests by hour and outcome,
-/// counted in memory and added to the store in batches.
+/// counted in memory and added to the store in batches; and the webhook
+/// outbox (`tokengate webhooks`), posted from here.
 #[derive(Debug, Clone, clap::Args)]
 pub struct UsageArgs {
     /// How often counted usage is added to the store (at least 100ms).
@@ -76,6 +77,14 @@ pub struct UsageArgs {
     /// Count no per-token usage.
     #[arg(long)]
     pub no_usage: bool,
+    /// How often the store's webhook outbox is polled for deliveries due
+    /// (at least 100ms).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub webhook_poll: Duration,
+    /// Post no webhook deliveries from this server (another server on the
+    /// same store does).
+    #[arg(long)]
+    pub no_webhooks: bool,
 }
 
 impl UsageArgs {
@@ -83,7 +92,8 @@ impl UsageArgs {
     pub fn apply(&self, builder: DeploymentBuilder) -> DeploymentBuilder {
         let builder = builder
             .usage_flush(self.usage_flush)
-            .usage_retention(self.usage_retention);
+            .usage_retention(self.usage_retention)
+            .webhook_poll((!self.no_webhooks).then_some(self.webhook_poll));
         if self.no_usage {
             builder.no_usage_counts()
         } else {

@@ -313,10 +313,12 @@ pub struct Attempt {
 pub const LEASE: Duration = Duration::from_secs(60);
 
 /// When a delivery that failed its `attempts`th attempt at `now` is tried
-/// again: 5 s, then doubling, at most an hour apart; `None` once the event
-/// is three days old (retried for at least 24 hours, as promised).
+/// again: 5 s after the first, then twice as long each time, at most an
+/// hour apart; `None` once the event is three days old (retried for at
+/// least 24 hours, as promised).
 pub fn retry_at(created: SystemTime, attempts: u32, now: SystemTime) -> Option<SystemTime> {
-    let wait = Duration::from_secs(5u64.saturating_mul(1u64 << attempts.min(20))).min(HOUR);
+    let doublings = attempts.saturating_sub(1).min(20);
+    let wait = Duration::from_secs(5u64.saturating_mul(1u64 << doublings)).min(HOUR);
     let next = now + wait;
     (next.duration_since(created).unwrap_or_default() <= GIVE_UP).then_some(next)
 }
@@ -370,7 +372,8 @@ mod tests {
     #[test]
     fn retries_back_off_to_an_hour_and_stop_after_three_days() {
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        assert_eq!(retry_at(t0, 1, t0), Some(t0 + Duration::from_secs(10)));
+        assert_eq!(retry_at(t0, 1, t0), Some(t0 + Duration::from_secs(5)));
+        assert_eq!(retry_at(t0, 2, t0), Some(t0 + Duration::from_secs(10)));
         assert_eq!(retry_at(t0, 30, t0), Some(t0 + HOUR));
         let late = t0 + GIVE_UP - Duration::from_secs(60);
         assert_eq!(retry_at(t0, 30, late), None);

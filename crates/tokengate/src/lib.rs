@@ -29,6 +29,7 @@
 //! | [`axum`], [`tonic`] | the principal as an extractor; from a `tonic::Request` | `axum`, `tonic` |
 //! | [`admin`] | a JSON admin API for tokens, with its OpenAPI document | `admin` |
 //! | [`leaks`] | GitHub's and GitLab's secret-scanning reports: leaked tokens revoke themselves | `leaks` |
+//! | [`webhooks`] | lifecycle events posted to your URLs, signed, retried, once across instances | `webhooks` |
 //! | [`config`] | the Gate's whole configuration as a TOML policy file | `config` |
 //! | [`sidecar`] | the Gate for proxies: forward-auth, Envoy's ext_authz, reloads | `sidecar`, `ext-authz` |
 //!
@@ -176,5 +177,9 @@ pub mod admin;
 pub mod axum;
 #[cfg(feature = "leaks")]
 pub mod leaks;
+#[cfg(any(feature = "leaks", feature = "webhooks"))]
+mod outbound;
 #[cfg(feature = "tonic")]
 pub mod tonic;
+#[cfg(feature = "webhooks")]
+pub mod webhooks;

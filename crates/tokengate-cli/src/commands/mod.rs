@@ -23,6 +23,8 @@ mod pepper;
 mod scan;
 use pepper::pepper;
 
+mod webhooks;
+
 type Result<T> = std::result::Result<T, String>;
 
 fn when(time: SystemTime) -> String {
@@ -342,6 +344,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Verify { file, key_file },
         } => verify_audit(file, key_file.as_deref()),
+        Command::Webhooks { command } => webhooks::run(&open(&cli).await?, command).await,
         Command::Init => {
             let pepper = if std::env::var_os(PEPPER_ENV).is_some() {
                 PEPPER_ENV.to_owned()

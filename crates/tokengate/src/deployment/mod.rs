@@ -99,6 +99,8 @@ struct UsageSettings {
     on: bool,
     flush: Duration,
     retention: Duration,
+    /// How often the webhook outbox is polled; `None`: not delivered.
+    webhook_poll: Option<Duration>,
 }
 
 impl Default for UsageSettings {
@@ -107,6 +109,7 @@ impl Default for UsageSettings {
             on: true,
             flush: Duration::from_secs(5),
             retention: Duration::from_secs(90 * 86_400),
+            webhook_poll: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -144,6 +147,16 @@ impl DeploymentBuilder {
     #[must_use]
     pub fn usage_flush(mut self, every: Duration) -> Self {
         self.usage.flush = every.max(Duration::from_millis(100));
+        self
+    }
+
+    /// How often the store's webhook outbox is polled for deliveries due
+    /// (1 s by default, at least 100 ms); `None`: this deployment posts
+    /// none (another server on the store does). Without the `webhooks`
+    /// feature nothing is posted.
+    #[must_use]
+    pub fn webhook_poll(mut self, every: Option<Duration>) -> Self {
+        self.usage.webhook_poll = every.map(|every| every.max(Duration::from_millis(100)));
         self
     }
 
@@ -253,6 +266,14 @@ impl Deployment {
                 cache.pepper_changes(),
             )),
         ];
+        #[cfg(feature = "webhooks")]
+        let tasks = {
+            let mut tasks = tasks;
+            if let Some(every) = usage_settings.webhook_poll {
+                tasks.push(crate::webhooks::Deliverer::new(store.clone()).spawn(every));
+            }
+            tasks
+        };
         Ok(Self {
             store,
             cache,

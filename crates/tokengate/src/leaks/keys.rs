@@ -66,30 +66,7 @@ struct PublicKey {
 
 impl KeySet {
     pub(crate) fn new(url: Uri, refresh: Duration) -> Self {
-        // ring's provider lacks post-quantum key exchange, which guards
-        // secrets recorded now against decryption later; a key set is
-        // public, and ring builds without cmake or a large C library.
-        #[allow(deprecated, reason = "a public key set needs no post-quantum secrecy")]
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map(|config| {
-            hyper_rustls::ConfigBuilderExt::with_webpki_roots(config).with_no_client_auth()
-        });
-        let connector = match tls {
-            Ok(tls) => hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls)
-                .https_or_http()
-                .enable_http1()
-                .build(),
-            // ring offers the default protocol versions: this does not happen.
-            Err(_) => hyper_rustls::HttpsConnectorBuilder::new()
-                .with_webpki_roots()
-                .https_or_http()
-                .enable_http1()
-                .build(),
-        };
+        let connector = crate::outbound::connector();
         Self {
             url,
             client: Client::builder(TokioExecutor::new()).build(connector),

@@ -1,0 +1,345 @@
+//! Lifecycle webhooks end to end: `tokengate webhooks add`, tokens issued,
+//! revoked and rotated with the CLI, and three axum-notes on one SQLite
+//! file posting the outbox to a local receiver that checks every
+//! signature: each event arrives exactly once. Then a receiver that is
+//! down, then answers 503, then 200: the event is retried and delivered,
+//! the log and the metrics say so.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::Value;
+use tokengate_tests::process::{cli, start_example_with, temp_dir};
+
+/// What the receiver saw: each post's body, and whether its signature held.
+#[derive(Default)]
+struct Seen {
+    posts: Vec<(Value, bool)>,
+    /// Statuses to answer, first to last (200 once they run out).
+    answers: Vec<StatusCode>,
+}
+
+type Shared = Arc<(Mutex<Seen>, String)>;
+
+async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let signature = headers
+        .get(tokengate::webhooks::SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let signed = tokengate::webhooks::verify(
+        &shared.1,
+        signature,
+        &body,
+        SystemTime::now(),
+        Duration::from_secs(300),
+    )
+    .is_ok();
+    let json = headers
+        .get("content-type")
+        .is_some_and(|v| v == "application/json");
+    let mut seen = shared.0.lock().unwrap();
+    seen.posts.push((
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+        signed && json,
+    ));
+    if seen.answers.is_empty() {
+        StatusCode::OK
+    } else {
+        seen.answers.remove(0)
+    }
+}
+
+/// A receiver on `addr` for deliveries signed with `secret`.
+async fn receiver(addr: SocketAddr, secret: &str, answers: Vec<StatusCode>) -> Shared {
+    let shared: Shared = Arc::new((
+        Mutex::new(Seen {
+            posts: Vec::new(),
+            answers,
+        }),
+        secret.to_owned(),
+    ));
+    let app = axum::Router::new()
+        .route("/hook", post(receive))
+        .with_state(Arc::clone(&shared));
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    shared
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn issue(bin: &str, db: &std::path::Path, name: &str) -> String {
+    let args = [
+        "issue",
+        "--name",
+        name,
+        "--subject",
+        "team-w",
+        "--scope",
+        "notes:read",
+        "--audience",
+        "notes",
+    ];
+    cli(bin, db, &args).trim().to_owned()
+}
+
+fn token_id(bin: &str, db: &std::path::Path, token: &str) -> String {
+    cli(bin, db, &["inspect", token])
+        .lines()
+        .find_map(|l| l.strip_prefix("id:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_post_each_event_once_signed() {
+    let dir = temp_dir("axum-notes-webhooks");
+    let bin = env!("CARGO_BIN_EXE_axum-notes");
+    let db = dir.join("tokengate.db");
+    let flags = |audit: &'static str| ["--webhook-poll", "200ms", "--audit-log", audit];
+    let mut servers = vec![start_example_with(
+        bin,
+        &dir,
+        "axum-notes listening on ",
+        &flags("audit.jsonl"),
+    )];
+    for audit in ["audit-1.jsonl", "audit-2.jsonl"] {
+        servers.push(start_example_with(
+            bin,
+            &dir,
+            "axum-notes listening on ",
+            &flags(audit),
+        ));
+    }
+
+    let addr = free_addr();
+    let url = format!("http://{addr}/hook");
+    let added = cli(
+        bin,
+        &db,
+        &[
+            "webhooks",
+            "add",
+            &url,
+            "--events",
+            "issued,revoked,token.rotated",
+        ],
+    );
+    let secret = added
+        .lines()
+        .find_map(|l| l.strip_prefix("signing secret (shown once): "))
+        .expect("the secret is printed once")
+        .trim()
+        .to_owned();
+    let hook_id = added.split_whitespace().nth(1).unwrap().to_owned();
+    let seen = receiver(addr, &secret, Vec::new()).await;
+    let listed = cli(bin, &db, &["webhooks", "list"]);
+    assert!(
+        listed.contains(&hook_id) && listed.contains(&url),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret), "never the secret: {listed}");
+
+    let tokens: Vec<String> = (0..5)
+        .map(|i| issue(bin, &db, &format!("hooked-{i}")))
+        .collect();
+    let ids: Vec<String> = tokens.iter().map(|t| token_id(bin, &db, t)).collect();
+    cli(bin, &db, &["revoke", &ids[0]]);
+    cli(bin, &db, &["revoke", &ids[1]]);
+    cli(bin, &db, &["rotate", &ids[2]]);
+    // Not subscribed: no delivery.
+    cli(bin, &db, &["disable", &ids[3]]);
+
+    until("eight deliveries", || {
+        seen.0.lock().unwrap().posts.len() >= 8
+    })
+    .await;
+    // Three servers poll every 200 ms: a second post would come by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let posts = seen.0.lock().unwrap().posts.clone();
+    assert_eq!(posts.len(), 8, "each event once: {posts:?}");
+    assert!(
+        posts.iter().all(|(_, signed)| *signed),
+        "every signature holds"
+    );
+    let mut event_ids: Vec<&str> = posts
+        .iter()
+        .map(|(b, _)| b["id"].as_str().unwrap())
+        .collect();
+    event_ids.sort_unstable();
+    event_ids.dedup();
+    assert_eq!(event_ids.len(), 8, "eight distinct events");
+    let of = |kind: &str| -> Vec<String> {
+        let mut ids: Vec<String> = posts
+            .iter()
+            .filter(|(b, _)| b["type"] == kind)
+            .map(|(b, _)| b["data"]["token_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut issued = ids.clone();
+    issued.sort();
+    assert_eq!(of("token.issued"), issued);
+    let mut revoked = vec![ids[0].clone(), ids[1].clone()];
+    revoked.sort();
+    assert_eq!(of("token.revoked"), revoked);
+    assert_eq!(of("token.rotated"), [ids[2].clone()]);
+    let rotated = posts
+        .iter()
+        .find(|(b, _)| b["type"] == "token.rotated")
+        .unwrap();
+    assert!(
+        rotated.0["data"]["replacement_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("tok_")
+    );
+    assert!(rotated.0["created"].as_u64().unwrap() > 1_700_000_000);
+    for (body, _) in &posts {
+        let text = body.to_string();
+        assert!(
+            tokens.iter().all(|t| !text.contains(t.as_str())),
+            "never a token: {text}"
+        );
+    }
+
+    let log = cli(bin, &db, &["webhooks", "log", "--json"]);
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 8, "{log}");
+    assert!(
+        lines
+            .iter()
+            .all(|d| d["state"] == "delivered" && d["attempts"] == 1 && d["last_status"] == 200),
+        "{log}"
+    );
+    assert!(
+        cli(bin, &db, &["webhooks", "log", "--failed", "--json"])
+            .trim()
+            .is_empty()
+    );
+    cli(bin, &db, &["webhooks", "remove", &hook_id]);
+    assert!(!cli(bin, &db, &["webhooks", "list"]).contains(&hook_id));
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_then_failing_gets_the_event_when_it_is_back() {
+    let dir = temp_dir("axum-notes-webhooks-down");
+    let bin = env!("CARGO_BIN_EXE_axum-notes");
+    let db = dir.join("tokengate.db");
+    let admin_addr = free_addr().to_string();
+    let server = start_example_with(
+        bin,
+        &dir,
+        "axum-notes listening on ",
+        &["--webhook-poll", "200ms", "--admin-listen", &admin_addr],
+    );
+    let admin = server
+        .output
+        .iter()
+        .find_map(|line| line.split(" on ").nth(1).filter(|_| line.contains("admin")))
+        .expect("the admin address was printed")
+        .trim()
+        .to_owned();
+    let addr = free_addr();
+    let secret = "a-signing-secret-from-a-file-0123456789";
+    let secret_file = dir.join("hook.secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let added = cli(
+        bin,
+        &db,
+        &[
+            "webhooks",
+            "add",
+            &format!("http://{addr}/hook"),
+            "--events",
+            "all",
+            "--secret-file",
+            secret_file.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !added.contains("signing secret"),
+        "a given secret is not printed: {added}"
+    );
+
+    let token = issue(bin, &db, "waiting");
+    let id = token_id(bin, &db, &token);
+    // Nobody listens: the first attempt fails and is kept for later.
+    until("a failed attempt in the log", || {
+        cli(bin, &db, &["webhooks", "log", "--failed", "--json"]).contains("\"attempts\":1")
+    })
+    .await;
+    let failed: Value =
+        serde_json::from_str(cli(bin, &db, &["webhooks", "log", "--failed", "--json"]).trim())
+            .unwrap();
+    assert_eq!(failed["state"], "pending", "{failed}");
+    assert_eq!(failed["last_status"], Value::Null);
+
+    // Back, but answering 503 once: retried again, then delivered.
+    let seen = receiver(addr, secret, vec![StatusCode::SERVICE_UNAVAILABLE]).await;
+    until("the delivery after the 503", || {
+        seen.0.lock().unwrap().posts.len() >= 2
+    })
+    .await;
+    let posts = seen.0.lock().unwrap().posts.clone();
+    assert_eq!(posts.len(), 2, "{posts:?}");
+    assert_eq!(posts[0].0["id"], posts[1].0["id"], "the same event again");
+    assert_eq!(posts[1].0["data"]["token_id"], id.as_str());
+    assert!(posts.iter().all(|(_, signed)| *signed));
+    until("the log to say delivered", || {
+        cli(bin, &db, &["webhooks", "log", "--json"]).contains("\"delivered\"")
+    })
+    .await;
+    let log: Value =
+        serde_json::from_str(cli(bin, &db, &["webhooks", "log", "--json"]).trim()).unwrap();
+    assert_eq!(log["last_status"], 200);
+    let attempts = log["attempts"].as_u64().unwrap();
+    assert!(attempts >= 3, "refused, 503, 200: {log}");
+
+    let metrics = support::send_with(&admin, "GET", "/metrics", &[], "")
+        .await
+        .1;
+    let count = |result: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("tokengate_webhook_deliveries_total")
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count("retried"), attempts - 1, "{metrics}");
+    assert_eq!(count("delivered"), 1, "{metrics}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
