@@ -571,4 +571,6 @@ pub mod docs {
     pub struct Dpop;
     #[doc = include_str!("../docs/usage.md")]
     pub struct Usage;
+    #[doc = include_str!("../docs/webhooks.md")]
+    pub struct Webhooks;
 }

@@ -14,9 +14,10 @@ use utoipa::{Modify, OpenApi, PartialSchema};
 use super::handlers;
 use super::problem::Problem;
 use super::types::{
-    AudienceText, IssueRequest, Issued, NetworkText, Quota, RefillSpec, ResetUsesRequest,
-    RotateRequest, ScopeText, Text, TokenIdText, TokenList, TokenView, UpdateRequest,
-    UsageBucketView, UsageView, UseLimitSpec, UsesView,
+    AudienceText, DeliveryList, DeliveryView, EventTypeText, IssueRequest, Issued, NetworkText,
+    Quota, RefillSpec, ResetUsesRequest, RotateRequest, ScopeText, Text, TokenIdText, TokenList,
+    TokenView, UpdateRequest, UsageBucketView, UsageView, UseLimitSpec, UsesView, WebhookAdded,
+    WebhookList, WebhookRequest, WebhookSecretText, WebhookUrlText, WebhookView,
 };
 
 #[derive(OpenApi)]
@@ -38,7 +39,11 @@ use super::types::{
         handlers::revoke,
         handlers::rotate,
         handlers::reset_uses,
-        handlers::usage
+        handlers::usage,
+        handlers::add_webhook,
+        handlers::list_webhooks,
+        handlers::remove_webhook,
+        handlers::deliveries
     ),
     components(schemas(
         TokenView,
@@ -54,6 +59,15 @@ use super::types::{
         TokenList,
         UsageView,
         UsageBucketView,
+        WebhookRequest,
+        WebhookView,
+        WebhookAdded,
+        WebhookList,
+        DeliveryView,
+        DeliveryList,
+        EventTypeText,
+        WebhookUrlText,
+        WebhookSecretText,
         Problem,
         Text,
         ScopeText,

@@ -16,8 +16,9 @@ use tokengate_store::{
 use super::delegation::Authority;
 use super::problem::{Body, OptionalBody, Params, Problem, bad_query, failed, unprocessable};
 use super::types::{
-    IssueRequest, Issued, ListParams, Quota, ResetUsesRequest, RotateRequest, TokenIdText,
-    TokenList, TokenView, UpdateRequest, UsageParams, UsageView, UseLimitSpec,
+    DeliveryList, DeliveryParams, DeliveryView, IssueRequest, Issued, ListParams, Quota,
+    ResetUsesRequest, RotateRequest, TokenIdText, TokenList, TokenView, UpdateRequest, UsageParams,
+    UsageView, UseLimitSpec, WebhookAdded, WebhookList, WebhookRequest, WebhookView,
 };
 
 pub(crate) type Shared<S> = State<Arc<Lifecycle<S>>>;
@@ -360,6 +361,135 @@ pub(crate) async fn usage<S: TokenStore + TokenAdmin + Clone>(
         .await
         .map_err(|e| failed(&e.into()))?;
     Ok(Json(UsageView::new(&id, &buckets)))
+}
+
+/// Only a root admin manages webhooks: they see every token's events.
+fn root_only(caller: &Authority) -> Result<(), Problem> {
+    match caller {
+        Authority::Root => Ok(()),
+        Authority::Delegate { .. } => Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "webhooks receive every token's events: managing them needs tokengate:admin",
+        )),
+    }
+}
+
+fn webhook_view(hook: &tokengate_store::Webhook) -> WebhookView {
+    WebhookView {
+        id: hook.id.clone(),
+        url: hook.url.clone(),
+        events: hook.events.iter().map(|e| e.as_str().to_owned()).collect(),
+        created_at: humantime::format_rfc3339_millis(hook.created_at).to_string(),
+    }
+}
+
+/// Add a webhook (root admins only). Its signing secret is in this
+/// response only.
+#[utoipa::path(post, path = "/admin/webhooks", request_body = WebhookRequest,
+    responses((status = 201, description = "Added; the secret is in this response only", body = WebhookAdded)))]
+pub(crate) async fn add_webhook<S: TokenStore + TokenAdmin + Clone>(
+    State(lifecycle): Shared<S>,
+    Caller(caller): Caller,
+    Body(request): Body<WebhookRequest>,
+) -> Result<(StatusCode, Json<WebhookAdded>), Problem> {
+    root_only(&caller)?;
+    if let Some(bare) = request.events.iter().find(|e| !e.starts_with("token.")) {
+        return Err(unprocessable(format!(
+            "event type {bare:?} must be token.issued, token.revoked, ..."
+        )));
+    }
+    let events = parse_all::<tokengate_store::EventType>("event type", &request.events)?;
+    let hook = tokengate_store::Webhook::new(&request.url, events, request.secret)
+        .map_err(|e| unprocessable(e.to_string()))?;
+    lifecycle
+        .store()
+        .add_webhook(&hook)
+        .await
+        .map_err(|e| failed(&e.into()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(WebhookAdded {
+            webhook: webhook_view(&hook),
+            secret: hook.secret,
+        }),
+    ))
+}
+
+/// List the webhooks (root admins only), never their secrets.
+#[utoipa::path(get, path = "/admin/webhooks",
+    responses((status = 200, description = "Every webhook", body = WebhookList)))]
+pub(crate) async fn list_webhooks<S: TokenStore + TokenAdmin + Clone>(
+    State(lifecycle): Shared<S>,
+    Caller(caller): Caller,
+) -> Result<Json<WebhookList>, Problem> {
+    root_only(&caller)?;
+    let hooks = lifecycle
+        .store()
+        .webhooks()
+        .await
+        .map_err(|e| failed(&e.into()))?;
+    Ok(Json(WebhookList {
+        webhooks: hooks.iter().map(webhook_view).collect(),
+    }))
+}
+
+/// Remove a webhook (root admins only); what it had pending is given up.
+#[utoipa::path(delete, path = "/admin/webhooks/{id}",
+    params(("id" = String, Path, description = "The webhook id")),
+    responses((status = 204, description = "Removed")))]
+pub(crate) async fn remove_webhook<S: TokenStore + TokenAdmin + Clone>(
+    State(lifecycle): Shared<S>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    root_only(&caller)?;
+    let removed = lifecycle
+        .store()
+        .remove_webhook(&id)
+        .await
+        .map_err(|e| failed(&e.into()))?;
+    if removed {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::new(StatusCode::NOT_FOUND, "no such webhook id"))
+    }
+}
+
+/// The latest webhook deliveries (root admins only), newest first.
+#[utoipa::path(get, path = "/admin/webhooks/deliveries", params(DeliveryParams),
+    responses((status = 200, description = "Deliveries, newest first", body = DeliveryList)))]
+pub(crate) async fn deliveries<S: TokenStore + TokenAdmin + Clone>(
+    State(lifecycle): Shared<S>,
+    Caller(caller): Caller,
+    Params(params): Params<DeliveryParams>,
+) -> Result<Json<DeliveryList>, Problem> {
+    root_only(&caller)?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad_query("limit must be 1 to 1000"));
+    }
+    let log = lifecycle
+        .store()
+        .deliveries(params.failed.unwrap_or(false), limit)
+        .await
+        .map_err(|e| failed(&e.into()))?;
+    let time = |at| humantime::format_rfc3339_millis(at).to_string();
+    Ok(Json(DeliveryList {
+        deliveries: log
+            .iter()
+            .map(|d| DeliveryView {
+                event_id: d.event_id.clone(),
+                webhook_id: d.webhook_id.clone(),
+                kind: d.kind.as_str().to_owned(),
+                state: d.state.as_str().to_owned(),
+                attempts: d.attempts,
+                last_status: d.last_status,
+                last_error: d.last_error.clone(),
+                created: time(d.created),
+                next_at: time(d.next_at),
+            })
+            .collect(),
+    }))
 }
 
 /// Change a token without reissuing it.

@@ -11,6 +11,8 @@
 //! | `POST /admin/tokens/{id}/disable`, `/enable`, `/revoke` | change its state |
 //! | `POST /admin/tokens/{id}/rotate` | rotate (201; the new secret in this response only) |
 //! | `POST /admin/tokens/{id}/uses/reset` | set a usage-limited token's count left (by default its limit) |
+//! | `POST /admin/webhooks`, `GET /admin/webhooks`, `DELETE /admin/webhooks/{id}` | lifecycle webhooks (root admins only; the secret in the add's response only) |
+//! | `GET /admin/webhooks/deliveries` | the latest deliveries: `failed`, `limit` |
 //! | `GET /admin/tokens/{id}/usage` | its requests by hour: admitted, refused by reason, last client (`since_seconds`) |
 //! | `GET /admin/openapi.json` | the OpenAPI 3.1 document of all of this, generated from the code |
 //!
@@ -51,9 +53,10 @@ use utoipa::OpenApi;
 
 pub use problem::Problem;
 pub use types::{
-    IssueRequest, Issued, ListParams, Quota, RefillSpec, ResetUsesRequest, RotateRequest,
-    TokenList, TokenView, UpdateRequest, UsageBucketView, UsageParams, UsageView, UseLimitSpec,
-    UsesView,
+    DeliveryList, DeliveryParams, DeliveryView, IssueRequest, Issued, ListParams, Quota,
+    RefillSpec, ResetUsesRequest, RotateRequest, TokenList, TokenView, UpdateRequest,
+    UsageBucketView, UsageParams, UsageView, UseLimitSpec, UsesView, WebhookAdded, WebhookList,
+    WebhookRequest, WebhookView,
 };
 
 /// The scope of a root admin token: it manages every token.
@@ -82,7 +85,10 @@ pub fn router<S>(lifecycle: Lifecycle<S>) -> Router
 where
     S: TokenStore + TokenAdmin + Clone,
 {
-    use handlers::{disable, enable, issue, list, reset_uses, revoke, rotate, show, update, usage};
+    use handlers::{
+        add_webhook, deliveries, disable, enable, issue, list, list_webhooks, remove_webhook,
+        reset_uses, revoke, rotate, show, update, usage,
+    };
     Router::new()
         .route("/admin/tokens", post(issue::<S>).get(list::<S>))
         .route("/admin/tokens/{id}", get(show::<S>).patch(update::<S>))
@@ -92,6 +98,15 @@ where
         .route("/admin/tokens/{id}/rotate", post(rotate::<S>))
         .route("/admin/tokens/{id}/uses/reset", post(reset_uses::<S>))
         .route("/admin/tokens/{id}/usage", get(usage::<S>))
+        .route(
+            "/admin/webhooks",
+            post(add_webhook::<S>).get(list_webhooks::<S>),
+        )
+        .route("/admin/webhooks/deliveries", get(deliveries::<S>))
+        .route(
+            "/admin/webhooks/{id}",
+            axum::routing::delete(remove_webhook::<S>),
+        )
         .route("/admin/openapi.json", get(openapi::<S>))
         // Problems, not empty bodies, for what the API does not serve;
         // scoped to /admin so a router it is merged into keeps its own.

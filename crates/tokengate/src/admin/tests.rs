@@ -359,7 +359,7 @@ fn the_document_declares_queries_security_every_error_and_optional_bodies() {
             }
         }
     }
-    assert_eq!(operations, 10);
+    assert_eq!(operations, 14);
     let problem = &doc["components"]["responses"]["Problem401"]["content"];
     assert!(problem["application/problem+json"].is_object(), "{problem}");
     for path in ["/admin/tokens/{id}/rotate", "/admin/tokens/{id}/uses/reset"] {
@@ -651,4 +651,87 @@ async fn tokens_are_bound_by_thumbprint_or_by_the_requests_own_dpop_proof() {
             .contains("dpop_htu_mismatch"),
         "{problem}"
     );
+}
+
+#[tokio::test]
+async fn a_root_admin_adds_lists_and_removes_webhooks_and_a_delegate_may_not() {
+    let (app, store, _) = memory_app();
+    let body = r#"{"url":"https://hooks.example/in","events":["token.revoked","token.issued"]}"#;
+    let (status, added) = send(&app, "POST", "/admin/webhooks", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{added}");
+    let secret = added["secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_"), "{added}");
+    let id = added["webhook"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        added["webhook"]["events"],
+        serde_json::json!(["token.issued", "token.revoked"])
+    );
+    let (status, list) = send(&app, "GET", "/admin/webhooks", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["webhooks"][0]["id"], id.as_str());
+    assert!(!list.to_string().contains(secret), "never the secret again");
+
+    // An issue through the API writes the event to the outbox.
+    let (status, _) = send(
+        &app,
+        "POST",
+        "/admin/tokens",
+        &issue_body("notes:read", "notes"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, log) = send(&app, "GET", "/admin/webhooks/deliveries?limit=5", "").await;
+    assert_eq!(status, StatusCode::OK, "{log}");
+    assert_eq!(log["deliveries"][0]["type"], "token.issued");
+    assert_eq!(log["deliveries"][0]["state"], "pending");
+
+    for (body, names) in [
+        (
+            r#"{"url":"ftp://x/","events":["token.issued"]}"#,
+            "ftp://x/",
+        ),
+        (
+            r#"{"url":"https://x.example/","events":["revoked"]}"#,
+            "revoked",
+        ),
+        (
+            r#"{"url":"https://x.example/","events":["token.issued"],"secret":"short"}"#,
+            "secret",
+        ),
+    ] {
+        let (status, problem) = send(&app, "POST", "/admin/webhooks", body).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {problem}"
+        );
+        assert!(problem.to_string().contains(names), "{problem}");
+    }
+
+    let issued = issue_body("tokengate:delegate notes:read", "notes");
+    let (_, delegate) = send(&app, "POST", "/admin/tokens", &issued).await;
+    let record = store
+        .get(
+            &delegate["record"]["id"]
+                .as_str()
+                .unwrap()
+                .parse::<TokenId>()
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let delegate = Principal::from_record(&record);
+    for (method, path) in [
+        ("GET", "/admin/webhooks".to_owned()),
+        ("GET", "/admin/webhooks/deliveries".to_owned()),
+        ("DELETE", format!("/admin/webhooks/{id}")),
+    ] {
+        let (status, problem) = as_caller(&app, &delegate, method, &path, "").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {problem}");
+    }
+    let (status, _) = send(&app, "DELETE", &format!("/admin/webhooks/{id}"), "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = send(&app, "DELETE", &format!("/admin/webhooks/{id}"), "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -263,6 +263,110 @@ pub struct RotateRequest {
     pub(crate) grace_seconds: Option<u64>,
 }
 
+text_schema! {
+    /// A lifecycle event type: `token.` and what happened.
+    EventTypeText { pattern: r"^token\.(issued|updated|rotated|revoked|disabled|enabled|leaked)$" }
+}
+
+text_schema! {
+    /// A webhook URL: `http://` or `https://` and a host.
+    WebhookUrlText { length: 1..=2048, pattern: r"^https?://[^\s/?#@]+(/[^\s]*)?$" }
+}
+
+text_schema! {
+    /// A webhook's signing secret: 32 to 256 printable characters.
+    WebhookSecretText { length: 32..=256, pattern: r"^[!-~]{32,256}$" }
+}
+
+/// A webhook to add.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookRequest {
+    /// Where events are posted.
+    #[schema(value_type = WebhookUrlText)]
+    pub url: String,
+    /// The event types it receives.
+    #[schema(value_type = Vec<EventTypeText>, min_items = 1, max_items = 7)]
+    pub events: Vec<String>,
+    /// The signing secret; generated (and answered once) when absent.
+    #[schema(value_type = Option<WebhookSecretText>)]
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// A webhook, never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WebhookView {
+    /// `wh_` and 16 letters or digits.
+    pub id: String,
+    /// Where events are posted.
+    pub url: String,
+    /// The event types it receives.
+    pub events: Vec<String>,
+    /// When it was added (RFC 3339).
+    pub created_at: String,
+}
+
+/// A webhook just added, with its signing secret: shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WebhookAdded {
+    /// The webhook.
+    pub webhook: WebhookView,
+    /// The HMAC key of every delivery's `Tokengate-Signature`.
+    pub secret: String,
+}
+
+/// Every webhook.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WebhookList {
+    /// Oldest first.
+    pub webhooks: Vec<WebhookView>,
+}
+
+/// One delivery of one event to one webhook.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryView {
+    /// The event's id.
+    pub event_id: String,
+    /// The webhook it goes to.
+    pub webhook_id: String,
+    /// The event's type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `pending`, `delivered` or `failed`.
+    #[schema(pattern = "^(pending|delivered|failed)$")]
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The receiver's last status, if it answered.
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed, if it did.
+    pub last_error: Option<String>,
+    /// When the event happened (RFC 3339).
+    pub created: String,
+    /// When it is next tried, or was last (RFC 3339).
+    pub next_at: String,
+}
+
+/// The latest deliveries.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryList {
+    /// Newest first.
+    pub deliveries: Vec<DeliveryView>,
+}
+
+/// Which deliveries.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryParams {
+    /// Only those given up, or whose last attempt failed.
+    pub(crate) failed: Option<bool>,
+    /// At most this many (50 when absent).
+    #[param(minimum = 1, maximum = 1000)]
+    pub(crate) limit: Option<usize>,
+}
+
 /// How far back a token's usage goes.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
