@@ -181,7 +181,8 @@ pub(crate) enum WebhookCommand {
         /// Where events are posted (http:// or https://).
         url: String,
         /// The event types, comma-separated: issued, updated, rotated,
-        /// revoked, disabled, enabled, leaked (or `all`).
+        /// revoked, disabled, enabled, leaked, expiring, uses_threshold,
+        /// uses_exhausted (or `all`).
         #[arg(long, value_delimiter = ',', required = true)]
         events: Vec<String>,
         /// A file holding the signing secret (32 to 256 characters).

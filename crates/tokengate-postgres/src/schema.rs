@@ -77,7 +77,7 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 9: lifecycle webhooks: the subscriptions (events space-separated),
     // and the outbox of deliveries (times in ms since the epoch; a claim
-    // holds a delivery until lease_ms).
+    // holds a delivery until lease_ms; an event once per webhook).
     "CREATE TABLE tokengate_webhooks (
         id text PRIMARY KEY,
         url text NOT NULL,
@@ -101,7 +101,9 @@ const MIGRATIONS: &[&str] = &[
         last_error text
     );
     CREATE INDEX tokengate_webhook_deliveries_due
-        ON tokengate_webhook_deliveries (state, next_ms);",
+        ON tokengate_webhook_deliveries (state, next_ms);
+    CREATE UNIQUE INDEX tokengate_webhook_deliveries_once
+        ON tokengate_webhook_deliveries (webhook_id, event_id);",
 ];
 
 /// The schema version this build writes.

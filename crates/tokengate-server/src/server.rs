@@ -85,6 +85,9 @@ pub struct UsageArgs {
     /// same store does).
     #[arg(long)]
     pub no_webhooks: bool,
+    /// How long before its expiry a token's `token.expiring` event is sent.
+    #[arg(long, default_value = "3d", value_parser = humantime::parse_duration)]
+    pub webhook_expiring_within: Duration,
 }
 
 impl UsageArgs {
@@ -93,7 +96,8 @@ impl UsageArgs {
         let builder = builder
             .usage_flush(self.usage_flush)
             .usage_retention(self.usage_retention)
-            .webhook_poll((!self.no_webhooks).then_some(self.webhook_poll));
+            .webhook_poll((!self.no_webhooks).then_some(self.webhook_poll))
+            .webhook_expiring_within(self.webhook_expiring_within);
         if self.no_usage {
             builder.no_usage_counts()
         } else {

@@ -57,6 +57,9 @@ impl Sql {
                 bind(Value::Time(Some(until)))
             ));
         }
+        if parts.usage_limited {
+            clauses.push("uses_remaining IS NOT NULL".to_owned());
+        }
         if let Some(after) = parts.after {
             clauses.push(format!(
                 "(created_at, id) > (SELECT created_at, id FROM {} WHERE id = {})",

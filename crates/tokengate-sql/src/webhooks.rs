@@ -61,7 +61,8 @@ impl Statements {
             enqueue: d("INSERT INTO {deliveries} \
                         (webhook_id, event_id, event_type, body, created_ms, state, next_ms) \
                         SELECT id, $1, $2, $3, $4, 'pending', $4 FROM {webhooks} \
-                        WHERE (' ' || events || ' ') LIKE $5 RETURNING id"),
+                        WHERE (' ' || events || ' ') LIKE $5 \
+                        ON CONFLICT (webhook_id, event_id) DO NOTHING RETURNING id"),
             claim: d(&format!(
                 "UPDATE {{deliveries}} SET lease_ms = $2, claimed_by = $3 \
                  WHERE id IN (SELECT id FROM {{deliveries}} \

@@ -87,7 +87,7 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
     // 9: lifecycle webhooks: the subscriptions (events space-separated),
     // and the outbox of deliveries (times in ms since the epoch; a claim
-    // holds a delivery until lease_ms).
+    // holds a delivery until lease_ms; an event once per webhook).
     "CREATE TABLE webhooks (
         id TEXT PRIMARY KEY,
         url TEXT NOT NULL,
@@ -110,7 +110,8 @@ const MIGRATIONS: &[&str] = &[
         last_status INTEGER,
         last_error TEXT
     );
-    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (state, next_ms);",
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (state, next_ms);
+    CREATE UNIQUE INDEX webhook_deliveries_once ON webhook_deliveries (webhook_id, event_id);",
 ];
 
 /// The schema version this build writes.

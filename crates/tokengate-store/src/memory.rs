@@ -316,6 +316,11 @@ impl TokenAdmin for MemoryStore {
                 .webhooks
                 .iter()
                 .filter(|w| w.wants(event.kind))
+                .filter(|w| {
+                    !s.outbox
+                        .iter()
+                        .any(|(d, _, _)| d.webhook_id == w.id && d.event_id == event.id)
+                })
                 .map(|w| w.id.clone())
                 .collect();
             for webhook_id in &wanting {

@@ -29,11 +29,20 @@ pub enum EventType {
     Enabled,
     /// `token.leaked`: reported by a secret scanner, or found by `scan`.
     Leaked,
+    /// `token.expiring`: an active token expires within the servers'
+    /// window (3 days by default); once per expiry.
+    Expiring,
+    /// `token.uses_threshold`: a usage-limited token has spent 80 % of its
+    /// count; once per count (a refill or reset starts another).
+    UsesThreshold,
+    /// `token.uses_exhausted`: a usage-limited token has no use left;
+    /// once per count.
+    UsesExhausted,
 }
 
 impl EventType {
     /// Every type, in order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 10] = [
         Self::Issued,
         Self::Updated,
         Self::Rotated,
@@ -41,6 +50,9 @@ impl EventType {
         Self::Disabled,
         Self::Enabled,
         Self::Leaked,
+        Self::Expiring,
+        Self::UsesThreshold,
+        Self::UsesExhausted,
     ];
 
     /// The type as deliveries name it (`token.revoked`).
@@ -53,6 +65,9 @@ impl EventType {
             Self::Disabled => "token.disabled",
             Self::Enabled => "token.enabled",
             Self::Leaked => "token.leaked",
+            Self::Expiring => "token.expiring",
+            Self::UsesThreshold => "token.uses_threshold",
+            Self::UsesExhausted => "token.uses_exhausted",
         }
     }
 }
@@ -209,7 +224,32 @@ impl WebhookEvent {
         at: SystemTime,
         more: &[(&str, &str)],
     ) -> Self {
-        let id = random_id("evt_");
+        Self::with_id(random_id("evt_"), kind, record, at, more)
+    }
+
+    /// The event `kind` of `record` that happens once per `key` (a
+    /// token's expiry, its count's generation and window): its id is made
+    /// of them, and the outbox takes an id once per webhook, so servers
+    /// that each notice it write it once between them.
+    pub fn once(
+        kind: EventType,
+        record: &TokenRecord,
+        at: SystemTime,
+        key: &str,
+        more: &[(&str, &str)],
+    ) -> Self {
+        let name = &kind.as_str()["token.".len()..];
+        let id = format!("evt_{name}_{}_{key}", &record.id.as_str()["tok_".len()..]);
+        Self::with_id(id, kind, record, at, more)
+    }
+
+    fn with_id(
+        id: String,
+        kind: EventType,
+        record: &TokenRecord,
+        at: SystemTime,
+        more: &[(&str, &str)],
+    ) -> Self {
         let mut data = serde_json::json!({
             "token_id": record.id.as_str(),
             "name": record.name,

@@ -42,7 +42,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
 use tokengate_core::metric_names::WEBHOOK_DELIVERIES;
-use tokengate_store::{Attempt, Delivery, DeliveryState, TokenAdmin, Webhook, retry_at};
+use tokengate_store::{
+    Attempt, Delivery, DeliveryState, TokenAdmin, TokenQuery, Webhook, retry_at,
+};
 use tokio::task::JoinHandle;
 
 pub use tokengate_store::{EventType, WebhookError, WebhookEvent};
@@ -133,6 +135,7 @@ pub struct Deliverer<S> {
     /// This process's name in the store's claims.
     claimer: String,
     timeout: Duration,
+    expiring_within: Duration,
 }
 
 impl<S> std::fmt::Debug for Deliverer<S> {
@@ -146,6 +149,10 @@ impl<S> std::fmt::Debug for Deliverer<S> {
 /// How many deliveries one claim takes.
 const BATCH: usize = 32;
 
+/// Every how many polls the tokens are scanned for the events no change
+/// makes ([`Deliverer::scan`]): every 10 s at the default poll.
+const SCAN_EVERY: u64 = 10;
+
 impl<S: TokenAdmin + Clone> Deliverer<S> {
     /// A deliverer for `store`'s outbox, each post given 10 s.
     pub fn new(store: S) -> Self {
@@ -158,7 +165,95 @@ impl<S: TokenAdmin + Clone> Deliverer<S> {
                 tokengate_core::TokenId::generate().as_str()
             ),
             timeout: Duration::from_secs(10),
+            expiring_within: Duration::from_secs(3 * 86_400),
         }
+    }
+
+    /// How long before its expiry a token's `token.expiring` is sent (3
+    /// days by default).
+    #[must_use]
+    pub fn expiring_within(mut self, window: Duration) -> Self {
+        self.expiring_within = window;
+        self
+    }
+
+    /// Writes the events no change makes, for the tokens they are due
+    /// for at `now`: `token.expiring` (active, expiring within the
+    /// window), `token.uses_threshold` (80 % of a count spent) and
+    /// `token.uses_exhausted` (none left). Each is written once per
+    /// expiry or count, however many servers scan; tokens are read only
+    /// when a webhook wants these types. Returns how many deliveries were
+    /// written.
+    pub async fn scan(&self, now: SystemTime) -> usize {
+        let hooks = match self.store.webhooks().await {
+            Ok(hooks) => hooks,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the webhooks");
+                return 0;
+            }
+        };
+        let wanted = |kind| hooks.iter().any(|h| h.wants(kind));
+        let mut events = Vec::new();
+        if wanted(EventType::Expiring) {
+            let query = TokenQuery::new().expiring_within(self.expiring_within);
+            for record in self.tokens(&query, now).await {
+                if let Some(at) = record.expires_at {
+                    let ms = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+                    let expires_at = humantime::format_rfc3339_millis(at).to_string();
+                    events.push(WebhookEvent::once(
+                        EventType::Expiring,
+                        &record,
+                        now,
+                        &ms.to_string(),
+                        &[("expires_at", &expires_at)],
+                    ));
+                }
+            }
+        }
+        if wanted(EventType::UsesThreshold) || wanted(EventType::UsesExhausted) {
+            let query = TokenQuery::new()
+                .status(tokengate_core::TokenStatus::Active)
+                .usage_limited();
+            for record in self.tokens(&query, now).await {
+                let Some(uses) = record.uses else { continue };
+                let left = uses.remaining_at(now);
+                let key = format!("{}_{}", uses.generation, uses.limit.window(now));
+                let kind = if left == 0 {
+                    EventType::UsesExhausted
+                } else if left.saturating_mul(5) <= uses.limit.most() {
+                    EventType::UsesThreshold
+                } else {
+                    continue;
+                };
+                let left = left.to_string();
+                events.push(WebhookEvent::once(
+                    kind,
+                    &record,
+                    now,
+                    &key,
+                    &[("uses_remaining", &left)],
+                ));
+            }
+        }
+        let mut written = 0;
+        for event in events {
+            match self.store.enqueue_event(&event).await {
+                Ok(n) => written += n,
+                Err(error) => tracing::warn!(%error, "could not write a webhook event"),
+            }
+        }
+        written
+    }
+
+    async fn tokens(
+        &self,
+        query: &TokenQuery,
+        now: SystemTime,
+    ) -> Vec<tokengate_core::TokenRecord> {
+        self.store.query(query, now).await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "could not read the tokens webhooks watch");
+            Vec::new()
+        })
     }
 
     /// Claims what is due now and posts it, every post at once; returns
@@ -277,7 +372,8 @@ impl<S: TokenAdmin + Clone> Deliverer<S> {
     }
 
     /// Runs [`Deliverer::run_once`] every `every` (at once again while a
-    /// claim comes back full) on the current tokio runtime.
+    /// claim comes back full), and [`Deliverer::scan`] every tenth time,
+    /// on the current tokio runtime.
     pub fn spawn(self, every: Duration) -> JoinHandle<()>
     where
         S: 'static,
@@ -286,8 +382,11 @@ impl<S: TokenAdmin + Clone> Deliverer<S> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
+            for polled in 0u64.. {
                 tick.tick().await;
+                if polled % SCAN_EVERY == 0 {
+                    deliverer.scan(SystemTime::now()).await;
+                }
                 while deliverer.run_once().await == BATCH {}
             }
         })

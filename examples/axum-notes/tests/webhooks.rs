@@ -280,7 +280,7 @@ async fn a_receiver_down_then_failing_gets_the_event_when_it_is_back() {
             "add",
             &format!("http://{addr}/hook"),
             "--events",
-            "all",
+            "issued,revoked",
             "--secret-file",
             secret_file.to_str().unwrap(),
         ],
@@ -341,5 +341,117 @@ async fn a_receiver_down_then_failing_gets_the_event_when_it_is_back() {
     assert_eq!(count("retried"), attempts - 1, "{metrics}");
     assert_eq!(count("delivered"), 1, "{metrics}");
     drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_and_spent_tokens_are_told_once_by_two_scanning_servers() {
+    let dir = temp_dir("axum-notes-webhooks-scan");
+    let bin = env!("CARGO_BIN_EXE_axum-notes");
+    let db = dir.join("tokengate.db");
+    // Polled every 100 ms: each server scans the tokens every second.
+    let flags = |audit: &'static str| ["--webhook-poll", "100ms", "--audit-log", audit];
+    let servers = [
+        start_example_with(bin, &dir, "axum-notes listening on ", &flags("audit.jsonl")),
+        start_example_with(
+            bin,
+            &dir,
+            "axum-notes listening on ",
+            &flags("audit-1.jsonl"),
+        ),
+    ];
+    let addr = free_addr();
+    let added = cli(
+        bin,
+        &db,
+        &[
+            "webhooks",
+            "add",
+            &format!("http://{addr}/hook"),
+            "--events",
+            "expiring,uses_threshold,uses_exhausted",
+        ],
+    );
+    let secret = added
+        .lines()
+        .find_map(|l| l.strip_prefix("signing secret (shown once): "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let seen = receiver(addr, &secret, Vec::new()).await;
+    let args = [
+        "issue",
+        "--name",
+        "short-lived",
+        "--subject",
+        "team-w",
+        "--scope",
+        "notes:read",
+        "--audience",
+        "notes",
+        "--ttl",
+        "1d",
+        "--uses",
+        "5",
+    ];
+    let token = cli(bin, &db, &args).trim().to_owned();
+    let id = token_id(bin, &db, &token);
+    let of = |kind: &str| -> usize {
+        seen.0
+            .lock()
+            .unwrap()
+            .posts
+            .iter()
+            .filter(|(b, _)| b["type"] == kind && b["data"]["token_id"] == id.as_str())
+            .count()
+    };
+    until("token.expiring", || of("token.expiring") == 1).await;
+
+    let base = &servers[0].addr;
+    for _ in 0..4 {
+        let status = support::send(base, "GET", "/notes", Some(&token), "").await;
+        assert_eq!(status, hyper::StatusCode::OK);
+    }
+    until("token.uses_threshold", || of("token.uses_threshold") == 1).await;
+    assert_eq!(of("token.uses_exhausted"), 0, "one use is left");
+    let status = support::send(base, "GET", "/notes", Some(&token), "").await;
+    assert_eq!(status, hyper::StatusCode::OK);
+    until("token.uses_exhausted", || of("token.uses_exhausted") == 1).await;
+
+    // Both servers scanned every second meanwhile: each event once (the
+    // demo token of the first start expires within the window too).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let posts: Vec<(Value, bool)> = seen.0.lock().unwrap().posts.clone();
+    assert!(posts.iter().all(|(_, signed)| *signed));
+    let posts: Vec<_> = posts
+        .into_iter()
+        .filter(|(b, _)| b["data"]["token_id"] == id.as_str())
+        .collect();
+    assert_eq!(posts.len(), 3, "{posts:?}");
+    let exhausted = posts
+        .iter()
+        .find(|(b, _)| b["type"] == "token.uses_exhausted")
+        .unwrap();
+    assert_eq!(exhausted.0["data"]["uses_remaining"], "0");
+    let expiring = posts
+        .iter()
+        .find(|(b, _)| b["type"] == "token.expiring")
+        .unwrap();
+    assert!(
+        expiring.0["data"]["expires_at"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+
+    // A reset is a new count: its exhaustion is told again.
+    cli(bin, &db, &["reset-uses", &id, "--remaining", "1"]);
+    let status = support::send(base, "GET", "/notes", Some(&token), "").await;
+    assert_eq!(status, hyper::StatusCode::OK);
+    until("a second token.uses_exhausted", || {
+        of("token.uses_exhausted") == 2
+    })
+    .await;
+    drop(servers);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,6 +14,7 @@ pub struct TokenQuery {
     subject: Option<String>,
     status: Option<TokenStatus>,
     expiring_within: Option<Duration>,
+    usage_limited: bool,
     after: Option<TokenId>,
     limit: Option<usize>,
 }
@@ -42,6 +43,12 @@ impl TokenQuery {
         self
     }
 
+    /// Only usage-limited tokens.
+    pub fn usage_limited(mut self) -> Self {
+        self.usage_limited = true;
+        self
+    }
+
     /// The page after the token `id` (the last of the previous page).
     pub fn after(mut self, id: TokenId) -> Self {
         self.after = Some(id);
@@ -59,6 +66,7 @@ impl TokenQuery {
         let status = record.status(now);
         self.subject.as_ref().is_none_or(|s| *s == record.subject)
             && self.status.is_none_or(|wanted| wanted == status)
+            && (!self.usage_limited || record.uses.is_some())
             && self.expiring_within.is_none_or(|window| {
                 status == TokenStatus::Active
                     && record
@@ -95,6 +103,8 @@ pub struct QueryParts<'a> {
     pub status: Option<TokenStatus>,
     /// Only active tokens that expire within this window.
     pub expiring_within: Option<Duration>,
+    /// Only usage-limited tokens.
+    pub usage_limited: bool,
     /// The page after this token.
     pub after: Option<&'a TokenId>,
     /// At most this many tokens.
@@ -108,6 +118,7 @@ impl TokenQuery {
             subject: self.subject.as_deref(),
             status: self.status,
             expiring_within: self.expiring_within,
+            usage_limited: self.usage_limited,
             after: self.after.as_ref(),
             limit: self.limit,
         }

@@ -265,7 +265,7 @@ pub struct RotateRequest {
 
 text_schema! {
     /// A lifecycle event type: `token.` and what happened.
-    EventTypeText { pattern: r"^token\.(issued|updated|rotated|revoked|disabled|enabled|leaked)$" }
+    EventTypeText { pattern: r"^token\.(issued|updated|rotated|revoked|disabled|enabled|leaked|expiring|uses_threshold|uses_exhausted)$" }
 }
 
 text_schema! {
@@ -286,7 +286,7 @@ pub struct WebhookRequest {
     #[schema(value_type = WebhookUrlText)]
     pub url: String,
     /// The event types it receives.
-    #[schema(value_type = Vec<EventTypeText>, min_items = 1, max_items = 7)]
+    #[schema(value_type = Vec<EventTypeText>, min_items = 1, max_items = 10)]
     pub events: Vec<String>,
     /// The signing secret; generated (and answered once) when absent.
     #[schema(value_type = Option<WebhookSecretText>)]

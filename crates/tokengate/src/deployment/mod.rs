@@ -101,6 +101,8 @@ struct UsageSettings {
     retention: Duration,
     /// How often the webhook outbox is polled; `None`: not delivered.
     webhook_poll: Option<Duration>,
+    /// How long before its expiry a token's `token.expiring` is sent.
+    expiring_within: Duration,
 }
 
 impl Default for UsageSettings {
@@ -110,6 +112,7 @@ impl Default for UsageSettings {
             flush: Duration::from_secs(5),
             retention: Duration::from_secs(90 * 86_400),
             webhook_poll: Some(Duration::from_secs(1)),
+            expiring_within: Duration::from_secs(3 * 86_400),
         }
     }
 }
@@ -157,6 +160,14 @@ impl DeploymentBuilder {
     #[must_use]
     pub fn webhook_poll(mut self, every: Option<Duration>) -> Self {
         self.usage.webhook_poll = every.map(|every| every.max(Duration::from_millis(100)));
+        self
+    }
+
+    /// How long before its expiry a token's `token.expiring` webhook
+    /// event is sent (3 days by default).
+    #[must_use]
+    pub fn webhook_expiring_within(mut self, window: Duration) -> Self {
+        self.usage.expiring_within = window;
         self
     }
 
@@ -270,7 +281,9 @@ impl Deployment {
         let tasks = {
             let mut tasks = tasks;
             if let Some(every) = usage_settings.webhook_poll {
-                tasks.push(crate::webhooks::Deliverer::new(store.clone()).spawn(every));
+                let deliverer = crate::webhooks::Deliverer::new(store.clone())
+                    .expiring_within(usage_settings.expiring_within);
+                tasks.push(deliverer.spawn(every));
             }
             tasks
         };

@@ -106,6 +106,16 @@ pub(super) async fn webhooks_conformance<S: TokenStore + TokenAdmin>(lifecycle: 
     assert_eq!(failed.len(), 2, "{failed:?}");
     assert!(failed_ids.contains(&b.id) && failed_ids.contains(&c.id));
 
+    // An event that happens once per key is written once, however many
+    // servers notice it.
+    let once = crate::WebhookEvent::once(EventType::Expiring, &issued.record, now, "k1", &[]);
+    assert_eq!(
+        store.enqueue_event(&once).await.unwrap(),
+        1,
+        "to the one that wants it"
+    );
+    assert_eq!(store.enqueue_event(&once).await.unwrap(), 0, "once");
+
     // Removing a webhook fails what it had pending.
     lifecycle.disable(&issued.record.id).await.ok();
     assert!(store.remove_webhook(&all.id).await.unwrap());
