@@ -135,8 +135,9 @@ async fn count_across(servers: &mut [Started], tokengate: impl Fn(&[&str]) -> St
 
     let read =
         |id: &str| -> Value { serde_json::from_str(&tokengate(&["usage", id, "--json"])).unwrap() };
+    // Each process flushes on its own: wait for all three.
     let usage = until(
-        |u| summed(u).0 == 30 && summed(u).1 != json!({}),
+        |u| summed(u).0 == 30 && summed(u).1 == json!({"insufficient_scope": 6}),
         || read(&reader_id),
     )
     .await;
@@ -148,13 +149,22 @@ async fn count_across(servers: &mut [Started], tokengate: impl Fn(&[&str]) -> St
     let start = usage["buckets"][0]["start"].as_str().unwrap();
     assert!(start.ends_with(":00:00.000Z"), "an hour's start: {start}");
 
-    let usage = until(|u| summed(u).1 != json!({}), || read(&limited_id)).await;
+    let usage = until(
+        |u| summed(u).0 == 2 && summed(u).1 == json!({"rate_limited": 3}),
+        || read(&limited_id),
+    )
+    .await;
     let (admitted, refused, _) = summed(&usage);
     assert_eq!(admitted, 2);
     assert_eq!(refused, json!({"rate_limited": 3}), "{usage}");
 
+    let ranked = json!([
+        {"token_id": busy_id, "admitted": 45, "refused": 0},
+        {"token_id": reader_id, "admitted": 30, "refused": 6},
+        {"token_id": limited_id, "admitted": 2, "refused": 3},
+    ]);
     let top = until(
-        |t| t[0]["admitted"] == 45,
+        |t| *t == ranked,
         || {
             serde_json::from_str(&tokengate(&[
                 "usage", "--top", "3", "--since", "2h", "--json",
@@ -163,15 +173,7 @@ async fn count_across(servers: &mut [Started], tokengate: impl Fn(&[&str]) -> St
         },
     )
     .await;
-    assert_eq!(
-        top,
-        json!([
-            {"token_id": busy_id, "admitted": 45, "refused": 0},
-            {"token_id": reader_id, "admitted": 30, "refused": 6},
-            {"token_id": limited_id, "admitted": 2, "refused": 3},
-        ]),
-        "most requests first"
-    );
+    assert_eq!(top, ranked, "most requests first");
 
     // The admin API serves the same (its own calls are the admin token's).
     let (status, body) = send_with(

@@ -104,6 +104,30 @@ fn issue(bin: &str, db: &std::path::Path, name: &str) -> String {
     cli(bin, db, &args).trim().to_owned()
 }
 
+fn issue_with(tokengate: &dyn Fn(&[&str]) -> String, name: &str) -> String {
+    let args = [
+        "issue",
+        "--name",
+        name,
+        "--subject",
+        "team-w",
+        "--scope",
+        "notes:read",
+        "--audience",
+        "notes",
+    ];
+    tokengate(&args).trim().to_owned()
+}
+
+fn token_id_with(tokengate: &dyn Fn(&[&str]) -> String, token: &str) -> String {
+    tokengate(&["inspect", token])
+        .lines()
+        .find_map(|l| l.strip_prefix("id:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
 fn token_id(bin: &str, db: &std::path::Path, token: &str) -> String {
     cli(bin, db, &["inspect", token])
         .lines()
@@ -113,40 +137,17 @@ fn token_id(bin: &str, db: &std::path::Path, token: &str) -> String {
         .to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_servers_post_each_event_once_signed() {
-    let dir = temp_dir("axum-notes-webhooks");
-    let bin = env!("CARGO_BIN_EXE_axum-notes");
-    let db = dir.join("tokengate.db");
-    let flags = |audit: &'static str| ["--webhook-poll", "200ms", "--audit-log", audit];
-    let mut servers = vec![start_example_with(
-        bin,
-        &dir,
-        "axum-notes listening on ",
-        &flags("audit.jsonl"),
-    )];
-    for audit in ["audit-1.jsonl", "audit-2.jsonl"] {
-        servers.push(start_example_with(
-            bin,
-            &dir,
-            "axum-notes listening on ",
-            &flags(audit),
-        ));
-    }
-
+/// Three servers on one store post each of eight events once, signed.
+async fn post_each_event_once(tokengate: &dyn Fn(&[&str]) -> String) {
     let addr = free_addr();
     let url = format!("http://{addr}/hook");
-    let added = cli(
-        bin,
-        &db,
-        &[
-            "webhooks",
-            "add",
-            &url,
-            "--events",
-            "issued,revoked,token.rotated",
-        ],
-    );
+    let added = tokengate(&[
+        "webhooks",
+        "add",
+        &url,
+        "--events",
+        "issued,revoked,token.rotated",
+    ]);
     let secret = added
         .lines()
         .find_map(|l| l.strip_prefix("signing secret (shown once): "))
@@ -155,7 +156,7 @@ async fn three_servers_post_each_event_once_signed() {
         .to_owned();
     let hook_id = added.split_whitespace().nth(1).unwrap().to_owned();
     let seen = receiver(addr, &secret, Vec::new()).await;
-    let listed = cli(bin, &db, &["webhooks", "list"]);
+    let listed = tokengate(&["webhooks", "list"]);
     assert!(
         listed.contains(&hook_id) && listed.contains(&url),
         "{listed}"
@@ -163,14 +164,14 @@ async fn three_servers_post_each_event_once_signed() {
     assert!(!listed.contains(&secret), "never the secret: {listed}");
 
     let tokens: Vec<String> = (0..5)
-        .map(|i| issue(bin, &db, &format!("hooked-{i}")))
+        .map(|i| issue_with(tokengate, &format!("hooked-{i}")))
         .collect();
-    let ids: Vec<String> = tokens.iter().map(|t| token_id(bin, &db, t)).collect();
-    cli(bin, &db, &["revoke", &ids[0]]);
-    cli(bin, &db, &["revoke", &ids[1]]);
-    cli(bin, &db, &["rotate", &ids[2]]);
+    let ids: Vec<String> = tokens.iter().map(|t| token_id_with(tokengate, t)).collect();
+    tokengate(&["revoke", &ids[0]]);
+    tokengate(&["revoke", &ids[1]]);
+    tokengate(&["rotate", &ids[2]]);
     // Not subscribed: no delivery.
-    cli(bin, &db, &["disable", &ids[3]]);
+    tokengate(&["disable", &ids[3]]);
 
     until("eight deliveries", || {
         seen.0.lock().unwrap().posts.len() >= 8
@@ -226,7 +227,7 @@ async fn three_servers_post_each_event_once_signed() {
         );
     }
 
-    let log = cli(bin, &db, &["webhooks", "log", "--json"]);
+    let log = tokengate(&["webhooks", "log", "--json"]);
     let lines: Vec<Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -239,14 +240,52 @@ async fn three_servers_post_each_event_once_signed() {
         "{log}"
     );
     assert!(
-        cli(bin, &db, &["webhooks", "log", "--failed", "--json"])
+        tokengate(&["webhooks", "log", "--failed", "--json"])
             .trim()
             .is_empty()
     );
-    cli(bin, &db, &["webhooks", "remove", &hook_id]);
-    assert!(!cli(bin, &db, &["webhooks", "list"]).contains(&hook_id));
+    tokengate(&["webhooks", "remove", &hook_id]);
+    assert!(!tokengate(&["webhooks", "list"]).contains(&hook_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_post_each_event_once_signed() {
+    let dir = temp_dir("axum-notes-webhooks");
+    let bin = env!("CARGO_BIN_EXE_axum-notes");
+    let db = dir.join("tokengate.db");
+    let flags = |audit: &'static str| ["--webhook-poll", "200ms", "--audit-log", audit];
+    let mut servers = vec![start_example_with(
+        bin,
+        &dir,
+        "axum-notes listening on ",
+        &flags("audit.jsonl"),
+    )];
+    for audit in ["audit-1.jsonl", "audit-2.jsonl"] {
+        servers.push(start_example_with(
+            bin,
+            &dir,
+            "axum-notes listening on ",
+            &flags(audit),
+        ));
+    }
+    post_each_event_once(&|args| cli(bin, &db, args)).await;
     drop(servers);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_on_postgres_post_each_event_once_signed() {
+    let Some(deployment) = support::Deployment::start_with_flags(
+        "axum-notes-webhooks-pg",
+        &["--webhook-poll", "200ms"],
+    )
+    .await
+    else {
+        return;
+    };
+    let tokengate = deployment.clone_cli();
+    post_each_event_once(&|args| tokengate(args)).await;
+    deployment.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
