@@ -130,19 +130,30 @@ pub struct ClientSeen {
     pub at: SystemTime,
 }
 
-/// Shards of the tally: requests of different tokens rarely wait on one
-/// another's lock.
+/// Shards of the tally, one per thread (up to 16 threads; more share):
+/// requests on different threads never wait on one another's lock, even
+/// for the same token.
 const SHARDS: usize = 16;
+
+/// The next thread's shard.
+static NEXT_SHARD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard.
+    static MY_SHARD: usize =
+        NEXT_SHARD.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SHARDS;
+}
 
 /// Counts requests per token, hour and outcome in memory, for
 /// [`UsageTally::flush`] to add to the store in one batch every few
 /// seconds.
 ///
-/// Counting a request is a short lock of one of 16 shards (picked by the
-/// token id, which is random) and one map lookup; nothing is written to
-/// the store on a request's path. Between flushes at most `max_tokens`
-/// distinct tokens are held (per shard, a sixteenth of it); requests of
-/// tokens beyond that are counted in [`UsageTally::dropped`] instead. A
+/// Counting a request is an uncontended lock of its thread's shard and
+/// one map lookup (a hot token's requests on two threads never contend);
+/// nothing is written to the store on a request's path. Between flushes
+/// each shard holds at most a quarter of `max_tokens` distinct tokens;
+/// requests of tokens beyond that are counted in [`UsageTally::dropped`]
+/// instead. A flush merges the shards. A
 /// flush that fails puts its batch back, so a store that is down for a
 /// while loses nothing but what does not fit. Every instance adds its own
 /// counts (the store sums them), so the totals are right across
@@ -219,7 +230,7 @@ impl UsageTally {
     pub fn new(max_tokens: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            per_shard: max_tokens.div_ceil(SHARDS).max(1),
+            per_shard: max_tokens.div_ceil(4).max(1),
         }
     }
 
@@ -234,7 +245,7 @@ impl UsageTally {
     ) {
         let outcome = refused.unwrap_or(ADMITTED);
         let last = client.map(|client| (client, at));
-        self.shard(id)
+        self.shard()
             .add(id, self.per_shard, (hour_of(at), outcome, 1), last);
     }
 
@@ -246,9 +257,25 @@ impl UsageTally {
     /// Takes everything counted so far, as a batch for the store.
     pub fn take(&self) -> UsageBatch {
         let mut batch = UsageBatch::default();
+        // One token's counts may sit in several threads' shards: merged.
+        let mut merged: HashMap<TokenId, Counted> = HashMap::new();
         for shard in self.shards.iter() {
             let tokens = std::mem::take(&mut lock(shard).tokens);
             for (id, counted) in tokens {
+                match merged.get_mut(&id) {
+                    Some(into) => {
+                        for counts in counted.counts {
+                            into.add(counts, counted.last);
+                        }
+                    }
+                    None => {
+                        merged.insert(id, counted);
+                    }
+                }
+            }
+        }
+        {
+            for (id, counted) in merged {
                 for (hour, outcome, count) in counted.counts {
                     batch.counts.push(UsageCount {
                         token_id: id.clone(),
@@ -274,7 +301,7 @@ impl UsageTally {
     /// the next (what does not fit is dropped and counted).
     pub fn put_back(&self, batch: UsageBatch) {
         for c in batch.counts {
-            self.shard(&c.token_id).add(
+            self.shard().add(
                 &c.token_id,
                 self.per_shard,
                 (c.hour, c.outcome, c.count),
@@ -282,7 +309,7 @@ impl UsageTally {
             );
         }
         for seen in batch.clients {
-            let mut shard = self.shard(&seen.token_id);
+            let mut shard = self.shard();
             if let Some(counted) = shard.tokens.get_mut(&seen.token_id)
                 && counted.last.is_none_or(|(_, at)| at < seen.at)
             {
@@ -308,10 +335,9 @@ impl UsageTally {
         }
     }
 
-    fn shard(&self, id: &TokenId) -> MutexGuard<'_, Shard> {
-        // Ids end in random characters: the last picks a shard evenly.
-        let last = id.as_str().as_bytes().last().copied().unwrap_or(0);
-        lock(&self.shards[usize::from(last) % SHARDS])
+    /// This thread's shard.
+    fn shard(&self) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[MY_SHARD.with(|shard| *shard)])
     }
 }
 
@@ -419,6 +445,28 @@ mod tests {
         assert_eq!(batch.clients[0].client, two, "the latest request's address");
         assert_eq!(batch.clients[0].hour, 7_200);
         assert!(tally.take().is_empty(), "taken");
+    }
+
+    #[test]
+    fn one_tokens_requests_on_several_threads_are_merged_at_the_flush() {
+        let tally = std::sync::Arc::new(UsageTally::new(100));
+        let id = TokenId::generate();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (tally, id) = (std::sync::Arc::clone(&tally), id.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..25 {
+                        tally.count(&id, at(7_200), None, None);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let batch = tally.take();
+        assert_eq!(batch.counts.len(), 1, "{batch:?}");
+        assert_eq!(batch.counts[0].count, 100);
     }
 
     #[test]
