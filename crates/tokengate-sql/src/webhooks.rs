@@ -10,7 +10,7 @@ use tokengate_store::{
     Attempt, Delivery, DeliveryState, EventType, LEASE, StoreError, Webhook, WebhookEvent,
 };
 
-use crate::store::{Backend, Work};
+use crate::{Backend, Work};
 use crate::{Dialect, Kind, Unreadable, Value, from_millis, millis};
 
 /// Every statement of the webhook tables, in one dialect.
