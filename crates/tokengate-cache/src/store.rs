@@ -158,6 +158,10 @@ impl<S: TokenAdmin> TokenAdmin for CachedStore<S> {
             .await
     }
 
+    async fn prune_deliveries(&self, before: SystemTime) -> Result<u64, StoreError> {
+        self.shared.store.prune_deliveries(before).await
+    }
+
     async fn deliveries(
         &self,
         failed_only: bool,

@@ -848,6 +848,13 @@ macro_rules! sql_store {
                 $crate::webhooks::finish_delivery(self, id, claimer, attempt).await
             }
 
+            async fn prune_deliveries(
+                &self,
+                before: std::time::SystemTime,
+            ) -> Result<u64, tokengate_store::StoreError> {
+                $crate::webhooks::prune_deliveries(self, before).await
+            }
+
             async fn deliveries(
                 &self,
                 failed_only: bool,

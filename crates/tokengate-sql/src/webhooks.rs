@@ -23,6 +23,7 @@ struct Statements {
     claim: String,
     finish: String,
     log: String,
+    prune: String,
 }
 
 const DELIVERY: &str = "id, webhook_id, event_id, event_type, body, created_ms, attempts, state, \
@@ -74,6 +75,10 @@ impl Statements {
                 "UPDATE {deliveries} SET attempts = attempts + 1, state = $3, \
                        next_ms = $4, lease_ms = 0, last_status = $5, last_error = $6 \
                        WHERE id = $1 AND claimed_by = $2 RETURNING id",
+            ),
+            prune: d(
+                "DELETE FROM {deliveries} WHERE state <> 'pending' AND next_ms < $1 \
+                      RETURNING id",
             ),
             log: d(&format!(
                 "SELECT {DELIVERY} FROM {{deliveries}} \
@@ -267,6 +272,19 @@ pub async fn finish_delivery(
     ];
     b.run(Work::single(move |c| {
         Box::pin(async move { Ok(!c.column(&sql.finish, values, Kind::Int).await?.is_empty()) })
+    }))
+    .await
+}
+
+/// See `TokenAdmin::prune_deliveries`.
+pub async fn prune_deliveries(b: &impl Backend, before: SystemTime) -> Result<u64, StoreError> {
+    let sql = Statements::of(b.dialect());
+    let values = vec![int(millis(before))];
+    b.run(Work::single(move |c| {
+        Box::pin(async move {
+            let gone = c.column(&sql.prune, values, Kind::Int).await?;
+            Ok(gone.len() as u64)
+        })
     }))
     .await
 }

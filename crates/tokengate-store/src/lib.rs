@@ -360,6 +360,17 @@ pub trait TokenAdmin: Send + Sync + 'static {
         std::future::ready(Err(StoreError::Unsupported("webhooks")))
     }
 
+    /// Forgets deliveries no longer pending (delivered or given up) whose
+    /// last attempt was before `before`: the outbox's log is kept that
+    /// long. Returns how many went.
+    fn prune_deliveries(
+        &self,
+        before: SystemTime,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = before;
+        std::future::ready(Err(StoreError::Unsupported("webhooks")))
+    }
+
     /// Forgets the buckets of hours that ended before `before` (the
     /// retention); returns how many counts (of a token, an hour and an
     /// outcome) went.

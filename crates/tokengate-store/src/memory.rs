@@ -397,6 +397,15 @@ impl TokenAdmin for MemoryStore {
         }))
     }
 
+    async fn prune_deliveries(&self, before: SystemTime) -> Result<u64, StoreError> {
+        Ok(self.write(|s| {
+            let kept = s.outbox.len();
+            s.outbox
+                .retain(|(d, _, _)| d.state == DeliveryState::Pending || d.next_at >= before);
+            (kept - s.outbox.len()) as u64
+        }))
+    }
+
     async fn deliveries(
         &self,
         failed_only: bool,

@@ -257,6 +257,10 @@ impl TokenAdmin for ProbeStore {
         self.inner.finish_delivery(id, claimer, attempt).await
     }
 
+    async fn prune_deliveries(&self, before: SystemTime) -> Result<u64, StoreError> {
+        self.inner.prune_deliveries(before).await
+    }
+
     async fn deliveries(
         &self,
         failed_only: bool,

@@ -235,6 +235,13 @@ impl<S: TokenAdmin + Clone> Deliverer<S> {
                 ));
             }
         }
+        // The log of what is done is kept a month.
+        let month = Duration::from_secs(30 * 86_400);
+        if let Some(before) = now.checked_sub(month)
+            && let Err(error) = self.store.prune_deliveries(before).await
+        {
+            tracing::warn!(%error, "could not prune the webhook log");
+        }
         let mut written = 0;
         for event in events {
             match self.store.enqueue_event(&event).await {

@@ -126,4 +126,15 @@ pub(super) async fn webhooks_conformance<S: TokenStore + TokenAdmin>(lifecycle: 
     assert_eq!(b_now.state, DeliveryState::Failed);
     assert_eq!(b_now.last_error.as_deref(), Some("webhook removed"));
     assert!(store.remove_webhook(&revoked.id).await.unwrap());
+
+    // The log is kept a while: what is done and older goes.
+    let all_done = store.deliveries(false, 100).await.unwrap();
+    assert!(
+        all_done.iter().all(|d| d.state != DeliveryState::Pending),
+        "{all_done:?}"
+    );
+    let far = SystemTime::now() + Duration::from_secs(86_400);
+    let gone = store.prune_deliveries(far).await.unwrap();
+    assert_eq!(gone, all_done.len() as u64);
+    assert!(store.deliveries(false, 100).await.unwrap().is_empty());
 }
