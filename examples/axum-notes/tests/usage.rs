@@ -98,14 +98,7 @@ async fn count_across(servers: &mut [Started], tokengate: impl Fn(&[&str]) -> St
         &["--rate", "1/min", "--burst", "2"],
     ));
     let admin = tokengate(&issue_args("admin", "tokengate:admin", &[]));
-    let id = |token: &str| {
-        tokengate(&["inspect", token])
-            .lines()
-            .find_map(|l| l.strip_prefix("id:"))
-            .unwrap()
-            .trim()
-            .to_owned()
-    };
+    let id = |token: &str| support::token_id_by(tokengate, token);
     let (reader_id, busy_id, limited_id) = (id(&reader), id(&busy), id(&limited));
 
     each(&bases, "GET", "/notes", &reader, 30, StatusCode::OK).await;

@@ -89,21 +89,6 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-fn issue(bin: &str, db: &std::path::Path, name: &str) -> String {
-    let args = [
-        "issue",
-        "--name",
-        name,
-        "--subject",
-        "team-w",
-        "--scope",
-        "notes:read",
-        "--audience",
-        "notes",
-    ];
-    cli(bin, db, &args).trim().to_owned()
-}
-
 fn issue_with(tokengate: &dyn Fn(&[&str]) -> String, name: &str) -> String {
     let args = [
         "issue",
@@ -117,24 +102,6 @@ fn issue_with(tokengate: &dyn Fn(&[&str]) -> String, name: &str) -> String {
         "notes",
     ];
     tokengate(&args).trim().to_owned()
-}
-
-fn token_id_with(tokengate: &dyn Fn(&[&str]) -> String, token: &str) -> String {
-    tokengate(&["inspect", token])
-        .lines()
-        .find_map(|l| l.strip_prefix("id:"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-fn token_id(bin: &str, db: &std::path::Path, token: &str) -> String {
-    cli(bin, db, &["inspect", token])
-        .lines()
-        .find_map(|l| l.strip_prefix("id:"))
-        .unwrap()
-        .trim()
-        .to_owned()
 }
 
 /// Three servers on one store post each of eight events once, signed.
@@ -166,7 +133,10 @@ async fn post_each_event_once(tokengate: &dyn Fn(&[&str]) -> String) {
     let tokens: Vec<String> = (0..5)
         .map(|i| issue_with(tokengate, &format!("hooked-{i}")))
         .collect();
-    let ids: Vec<String> = tokens.iter().map(|t| token_id_with(tokengate, t)).collect();
+    let ids: Vec<String> = tokens
+        .iter()
+        .map(|t| support::token_id_by(tokengate, t))
+        .collect();
     tokengate(&["revoke", &ids[0]]);
     tokengate(&["revoke", &ids[1]]);
     tokengate(&["rotate", &ids[2]]);
@@ -329,8 +299,8 @@ async fn a_receiver_down_then_failing_gets_the_event_when_it_is_back() {
         "a given secret is not printed: {added}"
     );
 
-    let token = issue(bin, &db, "waiting");
-    let id = token_id(bin, &db, &token);
+    let token = issue_with(&|args| cli(bin, &db, args), "waiting");
+    let id = support::token_id_by(&|args| cli(bin, &db, args), &token);
     // Nobody listens: the first attempt fails and is kept for later.
     until("a failed attempt in the log", || {
         cli(bin, &db, &["webhooks", "log", "--failed", "--json"]).contains("\"attempts\":1")
@@ -434,7 +404,7 @@ async fn expiring_and_spent_tokens_are_told_once_by_two_scanning_servers() {
         "5",
     ];
     let token = cli(bin, &db, &args).trim().to_owned();
-    let id = token_id(bin, &db, &token);
+    let id = support::token_id_by(&|args| cli(bin, &db, args), &token);
     let of = |kind: &str| -> usize {
         seen.0
             .lock()

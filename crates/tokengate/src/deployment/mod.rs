@@ -90,12 +90,13 @@ pub struct DeploymentBuilder {
     pepper_file: Option<PathBuf>,
     audit_log: Option<PathBuf>,
     audit_sink: JsonLinesSinkBuilder,
-    usage: UsageSettings,
+    upkeep: Upkeep,
 }
 
-/// How per-token usage is kept: flushed every `flush`, kept `retention`.
+/// The deployment's background work: per-token usage (flushed every
+/// `flush`, kept `retention`) and webhook delivery.
 #[derive(Debug, Clone, Copy)]
-struct UsageSettings {
+struct Upkeep {
     on: bool,
     flush: Duration,
     retention: Duration,
@@ -105,7 +106,7 @@ struct UsageSettings {
     expiring_within: Duration,
 }
 
-impl Default for UsageSettings {
+impl Default for Upkeep {
     fn default() -> Self {
         Self {
             on: true,
@@ -149,7 +150,7 @@ impl DeploymentBuilder {
     /// store (5 s by default; at least 100 ms).
     #[must_use]
     pub fn usage_flush(mut self, every: Duration) -> Self {
-        self.usage.flush = every.max(Duration::from_millis(100));
+        self.upkeep.flush = every.max(Duration::from_millis(100));
         self
     }
 
@@ -159,7 +160,7 @@ impl DeploymentBuilder {
     /// feature nothing is posted.
     #[must_use]
     pub fn webhook_poll(mut self, every: Option<Duration>) -> Self {
-        self.usage.webhook_poll = every.map(|every| every.max(Duration::from_millis(100)));
+        self.upkeep.webhook_poll = every.map(|every| every.max(Duration::from_millis(100)));
         self
     }
 
@@ -167,7 +168,7 @@ impl DeploymentBuilder {
     /// event is sent (3 days by default).
     #[must_use]
     pub fn webhook_expiring_within(mut self, window: Duration) -> Self {
-        self.usage.expiring_within = window;
+        self.upkeep.expiring_within = window;
         self
     }
 
@@ -175,7 +176,7 @@ impl DeploymentBuilder {
     /// the audit file alone).
     #[must_use]
     pub fn no_usage_counts(mut self) -> Self {
-        self.usage.on = false;
+        self.upkeep.on = false;
         self
     }
 
@@ -183,7 +184,7 @@ impl DeploymentBuilder {
     /// hour): older hours are removed once an hour.
     #[must_use]
     pub fn usage_retention(mut self, retention: Duration) -> Self {
-        self.usage.retention = retention.max(Duration::from_secs(3600));
+        self.upkeep.retention = retention.max(Duration::from_secs(3600));
         self
     }
 
@@ -218,7 +219,7 @@ impl DeploymentBuilder {
             self.pepper_file.as_deref(),
             &audit_log,
             self.audit_sink,
-            self.usage,
+            self.upkeep,
         )
         .await
     }
@@ -238,7 +239,7 @@ impl Deployment {
             pepper_file: None,
             audit_log: None,
             audit_sink: JsonLinesSinkBuilder::default(),
-            usage: UsageSettings::default(),
+            upkeep: Upkeep::default(),
         }
     }
 
@@ -248,7 +249,7 @@ impl Deployment {
         pepper_file: Option<&Path>,
         audit_log: &Path,
         audit_sink: JsonLinesSinkBuilder,
-        usage_settings: UsageSettings,
+        upkeep: Upkeep,
     ) -> Result<Self, SetupError> {
         let (store, peppers) = db.open(true, pepper_file).await?;
         // The current pepper, knowing those rotated out.
@@ -268,7 +269,7 @@ impl Deployment {
             tokio::spawn(keep_usage_counts(
                 store.clone(),
                 Arc::clone(&usage_counts),
-                usage_settings,
+                upkeep,
             )),
             tokio::spawn(reload::follow_peppers(
                 store.clone(),
@@ -280,9 +281,9 @@ impl Deployment {
         #[cfg(feature = "webhooks")]
         let tasks = {
             let mut tasks = tasks;
-            if let Some(every) = usage_settings.webhook_poll {
+            if let Some(every) = upkeep.webhook_poll {
                 let deliverer = crate::webhooks::Deliverer::new(store.clone())
-                    .expiring_within(usage_settings.expiring_within);
+                    .expiring_within(upkeep.expiring_within);
                 tasks.push(deliverer.spawn(every));
             }
             tasks
@@ -294,7 +295,7 @@ impl Deployment {
             lifecycle,
             usage,
             usage_counts,
-            counting: usage_settings.on,
+            counting: upkeep.on,
             audit,
             tasks,
             feed,
@@ -412,7 +413,7 @@ impl Deployment {
 /// Adds the usage counted in memory to the store every `settings.flush`
 /// (a failed write is kept for the next), and removes hours older than
 /// the retention once an hour.
-async fn keep_usage_counts(store: AnyStore, tally: Arc<UsageTally>, settings: UsageSettings) {
+async fn keep_usage_counts(store: AnyStore, tally: Arc<UsageTally>, settings: Upkeep) {
     let mut tick = tokio::time::interval(settings.flush);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pruned: Option<std::time::Instant> = None;

@@ -10,6 +10,16 @@ use hyper_util::rt::TokioExecutor;
 use tokengate_postgres::testing::TestDatabase;
 use tokengate_tests::process::{cli, start_example_with, temp_dir};
 
+/// The id of `token`, as `tokengate inspect` (run by `tokengate`) shows it.
+pub fn token_id_by(tokengate: &dyn Fn(&[&str]) -> String, token: &str) -> String {
+    tokengate(&["inspect", token])
+        .lines()
+        .find_map(|l| l.strip_prefix("id:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
 /// Sends `method path` to `base` with `token` and `body`; the status.
 pub async fn send(
     base: &str,
@@ -240,13 +250,7 @@ impl Deployment {
 
     /// The id of `token`, as `tokengate inspect` shows it.
     pub fn token_id(&self, token: &str) -> String {
-        let shown = self.cli(&["inspect", token]);
-        shown
-            .lines()
-            .find_map(|l| l.strip_prefix("id:"))
-            .unwrap()
-            .trim()
-            .to_owned()
+        token_id_by(&|args| self.cli(args), token)
     }
 
     pub fn issue(&self, name: &str, burst: u32) -> String {
