@@ -71,12 +71,38 @@ pub(crate) struct Cluster {
     pub(crate) instances: Vec<Instance>,
 }
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` distinct ports, each free when chosen, below the kernel's range of
+/// ephemeral ports: an instance restarts on its port, so neither a client
+/// connection (the load's, or `wait_for`'s) nor another instance may have
+/// taken it meanwhile. `bind("127.0.0.1:0")` would draw from that range,
+/// and two draws released in between can even answer the same port.
+pub(crate) fn free_ports(n: usize) -> Vec<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_low.saturating_sub(12_000).max(1024);
+    let span = u32::from(ephemeral_low - low);
+    // A start of its own per process, so two soaks rarely probe alike.
+    let start = std::process::id() % span;
+    let mut held = Vec::with_capacity(n);
+    for step in 0..span {
+        if held.len() == n {
+            break;
+        }
+        let port = low + u16::try_from((start + step) % span).expect("below the range");
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    assert_eq!(
+        held.len(),
+        n,
+        "fewer than {n} free ports below {ephemeral_low}"
+    );
+    held.iter()
+        .map(|listener| listener.local_addr().unwrap().port())
+        .collect()
 }
 
 impl Cluster {
@@ -113,7 +139,29 @@ impl Cluster {
             .unwrap();
         let port = instance.port;
         self.instances[i].child = Some(child);
-        wait_for(port);
+        self.wait_until_listening(i, port);
+    }
+
+    /// Waits until instance `i` listens on `port`; panics, saying so, when
+    /// it exits first (a port taken, a bad flag) rather than let another
+    /// process's answers count as its own.
+    fn wait_until_listening(&mut self, i: usize, port: u16) {
+        let start = Instant::now();
+        loop {
+            let child = self.instances[i].child.as_mut().expect("just started");
+            if let Ok(Some(status)) = child.try_wait() {
+                self.instances[i].child = None;
+                panic!("instance {i} exited while starting on port {port}: {status}");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "instance {i}: nothing listens on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub(crate) fn signal(&mut self, i: usize, signal: &str) {

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use tokengate_postgres::testing::TestDatabase;
 use tokengate_store::testing::Proxy;
 
-use cluster::{Cli, Cluster, Instance, Mounts, Store, free_port, verify_audit};
+use cluster::{Cli, Cluster, Instance, Mounts, Store, free_ports, verify_audit};
 use faults::{Targets, schedule};
 use load::{Shared, Tokens, spawn_changes, spawn_clients, spawn_samplers};
 use report::{Calm, End, Report, USES};
@@ -179,6 +179,8 @@ async fn run(plan: &Plan) -> (usize, Calm) {
             (None, None, global.clone(), global)
         }
     };
+    // Each instance's port and admin port, all distinct.
+    let reserved = free_ports(6);
     let mut cluster = Cluster {
         bin: release.join("axum-notes"),
         cli: Cli {
@@ -191,8 +193,8 @@ async fn run(plan: &Plan) -> (usize, Calm) {
         instances: (0..3)
             .map(|i| Instance {
                 child: None,
-                port: free_port(),
-                admin: free_port(),
+                port: reserved[2 * i],
+                admin: reserved[2 * i + 1],
                 audit: audit_dirs[i].join("audit.jsonl"),
                 audit_flags: match i {
                     0 => vec!["--audit-overflow", "drop", "--audit-capacity", "256"],
