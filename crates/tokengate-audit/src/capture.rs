@@ -1,9 +1,12 @@
 //! What the request path keeps of a request for its record.
 //!
-//! Capturing costs the request two allocations: the [`Capture`]'s box, and
-//! one buffer holding the path, the query, the user agent and the request
-//! id, copied out of the request and each only as far as its limit can
-//! show (a long query is redacted first).
+//! Capturing costs the request one allocation, the [`Capture`]'s box: the
+//! path, the query, the user agent and the request id are copied out of
+//! the request into one buffer inside it, each only as far as its limit
+//! can show (a long query is redacted first). The buffer holds
+//! [`INLINE_TEXT`] bytes in place, as much as most API requests send
+//! (`/v1/notes/42` and `curl/8.5.0`, say); longer text takes one more
+//! allocation.
 //!
 //! Copied, not shared: hyper parses a request head into slices of the
 //! connection's read buffer, so a record holding the request's `Uri` or
@@ -18,16 +21,22 @@ use http::{Method, Request};
 use tokengate_check::is_grpc;
 use tokengate_core::{ClientIp, Denial, Principal, RateFallback, RequestTrail};
 
+use smallvec::SmallVec;
+
 use crate::limits::{FieldLimits, kept_agent, kept_path, kept_query};
 use crate::request_id::{REQUEST_ID, RequestId};
+
+/// The bytes of a request's text a [`Capture`] holds without allocating.
+pub(crate) const INLINE_TEXT: usize = 96;
 
 /// One request's record as the request path fills it in: the request's
 /// text, then the outcome, then (when the exchange ends) what the layers
 /// noted in the request's trail.
 pub(crate) struct Capture {
     pub(crate) method: Method,
-    /// Path, query, user agent, given request id: one after the other.
-    text: Box<str>,
+    /// Path, query, user agent, given request id: one after the other,
+    /// each valid UTF-8 (copied from `&str`s whole).
+    text: SmallVec<[u8; INLINE_TEXT]>,
     path_end: usize,
     query_end: Option<usize>,
     agent_end: Option<usize>,
@@ -85,12 +94,16 @@ impl Capture {
             agent.unwrap_or(""),
             given.unwrap_or(""),
         ];
+        let mut text = SmallVec::new();
+        for part in parts {
+            text.extend_from_slice(part.as_bytes());
+        }
         let path_end = path.len();
         let query_end = query.map(|query| path_end + query.len());
         let agent_end = agent.map(|agent| query_end.unwrap_or(path_end) + agent.len());
         Self {
             method: request.method().clone(),
-            text: parts.concat().into_boxed_str(),
+            text,
             path_end,
             query_end,
             agent_end,
@@ -117,23 +130,28 @@ impl Capture {
         self.rate_fallback = denial.rate_fallback();
     }
 
+    /// The text from byte `start` to `end`: whole parts, so valid UTF-8.
+    fn text(&self, start: usize, end: usize) -> &str {
+        std::str::from_utf8(&self.text[start..end]).unwrap_or_default()
+    }
+
     pub(crate) fn path(&self) -> &str {
-        &self.text[..self.path_end]
+        self.text(0, self.path_end)
     }
 
     pub(crate) fn query(&self) -> Option<&str> {
-        self.query_end.map(|end| &self.text[self.path_end..end])
+        self.query_end.map(|end| self.text(self.path_end, end))
     }
 
     pub(crate) fn user_agent(&self) -> Option<&str> {
         let start = self.query_end.unwrap_or(self.path_end);
-        self.agent_end.map(|end| &self.text[start..end])
+        self.agent_end.map(|end| self.text(start, end))
     }
 
     /// The client's own request id, when it gave a usable one.
     pub(crate) fn given_id(&self) -> &str {
         let start = self.agent_end.or(self.query_end).unwrap_or(self.path_end);
-        &self.text[start..]
+        self.text(start, self.text.len())
     }
 
     /// Takes what the layers noted out of the trail (a denial's reason
@@ -182,5 +200,62 @@ impl Ending {
             Self::ServiceError => "service_error",
             Self::BodyError => "body_error",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Request;
+    use tokengate_core::RequestTrail;
+
+    use super::*;
+    use crate::request_id::REQUEST_ID;
+
+    /// A capture of `GET path?query` from `agent` with request id `id`.
+    fn capture(path: &str, query: &str, agent: &str, id: &str) -> Capture {
+        let request = Request::get(format!("{path}?{query}"))
+            .header(http::header::USER_AGENT, agent)
+            .header(&REQUEST_ID, id)
+            .body(())
+            .unwrap();
+        let limits = FieldLimits::default();
+        Capture::new(
+            &request,
+            RequestTrail::new(),
+            SystemTime::UNIX_EPOCH,
+            limits,
+        )
+    }
+
+    #[test]
+    fn short_text_is_held_in_place_and_long_text_spills_whole() {
+        let short = capture("/v1/notes/42", "page=2", "curl/8.5.0", "req-7");
+        assert!(!short.text.spilled(), "{} bytes", short.text.len());
+        assert_eq!(
+            (
+                short.path(),
+                short.query(),
+                short.user_agent(),
+                short.given_id()
+            ),
+            ("/v1/notes/42", Some("page=2"), Some("curl/8.5.0"), "req-7")
+        );
+        let agent = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
+        let long = capture("/v1/notes/42/attachments", "page=2", agent, "req-8");
+        assert!(long.text.spilled(), "{} bytes", long.text.len());
+        assert_eq!(
+            (
+                long.path(),
+                long.query(),
+                long.user_agent(),
+                long.given_id()
+            ),
+            (
+                "/v1/notes/42/attachments",
+                Some("page=2"),
+                Some(agent),
+                "req-8"
+            )
+        );
     }
 }
