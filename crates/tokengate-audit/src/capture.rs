@@ -1,12 +1,13 @@
 //! What the request path keeps of a request for its record.
 //!
-//! Capturing costs the request one allocation, the [`Capture`]'s box: the
-//! path, the query, the user agent and the request id are copied out of
-//! the request into one buffer inside it, each only as far as its limit
-//! can show (a long query is redacted first). The buffer holds
-//! [`INLINE_TEXT`] bytes in place, as much as most API requests send
-//! (`/v1/notes/42` and `curl/8.5.0`, say); longer text takes one more
-//! allocation.
+//! Capturing costs the request no allocation of its own: the [`Capture`]
+//! lives in the request's trail, the allocation the trail takes anyway
+//! ([`Captured`]), and the path, the query, the user agent and the request
+//! id are copied out of the request into one buffer inside it, each only
+//! as far as its limit can show (a long query is redacted first). The
+//! buffer holds [`INLINE_TEXT`] bytes in place, as much as most API
+//! requests send (`/v1/notes/42` and `curl/8.5.0`, say); longer text takes
+//! one allocation.
 //!
 //! Copied, not shared: hyper parses a request head into slices of the
 //! connection's read buffer, so a record holding the request's `Uri` or
@@ -15,11 +16,12 @@
 //! it. A queue of records would then pin a buffer per record instead of a
 //! few hundred bytes.
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use http::{Method, Request};
 use tokengate_check::is_grpc;
-use tokengate_core::{ClientIp, Denial, Principal, RateFallback, RequestTrail};
+use tokengate_core::{ClientIp, Denial, Principal, RateFallback, RequestTrail, TrailFacts};
 
 use smallvec::SmallVec;
 
@@ -28,6 +30,45 @@ use crate::request_id::{REQUEST_ID, RequestId};
 
 /// The bytes of a request's text a [`Capture`] holds without allocating.
 pub(crate) const INLINE_TEXT: usize = 96;
+
+/// A request's [`Capture`], kept in the request's trail
+/// ([`RequestTrail::with_attachment`]): the trail and the record are one
+/// allocation, made when the request comes in, and the record travels in
+/// it to the sink. Only the request's exchange writes the capture, and the
+/// sink reads it after the hand-over, so its lock is never contended.
+pub(crate) struct Captured(RequestTrail);
+
+impl Captured {
+    /// `capture` in a new trail.
+    pub(crate) fn new(capture: Capture) -> Self {
+        Self(RequestTrail::with_attachment(Mutex::new(capture)))
+    }
+
+    /// The trail, for the request's extensions.
+    pub(crate) fn trail(&self) -> &RequestTrail {
+        &self.0
+    }
+
+    /// The capture (always there: [`Captured::new`] put it in).
+    pub(crate) fn lock(&self) -> Option<MutexGuard<'_, Capture>> {
+        let slot = self.0.attachment::<Mutex<Capture>>()?;
+        Some(slot.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Ends the capture under one lock: `end` writes the last of it, then
+    /// what the layers noted is taken out of the trail into it (a denial's
+    /// reason yields to one the response carried). Called when the
+    /// exchange ends, on the request's thread, which the request's own
+    /// handle of the trail has usually left by then: the notes move rather
+    /// than being copied.
+    pub(crate) fn close(&mut self, end: impl FnOnce(&mut Capture)) {
+        let facts = self.0.take_facts();
+        if let Some(mut capture) = self.lock() {
+            end(&mut capture);
+            capture.settle(facts);
+        }
+    }
+}
 
 /// One request's record as the request path fills it in: the request's
 /// text, then the outcome, then (when the exchange ends) what the layers
@@ -42,9 +83,6 @@ pub(crate) struct Capture {
     agent_end: Option<usize>,
     pub(crate) request_id: RequestId,
     pub(crate) grpc: bool,
-    /// The request's trail while the exchange runs; [`Capture::settle`]
-    /// takes what it noted out of it when the exchange ends.
-    pub(crate) trail: Option<RequestTrail>,
     pub(crate) client_ip: Option<ClientIp>,
     pub(crate) principal: Option<Principal>,
     pub(crate) timestamp: SystemTime,
@@ -62,13 +100,8 @@ impl Capture {
     /// `timestamp`, each field only as far as its limit can show it (and a
     /// character more, so a truncation is still seen): a record holds a
     /// few KiB at most whatever the request sent, and reads exactly as if
-    /// it had kept everything. `trail` is the request's, still open.
-    pub(crate) fn new<B>(
-        request: &Request<B>,
-        trail: RequestTrail,
-        timestamp: SystemTime,
-        limits: FieldLimits,
-    ) -> Self {
+    /// it had kept everything.
+    pub(crate) fn new<B>(request: &Request<B>, timestamp: SystemTime, limits: FieldLimits) -> Self {
         let headers = request.headers();
         let uri = request.uri();
         let grpc = is_grpc(headers);
@@ -109,7 +142,6 @@ impl Capture {
             agent_end,
             request_id: given.map_or_else(RequestId::generate, |_| RequestId::Given),
             grpc,
-            trail: Some(trail),
             client_ip: None,
             principal: None,
             timestamp,
@@ -154,26 +186,19 @@ impl Capture {
         self.text(start, self.text.len())
     }
 
-    /// Takes what the layers noted out of the trail (a denial's reason
-    /// yields to one the response carried). Called when the exchange
-    /// ends, on the request's thread: the trail, which the request no
-    /// longer holds by then, is freed there rather than by the sink's
-    /// writer, and the record holds no shared state when it is handed
-    /// over.
-    pub(crate) fn settle(&mut self) {
-        if let Some(trail) = self.trail.take() {
-            let facts = trail.into_facts();
-            if self.reason.is_none()
-                && let Some(denial) = &facts.denial
-            {
-                self.note_denial(denial);
-            }
-            if self.rate_fallback.is_none() {
-                self.rate_fallback = facts.rate_fallback;
-            }
-            self.client_ip = facts.client_ip;
-            self.principal = facts.principal;
+    /// Takes the layers' notes (`facts`, out of the request's trail): a
+    /// denial's reason yields to one the response carried.
+    fn settle(&mut self, facts: TrailFacts) {
+        if self.reason.is_none()
+            && let Some(denial) = &facts.denial
+        {
+            self.note_denial(denial);
         }
+        if self.rate_fallback.is_none() {
+            self.rate_fallback = facts.rate_fallback;
+        }
+        self.client_ip = facts.client_ip;
+        self.principal = facts.principal;
     }
 }
 
@@ -206,7 +231,6 @@ impl Ending {
 #[cfg(test)]
 mod tests {
     use http::Request;
-    use tokengate_core::RequestTrail;
 
     use super::*;
     use crate::request_id::REQUEST_ID;
@@ -218,13 +242,7 @@ mod tests {
             .header(&REQUEST_ID, id)
             .body(())
             .unwrap();
-        let limits = FieldLimits::default();
-        Capture::new(
-            &request,
-            RequestTrail::new(),
-            SystemTime::UNIX_EPOCH,
-            limits,
-        )
+        Capture::new(&request, SystemTime::UNIX_EPOCH, FieldLimits::default())
     }
 
     #[test]

@@ -12,32 +12,36 @@ use pin_project_lite::pin_project;
 use tokengate_check::{CheckBody, Renderer};
 use tokengate_core::{Clock, Denial, SystemClock};
 
-use crate::capture::{Capture, Ending};
+use crate::capture::{Captured, Ending};
 use crate::record::AuditRecord;
 use crate::sink::AuditSink;
 
 /// Holds one request's record until the exchange ends, and emits it
 /// exactly once: when finished explicitly, or as cancelled when dropped.
 ///
-/// The record is boxed once, when the request comes in, and travels in
-/// that box to the sink: the response future and body stay small, and no
-/// second allocation is made when the exchange ends.
+/// The record is allocated once, in the request's trail, when the request
+/// comes in, and travels there to the sink ([`Captured`]): the response
+/// future and body stay small, and no second allocation is made when the
+/// exchange ends.
 pub(crate) struct Emitter<K: AuditSink> {
     sink: Arc<K>,
-    pending: Option<Box<Capture>>,
+    pending: Option<Captured>,
     /// When the request came in, on the TSC clock (for the latency).
     start: u64,
     /// Whether the sink holds room for this record ([`AuditSink::reserve`]).
     reserved: bool,
+    /// Whether the request is a `HEAD` (its response body is never read).
+    head_request: bool,
 }
 
 impl<K: AuditSink> Emitter<K> {
-    pub(crate) fn new(sink: Arc<K>, capture: Box<Capture>, reserved: bool) -> Self {
+    pub(crate) fn new(sink: Arc<K>, capture: Captured, reserved: bool, method: &Method) -> Self {
         Self {
             sink,
             pending: Some(capture),
             start: SystemClock.now_nanos(),
             reserved,
+            head_request: *method == Method::HEAD,
         }
     }
 
@@ -49,7 +53,7 @@ impl<K: AuditSink> Emitter<K> {
     /// denial a layer attached.
     fn head<B>(&mut self, response: &Response<B>) {
         let latency = self.elapsed();
-        if let Some(raw) = &mut self.pending {
+        if let Some(mut raw) = self.pending.as_ref().and_then(Captured::lock) {
             raw.status = Some(response.status().as_u16());
             raw.grpc_status = grpc_status(response.headers());
             raw.reason = None;
@@ -66,33 +70,31 @@ impl<K: AuditSink> Emitter<K> {
     /// none. Such an exchange is complete with its head, not cancelled
     /// when the body is dropped unread.
     fn body_is_never_read(&self, status: StatusCode) -> bool {
-        let head = self
-            .pending
-            .as_ref()
-            .is_some_and(|capture| capture.method == Method::HEAD);
-        head || status.is_informational()
+        self.head_request
+            || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
     }
 
     fn trailers(&mut self, trailers: &HeaderMap) {
-        if let Some(raw) = &mut self.pending
-            && let Some(code) = grpc_status(trailers)
+        if let Some(code) = grpc_status(trailers)
+            && let Some(mut raw) = self.pending.as_ref().and_then(Captured::lock)
         {
             raw.grpc_status = Some(code);
         }
     }
 
     fn finish(&mut self, ending: Ending) {
-        if let Some(mut raw) = self.pending.take() {
-            raw.ending = ending;
-            // No response head (its status is noted with its latency): the
-            // latency runs to now.
-            if raw.status.is_none() {
-                raw.latency = self.elapsed();
-            }
-            raw.settle();
-            let record = AuditRecord::new(raw);
+        if let Some(mut captured) = self.pending.take() {
+            captured.close(|raw| {
+                raw.ending = ending;
+                // No response head (its status is noted with its latency):
+                // the latency runs to now.
+                if raw.status.is_none() {
+                    raw.latency = self.elapsed();
+                }
+            });
+            let record = AuditRecord::new(captured);
             if self.reserved {
                 self.sink.record_reserved(record);
             } else {

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use tokengate_core::{RateFallback, TokenId};
 
-use crate::capture::{Capture, Ending};
+use crate::capture::{Capture, Captured, Ending};
 use crate::leak::{LEAK_REPORTED, LeakFacts, LeakReport};
 use crate::limits::{clean_into, redact_query_into};
 
@@ -18,10 +18,11 @@ pub const CLIENT_CLOSED: u16 = 499;
 
 /// One request's record, as the audit layer hands it to a sink.
 ///
-/// It shares nothing with the request: the request's text was copied when
-/// it came in, and what the layers noted in the request's trail (the
-/// client address, the principal, the denial) was taken out of it, on the
-/// request's thread, when the exchange ended. [`AuditRecord::event`] does
+/// It holds nothing of the request's buffers: the request's text was
+/// copied when it came in, into the record, which lives in the request's
+/// trail (one allocation for both); what the layers noted there (the
+/// client address, the principal, the denial) was taken into the record,
+/// on the request's thread, when the exchange ended. [`AuditRecord::event`] does
 /// the rest (escaping control characters, bounding lengths, redacting the
 /// query, naming the gRPC method, formatting ids): the JSON-lines sink
 /// calls it on its writer thread, off the request path.
@@ -40,7 +41,7 @@ pub(crate) struct Usage<'a> {
 
 /// A request's record, or an event's ([`AuditRecord::leak_reported`]).
 enum Kind {
-    Request(Box<Capture>),
+    Request(Captured),
     Leak(Box<LeakReport>),
 }
 
@@ -139,11 +140,11 @@ impl AuditEvent {
 }
 
 impl AuditRecord {
-    /// The record of a finished exchange (boxed when the request came in,
-    /// filled in as it went).
-    pub(crate) fn new(capture: Box<Capture>) -> Self {
+    /// The record of a finished exchange (made when the request came in,
+    /// filled in as it went, closed with what the layers noted).
+    pub(crate) fn new(captured: Captured) -> Self {
         Self {
-            kind: Kind::Request(capture),
+            kind: Kind::Request(captured),
         }
     }
 
@@ -158,25 +159,31 @@ impl AuditRecord {
     /// the event happened.
     pub(crate) fn ended_at(&self) -> SystemTime {
         match &self.kind {
-            Kind::Request(capture) => capture.timestamp + capture.latency,
+            Kind::Request(captured) => captured.lock().map_or(SystemTime::UNIX_EPOCH, |capture| {
+                capture.timestamp + capture.latency
+            }),
             Kind::Leak(report) => report.timestamp,
         }
     }
 
-    /// What the record tells a token's usage: for a request whose token
-    /// was verified, the token, when the request came, its refusal's
-    /// reason (none when admitted) and its client address.
-    pub(crate) fn usage(&self) -> Option<Usage<'_>> {
-        let Kind::Request(capture) = &self.kind else {
-            return None;
+    /// What the record tells a token's usage, handed to `count`: for a
+    /// request whose token was verified, the token, when the request came,
+    /// its refusal's reason (none when admitted) and its client address.
+    pub(crate) fn with_usage(&self, count: impl FnOnce(Usage<'_>)) {
+        let Kind::Request(captured) = &self.kind else {
+            return;
         };
-        let principal = capture.principal.as_ref()?;
-        Some(Usage {
-            token_id: principal.token_id(),
-            at: capture.timestamp,
-            refused: capture.reason,
-            client: capture.client_ip.map(|ip| ip.addr()),
-        })
+        let Some(capture) = captured.lock() else {
+            return;
+        };
+        if let Some(principal) = capture.principal.as_ref() {
+            count(Usage {
+                token_id: principal.token_id(),
+                at: capture.timestamp,
+                refused: capture.reason,
+                client: capture.client_ip.map(|ip| ip.addr()),
+            });
+        }
     }
 
     /// The record, cleaned and bounded.
@@ -190,12 +197,14 @@ impl AuditRecord {
     /// buffers are reused, so a writer that keeps one event allocates
     /// nothing per record for the fields a record usually has.
     pub(crate) fn fill(self, event: &mut AuditEvent) {
-        let mut capture = match self.kind {
-            Kind::Request(capture) => capture,
+        let captured = match self.kind {
+            Kind::Request(captured) => captured,
             Kind::Leak(report) => return fill_leak(&report, event),
         };
+        let Some(capture) = captured.lock() else {
+            return;
+        };
         event.leak = None;
-        capture.settle();
         event.truncated.clear();
         fill_target(&capture, event);
         fill_client(&capture, event);
@@ -315,13 +324,16 @@ fn copy_into(slot: &mut Option<String>, value: Option<&str>) {
 impl fmt::Debug for AuditRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            Kind::Request(capture) => f
-                .debug_struct("AuditRecord")
-                .field("method", &capture.method)
-                .field("path", &capture.path())
-                .field("status", &capture.status)
-                .field("ending", &capture.ending)
-                .finish_non_exhaustive(),
+            Kind::Request(captured) => {
+                let mut out = f.debug_struct("AuditRecord");
+                if let Some(capture) = captured.lock() {
+                    out.field("method", &capture.method)
+                        .field("path", &capture.path())
+                        .field("status", &capture.status)
+                        .field("ending", &capture.ending);
+                }
+                out.finish_non_exhaustive()
+            }
             Kind::Leak(report) => f
                 .debug_struct("AuditRecord")
                 .field("event", &crate::LEAK_REPORTED)
@@ -399,10 +411,12 @@ pub(crate) fn fill_leak(report: &LeakReport, event: &mut AuditEvent) {
 
 #[cfg(test)]
 impl AuditRecord {
-    /// Whether the record still holds the request's trail (shared with the
-    /// request) rather than what was taken out of it.
-    pub(crate) fn holds_trail(&self) -> bool {
-        matches!(&self.kind, Kind::Request(capture) if capture.trail.is_some())
+    /// Whether the record's trail still holds the layers' notes: copied
+    /// into the record rather than moved, because something else still
+    /// held the trail when the exchange ended.
+    pub(crate) fn trail_still_noted(&self) -> bool {
+        matches!(&self.kind, Kind::Request(captured)
+            if captured.trail().client_ip().is_some() || captured.trail().principal().is_some())
     }
 
     /// A completed `GET /` for sink tests.
@@ -410,13 +424,12 @@ impl AuditRecord {
         let request = http::Request::get("/").body(()).unwrap();
         let mut capture = Capture::new(
             &request,
-            tokengate_core::RequestTrail::new(),
             SystemTime::UNIX_EPOCH,
             crate::FieldLimits::default(),
         );
         capture.status = Some(200);
         capture.ending = Ending::Completed;
-        Self::new(Box::new(capture))
+        Self::new(Captured::new(capture))
     }
 }
 
@@ -431,14 +444,6 @@ mod tests {
     use crate::request_id::REQUEST_ID;
 
     fn record(uri: &'static str, grpc: bool, full: bool) -> AuditRecord {
-        let trail = RequestTrail::new();
-        if full {
-            let mut extensions = http::Extensions::new();
-            extensions.insert(trail.clone());
-            let ip = tokengate_core::ClientIp::new("192.0.2.1".parse().unwrap());
-            RequestTrail::note_client_ip(&mut extensions, ip);
-            RequestTrail::note_denial(&extensions, &tokengate_core::Denial::MissingToken);
-        }
         let limits = FieldLimits {
             path: 12,
             ..FieldLimits::default()
@@ -453,7 +458,6 @@ mod tests {
         }
         let mut capture = Capture::new(
             &request.body(()).unwrap(),
-            trail,
             SystemTime::UNIX_EPOCH + Duration::from_secs(7),
             limits,
         );
@@ -461,7 +465,16 @@ mod tests {
         capture.grpc_status = full.then_some(16);
         capture.latency = Duration::from_micros(42);
         capture.ending = Ending::Completed;
-        AuditRecord::new(Box::new(capture))
+        let mut captured = Captured::new(capture);
+        if full {
+            let mut extensions = http::Extensions::new();
+            extensions.insert(captured.trail().clone());
+            let ip = tokengate_core::ClientIp::new("192.0.2.1".parse().unwrap());
+            RequestTrail::note_client_ip(&mut extensions, ip);
+            RequestTrail::note_denial(&extensions, &tokengate_core::Denial::MissingToken);
+        }
+        captured.close(|_| {});
+        AuditRecord::new(captured)
     }
 
     #[test]
@@ -536,10 +549,10 @@ mod tests {
             let Ok(request) = request.body(()) else {
                 return Err(TestCaseError::reject("not a URI"));
             };
-            let capture = Capture::new(&request, RequestTrail::new(), SystemTime::UNIX_EPOCH, limits);
+            let capture = Capture::new(&request, SystemTime::UNIX_EPOCH, limits);
             prop_assert!(capture.path().len() <= 2 * (max_path + 4) + 2);
             prop_assert!(capture.query().map_or(0, str::len) <= max_query + 4);
-            let event = AuditRecord::new(Box::new(capture)).event();
+            let event = AuditRecord::new(Captured::new(capture)).event();
             let shown = [
                 Some(event.path),
                 event.query,

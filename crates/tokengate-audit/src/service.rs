@@ -10,10 +10,10 @@ use std::time::SystemTime;
 
 use http::{Request, Response};
 use tokengate_check::is_grpc;
-use tokengate_core::{Denial, RequestTrail};
+use tokengate_core::Denial;
 use tower::Service;
 
-use crate::capture::Capture;
+use crate::capture::{Capture, Captured};
 use crate::future::{Emitter, ResponseFuture};
 use crate::limits::FieldLimits;
 use crate::sink::{AuditSink, Reservation};
@@ -132,9 +132,8 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let timestamp = SystemTime::now();
-        let trail = RequestTrail::new();
-        let capture = Capture::new(&request, trail.clone(), timestamp, self.limits);
-        request.extensions_mut().insert(trail);
+        let captured = Captured::new(Capture::new(&request, timestamp, self.limits));
+        request.extensions_mut().insert(captured.trail().clone());
         // A call without `poll_ready` takes room only if there is some now.
         let room = match std::mem::replace(&mut self.room, Room::None) {
             Room::None => match self.sink.reserve() {
@@ -151,7 +150,7 @@ where
             Room::TimedOut => (false, true),
             Room::None | Room::Waiting(_) => (false, false),
         };
-        let recorder = Emitter::new(Arc::clone(&self.sink), Box::new(capture), reserved);
+        let recorder = Emitter::new(Arc::clone(&self.sink), captured, reserved, request.method());
         if timed_out {
             let grpc = is_grpc(request.headers());
             metrics::counter!(

@@ -364,7 +364,7 @@ impl AuditSink for Held {
 }
 
 #[tokio::test]
-async fn a_queued_record_keeps_nothing_of_the_connection_buffer_or_the_trail() {
+async fn a_queued_record_keeps_nothing_of_the_connection_buffer_and_takes_the_notes() {
     // hyper parses a request head into slices of the connection's read
     // buffer; a record kept waiting must not hold that buffer.
     let buffer = Bytes::copy_from_slice(b"/notes/7?page=2 agent/1 req-9");
@@ -387,8 +387,8 @@ async fn a_queued_record_keeps_nothing_of_the_connection_buffer_or_the_trail() {
         "a held record pins the request's buffer"
     );
     assert!(
-        !held[0].holds_trail(),
-        "the trail is settled before the hand-over"
+        !held[0].trail_still_noted(),
+        "the request let go of its trail before the hand-over: the notes moved into the record"
     );
     let event = held.into_iter().next().unwrap().event();
     // What the layers noted is in the record all the same.

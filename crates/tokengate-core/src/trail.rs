@@ -9,7 +9,12 @@
 //! the client-address layer inserts the trail itself, and the principal and
 //! denial notes are no-ops, so layers work alone. The verified
 //! [`Principal`] is also its own extension, for handlers and extractors.
+//!
+//! The layer that puts the trail in may keep state of its own in the same
+//! allocation ([`RequestTrail::with_attachment`]): the audit layer keeps
+//! its record there, so a request costs one allocation for both.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -23,25 +28,53 @@ use crate::principal::{ClientIp, Principal};
 /// Each fact is written at most once: the first layer to note a principal,
 /// client address or denial wins, so an inner layer cannot overwrite what an
 /// outer one decided.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RequestTrail {
-    inner: Arc<Inner>,
+    inner: Arc<Inner<dyn Any + Send + Sync>>,
 }
 
-#[derive(Default)]
-struct Inner {
+struct Inner<X: ?Sized> {
     client_ip: OnceLock<ClientIp>,
     principal: OnceLock<Principal>,
     denial: OnceLock<Denial>,
     rate_fallback: OnceLock<RateFallback>,
     /// Set when the peer is a trusted proxy.
     peer_trusted: OnceLock<()>,
+    /// What the layer that made the trail keeps beside it.
+    attachment: X,
+}
+
+impl Default for RequestTrail {
+    fn default() -> Self {
+        Self::with_attachment(())
+    }
 }
 
 impl RequestTrail {
     /// An empty trail.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty trail holding `attachment` in the same allocation, for the
+    /// layer that makes the trail to keep its own per-request state in
+    /// ([`attachment`](Self::attachment) reads it back through any handle).
+    pub fn with_attachment<X: Any + Send + Sync>(attachment: X) -> Self {
+        let inner: Arc<Inner<X>> = Arc::new(Inner {
+            client_ip: OnceLock::new(),
+            principal: OnceLock::new(),
+            denial: OnceLock::new(),
+            rate_fallback: OnceLock::new(),
+            peer_trusted: OnceLock::new(),
+            attachment,
+        });
+        Self { inner }
+    }
+
+    /// The trail's attachment, if it is an `X`
+    /// ([`with_attachment`](Self::with_attachment)).
+    pub fn attachment<X: Any>(&self) -> Option<&X> {
+        (&self.inner.attachment as &dyn Any).downcast_ref()
     }
 
     /// Notes the client address in the trail found in `extensions`,
@@ -140,20 +173,30 @@ impl RequestTrail {
     /// handled, and then the trail is freed here, on the caller's
     /// thread), cloned otherwise. Notes made through other handles later
     /// are not in them.
-    pub fn into_facts(self) -> TrailFacts {
-        match Arc::try_unwrap(self.inner) {
-            Ok(inner) => TrailFacts {
-                client_ip: inner.client_ip.into_inner(),
-                principal: inner.principal.into_inner(),
-                denial: inner.denial.into_inner(),
-                rate_fallback: inner.rate_fallback.into_inner(),
+    pub fn into_facts(mut self) -> TrailFacts {
+        self.take_facts()
+    }
+
+    /// The facts noted so far, as [`into_facts`](Self::into_facts) gives
+    /// them, keeping the trail (and its attachment): moved out when this
+    /// is its last handle, cloned otherwise.
+    pub fn take_facts(&mut self) -> TrailFacts {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => TrailFacts {
+                client_ip: inner.client_ip.take(),
+                principal: inner.principal.take(),
+                denial: inner.denial.take(),
+                rate_fallback: inner.rate_fallback.take(),
             },
-            Err(shared) => TrailFacts {
-                client_ip: shared.client_ip.get().copied(),
-                principal: shared.principal.get().cloned(),
-                denial: shared.denial.get().cloned(),
-                rate_fallback: shared.rate_fallback.get().copied(),
-            },
+            None => {
+                let shared = &self.inner;
+                TrailFacts {
+                    client_ip: shared.client_ip.get().copied(),
+                    principal: shared.principal.get().cloned(),
+                    denial: shared.denial.get().cloned(),
+                    rate_fallback: shared.rate_fallback.get().copied(),
+                }
+            }
         }
     }
 }
@@ -207,6 +250,37 @@ mod tests {
         let facts = trail.into_facts();
         assert_eq!(facts.client_ip, Some(ip));
         assert_eq!(facts.denial, Some(Denial::MissingToken));
+    }
+
+    #[test]
+    fn an_attachment_is_read_through_every_handle_and_kept_by_taking_facts() {
+        let mut trail = RequestTrail::with_attachment(std::sync::Mutex::new(7u32));
+        let mut extensions = Extensions::new();
+        extensions.insert(trail.clone());
+        let ip = ClientIp::new("192.0.2.1".parse().unwrap());
+        RequestTrail::note_client_ip(&mut extensions, ip);
+        let other = extensions.get::<RequestTrail>().unwrap();
+        *other
+            .attachment::<std::sync::Mutex<u32>>()
+            .unwrap()
+            .lock()
+            .unwrap() += 1;
+        assert!(
+            other.attachment::<u32>().is_none(),
+            "another type is not it"
+        );
+        assert!(
+            RequestTrail::new()
+                .attachment::<std::sync::Mutex<u32>>()
+                .is_none()
+        );
+        drop(extensions);
+        // The last handle: the facts move out, the attachment stays.
+        let facts = trail.take_facts();
+        assert_eq!(facts.client_ip, Some(ip));
+        assert_eq!(trail.client_ip(), None, "moved out");
+        let held = trail.attachment::<std::sync::Mutex<u32>>().unwrap();
+        assert_eq!(*held.lock().unwrap(), 8);
     }
 
     #[test]

@@ -51,10 +51,10 @@ impl<K> CountUsage<K> {
     }
 
     fn count(&self, record: &AuditRecord) {
-        if let Some(tally) = &self.tally
-            && let Some(usage) = record.usage()
-        {
-            tally.count(usage.token_id, usage.at, usage.refused, usage.client);
+        if let Some(tally) = &self.tally {
+            record.with_usage(|usage| {
+                tally.count(usage.token_id, usage.at, usage.refused, usage.client);
+            });
         }
     }
 }
