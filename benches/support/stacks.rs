@@ -28,7 +28,13 @@
 //!   (every metric the gate emits recorded);
 //! - `bare-headed`, `gate-headed`: `bare` and `gate` around a handler
 //!   whose response has a header (`content-type`), as most do: its header
-//!   map exists before the Gate adds its `RateLimit` headers.
+//!   map exists before the Gate adds its `RateLimit` headers;
+//! - `client-ip-axum`, `governor-ip`, `rate-ip-axum`,
+//!   `rate-ip-axum-headers`: the client-IP layer around an axum handler
+//!   (tower_governor needs axum's body to answer with), then
+//!   tower_governor's layer keyed by that address, or tokengate's per-IP
+//!   limit without and with success headers: the rate layers side by
+//!   side.
 #![allow(dead_code, unreachable_pub)]
 
 use std::convert::Infallible;
@@ -52,7 +58,7 @@ use tokengate_tests::call_now;
 use tower::{Layer, Service, service_fn};
 
 /// Every stack's name, in the order the scripts print them.
-pub const STACKS: [&str; 16] = [
+pub const STACKS: [&str; 20] = [
     "bare",
     "hmac",
     "client-ip",
@@ -68,6 +74,10 @@ pub const STACKS: [&str; 16] = [
     "gate-usage",
     "bare-headed",
     "gate-headed",
+    "client-ip-axum",
+    "governor-ip",
+    "rate-ip-axum",
+    "rate-ip-axum-headers",
     "gate-prometheus",
 ];
 
@@ -111,6 +121,34 @@ pub fn headed_handler()
         );
         Ok::<_, Infallible>(response)
     })
+}
+
+/// The handler of the `-axum` stacks and `governor-ip`: an empty 200
+/// with axum's body.
+pub fn axum_handler()
+-> impl Service<Request<()>, Response = Response<axum::body::Body>, Error = Infallible, Future: Send>
++ Clone {
+    service_fn(|_: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(axum::body::Body::empty()))
+    })
+}
+
+/// tower_governor keyed by the client address the client-IP layer
+/// resolved, as tokengate's per-IP limit is.
+#[derive(Clone)]
+pub struct ClientIpKey;
+
+impl tower_governor::key_extractor::KeyExtractor for ClientIpKey {
+    type Key = std::net::IpAddr;
+
+    fn extract<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<std::net::IpAddr, tower_governor::GovernorError> {
+        tokengate::core::ClientIp::of(request.extensions())
+            .map(|ip| ip.addr())
+            .ok_or(tower_governor::GovernorError::UnableToExtractKey)
+    }
 }
 
 /// The measured request: `GET /notes` with `bearer`, from [`PEER`].
@@ -251,6 +289,38 @@ pub fn run(stack: &str, requests: u64, through: &mut impl Through) -> Option<u64
                 .layer(tokengate::ipfilter::ResolveClientIpLayer::new())
                 .layer(RateLimitLayer::per_client_ip(roomy).success_headers(false))
                 .service(handler()),
+            &bearer,
+            requests,
+        ),
+        "client-ip-axum" => through.drive(
+            tokengate::ipfilter::ResolveClientIpLayer::new().layer(axum_handler()),
+            &bearer,
+            requests,
+        ),
+        "governor-ip" => {
+            let config = tower_governor::governor::GovernorConfigBuilder::default()
+                .key_extractor(ClientIpKey)
+                .per_nanosecond(1)
+                .burst_size(u32::MAX)
+                .finish()
+                .unwrap();
+            through.drive(
+                tower::ServiceBuilder::new()
+                    .layer(tokengate::ipfilter::ResolveClientIpLayer::new())
+                    .layer(tower_governor::GovernorLayer::new(config))
+                    .service(axum_handler()),
+                &bearer,
+                requests,
+            )
+        }
+        "rate-ip-axum" | "rate-ip-axum-headers" => through.drive(
+            tower::ServiceBuilder::new()
+                .layer(tokengate::ipfilter::ResolveClientIpLayer::new())
+                .layer(
+                    RateLimitLayer::per_client_ip(roomy)
+                        .success_headers(stack == "rate-ip-axum-headers"),
+                )
+                .service(axum_handler()),
             &bearer,
             requests,
         ),
