@@ -1,7 +1,7 @@
 //! The record: [`AuditRecord`] as a sink receives it, [`AuditEvent`] as it
 //! is written.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use std::net::IpAddr;
@@ -278,7 +278,7 @@ fn fill_client(capture: &Capture, event: &mut AuditEvent) {
         Some(ip) => {
             let out = event.client_address.get_or_insert_with(String::new);
             out.clear();
-            let _ = write!(out, "{}", ip.addr());
+            crate::json::push_ip(out, ip.addr());
         }
         None => event.client_address = None,
     }
