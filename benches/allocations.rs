@@ -147,7 +147,11 @@ fn main() {
                 } else {
                     bare
                 };
-                let m = measure(stack);
+                let m = match stack {
+                    BASE => bare,
+                    "bare-headed" => headed,
+                    _ => measure(stack),
+                };
                 println!(
                     "{stack:<24} {:>12.2} {:>12.2} {:>12.0}",
                     m.allocations,

@@ -79,6 +79,7 @@ mod record;
 mod request_id;
 mod service;
 mod sink;
+mod text;
 
 pub use capture::Ending;
 pub use future::{AuditBody, ResponseFuture};

@@ -278,7 +278,7 @@ fn fill_client(capture: &Capture, event: &mut AuditEvent) {
         Some(ip) => {
             let out = event.client_address.get_or_insert_with(String::new);
             out.clear();
-            crate::json::push_ip(out, ip.addr());
+            crate::text::push_ip(out, ip.addr());
         }
         None => event.client_address = None,
     }

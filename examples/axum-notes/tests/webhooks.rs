@@ -82,6 +82,11 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// The first post of event type `kind` (the test fails without one).
+fn post_of<'a>(posts: &'a [(Value, bool)], kind: &str) -> &'a (Value, bool) {
+    posts.iter().find(|(body, _)| body["type"] == kind).unwrap()
+}
+
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -178,10 +183,7 @@ async fn post_each_event_once(tokengate: &dyn Fn(&[&str]) -> String) {
     revoked.sort();
     assert_eq!(of("token.revoked"), revoked);
     assert_eq!(of("token.rotated"), [ids[2].clone()]);
-    let rotated = posts
-        .iter()
-        .find(|(b, _)| b["type"] == "token.rotated")
-        .unwrap();
+    let rotated = post_of(&posts, "token.rotated");
     assert!(
         rotated.0["data"]["replacement_id"]
             .as_str()
@@ -437,15 +439,9 @@ async fn expiring_and_spent_tokens_are_told_once_by_two_scanning_servers() {
         .filter(|(b, _)| b["data"]["token_id"] == id.as_str())
         .collect();
     assert_eq!(posts.len(), 3, "{posts:?}");
-    let exhausted = posts
-        .iter()
-        .find(|(b, _)| b["type"] == "token.uses_exhausted")
-        .unwrap();
+    let exhausted = post_of(&posts, "token.uses_exhausted");
     assert_eq!(exhausted.0["data"]["uses_remaining"], "0");
-    let expiring = posts
-        .iter()
-        .find(|(b, _)| b["type"] == "token.expiring")
-        .unwrap();
+    let expiring = post_of(&posts, "token.expiring");
     assert!(
         expiring.0["data"]["expires_at"]
             .as_str()
