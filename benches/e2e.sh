@@ -28,7 +28,9 @@
 #                 (one wrk per instance); req/s and CPU are the three's sum,
 #                 p99 the worst of the three;
 # naive, bearer, authenticate and checks serve the same route from the
-# bench-notes example. Prints
+# bench-notes example. A mode ending in @base (gate@base, gate-redis@base)
+# runs axum-notes from BASE instead (a build of another commit, copied
+# aside), so a change is measured beside its baseline in the same run. Prints
 # req/s and p99 latency per run, each mode's ratio to bare in the round,
 # and the server's CPU time per request (user and system, request workers
 # and the audit writer apart, from /proc). Bounded: ROUNDS rounds of
@@ -77,7 +79,10 @@ case " ${modes[*]} " in *" shared3 "*)
 ticks() { for t in /proc/"$1"/task/*; do echo "$(cat "$t/comm") $(cut -d' ' -f14,15 "$t/stat")"; done; }
 
 run() { # mode -> "rps p99 cpu"
-  local server=(target/release/axum-notes --db "$db" --audit-log "$dir/audit.jsonl"
+  local notes=target/release/axum-notes
+  case "$1" in *@base) notes=${BASE:?"$1 needs BASE=path/to/axum-notes"} ;; esac
+  set -- "${1%@base}"
+  local server=("$notes" --db "$db" --audit-log "$dir/audit.jsonl"
     --listen 127.0.0.1:39999 --pre-auth-rate 100000000)
   local ports=(39999) bearer=$token
   case "$1" in
@@ -97,7 +102,7 @@ run() { # mode -> "rps p99 cpu"
   pid=""
   for port in "${ports[@]}"; do
     if [ "$1" = shared3 ]; then
-      server=(target/release/axum-notes --db "$pg_url" --pepper-file "$dir/pepper"
+      server=("$notes" --db "$pg_url" --pepper-file "$dir/pepper"
         --redis "$redis" --redis-prefix "$prefix" --audit-log "$dir/audit-$port.jsonl"
         --listen 127.0.0.1:$port --pre-auth-rate 100000000)
     fi

@@ -4,10 +4,14 @@
 //! times its quota. With [`RedisRateState`] they share one state in
 //! Redis: a token's quota is its quota whichever instance serves it.
 //!
-//! - **One round trip a request.** A Lua script (`EVALSHA`, loaded again
-//!   on `NOSCRIPT`) runs GCRA for every limiter of the request at once,
-//!   with the in-memory state's all-then-commit rule: a request refused by
-//!   one limiter spends no other's budget.
+//! - **Concurrent requests share a round trip.** A Lua script
+//!   (`EVALSHA`, loaded again on `NOSCRIPT`) runs GCRA for every limiter
+//!   of a request at once, with the in-memory state's all-then-commit
+//!   rule: a request refused by one limiter spends no other's budget. One
+//!   call is in flight at a time; the requests that arrive meanwhile go
+//!   together in the next (up to 128), decided one after another inside
+//!   the script, so a batch answers exactly as one call each would. An
+//!   idle instance's lone request is sent at once.
 //! - **One clock.** The script reads the Redis server's `TIME`, so
 //!   instances whose clocks disagree still agree on every bucket.
 //! - **Bounded memory.** A bucket's key expires when its burst is full
@@ -26,10 +30,12 @@
 //!
 //! # What it costs
 //!
-//! One round trip a request: 1.18–1.21× a Redis `PING` on the same kind of
-//! connection (`cargo bench --bench redis`), against about 0.18 µs for the
-//! in-memory state. While Redis is down, each request waits at most the
-//! timeout before its fallback answers.
+//! A lone request: one round trip, 1.18–1.21× a Redis `PING` on the same
+//! kind of connection (`cargo bench --bench redis`), against about
+//! 0.18 µs for the in-memory state. Under load, one script call for all
+//! the requests waiting: [`RedisRateState::round_trips`] beside the
+//! requests served tells how many shared one. While Redis is down, each
+//! request waits at most the timeout before its fallback answers.
 //!
 //! It plugs into the standalone layer (`RateLimitLayer::state`) and the
 //! facade's `Gate` (`Gate::rate_state`).
@@ -58,11 +64,13 @@
 //!
 //! `tokengate-core` and `tokengate-rate` (charges, outcomes, the in-memory
 //! fallback), `redis` (the async client: a multiplexed connection manager
-//! that reconnects, and `Script` for `EVALSHA` with its `NOSCRIPT`
-//! fallback), `tokio` (the timeout and the lazily made connection),
+//! that reconnects, and `Script` for the script's hash and its loading on
+//! `NOSCRIPT`), `tokio` (the timeout, the lazily made connection, and the
+//! batcher task with its queue and answers),
 //! `tracing` (one warning when the fallback starts, then at powers of two)
 //! and `thiserror` (configuration errors).
 
+mod batch;
 mod replay;
 mod script;
 mod state;

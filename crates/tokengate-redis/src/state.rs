@@ -12,7 +12,8 @@ use tokengate_core::RateFallback;
 use tokengate_rate::{Charge, MemoryRateState, Outcome, RateState, RateStateError};
 use tokio::sync::Notify;
 
-use crate::script::{GCRA, args, key, outcome};
+use crate::batch::{Buffers, Decide, Queue, Waiting};
+use crate::script::{ANSWER, GCRA, args, outcome, write_key};
 
 /// What a request gets when Redis does not answer within the timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,10 +52,10 @@ pub enum RedisStateError {
 /// Rate state in Redis, shared by every instance that uses the same
 /// server and prefix: N replicas give a token its quota once, not N times.
 ///
-/// One round trip a request: a script ([`EVALSHA`, loaded again on
-/// `NOSCRIPT`](redis::Script)) decides every limiter of the request at
-/// once, all-then-commit, on the Redis server's clock, so instances with
-/// skewed clocks agree. Keys are `{prefix}:<limiter>:<kind>:<key>` and
+/// A script ([`EVALSHA`, loaded again on `NOSCRIPT`](redis::Script))
+/// decides every limiter of a request at once, all-then-commit, on the
+/// Redis server's clock, so instances with skewed clocks agree; requests
+/// that wait at the same time share one call (see the crate's docs). Keys are `{prefix}:<limiter>:<kind>:<key>` and
 /// expire when their bucket is full again.
 ///
 /// Every call is bounded by a timeout (50 ms by default: `cargo bench
@@ -81,6 +82,8 @@ pub(crate) struct Shared {
     unavailable: Unavailable,
     local: MemoryRateState,
     fallbacks: AtomicU64,
+    round_trips: AtomicU64,
+    queue: Queue,
     metrics: StateMetrics,
 }
 
@@ -115,6 +118,8 @@ impl RedisRateState {
                 unavailable: Unavailable::Local,
                 local: MemoryRateState::default(),
                 fallbacks: AtomicU64::new(0),
+                round_trips: AtomicU64::new(0),
+                queue: Queue::default(),
                 metrics: StateMetrics::new(),
             }),
         })
@@ -130,6 +135,8 @@ impl RedisRateState {
             unavailable: shared.unavailable,
             local: shared.local.clone(),
             fallbacks: AtomicU64::new(0),
+            round_trips: AtomicU64::new(0),
+            queue: Queue::default(),
             metrics: StateMetrics::new(),
         });
         change(&mut shared);
@@ -173,6 +180,13 @@ impl RedisRateState {
     /// because Redis did not answer in time.
     pub fn fallbacks(&self) -> u64 {
         self.shared.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// How many script calls decided requests (each call decides every
+    /// request that was waiting when it was sent): beside the requests
+    /// served, how well concurrent requests share round trips.
+    pub fn round_trips(&self) -> u64 {
+        self.shared.round_trips.load(Ordering::Relaxed)
     }
 
     /// Whether Redis answers a `PING` within the state's timeout (making
@@ -248,45 +262,79 @@ impl Shared {
             redis::RedisError::from((redis::ErrorKind::Io, "cannot connect to redis"))
         })
     }
+}
 
-    /// One script call for `charges`, within the timeout and the
-    /// request's `deadline`.
-    async fn ask(
+/// One script call deciding every request of a batch.
+impl Decide for Shared {
+    async fn decide(
         &self,
-        keys: Vec<String>,
-        argv: Vec<u64>,
-        deadline: Option<std::time::Instant>,
-    ) -> Result<Outcome, RateStateError> {
+        batch: &[Waiting],
+        until: std::time::Instant,
+        buffers: &mut Buffers,
+    ) -> Result<(), RateStateError> {
+        let command = &mut buffers.command;
+        command.clear();
+        let keys: usize = batch.iter().map(|waiting| waiting.charges.len()).sum();
+        command.arg("EVALSHA").arg(self.script.get_hash()).arg(keys);
+        for charge in batch.iter().flat_map(|waiting| waiting.charges.iter()) {
+            write_key(&mut buffers.key, &self.prefix, charge);
+            command.arg(buffers.key.as_str());
+        }
+        command.arg(batch.len());
+        for waiting in batch {
+            command.arg(waiting.charges.len());
+            for number in waiting.charges.iter().flat_map(args) {
+                command.arg(number);
+            }
+        }
+        let command = &*command;
         let call = async {
             let mut connection = self.connection().await?;
-            let mut invocation = self.script.prepare_invoke();
-            for key in &keys {
-                invocation.key(key);
+            match command.query_async::<Vec<i64>>(&mut connection).await {
+                Err(error)
+                    if error.kind()
+                        == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    self.script.load_async(&mut connection).await?;
+                    command.query_async::<Vec<i64>>(&mut connection).await
+                }
+                answered => answered,
             }
-            for arg in &argv {
-                invocation.arg(*arg);
-            }
-            invocation.invoke_async::<Vec<i64>>(&mut connection).await
         };
         let started = std::time::Instant::now();
-        let until = tokengate_core::SharedDeadline::bound(deadline, self.timeout);
         let answered = tokio::time::timeout_at(until.into(), call).await;
         let elapsed = started.elapsed();
         self.metrics.round_trip.record(elapsed);
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             target: "tokengate",
             elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            requests = batch.len(),
             ok = matches!(answered, Ok(Ok(_))),
             "shared rate state round trip"
         );
-        match answered {
-            Ok(Ok(answer)) => outcome(&answer)
-                .ok_or_else(|| RateStateError(format!("unexpected answer {answer:?}").into())),
-            Ok(Err(error)) => Err(RateStateError(error.to_string().into())),
-            Err(_) => Err(RateStateError("timed out".into())),
+        let answer = match answered {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(error)) => return Err(RateStateError(error.to_string().into())),
+            Err(_) => return Err(RateStateError("timed out".into())),
+        };
+        buffers.answers.clear();
+        if answer.len() == ANSWER * batch.len() {
+            buffers
+                .answers
+                .extend(answer.chunks_exact(ANSWER).map_while(outcome));
+        }
+        if buffers.answers.len() == batch.len() {
+            Ok(())
+        } else {
+            Err(RateStateError(
+                format!("unexpected answer {answer:?}").into(),
+            ))
         }
     }
+}
 
+impl Shared {
     /// The policy's answer for `charges` at `now` (local clock).
     fn fallback(
         &self,
@@ -348,11 +396,22 @@ impl RateState for RedisRateState {
         deadline: Option<std::time::Instant>,
     ) -> Self::Future {
         let shared = Arc::clone(&self.shared);
-        let keys: Vec<String> = charges.iter().map(|c| key(&shared.prefix, c)).collect();
-        let argv: Vec<u64> = charges.iter().flat_map(args).collect();
-        let charges = charges.to_vec();
+        let charges: Arc<[Charge]> = Arc::from(charges);
         Box::pin(async move {
-            match shared.ask(keys, argv, deadline).await {
+            let until = tokengate_core::SharedDeadline::bound(deadline, shared.timeout);
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            let waiting = Waiting {
+                charges: Arc::clone(&charges),
+                until,
+                answer,
+            };
+            shared.queue.push(&shared, waiting);
+            let answered = match tokio::time::timeout_at(until.into(), answered).await {
+                Ok(Ok(answered)) => answered,
+                Ok(Err(_)) => Err(RateStateError("the redis batcher stopped".into())),
+                Err(_) => Err(RateStateError("timed out".into())),
+            };
+            match answered {
                 Ok(outcome) => Ok(outcome),
                 Err(error) => shared.fallback(&charges, now, &error),
             }

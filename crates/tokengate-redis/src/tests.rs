@@ -219,6 +219,58 @@ async fn concurrent_requests_admit_exactly_the_burst() {
     prefix.clean().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_calls_and_decide_as_one_at_a_time() {
+    let Some(connection) = redis().await else {
+        return;
+    };
+    let prefix = Prefix::new(&connection);
+    let (a, b) = (prefix.state(), prefix.state());
+    // Every request is also charged to one owner with a burst of 30. 40
+    // requests of a token with a burst of 5 and 20 of a roomy token: 5 +
+    // 20 admitted, and the 35 refused spend nothing of the owner's.
+    let owner = charge(1, RateKey::Owner(Arc::from("team-b")), 1, 30);
+    let tight = Arc::new([charge(0, token(), 1, 5), owner.clone()]);
+    let roomy = Arc::new([charge(0, token(), 1, 100), owner.clone()]);
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let state = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let charges = if i % 3 == 0 {
+            Arc::clone(&roomy)
+        } else {
+            Arc::clone(&tight)
+        };
+        tasks.push(tokio::spawn(async move {
+            (i % 3 == 0, state.acquire(&*charges, 0).await.unwrap())
+        }));
+    }
+    let (mut tight_admitted, mut roomy_admitted) = (0, 0);
+    for task in tasks {
+        let (is_roomy, outcome) = task.await.unwrap();
+        match (is_roomy, admitted(&outcome)) {
+            (true, true) => roomy_admitted += 1,
+            (false, true) => tight_admitted += 1,
+            (true, false) => panic!("a roomy request was refused: {outcome:?}"),
+            (false, false) => assert!(
+                matches!(outcome, Outcome::Refused { charge: 0, .. }),
+                "refused by the token's limiter: {outcome:?}"
+            ),
+        }
+    }
+    assert_eq!((tight_admitted, roomy_admitted), (5, 20));
+    // The owner has exactly 30 - 25 = 5 left.
+    let owner_only = [owner];
+    let answers = futures_like(&a, &owner_only, 6).await;
+    assert_eq!(answers, [true, true, true, true, true, false]);
+    let calls = a.round_trips() + b.round_trips();
+    assert!(
+        calls < 66,
+        "66 requests took {calls} calls: none shared one"
+    );
+    assert_eq!(a.fallbacks() + b.fallbacks(), 0);
+    prefix.clean().await;
+}
+
 /// A state pointed at a port nobody listens on.
 fn unreachable(policy: Unavailable) -> RedisRateState {
     RedisRateState::new("redis://127.0.0.1:1")
