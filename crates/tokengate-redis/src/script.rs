@@ -12,6 +12,11 @@ use tokengate_rate::{Charge, Outcome, RateKey};
 /// after another within it, so a batch decides exactly as the same
 /// requests sent one call each would.
 ///
+/// Every bucket is read once (one `MGET` for the call) and written once
+/// (a `SET` per bucket charged, with the last request's value and
+/// expiry): a hot key's many requests in one call cost one read and one
+/// write, and the script's state in between is a Lua table.
+///
 /// Times are microseconds: Lua numbers are doubles, exact to 2^53, and
 /// microseconds since 1970 stay well below that. A bucket's key expires
 /// when its burst is full again, so memory follows activity.
@@ -19,25 +24,33 @@ use tokengate_rate::{Charge, Outcome, RateKey};
 /// `ARGV[1]` is the number of requests; then, per request, its number of
 /// charges n and three numbers a charge (its interval, its capacity:
 /// interval times burst, and its cost). `KEYS` holds every request's
-/// buckets in that order. Answers four numbers a request:
+/// buckets in that order (one request's are distinct: each carries its
+/// limiter). Answers four numbers a request:
 /// `0, charge, retry_us, 0` or `1, tightest, remaining, reset_us`.
 pub(crate) const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local out = {}
+local out, tats, written = {}, {}, {}
+if #KEYS > 0 then
+  local stored = redis.call('MGET', unpack(KEYS))
+  for i = 1, #KEYS do
+    if tats[KEYS[i]] == nil then
+      tats[KEYS[i]] = tonumber(stored[i] or '0') or 0
+    end
+  end
+end
 local k, a = 0, 2
 for r = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[a])
   a = a + 1
-  local tats = {}
+  local new = {}
   local refused, retry = -1, 0
   for i = 1, n do
     local interval = tonumber(ARGV[a + 3 * i - 3])
     local capacity = tonumber(ARGV[a + 3 * i - 2])
     local cost = tonumber(ARGV[a + 3 * i - 1])
-    local tat = tonumber(redis.call('GET', KEYS[k + i]) or '0')
-    local new = math.max(tat, now) + interval * cost
-    local ahead = new - now
+    new[i] = math.max(tats[KEYS[k + i]], now) + interval * cost
+    local ahead = new[i] - now
     if ahead > capacity then
       local wait = ahead - capacity
       if refused < 0 or wait > retry then
@@ -45,7 +58,6 @@ for r = 1, tonumber(ARGV[1]) do
         retry = wait
       end
     end
-    tats[i] = new
   end
   local o = #out
   if refused >= 0 then
@@ -53,11 +65,15 @@ for r = 1, tonumber(ARGV[1]) do
   else
     local tight, remaining, reset = -1, 0, 0
     for i = 1, n do
+      local key = KEYS[k + i]
+      if not written[key] then
+        written[key] = true
+        written[#written + 1] = key
+      end
+      tats[key] = new[i]
       local interval = tonumber(ARGV[a + 3 * i - 3])
       local capacity = tonumber(ARGV[a + 3 * i - 2])
-      local ahead = tats[i] - now
-      local ttl = math.max(1, math.ceil(ahead / 1000))
-      redis.call('SET', KEYS[k + i], string.format('%.0f', tats[i]), 'PX', ttl)
+      local ahead = new[i] - now
       local left = math.floor((capacity - ahead) / interval)
       if tight < 0 or left < remaining then
         tight = i - 1
@@ -69,6 +85,11 @@ for r = 1, tonumber(ARGV[1]) do
   end
   k = k + n
   a = a + 3 * n
+end
+for i = 1, #written do
+  local key = written[i]
+  local ttl = math.max(1, math.ceil((tats[key] - now) / 1000))
+  redis.call('SET', key, string.format('%.0f', tats[key]), 'PX', ttl)
 end
 return out
 ";
