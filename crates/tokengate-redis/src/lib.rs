@@ -30,7 +30,7 @@
 //!
 //! # What it costs
 //!
-//! A lone request: one round trip, 1.18–1.21× a Redis `PING` on the same
+//! A lone request: one round trip, 1.40–1.65× a Redis `PING` on the same
 //! kind of connection (`cargo bench --bench redis`), against about
 //! 0.18 µs for the in-memory state. Under load, one script call for all
 //! the requests waiting: [`RedisRateState::round_trips`] beside the
