@@ -1,4 +1,4 @@
-//! The server-side GCRA: every limiter of a request in one script call.
+//! The server-side GCRA: every limiter of many requests in one script call.
 
 use std::time::Duration;
 
