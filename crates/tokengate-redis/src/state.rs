@@ -55,8 +55,9 @@ pub enum RedisStateError {
 /// A script ([`EVALSHA`, loaded again on `NOSCRIPT`](redis::Script))
 /// decides every limiter of a request at once, all-then-commit, on the
 /// Redis server's clock, so instances with skewed clocks agree; requests
-/// that wait at the same time share one call (see the crate's docs). Keys are `{prefix}:<limiter>:<kind>:<key>` and
-/// expire when their bucket is full again.
+/// that wait at the same time share one call (see the crate's docs).
+/// Keys are `{prefix}:<limiter>:<kind>:<key>` and expire when their
+/// bucket is full again.
 ///
 /// Every call is bounded by a timeout (50 ms by default: `cargo bench
 /// --bench redis_tail` saw round trips up to 30 ms on a loaded machine,
